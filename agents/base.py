@@ -1,0 +1,83 @@
+"""`Agent`: what users subclass. A name, a typed input, and `async def handle(ctx, task)`."""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import typing
+from collections.abc import AsyncIterator, Callable
+from typing import Any, ClassVar
+
+import msgspec
+import pydantic
+
+from bus import Reject
+from bus.subjects import check_name
+
+if typing.TYPE_CHECKING:
+    from .context import Context
+
+
+class Agent:
+    """Subclass, set `name`, and implement `handle`. The task type comes from `handle`'s
+    annotation (a msgspec Struct, a pydantic model, a dict, ...) or from `Input`."""
+
+    name: ClassVar[str] = ""
+    Input: ClassVar[Any] = None
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.name:
+            check_name("agent", cls.name)
+
+    async def handle(self, ctx: Context, task: Any) -> Any:
+        raise NotImplementedError(f"{type(self).__name__}.handle is not implemented")
+
+    @contextlib.asynccontextmanager
+    async def lifespan(self) -> AsyncIterator[None]:
+        """Open what the agent needs for its whole life (clients, models); default: nothing."""
+        yield
+
+    @classmethod
+    def input_type(cls) -> Any:
+        if cls.Input is not None:
+            return cls.Input
+        hints = typing.get_type_hints(cls.handle)
+        params = list(inspect.signature(cls.handle).parameters)
+        if len(params) >= 3 and params[2] in hints:
+            return hints[params[2]]
+        return Any
+
+
+def input_decoder(tp: Any) -> Callable[[bytes], Any]:
+    """A function turning JSON payload bytes into `tp`; bad input raises Reject naming the field."""
+    if isinstance(tp, type) and issubclass(tp, pydantic.BaseModel):
+        model = tp
+
+        def decode_model(data: bytes) -> Any:
+            try:
+                return model.model_validate_json(data)
+            except pydantic.ValidationError as exc:
+                err = exc.errors()[0]
+                where = ".".join(str(p) for p in err["loc"]) or "(root)"
+                raise Reject(f"invalid input for {model.__name__}: {where}: {err['msg']}") from None
+
+        return decode_model
+    decoder = msgspec.json.Decoder(tp)
+
+    def decode(data: bytes) -> Any:
+        try:
+            return decoder.decode(data)
+        except msgspec.ValidationError as exc:
+            raise Reject(f"invalid input: {exc}") from None
+        except msgspec.DecodeError as exc:
+            raise Reject(f"input is not JSON: {exc}") from None
+
+    return decode
+
+
+def encode_result(value: Any) -> bytes:
+    """JSON bytes for a handler's return value (Structs, pydantic models, plain data)."""
+    if isinstance(value, pydantic.BaseModel):
+        return value.model_dump_json().encode()
+    return msgspec.json.encode(value)

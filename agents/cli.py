@@ -1,0 +1,155 @@
+"""The `relaybus` command: a thin top layer gathering each package's subcommands."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import inspect
+import json
+import os
+import signal
+import subprocess
+import sys
+from typing import Any
+
+from bus import Bus, RelayError, Settings
+from bus import cli as bus_cli
+from bus.runtime import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, EXIT_TIMEOUT, EXIT_USAGE, setup_logging
+
+from .base import Agent
+from .submit import has_consumer, parse_payload, submit
+
+SELF_COMMAND = [sys.executable, "-m", "agents.cli"]
+
+
+def stack_services(settings: Settings) -> dict[str, list[str]]:
+    """The service processes `relaybus up` starts beside nats-server (none yet)."""
+    del settings
+    return {}
+
+
+def load_agent(spec: str) -> type[Agent]:
+    """`MODULE:CLASS`, importable from the current directory."""
+    module_name, _, class_name = spec.partition(":")
+    if not module_name or not class_name:
+        raise RelayError(f"{spec!r} is not MODULE:CLASS (for example agents.demo.echo:Echo)")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise RelayError(f"cannot import {module_name!r}: {exc}") from None
+    cls = getattr(module, class_name, None)
+    if not (isinstance(cls, type) and issubclass(cls, Agent)):
+        raise RelayError(f"{spec!r} is not an Agent subclass")
+    if not cls.name:
+        raise RelayError(f"{spec!r} has no `name`; set `name = \"...\"` on the class")
+    return cls
+
+
+def agent_run(args: argparse.Namespace, settings: Settings) -> Any:
+    cls = load_agent(args.spec)
+    if args.replicas < 1 or args.concurrency < 1:
+        raise RelayError("--replicas and --concurrency must be at least 1")
+    if args.replicas == 1:
+        from .worker import serve_agent
+
+        return serve_agent(cls(), settings, args.concurrency)
+    return _supervise_replicas(args, settings)
+
+
+def _supervise_replicas(args: argparse.Namespace, settings: Settings) -> int:
+    """Start N replica processes sharing one durable consumer; forward SIGTERM/SIGINT to them."""
+    argv = [*SELF_COMMAND, "agent", "run", args.spec, "--replicas", "1", "--concurrency", str(args.concurrency)]
+    env = {**os.environ, **settings.env()}
+    children = [subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL) for _ in range(args.replicas)]
+
+    def forward(signum: int, _frame: Any) -> None:
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(signum)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    codes = [child.wait() for child in children]
+    return max(codes)
+
+
+async def publish(args: argparse.Namespace, settings: Settings) -> int:
+    payload = parse_payload(args.payload)
+    async with Bus(settings, name="relaybus-publish") as bus:
+        if not await has_consumer(bus, args.agent):
+            print(f"note: no agent {args.agent!r} has started yet; the task waits until one does",
+                  file=sys.stderr)
+        outcome = await submit(bus, args.agent, payload, sender=f"user:{args.as_user}",
+                               wait=args.wait, timeout_s=args.timeout)
+    if not args.wait:
+        bus_cli.emit({"run_id": outcome.run_id}, args.json, outcome.run_id)
+        return EXIT_OK
+    out = {"run_id": outcome.run_id, "status": outcome.status, "result": outcome.result,
+           "error": outcome.error, "cost": outcome.cost}
+    bus_cli.emit(out, args.json, json.dumps(outcome.result) if outcome.status == "completed" else
+                 f"run {outcome.run_id} {outcome.status}")
+    if outcome.status == "completed":
+        return EXIT_OK
+    print(f"error: run {outcome.run_id} {outcome.status}: {outcome.error}", file=sys.stderr)
+    return EXIT_TIMEOUT if outcome.status == "timeout" else EXIT_ERROR
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="relaybus", description="multi-agent infrastructure over NATS JetStream")
+    sub = parser.add_subparsers(dest="command", required=True)
+    bus_cli.register(sub, SELF_COMMAND, stack_services)
+
+    agent = sub.add_parser("agent", help="run agents").add_subparsers(dest="agent_cmd", required=True)
+    p = agent.add_parser("run", help="run an agent as its own process(es)")
+    p.add_argument("spec", metavar="MODULE:CLASS")
+    p.add_argument("--replicas", type=int, default=1)
+    p.add_argument("--concurrency", type=int, default=8)
+    p.set_defaults(func=agent_run)
+
+    p = sub.add_parser("publish", help="submit a task to an agent")
+    p.add_argument("agent")
+    p.add_argument("payload", metavar="JSON")
+    p.add_argument("--as", dest="as_user", default="dev", help="the user the run acts for")
+    p.add_argument("--token", default=None, help="the user's API token")
+    p.add_argument("--budget", default=None, help="the run's budget")
+    p.add_argument("--wait", action="store_true", help="wait for the run to end")
+    p.add_argument("--timeout", type=float, default=60.0, help="seconds to wait with --wait")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=publish)
+
+    from .demo.run import register as register_demo
+
+    register_demo(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        settings = Settings.from_env(os.environ)
+    except RelayError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    setup_logging(settings.log_level)
+    try:
+        result = args.func(args, settings)
+        if inspect.isawaitable(result):
+            result = asyncio.run(_await(result))
+        return int(result or 0)
+    except RelayError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+
+
+async def _await(result: Any) -> Any:
+    return await result
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Demo agents shipped with relaybus (one agent per module)."""

@@ -1,0 +1,84 @@
+"""Submitting a run from Python or the CLI, and waiting for how it ended."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from typing import Any
+
+import msgspec
+
+from bus import TERMINAL, Bus, Event, RelayError, new_envelope
+from bus.events import event_encoder
+from bus.feed import EventFeed
+from bus.streams import agent_consumer, consumer_exists
+from bus.subjects import check_name
+
+
+class RunOutcome(msgspec.Struct, kw_only=True):
+    """How a run ended, as `publish --wait --json` prints it."""
+
+    run_id: str
+    status: str  # completed | failed | cancelled | timeout
+    result: Any = None
+    error: str | None = None
+    cost: int = 0
+
+
+def parse_payload(text: str) -> bytes:
+    """The JSON a user typed, checked; the error says where it broke."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise RelayError(f"the task is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+    return msgspec.json.encode(value)
+
+
+async def submit(
+    bus: Bus,
+    agent: str,
+    payload: bytes,
+    *,
+    sender: str = "user:dev",
+    wait: bool = False,
+    timeout_s: float = 60.0,
+) -> RunOutcome:
+    """Publish a task for `agent`; with `wait`, return once the run reaches a terminal event."""
+    check_name("agent", agent)
+    env = new_envelope(kind="task", sender=sender, recipient=agent, payload=payload)
+    async with contextlib.AsyncExitStack() as stack:
+        feed = await stack.enter_async_context(EventFeed(bus, env.run_id, replay=True)) if wait else None
+        await bus.publish(env)
+        submitted = Event(run_id=env.run_id, kind="submitted", sender=sender, recipient=agent,
+                          envelope_id=env.id)
+        await bus.publish_bytes(bus.subjects.event(env.run_id, "submitted"), event_encoder.encode(submitted))
+        if feed is None:
+            return RunOutcome(run_id=env.run_id, status="submitted")
+        return await wait_for_run(feed, env.run_id, timeout_s)
+    raise AssertionError("unreachable")
+
+
+async def wait_for_run(feed: EventFeed, run_id: str, timeout_s: float) -> RunOutcome:
+    """Read `feed` until the run's terminal event, or report a timeout."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while (event := await feed.next(deadline - loop.time())) is not None:
+        if event.kind in TERMINAL:
+            return outcome_of(event)
+    return RunOutcome(run_id=run_id, status="timeout", error=f"no result within {timeout_s:g}s")
+
+
+def outcome_of(event: Event) -> RunOutcome:
+    result = msgspec.json.decode(event.result) if len(event.result) else None
+    error = None
+    if event.error is not None:
+        error = f"{event.error.type}: {event.error.message}"
+    elif event.kind != "completed":
+        error = event.detail or event.kind
+    status = {"completed": "completed", "cancelled": "cancelled"}.get(event.kind, "failed")
+    return RunOutcome(run_id=event.run_id, status=status, result=result, error=error, cost=event.cost)
+
+
+async def has_consumer(bus: Bus, agent: str) -> bool:
+    return await consumer_exists(bus, agent_consumer(bus.subjects, agent, bus.settings.ack_wait_s))

@@ -1,0 +1,75 @@
+"""relaybus's ground floor: settings, the embedded server, the connection, the wire and the loop."""
+
+from .client import Bus
+from .consumer import Consumer, Delivery, Handler, backoff_s
+from .envelope import Envelope, Link, Scope, decode, encode, new_envelope
+from .errors import (
+    BudgetExceeded,
+    ChainInvalid,
+    ConfigError,
+    ConnectionFailed,
+    EnvelopeInvalid,
+    EnvelopeTooLarge,
+    ErrorInfo,
+    HandlerOutcome,
+    PermissionDenied,
+    PermissionViolation,
+    ProvisioningConflict,
+    PublishFailed,
+    Reject,
+    RelayError,
+    Retry,
+    RunFailed,
+    ServerError,
+    StackNotRunning,
+    SubjectInvalid,
+)
+from .events import TERMINAL, DeadLetter, Event
+from .ids import new_id
+from .server import NatsServer
+from .settings import Settings
+from .streams import Topology, default_topology, ensure
+from .subjects import Subjects
+
+__all__ = [
+    "TERMINAL",
+    "BudgetExceeded",
+    "Bus",
+    "ChainInvalid",
+    "ConfigError",
+    "ConnectionFailed",
+    "Consumer",
+    "DeadLetter",
+    "Delivery",
+    "Envelope",
+    "EnvelopeInvalid",
+    "EnvelopeTooLarge",
+    "ErrorInfo",
+    "Event",
+    "Handler",
+    "HandlerOutcome",
+    "Link",
+    "NatsServer",
+    "PermissionDenied",
+    "PermissionViolation",
+    "ProvisioningConflict",
+    "PublishFailed",
+    "Reject",
+    "RelayError",
+    "Retry",
+    "RunFailed",
+    "Scope",
+    "ServerError",
+    "Settings",
+    "StackNotRunning",
+    "SubjectInvalid",
+    "Subjects",
+    "Topology",
+    "backoff_s",
+    "decode",
+    "default_topology",
+    "encode",
+    "ensure",
+    "new_envelope",
+    "new_id",
+]

@@ -1,0 +1,225 @@
+"""The bus's own `relaybus` subcommands: up, down, status, watch, dlq."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import msgspec
+import nats.errors
+import nats.js.errors
+from nats.js import api
+
+from .client import Bus
+from .errors import RelayError
+from .events import DeadLetter, Event, dead_letter_decoder
+from .feed import EventFeed
+from .runtime import EXIT_ERROR, EXIT_OK
+from .settings import Settings
+from .stack import is_alive, read_stack
+from .supervisor import serve_stack, start_detached, stop_stack
+
+# Each command: (args, settings) -> exit code, sync or async.
+Command = Callable[[argparse.Namespace, Settings], Any]
+
+
+def emit(obj: Any, as_json: bool, text: str | None = None) -> None:
+    if as_json:
+        print(json.dumps(obj), flush=True)
+    else:
+        print(text if text is not None else obj, flush=True)
+
+
+def register(sub: Any, self_command: Sequence[str], services: Callable[[Settings], dict[str, list[str]]]) -> None:
+    """Add the bus subcommands to the top-level parser's subparsers."""
+
+    def up(args: argparse.Namespace, settings: Settings) -> Any:
+        if args.detach:
+            url = start_detached(settings, self_command)
+            emit({"nats_url": url, "home": str(settings.home.resolve())}, args.json,
+                 f"relaybus stack is up at {url} (home {settings.home.resolve()}); `relaybus down` stops it")
+            return EXIT_OK
+        ready_fd = args.ready_fd
+        return serve_stack(settings, services(settings), ready_fd)
+
+    p = sub.add_parser("up", help="start the embedded stack (nats-server and services)")
+    p.add_argument("--detach", action="store_true", help="return once the stack is ready")
+    p.add_argument("--ready-fd", type=int, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=up)
+
+    def down(args: argparse.Namespace, settings: Settings) -> int:
+        stopped = stop_stack(settings)
+        emit({"stopped": stopped}, args.json,
+             "relaybus stack stopped" if stopped else "no relaybus stack was running here")
+        return EXIT_OK
+
+    p = sub.add_parser("down", help="stop the stack `up` started under RELAYBUS_HOME")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=down)
+
+    p = sub.add_parser("status", help="where the stack runs and what is up")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=status)
+
+    p = sub.add_parser("watch", help="live handoffs and run events")
+    p.add_argument("--run", default=None, help="only this run (replays it from the start)")
+    p.add_argument("--agent", default=None, help="only events from or to this agent")
+    p.add_argument("--limit", type=int, default=0, help="stop after N events")
+    p.add_argument("--json", action="store_true", help="one JSON object per line")
+    p.set_defaults(func=watch)
+
+    dlq = sub.add_parser("dlq", help="dead letters").add_subparsers(dest="dlq_cmd", required=True)
+    p = dlq.add_parser("list", help="dead letters with reason, attempts and last error")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--limit", type=int, default=100)
+    p.set_defaults(func=dlq_list)
+    p = dlq.add_parser("replay", help="put a dead letter back on its subject (keeps run and chain)")
+    p.add_argument("id", type=int, help="the dead letter's id from `dlq list`")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=dlq_replay)
+
+
+async def status(args: argparse.Namespace, settings: Settings) -> int:
+    record = read_stack(settings)
+    out: dict[str, Any] = {
+        "nats_url": record.nats_url if record else settings.nats_url,
+        "home": str(settings.home.resolve()),
+        "services": {},
+        "agents": [],
+    }
+    if record:
+        for proc in record.processes:
+            out["services"][proc.name] = "up" if is_alive(proc) else "down"
+    if out["nats_url"]:
+        try:
+            async with Bus(settings.model_copy(update={"nats_url": out["nats_url"]}), name="relaybus-status") as bus:
+                out["services"].setdefault("nats", "up")
+                out["agents"] = await list_agents(bus)
+        except RelayError:
+            out["services"]["nats"] = "down"
+    if args.json:
+        emit(out, True)
+    else:
+        print(f"home      {out['home']}")
+        print(f"nats      {out['nats_url'] or '(no stack running; `relaybus up --detach`)'}")
+        for name, state in out["services"].items():
+            print(f"service   {name:<10} {state}")
+        for agent in out["agents"]:
+            print(f"agent     {agent['name']:<10} {agent['replicas']} replica(s)")
+    return EXIT_OK if out["nats_url"] else EXIT_ERROR
+
+
+class AgentBeat(msgspec.Struct, frozen=True, kw_only=True):
+    """What a running agent replica writes to the agents bucket, refreshed while alive."""
+
+    name: str
+    pid: int
+    host: str
+    concurrency: int
+    started: float
+
+
+async def list_agents(bus: Bus) -> list[dict[str, Any]]:
+    try:
+        kv = await bus.js.key_value(bus.subjects.bucket("agents"))
+        keys = await kv.keys()
+    except (nats.js.errors.NotFoundError, nats.js.errors.NoKeysError):
+        return []
+    agents: dict[str, dict[str, Any]] = {}
+    for key in keys:
+        try:
+            entry = await kv.get(key)
+        except nats.js.errors.KeyNotFoundError:
+            continue
+        if not entry.value:
+            continue
+        beat = msgspec.json.decode(entry.value, type=AgentBeat)
+        row = agents.setdefault(beat.name, {"name": beat.name, "replicas": 0, "pids": []})
+        row["replicas"] += 1
+        row["pids"].append(beat.pid)
+    return sorted(agents.values(), key=lambda r: r["name"])
+
+
+def event_line(event: Event) -> str:
+    stamp = time.strftime("%H:%M:%S", time.localtime(event.time)) + f".{int(event.time * 1000) % 1000:03d}"
+    arrow = f"{event.sender or '-'} → {event.recipient or '-'}"
+    extra = event.detail or (event.error.message if event.error else "")
+    return f"{stamp} {event.run_id} {event.kind:<13} {arrow} {extra}".rstrip()
+
+
+def event_json(event: Event) -> dict[str, Any]:
+    out: dict[str, Any] = msgspec.to_builtins(event)
+    if len(event.result):
+        out["result"] = msgspec.json.decode(event.result)
+    return out
+
+
+async def watch(args: argparse.Namespace, settings: Settings) -> int:
+    async with Bus(settings, name="relaybus-watch") as bus, EventFeed(bus, args.run, replay=bool(args.run)) as feed:
+        if sys.stderr.isatty() and not args.json:
+            print("watching run events (Ctrl-C to stop)…", file=sys.stderr)
+        seen = 0
+        while not args.limit or seen < args.limit:
+            event = await feed.next(3600)
+            if event is None or (args.agent and args.agent not in (event.sender, event.recipient)):
+                continue
+            seen += 1
+            emit(event_json(event), args.json, event_line(event))
+    return EXIT_OK
+
+
+async def read_dead_letters(bus: Bus, limit: int) -> list[tuple[int, DeadLetter]]:
+    stream = bus.subjects.stream("DLQ")
+    info = await bus.js.stream_info(stream)
+    out: list[tuple[int, DeadLetter]] = []
+    if not info.state.messages:
+        return out
+    sub = await bus.js.subscribe(bus.subjects.dlq_all(), ordered_consumer=True, deliver_policy=api.DeliverPolicy.ALL)
+    try:
+        while len(out) < limit:
+            msg = await sub.next_msg(timeout=bus.settings.request_timeout_s)
+            out.append((msg.metadata.sequence.stream, dead_letter_decoder.decode(msg.data)))
+            if msg.metadata.num_pending == 0:
+                break
+    finally:
+        await sub.unsubscribe()
+    return out
+
+
+async def dlq_list(args: argparse.Namespace, settings: Settings) -> int:
+    async with Bus(settings, name="relaybus-dlq") as bus:
+        letters = await read_dead_letters(bus, args.limit)
+    for seq, letter in letters:
+        row = {
+            "id": seq, "agent": letter.agent, "run_id": letter.run_id, "envelope_id": letter.envelope_id,
+            "reason": letter.reason, "attempts": letter.attempts, "time": letter.time,
+            "last_error": msgspec.to_builtins(letter.last_error) if letter.last_error else None,
+        }
+        emit(row, args.json, f"{seq:>6} {letter.agent:<12} {letter.run_id or '-':<26} "
+                             f"attempts={letter.attempts} {letter.reason}")
+    if not letters and not args.json:
+        print("no dead letters")
+    return EXIT_OK
+
+
+async def dlq_replay(args: argparse.Namespace, settings: Settings) -> int:
+    async with Bus(settings, name="relaybus-dlq") as bus:
+        stream = bus.subjects.stream("DLQ")
+        try:
+            raw = await bus.js.get_msg(stream, args.id)
+        except nats.js.errors.NotFoundError:
+            raise RelayError(f"no dead letter with id {args.id}; `relaybus dlq list` shows them") from None
+        letter = dead_letter_decoder.decode(raw.data or b"")
+        headers = {k: v for k, v in letter.headers.items() if not k.startswith("Nats-")}
+        headers["Nats-Msg-Id"] = f"{letter.envelope_id or 'raw'}:replay:{args.id}"
+        seq = await bus.publish_bytes(letter.subject, letter.data, headers)
+        await bus.js.delete_msg(stream, args.id)
+    emit({"id": args.id, "subject": letter.subject, "run_id": letter.run_id, "sequence": seq}, args.json,
+         f"replayed dead letter {args.id} to {letter.subject} (run {letter.run_id or '-'})")
+    return EXIT_OK

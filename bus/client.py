@@ -1,0 +1,236 @@
+"""The connection owner: the one place nats-py is connected, published to and drained."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import re
+from collections.abc import Callable
+from types import TracebackType
+from typing import Any
+
+import nats
+import nats.errors
+import nats.js.errors
+from nats.aio.client import Client as NatsClient
+from nats.js import JetStreamContext
+from tenacity import (
+    AsyncRetrying,
+    retry_if_exception_type,
+    stop_after_attempt,
+    stop_after_delay,
+    wait_exponential,
+)
+
+from . import envelope as wire
+from .errors import ConnectionFailed, PermissionViolation, PublishFailed, RelayError
+from .settings import Settings
+from .stack import resolve_nats_url
+from .subjects import Subjects, check_subject
+from .tracing import inject
+
+log = logging.getLogger("relaybus.bus")
+_VIOLATION_RE = re.compile(r'permissions violation for (publish|subscription) to "?([^"\s]+)', re.I)
+_TRANSIENT = (
+    nats.errors.TimeoutError,
+    nats.js.errors.NoStreamResponseError,
+    nats.errors.ConnectionReconnectingError,
+    asyncio.TimeoutError,
+)
+HeaderHook = Callable[[dict[str, str]], None]
+
+
+class Bus:
+    """An open NATS connection with JetStream, owned as an async context manager.
+
+    async with Bus(settings) as bus:
+        await bus.publish(envelope)
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        name: str = "relaybus",
+        header_hook: HeaderHook | None = inject,
+        connect_options: dict[str, Any] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.subjects = Subjects(settings.prefix)
+        self.name = name
+        self.header_hook = header_hook
+        self._connect_options = connect_options or {}
+        self._nc: NatsClient | None = None
+        self._js: JetStreamContext | None = None
+        self.violations: collections.deque[tuple[str, str]] = collections.deque(maxlen=100)
+        self.async_errors: collections.deque[str] = collections.deque(maxlen=100)
+        self._closed = asyncio.Event()
+        self._closing = False
+
+    @property
+    def nc(self) -> NatsClient:
+        if self._nc is None:
+            raise ConnectionFailed("the bus is not connected: use `async with Bus(settings)`")
+        return self._nc
+
+    @property
+    def js(self) -> JetStreamContext:
+        if self._js is None:
+            raise ConnectionFailed("the bus is not connected: use `async with Bus(settings)`")
+        return self._js
+
+    @property
+    def url(self) -> str:
+        return str(self.nc.connected_url.geturl()) if self.nc.connected_url else ""
+
+    async def __aenter__(self) -> Bus:
+        if self._nc is not None:
+            raise ConnectionFailed("this Bus is already connected")
+        url = resolve_nats_url(self.settings)
+        options: dict[str, Any] = {
+            "servers": [u.strip() for u in url.split(",")],
+            "name": self.name,
+            "connect_timeout": self.settings.connect_timeout_s,
+            "reconnect_time_wait": 0.5,
+            "max_reconnect_attempts": -1,
+            "allow_reconnect": True,
+            "error_cb": self._on_error,
+            "disconnected_cb": self._on_disconnected,
+            "reconnected_cb": self._on_reconnected,
+            "closed_cb": self._on_closed,
+        }
+        options.update(self._connect_options)
+        try:
+            self._nc = await nats.connect(**options)
+        except (OSError, nats.errors.Error, asyncio.TimeoutError) as exc:
+            raise ConnectionFailed(
+                f"cannot connect to NATS at {url}: {exc or type(exc).__name__}; is the stack up "
+                "(`relaybus up --detach`) or RELAYBUS_NATS_URL right?"
+            ) from exc
+        self._js = self._nc.jetstream(timeout=self.settings.request_timeout_s)
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        self._closing = True
+        nc, self._nc, self._js = self._nc, None, None
+        if nc is None or nc.is_closed:
+            return
+        try:
+            await asyncio.wait_for(nc.drain(), timeout=self.settings.request_timeout_s + 5)
+        except (asyncio.TimeoutError, nats.errors.Error) as exc:
+            log.warning("drain did not finish (%s); closing", exc)
+            await nc.close()
+
+    # -- async error surfacing ---------------------------------------------------------
+
+    async def _on_error(self, exc: Exception) -> None:
+        text = str(exc)
+        match = _VIOLATION_RE.search(text)
+        if match:
+            self.violations.append((match[1].lower(), match[2]))
+            log.error("NATS refused %s to %s for this connection", match[1], match[2])
+        else:
+            self.async_errors.append(text or type(exc).__name__)
+            log.warning("NATS async error: %r", exc)
+
+    async def _on_disconnected(self) -> None:
+        if not self._closing:
+            log.warning("disconnected from NATS; reconnecting")
+
+    async def _on_reconnected(self) -> None:
+        log.info("reconnected to NATS at %s", self.url)
+
+    async def _on_closed(self) -> None:
+        self._closed.set()
+
+    def raise_violation(self, subject: str) -> None:
+        """Raise PermissionViolation if the server refused `subject` on this connection."""
+        for op, refused in self.violations:
+            if refused == subject:
+                raise PermissionViolation(
+                    f"NATS refused {op} to {subject!r} for this connection's user; "
+                    "check the agent's subject permissions (`relaybus identity nats-config`)"
+                )
+
+    # -- publishing --------------------------------------------------------------------
+
+    def headers_for(self, env: wire.Envelope) -> dict[str, str]:
+        headers = {"Nats-Msg-Id": env.id, "Relay-Run": env.run_id, "Relay-Kind": env.kind}
+        if self.header_hook is not None:
+            self.header_hook(headers)
+        return headers
+
+    async def publish(self, env: wire.Envelope, subject: str | None = None) -> int:
+        """Store `env` in JetStream (PubAck awaited); returns the stream sequence.
+
+        The envelope id is the `Nats-Msg-Id`, so a retried publish is stored once.
+        """
+        subject = subject or self.subjects.task(env.recipient)
+        data = wire.encode(env, self.settings.max_payload_bytes)
+        return await self.publish_bytes(subject, data, self.headers_for(env))
+
+    async def publish_bytes(
+        self, subject: str, data: bytes, headers: dict[str, str] | None = None
+    ) -> int:
+        """JetStream publish with retries on transient errors (same headers, same msg id)."""
+        check_subject(subject)
+        try:
+            ack = await self.js.publish(subject, data, headers=dict(headers or {}))
+            return int(ack.seq)
+        except _TRANSIENT:
+            pass
+        except nats.js.errors.APIError as exc:
+            raise PublishFailed(f"JetStream refused {subject!r}: {exc.description}") from exc
+        return await self._publish_retrying(subject, data, headers)
+
+    async def _publish_retrying(
+        self, subject: str, data: bytes, headers: dict[str, str] | None
+    ) -> int:
+        retrying = AsyncRetrying(
+            retry=retry_if_exception_type(_TRANSIENT),
+            wait=wait_exponential(multiplier=0.1, max=2.0),
+            stop=stop_after_attempt(8) | stop_after_delay(self.settings.request_timeout_s * 3),
+            before_sleep=lambda rs: log.warning(
+                "publish to %s failed (%s); retrying", subject, rs.outcome and rs.outcome.exception()
+            ),
+            reraise=True,
+        )
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    ack = await self.js.publish(subject, data, headers=dict(headers or {}))
+                    return int(ack.seq)
+        except _TRANSIENT as exc:
+            self.raise_violation(subject)
+            raise PublishFailed(
+                f"no JetStream acknowledgement for {subject!r} ({type(exc).__name__}); "
+                "is a stream bound to this subject (`relaybus up` provisions them)?"
+            ) from exc
+        except nats.js.errors.APIError as exc:
+            raise PublishFailed(f"JetStream refused {subject!r}: {exc.description}") from exc
+        raise RelayError("unreachable")  # pragma: no cover
+
+    async def publish_core(self, subject: str, data: bytes, headers: dict[str, str] | None = None) -> None:
+        """Fire-and-forget publish (no stream ack); violations still surface via flush."""
+        check_subject(subject)
+        await self.nc.publish(subject, data, headers=dict(headers) if headers else None)
+
+    async def request(self, subject: str, data: bytes, timeout_s: float | None = None) -> bytes:
+        """Core request/reply (services)."""
+        check_subject(subject)
+        try:
+            msg = await self.nc.request(
+                subject, data, timeout=timeout_s or self.settings.request_timeout_s
+            )
+        except nats.errors.NoRespondersError as exc:
+            raise ConnectionFailed(f"no service answers on {subject!r}; is it running?") from exc
+        except nats.errors.TimeoutError as exc:
+            self.raise_violation(subject)
+            raise ConnectionFailed(f"no reply on {subject!r} in time") from exc
+        return bytes(msg.data)

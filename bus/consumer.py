@@ -1,0 +1,211 @@
+"""The consume loop: fetch → decode → handler → ack / nak with delay / dead-letter.
+
+One durable pull consumer per agent name, shared by every replica. Attempts are counted
+here (the server's max_deliver is unlimited) so a message never stops being delivered
+without first reaching the dead-letter stream with its reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+import nats.errors
+from nats.aio.msg import Msg
+
+from . import envelope as wire
+from .client import Bus
+from .errors import EnvelopeInvalid, ErrorInfo, Reject, RelayError, Retry
+from .events import DeadLetter, Event, event_encoder
+from .streams import agent_consumer, ensure_consumer
+
+log = logging.getLogger("relaybus.consumer")
+
+
+@dataclass(slots=True)
+class Delivery:
+    """One delivered message, decoded; what a handler receives."""
+
+    envelope: wire.Envelope
+    attempt: int
+    headers: dict[str, str]
+    subject: str
+    started: float = field(default_factory=time.monotonic)
+
+
+Handler = Callable[[Delivery], Awaitable[None]]
+
+
+def backoff_s(attempt: int, base_s: float = 0.5, cap_s: float = 30.0) -> float:
+    """Exponential delay before attempt `attempt + 1`."""
+    return min(cap_s, base_s * 2 ** max(0, attempt - 1))
+
+
+class Consumer:
+    """Runs `handler` over the tasks of one agent until `stop` is set."""
+
+    def __init__(
+        self,
+        bus: Bus,
+        agent: str,
+        handler: Handler,
+        *,
+        concurrency: int = 8,
+        max_deliver: int | None = None,
+        ack_wait_s: float | None = None,
+        grace_s: float = 30.0,
+        fetch_timeout_s: float = 1.0,
+    ) -> None:
+        if concurrency < 1:
+            raise ValueError(f"concurrency must be >= 1, got {concurrency}")
+        self.bus = bus
+        self.agent = agent
+        self.handler = handler
+        self.concurrency = concurrency
+        self.max_deliver = max_deliver or bus.settings.max_deliver
+        self.ack_wait_s = ack_wait_s or bus.settings.ack_wait_s
+        self.grace_s = grace_s
+        self.fetch_timeout_s = fetch_timeout_s
+        self.spec = agent_consumer(bus.subjects, agent, self.ack_wait_s)
+        self._inflight: dict[int, tuple[Msg, float]] = {}
+        self._slot_free = asyncio.Event()
+        self.processed = 0
+
+    async def run(self, stop: asyncio.Event) -> None:
+        await ensure_consumer(self.bus, self.spec)
+        psub = await self.bus.js.pull_subscribe_bind(self.spec.durable, stream=self.spec.stream)
+        tasks: set[asyncio.Task[None]] = set()
+        beat = asyncio.create_task(self._heartbeats(stop))
+        try:
+            while not stop.is_set():
+                free = self.concurrency - len(self._inflight)
+                if free <= 0:
+                    self._slot_free.clear()
+                    await self._slot_free.wait()
+                    continue
+                try:
+                    msgs = await psub.fetch(free, timeout=self.fetch_timeout_s)
+                except (nats.errors.TimeoutError, asyncio.TimeoutError):
+                    continue
+                except nats.errors.ConnectionClosedError:
+                    break
+                except nats.errors.Error as exc:
+                    log.warning("fetch for %s failed: %r", self.agent, exc)
+                    await asyncio.sleep(0.5)
+                    continue
+                for msg in msgs:
+                    self._inflight[id(msg)] = (msg, time.monotonic())
+                    task = asyncio.create_task(self._process(msg))
+                    tasks.add(task)
+                    task.add_done_callback(tasks.discard)
+            if tasks:
+                _, late = await asyncio.wait(tasks, timeout=self.grace_s)
+                for task in late:  # unacked: redelivered to another replica after ack_wait
+                    task.cancel()
+        finally:
+            beat.cancel()
+            await psub.unsubscribe()
+
+    async def _heartbeats(self, stop: asyncio.Event) -> None:
+        interval = self.ack_wait_s / 3
+        while True:
+            await asyncio.sleep(interval)
+            now = time.monotonic()
+            for msg, started in list(self._inflight.values()):
+                if now - started >= interval:
+                    try:
+                        await msg.in_progress()
+                    except nats.errors.Error as exc:
+                        log.warning("in-progress heartbeat failed: %r", exc)
+
+    async def _process(self, msg: Msg) -> None:
+        try:
+            await self._handle(msg)
+        except Exception:  # the loop must survive anything a message does
+            log.exception("unexpected failure processing a %s message", self.agent)
+        finally:
+            self._inflight.pop(id(msg), None)
+            self._slot_free.set()
+            self.processed += 1
+
+    async def _handle(self, msg: Msg) -> None:
+        attempt = msg.metadata.num_delivered
+        headers = dict(msg.headers or {})
+        try:
+            env = wire.decode(msg.data, self.bus.settings.max_payload_bytes)
+        except EnvelopeInvalid as exc:
+            await self._dead_letter(msg, attempt, f"undecodable: {exc}", ErrorInfo.from_exception(exc))
+            return
+        if attempt > self.max_deliver:
+            reason = (
+                f"gave up after {self.max_deliver} attempts; the last one did not finish "
+                "(worker crashed or exceeded ack wait)"
+            )
+            await self._dead_letter(msg, attempt - 1, reason, None, env)
+            return
+        delivery = Delivery(envelope=env, attempt=attempt, headers=headers, subject=msg.subject)
+        try:
+            await self.handler(delivery)
+        except Retry as exc:
+            if attempt >= self.max_deliver:
+                await self._dead_letter(msg, attempt, exc.reason, ErrorInfo.from_exception(exc), env)
+            else:
+                await msg.nak(delay=exc.delay_s)
+            return
+        except Reject as exc:
+            await self._dead_letter(msg, attempt, exc.reason, ErrorInfo.from_exception(exc), env)
+            return
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            info = ErrorInfo.from_exception(exc)
+            if not isinstance(exc, RelayError):
+                log.warning("handler of %s failed (attempt %d): %r", self.agent, attempt, exc)
+            if attempt >= self.max_deliver:
+                reason = f"failed {attempt} times; last error {info.type}: {info.message}"
+                await self._dead_letter(msg, attempt, reason, info, env)
+            else:
+                await msg.nak(delay=backoff_s(attempt))
+            return
+        await msg.ack()
+
+    async def _dead_letter(
+        self,
+        msg: Msg,
+        attempts: int,
+        reason: str,
+        error: ErrorInfo | None,
+        env: wire.Envelope | None = None,
+    ) -> None:
+        """Store the message in the DLQ (acked by JetStream), then terminate it."""
+        record = DeadLetter(
+            agent=self.agent,
+            subject=msg.subject,
+            reason=reason,
+            attempts=attempts,
+            time=time.time(),
+            data=msg.data,
+            headers=dict(msg.headers or {}),
+            envelope_id=env.id if env else "",
+            run_id=env.run_id if env else "",
+            last_error=error,
+        )
+        dedupe = {"Nats-Msg-Id": f"dlq:{msg.metadata.stream}:{msg.metadata.sequence.stream}"}
+        await self.bus.publish_bytes(self.bus.subjects.dlq(self.agent), encode_dead(record), dedupe)
+        log.error("dead-lettered a %s message after %d attempts: %s", self.agent, attempts, reason)
+        if env is not None:
+            event = Event(
+                run_id=env.run_id, kind="dead_lettered", sender=env.sender, recipient=self.agent,
+                envelope_id=env.id, attempt=attempts, detail=reason, error=error,
+            )
+            await self.bus.publish_bytes(
+                self.bus.subjects.event(env.run_id, "dead_lettered"), event_encoder.encode(event)
+            )
+        await msg.term()
+
+
+def encode_dead(record: DeadLetter) -> bytes:
+    return event_encoder.encode(record)

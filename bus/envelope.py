@@ -1,0 +1,110 @@
+"""The wire envelope every handoff travels in (msgspec, msgpack on the wire).
+
+Schema evolution: new fields get defaults; a field's type never changes.
+The payload stays JSON bytes, undecoded, so routing code never needs body types.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from typing import Literal
+
+import msgspec
+
+from .errors import EnvelopeInvalid, EnvelopeTooLarge
+from .ids import new_id
+
+Kind = Literal["task", "result", "error", "signal"]
+
+
+class Scope(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """A command path (`email/send`) with argument constraints."""
+
+    path: str
+    constraints: dict[str, str | list[str] | int] = {}
+
+
+class Link(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """One delegation link; the identity service signs and verifies these."""
+
+    issuer: str
+    subject: str
+    run_id: str
+    scopes: tuple[Scope, ...] = ()
+    expires_at: float = 0.0
+    prev: bytes = b""
+    signature: bytes = b""
+    stamp: bytes = b""
+
+
+class Envelope(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """A task, result, error or signal moving between agents."""
+
+    id: str
+    run_id: str
+    kind: Kind
+    sender: str
+    recipient: str
+    payload: bytes = b"null"
+    parent_id: str = ""
+    chain: tuple[Link, ...] = ()
+    hop: int = 0
+    max_hops: int = 32
+    deadline: float = 0.0
+    budget: str = ""
+    created_at: float = 0.0
+
+
+def new_envelope(
+    *,
+    kind: Kind,
+    sender: str,
+    recipient: str,
+    payload: bytes,
+    run_id: str | None = None,
+    **fields: object,
+) -> Envelope:
+    """An envelope with a fresh id (and a fresh run id unless one is given)."""
+    env_id = new_id()
+    return Envelope(
+        id=env_id,
+        run_id=run_id or env_id,
+        kind=kind,
+        sender=sender,
+        recipient=recipient,
+        payload=payload,
+        created_at=time.time(),
+        **fields,  # type: ignore[arg-type]
+    )
+
+
+_TOKEN_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_encoder = msgspec.msgpack.Encoder()
+_decoder = msgspec.msgpack.Decoder(Envelope)
+
+
+def encode(envelope: Envelope, max_bytes: int | None = None) -> bytes:
+    data = _encoder.encode(envelope)
+    if max_bytes is not None and len(data) > max_bytes:
+        raise EnvelopeTooLarge(
+            f"envelope {envelope.id} is {len(data)} bytes, over the {max_bytes}-byte limit "
+            "(RELAYBUS_MAX_PAYLOAD_BYTES); store large data in memory and pass a reference"
+        )
+    return data
+
+
+def decode(data: bytes, max_bytes: int | None = None) -> Envelope:
+    if max_bytes is not None and len(data) > max_bytes:
+        raise EnvelopeTooLarge(
+            f"message is {len(data)} bytes, over the {max_bytes}-byte limit"
+        )
+    try:
+        env = _decoder.decode(data)
+    except msgspec.DecodeError as exc:
+        raise EnvelopeInvalid(f"not a relaybus envelope: {exc}") from None
+    for name in ("id", "run_id", "recipient"):
+        value = getattr(env, name)
+        if not _TOKEN_RE.match(value):
+            raise EnvelopeInvalid(f"envelope field `{name}` = {value[:80]!r} is not a valid name")
+    return env

@@ -1,0 +1,125 @@
+"""The one exception tree of relaybus. Every layer raises a subclass of `RelayError`.
+
+    RelayError
+    ├── ConfigError                  a setting or RELAYBUS_* variable is wrong
+    ├── ServerError                  the embedded nats-server is missing, too old or did not start
+    ├── StackNotRunning              no NATS URL set and no `relaybus up` stack found
+    ├── ConnectionFailed             could not reach NATS
+    ├── SubjectInvalid               a subject or subject token would be unsafe to publish
+    ├── EnvelopeInvalid              bytes that do not decode as an envelope (names the field)
+    │   └── EnvelopeTooLarge         an envelope over the configured payload limit
+    ├── ProvisioningConflict         a stream/consumer/bucket exists with a different config
+    ├── PublishFailed                JetStream did not acknowledge a publish
+    │   └── PermissionViolation      the server refused a subject for this connection
+    ├── HandlerOutcome               raised by handlers to steer the consume loop
+    │   ├── Retry                    nak with a delay: try again later
+    │   └── Reject                   terminate: never retry, dead-letter with the reason
+    ├── RunFailed                    a run ended in failure (carries the remote error as data)
+    ├── PermissionDenied             identity: a scope check refused an action
+    ├── ChainInvalid                 identity: a delegation chain did not verify
+    └── BudgetExceeded               ledger: a hold would overspend a budget
+
+Errors cross process boundaries as data (`ErrorInfo`), never pickled.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+
+class RelayError(Exception):
+    """Base class of every error relaybus raises on purpose."""
+
+
+class ConfigError(RelayError):
+    """A setting is missing, misspelt or out of range."""
+
+
+class ServerError(RelayError):
+    """The nats-server binary is missing, too old, or exited while starting."""
+
+
+class StackNotRunning(RelayError):
+    """No NATS URL is configured and no running `relaybus up` stack was found."""
+
+
+class ConnectionFailed(RelayError):
+    """NATS could not be reached or the connection was lost for good."""
+
+
+class SubjectInvalid(RelayError, ValueError):
+    """A subject token is empty, has whitespace, or holds a wildcard."""
+
+
+class EnvelopeInvalid(RelayError, ValueError):
+    """Bytes on the wire did not decode as an envelope; the message names the field."""
+
+
+class EnvelopeTooLarge(EnvelopeInvalid):
+    """An envelope is larger than the configured maximum payload."""
+
+
+class ProvisioningConflict(RelayError):
+    """A stream, consumer or KV bucket exists with a config that differs from the spec."""
+
+
+class PublishFailed(RelayError):
+    """JetStream did not store a message (no stream, timeout, server error)."""
+
+
+class PermissionViolation(PublishFailed):
+    """The NATS server refused a publish or subscribe for this connection's user."""
+
+
+class HandlerOutcome(RelayError):
+    """Raised by a handler to tell the consume loop what to do with the message."""
+
+
+class Retry(HandlerOutcome):
+    """Redeliver the message after `delay_s` seconds (counts as an attempt)."""
+
+    def __init__(self, reason: str = "retry requested", delay_s: float = 1.0) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.delay_s = delay_s
+
+
+class Reject(HandlerOutcome):
+    """Do not retry: dead-letter the message with `reason`."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class RunFailed(RelayError):
+    """A run (or a child run) ended in failure; `info` carries the remote error."""
+
+    def __init__(self, info: ErrorInfo) -> None:
+        super().__init__(f"{info.type}: {info.message}")
+        self.info = info
+
+
+class PermissionDenied(RelayError):
+    """An action was refused by a scope check; the message names the scope."""
+
+
+class ChainInvalid(RelayError):
+    """A delegation chain failed verification; the message names the failing link."""
+
+
+class BudgetExceeded(RelayError):
+    """A hold would take a budget past its limit; the message names the budget."""
+
+
+class ErrorInfo(msgspec.Struct, frozen=True, kw_only=True):
+    """An error as data, for events, dead letters and child results."""
+
+    type: str
+    message: str
+    retryable: bool = False
+
+    @classmethod
+    def from_exception(cls, exc: BaseException) -> ErrorInfo:
+        retryable = not isinstance(exc, Reject | EnvelopeInvalid)
+        return cls(type=type(exc).__name__, message=str(exc) or repr(exc), retryable=retryable)

@@ -1,0 +1,52 @@
+"""Run lifecycle events on `<prefix>.event.<run>.<kind>` and dead-letter records (JSON on the wire)."""
+
+from __future__ import annotations
+
+import time
+from typing import Literal
+
+import msgspec
+
+from .errors import ErrorInfo
+
+EventKind = Literal[
+    "submitted", "started", "step", "handoff", "call", "suspended", "resumed", "retried",
+    "completed", "failed", "cancelled", "dead_lettered", "signal", "denied",
+]
+TERMINAL: frozenset[str] = frozenset({"completed", "failed", "cancelled", "dead_lettered"})
+
+
+class Event(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """One thing that happened in a run; `from`/`to` are the agents of a handoff."""
+
+    run_id: str
+    kind: str
+    time: float = msgspec.field(default_factory=time.time)
+    sender: str = msgspec.field(default="", name="from")
+    recipient: str = msgspec.field(default="", name="to")
+    envelope_id: str = ""
+    attempt: int = 0
+    detail: str = ""
+    error: ErrorInfo | None = None
+    result: msgspec.Raw = msgspec.Raw()
+    cost: int = 0
+
+
+class DeadLetter(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """A message that will not be processed, kept with why, for `relaybus dlq`."""
+
+    agent: str
+    subject: str
+    reason: str
+    attempts: int
+    time: float
+    data: bytes
+    headers: dict[str, str] = {}
+    envelope_id: str = ""
+    run_id: str = ""
+    last_error: ErrorInfo | None = None
+
+
+event_encoder = msgspec.json.Encoder()
+event_decoder = msgspec.json.Decoder(Event)
+dead_letter_decoder = msgspec.json.Decoder(DeadLetter)

@@ -1,0 +1,77 @@
+"""Process settings: one frozen object, built from `RELAYBUS_*` variables passed in."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .errors import ConfigError
+
+ENV_PREFIX = "RELAYBUS_"
+_PREFIX_RE = re.compile(r"^[a-z][a-z0-9_-]{0,30}$")
+
+
+class Settings(BaseModel):
+    """Everything a relaybus process can be told. Misspelt variables are errors."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    nats_url: str | None = None
+    home: Path = Path(".relaybus")
+    prefix: str = "relay"
+    nats_server: str | None = None
+    connect_timeout_s: float = Field(default=5.0, gt=0)
+    request_timeout_s: float = Field(default=5.0, gt=0)
+    ack_wait_s: float = Field(default=30.0, gt=0)
+    max_deliver: int = Field(default=5, ge=1)
+    max_payload_bytes: int = Field(default=1_000_000, ge=1024)
+    log_level: str = "INFO"
+    qdrant_url: str | None = None
+    llm_base_url: str | None = None
+    llm_api_key: str | None = None
+    llm_model: str | None = None
+    smtp_url: str | None = None
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str], **overrides: Any) -> Settings:
+        """Build settings from the `RELAYBUS_*` entries of `environ`, then `overrides`."""
+        values: dict[str, Any] = {
+            key[len(ENV_PREFIX) :].lower(): value
+            for key, value in environ.items()
+            if key.startswith(ENV_PREFIX) and value != ""
+        }
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        try:
+            settings = cls(**values)
+        except ValidationError as exc:
+            raise ConfigError(_explain(exc)) from None
+        if not _PREFIX_RE.match(settings.prefix):
+            raise ConfigError(
+                f"RELAYBUS_PREFIX={settings.prefix!r} is not a valid subject prefix: "
+                "use lowercase letters, digits, '_' or '-', starting with a letter"
+            )
+        return settings
+
+    def env(self) -> dict[str, str]:
+        """The `RELAYBUS_*` variables that rebuild these settings in a child process."""
+        out: dict[str, str] = {}
+        for name, value in self.model_dump().items():
+            if value is not None and value != type(self).model_fields[name].default:
+                out[ENV_PREFIX + name.upper()] = str(value)
+        return out
+
+
+def _explain(exc: ValidationError) -> str:
+    problems = []
+    for err in exc.errors():
+        name = ENV_PREFIX + "_".join(str(p) for p in err["loc"]).upper()
+        if err["type"] == "extra_forbidden":
+            known = ", ".join(ENV_PREFIX + f.upper() for f in Settings.model_fields)
+            problems.append(f"{name} is not a relaybus setting (known: {known})")
+        else:
+            problems.append(f"{name}={err.get('input')!r}: {err['msg']}")
+    return "; ".join(problems)

@@ -1,0 +1,224 @@
+"""Streams, consumers and KV buckets declared as data and provisioned idempotently.
+
+`ensure(bus, specs)` creates what is missing, leaves what matches alone, and raises
+ProvisioningConflict naming every differing field of what exists with another config.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import nats.js.errors
+from nats.js import api
+
+from .client import Bus
+from .errors import ProvisioningConflict
+from .subjects import Subjects
+
+DAY_S = 86_400.0
+
+
+@dataclass(frozen=True)
+class StreamSpec:
+    name: str
+    subjects: tuple[str, ...]
+    retention: str = "limits"  # limits | workqueue | interest
+    max_age_s: float = 0.0
+    duplicate_window_s: float = 120.0
+    deny_delete: bool = False
+    deny_purge: bool = False
+    max_msgs_per_subject: int = -1
+    replicas: int = 1
+    allow_direct: bool = True
+
+    def config(self) -> api.StreamConfig:
+        return api.StreamConfig(
+            name=self.name,
+            subjects=list(self.subjects),
+            retention=api.RetentionPolicy(self.retention),
+            storage=api.StorageType.FILE,
+            max_age=self.max_age_s,
+            duplicate_window=self.duplicate_window_s,
+            deny_delete=self.deny_delete,
+            deny_purge=self.deny_purge,
+            max_msgs_per_subject=self.max_msgs_per_subject,
+            num_replicas=self.replicas,
+            allow_direct=self.allow_direct,
+        )
+
+
+@dataclass(frozen=True)
+class ConsumerSpec:
+    stream: str
+    durable: str
+    filter_subject: str
+    ack_wait_s: float
+    max_ack_pending: int = 1000
+
+    def config(self) -> api.ConsumerConfig:
+        return api.ConsumerConfig(
+            durable_name=self.durable,
+            filter_subject=self.filter_subject,
+            ack_policy=api.AckPolicy.EXPLICIT,
+            deliver_policy=api.DeliverPolicy.ALL,
+            ack_wait=self.ack_wait_s,
+            # Unlimited on the server: the consume loop counts attempts itself and dead-letters,
+            # so a message whose last attempt crashed is never stranded undelivered.
+            max_deliver=-1,
+            max_ack_pending=self.max_ack_pending,
+        )
+
+
+@dataclass(frozen=True)
+class BucketSpec:
+    bucket: str
+    history: int = 1
+    ttl_s: float = 0.0
+    replicas: int = 1
+
+
+@dataclass(frozen=True)
+class Topology:
+    streams: tuple[StreamSpec, ...] = ()
+    buckets: tuple[BucketSpec, ...] = ()
+    consumers: tuple[ConsumerSpec, ...] = field(default=())
+
+
+def default_topology(subjects: Subjects, replicas: int = 1) -> Topology:
+    """The streams and buckets every relaybus deployment has (DESIGN.md, Names)."""
+    p = subjects.prefix
+    streams = (
+        StreamSpec(subjects.stream("TASKS"), (f"{p}.task.>",), retention="workqueue", replicas=replicas),
+        StreamSpec(subjects.stream("EVENTS"), (f"{p}.event.>",), max_age_s=7 * DAY_S, replicas=replicas),
+        StreamSpec(subjects.stream("DLQ"), (f"{p}.dlq.>",), replicas=replicas),
+        StreamSpec(
+            subjects.stream("AUDIT"), (f"{p}.audit.>",), deny_delete=True, deny_purge=True,
+            replicas=replicas,
+        ),
+    )
+    buckets = (
+        BucketSpec(subjects.bucket("runs"), history=1, replicas=replicas),
+        BucketSpec(subjects.bucket("agents"), history=1, ttl_s=60.0, replicas=replicas),
+    )
+    return Topology(streams=streams, buckets=buckets)
+
+
+def agent_consumer(subjects: Subjects, agent: str, ack_wait_s: float) -> ConsumerSpec:
+    return ConsumerSpec(
+        stream=subjects.stream("TASKS"),
+        durable=subjects.durable(agent),
+        filter_subject=subjects.task(agent),
+        ack_wait_s=ack_wait_s,
+    )
+
+
+def _diff(kind: str, name: str, want: dict[str, object], have: dict[str, object]) -> None:
+    differing = [
+        f"{key}: has {have.get(key)!r}, spec wants {value!r}"
+        for key, value in want.items()
+        if have.get(key) != value
+    ]
+    if differing:
+        raise ProvisioningConflict(
+            f"{kind} {name} exists with a different config ({'; '.join(differing)}); "
+            "relaybus does not replace it: delete it, or use another RELAYBUS_PREFIX"
+        )
+
+
+async def ensure_stream(bus: Bus, spec: StreamSpec) -> bool:
+    """Create the stream if missing. Returns True if it was created."""
+    want = spec.config()
+    try:
+        info = await bus.js.stream_info(spec.name)
+    except nats.js.errors.NotFoundError:
+        await bus.js.add_stream(want)
+        return True
+    have = info.config
+    _diff(
+        "stream",
+        spec.name,
+        {
+            "subjects": sorted(spec.subjects),
+            "retention": want.retention,
+            "max_age": float(spec.max_age_s),
+            "deny_delete": spec.deny_delete,
+            "deny_purge": spec.deny_purge,
+            "num_replicas": spec.replicas,
+        },
+        {
+            "subjects": sorted(have.subjects or []),
+            "retention": have.retention,
+            "max_age": float(have.max_age or 0.0),
+            "deny_delete": bool(have.deny_delete),
+            "deny_purge": bool(have.deny_purge),
+            "num_replicas": have.num_replicas or 1,
+        },
+    )
+    return False
+
+
+async def ensure_consumer(bus: Bus, spec: ConsumerSpec) -> bool:
+    try:
+        info = await bus.js.consumer_info(spec.stream, spec.durable)
+    except nats.js.errors.NotFoundError:
+        await bus.js.add_consumer(spec.stream, spec.config())
+        return True
+    have = info.config
+    _diff(
+        "consumer",
+        f"{spec.stream}/{spec.durable}",
+        {"filter_subject": spec.filter_subject, "ack_wait": spec.ack_wait_s, "max_deliver": -1},
+        {"filter_subject": have.filter_subject, "ack_wait": have.ack_wait, "max_deliver": have.max_deliver},
+    )
+    return False
+
+
+async def ensure_bucket(bus: Bus, spec: BucketSpec) -> bool:
+    try:
+        info = await bus.js.stream_info(f"KV_{spec.bucket}")
+    except nats.js.errors.NotFoundError:
+        await bus.js.create_key_value(
+            api.KeyValueConfig(
+                bucket=spec.bucket, history=spec.history, ttl=spec.ttl_s or None,
+                replicas=spec.replicas,
+            )
+        )
+        return True
+    have = info.config
+    _diff(
+        "KV bucket",
+        spec.bucket,
+        {"history": spec.history, "ttl": float(spec.ttl_s), "replicas": spec.replicas},
+        {
+            "history": have.max_msgs_per_subject,
+            "ttl": float(have.max_age or 0.0),
+            "replicas": have.num_replicas or 1,
+        },
+    )
+    return False
+
+
+async def ensure(bus: Bus, topology: Topology) -> list[str]:
+    """Provision everything in `topology`; returns the names that were created."""
+    created: list[str] = []
+    for stream in topology.streams:
+        if await ensure_stream(bus, stream):
+            created.append(stream.name)
+    for bucket in topology.buckets:
+        if await ensure_bucket(bus, bucket):
+            created.append(bucket.bucket)
+    for consumer in topology.consumers:
+        if await ensure_consumer(bus, consumer):
+            created.append(f"{consumer.stream}/{consumer.durable}")
+    return created
+
+
+
+
+async def consumer_exists(bus: Bus, spec: ConsumerSpec) -> bool:
+    try:
+        await bus.js.consumer_info(spec.stream, spec.durable)
+    except nats.js.errors.NotFoundError:
+        return False
+    return True

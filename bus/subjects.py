@@ -1,0 +1,81 @@
+"""The only place subject strings are built, and the check every published subject passes."""
+
+from __future__ import annotations
+
+import re
+
+from .errors import SubjectInvalid
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_TOKEN_BAD = re.compile(r"[\s*>]")
+
+
+def check_name(kind: str, value: str) -> str:
+    """Validate an agent, service or run name used as one subject token."""
+    if not isinstance(value, str) or not _NAME_RE.match(value):
+        raise SubjectInvalid(
+            f"{kind} name {value!r} is not allowed: use 1-64 letters, digits, '_' or '-'"
+        )
+    return value
+
+
+def check_subject(subject: str) -> str:
+    """Refuse subjects that NATS would accept but that would be unsafe to publish to."""
+    if not subject:
+        raise SubjectInvalid("empty subject")
+    for token in subject.split("."):
+        if not token:
+            raise SubjectInvalid(f"subject {subject!r} has an empty token")
+        if _TOKEN_BAD.search(token):
+            raise SubjectInvalid(
+                f"subject {subject!r} has a wildcard or whitespace in token {token!r}"
+            )
+    return subject
+
+
+class Subjects:
+    """Subject and stream names for one prefix (`relay` by default)."""
+
+    __slots__ = ("prefix", "stream_prefix")
+
+    def __init__(self, prefix: str = "relay") -> None:
+        self.prefix = prefix
+        self.stream_prefix = prefix.upper().replace("-", "_")
+
+    def task(self, agent: str) -> str:
+        return f"{self.prefix}.task.{check_name('agent', agent)}"
+
+    def tasks_all(self) -> str:
+        return f"{self.prefix}.task.>"
+
+    def event(self, run_id: str, kind: str) -> str:
+        return f"{self.prefix}.event.{check_name('run', run_id)}.{check_name('event', kind)}"
+
+    def events_of(self, run_id: str | None = None) -> str:
+        if run_id is None:
+            return f"{self.prefix}.event.>"
+        return f"{self.prefix}.event.{check_name('run', run_id)}.>"
+
+    def dlq(self, agent: str) -> str:
+        return f"{self.prefix}.dlq.{check_name('agent', agent)}"
+
+    def dlq_all(self) -> str:
+        return f"{self.prefix}.dlq.>"
+
+    def control(self, run_id: str) -> str:
+        return f"{self.prefix}.control.{check_name('run', run_id)}"
+
+    def service(self, service: str, op: str) -> str:
+        return f"{self.prefix}.svc.{check_name('service', service)}.{check_name('op', op)}"
+
+    def audit(self, principal: str) -> str:
+        return f"{self.prefix}.audit.{check_name('principal', principal)}"
+
+    def stream(self, suffix: str) -> str:
+        return f"{self.stream_prefix}_{suffix}"
+
+    def bucket(self, suffix: str) -> str:
+        return f"{self.prefix.replace('-', '_')}_{suffix}"
+
+    def durable(self, agent: str) -> str:
+        return f"agent_{check_name('agent', agent)}"

@@ -1,0 +1,161 @@
+"""`relaybus up`: run the embedded stack (nats-server + service processes) until told to stop."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import select
+import signal
+import subprocess
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from .client import Bus
+from .errors import RelayError, ServerError
+from .runtime import stop_on_signals
+from .server import NatsServer
+from .settings import Settings
+from .stack import Proc, StackRecord, describe, is_alive, read_stack, remove_stack, write_stack
+from .streams import default_topology, ensure
+
+log = logging.getLogger("relaybus.stack")
+
+
+async def serve_stack(
+    settings: Settings,
+    services: Mapping[str, Sequence[str]],
+    ready_fd: int | None = None,
+) -> int:
+    """Start nats-server (unless RELAYBUS_NATS_URL is set) and `services`; stop on SIGTERM."""
+    home = settings.home.resolve()
+    if (existing := read_stack(settings)) is not None:
+        raise RelayError(
+            f"a stack already runs under {home} (pid {existing.supervisor.pid}, "
+            f"{existing.nats_url}); `relaybus down` stops it"
+        )
+    (home / "logs").mkdir(parents=True, exist_ok=True)
+    stop = asyncio.Event()
+    stop_on_signals(stop)
+    server: NatsServer | None = None
+    children: dict[str, subprocess.Popen[bytes]] = {}
+    try:
+        url = settings.nats_url
+        if not url:
+            server = NatsServer(home / "nats", binary=settings.nats_server, log_file=home / "logs" / "nats.log")
+            await asyncio.to_thread(server.start)
+            url = server.url
+        run_settings = settings.model_copy(update={"nats_url": url, "home": home})
+        async with Bus(run_settings, name="relaybus-up") as bus:
+            await ensure(bus, default_topology(bus.subjects))
+        env = {**os.environ, **run_settings.env()}
+        for name, argv in services.items():
+            logf = (home / "logs" / f"{name}.log").open("ab")
+            children[name] = subprocess.Popen(
+                list(argv), env=env, stdin=subprocess.DEVNULL, stdout=logf, stderr=logf,
+            )
+        procs = [describe(n, p.pid) for n, p in children.items()]
+        if server is not None:
+            procs.insert(0, describe("nats", server.pid))
+        write_stack(
+            settings,
+            StackRecord(nats_url=url, home=str(home), supervisor=describe("up", os.getpid()), processes=tuple(procs)),
+        )
+        log.info("relaybus stack up: %s (home %s)", url, home)
+        if ready_fd is not None:
+            os.write(ready_fd, f"{url}\n".encode())
+            os.close(ready_fd)
+        await _wait_for_exit(stop, server, children)
+    finally:
+        remove_stack(settings)
+        for child in children.values():
+            if child.poll() is None:
+                child.send_signal(signal.SIGTERM)
+        for child in children.values():
+            try:
+                child.wait(20)
+            except subprocess.TimeoutExpired:
+                child.kill()
+        if server is not None:
+            await asyncio.to_thread(server.stop)
+    return 0
+
+
+async def _wait_for_exit(
+    stop: asyncio.Event, server: NatsServer | None, children: Mapping[str, subprocess.Popen[bytes]]
+) -> None:
+    """Block until `stop` is set; a dead nats-server or service also ends the stack, loudly."""
+    while not stop.is_set():
+        try:
+            await asyncio.wait_for(stop.wait(), timeout=1.0)
+        except asyncio.TimeoutError:
+            pass
+        if server is not None and server.process is not None and server.process.poll() is not None:
+            raise ServerError("nats-server exited; see logs/nats.log under RELAYBUS_HOME")
+        for name, child in children.items():
+            if child.poll() is not None:
+                raise RelayError(f"service {name} exited with {child.returncode}; see logs/{name}.log")
+
+
+def start_detached(settings: Settings, self_command: Sequence[str], timeout_s: float = 60.0) -> str:
+    """Start `relaybus up` in its own session; return the NATS URL once the stack is ready."""
+    home = settings.home.resolve()
+    (home / "logs").mkdir(parents=True, exist_ok=True)
+    log_path = home / "logs" / "up.log"
+    read_fd, write_fd = os.pipe()
+    with log_path.open("ab") as logf:
+        proc = subprocess.Popen(
+            [*self_command, "up", "--ready-fd", str(write_fd)],
+            pass_fds=(write_fd,),
+            stdin=subprocess.DEVNULL,
+            stdout=logf,
+            stderr=logf,
+            start_new_session=True,
+            env={**os.environ, **settings.env()},
+        )
+    os.close(write_fd)
+    try:
+        ready, _, _ = select.select([read_fd], [], [], timeout_s)
+        line = os.read(read_fd, 4096).decode().strip() if ready else ""
+    finally:
+        os.close(read_fd)
+    if not line:
+        if proc.poll() is None:
+            proc.terminate()
+        raise RelayError(f"the stack did not come up; its log:\n{_tail(log_path)}")
+    return line
+
+
+def stop_stack(settings: Settings, timeout_s: float = 30.0) -> bool:
+    """Stop the stack `up` started under this home; False if none was running."""
+    record = read_stack(settings)
+    if record is None:
+        return False
+    os.kill(record.supervisor.pid, signal.SIGTERM)
+    if not _wait_gone(record.supervisor, timeout_s):
+        for proc in (record.supervisor, *record.processes):
+            if is_alive(proc):
+                os.kill(proc.pid, signal.SIGKILL)
+        remove_stack(settings)
+    return True
+
+
+def _wait_gone(proc: Proc, timeout_s: float) -> bool:
+    try:
+        fd = os.pidfd_open(proc.pid)
+    except ProcessLookupError:
+        return True
+    try:
+        ready, _, _ = select.select([fd], [], [], timeout_s)
+        return bool(ready) or not is_alive(proc)
+    finally:
+        os.close(fd)
+
+
+def _tail(path: Path, lines: int = 20) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+

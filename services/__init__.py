@@ -1,0 +1,1 @@
+"""relaybus services: identity and ledger, each with a small client module for the runtime."""
