@@ -18,7 +18,6 @@ from nats.js import JetStreamContext
 from tenacity import (
     AsyncRetrying,
     retry_if_exception_type,
-    stop_after_attempt,
     stop_after_delay,
     wait_exponential,
 )
@@ -184,7 +183,7 @@ class Bus:
             ack = await self.js.publish(subject, data, headers=dict(headers or {}))
             return int(ack.seq)
         except _TRANSIENT:
-            pass
+            self.raise_violation(subject)
         except nats.js.errors.APIError as exc:
             raise PublishFailed(f"JetStream refused {subject!r}: {exc.description}") from exc
         return await self._publish_retrying(subject, data, headers)
@@ -195,7 +194,7 @@ class Bus:
         retrying = AsyncRetrying(
             retry=retry_if_exception_type(_TRANSIENT),
             wait=wait_exponential(multiplier=0.1, max=2.0),
-            stop=stop_after_attempt(8) | stop_after_delay(self.settings.request_timeout_s * 3),
+            stop=stop_after_delay(max(15.0, self.settings.request_timeout_s * 3)),
             before_sleep=lambda rs: log.warning(
                 "publish to %s failed (%s); retrying", subject, rs.outcome and rs.outcome.exception()
             ),

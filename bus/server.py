@@ -26,8 +26,10 @@ _VERSION_RE = re.compile(r"v?(\d+)\.(\d+)\.(\d+)")
 
 def find_binary(explicit: str | None = None) -> str:
     """The nats-server to run: `explicit`, then the one beside this Python, then PATH."""
-    candidates = [explicit] if explicit else []
-    candidates += [str(Path(sys.executable).with_name("nats-server")), shutil.which("nats-server")]
+    if explicit:
+        candidates = [explicit]
+    else:
+        candidates = [str(Path(sys.executable).with_name("nats-server")), shutil.which("nats-server")]
     for candidate in candidates:
         if candidate and os.access(candidate, os.X_OK):
             check_version(candidate)
@@ -88,9 +90,11 @@ class NatsServer:
     binary: str | None = None
     cluster: ClusterSpec | None = None
     log_file: Path | None = None
+    config_file: Path | None = None
     start_timeout_s: float = 20.0
     url: str = ""
     process: subprocess.Popen[bytes] | None = None
+    _pump: threading.Thread | None = None
     _log_tail: collections.deque[str] = field(default_factory=lambda: collections.deque(maxlen=40))
 
     def start(self) -> NatsServer:
@@ -99,6 +103,8 @@ class NatsServer:
         binary = find_binary(self.binary)
         self.store_dir.mkdir(parents=True, exist_ok=True)
         args = [binary, "-js", "-a", "127.0.0.1", "-p", str(self.port), "-sd", str(self.store_dir)]
+        if self.config_file:
+            args += ["-c", str(self.config_file)]
         if self.cluster:
             spec = self.cluster
             routes = ",".join(f"nats://127.0.0.1:{p}" for p in spec.routes)
@@ -112,18 +118,20 @@ class NatsServer:
             start_new_session=True,
         )
         ready = threading.Event()
-        threading.Thread(target=self._pump_log, args=(ready,), daemon=True).start()
+        self._pump = threading.Thread(target=self._pump_log, args=(self.process, ready), daemon=True)
+        self._pump.start()
         if not ready.wait(self.start_timeout_s) or not self.url:
             self.stop()
             tail = "\n".join(self._log_tail)
             raise ServerError(f"nats-server did not become ready; its log:\n{tail}")
         return self
 
-    def _pump_log(self, ready: threading.Event) -> None:
-        assert self.process is not None and self.process.stderr is not None
+    def _pump_log(self, proc: subprocess.Popen[bytes], ready: threading.Event) -> None:
+        if proc.stderr is None:
+            raise ServerError("nats-server started without a log pipe")
         sink = self.log_file.open("ab") if self.log_file else None
         try:
-            for raw in self.process.stderr:
+            for raw in proc.stderr:
                 line = raw.decode(errors="replace").rstrip()
                 self._log_tail.append(line)
                 if sink:
@@ -135,6 +143,7 @@ class NatsServer:
                     ready.set()
         finally:
             ready.set()  # exited: wake the starter, which sees no ready url
+            proc.stderr.close()
             if sink:
                 sink.close()
 
@@ -151,6 +160,12 @@ class NatsServer:
             self.process.wait(10)
         self.process = None
         self.url = ""
+        self._join_pump()
+
+    def _join_pump(self) -> None:
+        if self._pump is not None:
+            self._pump.join(5)
+            self._pump = None
 
     def stop(self, timeout_s: float = 10.0) -> None:
         """SIGTERM (lame-duck free clean shutdown), then SIGKILL after `timeout_s`."""
@@ -164,8 +179,7 @@ class NatsServer:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(timeout_s)
-        if proc.stderr:
-            proc.stderr.close()
+        self._join_pump()
 
     def __enter__(self) -> NatsServer:
         return self.start()

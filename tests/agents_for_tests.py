@@ -1,0 +1,56 @@
+"""Agents the tests run as real processes (importable through PYTHONPATH=tests)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+
+import msgspec
+
+from agents import Agent, Context
+
+
+class Job(msgspec.Struct):
+    log: str
+    sleep_s: float = 0.0
+
+
+def record_attempt(path: str) -> int:
+    """Append one line per attempt to a real file; returns how many attempts ran so far."""
+    with open(path, "a") as f:
+        f.write(f"{os.getpid()}\n")
+    return len(Path(path).read_text().splitlines())
+
+
+class CrashFirst(Agent):
+    """Dies (kill -9 style) on its first attempt, succeeds on the next."""
+
+    name = "crashfirst"
+
+    async def handle(self, ctx: Context, task: Job) -> dict[str, int]:
+        attempts = record_attempt(task.log)
+        if attempts == 1:
+            os._exit(9)
+        return {"attempts": attempts}
+
+
+class Slow(Agent):
+    """Runs longer than the ack wait; heartbeats must keep its message."""
+
+    name = "slow"
+
+    async def handle(self, ctx: Context, task: Job) -> dict[str, int]:
+        await asyncio.sleep(task.sleep_s)
+        return {"attempts": record_attempt(task.log)}
+
+
+class Typed(Agent):
+    name = "typed"
+
+    class Input(msgspec.Struct):
+        count: int
+        label: str
+
+    async def handle(self, ctx: Context, task: "Typed.Input") -> dict[str, object]:
+        return {"doubled": task.count * 2, "label": task.label}

@@ -1,0 +1,165 @@
+"""The consume loop against a real server: retries, dead letters, bad envelopes, dedupe."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import msgspec
+import pytest
+from nats.js import api
+
+from bus import Bus, Consumer, Delivery, NatsServer, PermissionViolation, Reject, Retry, Settings, new_envelope
+from bus.cli import read_dead_letters
+from bus.events import DeadLetter, dead_letter_decoder
+
+
+@asynccontextmanager
+async def running(bus: Bus, agent: str, handler: Callable[[Delivery], Awaitable[None]], **kw: object) -> AsyncIterator[Consumer]:
+    stop = asyncio.Event()
+    consumer = Consumer(bus, agent, handler, **kw)  # type: ignore[arg-type]
+    task = asyncio.create_task(consumer.run(stop))
+    try:
+        yield consumer
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 15)
+
+
+class DeadLetters:
+    def __init__(self, bus: Bus, agent: str) -> None:
+        self.bus, self.agent = bus, agent
+
+    async def __aenter__(self) -> DeadLetters:
+        self.sub = await self.bus.js.subscribe(self.bus.subjects.dlq(self.agent), ordered_consumer=True,
+                                               deliver_policy=api.DeliverPolicy.ALL)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.sub.unsubscribe()
+
+    async def next(self, timeout_s: float = 15) -> DeadLetter:
+        msg = await self.sub.next_msg(timeout=timeout_s)
+        return dead_letter_decoder.decode(msg.data)
+
+
+async def test_poison_message_reaches_dlq_after_exactly_max_deliver_attempts(bus: Bus) -> None:
+    attempts: list[int] = []
+
+    async def always_fails(d: Delivery) -> None:
+        attempts.append(d.attempt)
+        raise RuntimeError("cannot handle this")
+
+    env = new_envelope(kind="task", sender="user:t", recipient="poison", payload=b"{}")
+    async with DeadLetters(bus, "poison") as dlq, running(bus, "poison", always_fails, max_deliver=3):
+        await bus.publish(env)
+        letter = await dlq.next()
+    assert attempts == [1, 2, 3]
+    assert letter.attempts == 3
+    assert letter.envelope_id == env.id and letter.run_id == env.run_id
+    assert "failed 3 times" in letter.reason and "cannot handle this" in letter.reason
+    assert letter.last_error is not None and letter.last_error.type == "RuntimeError"
+    listed = await read_dead_letters(bus, 10)
+    assert [d.envelope_id for _, d in listed] == [env.id]
+
+
+async def test_retry_naks_with_delay_and_reject_dead_letters_at_once(bus: Bus) -> None:
+    seen: dict[str, list[int]] = {"retry": [], "reject": []}
+
+    async def handler(d: Delivery) -> None:
+        body = msgspec.json.decode(d.envelope.payload)
+        seen[body].append(d.attempt)
+        if body == "retry" and d.attempt == 1:
+            raise Retry("not yet", delay_s=0.3)
+        if body == "reject":
+            raise Reject("this task is malformed for good")
+
+    async with DeadLetters(bus, "steer") as dlq, running(bus, "steer", handler, max_deliver=5):
+        await bus.publish(new_envelope(kind="task", sender="s", recipient="steer", payload=b'"reject"'))
+        letter = await dlq.next()
+        await bus.publish(new_envelope(kind="task", sender="s", recipient="steer", payload=b'"retry"'))
+        for _ in range(100):
+            if len(seen["retry"]) == 2:
+                break
+            await asyncio.sleep(0.05)
+    assert seen["reject"] == [1]
+    assert letter.reason == "this task is malformed for good" and letter.attempts == 1
+    assert seen["retry"] == [1, 2]
+
+
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        (b"\xc1garbage", "undecodable"),
+        (msgspec.msgpack.encode({"id": "A", "run_id": 7, "kind": "task", "sender": "s", "recipient": "bad"}), "$.run_id"),
+        (b"\x80" * 3000, "over the 2048-byte limit"),
+    ],
+    ids=["garbage", "wrong-type", "oversize"],
+)
+async def test_bad_envelopes_are_dead_lettered_and_the_consumer_keeps_running(
+    nats_server: NatsServer, prefix: str, tmp_path: Path, data: bytes, reason: str
+) -> None:
+    settings = Settings.from_env({}, nats_url=nats_server.url, prefix=prefix, max_payload_bytes=2048)
+    from bus import default_topology, ensure
+
+    handled: list[str] = []
+
+    async def handler(d: Delivery) -> None:
+        handled.append(d.envelope.id)
+
+    async with Bus(settings) as bus:
+        await ensure(bus, default_topology(bus.subjects))
+        async with DeadLetters(bus, "bad") as dlq, running(bus, "bad", handler) as consumer:
+            await bus.publish_bytes(bus.subjects.task("bad"), data, {"Nats-Msg-Id": "raw-1"})
+            letter = await dlq.next()
+            good = new_envelope(kind="task", sender="s", recipient="bad", payload=b"{}")
+            await bus.publish(good)
+            for _ in range(200):
+                if handled:
+                    break
+                await asyncio.sleep(0.05)
+        assert consumer.processed == 2
+    assert reason in letter.reason
+    assert letter.data == data and letter.attempts == 1
+    assert handled == [good.id]
+
+
+async def test_duplicate_publish_with_same_id_is_stored_once(bus: Bus) -> None:
+    env = new_envelope(kind="task", sender="s", recipient="dup", payload=b"{}")
+    first = await bus.publish(env)
+    second = await bus.publish(env)
+    assert first == second
+    info = await bus.js.stream_info(bus.subjects.stream("TASKS"))
+    assert info.state.messages == 1
+
+
+async def test_publish_to_unsafe_subject_is_refused_before_sending(bus: Bus) -> None:
+    from bus import SubjectInvalid
+
+    with pytest.raises(SubjectInvalid):
+        await bus.publish_bytes(f"{bus.subjects.prefix}.task.*", b"x")
+
+
+async def test_permission_violation_is_surfaced_not_silently_dropped(tmp_path: Path) -> None:
+    conf = tmp_path / "auth.conf"
+    conf.write_text(
+        """
+        authorization {
+          users = [
+            { user: limited, password: pw, permissions: { publish: { allow: ["ok.>", "_INBOX.>", "$JS.API.>"] },
+                                                          subscribe: { allow: ["_INBOX.>"] } } }
+          ]
+        }
+        """
+    )
+    with NatsServer(tmp_path / "store", config_file=conf) as server:
+        url = server.url.replace("nats://", "nats://limited:pw@")
+        async with Bus(Settings.from_env({}, nats_url=url, request_timeout_s=1)) as bus:
+            await bus.publish_core("denied.subject", b"x")
+            await bus.nc.flush()
+            with pytest.raises(PermissionViolation, match="denied.subject"):
+                bus.raise_violation("denied.subject")
+            with pytest.raises(PermissionViolation, match="denied.other"):
+                await bus.publish_bytes("denied.other", b"x")

@@ -1,0 +1,30 @@
+import pytest
+
+from bus import Bus, ProvisioningConflict, default_topology, ensure
+from bus.streams import StreamSpec, Topology, ensure_stream
+
+
+async def test_provisioning_twice_changes_nothing(bus: Bus) -> None:
+    # the fixture provisioned once already
+    before = await bus.js.stream_info(bus.subjects.stream("TASKS"))
+    created = await ensure(bus, default_topology(bus.subjects))
+    after = await bus.js.stream_info(bus.subjects.stream("TASKS"))
+    assert created == []
+    assert before.config.as_dict() == after.config.as_dict()
+    assert before.created == after.created
+
+
+async def test_conflicting_existing_stream_is_reported_not_replaced(bus: Bus) -> None:
+    name = bus.subjects.stream("EVENTS")
+    conflicting = StreamSpec(name, (f"{bus.subjects.prefix}.event.>",), retention="limits", max_age_s=60)
+    with pytest.raises(ProvisioningConflict, match=f"stream {name} exists with a different config.*max_age"):
+        await ensure_stream(bus, conflicting)
+    info = await bus.js.stream_info(name)
+    assert info.config.max_age == 7 * 86400  # untouched
+
+
+async def test_conflicting_bucket_is_reported(bus: Bus) -> None:
+    from bus.streams import BucketSpec
+
+    with pytest.raises(ProvisioningConflict, match=r"KV bucket .*history: has 1, spec wants 5"):
+        await ensure(bus, Topology(buckets=(BucketSpec(bus.subjects.bucket("runs"), history=5),)))
