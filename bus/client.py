@@ -66,6 +66,7 @@ class Bus:
         self.async_errors: collections.deque[str] = collections.deque(maxlen=100)
         self._closed = asyncio.Event()
         self._closing = False
+        self._violation_seen = asyncio.Event()
 
     @property
     def nc(self) -> NatsClient:
@@ -133,6 +134,8 @@ class Bus:
         match = _VIOLATION_RE.search(text)
         if match:
             self.violations.append((match[1].lower(), match[2]))
+            self._violation_seen.set()
+            self._violation_seen = asyncio.Event()
             log.error("NATS refused %s to %s for this connection", match[1], match[2])
         else:
             self.async_errors.append(text or type(exc).__name__)
@@ -215,10 +218,31 @@ class Bus:
             raise PublishFailed(f"JetStream refused {subject!r}: {exc.description}") from exc
         raise RelayError("unreachable")  # pragma: no cover
 
-    async def publish_core(self, subject: str, data: bytes, headers: dict[str, str] | None = None) -> None:
-        """Fire-and-forget publish (no stream ack); violations still surface via flush."""
+    async def publish_core(
+        self, subject: str, data: bytes, headers: dict[str, str] | None = None, *, confirm_s: float = 0.0
+    ) -> None:
+        """Core publish (no stream ack). With `confirm_s`, flush and wait that long for the
+        server to refuse it, raising PermissionViolation (nats-py only reports it asynchronously)."""
         check_subject(subject)
         await self.nc.publish(subject, data, headers=dict(headers) if headers else None)
+        if confirm_s > 0:
+            await self.confirm(subject, confirm_s)
+
+    async def confirm(self, subject: str, within_s: float) -> None:
+        """Flush, then raise PermissionViolation if the server refuses `subject` within `within_s`."""
+        await self.nc.flush(timeout=max(1, int(within_s) + 1))
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + within_s
+        while True:
+            self.raise_violation(subject)
+            left = deadline - loop.time()
+            if left <= 0:
+                return
+            try:
+                await asyncio.wait_for(self._violation_seen.wait(), left)
+            except asyncio.TimeoutError:
+                self.raise_violation(subject)
+                return
 
     async def request(self, subject: str, data: bytes, timeout_s: float | None = None) -> bytes:
         """Core request/reply (services)."""

@@ -54,3 +54,14 @@ class Typed(Agent):
 
     async def handle(self, ctx: Context, task: "Typed.Input") -> dict[str, object]:
         return {"doubled": task.count * 2, "label": task.label}
+
+
+class Fragile(Agent):
+    """Fails until the file named by `log` exists (a dependency coming back)."""
+
+    name = "fragile"
+
+    async def handle(self, ctx: Context, task: Job) -> dict[str, bool]:
+        if not Path(task.log).exists():
+            raise RuntimeError("dependency is down")
+        return {"ok": True}

@@ -157,9 +157,8 @@ async def test_permission_violation_is_surfaced_not_silently_dropped(tmp_path: P
     with NatsServer(tmp_path / "store", config_file=conf) as server:
         url = server.url.replace("nats://", "nats://limited:pw@")
         async with Bus(Settings.from_env({}, nats_url=url, request_timeout_s=1)) as bus:
-            await bus.publish_core("denied.subject", b"x")
-            await bus.nc.flush()
             with pytest.raises(PermissionViolation, match="denied.subject"):
-                bus.raise_violation("denied.subject")
+                await bus.publish_core("denied.subject", b"x", confirm_s=2.0)
+            await bus.publish_core("ok.fine", b"x", confirm_s=0.2)  # allowed: no error
             with pytest.raises(PermissionViolation, match="denied.other"):
                 await bus.publish_bytes("denied.other", b"x")

@@ -1,0 +1,127 @@
+"""The CLI contract, as a user in a second terminal would use it."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from agents.submit import wait_for_run
+from bus import Bus, Settings
+from bus.feed import EventFeed
+
+from .conftest import ROOT, TESTS
+
+
+def relaybus_env(home: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RELAYBUS_")}
+    env.update({"RELAYBUS_HOME": str(home), "PYTHONPATH": f"{TESTS}{os.pathsep}{ROOT}"}, **extra)
+    return env
+
+
+def relaybus(home: Path, *args: str, timeout: float = 90, **extra: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "agents.cli", *args], capture_output=True, text=True, cwd=ROOT,
+        env=relaybus_env(home, **extra), timeout=timeout,
+    )
+
+
+@pytest.fixture
+def stack(tmp_path: Path) -> Iterator[Path]:
+    home = tmp_path / "home"
+    up = relaybus(home, "up", "--detach", "--json")
+    assert up.returncode == 0, up.stderr
+    try:
+        yield home
+    finally:
+        down = relaybus(home, "down", "--json")
+        assert down.returncode == 0, down.stderr
+
+
+@pytest.fixture
+def agent_procs() -> Iterator[list[subprocess.Popen[str]]]:
+    procs: list[subprocess.Popen[str]] = []
+    yield procs
+    for proc in procs:
+        if proc.poll() is None:
+            proc.terminate()
+        proc.wait(20)
+
+
+def start_agent(home: Path, procs: list[subprocess.Popen[str]], spec: str, *args: str, **extra: str) -> None:
+    procs.append(subprocess.Popen([sys.executable, "-m", "agents.cli", "agent", "run", spec, *args],
+                                  cwd=ROOT, env=relaybus_env(home, **extra), text=True))
+
+
+def test_up_publish_wait_down_from_another_terminal(stack: Path, agent_procs: list[subprocess.Popen[str]]) -> None:
+    status = json.loads(relaybus(stack, "status", "--json").stdout)
+    assert status["services"]["nats"] == "up" and status["nats_url"].startswith("nats://127.0.0.1:")
+    start_agent(stack, agent_procs, "agents.demo.echo:Echo", "--replicas", "2")
+    out = relaybus(stack, "publish", "echo", '{"x": 1}', "--wait", "--json", "--timeout", "60")
+    assert out.returncode == 0, out.stderr
+    body = json.loads(out.stdout)
+    assert body["status"] == "completed" and body["result"] == {"x": 1} and body["error"] is None
+    assert set(body) == {"run_id", "status", "result", "error", "cost"}
+    status = json.loads(relaybus(stack, "status", "--json").stdout)
+    assert {"name": "echo", "replicas": 2} == {k: status["agents"][0][k] for k in ("name", "replicas")}
+
+
+def test_publish_without_wait_returns_the_run_id_once_accepted(stack: Path) -> None:
+    out = relaybus(stack, "publish", "nobody-yet", '{"a": 1}', "--json")
+    assert out.returncode == 0, out.stderr
+    assert len(json.loads(out.stdout)["run_id"]) == 26
+    assert "no agent 'nobody-yet' has started yet" in out.stderr
+
+
+def test_bad_cli_input_gets_one_line_errors(stack: Path) -> None:
+    bad_json = relaybus(stack, "publish", "echo", '{"x": ', "--json")
+    assert bad_json.returncode == 1 and bad_json.stderr.startswith("error: the task is not valid JSON")
+    bad_agent = relaybus(stack, "publish", "ec.ho", "{}")
+    assert bad_agent.returncode == 1 and "agent name 'ec.ho' is not allowed" in bad_agent.stderr
+    misspelt = relaybus(stack, "status", RELAYBUS_NATS_URLL="nats://127.0.0.1:1")
+    assert misspelt.returncode == 2 and "RELAYBUS_NATS_URLL is not a relaybus setting" in misspelt.stderr
+
+
+def test_commands_without_a_stack_say_how_to_start_one(tmp_path: Path) -> None:
+    out = relaybus(tmp_path / "empty", "publish", "echo", "{}")
+    assert out.returncode == 1 and "relaybus up --detach" in out.stderr
+
+
+def test_second_up_on_the_same_home_is_refused(stack: Path) -> None:
+    again = relaybus(stack, "up", "--detach")
+    assert again.returncode == 1 and "already runs" in again.stderr
+
+
+async def test_dead_letter_then_replay_keeps_the_run(stack: Path, agent_procs: list[subprocess.Popen[str]], tmp_path: Path) -> None:
+    # Given an agent whose dependency is down, with 2 attempts allowed
+    flag = tmp_path / "dependency-up"
+    start_agent(stack, agent_procs, "agents_for_tests:Fragile", RELAYBUS_MAX_DELIVER="2")
+    out = relaybus(stack, "publish", "fragile", json.dumps({"log": str(flag)}), "--wait", "--json")
+    failed = json.loads(out.stdout)
+    assert out.returncode == 1 and failed["status"] == "failed" and "dependency is down" in failed["error"]
+    # Then the message is in the DLQ with its reason and attempts
+    letters = [json.loads(line) for line in relaybus(stack, "dlq", "list", "--json").stdout.splitlines()]
+    assert len(letters) == 1 and letters[0]["attempts"] == 2 and letters[0]["run_id"] == failed["run_id"]
+    assert letters[0]["last_error"]["message"] == "dependency is down"
+    # When the dependency is back and the letter is replayed
+    flag.touch()
+    settings = Settings.from_env({"RELAYBUS_HOME": str(stack)})
+    async with Bus(settings) as bus, EventFeed(bus, failed["run_id"], replay=False) as feed:
+        replay = relaybus(stack, "dlq", "replay", str(letters[0]["id"]), "--json")
+        assert replay.returncode == 0, replay.stderr
+        outcome = await wait_for_run(feed, failed["run_id"], 30)
+    # Then the same run completes and the DLQ is empty
+    assert outcome.status == "completed" and outcome.result == {"ok": True}
+    assert relaybus(stack, "dlq", "list", "--json").stdout == ""
+
+
+def test_demo_prints_the_echoed_result(tmp_path: Path) -> None:
+    out = relaybus(tmp_path / "home", "demo", "--json")
+    assert out.returncode == 0, out.stderr
+    body = json.loads(out.stdout.strip().splitlines()[-1])
+    assert body["status"] == "completed" and body["result"] == {"message": "hello from relaybus", "x": 1}
