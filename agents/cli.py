@@ -15,7 +15,14 @@ from typing import Any
 
 from bus import Bus, RelayError, Settings
 from bus import cli as bus_cli
-from bus.runtime import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, EXIT_TIMEOUT, EXIT_USAGE, setup_logging
+from bus.runtime import (
+    EXIT_ERROR,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_TIMEOUT,
+    EXIT_USAGE,
+    setup_logging,
+)
 
 from .base import Agent
 from .submit import has_consumer, parse_payload, submit
@@ -44,7 +51,7 @@ def load_agent(spec: str) -> type[Agent]:
     if not (isinstance(cls, type) and issubclass(cls, Agent)):
         raise RelayError(f"{spec!r} is not an Agent subclass")
     if not cls.name:
-        raise RelayError(f"{spec!r} has no `name`; set `name = \"...\"` on the class")
+        raise RelayError(f'{spec!r} has no `name`; set `name = "..."` on the class')
     return cls
 
 
@@ -61,9 +68,20 @@ def agent_run(args: argparse.Namespace, settings: Settings) -> Any:
 
 def _supervise_replicas(args: argparse.Namespace, settings: Settings) -> int:
     """Start N replica processes sharing one durable consumer; forward SIGTERM/SIGINT to them."""
-    argv = [*SELF_COMMAND, "agent", "run", args.spec, "--replicas", "1", "--concurrency", str(args.concurrency)]
+    argv = [
+        *SELF_COMMAND,
+        "agent",
+        "run",
+        args.spec,
+        "--replicas",
+        "1",
+        "--concurrency",
+        str(args.concurrency),
+    ]
     env = {**os.environ, **settings.env()}
-    children = [subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL) for _ in range(args.replicas)]
+    children = [
+        subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL) for _ in range(args.replicas)
+    ]
 
     def forward(signum: int, _frame: Any) -> None:
         for child in children:
@@ -80,17 +98,35 @@ async def publish(args: argparse.Namespace, settings: Settings) -> int:
     payload = parse_payload(args.payload)
     async with Bus(settings, name="relaybus-publish") as bus:
         if not await has_consumer(bus, args.agent):
-            print(f"note: no agent {args.agent!r} has started yet; the task waits until one does",
-                  file=sys.stderr)
-        outcome = await submit(bus, args.agent, payload, sender=f"user:{args.as_user}",
-                               wait=args.wait, timeout_s=args.timeout)
+            print(
+                f"note: no agent {args.agent!r} has started yet; the task waits until one does",
+                file=sys.stderr,
+            )
+        outcome = await submit(
+            bus,
+            args.agent,
+            payload,
+            sender=f"user:{args.as_user}",
+            wait=args.wait,
+            timeout_s=args.timeout,
+        )
     if not args.wait:
         bus_cli.emit({"run_id": outcome.run_id}, args.json, outcome.run_id)
         return EXIT_OK
-    out = {"run_id": outcome.run_id, "status": outcome.status, "result": outcome.result,
-           "error": outcome.error, "cost": outcome.cost}
-    bus_cli.emit(out, args.json, json.dumps(outcome.result) if outcome.status == "completed" else
-                 f"run {outcome.run_id} {outcome.status}")
+    out = {
+        "run_id": outcome.run_id,
+        "status": outcome.status,
+        "result": outcome.result,
+        "error": outcome.error,
+        "cost": outcome.cost,
+    }
+    bus_cli.emit(
+        out,
+        args.json,
+        json.dumps(outcome.result)
+        if outcome.status == "completed"
+        else f"run {outcome.run_id} {outcome.status}",
+    )
     if outcome.status == "completed":
         return EXIT_OK
     print(f"error: run {outcome.run_id} {outcome.status}: {outcome.error}", file=sys.stderr)
@@ -98,11 +134,15 @@ async def publish(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="relaybus", description="multi-agent infrastructure over NATS JetStream")
+    parser = argparse.ArgumentParser(
+        prog="relaybus", description="multi-agent infrastructure over NATS JetStream"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     bus_cli.register(sub, SELF_COMMAND, stack_services)
 
-    agent = sub.add_parser("agent", help="run agents").add_subparsers(dest="agent_cmd", required=True)
+    agent = sub.add_parser("agent", help="run agents").add_subparsers(
+        dest="agent_cmd", required=True
+    )
     p = agent.add_parser("run", help="run an agent as its own process(es)")
     p.add_argument("spec", metavar="MODULE:CLASS")
     p.add_argument("--replicas", type=int, default=1)

@@ -8,7 +8,7 @@ from typing import Any
 from bus import Envelope
 
 
-class RunLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
+class RunLogger(logging.LoggerAdapter[logging.Logger]):
     def process(self, msg: Any, kwargs: Any) -> tuple[Any, Any]:
         extra = self.extra or {}
         return f"[run {extra.get('run_id')} {extra.get('agent')}] {msg}", kwargs
@@ -21,7 +21,10 @@ class Context:
         self.agent = agent
         self.envelope = envelope
         self.attempt = attempt
-        self.log = RunLogger(logging.getLogger(f"relaybus.agent.{agent}"), {"run_id": envelope.run_id, "agent": agent})
+        self.log = RunLogger(
+            logging.getLogger(f"relaybus.agent.{agent}"),
+            {"run_id": envelope.run_id, "agent": agent},
+        )
 
     @property
     def run_id(self) -> str:

@@ -31,7 +31,9 @@ def parse_payload(text: str) -> bytes:
     try:
         value = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise RelayError(f"the task is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+        raise RelayError(
+            f"the task is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
+        ) from None
     return msgspec.json.encode(value)
 
 
@@ -48,11 +50,18 @@ async def submit(
     check_name("agent", agent)
     env = new_envelope(kind="task", sender=sender, recipient=agent, payload=payload)
     async with contextlib.AsyncExitStack() as stack:
-        feed = await stack.enter_async_context(EventFeed(bus, env.run_id, replay=True)) if wait else None
+        feed = (
+            await stack.enter_async_context(EventFeed(bus, env.run_id, replay=True))
+            if wait
+            else None
+        )
         await bus.publish(env)
-        submitted = Event(run_id=env.run_id, kind="submitted", sender=sender, recipient=agent,
-                          envelope_id=env.id)
-        await bus.publish_bytes(bus.subjects.event(env.run_id, "submitted"), event_encoder.encode(submitted))
+        submitted = Event(
+            run_id=env.run_id, kind="submitted", sender=sender, recipient=agent, envelope_id=env.id
+        )
+        await bus.publish_bytes(
+            bus.subjects.event(env.run_id, "submitted"), event_encoder.encode(submitted)
+        )
         if feed is None:
             return RunOutcome(run_id=env.run_id, status="submitted")
         return await wait_for_run(feed, env.run_id, timeout_s)
@@ -77,7 +86,9 @@ def outcome_of(event: Event) -> RunOutcome:
     elif event.kind != "completed":
         error = event.detail or event.kind
     status = {"completed": "completed", "cancelled": "cancelled"}.get(event.kind, "failed")
-    return RunOutcome(run_id=event.run_id, status=status, result=result, error=error, cost=event.cost)
+    return RunOutcome(
+        run_id=event.run_id, status=status, result=result, error=error, cost=event.cost
+    )
 
 
 async def has_consumer(bus: Bus, agent: str) -> bool:

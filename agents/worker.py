@@ -11,7 +11,17 @@ import time
 
 import msgspec
 
-from bus import Bus, Consumer, Delivery, ErrorInfo, Event, Reject, Settings, default_topology, ensure
+from bus import (
+    Bus,
+    Consumer,
+    Delivery,
+    ErrorInfo,
+    Event,
+    Reject,
+    Settings,
+    default_topology,
+    ensure,
+)
 from bus.cli import AgentBeat
 from bus.events import event_encoder
 from bus.runtime import stop_on_signals
@@ -39,8 +49,13 @@ class Worker:
 
     async def handle(self, delivery: Delivery) -> None:
         env = delivery.envelope
-        base = {"run_id": env.run_id, "sender": env.sender, "recipient": self.name,
-                "envelope_id": env.id, "attempt": delivery.attempt}
+        base = {
+            "run_id": env.run_id,
+            "sender": env.sender,
+            "recipient": self.name,
+            "envelope_id": env.id,
+            "attempt": delivery.attempt,
+        }
         await self.emit(Event(kind="started", **base))  # type: ignore[arg-type]
         ctx = Context(self.name, env, delivery.attempt)
         try:
@@ -67,7 +82,9 @@ async def serve_agent(agent: Agent, settings: Settings, concurrency: int = 8) ->
         worker = Worker(bus, agent)
         consumer = Consumer(bus, agent.name, worker.handle, concurrency=concurrency)
         beat = asyncio.create_task(_heartbeat(bus, agent.name, concurrency))
-        log.info("agent %s (pid %d) consuming %s", agent.name, os.getpid(), bus.subjects.task(agent.name))
+        log.info(
+            "agent %s (pid %d) consuming %s", agent.name, os.getpid(), bus.subjects.task(agent.name)
+        )
         try:
             await consumer.run(stop)
         finally:
@@ -75,7 +92,9 @@ async def serve_agent(agent: Agent, settings: Settings, concurrency: int = 8) ->
             with contextlib.suppress(asyncio.CancelledError):
                 await beat
             await _forget(bus, agent.name)
-    log.info("agent %s (pid %d) stopped after %d message(s)", agent.name, os.getpid(), consumer.processed)
+    log.info(
+        "agent %s (pid %d) stopped after %d message(s)", agent.name, os.getpid(), consumer.processed
+    )
     return 0
 
 
@@ -85,8 +104,13 @@ def _beat_key(name: str) -> str:
 
 async def _heartbeat(bus: Bus, name: str, concurrency: int) -> None:
     kv = await bus.js.key_value(bus.subjects.bucket("agents"))
-    beat = AgentBeat(name=name, pid=os.getpid(), host=socket.gethostname(), concurrency=concurrency,
-                     started=time.time())
+    beat = AgentBeat(
+        name=name,
+        pid=os.getpid(),
+        host=socket.gethostname(),
+        concurrency=concurrency,
+        started=time.time(),
+    )
     while True:
         await kv.put(_beat_key(name), msgspec.json.encode(beat))
         await asyncio.sleep(BEAT_INTERVAL_S)

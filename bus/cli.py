@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import sys
 import time
@@ -35,14 +34,19 @@ def emit(obj: Any, as_json: bool, text: str | None = None) -> None:
         print(text if text is not None else obj, flush=True)
 
 
-def register(sub: Any, self_command: Sequence[str], services: Callable[[Settings], dict[str, list[str]]]) -> None:
+def register(
+    sub: Any, self_command: Sequence[str], services: Callable[[Settings], dict[str, list[str]]]
+) -> None:
     """Add the bus subcommands to the top-level parser's subparsers."""
 
     def up(args: argparse.Namespace, settings: Settings) -> Any:
         if args.detach:
             url = start_detached(settings, self_command)
-            emit({"nats_url": url, "home": str(settings.home.resolve())}, args.json,
-                 f"relaybus stack is up at {url} (home {settings.home.resolve()}); `relaybus down` stops it")
+            emit(
+                {"nats_url": url, "home": str(settings.home.resolve())},
+                args.json,
+                f"relaybus stack is up at {url} (home {settings.home.resolve()}); `relaybus down` stops it",
+            )
             return EXIT_OK
         ready_fd = args.ready_fd
         return serve_stack(settings, services(settings), ready_fd)
@@ -55,8 +59,11 @@ def register(sub: Any, self_command: Sequence[str], services: Callable[[Settings
 
     def down(args: argparse.Namespace, settings: Settings) -> int:
         stopped = stop_stack(settings)
-        emit({"stopped": stopped}, args.json,
-             "relaybus stack stopped" if stopped else "no relaybus stack was running here")
+        emit(
+            {"stopped": stopped},
+            args.json,
+            "relaybus stack stopped" if stopped else "no relaybus stack was running here",
+        )
         return EXIT_OK
 
     p = sub.add_parser("down", help="stop the stack `up` started under RELAYBUS_HOME")
@@ -98,7 +105,9 @@ async def status(args: argparse.Namespace, settings: Settings) -> int:
             out["services"][proc.name] = "up" if is_alive(proc) else "down"
     if out["nats_url"]:
         try:
-            async with Bus(settings.model_copy(update={"nats_url": out["nats_url"]}), name="relaybus-status") as bus:
+            async with Bus(
+                settings.model_copy(update={"nats_url": out["nats_url"]}), name="relaybus-status"
+            ) as bus:
                 out["services"].setdefault("nats", "up")
                 out["agents"] = await list_agents(bus)
         except RelayError:
@@ -147,7 +156,10 @@ async def list_agents(bus: Bus) -> list[dict[str, Any]]:
 
 
 def event_line(event: Event) -> str:
-    stamp = time.strftime("%H:%M:%S", time.localtime(event.time)) + f".{int(event.time * 1000) % 1000:03d}"
+    stamp = (
+        time.strftime("%H:%M:%S", time.localtime(event.time))
+        + f".{int(event.time * 1000) % 1000:03d}"
+    )
     arrow = f"{event.sender or '-'} → {event.recipient or '-'}"
     extra = event.detail or (event.error.message if event.error else "")
     return f"{stamp} {event.run_id} {event.kind:<13} {arrow} {extra}".rstrip()
@@ -161,7 +173,10 @@ def event_json(event: Event) -> dict[str, Any]:
 
 
 async def watch(args: argparse.Namespace, settings: Settings) -> int:
-    async with Bus(settings, name="relaybus-watch") as bus, EventFeed(bus, args.run, replay=bool(args.run)) as feed:
+    async with (
+        Bus(settings, name="relaybus-watch") as bus,
+        EventFeed(bus, args.run, replay=bool(args.run)) as feed,
+    ):
         if sys.stderr.isatty() and not args.json:
             print("watching run events (Ctrl-C to stop)…", file=sys.stderr)
         seen = 0
@@ -180,7 +195,9 @@ async def read_dead_letters(bus: Bus, limit: int) -> list[tuple[int, DeadLetter]
     out: list[tuple[int, DeadLetter]] = []
     if not info.state.messages:
         return out
-    sub = await bus.js.subscribe(bus.subjects.dlq_all(), ordered_consumer=True, deliver_policy=api.DeliverPolicy.ALL)
+    sub = await bus.js.subscribe(
+        bus.subjects.dlq_all(), ordered_consumer=True, deliver_policy=api.DeliverPolicy.ALL
+    )
     try:
         while len(out) < limit:
             msg = await sub.next_msg(timeout=bus.settings.request_timeout_s)
@@ -197,12 +214,21 @@ async def dlq_list(args: argparse.Namespace, settings: Settings) -> int:
         letters = await read_dead_letters(bus, args.limit)
     for seq, letter in letters:
         row = {
-            "id": seq, "agent": letter.agent, "run_id": letter.run_id, "envelope_id": letter.envelope_id,
-            "reason": letter.reason, "attempts": letter.attempts, "time": letter.time,
+            "id": seq,
+            "agent": letter.agent,
+            "run_id": letter.run_id,
+            "envelope_id": letter.envelope_id,
+            "reason": letter.reason,
+            "attempts": letter.attempts,
+            "time": letter.time,
             "last_error": msgspec.to_builtins(letter.last_error) if letter.last_error else None,
         }
-        emit(row, args.json, f"{seq:>6} {letter.agent:<12} {letter.run_id or '-':<26} "
-                             f"attempts={letter.attempts} {letter.reason}")
+        emit(
+            row,
+            args.json,
+            f"{seq:>6} {letter.agent:<12} {letter.run_id or '-':<26} "
+            f"attempts={letter.attempts} {letter.reason}",
+        )
     if not letters and not args.json:
         print("no dead letters")
     return EXIT_OK
@@ -214,12 +240,17 @@ async def dlq_replay(args: argparse.Namespace, settings: Settings) -> int:
         try:
             raw = await bus.js.get_msg(stream, args.id)
         except nats.js.errors.NotFoundError:
-            raise RelayError(f"no dead letter with id {args.id}; `relaybus dlq list` shows them") from None
+            raise RelayError(
+                f"no dead letter with id {args.id}; `relaybus dlq list` shows them"
+            ) from None
         letter = dead_letter_decoder.decode(raw.data or b"")
         headers = {k: v for k, v in letter.headers.items() if not k.startswith("Nats-")}
         headers["Nats-Msg-Id"] = f"{letter.envelope_id or 'raw'}:replay:{args.id}"
         seq = await bus.publish_bytes(letter.subject, letter.data, headers)
         await bus.js.delete_msg(stream, args.id)
-    emit({"id": args.id, "subject": letter.subject, "run_id": letter.run_id, "sequence": seq}, args.json,
-         f"replayed dead letter {args.id} to {letter.subject} (run {letter.run_id or '-'})")
+    emit(
+        {"id": args.id, "subject": letter.subject, "run_id": letter.run_id, "sequence": seq},
+        args.json,
+        f"replayed dead letter {args.id} to {letter.subject} (run {letter.run_id or '-'})",
+    )
     return EXIT_OK

@@ -103,7 +103,7 @@ class Bus:
         options.update(self._connect_options)
         try:
             self._nc = await nats.connect(**options)
-        except (OSError, nats.errors.Error, asyncio.TimeoutError) as exc:
+        except (TimeoutError, OSError, nats.errors.Error) as exc:
             raise ConnectionFailed(
                 f"cannot connect to NATS at {url}: {exc or type(exc).__name__}; is the stack up "
                 "(`relaybus up --detach`) or RELAYBUS_NATS_URL right?"
@@ -123,7 +123,7 @@ class Bus:
             return
         try:
             await asyncio.wait_for(nc.drain(), timeout=self.settings.request_timeout_s + 5)
-        except (asyncio.TimeoutError, nats.errors.Error) as exc:
+        except (TimeoutError, nats.errors.Error) as exc:
             log.warning("drain did not finish (%s); closing", exc)
             await nc.close()
 
@@ -199,7 +199,9 @@ class Bus:
             wait=wait_exponential(multiplier=0.1, max=2.0),
             stop=stop_after_delay(max(15.0, self.settings.request_timeout_s * 3)),
             before_sleep=lambda rs: log.warning(
-                "publish to %s failed (%s); retrying", subject, rs.outcome and rs.outcome.exception()
+                "publish to %s failed (%s); retrying",
+                subject,
+                rs.outcome and rs.outcome.exception(),
             ),
             reraise=True,
         )
@@ -219,7 +221,12 @@ class Bus:
         raise RelayError("unreachable")  # pragma: no cover
 
     async def publish_core(
-        self, subject: str, data: bytes, headers: dict[str, str] | None = None, *, confirm_s: float = 0.0
+        self,
+        subject: str,
+        data: bytes,
+        headers: dict[str, str] | None = None,
+        *,
+        confirm_s: float = 0.0,
     ) -> None:
         """Core publish (no stream ack). With `confirm_s`, flush and wait that long for the
         server to refuse it, raising PermissionViolation (nats-py only reports it asynchronously)."""
@@ -240,7 +247,7 @@ class Bus:
                 return
             try:
                 await asyncio.wait_for(self._violation_seen.wait(), left)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 self.raise_violation(subject)
                 return
 

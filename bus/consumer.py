@@ -88,7 +88,7 @@ class Consumer:
                     continue
                 try:
                     msgs = await psub.fetch(free, timeout=self.fetch_timeout_s)
-                except (nats.errors.TimeoutError, asyncio.TimeoutError):
+                except (TimeoutError, nats.errors.TimeoutError):
                     continue
                 except nats.errors.ConnectionClosedError:
                     break
@@ -137,7 +137,9 @@ class Consumer:
         try:
             env = wire.decode(msg.data, self.bus.settings.max_payload_bytes)
         except EnvelopeInvalid as exc:
-            await self._dead_letter(msg, attempt, f"undecodable: {exc}", ErrorInfo.from_exception(exc))
+            await self._dead_letter(
+                msg, attempt, f"undecodable: {exc}", ErrorInfo.from_exception(exc)
+            )
             return
         if attempt > self.max_deliver:
             reason = (
@@ -151,7 +153,9 @@ class Consumer:
             await self.handler(delivery)
         except Retry as exc:
             if attempt >= self.max_deliver:
-                await self._dead_letter(msg, attempt, exc.reason, ErrorInfo.from_exception(exc), env)
+                await self._dead_letter(
+                    msg, attempt, exc.reason, ErrorInfo.from_exception(exc), env
+                )
             else:
                 await msg.nak(delay=exc.delay_s)
             return
@@ -198,8 +202,14 @@ class Consumer:
         log.error("dead-lettered a %s message after %d attempts: %s", self.agent, attempts, reason)
         if env is not None:
             event = Event(
-                run_id=env.run_id, kind="dead_lettered", sender=env.sender, recipient=self.agent,
-                envelope_id=env.id, attempt=attempts, detail=reason, error=error,
+                run_id=env.run_id,
+                kind="dead_lettered",
+                sender=env.sender,
+                recipient=self.agent,
+                envelope_id=env.id,
+                attempt=attempts,
+                detail=reason,
+                error=error,
             )
             await self.bus.publish_bytes(
                 self.bus.subjects.event(env.run_id, "dead_lettered"), event_encoder.encode(event)

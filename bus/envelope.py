@@ -96,9 +96,7 @@ def encode(envelope: Envelope, max_bytes: int | None = None) -> bytes:
 
 def decode(data: bytes, max_bytes: int | None = None) -> Envelope:
     if max_bytes is not None and len(data) > max_bytes:
-        raise EnvelopeTooLarge(
-            f"message is {len(data)} bytes, over the {max_bytes}-byte limit"
-        )
+        raise EnvelopeTooLarge(f"message is {len(data)} bytes, over the {max_bytes}-byte limit")
     try:
         env = _decoder.decode(data)
     except msgspec.DecodeError as exc:

@@ -10,8 +10,20 @@ import msgspec
 from .errors import ErrorInfo
 
 EventKind = Literal[
-    "submitted", "started", "step", "handoff", "call", "suspended", "resumed", "retried",
-    "completed", "failed", "cancelled", "dead_lettered", "signal", "denied",
+    "submitted",
+    "started",
+    "step",
+    "handoff",
+    "call",
+    "suspended",
+    "resumed",
+    "retried",
+    "completed",
+    "failed",
+    "cancelled",
+    "dead_lettered",
+    "signal",
+    "denied",
 ]
 TERMINAL: frozenset[str] = frozenset({"completed", "failed", "cancelled", "dead_lettered"})
 

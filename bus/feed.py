@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from types import TracebackType
 from typing import Any
 
@@ -27,7 +26,9 @@ class EventFeed:
 
     async def __aenter__(self) -> EventFeed:
         policy = api.DeliverPolicy.ALL if self.replay else api.DeliverPolicy.NEW
-        self._sub = await self.bus.js.subscribe(self.subject, ordered_consumer=True, deliver_policy=policy)
+        self._sub = await self.bus.js.subscribe(
+            self.subject, ordered_consumer=True, deliver_policy=policy
+        )
         return self
 
     async def __aexit__(
@@ -46,6 +47,6 @@ class EventFeed:
             return None
         try:
             msg = await self._sub.next_msg(timeout=timeout_s)
-        except (nats.errors.TimeoutError, asyncio.TimeoutError):
+        except (TimeoutError, nats.errors.TimeoutError):
             return None
         return event_decoder.decode(msg.data)

@@ -26,10 +26,11 @@ _VERSION_RE = re.compile(r"v?(\d+)\.(\d+)\.(\d+)")
 
 def find_binary(explicit: str | None = None) -> str:
     """The nats-server to run: `explicit`, then the one beside this Python, then PATH."""
-    if explicit:
-        candidates = [explicit]
-    else:
-        candidates = [str(Path(sys.executable).with_name("nats-server")), shutil.which("nats-server")]
+    candidates: list[str | None] = (
+        [explicit]
+        if explicit
+        else [str(Path(sys.executable).with_name("nats-server")), shutil.which("nats-server")]
+    )
     for candidate in candidates:
         if candidate and os.access(candidate, os.X_OK):
             check_version(candidate)
@@ -118,7 +119,9 @@ class NatsServer:
             start_new_session=True,
         )
         ready = threading.Event()
-        self._pump = threading.Thread(target=self._pump_log, args=(self.process, ready), daemon=True)
+        self._pump = threading.Thread(
+            target=self._pump_log, args=(self.process, ready), daemon=True
+        )
         self._pump.start()
         if not ready.wait(self.start_timeout_s) or not self.url:
             self.stop()
@@ -200,6 +203,8 @@ def cluster_specs(name: str, size: int = 3) -> list[ClusterSpec]:
     """Loopback route ports for a `size`-node cluster."""
     ports = [free_port() for _ in range(size)]
     return [
-        ClusterSpec(name=name, port=p, routes=tuple(q for q in ports if q != p), server_name=f"{name}-{i}")
+        ClusterSpec(
+            name=name, port=p, routes=tuple(q for q in ports if q != p), server_name=f"{name}-{i}"
+        )
         for i, p in enumerate(ports)
     ]

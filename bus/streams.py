@@ -6,7 +6,6 @@ ProvisioningConflict naming every differing field of what exists with another co
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import nats.js.errors
@@ -89,11 +88,18 @@ def default_topology(subjects: Subjects, replicas: int = 1) -> Topology:
     """The streams and buckets every relaybus deployment has (DESIGN.md, Names)."""
     p = subjects.prefix
     streams = (
-        StreamSpec(subjects.stream("TASKS"), (f"{p}.task.>",), retention="workqueue", replicas=replicas),
-        StreamSpec(subjects.stream("EVENTS"), (f"{p}.event.>",), max_age_s=7 * DAY_S, replicas=replicas),
+        StreamSpec(
+            subjects.stream("TASKS"), (f"{p}.task.>",), retention="workqueue", replicas=replicas
+        ),
+        StreamSpec(
+            subjects.stream("EVENTS"), (f"{p}.event.>",), max_age_s=7 * DAY_S, replicas=replicas
+        ),
         StreamSpec(subjects.stream("DLQ"), (f"{p}.dlq.>",), replicas=replicas),
         StreamSpec(
-            subjects.stream("AUDIT"), (f"{p}.audit.>",), deny_delete=True, deny_purge=True,
+            subjects.stream("AUDIT"),
+            (f"{p}.audit.>",),
+            deny_delete=True,
+            deny_purge=True,
             replicas=replicas,
         ),
     )
@@ -169,7 +175,11 @@ async def ensure_consumer(bus: Bus, spec: ConsumerSpec) -> bool:
         "consumer",
         f"{spec.stream}/{spec.durable}",
         {"filter_subject": spec.filter_subject, "ack_wait": spec.ack_wait_s, "max_deliver": -1},
-        {"filter_subject": have.filter_subject, "ack_wait": have.ack_wait, "max_deliver": have.max_deliver},
+        {
+            "filter_subject": have.filter_subject,
+            "ack_wait": have.ack_wait,
+            "max_deliver": have.max_deliver,
+        },
     )
     return False
 
@@ -180,7 +190,9 @@ async def ensure_bucket(bus: Bus, spec: BucketSpec) -> bool:
     except nats.js.errors.NotFoundError:
         await bus.js.create_key_value(
             api.KeyValueConfig(
-                bucket=spec.bucket, history=spec.history, ttl=spec.ttl_s or None,
+                bucket=spec.bucket,
+                history=spec.history,
+                ttl=spec.ttl_s or None,
                 replicas=spec.replicas,
             )
         )
@@ -212,8 +224,6 @@ async def ensure(bus: Bus, topology: Topology) -> list[str]:
         if await ensure_consumer(bus, consumer):
             created.append(f"{consumer.stream}/{consumer.durable}")
     return created
-
-
 
 
 async def consumer_exists(bus: Bus, spec: ConsumerSpec) -> bool:

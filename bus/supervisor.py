@@ -42,7 +42,9 @@ async def serve_stack(
     try:
         url = settings.nats_url
         if not url:
-            server = NatsServer(home / "nats", binary=settings.nats_server, log_file=home / "logs" / "nats.log")
+            server = NatsServer(
+                home / "nats", binary=settings.nats_server, log_file=home / "logs" / "nats.log"
+            )
             await asyncio.to_thread(server.start)
             url = server.url
         run_settings = settings.model_copy(update={"nats_url": url, "home": home})
@@ -51,15 +53,24 @@ async def serve_stack(
         env = {**os.environ, **run_settings.env()}
         for name, argv in services.items():
             logf = (home / "logs" / f"{name}.log").open("ab")
-            children[name] = subprocess.Popen(
-                list(argv), env=env, stdin=subprocess.DEVNULL, stdout=logf, stderr=logf,
+            children[name] = subprocess.Popen(  # noqa: ASYNC220 - spawning returns at once
+                list(argv),
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=logf,
+                stderr=logf,
             )
         procs = [describe(n, p.pid) for n, p in children.items()]
         if server is not None:
             procs.insert(0, describe("nats", server.pid))
         write_stack(
             settings,
-            StackRecord(nats_url=url, home=str(home), supervisor=describe("up", os.getpid()), processes=tuple(procs)),
+            StackRecord(
+                nats_url=url,
+                home=str(home),
+                supervisor=describe("up", os.getpid()),
+                processes=tuple(procs),
+            ),
         )
         log.info("relaybus stack up: %s (home %s)", url, home)
         if ready_fd is not None:
@@ -88,13 +99,15 @@ async def _wait_for_exit(
     while not stop.is_set():
         try:
             await asyncio.wait_for(stop.wait(), timeout=1.0)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass
         if server is not None and server.process is not None and server.process.poll() is not None:
             raise ServerError("nats-server exited; see logs/nats.log under RELAYBUS_HOME")
         for name, child in children.items():
             if child.poll() is not None:
-                raise RelayError(f"service {name} exited with {child.returncode}; see logs/{name}.log")
+                raise RelayError(
+                    f"service {name} exited with {child.returncode}; see logs/{name}.log"
+                )
 
 
 def start_detached(settings: Settings, self_command: Sequence[str], timeout_s: float = 60.0) -> str:
@@ -157,5 +170,3 @@ def _tail(path: Path, lines: int = 20) -> str:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
     except OSError:
         return "(no log)"
-
-

@@ -52,7 +52,7 @@ class Typed(Agent):
         count: int
         label: str
 
-    async def handle(self, ctx: Context, task: "Typed.Input") -> dict[str, object]:
+    async def handle(self, ctx: Context, task: Typed.Input) -> dict[str, object]:
         return {"doubled": task.count * 2, "label": task.label}
 
 

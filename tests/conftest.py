@@ -34,7 +34,11 @@ def prefix() -> str:
 @pytest.fixture
 def settings(nats_server: NatsServer, prefix: str, tmp_path: Path) -> Settings:
     return Settings.from_env(
-        {}, nats_url=nats_server.url, prefix=prefix, home=tmp_path / "home", ack_wait_s=5.0,
+        {},
+        nats_url=nats_server.url,
+        prefix=prefix,
+        home=tmp_path / "home",
+        ack_wait_s=5.0,
         max_deliver=3,
     )
 
@@ -65,7 +69,9 @@ def spawn(settings: Settings) -> Iterator[Spawn]:
     def start(spec: str, *args: str, **extra_env: str) -> subprocess.Popen[bytes]:
         proc = subprocess.Popen(
             [sys.executable, "-m", "agents.cli", "agent", "run", spec, *args],
-            env=child_env(settings, **extra_env), cwd=ROOT, stdin=subprocess.DEVNULL,
+            env=child_env(settings, **extra_env),
+            cwd=ROOT,
+            stdin=subprocess.DEVNULL,
         )
         started.append(proc)
         return proc
@@ -82,7 +88,9 @@ def spawn(settings: Settings) -> Iterator[Spawn]:
             proc.wait()
 
 
-async def wait_for(predicate: Callable[[], object], timeout_s: float = 20.0, what: str = "condition") -> None:
+async def wait_for(
+    predicate: Callable[[], object], timeout_s: float = 20.0, what: str = "condition"
+) -> None:
     """Wait (bounded) for a condition that has no event to await, e.g. a file another process writes."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout_s
@@ -95,7 +103,10 @@ async def wait_for(predicate: Callable[[], object], timeout_s: float = 20.0, wha
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[list[NatsServer]]:
     """A 3-node JetStream cluster with routes on loopback."""
-    nodes = [NatsServer(tmp_path / spec.server_name, cluster=spec) for spec in cluster_specs("c" + secrets.token_hex(3))]
+    nodes = [
+        NatsServer(tmp_path / spec.server_name, cluster=spec)
+        for spec in cluster_specs("c" + secrets.token_hex(3))
+    ]
     try:
         for node in nodes:
             node.start()

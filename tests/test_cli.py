@@ -24,10 +24,16 @@ def relaybus_env(home: Path, **extra: str) -> dict[str, str]:
     return env
 
 
-def relaybus(home: Path, *args: str, timeout: float = 90, **extra: str) -> subprocess.CompletedProcess[str]:
+def relaybus(
+    home: Path, *args: str, timeout: float = 90, **extra: str
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "agents.cli", *args], capture_output=True, text=True, cwd=ROOT,
-        env=relaybus_env(home, **extra), timeout=timeout,
+        [sys.executable, "-m", "agents.cli", *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=relaybus_env(home, **extra),
+        timeout=timeout,
     )
 
 
@@ -53,12 +59,22 @@ def agent_procs() -> Iterator[list[subprocess.Popen[str]]]:
         proc.wait(20)
 
 
-def start_agent(home: Path, procs: list[subprocess.Popen[str]], spec: str, *args: str, **extra: str) -> None:
-    procs.append(subprocess.Popen([sys.executable, "-m", "agents.cli", "agent", "run", spec, *args],
-                                  cwd=ROOT, env=relaybus_env(home, **extra), text=True))
+def start_agent(
+    home: Path, procs: list[subprocess.Popen[str]], spec: str, *args: str, **extra: str
+) -> None:
+    procs.append(
+        subprocess.Popen(
+            [sys.executable, "-m", "agents.cli", "agent", "run", spec, *args],
+            cwd=ROOT,
+            env=relaybus_env(home, **extra),
+            text=True,
+        )
+    )
 
 
-def test_up_publish_wait_down_from_another_terminal(stack: Path, agent_procs: list[subprocess.Popen[str]]) -> None:
+def test_up_publish_wait_down_from_another_terminal(
+    stack: Path, agent_procs: list[subprocess.Popen[str]]
+) -> None:
     status = json.loads(relaybus(stack, "status", "--json").stdout)
     assert status["services"]["nats"] == "up" and status["nats_url"].startswith("nats://127.0.0.1:")
     start_agent(stack, agent_procs, "agents.demo.echo:Echo", "--replicas", "2")
@@ -68,7 +84,9 @@ def test_up_publish_wait_down_from_another_terminal(stack: Path, agent_procs: li
     assert body["status"] == "completed" and body["result"] == {"x": 1} and body["error"] is None
     assert set(body) == {"run_id", "status", "result", "error", "cost"}
     status = json.loads(relaybus(stack, "status", "--json").stdout)
-    assert {"name": "echo", "replicas": 2} == {k: status["agents"][0][k] for k in ("name", "replicas")}
+    assert {"name": "echo", "replicas": 2} == {
+        k: status["agents"][0][k] for k in ("name", "replicas")
+    }
 
 
 def test_publish_without_wait_returns_the_run_id_once_accepted(stack: Path) -> None:
@@ -80,11 +98,16 @@ def test_publish_without_wait_returns_the_run_id_once_accepted(stack: Path) -> N
 
 def test_bad_cli_input_gets_one_line_errors(stack: Path) -> None:
     bad_json = relaybus(stack, "publish", "echo", '{"x": ', "--json")
-    assert bad_json.returncode == 1 and bad_json.stderr.startswith("error: the task is not valid JSON")
+    assert bad_json.returncode == 1 and bad_json.stderr.startswith(
+        "error: the task is not valid JSON"
+    )
     bad_agent = relaybus(stack, "publish", "ec.ho", "{}")
     assert bad_agent.returncode == 1 and "agent name 'ec.ho' is not allowed" in bad_agent.stderr
     misspelt = relaybus(stack, "status", RELAYBUS_NATS_URLL="nats://127.0.0.1:1")
-    assert misspelt.returncode == 2 and "RELAYBUS_NATS_URLL is not a relaybus setting" in misspelt.stderr
+    assert (
+        misspelt.returncode == 2
+        and "RELAYBUS_NATS_URLL is not a relaybus setting" in misspelt.stderr
+    )
 
 
 def test_commands_without_a_stack_say_how_to_start_one(tmp_path: Path) -> None:
@@ -97,16 +120,28 @@ def test_second_up_on_the_same_home_is_refused(stack: Path) -> None:
     assert again.returncode == 1 and "already runs" in again.stderr
 
 
-async def test_dead_letter_then_replay_keeps_the_run(stack: Path, agent_procs: list[subprocess.Popen[str]], tmp_path: Path) -> None:
+async def test_dead_letter_then_replay_keeps_the_run(
+    stack: Path, agent_procs: list[subprocess.Popen[str]], tmp_path: Path
+) -> None:
     # Given an agent whose dependency is down, with 2 attempts allowed
     flag = tmp_path / "dependency-up"
     start_agent(stack, agent_procs, "agents_for_tests:Fragile", RELAYBUS_MAX_DELIVER="2")
     out = relaybus(stack, "publish", "fragile", json.dumps({"log": str(flag)}), "--wait", "--json")
     failed = json.loads(out.stdout)
-    assert out.returncode == 1 and failed["status"] == "failed" and "dependency is down" in failed["error"]
+    assert (
+        out.returncode == 1
+        and failed["status"] == "failed"
+        and "dependency is down" in failed["error"]
+    )
     # Then the message is in the DLQ with its reason and attempts
-    letters = [json.loads(line) for line in relaybus(stack, "dlq", "list", "--json").stdout.splitlines()]
-    assert len(letters) == 1 and letters[0]["attempts"] == 2 and letters[0]["run_id"] == failed["run_id"]
+    letters = [
+        json.loads(line) for line in relaybus(stack, "dlq", "list", "--json").stdout.splitlines()
+    ]
+    assert (
+        len(letters) == 1
+        and letters[0]["attempts"] == 2
+        and letters[0]["run_id"] == failed["run_id"]
+    )
     assert letters[0]["last_error"]["message"] == "dependency is down"
     # When the dependency is back and the letter is replayed
     flag.touch()
@@ -124,4 +159,7 @@ def test_demo_prints_the_echoed_result(tmp_path: Path) -> None:
     out = relaybus(tmp_path / "home", "demo", "--json")
     assert out.returncode == 0, out.stderr
     body = json.loads(out.stdout.strip().splitlines()[-1])
-    assert body["status"] == "completed" and body["result"] == {"message": "hello from relaybus", "x": 1}
+    assert body["status"] == "completed" and body["result"] == {
+        "message": "hello from relaybus",
+        "x": 1,
+    }

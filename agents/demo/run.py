@@ -45,14 +45,24 @@ async def demo(args: argparse.Namespace, settings: Settings) -> int:
                 say(f"• echo agent started as its own process (pid {agent.pid})")
                 try:
                     async with EventFeed(bus, replay=False) as feed:
-                        outcome = await submit(bus, "echo", json.dumps(DEMO_TASK).encode(),
-                                               wait=True, timeout_s=args.timeout)
+                        outcome = await submit(
+                            bus,
+                            "echo",
+                            json.dumps(DEMO_TASK).encode(),
+                            wait=True,
+                            timeout_s=args.timeout,
+                        )
                         while (event := await feed.next(0.2)) is not None:
                             say("  " + event_line(event))
                 finally:
                     _stop(agent)
-    out = {"run_id": outcome.run_id, "status": outcome.status, "result": outcome.result,
-           "error": outcome.error, "cost": outcome.cost}
+    out = {
+        "run_id": outcome.run_id,
+        "status": outcome.status,
+        "result": outcome.result,
+        "error": outcome.error,
+        "cost": outcome.cost,
+    }
     if args.json:
         print(json.dumps(out))
     else:
@@ -66,7 +76,9 @@ async def demo(args: argparse.Namespace, settings: Settings) -> int:
 def _start_agent(settings: Settings, spec: str) -> subprocess.Popen[bytes]:
     env = {**os.environ, **settings.env(), "RELAYBUS_LOG_LEVEL": "WARNING"}
     return subprocess.Popen(
-        [sys.executable, "-m", "agents.cli", "agent", "run", spec], env=env, stdin=subprocess.DEVNULL
+        [sys.executable, "-m", "agents.cli", "agent", "run", spec],
+        env=env,
+        stdin=subprocess.DEVNULL,
     )
 
 
@@ -78,5 +90,3 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-
-

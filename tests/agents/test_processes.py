@@ -30,7 +30,9 @@ async def test_redelivery_after_a_worker_crash(bus: Bus, spawn: Spawn, tmp_path:
     for _ in range(2):
         spawn("agents_for_tests:CrashFirst", RELAYBUS_ACK_WAIT_S="2")
     # When a task arrives, its first worker is killed before acking
-    outcome = await submit(bus, "crashfirst", json.dumps({"log": str(log)}).encode(), wait=True, timeout_s=40)
+    outcome = await submit(
+        bus, "crashfirst", json.dumps({"log": str(log)}).encode(), wait=True, timeout_s=40
+    )
     # Then the message is redelivered and the run completes on the second attempt
     assert outcome.status == "completed", outcome
     assert outcome.result == {"attempts": 2}
@@ -38,34 +40,54 @@ async def test_redelivery_after_a_worker_crash(bus: Bus, spawn: Spawn, tmp_path:
     assert len(pids) == 2
 
 
-async def test_heartbeats_keep_a_long_handlers_message(bus: Bus, spawn: Spawn, tmp_path: Path) -> None:
+async def test_heartbeats_keep_a_long_handlers_message(
+    bus: Bus, spawn: Spawn, tmp_path: Path
+) -> None:
     # Given an ack wait of 1.5 s and a handler that takes 5 s
     log = tmp_path / "attempts"
     spawn("agents_for_tests:Slow", RELAYBUS_ACK_WAIT_S="1.5")
     spawn("agents_for_tests:Slow", RELAYBUS_ACK_WAIT_S="1.5")
-    outcome = await submit(bus, "slow", json.dumps({"log": str(log), "sleep_s": 5}).encode(), wait=True, timeout_s=40)
+    outcome = await submit(
+        bus, "slow", json.dumps({"log": str(log), "sleep_s": 5}).encode(), wait=True, timeout_s=40
+    )
     # Then in-progress heartbeats kept the message: it ran exactly once
     assert outcome.status == "completed", outcome
     assert outcome.result == {"attempts": 1}
     assert len(log.read_text().split()) == 1
 
 
-async def test_bad_input_fails_the_run_naming_the_field_without_retries(bus: Bus, spawn: Spawn) -> None:
+async def test_bad_input_fails_the_run_naming_the_field_without_retries(
+    bus: Bus, spawn: Spawn
+) -> None:
     spawn("agents_for_tests:Typed")
-    outcome = await submit(bus, "typed", b'{"count": "three", "label": "x"}', wait=True, timeout_s=30)
+    outcome = await submit(
+        bus, "typed", b'{"count": "three", "label": "x"}', wait=True, timeout_s=30
+    )
     assert outcome.status == "failed"
-    assert outcome.error is not None and "$.count" in outcome.error and "Expected `int`" in outcome.error
+    assert (
+        outcome.error is not None
+        and "$.count" in outcome.error
+        and "Expected `int`" in outcome.error
+    )
     ok = await submit(bus, "typed", b'{"count": 3, "label": "x"}', wait=True, timeout_s=30)
     assert ok.result == {"doubled": 6, "label": "x"}
 
 
-async def test_sigterm_lets_the_in_flight_handler_finish(bus: Bus, spawn: Spawn, tmp_path: Path) -> None:
+async def test_sigterm_lets_the_in_flight_handler_finish(
+    bus: Bus, spawn: Spawn, tmp_path: Path
+) -> None:
     log = tmp_path / "attempts"
     proc = spawn("agents_for_tests:Slow")
     from bus.feed import EventFeed
 
     async with EventFeed(bus, replay=False) as feed:
-        pending = submit(bus, "slow", json.dumps({"log": str(log), "sleep_s": 2}).encode(), wait=True, timeout_s=30)
+        pending = submit(
+            bus,
+            "slow",
+            json.dumps({"log": str(log), "sleep_s": 2}).encode(),
+            wait=True,
+            timeout_s=30,
+        )
         import asyncio
 
         task = asyncio.ensure_future(pending)
@@ -84,8 +106,11 @@ def test_unknown_agent_spec_is_a_clear_error() -> None:
     from ..conftest import ROOT
 
     out = subprocess.run(
-        [sys.executable, "-m", "agents.cli", "agent", "run", "nowhere:Nothing"], capture_output=True, text=True,
-        cwd=ROOT, timeout=60,
+        [sys.executable, "-m", "agents.cli", "agent", "run", "nowhere:Nothing"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
     )
     assert out.returncode == 1
     assert "cannot import 'nowhere'" in out.stderr

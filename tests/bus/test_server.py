@@ -52,7 +52,11 @@ async def test_cluster_keeps_r3_stream_when_a_node_dies(cluster: list[NatsServer
         for i in range(20):
             await bus.publish_bytes("r3.x", str(i).encode(), {"Nats-Msg-Id": f"m{i}"})
         info = await bus.js.stream_info("R3")
-        leader = next(node for node in cluster if node.cluster and node.cluster.server_name == info.cluster.leader)
+        leader = next(
+            node
+            for node in cluster
+            if node.cluster and node.cluster.server_name == info.cluster.leader
+        )
         leader.kill()  # the worst case: the stream leader dies
         for i in range(20, 40):  # retried with the same msg id through the leader election
             await bus.publish_bytes("r3.x", str(i).encode(), {"Nats-Msg-Id": f"m{i}"})

@@ -13,8 +13,9 @@ def test_defaults_without_environment() -> None:
 
 
 def test_reads_prefixed_variables_only() -> None:
-    settings = Settings.from_env({"RELAYBUS_NATS_URL": "nats://127.0.0.1:4222", "HOME": "/root",
-                                  "RELAYBUS_MAX_DELIVER": "7"})
+    settings = Settings.from_env(
+        {"RELAYBUS_NATS_URL": "nats://127.0.0.1:4222", "HOME": "/root", "RELAYBUS_MAX_DELIVER": "7"}
+    )
     assert settings.nats_url == "nats://127.0.0.1:4222"
     assert settings.max_deliver == 7
 

@@ -16,8 +16,12 @@ async def test_provisioning_twice_changes_nothing(bus: Bus) -> None:
 
 async def test_conflicting_existing_stream_is_reported_not_replaced(bus: Bus) -> None:
     name = bus.subjects.stream("EVENTS")
-    conflicting = StreamSpec(name, (f"{bus.subjects.prefix}.event.>",), retention="limits", max_age_s=60)
-    with pytest.raises(ProvisioningConflict, match=f"stream {name} exists with a different config.*max_age"):
+    conflicting = StreamSpec(
+        name, (f"{bus.subjects.prefix}.event.>",), retention="limits", max_age_s=60
+    )
+    with pytest.raises(
+        ProvisioningConflict, match=f"stream {name} exists with a different config.*max_age"
+    ):
         await ensure_stream(bus, conflicting)
     info = await bus.js.stream_info(name)
     assert info.config.max_age == 7 * 86400  # untouched

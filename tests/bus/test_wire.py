@@ -3,7 +3,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bus import EnvelopeInvalid, EnvelopeTooLarge, SubjectInvalid, Subjects, decode, encode, new_envelope
+from bus import (
+    EnvelopeInvalid,
+    EnvelopeTooLarge,
+    SubjectInvalid,
+    Subjects,
+    decode,
+    encode,
+    new_envelope,
+)
 from bus.subjects import check_subject
 
 
@@ -16,19 +24,25 @@ def test_envelope_round_trips_with_payload_left_undecoded() -> None:
 
 
 def test_decode_error_names_the_field() -> None:
-    data = msgspec.msgpack.encode({"id": "A", "run_id": 5, "kind": "task", "sender": "s", "recipient": "r"})
+    data = msgspec.msgpack.encode(
+        {"id": "A", "run_id": 5, "kind": "task", "sender": "s", "recipient": "r"}
+    )
     with pytest.raises(EnvelopeInvalid, match=r"\$\.run_id"):
         decode(data)
 
 
 def test_unknown_kind_is_refused() -> None:
-    data = msgspec.msgpack.encode({"id": "A", "run_id": "R", "kind": "bogus", "sender": "s", "recipient": "r"})
+    data = msgspec.msgpack.encode(
+        {"id": "A", "run_id": "R", "kind": "bogus", "sender": "s", "recipient": "r"}
+    )
     with pytest.raises(EnvelopeInvalid, match="kind"):
         decode(data)
 
 
 def test_unsafe_recipient_is_refused_at_decode() -> None:
-    data = msgspec.msgpack.encode({"id": "A", "run_id": "R", "kind": "task", "sender": "s", "recipient": "a.>"})
+    data = msgspec.msgpack.encode(
+        {"id": "A", "run_id": "R", "kind": "task", "sender": "s", "recipient": "a.>"}
+    )
     with pytest.raises(EnvelopeInvalid, match="recipient"):
         decode(data)
 
@@ -49,7 +63,9 @@ def test_garbage_never_crashes_decode(data: bytes) -> None:
         pass
 
 
-@pytest.mark.parametrize("subject", ["relay.task.a*", "relay.task.>", "relay..task", "relay.task.a b", "", "relay.task."])
+@pytest.mark.parametrize(
+    "subject", ["relay.task.a*", "relay.task.>", "relay..task", "relay.task.a b", "", "relay.task."]
+)
 def test_unsafe_subjects_are_refused(subject: str) -> None:
     with pytest.raises(SubjectInvalid):
         check_subject(subject)
