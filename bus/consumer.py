@@ -72,6 +72,8 @@ class Consumer:
         self.spec = agent_consumer(bus.subjects, agent, self.ack_wait_s)
         self._inflight: dict[int, tuple[Msg, float]] = {}
         self._slot_free = asyncio.Event()
+        self._min_batch = max(1, concurrency // 4)
+        self._partial_since = 0.0
         self.processed = 0
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -82,9 +84,7 @@ class Consumer:
         try:
             while not stop.is_set():
                 free = self.concurrency - len(self._inflight)
-                if free <= 0:
-                    self._slot_free.clear()
-                    await self._slot_free.wait()
+                if free < self._min_batch and not await self._batch_ready(free):
                     continue
                 try:
                     msgs = await psub.fetch(free, timeout=self.fetch_timeout_s)
@@ -108,6 +108,25 @@ class Consumer:
         finally:
             beat.cancel()
             await psub.unsubscribe()
+
+    async def _batch_ready(self, free: int) -> bool:
+        """Wait for a slot; fetch a small batch only after a short grace, so a busy
+        consumer fetches many messages per round trip instead of one."""
+        self._slot_free.clear()
+        if free <= 0:
+            await self._slot_free.wait()
+            return False
+        if self._partial_since == 0.0:
+            self._partial_since = time.monotonic()
+        elif time.monotonic() - self._partial_since > 0.02:
+            self._partial_since = 0.0
+            return True
+        try:
+            await asyncio.wait_for(self._slot_free.wait(), 0.02)
+        except asyncio.TimeoutError:
+            self._partial_since = 0.0
+            return True
+        return False
 
     async def _heartbeats(self, stop: asyncio.Event) -> None:
         interval = self.ack_wait_s / 3
@@ -133,7 +152,7 @@ class Consumer:
 
     async def _handle(self, msg: Msg) -> None:
         attempt = msg.metadata.num_delivered
-        headers = dict(msg.headers or {})
+        headers = msg.headers or {}
         try:
             env = wire.decode(msg.data, self.bus.settings.max_payload_bytes)
         except EnvelopeInvalid as exc:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 
 from .errors import SubjectInvalid
@@ -19,6 +20,7 @@ def check_name(kind: str, value: str) -> str:
     return value
 
 
+@functools.lru_cache(maxsize=8192)
 def check_subject(subject: str) -> str:
     """Refuse subjects that NATS would accept but that would be unsafe to publish to."""
     if not subject:
@@ -36,14 +38,20 @@ def check_subject(subject: str) -> str:
 class Subjects:
     """Subject and stream names for one prefix (`relay` by default)."""
 
-    __slots__ = ("prefix", "stream_prefix")
+    __slots__ = ("_tasks", "prefix", "stream_prefix")
 
     def __init__(self, prefix: str = "relay") -> None:
         self.prefix = prefix
         self.stream_prefix = prefix.upper().replace("-", "_")
+        self._tasks: dict[str, str] = {}
 
     def task(self, agent: str) -> str:
-        return f"{self.prefix}.task.{check_name('agent', agent)}"
+        subject = self._tasks.get(agent)
+        if subject is None:
+            subject = f"{self.prefix}.task.{check_name('agent', agent)}"
+            if len(self._tasks) < 4096:
+                self._tasks[agent] = subject
+        return subject
 
     def tasks_all(self) -> str:
         return f"{self.prefix}.task.>"
