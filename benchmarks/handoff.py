@@ -38,7 +38,7 @@ from bus import (
     default_topology,
     ensure,
     new_envelope,
-)  # noqa: E402
+)
 
 WINDOW = 64
 
@@ -66,7 +66,7 @@ async def raw_consume(url: str, stream: str, count: int, ready: Any) -> list[int
     while len(lat) < count:
         try:
             msgs = await psub.fetch(WINDOW, timeout=1)
-        except (nats.errors.TimeoutError, asyncio.TimeoutError):
+        except (TimeoutError, nats.errors.TimeoutError):
             continue
         for msg in msgs:
             probe = msgspec.json.decode(msg.data, type=Probe)

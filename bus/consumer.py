@@ -123,7 +123,7 @@ class Consumer:
             return True
         try:
             await asyncio.wait_for(self._slot_free.wait(), 0.02)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             self._partial_since = 0.0
             return True
         return False
