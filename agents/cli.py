@@ -25,7 +25,8 @@ from bus.runtime import (
 )
 
 from .base import Agent
-from .submit import has_consumer, parse_payload, submit
+from .control import cancel_run, send_signal
+from .submit import has_consumer, parse_payload, run_store, submit
 
 SELF_COMMAND = [sys.executable, "-m", "agents.cli"]
 
@@ -102,6 +103,10 @@ async def publish(args: argparse.Namespace, settings: Settings) -> int:
                 f"note: no agent {args.agent!r} has started yet; the task waits until one does",
                 file=sys.stderr,
             )
+        if args.wait and sys.stderr.isatty():
+            print(
+                f"waiting up to {args.timeout:g}s for the run to end…", file=sys.stderr, flush=True
+            )
         outcome = await submit(
             bus,
             args.agent,
@@ -133,6 +138,65 @@ async def publish(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_TIMEOUT if outcome.status == "timeout" else EXIT_ERROR
 
 
+async def runs_list(args: argparse.Namespace, settings: Settings) -> int:
+    async with Bus(settings, name="relaybus-runs") as bus:
+        records = await (await run_store(bus)).recent(args.limit)
+    for record in records:
+        row = record.summary()
+        text = (
+            f"{row['run_id']}  {row['status']:<10} {row['agent']:<14} steps={row['steps']:<4} "
+            f"cost={row['cost']:<6} {_when(row['started'])}"
+        )
+        bus_cli.emit(row, args.json, text)
+    if not records and not args.json:
+        print("no runs yet")
+    return EXIT_OK
+
+
+async def run_show(args: argparse.Namespace, settings: Settings) -> int:
+    async with Bus(settings, name="relaybus-runs") as bus:
+        record = await (await run_store(bus)).get(args.run_id)
+    if record is None:
+        raise RelayError(f"no run {args.run_id}; `relaybus runs` lists the recent ones")
+    row = record.summary()
+    if args.json:
+        bus_cli.emit(row, True)
+    else:
+        for key, value in row.items():
+            print(f"{key:<12} {json.dumps(value) if isinstance(value, dict | list) else value}")
+    return EXIT_OK
+
+
+async def cancel(args: argparse.Namespace, settings: Settings) -> int:
+    async with Bus(settings, name="relaybus-cancel") as bus:
+        record = await cancel_run(bus, args.run_id)
+    bus_cli.emit(record.summary(), args.json, f"run {args.run_id} cancelled")
+    return EXIT_OK
+
+
+async def approve(args: argparse.Namespace, settings: Settings) -> int:
+    data = json.loads(parse_payload(args.data))
+    async with Bus(settings, name="relaybus-approve") as bus:
+        delivered = await send_signal(
+            bus, args.run_id, args.signal, data, sender=f"user:{os.environ.get('USER', 'dev')}"
+        )
+    text = (
+        f"signal {args.signal!r} delivered to run {args.run_id}"
+        if delivered
+        else f"signal {args.signal!r} stored; run {args.run_id} gets it when it asks"
+    )
+    bus_cli.emit(
+        {"run_id": args.run_id, "signal": args.signal, "delivered": delivered}, args.json, text
+    )
+    return EXIT_OK
+
+
+def _when(ts: float) -> str:
+    import time
+
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts)) if ts else "-"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="relaybus", description="multi-agent infrastructure over NATS JetStream"
@@ -157,8 +221,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--budget", default=None, help="the run's budget")
     p.add_argument("--wait", action="store_true", help="wait for the run to end")
     p.add_argument("--timeout", type=float, default=60.0, help="seconds to wait with --wait")
+    p.add_argument("--max-hops", type=int, default=32, help="handoffs/calls allowed along one line")
+    p.add_argument(
+        "--max-steps", type=int, default=0, help="journaled steps allowed (default 1000)"
+    )
+    p.add_argument("--deadline", type=float, default=None, help="seconds the run may take")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=publish)
+
+    p = sub.add_parser("runs", help="recent runs")
+    p.add_argument("--limit", type=int, default=20)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=runs_list)
+
+    run = sub.add_parser("run", help="one run").add_subparsers(dest="run_cmd", required=True)
+    p = run.add_parser("show", help="a run's status, result, error and steps")
+    p.add_argument("run_id")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=run_show)
+
+    p = sub.add_parser("cancel", help="stop a run everywhere")
+    p.add_argument("run_id")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cancel)
+
+    p = sub.add_parser("approve", help="deliver a signal (an approval by default) to a run")
+    p.add_argument("run_id")
+    p.add_argument("--signal", default="approval")
+    p.add_argument("--data", default="true", help="JSON data for the signal")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=approve)
 
     from .demo.run import register as register_demo
 

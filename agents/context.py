@@ -1,11 +1,61 @@
-"""`Context`: what a handler gets besides its task — the run, its principal, a bound logger."""
+"""`Context`: what a handler gets besides its task — and the journaled operations that make
+its effects exactly-once.
+
+Every operation with an effect or a non-deterministic result goes through the journal: on a
+replay (redelivery, resume after a crash or after `gather`), recorded operations return their
+recorded result and do not run again. A handler that asks for a different operation than the
+journal recorded at that position fails with JournalDivergence.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import logging
-from typing import Any
+import random as _random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, NoReturn
 
-from bus import Envelope
+import msgspec
+
+from bus import Envelope, ErrorInfo, RelayError
+from bus.envelope import derived_id
+
+from .base import encode_result
+from .errors import ChildFailed, GatherTimeout, LimitExceeded, rebuild
+from .journal import Journal, JournalDivergence, Op, Wait
+
+if TYPE_CHECKING:
+    from .tool import Tool
+    from .worker import Worker
+
+DEFAULT_MAX_STEPS = 1000
+
+
+class Suspend(BaseException):
+    """Internal: the handler waits (gather / signal); its message is acked, the run parked."""
+
+    def __init__(self, wait: Wait) -> None:
+        super().__init__(wait)
+        self.wait = wait
+
+
+class HandoffDone(BaseException):
+    """Internal: control passed to another agent; this handler is done."""
+
+    def __init__(self, agent: str) -> None:
+        super().__init__(agent)
+        self.agent = agent
+
+
+@dataclass(frozen=True, slots=True)
+class Handle:
+    """A spawned child task; pass it to `ctx.gather`."""
+
+    task_id: str
+    agent: str
 
 
 class RunLogger(logging.LoggerAdapter[logging.Logger]):
@@ -15,24 +65,328 @@ class RunLogger(logging.LoggerAdapter[logging.Logger]):
 
 
 class Context:
-    """Per-task context. The durable-execution operations build on this in `agents.durable`."""
+    """Per-task context: the run, who it acts for, and the journaled operations."""
 
-    def __init__(self, agent: str, envelope: Envelope, attempt: int) -> None:
-        self.agent = agent
+    def __init__(
+        self,
+        worker: Worker,
+        envelope: Envelope,
+        journal: Journal,
+        revision: int,
+        owner: str,
+        attempt: int,
+    ) -> None:
+        self._worker = worker
+        self.agent = worker.name
         self.envelope = envelope
         self.attempt = attempt
+        self._journal = journal
+        self._revision = revision
+        self._owner = owner
+        self._cursor = 0
+        self._pending_ops: list[Op] = []
+        self._pending_publish: list[Envelope] = []
+        self._timer_due: dict[str, float] = {}
         self.log = RunLogger(
-            logging.getLogger(f"relaybus.agent.{agent}"),
-            {"run_id": envelope.run_id, "agent": agent},
+            logging.getLogger(f"relaybus.agent.{self.agent}"),
+            {"run_id": envelope.run_id, "agent": self.agent},
         )
+
+    # -- facts about the run ------------------------------------------------------------
 
     @property
     def run_id(self) -> str:
         return self.envelope.run_id
 
     @property
+    def task_id(self) -> str:
+        return self.envelope.id
+
+    @property
     def principal(self) -> str:
-        """Who the run acts for: the root of the chain, else the original sender."""
+        """Who the run acts for: the root of the delegation chain, else the original sender."""
         if self.envelope.chain:
             return self.envelope.chain[0].subject
         return self.envelope.sender
+
+    @property
+    def replaying(self) -> bool:
+        """True while the handler is re-walking operations the journal already holds."""
+        return self._cursor < len(self._journal.ops)
+
+    # -- the journal cursor -------------------------------------------------------------
+
+    def _next(self, kind: str, name: str) -> tuple[int, Op | None]:
+        seq = self._cursor
+        self._cursor += 1
+        ops = self._journal.ops
+        if seq < len(ops):
+            op = ops[seq]
+            if op.kind != kind or op.name != name:
+                raise JournalDivergence(
+                    f"step {seq} of task {self.task_id} ({self.agent}) was {op.kind} {op.name!r} in "
+                    f"the journal, but the handler now asks for {kind} {name!r}; handlers must be "
+                    "deterministic: put clocks, randomness and I/O inside ctx.step"
+                )
+            return seq, op
+        env = self.envelope
+        max_steps = env.max_steps or DEFAULT_MAX_STEPS
+        if env.steps + seq + 1 > max_steps:
+            raise LimitExceeded(f"step limit {max_steps} reached at {kind} {name!r}")
+        if env.deadline and time.time() > env.deadline:
+            raise LimitExceeded(f"deadline passed before {kind} {name!r}")
+        return seq, None
+
+    @staticmethod
+    def _replay(op: Op) -> Any:
+        if op.error is not None:
+            raise rebuild(op.error)
+        return msgspec.json.decode(op.result) if op.result else None
+
+    def _record(
+        self, seq: int, kind: str, name: str, result: bytes = b"", error: ErrorInfo | None = None
+    ) -> None:
+        self._pending_ops.append(Op(seq=seq, kind=kind, name=name, result=result, error=error))
+
+    async def _flush(self) -> None:
+        """Publish pending child tasks and handoffs, then commit pending ops in one CAS write.
+
+        Publish first: a crash in between replays the op and republishes the same
+        deterministic envelope id, which JetStream stores once.
+        """
+        if self._pending_publish:
+            batch, self._pending_publish = self._pending_publish, []
+            await asyncio.gather(*(self._worker.bus.publish(env) for env in batch))
+        if self._pending_ops:
+            ops, self._pending_ops = self._pending_ops, []
+
+            def append(journal: Journal) -> None:
+                have = len(journal.ops)
+                journal.ops.extend(op for op in ops if op.seq >= have)
+
+            await self._mutate(append)
+            for op in ops:
+                if op.kind in ("step", "tool"):
+                    await self._worker.emit_event(
+                        self.envelope, "step", detail=f"{op.kind} {op.name}"
+                    )
+
+    async def _mutate(self, change: Callable[[Journal], None]) -> Journal:
+        self._journal, self._revision = await self._worker.journals.mutate(
+            self.run_id,
+            self.task_id,
+            change,
+            owner=self._owner,
+            current=(self._journal, self._revision),
+        )
+        return self._journal
+
+    # -- journaled operations -------------------------------------------------------------
+
+    async def step(self, name: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Run `fn(*args, **kwargs)` once per run: a replay returns the recorded result.
+
+        The result must be JSON-serialisable; what you get back is its JSON round trip, on
+        the first run and on replays alike. A step that raises is not recorded (it runs
+        again when the task is retried)."""
+        seq, op = self._next("step", name)
+        if op is not None:
+            return self._replay(op)
+        await self._flush()
+        value = fn(*args, **kwargs)
+        if inspect.isawaitable(value):
+            value = await value
+        body = encode_result(value)
+        self._record(seq, "step", name, body)
+        await self._flush()
+        return msgspec.json.decode(body)
+
+    async def tool(self, tool: Tool, arguments: dict[str, Any] | None = None, **kwargs: Any) -> Any:
+        """Call a `@tool` with validated arguments, journaled like a step."""
+        args = tool.validate({**(arguments or {}), **kwargs})
+        seq, op = self._next("tool", tool.name)
+        if op is not None:
+            return self._replay(op)
+        await self._flush()
+        await self._worker.authorize(self, tool, args)
+        value = await tool.invoke(self, args)
+        body = encode_result(value)
+        self._record(seq, "tool", tool.name, body)
+        await self._flush()
+        return msgspec.json.decode(body)
+
+    def now(self) -> float:
+        """Wall-clock time, recorded: a replay sees the same value."""
+        seq, op = self._next("now", "now")
+        if op is not None:
+            return float(self._replay(op))
+        value = time.time()
+        self._record(seq, "now", "now", msgspec.json.encode(value))
+        return value
+
+    def random(self) -> float:
+        """A random float in [0, 1), recorded: a replay sees the same value."""
+        seq, op = self._next("random", "random")
+        if op is not None:
+            return float(self._replay(op))
+        value = _random.random()
+        self._record(seq, "random", "random", msgspec.json.encode(value))
+        return value
+
+    def spawn(self, agent: str, payload: Any) -> Handle:
+        """Start a child task on `agent`; its result comes back to this task. Use `gather`."""
+        seq, op = self._next("spawn", agent)
+        child_id = derived_id(self.task_id, "spawn", str(seq))
+        if op is None:
+            self._pending_publish.append(self._derive(child_id, agent, payload, seq, child=True))
+            self._record(seq, "spawn", agent, msgspec.json.encode(child_id))
+        return Handle(task_id=child_id, agent=agent)
+
+    async def call(self, agent: str, payload: Any) -> Any:
+        """Run a child task on `agent` and return its result (raises ChildFailed)."""
+        (result,) = await self.gather(self.spawn(agent, payload))
+        return result
+
+    async def gather(
+        self, *handles: Handle, quorum: int | None = None, timeout: float | None = None
+    ) -> list[Any]:
+        """Wait for children. Without `quorum`: all results, in order (ChildFailed if one failed).
+        With `quorum=k`: as soon as k succeeded, results in order with None for the rest, whose
+        tasks are cancelled. `timeout` seconds: GatherTimeout if not enough came in time."""
+        ids = tuple(h.task_id for h in handles)
+        need = quorum or len(ids)
+        if not 0 < need <= len(ids):
+            raise RelayError(f"quorum {quorum} is not between 1 and {len(ids)} children")
+        timer = await self._timer("gather", timeout) if timeout is not None else ""
+        seq, op = self._next("gather", f"{need}/{len(ids)}")
+        if op is not None:
+            return list(self._replay(op))
+        await self._flush()
+        await self._park(Wait(children=ids, quorum=quorum or 0, timer=timer))
+        journal = self._journal
+        done = {c: journal.children[c] for c in ids if c in journal.children}
+        ok = [c for c in ids if c in done and done[c].ok]
+        failed = [done[c] for c in ids if c in done and not done[c].ok]
+        error: RelayError | None = None
+        if quorum is None and failed:
+            error = ChildFailed(failed[0].error or ErrorInfo(type="Error", message="child failed"))
+        elif len(ok) < need and failed and len(failed) > len(ids) - need:
+            first = failed[0].error
+            error = ChildFailed(
+                ErrorInfo(
+                    type="QuorumImpossible",
+                    message=(
+                        f"{len(failed)} of {len(ids)} children failed, quorum {need} cannot be met; first: "
+                        f"{first.type if first else 'Error'}: {first.message if first else ''}"
+                    ),
+                )
+            )
+        elif len(ok) < need:
+            error = GatherTimeout(
+                ErrorInfo(
+                    type="GatherTimeout",
+                    message=(f"{len(ok)} of {need} needed results arrived within {timeout:g}s"),
+                )
+            )
+        if error is not None:
+            self._record(seq, "gather", f"{need}/{len(ids)}", error=ErrorInfo.from_exception(error))
+            await self._flush()
+            raise error
+        results = [msgspec.json.decode(done[c].result) if c in ok else None for c in ids]
+        self._record(seq, "gather", f"{need}/{len(ids)}", msgspec.json.encode(results))
+        await self._flush()
+        stragglers = [c for c in ids if c not in done]
+        if stragglers:
+            await self._worker.cancel_tasks(self.run_id, stragglers)
+        return results
+
+    async def handoff(self, agent: str, payload: Any) -> NoReturn:
+        """Pass control to `agent`: the run continues there and this handler ends."""
+        seq, op = self._next("handoff", agent)
+        if op is None:
+            child_id = derived_id(self.task_id, "handoff", str(seq))
+            self._pending_publish.append(self._derive(child_id, agent, payload, seq, child=False))
+            self._record(seq, "handoff", agent, msgspec.json.encode(child_id))
+            await self._flush()
+        raise HandoffDone(agent)
+
+    async def wait_signal(self, name: str, timeout: float | None = None) -> Any:
+        """Wait durably for `relaybus approve RUN --signal NAME [--data JSON]`; returns the data.
+        With `timeout` seconds, raises GatherTimeout when none came in time."""
+        timer = await self._timer(f"signal:{name}", timeout) if timeout is not None else ""
+        seq, op = self._next("signal", name)
+        if op is not None:
+            return self._replay(op)
+        await self._flush()
+        if name not in self._journal.signals:
+            data = await self._worker.signal_or_register(self, name)
+            if data is not None:
+                await self._mutate(lambda j: j.signals.setdefault(name, data))
+        await self._park(Wait(signal=name, timer=timer))
+        if name not in self._journal.signals:
+            error = GatherTimeout(
+                ErrorInfo(type="SignalTimeout", message=f"no signal {name!r} within {timeout:g}s")
+            )
+            self._record(seq, "signal", name, error=ErrorInfo.from_exception(error))
+            await self._flush()
+            raise error
+        body = self._journal.signals[name]
+        self._record(seq, "signal", name, body)
+        await self._flush()
+        return msgspec.json.decode(body)
+
+    # -- helpers --------------------------------------------------------------------------
+
+    async def _timer(self, label: str, timeout: float) -> str:
+        """A journaled due time; returns the timer id that fires at it."""
+        seq, op = self._next("timer", label)
+        if op is None:
+            due = time.time() + timeout
+            self._record(seq, "timer", label, msgspec.json.encode(due))
+        else:
+            due = float(self._replay(op))
+        timer_id = derived_id(self.task_id, "timer", str(seq))
+        self._timer_due[timer_id] = due
+        return timer_id
+
+    async def _park(self, wait: Wait) -> None:
+        """Suspend unless what `wait` needs has arrived (checked against the latest journal)."""
+        parked = False
+
+        def suspend(journal: Journal) -> None:
+            nonlocal parked
+            journal.waiting = wait
+            parked = not journal.satisfied()
+            journal.status = "suspended" if parked else "running"
+            if not parked:
+                journal.waiting = None
+
+        await self._mutate(suspend)
+        if parked:
+            if wait.timer:
+                await self._worker.start_timer(
+                    self.envelope, wait.timer, self._timer_due[wait.timer]
+                )
+            raise Suspend(wait)
+
+    def _derive(self, task_id: str, agent: str, payload: Any, seq: int, *, child: bool) -> Envelope:
+        env = self.envelope
+        return Envelope(
+            id=task_id,
+            run_id=env.run_id,
+            kind="task",
+            sender=self.agent,
+            recipient=agent,
+            payload=encode_result(payload),
+            parent_id=self.task_id if child else env.parent_id,
+            reply_to=self.agent if child else env.reply_to,
+            chain=env.chain,
+            hop=env.hop + 1,
+            max_hops=env.max_hops,
+            deadline=env.deadline,
+            budget=env.budget,
+            created_at=time.time(),
+            steps=env.steps + seq + 1,
+            max_steps=env.max_steps,
+            trail=(*env.trail[-15:], self.agent),
+        )

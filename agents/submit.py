@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import time
 from typing import Any
 
 import msgspec
@@ -12,15 +13,18 @@ import msgspec
 from bus import TERMINAL, Bus, Event, RelayError, new_envelope
 from bus.events import event_encoder
 from bus.feed import EventFeed
+from bus.kv import Bucket
 from bus.streams import agent_consumer, consumer_exists
 from bus.subjects import check_name
+
+from .runs import RunRecord, RunStore
 
 
 class RunOutcome(msgspec.Struct, kw_only=True):
     """How a run ended, as `publish --wait --json` prints it."""
 
     run_id: str
-    status: str  # completed | failed | cancelled | timeout
+    status: str  # completed | failed | cancelled | timeout | submitted
     result: Any = None
     error: str | None = None
     cost: int = 0
@@ -37,6 +41,10 @@ def parse_payload(text: str) -> bytes:
     return msgspec.json.encode(value)
 
 
+async def run_store(bus: Bus) -> RunStore:
+    return RunStore(await Bucket.open(bus, bus.subjects.bucket("runs")))
+
+
 async def submit(
     bus: Bus,
     agent: str,
@@ -45,10 +53,28 @@ async def submit(
     sender: str = "user:dev",
     wait: bool = False,
     timeout_s: float = 60.0,
+    max_hops: int = 32,
+    max_steps: int = 0,
+    deadline_s: float | None = None,
 ) -> RunOutcome:
-    """Publish a task for `agent`; with `wait`, return once the run reaches a terminal event."""
+    """Publish a task for `agent` as a new run; with `wait`, return once the run has ended."""
     check_name("agent", agent)
-    env = new_envelope(kind="task", sender=sender, recipient=agent, payload=payload)
+    if max_hops < 1 or max_steps < 0:
+        raise RelayError("max_hops must be >= 1 and max_steps >= 0")
+    deadline = time.time() + deadline_s if deadline_s else 0.0
+    env = new_envelope(
+        kind="task",
+        sender=sender,
+        recipient=agent,
+        payload=payload,
+        max_hops=max_hops,
+        max_steps=max_steps,
+        deadline=deadline,
+    )
+    runs = await run_store(bus)
+    await runs.create(
+        RunRecord(run_id=env.run_id, agent=agent, submitted_by=sender, started=env.created_at)
+    )
     async with contextlib.AsyncExitStack() as stack:
         feed = (
             await stack.enter_async_context(EventFeed(bus, env.run_id, replay=True))

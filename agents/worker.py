@@ -1,76 +1,466 @@
-"""An agent process: its Bus, its consume loop, its events and its heartbeat in the agents bucket."""
+"""An agent process: the consume loop turned into durable task execution.
+
+Each delivery to `relay.task.<agent>` is one of:
+- task: start (or take over after a crash) a handler, replaying its journal;
+- result / error: a child's outcome, merged into the parent's journal, resuming it when
+  what it waits for has arrived;
+- signal: an approval or a timer, merged the same way.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import os
 import socket
 import time
+from typing import Any
 
 import msgspec
 
 from bus import (
+    Abandon,
+    BudgetExceeded,
     Bus,
+    ChainInvalid,
     Consumer,
     Delivery,
+    Envelope,
     ErrorInfo,
     Event,
+    PermissionDenied,
     Reject,
+    Retry,
+    RunFailed,
     Settings,
+    decode,
     default_topology,
+    encode,
     ensure,
 )
 from bus.cli import AgentBeat
-from bus.events import event_encoder
+from bus.envelope import derived_id
+from bus.events import TERMINAL, event_encoder
+from bus.kv import Bucket, RevisionConflict
 from bus.runtime import stop_on_signals
 
 from .base import Agent, encode_result, input_decoder
-from .context import Context
+from .context import Context, HandoffDone, Suspend
+from .errors import Cancelled, LimitExceeded, ToolArgumentsInvalid
+from .journal import FINAL, Fenced, Journal, JournalDivergence, JournalStore, Outcome
+from .limits import limit_problem
+from .messages import ChildResult, Control, SignalBody, control_decoder, signal_decoder
+from .runs import RunStore, Waiter
 
 log = logging.getLogger("relaybus.worker")
 BEAT_INTERVAL_S = 20.0
+PERMANENT = (
+    Reject,
+    JournalDivergence,
+    LimitExceeded,
+    RunFailed,
+    ToolArgumentsInvalid,
+    PermissionDenied,
+    ChainInvalid,
+    BudgetExceeded,
+    Cancelled,
+)
+_owners = itertools.count()
 
 
 class Worker:
-    """Turns deliveries of one agent's subject into `agent.handle` calls and run events."""
+    """Executes one agent's tasks durably. Built by `Worker.open(bus, agent)`."""
 
-    def __init__(self, bus: Bus, agent: Agent) -> None:
+    def __init__(self, bus: Bus, agent: Agent, journals: JournalStore, runs: RunStore) -> None:
         self.bus = bus
         self.agent = agent
         self.name = agent.name
+        self.journals = journals
+        self.runs = runs
         self.decode_input = input_decoder(agent.input_type())
+        self._by_run: dict[str, set[asyncio.Task[Any]]] = {}
+        self._by_task: dict[str, asyncio.Task[Any]] = {}
+        self._cancelled: set[str] = set()
+        self._host = socket.gethostname()
 
-    async def emit(self, event: Event) -> None:
-        await self.bus.publish_bytes(
-            self.bus.subjects.event(event.run_id, event.kind), event_encoder.encode(event)
-        )
+    @classmethod
+    async def open(cls, bus: Bus, agent: Agent) -> Worker:
+        journals = JournalStore(await Bucket.open(bus, bus.subjects.bucket("journal")))
+        runs = RunStore(await Bucket.open(bus, bus.subjects.bucket("runs")))
+        return cls(bus, agent, journals, runs)
+
+    def new_owner(self) -> str:
+        return f"{self.name}@{self._host}:{os.getpid()}#{next(_owners)}"
+
+    # -- dispatch -----------------------------------------------------------------------
 
     async def handle(self, delivery: Delivery) -> None:
-        env = delivery.envelope
-        base = {
-            "run_id": env.run_id,
-            "sender": env.sender,
-            "recipient": self.name,
-            "envelope_id": env.id,
-            "attempt": delivery.attempt,
-        }
-        await self.emit(Event(kind="started", **base))  # type: ignore[arg-type]
-        ctx = Context(self.name, env, delivery.attempt)
+        kind = delivery.envelope.kind
+        if kind == "task":
+            await self.on_task(delivery)
+        elif kind in ("result", "error"):
+            await self.on_outcome(delivery)
+        else:
+            await self.on_signal(delivery)
+
+    async def on_task(self, d: Delivery) -> None:
+        env = d.envelope
+        replay = d.headers.get("Relay-Replay") == "1"
+        run = await self.runs.get(env.run_id)
+        if run is not None:
+            if run.status == "cancelled" or env.id in run.cancelled_tasks:
+                return
+            if replay and run.status == "failed" and not env.parent_id:
+                await self.runs.update(env.run_id, _reopen)
+        owner = self.new_owner()
+        found = await self.journals.load(env.run_id, env.id)
+        if found is None:
+            journal = Journal(
+                run_id=env.run_id,
+                task_id=env.id,
+                agent=self.name,
+                task=encode(env),
+                owner=owner,
+                driver=str(d.sequence),
+            )
+            problem = limit_problem(env, self.name)
+            if problem:
+                journal.status, journal.error = (
+                    "failed",
+                    ErrorInfo(type="LimitExceeded", message=problem),
+                )
+            try:
+                revision = await self.journals.create(journal)
+            except RevisionConflict:
+                found = await self.journals.load(env.run_id, env.id)
+            else:
+                if problem:
+                    await self.deliver(env, journal)
+                    return
+                if run is not None and run.status == "submitted":
+                    await self.runs.update(env.run_id, _mark_running)
+                await self.emit_event(env, "started", attempt=d.attempt)
+                await self.execute(journal, revision, owner, d)
+                return
+        if found is None:
+            return
+        journal, revision = found
+        if journal.status == "failed" and replay:
+            journal, revision = await self.journals.mutate(
+                env.run_id, env.id, _take_over(owner, str(d.sequence), reopen=True)
+            )
+            await self.emit_event(env, "resumed", detail="replayed from the dead-letter queue")
+            await self.execute(journal, revision, owner, d)
+        elif journal.status in FINAL:
+            await self.deliver(
+                env, journal
+            )  # a duplicate: repeat the recorded outcome (idempotent)
+        elif journal.status == "running" and (journal.driver == str(d.sequence) or replay):
+            journal, revision = await self.journals.mutate(
+                env.run_id, env.id, _take_over(owner, str(d.sequence))
+            )
+            await self.emit_event(
+                env, "resumed", detail="taken over after a crash", attempt=d.attempt
+            )
+            await self.execute(journal, revision, owner, d)
+
+    async def on_outcome(self, d: Delivery) -> None:
+        env = d.envelope
+        outcome = msgspec.json.decode(env.payload, type=ChildResult)
+
+        def merge(journal: Journal) -> None:
+            journal.children.setdefault(
+                outcome.child,
+                Outcome(ok=outcome.ok, result=bytes(outcome.result), error=outcome.error),
+            )
+
+        await self._merge_and_resume(env, merge, d)
+
+    async def on_signal(self, d: Delivery) -> None:
+        env = d.envelope
+        body = signal_decoder.decode(env.payload)
+        if body.timer:
+            wait_s = body.due - time.time()
+            if wait_s > 0:
+                raise Retry("timer not due yet", delay_s=wait_s)
+
+            def fire(journal: Journal) -> None:
+                if body.timer not in journal.timers:
+                    journal.timers.append(body.timer)
+
+            await self._merge_and_resume(env, fire, d)
+            return
+        await self.emit_event(env, "signal", detail=body.name)
+        await self._merge_and_resume(
+            env, lambda j: j.signals.setdefault(body.name, bytes(body.data)), d
+        )
+
+    async def _merge_and_resume(self, env: Envelope, change: Any, d: Delivery) -> None:
+        if await self.journals.load(env.run_id, env.parent_id) is None:
+            log.warning(
+                "no journal for task %s of run %s; dropping %s", env.parent_id, env.run_id, env.kind
+            )
+            return
+        journal, revision = await self.journals.mutate(env.run_id, env.parent_id, change)
+        owner = self.new_owner()
+        driver = str(d.sequence)
+        if journal.status == "suspended" and journal.satisfied():
+            claimed = False
+
+            def claim(j: Journal) -> None:
+                nonlocal claimed
+                claimed = j.status == "suspended" and j.satisfied()
+                if claimed:
+                    j.status, j.owner, j.driver, j.waiting = "running", owner, driver, None
+
+            journal, revision = await self.journals.mutate(env.run_id, env.parent_id, claim)
+            if claimed:
+                task_env = decode(journal.task)
+                await self.emit_event(task_env, "resumed", detail=f"{env.kind} from {env.sender}")
+                await self.execute(journal, revision, owner, d)
+        elif journal.status == "running" and journal.driver == driver and d.attempt > 1:
+            journal, revision = await self.journals.mutate(
+                env.run_id, env.parent_id, _take_over(owner, driver)
+            )
+            await self.execute(journal, revision, owner, d)
+
+    # -- execution ------------------------------------------------------------------------
+
+    async def execute(self, journal: Journal, revision: int, owner: str, d: Delivery) -> None:
+        env = decode(journal.task)
+        ctx = Context(self, env, journal, revision, owner, d.attempt)
+        current = asyncio.current_task()
+        assert current is not None
+        self._by_run.setdefault(env.run_id, set()).add(current)
+        self._by_task[env.id] = current
+        try:
+            await self._run_handler(ctx, env, d)
+        except Fenced as exc:
+            log.warning("%s", exc)
+            raise Abandon(str(exc)) from None
+        finally:
+            self._by_task.pop(env.id, None)
+            tasks = self._by_run.get(env.run_id)
+            if tasks is not None:
+                tasks.discard(current)
+                if not tasks:
+                    del self._by_run[env.run_id]
+
+    async def _run_handler(self, ctx: Context, env: Envelope, d: Delivery) -> None:
+        timeout = asyncio.timeout(env.deadline - time.time() if env.deadline else None)
         try:
             task = self.decode_input(env.payload)
-            result = await self.agent.handle(ctx, task)
+            async with timeout:
+                result = await self.agent.handle(ctx, task)
+            await ctx._flush()
             body = encode_result(result)
-        except Reject as exc:
-            # Bad input or a handler's refusal fails the run now: retrying cannot help.
-            await self.emit(Event(kind="failed", error=ErrorInfo.from_exception(exc), **base))  # type: ignore[arg-type]
+        except Suspend:
+            await self.emit_event(env, "suspended")
             return
-        except Exception as exc:
-            if delivery.attempt < self.bus.settings.max_deliver:
-                await self.emit(Event(kind="retried", error=ErrorInfo.from_exception(exc), **base))  # type: ignore[arg-type]
+        except HandoffDone as done:
+            await self._finish(ctx, env, "completed", handoff=done.agent)
+            await self.emit_event(env, "handoff", recipient=done.agent)
+            return
+        except asyncio.CancelledError:
+            if not self._is_cancelled(env):
+                raise
+            asyncio.current_task().uncancel()  # type: ignore[union-attr]
+            await self._finish(
+                ctx, env, "cancelled", error=ErrorInfo(type="Cancelled", message="cancelled")
+            )
+            return
+        except TimeoutError:
+            if not timeout.expired():
+                raise
+            error = LimitExceeded(f"deadline exceeded while {self.name} was running")
+            await self._finish(ctx, env, "failed", error=ErrorInfo.from_exception(error))
+            return
+        except PERMANENT as exc:
+            await self._finish(ctx, env, "failed", error=ErrorInfo.from_exception(exc))
+            return
+        except Fenced:
             raise
-        await self.emit(Event(kind="completed", result=msgspec.Raw(body), **base))  # type: ignore[arg-type]
+        except Exception as exc:
+            info = ErrorInfo.from_exception(exc)
+            if d.attempt >= self.bus.settings.max_deliver:
+                await self._finish(ctx, env, "failed", error=info)
+            else:
+                await self.emit_event(env, "retried", attempt=d.attempt, error=info)
+            raise
+        await self._finish(ctx, env, "completed", body)
+
+    async def _finish(
+        self,
+        ctx: Context,
+        env: Envelope,
+        status: str,
+        result: bytes = b"",
+        error: ErrorInfo | None = None,
+        handoff: str = "",
+    ) -> None:
+        def change(journal: Journal) -> None:
+            journal.status = status  # type: ignore[assignment]
+            journal.result = result
+            journal.error = error
+            journal.handoff = handoff
+            journal.waiting = None
+
+        await self.deliver(env, await ctx._mutate(change))
+
+    async def deliver(self, env: Envelope, journal: Journal) -> None:
+        """Send a finished task's outcome to whoever waits for it: the parent task, or the run."""
+        if journal.handoff:
+            return  # the run goes on at the agent it was handed to
+        ok = journal.status == "completed"
+        if env.parent_id:
+            outcome = ChildResult(
+                child=env.id,
+                ok=ok,
+                result=msgspec.Raw(journal.result or b"null"),
+                error=journal.error,
+            )
+            await self.bus.publish(
+                Envelope(
+                    id=derived_id(env.id, "outcome"),
+                    run_id=env.run_id,
+                    kind="result" if ok else "error",
+                    sender=self.name,
+                    recipient=env.reply_to,
+                    payload=msgspec.json.encode(outcome),
+                    parent_id=env.parent_id,
+                    chain=env.chain,
+                    hop=env.hop,
+                    created_at=time.time(),
+                )
+            )
+            await self.emit_event(env, "returned", recipient=env.reply_to, error=journal.error)
+            return
+        status = journal.status if journal.status in ("completed", "cancelled") else "failed"
+        changed = await self.runs.finish(
+            env.run_id,
+            status,
+            result=journal.result,
+            error=journal.error,  # type: ignore[arg-type]
+            steps=env.steps + len(journal.ops),
+            hops=env.hop,
+        )
+        if changed:
+            await self.emit_event(env, status, result=journal.result, error=journal.error)
+
+    # -- services for Context ---------------------------------------------------------------
+
+    async def authorize(self, ctx: Context, tool: Any, args: Any) -> None:
+        """Scope check before a tool call (the identity layer plugs in here)."""
+
+    async def signal_or_register(self, ctx: Context, name: str) -> bytes | None:
+        """The signal's data if it was already sent; otherwise record that this task waits."""
+
+        def register(record: Any) -> bool:
+            if name in record.signals:
+                return False
+            record.waits[name] = Waiter(agent=self.name, task_id=ctx.task_id)
+            return True
+
+        record = await self.runs.update(ctx.run_id, register)
+        return bytes(record.signals[name]) if name in record.signals else None
+
+    async def start_timer(self, env: Envelope, timer_id: str, due: float) -> None:
+        body = msgspec.json.encode(SignalBody(timer=timer_id, due=due))
+        await self.bus.publish(
+            Envelope(
+                id=timer_id,
+                run_id=env.run_id,
+                kind="signal",
+                sender=self.name,
+                recipient=self.name,
+                payload=body,
+                parent_id=env.id,
+                created_at=time.time(),
+            )
+        )
+
+    async def cancel_tasks(self, run_id: str, task_ids: list[str]) -> None:
+        def add(record: Any) -> bool:
+            record.cancelled_tasks.extend(t for t in task_ids if t not in record.cancelled_tasks)
+            return True
+
+        await self.runs.update(run_id, add)
+        control = Control(action="cancel_tasks", run_id=run_id, tasks=task_ids)
+        await self.bus.publish_core(self.bus.subjects.control(run_id), msgspec.json.encode(control))
+
+    # -- cancellation -----------------------------------------------------------------------
+
+    def _is_cancelled(self, env: Envelope) -> bool:
+        return env.run_id in self._cancelled or env.id in self._cancelled
+
+    async def on_control(self, data: bytes) -> None:
+        try:
+            control = control_decoder.decode(data)
+        except msgspec.DecodeError:
+            log.warning("ignoring a malformed control message")
+            return
+        if control.action == "cancel":
+            self._cancelled.add(control.run_id)
+            for task in list(self._by_run.get(control.run_id, ())):
+                task.cancel()
+        elif control.action == "cancel_tasks":
+            for task_id in control.tasks:
+                self._cancelled.add(task_id)
+                if (task := self._by_task.get(task_id)) is not None:
+                    task.cancel()
+
+    # -- events ---------------------------------------------------------------------------
+
+    async def emit_event(
+        self,
+        env: Envelope,
+        kind: str,
+        *,
+        recipient: str | None = None,
+        detail: str = "",
+        attempt: int = 0,
+        error: ErrorInfo | None = None,
+        result: bytes = b"",
+    ) -> None:
+        event = Event(
+            run_id=env.run_id,
+            kind=kind,
+            sender=env.sender if recipient is None else self.name,
+            recipient=self.name if recipient is None else recipient,
+            envelope_id=env.id,
+            attempt=attempt,
+            detail=detail,
+            error=error,
+            **({"result": msgspec.Raw(result)} if result else {}),  # type: ignore[arg-type]
+        )
+        subject = self.bus.subjects.event(env.run_id, kind)
+        if kind in TERMINAL:
+            await self.bus.publish_bytes(subject, event_encoder.encode(event))
+        else:
+            await self.bus.publish_core(subject, event_encoder.encode(event))
+
+
+def _reopen(record: Any) -> bool:
+    record.status, record.error, record.ended = "running", None, 0.0
+    return True
+
+
+def _mark_running(record: Any) -> bool:
+    if record.status != "submitted":
+        return False
+    record.status = "running"
+    return True
+
+
+def _take_over(owner: str, driver: str, *, reopen: bool = False) -> Any:
+    def change(journal: Journal) -> None:
+        journal.owner, journal.driver = owner, driver
+        if reopen:
+            journal.status, journal.error = "running", None
+
+    return change
 
 
 async def serve_agent(agent: Agent, settings: Settings, concurrency: int = 8) -> int:
@@ -79,7 +469,8 @@ async def serve_agent(agent: Agent, settings: Settings, concurrency: int = 8) ->
     stop_on_signals(stop)
     async with Bus(settings, name=f"agent-{agent.name}-{os.getpid()}") as bus, agent.lifespan():
         await ensure(bus, default_topology(bus.subjects))
-        worker = Worker(bus, agent)
+        worker = await Worker.open(bus, agent)
+        control = await bus.subscribe(f"{bus.subjects.prefix}.control.*", worker.on_control)
         consumer = Consumer(bus, agent.name, worker.handle, concurrency=concurrency)
         beat = asyncio.create_task(_heartbeat(bus, agent.name, concurrency))
         log.info(
@@ -91,6 +482,7 @@ async def serve_agent(agent: Agent, settings: Settings, concurrency: int = 8) ->
             beat.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await beat
+            await control.unsubscribe()
             await _forget(bus, agent.name)
     log.info(
         "agent %s (pid %d) stopped after %d message(s)", agent.name, os.getpid(), consumer.processed
@@ -103,7 +495,7 @@ def _beat_key(name: str) -> str:
 
 
 async def _heartbeat(bus: Bus, name: str, concurrency: int) -> None:
-    kv = await bus.js.key_value(bus.subjects.bucket("agents"))
+    kv = await Bucket.open(bus, bus.subjects.bucket("agents"))
     beat = AgentBeat(
         name=name,
         pid=os.getpid(),
@@ -118,5 +510,5 @@ async def _heartbeat(bus: Bus, name: str, concurrency: int) -> None:
 
 async def _forget(bus: Bus, name: str) -> None:
     with contextlib.suppress(Exception):
-        kv = await bus.js.key_value(bus.subjects.bucket("agents"))
-        await kv.purge(_beat_key(name))
+        kv = await Bucket.open(bus, bus.subjects.bucket("agents"))
+        await kv.delete(_beat_key(name))

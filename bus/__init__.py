@@ -4,6 +4,7 @@ from .client import Bus
 from .consumer import Consumer, Delivery, Handler, backoff_s
 from .envelope import Envelope, Link, Scope, decode, encode, new_envelope
 from .errors import (
+    Abandon,
     BudgetExceeded,
     ChainInvalid,
     ConfigError,
@@ -32,6 +33,7 @@ from .streams import Topology, default_topology, ensure
 from .subjects import Subjects
 
 __all__ = [
+    "Abandon",
     "TERMINAL",
     "BudgetExceeded",
     "Bus",

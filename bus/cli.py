@@ -41,6 +41,8 @@ def register(
 
     def up(args: argparse.Namespace, settings: Settings) -> Any:
         if args.detach:
+            if sys.stderr.isatty():
+                print("starting nats-server and services…", file=sys.stderr, flush=True)
             url = start_detached(settings, self_command)
             emit(
                 {"nats_url": url, "home": str(settings.home.resolve())},
@@ -246,6 +248,7 @@ async def dlq_replay(args: argparse.Namespace, settings: Settings) -> int:
         letter = dead_letter_decoder.decode(raw.data or b"")
         headers = {k: v for k, v in letter.headers.items() if not k.startswith("Nats-")}
         headers["Nats-Msg-Id"] = f"{letter.envelope_id or 'raw'}:replay:{args.id}"
+        headers["Relay-Replay"] = "1"
         seq = await bus.publish_bytes(letter.subject, letter.data, headers)
         await bus.js.delete_msg(stream, args.id)
     emit(

@@ -6,7 +6,7 @@ import asyncio
 import collections
 import logging
 import re
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import Any
 
@@ -250,6 +250,14 @@ class Bus:
             except TimeoutError:
                 self.raise_violation(subject)
                 return
+
+    async def subscribe(self, subject: str, handler: Callable[[bytes], Awaitable[None]]) -> Any:
+        """A core-NATS subscription (control messages); returns it so the caller can unsubscribe."""
+
+        async def on_msg(msg: Any) -> None:
+            await handler(bytes(msg.data))
+
+        return await self.nc.subscribe(subject, cb=on_msg)
 
     async def request(self, subject: str, data: bytes, timeout_s: float | None = None) -> bytes:
         """Core request/reply (services)."""

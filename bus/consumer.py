@@ -18,7 +18,7 @@ from nats.aio.msg import Msg
 
 from . import envelope as wire
 from .client import Bus
-from .errors import EnvelopeInvalid, ErrorInfo, Reject, RelayError, Retry
+from .errors import Abandon, EnvelopeInvalid, ErrorInfo, Reject, RelayError, Retry
 from .events import DeadLetter, Event, event_encoder
 from .streams import agent_consumer, ensure_consumer
 
@@ -33,6 +33,7 @@ class Delivery:
     attempt: int
     headers: dict[str, str]
     subject: str
+    sequence: int = 0
     started: float = field(default_factory=time.monotonic)
 
 
@@ -167,7 +168,13 @@ class Consumer:
             )
             await self._dead_letter(msg, attempt - 1, reason, None, env)
             return
-        delivery = Delivery(envelope=env, attempt=attempt, headers=headers, subject=msg.subject)
+        delivery = Delivery(
+            envelope=env,
+            attempt=attempt,
+            headers=headers,
+            subject=msg.subject,
+            sequence=msg.metadata.sequence.stream,
+        )
         try:
             await self.handler(delivery)
         except Retry as exc:
@@ -181,6 +188,8 @@ class Consumer:
         except Reject as exc:
             await self._dead_letter(msg, attempt, exc.reason, ErrorInfo.from_exception(exc), env)
             return
+        except Abandon:
+            return  # neither ack nor nak: another worker owns this message's work now
         except asyncio.CancelledError:
             raise
         except Exception as exc:

@@ -6,6 +6,8 @@ The payload stays JSON bytes, undecoded, so routing code never needs body types.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import re
 import time
 from typing import Literal
@@ -13,7 +15,7 @@ from typing import Literal
 import msgspec
 
 from .errors import EnvelopeInvalid, EnvelopeTooLarge
-from .ids import new_id
+from .ids import _TO_CROCKFORD, new_id
 
 Kind = Literal["task", "result", "error", "signal"]
 
@@ -39,7 +41,12 @@ class Link(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
 
 
 class Envelope(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
-    """A task, result, error or signal moving between agents."""
+    """A task, result, error or signal moving between agents.
+
+    `parent_id`/`reply_to`: the task (and its agent) waiting for this one's result; empty
+    for the run's own line, whose final result completes the run. `trail`: the last agents
+    of the line, for loop detection. `steps`: journaled steps the line has used so far.
+    """
 
     id: str
     run_id: str
@@ -54,6 +61,17 @@ class Envelope(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     deadline: float = 0.0
     budget: str = ""
     created_at: float = 0.0
+    reply_to: str = ""
+    steps: int = 0
+    max_steps: int = 0
+    trail: tuple[str, ...] = ()
+
+
+def derived_id(*parts: str) -> str:
+    """A deterministic id (26 chars, ULID alphabet) for something derived from `parts`:
+    a child task, a handoff, a result. Replays derive the same id, so JetStream dedupes."""
+    digest = hashlib.blake2b("\x1f".join(parts).encode(), digest_size=16).digest()
+    return base64.b32encode(digest + b"\0")[:26].translate(_TO_CROCKFORD).decode()
 
 
 def new_envelope(

@@ -13,7 +13,8 @@
     │   └── PermissionViolation      the server refused a subject for this connection
     ├── HandlerOutcome               raised by handlers to steer the consume loop
     │   ├── Retry                    nak with a delay: try again later
-    │   └── Reject                   terminate: never retry, dead-letter with the reason
+    │   ├── Reject                   terminate: never retry, dead-letter with the reason
+    │   └── Abandon                  leave unacknowledged: another worker took the work over
     ├── RunFailed                    a run ended in failure (carries the remote error as data)
     ├── PermissionDenied             identity: a scope check refused an action
     ├── ChainInvalid                 identity: a delegation chain did not verify
@@ -90,6 +91,10 @@ class Reject(HandlerOutcome):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
+
+
+class Abandon(HandlerOutcome):
+    """Neither ack nor nak: another replica took this work over (the journal fenced us)."""
 
 
 class RunFailed(RelayError):

@@ -1,0 +1,37 @@
+"""Errors of the agent runtime (all RelayErrors, so they travel as ErrorInfo)."""
+
+from __future__ import annotations
+
+from bus import ErrorInfo, RelayError, RunFailed
+
+
+class LimitExceeded(RelayError):
+    """A run limit (hops, steps, deadline) was reached or a handoff loop was detected."""
+
+
+class ChildFailed(RunFailed):
+    """A called or spawned child task failed; `info` carries its error."""
+
+
+class GatherTimeout(RunFailed):
+    """`gather` did not get enough results before its timeout."""
+
+
+class Cancelled(RelayError):
+    """The run (or this task) was cancelled."""
+
+
+class ToolArgumentsInvalid(RelayError):
+    """A tool was called with arguments that fail its schema; the message names the field."""
+
+
+_REBUILD: dict[str, type[RunFailed]] = {"ChildFailed": ChildFailed, "GatherTimeout": GatherTimeout}
+
+
+def rebuild(info: ErrorInfo) -> RelayError:
+    """The exception a journaled error stands for, so a replay raises what the first run raised."""
+    cls = _REBUILD.get(info.type)
+    if cls is not None:
+        inner_type, _, inner_message = info.message.partition(": ")
+        return cls(ErrorInfo(type=inner_type, message=inner_message))
+    return RunFailed(info)

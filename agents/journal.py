@@ -1,0 +1,150 @@
+"""The durable execution journal: one record per task of a run, in JetStream KV, written
+with compare-and-set so a run's state never forks.
+
+The owner (the replica executing the handler) appends operations; anyone may merge child
+outcomes, signals and fired timers. A write by an owner that was replaced fails with
+`Fenced`: a stalled replica that wakes up after another took over cannot commit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Literal
+
+import msgspec
+
+from bus import ErrorInfo, RelayError
+from bus.kv import Bucket, RevisionConflict
+
+Status = Literal["running", "suspended", "completed", "failed", "cancelled"]
+FINAL: frozenset[str] = frozenset({"completed", "failed", "cancelled"})
+MAX_CAS_RETRIES = 100
+
+
+class Fenced(RelayError):
+    """Another replica took this task over; this one must stop without committing."""
+
+
+class JournalDivergence(RelayError):
+    """The handler asked for a different operation than the journal recorded at this step."""
+
+
+class Op(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """One journaled operation and its recorded outcome (JSON)."""
+
+    seq: int
+    kind: str
+    name: str
+    result: bytes = b""
+    error: ErrorInfo | None = None
+
+
+class Outcome(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """How a child task ended, as recorded in its parent's journal."""
+
+    ok: bool
+    result: bytes = b""
+    error: ErrorInfo | None = None
+
+
+class Wait(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """What a suspended task waits for."""
+
+    children: tuple[str, ...] = ()
+    quorum: int = 0
+    signal: str = ""
+    timer: str = ""
+
+
+# JSON results are kept as plain bytes here: the journal itself is msgpack.
+class Journal(msgspec.Struct, kw_only=True, omit_defaults=True):
+    run_id: str
+    task_id: str
+    agent: str
+    task: bytes
+    status: Status = "running"
+    owner: str = ""
+    driver: str = ""
+    ops: list[Op] = []
+    children: dict[str, Outcome] = {}
+    signals: dict[str, bytes] = {}
+    timers: list[str] = []
+    waiting: Wait | None = None
+    result: bytes = b""
+    error: ErrorInfo | None = None
+    handoff: str = ""
+
+    def satisfied(self) -> bool:
+        """Whether what this task waits for has arrived."""
+        wait = self.waiting
+        if wait is None:
+            return True
+        if wait.timer and wait.timer in self.timers:
+            return True
+        if wait.signal:
+            return wait.signal in self.signals
+        done = [c for c in wait.children if c in self.children]
+        if wait.quorum:
+            ok = sum(1 for c in done if self.children[c].ok)
+            failed = len(done) - ok
+            return ok >= wait.quorum or failed > len(wait.children) - wait.quorum
+        return len(done) == len(wait.children)
+
+
+_encode = msgspec.msgpack.Encoder().encode
+_decode = msgspec.msgpack.Decoder(Journal).decode
+
+
+class JournalStore:
+    """Journals of one deployment, in the `<prefix>_journal` bucket, keyed `<run>.<task>`."""
+
+    def __init__(self, bucket: Bucket) -> None:
+        self.bucket = bucket
+
+    @staticmethod
+    def key(run_id: str, task_id: str) -> str:
+        return f"{run_id}.{task_id}"
+
+    async def load(self, run_id: str, task_id: str) -> tuple[Journal, int] | None:
+        found = await self.bucket.get(self.key(run_id, task_id))
+        if found is None:
+            return None
+        return _decode(found[0]), found[1]
+
+    async def create(self, journal: Journal) -> int:
+        return await self.bucket.create(self.key(journal.run_id, journal.task_id), _encode(journal))
+
+    async def write(self, journal: Journal, revision: int) -> int:
+        """One CAS write of `journal` as it is; RevisionConflict if it moved."""
+        return await self.bucket.update(
+            self.key(journal.run_id, journal.task_id), _encode(journal), revision
+        )
+
+    async def mutate(
+        self,
+        run_id: str,
+        task_id: str,
+        change: Callable[[Journal], None],
+        *,
+        owner: str | None = None,
+        current: tuple[Journal, int] | None = None,
+    ) -> tuple[Journal, int]:
+        """Apply `change` and write it with CAS, re-reading and re-applying on conflict.
+
+        `change` must be idempotent. With `owner`, the write is refused (Fenced) as soon as
+        the journal names another owner.
+        """
+        for _ in range(MAX_CAS_RETRIES):
+            if current is None:
+                current = await self.load(run_id, task_id)
+                if current is None:
+                    raise RelayError(f"no journal for task {task_id} of run {run_id}")
+            journal, revision = current
+            if owner is not None and journal.owner != owner:
+                raise Fenced(f"task {task_id} of run {run_id} was taken over by {journal.owner}")
+            change(journal)
+            try:
+                return journal, await self.write(journal, revision)
+            except RevisionConflict:
+                current = None
+        raise RelayError(f"journal of task {task_id} kept changing under {MAX_CAS_RETRIES} writes")

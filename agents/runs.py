@@ -1,0 +1,119 @@
+"""Run records in the `<prefix>_runs` bucket: what `relaybus runs` and `run show` read."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any, Literal
+
+import msgspec
+
+from bus import ErrorInfo, RelayError
+from bus.kv import Bucket, RevisionConflict
+
+RunStatus = Literal["submitted", "running", "completed", "failed", "cancelled"]
+TERMINAL_RUN: frozenset[str] = frozenset({"completed", "failed", "cancelled"})
+
+
+class Waiter(msgspec.Struct, frozen=True, kw_only=True):
+    agent: str
+    task_id: str
+
+
+class RunRecord(msgspec.Struct, kw_only=True, omit_defaults=True):
+    run_id: str
+    agent: str
+    status: RunStatus = "submitted"
+    submitted_by: str = ""
+    started: float = 0.0
+    ended: float = 0.0
+    result: Any = None
+    error: ErrorInfo | None = None
+    steps: int = 0
+    hops: int = 0
+    cost: int = 0
+    waits: dict[str, Waiter] = {}
+    signals: dict[str, msgspec.Raw] = {}
+    cancelled_tasks: list[str] = []
+
+    def summary(self) -> dict[str, Any]:
+        """The JSON `relaybus runs` and `run show` print."""
+        return {
+            "run_id": self.run_id,
+            "agent": self.agent,
+            "status": self.status,
+            "result": self.result,
+            "error": f"{self.error.type}: {self.error.message}" if self.error else None,
+            "cost": self.cost,
+            "steps": self.steps,
+            "hops": self.hops,
+            "started": self.started,
+            "ended": self.ended or None,
+            "waiting_for": sorted(self.waits),
+        }
+
+
+_encode = msgspec.json.Encoder().encode
+_decode = msgspec.json.Decoder(RunRecord).decode
+
+
+class RunStore:
+    def __init__(self, bucket: Bucket) -> None:
+        self.bucket = bucket
+
+    async def create(self, record: RunRecord) -> None:
+        await self.bucket.create(record.run_id, _encode(record))
+
+    async def get(self, run_id: str) -> RunRecord | None:
+        found = await self.bucket.get(run_id)
+        return _decode(found[0]) if found else None
+
+    async def update(self, run_id: str, change: Callable[[RunRecord], bool]) -> RunRecord:
+        """CAS-update; `change` returns False to leave the record as it is."""
+        for _ in range(100):
+            found = await self.bucket.get(run_id)
+            if found is None:
+                raise RelayError(f"no run {run_id}; `relaybus runs` lists the recent ones")
+            record = _decode(found[0])
+            if not change(record):
+                return record
+            try:
+                await self.bucket.update(run_id, _encode(record), found[1])
+                return record
+            except RevisionConflict:
+                continue
+        raise RelayError(f"run record {run_id} kept changing")
+
+    async def finish(
+        self,
+        run_id: str,
+        status: RunStatus,
+        *,
+        result: bytes = b"",
+        error: ErrorInfo | None = None,
+        steps: int = 0,
+        hops: int = 0,
+    ) -> bool:
+        """Move a run to a terminal status once; returns False if it already was terminal."""
+        changed = False
+
+        def change(record: RunRecord) -> bool:
+            nonlocal changed
+            if record.status in TERMINAL_RUN:
+                return False
+            record.status = status
+            record.ended = time.time()
+            record.result = msgspec.json.decode(result) if result else None
+            record.error = error
+            record.steps = max(record.steps, steps)
+            record.hops = max(record.hops, hops)
+            changed = True
+            return True
+
+        await self.update(run_id, change)
+        return changed
+
+    async def recent(self, limit: int) -> list[RunRecord]:
+        keys = sorted(await self.bucket.keys(), reverse=True)[:limit]  # ULIDs sort by time
+        records = [await self.get(k) for k in keys]
+        return [r for r in records if r is not None]

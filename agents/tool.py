@@ -1,0 +1,88 @@
+"""`@tool`: a function agents call through `ctx.tool`, with validated arguments, a scope and a cost."""
+
+from __future__ import annotations
+
+import inspect
+import typing
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import pydantic
+
+from .errors import ToolArgumentsInvalid
+
+if TYPE_CHECKING:
+    from .context import Context
+
+
+@dataclass(frozen=True)
+class Tool:
+    """A declared tool. `scope` is checked by the identity layer; `cost` (micro-units per call)
+    is held and captured by the ledger."""
+
+    name: str
+    scope: str
+    cost: int
+    model: type[pydantic.BaseModel]
+    fn: Callable[..., Awaitable[Any] | Any]
+    wants_ctx: bool
+
+    def validate(self, arguments: dict[str, Any]) -> pydantic.BaseModel:
+        try:
+            return self.model.model_validate(arguments)
+        except pydantic.ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in err['loc']) or '(arguments)'}: {err['msg']}"
+                for err in exc.errors()
+            )
+            raise ToolArgumentsInvalid(f"tool {self.name}: {problems}") from None
+
+    def json_schema(self) -> dict[str, Any]:
+        """The OpenAI-style function description of this tool."""
+        return {"name": self.name, "parameters": self.model.model_json_schema()}
+
+    async def invoke(self, ctx: Context, args: pydantic.BaseModel) -> Any:
+        value = self.fn(ctx, args) if self.wants_ctx else self.fn(args)
+        if inspect.isawaitable(value):
+            value = await value
+        return value
+
+
+def tool(
+    scope: str, *, cost: int = 0, name: str | None = None
+) -> Callable[[Callable[..., Any]], Tool]:
+    """Declare a tool. The function takes one pydantic model argument (optionally after `ctx`);
+    unknown argument fields are refused.
+
+        class Search(BaseModel):
+            query: str
+
+        @tool("search/docs", cost=100)
+        async def search(args: Search) -> list[str]: ...
+    """
+    if not scope or scope.startswith("/") or scope.endswith("/"):
+        raise ValueError(f"tool scope {scope!r} must be a command path like 'email/send'")
+    if cost < 0:
+        raise ValueError("tool cost must be >= 0 micro-units")
+
+    def wrap(fn: Callable[..., Any]) -> Tool:
+        hints = typing.get_type_hints(fn)
+        params = list(inspect.signature(fn).parameters)
+        wants_ctx = len(params) == 2
+        model = hints.get(params[-1]) if params else None
+        if not (isinstance(model, type) and issubclass(model, pydantic.BaseModel)):
+            raise TypeError(f"@tool {fn.__name__}: its last parameter must be a pydantic model")
+        strict = type(
+            model.__name__, (model,), {"model_config": {**model.model_config, "extra": "forbid"}}
+        )
+        return Tool(
+            name=name or fn.__name__,
+            scope=scope,
+            cost=cost,
+            model=strict,
+            fn=fn,
+            wants_ctx=wants_ctx,
+        )
+
+    return wrap
