@@ -1,0 +1,231 @@
+"""Durable execution with real agent processes, real kills and a real server."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from agents.control import cancel_run, send_signal
+from agents.submit import RunOutcome, run_store, submit, wait_for_run
+from bus import Bus, Event
+from bus.feed import EventFeed
+
+from ..conftest import ROOT, Spawn, child_env
+
+FAST = {"RELAYBUS_ACK_WAIT_S": "2"}
+
+
+async def start_run(bus: Bus, agent: str, payload: object, **kw: object) -> str:
+    outcome = await submit(bus, agent, json.dumps(payload).encode(), **kw)  # type: ignore[arg-type]
+    return outcome.run_id
+
+
+async def wait_event(bus: Bus, run_id: str, kind: str, agent: str | None = None, timeout_s: float = 30) -> Event:
+    async with EventFeed(bus, run_id, replay=True) as feed:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while (event := await feed.next(deadline - loop.time())) is not None:
+            if event.kind == kind and (agent is None or agent in (event.sender, event.recipient)):
+                return event
+    raise AssertionError(f"no {kind} event for run {run_id} within {timeout_s}s")
+
+
+async def outcome(bus: Bus, run_id: str, timeout_s: float = 60) -> RunOutcome:
+    async with EventFeed(bus, run_id, replay=True) as feed:
+        return await wait_for_run(feed, run_id, timeout_s)
+
+
+def kill9(proc: subprocess.Popen[bytes]) -> None:
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(10)
+
+
+async def test_kill9_between_effect_and_ack_runs_the_effect_once(bus: Bus, spawn: Spawn, tmp_path: Path) -> None:
+    # Given two effector replicas and a sink; the first attempt stalls right after its effect
+    effects, sink = tmp_path / "effects", tmp_path / "sink"
+    first = spawn("runtime_agents:Effector", **FAST)
+    spawn("runtime_agents:Sink", **FAST)
+    run_id = await start_run(bus, "effector", {"effects": str(effects), "sink": str(sink)})
+    while not effects.exists():
+        await asyncio.sleep(0.05)
+    # When the worker holding the message is killed -9 before acking
+    kill9(first)
+    spawn("runtime_agents:Effector", **FAST)
+    done = await outcome(bus, run_id)
+    # Then after redelivery the effect ran exactly once and exactly one handoff reached the sink
+    assert done.status == "completed", done
+    assert done.result == {"sink_runs": 1}
+    assert len(effects.read_text().splitlines()) == 1
+    assert sink.read_text().splitlines() == ["sink"]
+
+
+async def test_kill9_orchestrator_while_waiting_another_replica_merges(bus: Bus, spawn: Spawn, tmp_path: Path) -> None:
+    log = tmp_path / "children"
+    orchestrator = spawn("runtime_agents:FanOut", **FAST)
+    spawn("runtime_agents:Child", "--concurrency", "3", **FAST)
+    items = [{"x": x, "log": str(log), "sleep_s": 1.5} for x in (1, 2, 3)]
+    run_id = await start_run(bus, "fanout", {"items": items})
+    await wait_event(bus, run_id, "suspended", agent="fanout")
+    kill9(orchestrator)  # it waits for 3 children; its message is already acked
+    spawn("runtime_agents:FanOut", **FAST)
+    done = await outcome(bus, run_id)
+    assert done.status == "completed", done
+    assert done.result == {"results": [2, 4, 6]}
+    assert sorted(log.read_text().split()) == ["1", "2", "3"]  # no child ran twice
+
+
+async def test_fan_out_20_children_over_3_worker_replicas(bus: Bus, spawn: Spawn, tmp_path: Path) -> None:
+    log = tmp_path / "children"
+    spawn("runtime_agents:FanOut")
+    spawn("runtime_agents:Child", "--replicas", "3", "--concurrency", "4")
+    items = [{"x": x, "log": str(log)} for x in range(20)]
+    done = await submit(bus, "fanout", json.dumps({"items": items}).encode(), wait=True, timeout_s=60)
+    assert done.status == "completed", done
+    assert done.result == {"results": [2 * x for x in range(20)]}
+    assert sorted(map(int, log.read_text().split())) == list(range(20))
+
+
+async def test_quorum_two_of_three_returns_without_the_straggler(bus: Bus, spawn: Spawn) -> None:
+    spawn("runtime_agents:FanOut")
+    spawn("runtime_agents:Child", "--concurrency", "3")
+    items = [{"x": 1, "sleep_s": 0.1}, {"x": 2, "sleep_s": 0.2}, {"x": 3, "sleep_s": 40}]
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    payload = {"items": items, "quorum": 2, "timeout": 20}
+    done = await submit(bus, "fanout", json.dumps(payload).encode(), wait=True, timeout_s=30)
+    assert done.status == "completed", done
+    assert done.result == {"results": [2, 4, None]}
+    assert loop.time() - started < 15
+
+
+async def test_gather_timeout_fails_with_a_typed_error(bus: Bus, spawn: Spawn) -> None:
+    spawn("runtime_agents:FanOut")
+    spawn("runtime_agents:Child", "--concurrency", "2")
+    payload = {"items": [{"x": 1, "sleep_s": 0.1}, {"x": 2, "sleep_s": 30}], "timeout": 1.5}
+    done = await submit(bus, "fanout", json.dumps(payload).encode(), wait=True, timeout_s=30)
+    assert done.status == "failed"
+    assert done.error is not None and done.error.startswith("GatherTimeout") and "1 of 2" in done.error
+
+
+async def test_a_failing_child_reaches_the_orchestrator_as_a_typed_error(bus: Bus, spawn: Spawn) -> None:
+    spawn("runtime_agents:FanOut")
+    spawn("runtime_agents:Child")
+    payload = {"items": [{"x": 1}, {"x": 2, "fail": True}]}
+    done = await submit(bus, "fanout", json.dumps(payload).encode(), wait=True, timeout_s=30)
+    assert done.status == "completed", done
+    assert done.result == {"child_failed": {"type": "Reject", "message": "child 2 cannot do this"}}
+
+
+async def test_signal_wait_survives_a_restart_of_every_agent_process(bus: Bus, spawn: Spawn) -> None:
+    first = spawn("runtime_agents:Approver", **FAST)
+    run_id = await start_run(bus, "approver", {"order": 7})
+    await wait_event(bus, run_id, "suspended")
+    kill9(first)
+    spawn("runtime_agents:Approver", **FAST)
+    assert await send_signal(bus, run_id, "approval", {"by": "alice"}) is True
+    done = await outcome(bus, run_id)
+    assert done.status == "completed", done
+    assert done.result == {"approved": {"by": "alice"}, "task": {"order": 7}}
+
+
+async def test_a_signal_sent_before_the_wait_is_kept(bus: Bus, spawn: Spawn) -> None:
+    run_id = await start_run(bus, "approver", {"order": 8})
+    assert await send_signal(bus, run_id, "approval", "early") is False
+    spawn("runtime_agents:Approver")
+    done = await outcome(bus, run_id)
+    assert done.result == {"approved": "early", "task": {"order": 8}}
+
+
+async def test_ping_pong_loop_is_detected(bus: Bus, spawn: Spawn) -> None:
+    spawn("runtime_agents:Ping")
+    spawn("runtime_agents:Pong")
+    done = await submit(bus, "ping", b"{}", wait=True, timeout_s=30)
+    assert done.status == "failed"
+    assert done.error is not None and "handoff loop detected: ping → pong → ping → pong → ping" in done.error
+    record = await (await run_store(bus)).get(done.run_id)
+    assert record is not None and record.status == "failed" and record.error is not None
+    assert "loop" in record.error.message
+
+
+async def test_hop_limit(bus: Bus, spawn: Spawn) -> None:
+    spawn("runtime_agents:Ping")
+    spawn("runtime_agents:Pong")
+    done = await submit(bus, "ping", b"{}", wait=True, timeout_s=30, max_hops=3)
+    assert done.status == "failed"
+    assert done.error is not None and "hop limit 3 reached" in done.error
+
+
+async def test_step_limit(bus: Bus, spawn: Spawn) -> None:
+    spawn("runtime_agents:Stepper")
+    done = await submit(bus, "stepper", b'{"steps": 50}', wait=True, timeout_s=30, max_steps=10)
+    assert done.status == "failed"
+    assert done.error is not None and "step limit 10 reached at step 's10'" in done.error
+    ok = await submit(bus, "stepper", b'{"steps": 5}', wait=True, timeout_s=30, max_steps=10)
+    assert ok.result == 5
+
+
+async def test_deadline(bus: Bus, spawn: Spawn) -> None:
+    spawn("runtime_agents:Sleeper")
+    done = await submit(bus, "sleeper", b'{"sleep_s": 20}', wait=True, timeout_s=30, deadline_s=1.0)
+    assert done.status == "failed"
+    assert done.error is not None and "deadline exceeded" in done.error
+
+
+async def test_cancel_stops_a_running_handler_within_a_second(bus: Bus, spawn: Spawn) -> None:
+    spawn("runtime_agents:Sleeper")
+    run_id = await start_run(bus, "sleeper", {"sleep_s": 60})
+    await wait_event(bus, run_id, "started")
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    await cancel_run(bus, run_id)
+    record = await (await run_store(bus)).get(run_id)
+    assert record is not None and record.status == "cancelled"
+    done = await outcome(bus, run_id)
+    assert done.status == "cancelled"
+    # the handler stopped: its task record says cancelled (not still sleeping)
+    from agents.journal import JournalStore
+    from bus.kv import Bucket
+
+    journals = JournalStore(await Bucket.open(bus, bus.subjects.bucket("journal")))
+    for _ in range(40):
+        found = await journals.load(run_id, run_id)
+        if found and found[0].status == "cancelled":
+            break
+        await asyncio.sleep(0.05)
+    assert found is not None and found[0].status == "cancelled"
+    assert loop.time() - started < 2.0
+
+
+async def test_non_deterministic_handler_gets_a_divergence_error(bus: Bus, spawn: Spawn) -> None:
+    spawn("runtime_agents:Wobbly")
+    done = await submit(bus, "wobbly", b"{}", wait=True, timeout_s=30)
+    assert done.status == "failed"
+    assert done.error is not None and done.error.startswith("JournalDivergence: step 0")
+    assert "handlers must be deterministic" in done.error
+
+
+async def test_clock_and_random_are_journaled(bus: Bus, spawn: Spawn) -> None:
+    spawn("runtime_agents:Clock")
+    done = await submit(bus, "clock", b"{}", wait=True, timeout_s=30)
+    assert done.status == "completed", done
+    result = done.result
+    assert [result["now"], result["random"]] == result["seen_first"]
+
+
+def test_runs_and_run_show_from_the_cli(bus: Bus, settings: object, spawn: Spawn) -> None:
+    spawn("agents.demo.echo:Echo")
+    env = child_env(settings)  # type: ignore[arg-type]
+    out = subprocess.run([sys.executable, "-m", "agents.cli", "publish", "echo", '{"a": 1}', "--wait", "--json"],
+                         capture_output=True, text=True, env=env, cwd=ROOT, timeout=60)
+    run_id = json.loads(out.stdout)["run_id"]
+    show = subprocess.run([sys.executable, "-m", "agents.cli", "run", "show", run_id, "--json"],
+                          capture_output=True, text=True, env=env, cwd=ROOT, timeout=60)
+    body = json.loads(show.stdout)
+    assert body["status"] == "completed" and body["result"] == {"a": 1} and body["ended"] >= body["started"]
+    runs = subprocess.run([sys.executable, "-m", "agents.cli", "runs", "--json"],
+                          capture_output=True, text=True, env=env, cwd=ROOT, timeout=60)
+    assert run_id in [json.loads(line)["run_id"] for line in runs.stdout.splitlines()]

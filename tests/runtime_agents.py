@@ -1,0 +1,152 @@
+"""Agents for the runtime tests, run as real processes (PYTHONPATH=tests)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+from typing import Any
+
+import msgspec
+
+from agents import Agent, ChildFailed, Context
+
+
+def append(path: str, line: str) -> int:
+    with open(path, "a") as f:
+        f.write(line + "\n")
+    with open(path) as f:
+        return len(f.read().splitlines())
+
+
+class Effect(msgspec.Struct):
+    effects: str
+    sink: str
+
+
+class Effector(Agent):
+    """A side effect, then a handoff. The first attempt stalls after the effect (to be killed)."""
+
+    name = "effector"
+
+    async def handle(self, ctx: Context, task: Effect) -> None:
+        await ctx.step("charge", append, task.effects, f"charged by {os.getpid()}")
+        if ctx.attempt == 1:
+            await asyncio.sleep(60)  # kill -9 lands here: after the effect, before the ack
+        await ctx.handoff("sink", {"log": task.sink})
+
+
+class Sink(Agent):
+    name = "sink"
+
+    async def handle(self, ctx: Context, task: dict[str, Any]) -> dict[str, int]:
+        return {"sink_runs": await ctx.step("record", append, task["log"], "sink")}
+
+
+class Child(Agent):
+    """Doubles x after a delay; records each execution; `fail` makes it fail for good."""
+
+    name = "child"
+
+    class Input(msgspec.Struct):
+        x: int
+        log: str = ""
+        sleep_s: float = 0.0
+        fail: bool = False
+
+    async def handle(self, ctx: Context, task: Child.Input) -> int:
+        if task.log:
+            await ctx.step("record", append, task.log, str(task.x))
+        await asyncio.sleep(task.sleep_s)
+        if task.fail:
+            from bus import Reject
+
+            raise Reject(f"child {task.x} cannot do this")
+        return task.x * 2
+
+
+class FanOut(Agent):
+    """Spawns one child per item and gathers (optionally a quorum with a timeout)."""
+
+    name = "fanout"
+
+    class Input(msgspec.Struct):
+        items: list[dict[str, Any]]
+        quorum: int | None = None
+        timeout: float | None = None
+
+    async def handle(self, ctx: Context, task: FanOut.Input) -> dict[str, Any]:
+        handles = [ctx.spawn("child", item) for item in task.items]
+        try:
+            results = await ctx.gather(*handles, quorum=task.quorum, timeout=task.timeout)
+        except ChildFailed as exc:
+            return {"child_failed": {"type": exc.info.type, "message": exc.info.message}}
+        return {"results": results}
+
+
+class Approver(Agent):
+    name = "approver"
+
+    async def handle(self, ctx: Context, task: dict[str, Any]) -> dict[str, Any]:
+        decision = await ctx.wait_signal("approval")
+        return {"approved": decision, "task": task}
+
+
+class Ping(Agent):
+    name = "ping"
+
+    async def handle(self, ctx: Context, task: dict[str, Any]) -> None:
+        await ctx.handoff("pong", task)
+
+
+class Pong(Agent):
+    name = "pong"
+
+    async def handle(self, ctx: Context, task: dict[str, Any]) -> None:
+        await ctx.handoff("ping", task)
+
+
+class Stepper(Agent):
+    name = "stepper"
+
+    async def handle(self, ctx: Context, task: dict[str, int]) -> int:
+        for i in range(task["steps"]):
+            await ctx.step(f"s{i}", lambda: i)
+        return task["steps"]
+
+
+class Sleeper(Agent):
+    name = "sleeper"
+
+    async def handle(self, ctx: Context, task: dict[str, float]) -> str:
+        await asyncio.sleep(task["sleep_s"])
+        return "woke up"
+
+
+class Wobbly(Agent):
+    """Non-deterministic: its step name changes between attempts."""
+
+    name = "wobbly"
+
+    async def handle(self, ctx: Context, task: dict[str, Any]) -> str:
+        await ctx.step(f"pick-{random.randrange(10**9)}", lambda: 1)
+        if ctx.attempt == 1:
+            from bus import Retry
+
+            raise Retry("try again", delay_s=0.1)
+        return "unreachable"
+
+
+class Clock(Agent):
+    """Journaled clock and randomness: a replay sees the first run's values."""
+
+    name = "clock"
+
+    async def handle(self, ctx: Context, task: dict[str, Any]) -> dict[str, Any]:
+        now, rnd = ctx.now(), ctx.random()
+        seen = await ctx.step("seen", lambda: [now, rnd])
+        if ctx.attempt == 1:
+            from bus import Retry
+
+            raise Retry("again", delay_s=0.1)
+        return {"now": now, "random": rnd, "seen_first": seen}
