@@ -321,7 +321,12 @@ class Context:
         if name not in self._journal.signals:
             data = await self._worker.signal_or_register(self, name)
             if data is not None:
-                await self._mutate(lambda j: j.signals.setdefault(name, data))
+                arrived = data
+
+                def keep(journal: Journal) -> None:
+                    journal.signals.setdefault(name, arrived)
+
+                await self._mutate(keep)
         await self._park(Wait(signal=name, timer=timer))
         if name not in self._journal.signals:
             error = GatherTimeout(

@@ -342,7 +342,7 @@ class Worker:
             env.run_id,
             status,
             result=journal.result,
-            error=journal.error,  # type: ignore[arg-type]
+            error=journal.error,
             steps=env.steps + len(journal.ops),
             hops=env.hop,
         )
@@ -408,8 +408,9 @@ class Worker:
         elif control.action == "cancel_tasks":
             for task_id in control.tasks:
                 self._cancelled.add(task_id)
-                if (task := self._by_task.get(task_id)) is not None:
-                    task.cancel()
+                running = self._by_task.get(task_id)
+                if running is not None:
+                    running.cancel()
 
     # -- events ---------------------------------------------------------------------------
 

@@ -33,8 +33,8 @@ from .streams import Topology, default_topology, ensure
 from .subjects import Subjects
 
 __all__ = [
-    "Abandon",
     "TERMINAL",
+    "Abandon",
     "BudgetExceeded",
     "Bus",
     "ChainInvalid",

@@ -111,7 +111,7 @@ class Stepper(Agent):
 
     async def handle(self, ctx: Context, task: dict[str, int]) -> int:
         for i in range(task["steps"]):
-            await ctx.step(f"s{i}", lambda: i)
+            await ctx.step(f"s{i}", int, i)
         return task["steps"]
 
 

@@ -24,7 +24,9 @@ async def start_run(bus: Bus, agent: str, payload: object, **kw: object) -> str:
     return outcome.run_id
 
 
-async def wait_event(bus: Bus, run_id: str, kind: str, agent: str | None = None, timeout_s: float = 30) -> Event:
+async def wait_event(
+    bus: Bus, run_id: str, kind: str, agent: str | None = None, timeout_s: float = 30
+) -> Event:
     async with EventFeed(bus, run_id, replay=True) as feed:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
@@ -44,7 +46,9 @@ def kill9(proc: subprocess.Popen[bytes]) -> None:
     proc.wait(10)
 
 
-async def test_kill9_between_effect_and_ack_runs_the_effect_once(bus: Bus, spawn: Spawn, tmp_path: Path) -> None:
+async def test_kill9_between_effect_and_ack_runs_the_effect_once(
+    bus: Bus, spawn: Spawn, tmp_path: Path
+) -> None:
     # Given two effector replicas and a sink; the first attempt stalls right after its effect
     effects, sink = tmp_path / "effects", tmp_path / "sink"
     first = spawn("runtime_agents:Effector", **FAST)
@@ -63,7 +67,9 @@ async def test_kill9_between_effect_and_ack_runs_the_effect_once(bus: Bus, spawn
     assert sink.read_text().splitlines() == ["sink"]
 
 
-async def test_kill9_orchestrator_while_waiting_another_replica_merges(bus: Bus, spawn: Spawn, tmp_path: Path) -> None:
+async def test_kill9_orchestrator_while_waiting_another_replica_merges(
+    bus: Bus, spawn: Spawn, tmp_path: Path
+) -> None:
     log = tmp_path / "children"
     orchestrator = spawn("runtime_agents:FanOut", **FAST)
     spawn("runtime_agents:Child", "--concurrency", "3", **FAST)
@@ -78,12 +84,16 @@ async def test_kill9_orchestrator_while_waiting_another_replica_merges(bus: Bus,
     assert sorted(log.read_text().split()) == ["1", "2", "3"]  # no child ran twice
 
 
-async def test_fan_out_20_children_over_3_worker_replicas(bus: Bus, spawn: Spawn, tmp_path: Path) -> None:
+async def test_fan_out_20_children_over_3_worker_replicas(
+    bus: Bus, spawn: Spawn, tmp_path: Path
+) -> None:
     log = tmp_path / "children"
     spawn("runtime_agents:FanOut")
     spawn("runtime_agents:Child", "--replicas", "3", "--concurrency", "4")
     items = [{"x": x, "log": str(log)} for x in range(20)]
-    done = await submit(bus, "fanout", json.dumps({"items": items}).encode(), wait=True, timeout_s=60)
+    done = await submit(
+        bus, "fanout", json.dumps({"items": items}).encode(), wait=True, timeout_s=60
+    )
     assert done.status == "completed", done
     assert done.result == {"results": [2 * x for x in range(20)]}
     assert sorted(map(int, log.read_text().split())) == list(range(20))
@@ -108,10 +118,14 @@ async def test_gather_timeout_fails_with_a_typed_error(bus: Bus, spawn: Spawn) -
     payload = {"items": [{"x": 1, "sleep_s": 0.1}, {"x": 2, "sleep_s": 30}], "timeout": 1.5}
     done = await submit(bus, "fanout", json.dumps(payload).encode(), wait=True, timeout_s=30)
     assert done.status == "failed"
-    assert done.error is not None and done.error.startswith("GatherTimeout") and "1 of 2" in done.error
+    assert (
+        done.error is not None and done.error.startswith("GatherTimeout") and "1 of 2" in done.error
+    )
 
 
-async def test_a_failing_child_reaches_the_orchestrator_as_a_typed_error(bus: Bus, spawn: Spawn) -> None:
+async def test_a_failing_child_reaches_the_orchestrator_as_a_typed_error(
+    bus: Bus, spawn: Spawn
+) -> None:
     spawn("runtime_agents:FanOut")
     spawn("runtime_agents:Child")
     payload = {"items": [{"x": 1}, {"x": 2, "fail": True}]}
@@ -120,7 +134,9 @@ async def test_a_failing_child_reaches_the_orchestrator_as_a_typed_error(bus: Bu
     assert done.result == {"child_failed": {"type": "Reject", "message": "child 2 cannot do this"}}
 
 
-async def test_signal_wait_survives_a_restart_of_every_agent_process(bus: Bus, spawn: Spawn) -> None:
+async def test_signal_wait_survives_a_restart_of_every_agent_process(
+    bus: Bus, spawn: Spawn
+) -> None:
     first = spawn("runtime_agents:Approver", **FAST)
     run_id = await start_run(bus, "approver", {"order": 7})
     await wait_event(bus, run_id, "suspended")
@@ -145,7 +161,10 @@ async def test_ping_pong_loop_is_detected(bus: Bus, spawn: Spawn) -> None:
     spawn("runtime_agents:Pong")
     done = await submit(bus, "ping", b"{}", wait=True, timeout_s=30)
     assert done.status == "failed"
-    assert done.error is not None and "handoff loop detected: ping → pong → ping → pong → ping" in done.error
+    assert (
+        done.error is not None
+        and "handoff loop detected: ping → pong → ping → pong → ping" in done.error
+    )
     record = await (await run_store(bus)).get(done.run_id)
     assert record is not None and record.status == "failed" and record.error is not None
     assert "loop" in record.error.message
@@ -219,13 +238,35 @@ async def test_clock_and_random_are_journaled(bus: Bus, spawn: Spawn) -> None:
 def test_runs_and_run_show_from_the_cli(bus: Bus, settings: object, spawn: Spawn) -> None:
     spawn("agents.demo.echo:Echo")
     env = child_env(settings)  # type: ignore[arg-type]
-    out = subprocess.run([sys.executable, "-m", "agents.cli", "publish", "echo", '{"a": 1}', "--wait", "--json"],
-                         capture_output=True, text=True, env=env, cwd=ROOT, timeout=60)
+    out = subprocess.run(
+        [sys.executable, "-m", "agents.cli", "publish", "echo", '{"a": 1}', "--wait", "--json"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=60,
+    )
     run_id = json.loads(out.stdout)["run_id"]
-    show = subprocess.run([sys.executable, "-m", "agents.cli", "run", "show", run_id, "--json"],
-                          capture_output=True, text=True, env=env, cwd=ROOT, timeout=60)
+    show = subprocess.run(
+        [sys.executable, "-m", "agents.cli", "run", "show", run_id, "--json"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=60,
+    )
     body = json.loads(show.stdout)
-    assert body["status"] == "completed" and body["result"] == {"a": 1} and body["ended"] >= body["started"]
-    runs = subprocess.run([sys.executable, "-m", "agents.cli", "runs", "--json"],
-                          capture_output=True, text=True, env=env, cwd=ROOT, timeout=60)
+    assert (
+        body["status"] == "completed"
+        and body["result"] == {"a": 1}
+        and body["ended"] >= body["started"]
+    )
+    runs = subprocess.run(
+        [sys.executable, "-m", "agents.cli", "runs", "--json"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=60,
+    )
     assert run_id in [json.loads(line)["run_id"] for line in runs.stdout.splitlines()]
