@@ -34,6 +34,7 @@ pytest: $(DEV_STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/handoff.py
+	$(BIN)/python benchmarks/runtime.py
 
 clean:
 	rm -rf $(VENV) .relaybus .pytest_cache .mypy_cache .ruff_cache

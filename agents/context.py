@@ -59,9 +59,11 @@ class Handle:
 
 
 class RunLogger(logging.LoggerAdapter[logging.Logger]):
+    """Prefixes every line with the run, the agent and the journal step the handler is at."""
+
     def process(self, msg: Any, kwargs: Any) -> tuple[Any, Any]:
-        extra = self.extra or {}
-        return f"[run {extra.get('run_id')} {extra.get('agent')}] {msg}", kwargs
+        ctx = (self.extra or {})["ctx"]
+        return f"[run {ctx.run_id} {ctx.agent} step {ctx._cursor}] {msg}", kwargs
 
 
 class Context:
@@ -87,10 +89,7 @@ class Context:
         self._pending_ops: list[Op] = []
         self._pending_publish: list[Envelope] = []
         self._timer_due: dict[str, float] = {}
-        self.log = RunLogger(
-            logging.getLogger(f"relaybus.agent.{self.agent}"),
-            {"run_id": envelope.run_id, "agent": self.agent},
-        )
+        self.log = RunLogger(logging.getLogger(f"relaybus.agent.{self.agent}"), {"ctx": self})
 
     # -- facts about the run ------------------------------------------------------------
 
@@ -157,6 +156,9 @@ class Context:
         if self._pending_publish:
             batch, self._pending_publish = self._pending_publish, []
             await asyncio.gather(*(self._worker.bus.publish(env) for env in batch))
+            for env in batch:
+                if env.parent_id == self.task_id:
+                    await self._worker.emit_event(self.envelope, "call", recipient=env.recipient)
         if self._pending_ops:
             ops, self._pending_ops = self._pending_ops, []
 

@@ -110,7 +110,17 @@ class RunStore:
             changed = True
             return True
 
-        await self.update(run_id, change)
+        try:
+            await self.update(run_id, change)
+        except RelayError:  # a task published without `submit`: record the run now
+            record = RunRecord(run_id=run_id, agent="", started=time.time())
+            change(record)
+            try:
+                await self.create(record)
+            except RevisionConflict:
+                return await self.finish(
+                    run_id, status, result=result, error=error, steps=steps, hops=hops
+                )
         return changed
 
     async def recent(self, limit: int) -> list[RunRecord]:

@@ -8,8 +8,9 @@ import random
 from typing import Any
 
 import msgspec
+import pydantic
 
-from agents import Agent, ChildFailed, Context
+from agents import Agent, ChildFailed, Context, tool
 
 
 def append(path: str, line: str) -> int:
@@ -150,3 +151,27 @@ class Clock(Agent):
 
             raise Retry("again", delay_s=0.1)
         return {"now": now, "random": rnd, "seen_first": seen}
+
+
+class AddArgs(pydantic.BaseModel):
+    a: int
+    b: int
+    log: str
+
+
+@tool("math/add", cost=5)
+def add(args: AddArgs) -> int:
+    append(args.log, "add")
+    return args.a + args.b
+
+
+class ToolUser(Agent):
+    name = "tooluser"
+
+    async def handle(self, ctx: Context, task: dict[str, Any]) -> int:
+        total = await ctx.tool(add, task)
+        if ctx.attempt == 1:
+            from bus import Retry
+
+            raise Retry("once more", delay_s=0.1)
+        return int(total)

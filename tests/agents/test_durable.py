@@ -270,3 +270,50 @@ def test_runs_and_run_show_from_the_cli(bus: Bus, settings: object, spawn: Spawn
         timeout=60,
     )
     assert run_id in [json.loads(line)["run_id"] for line in runs.stdout.splitlines()]
+
+
+async def test_tool_arguments_are_validated_and_the_call_is_journaled(
+    bus: Bus, spawn: Spawn, tmp_path: Path
+) -> None:
+    log = tmp_path / "tool"
+    spawn("runtime_agents:ToolUser")
+    done = await submit(
+        bus,
+        "tooluser",
+        json.dumps({"a": 2, "b": 3, "log": str(log)}).encode(),
+        wait=True,
+        timeout_s=30,
+    )
+    assert done.status == "completed" and done.result == 5
+    assert log.read_text().splitlines() == ["add"]  # the retry replayed it, not re-ran it
+    bad = await submit(
+        bus,
+        "tooluser",
+        json.dumps({"a": 2, "b": 3, "log": str(log), "admin": True}).encode(),
+        wait=True,
+        timeout_s=30,
+    )
+    assert bad.status == "failed"
+    assert (
+        bad.error is not None
+        and "ToolArgumentsInvalid: tool add: admin: Extra inputs are not permitted" in bad.error
+    )
+    wrong = await submit(
+        bus,
+        "tooluser",
+        json.dumps({"a": "x", "b": 3, "log": str(log)}).encode(),
+        wait=True,
+        timeout_s=30,
+    )
+    assert wrong.error is not None and "a: Input should be a valid integer" in wrong.error
+
+
+def test_tool_declaration_errors_are_clear() -> None:
+    import pytest
+
+    from agents import tool
+
+    with pytest.raises(ValueError, match="command path"):
+        tool("/bad/")
+    with pytest.raises(TypeError, match="pydantic model"):
+        tool("x/y")(lambda a: a)
