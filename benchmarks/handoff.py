@@ -27,8 +27,6 @@ import msgspec
 import nats
 from nats.js import api
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 from bus import (
     Bus,
     Consumer,

@@ -20,9 +20,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
-from agents.submit import submit  # noqa: E402
+from agents.submit import submit
 from bus import (
     Bus,
     Consumer,
@@ -32,8 +31,8 @@ from bus import (
     default_topology,
     ensure,
     new_envelope,
-)  # noqa: E402
-from bus.feed import EventFeed  # noqa: E402
+)
+from bus.feed import EventFeed
 
 
 def percentile(values: list[float], q: float) -> float:
