@@ -19,8 +19,6 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-
 from agents.submit import submit
 from bus import (
     Bus,
@@ -33,6 +31,8 @@ from bus import (
     new_envelope,
 )
 from bus.feed import EventFeed
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def percentile(values: list[float], q: float) -> float:
