@@ -62,7 +62,7 @@ class RunLogger(logging.LoggerAdapter[logging.Logger]):
     """Prefixes every line with the run, the agent and the journal step the handler is at."""
 
     def process(self, msg: Any, kwargs: Any) -> tuple[Any, Any]:
-        ctx = (self.extra or {})["ctx"]
+        ctx: Context = (self.extra or {})["ctx"]  # type: ignore[assignment]
         return f"[run {ctx.run_id} {ctx.agent} step {ctx._cursor}] {msg}", kwargs
 
 
