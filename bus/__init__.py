@@ -2,7 +2,7 @@
 
 from .client import Bus
 from .consumer import Consumer, Delivery, Handler, backoff_s
-from .envelope import Envelope, Link, Scope, decode, encode, new_envelope
+from .envelope import Envelope, Link, decode, encode, new_envelope
 from .errors import (
     Abandon,
     BudgetExceeded,
@@ -60,7 +60,6 @@ __all__ = [
     "RelayError",
     "Retry",
     "RunFailed",
-    "Scope",
     "ServerError",
     "Settings",
     "StackNotRunning",

@@ -20,23 +20,13 @@ from .ids import _TO_CROCKFORD, new_id
 Kind = Literal["task", "result", "error", "signal"]
 
 
-class Scope(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
-    """A command path (`email/send`) with argument constraints."""
+class Link(msgspec.Struct, frozen=True, kw_only=True):
+    """One delegation link as carried on the wire. The bus does not interpret it: `payload`
+    is the signed link body (see services.identity.chain), `signature` is the delegator's,
+    `stamp` the identity service's countersignature."""
 
-    path: str
-    constraints: dict[str, str | list[str] | int] = {}
-
-
-class Link(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
-    """One delegation link; the identity service signs and verifies these."""
-
-    issuer: str
-    subject: str
-    run_id: str
-    scopes: tuple[Scope, ...] = ()
-    expires_at: float = 0.0
-    prev: bytes = b""
-    signature: bytes = b""
+    payload: bytes
+    signature: bytes
     stamp: bytes = b""
 
 
