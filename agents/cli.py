@@ -13,8 +13,11 @@ import subprocess
 import sys
 from typing import Any
 
-from bus import Bus, RelayError, Settings
+import msgspec
+
+from bus import Bus, RelayError, Settings, decode
 from bus import cli as bus_cli
+from bus.kv import Bucket
 from bus.runtime import (
     EXIT_ERROR,
     EXIT_INTERRUPTED,
@@ -26,15 +29,66 @@ from bus.runtime import (
 
 from .base import Agent
 from .control import cancel_run, send_signal
+from .journal import Journal
 from .submit import has_consumer, parse_payload, run_store, submit
 
 SELF_COMMAND = [sys.executable, "-m", "agents.cli"]
 
 
 def stack_services(settings: Settings) -> dict[str, list[str]]:
-    """The service processes `relaybus up` starts beside nats-server (none yet)."""
+    """The service processes `relaybus up` starts beside nats-server."""
     del settings
-    return {}
+    return {"identity": [*SELF_COMMAND, "service", "identity"]}
+
+
+def service(args: argparse.Namespace, settings: Settings) -> Any:
+    if args.name == "identity":
+        from services.identity.service import serve_identity
+
+        return serve_identity(settings)
+    raise RelayError(f"no service {args.name!r} yet")
+
+
+async def identity_chain(args: argparse.Namespace, settings: Settings) -> int:
+    """Every delegation link of a run, decoded, root first (read from the run's journal)."""
+    from services.identity.chain import decode_body, link_id
+
+    async with Bus(settings, name="relaybus-identity") as bus:
+        bucket = await Bucket.open(bus, bus.subjects.bucket("journal"))
+        links: dict[str, dict[str, Any]] = {}
+        for key in await bucket.keys():
+            if not key.startswith(args.run_id + "."):
+                continue
+            found = await bucket.get(key)
+            if found is None:
+                continue
+            env = decode(msgspec.msgpack.decode(found[0], type=Journal).task)
+            for index, link in enumerate(env.chain):
+                body = decode_body(link.payload)
+                links.setdefault(
+                    link_id(link.payload),
+                    {
+                        "id": link_id(link.payload),
+                        "depth_in_chain": index,
+                        "issuer": body.issuer,
+                        "subject": body.subject,
+                        "principal": body.principal,
+                        "scopes": [str(s) for s in body.scopes],
+                        "nbf": body.nbf,
+                        "exp": body.exp,
+                        "redelegations_left": body.depth,
+                    },
+                )
+    if not links:
+        raise RelayError(f"no delegation chain recorded for run {args.run_id}")
+    for row in sorted(links.values(), key=lambda r: (r["depth_in_chain"], r["subject"])):
+        bus_cli.emit(
+            row,
+            args.json,
+            f"{'  ' * row['depth_in_chain']}{row['issuer']} → agent:{row['subject']}  "
+            f"[{', '.join(row['scopes'])}]  id={row['id']}",
+        )
+    return EXIT_OK
 
 
 def load_agent(spec: str) -> type[Agent]:
@@ -114,6 +168,10 @@ async def publish(args: argparse.Namespace, settings: Settings) -> int:
             sender=f"user:{args.as_user}",
             wait=args.wait,
             timeout_s=args.timeout,
+            max_hops=args.max_hops,
+            max_steps=args.max_steps,
+            deadline_s=args.deadline,
+            token=args.token,
         )
     if not args.wait:
         bus_cli.emit({"run_id": outcome.run_id}, args.json, outcome.run_id)
@@ -251,6 +309,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", default="true", help="JSON data for the signal")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=approve)
+
+    p = sub.add_parser("service", help="run one service process in the foreground")
+    p.add_argument("name", choices=["identity"])
+    p.set_defaults(func=service)
+
+    from services.identity.cli import register as register_identity
+
+    register_identity(sub)
+    identity_parser = sub.choices["identity"]
+    chain_sub = next(
+        a for a in identity_parser._actions if isinstance(a, argparse._SubParsersAction)
+    )
+    p = chain_sub.add_parser("chain", help="a run's delegation chain, decoded")
+    p.add_argument("run_id")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=identity_chain)
 
     from .demo.run import register as register_demo
 

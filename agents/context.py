@@ -22,6 +22,7 @@ import msgspec
 
 from bus import Envelope, ErrorInfo, RelayError
 from bus.envelope import derived_id
+from services.identity.chain import ChainView, decode_body
 
 from .base import encode_result
 from .errors import ChildFailed, GatherTimeout, LimitExceeded, rebuild
@@ -89,6 +90,8 @@ class Context:
         self._pending_ops: list[Op] = []
         self._pending_publish: list[Envelope] = []
         self._timer_due: dict[str, float] = {}
+        self._delegations: dict[str, list[str] | None] = {}
+        self.chain: ChainView | None = None
         self.log = RunLogger(logging.getLogger(f"relaybus.agent.{self.agent}"), {"ctx": self})
 
     # -- facts about the run ------------------------------------------------------------
@@ -103,9 +106,11 @@ class Context:
 
     @property
     def principal(self) -> str:
-        """Who the run acts for: the root of the delegation chain, else the original sender."""
+        """Who the run acts for: the user at the root of the delegation chain, else the sender."""
+        if self.chain is not None:
+            return self.chain.principal
         if self.envelope.chain:
-            return self.envelope.chain[0].subject
+            return decode_body(self.envelope.chain[0].payload).principal
         return self.envelope.sender
 
     @property
@@ -155,6 +160,9 @@ class Context:
         """
         if self._pending_publish:
             batch, self._pending_publish = self._pending_publish, []
+            batch = [
+                await self._worker.delegate(env, self._delegations.get(env.id)) for env in batch
+            ]
             await asyncio.gather(*(self._worker.bus.publish(env) for env in batch))
             for env in batch:
                 if env.parent_id == self.task_id:
@@ -235,18 +243,20 @@ class Context:
         self._record(seq, "random", "random", msgspec.json.encode(value))
         return value
 
-    def spawn(self, agent: str, payload: Any) -> Handle:
-        """Start a child task on `agent`; its result comes back to this task. Use `gather`."""
+    def spawn(self, agent: str, payload: Any, *, scopes: list[str] | None = None) -> Handle:
+        """Start a child task on `agent`; its result comes back to this task. Use `gather`.
+        `scopes` narrows what the child may do (default: everything this task may)."""
         seq, op = self._next("spawn", agent)
         child_id = derived_id(self.task_id, "spawn", str(seq))
         if op is None:
+            self._delegations[child_id] = scopes
             self._pending_publish.append(self._derive(child_id, agent, payload, seq, child=True))
             self._record(seq, "spawn", agent, msgspec.json.encode(child_id))
         return Handle(task_id=child_id, agent=agent)
 
-    async def call(self, agent: str, payload: Any) -> Any:
+    async def call(self, agent: str, payload: Any, *, scopes: list[str] | None = None) -> Any:
         """Run a child task on `agent` and return its result (raises ChildFailed)."""
-        (result,) = await self.gather(self.spawn(agent, payload))
+        (result,) = await self.gather(self.spawn(agent, payload, scopes=scopes))
         return result
 
     async def gather(
@@ -302,11 +312,15 @@ class Context:
             await self._worker.cancel_tasks(self.run_id, stragglers)
         return results
 
-    async def handoff(self, agent: str, payload: Any) -> NoReturn:
-        """Pass control to `agent`: the run continues there and this handler ends."""
+    async def handoff(
+        self, agent: str, payload: Any, *, scopes: list[str] | None = None
+    ) -> NoReturn:
+        """Pass control to `agent`: the run continues there and this handler ends.
+        `scopes` narrows what it may do (default: everything this task may)."""
         seq, op = self._next("handoff", agent)
         if op is None:
             child_id = derived_id(self.task_id, "handoff", str(seq))
+            self._delegations[child_id] = scopes
             self._pending_publish.append(self._derive(child_id, agent, payload, seq, child=False))
             self._record(seq, "handoff", agent, msgspec.json.encode(child_id))
             await self._flush()

@@ -16,6 +16,7 @@ from bus.feed import EventFeed
 from bus.kv import Bucket
 from bus.streams import agent_consumer, consumer_exists
 from bus.subjects import check_name
+from services.identity.client import IdentityClient
 
 from .runs import RunRecord, RunStore
 
@@ -56,8 +57,13 @@ async def submit(
     max_hops: int = 32,
     max_steps: int = 0,
     deadline_s: float | None = None,
+    token: str | None = None,
+    scopes: list[str] | None = None,
 ) -> RunOutcome:
-    """Publish a task for `agent` as a new run; with `wait`, return once the run has ended."""
+    """Publish a task for `agent` as a new run; with `wait`, return once the run has ended.
+
+    With `token` (or RELAYBUS_IDENTITY on), the identity service authenticates `sender`
+    (user:ID) and stamps the root link of the run's chain, optionally narrowed to `scopes`."""
     check_name("agent", agent)
     if max_hops < 1 or max_steps < 0:
         raise RelayError("max_hops must be >= 1 and max_steps >= 0")
@@ -71,6 +77,14 @@ async def submit(
         max_steps=max_steps,
         deadline=deadline,
     )
+    if token is not None or bus.settings.identity:
+        if token is None:
+            raise RelayError("identity is on: publish as a user with --as USER --token TOKEN")
+        user = sender.removeprefix("user:")
+        root = await IdentityClient(bus).root(
+            user, token, env.run_id, agent, scopes, ttl_s=deadline_s or 3600.0
+        )
+        env = msgspec.structs.replace(env, chain=(root,))
     runs = await run_store(bus)
     await runs.create(
         RunRecord(run_id=env.run_id, agent=agent, submitted_by=sender, started=env.created_at)

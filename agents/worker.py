@@ -45,6 +45,9 @@ from bus.envelope import derived_id
 from bus.events import TERMINAL, event_encoder
 from bus.kv import Bucket, RevisionConflict
 from bus.runtime import stop_on_signals
+from services.identity.chain import ChainView, decode_body
+from services.identity.client import IdentityGate, args_digest, read_agent_key
+from services.identity.messages import AuditRecord
 
 from .base import Agent, encode_result, input_decoder
 from .context import Context, HandoffDone, Suspend
@@ -73,8 +76,16 @@ _owners = itertools.count()
 class Worker:
     """Executes one agent's tasks durably. Built by `Worker.open(bus, agent)`."""
 
-    def __init__(self, bus: Bus, agent: Agent, journals: JournalStore, runs: RunStore) -> None:
+    def __init__(
+        self,
+        bus: Bus,
+        agent: Agent,
+        journals: JournalStore,
+        runs: RunStore,
+        gate: IdentityGate | None = None,
+    ) -> None:
         self.bus = bus
+        self.gate = gate
         self.agent = agent
         self.name = agent.name
         self.journals = journals
@@ -89,7 +100,11 @@ class Worker:
     async def open(cls, bus: Bus, agent: Agent) -> Worker:
         journals = JournalStore(await Bucket.open(bus, bus.subjects.bucket("journal")))
         runs = RunStore(await Bucket.open(bus, bus.subjects.bucket("runs")))
-        return cls(bus, agent, journals, runs)
+        gate = None
+        if bus.settings.identity:
+            key = read_agent_key(bus.settings.home.resolve(), agent.name)
+            gate = await IdentityGate.open(bus, agent.name, key)
+        return cls(bus, agent, journals, runs, gate)
 
     def new_owner(self) -> str:
         return f"{self.name}@{self._host}:{os.getpid()}#{next(_owners)}"
@@ -251,6 +266,8 @@ class Worker:
     async def _run_handler(self, ctx: Context, env: Envelope, d: Delivery) -> None:
         timeout = asyncio.timeout(env.deadline - time.time() if env.deadline else None)
         try:
+            if self.gate is not None:
+                ctx.chain = await self._verify(env)
             task = self.decode_input(env.payload)
             async with timeout:
                 result = await self.agent.handle(ctx, task)
@@ -351,8 +368,53 @@ class Worker:
 
     # -- services for Context ---------------------------------------------------------------
 
+    async def _verify(self, env: Envelope) -> ChainView:
+        assert self.gate is not None
+        try:
+            return await self.gate.verify(env.chain, env.run_id, self.name)
+        except ChainInvalid as exc:
+            principal = _principal_of(env)
+            await self.gate.audit(
+                AuditRecord(
+                    action="chain/verify",
+                    decision="deny",
+                    principal=principal,
+                    actor=f"agent:{self.name}",
+                    reason=str(exc),
+                    run_id=env.run_id,
+                )
+            )
+            await self.emit_event(env, "denied", detail=str(exc))
+            raise
+
     async def authorize(self, ctx: Context, tool: Any, args: Any) -> None:
-        """Scope check before a tool call (the identity layer plugs in here)."""
+        """Check a tool call against every link of the verified chain, with the actual arguments."""
+        if self.gate is None or ctx.chain is None:
+            return
+        values = args.model_dump(mode="json")
+        problem = self.gate.check_tool(ctx.chain, tool.scope, values)
+        record = AuditRecord(
+            action=f"tool/{tool.scope}",
+            decision="deny" if problem else "allow",
+            principal=ctx.chain.principal,
+            actor=f"agent:{self.name}",
+            reason=problem,
+            run_id=ctx.run_id,
+            tool=tool.name,
+            args_digest=args_digest(values),
+            chain=ctx.chain.ids,
+        )
+        await self.gate.audit(record)
+        if problem:
+            await self.emit_event(ctx.envelope, "denied", detail=f"{tool.name}: {problem}")
+            raise PermissionDenied(f"{tool.name} ({tool.scope}) denied: {problem}")
+
+    async def delegate(self, env: Envelope, scopes: list[str] | None) -> Envelope:
+        """Append this agent's stamped delegation link to a child or handoff envelope."""
+        if self.gate is None:
+            return env
+        link = await self.gate.delegate(env.chain, env.recipient, scopes)
+        return msgspec.structs.replace(env, chain=(*env.chain, link))
 
     async def signal_or_register(self, ctx: Context, name: str) -> bytes | None:
         """The signal's data if it was already sent; otherwise record that this task waits."""
@@ -443,6 +505,13 @@ class Worker:
             await self.bus.publish_core(subject, event_encoder.encode(event))
 
 
+def _principal_of(env: Envelope) -> str:
+    try:
+        return decode_body(env.chain[0].payload).principal if env.chain else env.sender
+    except ChainInvalid:
+        return env.sender
+
+
 def _reopen(record: Any) -> bool:
     record.status, record.error, record.ended = "running", None, 0.0
     return True
@@ -471,6 +540,8 @@ async def serve_agent(agent: Agent, settings: Settings, concurrency: int = 8) ->
     async with Bus(settings, name=f"agent-{agent.name}-{os.getpid()}") as bus, agent.lifespan():
         await ensure(bus, default_topology(bus.subjects))
         worker = await Worker.open(bus, agent)
+        if worker.gate is not None:
+            log.info("identity on: chains verified, tool calls checked for %s", agent.name)
         control = await bus.subscribe(f"{bus.subjects.prefix}.control.*", worker.on_control)
         consumer = Consumer(bus, agent.name, worker.handle, concurrency=concurrency)
         beat = asyncio.create_task(_heartbeat(bus, agent.name, concurrency))
@@ -484,6 +555,8 @@ async def serve_agent(agent: Agent, settings: Settings, concurrency: int = 8) ->
             with contextlib.suppress(asyncio.CancelledError):
                 await beat
             await control.unsubscribe()
+            if worker.gate is not None:
+                await worker.gate.close()
             await _forget(bus, agent.name)
     log.info(
         "agent %s (pid %d) stopped after %d message(s)", agent.name, os.getpid(), consumer.processed
@@ -496,7 +569,7 @@ def _beat_key(name: str) -> str:
 
 
 async def _heartbeat(bus: Bus, name: str, concurrency: int) -> None:
-    kv = await Bucket.open(bus, bus.subjects.bucket("agents"))
+    kv = await Bucket.open(bus, bus.subjects.bucket("presence"))
     beat = AgentBeat(
         name=name,
         pid=os.getpid(),
@@ -511,5 +584,5 @@ async def _heartbeat(bus: Bus, name: str, concurrency: int) -> None:
 
 async def _forget(bus: Bus, name: str) -> None:
     with contextlib.suppress(Exception):
-        kv = await Bucket.open(bus, bus.subjects.bucket("agents"))
+        kv = await Bucket.open(bus, bus.subjects.bucket("presence"))
         await kv.delete(_beat_key(name))

@@ -138,7 +138,7 @@ class AgentBeat(msgspec.Struct, frozen=True, kw_only=True):
 
 async def list_agents(bus: Bus) -> list[dict[str, Any]]:
     try:
-        kv = await bus.js.key_value(bus.subjects.bucket("agents"))
+        kv = await bus.js.key_value(bus.subjects.bucket("presence"))
         keys = await kv.keys()
     except (nats.js.errors.NotFoundError, nats.js.errors.NoKeysError):
         return []

@@ -259,6 +259,24 @@ class Bus:
 
         return await self.nc.subscribe(subject, cb=on_msg)
 
+    async def serve(
+        self, subject: str, handler: Callable[[str, bytes], Awaitable[bytes]], queue: str = ""
+    ) -> Any:
+        """Answer requests on `subject` (wildcards allowed) with what `handler` returns.
+        A handler that raises is logged and answered with nothing, so the caller times out
+        rather than trusting a half-done reply."""
+
+        async def on_msg(msg: Any) -> None:
+            try:
+                reply = await handler(msg.subject, bytes(msg.data))
+            except Exception:
+                log.exception("request handler for %s failed", msg.subject)
+                return
+            if msg.reply:
+                await self.nc.publish(msg.reply, reply)
+
+        return await self.nc.subscribe(subject, queue=queue, cb=on_msg)
+
     async def request(self, subject: str, data: bytes, timeout_s: float | None = None) -> bytes:
         """Core request/reply (services)."""
         check_subject(subject)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import nats.errors
 import nats.js.errors
 from nats.js.kv import KeyValue
@@ -64,3 +66,31 @@ class Bucket:
             return []
         except nats.errors.TimeoutError:
             return []
+
+    async def watch(self) -> Watch:
+        """Every current entry, then live changes: `async for key, value in watch` (value None
+        when deleted). `watch.live` turns False when the connection is lost."""
+        watcher = await self._kv.watchall()
+        return Watch(watcher)
+
+
+class Watch:
+    def __init__(self, watcher: Any) -> None:
+        self._watcher = watcher
+
+    def __aiter__(self) -> Watch:
+        return self
+
+    async def __anext__(self) -> tuple[str, bytes | None]:
+        while True:
+            try:
+                entry = await self._watcher.updates(timeout=3600)
+            except nats.errors.TimeoutError:
+                continue
+            if entry is None:  # the initial values are done
+                continue
+            value = None if entry.operation in ("DEL", "PURGE") else bytes(entry.value or b"")
+            return str(entry.key), value
+
+    async def stop(self) -> None:
+        await self._watcher.stop()

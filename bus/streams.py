@@ -105,8 +105,11 @@ def default_topology(subjects: Subjects, replicas: int = 1) -> Topology:
     )
     buckets = (
         BucketSpec(subjects.bucket("runs"), history=1, replicas=replicas),
-        BucketSpec(subjects.bucket("agents"), history=1, ttl_s=60.0, replicas=replicas),
+        BucketSpec(subjects.bucket("presence"), history=1, ttl_s=60.0, replicas=replicas),
         BucketSpec(subjects.bucket("journal"), history=1, replicas=replicas),
+        BucketSpec(subjects.bucket("agents"), history=1, replicas=replicas),
+        BucketSpec(subjects.bucket("users"), history=1, replicas=replicas),
+        BucketSpec(subjects.bucket("revoked"), history=1, replicas=replicas),
     )
     return Topology(streams=streams, buckets=buckets)
 

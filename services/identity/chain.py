@@ -78,16 +78,29 @@ def decode_body(payload: bytes) -> LinkBody:
         raise ChainInvalid(f"a link body does not decode: {exc}") from None
 
 
-def child_body(parent: LinkBody, parent_payload: bytes, *, issuer_agent: str, subject: str,
-               scopes: Sequence[Scope] | None, ttl_s: float | None = None) -> LinkBody:
+def child_body(
+    parent: LinkBody,
+    parent_payload: bytes,
+    *,
+    issuer_agent: str,
+    subject: str,
+    scopes: Sequence[Scope] | None,
+    ttl_s: float | None = None,
+) -> LinkBody:
     """The body of a delegation from the holder of `parent` to `subject`, never wider."""
     now = time.time()
     exp = parent.exp if ttl_s is None else min(parent.exp, now + ttl_s)
     return LinkBody(
-        run_id=parent.run_id, issuer=f"agent:{issuer_agent}", subject=subject,
-        principal=parent.principal, scopes=tuple(scopes) if scopes is not None else parent.scopes,
-        nbf=now, exp=exp, depth=parent.depth - 1, nonce=new_nonce(), prev=hashlib.blake2b(
-            parent_payload, digest_size=16).digest(),
+        run_id=parent.run_id,
+        issuer=f"agent:{issuer_agent}",
+        subject=subject,
+        principal=parent.principal,
+        scopes=tuple(scopes) if scopes is not None else parent.scopes,
+        nbf=now,
+        exp=exp,
+        depth=parent.depth - 1,
+        nonce=new_nonce(),
+        prev=hashlib.blake2b(parent_payload, digest_size=16).digest(),
     )
 
 
@@ -124,9 +137,13 @@ class ChainVerifier:
     is_revoked: Callable[[str], bool] = lambda _key: False
     _verified: set[tuple[str, bytes, bytes]] = field(default_factory=set)
 
-    def verify(self, chain: Sequence[Link], run_id: str, recipient: str, now: float | None = None) -> ChainView:
+    def verify(
+        self, chain: Sequence[Link], run_id: str, recipient: str, now: float | None = None
+    ) -> ChainView:
         if not chain:
-            raise ChainInvalid("the message carries no delegation chain; publish through the identity service")
+            raise ChainInvalid(
+                "the message carries no delegation chain; publish through the identity service"
+            )
         now = time.time() if now is None else now
         bodies: list[LinkBody] = []
         ids: list[str] = []
@@ -142,7 +159,12 @@ class ChainVerifier:
             if not body.nbf - CLOCK_SKEW_S <= now <= body.exp + CLOCK_SKEW_S:
                 state = "not valid yet" if now < body.nbf else "expired"
                 raise ChainInvalid(f"{where} is {state}")
-            for key in (f"link:{lid}", body.issuer, f"agent:{body.subject}", f"user:{body.principal}"):
+            for key in (
+                f"link:{lid}",
+                body.issuer,
+                f"agent:{body.subject}",
+                f"user:{body.principal}",
+            ):
                 if self.is_revoked(key):
                     raise ChainInvalid(f"{where}: {key} is revoked")
             if index > 0:
@@ -150,10 +172,14 @@ class ChainVerifier:
             bodies.append(body)
             ids.append(lid)
         if bodies[-1].subject != recipient:
-            raise ChainInvalid(f"the chain ends at {bodies[-1].subject}, but the message is for {recipient}")
+            raise ChainInvalid(
+                f"the chain ends at {bodies[-1].subject}, but the message is for {recipient}"
+            )
         return ChainView(links=bodies, ids=ids)
 
-    def _check_signatures(self, link: Link, body: LinkBody, lid: str, index: int, where: str) -> None:
+    def _check_signatures(
+        self, link: Link, body: LinkBody, lid: str, index: int, where: str
+    ) -> None:
         memo = (lid, link.signature, link.stamp)
         if memo in self._verified:
             return
@@ -176,17 +202,27 @@ class ChainVerifier:
         self._verified.add(memo)
 
     @staticmethod
-    def _check_delegation(parent: LinkBody, parent_payload: bytes, body: LinkBody, where: str) -> None:
+    def _check_delegation(
+        parent: LinkBody, parent_payload: bytes, body: LinkBody, where: str
+    ) -> None:
         if body.prev != hashlib.blake2b(parent_payload, digest_size=16).digest():
-            raise ChainInvalid(f"{where} does not follow the link before it (truncated or reordered chain)")
+            raise ChainInvalid(
+                f"{where} does not follow the link before it (truncated or reordered chain)"
+            )
         if body.issuer != f"agent:{parent.subject}":
-            raise ChainInvalid(f"{where}: {body.issuer} delegates authority held by {parent.subject}")
+            raise ChainInvalid(
+                f"{where}: {body.issuer} delegates authority held by {parent.subject}"
+            )
         if body.principal != parent.principal:
-            raise ChainInvalid(f"{where} switches the principal from {parent.principal} to {body.principal}")
+            raise ChainInvalid(
+                f"{where} switches the principal from {parent.principal} to {body.principal}"
+            )
         if body.exp > parent.exp:
             raise ChainInvalid(f"{where} extends the expiry past its parent's")
         if body.depth > parent.depth - 1 or parent.depth < 1:
             raise ChainInvalid(f"{where} exceeds the re-delegation depth budget")
         wider = all_narrow(body.scopes, parent.scopes)
         if wider is not None:
-            raise ChainInvalid(f"{where} widens scope: {wider} is not within {', '.join(map(str, parent.scopes))}")
+            raise ChainInvalid(
+                f"{where} widens scope: {wider} is not within {', '.join(map(str, parent.scopes))}"
+            )

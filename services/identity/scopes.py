@@ -32,7 +32,10 @@ class Scope(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     def __str__(self) -> str:
         if not self.constraints:
             return self.path
-        parts = [f"{k}={'|'.join(v) if isinstance(v, list) else v}" for k, v in sorted(self.constraints.items())]
+        parts = [
+            f"{k}={'|'.join(v) if isinstance(v, list) else v}"
+            for k, v in sorted(self.constraints.items())
+        ]
         return f"{self.path}:{','.join(parts)}"
 
 
@@ -72,8 +75,10 @@ def narrows(child: Scope, parent: Scope) -> bool:
     """Whether `child` grants nothing `parent` does not."""
     if not covers_path(parent.path, child.path):
         return False
-    return all(k in child.constraints and _at_least_as_strict(child.constraints[k], v)
-               for k, v in parent.constraints.items())
+    return all(
+        k in child.constraints and _at_least_as_strict(child.constraints[k], v)
+        for k, v in parent.constraints.items()
+    )
 
 
 def all_narrow(children: Sequence[Scope], parents: Sequence[Scope]) -> Scope | None:
@@ -141,7 +146,9 @@ def check(scopes: Sequence[Scope], action: str, args: Mapping[str, Any], princip
     for scope in scopes:
         if not covers_path(scope.path, action):
             continue
-        problems = [p for k, v in scope.constraints.items() if (p := _satisfied(k, v, args, principal))]
+        problems = [
+            p for k, v in scope.constraints.items() if (p := _satisfied(k, v, args, principal))
+        ]
         if not problems:
             return ""
         reasons.append(f"{scope}: {problems[0]}")

@@ -25,24 +25,51 @@ AGENTS = {name: SigningKey.generate() for name in ("orchestrator", "research", "
 RUN = "01RUN0000000000000000000AA"
 
 
-def root(scopes: list[str], run_id: str = RUN, subject: str = "orchestrator", **over: object) -> Link:
+def root(
+    scopes: list[str], run_id: str = RUN, subject: str = "orchestrator", **over: object
+) -> Link:
     now = time.time()
-    body = LinkBody(run_id=run_id, issuer="user:alice", subject=subject, principal="alice",
-                    scopes=tuple(parse_scope(s) for s in scopes), nbf=now, exp=now + 600,
-                    depth=DEFAULT_DEPTH, nonce=new_nonce())
+    body = LinkBody(
+        run_id=run_id,
+        issuer="user:alice",
+        subject=subject,
+        principal="alice",
+        scopes=tuple(parse_scope(s) for s in scopes),
+        nbf=now,
+        exp=now + 600,
+        depth=DEFAULT_DEPTH,
+        nonce=new_nonce(),
+    )
     body = msgspec.structs.replace(body, **over)
     payload, sig = sign_body(body, SERVICE)
     return Link(payload=payload, signature=sig, stamp=stamp_payload(payload, SERVICE))
 
 
-def delegate(chain: list[Link], frm: str, to: str, scopes: list[str] | None, key: SigningKey | None = None,
-             stamp: bool = True, **over: object) -> list[Link]:
+def delegate(
+    chain: list[Link],
+    frm: str,
+    to: str,
+    scopes: list[str] | None,
+    key: SigningKey | None = None,
+    stamp: bool = True,
+    **over: object,
+) -> list[Link]:
     parent = msgspec.msgpack.decode(chain[-1].payload, type=LinkBody)
-    body = child_body(parent, chain[-1].payload, issuer_agent=frm, subject=to,
-                      scopes=[parse_scope(s) for s in scopes] if scopes is not None else None)
+    body = child_body(
+        parent,
+        chain[-1].payload,
+        issuer_agent=frm,
+        subject=to,
+        scopes=[parse_scope(s) for s in scopes] if scopes is not None else None,
+    )
     body = msgspec.structs.replace(body, **over)
     payload, sig = sign_body(body, key or AGENTS[frm])
-    return [*chain, Link(payload=payload, signature=sig, stamp=stamp_payload(payload, SERVICE) if stamp else b"")]
+    return [
+        *chain,
+        Link(
+            payload=payload, signature=sig, stamp=stamp_payload(payload, SERVICE) if stamp else b""
+        ),
+    ]
 
 
 def verifier(revoked: set[str] | None = None) -> ChainVerifier:
@@ -63,7 +90,13 @@ def test_happy_path_narrowing_chain_verifies() -> None:
     assert [str(s) for s in view.last.scopes] == ["search/docs"]
 
 
-def refused(chain: list[Link], match: str, recipient: str = "writer", run: str = RUN, v: ChainVerifier | None = None) -> None:
+def refused(
+    chain: list[Link],
+    match: str,
+    recipient: str = "writer",
+    run: str = RUN,
+    v: ChainVerifier | None = None,
+) -> None:
     with pytest.raises(ChainInvalid, match=match):
         (v or verifier()).verify(chain, run, recipient)
 
@@ -74,7 +107,12 @@ def test_widened_scope_is_refused() -> None:
 
 
 def test_dropped_constraint_is_a_widening() -> None:
-    chain = delegate([root(["email/send:recipient_domain=team.example"])], "orchestrator", "writer", ["email/send"])
+    chain = delegate(
+        [root(["email/send:recipient_domain=team.example"])],
+        "orchestrator",
+        "writer",
+        ["email/send"],
+    )
     refused(chain, "widens scope")
 
 
@@ -102,7 +140,9 @@ def test_missing_stamp_is_refused() -> None:
 
 
 def test_link_from_an_unregistered_key_is_refused() -> None:
-    chain = delegate([root(["search"])], "orchestrator", "writer", ["search"], key=SigningKey.generate())
+    chain = delegate(
+        [root(["search"])], "orchestrator", "writer", ["search"], key=SigningKey.generate()
+    )
     refused(chain, "the signature does not verify")
     stranger = [root(["search"], subject="mallory")]
     stranger = delegate(stranger, "mallory", "writer", ["search"], key=SigningKey.generate())
@@ -127,7 +167,9 @@ def test_link_replayed_into_another_run_is_refused() -> None:
 def test_expired_and_not_yet_valid_links_are_refused() -> None:
     now = time.time()
     refused([root(["search"], subject="writer", nbf=now - 7200, exp=now - 3600)], "is expired")
-    refused([root(["search"], subject="writer", nbf=now + 3600, exp=now + 7200)], "is not valid yet")
+    refused(
+        [root(["search"], subject="writer", nbf=now + 3600, exp=now + 7200)], "is not valid yet"
+    )
 
 
 def test_revoked_link_agent_or_user_is_refused() -> None:

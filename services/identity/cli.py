@@ -1,0 +1,135 @@
+"""`relaybus identity …` and `relaybus service identity`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from bus import Bus, Settings
+from bus.runtime import EXIT_OK
+
+from .client import IdentityClient, write_agent_key
+
+
+def _emit(obj: Any, as_json: bool, text: str) -> None:
+    print(json.dumps(obj) if as_json else text, flush=True)
+
+
+def register(sub: Any) -> None:
+    identity = sub.add_parser(
+        "identity", help="agents, users, tokens, revocation, chains"
+    ).add_subparsers(dest="identity_cmd", required=True)
+
+    agent = identity.add_parser("agent", help="registered agents").add_subparsers(
+        dest="agent_cmd", required=True
+    )
+    p = agent.add_parser("add", help="register an agent (creates its key under RELAYBUS_HOME/keys)")
+    p.add_argument("name")
+    p.add_argument("--scope", action="append", default=[], help="a scope it may ever hold (repeat)")
+    p.add_argument(
+        "--handoff-to", action="append", default=[], help="an agent it may delegate to (repeat)"
+    )
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=agent_add)
+    p = agent.add_parser("list")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=agent_list)
+    p = agent.add_parser("revoke")
+    p.add_argument("name")
+    p.add_argument("--reason", default="")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=lambda a, s: revoke(a, s, "agent", a.name))
+
+    user = identity.add_parser("user", help="users and their tokens").add_subparsers(
+        dest="user_cmd", required=True
+    )
+    p = user.add_parser("add")
+    p.add_argument("id")
+    p.add_argument("--scope", action="append", default=[])
+    p.add_argument("--role", action="append", default=[])
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=user_add)
+    p = user.add_parser("token", help="issue an API token (printed once)")
+    p.add_argument("id")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=user_token)
+    p = user.add_parser("revoke", help="revoke a user, or one of its tokens with --token")
+    p.add_argument("id")
+    p.add_argument("--token", default=None, help="the token id")
+    p.add_argument("--reason", default="")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(
+        func=lambda a, s: revoke(a, s, "token", a.token) if a.token else revoke(a, s, "user", a.id)
+    )
+
+    role = identity.add_parser("role", help="roles: named sets of scopes").add_subparsers(
+        dest="role_cmd", required=True
+    )
+    p = role.add_parser("add")
+    p.add_argument("name")
+    p.add_argument("--scope", action="append", default=[])
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=role_add)
+
+    link = identity.add_parser("link", help="delegation links").add_subparsers(
+        dest="link_cmd", required=True
+    )
+    p = link.add_parser("revoke")
+    p.add_argument("id", help="the link id from `identity chain RUN`")
+    p.add_argument("--reason", default="")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=lambda a, s: revoke(a, s, "link", a.id))
+
+
+async def agent_add(args: argparse.Namespace, settings: Settings) -> int:
+    key = write_agent_key(settings.home.resolve(), args.name)
+    async with Bus(settings, name="relaybus-identity") as bus:
+        await IdentityClient(bus).add_agent(args.name, key.verify_key, args.scope, args.handoff_to)
+    _emit(
+        {"name": args.name, "scopes": args.scope, "handoff_to": args.handoff_to},
+        args.json,
+        f"agent {args.name} registered; its key is in {settings.home.resolve() / 'keys'}",
+    )
+    return EXIT_OK
+
+
+async def agent_list(args: argparse.Namespace, settings: Settings) -> int:
+    async with Bus(settings, name="relaybus-identity") as bus:
+        agents = await IdentityClient(bus).list_agents()
+    for agent in agents:
+        _emit(
+            agent,
+            args.json,
+            f"{agent['name']:<16} scopes={','.join(agent.get('scopes', []))} "
+            f"handoff_to={','.join(agent.get('handoff_to', []))}",
+        )
+    return EXIT_OK
+
+
+async def user_add(args: argparse.Namespace, settings: Settings) -> int:
+    async with Bus(settings, name="relaybus-identity") as bus:
+        await IdentityClient(bus).add_user(args.id, args.scope, args.role)
+    _emit({"id": args.id}, args.json, f"user {args.id} saved")
+    return EXIT_OK
+
+
+async def user_token(args: argparse.Namespace, settings: Settings) -> int:
+    async with Bus(settings, name="relaybus-identity") as bus:
+        issued = await IdentityClient(bus).issue_token(args.id)
+    _emit(issued, args.json, issued["token"])
+    return EXIT_OK
+
+
+async def role_add(args: argparse.Namespace, settings: Settings) -> int:
+    async with Bus(settings, name="relaybus-identity") as bus:
+        await IdentityClient(bus).add_role(args.name, args.scope)
+    _emit({"name": args.name}, args.json, f"role {args.name} saved")
+    return EXIT_OK
+
+
+async def revoke(args: argparse.Namespace, settings: Settings, kind: str, ident: str) -> int:
+    async with Bus(settings, name="relaybus-identity") as bus:
+        await IdentityClient(bus).revoke(kind, ident, args.reason)
+    _emit({"revoked": f"{kind}:{ident}"}, args.json, f"{kind} {ident} revoked")
+    return EXIT_OK

@@ -1,0 +1,252 @@
+"""What agents and the CLI use of identity: requests to the service, and the gate every
+consumer runs (chain verification, tool checks, revocation watch, audit)."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import msgspec
+from nacl.signing import SigningKey, VerifyKey
+
+from bus import Bus, ChainInvalid, ConfigError, Link, PermissionDenied, RelayError
+
+from .chain import ChainVerifier, ChainView, child_body, decode_body, sign_body
+from .messages import (
+    AgentAdd,
+    AuditRecord,
+    Reply,
+    Revoke,
+    RoleRecord,
+    RootRequest,
+    StampRequest,
+    TokenIssue,
+    UserAdd,
+)
+from .registry import Registry, revocation_key
+from .scopes import check, parse_scope
+
+log = logging.getLogger("relaybus.identity")
+_ERRORS: dict[str, type[RelayError]] = {
+    "PermissionDenied": PermissionDenied,
+    "ChainInvalid": ChainInvalid,
+    "ConfigError": ConfigError,
+}
+
+
+def agent_key_path(home: Path, agent: str) -> Path:
+    return home / "keys" / f"{agent}.seed"
+
+
+def write_agent_key(home: Path, agent: str) -> SigningKey:
+    """Create an agent's delegation key (0600 under RELAYBUS_HOME/keys)."""
+    path = agent_key_path(home, agent)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    key = SigningKey.generate()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(bytes(key).hex())
+    return key
+
+
+def read_agent_key(home: Path, agent: str) -> SigningKey:
+    path = agent_key_path(home, agent)
+    try:
+        return SigningKey(bytes.fromhex(path.read_text().strip()))
+    except FileNotFoundError:
+        raise ConfigError(
+            f"agent {agent} has no delegation key at {path}: register it with "
+            f"`relaybus identity agent add {agent} --scope …`"
+        ) from None
+
+
+class IdentityClient:
+    def __init__(self, bus: Bus) -> None:
+        self.bus = bus
+
+    async def call(self, op: str, body: Any, timeout_s: float | None = None) -> Any:
+        subject = f"{self.bus.subjects.prefix}.svc.identity.{op}"
+        data = await self.bus.request(subject, msgspec.json.encode(body), timeout_s)
+        reply = msgspec.json.decode(data, type=Reply)
+        if not reply.ok:
+            info = reply.error
+            cls = _ERRORS.get(info.type if info else "", RelayError)
+            raise cls(info.message if info else "the identity service refused")
+        return msgspec.json.decode(reply.body)
+
+    async def add_agent(
+        self, name: str, public_key: VerifyKey, scopes: list[str], handoff_to: list[str]
+    ) -> None:
+        await self.call(
+            "agent_add",
+            AgentAdd(
+                name=name, public_key=bytes(public_key).hex(), scopes=scopes, handoff_to=handoff_to
+            ),
+        )
+
+    async def list_agents(self) -> list[dict[str, Any]]:
+        return list(await self.call("agent_list", {}))
+
+    async def add_user(self, user_id: str, scopes: list[str], roles: list[str]) -> None:
+        await self.call("user_add", UserAdd(id=user_id, scopes=scopes, roles=roles))
+
+    async def add_role(self, name: str, scopes: list[str]) -> None:
+        await self.call("role_add", RoleRecord(name=name, scopes=scopes))
+
+    async def issue_token(self, user_id: str) -> dict[str, str]:
+        return dict(await self.call("token", TokenIssue(user=user_id)))
+
+    async def revoke(self, kind: str, ident: str, reason: str = "") -> None:
+        await self.call("revoke", Revoke(kind=kind, id=ident, reason=reason))
+
+    async def root(
+        self,
+        user: str,
+        token: str,
+        run_id: str,
+        agent: str,
+        scopes: list[str] | None = None,
+        ttl_s: float = 3600.0,
+    ) -> Link:
+        body = await self.call(
+            "root",
+            RootRequest(
+                user=user, token=token, run_id=run_id, agent=agent, scopes=scopes, ttl_s=ttl_s
+            ),
+        )
+        return msgspec.convert(body, Link)
+
+    async def stamp(self, agent: str, link: Link, chain: list[Link]) -> Link:
+        body = await self.call(f"stamp.{agent}", StampRequest(link=link, chain=chain))
+        stamp = msgspec.convert(body, dict[str, bytes])["stamp"]
+        return Link(payload=link.payload, signature=link.signature, stamp=stamp)
+
+
+class IdentityGate:
+    """Per process: verifies chains, checks tool calls, delegates, audits, watches revocations."""
+
+    def __init__(
+        self,
+        bus: Bus,
+        registry: Registry,
+        service_key: VerifyKey,
+        agent: str,
+        key: SigningKey | None,
+    ) -> None:
+        self.bus = bus
+        self.registry = registry
+        self.agent = agent
+        self.key = key
+        self.client = IdentityClient(bus)
+        self._keys: dict[str, VerifyKey] = {}
+        self._revoked: set[str] = set()
+        self._watch_task: asyncio.Task[None] | None = None
+        self.verifier = ChainVerifier(service_key, self._keys.get, self._is_revoked)
+
+    @classmethod
+    async def open(cls, bus: Bus, agent: str, key: SigningKey | None) -> IdentityGate:
+        registry = await Registry.open(bus)
+        service_key = await registry.service_key()
+        if service_key is None:
+            raise ConfigError("the identity service has not run yet: start it (`relaybus up` does)")
+        gate = cls(bus, registry, service_key, agent, key)
+        gate._revoked.update(await registry.revoked.keys())
+        for record in await registry.all_agents():
+            gate._keys[record.name] = VerifyKey(bytes.fromhex(record.public_key))
+        watch = await registry.revoked.watch()
+        ready = asyncio.Event()
+        gate._watch_task = asyncio.create_task(gate._follow(watch, ready))
+        return gate
+
+    async def close(self) -> None:
+        if self._watch_task is not None:
+            self._watch_task.cancel()
+
+    async def _follow(self, watch: Any, ready: asyncio.Event) -> None:
+        async for key, value in watch:
+            if value is None:
+                self._revoked.discard(key)
+            else:
+                self._revoked.add(key)
+                log.warning("revoked: %s", key)
+
+    def fresh(self) -> bool:
+        """The revocation view is live: the watch runs and the connection is up."""
+        task = self._watch_task
+        return task is not None and not task.done() and self.bus.nc.is_connected
+
+    def _is_revoked(self, key: str) -> bool:
+        if not self.fresh():
+            return True  # fail closed: we cannot know
+        return revocation_key(key) in self._revoked
+
+    async def _agent_key(self, name: str) -> None:
+        if name not in self._keys:
+            record = await self.registry.agent(name)
+            if record is not None:
+                self._keys[name] = VerifyKey(bytes.fromhex(record.public_key))
+
+    async def verify(
+        self, chain: tuple[Link, ...] | list[Link], run_id: str, recipient: str
+    ) -> ChainView:
+        for link in chain[1:]:
+            issuer = decode_body(link.payload).issuer
+            if issuer.startswith("agent:"):
+                await self._agent_key(issuer.removeprefix("agent:"))
+        if not self.fresh():
+            raise ChainInvalid(
+                "the revocation watch is not live; refusing until it is (fail closed)"
+            )
+        return self.verifier.verify(chain, run_id, recipient)
+
+    def check_tool(self, view: ChainView, scope: str, args: dict[str, Any]) -> str:
+        """'' if every link allows `scope` with these arguments, else why not."""
+        if not self.fresh():
+            return "revocation status unknown (watch not live)"
+        for index, link in enumerate(view.links):
+            problem = check(link.scopes, scope, args, view.principal)
+            if problem:
+                return f"link {index} ({link.issuer} → {link.subject}): {problem}"
+        for lid in view.ids:
+            if self._is_revoked(f"link:{lid}"):
+                return f"link {lid} is revoked"
+        for link in view.links:
+            for key in (link.issuer, f"agent:{link.subject}", f"user:{link.principal}"):
+                if self._is_revoked(key):
+                    return f"{key} is revoked"
+        return ""
+
+    async def delegate(self, chain: tuple[Link, ...], to: str, scopes: list[str] | None) -> Link:
+        if self.key is None:
+            raise ConfigError(f"agent {self.agent} has no delegation key")
+        parent = chain[-1]
+        body = child_body(
+            decode_body(parent.payload),
+            parent.payload,
+            issuer_agent=self.agent,
+            subject=to,
+            scopes=[parse_scope(s) for s in scopes] if scopes is not None else None,
+        )
+        payload, signature = sign_body(body, self.key)
+        return await self.client.stamp(
+            self.agent, Link(payload=payload, signature=signature), list(chain)
+        )
+
+    async def audit(self, record: AuditRecord) -> None:
+        await publish_audit(self.bus, record)
+
+
+async def publish_audit(bus: Bus, record: AuditRecord) -> None:
+    """Append one decision to the audit stream (acknowledged by JetStream)."""
+    token = (
+        "".join(c if c.isalnum() or c in "-_" else "_" for c in record.principal)[:64] or "unknown"
+    )
+    await bus.publish_bytes(bus.subjects.audit(token), msgspec.json.encode(record))
+
+
+def args_digest(args: dict[str, Any]) -> str:
+    return hashlib.sha256(msgspec.json.encode(args, order="sorted")).hexdigest()[:16]

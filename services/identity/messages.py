@@ -1,0 +1,106 @@
+"""What goes over `relay.svc.identity.*` and `relay.audit.*` (JSON)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import msgspec
+
+from bus import ErrorInfo, Link
+
+
+class AgentRecord(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """A registered agent: its delegation key, the scopes it may ever hold, whom it may hand to."""
+
+    name: str
+    public_key: str  # hex Ed25519 verify key
+    scopes: list[str] = []
+    handoff_to: list[str] = []
+    revoked: bool = False
+
+
+class UserRecord(msgspec.Struct, kw_only=True, omit_defaults=True):
+    id: str
+    scopes: list[str] = []
+    roles: list[str] = []
+    tokens: dict[str, str] = {}  # token id → sha256 of the secret
+    revoked: bool = False
+
+
+class RoleRecord(msgspec.Struct, kw_only=True):
+    name: str
+    scopes: list[str]
+
+
+class ServiceInfo(msgspec.Struct, kw_only=True):
+    public_key: str
+
+
+class AgentAdd(msgspec.Struct, kw_only=True):
+    name: str
+    public_key: str
+    scopes: list[str] = []
+    handoff_to: list[str] = []
+
+
+class UserAdd(msgspec.Struct, kw_only=True):
+    id: str
+    scopes: list[str] = []
+    roles: list[str] = []
+
+
+class TokenIssue(msgspec.Struct, kw_only=True):
+    user: str
+
+
+class Revoke(msgspec.Struct, kw_only=True):
+    kind: str  # agent | user | token | link
+    id: str
+    reason: str = ""
+
+
+class RootRequest(msgspec.Struct, kw_only=True):
+    user: str
+    token: str
+    run_id: str
+    agent: str
+    scopes: list[str] | None = None
+    ttl_s: float = 3600.0
+
+
+class StampRequest(msgspec.Struct, kw_only=True):
+    """An agent asks the service to countersign a delegation it signed."""
+
+    link: Link
+    chain: list[Link]
+
+
+class Reply(msgspec.Struct, kw_only=True, omit_defaults=True):
+    ok: bool
+    error: ErrorInfo | None = None
+    body: msgspec.Raw = msgspec.Raw(b"null")
+
+
+class AuditRecord(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """One authorization decision, on `relay.audit.<principal>` (a stream nobody may purge)."""
+
+    action: str
+    decision: str  # allow | deny
+    principal: str
+    actor: str
+    time: float = msgspec.field(default_factory=time.time)
+    reason: str = ""
+    run_id: str = ""
+    tool: str = ""
+    args_digest: str = ""
+    chain: list[str] = []
+    detail: dict[str, Any] = {}
+
+
+def reply_ok(body: Any = None) -> bytes:
+    return msgspec.json.encode(Reply(ok=True, body=msgspec.Raw(msgspec.json.encode(body))))
+
+
+def reply_error(exc: BaseException) -> bytes:
+    return msgspec.json.encode(Reply(ok=False, error=ErrorInfo.from_exception(exc)))

@@ -1,0 +1,85 @@
+"""The registry in KV buckets: agents, users (and roles), revocations, the service key.
+
+Read by every process (verification needs agent keys and revocations); written only by the
+identity service.
+"""
+
+from __future__ import annotations
+
+import msgspec
+from nacl.signing import VerifyKey
+
+from bus import Bus
+from bus.kv import Bucket
+
+from .messages import AgentRecord, RoleRecord, ServiceInfo, UserRecord
+
+SERVICE_KEY = "_service"
+
+
+def revocation_key(key: str) -> str:
+    """`agent:research` → `agent.research` (KV keys cannot hold ':')."""
+    return key.replace(":", ".")
+
+
+class Registry:
+    def __init__(self, agents: Bucket, users: Bucket, revoked: Bucket) -> None:
+        self.agents = agents
+        self.users = users
+        self.revoked = revoked
+
+    @classmethod
+    async def open(cls, bus: Bus) -> Registry:
+        b = bus.subjects.bucket
+        return cls(
+            await Bucket.open(bus, b("agents")),
+            await Bucket.open(bus, b("users")),
+            await Bucket.open(bus, b("revoked")),
+        )
+
+    async def agent(self, name: str) -> AgentRecord | None:
+        found = await self.agents.get(f"agent.{name}")
+        return msgspec.json.decode(found[0], type=AgentRecord) if found else None
+
+    async def all_agents(self) -> list[AgentRecord]:
+        out = []
+        for key in sorted(await self.agents.keys()):
+            if key.startswith("agent."):
+                found = await self.agents.get(key)
+                if found:
+                    out.append(msgspec.json.decode(found[0], type=AgentRecord))
+        return out
+
+    async def put_agent(self, record: AgentRecord) -> None:
+        await self.agents.put(f"agent.{record.name}", msgspec.json.encode(record))
+
+    async def user(self, user_id: str) -> UserRecord | None:
+        found = await self.users.get(f"user.{user_id}")
+        return msgspec.json.decode(found[0], type=UserRecord) if found else None
+
+    async def put_user(self, record: UserRecord) -> None:
+        await self.users.put(f"user.{record.id}", msgspec.json.encode(record))
+
+    async def role(self, name: str) -> RoleRecord | None:
+        found = await self.users.get(f"role.{name}")
+        return msgspec.json.decode(found[0], type=RoleRecord) if found else None
+
+    async def put_role(self, record: RoleRecord) -> None:
+        await self.users.put(f"role.{record.name}", msgspec.json.encode(record))
+
+    async def service_key(self) -> VerifyKey | None:
+        found = await self.agents.get(SERVICE_KEY)
+        if not found:
+            return None
+        return VerifyKey(bytes.fromhex(msgspec.json.decode(found[0], type=ServiceInfo).public_key))
+
+    async def put_service_key(self, key: VerifyKey) -> None:
+        await self.agents.put(
+            SERVICE_KEY, msgspec.json.encode(ServiceInfo(public_key=bytes(key).hex()))
+        )
+
+    async def revoke(self, key: str, reason: str) -> None:
+        await self.revoked.put(revocation_key(key), reason.encode() or b"revoked")
+
+    async def is_revoked(self, key: str) -> bool:
+        return await self.revoked.get(revocation_key(key)) is not None

@@ -1,0 +1,364 @@
+"""`relaybus service identity`: the certificate and policy authority.
+
+Answers on `<prefix>.svc.identity.<op>`; delegations arrive on `…identity.stamp.<agent>`, a
+subject only that agent's NATS user may publish to, so the subject names the sender.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import logging
+import os
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import msgspec
+from nacl.signing import SigningKey, VerifyKey
+
+from bus import (
+    Bus,
+    ChainInvalid,
+    ConfigError,
+    PermissionDenied,
+    RelayError,
+    Settings,
+    default_topology,
+    ensure,
+)
+from bus.runtime import stop_on_signals
+
+from .chain import (
+    DEFAULT_DEPTH,
+    ChainVerifier,
+    LinkBody,
+    decode_body,
+    new_nonce,
+    sign_body,
+    stamp_payload,
+)
+from .client import publish_audit
+from .messages import (
+    AgentAdd,
+    AgentRecord,
+    AuditRecord,
+    Revoke,
+    RoleRecord,
+    RootRequest,
+    StampRequest,
+    TokenIssue,
+    UserAdd,
+    UserRecord,
+    reply_error,
+    reply_ok,
+)
+from .registry import Registry
+from .scopes import all_narrow, parse_scope
+
+log = logging.getLogger("relaybus.identity")
+
+
+def load_service_key(home: Path) -> SigningKey:
+    """The service's signing key, created on first start (0600 under RELAYBUS_HOME)."""
+    path = home / "identity" / "service.seed"
+    if path.exists():
+        return SigningKey(bytes.fromhex(path.read_text().strip()))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    key = SigningKey.generate()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(bytes(key).hex())
+    return key
+
+
+def token_hash(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+class IdentityService:
+    def __init__(self, bus: Bus, registry: Registry, key: SigningKey) -> None:
+        self.bus = bus
+        self.registry = registry
+        self.key = key
+        self._keys: dict[str, VerifyKey] = {}
+        self.verifier = ChainVerifier(key.verify_key, self._keys.get)
+
+    async def handle(self, subject: str, data: bytes) -> bytes:
+        op = subject.split(".svc.identity.", 1)[1]
+        try:
+            if op.startswith("stamp."):
+                return reply_ok(await self.stamp(op.removeprefix("stamp."), data))
+            handler = self.ops.get(op)
+            if handler is None:
+                raise RelayError(f"unknown identity operation {op!r}")
+            return reply_ok(await handler(self, data))
+        except (RelayError, msgspec.ValidationError, msgspec.DecodeError) as exc:
+            return reply_error(exc)
+
+    # -- administration ------------------------------------------------------------------
+
+    async def agent_add(self, data: bytes) -> Any:
+        req = msgspec.json.decode(data, type=AgentAdd)
+        for scope in req.scopes:
+            parse_scope(scope)
+        VerifyKey(bytes.fromhex(req.public_key))
+        record = AgentRecord(
+            name=req.name, public_key=req.public_key, scopes=req.scopes, handoff_to=req.handoff_to
+        )
+        await self.registry.put_agent(record)
+        await self.audit(
+            "agent/add", "allow", "admin", "admin", detail={"agent": req.name, "scopes": req.scopes}
+        )
+        return {"name": req.name}
+
+    async def agent_list(self, data: bytes) -> Any:
+        return [msgspec.to_builtins(a) for a in await self.registry.all_agents()]
+
+    async def user_add(self, data: bytes) -> Any:
+        req = msgspec.json.decode(data, type=UserAdd)
+        for scope in req.scopes:
+            parse_scope(scope)
+        for role in req.roles:
+            if await self.registry.role(role) is None:
+                raise ConfigError(
+                    f"no role {role!r}; add it with `relaybus identity role add {role} --scope …`"
+                )
+        existing = await self.registry.user(req.id)
+        record = UserRecord(
+            id=req.id,
+            scopes=req.scopes,
+            roles=req.roles,
+            tokens=existing.tokens if existing else {},
+        )
+        await self.registry.put_user(record)
+        await self.audit(
+            "user/add", "allow", req.id, "admin", detail={"scopes": req.scopes, "roles": req.roles}
+        )
+        return {"id": req.id}
+
+    async def role_add(self, data: bytes) -> Any:
+        req = msgspec.json.decode(data, type=RoleRecord)
+        for scope in req.scopes:
+            parse_scope(scope)
+        await self.registry.put_role(req)
+        return {"name": req.name}
+
+    async def token_issue(self, data: bytes) -> Any:
+        req = msgspec.json.decode(data, type=TokenIssue)
+        user = await self.registry.user(req.user)
+        if user is None:
+            raise ConfigError(f"no user {req.user!r}; add it with `relaybus identity user add`")
+        token_id, secret = secrets.token_hex(4), secrets.token_urlsafe(24)
+        user.tokens[token_id] = token_hash(secret)
+        await self.registry.put_user(user)
+        await self.audit("user/token", "allow", req.user, "admin", detail={"token_id": token_id})
+        return {
+            "user": req.user,
+            "token_id": token_id,
+            "token": f"rb_{req.user}_{token_id}_{secret}",
+        }
+
+    async def revoke(self, data: bytes) -> Any:
+        req = msgspec.json.decode(data, type=Revoke)
+        if req.kind not in ("agent", "user", "token", "link"):
+            raise ConfigError(f"cannot revoke a {req.kind!r}: use agent, user, token or link")
+        await self.registry.revoke(f"{req.kind}:{req.id}", req.reason)
+        await self.audit(
+            f"{req.kind}/revoke",
+            "allow",
+            req.id if req.kind == "user" else "admin",
+            "admin",
+            reason=req.reason,
+        )
+        return {"revoked": f"{req.kind}:{req.id}"}
+
+    async def public_key(self, data: bytes) -> Any:
+        return {"public_key": bytes(self.key.verify_key).hex()}
+
+    # -- grants --------------------------------------------------------------------------
+
+    async def root(self, data: bytes) -> Any:
+        """Authenticate a user and stamp the root link of a new run's chain."""
+        req = msgspec.json.decode(data, type=RootRequest)
+        try:
+            user = await self._authenticate(req.user, req.token)
+            scopes = [parse_scope(s) for s in user.scopes]
+            for role in user.roles:
+                found = await self.registry.role(role)
+                scopes += [parse_scope(s) for s in (found.scopes if found else [])]
+            if req.scopes is not None:
+                wanted = [parse_scope(s) for s in req.scopes]
+                wider = all_narrow(wanted, scopes)
+                if wider is not None:
+                    raise PermissionDenied(f"user {req.user} does not hold {wider}")
+                scopes = wanted
+        except RelayError as exc:
+            await self.audit(
+                "run/root", "deny", req.user, f"user:{req.user}", reason=str(exc), run_id=req.run_id
+            )
+            raise
+        now = time.time()
+        body = LinkBody(
+            run_id=req.run_id,
+            issuer=f"user:{req.user}",
+            subject=req.agent,
+            principal=req.user,
+            scopes=tuple(scopes),
+            nbf=now,
+            exp=now + req.ttl_s,
+            depth=DEFAULT_DEPTH,
+            nonce=new_nonce(),
+        )
+        payload, signature = sign_body(body, self.key)
+        stamp = stamp_payload(payload, self.key)
+        await self.audit(
+            "run/root",
+            "allow",
+            req.user,
+            f"user:{req.user}",
+            run_id=req.run_id,
+            detail={"agent": req.agent, "scopes": [str(s) for s in scopes]},
+        )
+        return {"payload": payload, "signature": signature, "stamp": stamp}
+
+    async def _authenticate(self, user_id: str, token: str) -> UserRecord:
+        user = await self.registry.user(user_id)
+        parts = token.split("_", 3)
+        if user is None or len(parts) != 4 or parts[0] != "rb" or parts[1] != user_id:
+            raise PermissionDenied(f"user {user_id!r} could not be authenticated")
+        token_id, secret = parts[2], parts[3]
+        stored = user.tokens.get(token_id)
+        if stored is None or not hmac.compare_digest(stored, token_hash(secret)):
+            raise PermissionDenied(f"user {user_id!r} could not be authenticated")
+        if user.revoked or await self.registry.is_revoked(f"user:{user_id}"):
+            raise PermissionDenied(f"user {user_id!r} is revoked")
+        if await self.registry.is_revoked(f"token:{token_id}"):
+            raise PermissionDenied(f"token {token_id} of {user_id!r} is revoked")
+        return user
+
+    async def stamp(self, sender: str, data: bytes) -> Any:
+        """Countersign a delegation after checking sender, attenuation, policy and revocation."""
+        req = msgspec.json.decode(data, type=StampRequest)
+        body = decode_body(req.link.payload)
+        principal = body.principal
+        try:
+            if body.issuer != f"agent:{sender}":
+                raise ChainInvalid(f"{sender} asked to stamp a link issued by {body.issuer}")
+            issuer = await self._agent(sender)
+            target = await self.registry.agent(body.subject)
+            if (
+                target is None
+                or target.revoked
+                or await self.registry.is_revoked(f"agent:{body.subject}")
+            ):
+                raise PermissionDenied(f"{body.subject} is not a registered, unrevoked agent")
+            if body.subject not in issuer.handoff_to:
+                raise PermissionDenied(f"policy does not allow {sender} → {body.subject}")
+            cannot_hold = all_narrow(body.scopes, [parse_scope(s) for s in target.scopes])
+            if cannot_hold is not None:
+                raise PermissionDenied(f"{body.subject} may never hold {cannot_hold}")
+            await self._load_keys([*req.chain, req.link])
+            unsigned = type(req.link)(
+                payload=req.link.payload,
+                signature=req.link.signature,
+                stamp=stamp_payload(req.link.payload, self.key),
+            )
+            self.verifier.is_revoked = self._revoked_cache(
+                await self._revocations([*req.chain, unsigned])
+            )
+            self.verifier.verify([*req.chain, unsigned], body.run_id, body.subject)
+        except RelayError as exc:
+            await self.audit(
+                "chain/delegate",
+                "deny",
+                principal,
+                f"agent:{sender}",
+                reason=str(exc),
+                run_id=body.run_id,
+                detail={"to": body.subject},
+            )
+            raise
+        await self.audit(
+            "chain/delegate",
+            "allow",
+            principal,
+            f"agent:{sender}",
+            run_id=body.run_id,
+            detail={"to": body.subject, "scopes": [str(s) for s in body.scopes]},
+        )
+        return {"stamp": unsigned.stamp}
+
+    async def _agent(self, name: str) -> AgentRecord:
+        record = await self.registry.agent(name)
+        if record is None or record.revoked or await self.registry.is_revoked(f"agent:{name}"):
+            raise PermissionDenied(f"{name} is not a registered, unrevoked agent")
+        return record
+
+    async def _load_keys(self, chain: list[Any]) -> None:
+        for link in chain:
+            issuer = decode_body(link.payload).issuer
+            if issuer.startswith("agent:"):
+                name = issuer.removeprefix("agent:")
+                record = await self.registry.agent(name)
+                if record is not None:
+                    self._keys[name] = VerifyKey(bytes.fromhex(record.public_key))
+
+    async def _revocations(self, chain: list[Any]) -> set[str]:
+        from .chain import link_id
+
+        keys: set[str] = set()
+        for link in chain:
+            body = decode_body(link.payload)
+            for key in (
+                f"link:{link_id(link.payload)}",
+                body.issuer,
+                f"agent:{body.subject}",
+                f"user:{body.principal}",
+            ):
+                if await self.registry.is_revoked(key):
+                    keys.add(key)
+        return keys
+
+    @staticmethod
+    def _revoked_cache(keys: set[str]) -> Callable[[str], bool]:
+        return keys.__contains__
+
+    async def audit(
+        self, action: str, decision: str, principal: str, actor: str, **fields: Any
+    ) -> None:
+        record = AuditRecord(
+            action=action, decision=decision, principal=principal, actor=actor, **fields
+        )
+        await publish_audit(self.bus, record)
+
+    ops: dict[str, Callable[[IdentityService, bytes], Awaitable[Any]]] = {
+        "agent_add": agent_add,
+        "agent_list": agent_list,
+        "user_add": user_add,
+        "role_add": role_add,
+        "token": token_issue,
+        "revoke": revoke,
+        "pubkey": public_key,
+        "root": root,
+    }
+
+
+async def serve_identity(settings: Settings) -> int:
+    stop = asyncio.Event()
+    stop_on_signals(stop)
+    key = load_service_key(settings.home.resolve())
+    async with Bus(settings, name="identity") as bus:
+        await ensure(bus, default_topology(bus.subjects))
+        registry = await Registry.open(bus)
+        await registry.put_service_key(key.verify_key)
+        service = IdentityService(bus, registry, key)
+        subject = f"{bus.subjects.prefix}.svc.identity.>"
+        sub = await bus.serve(subject, service.handle, queue="identity")
+        log.info("identity service answering on %s", subject)
+        await stop.wait()
+        await sub.unsubscribe()
+    return 0

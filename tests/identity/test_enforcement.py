@@ -1,0 +1,272 @@
+"""Identity end to end: a real identity service process, real agent processes, real NATS."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import msgspec
+import pytest
+from nats.js import api
+
+from agents.control import send_signal
+from agents.submit import submit, wait_for_run
+from bus import Bus, ConfigError, PermissionDenied, Settings, default_topology, ensure, new_envelope
+from bus.feed import EventFeed
+from services.identity.client import IdentityClient, write_agent_key
+from services.identity.messages import AuditRecord
+
+from ..conftest import ROOT, Spawn, child_env
+
+USER_SCOPES = ["search", "email/send:recipient_domain=team.example", "data/read:tenant=$principal"]
+
+
+@pytest.fixture
+def settings(nats_server: object, prefix: str, tmp_path: Path) -> Settings:
+    return Settings.from_env(
+        {},
+        nats_url=nats_server.url,
+        prefix=prefix,
+        home=tmp_path / "home",  # type: ignore[attr-defined]
+        ack_wait_s=5.0,
+        max_deliver=3,
+        identity=True,
+    )
+
+
+@pytest.fixture
+def identity_service(settings: Settings) -> Iterator[subprocess.Popen[bytes]]:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "agents.cli", "service", "identity"],
+        env=child_env(settings),
+        cwd=ROOT,
+        stdin=subprocess.DEVNULL,
+    )
+    yield proc
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(15)
+
+
+@pytest.fixture
+async def idbus(
+    settings: Settings, identity_service: subprocess.Popen[bytes]
+) -> AsyncIterator[Bus]:
+    async with Bus(settings, name="test") as bus:
+        await ensure(bus, default_topology(bus.subjects))
+        client = IdentityClient(bus)
+        for _ in range(100):  # the service process is starting (bounded)
+            try:
+                await client.call("pubkey", {}, timeout_s=0.5)
+                break
+            except Exception:
+                await asyncio.sleep(0.1)
+        home = settings.home.resolve()
+        policy = {
+            "i_orch": (["search", "email/send", "payments"], ["i_research", "i_writer"]),
+            "i_research": (["search/docs"], []),
+            "i_writer": (["email/send"], []),
+            "i_data": (["data/read"], []),
+            "i_wait": (["data/read"], []),
+            "i_rogue": (["email/send"], []),
+        }
+        for name, (scopes, handoff) in policy.items():
+            await client.add_agent(name, write_agent_key(home, name).verify_key, scopes, handoff)
+        await client.add_user("alice", USER_SCOPES, [])
+        await client.add_user("bob", USER_SCOPES, [])
+        yield bus
+
+
+@pytest.fixture
+async def token(idbus: Bus) -> str:
+    return (await IdentityClient(idbus).issue_token("alice"))["token"]
+
+
+async def run(bus: Bus, agent: str, task: dict[str, object], token: str, **kw: object) -> object:
+    return await submit(
+        bus,
+        agent,
+        json.dumps(task).encode(),
+        sender="user:alice",
+        token=token,
+        wait=True,
+        timeout_s=40,
+        **kw,
+    )  # type: ignore[arg-type]
+
+
+async def audit_records(bus: Bus, principal: str = "alice") -> list[AuditRecord]:
+    sub = await bus.js.subscribe(
+        bus.subjects.audit(principal), ordered_consumer=True, deliver_policy=api.DeliverPolicy.ALL
+    )
+    records = []
+    try:
+        while True:
+            msg = await sub.next_msg(timeout=1)
+            records.append(msgspec.json.decode(msg.data, type=AuditRecord))
+            if msg.metadata.num_pending == 0:
+                break
+    except Exception:
+        pass
+    finally:
+        await sub.unsubscribe()
+    return records
+
+
+def start_all(spawn: Spawn) -> None:
+    for spec in ("Orchestrator", "Research", "Writer"):
+        spawn(f"identity_agents:{spec}", RELAYBUS_IDENTITY="1")
+
+
+MAIL_OK = {"to": "team@team.example"}
+
+
+async def test_happy_path_user_orchestrator_research_writer(
+    idbus: Bus, token: str, spawn: Spawn, settings: Settings
+) -> None:
+    start_all(spawn)
+    done = await run(idbus, "i_orch", {"q": "acme", "mail": MAIL_OK}, token)
+    assert done.status == "completed", done  # type: ignore[attr-defined]
+    assert done.result == {"sent_to": "team@team.example", "subject": "1 notes"}  # type: ignore[attr-defined]
+    out = subprocess.run(
+        [sys.executable, "-m", "agents.cli", "identity", "chain", done.run_id, "--json"],  # type: ignore[attr-defined]
+        capture_output=True,
+        text=True,
+        env=child_env(settings),
+        cwd=ROOT,
+        timeout=60,
+    )
+    links = [json.loads(line) for line in out.stdout.splitlines()]
+    pairs = {(link["issuer"], link["subject"], tuple(link["scopes"])) for link in links}
+    assert pairs == {
+        ("user:alice", "i_orch", tuple(USER_SCOPES)),
+        ("agent:i_orch", "i_research", ("search/docs",)),
+        ("agent:i_orch", "i_writer", ("email/send:recipient_domain=team.example",)),
+    }
+    decisions = {(r.action, r.decision) for r in await audit_records(idbus)}
+    assert {
+        ("run/root", "allow"),
+        ("chain/delegate", "allow"),
+        ("tool/search/docs", "allow"),
+        ("tool/email/send", "allow"),
+    } <= decisions
+
+
+@pytest.mark.parametrize(
+    "mail",
+    [
+        {"to": "a@evil.example@team.example"},
+        {"to": '"boss@team.example" <boss@evil.example>'},
+        {"to": "team@team.example", "bcc": ["leak@evil.example"]},
+        {"to": "team@team.example", "cc": ["ok@team.example", "x@team.example.evil.example"]},
+    ],
+    ids=["double-at", "display-name", "bcc", "lookalike-domain"],
+)
+async def test_recipient_tricks_are_denied_and_audited(
+    idbus: Bus, token: str, spawn: Spawn, mail: dict[str, object]
+) -> None:
+    start_all(spawn)
+    done = await run(idbus, "i_orch", {"q": "acme", "mail": mail}, token)
+    assert done.status == "failed"  # type: ignore[attr-defined]
+    assert done.error.startswith("PermissionDenied: send_email (email/send) denied")  # type: ignore[attr-defined]
+    denied = [
+        r for r in await audit_records(idbus) if r.decision == "deny" and r.tool == "send_email"
+    ]
+    assert len(denied) == 1 and denied[0].run_id == done.run_id and denied[0].args_digest  # type: ignore[attr-defined]
+    assert len(denied[0].chain) == 2
+
+
+async def test_widened_delegation_is_refused_by_the_service(
+    idbus: Bus, token: str, spawn: Spawn
+) -> None:
+    start_all(spawn)
+    done = await run(
+        idbus,
+        "i_orch",
+        {"q": "acme", "mail": MAIL_OK, "research_scopes": ["payments/charge"]},
+        token,
+    )
+    assert done.status == "failed"  # type: ignore[attr-defined]
+    assert "i_research may never hold payments/charge" in done.error  # type: ignore[attr-defined]
+
+
+async def test_handoff_the_policy_forbids_is_refused(idbus: Bus, token: str, spawn: Spawn) -> None:
+    start_all(spawn)
+    done = await run(idbus, "i_orch", {"q": "acme", "mail": MAIL_OK, "writer": "i_rogue"}, token)
+    assert done.status == "failed"  # type: ignore[attr-defined]
+    assert "policy does not allow i_orch → i_rogue" in done.error  # type: ignore[attr-defined]
+
+
+async def test_raw_message_without_a_chain_is_refused(idbus: Bus, spawn: Spawn) -> None:
+    spawn("identity_agents:Research", RELAYBUS_IDENTITY="1")
+    env = new_envelope(
+        kind="task", sender="user:mallory", recipient="i_research", payload=b'{"q": "x"}'
+    )
+    async with EventFeed(idbus, env.run_id, replay=True) as feed:
+        await idbus.publish(env)
+        done = await wait_for_run(feed, env.run_id, 30)
+    assert (
+        done.status == "failed" and done.error is not None and "no delegation chain" in done.error
+    )
+
+
+async def test_confused_deputy_cannot_read_another_users_data(
+    idbus: Bus, token: str, spawn: Spawn
+) -> None:
+    spawn("identity_agents:DataReader", RELAYBUS_IDENTITY="1")
+    mine = await run(idbus, "i_data", {"tenant": "alice"}, token)
+    assert mine.result == "rows of alice"  # type: ignore[attr-defined]
+    theirs = await run(idbus, "i_data", {"tenant": "bob"}, token)
+    assert theirs.status == "failed"  # type: ignore[attr-defined]
+    assert "tenant='bob' is not 'alice'" in theirs.error  # type: ignore[attr-defined]
+
+
+async def test_user_revoked_mid_run_stops_the_next_tool_call(
+    idbus: Bus, token: str, spawn: Spawn
+) -> None:
+    spawn("identity_agents:Waiter", RELAYBUS_IDENTITY="1")
+    outcome = await submit(idbus, "i_wait", b"{}", sender="user:alice", token=token)
+    async with EventFeed(idbus, outcome.run_id, replay=True) as feed:
+        while (event := await feed.next(30)) is not None and event.kind != "suspended":
+            pass
+        await IdentityClient(idbus).revoke("user", "alice", "left the company")
+        await asyncio.sleep(1.0)  # revocations must be live everywhere within 1 s
+        await send_signal(idbus, outcome.run_id, "go")
+        done = await wait_for_run(feed, outcome.run_id, 30)
+    assert done.status == "failed"
+    assert done.error is not None and "user:alice is revoked" in done.error
+
+
+async def test_bad_token_and_wider_root_request_are_refused(idbus: Bus, token: str) -> None:
+    with pytest.raises(PermissionDenied, match="could not be authenticated"):
+        await submit(idbus, "i_orch", b"{}", sender="user:alice", token=token[:-2] + "xx")
+    with pytest.raises(PermissionDenied, match="could not be authenticated"):
+        await submit(idbus, "i_orch", b"{}", sender="user:bob", token=token)
+    with pytest.raises(PermissionDenied, match="does not hold payments"):
+        await submit(idbus, "i_orch", b"{}", sender="user:alice", token=token, scopes=["payments"])
+    with pytest.raises(ConfigError, match="scope"):
+        await IdentityClient(idbus).add_user("carol", ["/bad"], [])
+
+
+async def test_revoked_token_is_refused(idbus: Bus, token: str) -> None:
+    token_id = token.split("_")[2]
+    await IdentityClient(idbus).revoke("token", token_id)
+    with pytest.raises(PermissionDenied, match="revoked"):
+        await submit(idbus, "i_orch", b"{}", sender="user:alice", token=token)
+
+
+def test_agent_without_a_key_says_how_to_register(settings: Settings, tmp_path: Path) -> None:
+    env = child_env(settings, RELAYBUS_IDENTITY="1", RELAYBUS_HOME=str(tmp_path / "empty"))
+    out = subprocess.run(
+        [sys.executable, "-m", "agents.cli", "agent", "run", "identity_agents:Writer"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=60,
+    )
+    assert out.returncode == 1 and "relaybus identity agent add i_writer" in out.stderr
