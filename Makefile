@@ -35,6 +35,7 @@ pytest: $(DEV_STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/handoff.py
 	$(BIN)/python benchmarks/runtime.py
+	$(BIN)/python benchmarks/identity.py
 
 clean:
 	rm -rf $(VENV) .relaybus .pytest_cache .mypy_cache .ruff_cache
