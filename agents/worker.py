@@ -25,6 +25,7 @@ from bus import (
     BudgetExceeded,
     Bus,
     ChainInvalid,
+    ConfigError,
     Consumer,
     Delivery,
     Envelope,
@@ -48,6 +49,7 @@ from bus.runtime import stop_on_signals
 from services.identity.chain import ChainView, decode_body
 from services.identity.client import IdentityGate, args_digest, read_agent_key
 from services.identity.messages import AuditRecord
+from services.identity.natsconfig import inbox_prefix, nkey_path
 
 from .base import Agent, encode_result, input_decoder
 from .context import Context, HandoffDone, Suspend
@@ -537,7 +539,16 @@ async def serve_agent(agent: Agent, settings: Settings, concurrency: int = 8) ->
     """Run one replica of `agent` until SIGTERM/SIGINT, then finish in-flight work and drain."""
     stop = asyncio.Event()
     stop_on_signals(stop)
-    async with Bus(settings, name=f"agent-{agent.name}-{os.getpid()}") as bus, agent.lifespan():
+    options: dict[str, Any] = {"inbox_prefix": inbox_prefix(agent.name)}
+    if settings.nats_auth:
+        path = nkey_path(settings.home.resolve(), agent.name)
+        if not path.exists():
+            raise ConfigError(
+                f"RELAYBUS_NATS_AUTH is on but {path} is missing: `relaybus identity agent add {agent.name}`"
+            )
+        options["nkeys_seed"] = str(path)
+    bus_cm = Bus(settings, name=f"agent-{agent.name}-{os.getpid()}", connect_options=options)
+    async with bus_cm as bus, agent.lifespan():
         await ensure(bus, default_topology(bus.subjects))
         worker = await Worker.open(bus, agent)
         if worker.gate is not None:

@@ -31,6 +31,7 @@ class Settings(BaseModel):
     max_payload_bytes: int = Field(default=1_000_000, ge=1024)
     log_level: str = "INFO"
     identity: bool = False
+    nats_auth: bool = False
     qdrant_url: str | None = None
     llm_base_url: str | None = None
     llm_api_key: str | None = None

@@ -84,3 +84,18 @@ class Waiter(Agent):
     async def handle(self, ctx: Context, task: dict[str, Any]) -> str:
         await ctx.wait_signal("go")
         return str(await ctx.tool(read_data, tenant=ctx.principal))
+
+
+class Rogue(Agent):
+    """Hostile code: publishes straight to another agent's subject, skipping the runtime."""
+
+    name = "i_rogue"
+
+    async def handle(self, ctx: Context, task: dict[str, Any]) -> str:
+        from bus import new_envelope
+
+        env = new_envelope(
+            kind="task", sender=self.name, recipient="i_writer", payload=b"{}", run_id=ctx.run_id
+        )
+        await ctx._worker.bus.publish(env)
+        return "sent"

@@ -10,6 +10,8 @@ from bus import Bus, Settings
 from bus.runtime import EXIT_OK
 
 from .client import IdentityClient, write_agent_key
+from .natsconfig import authorization_block, write_nkey
+from .registry import Registry
 
 
 def _emit(obj: Any, as_json: bool, text: str) -> None:
@@ -72,6 +74,18 @@ def register(sub: Any) -> None:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=role_add)
 
+    p = identity.add_parser(
+        "nats-config", help="the nats-server authorization block for the registry"
+    )
+    p.add_argument(
+        "--admin",
+        action="append",
+        default=[],
+        metavar="USER:PASSWORD",
+        help="a full-access user for services and operators (repeat)",
+    )
+    p.set_defaults(func=nats_config)
+
     link = identity.add_parser("link", help="delegation links").add_subparsers(
         dest="link_cmd", required=True
     )
@@ -82,10 +96,23 @@ def register(sub: Any) -> None:
     p.set_defaults(func=lambda a, s: revoke(a, s, "link", a.id))
 
 
+async def nats_config(args: argparse.Namespace, settings: Settings) -> int:
+    async with Bus(settings, name="relaybus-identity") as bus:
+        agents = await (await Registry.open(bus)).all_agents()
+        block = authorization_block(
+            bus.subjects, agents, dict(pair.split(":", 1) for pair in args.admin)
+        )
+    print(block, end="")
+    return EXIT_OK
+
+
 async def agent_add(args: argparse.Namespace, settings: Settings) -> int:
     key = write_agent_key(settings.home.resolve(), args.name)
+    nkey = write_nkey(settings.home.resolve(), args.name)
     async with Bus(settings, name="relaybus-identity") as bus:
-        await IdentityClient(bus).add_agent(args.name, key.verify_key, args.scope, args.handoff_to)
+        await IdentityClient(bus).add_agent(
+            args.name, key.verify_key, args.scope, args.handoff_to, nkey
+        )
     _emit(
         {"name": args.name, "scopes": args.scope, "handoff_to": args.handoff_to},
         args.json,

@@ -79,14 +79,21 @@ class IdentityClient:
         return msgspec.json.decode(reply.body)
 
     async def add_agent(
-        self, name: str, public_key: VerifyKey, scopes: list[str], handoff_to: list[str]
+        self,
+        name: str,
+        public_key: VerifyKey,
+        scopes: list[str],
+        handoff_to: list[str],
+        nkey: str = "",
     ) -> None:
-        await self.call(
-            "agent_add",
-            AgentAdd(
-                name=name, public_key=bytes(public_key).hex(), scopes=scopes, handoff_to=handoff_to
-            ),
+        body = AgentAdd(
+            name=name,
+            public_key=bytes(public_key).hex(),
+            scopes=scopes,
+            handoff_to=handoff_to,
+            nkey=nkey,
         )
+        await self.call("agent_add", body)
 
     async def list_agents(self) -> list[dict[str, Any]]:
         return list(await self.call("agent_list", {}))

@@ -18,6 +18,7 @@ class AgentRecord(msgspec.Struct, kw_only=True, omit_defaults=True):
     scopes: list[str] = []
     handoff_to: list[str] = []
     revoked: bool = False
+    nkey: str = ""  # public NATS user key (connection identity, distinct from the delegation key)
 
 
 class UserRecord(msgspec.Struct, kw_only=True, omit_defaults=True):
@@ -42,6 +43,7 @@ class AgentAdd(msgspec.Struct, kw_only=True):
     public_key: str
     scopes: list[str] = []
     handoff_to: list[str] = []
+    nkey: str = ""
 
 
 class UserAdd(msgspec.Struct, kw_only=True):

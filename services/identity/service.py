@@ -107,7 +107,11 @@ class IdentityService:
             parse_scope(scope)
         VerifyKey(bytes.fromhex(req.public_key))
         record = AgentRecord(
-            name=req.name, public_key=req.public_key, scopes=req.scopes, handoff_to=req.handoff_to
+            name=req.name,
+            public_key=req.public_key,
+            scopes=req.scopes,
+            handoff_to=req.handoff_to,
+            nkey=req.nkey,
         )
         await self.registry.put_agent(record)
         await self.audit(

@@ -1,0 +1,101 @@
+"""Least privilege on the wire: the nats-server authorization block, generated from the registry.
+
+Each agent connects as its own NATS user (an nkey, distinct from its delegation key). It may
+publish only to the task subjects of agents it may hand off to (and of agents that may call it,
+for results), to its own subject (timers), to events, audit, its dead letters and the service
+request subjects in its own name, plus the JetStream API calls of its own consumer and buckets.
+It may subscribe only to its own inbox and the control subjects. No `allow_responses`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import nkeys
+
+from bus import Subjects
+
+from .messages import AgentRecord
+
+RUNTIME_BUCKETS = ("journal", "runs", "presence", "agents", "revoked")
+
+
+def nkey_path(home: Path, agent: str) -> Path:
+    return home / "keys" / f"{agent}.nk"
+
+
+def write_nkey(home: Path, agent: str) -> str:
+    """Create the agent's NATS connection key (seed 0600 under RELAYBUS_HOME/keys); returns its public key."""
+    seed = nkeys.encode_seed(os.urandom(32), nkeys.PREFIX_BYTE_USER)
+    path = nkey_path(home, agent)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(seed)
+    return str(nkeys.from_seed(seed).public_key.decode())
+
+
+def inbox_prefix(agent: str) -> str:
+    return f"_INBOX_{agent}"
+
+
+def agent_permissions(
+    subjects: Subjects, agent: AgentRecord, registry: Sequence[AgentRecord]
+) -> dict[str, object]:
+    p, name = subjects.prefix, agent.name
+    tasks = subjects.stream("TASKS")
+    durable = subjects.durable(name)
+    callers = [a.name for a in registry if name in a.handoff_to]
+    publish = sorted({subjects.task(t) for t in (name, *agent.handoff_to, *callers)})
+    publish += [
+        f"{p}.event.>",
+        f"{p}.audit.>",
+        subjects.dlq(name),
+        f"{p}.svc.identity.stamp.{name}",
+        f"{p}.svc.identity.pubkey",
+        f"{p}.svc.ledger.>",
+        f"{p}.svc.memory.>",
+        "$JS.API.INFO",
+        "$JS.API.STREAM.INFO.*",
+        f"$JS.API.CONSUMER.INFO.{tasks}.{durable}",
+        f"$JS.API.CONSUMER.DURABLE.CREATE.{tasks}.{durable}",
+        f"$JS.API.CONSUMER.CREATE.{tasks}.{durable}",
+        f"$JS.API.CONSUMER.CREATE.{tasks}.{durable}.>",
+        f"$JS.API.CONSUMER.MSG.NEXT.{tasks}.{durable}",
+        f"$JS.ACK.{tasks}.{durable}.>",
+        "$JS.FC.>",
+    ]
+    for bucket in RUNTIME_BUCKETS:
+        kv = subjects.bucket(bucket)
+        publish += [
+            f"$KV.{kv}.>",
+            f"$JS.API.DIRECT.GET.KV_{kv}.>",
+            f"$JS.API.DIRECT.GET.KV_{kv}",
+            f"$JS.API.STREAM.MSG.GET.KV_{kv}",
+            f"$JS.API.CONSUMER.CREATE.KV_{kv}",
+            f"$JS.API.CONSUMER.CREATE.KV_{kv}.>",
+            f"$JS.API.CONSUMER.DELETE.KV_{kv}.*",
+        ]
+    subscribe = [f"{inbox_prefix(name)}.>", f"{p}.control.*"]
+    return {"publish": {"allow": publish}, "subscribe": {"allow": subscribe}}
+
+
+def authorization_block(
+    subjects: Subjects, agents: Sequence[AgentRecord], admins: dict[str, str]
+) -> str:
+    """The `authorization { … }` block: admin users (services, operators) with full access,
+    one nkey user per registered, unrevoked agent with its least-privilege permissions."""
+    users: list[dict[str, object]] = [
+        {"user": user, "password": password, "permissions": {"publish": ">", "subscribe": ">"}}
+        for user, password in sorted(admins.items())
+    ]
+    for agent in agents:
+        if agent.revoked or not agent.nkey:
+            continue
+        users.append(
+            {"nkey": agent.nkey, "permissions": agent_permissions(subjects, agent, agents)}
+        )
+    return "authorization {\n  users = " + json.dumps(users, indent=2) + "\n}\n"
