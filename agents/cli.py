@@ -91,6 +91,16 @@ async def identity_chain(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_OK
 
 
+def _stack_auth(settings: Settings) -> Any:
+    from bus import Subjects
+    from services.identity.natsconfig import RegistryAuth
+
+    return RegistryAuth(Subjects(settings.prefix))
+
+
+bus_cli.register_auth(_stack_auth)
+
+
 def load_agent(spec: str) -> type[Agent]:
     """`MODULE:CLASS`, importable from the current directory."""
     module_name, _, class_name = spec.partition(":")

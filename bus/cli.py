@@ -21,7 +21,7 @@ from .feed import EventFeed
 from .runtime import EXIT_ERROR, EXIT_OK
 from .settings import Settings
 from .stack import is_alive, read_stack
-from .supervisor import serve_stack, start_detached, stop_stack
+from .supervisor import _public, serve_stack, start_detached, stop_stack
 
 # Each command: (args, settings) -> exit code, sync or async.
 Command = Callable[[argparse.Namespace, Settings], Any]
@@ -32,6 +32,14 @@ def emit(obj: Any, as_json: bool, text: str | None = None) -> None:
         print(json.dumps(obj), flush=True)
     else:
         print(text if text is not None else obj, flush=True)
+
+
+def register_auth(provider: Callable[[Settings], Any]) -> None:
+    """Let an upper layer secure `up` (the identity layer supplies the registry-driven block)."""
+    _AUTH.append(provider)
+
+
+_AUTH: list[Callable[[Settings], Any]] = []
 
 
 def register(
@@ -51,7 +59,8 @@ def register(
             )
             return EXIT_OK
         ready_fd = args.ready_fd
-        return serve_stack(settings, services(settings), ready_fd)
+        auth = _AUTH[0](settings) if _AUTH else None
+        return serve_stack(settings, services(settings), ready_fd, auth)
 
     p = sub.add_parser("up", help="start the embedded stack (nats-server and services)")
     p.add_argument("--detach", action="store_true", help="return once the stack is ready")
@@ -97,7 +106,9 @@ def register(
 async def status(args: argparse.Namespace, settings: Settings) -> int:
     record = read_stack(settings)
     out: dict[str, Any] = {
-        "nats_url": record.nats_url if record else settings.nats_url,
+        "nats_url": _public(full_url)
+        if (full_url := record.nats_url if record else settings.nats_url)
+        else None,
         "home": str(settings.home.resolve()),
         "services": {},
         "agents": [],
@@ -108,7 +119,7 @@ async def status(args: argparse.Namespace, settings: Settings) -> int:
     if out["nats_url"]:
         try:
             async with Bus(
-                settings.model_copy(update={"nats_url": out["nats_url"]}), name="relaybus-status"
+                settings.model_copy(update={"nats_url": full_url}), name="relaybus-status"
             ) as bus:
                 out["services"].setdefault("nats", "up")
                 out["agents"] = await list_agents(bus)

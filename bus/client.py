@@ -40,6 +40,11 @@ _TRANSIENT = (
 HeaderHook = Callable[[dict[str, str]], None]
 
 
+def _strip_userinfo(url: str) -> str:
+    scheme, sep, rest = url.strip().partition("://")
+    return f"{scheme}{sep}{rest.rsplit('@', 1)[-1]}" if sep else url
+
+
 class Bus:
     """An open NATS connection with JetStream, owned as an async context manager.
 
@@ -67,6 +72,7 @@ class Bus:
         self._closed = asyncio.Event()
         self._closing = False
         self._violation_seen = asyncio.Event()
+        self._auth_refused = asyncio.Event()
 
     @property
     def nc(self) -> NatsClient:
@@ -88,6 +94,8 @@ class Bus:
         if self._nc is not None:
             raise ConnectionFailed("this Bus is already connected")
         url = resolve_nats_url(self.settings)
+        if "nkeys_seed" in self._connect_options:  # an nkey user: drop any user:password in the URL
+            url = ",".join(_strip_userinfo(u) for u in url.split(","))
         options: dict[str, Any] = {
             "servers": [u.strip() for u in url.split(",")],
             "name": self.name,
@@ -101,13 +109,31 @@ class Bus:
             "closed_cb": self._on_closed,
         }
         options.update(self._connect_options)
+        shown = ",".join(_strip_userinfo(u) for u in url.split(","))
+        connecting = asyncio.ensure_future(nats.connect(**options))
+        refused = asyncio.ensure_future(self._auth_refused.wait())
         try:
-            self._nc = await nats.connect(**options)
+            done, _ = await asyncio.wait(
+                {connecting, refused},
+                timeout=self.settings.connect_timeout_s * 4,
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+            if connecting not in done:
+                connecting.cancel()
+                why = (
+                    "it refused this connection's credentials (Authorization Violation)"
+                    if refused in done
+                    else "timed out"
+                )
+                raise ConnectionFailed(f"cannot connect to NATS at {shown}: {why}")
+            self._nc = connecting.result()
         except (TimeoutError, OSError, nats.errors.Error) as exc:
             raise ConnectionFailed(
-                f"cannot connect to NATS at {url}: {exc or type(exc).__name__}; is the stack up "
+                f"cannot connect to NATS at {shown}: {exc or type(exc).__name__}; is the stack up "
                 "(`relaybus up --detach`) or RELAYBUS_NATS_URL right?"
             ) from exc
+        finally:
+            refused.cancel()
         self._js = self._nc.jetstream(timeout=self.settings.request_timeout_s)
         return self
 
@@ -138,6 +164,8 @@ class Bus:
             self._violation_seen = asyncio.Event()
             log.error("NATS refused %s to %s for this connection", match[1], match[2])
         else:
+            if "authorization violation" in text.lower():
+                self._auth_refused.set()
             self.async_errors.append(text or type(exc).__name__)
             log.warning("NATS async error: %r", exc)
 

@@ -156,6 +156,11 @@ class NatsServer:
             raise ServerError("nats-server is not started")
         return self.process.pid
 
+    def reload(self) -> None:
+        """Re-read the config file (SIGHUP), e.g. after the authorization block changed."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGHUP)
+
     def kill(self) -> None:
         """SIGKILL, for fault tests."""
         if self.process and self.process.poll() is None:

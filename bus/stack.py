@@ -72,7 +72,9 @@ def write_stack(settings: Settings, record: StackRecord) -> None:
     path = stack_path(settings)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    tmp.write_bytes(msgspec.json.encode(record))
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # may hold the admin password
+    with os.fdopen(fd, "wb") as f:
+        f.write(msgspec.json.encode(record))
     os.replace(tmp, path)
 
 

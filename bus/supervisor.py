@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import secrets
 import select
 import signal
 import subprocess
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Protocol
 
 from .client import Bus
 from .errors import RelayError, ServerError
@@ -22,12 +24,28 @@ from .streams import default_topology, ensure
 log = logging.getLogger("relaybus.stack")
 
 
+class StackAuth(Protocol):
+    """How `up` secures the embedded server (RELAYBUS_NATS_AUTH=1); supplied by the identity layer."""
+
+    def initial(self, admin_user: str, admin_password: str) -> str:
+        """The first authorization block: the admin user only."""
+        ...
+
+    async def follow(self, bus: Bus, write: Callable[[str], None]) -> None:
+        """Run for the stack's life, calling `write(block)` whenever the block should change."""
+        ...
+
+
 async def serve_stack(
     settings: Settings,
     services: Mapping[str, Sequence[str]],
     ready_fd: int | None = None,
+    auth: StackAuth | None = None,
 ) -> int:
-    """Start nats-server (unless RELAYBUS_NATS_URL is set) and `services`; stop on SIGTERM."""
+    """Start nats-server (unless RELAYBUS_NATS_URL is set) and `services`; stop on SIGTERM.
+
+    With RELAYBUS_NATS_AUTH=1 and an `auth` provider, the server runs with an authorization
+    block that `auth` keeps in step with the registry (rewritten, then reloaded with SIGHUP)."""
     home = settings.home.resolve()
     if (existing := read_stack(settings)) is not None:
         raise RelayError(
@@ -41,12 +59,23 @@ async def serve_stack(
     children: dict[str, subprocess.Popen[bytes]] = {}
     try:
         url = settings.nats_url
+        conf = home / "nats-auth.conf"
+        secure = settings.nats_auth and auth is not None and not url
         if not url:
+            if secure:
+                assert auth is not None
+                password = secrets.token_urlsafe(18)
+                _write_private(conf, auth.initial("relaybus", password))
             server = NatsServer(
-                home / "nats", binary=settings.nats_server, log_file=home / "logs" / "nats.log"
+                home / "nats",
+                binary=settings.nats_server,
+                log_file=home / "logs" / "nats.log",
+                config_file=conf if secure else None,
             )
             await asyncio.to_thread(server.start)
             url = server.url
+            if secure:
+                url = url.replace("nats://", f"nats://relaybus:{password}@")
         run_settings = settings.model_copy(update={"nats_url": url, "home": home})
         async with Bus(run_settings, name="relaybus-up") as bus:
             await ensure(bus, default_topology(bus.subjects))
@@ -60,6 +89,9 @@ async def serve_stack(
                 stdout=logf,
                 stderr=logf,
             )
+        async with Bus(run_settings, name="relaybus-up-probe") as bus:
+            for name, child in children.items():
+                await _wait_ready(bus, name, child)
         procs = [describe(n, p.pid) for n, p in children.items()]
         if server is not None:
             procs.insert(0, describe("nats", server.pid))
@@ -72,11 +104,26 @@ async def serve_stack(
                 processes=tuple(procs),
             ),
         )
-        log.info("relaybus stack up: %s (home %s)", url, home)
+        log.info("relaybus stack up: %s (home %s)", _public(url), home)
         if ready_fd is not None:
-            os.write(ready_fd, f"{url}\n".encode())
+            os.write(ready_fd, f"{_public(url)}\n".encode())
             os.close(ready_fd)
-        await _wait_for_exit(stop, server, children)
+        if secure and server is not None:
+            assert auth is not None
+            running = server
+
+            def rewrite(block: str) -> None:
+                _write_private(conf, block)
+                running.reload()
+
+            async with Bus(run_settings, name="relaybus-up-auth") as auth_bus:
+                follower = asyncio.create_task(auth.follow(auth_bus, rewrite))
+                try:
+                    await _wait_for_exit(stop, server, children)
+                finally:
+                    follower.cancel()
+        else:
+            await _wait_for_exit(stop, server, children)
     finally:
         remove_stack(settings)
         for child in children.values():
@@ -108,6 +155,37 @@ async def _wait_for_exit(
                 raise RelayError(
                     f"service {name} exited with {child.returncode}; see logs/{name}.log"
                 )
+
+
+async def _wait_ready(
+    bus: Bus, name: str, child: subprocess.Popen[bytes], timeout_s: float = 30.0
+) -> None:
+    """A service is ready once anything answers on `<prefix>.svc.<name>.ping`."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while loop.time() < deadline:
+        if child.poll() is not None:
+            raise RelayError(f"service {name} exited with {child.returncode}; see logs/{name}.log")
+        try:
+            await bus.request(bus.subjects.service(name, "ping"), b"{}", timeout_s=1.0)
+            return
+        except RelayError:
+            await asyncio.sleep(0.1)
+    raise RelayError(f"service {name} did not answer within {timeout_s:g}s; see logs/{name}.log")
+
+
+def _public(url: str) -> str:
+    """The URL without credentials, for printing."""
+    scheme, sep, rest = url.partition("://")
+    return f"{scheme}{sep}{rest.rsplit('@', 1)[-1]}" if sep else url
+
+
+def _write_private(path: Path, text: str) -> None:
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
 
 
 def start_detached(settings: Settings, self_command: Sequence[str], timeout_s: float = 60.0) -> str:

@@ -163,3 +163,46 @@ def test_demo_prints_the_echoed_result(tmp_path: Path) -> None:
         "message": "hello from relaybus",
         "x": 1,
     }
+
+
+def test_secure_stack_admits_only_registered_agents_on_their_nkeys(
+    tmp_path: Path, agent_procs: list[subprocess.Popen[str]]
+) -> None:
+    # Given a stack started with NATS authorization on
+    home = tmp_path / "secure"
+    up = relaybus(home, "up", "--detach", "--json", RELAYBUS_NATS_AUTH="1")
+    assert up.returncode == 0, up.stderr
+    try:
+        assert "@" not in json.loads(up.stdout)["nats_url"]  # the admin password is not printed
+        # When the echo agent is registered (which creates its nkey and updates the server)
+        added = relaybus(home, "identity", "agent", "add", "echo", "--scope", "echo")
+        assert added.returncode == 0, added.stderr
+        public = (home / "keys" / "echo.nk").read_bytes()
+        from nkeys import from_seed
+
+        nkey = from_seed(public).public_key.decode()
+        for _ in range(100):  # the supervisor rewrites and reloads the block (bounded wait)
+            if nkey in (home / "nats-auth.conf").read_text():
+                break
+            import time
+
+            time.sleep(0.05)
+        start_agent(home, agent_procs, "agents.demo.echo:Echo", RELAYBUS_NATS_AUTH="1")
+        out = relaybus(home, "publish", "echo", '{"x": 1}', "--wait", "--json", "--timeout", "60")
+        assert out.returncode == 0, out.stderr
+        assert json.loads(out.stdout)["result"] == {"x": 1}
+        # Then an agent with a key the registry does not know cannot even connect
+        from services.identity.natsconfig import write_nkey
+
+        write_nkey(home, "typed")
+        stranger = subprocess.run(
+            [sys.executable, "-m", "agents.cli", "agent", "run", "agents_for_tests:Typed"],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            timeout=60,
+            env=relaybus_env(home, RELAYBUS_NATS_AUTH="1"),
+        )
+        assert stranger.returncode == 1 and "cannot connect to NATS" in stranger.stderr
+    finally:
+        assert relaybus(home, "down").returncode == 0

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import nkeys
 
-from bus import Subjects
+from bus import Bus, Subjects
 
 from .messages import AgentRecord
 
@@ -99,3 +99,27 @@ def authorization_block(
             {"nkey": agent.nkey, "permissions": agent_permissions(subjects, agent, agents)}
         )
     return "authorization {\n  users = " + json.dumps(users, indent=2) + "\n}\n"
+
+
+class RegistryAuth:
+    """Keeps the embedded server's authorization block in step with the agent registry."""
+
+    def __init__(self, subjects: Subjects) -> None:
+        self.subjects = subjects
+        self._admins: dict[str, str] = {}
+
+    def initial(self, admin_user: str, admin_password: str) -> str:
+        self._admins = {admin_user: admin_password}
+        return authorization_block(self.subjects, [], self._admins)
+
+    async def follow(self, bus: Bus, write: Callable[[str], None]) -> None:
+        from .registry import Registry
+
+        registry = await Registry.open(bus)
+        last = ""
+        watch = await registry.agents.watch()
+        write(last := authorization_block(self.subjects, await registry.all_agents(), self._admins))
+        async for _key, _value in watch:
+            block = authorization_block(self.subjects, await registry.all_agents(), self._admins)
+            if block != last:
+                write(last := block)
