@@ -32,3 +32,15 @@ async def test_conflicting_bucket_is_reported(bus: Bus) -> None:
 
     with pytest.raises(ProvisioningConflict, match=r"KV bucket .*history: has 1, spec wants 5"):
         await ensure(bus, Topology(buckets=(BucketSpec(bus.subjects.bucket("runs"), history=5),)))
+
+
+async def test_the_audit_stream_refuses_delete_and_purge(bus: Bus) -> None:
+    import nats.js.errors
+
+    name = bus.subjects.stream("AUDIT")
+    seq = await bus.publish_bytes(bus.subjects.audit("alice"), b'{"decision": "allow"}')
+    with pytest.raises(nats.js.errors.APIError):
+        await bus.js.purge_stream(name)
+    with pytest.raises(nats.js.errors.APIError):
+        await bus.js.delete_msg(name, seq)
+    assert (await bus.js.stream_info(name)).state.messages == 1
