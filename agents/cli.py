@@ -186,13 +186,7 @@ async def publish(args: argparse.Namespace, settings: Settings) -> int:
     if not args.wait:
         bus_cli.emit({"run_id": outcome.run_id}, args.json, outcome.run_id)
         return EXIT_OK
-    out = {
-        "run_id": outcome.run_id,
-        "status": outcome.status,
-        "result": outcome.result,
-        "error": outcome.error,
-        "cost": outcome.cost,
-    }
+    out = outcome.as_json()
     bus_cli.emit(
         out,
         args.json,

@@ -30,6 +30,16 @@ class RunOutcome(msgspec.Struct, kw_only=True):
     error: str | None = None
     cost: int = 0
 
+    def as_json(self) -> dict[str, Any]:
+        """`{"run_id", "status", "result", "error", "cost"}`, as the CLI contract prints it."""
+        return {
+            "run_id": self.run_id,
+            "status": self.status,
+            "result": self.result,
+            "error": self.error,
+            "cost": self.cost,
+        }
+
 
 def parse_payload(text: str) -> bytes:
     """The JSON a user typed, checked; the error says where it broke."""

@@ -9,6 +9,7 @@ from pathlib import Path
 import msgspec
 
 from .errors import StackNotRunning
+from .private import write_private
 from .settings import Settings
 
 STACK_FILE = "stack.json"
@@ -69,13 +70,7 @@ def read_stack(settings: Settings) -> StackRecord | None:
 
 
 def write_stack(settings: Settings, record: StackRecord) -> None:
-    path = stack_path(settings)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # may hold the admin password
-    with os.fdopen(fd, "wb") as f:
-        f.write(msgspec.json.encode(record))
-    os.replace(tmp, path)
+    write_private(stack_path(settings), msgspec.json.encode(record))  # may hold the admin password
 
 
 def remove_stack(settings: Settings) -> None:

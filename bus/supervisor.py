@@ -15,6 +15,7 @@ from typing import Protocol
 
 from .client import Bus
 from .errors import RelayError, ServerError
+from .private import write_private
 from .runtime import stop_on_signals
 from .server import NatsServer
 from .settings import Settings
@@ -65,7 +66,7 @@ async def serve_stack(
             if secure:
                 assert auth is not None
                 password = secrets.token_urlsafe(18)
-                _write_private(conf, auth.initial("relaybus", password))
+                write_private(conf, auth.initial("relaybus", password).encode())
             server = NatsServer(
                 home / "nats",
                 binary=settings.nats_server,
@@ -113,7 +114,7 @@ async def serve_stack(
             running = server
 
             def rewrite(block: str) -> None:
-                _write_private(conf, block)
+                write_private(conf, block.encode())
                 running.reload()
 
             async with Bus(run_settings, name="relaybus-up-auth") as auth_bus:
@@ -178,14 +179,6 @@ def _public(url: str) -> str:
     """The URL without credentials, for printing."""
     scheme, sep, rest = url.partition("://")
     return f"{scheme}{sep}{rest.rsplit('@', 1)[-1]}" if sep else url
-
-
-def _write_private(path: Path, text: str) -> None:
-    tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 def start_detached(settings: Settings, self_command: Sequence[str], timeout_s: float = 60.0) -> str:

@@ -56,13 +56,7 @@ async def demo(args: argparse.Namespace, settings: Settings) -> int:
                             say("  " + event_line(event))
                 finally:
                     _stop(agent)
-    out = {
-        "run_id": outcome.run_id,
-        "status": outcome.status,
-        "result": outcome.result,
-        "error": outcome.error,
-        "cost": outcome.cost,
-    }
+    out = outcome.as_json()
     if args.json:
         print(json.dumps(out))
     else:

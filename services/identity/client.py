@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +13,7 @@ import msgspec
 from nacl.signing import SigningKey, VerifyKey
 
 from bus import Bus, ChainInvalid, ConfigError, Link, PermissionDenied, RelayError
+from bus.private import write_private
 
 from .chain import ChainVerifier, ChainView, child_body, decode_body, sign_body
 from .messages import (
@@ -44,12 +44,8 @@ def agent_key_path(home: Path, agent: str) -> Path:
 
 def write_agent_key(home: Path, agent: str) -> SigningKey:
     """Create an agent's delegation key (0600 under RELAYBUS_HOME/keys)."""
-    path = agent_key_path(home, agent)
-    path.parent.mkdir(parents=True, exist_ok=True)
     key = SigningKey.generate()
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(bytes(key).hex())
+    write_private(agent_key_path(home, agent), bytes(key).hex().encode())
     return key
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import nkeys
 
 from bus import Bus, Subjects
+from bus.private import write_private
 
 from .messages import AgentRecord
 
@@ -30,11 +31,7 @@ def nkey_path(home: Path, agent: str) -> Path:
 def write_nkey(home: Path, agent: str) -> str:
     """Create the agent's NATS connection key (seed 0600 under RELAYBUS_HOME/keys); returns its public key."""
     seed = nkeys.encode_seed(os.urandom(32), nkeys.PREFIX_BYTE_USER)
-    path = nkey_path(home, agent)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(seed)
+    write_private(nkey_path(home, agent), seed)
     return str(nkeys.from_seed(seed).public_key.decode())
 
 

@@ -10,7 +10,6 @@ import asyncio
 import hashlib
 import hmac
 import logging
-import os
 import secrets
 import time
 from collections.abc import Awaitable, Callable
@@ -30,6 +29,7 @@ from bus import (
     default_topology,
     ensure,
 )
+from bus.private import write_private
 from bus.runtime import stop_on_signals
 
 from .chain import (
@@ -67,11 +67,8 @@ def load_service_key(home: Path) -> SigningKey:
     path = home / "identity" / "service.seed"
     if path.exists():
         return SigningKey(bytes.fromhex(path.read_text().strip()))
-    path.parent.mkdir(parents=True, exist_ok=True)
     key = SigningKey.generate()
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(bytes(key).hex())
+    write_private(path, bytes(key).hex().encode())
     return key
 
 
