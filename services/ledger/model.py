@@ -1,0 +1,274 @@
+"""The ledger's state machine: deterministic, integer micro-units, no I/O.
+
+`decide(state, op)` validates an operation against the current state and returns the journal
+entry to append (or raises LedgerError, changing nothing); `apply(state, entry)` applies a
+stored entry. The service appends before applying and rebuilds by applying the journal.
+
+Double entry: a capture moves money from the payer account to the payee account (the sum of
+all balances stays zero). Budgets are limits on levels (user per period, run, agent): a hold
+reserves its amount at every level at once, or fails as a whole.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Literal
+from zoneinfo import ZoneInfo
+
+import msgspec
+
+from bus import BudgetExceeded, RelayError
+
+MAX_AMOUNT = 2**53  # beyond this JSON numbers stop being exact
+
+
+class LedgerError(RelayError):
+    """A ledger operation was refused; nothing changed."""
+
+
+class Budget(msgspec.Struct, kw_only=True, omit_defaults=True):
+    level: str  # user:alice | run:RUN | agent:NAME
+    limit: int = 0  # max cost in micro-units (0: unlimited)
+    period: Literal["", "daily", "monthly"] = ""
+    max_steps: int = 0
+    max_tokens: int = 0
+
+
+class Op(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """An operation as requested (JSON over `relay.svc.ledger.<kind>`)."""
+
+    kind: Literal["hold", "capture", "void", "refund", "budget", "transfer", "tick"]
+    id: str
+    at: float = 0.0
+    amount: int = 0
+    currency: str = "USD"
+    payer: str = ""
+    payee: str = ""
+    transfer: str = ""  # the hold a capture/void/refund refers to
+    levels: list[str] = []  # budget levels the hold counts against
+    ttl_s: float = 300.0
+    tokens: int = 0
+    tags: dict[str, str] = {}  # cost allocation: run, agent, tool, model
+    budget: Budget | None = None
+
+
+class Entry(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """What the journal stores: a validated op, its body digest (idempotency), its clock."""
+
+    op: Op
+    digest: str
+    clock: float
+    expired: list[str] = []  # holds that expired at this entry's clock
+
+
+@dataclass
+class Hold:
+    id: str
+    payer: str
+    payee: str
+    amount: int
+    currency: str
+    levels: list[str]
+    expires: float
+    tags: dict[str, str]
+    captured: int = 0
+    refunded: int = 0
+    state: str = "held"  # held | captured | voided | expired
+
+
+@dataclass
+class Level:
+    spent: int = 0
+    held: int = 0
+    steps: int = 0
+    tokens: int = 0
+
+
+@dataclass
+class State:
+    timezone: str = "UTC"
+    clock: float = 0.0
+    balances: dict[str, int] = field(default_factory=dict)
+    currencies: dict[str, str] = field(default_factory=dict)
+    holds: dict[str, Hold] = field(default_factory=dict)
+    budgets: dict[str, Budget] = field(default_factory=dict)
+    levels: dict[str, Level] = field(default_factory=dict)
+    results: dict[str, tuple[str, dict[str, object]]] = field(default_factory=dict)  # op id → (digest, result)
+    history: list[Entry] = field(default_factory=list)
+
+    def period_key(self, level: str, at: float) -> str:
+        budget = self.budgets.get(level)
+        if budget is None or not budget.period:
+            return level
+        local = datetime.fromtimestamp(at, ZoneInfo(self.timezone))
+        return f"{level}@{local:%Y-%m-%d}" if budget.period == "daily" else f"{level}@{local:%Y-%m}"
+
+
+def digest(op: Op) -> str:
+    body = msgspec.json.encode(msgspec.structs.replace(op, at=0.0))
+    return hashlib.sha256(body).hexdigest()
+
+
+def _amount(op: Op, allow_zero: bool = False) -> None:
+    if isinstance(op.amount, bool) or not isinstance(op.amount, int):
+        raise LedgerError(f"amount must be integer micro-units, got {op.amount!r}")
+    if op.amount < 0 or (op.amount == 0 and not allow_zero):
+        raise LedgerError(f"amount must be positive, got {op.amount}")
+    if op.amount >= MAX_AMOUNT:
+        raise LedgerError(f"amount {op.amount} overflows the ledger's range (< 2**53 micro-units)")
+
+
+def decide(state: State, op: Op, now: float) -> Entry | dict[str, object]:
+    """The entry to append for `op`, or the recorded result of an earlier op with the same id."""
+    if not op.id:
+        raise LedgerError("every ledger operation needs an id (idempotency key)")
+    body = digest(op)
+    if op.id in state.results:
+        first, result = state.results[op.id]
+        if first != body:
+            raise LedgerError(f"operation id {op.id} was already used with a different body")
+        return result
+    at = op.at or now
+    if at < state.clock:
+        raise LedgerError(f"the clock stepped backwards: {at} is before the ledger clock {state.clock}")
+    expired = [h.id for h in state.holds.values() if h.state == "held" and h.expires <= at]
+    probe = Entry(op=op, digest=body, clock=at, expired=expired)
+    _validate(state, op, at, expired)
+    return probe
+
+
+def _validate(state: State, op: Op, at: float, expired: list[str]) -> None:
+    match op.kind:
+        case "hold":
+            _amount(op)
+            if not op.payer or not op.payee:
+                raise LedgerError("a hold needs a payer and a payee account")
+            for account in (op.payer, op.payee):
+                have = state.currencies.get(account)
+                if have is not None and have != op.currency:
+                    raise LedgerError(f"account {account} is in {have}, not {op.currency}")
+            for level in op.levels:
+                budget = state.budgets.get(level)
+                if budget is None:
+                    continue
+                key = state.period_key(level, at)
+                used = state.levels.get(key, Level())
+                held = used.held - sum(
+                    h.amount for h in state.holds.values() if h.id in expired and key in h.levels
+                )
+                if budget.limit and used.spent + held + op.amount > budget.limit:
+                    left = budget.limit - used.spent - held
+                    raise BudgetExceeded(
+                        f"budget {key} would go over: {op.amount} asked, {max(left, 0)} of {budget.limit} left"
+                    )
+                if budget.max_steps and used.steps + 1 > budget.max_steps:
+                    raise BudgetExceeded(f"budget {key}: step limit {budget.max_steps} reached")
+                if budget.max_tokens and used.tokens >= budget.max_tokens:
+                    raise BudgetExceeded(f"budget {key}: token limit {budget.max_tokens} reached")
+        case "capture" | "void":
+            hold = _open_hold(state, op.transfer, expired)
+            if op.kind == "capture":
+                _amount(op, allow_zero=True)
+                if op.amount > hold.amount:
+                    raise LedgerError(f"capture of {op.amount} is above the {hold.amount} held by {hold.id}")
+                if op.currency != hold.currency:
+                    raise LedgerError(f"capture in {op.currency}, but {hold.id} holds {hold.currency}")
+        case "refund":
+            _amount(op)
+            hold = state.holds.get(op.transfer)
+            if hold is None or hold.state != "captured":
+                raise LedgerError(f"no captured transfer {op.transfer!r} to refund")
+            if op.amount > hold.captured - hold.refunded:
+                raise LedgerError(
+                    f"refund of {op.amount} is above the {hold.captured - hold.refunded} left to refund on {hold.id}"
+                )
+        case "budget":
+            if op.budget is None or not op.budget.level:
+                raise LedgerError("a budget operation needs a budget with a level")
+            for value in (op.budget.limit, op.budget.max_steps, op.budget.max_tokens):
+                if isinstance(value, bool) or value < 0 or value >= MAX_AMOUNT:
+                    raise LedgerError(f"budget values must be non-negative integers, got {value!r}")
+        case "transfer":
+            _amount(op)
+            if not op.payer or not op.payee or op.payer == op.payee:
+                raise LedgerError("a transfer needs two different accounts")
+        case "tick":
+            pass
+
+
+def _open_hold(state: State, transfer: str, expired: list[str]) -> Hold:
+    hold = state.holds.get(transfer)
+    if hold is None:
+        raise LedgerError(f"no hold {transfer!r}")
+    if hold.state != "held" or transfer in expired:
+        state_name = "expired" if transfer in expired else hold.state
+        raise LedgerError(f"hold {transfer} is {state_name}; it can no longer be captured or voided")
+    return hold
+
+
+def apply(state: State, entry: Entry) -> dict[str, object]:
+    """Apply a stored entry; returns the operation's result."""
+    op, at = entry.op, entry.clock
+    state.clock = max(state.clock, at)
+    for hold_id in entry.expired:
+        _release(state, state.holds[hold_id], "expired")
+    result: dict[str, object] = {"id": op.id, "kind": op.kind}
+    match op.kind:
+        case "hold":
+            keys = [state.period_key(level, at) for level in op.levels]
+            hold = Hold(id=op.id, payer=op.payer, payee=op.payee, amount=op.amount, currency=op.currency,
+                        levels=keys, expires=at + op.ttl_s, tags=dict(op.tags))
+            state.holds[op.id] = hold
+            for account in (op.payer, op.payee):
+                state.currencies.setdefault(account, op.currency)
+                state.balances.setdefault(account, 0)
+            for key in keys:
+                level = state.levels.setdefault(key, Level())
+                level.held += op.amount
+                level.steps += 1
+            result.update(hold=op.id, amount=op.amount, expires=hold.expires)
+        case "capture":
+            hold = state.holds[op.transfer]
+            _release(state, hold, "captured")
+            hold.captured = op.amount
+            _move(state, hold.payer, hold.payee, op.amount)
+            for key in hold.levels:
+                level = state.levels.setdefault(key, Level())
+                level.spent += op.amount
+                level.tokens += op.tokens
+            result.update(transfer=hold.id, captured=op.amount)
+        case "void":
+            _release(state, state.holds[op.transfer], "voided")
+            result.update(transfer=op.transfer, voided=True)
+        case "refund":
+            hold = state.holds[op.transfer]
+            hold.refunded += op.amount
+            _move(state, hold.payee, hold.payer, op.amount)
+            for key in hold.levels:
+                state.levels.setdefault(key, Level()).spent -= op.amount
+            result.update(transfer=hold.id, refunded=op.amount, refundable=hold.captured - hold.refunded)
+        case "budget":
+            assert op.budget is not None
+            state.budgets[op.budget.level] = op.budget
+            result.update(level=op.budget.level, limit=op.budget.limit)
+        case "transfer":
+            _move(state, op.payer, op.payee, op.amount)
+            result.update(amount=op.amount)
+        case "tick":
+            result.update(expired=entry.expired)
+    state.results[op.id] = (entry.digest, result)
+    state.history.append(entry)
+    return result
+
+
+def _release(state: State, hold: Hold, new_state: str) -> None:
+    for key in hold.levels:
+        state.levels.setdefault(key, Level()).held -= hold.amount
+    hold.state = new_state
+
+
+def _move(state: State, payer: str, payee: str, amount: int) -> None:
+    state.balances[payer] = state.balances.get(payer, 0) - amount
+    state.balances[payee] = state.balances.get(payee, 0) + amount

@@ -1,0 +1,124 @@
+"""The ledger state machine: exact arithmetic and clear refusals that change nothing."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+
+from bus import BudgetExceeded
+from services.ledger.model import Budget, Entry, LedgerError, Op, State, apply, decide
+
+
+def run(state: State, op: Op, now: float = 1000.0) -> dict[str, object]:
+    decided = decide(state, op, now)
+    return apply(state, decided) if isinstance(decided, Entry) else decided
+
+
+def hold(op_id: str, amount: int, levels: list[str] | None = None, **kw: object) -> Op:
+    return Op(kind="hold", id=op_id, amount=amount, payer="user:alice", payee="tool:search",
+              levels=levels or ["user:alice", "run:R1"], **kw)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def state() -> State:
+    s = State()
+    run(s, Op(kind="budget", id="b1", budget=Budget(level="user:alice", limit=1000, period="monthly")))
+    run(s, Op(kind="budget", id="b2", budget=Budget(level="run:R1", limit=600, max_steps=5)))
+    return s
+
+
+def test_hold_capture_moves_money_double_entry(state: State) -> None:
+    run(state, hold("h1", 300))
+    run(state, Op(kind="capture", id="c1", transfer="h1", amount=250, tokens=10))
+    assert state.balances == {"user:alice": -250, "tool:search": 250}
+    assert sum(state.balances.values()) == 0
+    run_level = state.levels["run:R1"]
+    assert (run_level.spent, run_level.held, run_level.tokens) == (250, 0, 10)
+
+
+def test_a_hold_fails_as_a_whole_if_any_level_would_go_over(state: State) -> None:
+    run(state, hold("h1", 500))
+    before = copy.deepcopy(state.levels)
+    with pytest.raises(BudgetExceeded, match=r"budget run:R1 would go over: 200 asked, 100 of 600 left"):
+        run(state, hold("h2", 200))
+    assert state.levels == before and "h2" not in state.holds
+
+
+def test_step_limit_of_a_run(state: State) -> None:
+    for i in range(5):
+        run(state, hold(f"h{i}", 1))
+    with pytest.raises(BudgetExceeded, match="step limit 5"):
+        run(state, hold("h5", 1))
+
+
+def test_idempotent_ids(state: State) -> None:
+    first = run(state, hold("h1", 100))
+    assert run(state, hold("h1", 100)) == first
+    assert state.levels["run:R1"].held == 100
+    with pytest.raises(LedgerError, match="already used with a different body"):
+        run(state, hold("h1", 101))
+
+
+@pytest.mark.parametrize(("amount", "match"), [(-5, "positive"), (0, "positive"), (2**60, "overflows"),
+                                               (True, "integer")])
+def test_bad_amounts_are_refused(state: State, amount: int, match: str) -> None:
+    with pytest.raises(LedgerError, match=match):
+        run(state, hold("bad", amount))
+    assert "bad" not in state.holds
+
+
+def test_capture_rules(state: State) -> None:
+    run(state, hold("h1", 100))
+    with pytest.raises(LedgerError, match="above the 100 held"):
+        run(state, Op(kind="capture", id="c1", transfer="h1", amount=101))
+    with pytest.raises(LedgerError, match="in EUR, but h1 holds USD"):
+        run(state, Op(kind="capture", id="c2", transfer="h1", amount=10, currency="EUR"))
+    run(state, Op(kind="void", id="v1", transfer="h1"))
+    with pytest.raises(LedgerError, match="is voided"):
+        run(state, Op(kind="capture", id="c3", transfer="h1", amount=10))
+    with pytest.raises(LedgerError, match="no hold 'nope'"):
+        run(state, Op(kind="capture", id="c4", transfer="nope", amount=1))
+
+
+def test_expired_hold_cannot_be_captured_and_frees_its_budget(state: State) -> None:
+    run(state, hold("h1", 600, ttl_s=10), now=1000.0)
+    with pytest.raises(LedgerError, match="is expired"):
+        run(state, Op(kind="capture", id="c1", transfer="h1", amount=1), now=1011.0)
+    run(state, hold("h2", 600), now=1012.0)  # the expired hold no longer counts
+    assert state.holds["h1"].state == "expired"
+
+
+def test_clock_never_goes_backwards(state: State) -> None:
+    run(state, hold("h1", 1), now=2000.0)
+    with pytest.raises(LedgerError, match="clock stepped backwards"):
+        run(state, hold("h2", 1), now=1999.0)
+
+
+def test_currency_mismatch_on_an_account(state: State) -> None:
+    run(state, hold("h1", 1))
+    with pytest.raises(LedgerError, match="account user:alice is in USD, not EUR"):
+        run(state, hold("h2", 1, currency="EUR"))
+
+
+def test_refunds_partial_repeated_never_above_captured(state: State) -> None:
+    run(state, hold("h1", 100))
+    run(state, Op(kind="capture", id="c1", transfer="h1", amount=80))
+    run(state, Op(kind="refund", id="r1", transfer="h1", amount=30))
+    run(state, Op(kind="refund", id="r2", transfer="h1", amount=50))
+    with pytest.raises(LedgerError, match="above the 0 left to refund"):
+        run(state, Op(kind="refund", id="r3", transfer="h1", amount=1))
+    with pytest.raises(LedgerError, match="no captured transfer 'zzz'"):
+        run(state, Op(kind="refund", id="r4", transfer="zzz", amount=1))
+    assert state.balances == {"user:alice": 0, "tool:search": 0}
+    assert state.levels["run:R1"].spent == 0
+
+
+def test_monthly_budget_resets_at_the_period_boundary(state: State) -> None:
+    nov = 1_795_000_000.0  # 2026-11
+    dec = 1_798_000_000.0  # 2026-12
+    run(state, hold("h1", 1000, levels=["user:alice"]), now=nov)
+    with pytest.raises(BudgetExceeded):
+        run(state, hold("h2", 1, levels=["user:alice"]), now=nov + 1)
+    run(state, hold("h3", 1000, levels=["user:alice"]), now=dec)
+    assert {"user:alice@2026-11", "user:alice@2026-12"} <= set(state.levels)
