@@ -18,7 +18,8 @@
     ├── RunFailed                    a run ended in failure (carries the remote error as data)
     ├── PermissionDenied             identity: a scope check refused an action
     ├── ChainInvalid                 identity: a delegation chain did not verify
-    └── BudgetExceeded               ledger: a hold would overspend a budget
+    ├── BudgetExceeded               ledger: a hold would overspend a budget
+    └── LedgerError                  ledger: an operation was refused (nothing changed)
 
 Errors cross process boundaries as data (`ErrorInfo`), never pickled.
 """
@@ -115,6 +116,10 @@ class ChainInvalid(RelayError):
 
 class BudgetExceeded(RelayError):
     """A hold would take a budget past its limit; the message names the budget."""
+
+
+class LedgerError(RelayError):
+    """A ledger operation was refused; nothing changed. The message says why."""
 
 
 class ErrorInfo(msgspec.Struct, frozen=True, kw_only=True):

@@ -12,14 +12,13 @@ from typing import Any
 import msgspec
 from nacl.signing import SigningKey, VerifyKey
 
-from bus import Bus, ChainInvalid, ConfigError, Link, PermissionDenied, RelayError
+from bus import Bus, ChainInvalid, ConfigError, Link, PermissionDenied, RelayError, rpc
 from bus.private import write_private
 
 from .chain import ChainVerifier, ChainView, child_body, decode_body, sign_body
 from .messages import (
     AgentAdd,
     AuditRecord,
-    Reply,
     Revoke,
     RoleRecord,
     RootRequest,
@@ -65,14 +64,9 @@ class IdentityClient:
         self.bus = bus
 
     async def call(self, op: str, body: Any, timeout_s: float | None = None) -> Any:
-        subject = f"{self.bus.subjects.prefix}.svc.identity.{op}"
-        data = await self.bus.request(subject, msgspec.json.encode(body), timeout_s)
-        reply = msgspec.json.decode(data, type=Reply)
-        if not reply.ok:
-            info = reply.error
-            cls = _ERRORS.get(info.type if info else "", RelayError)
-            raise cls(info.message if info else "the identity service refused")
-        return msgspec.json.decode(reply.body)
+        return await rpc.call(
+            self.bus, f"{self.bus.subjects.prefix}.svc.identity.{op}", body, timeout_s
+        )
 
     async def add_agent(
         self,

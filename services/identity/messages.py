@@ -7,7 +7,7 @@ from typing import Any
 
 import msgspec
 
-from bus import ErrorInfo, Link
+from bus import Link
 
 
 class AgentRecord(msgspec.Struct, kw_only=True, omit_defaults=True):
@@ -78,12 +78,6 @@ class StampRequest(msgspec.Struct, kw_only=True):
     chain: list[Link]
 
 
-class Reply(msgspec.Struct, kw_only=True, omit_defaults=True):
-    ok: bool
-    error: ErrorInfo | None = None
-    body: msgspec.Raw = msgspec.Raw(b"null")
-
-
 class AuditRecord(msgspec.Struct, kw_only=True, omit_defaults=True):
     """One authorization decision, on `relay.audit.<principal>` (a stream nobody may purge)."""
 
@@ -98,11 +92,3 @@ class AuditRecord(msgspec.Struct, kw_only=True, omit_defaults=True):
     args_digest: str = ""
     chain: list[str] = []
     detail: dict[str, Any] = {}
-
-
-def reply_ok(body: Any = None) -> bytes:
-    return msgspec.json.encode(Reply(ok=True, body=msgspec.Raw(msgspec.json.encode(body))))
-
-
-def reply_error(exc: BaseException) -> bytes:
-    return msgspec.json.encode(Reply(ok=False, error=ErrorInfo.from_exception(exc)))

@@ -30,6 +30,7 @@ from bus import (
     ensure,
 )
 from bus.private import write_private
+from bus.rpc import reply_error, reply_ok
 from bus.runtime import stop_on_signals
 
 from .chain import (
@@ -53,8 +54,6 @@ from .messages import (
     TokenIssue,
     UserAdd,
     UserRecord,
-    reply_error,
-    reply_ok,
 )
 from .registry import Registry
 from .scopes import all_narrow, parse_scope

@@ -19,13 +19,11 @@ from zoneinfo import ZoneInfo
 
 import msgspec
 
-from bus import BudgetExceeded, RelayError
+from bus.errors import BudgetExceeded, LedgerError
+
+__all__ = ["Budget", "Entry", "LedgerError", "Op", "State", "apply", "decide"]
 
 MAX_AMOUNT = 2**53  # beyond this JSON numbers stop being exact
-
-
-class LedgerError(RelayError):
-    """A ledger operation was refused; nothing changed."""
 
 
 class Budget(msgspec.Struct, kw_only=True, omit_defaults=True):
@@ -95,7 +93,9 @@ class State:
     holds: dict[str, Hold] = field(default_factory=dict)
     budgets: dict[str, Budget] = field(default_factory=dict)
     levels: dict[str, Level] = field(default_factory=dict)
-    results: dict[str, tuple[str, dict[str, object]]] = field(default_factory=dict)  # op id → (digest, result)
+    results: dict[str, tuple[str, dict[str, object]]] = field(
+        default_factory=dict
+    )  # op id → (digest, result)
     history: list[Entry] = field(default_factory=list)
 
     def period_key(self, level: str, at: float) -> str:
@@ -132,7 +132,9 @@ def decide(state: State, op: Op, now: float) -> Entry | dict[str, object]:
         return result
     at = op.at or now
     if at < state.clock:
-        raise LedgerError(f"the clock stepped backwards: {at} is before the ledger clock {state.clock}")
+        raise LedgerError(
+            f"the clock stepped backwards: {at} is before the ledger clock {state.clock}"
+        )
     expired = [h.id for h in state.holds.values() if h.state == "held" and h.expires <= at]
     probe = Entry(op=op, digest=body, clock=at, expired=expired)
     _validate(state, op, at, expired)
@@ -172,17 +174,22 @@ def _validate(state: State, op: Op, at: float, expired: list[str]) -> None:
             if op.kind == "capture":
                 _amount(op, allow_zero=True)
                 if op.amount > hold.amount:
-                    raise LedgerError(f"capture of {op.amount} is above the {hold.amount} held by {hold.id}")
+                    raise LedgerError(
+                        f"capture of {op.amount} is above the {hold.amount} held by {hold.id}"
+                    )
                 if op.currency != hold.currency:
-                    raise LedgerError(f"capture in {op.currency}, but {hold.id} holds {hold.currency}")
+                    raise LedgerError(
+                        f"capture in {op.currency}, but {hold.id} holds {hold.currency}"
+                    )
         case "refund":
             _amount(op)
-            hold = state.holds.get(op.transfer)
-            if hold is None or hold.state != "captured":
+            refundable = state.holds.get(op.transfer)
+            if refundable is None or refundable.state != "captured":
                 raise LedgerError(f"no captured transfer {op.transfer!r} to refund")
-            if op.amount > hold.captured - hold.refunded:
+            left = refundable.captured - refundable.refunded
+            if op.amount > left:
                 raise LedgerError(
-                    f"refund of {op.amount} is above the {hold.captured - hold.refunded} left to refund on {hold.id}"
+                    f"refund of {op.amount} is above the {left} left to refund on {refundable.id}"
                 )
         case "budget":
             if op.budget is None or not op.budget.level:
@@ -204,7 +211,9 @@ def _open_hold(state: State, transfer: str, expired: list[str]) -> Hold:
         raise LedgerError(f"no hold {transfer!r}")
     if hold.state != "held" or transfer in expired:
         state_name = "expired" if transfer in expired else hold.state
-        raise LedgerError(f"hold {transfer} is {state_name}; it can no longer be captured or voided")
+        raise LedgerError(
+            f"hold {transfer} is {state_name}; it can no longer be captured or voided"
+        )
     return hold
 
 
@@ -218,8 +227,16 @@ def apply(state: State, entry: Entry) -> dict[str, object]:
     match op.kind:
         case "hold":
             keys = [state.period_key(level, at) for level in op.levels]
-            hold = Hold(id=op.id, payer=op.payer, payee=op.payee, amount=op.amount, currency=op.currency,
-                        levels=keys, expires=at + op.ttl_s, tags=dict(op.tags))
+            hold = Hold(
+                id=op.id,
+                payer=op.payer,
+                payee=op.payee,
+                amount=op.amount,
+                currency=op.currency,
+                levels=keys,
+                expires=at + op.ttl_s,
+                tags=dict(op.tags),
+            )
             state.holds[op.id] = hold
             for account in (op.payer, op.payee):
                 state.currencies.setdefault(account, op.currency)
@@ -248,7 +265,9 @@ def apply(state: State, entry: Entry) -> dict[str, object]:
             _move(state, hold.payee, hold.payer, op.amount)
             for key in hold.levels:
                 state.levels.setdefault(key, Level()).spent -= op.amount
-            result.update(transfer=hold.id, refunded=op.amount, refundable=hold.captured - hold.refunded)
+            result.update(
+                transfer=hold.id, refunded=op.amount, refundable=hold.captured - hold.refunded
+            )
         case "budget":
             assert op.budget is not None
             state.budgets[op.budget.level] = op.budget
