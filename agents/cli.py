@@ -38,7 +38,10 @@ SELF_COMMAND = [sys.executable, "-m", "agents.cli"]
 def stack_services(settings: Settings) -> dict[str, list[str]]:
     """The service processes `relaybus up` starts beside nats-server."""
     del settings
-    return {"identity": [*SELF_COMMAND, "service", "identity"]}
+    return {
+        "identity": [*SELF_COMMAND, "service", "identity"],
+        "ledger": [*SELF_COMMAND, "service", "ledger"],
+    }
 
 
 def service(args: argparse.Namespace, settings: Settings) -> Any:
@@ -46,6 +49,10 @@ def service(args: argparse.Namespace, settings: Settings) -> Any:
         from services.identity.service import serve_identity
 
         return serve_identity(settings)
+    if args.name == "ledger":
+        from services.ledger.service import serve_ledger
+
+        return serve_ledger(settings)
     raise RelayError(f"no service {args.name!r} yet")
 
 
@@ -315,12 +322,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=approve)
 
     p = sub.add_parser("service", help="run one service process in the foreground")
-    p.add_argument("name", choices=["identity"])
+    p.add_argument("name", choices=["identity", "ledger"])
     p.set_defaults(func=service)
 
     from services.identity.cli import register as register_identity
 
     register_identity(sub)
+    from services.ledger.cli import register as register_ledger
+
+    register_ledger(sub)
     identity_parser = sub.choices["identity"]
     chain_sub = next(
         a for a in identity_parser._actions if isinstance(a, argparse._SubParsersAction)

@@ -32,6 +32,9 @@ class Settings(BaseModel):
     log_level: str = "INFO"
     identity: bool = False
     nats_auth: bool = False
+    ledger: bool = False
+    ledger_timezone: str = "UTC"
+    ledger_currency: str = "USD"
     qdrant_url: str | None = None
     llm_base_url: str | None = None
     llm_api_key: str | None = None

@@ -96,6 +96,13 @@ def default_topology(subjects: Subjects, replicas: int = 1) -> Topology:
         ),
         StreamSpec(subjects.stream("DLQ"), (f"{p}.dlq.>",), replicas=replicas),
         StreamSpec(
+            subjects.stream("LEDGER"),
+            (f"{p}.ledger.entry.>",),
+            deny_delete=True,
+            deny_purge=True,
+            replicas=replicas,
+        ),
+        StreamSpec(
             subjects.stream("AUDIT"),
             (f"{p}.audit.>",),
             deny_delete=True,
@@ -236,3 +243,22 @@ async def consumer_exists(bus: Bus, spec: ConsumerSpec) -> bool:
     except nats.js.errors.NotFoundError:
         return False
     return True
+
+
+async def read_subject(bus: Bus, stream: str, subject: str) -> list[tuple[int, bytes]]:
+    """Every message stored on `subject`, in order, with its stream sequence."""
+    info = await bus.js.stream_info(stream, subjects_filter=subject)
+    if not (info.state.subjects or {}).get(subject):
+        return []
+    sub = await bus.js.subscribe(
+        subject, ordered_consumer=True, deliver_policy=api.DeliverPolicy.ALL
+    )
+    out: list[tuple[int, bytes]] = []
+    try:
+        while True:
+            msg = await sub.next_msg(timeout=bus.settings.request_timeout_s)
+            out.append((msg.metadata.sequence.stream, bytes(msg.data)))
+            if msg.metadata.num_pending == 0:
+                return out
+    finally:
+        await sub.unsubscribe()

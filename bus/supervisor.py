@@ -81,15 +81,19 @@ async def serve_stack(
         async with Bus(run_settings, name="relaybus-up") as bus:
             await ensure(bus, default_topology(bus.subjects))
         env = {**os.environ, **run_settings.env()}
-        for name, argv in services.items():
-            logf = (home / "logs" / f"{name}.log").open("ab")
-            children[name] = subprocess.Popen(  # noqa: ASYNC220 - spawning returns at once
-                list(argv),
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=logf,
-                stderr=logf,
-            )
+
+        def spawn(name: str) -> subprocess.Popen[bytes]:
+            with (home / "logs" / f"{name}.log").open("ab") as logf:
+                return subprocess.Popen(
+                    list(services[name]),
+                    env=env,
+                    stdin=subprocess.DEVNULL,
+                    stdout=logf,
+                    stderr=logf,
+                )
+
+        for name in services:
+            children[name] = spawn(name)
         async with Bus(run_settings, name="relaybus-up-probe") as bus:
             for name, child in children.items():
                 await _wait_ready(bus, name, child)
@@ -120,11 +124,11 @@ async def serve_stack(
             async with Bus(run_settings, name="relaybus-up-auth") as auth_bus:
                 follower = asyncio.create_task(auth.follow(auth_bus, rewrite))
                 try:
-                    await _wait_for_exit(stop, server, children)
+                    await _wait_for_exit(stop, server, children, spawn)
                 finally:
                     follower.cancel()
         else:
-            await _wait_for_exit(stop, server, children)
+            await _wait_for_exit(stop, server, children, spawn)
     finally:
         remove_stack(settings)
         for child in children.values():
@@ -140,10 +144,18 @@ async def serve_stack(
     return 0
 
 
+MAX_RESTARTS = 5
+
+
 async def _wait_for_exit(
-    stop: asyncio.Event, server: NatsServer | None, children: Mapping[str, subprocess.Popen[bytes]]
+    stop: asyncio.Event,
+    server: NatsServer | None,
+    children: dict[str, subprocess.Popen[bytes]],
+    spawn: Callable[[str], subprocess.Popen[bytes]],
 ) -> None:
-    """Block until `stop` is set; a dead nats-server or service also ends the stack, loudly."""
+    """Block until `stop` is set. A service that exits is restarted (it rebuilds its state);
+    one that keeps exiting, or a dead nats-server, ends the stack loudly."""
+    restarts: dict[str, int] = {}
     while not stop.is_set():
         try:
             await asyncio.wait_for(stop.wait(), timeout=1.0)
@@ -151,11 +163,17 @@ async def _wait_for_exit(
             pass
         if server is not None and server.process is not None and server.process.poll() is not None:
             raise ServerError("nats-server exited; see logs/nats.log under RELAYBUS_HOME")
-        for name, child in children.items():
-            if child.poll() is not None:
+        for name, child in list(children.items()):
+            if child.poll() is None:
+                continue
+            restarts[name] = restarts.get(name, 0) + 1
+            if restarts[name] > MAX_RESTARTS:
                 raise RelayError(
-                    f"service {name} exited with {child.returncode}; see logs/{name}.log"
+                    f"service {name} exited {MAX_RESTARTS} times (last code {child.returncode}); "
+                    f"see logs/{name}.log"
                 )
+            log.warning("service %s exited with %s; restarting it", name, child.returncode)
+            children[name] = spawn(name)
 
 
 async def _wait_ready(

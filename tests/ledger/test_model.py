@@ -16,14 +16,24 @@ def run(state: State, op: Op, now: float = 1000.0) -> dict[str, object]:
 
 
 def hold(op_id: str, amount: int, levels: list[str] | None = None, **kw: object) -> Op:
-    return Op(kind="hold", id=op_id, amount=amount, payer="user:alice", payee="tool:search",
-              levels=levels or ["user:alice", "run:R1"], **kw)  # type: ignore[arg-type]
+    return Op(
+        kind="hold",
+        id=op_id,
+        amount=amount,
+        payer="user:alice",
+        payee="tool:search",
+        levels=levels or ["user:alice", "run:R1"],
+        **kw,
+    )  # type: ignore[arg-type]
 
 
 @pytest.fixture
 def state() -> State:
     s = State()
-    run(s, Op(kind="budget", id="b1", budget=Budget(level="user:alice", limit=1000, period="monthly")))
+    run(
+        s,
+        Op(kind="budget", id="b1", budget=Budget(level="user:alice", limit=1000, period="monthly")),
+    )
     run(s, Op(kind="budget", id="b2", budget=Budget(level="run:R1", limit=600, max_steps=5)))
     return s
 
@@ -40,7 +50,9 @@ def test_hold_capture_moves_money_double_entry(state: State) -> None:
 def test_a_hold_fails_as_a_whole_if_any_level_would_go_over(state: State) -> None:
     run(state, hold("h1", 500))
     before = copy.deepcopy(state.levels)
-    with pytest.raises(BudgetExceeded, match=r"budget run:R1 would go over: 200 asked, 100 of 600 left"):
+    with pytest.raises(
+        BudgetExceeded, match=r"budget run:R1 would go over: 200 asked, 100 of 600 left"
+    ):
         run(state, hold("h2", 200))
     assert state.levels == before and "h2" not in state.holds
 
@@ -60,8 +72,10 @@ def test_idempotent_ids(state: State) -> None:
         run(state, hold("h1", 101))
 
 
-@pytest.mark.parametrize(("amount", "match"), [(-5, "positive"), (0, "positive"), (2**60, "overflows"),
-                                               (True, "integer")])
+@pytest.mark.parametrize(
+    ("amount", "match"),
+    [(-5, "positive"), (0, "positive"), (2**60, "overflows"), (True, "integer")],
+)
 def test_bad_amounts_are_refused(state: State, amount: int, match: str) -> None:
     with pytest.raises(LedgerError, match=match):
         run(state, hold("bad", amount))

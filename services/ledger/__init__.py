@@ -1,0 +1,1 @@
+"""The ledger: budgets, holds and captures, refunds, statements (see docs/ledger.md)."""

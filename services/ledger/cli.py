@@ -1,0 +1,140 @@
+"""`relaybus ledger …`: budgets, balances, holds, refunds, statements."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from typing import Any
+
+from bus import Bus, LedgerError, Settings, new_id
+from bus.runtime import EXIT_OK
+
+from .client import LedgerClient
+from .model import Budget
+
+_PERIOD = re.compile(r"^\d{4}-\d{2}(-\d{2})?$")
+
+
+def _emit(obj: Any, as_json: bool, text: str) -> None:
+    print(json.dumps(obj) if as_json else text, flush=True)
+
+
+def register(sub: Any) -> None:
+    ledger = sub.add_parser(
+        "ledger", help="budgets, balances, holds, refunds, statements"
+    ).add_subparsers(dest="ledger_cmd", required=True)
+
+    p = ledger.add_parser("budget", help="set a budget: user:ID, run:RUN or agent:NAME")
+    p.add_argument("level")
+    p.add_argument("--limit", type=int, default=0, help="max cost in micro-units")
+    p.add_argument("--period", choices=["daily", "monthly"], default="")
+    p.add_argument("--max-steps", type=int, default=0)
+    p.add_argument("--max-tokens", type=int, default=0)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=budget)
+
+    for name, helptext in (
+        ("balance", "account balances"),
+        ("account", "account balances (alias)"),
+    ):
+        p = ledger.add_parser(name, help=helptext)
+        p.add_argument("account", nargs="?", default=None)
+        p.add_argument("--json", action="store_true")
+        p.set_defaults(func=balance)
+
+    p = ledger.add_parser("holds", help="open holds")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=holds)
+
+    p = ledger.add_parser("levels", help="spent / held / remaining per budget level")
+    p.add_argument("--level", default="")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=levels)
+
+    p = ledger.add_parser("refund", help="refund part of a captured transfer")
+    p.add_argument("transfer")
+    p.add_argument("amount", type=int)
+    p.add_argument("--id", default=None, help="idempotency key (default: a new one)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=refund)
+
+    p = ledger.add_parser("statement", help="a user's charges and refunds in a period")
+    p.add_argument("user")
+    p.add_argument("--period", required=True, help="YYYY-MM or YYYY-MM-DD")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=statement)
+
+
+async def budget(args: argparse.Namespace, settings: Settings) -> int:
+    if not re.match(r"^(user|run|agent):[A-Za-z0-9_-]+$", args.level):
+        raise LedgerError(f"budget level {args.level!r} must be user:ID, run:RUN or agent:NAME")
+    spec = Budget(
+        level=args.level,
+        limit=args.limit,
+        period=args.period,
+        max_steps=args.max_steps,
+        max_tokens=args.max_tokens,
+    )
+    async with Bus(settings, name="relaybus-ledger") as bus:
+        result = await LedgerClient(bus).set_budget(new_id(), spec)
+    _emit(
+        result, args.json, f"budget {args.level}: limit {args.limit} {args.period or ''}".rstrip()
+    )
+    return EXIT_OK
+
+
+async def balance(args: argparse.Namespace, settings: Settings) -> int:
+    async with Bus(settings, name="relaybus-ledger") as bus:
+        rows = await LedgerClient(bus).query("balance", account=args.account)
+    for row in rows if isinstance(rows, list) else [rows]:
+        _emit(row, args.json, f"{row['account']:<24} {row['balance']:>14} {row['currency']}")
+    return EXIT_OK
+
+
+async def holds(args: argparse.Namespace, settings: Settings) -> int:
+    async with Bus(settings, name="relaybus-ledger") as bus:
+        rows = await LedgerClient(bus).query("holds")
+    for row in rows:
+        _emit(row, args.json, f"{row['id']}  {row['payer']} → {row['payee']}  {row['amount']}")
+    return EXIT_OK
+
+
+async def levels(args: argparse.Namespace, settings: Settings) -> int:
+    async with Bus(settings, name="relaybus-ledger") as bus:
+        rows = await LedgerClient(bus).query("levels", level=args.level)
+    for row in rows:
+        _emit(
+            row,
+            args.json,
+            f"{row['level']:<28} spent={row['spent']} held={row['held']} "
+            f"limit={row['limit'] or '-'} remaining={row['remaining']}",
+        )
+    return EXIT_OK
+
+
+async def refund(args: argparse.Namespace, settings: Settings) -> int:
+    async with Bus(settings, name="relaybus-ledger") as bus:
+        result = await LedgerClient(bus).refund(args.id or new_id(), args.transfer, args.amount)
+    _emit(
+        result,
+        args.json,
+        f"refunded {args.amount} on {args.transfer}; {result['refundable']} left refundable",
+    )
+    return EXIT_OK
+
+
+async def statement(args: argparse.Namespace, settings: Settings) -> int:
+    if not _PERIOD.match(args.period):
+        raise LedgerError(f"period {args.period!r} must be YYYY-MM or YYYY-MM-DD")
+    async with Bus(settings, name="relaybus-ledger") as bus:
+        result = await LedgerClient(bus).query("statement", user=args.user, period=args.period)
+    if args.json:
+        _emit(result, True, "")
+    else:
+        for line in result["lines"]:
+            print(
+                f"{line['kind']:<8} {line['transfer']}  {line['amount']:>12}  {line.get('run', '')}"
+            )
+        print(f"total {result['total']}")
+    return EXIT_OK

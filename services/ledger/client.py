@@ -1,0 +1,72 @@
+"""What the runtime and the CLI use of the ledger."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bus import Bus, rpc
+
+from .model import Budget, Op
+
+
+class LedgerClient:
+    def __init__(self, bus: Bus) -> None:
+        self.bus = bus
+
+    def _subject(self, op: str) -> str:
+        return f"{self.bus.subjects.prefix}.svc.ledger.{op}"
+
+    async def send(self, op: Op) -> dict[str, Any]:
+        return dict(await rpc.call(self.bus, self._subject(op.kind), op))
+
+    async def query(self, name: str, **req: Any) -> Any:
+        return await rpc.call(self.bus, self._subject(name), req)
+
+    async def hold(
+        self,
+        op_id: str,
+        payer: str,
+        payee: str,
+        amount: int,
+        levels: list[str],
+        *,
+        currency: str = "USD",
+        ttl_s: float = 300.0,
+        tags: dict[str, str] | None = None,
+    ) -> dict[str, Any]:
+        return await self.send(
+            Op(
+                kind="hold",
+                id=op_id,
+                payer=payer,
+                payee=payee,
+                amount=amount,
+                levels=levels,
+                currency=currency,
+                ttl_s=ttl_s,
+                tags=tags or {},
+            )
+        )
+
+    async def capture(
+        self, op_id: str, hold_id: str, amount: int, *, currency: str = "USD", tokens: int = 0
+    ) -> dict[str, Any]:
+        return await self.send(
+            Op(
+                kind="capture",
+                id=op_id,
+                transfer=hold_id,
+                amount=amount,
+                currency=currency,
+                tokens=tokens,
+            )
+        )
+
+    async def void(self, op_id: str, hold_id: str) -> dict[str, Any]:
+        return await self.send(Op(kind="void", id=op_id, transfer=hold_id))
+
+    async def refund(self, op_id: str, transfer: str, amount: int) -> dict[str, Any]:
+        return await self.send(Op(kind="refund", id=op_id, transfer=transfer, amount=amount))
+
+    async def set_budget(self, op_id: str, budget: Budget) -> dict[str, Any]:
+        return await self.send(Op(kind="budget", id=op_id, budget=budget))

@@ -1,0 +1,112 @@
+"""Read-only ledger queries: balances, holds, budgets, statements, cost allocation."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from bus import LedgerError
+
+from .model import State
+
+
+def balance(state: State, req: dict[str, Any]) -> Any:
+    account = req.get("account")
+    if account:
+        return {
+            "account": account,
+            "balance": state.balances.get(account, 0),
+            "currency": state.currencies.get(account, ""),
+        }
+    return [
+        {"account": a, "balance": b, "currency": state.currencies.get(a, "")}
+        for a, b in sorted(state.balances.items())
+    ]
+
+
+def holds(state: State, req: dict[str, Any]) -> Any:
+    return [
+        {
+            "id": h.id,
+            "payer": h.payer,
+            "payee": h.payee,
+            "amount": h.amount,
+            "expires": h.expires,
+            "tags": h.tags,
+        }
+        for h in state.holds.values()
+        if h.state == "held"
+    ]
+
+
+def levels(state: State, req: dict[str, Any]) -> Any:
+    """Spent / held / steps / tokens per budget level, with the limits."""
+    prefix = req.get("level", "")
+    out = []
+    for key, level in sorted(state.levels.items()):
+        if prefix and not key.startswith(prefix):
+            continue
+        budget = state.budgets.get(key.split("@", 1)[0])
+        out.append(
+            {
+                "level": key,
+                "spent": level.spent,
+                "held": level.held,
+                "steps": level.steps,
+                "tokens": level.tokens,
+                "limit": budget.limit if budget else 0,
+                "remaining": (budget.limit - level.spent - level.held)
+                if budget and budget.limit
+                else None,
+            }
+        )
+    return out
+
+
+def statement(state: State, req: dict[str, Any]) -> Any:
+    """A user's captures and refunds in a period (`2026-11` or `2026-11-25`), with totals."""
+    user, period = req.get("user"), req.get("period", "")
+    if not user:
+        raise LedgerError("a statement needs a user")
+    zone = ZoneInfo(state.timezone)
+    lines: list[dict[str, Any]] = []
+    for entry in state.history:
+        op = entry.op
+        if op.kind not in ("capture", "refund"):
+            continue
+        hold = state.holds.get(op.transfer)
+        if hold is None or hold.payer != f"user:{user}":
+            continue
+        when = datetime.fromtimestamp(entry.clock, zone).strftime("%Y-%m-%d")
+        if period and not when.startswith(period):
+            continue
+        amount = op.amount if op.kind == "capture" else -op.amount
+        lines.append(
+            {
+                "time": entry.clock,
+                "kind": op.kind,
+                "transfer": hold.id,
+                "amount": amount,
+                "currency": hold.currency,
+                **hold.tags,
+            }
+        )
+    total = sum(line["amount"] for line in lines)
+    allocation: dict[str, dict[str, int]] = {}
+    for line in lines:
+        for dim in ("run", "agent", "tool", "model"):
+            if dim in line:
+                bucket = allocation.setdefault(dim, {})
+                bucket[line[dim]] = bucket.get(line[dim], 0) + line["amount"]
+    return {"user": user, "period": period, "total": total, "lines": lines, "by": allocation}
+
+
+QUERIES: dict[str, Callable[[State, dict[str, Any]], Any]] = {
+    "balance": balance,
+    "holds": holds,
+    "levels": levels,
+    "statement": statement,
+    "ping": lambda state, req: {"clock": state.clock},
+}

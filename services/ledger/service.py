@@ -1,0 +1,114 @@
+"""`relaybus service ledger`: the single writer of a ledger partition.
+
+Its journal is the `RELAY_LEDGER` stream, subject `<prefix>.ledger.entry.<partition>`. Every
+write is fenced with `Nats-Expected-Last-Subject-Sequence`, so a second writer on the same
+partition is refused at its first write. A reply is sent only after the entry is stored; on
+an append error the writer stops (its supervisor restarts it) and rebuilds from the journal.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+import msgspec
+
+from bus import Bus, LedgerError, PublishFailed, RelayError, Settings, default_topology, ensure
+from bus.rpc import reply_error, reply_ok
+from bus.runtime import stop_on_signals
+from bus.streams import read_subject
+
+from .model import Entry, Op, State, apply, decide
+from .queries import QUERIES
+
+log = logging.getLogger("relaybus.ledger")
+WRITES = ("hold", "capture", "void", "refund", "budget", "transfer", "tick")
+_encode = msgspec.msgpack.Encoder().encode
+_decode_entry = msgspec.msgpack.Decoder(Entry).decode
+_decode_op = msgspec.json.Decoder(Op).decode
+
+
+class WriterFenced(RelayError):
+    """Another writer appended to this partition: this one must stop."""
+
+
+class LedgerWriter:
+    def __init__(self, bus: Bus, partition: str = "p0") -> None:
+        self.bus = bus
+        self.partition = partition
+        self.subject = f"{bus.subjects.prefix}.ledger.entry.{partition}"
+        self.stream = bus.subjects.stream("LEDGER")
+        self.state = State(timezone=bus.settings.ledger_timezone)
+        self.last_seq = 0
+        self.failed = asyncio.Event()
+        self._lock = asyncio.Lock()
+
+    async def rebuild(self) -> int:
+        """State = the whole journal of this partition, applied in order."""
+        self.state = State(timezone=self.bus.settings.ledger_timezone)
+        entries = await read_subject(self.bus, self.stream, self.subject)
+        for seq, data in entries:
+            apply(self.state, _decode_entry(data))
+            self.last_seq = seq
+        return len(entries)
+
+    async def handle(self, subject: str, data: bytes) -> bytes:
+        op_name = subject.rsplit(".", 1)[1]
+        try:
+            if op_name in QUERIES:
+                return reply_ok(QUERIES[op_name](self.state, msgspec.json.decode(data or b"{}")))
+            if op_name not in WRITES:
+                raise LedgerError(f"unknown ledger operation {op_name!r}")
+            op = _decode_op(data)
+            if op.kind != op_name:
+                raise LedgerError(f"operation kind {op.kind!r} sent to {op_name!r}")
+            return reply_ok(await self.write(op))
+        except (RelayError, msgspec.ValidationError, msgspec.DecodeError) as exc:
+            if isinstance(exc, msgspec.ValidationError):
+                exc = LedgerError(f"bad ledger request: {exc}")
+            return reply_error(exc)
+
+    async def write(self, op: Op) -> dict[str, object]:
+        async with self._lock:
+            if self.failed.is_set():
+                raise LedgerError("this ledger writer stopped after an append error; retry shortly")
+            decided = decide(self.state, op, time.time())
+            if not isinstance(decided, Entry):
+                return decided  # the same id and body: the first result
+            headers = {
+                "Nats-Expected-Last-Subject-Sequence": str(self.last_seq),
+                "Nats-Msg-Id": f"ledger:{self.partition}:{op.id}",
+            }
+            try:
+                seq = await self.bus.publish_bytes(self.subject, _encode(decided), headers)
+            except PublishFailed as exc:
+                self.failed.set()
+                if "last sequence" in str(exc).lower():
+                    raise WriterFenced(
+                        f"another ledger writer owns partition {self.partition}; this one stops"
+                    ) from exc
+                raise LedgerError(f"the ledger journal did not store the entry: {exc}") from exc
+            self.last_seq = seq
+            return apply(self.state, decided)
+
+
+async def serve_ledger(settings: Settings) -> int:
+    stop = asyncio.Event()
+    stop_on_signals(stop)
+    async with Bus(settings, name="ledger") as bus:
+        await ensure(bus, default_topology(bus.subjects))
+        writer = LedgerWriter(bus)
+        count = await writer.rebuild()
+        sub = await bus.serve(f"{bus.subjects.prefix}.svc.ledger.*", writer.handle, queue="ledger")
+        log.info("ledger partition %s rebuilt from %d entries; answering", writer.partition, count)
+        done = asyncio.ensure_future(stop.wait())
+        failed = asyncio.ensure_future(writer.failed.wait())
+        await asyncio.wait({done, failed}, return_when=asyncio.FIRST_COMPLETED)
+        done.cancel()
+        failed.cancel()
+        await sub.unsubscribe()
+    if writer.failed.is_set():
+        log.error("ledger writer stopped after an append error; exiting so it is restarted")
+        return 1
+    return 0
