@@ -189,6 +189,7 @@ async def publish(args: argparse.Namespace, settings: Settings) -> int:
             max_steps=args.max_steps,
             deadline_s=args.deadline,
             token=args.token,
+            budget=args.budget,
         )
     if not args.wait:
         bus_cli.emit({"run_id": outcome.run_id}, args.json, outcome.run_id)
@@ -287,7 +288,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("payload", metavar="JSON")
     p.add_argument("--as", dest="as_user", default="dev", help="the user the run acts for")
     p.add_argument("--token", default=None, help="the user's API token")
-    p.add_argument("--budget", default=None, help="the run's budget")
+    p.add_argument(
+        "--budget",
+        type=int,
+        default=None,
+        help="the run's max cost in micro-units (needs the ledger)",
+    )
     p.add_argument("--wait", action="store_true", help="wait for the run to end")
     p.add_argument("--timeout", type=float, default=60.0, help="seconds to wait with --wait")
     p.add_argument("--max-hops", type=int, default=32, help="handoffs/calls allowed along one line")

@@ -219,7 +219,8 @@ class Context:
             return self._replay(op)
         await self._flush()
         await self._worker.authorize(self, tool, args)
-        value = await tool.invoke(self, args)
+        async with self._worker.charge(self, tool, seq):
+            value = await tool.invoke(self, args)
         body = encode_result(value)
         self._record(seq, "tool", tool.name, body)
         await self._flush()

@@ -93,6 +93,7 @@ class RunStore:
         error: ErrorInfo | None = None,
         steps: int = 0,
         hops: int = 0,
+        cost: int = 0,
     ) -> bool:
         """Move a run to a terminal status once; returns False if it already was terminal."""
         changed = False
@@ -107,6 +108,7 @@ class RunStore:
             record.error = error
             record.steps = max(record.steps, steps)
             record.hops = max(record.hops, hops)
+            record.cost = cost
             changed = True
             return True
 
@@ -119,7 +121,7 @@ class RunStore:
                 await self.create(record)
             except RevisionConflict:
                 return await self.finish(
-                    run_id, status, result=result, error=error, steps=steps, hops=hops
+                    run_id, status, result=result, error=error, steps=steps, hops=hops, cost=cost
                 )
         return changed
 

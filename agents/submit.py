@@ -17,6 +17,8 @@ from bus.kv import Bucket
 from bus.streams import agent_consumer, consumer_exists
 from bus.subjects import check_name
 from services.identity.client import IdentityClient
+from services.ledger.client import LedgerClient
+from services.ledger.model import Budget
 
 from .runs import RunRecord, RunStore
 
@@ -69,6 +71,7 @@ async def submit(
     deadline_s: float | None = None,
     token: str | None = None,
     scopes: list[str] | None = None,
+    budget: int | None = None,
 ) -> RunOutcome:
     """Publish a task for `agent` as a new run; with `wait`, return once the run has ended.
 
@@ -95,6 +98,14 @@ async def submit(
             user, token, env.run_id, agent, scopes, ttl_s=deadline_s or 3600.0
         )
         env = msgspec.structs.replace(env, chain=(root,))
+    if budget is not None:
+        if budget <= 0:
+            raise RelayError(f"--budget must be a positive number of micro-units, got {budget}")
+        level = f"run:{env.run_id}"
+        await LedgerClient(bus).set_budget(
+            f"budget-{env.run_id}", Budget(level=level, limit=budget)
+        )
+        env = msgspec.structs.replace(env, budget=level)
     runs = await run_store(bus)
     await runs.create(
         RunRecord(run_id=env.run_id, agent=agent, submitted_by=sender, started=env.created_at)

@@ -16,6 +16,7 @@ import logging
 import os
 import socket
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 import msgspec
@@ -50,6 +51,7 @@ from services.identity.chain import ChainView, decode_body
 from services.identity.client import IdentityGate, args_digest, read_agent_key
 from services.identity.messages import AuditRecord
 from services.identity.natsconfig import inbox_prefix, nkey_path
+from services.ledger.client import LedgerClient
 
 from .base import Agent, encode_result, input_decoder
 from .context import Context, HandoffDone, Suspend
@@ -85,9 +87,11 @@ class Worker:
         journals: JournalStore,
         runs: RunStore,
         gate: IdentityGate | None = None,
+        ledger: LedgerClient | None = None,
     ) -> None:
         self.bus = bus
         self.gate = gate
+        self.ledger = ledger
         self.agent = agent
         self.name = agent.name
         self.journals = journals
@@ -106,7 +110,8 @@ class Worker:
         if bus.settings.identity:
             key = read_agent_key(bus.settings.home.resolve(), agent.name)
             gate = await IdentityGate.open(bus, agent.name, key)
-        return cls(bus, agent, journals, runs, gate)
+        ledger = LedgerClient(bus) if bus.settings.ledger else None
+        return cls(bus, agent, journals, runs, gate, ledger)
 
     def new_owner(self) -> str:
         return f"{self.name}@{self._host}:{os.getpid()}#{next(_owners)}"
@@ -357,6 +362,7 @@ class Worker:
             await self.emit_event(env, "returned", recipient=env.reply_to, error=journal.error)
             return
         status = journal.status if journal.status in ("completed", "cancelled") else "failed"
+        cost = await self.run_cost(env.run_id)
         changed = await self.runs.finish(
             env.run_id,
             status,
@@ -364,9 +370,50 @@ class Worker:
             error=journal.error,
             steps=env.steps + len(journal.ops),
             hops=env.hop,
+            cost=cost,
         )
         if changed:
-            await self.emit_event(env, status, result=journal.result, error=journal.error)
+            await self.emit_event(
+                env, status, result=journal.result, error=journal.error, cost=cost
+            )
+
+    async def run_cost(self, run_id: str) -> int:
+        """What the ledger (the source of truth) captured for the run; 0 without a ledger."""
+        if self.ledger is None:
+            return 0
+        rows = await self.ledger.query("levels", level=f"run:{run_id}")
+        return sum(int(row["spent"]) for row in rows if row["level"] == f"run:{run_id}")
+
+    @contextlib.asynccontextmanager
+    async def charge(self, ctx: Context, tool: Any, seq: int) -> AsyncIterator[None]:
+        """Hold a costed tool's price at every budget level before it runs, capture it after,
+        void it if the tool fails. Ids derive from the task and step, so a replay or retry
+        reuses the same hold and is never charged twice."""
+        if self.ledger is None or not tool.cost:
+            yield
+            return
+        user = ctx.principal.removeprefix("user:")
+        hold_id = derived_id(ctx.task_id, "hold", str(seq))
+        levels = [f"user:{user}", f"run:{ctx.run_id}", f"agent:{self.name}"]
+        tags = {"run": ctx.run_id, "agent": self.name, "tool": tool.name}
+        currency = self.bus.settings.ledger_currency
+        await self.ledger.hold(
+            hold_id,
+            f"user:{user}",
+            f"tool:{tool.name}",
+            tool.cost,
+            levels,
+            currency=currency,
+            tags=tags,
+        )
+        try:
+            yield
+        except BaseException:
+            await self.ledger.void(derived_id(ctx.task_id, "void", str(seq)), hold_id)
+            raise
+        await self.ledger.capture(
+            derived_id(ctx.task_id, "capture", str(seq)), hold_id, tool.cost, currency=currency
+        )
 
     # -- services for Context ---------------------------------------------------------------
 
@@ -488,6 +535,7 @@ class Worker:
         attempt: int = 0,
         error: ErrorInfo | None = None,
         result: bytes = b"",
+        cost: int = 0,
     ) -> None:
         event = Event(
             run_id=env.run_id,
@@ -498,6 +546,7 @@ class Worker:
             attempt=attempt,
             detail=detail,
             error=error,
+            cost=cost,
             **({"result": msgspec.Raw(result)} if result else {}),  # type: ignore[arg-type]
         )
         subject = self.bus.subjects.event(env.run_id, kind)

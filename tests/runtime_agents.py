@@ -175,3 +175,15 @@ class ToolUser(Agent):
 
             raise Retry("once more", delay_s=0.1)
         return int(total)
+
+
+class Shopper(Agent):
+    """Calls a costed tool `n` times."""
+
+    name = "shopper"
+
+    async def handle(self, ctx: Context, task: dict[str, Any]) -> int:
+        total = 0
+        for i in range(task["n"]):
+            total += int(await ctx.tool(add, a=i, b=0, log=task["log"]))
+        return total

@@ -1,0 +1,137 @@
+"""Costed tools through the runtime and the ledger: held before, captured after, exact."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from agents.submit import run_store, submit
+from bus import Bus, Settings, default_topology, ensure
+from services.ledger.client import LedgerClient
+
+from ..conftest import ROOT, Spawn, child_env
+
+COST = 5  # the `add` tool's price in micro-units
+
+
+@pytest.fixture
+def settings(nats_server: object, prefix: str, tmp_path: Path) -> Settings:
+    return Settings.from_env(
+        {},
+        nats_url=nats_server.url,
+        prefix=prefix,
+        home=tmp_path / "home",  # type: ignore[attr-defined]
+        ack_wait_s=5.0,
+        max_deliver=3,
+        ledger=True,
+    )
+
+
+@pytest.fixture
+def ledger_service(settings: Settings) -> Iterator[None]:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "agents.cli", "service", "ledger"],
+        env=child_env(settings),
+        cwd=ROOT,
+        stdin=subprocess.DEVNULL,
+    )
+    yield
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(15)
+
+
+@pytest.fixture
+async def lbus(settings: Settings, ledger_service: None) -> AsyncIterator[Bus]:
+    async with Bus(settings, name="test") as bus:
+        await ensure(bus, default_topology(bus.subjects))
+        for _ in range(150):
+            try:
+                await LedgerClient(bus).query("ping")
+                break
+            except Exception:
+                await asyncio.sleep(0.1)
+        yield bus
+
+
+async def test_a_replayed_tool_is_charged_once(lbus: Bus, spawn: Spawn, tmp_path: Path) -> None:
+    spawn("runtime_agents:ToolUser", RELAYBUS_LEDGER="1")
+    done = await submit(
+        lbus,
+        "tooluser",
+        json.dumps({"a": 1, "b": 2, "log": str(tmp_path / "t")}).encode(),
+        wait=True,
+        timeout_s=30,
+    )
+    assert done.status == "completed" and done.cost == COST  # retried once, charged once
+    record = await (await run_store(lbus)).get(done.run_id)
+    assert record is not None and record.cost == COST
+
+
+async def test_a_run_over_its_budget_stops_with_a_clear_reason(
+    lbus: Bus, spawn: Spawn, tmp_path: Path
+) -> None:
+    log = tmp_path / "calls"
+    spawn("runtime_agents:Shopper", RELAYBUS_LEDGER="1")
+    done = await submit(
+        lbus,
+        "shopper",
+        json.dumps({"n": 10, "log": str(log)}).encode(),
+        wait=True,
+        timeout_s=30,
+        budget=3 * COST + 2,
+    )
+    assert done.status == "failed"
+    assert done.error is not None and done.error.startswith("BudgetExceeded: budget run:")
+    assert "5 asked, 2 of 17 left" in done.error
+    assert len(log.read_text().splitlines()) == 3  # the fourth call never ran
+    assert done.cost == 3 * COST
+
+
+async def test_a_users_statement_equals_the_sum_of_their_runs(
+    lbus: Bus, spawn: Spawn, tmp_path: Path, settings: Settings
+) -> None:
+    spawn("runtime_agents:Shopper", RELAYBUS_LEDGER="1")
+    costs = []
+    for n in (2, 3, 4):
+        done = await submit(
+            lbus,
+            "shopper",
+            json.dumps({"n": n, "log": str(tmp_path / "l")}).encode(),
+            sender="user:carol",
+            wait=True,
+            timeout_s=30,
+        )
+        costs.append(done.cost)
+    assert costs == [2 * COST, 3 * COST, 4 * COST]
+    import time
+
+    period = time.strftime("%Y-%m", time.gmtime())
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "agents.cli",
+            "ledger",
+            "statement",
+            "carol",
+            "--period",
+            period,
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        env=child_env(settings),
+        cwd=ROOT,
+        timeout=60,
+    )
+    statement = json.loads(out.stdout)
+    assert statement["total"] == sum(costs)
+    assert sorted(statement["by"]["run"].values()) == sorted(costs)
+    assert statement["by"]["tool"] == {"add": sum(costs)}
