@@ -36,6 +36,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/handoff.py
 	$(BIN)/python benchmarks/runtime.py
 	$(BIN)/python benchmarks/identity.py
+	$(BIN)/python benchmarks/ledger.py
 
 clean:
 	rm -rf $(VENV) .relaybus .pytest_cache .mypy_cache .ruff_cache

@@ -91,6 +91,7 @@ class State:
     balances: dict[str, int] = field(default_factory=dict)
     currencies: dict[str, str] = field(default_factory=dict)
     holds: dict[str, Hold] = field(default_factory=dict)
+    open_holds: dict[str, Hold] = field(default_factory=dict)  # only those still held
     budgets: dict[str, Budget] = field(default_factory=dict)
     levels: dict[str, Level] = field(default_factory=dict)
     results: dict[str, tuple[str, dict[str, object]]] = field(
@@ -135,7 +136,7 @@ def decide(state: State, op: Op, now: float) -> Entry | dict[str, object]:
         raise LedgerError(
             f"the clock stepped backwards: {at} is before the ledger clock {state.clock}"
         )
-    expired = [h.id for h in state.holds.values() if h.state == "held" and h.expires <= at]
+    expired = [h.id for h in state.open_holds.values() if h.expires <= at]
     probe = Entry(op=op, digest=body, clock=at, expired=expired)
     _validate(state, op, at, expired)
     return probe
@@ -158,7 +159,9 @@ def _validate(state: State, op: Op, at: float, expired: list[str]) -> None:
                 key = state.period_key(level, at)
                 used = state.levels.get(key, Level())
                 held = used.held - sum(
-                    h.amount for h in state.holds.values() if h.id in expired and key in h.levels
+                    h.amount
+                    for h in state.open_holds.values()
+                    if h.id in expired and key in h.levels
                 )
                 if budget.limit and used.spent + held + op.amount > budget.limit:
                     left = budget.limit - used.spent - held
@@ -238,6 +241,7 @@ def apply(state: State, entry: Entry) -> dict[str, object]:
                 tags=dict(op.tags),
             )
             state.holds[op.id] = hold
+            state.open_holds[op.id] = hold
             for account in (op.payer, op.payee):
                 state.currencies.setdefault(account, op.currency)
                 state.balances.setdefault(account, 0)
@@ -286,6 +290,7 @@ def _release(state: State, hold: Hold, new_state: str) -> None:
     for key in hold.levels:
         state.levels.setdefault(key, Level()).held -= hold.amount
     hold.state = new_state
+    state.open_holds.pop(hold.id, None)
 
 
 def _move(state: State, payer: str, payee: str, amount: int) -> None:

@@ -36,8 +36,7 @@ def holds(state: State, req: dict[str, Any]) -> Any:
             "expires": h.expires,
             "tags": h.tags,
         }
-        for h in state.holds.values()
-        if h.state == "held"
+        for h in state.open_holds.values()
     ]
 
 

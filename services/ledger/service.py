@@ -41,6 +41,7 @@ class LedgerWriter:
         self.stream = bus.subjects.stream("LEDGER")
         self.state = State(timezone=bus.settings.ledger_timezone)
         self.last_seq = 0
+        self._tail = 0
         self.failed = asyncio.Event()
         self._lock = asyncio.Lock()
 
@@ -51,6 +52,7 @@ class LedgerWriter:
         for seq, data in entries:
             apply(self.state, _decode_entry(data))
             self.last_seq = seq
+        self._tail = self.last_seq
         return len(entries)
 
     async def handle(self, subject: str, data: bytes) -> bytes:
@@ -70,27 +72,43 @@ class LedgerWriter:
             return reply_error(exc)
 
     async def write(self, op: Op) -> dict[str, object]:
+        """Decide, append (fenced), reply once stored.
+
+        Appends are pipelined: each entry is applied to the in-memory state when decided and
+        sent at once, expecting the sequence right after the previous entry's; replies wait
+        for their own acknowledgement. If any append fails, every later one fails its fence
+        too, this writer stops, and its successor rebuilds from what was actually stored — so
+        no acknowledged decision ever rests on an entry that was not."""
         async with self._lock:
             if self.failed.is_set():
                 raise LedgerError("this ledger writer stopped after an append error; retry shortly")
             decided = decide(self.state, op, time.time())
             if not isinstance(decided, Entry):
                 return decided  # the same id and body: the first result
+            expected = self._tail
+            self._tail += 1
             headers = {
-                "Nats-Expected-Last-Subject-Sequence": str(self.last_seq),
+                "Nats-Expected-Last-Subject-Sequence": str(expected),
                 "Nats-Msg-Id": f"ledger:{self.partition}:{op.id}",
             }
-            try:
-                seq = await self.bus.publish_bytes(self.subject, _encode(decided), headers)
-            except PublishFailed as exc:
-                self.failed.set()
-                if "last sequence" in str(exc).lower():
-                    raise WriterFenced(
-                        f"another ledger writer owns partition {self.partition}; this one stops"
-                    ) from exc
-                raise LedgerError(f"the ledger journal did not store the entry: {exc}") from exc
-            self.last_seq = seq
-            return apply(self.state, decided)
+            result = apply(self.state, decided)
+            ack = asyncio.ensure_future(
+                self.bus.publish_bytes(self.subject, _encode(decided), headers)
+            )
+        try:
+            seq = await ack
+        except PublishFailed as exc:
+            self.failed.set()
+            if "last sequence" in str(exc).lower():
+                raise WriterFenced(
+                    f"another ledger writer owns partition {self.partition}; this one stops"
+                ) from exc
+            raise LedgerError(f"the ledger journal did not store the entry: {exc}") from exc
+        if seq != expected + 1:
+            self.failed.set()
+            raise LedgerError(f"the ledger journal diverged at sequence {seq}; the writer restarts")
+        self.last_seq = max(self.last_seq, seq)
+        return result
 
 
 async def serve_ledger(settings: Settings) -> int:

@@ -1,0 +1,116 @@
+"""Ledger benchmark: hold+capture decisions per second and added latency per costed step,
+with 1, 8 and 32 agent processes, beside a plain bus handoff on the same server; checks
+that nothing was overspent.
+
+    python benchmarks/ledger.py [--steps 300]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from bus import (
+    Bus,
+    Consumer,
+    Delivery,
+    NatsServer,
+    Settings,
+    default_topology,
+    ensure,
+    new_envelope,
+)
+from services.ledger.client import LedgerClient
+from services.ledger.model import Budget
+
+HERE = Path(__file__).resolve().parent
+
+
+async def plain_hop_us(bus: Bus, count: int = 300) -> float:
+    got: asyncio.Queue[float] = asyncio.Queue()
+
+    async def handler(d: Delivery) -> None:
+        got.put_nowait(time.perf_counter())
+
+    stop = asyncio.Event()
+    task = asyncio.create_task(Consumer(bus, "lhop", handler, concurrency=1).run(stop))
+    await asyncio.sleep(0.3)
+    lat = []
+    for _ in range(count):
+        t = time.perf_counter()
+        await bus.publish(
+            new_envelope(kind="task", sender="bench", recipient="lhop", payload=b"{}")
+        )
+        lat.append((await got.get() - t) * 1e6)
+    stop.set()
+    await task
+    return statistics.median(lat)
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--steps", type=int, default=300, help="hold+capture steps per process")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp, NatsServer(Path(tmp) / "nats") as server:
+        settings = Settings.from_env({}, nats_url=server.url, home=Path(tmp) / "home")
+        env = {**os.environ, **settings.env(), "RELAYBUS_LOG_LEVEL": "WARNING"}
+        ledger_proc = subprocess.Popen(
+            [sys.executable, "-m", "agents.cli", "service", "ledger"], env=env
+        )
+        try:
+            async with Bus(settings, name="bench") as bus:
+                await ensure(bus, default_topology(bus.subjects))
+                client = LedgerClient(bus)
+                for _ in range(150):
+                    try:
+                        await client.query("ping")
+                        break
+                    except Exception:
+                        await asyncio.sleep(0.1)
+                budget = 32 * args.steps + 8 * args.steps + args.steps
+                await client.set_budget("bench-budget", Budget(level="run:BENCH", limit=budget))
+                hop = await plain_hop_us(bus)
+                print(f"plain bus handoff p50: {hop:.0f} µs")
+                for procs in (1, 8, 32):
+                    started = time.perf_counter()
+                    workers = [
+                        subprocess.Popen(
+                            [sys.executable, str(HERE / "ledger_worker.py"), str(args.steps)],
+                            env=env,
+                            stdout=subprocess.PIPE,
+                            text=True,
+                        )
+                        for _ in range(procs)
+                    ]
+                    lat: list[float] = []
+                    for w in workers:
+                        lat += json.loads(w.communicate(timeout=600)[0])
+                    elapsed = time.perf_counter() - started
+                    print(
+                        f"{procs:>2} processes: {len(lat) / elapsed:,.0f} hold+capture steps/s aggregate "
+                        f"(incl. process start), mean {statistics.fmean(lat):.0f} µs, "
+                        f"p50 {statistics.median(lat):.0f} µs per step = {statistics.median(lat) / hop:.1f}x a plain handoff"
+                    )
+                rows = await client.query("levels", level="run:BENCH")
+                spent = rows[0]["spent"]
+                print(
+                    f"budget {budget}, spent {spent}: {'no overspend' if spent <= budget else 'OVERSPENT'}"
+                )
+        finally:
+            ledger_proc.send_signal(signal.SIGTERM)
+            ledger_proc.wait(30)
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
