@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator, Iterator
 import msgspec
 import pytest
 
-from bus import BudgetExceeded, Bus, LedgerError, Settings, rpc
+from bus import BudgetExceeded, Bus, LedgerError, Settings, default_topology, ensure, rpc
 from bus.streams import read_subject
 from services.ledger.client import LedgerClient
 from services.ledger.model import Budget, Entry, Op, State, apply
@@ -168,3 +168,40 @@ async def test_bad_requests_over_the_wire_are_refused_clearly(
     with pytest.raises(LedgerError, match="unknown ledger operation"):
         await rpc.call(bus, f"{bus.subjects.prefix}.svc.ledger.steal", {})
     assert await ledger.query("balance") == []
+
+
+async def test_kill9_nats_server_and_restart_keeps_every_acknowledged_entry(
+    tmp_path: Path, prefix: str
+) -> None:
+    from bus import NatsServer
+    from bus.server import free_port
+
+    store, port = tmp_path / "store", free_port()
+    server = NatsServer(store, port=port).start()
+    settings = Settings.from_env({}, nats_url=server.url, prefix=prefix, home=tmp_path / "home")
+    ledger_proc = LedgerProcess(settings)
+    try:
+        async with Bus(settings, name="test") as bus:
+            await ensure(bus, default_topology(bus.subjects))
+            ledger_proc.start()
+            client = LedgerClient(bus)
+            await ready(client)
+            await client.set_budget("b", Budget(level="user:dana", limit=100))
+            await client.hold("h1", "user:dana", "tool:x", 40, ["user:dana"])
+            await client.capture("c1", "h1", 40)
+            await client.hold("h2", "user:dana", "tool:x", 60, ["user:dana"])
+            server.kill()  # kill -9, file storage
+            server = NatsServer(store, port=port).start()
+            await ready(client)  # both the ledger and this client reconnect
+            assert (await client.capture("c2", "h2", 60))["captured"] == 60
+            with pytest.raises(BudgetExceeded):
+                await client.hold("h3", "user:dana", "tool:x", 1, ["user:dana"])
+            ledger_proc.kill9()  # and a cold rebuild from the journal agrees
+            ledger_proc.start()
+            await ready(client)
+            balances = {row["account"]: row["balance"] for row in await client.query("balance")}
+            assert balances == {"user:dana": -100, "tool:x": 100}
+            assert (await replayed(bus)).balances == balances
+    finally:
+        ledger_proc.stop()
+        server.stop()
