@@ -52,6 +52,7 @@ from services.identity.client import IdentityGate, args_digest, read_agent_key
 from services.identity.messages import AuditRecord
 from services.identity.natsconfig import inbox_prefix, nkey_path
 from services.ledger.client import LedgerClient
+from services.ledger.lease import Lease
 
 from .base import Agent, encode_result, input_decoder
 from .context import Context, HandoffDone, Suspend
@@ -92,6 +93,7 @@ class Worker:
         self.bus = bus
         self.gate = gate
         self.ledger = ledger
+        self._leases: dict[tuple[str, str, str], Lease] = {}
         self.agent = agent
         self.name = agent.name
         self.journals = journals
@@ -281,6 +283,7 @@ class Worker:
             await ctx._flush()
             body = encode_result(result)
         except Suspend:
+            await self.settle_leases(env.run_id)
             await self.emit_event(env, "suspended")
             return
         except HandoffDone as done:
@@ -331,6 +334,7 @@ class Worker:
             journal.handoff = handoff
             journal.waiting = None
 
+        await self.settle_leases(env.run_id)
         await self.deliver(env, await ctx._mutate(change))
 
     async def deliver(self, env: Envelope, journal: Journal) -> None:
@@ -377,6 +381,28 @@ class Worker:
                 env, status, result=journal.result, error=journal.error, cost=cost
             )
 
+    def _lease(self, ctx: Context, user: str, tool: str) -> Lease:
+        key = (ctx.run_id, user, tool)
+        lease = self._leases.get(key)
+        if lease is None:
+            assert self.ledger is not None
+            lease = Lease(
+                self.ledger,
+                payer=f"user:{user}",
+                payee=f"tool:{tool}",
+                levels=[f"user:{user}", f"run:{ctx.run_id}", f"agent:{self.name}"],
+                chunk=self.bus.settings.ledger_lease,
+                currency=self.bus.settings.ledger_currency,
+                tags={"run": ctx.run_id, "agent": self.name, "tool": tool},
+            )
+            self._leases[key] = lease
+        return lease
+
+    async def settle_leases(self, run_id: str) -> None:
+        """Capture exactly what this process decided locally for the run."""
+        for key in [k for k in self._leases if k[0] == run_id]:
+            await self._leases.pop(key).settle()
+
     async def run_cost(self, run_id: str) -> int:
         """What the ledger (the source of truth) captured for the run; 0 without a ledger."""
         if self.ledger is None:
@@ -393,6 +419,15 @@ class Worker:
             yield
             return
         user = ctx.principal.removeprefix("user:")
+        if self.bus.settings.ledger_lease:
+            lease = self._lease(ctx, user, tool.name)
+            hold = await lease.spend(tool.cost)
+            try:
+                yield
+            except BaseException:
+                lease.unspend(tool.cost, hold)
+                raise
+            return
         hold_id = derived_id(ctx.task_id, "hold", str(seq))
         levels = [f"user:{user}", f"run:{ctx.run_id}", f"agent:{self.name}"]
         tags = {"run": ctx.run_id, "agent": self.name, "tool": tool.name}

@@ -61,6 +61,8 @@ async def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--steps", type=int, default=300, help="hold+capture steps per process")
+    parser.add_argument("--lease-steps", type=int, default=20000, help="leased steps per process")
+    parser.add_argument("--chunk", type=int, default=1000, help="lease chunk in micro-units")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp, NatsServer(Path(tmp) / "nats") as server:
         settings = Settings.from_env({}, nats_url=server.url, home=Path(tmp) / "home")
@@ -106,6 +108,41 @@ async def main() -> None:
                 spent = rows[0]["spent"]
                 print(
                     f"budget {budget}, spent {spent}: {'no overspend' if spent <= budget else 'OVERSPENT'}"
+                )
+                lease_budget = int(args.lease_steps * 41 * 0.9)  # the 32-process round runs dry
+                await client.set_budget(
+                    "lease-budget", Budget(level="run:LEASE", limit=lease_budget)
+                )
+                print(f"with leases (chunk {args.chunk}), budget {lease_budget} over all rounds:")
+                for procs in (1, 8, 32):
+                    workers = [
+                        subprocess.Popen(
+                            [
+                                sys.executable,
+                                str(HERE / "lease_worker.py"),
+                                str(args.lease_steps),
+                                str(args.chunk),
+                            ],
+                            env=env,
+                            stdout=subprocess.PIPE,
+                            text=True,
+                        )
+                        for _ in range(procs)
+                    ]
+                    stats = [json.loads(w.communicate(timeout=600)[0]) for w in workers]
+                    lat = [x for s in stats for x in s["lat"]]
+                    steps = sum(s["spent"] for s in stats)
+                    rate = steps / max(s["elapsed"] for s in stats)
+                    mean = statistics.fmean(lat) if lat else 0.0
+                    print(
+                        f"{procs:>2} processes: {rate:,.0f} steps/s aggregate, mean {mean:.1f} µs added per step, "
+                        f"{steps} steps decided, {sum(s['settled'] for s in stats)} settled"
+                    )
+                rows = await client.query("levels", level="run:LEASE")
+                spent = rows[0]["spent"]
+                print(
+                    f"lease budget {lease_budget}, captured {spent}: "
+                    f"{'no overspend' if spent <= lease_budget else 'OVERSPENT'}"
                 )
         finally:
             ledger_proc.send_signal(signal.SIGTERM)

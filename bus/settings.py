@@ -35,6 +35,7 @@ class Settings(BaseModel):
     ledger: bool = False
     ledger_timezone: str = "UTC"
     ledger_currency: str = "USD"
+    ledger_lease: int = 0  # micro-units per leased chunk; 0: a hold and a capture per costed step
     qdrant_url: str | None = None
     llm_base_url: str | None = None
     llm_api_key: str | None = None

@@ -135,3 +135,66 @@ async def test_a_users_statement_equals_the_sum_of_their_runs(
     assert statement["total"] == sum(costs)
     assert sorted(statement["by"]["run"].values()) == sorted(costs)
     assert statement["by"]["tool"] == {"add": sum(costs)}
+
+
+async def test_leased_steps_are_decided_locally_and_settled_exactly(
+    lbus: Bus, spawn: Spawn, tmp_path: Path
+) -> None:
+    log = tmp_path / "calls"
+    spawn("runtime_agents:Shopper", RELAYBUS_LEDGER="1", RELAYBUS_LEDGER_LEASE="12")
+    ok = await submit(
+        lbus, "shopper", json.dumps({"n": 7, "log": str(log)}).encode(), wait=True, timeout_s=30
+    )
+    assert ok.status == "completed" and ok.cost == 7 * COST  # settled exactly, not in chunks of 12
+    over = await submit(
+        lbus,
+        "shopper",
+        json.dumps({"n": 10, "log": str(log)}).encode(),
+        wait=True,
+        timeout_s=30,
+        budget=3 * COST + 2,
+    )
+    assert (
+        over.status == "failed"
+        and over.error is not None
+        and over.error.startswith("BudgetExceeded")
+    )
+    assert over.cost == 3 * COST  # the lease shrank to the last step's own cost: never over
+
+
+async def test_lease_processes_race_without_overspending(lbus: Bus, settings: Settings) -> None:
+    from services.ledger.model import Budget
+
+    await LedgerClient(lbus).set_budget("lb", Budget(level="run:LEASED", limit=5003))
+    code = (
+        "import asyncio,os,sys\n"
+        "from bus import Bus, Settings, BudgetExceeded\n"
+        "from services.ledger.client import LedgerClient\n"
+        "from services.ledger.lease import Lease\n"
+        "async def main():\n"
+        "    async with Bus(Settings.from_env(os.environ)) as bus:\n"
+        "        lease = Lease(LedgerClient(bus), payer='user:e', payee='tool:x', levels=['run:LEASED'], chunk=64)\n"
+        "        n = 0\n"
+        "        for _ in range(100000):\n"
+        "            try:\n"
+        "                await lease.spend(1)\n"
+        "            except BudgetExceeded:\n"
+        "                break\n"
+        "            n += 1\n"
+        "        await lease.settle()\n"
+        "        print(n)\n"
+        "asyncio.run(main())\n"
+    )
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", code],
+            env=child_env(settings),
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(8)
+    ]
+    decided = sum(int(p.communicate(timeout=120)[0]) for p in procs)
+    rows = await LedgerClient(lbus).query("levels", level="run:LEASED")
+    assert decided == 5003 and rows[0]["spent"] == 5003 and rows[0]["held"] == 0
