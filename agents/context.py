@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import msgspec
 
-from bus import Envelope, ErrorInfo, RelayError
+from bus import CircuitOpen, Envelope, ErrorInfo, RelayError, Retry
 from bus.envelope import derived_id
 from services.identity.chain import ChainView, decode_body
 
@@ -219,8 +219,18 @@ class Context:
             return self._replay(op)
         await self._flush()
         await self._worker.authorize(self, tool, args)
+        breaker = self._worker.breaker(tool)
+        try:
+            breaker.before()
+        except CircuitOpen as exc:
+            raise Retry(str(exc), delay_s=breaker.retry_after_s()) from None
         async with self._worker.charge(self, tool, seq):
-            value = await tool.invoke(self, args)
+            try:
+                value = await tool.invoke(self, args)
+            except Exception:
+                breaker.failure()
+                raise
+            breaker.success()
         body = encode_result(value)
         self._record(seq, "tool", tool.name, body)
         await self._flush()

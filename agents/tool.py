@@ -27,6 +27,8 @@ class Tool:
     model: type[pydantic.BaseModel]
     fn: Callable[..., Awaitable[Any] | Any]
     wants_ctx: bool
+    breaker_failures: int = 5
+    breaker_reset_s: float = 30.0
 
     def validate(self, arguments: dict[str, Any]) -> pydantic.BaseModel:
         try:
@@ -50,7 +52,12 @@ class Tool:
 
 
 def tool(
-    scope: str, *, cost: int = 0, name: str | None = None
+    scope: str,
+    *,
+    cost: int = 0,
+    name: str | None = None,
+    breaker_failures: int = 5,
+    breaker_reset_s: float = 30.0,
 ) -> Callable[[Callable[..., Any]], Tool]:
     """Declare a tool. The function takes one pydantic model argument (optionally after `ctx`);
     unknown argument fields are refused.
@@ -83,6 +90,8 @@ def tool(
             model=strict,
             fn=fn,
             wants_ctx=wants_ctx,
+            breaker_failures=breaker_failures,
+            breaker_reset_s=breaker_reset_s,
         )
 
     return wrap

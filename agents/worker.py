@@ -33,6 +33,7 @@ from bus import (
     ErrorInfo,
     Event,
     PermissionDenied,
+    RateLimited,
     Reject,
     Retry,
     RunFailed,
@@ -55,6 +56,7 @@ from services.ledger.client import LedgerClient
 from services.ledger.lease import Lease
 
 from .base import Agent, encode_result, input_decoder
+from .breaker import Breaker
 from .context import Context, HandoffDone, Suspend
 from .errors import Cancelled, LimitExceeded, ToolArgumentsInvalid
 from .journal import FINAL, Fenced, Journal, JournalDivergence, JournalStore, Outcome
@@ -94,6 +96,7 @@ class Worker:
         self.gate = gate
         self.ledger = ledger
         self._leases: dict[tuple[str, str, str], Lease] = {}
+        self._breakers: dict[str, Breaker] = {}
         self.agent = agent
         self.name = agent.name
         self.journals = journals
@@ -398,6 +401,15 @@ class Worker:
             self._leases[key] = lease
         return lease
 
+    def breaker(self, tool: Any) -> Breaker:
+        """This process's circuit breaker for `tool`."""
+        found = self._breakers.get(tool.name)
+        if found is None:
+            found = self._breakers[tool.name] = Breaker(
+                tool.name, tool.breaker_failures, tool.breaker_reset_s
+            )
+        return found
+
     async def settle_leases(self, run_id: str) -> None:
         """Capture exactly what this process decided locally for the run."""
         for key in [k for k in self._leases if k[0] == run_id]:
@@ -432,15 +444,19 @@ class Worker:
         levels = [f"user:{user}", f"run:{ctx.run_id}", f"agent:{self.name}"]
         tags = {"run": ctx.run_id, "agent": self.name, "tool": tool.name}
         currency = self.bus.settings.ledger_currency
-        await self.ledger.hold(
-            hold_id,
-            f"user:{user}",
-            f"tool:{tool.name}",
-            tool.cost,
-            levels,
-            currency=currency,
-            tags=tags,
-        )
+        try:
+            await self.ledger.hold(
+                hold_id,
+                f"user:{user}",
+                f"tool:{tool.name}",
+                tool.cost,
+                levels,
+                currency=currency,
+                tags=tags,
+                rate=f"agent:{self.name}/tool:{tool.name}",
+            )
+        except RateLimited as exc:
+            raise Retry(str(exc), delay_s=max(1.0, exc.retry_after_s)) from None
         try:
             yield
         except BaseException:

@@ -19,12 +19,16 @@
     ├── PermissionDenied             identity: a scope check refused an action
     ├── ChainInvalid                 identity: a delegation chain did not verify
     ├── BudgetExceeded               ledger: a hold would overspend a budget
-    └── LedgerError                  ledger: an operation was refused (nothing changed)
+    ├── LedgerError                  ledger: an operation was refused (nothing changed)
+    ├── RateLimited                  ledger: a rate limit says "not now"; retry after retry_after_s
+    └── CircuitOpen                  runtime: a tool's circuit breaker is open
 
 Errors cross process boundaries as data (`ErrorInfo`), never pickled.
 """
 
 from __future__ import annotations
+
+import re
 
 import msgspec
 
@@ -120,6 +124,21 @@ class BudgetExceeded(RelayError):
 
 class LedgerError(RelayError):
     """A ledger operation was refused; nothing changed. The message says why."""
+
+
+class RateLimited(RelayError):
+    """A rate limit refused this request for now; the message says when to retry."""
+
+    def __init__(self, message: str, retry_after_s: float | None = None) -> None:
+        super().__init__(message)
+        if retry_after_s is None:  # rebuilt from a remote error: the message says when
+            found = re.search(r"retry in ([0-9.]+)s", message)
+            retry_after_s = float(found[1]) if found else 1.0
+        self.retry_after_s = retry_after_s
+
+
+class CircuitOpen(RelayError):
+    """A tool failed too often in a row; calls are refused until its breaker half-opens."""
 
 
 class ErrorInfo(msgspec.Struct, frozen=True, kw_only=True):

@@ -59,6 +59,15 @@ def register(sub: Any) -> None:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=refund)
 
+    p = ledger.add_parser(
+        "rate", help="rate limit for an (agent, resource) key, e.g. agent:research/tool:search"
+    )
+    p.add_argument("key")
+    p.add_argument("--rpm", type=int, default=0, help="requests per minute (0: none)")
+    p.add_argument("--tpm", type=int, default=0, help="tokens per minute (0: none)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=rate)
+
     p = ledger.add_parser("statement", help="a user's charges and refunds in a period")
     p.add_argument("user")
     p.add_argument("--period", required=True, help="YYYY-MM or YYYY-MM-DD")
@@ -121,6 +130,13 @@ async def refund(args: argparse.Namespace, settings: Settings) -> int:
         args.json,
         f"refunded {args.amount} on {args.transfer}; {result['refundable']} left refundable",
     )
+    return EXIT_OK
+
+
+async def rate(args: argparse.Namespace, settings: Settings) -> int:
+    async with Bus(settings, name="relaybus-ledger") as bus:
+        result = await LedgerClient(bus).set_rate_limit(new_id(), args.key, args.rpm, args.tpm)
+    _emit(result, args.json, f"rate limit {args.key}: {args.rpm} rpm, {args.tpm} tpm")
     return EXIT_OK
 
 

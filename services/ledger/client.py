@@ -6,7 +6,7 @@ from typing import Any
 
 from bus import Bus, rpc
 
-from .model import Budget, Op
+from .model import Budget, Op, RateLimit
 
 
 class LedgerClient:
@@ -22,6 +22,14 @@ class LedgerClient:
     async def query(self, name: str, **req: Any) -> Any:
         return await rpc.call(self.bus, self._subject(name), req)
 
+    async def set_rate_limit(
+        self, op_id: str, key: str, rpm: int = 0, tpm: int = 0
+    ) -> dict[str, Any]:
+        """Requests / tokens per minute for an (agent, resource) key like `agent:a/tool:search`."""
+        return await self.send(
+            Op(kind="limit", id=op_id, limit=RateLimit(key=key, rpm=rpm, tpm=tpm))
+        )
+
     async def hold(
         self,
         op_id: str,
@@ -33,10 +41,12 @@ class LedgerClient:
         currency: str = "USD",
         ttl_s: float = 300.0,
         tags: dict[str, str] | None = None,
+        rate: str = "",
     ) -> dict[str, Any]:
         return await self.send(
             Op(
                 kind="hold",
+                rate=rate,
                 id=op_id,
                 payer=payer,
                 payee=payee,

@@ -19,7 +19,7 @@ from zoneinfo import ZoneInfo
 
 import msgspec
 
-from bus.errors import BudgetExceeded, LedgerError
+from bus.errors import BudgetExceeded, LedgerError, RateLimited
 
 __all__ = ["Budget", "Entry", "LedgerError", "Op", "State", "apply", "decide"]
 
@@ -34,10 +34,18 @@ class Budget(msgspec.Struct, kw_only=True, omit_defaults=True):
     max_tokens: int = 0
 
 
+class RateLimit(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """Requests and tokens per minute for one (agent, resource) key, e.g. `agent:research/tool:search`."""
+
+    key: str
+    rpm: int = 0
+    tpm: int = 0
+
+
 class Op(msgspec.Struct, kw_only=True, omit_defaults=True):
     """An operation as requested (JSON over `relay.svc.ledger.<kind>`)."""
 
-    kind: Literal["hold", "capture", "void", "refund", "budget", "transfer", "tick"]
+    kind: Literal["hold", "capture", "void", "refund", "budget", "transfer", "tick", "limit"]
     id: str
     at: float = 0.0
     amount: int = 0
@@ -50,6 +58,8 @@ class Op(msgspec.Struct, kw_only=True, omit_defaults=True):
     tokens: int = 0
     tags: dict[str, str] = {}  # cost allocation: run, agent, tool, model
     budget: Budget | None = None
+    rate: str = ""  # the (agent, resource) key a hold counts against for rate limits
+    limit: RateLimit | None = None
 
 
 class Entry(msgspec.Struct, kw_only=True, omit_defaults=True):
@@ -71,6 +81,7 @@ class Hold:
     levels: list[str]
     expires: float
     tags: dict[str, str]
+    rate: str = ""
     captured: int = 0
     refunded: int = 0
     state: str = "held"  # held | captured | voided | expired
@@ -98,6 +109,11 @@ class State:
         default_factory=dict
     )  # op id → (digest, result)
     history: list[Entry] = field(default_factory=list)
+    rate_limits: dict[str, RateLimit] = field(default_factory=dict)
+    requests: dict[str, list[float]] = field(
+        default_factory=dict
+    )  # rate key → hold times, last minute
+    tokens: dict[str, list[tuple[float, int]]] = field(default_factory=dict)
 
     def period_key(self, level: str, at: float) -> str:
         budget = self.budgets.get(level)
@@ -172,6 +188,7 @@ def _validate(state: State, op: Op, at: float, expired: list[str]) -> None:
                     raise BudgetExceeded(f"budget {key}: step limit {budget.max_steps} reached")
                 if budget.max_tokens and used.tokens >= budget.max_tokens:
                     raise BudgetExceeded(f"budget {key}: token limit {budget.max_tokens} reached")
+            _check_rate(state, op.rate, at)
         case "capture" | "void":
             hold = _open_hold(state, op.transfer, expired)
             if op.kind == "capture":
@@ -206,6 +223,30 @@ def _validate(state: State, op: Op, at: float, expired: list[str]) -> None:
                 raise LedgerError("a transfer needs two different accounts")
         case "tick":
             pass
+        case "limit":
+            if op.limit is None or not op.limit.key or op.limit.rpm < 0 or op.limit.tpm < 0:
+                raise LedgerError("a limit operation needs a key and non-negative rpm/tpm")
+
+
+WINDOW_S = 60.0
+
+
+def _check_rate(state: State, key: str, at: float) -> None:
+    limit = state.rate_limits.get(key) if key else None
+    if limit is None:
+        return
+    recent = [t for t in state.requests.get(key, []) if t > at - WINDOW_S]
+    if limit.rpm and len(recent) + 1 > limit.rpm:
+        wait = recent[0] + WINDOW_S - at
+        raise RateLimited(
+            f"rate limit {key}: {limit.rpm} requests per minute; retry in {wait:.1f}s", wait
+        )
+    used = [(t, n) for t, n in state.tokens.get(key, []) if t > at - WINDOW_S]
+    if limit.tpm and sum(n for _, n in used) >= limit.tpm:
+        wait = used[0][0] + WINDOW_S - at
+        raise RateLimited(
+            f"rate limit {key}: {limit.tpm} tokens per minute; retry in {wait:.1f}s", wait
+        )
 
 
 def _open_hold(state: State, transfer: str, expired: list[str]) -> Hold:
@@ -239,7 +280,11 @@ def apply(state: State, entry: Entry) -> dict[str, object]:
                 levels=keys,
                 expires=at + op.ttl_s,
                 tags=dict(op.tags),
+                rate=op.rate,
             )
+            if op.rate:
+                times = [t for t in state.requests.get(op.rate, []) if t > at - WINDOW_S]
+                state.requests[op.rate] = [*times, at]
             state.holds[op.id] = hold
             state.open_holds[op.id] = hold
             for account in (op.payer, op.payee):
@@ -259,6 +304,9 @@ def apply(state: State, entry: Entry) -> dict[str, object]:
                 level = state.levels.setdefault(key, Level())
                 level.spent += op.amount
                 level.tokens += op.tokens
+            if hold.rate and op.tokens:
+                used = [(t, n) for t, n in state.tokens.get(hold.rate, []) if t > at - WINDOW_S]
+                state.tokens[hold.rate] = [*used, (at, op.tokens)]
             result.update(transfer=hold.id, captured=op.amount)
         case "void":
             _release(state, state.holds[op.transfer], "voided")
@@ -281,6 +329,10 @@ def apply(state: State, entry: Entry) -> dict[str, object]:
             result.update(amount=op.amount)
         case "tick":
             result.update(expired=entry.expired)
+        case "limit":
+            assert op.limit is not None
+            state.rate_limits[op.limit.key] = op.limit
+            result.update(key=op.limit.key, rpm=op.limit.rpm, tpm=op.limit.tpm)
     state.results[op.id] = (entry.digest, result)
     state.history.append(entry)
     return result

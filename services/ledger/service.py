@@ -23,7 +23,7 @@ from .model import Entry, Op, State, apply, decide
 from .queries import QUERIES
 
 log = logging.getLogger("relaybus.ledger")
-WRITES = ("hold", "capture", "void", "refund", "budget", "transfer", "tick")
+WRITES = ("hold", "capture", "void", "refund", "budget", "transfer", "tick", "limit")
 _encode = msgspec.msgpack.Encoder().encode
 _decode_entry = msgspec.msgpack.Decoder(Entry).decode
 _decode_op = msgspec.json.Decoder(Op).decode

@@ -136,3 +136,26 @@ def test_monthly_budget_resets_at_the_period_boundary(state: State) -> None:
         run(state, hold("h2", 1, levels=["user:alice"]), now=nov + 1)
     run(state, hold("h3", 1000, levels=["user:alice"]), now=dec)
     assert {"user:alice@2026-11", "user:alice@2026-12"} <= set(state.levels)
+
+
+def test_rate_limits_per_agent_and_resource_are_decided_from_the_journal(state: State) -> None:
+    from bus import RateLimited
+    from services.ledger.model import RateLimit
+
+    key = "agent:research/tool:search"
+    run(state, Op(kind="limit", id="l1", limit=RateLimit(key=key, rpm=2, tpm=100)))
+    run(state, hold("h1", 1, rate=key), now=1000.0)
+    run(state, Op(kind="capture", id="c1", transfer="h1", amount=1, tokens=100), now=1001.0)
+    with pytest.raises(RateLimited, match="100 tokens per minute") as tokens:
+        run(state, hold("h2", 1, rate=key), now=1002.0)
+    assert tokens.value.retry_after_s == pytest.approx(59.0)
+    run(state, hold("h3", 1, rate="agent:other/tool:search"), now=1003.0)  # other keys unaffected
+    run(state, hold("h4", 1, rate=key), now=1062.0)  # the minute has passed
+    run(state, hold("h5", 1, rate=key), now=1063.0)
+    with pytest.raises(RateLimited, match="2 requests per minute"):
+        run(state, hold("h6", 1, rate=key), now=1064.0)
+    replayed = State()
+    for entry in state.history:
+        apply(replayed, entry)
+    with pytest.raises(RateLimited):  # the windows rebuild from the journal
+        decide(replayed, hold("h6", 1, rate=key), 1064.0)
