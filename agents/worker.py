@@ -54,6 +54,7 @@ from services.identity.messages import AuditRecord
 from services.identity.natsconfig import inbox_prefix, nkey_path
 from services.ledger.client import LedgerClient
 from services.ledger.lease import Lease
+from services.ledger.prices import load_prices
 
 from .base import Agent, encode_result, input_decoder
 from .breaker import Breaker
@@ -97,6 +98,7 @@ class Worker:
         self.ledger = ledger
         self._leases: dict[tuple[str, str, str], Lease] = {}
         self._breakers: dict[str, Breaker] = {}
+        self.prices = load_prices(bus.settings.prices)
         self.agent = agent
         self.name = agent.name
         self.journals = journals
@@ -427,17 +429,18 @@ class Worker:
         """Hold a costed tool's price at every budget level before it runs, capture it after,
         void it if the tool fails. Ids derive from the task and step, so a replay or retry
         reuses the same hold and is never charged twice."""
-        if self.ledger is None or not tool.cost:
+        cost = self.prices.tool(tool.name, tool.cost)
+        if self.ledger is None or not cost:
             yield
             return
         user = ctx.principal.removeprefix("user:")
         if self.bus.settings.ledger_lease:
             lease = self._lease(ctx, user, tool.name)
-            hold = await lease.spend(tool.cost)
+            hold = await lease.spend(cost)
             try:
                 yield
             except BaseException:
-                lease.unspend(tool.cost, hold)
+                lease.unspend(cost, hold)
                 raise
             return
         hold_id = derived_id(ctx.task_id, "hold", str(seq))
@@ -449,7 +452,7 @@ class Worker:
                 hold_id,
                 f"user:{user}",
                 f"tool:{tool.name}",
-                tool.cost,
+                cost,
                 levels,
                 currency=currency,
                 tags=tags,
@@ -463,7 +466,7 @@ class Worker:
             await self.ledger.void(derived_id(ctx.task_id, "void", str(seq)), hold_id)
             raise
         await self.ledger.capture(
-            derived_id(ctx.task_id, "capture", str(seq)), hold_id, tool.cost, currency=currency
+            derived_id(ctx.task_id, "capture", str(seq)), hold_id, cost, currency=currency
         )
 
     # -- services for Context ---------------------------------------------------------------

@@ -35,6 +35,8 @@ class Settings(BaseModel):
     ledger: bool = False
     ledger_timezone: str = "UTC"
     ledger_currency: str = "USD"
+    prices: Path | None = None
+    ledger_spike: float = Field(default=5.0, gt=1.0)
     ledger_lease: int = 0  # micro-units per leased chunk; 0: a hold and a capture per costed step
     qdrant_url: str | None = None
     llm_base_url: str | None = None

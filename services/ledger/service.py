@@ -15,6 +15,7 @@ import time
 import msgspec
 
 from bus import Bus, LedgerError, PublishFailed, RelayError, Settings, default_topology, ensure
+from bus.events import Event, event_encoder
 from bus.rpc import reply_error, reply_ok
 from bus.runtime import stop_on_signals
 from bus.streams import read_subject
@@ -23,6 +24,7 @@ from .model import Entry, Op, State, apply, decide
 from .queries import QUERIES
 
 log = logging.getLogger("relaybus.ledger")
+SPIKE_WINDOW_S = 60.0
 WRITES = ("hold", "capture", "void", "refund", "budget", "transfer", "tick", "limit")
 _encode = msgspec.msgpack.Encoder().encode
 _decode_entry = msgspec.msgpack.Decoder(Entry).decode
@@ -42,6 +44,8 @@ class LedgerWriter:
         self.state = State(timezone=bus.settings.ledger_timezone)
         self.last_seq = 0
         self._tail = 0
+        self._spend: dict[str, list[tuple[float, int]]] = {}
+        self._alerted: dict[str, float] = {}
         self.failed = asyncio.Event()
         self._lock = asyncio.Lock()
 
@@ -108,7 +112,43 @@ class LedgerWriter:
             self.failed.set()
             raise LedgerError(f"the ledger journal diverged at sequence {seq}; the writer restarts")
         self.last_seq = max(self.last_seq, seq)
+        if decided.op.kind == "capture":
+            await self._watch_spend(decided)
         return result
+
+    async def _watch_spend(self, entry: Entry) -> None:
+        """Alert when a payer's spend in the last minute exceeds RELAYBUS_LEDGER_SPIKE times its
+        average minute over the ten before (an `alert` event and a log line)."""
+        hold = self.state.holds.get(entry.op.transfer)
+        if hold is None:
+            return
+        at, payer = entry.clock, hold.payer
+        series = [(t, a) for t, a in self._spend.get(payer, []) if t > at - 11 * SPIKE_WINDOW_S]
+        series.append((at, entry.op.amount))
+        self._spend[payer] = series
+        recent = sum(a for t, a in series if t > at - SPIKE_WINDOW_S)
+        history_min = (at - SPIKE_WINDOW_S - series[0][0]) / SPIKE_WINDOW_S
+        if history_min < 5:  # no baseline yet: alert only against five minutes of history or more
+            return
+        baseline = sum(a for t, a in series if t <= at - SPIKE_WINDOW_S) / min(10.0, history_min)
+        multiple = self.bus.settings.ledger_spike
+        if (
+            baseline <= 0
+            or recent <= multiple * baseline
+            or at - self._alerted.get(payer, 0.0) < SPIKE_WINDOW_S
+        ):
+            return
+        self._alerted[payer] = at
+        detail = (
+            f"spend spike: {payer} spent {recent} in the last minute, "
+            f"{recent / baseline:.1f}x its {baseline:.0f}/min baseline"
+        )
+        log.warning("%s", detail)
+        run_id = hold.tags.get("run", "ledger")
+        event = Event(run_id=run_id, kind="alert", detail=detail, cost=recent)
+        await self.bus.publish_bytes(
+            self.bus.subjects.event(run_id, "alert"), event_encoder.encode(event)
+        )
 
 
 async def serve_ledger(settings: Settings) -> int:

@@ -198,3 +198,39 @@ async def test_lease_processes_race_without_overspending(lbus: Bus, settings: Se
     decided = sum(int(p.communicate(timeout=120)[0]) for p in procs)
     rows = await LedgerClient(lbus).query("levels", level="run:LEASED")
     assert decided == 5003 and rows[0]["spent"] == 5003 and rows[0]["held"] == 0
+
+
+async def test_the_price_table_sets_what_a_tool_costs(
+    lbus: Bus, spawn: Spawn, tmp_path: Path
+) -> None:
+    prices = tmp_path / "prices.toml"
+    prices.write_text('[tools]\nadd = 9\n\n[models."tiny"]\ninput = 1\noutput = 3\n')
+    spawn("runtime_agents:ToolUser", RELAYBUS_LEDGER="1", RELAYBUS_PRICES=str(prices))
+    done = await submit(
+        lbus,
+        "tooluser",
+        json.dumps({"a": 1, "b": 2, "log": str(tmp_path / "t")}).encode(),
+        wait=True,
+        timeout_s=30,
+    )
+    assert done.status == "completed" and done.cost == 9
+
+
+def test_price_table_errors_name_the_problem(tmp_path: Path) -> None:
+    from bus import ConfigError
+    from services.ledger.prices import load_prices
+
+    bad = tmp_path / "p.toml"
+    bad.write_text("[tools]\nadd = -1\n")
+    with pytest.raises(ConfigError, match=r"prices must be >= 0 micro-units \(tools.add\)"):
+        load_prices(bad)
+    bad.write_text("[tools]\nadd = 1.5\n")
+    with pytest.raises(ConfigError, match=r"Expected `int`, got `float` - at `\$.tools\[...\]`"):
+        load_prices(bad)
+    bad.write_text("[toolz]\nadd = 1\n")
+    with pytest.raises(ConfigError, match="unknown field `toolz`"):
+        load_prices(bad)
+    with pytest.raises(ConfigError, match="no such file"):
+        load_prices(tmp_path / "missing.toml")
+    table = load_prices(None)
+    assert table.tool("x", 4) == 4
