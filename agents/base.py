@@ -24,11 +24,16 @@ class Agent:
 
     name: ClassVar[str] = ""
     Input: ClassVar[Any] = None
+    #: On BudgetExceeded: "fail" the run, or "park" it until someone raises the budget and
+    #: sends the signal the `parked` event names (`relaybus approve RUN --signal budget-1`).
+    on_budget_exceeded: ClassVar[str] = "fail"
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         if cls.name:
             check_name("agent", cls.name)
+        if cls.on_budget_exceeded not in ("fail", "park"):
+            raise ValueError(f"{cls.__name__}.on_budget_exceeded must be 'fail' or 'park'")
 
     async def handle(self, ctx: Context, task: Any) -> Any:
         raise NotImplementedError(f"{type(self).__name__}.handle is not implemented")

@@ -60,7 +60,7 @@ from .base import Agent, encode_result, input_decoder
 from .breaker import Breaker
 from .context import Context, HandoffDone, Suspend
 from .errors import Cancelled, LimitExceeded, ToolArgumentsInvalid
-from .journal import FINAL, Fenced, Journal, JournalDivergence, JournalStore, Outcome
+from .journal import FINAL, Fenced, Journal, JournalDivergence, JournalStore, Outcome, Wait
 from .limits import limit_problem
 from .messages import ChildResult, Control, SignalBody, control_decoder, signal_decoder
 from .runs import RunStore, Waiter
@@ -309,6 +309,12 @@ class Worker:
             error = LimitExceeded(f"deadline exceeded while {self.name} was running")
             await self._finish(ctx, env, "failed", error=ErrorInfo.from_exception(error))
             return
+        except BudgetExceeded as exc:
+            if self.agent.on_budget_exceeded == "park":
+                await self._park_for_budget(ctx, env, exc)
+            else:
+                await self._finish(ctx, env, "failed", error=ErrorInfo.from_exception(exc))
+            return
         except PERMANENT as exc:
             await self._finish(ctx, env, "failed", error=ErrorInfo.from_exception(exc))
             return
@@ -322,6 +328,29 @@ class Worker:
                 await self.emit_event(env, "retried", attempt=d.attempt, error=info)
             raise
         await self._finish(ctx, env, "completed", body)
+
+    async def _park_for_budget(self, ctx: Context, env: Envelope, exc: BudgetExceeded) -> None:
+        """Suspend the task until signal `budget-N` arrives; the replay then retries the charge."""
+        await ctx._flush()
+        await self.settle_leases(env.run_id)
+        parks = sum(1 for name in ctx._journal.signals if name.startswith("budget-"))
+        signal = f"budget-{parks + 1}"
+        data = await self.signal_or_register(ctx, signal)
+        wait = Wait(signal=signal)
+
+        def park(journal: Journal) -> None:
+            if data is not None:
+                journal.signals.setdefault(signal, data)
+            journal.waiting = wait
+            journal.status = "running" if journal.satisfied() else "suspended"
+            if journal.status == "running":
+                journal.waiting = None
+
+        journal = await ctx._mutate(park)
+        detail = f"{exc}; raise the budget, then `relaybus approve {env.run_id} --signal {signal}`"
+        await self.emit_event(env, "parked", detail=detail)
+        if journal.status == "running":  # the signal was already there: go on at once
+            raise Retry("budget signal already received", delay_s=0.1)
 
     async def _finish(
         self,

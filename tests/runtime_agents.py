@@ -187,3 +187,8 @@ class Shopper(Agent):
         for i in range(task["n"]):
             total += int(await ctx.tool(add, a=i, b=0, log=task["log"]))
         return total
+
+
+class ParkingShopper(Shopper):
+    name = "pshopper"
+    on_budget_exceeded = "park"

@@ -234,3 +234,31 @@ def test_price_table_errors_name_the_problem(tmp_path: Path) -> None:
         load_prices(tmp_path / "missing.toml")
     table = load_prices(None)
     assert table.tool("x", 4) == 4
+
+
+async def test_a_parked_run_continues_once_its_budget_is_raised(
+    lbus: Bus, spawn: Spawn, tmp_path: Path
+) -> None:
+    from agents.control import send_signal
+    from bus.feed import EventFeed
+    from services.ledger.model import Budget
+
+    log = tmp_path / "calls"
+    spawn("runtime_agents:ParkingShopper", RELAYBUS_LEDGER="1")
+    outcome = await submit(
+        lbus, "pshopper", json.dumps({"n": 5, "log": str(log)}).encode(), budget=2 * COST + 1
+    )
+    async with EventFeed(lbus, outcome.run_id, replay=True) as feed:
+        while (event := await feed.next(30)) is not None and event.kind != "parked":
+            pass
+        assert event is not None and "--signal budget-1" in event.detail
+        await LedgerClient(lbus).set_budget(
+            "raise", Budget(level=f"run:{outcome.run_id}", limit=100)
+        )
+        await send_signal(lbus, outcome.run_id, "budget-1")
+        from agents.submit import wait_for_run
+
+        done = await wait_for_run(feed, outcome.run_id, 30)
+    assert done.status == "completed" and done.result == sum(range(5)), done
+    assert done.cost == 5 * COST
+    assert len(log.read_text().splitlines()) == 5  # parked and replayed: nothing ran twice
