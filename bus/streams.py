@@ -117,6 +117,7 @@ def default_topology(subjects: Subjects, replicas: int = 1) -> Topology:
         BucketSpec(subjects.bucket("agents"), history=1, replicas=replicas),
         BucketSpec(subjects.bucket("users"), history=1, replicas=replicas),
         BucketSpec(subjects.bucket("revoked"), history=1, replicas=replicas),
+        BucketSpec(subjects.bucket("ledger_snapshots"), history=1, replicas=replicas),
     )
     return Topology(streams=streams, buckets=buckets)
 
@@ -245,14 +246,24 @@ async def consumer_exists(bus: Bus, spec: ConsumerSpec) -> bool:
     return True
 
 
-async def read_subject(bus: Bus, stream: str, subject: str) -> list[tuple[int, bytes]]:
-    """Every message stored on `subject`, in order, with its stream sequence."""
+async def read_subject(
+    bus: Bus, stream: str, subject: str, after: int = 0
+) -> list[tuple[int, bytes]]:
+    """Every message stored on `subject` after stream sequence `after`, in order, with its sequence."""
     info = await bus.js.stream_info(stream, subjects_filter=subject)
-    if not (info.state.subjects or {}).get(subject):
+    if not (info.state.subjects or {}).get(subject) or info.state.last_seq <= after:
         return []
-    sub = await bus.js.subscribe(
-        subject, ordered_consumer=True, deliver_policy=api.DeliverPolicy.ALL
-    )
+    if after:
+        sub = await bus.js.subscribe(
+            subject,
+            ordered_consumer=True,
+            deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE,
+            config=api.ConsumerConfig(opt_start_seq=after + 1),
+        )
+    else:
+        sub = await bus.js.subscribe(
+            subject, ordered_consumer=True, deliver_policy=api.DeliverPolicy.ALL
+        )
     out: list[tuple[int, bytes]] = []
     try:
         while True:

@@ -16,6 +16,7 @@ import msgspec
 
 from bus import Bus, LedgerError, PublishFailed, RelayError, Settings, default_topology, ensure
 from bus.events import Event, event_encoder
+from bus.kv import Bucket
 from bus.rpc import reply_error, reply_ok
 from bus.runtime import stop_on_signals
 from bus.streams import read_subject
@@ -31,12 +32,17 @@ _decode_entry = msgspec.msgpack.Decoder(Entry).decode
 _decode_op = msgspec.json.Decoder(Op).decode
 
 
+class Snapshot(msgspec.Struct):
+    seq: int
+    state: State
+
+
 class WriterFenced(RelayError):
     """Another writer appended to this partition: this one must stop."""
 
 
 class LedgerWriter:
-    def __init__(self, bus: Bus, partition: str = "p0") -> None:
+    def __init__(self, bus: Bus, partition: str = "p0", snapshot_every: int = 1000) -> None:
         self.bus = bus
         self.partition = partition
         self.subject = f"{bus.subjects.prefix}.ledger.entry.{partition}"
@@ -45,14 +51,23 @@ class LedgerWriter:
         self.last_seq = 0
         self._tail = 0
         self._spend: dict[str, list[tuple[float, int]]] = {}
+        self._since_snapshot = 0
+        self.snapshot_every = snapshot_every
         self._alerted: dict[str, float] = {}
         self.failed = asyncio.Event()
         self._lock = asyncio.Lock()
 
     async def rebuild(self) -> int:
-        """State = the whole journal of this partition, applied in order."""
+        """State = the latest snapshot, then the journal entries after it, applied in order."""
         self.state = State(timezone=self.bus.settings.ledger_timezone)
-        entries = await read_subject(self.bus, self.stream, self.subject)
+        self.last_seq = 0
+        snapshots = await Bucket.open(self.bus, self.bus.subjects.bucket("ledger_snapshots"))
+        found = await snapshots.get(self.partition)
+        if found is not None:
+            snapshot = msgspec.msgpack.decode(found[0], type=Snapshot)
+            self.state, self.last_seq = snapshot.state, snapshot.seq
+            self.state.timezone = self.bus.settings.ledger_timezone
+        entries = await read_subject(self.bus, self.stream, self.subject, after=self.last_seq)
         for seq, data in entries:
             apply(self.state, _decode_entry(data))
             self.last_seq = seq
@@ -112,9 +127,29 @@ class LedgerWriter:
             self.failed.set()
             raise LedgerError(f"the ledger journal diverged at sequence {seq}; the writer restarts")
         self.last_seq = max(self.last_seq, seq)
+        self._since_snapshot += 1
+        if self._since_snapshot >= self.snapshot_every:
+            await self.snapshot()
         if decided.op.kind == "capture":
             await self._watch_spend(decided)
         return result
+
+    async def snapshot(self) -> None:
+        """Store the state as of the last acknowledged entry, so a restart replays only what
+        came after. Taken under the write lock; skipped (with a log line) if it is too large."""
+        async with self._lock:
+            if self._tail != self.last_seq:  # appends in flight: the state is ahead of the journal
+                return
+            data = msgspec.msgpack.encode(Snapshot(seq=self.last_seq, state=self.state))
+            self._since_snapshot = 0
+        if len(data) > self.bus.settings.max_payload_bytes:
+            log.warning(
+                "ledger snapshot is %d bytes, over the payload limit; replaying the journal instead",
+                len(data),
+            )
+            return
+        snapshots = await Bucket.open(self.bus, self.bus.subjects.bucket("ledger_snapshots"))
+        await snapshots.put(self.partition, data)
 
     async def _watch_spend(self, entry: Entry) -> None:
         """Alert when a payer's spend in the last minute exceeds RELAYBUS_LEDGER_SPIKE times its

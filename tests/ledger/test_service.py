@@ -249,3 +249,25 @@ async def test_a_spend_spike_raises_an_alert_event(bus: Bus) -> None:
         event = await feed.next(5)
     assert event is not None and event.kind == "alert"
     assert "spend spike: user:eve spent 100 in the last minute" in event.detail
+
+
+async def test_rebuild_starts_from_the_latest_snapshot(bus: Bus) -> None:
+    writer = LedgerWriter(bus, snapshot_every=10)
+    await writer.rebuild()
+    await writer.write(Op(kind="budget", id="b", budget=Budget(level="user:f", limit=10_000)))
+    for i in range(24):
+        await writer.write(
+            Op(kind="hold", id=f"h{i}", amount=3, payer="user:f", payee="tool:x", levels=["user:f"])
+        )
+        if i % 2:
+            await writer.write(Op(kind="capture", id=f"c{i}", transfer=f"h{i}", amount=2))
+    fresh = LedgerWriter(bus)
+    replayed_after_snapshot = await fresh.rebuild()
+    assert replayed_after_snapshot < 10  # not the 37 entries of the whole journal
+    assert fresh.state.balances == writer.state.balances == {"user:f": -24, "tool:x": 24}
+    assert fresh.state.levels == writer.state.levels
+    assert fresh.last_seq == writer.last_seq
+    await fresh.write(
+        Op(kind="capture", id="c0", transfer="h0", amount=3)
+    )  # and it writes on, fenced correctly
+    assert fresh.state.balances["tool:x"] == 27
