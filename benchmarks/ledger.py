@@ -19,41 +19,19 @@ import tempfile
 import time
 from pathlib import Path
 
+from common import plain_hop_us
+
 from bus import (
     Bus,
-    Consumer,
-    Delivery,
     NatsServer,
     Settings,
     default_topology,
     ensure,
-    new_envelope,
 )
 from services.ledger.client import LedgerClient
 from services.ledger.model import Budget
 
 HERE = Path(__file__).resolve().parent
-
-
-async def plain_hop_us(bus: Bus, count: int = 300) -> float:
-    got: asyncio.Queue[float] = asyncio.Queue()
-
-    async def handler(d: Delivery) -> None:
-        got.put_nowait(time.perf_counter())
-
-    stop = asyncio.Event()
-    task = asyncio.create_task(Consumer(bus, "lhop", handler, concurrency=1).run(stop))
-    await asyncio.sleep(0.3)
-    lat = []
-    for _ in range(count):
-        t = time.perf_counter()
-        await bus.publish(
-            new_envelope(kind="task", sender="bench", recipient="lhop", payload=b"{}")
-        )
-        lat.append((await got.get() - t) * 1e6)
-    stop.set()
-    await task
-    return statistics.median(lat)
 
 
 async def main() -> None:
@@ -82,7 +60,7 @@ async def main() -> None:
                         await asyncio.sleep(0.1)
                 budget = 32 * args.steps + 8 * args.steps + args.steps
                 await client.set_budget("bench-budget", Budget(level="run:BENCH", limit=budget))
-                hop = await plain_hop_us(bus)
+                hop = await plain_hop_us(bus, "lhop")
                 print(f"plain bus handoff p50: {hop:.0f} µs")
                 for procs in (1, 8, 32):
                     started = time.perf_counter()

@@ -19,16 +19,15 @@ import tempfile
 import time
 from pathlib import Path
 
+from common import plain_hop_us
+
 from agents.submit import submit
 from bus import (
     Bus,
-    Consumer,
-    Delivery,
     NatsServer,
     Settings,
     default_topology,
     ensure,
-    new_envelope,
 )
 from bus.feed import EventFeed
 
@@ -96,29 +95,6 @@ async def run_batch(
         return time.perf_counter() - t0, latencies
 
 
-async def handoff_latency(bus: Bus, count: int) -> float:
-    """p50 ms of one plain bus hop (publish → consumer handler), one at a time."""
-    got: asyncio.Queue[float] = asyncio.Queue()
-
-    async def handler(d: Delivery) -> None:
-        got.put_nowait(time.perf_counter())
-
-    stop_event = asyncio.Event()
-    consumer = Consumer(bus, "bhop", handler, concurrency=1)
-    task = asyncio.create_task(consumer.run(stop_event))
-    await asyncio.sleep(0.3)
-    lat = []
-    for _ in range(count):
-        t = time.perf_counter()
-        await bus.publish(
-            new_envelope(kind="task", sender="bench", recipient="bhop", payload=b"{}")
-        )
-        lat.append((await got.get() - t) * 1000)
-    stop_event.set()
-    await task
-    return percentile(lat, 0.5)
-
-
 async def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -156,7 +132,7 @@ async def main() -> int:
             )
             stop(procs)
             step_ms = (percentile(many, 0.5) - percentile(base, 0.5)) / args.steps
-            hop_ms = await handoff_latency(bus, 200)
+            hop_ms = await plain_hop_us(bus, "bhop", 200) / 1000
             out["journal"] = {
                 "step_ms": step_ms,
                 "plain_handoff_ms": hop_ms,

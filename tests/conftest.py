@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import secrets
 import signal
@@ -114,3 +115,39 @@ def cluster(tmp_path: Path) -> Iterator[list[NatsServer]]:
     finally:
         for node in nodes:
             node.stop()
+
+
+@contextlib.contextmanager
+def service_process(settings: Settings, name: str) -> Iterator[subprocess.Popen[bytes]]:
+    """`relaybus service NAME` as a real process, stopped by its pid afterwards."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "agents.cli", "service", name],
+        env=child_env(settings),
+        cwd=ROOT,
+        stdin=subprocess.DEVNULL,
+    )
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+async def wait_service(bus: Bus, name: str, timeout_s: float = 15.0) -> None:
+    """Wait (bounded) until the service answers anything on `<prefix>.svc.<name>.ping`."""
+    from bus import RelayError
+
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while loop.time() < deadline:
+        try:
+            await bus.request(bus.subjects.service(name, "ping"), b"{}", timeout_s=0.5)
+            return
+        except RelayError:
+            await asyncio.sleep(0.1)
+    raise AssertionError(f"service {name} did not answer within {timeout_s}s")

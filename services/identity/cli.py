@@ -3,19 +3,15 @@
 from __future__ import annotations
 
 import argparse
-import json
 from typing import Any
 
 from bus import Bus, Settings
+from bus.cli import emit
 from bus.runtime import EXIT_OK
 
 from .client import IdentityClient, write_agent_key
 from .natsconfig import authorization_block, write_nkey
 from .registry import Registry
-
-
-def _emit(obj: Any, as_json: bool, text: str) -> None:
-    print(json.dumps(obj) if as_json else text, flush=True)
 
 
 def register(sub: Any) -> None:
@@ -113,7 +109,7 @@ async def agent_add(args: argparse.Namespace, settings: Settings) -> int:
         await IdentityClient(bus).add_agent(
             args.name, key.verify_key, args.scope, args.handoff_to, nkey
         )
-    _emit(
+    emit(
         {"name": args.name, "scopes": args.scope, "handoff_to": args.handoff_to},
         args.json,
         f"agent {args.name} registered; its key is in {settings.home.resolve() / 'keys'}",
@@ -125,7 +121,7 @@ async def agent_list(args: argparse.Namespace, settings: Settings) -> int:
     async with Bus(settings, name="relaybus-identity") as bus:
         agents = await IdentityClient(bus).list_agents()
     for agent in agents:
-        _emit(
+        emit(
             agent,
             args.json,
             f"{agent['name']:<16} scopes={','.join(agent.get('scopes', []))} "
@@ -137,26 +133,26 @@ async def agent_list(args: argparse.Namespace, settings: Settings) -> int:
 async def user_add(args: argparse.Namespace, settings: Settings) -> int:
     async with Bus(settings, name="relaybus-identity") as bus:
         await IdentityClient(bus).add_user(args.id, args.scope, args.role)
-    _emit({"id": args.id}, args.json, f"user {args.id} saved")
+    emit({"id": args.id}, args.json, f"user {args.id} saved")
     return EXIT_OK
 
 
 async def user_token(args: argparse.Namespace, settings: Settings) -> int:
     async with Bus(settings, name="relaybus-identity") as bus:
         issued = await IdentityClient(bus).issue_token(args.id)
-    _emit(issued, args.json, issued["token"])
+    emit(issued, args.json, issued["token"])
     return EXIT_OK
 
 
 async def role_add(args: argparse.Namespace, settings: Settings) -> int:
     async with Bus(settings, name="relaybus-identity") as bus:
         await IdentityClient(bus).add_role(args.name, args.scope)
-    _emit({"name": args.name}, args.json, f"role {args.name} saved")
+    emit({"name": args.name}, args.json, f"role {args.name} saved")
     return EXIT_OK
 
 
 async def revoke(args: argparse.Namespace, settings: Settings, kind: str, ident: str) -> int:
     async with Bus(settings, name="relaybus-identity") as bus:
         await IdentityClient(bus).revoke(kind, ident, args.reason)
-    _emit({"revoked": f"{kind}:{ident}"}, args.json, f"{kind} {ident} revoked")
+    emit({"revoked": f"{kind}:{ident}"}, args.json, f"{kind} {ident} revoked")
     return EXIT_OK

@@ -3,21 +3,17 @@
 from __future__ import annotations
 
 import argparse
-import json
 import re
 from typing import Any
 
 from bus import Bus, LedgerError, Settings, new_id
+from bus.cli import emit
 from bus.runtime import EXIT_OK
 
 from .client import LedgerClient
 from .model import Budget
 
 _PERIOD = re.compile(r"^\d{4}-\d{2}(-\d{2})?$")
-
-
-def _emit(obj: Any, as_json: bool, text: str) -> None:
-    print(json.dumps(obj) if as_json else text, flush=True)
 
 
 def register(sub: Any) -> None:
@@ -87,9 +83,7 @@ async def budget(args: argparse.Namespace, settings: Settings) -> int:
     )
     async with Bus(settings, name="relaybus-ledger") as bus:
         result = await LedgerClient(bus).set_budget(new_id(), spec)
-    _emit(
-        result, args.json, f"budget {args.level}: limit {args.limit} {args.period or ''}".rstrip()
-    )
+    emit(result, args.json, f"budget {args.level}: limit {args.limit} {args.period or ''}".rstrip())
     return EXIT_OK
 
 
@@ -97,7 +91,7 @@ async def balance(args: argparse.Namespace, settings: Settings) -> int:
     async with Bus(settings, name="relaybus-ledger") as bus:
         rows = await LedgerClient(bus).query("balance", account=args.account)
     for row in rows if isinstance(rows, list) else [rows]:
-        _emit(row, args.json, f"{row['account']:<24} {row['balance']:>14} {row['currency']}")
+        emit(row, args.json, f"{row['account']:<24} {row['balance']:>14} {row['currency']}")
     return EXIT_OK
 
 
@@ -105,7 +99,7 @@ async def holds(args: argparse.Namespace, settings: Settings) -> int:
     async with Bus(settings, name="relaybus-ledger") as bus:
         rows = await LedgerClient(bus).query("holds")
     for row in rows:
-        _emit(row, args.json, f"{row['id']}  {row['payer']} → {row['payee']}  {row['amount']}")
+        emit(row, args.json, f"{row['id']}  {row['payer']} → {row['payee']}  {row['amount']}")
     return EXIT_OK
 
 
@@ -113,7 +107,7 @@ async def levels(args: argparse.Namespace, settings: Settings) -> int:
     async with Bus(settings, name="relaybus-ledger") as bus:
         rows = await LedgerClient(bus).query("levels", level=args.level)
     for row in rows:
-        _emit(
+        emit(
             row,
             args.json,
             f"{row['level']:<28} spent={row['spent']} held={row['held']} "
@@ -125,7 +119,7 @@ async def levels(args: argparse.Namespace, settings: Settings) -> int:
 async def refund(args: argparse.Namespace, settings: Settings) -> int:
     async with Bus(settings, name="relaybus-ledger") as bus:
         result = await LedgerClient(bus).refund(args.id or new_id(), args.transfer, args.amount)
-    _emit(
+    emit(
         result,
         args.json,
         f"refunded {args.amount} on {args.transfer}; {result['refundable']} left refundable",
@@ -136,7 +130,7 @@ async def refund(args: argparse.Namespace, settings: Settings) -> int:
 async def rate(args: argparse.Namespace, settings: Settings) -> int:
     async with Bus(settings, name="relaybus-ledger") as bus:
         result = await LedgerClient(bus).set_rate_limit(new_id(), args.key, args.rpm, args.tpm)
-    _emit(result, args.json, f"rate limit {args.key}: {args.rpm} rpm, {args.tpm} tpm")
+    emit(result, args.json, f"rate limit {args.key}: {args.rpm} rpm, {args.tpm} tpm")
     return EXIT_OK
 
 
@@ -146,7 +140,7 @@ async def statement(args: argparse.Namespace, settings: Settings) -> int:
     async with Bus(settings, name="relaybus-ledger") as bus:
         result = await LedgerClient(bus).query("statement", user=args.user, period=args.period)
     if args.json:
-        _emit(result, True, "")
+        emit(result, True, "")
     else:
         for line in result["lines"]:
             print(

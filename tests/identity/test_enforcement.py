@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import signal
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
@@ -21,7 +20,7 @@ from bus.feed import EventFeed
 from services.identity.client import IdentityClient, write_agent_key
 from services.identity.messages import AuditRecord
 
-from ..conftest import ROOT, Spawn, child_env
+from ..conftest import ROOT, Spawn, child_env, service_process, wait_service
 
 USER_SCOPES = ["search", "email/send:recipient_domain=team.example", "data/read:tenant=$principal"]
 
@@ -41,15 +40,8 @@ def settings(nats_server: object, prefix: str, tmp_path: Path) -> Settings:
 
 @pytest.fixture
 def identity_service(settings: Settings) -> Iterator[subprocess.Popen[bytes]]:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "agents.cli", "service", "identity"],
-        env=child_env(settings),
-        cwd=ROOT,
-        stdin=subprocess.DEVNULL,
-    )
-    yield proc
-    proc.send_signal(signal.SIGTERM)
-    proc.wait(15)
+    with service_process(settings, "identity") as proc:
+        yield proc
 
 
 @pytest.fixture
@@ -59,12 +51,7 @@ async def idbus(
     async with Bus(settings, name="test") as bus:
         await ensure(bus, default_topology(bus.subjects))
         client = IdentityClient(bus)
-        for _ in range(100):  # the service process is starting (bounded)
-            try:
-                await client.call("pubkey", {}, timeout_s=0.5)
-                break
-            except Exception:
-                await asyncio.sleep(0.1)
+        await wait_service(bus, "identity")
         home = settings.home.resolve()
         policy = {
             "i_orch": (["search", "email/send", "payments"], ["i_research", "i_writer"]),

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
-import signal
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
@@ -16,7 +14,7 @@ from agents.submit import run_store, submit
 from bus import Bus, Settings, default_topology, ensure
 from services.ledger.client import LedgerClient
 
-from ..conftest import ROOT, Spawn, child_env
+from ..conftest import ROOT, Spawn, child_env, service_process, wait_service
 
 COST = 5  # the `add` tool's price in micro-units
 
@@ -36,27 +34,15 @@ def settings(nats_server: object, prefix: str, tmp_path: Path) -> Settings:
 
 @pytest.fixture
 def ledger_service(settings: Settings) -> Iterator[None]:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "agents.cli", "service", "ledger"],
-        env=child_env(settings),
-        cwd=ROOT,
-        stdin=subprocess.DEVNULL,
-    )
-    yield
-    proc.send_signal(signal.SIGTERM)
-    proc.wait(15)
+    with service_process(settings, "ledger"):
+        yield
 
 
 @pytest.fixture
 async def lbus(settings: Settings, ledger_service: None) -> AsyncIterator[Bus]:
     async with Bus(settings, name="test") as bus:
         await ensure(bus, default_topology(bus.subjects))
-        for _ in range(150):
-            try:
-                await LedgerClient(bus).query("ping")
-                break
-            except Exception:
-                await asyncio.sleep(0.1)
+        await wait_service(bus, "ledger")
         yield bus
 
 
