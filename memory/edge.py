@@ -1,0 +1,136 @@
+"""The embedded engine: Qdrant Edge (`qdrant-edge-py`), one shard per collection under a folder.
+
+The only module that imports qdrant_edge. Shards are opened by this one process (the memory
+service); the embedder id and vector size are kept beside each shard so vectors never mix.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import qdrant_edge as qe
+
+from .store import TENANT, Hit, MemoryError_, Scope, StoredPoint, check_vector, owned
+
+
+def _filter(scope: Scope) -> qe.Filter:
+    return qe.Filter(
+        must=[
+            qe.FieldCondition(key=k, match=qe.MatchValue(v)) for k, v in scope.conditions().items()
+        ]
+    )
+
+
+def _hit(point: Any, score: float = 1.0) -> Hit:
+    return Hit(id=str(point.id), score=float(score), payload=dict(point.payload or {}))
+
+
+class EdgeStore:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._shards: dict[str, Any] = {}
+        self._meta: dict[str, dict[str, Any]] = {}
+        self._lock = asyncio.Lock()
+
+    def _open(self, name: str) -> Any:
+        shard = self._shards.get(name)
+        if shard is None:
+            path = self.root / name
+            if not (path / "relaybus.json").exists():
+                raise MemoryError_(
+                    f"no collection {name!r}; ingest into it or remember something first"
+                )
+            self._meta[name] = json.loads((path / "relaybus.json").read_text())
+            shard = self._shards[name] = qe.EdgeShard.load(str(path / "shard"))
+        return shard
+
+    async def ensure_collection(self, name: str, dim: int, embedder: str) -> None:
+        async with self._lock:
+            path = self.root / name
+            meta_path = path / "relaybus.json"
+            if meta_path.exists():
+                meta = json.loads(meta_path.read_text())
+                if meta != {"dim": dim, "embedder": embedder}:
+                    raise MemoryError_(
+                        f"collection {name} was built with {meta['embedder']} ({meta['dim']} dims), "
+                        f"not {embedder} ({dim} dims); vectors must not mix"
+                    )
+                self._open(name)
+                return
+            path.mkdir(parents=True, exist_ok=True)
+            config = qe.EdgeConfig(
+                vectors=qe.EdgeVectorParams(size=dim, distance=qe.Distance.Cosine)
+            )
+            shard = qe.EdgeShard.create(str(path / "shard"), config)
+            shard.update(
+                qe.UpdateOperation.create_field_index(TENANT, qe.PayloadSchemaType.Keyword)
+            )
+            shard.update(
+                qe.UpdateOperation.create_field_index("kind", qe.PayloadSchemaType.Keyword)
+            )
+            meta_path.write_text(json.dumps({"dim": dim, "embedder": embedder}))
+            self._shards[name], self._meta[name] = shard, {"dim": dim, "embedder": embedder}
+
+    async def upsert(self, collection: str, points: Sequence[StoredPoint]) -> None:
+        shard = self._open(collection)
+        for point in points:
+            check_vector(collection, point.vector, self._meta[collection]["dim"])
+        shard.update(
+            qe.UpdateOperation.upsert_points(
+                [qe.Point(id=p.id, vector=list(p.vector), payload=p.payload) for p in points]
+            )
+        )
+        shard.flush()
+
+    async def search(
+        self, collection: str, vector: Sequence[float], scope: Scope, k: int
+    ) -> list[Hit]:
+        shard = self._open(collection)
+        check_vector(collection, vector, self._meta[collection]["dim"])
+        found = shard.query(
+            qe.QueryRequest(
+                limit=k,
+                query=qe.Query.Nearest(list(vector)),
+                filter=_filter(scope),
+                with_payload=True,
+            )
+        )
+        return owned([_hit(p, p.score) for p in found], scope.tenant)
+
+    async def get(self, collection: str, ids: Sequence[str], scope: Scope) -> list[Hit]:
+        shard = self._open(collection)
+        return owned(
+            [_hit(p) for p in shard.retrieve(list(ids), with_payload=True, with_vector=False)],
+            scope.tenant,
+        )
+
+    async def scroll(self, collection: str, scope: Scope, limit: int = 1000) -> list[Hit]:
+        shard = self._open(collection)
+        records, _ = shard.scroll(
+            qe.ScrollRequest(limit=limit, filter=_filter(scope), with_payload=True)
+        )
+        return owned([_hit(p) for p in records], scope.tenant)
+
+    async def delete(self, collection: str, scope: Scope, ids: Sequence[str] | None = None) -> int:
+        shard = self._open(collection)
+        if ids is None:
+            victims = [h.id for h in await self.scroll(collection, scope, limit=1_000_000)]
+        else:  # only ids this tenant owns: guessing another tenant's id deletes nothing
+            victims = [h.id for h in await self.get(collection, ids, scope)]
+        if victims:
+            shard.update(qe.UpdateOperation.delete_points(list[Any](victims)))
+            shard.flush()
+        return len(victims)
+
+    async def count(self, collection: str, scope: Scope) -> int:
+        return int(self._open(collection).count(qe.CountRequest(exact=True, filter=_filter(scope))))
+
+    async def close(self) -> None:
+        for shard in self._shards.values():
+            shard.flush()
+            shard.close()
+        self._shards.clear()
