@@ -41,6 +41,7 @@ def stack_services(settings: Settings) -> dict[str, list[str]]:
     return {
         "identity": [*SELF_COMMAND, "service", "identity"],
         "ledger": [*SELF_COMMAND, "service", "ledger"],
+        "memory": [*SELF_COMMAND, "service", "memory"],
     }
 
 
@@ -53,6 +54,10 @@ def service(args: argparse.Namespace, settings: Settings) -> Any:
         from services.ledger.service import serve_ledger
 
         return serve_ledger(settings)
+    if args.name == "memory":
+        from memory.service import serve_memory
+
+        return serve_memory(settings)
     raise RelayError(f"no service {args.name!r} yet")
 
 
@@ -328,7 +333,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=approve)
 
     p = sub.add_parser("service", help="run one service process in the foreground")
-    p.add_argument("name", choices=["identity", "ledger"])
+    p.add_argument("name", choices=["identity", "ledger", "memory"])
     p.set_defaults(func=service)
 
     from services.identity.cli import register as register_identity

@@ -22,6 +22,8 @@ import msgspec
 
 from bus import CircuitOpen, Envelope, ErrorInfo, RelayError, Retry
 from bus.envelope import derived_id
+from memory.client import MemoryClient
+from memory.messages import Caller
 from services.identity.chain import ChainView, decode_body
 
 from .base import encode_result
@@ -112,6 +114,17 @@ class Context:
         if self.envelope.chain:
             return decode_body(self.envelope.chain[0].payload).principal
         return self.envelope.sender
+
+    @property
+    def memory(self) -> MemoryClient:
+        """This run's long-term memory (the memory service takes the tenant from the chain)."""
+        caller = Caller(
+            run_id=self.run_id,
+            agent=self.agent,
+            principal=self.principal,
+            chain=list(self.envelope.chain),
+        )
+        return MemoryClient(self._worker.bus, caller)
 
     @property
     def replaying(self) -> bool:

@@ -20,6 +20,7 @@
     ├── ChainInvalid                 identity: a delegation chain did not verify
     ├── BudgetExceeded               ledger: a hold would overspend a budget
     ├── LedgerError                  ledger: an operation was refused (nothing changed)
+    ├── MemoryRefused                memory: an operation was refused (bad input, unknown collection)
     ├── RateLimited                  ledger: a rate limit says "not now"; retry after retry_after_s
     └── CircuitOpen                  runtime: a tool's circuit breaker is open
 
@@ -124,6 +125,10 @@ class BudgetExceeded(RelayError):
 
 class LedgerError(RelayError):
     """A ledger operation was refused; nothing changed. The message says why."""
+
+
+class MemoryRefused(RelayError):
+    """A memory operation was refused; the message says why."""
 
 
 class RateLimited(RelayError):

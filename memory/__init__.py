@@ -6,13 +6,13 @@ zero-dependency lexical embedder (`embed`). The memory service and `ctx.memory` 
 """
 
 from .embed import Embedder, LexicalEmbedder
-from .store import Hit, MemoryError_, Scope, StoredPoint, VectorStore, point_id
+from .store import Hit, MemoryRefused, Scope, StoredPoint, VectorStore, point_id
 
 __all__ = [
     "Embedder",
     "Hit",
     "LexicalEmbedder",
-    "MemoryError_",
+    "MemoryRefused",
     "Scope",
     "StoredPoint",
     "VectorStore",

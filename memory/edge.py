@@ -14,7 +14,7 @@ from typing import Any
 
 import qdrant_edge as qe
 
-from .store import TENANT, Hit, MemoryError_, Scope, StoredPoint, check_vector, owned
+from .store import TENANT, Hit, MemoryRefused, Scope, StoredPoint, check_vector, owned
 
 
 def _filter(scope: Scope) -> qe.Filter:
@@ -41,7 +41,7 @@ class EdgeStore:
         if shard is None:
             path = self.root / name
             if not (path / "relaybus.json").exists():
-                raise MemoryError_(
+                raise MemoryRefused(
                     f"no collection {name!r}; ingest into it or remember something first"
                 )
             self._meta[name] = json.loads((path / "relaybus.json").read_text())
@@ -55,7 +55,7 @@ class EdgeStore:
             if meta_path.exists():
                 meta = json.loads(meta_path.read_text())
                 if meta != {"dim": dim, "embedder": embedder}:
-                    raise MemoryError_(
+                    raise MemoryRefused(
                         f"collection {name} was built with {meta['embedder']} ({meta['dim']} dims), "
                         f"not {embedder} ({dim} dims); vectors must not mix"
                     )

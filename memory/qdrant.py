@@ -13,7 +13,7 @@ from typing import Any
 
 from qdrant_client import AsyncQdrantClient, models
 
-from .store import TENANT, Hit, MemoryError_, Scope, StoredPoint, check_vector, owned
+from .store import TENANT, Hit, MemoryRefused, Scope, StoredPoint, check_vector, owned
 
 
 def _filter(scope: Scope) -> models.Filter:
@@ -43,7 +43,7 @@ class QdrantStore:
     def _name(self, collection: str) -> tuple[str, int]:
         found = self._physical.get(collection)
         if found is None:
-            raise MemoryError_(
+            raise MemoryRefused(
                 f"no collection {collection!r}; ingest into it or remember something first"
             )
         return found
@@ -65,7 +65,7 @@ class QdrantStore:
             info = await self.client.get_collection(physical)
             size = info.config.params.vectors.size  # type: ignore[union-attr]
             if size != dim:
-                raise MemoryError_(
+                raise MemoryRefused(
                     f"collection {physical} holds {size}-dimensional vectors, not {dim}"
                 )
         self._physical[name] = (physical, dim)

@@ -14,14 +14,10 @@ from typing import Any, Protocol
 
 import msgspec
 
-from bus import RelayError
+from bus.errors import MemoryRefused
 
 TENANT = "tenant"
 RESERVED = frozenset({TENANT, "kind", "text", "hash"})
-
-
-class MemoryError_(RelayError):
-    """A memory operation was refused; the message says why."""
 
 
 class StoredPoint(msgspec.Struct, frozen=True, kw_only=True):
@@ -44,10 +40,10 @@ class Scope(msgspec.Struct, frozen=True, kw_only=True):
 
     def __post_init__(self) -> None:
         if not self.tenant:
-            raise MemoryError_("a memory operation needs a tenant")
+            raise MemoryRefused("a memory operation needs a tenant")
         bad = RESERVED & set(self.equals) - {"kind"}
         if bad:
-            raise MemoryError_(
+            raise MemoryRefused(
                 f"filters may not set {sorted(bad)}; the tenant comes from the chain"
             )
 
@@ -91,7 +87,7 @@ class VectorStore(Protocol):
 
 def check_vector(collection: str, vector: Sequence[float], dim: int) -> None:
     if len(vector) != dim:
-        raise MemoryError_(
+        raise MemoryRefused(
             f"collection {collection} holds {dim}-dimensional vectors, got {len(vector)}: "
             "is the embedder misconfigured?"
         )
@@ -99,4 +95,4 @@ def check_vector(collection: str, vector: Sequence[float], dim: int) -> None:
 
 def check_payload(payload: Mapping[str, Any], tenant: str) -> None:
     if payload.get(TENANT) != tenant:
-        raise MemoryError_("a point's payload must carry its tenant")
+        raise MemoryRefused("a point's payload must carry its tenant")

@@ -192,3 +192,14 @@ class Shopper(Agent):
 class ParkingShopper(Shopper):
     name = "pshopper"
     on_budget_exceeded = "park"
+
+
+class Rememberer(Agent):
+    """Remembers a fact for the run's user, then recalls it."""
+
+    name = "rememberer"
+
+    async def handle(self, ctx: Context, task: dict[str, Any]) -> dict[str, Any]:
+        action = await ctx.step("remember", ctx.memory.remember, task["fact"])
+        hits = await ctx.step("recall", ctx.memory.recall, task["fact"], 1)
+        return {"action": action["action"], "recalled": [h["text"] for h in hits]}

@@ -10,26 +10,40 @@ import pytest
 from memory.edge import EdgeStore
 from memory.embed import LexicalEmbedder
 from memory.qdrant import QdrantStore
-from memory.store import MemoryError_, Scope, StoredPoint, VectorStore, point_id
+from memory.store import MemoryRefused, Scope, StoredPoint, VectorStore, point_id
 
 EMBED = LexicalEmbedder()
 FACTS = {
-    "alice": ["alice prefers green tea", "alice works on the pricing team", "alice's manager is bob"],
+    "alice": [
+        "alice prefers green tea",
+        "alice works on the pricing team",
+        "alice's manager is bob",
+    ],
     "mallory": ["mallory wants alice's secrets", "mallory prefers coffee"],
 }
 
 
 @pytest.fixture(params=["edge", "qdrant-client"])
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[VectorStore]:
-    engine: VectorStore = EdgeStore(tmp_path / "edge") if request.param == "edge" else QdrantStore.connect(
-        path=str(tmp_path / "qdrant"))
+    engine: VectorStore = (
+        EdgeStore(tmp_path / "edge")
+        if request.param == "edge"
+        else QdrantStore.connect(path=str(tmp_path / "qdrant"))
+    )
     await engine.ensure_collection("memories", EMBED.dim, EMBED.id)
     for tenant, texts in FACTS.items():
         vectors = EMBED.embed(texts)
-        await engine.upsert("memories", [
-            StoredPoint(id=point_id(tenant, "fact", t), vector=v, payload={"tenant": tenant, "kind": "fact", "text": t})
-            for t, v in zip(texts, vectors, strict=True)
-        ])
+        await engine.upsert(
+            "memories",
+            [
+                StoredPoint(
+                    id=point_id(tenant, "fact", t),
+                    vector=v,
+                    payload={"tenant": tenant, "kind": "fact", "text": t},
+                )
+                for t, v in zip(texts, vectors, strict=True)
+            ],
+        )
     yield engine
     await engine.close()
 
@@ -39,7 +53,9 @@ async def test_search_only_returns_the_callers_tenant(store: VectorStore) -> Non
     hits = await store.search("memories", query, Scope(tenant="alice"), 5)
     assert hits and {h.payload["tenant"] for h in hits} == {"alice"}
     assert hits[0].payload["text"] == "alice prefers green tea"
-    stolen = await store.search("memories", EMBED.embed(["alice's secrets"])[0], Scope(tenant="mallory"), 10)
+    stolen = await store.search(
+        "memories", EMBED.embed(["alice's secrets"])[0], Scope(tenant="mallory"), 10
+    )
     assert {h.payload["tenant"] for h in stolen} == {"mallory"}
 
 
@@ -51,9 +67,9 @@ async def test_guessing_another_tenants_id_reads_and_deletes_nothing(store: Vect
 
 
 async def test_crafted_filters_cannot_name_the_tenant(store: VectorStore) -> None:
-    with pytest.raises(MemoryError_, match="may not set"):
+    with pytest.raises(MemoryRefused, match="may not set"):
         Scope(tenant="mallory", equals={"tenant": "alice"})
-    with pytest.raises(MemoryError_, match="needs a tenant"):
+    with pytest.raises(MemoryRefused, match="needs a tenant"):
         Scope(tenant="")
     assert await store.count("memories", Scope(tenant="mallory", equals={"kind": "fact"})) == 2
 
@@ -64,22 +80,36 @@ async def test_delete_by_scope_removes_only_the_tenants_points(store: VectorStor
     assert await store.count("memories", Scope(tenant="alice")) == 3
 
 
-async def test_wrong_vector_size_and_unknown_collection_are_clear_errors(store: VectorStore) -> None:
-    with pytest.raises(MemoryError_, match="512-dimensional vectors, got 3: is the embedder misconfigured"):
+async def test_wrong_vector_size_and_unknown_collection_are_clear_errors(
+    store: VectorStore,
+) -> None:
+    with pytest.raises(
+        MemoryRefused, match="512-dimensional vectors, got 3: is the embedder misconfigured"
+    ):
         await store.search("memories", [0.1, 0.2, 0.3], Scope(tenant="alice"), 1)
-    with pytest.raises(MemoryError_, match="no collection 'nope'"):
+    with pytest.raises(MemoryRefused, match="no collection 'nope'"):
         await store.count("nope", Scope(tenant="alice"))
 
 
-async def test_the_edge_store_survives_a_reopen_and_refuses_another_embedder(tmp_path: Path) -> None:
+async def test_the_edge_store_survives_a_reopen_and_refuses_another_embedder(
+    tmp_path: Path,
+) -> None:
     first = EdgeStore(tmp_path / "edge")
     await first.ensure_collection("docs", EMBED.dim, EMBED.id)
     text = "the handbook says expenses are filed monthly"
-    await first.upsert("docs", [StoredPoint(id=point_id("alice", "doc", text), vector=EMBED.embed([text])[0],
-                                            payload={"tenant": "alice", "kind": "doc", "text": text})])
+    await first.upsert(
+        "docs",
+        [
+            StoredPoint(
+                id=point_id("alice", "doc", text),
+                vector=EMBED.embed([text])[0],
+                payload={"tenant": "alice", "kind": "doc", "text": text},
+            )
+        ],
+    )
     await first.close()
     again = EdgeStore(tmp_path / "edge")
     assert await again.count("docs", Scope(tenant="alice")) == 1
-    with pytest.raises(MemoryError_, match="vectors must not mix"):
+    with pytest.raises(MemoryRefused, match="vectors must not mix"):
         await again.ensure_collection("docs", 384, "minilm")
     await again.close()

@@ -1,0 +1,43 @@
+"""Requests to `relay.svc.memory.<op>` (JSON). Each carries the caller's delegation chain: the
+service takes the tenant from the verified chain, never from a field the caller sets (without
+identity, in development, the run's principal is used)."""
+
+from __future__ import annotations
+
+import msgspec
+
+from bus import Link
+
+
+class Caller(msgspec.Struct, kw_only=True):
+    run_id: str
+    agent: str
+    principal: str = ""
+    chain: list[Link] = []
+
+
+class Remember(msgspec.Struct, kw_only=True):
+    caller: Caller
+    text: str
+    kind: str = "fact"
+    key: str = ""  # facts with the same key supersede each other (history is kept)
+    metadata: dict[str, str] = {}
+
+
+class Recall(msgspec.Struct, kw_only=True):
+    caller: Caller
+    query: str
+    k: int = 5
+    kind: str = ""
+    as_of: float = 0.0  # 0: current facts only
+
+
+class Forget(msgspec.Struct, kw_only=True):
+    caller: Caller
+    ids: list[str] | None = None
+    kind: str = ""
+
+
+class History(msgspec.Struct, kw_only=True):
+    caller: Caller
+    key: str

@@ -1,0 +1,227 @@
+"""`relaybus service memory`: the only process that opens the vector store.
+
+Long-term memory: `remember` → ADD / MERGE / SUPERSEDE / NOOP (content-hash dedupe, merge of
+near-identical facts, supersede by key keeping history with validity times), `recall`,
+`forget`, `history`. The tenant is the principal of the caller's verified chain.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import msgspec
+
+from bus import Bus, PermissionDenied, RelayError, Settings, default_topology, ensure
+from bus.rpc import reply_error, reply_ok
+from bus.runtime import stop_on_signals
+from services.identity.client import IdentityGate
+from services.identity.scopes import check
+
+from .edge import EdgeStore
+from .embed import Embedder, LexicalEmbedder
+from .messages import Caller, Forget, History, Recall, Remember
+from .qdrant import QdrantStore
+from .store import MemoryRefused, Scope, StoredPoint, VectorStore, point_id
+
+log = logging.getLogger("relaybus.memory")
+COLLECTION = "memories"
+MAX_TEXT = 8000
+MERGE_SCORE = 0.97
+
+
+class MemoryService:
+    def __init__(
+        self,
+        store: VectorStore,
+        embedder: Embedder,
+        gate: IdentityGate | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.store = store
+        self.embedder = embedder
+        self.gate = gate
+        self.clock = clock
+
+    async def start(self) -> None:
+        await self.store.ensure_collection(COLLECTION, self.embedder.dim, self.embedder.id)
+
+    async def tenant(self, caller: Caller, action: str) -> str:
+        """The principal of the caller's verified chain, allowed `action` by every link."""
+        if self.gate is None:
+            if not caller.principal:
+                raise PermissionDenied("memory: no principal (identity is off and none was given)")
+            return caller.principal.removeprefix("user:")
+        view = await self.gate.verify(caller.chain, caller.run_id, caller.agent)
+        for index, link in enumerate(view.links):
+            problem = check(link.scopes, action, {}, view.principal)
+            if problem:
+                raise PermissionDenied(
+                    f"{action} denied at link {index} ({link.issuer} → {link.subject}): {problem}"
+                )
+        return view.principal
+
+    async def handle(self, subject: str, data: bytes) -> bytes:
+        op = subject.rsplit(".", 1)[1]
+        try:
+            handler = self.ops.get(op)
+            if handler is None:
+                raise MemoryRefused(f"unknown memory operation {op!r}")
+            return reply_ok(await handler(self, data))
+        except msgspec.ValidationError as exc:
+            return reply_error(MemoryRefused(f"bad memory request: {exc}"))
+        except (RelayError, msgspec.DecodeError) as exc:
+            return reply_error(exc)
+
+    async def remember(self, data: bytes) -> Any:
+        req = msgspec.json.decode(data, type=Remember)
+        text = req.text.strip()
+        if not text:
+            raise MemoryRefused("cannot remember empty text")
+        if len(text) > MAX_TEXT:
+            raise MemoryRefused(
+                f"text is {len(text)} characters; memories are at most {MAX_TEXT} (ingest documents instead)"
+            )
+        tenant = await self.tenant(req.caller, "memory/write")
+        new_id = point_id(tenant, req.kind, text)
+        scope = Scope(tenant=tenant, equals={"kind": req.kind})
+        if await self.store.get(COLLECTION, [new_id], scope):
+            return {"action": "NOOP", "id": new_id}
+        vector = self.embedder.embed([text])[0]
+        now = self.clock()
+        payload: dict[str, Any] = {
+            "tenant": tenant,
+            "kind": req.kind,
+            "text": text,
+            "key": req.key,
+            "valid_from": now,
+            "valid_to": 0.0,
+            **{f"m_{k}": v for k, v in req.metadata.items()},
+        }
+        if req.key:
+            current = [
+                h
+                for h in await self.store.scroll(
+                    COLLECTION, Scope(tenant=tenant, equals={"key": req.key})
+                )
+                if not h.payload.get("valid_to")
+            ]
+            if current:
+                old = [
+                    StoredPoint(
+                        id=h.id,
+                        vector=self.embedder.embed([h.payload["text"]])[0],
+                        payload={**h.payload, "valid_to": now, "superseded_by": new_id},
+                    )
+                    for h in current
+                ]
+                await self.store.upsert(
+                    COLLECTION, [*old, StoredPoint(id=new_id, vector=vector, payload=payload)]
+                )
+                return {"action": "SUPERSEDE", "id": new_id, "superseded": [h.id for h in current]}
+        near = [
+            h
+            for h in await self.store.search(COLLECTION, vector, scope, 1)
+            if h.score >= MERGE_SCORE and not h.payload.get("valid_to")
+        ]
+        if near:
+            merged = {
+                **near[0].payload,
+                **{k: v for k, v in payload.items() if k.startswith("m_")},
+                "seen": int(near[0].payload.get("seen", 1)) + 1,
+            }
+            await self.store.upsert(
+                COLLECTION, [StoredPoint(id=near[0].id, vector=vector, payload=merged)]
+            )
+            return {"action": "MERGE", "id": near[0].id}
+        await self.store.upsert(
+            COLLECTION, [StoredPoint(id=new_id, vector=vector, payload=payload)]
+        )
+        return {"action": "ADD", "id": new_id}
+
+    async def recall(self, data: bytes) -> Any:
+        req = msgspec.json.decode(data, type=Recall)
+        if not req.query.strip() or not 0 < req.k <= 100:
+            raise MemoryRefused("recall needs a query and 1 <= k <= 100")
+        tenant = await self.tenant(req.caller, "memory/read")
+        scope = Scope(tenant=tenant, equals={"kind": req.kind} if req.kind else {})
+        hits = await self.store.search(
+            COLLECTION, self.embedder.embed([req.query])[0], scope, req.k * 4
+        )
+
+        def valid(p: dict[str, Any]) -> bool:
+            if not req.as_of:
+                return not p.get("valid_to")
+            return p.get("valid_from", 0) <= req.as_of and (
+                not p.get("valid_to") or req.as_of < p["valid_to"]
+            )
+
+        return [
+            {"id": h.id, "score": h.score, "text": h.payload["text"], "kind": h.payload["kind"]}
+            for h in hits
+            if valid(h.payload)
+        ][: req.k]
+
+    async def forget(self, data: bytes) -> Any:
+        req = msgspec.json.decode(data, type=Forget)
+        tenant = await self.tenant(req.caller, "memory/write")
+        scope = Scope(tenant=tenant, equals={"kind": req.kind} if req.kind else {})
+        return {"forgotten": await self.store.delete(COLLECTION, scope, req.ids)}
+
+    async def history(self, data: bytes) -> Any:
+        req = msgspec.json.decode(data, type=History)
+        tenant = await self.tenant(req.caller, "memory/read")
+        hits = await self.store.scroll(COLLECTION, Scope(tenant=tenant, equals={"key": req.key}))
+        return sorted(
+            (
+                {
+                    "id": h.id,
+                    "text": h.payload["text"],
+                    "valid_from": h.payload["valid_from"],
+                    "valid_to": h.payload.get("valid_to") or None,
+                }
+                for h in hits
+            ),
+            key=lambda r: r["valid_from"],
+        )
+
+    async def ping(self, data: bytes) -> Any:
+        return {"embedder": self.embedder.id}
+
+    ops: dict[str, Callable[[MemoryService, bytes], Awaitable[Any]]] = {
+        "remember": remember,
+        "recall": recall,
+        "forget": forget,
+        "history": history,
+        "ping": ping,
+    }
+
+
+def open_store(settings: Settings) -> VectorStore:
+    if settings.qdrant_url:
+        return QdrantStore.connect(url=settings.qdrant_url)
+    return EdgeStore(settings.home.resolve() / "memory")
+
+
+async def serve_memory(settings: Settings) -> int:
+    stop = asyncio.Event()
+    stop_on_signals(stop)
+    store = open_store(settings)
+    async with Bus(settings, name="memory") as bus:
+        await ensure(bus, default_topology(bus.subjects))
+        gate = await IdentityGate.open(bus, "memory", None) if settings.identity else None
+        service = MemoryService(store, LexicalEmbedder(), gate)
+        await service.start()
+        sub = await bus.serve(f"{bus.subjects.prefix}.svc.memory.*", service.handle, queue="memory")
+        log.info("memory service answering (%s, %s)", type(store).__name__, service.embedder.id)
+        try:
+            await stop.wait()
+        finally:
+            await sub.unsubscribe()
+            if gate is not None:
+                await gate.close()
+            await store.close()
+    return 0

@@ -1,0 +1,131 @@
+"""The memory service over a real bus: remember semantics, isolation, restarts, bad input."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from agents.submit import submit
+from bus import Bus, PermissionDenied, Settings, rpc
+from memory.client import MemoryClient
+from memory.edge import EdgeStore
+from memory.embed import LexicalEmbedder
+from memory.messages import Caller
+from memory.service import MemoryService
+from memory.store import MemoryRefused
+
+from ..conftest import Spawn, service_process, wait_service
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_800_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+async def served(bus: Bus, tmp_path: Path) -> AsyncIterator[tuple[MemoryService, Clock]]:
+    clock = Clock()
+    service = MemoryService(EdgeStore(tmp_path / "memory"), LexicalEmbedder(), clock=clock)
+    await service.start()
+    sub = await bus.serve(f"{bus.subjects.prefix}.svc.memory.*", service.handle)
+    yield service, clock
+    await sub.unsubscribe()
+    await service.store.close()
+
+
+def client(bus: Bus, user: str) -> MemoryClient:
+    return MemoryClient(bus, Caller(run_id="RUN1", agent="research", principal=f"user:{user}"))
+
+
+async def test_add_noop_merge_supersede_and_history(
+    bus: Bus, served: tuple[MemoryService, Clock]
+) -> None:
+    _, clock = served
+    alice = client(bus, "alice")
+    first = await alice.remember("alice drinks green tea every morning", key="alice.drink")
+    assert first["action"] == "ADD"
+    assert (await alice.remember("alice drinks green tea every morning", key="alice.drink"))[
+        "action"
+    ] == "NOOP"
+    merged = await alice.remember(
+        "Alice drinks green tea every morning!", metadata={"source": "chat"}
+    )
+    assert merged == {"action": "MERGE", "id": first["id"]}
+    before = clock.now
+    clock.now += 3600
+    changed = await alice.remember("alice switched to black coffee", key="alice.drink")
+    assert changed["action"] == "SUPERSEDE" and changed["superseded"] == [first["id"]]
+    now_hits = await alice.recall("what does alice drink", k=3)
+    assert [h["text"] for h in now_hits][:1] == ["alice switched to black coffee"]
+    assert first["id"] not in [h["id"] for h in now_hits]
+    then = await alice.recall("what does alice drink", k=3, as_of=before + 1)
+    assert [h["id"] for h in then][:1] == [first["id"]]
+    history = await alice.history("alice.drink")
+    assert [h["text"] for h in history] == [
+        "alice drinks green tea every morning",
+        "alice switched to black coffee",
+    ]
+    assert history[0]["valid_to"] == history[1]["valid_from"]
+
+
+async def test_one_tenant_never_sees_or_deletes_anothers_memories(
+    bus: Bus, served: tuple[MemoryService, Clock]
+) -> None:
+    alice, mallory = client(bus, "alice"), client(bus, "mallory")
+    secret = await alice.remember("the launch code is 0000", kind="secret")
+    assert await mallory.recall("launch code", k=10) == []
+    assert await mallory.recall("launch code", k=10, kind="secret") == []
+    assert await mallory.forget(ids=[secret["id"]]) == 0
+    assert await mallory.forget(kind="secret") == 0
+    assert [h["id"] for h in await alice.recall("launch code", k=1)] == [secret["id"]]
+
+
+async def test_bad_input_is_refused_clearly(bus: Bus, served: tuple[MemoryService, Clock]) -> None:
+    alice = client(bus, "alice")
+    with pytest.raises(MemoryRefused, match="cannot remember empty text"):
+        await alice.remember("   ")
+    with pytest.raises(Exception, match="memories are at most 8000"):
+        await alice.remember("x" * 9000)
+    with pytest.raises(Exception, match="1 <= k <= 100"):
+        await alice.recall("tea", k=0)
+    with pytest.raises(Exception, match="unknown memory operation 'drop'"):
+        await rpc.call(bus, f"{bus.subjects.prefix}.svc.memory.drop", {})
+    with pytest.raises(PermissionDenied, match="no principal"):
+        await MemoryClient(bus, Caller(run_id="R", agent="a")).recall("tea")
+
+
+async def test_memories_survive_a_service_restart(
+    bus: Bus, tmp_path: Path, settings: Settings, spawn: Spawn
+) -> None:
+    home_settings = settings.model_copy(update={"home": tmp_path / "home"})
+    with service_process(home_settings, "memory"):
+        await wait_service(bus, "memory")
+        kept = await client(bus, "alice").remember("alice's office is on floor 3")
+    with service_process(home_settings, "memory"):
+        await wait_service(bus, "memory")
+        hits = await client(bus, "alice").recall("which floor is alice's office on", k=1)
+    assert [h["id"] for h in hits] == [kept["id"]]
+
+
+async def test_agents_use_memory_through_ctx(bus: Bus, settings: Settings, spawn: Spawn) -> None:
+    with service_process(settings, "memory"):
+        await wait_service(bus, "memory")
+        spawn("runtime_agents:Rememberer")
+        done = await submit(
+            bus,
+            "rememberer",
+            json.dumps({"fact": "acme raised prices in march"}).encode(),
+            sender="user:alice",
+            wait=True,
+            timeout_s=30,
+        )
+        assert done.status == "completed", done
+        assert done.result["recalled"] == ["acme raised prices in march"]
+        other = await client(bus, "bob").recall("acme prices", k=5)
+        assert other == []
