@@ -342,6 +342,9 @@ def build_parser() -> argparse.ArgumentParser:
     from services.ledger.cli import register as register_ledger
 
     register_ledger(sub)
+    from memory.cli import register as register_memory
+
+    register_memory(sub)
     identity_parser = sub.choices["identity"]
     chain_sub = next(
         a for a in identity_parser._actions if isinstance(a, argparse._SubParsersAction)

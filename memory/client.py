@@ -6,7 +6,7 @@ from typing import Any
 
 from bus import Bus, rpc
 
-from .messages import Caller, Forget, History, Recall, Remember
+from .messages import Caller, Forget, History, Ingest, Recall, Remember, SearchDocs
 
 
 class MemoryClient:
@@ -48,3 +48,23 @@ class MemoryClient:
 
     async def history(self, key: str) -> list[dict[str, Any]]:
         return list(await self._call("history", History(caller=self.caller, key=key)))
+
+    async def ingest(self, collection: str, source: str, text: str) -> dict[str, Any]:
+        """Chunk `text` into `collection` as `source`; re-ingesting replaces changed chunks."""
+        return dict(
+            await self._call(
+                "ingest",
+                Ingest(caller=self.caller, collection=collection, source=source, text=text),
+            )
+        )
+
+    async def search_docs(
+        self, query: str, k: int = 5, collection: str = ""
+    ) -> list[dict[str, Any]]:
+        """Document chunks for `query`: dense and keyword rankings fused."""
+        return list(
+            await self._call(
+                "search_docs",
+                SearchDocs(caller=self.caller, query=query, k=k, collection=collection),
+            )
+        )

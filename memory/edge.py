@@ -115,6 +115,10 @@ class EdgeStore:
         )
         return owned([_hit(p) for p in records], scope.tenant)
 
+    async def scroll_all(self, collection: str, limit: int = 100_000) -> list[Hit]:
+        records, _ = self._open(collection).scroll(qe.ScrollRequest(limit=limit, with_payload=True))
+        return [_hit(p) for p in records]
+
     async def delete(self, collection: str, scope: Scope, ids: Sequence[str] | None = None) -> int:
         shard = self._open(collection)
         if ids is None:

@@ -41,3 +41,23 @@ class Forget(msgspec.Struct, kw_only=True):
 class History(msgspec.Struct, kw_only=True):
     caller: Caller
     key: str
+
+
+class Ingest(msgspec.Struct, kw_only=True):
+    caller: Caller
+    collection: str
+    source: str
+    text: str
+
+
+class SearchDocs(msgspec.Struct, kw_only=True):
+    caller: Caller
+    query: str
+    k: int = 5
+    collection: str = ""
+
+
+class Gc(msgspec.Struct, kw_only=True):
+    dry_run: bool = True
+    retention_s: float = 30 * 86400.0  # superseded facts are kept this long
+    ttl_s: dict[str, float] = {}  # per kind: memories older than this go

@@ -106,6 +106,11 @@ class QdrantStore:
         )
         return owned([_hit(p) for p in points], scope.tenant)
 
+    async def scroll_all(self, collection: str, limit: int = 100_000) -> list[Hit]:
+        physical, _ = self._name(collection)
+        points, _ = await self.client.scroll(physical, limit=limit, with_payload=True)
+        return [_hit(p) for p in points]
+
     async def delete(self, collection: str, scope: Scope, ids: Sequence[str] | None = None) -> int:
         physical, _ = self._name(collection)
         if ids is None:

@@ -21,14 +21,16 @@ from bus.runtime import stop_on_signals
 from services.identity.client import IdentityGate
 from services.identity.scopes import check
 
+from .documents import chunk, fuse
 from .edge import EdgeStore
 from .embed import Embedder, LexicalEmbedder
-from .messages import Caller, Forget, History, Recall, Remember
+from .messages import Caller, Forget, Gc, History, Ingest, Recall, Remember, SearchDocs
 from .qdrant import QdrantStore
 from .store import MemoryRefused, Scope, StoredPoint, VectorStore, point_id
 
 log = logging.getLogger("relaybus.memory")
 COLLECTION = "memories"
+DOCUMENTS = "documents"
 MAX_TEXT = 8000
 MERGE_SCORE = 0.97
 
@@ -48,6 +50,7 @@ class MemoryService:
 
     async def start(self) -> None:
         await self.store.ensure_collection(COLLECTION, self.embedder.dim, self.embedder.id)
+        await self.store.ensure_collection(DOCUMENTS, self.embedder.dim, self.embedder.id)
 
     async def tenant(self, caller: Caller, action: str) -> str:
         """The principal of the caller's verified chain, allowed `action` by every link."""
@@ -188,6 +191,122 @@ class MemoryService:
             key=lambda r: r["valid_from"],
         )
 
+    async def ingest(self, data: bytes) -> Any:
+        """Chunk a document into `collection`; re-ingesting replaces only the chunks that changed."""
+        req = msgspec.json.decode(data, type=Ingest)
+        if not req.text.strip():
+            raise MemoryRefused(f"document {req.source!r} is empty")
+        if not req.collection or not req.collection.replace("-", "").replace("_", "").isalnum():
+            raise MemoryRefused(
+                f"collection name {req.collection!r}: use letters, digits, '-' or '_'"
+            )
+        tenant = await self.tenant(req.caller, "memory/write")
+        chunks = chunk(req.text)
+        scope = Scope(
+            tenant=tenant,
+            equals={"kind": "doc", "collection": req.collection, "source": req.source},
+        )
+        existing = {h.id for h in await self.store.scroll(DOCUMENTS, scope, limit=100_000)}
+        wanted = {
+            point_id(tenant, f"doc:{req.collection}:{req.source}", text): (i, text)
+            for i, text in enumerate(chunks)
+        }
+        new = [(pid, i, text) for pid, (i, text) in wanted.items() if pid not in existing]
+        if new:
+            vectors = self.embedder.embed([text for _, _, text in new])
+            await self.store.upsert(
+                DOCUMENTS,
+                [
+                    StoredPoint(
+                        id=pid,
+                        vector=vector,
+                        payload={
+                            "tenant": tenant,
+                            "kind": "doc",
+                            "collection": req.collection,
+                            "source": req.source,
+                            "chunk": i,
+                            "text": text,
+                            "valid_from": self.clock(),
+                        },
+                    )
+                    for (pid, i, text), vector in zip(new, vectors, strict=True)
+                ],
+            )
+        stale = sorted(existing - set(wanted))
+        if stale:
+            await self.store.delete(DOCUMENTS, scope, stale)
+        return {
+            "source": req.source,
+            "chunks": len(chunks),
+            "added": len(new),
+            "removed": len(stale),
+            "kept": len(chunks) - len(new),
+        }
+
+    async def search_docs(self, data: bytes) -> Any:
+        req = msgspec.json.decode(data, type=SearchDocs)
+        if not req.query.strip() or not 0 < req.k <= 100:
+            raise MemoryRefused("search needs a query and 1 <= k <= 100")
+        tenant = await self.tenant(req.caller, "memory/read")
+        equals: dict[str, str | int | bool] = {"kind": "doc"}
+        if req.collection:
+            equals["collection"] = req.collection
+        dense = await self.store.search(
+            DOCUMENTS,
+            self.embedder.embed([req.query])[0],
+            Scope(tenant=tenant, equals=equals),
+            req.k * 4,
+        )
+        return [
+            {
+                "id": h.id,
+                "score": round(score, 6),
+                "text": h.payload["text"],
+                "source": h.payload["source"],
+                "collection": h.payload["collection"],
+            }
+            for h, score in fuse(dense, req.query, req.k)
+        ]
+
+    async def gc(self, data: bytes) -> Any:
+        """Superseded facts past the retention window and memories past their kind's TTL."""
+        req = msgspec.json.decode(data or b"{}", type=Gc)
+        now = self.clock()
+        doomed: dict[str, list[str]] = {}
+        reasons: list[dict[str, Any]] = []
+        for hit in await self.store.scroll_all(COLLECTION):
+            p = hit.payload
+            why = ""
+            if p.get("valid_to") and now - p["valid_to"] > req.retention_s:
+                why = "superseded past retention"
+            elif (
+                p.get("kind") in req.ttl_s and now - p.get("valid_from", now) > req.ttl_s[p["kind"]]
+            ):
+                why = f"older than the {p['kind']} TTL"
+            if why:
+                doomed.setdefault(p["tenant"], []).append(hit.id)
+                reasons.append(
+                    {"id": hit.id, "tenant": p["tenant"], "kind": p.get("kind"), "reason": why}
+                )
+        removed = 0
+        if not req.dry_run:
+            for tenant, ids in doomed.items():
+                removed += await self.store.delete(COLLECTION, Scope(tenant=tenant), ids)
+        return {"dry_run": req.dry_run, "candidates": reasons, "removed": removed}
+
+    async def stats(self, data: bytes) -> Any:
+        points = await self.store.scroll_all(COLLECTION)
+        docs = await self.store.scroll_all(DOCUMENTS)
+        tenants = sorted({h.payload.get("tenant", "") for h in [*points, *docs]})
+        return {
+            "embedder": self.embedder.id,
+            "memories": len(points),
+            "document_chunks": len(docs),
+            "tenants": len(tenants),
+            "superseded": sum(1 for h in points if h.payload.get("valid_to")),
+        }
+
     async def ping(self, data: bytes) -> Any:
         return {"embedder": self.embedder.id}
 
@@ -197,6 +316,10 @@ class MemoryService:
         "forget": forget,
         "history": history,
         "ping": ping,
+        "ingest": ingest,
+        "search_docs": search_docs,
+        "gc": gc,
+        "stats": stats,
     }
 
 

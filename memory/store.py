@@ -82,6 +82,10 @@ class VectorStore(Protocol):
 
     async def count(self, collection: str, scope: Scope) -> int: ...
 
+    async def scroll_all(self, collection: str, limit: int = 100_000) -> list[Hit]:
+        """Every tenant's points: for the service's own garbage collection only."""
+        ...
+
     async def close(self) -> None: ...
 
 

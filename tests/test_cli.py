@@ -206,3 +206,39 @@ def test_secure_stack_admits_only_registered_agents_on_their_nkeys(
         assert stranger.returncode == 1 and "cannot connect to NATS" in stranger.stderr
     finally:
         assert relaybus(home, "down").returncode == 0
+
+
+def test_memory_ingest_search_and_gc_from_the_cli(stack: Path, tmp_path: Path) -> None:
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "pricing.md").write_text("# Pricing\n\nAcme charges 40 euros per seat per month.\n")
+    (docs / "people.md").write_text("# People\n\nThe sales lead at Acme is Dana.\n")
+    out = relaybus(
+        stack,
+        "memory",
+        "ingest",
+        str(docs),
+        "--collection",
+        "competitors",
+        "--as",
+        "alice",
+        "--json",
+    )
+    assert out.returncode == 0, out.stderr
+    assert sorted(json.loads(line)["source"] for line in out.stdout.splitlines()) == [
+        "people.md",
+        "pricing.md",
+    ]
+    found = relaybus(
+        stack, "memory", "search", "how much does acme charge per seat", "--as", "alice", "--json"
+    )
+    hits = [json.loads(line) for line in found.stdout.splitlines()]
+    assert hits[0]["source"] == "pricing.md" and "40 euros" in hits[0]["text"]
+    other = relaybus(stack, "memory", "search", "acme", "--as", "mallory", "--json")
+    assert other.returncode == 0 and other.stdout == ""
+    gc = relaybus(stack, "memory", "gc", "--dry-run", "--json")
+    assert json.loads(gc.stdout)["dry_run"] is True
+    bad = relaybus(
+        stack, "memory", "ingest", str(tmp_path / "missing"), "--collection", "c", "--as", "alice"
+    )
+    assert bad.returncode == 1 and "no such file or folder" in bad.stderr

@@ -129,3 +129,79 @@ async def test_agents_use_memory_through_ctx(bus: Bus, settings: Settings, spawn
         assert done.result["recalled"] == ["acme raised prices in march"]
         other = await client(bus, "bob").recall("acme prices", k=5)
         assert other == []
+
+
+TOPICS = [
+    "travel",
+    "expenses",
+    "security",
+    "onboarding",
+    "vacation",
+    "equipment",
+    "remote work",
+    "benefits",
+    "training",
+    "parking",
+]
+
+
+def handbook(changed: str = "") -> str:
+    sections = []
+    for i, topic in enumerate(TOPICS):
+        rule = changed if changed and topic == "parking" else f"rule number {i * 7 + 3} applies"
+        sections.append(
+            f"## {topic.title()} policy\n\nThe {topic} policy says that {rule} "
+            f"to every {topic} request, reviewed by the {topic} desk."
+        )
+    return "\n\n".join(sections)
+
+
+async def test_rag_over_a_generated_handbook_and_reingest(
+    bus: Bus, served: tuple[MemoryService, Clock]
+) -> None:
+    alice = client(bus, "alice")
+    first = await alice.ingest("handbook", "handbook.md", handbook())
+    assert first["chunks"] >= 2 and first["added"] == first["chunks"]
+    correct = 0
+    for i, topic in enumerate(TOPICS):
+        hits = await alice.search_docs(
+            f"what does the {topic} policy say", k=3, collection="handbook"
+        )
+        assert all(h["collection"] == "handbook" for h in hits)
+        correct += any(f"rule number {i * 7 + 3} applies" in h["text"] for h in hits)
+    assert correct >= 9  # recall@3 over the ten sections
+    again = await alice.ingest("handbook", "handbook.md", handbook())
+    assert again["added"] == 0 and again["removed"] == 0
+    edited = await alice.ingest(
+        "handbook", "handbook.md", handbook(changed="only electric cars may park")
+    )
+    assert edited["added"] >= 1 and edited["removed"] >= 1 and edited["kept"] >= 1
+    hits = await alice.search_docs("which cars may park", k=1)
+    assert "only electric cars may park" in hits[0]["text"]
+    assert await client(bus, "mallory").search_docs("parking policy", k=5) == []
+
+
+async def test_gc_removes_superseded_facts_past_retention(
+    bus: Bus, served: tuple[MemoryService, Clock]
+) -> None:
+    _, clock = served
+    alice = client(bus, "alice")
+    old = await alice.remember("alice lives in lyon", key="alice.city")
+    await alice.remember("alice lives in paris", key="alice.city")
+    scratch = await alice.remember("temporary note about lunch", kind="scratch")
+    clock.now += 2 * 86400
+    report = await rpc.call(
+        bus,
+        f"{bus.subjects.prefix}.svc.memory.gc",
+        {"dry_run": True, "retention_s": 86400, "ttl_s": {"scratch": 3600}},
+    )
+    assert {c["id"] for c in report["candidates"]} == {old["id"], scratch["id"]} and report[
+        "removed"
+    ] == 0
+    done = await rpc.call(
+        bus,
+        f"{bus.subjects.prefix}.svc.memory.gc",
+        {"dry_run": False, "retention_s": 86400, "ttl_s": {"scratch": 3600}},
+    )
+    assert done["removed"] == 2
+    assert [h["text"] for h in await alice.history("alice.city")] == ["alice lives in paris"]

@@ -1,0 +1,134 @@
+"""`relaybus memory …`: ingest documents, search, stats, garbage collection.
+
+These commands act for `--as USER` directly, which the memory service accepts only while
+identity is off (development); with RELAYBUS_IDENTITY on, memory is reached through agents.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from bus import Bus, MemoryRefused, Settings, new_id, rpc
+from bus.cli import emit
+from bus.runtime import EXIT_OK
+
+from .client import MemoryClient
+from .messages import Caller, Gc
+
+SUFFIXES = (".md", ".markdown", ".txt")
+
+
+def register(sub: Any) -> None:
+    memory = sub.add_parser("memory", help="documents and memories of one tenant").add_subparsers(
+        dest="memory_cmd", required=True
+    )
+    p = memory.add_parser(
+        "ingest", help="chunk files (a file or a folder of .md/.txt) into a collection"
+    )
+    p.add_argument("path", type=Path)
+    p.add_argument("--collection", required=True)
+    p.add_argument("--as", dest="as_user", required=True)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=ingest)
+    p = memory.add_parser("search", help="search documents (and memories with --memories)")
+    p.add_argument("query")
+    p.add_argument("--collection", default="")
+    p.add_argument("--as", dest="as_user", required=True)
+    p.add_argument("-k", type=int, default=5)
+    p.add_argument("--memories", action="store_true", help="search long-term memories instead")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=search)
+    p = memory.add_parser("stats", help="how much is stored")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=stats)
+    p = memory.add_parser(
+        "gc", help="remove superseded facts past retention and memories past their TTL"
+    )
+    p.add_argument("--dry-run", action="store_true", help="only report what would be removed")
+    p.add_argument("--retention-days", type=float, default=30.0)
+    p.add_argument("--ttl", action="append", default=[], metavar="KIND=DAYS")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=gc)
+
+
+def _client(bus: Bus, user: str) -> MemoryClient:
+    return MemoryClient(bus, Caller(run_id=new_id(), agent="cli", principal=f"user:{user}"))
+
+
+def read_documents(path: Path) -> list[tuple[str, str]]:
+    """(source name, text) for a file, or for every .md/.txt file under a folder."""
+    if not path.exists():
+        raise MemoryRefused(f"{path}: no such file or folder")
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.suffix in SUFFIXES)
+        found = [(str(p.relative_to(path)), p.read_text(errors="replace")) for p in files]
+    else:
+        found = [(path.name, path.read_text(errors="replace"))]
+    if not found:
+        raise MemoryRefused(f"{path}: no {'/'.join(SUFFIXES)} files to ingest")
+    return found
+
+
+async def ingest(args: argparse.Namespace, settings: Settings) -> int:
+    documents = read_documents(args.path)
+    async with Bus(settings, name="relaybus-memory") as bus:
+        client = _client(bus, args.as_user)
+        for source, text in documents:
+            result = await client.ingest(args.collection, source, text)
+            emit(
+                result,
+                args.json,
+                f"{result['source']}: {result['chunks']} chunks "
+                f"({result['added']} new, {result['removed']} removed)",
+            )
+    return EXIT_OK
+
+
+async def search(args: argparse.Namespace, settings: Settings) -> int:
+    async with Bus(settings, name="relaybus-memory") as bus:
+        client = _client(bus, args.as_user)
+        hits = (
+            await client.recall(args.query, k=args.k)
+            if args.memories
+            else await client.search_docs(args.query, k=args.k, collection=args.collection)
+        )
+    for hit in hits:
+        emit(
+            hit,
+            args.json,
+            f"{hit['score']:.4f}  {hit.get('source', hit.get('kind', ''))}  "
+            f"{hit['text'][:100].replace(chr(10), ' ')}",
+        )
+    return EXIT_OK
+
+
+async def stats(args: argparse.Namespace, settings: Settings) -> int:
+    async with Bus(settings, name="relaybus-memory") as bus:
+        result = await rpc.call(bus, f"{bus.subjects.prefix}.svc.memory.stats", {})
+    emit(result, args.json, json.dumps(result))
+    return EXIT_OK
+
+
+async def gc(args: argparse.Namespace, settings: Settings) -> int:
+    ttl: dict[str, float] = {}
+    for item in args.ttl:
+        kind, eq, days = item.partition("=")
+        try:
+            ttl[kind] = float(days) * 86400
+        except ValueError:
+            eq = ""
+        if not eq or not kind:
+            raise MemoryRefused(f"--ttl {item!r} must be KIND=DAYS")
+    body = Gc(dry_run=args.dry_run, retention_s=args.retention_days * 86400, ttl_s=ttl)
+    async with Bus(settings, name="relaybus-memory") as bus:
+        result = await rpc.call(bus, f"{bus.subjects.prefix}.svc.memory.gc", body)
+    emit(
+        result,
+        args.json,
+        f"{len(result['candidates'])} candidate(s); removed {result['removed']}"
+        f"{' (dry run)' if result['dry_run'] else ''}",
+    )
+    return EXIT_OK
