@@ -6,7 +6,7 @@ from typing import Any
 
 from bus import Bus, rpc
 
-from .messages import Caller, Forget, History, Ingest, Recall, Remember, SearchDocs
+from .messages import Caller, Forget, History, Ingest, Recall, Remember, SearchDocs, SessionOp, Turn
 
 
 class MemoryClient:
@@ -68,3 +68,26 @@ class MemoryClient:
                 SearchDocs(caller=self.caller, query=query, k=k, collection=collection),
             )
         )
+
+    async def _session(self, session: str, action: str, **fields: Any) -> Any:
+        return await self._call(
+            "session", SessionOp(caller=self.caller, session=session, action=action, **fields)
+        )
+
+    async def session_get(self, session: str) -> dict[str, Any]:
+        return dict(await self._session(session, "get"))
+
+    async def session_put(self, session: str, state: dict[str, str]) -> dict[str, Any]:
+        return dict(await self._session(session, "put", state=state))
+
+    async def append_turn(self, session: str, role: str, text: str) -> int:
+        return int(
+            (await self._session(session, "append", turn=Turn(role=role, text=text)))["turns"]
+        )
+
+    async def window(self, session: str, last: int = 20) -> list[dict[str, Any]]:
+        return list(await self._session(session, "window", last=last))
+
+    async def close_session(self, session: str) -> dict[str, Any]:
+        """Summarize the session into long-term memory and drop its short-term state."""
+        return dict(await self._session(session, "close"))

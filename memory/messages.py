@@ -61,3 +61,20 @@ class Gc(msgspec.Struct, kw_only=True):
     dry_run: bool = True
     retention_s: float = 30 * 86400.0  # superseded facts are kept this long
     ttl_s: dict[str, float] = {}  # per kind: memories older than this go
+
+
+class Turn(msgspec.Struct, kw_only=True):
+    role: str
+    text: str
+    at: float = 0.0
+
+
+class SessionOp(msgspec.Struct, kw_only=True):
+    """Short-term state of one session (a run or a conversation) of the caller's tenant."""
+
+    caller: Caller
+    session: str
+    action: str  # get | put | append | window | close
+    state: dict[str, str] = {}
+    turn: Turn | None = None
+    last: int = 20

@@ -16,6 +16,7 @@ from typing import Any
 import msgspec
 
 from bus import Bus, PermissionDenied, RelayError, Settings, default_topology, ensure
+from bus.kv import Bucket
 from bus.rpc import reply_error, reply_ok
 from bus.runtime import stop_on_signals
 from services.identity.client import IdentityGate
@@ -24,8 +25,20 @@ from services.identity.scopes import check
 from .documents import chunk, fuse
 from .edge import EdgeStore
 from .embed import Embedder, LexicalEmbedder
-from .messages import Caller, Forget, Gc, History, Ingest, Recall, Remember, SearchDocs
+from .messages import (
+    Caller,
+    Forget,
+    Gc,
+    History,
+    Ingest,
+    Recall,
+    Remember,
+    SearchDocs,
+    SessionOp,
+    Turn,
+)
 from .qdrant import QdrantStore
+from .sessions import Sessions, Summarizer, append_turn, extractive_summary
 from .store import MemoryRefused, Scope, StoredPoint, VectorStore, point_id
 
 log = logging.getLogger("relaybus.memory")
@@ -42,8 +55,12 @@ class MemoryService:
         embedder: Embedder,
         gate: IdentityGate | None = None,
         clock: Callable[[], float] = time.time,
+        sessions: Sessions | None = None,
+        summarizer: Summarizer = extractive_summary,
     ) -> None:
         self.store = store
+        self.sessions = sessions
+        self.summarizer = summarizer
         self.embedder = embedder
         self.gate = gate
         self.clock = clock
@@ -307,6 +324,47 @@ class MemoryService:
             "superseded": sum(1 for h in points if h.payload.get("valid_to")),
         }
 
+    async def session(self, data: bytes) -> Any:
+        req = msgspec.json.decode(data, type=SessionOp)
+        if self.sessions is None:
+            raise MemoryRefused("sessions need the memory service's bus")
+        write = req.action in ("put", "append", "close")
+        tenant = await self.tenant(req.caller, "memory/write" if write else "memory/read")
+        if req.action == "get":
+            return msgspec.to_builtins(await self.sessions.get(tenant, req.session))
+        if req.action == "window":
+            current = await self.sessions.get(tenant, req.session)
+            return [msgspec.to_builtins(t) for t in current.turns[-max(1, req.last) :]]
+        if req.action == "put":
+            state = req.state
+            done = await self.sessions.update(tenant, req.session, lambda s: s.state.update(state))
+            return msgspec.to_builtins(done)
+        if req.action == "append":
+            if req.turn is None or not req.turn.text.strip():
+                raise MemoryRefused("append needs a turn with text")
+            turn = Turn(role=req.turn.role, text=req.turn.text, at=req.turn.at or self.clock())
+            done = await self.sessions.update(tenant, req.session, append_turn(turn))
+            return {"turns": len(done.turns)}
+        if req.action == "close":
+            closed = await self.sessions.close(tenant, req.session)
+            if not closed.turns:
+                return {"summary": None}
+            summary = self.summarizer(closed.turns)
+            remembered = await self.remember(
+                msgspec.json.encode(
+                    Remember(
+                        caller=req.caller,
+                        text=summary,
+                        kind="session_summary",
+                        metadata={"session": req.session},
+                    )
+                )
+            )
+            return {"summary": summary, **remembered}
+        raise MemoryRefused(
+            f"unknown session action {req.action!r}: get, put, append, window or close"
+        )
+
     async def ping(self, data: bytes) -> Any:
         return {"embedder": self.embedder.id}
 
@@ -320,6 +378,7 @@ class MemoryService:
         "search_docs": search_docs,
         "gc": gc,
         "stats": stats,
+        "session": session,
     }
 
 
@@ -336,7 +395,8 @@ async def serve_memory(settings: Settings) -> int:
     async with Bus(settings, name="memory") as bus:
         await ensure(bus, default_topology(bus.subjects))
         gate = await IdentityGate.open(bus, "memory", None) if settings.identity else None
-        service = MemoryService(store, LexicalEmbedder(), gate)
+        sessions = Sessions(await Bucket.open(bus, bus.subjects.bucket("sessions")))
+        service = MemoryService(store, LexicalEmbedder(), gate, sessions=sessions)
         await service.start()
         sub = await bus.serve(f"{bus.subjects.prefix}.svc.memory.*", service.handle, queue="memory")
         log.info("memory service answering (%s, %s)", type(store).__name__, service.embedder.id)

@@ -10,11 +10,13 @@ import pytest
 
 from agents.submit import submit
 from bus import Bus, PermissionDenied, Settings, rpc
+from bus.kv import Bucket
 from memory.client import MemoryClient
 from memory.edge import EdgeStore
 from memory.embed import LexicalEmbedder
 from memory.messages import Caller
 from memory.service import MemoryService
+from memory.sessions import Sessions
 from memory.store import MemoryRefused
 
 from ..conftest import Spawn, service_process, wait_service
@@ -31,7 +33,10 @@ class Clock:
 @pytest.fixture
 async def served(bus: Bus, tmp_path: Path) -> AsyncIterator[tuple[MemoryService, Clock]]:
     clock = Clock()
-    service = MemoryService(EdgeStore(tmp_path / "memory"), LexicalEmbedder(), clock=clock)
+    sessions = Sessions(await Bucket.open(bus, bus.subjects.bucket("sessions")))
+    service = MemoryService(
+        EdgeStore(tmp_path / "memory"), LexicalEmbedder(), clock=clock, sessions=sessions
+    )
     await service.start()
     sub = await bus.serve(f"{bus.subjects.prefix}.svc.memory.*", service.handle)
     yield service, clock
@@ -205,3 +210,27 @@ async def test_gc_removes_superseded_facts_past_retention(
     )
     assert done["removed"] == 2
     assert [h["text"] for h in await alice.history("alice.city")] == ["alice lives in paris"]
+
+
+async def test_sessions_keep_state_and_turns_per_tenant_and_summarize_on_close(
+    bus: Bus, served: tuple[MemoryService, Clock]
+) -> None:
+    alice, mallory = client(bus, "alice"), client(bus, "mallory")
+    await alice.session_put("chat-1", {"topic": "pricing"})
+    for i in range(5):
+        await alice.append_turn(
+            "chat-1", "user" if i % 2 == 0 else "agent", f"turn {i} about acme pricing"
+        )
+    assert (await alice.session_get("chat-1"))["state"] == {"topic": "pricing"}
+    assert [t["text"] for t in await alice.window("chat-1", last=2)] == [
+        "turn 3 about acme pricing",
+        "turn 4 about acme pricing",
+    ]
+    assert await mallory.window("chat-1") == []  # the same session id, another tenant: nothing
+    closed = await alice.close_session("chat-1")
+    assert closed["action"] == "ADD" and "turn 4 about acme pricing" in closed["summary"]
+    assert await alice.window("chat-1") == []
+    hits = await alice.recall("acme pricing conversation", k=1, kind="session_summary")
+    assert hits and hits[0]["id"] == closed["id"]
+    with pytest.raises(MemoryRefused, match="session id"):
+        await alice.window("bad id!")
