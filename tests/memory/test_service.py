@@ -234,3 +234,22 @@ async def test_sessions_keep_state_and_turns_per_tenant_and_summarize_on_close(
     assert hits and hits[0]["id"] == closed["id"]
     with pytest.raises(MemoryRefused, match="session id"):
         await alice.window("bad id!")
+
+
+async def test_preloaded_context_stays_within_its_token_budget(
+    bus: Bus, served: tuple[MemoryService, Clock]
+) -> None:
+    from memory.preload import assemble, estimate_tokens
+
+    alice = client(bus, "alice")
+    await alice.append_turn("c1", "user", "compare acme and globex pricing")
+    await alice.remember("acme raised prices by 10 percent in march")
+    await alice.ingest(
+        "notes", "globex.md", "Globex charges 30 euros per seat.\n\n" + "filler text. " * 200
+    )
+    roomy = await assemble(alice, "acme globex pricing", budget_tokens=2000, session="c1")
+    assert [u["kind"] for u in roomy["used"]][:2] == ["session", "memory"]
+    assert '<data kind="memory"' in roomy["text"] and roomy["tokens"] <= 2000
+    tight = await assemble(alice, "acme globex pricing", budget_tokens=60, session="c1")
+    assert tight["tokens"] <= 60 and tight["dropped"] >= 1
+    assert estimate_tokens(tight["text"]) <= 60 + len(tight["used"])
