@@ -37,6 +37,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/runtime.py
 	$(BIN)/python benchmarks/identity.py
 	$(BIN)/python benchmarks/ledger.py
+	$(BIN)/python benchmarks/recall.py
 
 clean:
 	rm -rf $(VENV) .relaybus .pytest_cache .mypy_cache .ruff_cache
