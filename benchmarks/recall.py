@@ -91,13 +91,61 @@ def score(rankings: list[list[str]], truths: list[str]) -> dict[str, float]:
     return {"recall@1": r1, "recall@5": r5, "mrr": mrr}
 
 
+async def quality_per_embedder(size: int, queries: int) -> None:
+    """Recall quality of each embedder on the same generated set, in-process (no service)."""
+    from memory.minilm import MiniLMEmbedder
+    from memory.store import Scope
+
+    rng = random.Random(11)
+    data = facts(rng, size)
+    sample = rng.sample(range(size), min(queries, size))
+    for embedder in (LexicalEmbedder(), MiniLMEmbedder()):
+        with tempfile.TemporaryDirectory() as tmp:
+            store = EdgeStore(Path(tmp))
+            await store.ensure_collection("q", embedder.dim, embedder.id)
+            t = time.perf_counter()
+            for start in range(0, size, 256):
+                batch = [f for f, _, _ in data[start : start + 256]]
+                vectors = embedder.embed(batch)
+                await store.upsert(
+                    "q",
+                    [
+                        StoredPoint(
+                            id=point_id("t", "fact", f),
+                            vector=v,
+                            payload={"tenant": "t", "kind": "fact", "text": f},
+                        )
+                        for f, v in zip(batch, vectors, strict=True)
+                    ],
+                )
+            load_s = time.perf_counter() - t
+            truths = [data[i][0] for i in sample]
+            for kind, column in (("keyword", 1), ("paraphrase", 2)):
+                rankings = []
+                for i in sample:
+                    hits = await store.search(
+                        "q", embedder.embed([data[i][column]])[0], Scope(tenant="t"), 5
+                    )
+                    rankings.append([h.payload["text"] for h in hits])
+                s = score(rankings, truths)
+                print(
+                    f"{size:,} facts, {embedder.id:<16} {kind:<10} recall@1 {s['recall@1']:.2f}  "
+                    f"recall@5 {s['recall@5']:.2f}  MRR {s['mrr']:.2f}  (embedded in {load_s:.1f}s)"
+                )
+            await store.close()
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--sizes", default="10000,100000")
     parser.add_argument("--queries", type=int, default=300)
+    parser.add_argument(
+        "--semantic-size", type=int, default=2000, help="facts for the MiniLM quality run"
+    )
     args = parser.parse_args()
+    await quality_per_embedder(args.semantic_size, args.queries)
     rng = random.Random(7)
     embedder = LexicalEmbedder()
     with tempfile.TemporaryDirectory() as tmp, NatsServer(Path(tmp) / "nats") as server:

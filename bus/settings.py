@@ -36,6 +36,7 @@ class Settings(BaseModel):
     ledger_timezone: str = "UTC"
     ledger_currency: str = "USD"
     prices: Path | None = None
+    embedder: str = "auto"  # auto | minilm | lexical
     ledger_spike: float = Field(default=5.0, gt=1.0)
     ledger_lease: int = 0  # micro-units per leased chunk; 0: a hold and a capture per costed step
     qdrant_url: str | None = None

@@ -382,6 +382,23 @@ class MemoryService:
     }
 
 
+def choose_embedder(name: str) -> Embedder:
+    """`minilm` (semantic, offline), `lexical`, or `auto`: MiniLM when its package is installed."""
+    if name not in ("auto", "minilm", "lexical"):
+        raise MemoryRefused(f"RELAYBUS_EMBEDDER={name!r}: use auto, minilm or lexical")
+    if name == "lexical":
+        return LexicalEmbedder()
+    try:
+        from .minilm import MiniLMEmbedder
+
+        return MiniLMEmbedder()
+    except (ImportError, RelayError) as exc:
+        if name == "minilm":
+            raise
+        log.warning("semantic embedder unavailable (%s); using the lexical one", exc)
+        return LexicalEmbedder()
+
+
 def open_store(settings: Settings) -> VectorStore:
     if settings.qdrant_url:
         return QdrantStore.connect(url=settings.qdrant_url)
@@ -396,7 +413,7 @@ async def serve_memory(settings: Settings) -> int:
         await ensure(bus, default_topology(bus.subjects))
         gate = await IdentityGate.open(bus, "memory", None) if settings.identity else None
         sessions = Sessions(await Bucket.open(bus, bus.subjects.bucket("sessions")))
-        service = MemoryService(store, LexicalEmbedder(), gate, sessions=sessions)
+        service = MemoryService(store, choose_embedder(settings.embedder), gate, sessions=sessions)
         await service.start()
         sub = await bus.serve(f"{bus.subjects.prefix}.svc.memory.*", service.handle, queue="memory")
         log.info("memory service answering (%s, %s)", type(store).__name__, service.embedder.id)
