@@ -137,7 +137,7 @@ def agent_run(args: argparse.Namespace, settings: Settings) -> Any:
     if args.replicas < 1 or args.concurrency < 1:
         raise RelayError("--replicas and --concurrency must be at least 1")
     if args.replicas == 1:
-        from .worker import serve_agent
+        from .process import serve_agent
 
         return serve_agent(cls(), settings, args.concurrency)
     return _supervise_replicas(args, settings)

@@ -232,12 +232,12 @@ class Context:
             return self._replay(op)
         await self._flush()
         await self._worker.authorize(self, tool, args)
-        breaker = self._worker.breaker(tool)
+        breaker = self._worker.costs.breaker(tool)
         try:
             breaker.before()
         except CircuitOpen as exc:
             raise Retry(str(exc), delay_s=breaker.retry_after_s()) from None
-        async with self._worker.charge(self, tool, seq):
+        async with self._worker.costs.charge(self, tool, seq):
             try:
                 value = await tool.invoke(self, args)
             except Exception:

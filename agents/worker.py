@@ -10,13 +10,11 @@ Each delivery to `relay.task.<agent>` is one of:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import logging
 import os
 import socket
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import msgspec
@@ -26,38 +24,28 @@ from bus import (
     BudgetExceeded,
     Bus,
     ChainInvalid,
-    ConfigError,
-    Consumer,
     Delivery,
     Envelope,
     ErrorInfo,
     Event,
     PermissionDenied,
-    RateLimited,
     Reject,
     Retry,
     RunFailed,
-    Settings,
     decode,
-    default_topology,
     encode,
-    ensure,
 )
-from bus.cli import AgentBeat
 from bus.envelope import derived_id
 from bus.events import TERMINAL, event_encoder
 from bus.kv import Bucket, RevisionConflict
-from bus.runtime import stop_on_signals
 from services.identity.chain import ChainView, decode_body
 from services.identity.client import IdentityGate, args_digest, read_agent_key
 from services.identity.messages import AuditRecord
-from services.identity.natsconfig import inbox_prefix, nkey_path
 from services.ledger.client import LedgerClient
-from services.ledger.lease import Lease
 from services.ledger.prices import load_prices
 
 from .base import Agent, encode_result, input_decoder
-from .breaker import Breaker
+from .charging import Costs
 from .context import Context, HandoffDone, Suspend
 from .errors import Cancelled, LimitExceeded, ToolArgumentsInvalid
 from .journal import FINAL, Fenced, Journal, JournalDivergence, JournalStore, Outcome, Wait
@@ -95,12 +83,9 @@ class Worker:
     ) -> None:
         self.bus = bus
         self.gate = gate
-        self.ledger = ledger
-        self._leases: dict[tuple[str, str, str], Lease] = {}
-        self._breakers: dict[str, Breaker] = {}
-        self.prices = load_prices(bus.settings.prices)
         self.agent = agent
-        self.name = agent.name
+        self.name: str = agent.name
+        self.costs = Costs(bus, agent.name, ledger, load_prices(bus.settings.prices))
         self.journals = journals
         self.runs = runs
         self.decode_input = input_decoder(agent.input_type())
@@ -288,7 +273,7 @@ class Worker:
             await ctx._flush()
             body = encode_result(result)
         except Suspend:
-            await self.settle_leases(env.run_id)
+            await self.costs.settle_leases(env.run_id)
             await self.emit_event(env, "suspended")
             return
         except HandoffDone as done:
@@ -332,7 +317,7 @@ class Worker:
     async def _park_for_budget(self, ctx: Context, env: Envelope, exc: BudgetExceeded) -> None:
         """Suspend the task until signal `budget-N` arrives; the replay then retries the charge."""
         await ctx._flush()
-        await self.settle_leases(env.run_id)
+        await self.costs.settle_leases(env.run_id)
         parks = sum(1 for name in ctx._journal.signals if name.startswith("budget-"))
         signal = f"budget-{parks + 1}"
         data = await self.signal_or_register(ctx, signal)
@@ -368,7 +353,7 @@ class Worker:
             journal.handoff = handoff
             journal.waiting = None
 
-        await self.settle_leases(env.run_id)
+        await self.costs.settle_leases(env.run_id)
         await self.deliver(env, await ctx._mutate(change))
 
     async def deliver(self, env: Envelope, journal: Journal) -> None:
@@ -400,7 +385,7 @@ class Worker:
             await self.emit_event(env, "returned", recipient=env.reply_to, error=journal.error)
             return
         status = journal.status if journal.status in ("completed", "cancelled") else "failed"
-        cost = await self.run_cost(env.run_id)
+        cost = await self.costs.run_cost(env.run_id)
         changed = await self.runs.finish(
             env.run_id,
             status,
@@ -414,91 +399,6 @@ class Worker:
             await self.emit_event(
                 env, status, result=journal.result, error=journal.error, cost=cost
             )
-
-    def _lease(self, ctx: Context, user: str, tool: str) -> Lease:
-        key = (ctx.run_id, user, tool)
-        lease = self._leases.get(key)
-        if lease is None:
-            assert self.ledger is not None
-            lease = Lease(
-                self.ledger,
-                payer=f"user:{user}",
-                payee=f"tool:{tool}",
-                levels=[f"user:{user}", f"run:{ctx.run_id}", f"agent:{self.name}"],
-                chunk=self.bus.settings.ledger_lease,
-                currency=self.bus.settings.ledger_currency,
-                tags={"run": ctx.run_id, "agent": self.name, "tool": tool},
-            )
-            self._leases[key] = lease
-        return lease
-
-    def breaker(self, tool: Any) -> Breaker:
-        """This process's circuit breaker for `tool`."""
-        found = self._breakers.get(tool.name)
-        if found is None:
-            found = self._breakers[tool.name] = Breaker(
-                tool.name, tool.breaker_failures, tool.breaker_reset_s
-            )
-        return found
-
-    async def settle_leases(self, run_id: str) -> None:
-        """Capture exactly what this process decided locally for the run."""
-        for key in [k for k in self._leases if k[0] == run_id]:
-            await self._leases.pop(key).settle()
-
-    async def run_cost(self, run_id: str) -> int:
-        """What the ledger (the source of truth) captured for the run; 0 without a ledger."""
-        if self.ledger is None:
-            return 0
-        rows = await self.ledger.query("levels", level=f"run:{run_id}")
-        return sum(int(row["spent"]) for row in rows if row["level"] == f"run:{run_id}")
-
-    @contextlib.asynccontextmanager
-    async def charge(self, ctx: Context, tool: Any, seq: int) -> AsyncIterator[None]:
-        """Hold a costed tool's price at every budget level before it runs, capture it after,
-        void it if the tool fails. Ids derive from the task and step, so a replay or retry
-        reuses the same hold and is never charged twice."""
-        cost = self.prices.tool(tool.name, tool.cost)
-        if self.ledger is None or not cost:
-            yield
-            return
-        user = ctx.principal.removeprefix("user:")
-        if self.bus.settings.ledger_lease:
-            lease = self._lease(ctx, user, tool.name)
-            hold = await lease.spend(cost)
-            try:
-                yield
-            except BaseException:
-                lease.unspend(cost, hold)
-                raise
-            return
-        hold_id = derived_id(ctx.task_id, "hold", str(seq))
-        levels = [f"user:{user}", f"run:{ctx.run_id}", f"agent:{self.name}"]
-        tags = {"run": ctx.run_id, "agent": self.name, "tool": tool.name}
-        currency = self.bus.settings.ledger_currency
-        try:
-            await self.ledger.hold(
-                hold_id,
-                f"user:{user}",
-                f"tool:{tool.name}",
-                cost,
-                levels,
-                currency=currency,
-                tags=tags,
-                rate=f"agent:{self.name}/tool:{tool.name}",
-            )
-        except RateLimited as exc:
-            raise Retry(str(exc), delay_s=max(1.0, exc.retry_after_s)) from None
-        try:
-            yield
-        except BaseException:
-            await self.ledger.void(derived_id(ctx.task_id, "void", str(seq)), hold_id)
-            raise
-        await self.ledger.capture(
-            derived_id(ctx.task_id, "capture", str(seq)), hold_id, cost, currency=currency
-        )
-
-    # -- services for Context ---------------------------------------------------------------
 
     async def _verify(self, env: Envelope) -> ChainView:
         assert self.gate is not None
@@ -665,67 +565,3 @@ def _take_over(owner: str, driver: str, *, reopen: bool = False) -> Any:
             journal.status, journal.error = "running", None
 
     return change
-
-
-async def serve_agent(agent: Agent, settings: Settings, concurrency: int = 8) -> int:
-    """Run one replica of `agent` until SIGTERM/SIGINT, then finish in-flight work and drain."""
-    stop = asyncio.Event()
-    stop_on_signals(stop)
-    options: dict[str, Any] = {"inbox_prefix": inbox_prefix(agent.name)}
-    if settings.nats_auth:
-        path = nkey_path(settings.home.resolve(), agent.name)
-        if not path.exists():
-            raise ConfigError(
-                f"RELAYBUS_NATS_AUTH is on but {path} is missing: `relaybus identity agent add {agent.name}`"
-            )
-        options["nkeys_seed"] = str(path)
-    bus_cm = Bus(settings, name=f"agent-{agent.name}-{os.getpid()}", connect_options=options)
-    async with bus_cm as bus, agent.lifespan():
-        await ensure(bus, default_topology(bus.subjects))
-        worker = await Worker.open(bus, agent)
-        if worker.gate is not None:
-            log.info("identity on: chains verified, tool calls checked for %s", agent.name)
-        control = await bus.subscribe(f"{bus.subjects.prefix}.control.*", worker.on_control)
-        consumer = Consumer(bus, agent.name, worker.handle, concurrency=concurrency)
-        beat = asyncio.create_task(_heartbeat(bus, agent.name, concurrency))
-        log.info(
-            "agent %s (pid %d) consuming %s", agent.name, os.getpid(), bus.subjects.task(agent.name)
-        )
-        try:
-            await consumer.run(stop)
-        finally:
-            beat.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await beat
-            await control.unsubscribe()
-            if worker.gate is not None:
-                await worker.gate.close()
-            await _forget(bus, agent.name)
-    log.info(
-        "agent %s (pid %d) stopped after %d message(s)", agent.name, os.getpid(), consumer.processed
-    )
-    return 0
-
-
-def _beat_key(name: str) -> str:
-    return f"{name}.{socket.gethostname().replace('.', '-')}-{os.getpid()}"
-
-
-async def _heartbeat(bus: Bus, name: str, concurrency: int) -> None:
-    kv = await Bucket.open(bus, bus.subjects.bucket("presence"))
-    beat = AgentBeat(
-        name=name,
-        pid=os.getpid(),
-        host=socket.gethostname(),
-        concurrency=concurrency,
-        started=time.time(),
-    )
-    while True:
-        await kv.put(_beat_key(name), msgspec.json.encode(beat))
-        await asyncio.sleep(BEAT_INTERVAL_S)
-
-
-async def _forget(bus: Bus, name: str) -> None:
-    with contextlib.suppress(Exception):
-        kv = await Bucket.open(bus, bus.subjects.bucket("presence"))
-        await kv.delete(_beat_key(name))

@@ -1,0 +1,117 @@
+"""What costed work costs: ledger holds and captures (or leases), circuit breakers, run cost."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
+
+from bus import Bus, RateLimited, Retry
+from bus.envelope import derived_id
+from services.ledger.client import LedgerClient
+from services.ledger.lease import Lease
+from services.ledger.prices import PriceTable
+
+from .breaker import Breaker
+
+if TYPE_CHECKING:
+    from .context import Context
+
+
+class Costs:
+    """One agent process's view of the ledger and of its tools' health."""
+
+    def __init__(
+        self, bus: Bus, agent: str, ledger: LedgerClient | None, prices: PriceTable
+    ) -> None:
+        self.bus = bus
+        self.agent = agent
+        self.ledger = ledger
+        self.prices = prices
+        self._leases: dict[tuple[str, str, str], Lease] = {}
+        self._breakers: dict[str, Breaker] = {}
+
+    def lease(self, ctx: Context, user: str, tool: str) -> Lease:
+        key = (ctx.run_id, user, tool)
+        lease = self._leases.get(key)
+        if lease is None:
+            assert self.ledger is not None
+            lease = Lease(
+                self.ledger,
+                payer=f"user:{user}",
+                payee=f"tool:{tool}",
+                levels=[f"user:{user}", f"run:{ctx.run_id}", f"agent:{self.agent}"],
+                chunk=self.bus.settings.ledger_lease,
+                currency=self.bus.settings.ledger_currency,
+                tags={"run": ctx.run_id, "agent": self.agent, "tool": tool},
+            )
+            self._leases[key] = lease
+        return lease
+
+    def breaker(self, tool: Any) -> Breaker:
+        """This process's circuit breaker for `tool`."""
+        found = self._breakers.get(tool.name)
+        if found is None:
+            found = self._breakers[tool.name] = Breaker(
+                tool.name, tool.breaker_failures, tool.breaker_reset_s
+            )
+        return found
+
+    async def settle_leases(self, run_id: str) -> None:
+        """Capture exactly what this process decided locally for the run."""
+        for key in [k for k in self._leases if k[0] == run_id]:
+            await self._leases.pop(key).settle()
+
+    async def run_cost(self, run_id: str) -> int:
+        """What the ledger (the source of truth) captured for the run; 0 without a ledger."""
+        if self.ledger is None:
+            return 0
+        rows = await self.ledger.query("levels", level=f"run:{run_id}")
+        return sum(int(row["spent"]) for row in rows if row["level"] == f"run:{run_id}")
+
+    @contextlib.asynccontextmanager
+    async def charge(self, ctx: Context, tool: Any, seq: int) -> AsyncIterator[None]:
+        """Hold a costed tool's price at every budget level before it runs, capture it after,
+        void it if the tool fails. Ids derive from the task and step, so a replay or retry
+        reuses the same hold and is never charged twice."""
+        cost = self.prices.tool(tool.name, tool.cost)
+        if self.ledger is None or not cost:
+            yield
+            return
+        user = ctx.principal.removeprefix("user:")
+        if self.bus.settings.ledger_lease:
+            lease = self.lease(ctx, user, tool.name)
+            hold = await lease.spend(cost)
+            try:
+                yield
+            except BaseException:
+                lease.unspend(cost, hold)
+                raise
+            return
+        hold_id = derived_id(ctx.task_id, "hold", str(seq))
+        levels = [f"user:{user}", f"run:{ctx.run_id}", f"agent:{self.agent}"]
+        tags = {"run": ctx.run_id, "agent": self.agent, "tool": tool.name}
+        currency = self.bus.settings.ledger_currency
+        try:
+            await self.ledger.hold(
+                hold_id,
+                f"user:{user}",
+                f"tool:{tool.name}",
+                cost,
+                levels,
+                currency=currency,
+                tags=tags,
+                rate=f"agent:{self.agent}/tool:{tool.name}",
+            )
+        except RateLimited as exc:
+            raise Retry(str(exc), delay_s=max(1.0, exc.retry_after_s)) from None
+        try:
+            yield
+        except BaseException:
+            await self.ledger.void(derived_id(ctx.task_id, "void", str(seq)), hold_id)
+            raise
+        await self.ledger.capture(
+            derived_id(ctx.task_id, "capture", str(seq)), hold_id, cost, currency=currency
+        )
+
+    # -- services for Context ---------------------------------------------------------------
