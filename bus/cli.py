@@ -20,8 +20,8 @@ from .events import DeadLetter, Event, dead_letter_decoder
 from .feed import EventFeed
 from .runtime import EXIT_ERROR, EXIT_OK
 from .settings import Settings
-from .stack import is_alive, read_stack
-from .supervisor import _public, serve_stack, start_detached, stop_stack
+from .stack import is_alive, public_url, read_stack
+from .supervisor import serve_stack, start_detached, stop_stack
 
 # Each command: (args, settings) -> exit code, sync or async.
 Command = Callable[[argparse.Namespace, Settings], Any]
@@ -106,7 +106,7 @@ def register(
 async def status(args: argparse.Namespace, settings: Settings) -> int:
     record = read_stack(settings)
     out: dict[str, Any] = {
-        "nats_url": _public(full_url)
+        "nats_url": public_url(full_url)
         if (full_url := record.nats_url if record else settings.nats_url)
         else None,
         "home": str(settings.home.resolve()),

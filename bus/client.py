@@ -25,7 +25,7 @@ from tenacity import (
 from . import envelope as wire
 from .errors import ConnectionFailed, PermissionViolation, PublishFailed, RelayError
 from .settings import Settings
-from .stack import resolve_nats_url
+from .stack import public_url, resolve_nats_url
 from .subjects import Subjects, check_subject
 from .tracing import inject
 
@@ -38,11 +38,6 @@ _TRANSIENT = (
     asyncio.TimeoutError,
 )
 HeaderHook = Callable[[dict[str, str]], None]
-
-
-def _strip_userinfo(url: str) -> str:
-    scheme, sep, rest = url.strip().partition("://")
-    return f"{scheme}{sep}{rest.rsplit('@', 1)[-1]}" if sep else url
 
 
 class Bus:
@@ -95,7 +90,7 @@ class Bus:
             raise ConnectionFailed("this Bus is already connected")
         url = resolve_nats_url(self.settings)
         if "nkeys_seed" in self._connect_options:  # an nkey user: drop any user:password in the URL
-            url = ",".join(_strip_userinfo(u) for u in url.split(","))
+            url = public_url(url)
         options: dict[str, Any] = {
             "servers": [u.strip() for u in url.split(",")],
             "name": self.name,
@@ -109,7 +104,7 @@ class Bus:
             "closed_cb": self._on_closed,
         }
         options.update(self._connect_options)
-        shown = ",".join(_strip_userinfo(u) for u in url.split(","))
+        shown = public_url(url)
         connecting = asyncio.ensure_future(nats.connect(**options))
         refused = asyncio.ensure_future(self._auth_refused.wait())
         try:

@@ -77,6 +77,15 @@ def remove_stack(settings: Settings) -> None:
     stack_path(settings).unlink(missing_ok=True)
 
 
+def public_url(url: str) -> str:
+    """`url` (or a comma-separated list) without user:password, for printing or for nkey users."""
+    out = []
+    for one in url.split(","):
+        scheme, sep, rest = one.strip().partition("://")
+        out.append(f"{scheme}{sep}{rest.rsplit('@', 1)[-1]}" if sep else one.strip())
+    return ",".join(out)
+
+
 def resolve_nats_url(settings: Settings) -> str:
     """RELAYBUS_NATS_URL if set, else the URL of the stack running under RELAYBUS_HOME."""
     if settings.nats_url:

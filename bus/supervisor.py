@@ -19,7 +19,16 @@ from .private import write_private
 from .runtime import stop_on_signals
 from .server import NatsServer
 from .settings import Settings
-from .stack import Proc, StackRecord, describe, is_alive, read_stack, remove_stack, write_stack
+from .stack import (
+    Proc,
+    StackRecord,
+    describe,
+    is_alive,
+    public_url,
+    read_stack,
+    remove_stack,
+    write_stack,
+)
 from .streams import default_topology, ensure
 
 log = logging.getLogger("relaybus.stack")
@@ -109,9 +118,9 @@ async def serve_stack(
                 processes=tuple(procs),
             ),
         )
-        log.info("relaybus stack up: %s (home %s)", _public(url), home)
+        log.info("relaybus stack up: %s (home %s)", public_url(url), home)
         if ready_fd is not None:
-            os.write(ready_fd, f"{_public(url)}\n".encode())
+            os.write(ready_fd, f"{public_url(url)}\n".encode())
             os.close(ready_fd)
         if secure and server is not None:
             assert auth is not None
@@ -191,12 +200,6 @@ async def _wait_ready(
         except RelayError:
             await asyncio.sleep(0.1)
     raise RelayError(f"service {name} did not answer within {timeout_s:g}s; see logs/{name}.log")
-
-
-def _public(url: str) -> str:
-    """The URL without credentials, for printing."""
-    scheme, sep, rest = url.partition("://")
-    return f"{scheme}{sep}{rest.rsplit('@', 1)[-1]}" if sep else url
 
 
 def start_detached(settings: Settings, self_command: Sequence[str], timeout_s: float = 60.0) -> str:

@@ -26,16 +26,8 @@ USER_SCOPES = ["search", "email/send:recipient_domain=team.example", "data/read:
 
 
 @pytest.fixture
-def settings(nats_server: object, prefix: str, tmp_path: Path) -> Settings:
-    return Settings.from_env(
-        {},
-        nats_url=nats_server.url,
-        prefix=prefix,
-        home=tmp_path / "home",  # type: ignore[attr-defined]
-        ack_wait_s=5.0,
-        max_deliver=3,
-        identity=True,
-    )
+def settings(settings: Settings) -> Settings:
+    return settings.model_copy(update={"identity": True})
 
 
 @pytest.fixture

@@ -20,16 +20,8 @@ COST = 5  # the `add` tool's price in micro-units
 
 
 @pytest.fixture
-def settings(nats_server: object, prefix: str, tmp_path: Path) -> Settings:
-    return Settings.from_env(
-        {},
-        nats_url=nats_server.url,
-        prefix=prefix,
-        home=tmp_path / "home",  # type: ignore[attr-defined]
-        ack_wait_s=5.0,
-        max_deliver=3,
-        ledger=True,
-    )
+def settings(settings: Settings) -> Settings:
+    return settings.model_copy(update={"ledger": True})
 
 
 @pytest.fixture

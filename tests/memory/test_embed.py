@@ -21,8 +21,9 @@ def test_lexical_embeddings_are_normalised_and_keyword_sensitive() -> None:
 def test_minilm_runs_offline_and_ranks_paraphrases_first() -> None:
     e = choose_embedder("minilm")
     assert e.id == "all-minilm-l6-v2" and e.dim == 384
-    query, para, other = e.embed(["who runs acme", "acme is led by chief executive dana",
-                                  "the weather in paris is nice"])
+    query, para, other = e.embed(
+        ["who runs acme", "acme is led by chief executive dana", "the weather in paris is nice"]
+    )
     assert math.isclose(cos(query, query), 1.0, rel_tol=1e-5)
     assert cos(query, para) > 0.5 > cos(query, other)
     assert e.embed([]) == []
