@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import random
 import statistics
 import tempfile
@@ -21,65 +22,71 @@ from bus import Bus, NatsServer, Settings, default_topology, ensure
 from memory.client import MemoryClient
 from memory.edge import EdgeStore
 from memory.embed import LexicalEmbedder
+from memory.keywords import document_keywords, query_keywords
 from memory.messages import Caller
 from memory.service import COLLECTION, MemoryService
 from memory.store import StoredPoint, point_id
 
-NAMES = [
-    "acme",
-    "globex",
-    "initech",
-    "umbrella",
-    "hooli",
-    "stark",
-    "wayne",
-    "wonka",
-    "tyrell",
-    "cyberdyne",
+SYLLABLES = "ka lo mi ra ven tor bel dun sa fi ro quin mar tal zu pe gra nox li da".split()
+CITIES = "berlin lyon osaka lima oslo porto austin dublin seoul perth quito turin".split()
+PEOPLE = "dana omar li ravi sofia mateo ingrid kwame yuki nadia pablo greta".split()
+PRODUCTS = "widgetpro cloudnine databox ledgerly pipewise shipfast notably querymax".split()
+# (fact template, keyword query, paraphrased query): the paraphrase shares no content word with
+# the fact but the entity's name
+ATTRIBUTES = [
+    ("{e} is headquartered in {city}", "{e} headquartered", "where is {e} based"),
+    ("{e} is led by chief executive {person}", "{e} chief executive", "who runs {e}"),
+    (
+        "{e} charges {n} dollars per seat each month",
+        "{e} dollars per seat",
+        "how much does {e} cost",
+    ),
+    ("{e} was founded in the year {year}", "{e} founded year", "when did {e} start out"),
+    (
+        "{e} sells a flagship product called {product}",
+        "{e} flagship product",
+        "what is the main thing {e} makes",
+    ),
+    ("{e} employs about {n} people", "{e} employs people", "how big is the team at {e}"),
+    (
+        "{e} counts {other} as its largest customer",
+        "{e} largest customer",
+        "who buys the most from {e}",
+    ),
+    (
+        "{e} answers support tickets within {n} hours",
+        "{e} support tickets",
+        "how quickly does {e} respond to problems",
+    ),
 ]
-ATTRS = [
-    ("headquarters", "is headquartered in", "where is {e} based"),
-    ("ceo", "is led by chief executive", "who runs {e}"),
-    ("price", "charges per seat", "how much does {e} cost per seat"),
-    ("founded", "was founded in the year", "when did {e} start"),
-    ("product", "sells a flagship product called", "what is the main thing {e} makes"),
-]
-VALUES = [
-    "berlin",
-    "lyon",
-    "osaka",
-    "lima",
-    "oslo",
-    "dana",
-    "omar",
-    "li",
-    "ravi",
-    "sofia",
-    "40",
-    "55",
-    "1999",
-    "2004",
-    "widgetpro",
-    "cloudnine",
-    "databox",
-]
+
+
+def entity_names(rng: random.Random, n: int) -> list[str]:
+    names: set[str] = set()
+    while len(names) < n:
+        names.add("".join(rng.choice(SYLLABLES) for _ in range(rng.choice((2, 3)))))
+    return sorted(names)
 
 
 def facts(rng: random.Random, n: int) -> list[tuple[str, str, str]]:
-    """(fact text, keyword query, paraphrased query) triples; entities repeat across tenants."""
+    """(fact, keyword query, paraphrased query) triples: n // 8 made-up companies with eight
+    attributes each, so a query must find both the right company and the right attribute."""
+    names = entity_names(rng, max(1, n // len(ATTRIBUTES)))
     out = []
-    for i in range(n):
-        entity = f"{rng.choice(NAMES)}{i}"
-        _, phrase, para = rng.choice(ATTRS)
-        value = rng.choice(VALUES)
-        out.append(
-            (
-                f"{entity} {phrase} {value}",
-                f"{entity} {phrase.split()[0]} {phrase.split()[-1]}",
-                para.format(e=entity),
-            )
-        )
-    return out
+    for name in names:
+        for fact, keyword, para in ATTRIBUTES:
+            values = {
+                "e": name,
+                "city": rng.choice(CITIES),
+                "person": rng.choice(PEOPLE),
+                "n": str(rng.randint(2, 900)),
+                "year": str(rng.randint(1950, 2024)),
+                "product": rng.choice(PRODUCTS),
+                "other": rng.choice(names),
+            }
+            out.append((fact.format(**values), keyword.format(**values), para.format(**values)))
+    rng.shuffle(out)
+    return out[:n]
 
 
 def score(rankings: list[list[str]], truths: list[str]) -> dict[str, float]:
@@ -114,23 +121,34 @@ async def quality_per_embedder(size: int, queries: int) -> None:
                             id=point_id("t", "fact", f),
                             vector=v,
                             payload={"tenant": "t", "kind": "fact", "text": f},
+                            keywords=document_keywords(f),
                         )
                         for f, v in zip(batch, vectors, strict=True)
                     ],
                 )
             load_s = time.perf_counter() - t
             truths = [data[i][0] for i in sample]
-            for kind, column in (("keyword", 1), ("paraphrase", 2)):
+            for mode, kind, column in itertools.product(
+                ("dense", "hybrid"), ("keyword", "paraphrase"), (1, 2)
+            ):
+                if (kind == "keyword") != (column == 1):
+                    continue
                 rankings = []
                 for i in sample:
+                    query = data[i][column]
                     hits = await store.search(
-                        "q", embedder.embed([data[i][column]])[0], Scope(tenant="t"), 5
+                        "q",
+                        embedder.embed([query])[0],
+                        Scope(tenant="t"),
+                        5,
+                        keywords=query_keywords(query) if mode == "hybrid" else None,
                     )
                     rankings.append([h.payload["text"] for h in hits])
                 s = score(rankings, truths)
                 print(
-                    f"{size:,} facts, {embedder.id:<16} {kind:<10} recall@1 {s['recall@1']:.2f}  "
-                    f"recall@5 {s['recall@5']:.2f}  MRR {s['mrr']:.2f}  (embedded in {load_s:.1f}s)"
+                    f"{size:,} facts, {embedder.id:<16} {mode:<6} {kind:<10} "
+                    f"recall@1 {s['recall@1']:.2f}  recall@5 {s['recall@5']:.2f}  "
+                    f"MRR {s['mrr']:.2f}  (embedded in {load_s:.1f}s)"
                 )
             await store.close()
 
@@ -176,6 +194,7 @@ async def main() -> None:
                                     "valid_from": 0.0,
                                     "valid_to": 0.0,
                                 },
+                                keywords=document_keywords(f),
                             )
                             for i, (f, v) in enumerate(
                                 zip([f for f, _, _ in batch], vectors, strict=True)

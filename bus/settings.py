@@ -40,6 +40,12 @@ class Settings(BaseModel):
     ledger_spike: float = Field(default=5.0, gt=1.0)
     ledger_lease: int = 0  # micro-units per leased chunk; 0: a hold and a capture per costed step
     qdrant_url: str | None = None
+    memory_gc_interval_s: float = Field(default=3600.0, ge=0)  # 0: no background GC
+    memory_retention_days: float = Field(default=30.0, ge=0)
+    memory_ttl: str = "scratch=1"  # KIND=DAYS,KIND=DAYS
+    memory_cap: int = Field(default=10_000, ge=0)  # current memories per tenant; 0: no cap
+    memory_half_life_days: float = Field(default=30.0, gt=0)
+    memory_duplicate_score: float = Field(default=0.95, ge=0, le=1)  # 0: no near-duplicate sweep
     llm_base_url: str | None = None
     llm_api_key: str | None = None
     llm_model: str | None = None

@@ -1,10 +1,12 @@
 """Long-term memory, RAG and session state over Qdrant.
 
-This layer so far: the store interface (`store`), its two engines — Qdrant Edge embedded
-(`edge`, the default) and a Qdrant server or local mode through qdrant-client (`qdrant`) — and the
-zero-dependency lexical embedder (`embed`). The memory service and `ctx.memory` build on these.
+The store interface (`store`) and its two engines — Qdrant Edge embedded (`edge`, the default) and
+a Qdrant server or local mode through qdrant-client (`qdrant`); embedders (`embed`, `minilm`) and
+keyword vectors (`keywords`) for hybrid search; the memory service (`service`) that owns the store,
+its garbage collection (`gc`), and `MemoryClient`, which agents reach as `ctx.memory`.
 """
 
+from .client import MemoryClient
 from .embed import Embedder, LexicalEmbedder
 from .store import Hit, MemoryRefused, Scope, StoredPoint, VectorStore, point_id
 
@@ -12,6 +14,7 @@ __all__ = [
     "Embedder",
     "Hit",
     "LexicalEmbedder",
+    "MemoryClient",
     "MemoryRefused",
     "Scope",
     "StoredPoint",

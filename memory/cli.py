@@ -11,12 +11,16 @@ import json
 from pathlib import Path
 from typing import Any
 
+import msgspec
+
 from bus import Bus, MemoryRefused, Settings, new_id, rpc
 from bus.cli import emit
 from bus.runtime import EXIT_OK
+from services.identity.client import IdentityClient
 
 from .client import MemoryClient
-from .messages import Caller, Gc
+from .gc import parse_ttl, policy_from
+from .messages import Caller
 
 SUFFIXES = (".md", ".markdown", ".txt")
 
@@ -31,12 +35,14 @@ def register(sub: Any) -> None:
     p.add_argument("path", type=Path)
     p.add_argument("--collection", required=True)
     p.add_argument("--as", dest="as_user", required=True)
+    p.add_argument("--token", help="USER's API token (needed when RELAYBUS_IDENTITY=1)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=ingest)
     p = memory.add_parser("search", help="search documents (and memories with --memories)")
     p.add_argument("query")
     p.add_argument("--collection", default="")
     p.add_argument("--as", dest="as_user", required=True)
+    p.add_argument("--token", help="USER's API token (needed when RELAYBUS_IDENTITY=1)")
     p.add_argument("-k", type=int, default=5)
     p.add_argument("--memories", action="store_true", help="search long-term memories instead")
     p.add_argument("--json", action="store_true")
@@ -48,14 +54,28 @@ def register(sub: Any) -> None:
         "gc", help="remove superseded facts past retention and memories past their TTL"
     )
     p.add_argument("--dry-run", action="store_true", help="only report what would be removed")
-    p.add_argument("--retention-days", type=float, default=30.0)
+    # defaults: the background pass's RELAYBUS_MEMORY_* policy
+    p.add_argument("--retention-days", type=float)
     p.add_argument("--ttl", action="append", default=[], metavar="KIND=DAYS")
+    p.add_argument("--cap", type=int, help="current memories kept per tenant (0: no cap)")
+    p.add_argument("--half-life-days", type=float)
+    p.add_argument("--duplicate-score", type=float, help="near-duplicate cosine (0: no sweep)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=gc)
 
 
-def _client(bus: Bus, user: str) -> MemoryClient:
-    return MemoryClient(bus, Caller(run_id=new_id(), agent="cli", principal=f"user:{user}"))
+async def _client(bus: Bus, args: argparse.Namespace, scope: str) -> MemoryClient:
+    """Act for `--as USER`: with `--token`, through a one-link chain the identity service stamps
+    (user → the memory service, narrowed to `scope`); without, only while identity is off."""
+    run_id = new_id()
+    if not args.token:
+        return MemoryClient(
+            bus, Caller(run_id=run_id, agent="cli", principal=f"user:{args.as_user}")
+        )
+    link = await IdentityClient(bus).root(args.as_user, args.token, run_id, "memory", [scope])
+    return MemoryClient(
+        bus, Caller(run_id=run_id, agent="memory", principal=f"user:{args.as_user}", chain=[link])
+    )
 
 
 def read_documents(path: Path) -> list[tuple[str, str]]:
@@ -75,7 +95,7 @@ def read_documents(path: Path) -> list[tuple[str, str]]:
 async def ingest(args: argparse.Namespace, settings: Settings) -> int:
     documents = read_documents(args.path)
     async with Bus(settings, name="relaybus-memory") as bus:
-        client = _client(bus, args.as_user)
+        client = await _client(bus, args, "memory/write")
         for source, text in documents:
             result = await client.ingest(args.collection, source, text)
             emit(
@@ -89,7 +109,7 @@ async def ingest(args: argparse.Namespace, settings: Settings) -> int:
 
 async def search(args: argparse.Namespace, settings: Settings) -> int:
     async with Bus(settings, name="relaybus-memory") as bus:
-        client = _client(bus, args.as_user)
+        client = await _client(bus, args, "memory/read")
         hits = (
             await client.recall(args.query, k=args.k)
             if args.memories
@@ -113,16 +133,19 @@ async def stats(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def gc(args: argparse.Namespace, settings: Settings) -> int:
-    ttl: dict[str, float] = {}
-    for item in args.ttl:
-        kind, eq, days = item.partition("=")
-        try:
-            ttl[kind] = float(days) * 86400
-        except ValueError:
-            eq = ""
-        if not eq or not kind:
-            raise MemoryRefused(f"--ttl {item!r} must be KIND=DAYS")
-    body = Gc(dry_run=args.dry_run, retention_s=args.retention_days * 86400, ttl_s=ttl)
+    policy = policy_from(settings)
+    changes: dict[str, Any] = {"dry_run": args.dry_run}
+    if args.ttl:
+        changes["ttl_s"] = {**policy.ttl_s, **parse_ttl(args.ttl)}
+    if args.retention_days is not None:
+        changes["retention_s"] = args.retention_days * 86400
+    if args.half_life_days is not None:
+        changes["half_life_s"] = args.half_life_days * 86400
+    if args.cap is not None:
+        changes["cap"] = args.cap
+    if args.duplicate_score is not None:
+        changes["duplicate_score"] = args.duplicate_score
+    body = msgspec.structs.replace(policy, **changes)
     async with Bus(settings, name="relaybus-memory") as bus:
         result = await rpc.call(bus, f"{bus.subjects.prefix}.svc.memory.gc", body)
     emit(

@@ -14,19 +14,48 @@ from typing import Any
 
 import qdrant_edge as qe
 
-from .store import TENANT, Hit, MemoryRefused, Scope, StoredPoint, check_vector, owned
+from .keywords import KEYWORDS_VERSION, Sparse
+from .store import (
+    CANDIDATES,
+    TENANT,
+    Hit,
+    MemoryRefused,
+    Scope,
+    StoredPoint,
+    check_fields,
+    check_vector,
+    fuse,
+    owned,
+)
+
+
+def _conditions(scope: Scope) -> list[Any]:
+    return [qe.FieldCondition(key=k, match=qe.MatchValue(v)) for k, v in scope.conditions().items()]
 
 
 def _filter(scope: Scope) -> qe.Filter:
-    return qe.Filter(
-        must=[
-            qe.FieldCondition(key=k, match=qe.MatchValue(v)) for k, v in scope.conditions().items()
-        ]
-    )
+    return qe.Filter(must=_conditions(scope))
+
+
+KEYWORDS = "keywords"
+
+
+def _vector(point: StoredPoint) -> Any:
+    if point.keywords is None:
+        return {"": list(point.vector)}
+    sparse = qe.SparseVector(point.keywords.indices, point.keywords.values)
+    return {"": list(point.vector), KEYWORDS: sparse}
 
 
 def _hit(point: Any, score: float = 1.0) -> Hit:
-    return Hit(id=str(point.id), score=float(score), payload=dict(point.payload or {}))
+    vector = getattr(point, "vector", None)
+    dense = vector.get("") if isinstance(vector, dict) else vector
+    return Hit(
+        id=str(point.id),
+        score=float(score),
+        payload=dict(point.payload or {}),
+        vector=list(dense) if dense is not None else None,
+    )
 
 
 class EdgeStore:
@@ -52,18 +81,22 @@ class EdgeStore:
         async with self._lock:
             path = self.root / name
             meta_path = path / "relaybus.json"
+            wanted = {"dim": dim, "embedder": embedder, "keywords": KEYWORDS_VERSION}
             if meta_path.exists():
                 meta = json.loads(meta_path.read_text())
-                if meta != {"dim": dim, "embedder": embedder}:
+                if meta != wanted:
                     raise MemoryRefused(
-                        f"collection {name} was built with {meta['embedder']} ({meta['dim']} dims), "
-                        f"not {embedder} ({dim} dims); vectors must not mix"
+                        f"collection {name} was built with {meta.get('embedder')} "
+                        f"({meta.get('dim')} dims, keywords {meta.get('keywords')}), not "
+                        f"{embedder} ({dim} dims, keywords {KEYWORDS_VERSION}); vectors must not "
+                        "mix: use another RELAYBUS_HOME or re-ingest"
                     )
                 self._open(name)
                 return
             path.mkdir(parents=True, exist_ok=True)
             config = qe.EdgeConfig(
-                vectors=qe.EdgeVectorParams(size=dim, distance=qe.Distance.Cosine)
+                vectors=qe.EdgeVectorParams(size=dim, distance=qe.Distance.Cosine),
+                sparse_vectors={KEYWORDS: qe.EdgeSparseVectorParams(modifier=qe.Modifier.Idf)},
             )
             shard = qe.EdgeShard.create(str(path / "shard"), config)
             shard.update(
@@ -72,8 +105,8 @@ class EdgeStore:
             shard.update(
                 qe.UpdateOperation.create_field_index("kind", qe.PayloadSchemaType.Keyword)
             )
-            meta_path.write_text(json.dumps({"dim": dim, "embedder": embedder}))
-            self._shards[name], self._meta[name] = shard, {"dim": dim, "embedder": embedder}
+            meta_path.write_text(json.dumps(wanted))
+            self._shards[name], self._meta[name] = shard, wanted
 
     async def upsert(self, collection: str, points: Sequence[StoredPoint]) -> None:
         shard = self._open(collection)
@@ -81,25 +114,43 @@ class EdgeStore:
             check_vector(collection, point.vector, self._meta[collection]["dim"])
         shard.update(
             qe.UpdateOperation.upsert_points(
-                [qe.Point(id=p.id, vector=list(p.vector), payload=p.payload) for p in points]
+                [qe.Point(id=p.id, vector=_vector(p), payload=p.payload) for p in points]
             )
         )
         shard.flush()
 
     async def search(
-        self, collection: str, vector: Sequence[float], scope: Scope, k: int
+        self,
+        collection: str,
+        vector: Sequence[float],
+        scope: Scope,
+        k: int,
+        keywords: Sparse | None = None,
     ) -> list[Hit]:
         shard = self._open(collection)
         check_vector(collection, vector, self._meta[collection]["dim"])
-        found = shard.query(
-            qe.QueryRequest(
-                limit=k,
-                query=qe.Query.Nearest(list(vector)),
-                filter=_filter(scope),
-                with_payload=True,
-            )
+        where = _filter(scope)
+        nearest = qe.Query.Nearest(list(vector))
+        dense = self._query(shard, nearest, where, k * CANDIDATES if keywords else k)
+        if keywords is None or not keywords.indices:
+            return owned(dense[:k], scope.tenant)
+        sparse = qe.SparseVector(keywords.indices, keywords.values)
+        keyword = self._query(
+            shard, qe.Query.Nearest(sparse, using=KEYWORDS), where, k * CANDIDATES
         )
-        return owned([_hit(p, p.score) for p in found], scope.tenant)
+        seen = {h.id for h in dense}
+        missing = [h.id for h in keyword if h.id not in seen]
+        if missing:  # the cosine score of candidates only the keyword ranking found
+            only = qe.Filter(must=[*_conditions(scope), qe.HasIdCondition(set(missing))])
+            dense += self._query(shard, nearest, only, len(missing))
+        return owned(fuse(dense, keyword, k), scope.tenant)
+
+    @staticmethod
+    def _query(shard: Any, query: Any, where: qe.Filter, limit: int) -> list[Hit]:
+        found = shard.query(
+            qe.QueryRequest(limit=limit, query=query, filter=where, with_payload=True)
+        )
+        return [_hit(p, p.score) for p in found]
 
     async def get(self, collection: str, ids: Sequence[str], scope: Scope) -> list[Hit]:
         shard = self._open(collection)
@@ -115,8 +166,12 @@ class EdgeStore:
         )
         return owned([_hit(p) for p in records], scope.tenant)
 
-    async def scroll_all(self, collection: str, limit: int = 100_000) -> list[Hit]:
-        records, _ = self._open(collection).scroll(qe.ScrollRequest(limit=limit, with_payload=True))
+    async def scroll_all(
+        self, collection: str, limit: int = 100_000, with_vectors: bool = False
+    ) -> list[Hit]:
+        records, _ = self._open(collection).scroll(
+            qe.ScrollRequest(limit=limit, with_payload=True, with_vector=with_vectors)
+        )
         return [_hit(p) for p in records]
 
     async def delete(self, collection: str, scope: Scope, ids: Sequence[str] | None = None) -> int:
@@ -129,6 +184,17 @@ class EdgeStore:
             shard.update(qe.UpdateOperation.delete_points(list[Any](victims)))
             shard.flush()
         return len(victims)
+
+    async def set_fields(
+        self, collection: str, scope: Scope, point: str, fields: dict[str, Any]
+    ) -> bool:
+        check_fields(fields)
+        if not await self.get(collection, [point], scope):
+            return False
+        shard = self._open(collection)
+        shard.update(qe.UpdateOperation.set_payload([point], fields))
+        shard.flush()
+        return True
 
     async def count(self, collection: str, scope: Scope) -> int:
         return int(self._open(collection).count(qe.CountRequest(exact=True, filter=_filter(scope))))

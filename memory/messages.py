@@ -4,9 +4,13 @@ identity, in development, the run's principal is used)."""
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import msgspec
 
 from bus import Link
+
+NonNegative = Annotated[float, msgspec.Meta(ge=0)]
 
 
 class Caller(msgspec.Struct, kw_only=True):
@@ -58,9 +62,18 @@ class SearchDocs(msgspec.Struct, kw_only=True):
 
 
 class Gc(msgspec.Struct, kw_only=True):
+    """One garbage-collection pass; the service's background pass uses the RELAYBUS_MEMORY_* policy."""
+
     dry_run: bool = True
-    retention_s: float = 30 * 86400.0  # superseded facts are kept this long
-    ttl_s: dict[str, float] = {}  # per kind: memories older than this go
+    retention_s: NonNegative = 30 * 86400.0  # superseded facts are kept this long
+    ttl_s: dict[str, NonNegative] = {}  # per kind: memories older than this go
+    cap: Annotated[int, msgspec.Meta(ge=0)] = 0  # current memories kept per tenant; 0: no cap
+    half_life_s: Annotated[float, msgspec.Meta(gt=0)] = (
+        30 * 86400.0
+    )  # strength = seen x 0.5 ** (age / half-life)
+    duplicate_score: Annotated[float, msgspec.Meta(ge=0, le=1)] = (
+        0.0  # fold near-duplicates at or above this cosine; 0: off
+    )
 
 
 class Turn(msgspec.Struct, kw_only=True):

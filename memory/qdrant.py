@@ -13,20 +13,51 @@ from typing import Any
 
 from qdrant_client import AsyncQdrantClient, models
 
-from .store import TENANT, Hit, MemoryRefused, Scope, StoredPoint, check_vector, owned
+from .keywords import KEYWORDS_VERSION, Sparse
+from .store import (
+    CANDIDATES,
+    TENANT,
+    Hit,
+    MemoryRefused,
+    Scope,
+    StoredPoint,
+    check_fields,
+    check_vector,
+    fuse,
+    owned,
+)
+
+
+def _conditions(scope: Scope) -> list[models.Condition]:
+    return [
+        models.FieldCondition(key=k, match=models.MatchValue(value=v))
+        for k, v in scope.conditions().items()
+    ]
 
 
 def _filter(scope: Scope) -> models.Filter:
-    return models.Filter(
-        must=[
-            models.FieldCondition(key=k, match=models.MatchValue(value=v))
-            for k, v in scope.conditions().items()
-        ]
-    )
+    return models.Filter(must=_conditions(scope))
+
+
+KEYWORDS = "keywords"
+
+
+def _vector(point: StoredPoint) -> Any:
+    if point.keywords is None:
+        return {"": list(point.vector)}
+    sparse = models.SparseVector(indices=point.keywords.indices, values=point.keywords.values)
+    return {"": list(point.vector), KEYWORDS: sparse}
 
 
 def _hit(point: Any, score: float = 1.0) -> Hit:
-    return Hit(id=str(point.id), score=float(score), payload=dict(point.payload or {}))
+    vector = getattr(point, "vector", None)
+    dense = vector.get("") if isinstance(vector, dict) else vector
+    return Hit(
+        id=str(point.id),
+        score=float(score),
+        payload=dict(point.payload or {}),
+        vector=list(dense) if dense is not None else None,
+    )
 
 
 class QdrantStore:
@@ -49,11 +80,14 @@ class QdrantStore:
         return found
 
     async def ensure_collection(self, name: str, dim: int, embedder: str) -> None:
-        physical = f"{name}--{re.sub(r'[^A-Za-z0-9_-]', '_', embedder)}"
+        physical = f"{name}--{re.sub(r'[^A-Za-z0-9_-]', '_', embedder)}--{KEYWORDS_VERSION}"
         if not await self.client.collection_exists(physical):
             await self.client.create_collection(
                 physical,
-                vectors_config=models.VectorParams(size=dim, distance=models.Distance.COSINE),
+                vectors_config={"": models.VectorParams(size=dim, distance=models.Distance.COSINE)},
+                sparse_vectors_config={
+                    KEYWORDS: models.SparseVectorParams(modifier=models.Modifier.IDF)
+                },
             )
             with warnings.catch_warnings():  # local mode says payload indexes do nothing there
                 warnings.filterwarnings("ignore", message="Payload indexes have no effect")
@@ -63,7 +97,8 @@ class QdrantStore:
                     )
         else:
             info = await self.client.get_collection(physical)
-            size = info.config.params.vectors.size  # type: ignore[union-attr]
+            vectors = info.config.params.vectors
+            size = (vectors[""] if isinstance(vectors, dict) else vectors).size  # type: ignore[union-attr]
             if size != dim:
                 raise MemoryRefused(
                     f"collection {physical} holds {size}-dimensional vectors, not {dim}"
@@ -77,20 +112,42 @@ class QdrantStore:
         await self.client.upsert(
             physical,
             points=[
-                models.PointStruct(id=p.id, vector=list(p.vector), payload=p.payload)
-                for p in points
+                models.PointStruct(id=p.id, vector=_vector(p), payload=p.payload) for p in points
             ],
         )
 
     async def search(
-        self, collection: str, vector: Sequence[float], scope: Scope, k: int
+        self,
+        collection: str,
+        vector: Sequence[float],
+        scope: Scope,
+        k: int,
+        keywords: Sparse | None = None,
     ) -> list[Hit]:
         physical, dim = self._name(collection)
         check_vector(collection, vector, dim)
-        found = await self.client.query_points(
-            physical, query=list(vector), query_filter=_filter(scope), limit=k, with_payload=True
+        where = _filter(scope)
+        dense = await self._query(
+            physical, list(vector), "", where, k * CANDIDATES if keywords else k
         )
-        return owned([_hit(p, p.score) for p in found.points], scope.tenant)
+        if keywords is None or not keywords.indices:
+            return owned(dense[:k], scope.tenant)
+        sparse = models.SparseVector(indices=keywords.indices, values=keywords.values)
+        keyword = await self._query(physical, sparse, KEYWORDS, where, k * CANDIDATES)
+        seen = {h.id for h in dense}
+        missing: list[models.ExtendedPointId] = [h.id for h in keyword if h.id not in seen]
+        if missing:  # the cosine score of candidates only the keyword ranking found
+            only = models.Filter(must=[*_conditions(scope), models.HasIdCondition(has_id=missing)])
+            dense += await self._query(physical, list(vector), "", only, len(missing))
+        return owned(fuse(dense, keyword, k), scope.tenant)
+
+    async def _query(
+        self, physical: str, query: Any, using: str, where: models.Filter, limit: int
+    ) -> list[Hit]:
+        found = await self.client.query_points(
+            physical, query=query, using=using, query_filter=where, limit=limit, with_payload=True
+        )
+        return [_hit(p, p.score) for p in found.points]
 
     async def get(self, collection: str, ids: Sequence[str], scope: Scope) -> list[Hit]:
         physical, _ = self._name(collection)
@@ -106,9 +163,13 @@ class QdrantStore:
         )
         return owned([_hit(p) for p in points], scope.tenant)
 
-    async def scroll_all(self, collection: str, limit: int = 100_000) -> list[Hit]:
+    async def scroll_all(
+        self, collection: str, limit: int = 100_000, with_vectors: bool = False
+    ) -> list[Hit]:
         physical, _ = self._name(collection)
-        points, _ = await self.client.scroll(physical, limit=limit, with_payload=True)
+        points, _ = await self.client.scroll(
+            physical, limit=limit, with_payload=True, with_vectors=with_vectors
+        )
         return [_hit(p) for p in points]
 
     async def delete(self, collection: str, scope: Scope, ids: Sequence[str] | None = None) -> int:
@@ -122,6 +183,16 @@ class QdrantStore:
                 physical, points_selector=models.PointIdsList(points=list(victims))
             )
         return len(victims)
+
+    async def set_fields(
+        self, collection: str, scope: Scope, point: str, fields: dict[str, Any]
+    ) -> bool:
+        check_fields(fields)
+        if not await self.get(collection, [point], scope):
+            return False
+        physical, _ = self._name(collection)
+        await self.client.set_payload(physical, payload=fields, points=[point])
+        return True
 
     async def count(self, collection: str, scope: Scope) -> int:
         physical, _ = self._name(collection)

@@ -22,9 +22,11 @@ from bus.runtime import stop_on_signals
 from services.identity.client import IdentityGate
 from services.identity.scopes import check
 
-from .documents import chunk, fuse
+from .documents import chunk
 from .edge import EdgeStore
 from .embed import Embedder, LexicalEmbedder
+from .gc import collect, policy_from
+from .keywords import document_keywords, query_keywords
 from .messages import (
     Caller,
     Forget,
@@ -111,6 +113,7 @@ class MemoryService:
         if await self.store.get(COLLECTION, [new_id], scope):
             return {"action": "NOOP", "id": new_id}
         vector = self.embedder.embed([text])[0]
+        keywords = document_keywords(text)
         now = self.clock()
         payload: dict[str, Any] = {
             "tenant": tenant,
@@ -135,11 +138,16 @@ class MemoryService:
                         id=h.id,
                         vector=self.embedder.embed([h.payload["text"]])[0],
                         payload={**h.payload, "valid_to": now, "superseded_by": new_id},
+                        keywords=document_keywords(h.payload["text"]),
                     )
                     for h in current
                 ]
                 await self.store.upsert(
-                    COLLECTION, [*old, StoredPoint(id=new_id, vector=vector, payload=payload)]
+                    COLLECTION,
+                    [
+                        *old,
+                        StoredPoint(id=new_id, vector=vector, payload=payload, keywords=keywords),
+                    ],
                 )
                 return {"action": "SUPERSEDE", "id": new_id, "superseded": [h.id for h in current]}
         near = [
@@ -152,13 +160,16 @@ class MemoryService:
                 **near[0].payload,
                 **{k: v for k, v in payload.items() if k.startswith("m_")},
                 "seen": int(near[0].payload.get("seen", 1)) + 1,
+                "last_seen": now,
             }
             await self.store.upsert(
-                COLLECTION, [StoredPoint(id=near[0].id, vector=vector, payload=merged)]
+                COLLECTION,
+                [StoredPoint(id=near[0].id, vector=vector, payload=merged, keywords=keywords)],
             )
             return {"action": "MERGE", "id": near[0].id}
         await self.store.upsert(
-            COLLECTION, [StoredPoint(id=new_id, vector=vector, payload=payload)]
+            COLLECTION,
+            [StoredPoint(id=new_id, vector=vector, payload=payload, keywords=keywords)],
         )
         return {"action": "ADD", "id": new_id}
 
@@ -169,7 +180,11 @@ class MemoryService:
         tenant = await self.tenant(req.caller, "memory/read")
         scope = Scope(tenant=tenant, equals={"kind": req.kind} if req.kind else {})
         hits = await self.store.search(
-            COLLECTION, self.embedder.embed([req.query])[0], scope, req.k * 4
+            COLLECTION,
+            self.embedder.embed([req.query])[0],
+            scope,
+            req.k * 4,
+            keywords=query_keywords(req.query),
         )
 
         def valid(p: dict[str, Any]) -> bool:
@@ -246,6 +261,7 @@ class MemoryService:
                             "text": text,
                             "valid_from": self.clock(),
                         },
+                        keywords=document_keywords(text),
                     )
                     for (pid, i, text), vector in zip(new, vectors, strict=True)
                 ],
@@ -269,48 +285,27 @@ class MemoryService:
         equals: dict[str, str | int | bool] = {"kind": "doc"}
         if req.collection:
             equals["collection"] = req.collection
-        dense = await self.store.search(
+        hits = await self.store.search(
             DOCUMENTS,
             self.embedder.embed([req.query])[0],
             Scope(tenant=tenant, equals=equals),
-            req.k * 4,
+            req.k,
+            keywords=query_keywords(req.query),
         )
         return [
             {
                 "id": h.id,
-                "score": round(score, 6),
+                "score": round(h.score, 6),
                 "text": h.payload["text"],
                 "source": h.payload["source"],
                 "collection": h.payload["collection"],
             }
-            for h, score in fuse(dense, req.query, req.k)
+            for h in hits
         ]
 
     async def gc(self, data: bytes) -> Any:
-        """Superseded facts past the retention window and memories past their kind's TTL."""
-        req = msgspec.json.decode(data or b"{}", type=Gc)
-        now = self.clock()
-        doomed: dict[str, list[str]] = {}
-        reasons: list[dict[str, Any]] = []
-        for hit in await self.store.scroll_all(COLLECTION):
-            p = hit.payload
-            why = ""
-            if p.get("valid_to") and now - p["valid_to"] > req.retention_s:
-                why = "superseded past retention"
-            elif (
-                p.get("kind") in req.ttl_s and now - p.get("valid_from", now) > req.ttl_s[p["kind"]]
-            ):
-                why = f"older than the {p['kind']} TTL"
-            if why:
-                doomed.setdefault(p["tenant"], []).append(hit.id)
-                reasons.append(
-                    {"id": hit.id, "tenant": p["tenant"], "kind": p.get("kind"), "reason": why}
-                )
-        removed = 0
-        if not req.dry_run:
-            for tenant, ids in doomed.items():
-                removed += await self.store.delete(COLLECTION, Scope(tenant=tenant), ids)
-        return {"dry_run": req.dry_run, "candidates": reasons, "removed": removed}
+        """One garbage-collection pass (see memory.gc); `dry_run` reports without removing."""
+        return await collect(self.store, msgspec.json.decode(data or b"{}", type=Gc), self.clock())
 
     async def stats(self, data: bytes) -> Any:
         points = await self.store.scroll_all(COLLECTION)
@@ -405,6 +400,21 @@ def open_store(settings: Settings) -> VectorStore:
     return EdgeStore(settings.home.resolve() / "memory")
 
 
+async def sweep(service: MemoryService, settings: Settings) -> None:
+    """The background garbage collection: a pass every RELAYBUS_MEMORY_GC_INTERVAL_S."""
+    policy = policy_from(settings)
+    if settings.memory_gc_interval_s <= 0:
+        return
+    while True:
+        await asyncio.sleep(settings.memory_gc_interval_s)
+        try:
+            report = await collect(service.store, policy, service.clock())
+            if report["removed"]:
+                log.info("memory gc removed %d memories", report["removed"])
+        except RelayError as exc:  # an unreachable store must not end the service
+            log.warning("memory gc pass failed: %s", exc)
+
+
 async def serve_memory(settings: Settings) -> int:
     stop = asyncio.Event()
     stop_on_signals(stop)
@@ -416,10 +426,12 @@ async def serve_memory(settings: Settings) -> int:
         service = MemoryService(store, choose_embedder(settings.embedder), gate, sessions=sessions)
         await service.start()
         sub = await bus.serve(f"{bus.subjects.prefix}.svc.memory.*", service.handle, queue="memory")
+        sweeper = asyncio.create_task(sweep(service, settings))
         log.info("memory service answering (%s, %s)", type(store).__name__, service.embedder.id)
         try:
             await stop.wait()
         finally:
+            sweeper.cancel()
             await sub.unsubscribe()
             if gate is not None:
                 await gate.close()

@@ -9,6 +9,7 @@ import pytest
 
 from memory.edge import EdgeStore
 from memory.embed import LexicalEmbedder
+from memory.keywords import document_keywords, query_keywords
 from memory.qdrant import QdrantStore
 from memory.store import MemoryRefused, Scope, StoredPoint, VectorStore, point_id
 
@@ -40,6 +41,7 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
                     id=point_id(tenant, "fact", t),
                     vector=v,
                     payload={"tenant": tenant, "kind": "fact", "text": t},
+                    keywords=document_keywords(t),
                 )
                 for t, v in zip(texts, vectors, strict=True)
             ],
@@ -55,6 +57,25 @@ async def test_search_only_returns_the_callers_tenant(store: VectorStore) -> Non
     assert hits[0].payload["text"] == "alice prefers green tea"
     stolen = await store.search(
         "memories", EMBED.embed(["alice's secrets"])[0], Scope(tenant="mallory"), 10
+    )
+    assert {h.payload["tenant"] for h in stolen} == {"mallory"}
+
+
+async def test_hybrid_search_finds_an_exact_word_the_dense_ranking_misses(
+    store: VectorStore,
+) -> None:
+    """A dense vector unrelated to every fact, but a rare word in the keywords: the keyword
+    ranking pulls the fact to the top."""
+    unrelated = EMBED.embed(["weather report tomorrow"])[0]
+    dense = await store.search("memories", unrelated, Scope(tenant="alice"), 3)
+    assert max(abs(h.score) for h in dense) < 0.1  # dense alone has nothing to go on
+    hybrid = await store.search(
+        "memories", unrelated, Scope(tenant="alice"), 1, keywords=query_keywords("bob")
+    )
+    assert [h.payload["text"] for h in hybrid] == ["alice's manager is bob"]
+    # the keyword channel is tenant-filtered too
+    stolen = await store.search(
+        "memories", unrelated, Scope(tenant="mallory"), 5, keywords=query_keywords("green tea")
     )
     assert {h.payload["tenant"] for h in stolen} == {"mallory"}
 
