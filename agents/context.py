@@ -20,11 +20,12 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import msgspec
 
-from bus import CircuitOpen, Envelope, ErrorInfo, RelayError, Retry
+from bus import CircuitOpen, DataRefused, Envelope, ErrorInfo, RelayError, Retry
 from bus.envelope import derived_id
 from memory.client import MemoryClient
 from memory.messages import Caller
 from services.identity.chain import ChainView, decode_body
+from services.identity.messages import AuditRecord
 
 from .base import encode_result
 from .errors import ChildFailed, GatherTimeout, LimitExceeded, rebuild
@@ -114,6 +115,28 @@ class Context:
         if self.envelope.chain:
             return decode_body(self.envelope.chain[0].payload).principal
         return self.envelope.sender
+
+    async def audit(
+        self, action: str, *, tool: str = "", reason: str = "", detail: dict[str, Any] | None = None
+    ) -> None:
+        """Append an `allow` record with this run's verified chain to the audit stream (data
+        tools record each query this way). Without identity there is no chain and no audit."""
+        gate = self._worker.gate
+        if gate is None or self.chain is None:
+            return
+        await gate.audit(
+            AuditRecord(
+                action=action,
+                decision="allow",
+                principal=self.chain.principal,
+                actor=f"agent:{self.agent}",
+                reason=reason,
+                run_id=self.run_id,
+                tool=tool,
+                chain=self.chain.ids,
+                detail=detail or {},
+            )
+        )
 
     @property
     def memory(self) -> MemoryClient:
@@ -240,6 +263,8 @@ class Context:
         async with self._worker.costs.charge(self, tool, seq):
             try:
                 value = await tool.invoke(self, args)
+            except DataRefused:
+                raise  # a refused query is the caller's mistake, not the tool failing
             except Exception:
                 breaker.failure()
                 raise

@@ -24,6 +24,7 @@ from bus import (
     BudgetExceeded,
     Bus,
     ChainInvalid,
+    DataRefused,
     Delivery,
     Envelope,
     ErrorInfo,
@@ -65,6 +66,7 @@ PERMANENT = (
     ChainInvalid,
     BudgetExceeded,
     Cancelled,
+    DataRefused,
 )
 _owners = itertools.count()
 

@@ -62,9 +62,11 @@ ATTRIBUTES = [
 
 
 def entity_names(rng: random.Random, n: int) -> list[str]:
+    if n > 160_000:
+        raise SystemExit(f"{n} companies is more than the name generator can make unique")
     names: set[str] = set()
-    while len(names) < n:
-        names.add("".join(rng.choice(SYLLABLES) for _ in range(rng.choice((2, 3)))))
+    while len(names) < n:  # 20 syllables, 2-4 of them: 168,400 names, enough for 1.3M facts
+        names.add("".join(rng.choice(SYLLABLES) for _ in range(rng.choice((2, 3, 4)))))
     return sorted(names)
 
 

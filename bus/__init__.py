@@ -10,6 +10,7 @@ from .errors import (
     CircuitOpen,
     ConfigError,
     ConnectionFailed,
+    DataRefused,
     EnvelopeInvalid,
     EnvelopeTooLarge,
     ErrorInfo,
@@ -28,6 +29,7 @@ from .errors import (
     ServerError,
     StackNotRunning,
     SubjectInvalid,
+    UpstreamFailed,
 )
 from .events import TERMINAL, DeadLetter, Event
 from .ids import new_id
@@ -46,6 +48,7 @@ __all__ = [
     "ConfigError",
     "ConnectionFailed",
     "Consumer",
+    "DataRefused",
     "DeadLetter",
     "Delivery",
     "Envelope",
@@ -74,6 +77,7 @@ __all__ = [
     "SubjectInvalid",
     "Subjects",
     "Topology",
+    "UpstreamFailed",
     "backoff_s",
     "decode",
     "default_topology",

@@ -21,6 +21,8 @@
     ├── BudgetExceeded               ledger: a hold would overspend a budget
     ├── LedgerError                  ledger: an operation was refused (nothing changed)
     ├── MemoryRefused                memory: an operation was refused (bad input, unknown collection)
+    ├── DataRefused                  data tools: a query or API call was refused or cut off
+    ├── UpstreamFailed               data tools: an external API kept failing (after retries)
     ├── RateLimited                  ledger: a rate limit says "not now"; retry after retry_after_s
     └── CircuitOpen                  runtime: a tool's circuit breaker is open
 
@@ -129,6 +131,16 @@ class LedgerError(RelayError):
 
 class MemoryRefused(RelayError):
     """A memory operation was refused; the message says why."""
+
+
+class DataRefused(RelayError):
+    """A data tool refused a query or API call (or cut it off); the message says why and what
+    to change. Not a tool failure: it does not trip the tool's circuit breaker."""
+
+
+class UpstreamFailed(RelayError):
+    """An external API behind a tool kept failing after its retries; counts toward the tool's
+    circuit breaker."""
 
 
 class RateLimited(RelayError):

@@ -1,0 +1,69 @@
+"""Structured data tools: read-only, tenant-scoped SQL and declared HTTP API endpoints.
+
+from agents.tools import DataTools
+
+DATA = DataTools.from_settings()          # RELAYBUS_DATA_SOURCES (a TOML file, see config)
+rows = await ctx.tool(DATA["pricing.price_of"], product="widget")
+rows = await ctx.tool(DATA["pricing.sql"], sql="SELECT product, avg(price_usd) ...")
+customer = await ctx.tool(DATA["crm.lookup"], customer_id="c-42")
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+
+from bus import ConfigError, Settings
+
+from ..tool import Tool
+from .config import Sources, load_sources
+from .http import ApiClient, api_tools
+from .sql import SqlDatabase, sql_tools
+
+
+class DataTools(Mapping[str, Tool]):
+    """Every tool the configured sources offer, by name (`pricing.sql`, `crm.lookup`, …)."""
+
+    def __init__(self, sources: Sources) -> None:
+        self.databases = [SqlDatabase(name, source) for name, source in sources.sql.items()]
+        self.apis = [ApiClient(name, api) for name, api in sources.api.items()]
+        self._tools: dict[str, Tool] = {}
+        for db in self.databases:
+            self._tools.update(sql_tools(db))
+        for api in self.apis:
+            self._tools.update(api_tools(api))
+
+    @classmethod
+    def load(cls, path: Path, environ: Mapping[str, str] | None = None) -> DataTools:
+        return cls(load_sources(path, environ))
+
+    @classmethod
+    def from_settings(cls, settings: Settings | None = None) -> DataTools:
+        settings = settings or Settings.from_env(os.environ)
+        if settings.data_sources is None:
+            raise ConfigError("no data sources: set RELAYBUS_DATA_SOURCES to a sources TOML file")
+        return cls.load(settings.data_sources)
+
+    def __getitem__(self, name: str) -> Tool:
+        try:
+            return self._tools[name]
+        except KeyError:
+            raise ConfigError(
+                f"no data tool {name!r}; the sources offer {sorted(self._tools)}"
+            ) from None
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._tools)
+
+    def __len__(self) -> int:
+        return len(self._tools)
+
+    async def aclose(self) -> None:
+        for db in self.databases:
+            db.close()
+        for api in self.apis:
+            await api.close()
+
+
+__all__ = ["ApiClient", "DataTools", "SqlDatabase", "load_sources"]
