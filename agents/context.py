@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import msgspec
 
-from bus import CircuitOpen, DataRefused, Envelope, ErrorInfo, RelayError, Retry
+from bus import CircuitOpen, DataRefused, Envelope, ErrorInfo, RelayError, Retry, tracing
 from bus.envelope import derived_id
 from memory.client import MemoryClient
 from memory.messages import Caller
@@ -262,7 +262,16 @@ class Context:
             raise Retry(str(exc), delay_s=breaker.retry_after_s()) from None
         async with self._worker.costs.charge(self, tool, seq):
             try:
-                value = await tool.invoke(self, args)
+                with tracing.TRACER.start_as_current_span(
+                    f"execute_tool {tool.name}",
+                    attributes={
+                        "gen_ai.operation.name": "execute_tool",
+                        "gen_ai.tool.name": tool.name,
+                        "relaybus.run_id": self.run_id,
+                        "relaybus.scope": tool.scope,
+                    },
+                ):
+                    value = await tool.invoke(self, args)
             except DataRefused:
                 raise  # a refused query is the caller's mistake, not the tool failing
             except Exception:

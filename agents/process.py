@@ -12,7 +12,7 @@ from typing import Any
 
 import msgspec
 
-from bus import Bus, ConfigError, Consumer, Settings, default_topology, ensure
+from bus import Bus, ConfigError, Consumer, Settings, default_topology, ensure, tracing
 from bus.cli import AgentBeat
 from bus.kv import Bucket
 from bus.runtime import stop_on_signals
@@ -37,6 +37,7 @@ async def serve_agent(agent: Agent, settings: Settings, concurrency: int = 8) ->
                 f"RELAYBUS_NATS_AUTH is on but {path} is missing: `relaybus identity agent add {agent.name}`"
             )
         options["nkeys_seed"] = str(path)
+    tracing.setup(f"agent-{agent.name}", settings.trace_dir)
     bus_cm = Bus(settings, name=f"agent-{agent.name}-{os.getpid()}", connect_options=options)
     async with bus_cm as bus, agent.lifespan():
         await ensure(bus, default_topology(bus.subjects))
@@ -59,6 +60,7 @@ async def serve_agent(agent: Agent, settings: Settings, concurrency: int = 8) ->
             if worker.gate is not None:
                 await worker.gate.close()
             await _forget(bus, agent.name)
+    tracing.shutdown()
     log.info(
         "agent %s (pid %d) stopped after %d message(s)", agent.name, os.getpid(), consumer.processed
     )

@@ -18,6 +18,8 @@ import time
 from typing import Any
 
 import msgspec
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind
 
 from bus import (
     Abandon,
@@ -35,6 +37,7 @@ from bus import (
     RunFailed,
     decode,
     encode,
+    tracing,
 )
 from bus.envelope import derived_id
 from bus.events import TERMINAL, event_encoder
@@ -251,8 +254,23 @@ class Worker:
         assert current is not None
         self._by_run.setdefault(env.run_id, set()).add(current)
         self._by_task[env.id] = current
+        span = tracing.TRACER.start_span(
+            f"invoke_agent {self.name}",
+            context=tracing.extract(d.headers),
+            kind=SpanKind.CONSUMER,
+            attributes={
+                "gen_ai.operation.name": "invoke_agent",
+                "gen_ai.agent.name": self.name,
+                "messaging.system": "nats",
+                "messaging.message.id": env.id,
+                "relaybus.run_id": env.run_id,
+                "relaybus.task_id": env.id,
+                "relaybus.delivery_count": d.attempt,
+            },
+        )
         try:
-            await self._run_handler(ctx, env, d)
+            with trace.use_span(span, end_on_exit=True):
+                await self._run_handler(ctx, env, d)
         except Fenced as exc:
             log.warning("%s", exc)
             raise Abandon(str(exc)) from None

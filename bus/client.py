@@ -23,6 +23,7 @@ from tenacity import (
 )
 
 from . import envelope as wire
+from . import tracing
 from .errors import ConnectionFailed, PermissionViolation, PublishFailed, RelayError
 from .settings import Settings
 from .stack import public_url, resolve_nats_url
@@ -187,6 +188,7 @@ class Bus:
 
     def headers_for(self, env: wire.Envelope) -> dict[str, str]:
         headers = {"Nats-Msg-Id": env.id, "Relay-Run": env.run_id, "Relay-Kind": env.kind}
+        tracing.inject(headers)  # no-op unless a span is current
         if self.header_hook is not None:
             self.header_hook(headers)
         return headers

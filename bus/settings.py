@@ -40,6 +40,7 @@ class Settings(BaseModel):
     ledger_spike: float = Field(default=5.0, gt=1.0)
     ledger_lease: int = 0  # micro-units per leased chunk; 0: a hold and a capture per costed step
     qdrant_url: str | None = None
+    trace_dir: Path | None = None  # write spans as JSON lines here (one file per process)
     data_sources: Path | None = None  # TOML file declaring SQL sources and HTTP APIs for tools
     memory_gc_interval_s: float = Field(default=3600.0, ge=0)  # 0: no background GC
     memory_retention_days: float = Field(default=30.0, ge=0)
