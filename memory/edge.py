@@ -16,7 +16,6 @@ import qdrant_edge as qe
 
 from .keywords import KEYWORDS_VERSION, Sparse
 from .store import (
-    CANDIDATES,
     TENANT,
     Hit,
     MemoryRefused,
@@ -24,7 +23,7 @@ from .store import (
     StoredPoint,
     check_fields,
     check_vector,
-    fuse,
+    hybrid,
     owned,
 )
 
@@ -130,20 +129,21 @@ class EdgeStore:
         shard = self._open(collection)
         check_vector(collection, vector, self._meta[collection]["dim"])
         where = _filter(scope)
-        nearest = qe.Query.Nearest(list(vector))
-        dense = self._query(shard, nearest, where, k * CANDIDATES if keywords else k)
-        if keywords is None or not keywords.indices:
-            return owned(dense[:k], scope.tenant)
-        sparse = qe.SparseVector(keywords.indices, keywords.values)
-        keyword = self._query(
-            shard, qe.Query.Nearest(sparse, using=KEYWORDS), where, k * CANDIDATES
-        )
-        seen = {h.id for h in dense}
-        missing = [h.id for h in keyword if h.id not in seen]
-        if missing:  # the cosine score of candidates only the keyword ranking found
-            only = qe.Filter(must=[*_conditions(scope), qe.HasIdCondition(set(missing))])
-            dense += self._query(shard, nearest, only, len(missing))
-        return owned(fuse(dense, keyword, k), scope.tenant)
+
+        async def nearest(limit: int, ids: list[str] | None) -> list[Hit]:
+            within = where
+            if ids is not None:
+                within = qe.Filter(must=[*_conditions(scope), qe.HasIdCondition(set(ids))])
+            return self._query(shard, qe.Query.Nearest(list(vector)), within, limit)
+
+        async def by_keywords(limit: int) -> list[Hit]:
+            assert keywords is not None
+            sparse = qe.SparseVector(keywords.indices, keywords.values)
+            return self._query(shard, qe.Query.Nearest(sparse, using=KEYWORDS), where, limit)
+
+        use_keywords = keywords is not None and bool(keywords.indices)
+        hits = await hybrid(nearest, by_keywords if use_keywords else None, k)
+        return owned(hits, scope.tenant)
 
     @staticmethod
     def _query(shard: Any, query: Any, where: qe.Filter, limit: int) -> list[Hit]:

@@ -15,7 +15,6 @@ from qdrant_client import AsyncQdrantClient, models
 
 from .keywords import KEYWORDS_VERSION, Sparse
 from .store import (
-    CANDIDATES,
     TENANT,
     Hit,
     MemoryRefused,
@@ -23,7 +22,7 @@ from .store import (
     StoredPoint,
     check_fields,
     check_vector,
-    fuse,
+    hybrid,
     owned,
 )
 
@@ -127,19 +126,24 @@ class QdrantStore:
         physical, dim = self._name(collection)
         check_vector(collection, vector, dim)
         where = _filter(scope)
-        dense = await self._query(
-            physical, list(vector), "", where, k * CANDIDATES if keywords else k
-        )
-        if keywords is None or not keywords.indices:
-            return owned(dense[:k], scope.tenant)
-        sparse = models.SparseVector(indices=keywords.indices, values=keywords.values)
-        keyword = await self._query(physical, sparse, KEYWORDS, where, k * CANDIDATES)
-        seen = {h.id for h in dense}
-        missing: list[models.ExtendedPointId] = [h.id for h in keyword if h.id not in seen]
-        if missing:  # the cosine score of candidates only the keyword ranking found
-            only = models.Filter(must=[*_conditions(scope), models.HasIdCondition(has_id=missing)])
-            dense += await self._query(physical, list(vector), "", only, len(missing))
-        return owned(fuse(dense, keyword, k), scope.tenant)
+
+        async def nearest(limit: int, ids: list[str] | None) -> list[Hit]:
+            within = where
+            if ids is not None:
+                chosen: list[models.ExtendedPointId] = list(ids)
+                within = models.Filter(
+                    must=[*_conditions(scope), models.HasIdCondition(has_id=chosen)]
+                )
+            return await self._query(physical, list(vector), "", within, limit)
+
+        async def by_keywords(limit: int) -> list[Hit]:
+            assert keywords is not None
+            sparse = models.SparseVector(indices=keywords.indices, values=keywords.values)
+            return await self._query(physical, sparse, KEYWORDS, where, limit)
+
+        use_keywords = keywords is not None and bool(keywords.indices)
+        hits = await hybrid(nearest, by_keywords if use_keywords else None, k)
+        return owned(hits, scope.tenant)
 
     async def _query(
         self, physical: str, query: Any, using: str, where: models.Filter, limit: int

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 import msgspec
@@ -81,6 +81,25 @@ def fuse(dense: Sequence[Hit], keyword: Sequence[Hit], k: int) -> list[Hit]:
         h.id: Hit(id=h.id, score=h.score + bonus.get(h.id, 0.0), payload=h.payload) for h in dense
     }
     return sorted(scored.values(), key=lambda h: h.score, reverse=True)[:k]
+
+
+Nearest = Callable[[int, list[str] | None], Awaitable[list[Hit]]]
+ByKeywords = Callable[[int], Awaitable[list[Hit]]]
+
+
+async def hybrid(nearest: Nearest, by_keywords: ByKeywords | None, k: int) -> list[Hit]:
+    """The search every engine runs: dense only, or dense and keyword candidates fused, with
+    the cosine of keyword-only candidates fetched by id. `nearest(limit, ids)` is the engine's
+    dense search (within `ids` when given), `by_keywords(limit)` its sparse one."""
+    if by_keywords is None:
+        return await nearest(k, None)
+    dense = await nearest(k * CANDIDATES, None)
+    keyword = await by_keywords(k * CANDIDATES)
+    seen = {h.id for h in dense}
+    missing = [h.id for h in keyword if h.id not in seen]
+    if missing:
+        dense += await nearest(len(missing), missing)
+    return fuse(dense, keyword, k)
 
 
 def owned(hits: Sequence[Hit], tenant: str) -> list[Hit]:

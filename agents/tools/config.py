@@ -33,7 +33,14 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    create_model,
+    field_validator,
+)
 
 from bus import ConfigError
 
@@ -161,5 +168,7 @@ def secret_values(api: ApiSource) -> list[str]:
     return sorted(values, key=len, reverse=True)
 
 
-def describe(params: dict[str, str]) -> dict[str, Any]:
-    return {name: PARAM_TYPES[kind] for name, kind in params.items()}
+def params_model(name: str, params: dict[str, str]) -> type[BaseModel]:
+    """The tool's argument model: the declared, typed parameters, nothing else."""
+    fields: dict[str, Any] = {p: (PARAM_TYPES[kind], ...) for p, kind in params.items()}
+    return create_model(name, __config__=ConfigDict(extra="forbid"), **fields)

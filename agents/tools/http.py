@@ -21,7 +21,7 @@ from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt,
 from bus import ConfigError, DataRefused, UpstreamFailed
 
 from ..tool import Tool
-from .config import PARAM_TYPES, ApiSource, Endpoint, secret_values
+from .config import ApiSource, Endpoint, params_model, secret_values
 
 
 class _Transient(Exception):
@@ -33,8 +33,10 @@ class ApiClient:
         self.name, self.api = name, api
         self._secrets = secret_values(api)
         self.client = httpx.AsyncClient(base_url=api.base_url, headers=api.headers)
+        self._path_fields: dict[str, set[str]] = {}
         for ename, endpoint in api.endpoints.items():
             fields = {f for _, f, _, _ in string.Formatter().parse(endpoint.path) if f}
+            self._path_fields[ename] = fields
             unknown = fields - set(endpoint.params)
             if unknown:
                 raise ConfigError(
@@ -48,7 +50,7 @@ class ApiClient:
         return text
 
     async def call(self, ename: str, endpoint: Endpoint, args: dict[str, Any]) -> dict[str, Any]:
-        fields = {f for _, f, _, _ in string.Formatter().parse(endpoint.path) if f}
+        fields = self._path_fields[ename]
         path = endpoint.path.format(**{k: quote(str(args[k]), safe="") for k in fields})
         rest = {k: v for k, v in args.items() if k not in fields}
         in_query = endpoint.method in ("GET", "DELETE")
@@ -117,10 +119,7 @@ class ApiClient:
 def api_tools(client: ApiClient) -> dict[str, Tool]:
     tools: dict[str, Tool] = {}
     for ename, endpoint in client.api.endpoints.items():
-        fields: dict[str, Any] = {p: (PARAM_TYPES[k], ...) for p, k in endpoint.params.items()}
-        model = pydantic.create_model(
-            f"{client.name}_{ename}", __config__=pydantic.ConfigDict(extra="forbid"), **fields
-        )
+        model = params_model(f"{client.name}_{ename}", endpoint.params)
 
         async def run(
             ctx: Any, args: pydantic.BaseModel, _name: str = ename, _endpoint: Endpoint = endpoint

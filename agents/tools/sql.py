@@ -25,7 +25,7 @@ from sqlalchemy.engine import make_url
 from bus import ConfigError, DataRefused
 
 from ..tool import Tool
-from .config import PARAM_TYPES, SqlSource
+from .config import SqlSource, params_model
 from .sqlguard import TENANT_PARAM, TablePolicy, guard
 
 _ALLOWED_SQLITE = {sqlite3.SQLITE_SELECT, sqlite3.SQLITE_FUNCTION, sqlite3.SQLITE_RECURSIVE}
@@ -57,7 +57,12 @@ class SqlDatabase:
                 "sqlite://", creator=lambda: self._open_sqlite(path), poolclass=sa.pool.NullPool
             )
         else:
-            self.dialect = "postgres" if url.drivername.startswith("postgres") else url.drivername
+            if not url.drivername.startswith("postgres"):
+                raise ConfigError(
+                    f"[sql.{name}] url {source.url}: SQLite and PostgreSQL are supported "
+                    "(read-only enforcement is specific to each)"
+                )
+            self.dialect = "postgres"
             self.engine = sa.create_engine(source.url, pool_pre_ping=True)
 
     def _open_sqlite(self, path: Path) -> sqlite3.Connection:
@@ -93,7 +98,7 @@ class SqlDatabase:
 
     def run(self, sql: str, params: dict[str, Any], tenant: str) -> dict[str, Any]:
         """Guard, scope and run one query (blocking: call through `query`)."""
-        scoped, used = guard(sql, self.tables, "sqlite" if self.dialect == "sqlite" else "postgres")
+        scoped, used = guard(sql, self.tables, self.dialect)
         missing = sorted(used - set(params))
         if missing:
             raise DataRefused(f"the query uses :{missing[0]} but no value was given for it")
@@ -169,13 +174,8 @@ def sql_tools(db: SqlDatabase) -> dict[str, Tool]:
         )
 
     for qname, named in db.source.queries.items():
-        guard(
-            named.sql, db.tables, "sqlite" if db.dialect == "sqlite" else "postgres"
-        )  # fail at load
-        fields: dict[str, Any] = {p: (PARAM_TYPES[k], ...) for p, k in named.params.items()}
-        model = pydantic.create_model(
-            f"{db.name}_{qname}", __config__=pydantic.ConfigDict(extra="forbid"), **fields
-        )
+        guard(named.sql, db.tables, db.dialect)  # fail at load
+        model = params_model(f"{db.name}_{qname}", named.params)
 
         async def run_named(
             ctx: Any, args: pydantic.BaseModel, _sql: str = named.sql, _name: str = qname

@@ -1,0 +1,43 @@
+"""A memory service in the test process over the real bus, with a controllable clock."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from bus import Bus
+from bus.kv import Bucket
+from memory.client import MemoryClient
+from memory.edge import EdgeStore
+from memory.embed import LexicalEmbedder
+from memory.messages import Caller
+from memory.service import MemoryService
+from memory.sessions import Sessions
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_800_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+async def served(bus: Bus, tmp_path: Path) -> AsyncIterator[tuple[MemoryService, Clock]]:
+    clock = Clock()
+    sessions = Sessions(await Bucket.open(bus, bus.subjects.bucket("sessions")))
+    service = MemoryService(
+        EdgeStore(tmp_path / "memory"), LexicalEmbedder(), clock=clock, sessions=sessions
+    )
+    await service.start()
+    sub = await bus.serve(f"{bus.subjects.prefix}.svc.memory.*", service.handle)
+    yield service, clock
+    await sub.unsubscribe()
+    await service.store.close()
+
+
+def client(bus: Bus, user: str) -> MemoryClient:
+    return MemoryClient(bus, Caller(run_id="RUN1", agent="research", principal=f"user:{user}"))
