@@ -48,6 +48,10 @@ class Costs:
             self._leases[key] = lease
         return lease
 
+    def price(self, tool: Any) -> int:
+        """What one call of `tool` is charged (0 without a ledger)."""
+        return self.prices.tool(tool.name, tool.cost) if self.ledger is not None else 0
+
     def breaker(self, tool: Any) -> Breaker:
         """This process's circuit breaker for `tool`."""
         found = self._breakers.get(tool.name)

@@ -26,6 +26,7 @@ from bus.runtime import (
     EXIT_USAGE,
     setup_logging,
 )
+from bus.telemetry import Telemetry
 
 from .base import Agent
 from .control import cancel_run, send_signal
@@ -45,20 +46,15 @@ def stack_services(settings: Settings) -> dict[str, list[str]]:
     }
 
 
-def service(args: argparse.Namespace, settings: Settings) -> Any:
+async def service(args: argparse.Namespace, settings: Settings) -> Any:
     if args.name == "identity":
-        from services.identity.service import serve_identity
-
-        return serve_identity(settings)
-    if args.name == "ledger":
-        from services.ledger.service import serve_ledger
-
-        return serve_ledger(settings)
-    if args.name == "memory":
-        from memory.service import serve_memory
-
-        return serve_memory(settings)
-    raise RelayError(f"no service {args.name!r} yet")
+        from services.identity.service import serve_identity as serve
+    elif args.name == "ledger":
+        from services.ledger.service import serve_ledger as serve
+    else:
+        from memory.service import serve_memory as serve
+    with Telemetry(args.name, settings, args.metrics_port):
+        return await serve(settings)
 
 
 async def identity_chain(args: argparse.Namespace, settings: Settings) -> int:
@@ -139,7 +135,7 @@ def agent_run(args: argparse.Namespace, settings: Settings) -> Any:
     if args.replicas == 1:
         from .process import serve_agent
 
-        return serve_agent(cls(), settings, args.concurrency)
+        return serve_agent(cls(), settings, args.concurrency, args.metrics_port)
     return _supervise_replicas(args, settings)
 
 
@@ -156,8 +152,14 @@ def _supervise_replicas(args: argparse.Namespace, settings: Settings) -> int:
         str(args.concurrency),
     ]
     env = {**os.environ, **settings.env()}
+    port = args.metrics_port
     children = [
-        subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL) for _ in range(args.replicas)
+        subprocess.Popen(
+            argv if port is None else [*argv, "--metrics-port", str(port + i)],
+            env=env,
+            stdin=subprocess.DEVNULL,
+        )
+        for i in range(args.replicas)
     ]
 
     def forward(signum: int, _frame: Any) -> None:
@@ -286,6 +288,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("spec", metavar="MODULE:CLASS")
     p.add_argument("--replicas", type=int, default=1)
     p.add_argument("--concurrency", type=int, default=8)
+    p.add_argument(
+        "--metrics-port",
+        type=int,
+        default=None,
+        help="serve Prometheus metrics here (replica i on PORT+i)",
+    )
     p.set_defaults(func=agent_run)
 
     p = sub.add_parser("publish", help="submit a task to an agent")
@@ -334,6 +342,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("service", help="run one service process in the foreground")
     p.add_argument("name", choices=["identity", "ledger", "memory"])
+    p.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus metrics here")
     p.set_defaults(func=service)
 
     from services.identity.cli import register as register_identity

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import msgspec
 
-from bus import CircuitOpen, DataRefused, Envelope, ErrorInfo, RelayError, Retry, tracing
+from bus import CircuitOpen, DataRefused, Envelope, ErrorInfo, RelayError, Retry, metrics, tracing
 from bus.envelope import derived_id
 from memory.client import MemoryClient
 from memory.messages import Caller
@@ -49,9 +49,10 @@ class Suspend(BaseException):
 class HandoffDone(BaseException):
     """Internal: control passed to another agent; this handler is done."""
 
-    def __init__(self, agent: str) -> None:
+    def __init__(self, agent: str, task_id: str) -> None:
         super().__init__(agent)
         self.agent = agent
+        self.task_id = task_id
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,8 +95,14 @@ class Context:
         self._pending_publish: list[Envelope] = []
         self._timer_due: dict[str, float] = {}
         self._delegations: dict[str, list[str] | None] = {}
+        self._timings: dict[int, tuple[float, int]] = {}  # seq -> (latency ms, cost) for events
+        self.started = time.perf_counter()
         self.chain: ChainView | None = None
         self.log = RunLogger(logging.getLogger(f"relaybus.agent.{self.agent}"), {"ctx": self})
+
+    def elapsed_ms(self) -> float:
+        """Milliseconds since this execution of the handler began."""
+        return (time.perf_counter() - self.started) * 1000
 
     # -- facts about the run ------------------------------------------------------------
 
@@ -202,7 +209,9 @@ class Context:
             await asyncio.gather(*(self._worker.bus.publish(env) for env in batch))
             for env in batch:
                 if env.parent_id == self.task_id:
-                    await self._worker.emit_event(self.envelope, "call", recipient=env.recipient)
+                    await self._worker.emit_event(
+                        self.envelope, "call", recipient=env.recipient, child_id=env.id
+                    )
         if self._pending_ops:
             ops, self._pending_ops = self._pending_ops, []
 
@@ -213,8 +222,13 @@ class Context:
             await self._mutate(append)
             for op in ops:
                 if op.kind in ("step", "tool"):
+                    latency_ms, cost = self._timings.pop(op.seq, (0.0, 0))
                     await self._worker.emit_event(
-                        self.envelope, "step", detail=f"{op.kind} {op.name}"
+                        self.envelope,
+                        "step",
+                        detail=f"{op.kind} {op.name}",
+                        latency_ms=latency_ms,
+                        cost=cost,
                     )
 
     async def _mutate(self, change: Callable[[Journal], None]) -> Journal:
@@ -239,10 +253,12 @@ class Context:
         if op is not None:
             return self._replay(op)
         await self._flush()
+        started = time.perf_counter()
         value = fn(*args, **kwargs)
         if inspect.isawaitable(value):
             value = await value
         body = encode_result(value)
+        self._timings[seq] = ((time.perf_counter() - started) * 1000, 0)
         self._record(seq, "step", name, body)
         await self._flush()
         return msgspec.json.decode(body)
@@ -260,24 +276,44 @@ class Context:
             breaker.before()
         except CircuitOpen as exc:
             raise Retry(str(exc), delay_s=breaker.retry_after_s()) from None
-        async with self._worker.costs.charge(self, tool, seq):
-            try:
-                with tracing.TRACER.start_as_current_span(
-                    f"execute_tool {tool.name}",
-                    attributes={
-                        "gen_ai.operation.name": "execute_tool",
-                        "gen_ai.tool.name": tool.name,
-                        "relaybus.run_id": self.run_id,
-                        "relaybus.scope": tool.scope,
-                    },
-                ):
-                    value = await tool.invoke(self, args)
-            except DataRefused:
-                raise  # a refused query is the caller's mistake, not the tool failing
-            except Exception:
-                breaker.failure()
-                raise
-            breaker.success()
+        cost = self._worker.costs.price(tool)
+        started = time.perf_counter()
+        try:
+            async with self._worker.costs.charge(self, tool, seq):
+                try:
+                    with tracing.TRACER.start_as_current_span(
+                        f"execute_tool {tool.name}",
+                        attributes={
+                            "gen_ai.operation.name": "execute_tool",
+                            "gen_ai.tool.name": tool.name,
+                            "relaybus.run_id": self.run_id,
+                            "relaybus.scope": tool.scope,
+                            "relaybus.cost": cost,
+                        },
+                    ):
+                        value = await tool.invoke(self, args)
+                except DataRefused:
+                    raise  # a refused query is the caller's mistake, not the tool failing
+                except Exception:
+                    breaker.failure()
+                    raise
+                breaker.success()
+        except Exception as exc:
+            elapsed = time.perf_counter() - started
+            metrics.TOOL_DURATION.record(
+                elapsed, {"gen_ai.tool.name": tool.name, "outcome": "error"}
+            )
+            await self._worker.emit_event(
+                self.envelope,
+                "step",
+                detail=f"tool {tool.name}",
+                latency_ms=elapsed * 1000,
+                error=ErrorInfo.from_exception(exc),
+            )
+            raise
+        elapsed = time.perf_counter() - started
+        metrics.TOOL_DURATION.record(elapsed, {"gen_ai.tool.name": tool.name, "outcome": "ok"})
+        self._timings[seq] = (elapsed * 1000, cost)
         body = encode_result(value)
         self._record(seq, "tool", tool.name, body)
         await self._flush()
@@ -376,13 +412,13 @@ class Context:
         """Pass control to `agent`: the run continues there and this handler ends.
         `scopes` narrows what it may do (default: everything this task may)."""
         seq, op = self._next("handoff", agent)
+        child_id = derived_id(self.task_id, "handoff", str(seq))
         if op is None:
-            child_id = derived_id(self.task_id, "handoff", str(seq))
             self._delegations[child_id] = scopes
             self._pending_publish.append(self._derive(child_id, agent, payload, seq, child=False))
             self._record(seq, "handoff", agent, msgspec.json.encode(child_id))
             await self._flush()
-        raise HandoffDone(agent)
+        raise HandoffDone(agent, child_id)
 
     async def wait_signal(self, name: str, timeout: float | None = None) -> Any:
         """Wait durably for `relaybus approve RUN --signal NAME [--data JSON]`; returns the data.

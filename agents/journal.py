@@ -45,6 +45,7 @@ class Outcome(msgspec.Struct, kw_only=True, omit_defaults=True):
     ok: bool
     result: bytes = b""
     error: ErrorInfo | None = None
+    traceparent: str = ""  # the child's span, linked from the parent's resumed span
 
 
 class Wait(msgspec.Struct, kw_only=True, omit_defaults=True):

@@ -12,10 +12,11 @@ from typing import Any
 
 import msgspec
 
-from bus import Bus, ConfigError, Consumer, Settings, default_topology, ensure, tracing
+from bus import Bus, ConfigError, Consumer, Settings, default_topology, ensure
 from bus.cli import AgentBeat
 from bus.kv import Bucket
 from bus.runtime import stop_on_signals
+from bus.telemetry import Telemetry
 from services.identity.natsconfig import inbox_prefix, nkey_path
 
 from .base import Agent
@@ -25,7 +26,9 @@ log = logging.getLogger("relaybus.worker")
 BEAT_INTERVAL_S = 20.0
 
 
-async def serve_agent(agent: Agent, settings: Settings, concurrency: int = 8) -> int:
+async def serve_agent(
+    agent: Agent, settings: Settings, concurrency: int = 8, metrics_port: int | None = None
+) -> int:
     """Run one replica of `agent` until SIGTERM/SIGINT, then finish in-flight work and drain."""
     stop = asyncio.Event()
     stop_on_signals(stop)
@@ -37,34 +40,39 @@ async def serve_agent(agent: Agent, settings: Settings, concurrency: int = 8) ->
                 f"RELAYBUS_NATS_AUTH is on but {path} is missing: `relaybus identity agent add {agent.name}`"
             )
         options["nkeys_seed"] = str(path)
-    tracing.setup(f"agent-{agent.name}", settings.trace_dir)
+    telemetry = Telemetry(f"agent-{agent.name}", settings, metrics_port)
     bus_cm = Bus(settings, name=f"agent-{agent.name}-{os.getpid()}", connect_options=options)
-    async with bus_cm as bus, agent.lifespan():
-        await ensure(bus, default_topology(bus.subjects))
-        worker = await Worker.open(bus, agent)
-        if worker.gate is not None:
-            log.info("identity on: chains verified, tool calls checked for %s", agent.name)
-        control = await bus.subscribe(f"{bus.subjects.prefix}.control.*", worker.on_control)
-        consumer = Consumer(bus, agent.name, worker.handle, concurrency=concurrency)
-        beat = asyncio.create_task(_heartbeat(bus, agent.name, concurrency))
-        log.info(
-            "agent %s (pid %d) consuming %s", agent.name, os.getpid(), bus.subjects.task(agent.name)
-        )
-        try:
-            await consumer.run(stop)
-        finally:
-            beat.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await beat
-            await control.unsubscribe()
-            if worker.gate is not None:
-                await worker.gate.close()
-            await _forget(bus, agent.name)
-    tracing.shutdown()
+    with telemetry:
+        async with bus_cm as bus, agent.lifespan():
+            consumer = await _consume(bus, agent, concurrency, stop)
     log.info(
         "agent %s (pid %d) stopped after %d message(s)", agent.name, os.getpid(), consumer.processed
     )
     return 0
+
+
+async def _consume(bus: Bus, agent: Agent, concurrency: int, stop: asyncio.Event) -> Consumer:
+    await ensure(bus, default_topology(bus.subjects))
+    worker = await Worker.open(bus, agent)
+    if worker.gate is not None:
+        log.info("identity on: chains verified, tool calls checked for %s", agent.name)
+    control = await bus.subscribe(f"{bus.subjects.prefix}.control.*", worker.on_control)
+    consumer = Consumer(bus, agent.name, worker.handle, concurrency=concurrency)
+    beat = asyncio.create_task(_heartbeat(bus, agent.name, concurrency))
+    log.info(
+        "agent %s (pid %d) consuming %s", agent.name, os.getpid(), bus.subjects.task(agent.name)
+    )
+    try:
+        await consumer.run(stop)
+    finally:
+        beat.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await beat
+        await control.unsubscribe()
+        if worker.gate is not None:
+            await worker.gate.close()
+        await _forget(bus, agent.name)
+    return consumer
 
 
 def _beat_key(name: str) -> str:

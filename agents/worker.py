@@ -37,6 +37,7 @@ from bus import (
     RunFailed,
     decode,
     encode,
+    metrics,
     tracing,
 )
 from bus.envelope import derived_id
@@ -116,7 +117,13 @@ class Worker:
     # -- dispatch -----------------------------------------------------------------------
 
     async def handle(self, delivery: Delivery) -> None:
-        kind = delivery.envelope.kind
+        env = delivery.envelope
+        kind = env.kind
+        if delivery.attempt == 1:
+            labels = {"relaybus.agent": self.name, "relaybus.kind": kind}
+            metrics.HANDOFFS.add(1, labels)
+            if env.created_at:
+                metrics.HANDOFF_LATENCY.record(max(0.0, time.time() - env.created_at), labels)
         if kind == "task":
             await self.on_task(delivery)
         elif kind in ("result", "error"):
@@ -160,7 +167,10 @@ class Worker:
                     return
                 if run is not None and run.status == "submitted":
                     await self.runs.update(env.run_id, _mark_running)
-                await self.emit_event(env, "started", attempt=d.attempt)
+                queued_ms = (time.time() - env.created_at) * 1000 if env.created_at else 0.0
+                await self.emit_event(
+                    env, "started", attempt=d.attempt, latency_ms=max(0.0, queued_ms)
+                )
                 await self.execute(journal, revision, owner, d)
                 return
         if found is None:
@@ -189,10 +199,17 @@ class Worker:
         env = d.envelope
         outcome = msgspec.json.decode(env.payload, type=ChildResult)
 
+        traceparent = d.headers.get("traceparent", "")
+
         def merge(journal: Journal) -> None:
             journal.children.setdefault(
                 outcome.child,
-                Outcome(ok=outcome.ok, result=bytes(outcome.result), error=outcome.error),
+                Outcome(
+                    ok=outcome.ok,
+                    result=bytes(outcome.result),
+                    error=outcome.error,
+                    traceparent=traceparent,
+                ),
             )
 
         await self._merge_and_resume(env, merge, d)
@@ -254,27 +271,37 @@ class Worker:
         assert current is not None
         self._by_run.setdefault(env.run_id, set()).add(current)
         self._by_task[env.id] = current
+        links = tracing.links_from(o.traceparent for o in journal.children.values())
+        attributes: dict[str, Any] = {
+            "gen_ai.operation.name": "invoke_agent",
+            "gen_ai.agent.name": self.name,
+            "messaging.system": "nats",
+            "messaging.message.id": env.id,
+            "relaybus.run_id": env.run_id,
+            "relaybus.task_id": env.id,
+            "relaybus.delivery_count": d.attempt,
+        }
+        if links:  # fan-in: some backends drop links, so list them as an attribute too
+            attributes["relaybus.links"] = [f"{link.context.span_id:016x}" for link in links]
         span = tracing.TRACER.start_span(
             f"invoke_agent {self.name}",
             context=tracing.extract(d.headers),
             kind=SpanKind.CONSUMER,
-            attributes={
-                "gen_ai.operation.name": "invoke_agent",
-                "gen_ai.agent.name": self.name,
-                "messaging.system": "nats",
-                "messaging.message.id": env.id,
-                "relaybus.run_id": env.run_id,
-                "relaybus.task_id": env.id,
-                "relaybus.delivery_count": d.attempt,
-            },
+            attributes=attributes,
+            links=links,
         )
+        outcome = "error"
         try:
             with trace.use_span(span, end_on_exit=True):
-                await self._run_handler(ctx, env, d)
+                outcome = await self._run_handler(ctx, env, d)
         except Fenced as exc:
             log.warning("%s", exc)
             raise Abandon(str(exc)) from None
         finally:
+            metrics.STEP_DURATION.record(
+                time.perf_counter() - ctx.started,
+                {"relaybus.agent": self.name, "outcome": outcome},
+            )
             self._by_task.pop(env.id, None)
             tasks = self._by_run.get(env.run_id)
             if tasks is not None:
@@ -282,7 +309,8 @@ class Worker:
                 if not tasks:
                     del self._by_run[env.run_id]
 
-    async def _run_handler(self, ctx: Context, env: Envelope, d: Delivery) -> None:
+    async def _run_handler(self, ctx: Context, env: Envelope, d: Delivery) -> str:
+        """Run the handler once; returns how this execution ended (for metrics)."""
         timeout = asyncio.timeout(env.deadline - time.time() if env.deadline else None)
         try:
             if self.gate is not None:
@@ -294,12 +322,18 @@ class Worker:
             body = encode_result(result)
         except Suspend:
             await self.costs.settle_leases(env.run_id)
-            await self.emit_event(env, "suspended")
-            return
+            await self.emit_event(env, "suspended", latency_ms=ctx.elapsed_ms())
+            return "suspended"
         except HandoffDone as done:
             await self._finish(ctx, env, "completed", handoff=done.agent)
-            await self.emit_event(env, "handoff", recipient=done.agent)
-            return
+            await self.emit_event(
+                env,
+                "handoff",
+                recipient=done.agent,
+                child_id=done.task_id,
+                latency_ms=ctx.elapsed_ms(),
+            )
+            return "handoff"
         except asyncio.CancelledError:
             if not self._is_cancelled(env):
                 raise
@@ -307,22 +341,22 @@ class Worker:
             await self._finish(
                 ctx, env, "cancelled", error=ErrorInfo(type="Cancelled", message="cancelled")
             )
-            return
+            return "cancelled"
         except TimeoutError:
             if not timeout.expired():
                 raise
             error = LimitExceeded(f"deadline exceeded while {self.name} was running")
             await self._finish(ctx, env, "failed", error=ErrorInfo.from_exception(error))
-            return
+            return "failed"
         except BudgetExceeded as exc:
             if self.agent.on_budget_exceeded == "park":
                 await self._park_for_budget(ctx, env, exc)
-            else:
-                await self._finish(ctx, env, "failed", error=ErrorInfo.from_exception(exc))
-            return
+                return "parked"
+            await self._finish(ctx, env, "failed", error=ErrorInfo.from_exception(exc))
+            return "failed"
         except PERMANENT as exc:
             await self._finish(ctx, env, "failed", error=ErrorInfo.from_exception(exc))
-            return
+            return "failed"
         except Fenced:
             raise
         except Exception as exc:
@@ -330,9 +364,13 @@ class Worker:
             if d.attempt >= self.bus.settings.max_deliver:
                 await self._finish(ctx, env, "failed", error=info)
             else:
-                await self.emit_event(env, "retried", attempt=d.attempt, error=info)
+                metrics.RETRIES.add(1, {"relaybus.agent": self.name})
+                await self.emit_event(
+                    env, "retried", attempt=d.attempt, error=info, latency_ms=ctx.elapsed_ms()
+                )
             raise
         await self._finish(ctx, env, "completed", body)
+        return "completed"
 
     async def _park_for_budget(self, ctx: Context, env: Envelope, exc: BudgetExceeded) -> None:
         """Suspend the task until signal `budget-N` arrives; the replay then retries the charge."""
@@ -374,9 +412,9 @@ class Worker:
             journal.waiting = None
 
         await self.costs.settle_leases(env.run_id)
-        await self.deliver(env, await ctx._mutate(change))
+        await self.deliver(env, await ctx._mutate(change), ctx.elapsed_ms())
 
-    async def deliver(self, env: Envelope, journal: Journal) -> None:
+    async def deliver(self, env: Envelope, journal: Journal, latency_ms: float = 0.0) -> None:
         """Send a finished task's outcome to whoever waits for it: the parent task, or the run."""
         if journal.handoff:
             return  # the run goes on at the agent it was handed to
@@ -402,7 +440,14 @@ class Worker:
                     created_at=time.time(),
                 )
             )
-            await self.emit_event(env, "returned", recipient=env.reply_to, error=journal.error)
+            await self.emit_event(
+                env,
+                "returned",
+                recipient=env.reply_to,
+                error=journal.error,
+                latency_ms=latency_ms,
+                detail=journal.status,
+            )
             return
         status = journal.status if journal.status in ("completed", "cancelled") else "failed"
         cost = await self.costs.run_cost(env.run_id)
@@ -417,7 +462,12 @@ class Worker:
         )
         if changed:
             await self.emit_event(
-                env, status, result=journal.result, error=journal.error, cost=cost
+                env,
+                status,
+                result=journal.result,
+                error=journal.error,
+                cost=cost,
+                latency_ms=latency_ms,
             )
 
     async def _verify(self, env: Envelope) -> ChainView:
@@ -436,6 +486,7 @@ class Worker:
                     run_id=env.run_id,
                 )
             )
+            metrics.DENIALS.add(1, {"relaybus.agent": self.name, "relaybus.check": "chain"})
             await self.emit_event(env, "denied", detail=str(exc))
             raise
 
@@ -458,6 +509,7 @@ class Worker:
         )
         await self.gate.audit(record)
         if problem:
+            metrics.DENIALS.add(1, {"relaybus.agent": self.name, "relaybus.check": "tool"})
             await self.emit_event(ctx.envelope, "denied", detail=f"{tool.name}: {problem}")
             raise PermissionDenied(f"{tool.name} ({tool.scope}) denied: {problem}")
 
@@ -539,6 +591,11 @@ class Worker:
         error: ErrorInfo | None = None,
         result: bytes = b"",
         cost: int = 0,
+        latency_ms: float = 0.0,
+        child_id: str = "",
+        input_tokens: int = 0,
+        output_tokens: int = 0,
+        score: float | None = None,
     ) -> None:
         event = Event(
             run_id=env.run_id,
@@ -546,10 +603,16 @@ class Worker:
             sender=env.sender if recipient is None else self.name,
             recipient=self.name if recipient is None else recipient,
             envelope_id=env.id,
+            parent_id=env.parent_id,
+            child_id=child_id,
             attempt=attempt,
             detail=detail,
             error=error,
             cost=cost,
+            latency_ms=round(latency_ms, 3),
+            input_tokens=input_tokens,
+            output_tokens=output_tokens,
+            score=score,
             **({"result": msgspec.Raw(result)} if result else {}),  # type: ignore[arg-type]
         )
         subject = self.bus.subjects.event(env.run_id, kind)

@@ -15,8 +15,10 @@ from dataclasses import dataclass, field
 
 import nats.errors
 from nats.aio.msg import Msg
+from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from . import envelope as wire
+from . import metrics, tracing
 from .client import Bus
 from .errors import Abandon, EnvelopeInvalid, ErrorInfo, Reject, RelayError, Retry
 from .events import DeadLetter, Event, event_encoder
@@ -226,7 +228,25 @@ class Consumer:
             last_error=error,
         )
         dedupe = {"Nats-Msg-Id": f"dlq:{msg.metadata.stream}:{msg.metadata.sequence.stream}"}
-        await self.bus.publish_bytes(self.bus.subjects.dlq(self.agent), encode_dead(record), dedupe)
+        metrics.DEAD_LETTERS.add(1, {"relaybus.agent": self.agent})
+        # The dead letter stays in its run's trace: a span under the message's producer span.
+        with tracing.TRACER.start_as_current_span(
+            f"dead_letter {self.agent}",
+            context=tracing.extract(msg.headers),
+            kind=SpanKind.PRODUCER,
+            attributes={
+                "messaging.system": "nats",
+                "messaging.operation.name": "dead_letter",
+                "relaybus.run_id": record.run_id,
+                "relaybus.task_id": record.envelope_id,
+                "relaybus.delivery_count": attempts,
+                "relaybus.reason": reason,
+            },
+        ) as span:
+            span.set_status(Status(StatusCode.ERROR, reason))
+            await self.bus.publish_bytes(
+                self.bus.subjects.dlq(self.agent), encode_dead(record), dedupe
+            )
         log.error("dead-lettered a %s message after %d attempts: %s", self.agent, attempts, reason)
         if env is not None:
             event = Event(

@@ -24,12 +24,21 @@ EventKind = Literal[
     "dead_lettered",
     "signal",
     "denied",
+    "parked",
+    "returned",
+    "llm",
+    "evaluated",
 ]
 TERMINAL: frozenset[str] = frozenset({"completed", "failed", "cancelled", "dead_lettered"})
 
 
 class Event(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
-    """One thing that happened in a run; `from`/`to` are the agents of a handoff."""
+    """One thing that happened in a run; `from`/`to` are the agents of a handoff.
+
+    `envelope_id` is the task it happened in (`parent_id`: the task waiting for that one);
+    `child_id` the task a `call` or `handoff` created. `latency_ms`: queue time on `started`,
+    run time on a `step` (tool or step call) and on a task's end. `cost`: micro-units charged
+    (a tool call's price; on the run's final event, what the ledger captured for the run)."""
 
     run_id: str
     kind: str
@@ -42,6 +51,12 @@ class Event(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     error: ErrorInfo | None = None
     result: msgspec.Raw = msgspec.Raw()
     cost: int = 0
+    latency_ms: float = 0.0
+    parent_id: str = ""
+    child_id: str = ""
+    input_tokens: int = 0
+    output_tokens: int = 0
+    score: float | None = None
 
 
 class DeadLetter(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):

@@ -41,6 +41,8 @@ class Settings(BaseModel):
     ledger_lease: int = 0  # micro-units per leased chunk; 0: a hold and a capture per costed step
     qdrant_url: str | None = None
     trace_dir: Path | None = None  # write spans as JSON lines here (one file per process)
+    trace_content: bool = False  # record prompt and completion text on LLM spans
+    metrics_host: str = "127.0.0.1"  # where `--metrics-port` listens
     data_sources: Path | None = None  # TOML file declaring SQL sources and HTTP APIs for tools
     memory_gc_interval_s: float = Field(default=3600.0, ge=0)  # 0: no background GC
     memory_retention_days: float = Field(default=30.0, ge=0)

@@ -1,21 +1,18 @@
-"""OpenTelemetry tracing: W3C trace context in NATS headers, and the process's tracer.
+"""OpenTelemetry tracing: W3C trace context in NATS headers, the tracer, and the JSON-lines
+span files `RELAYBUS_TRACE_DIR` asks for (`bus.telemetry` installs the exporters).
 
-With nothing configured there is no SDK provider and every call here is a cheap no-op. With
-`RELAYBUS_TRACE_DIR` set, each process writes its finished spans as JSON lines to
-`<dir>/<service>-<pid>.jsonl` (readable without any backend; the tests read spans back this way).
+With nothing configured there is no SDK provider and every call here is a cheap no-op.
 """
 
 from __future__ import annotations
 
 import json
-import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 from opentelemetry import context, propagate, trace
-from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
 TRACER = trace.get_tracer("relaybus")
 
@@ -31,22 +28,17 @@ def extract(headers: Mapping[str, str] | None) -> context.Context:
     return propagate.extract(headers or {})
 
 
-def setup(service: str, trace_dir: Path | None) -> None:
-    """Install an SDK tracer provider for this process if tracing is configured."""
-    if trace_dir is None:
-        return
-    trace_dir.mkdir(parents=True, exist_ok=True)
-    provider = TracerProvider(resource=Resource.create({"service.name": service}))
-    provider.add_span_processor(
-        SimpleSpanProcessor(JsonLinesExporter(trace_dir / f"{service}-{os.getpid()}.jsonl"))
-    )
-    trace.set_tracer_provider(provider)
-
-
-def shutdown() -> None:
-    provider = trace.get_tracer_provider()
-    if hasattr(provider, "shutdown"):
-        provider.shutdown()
+def links_from(traceparents: Iterable[str]) -> list[trace.Link]:
+    """Span links to the spans named by W3C `traceparent` values (empty ones skipped)."""
+    links = []
+    for value in traceparents:
+        if value:
+            span_context = trace.get_current_span(
+                propagate.extract({"traceparent": value})
+            ).get_span_context()
+            if span_context.is_valid:
+                links.append(trace.Link(span_context))
+    return links
 
 
 def read_spans(trace_dir: Path) -> list[dict[str, object]]:
@@ -82,6 +74,17 @@ class JsonLinesExporter(SpanExporter):
                     "status": status.status_code.name,
                     "error": status.description or "",
                     "attributes": dict(span.attributes or {}),
+                    "links": [
+                        {
+                            "trace_id": f"{link.context.trace_id:032x}",
+                            "span_id": f"{link.context.span_id:016x}",
+                        }
+                        for link in span.links
+                    ],
+                    "events": [
+                        {"name": event.name, "attributes": dict(event.attributes or {})}
+                        for event in span.events
+                    ],
                     "service": span.resource.attributes.get("service.name"),
                 }
                 out.write(json.dumps(record, default=str) + "\n")
