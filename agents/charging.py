@@ -112,10 +112,14 @@ class Costs:
         try:
             yield
         except BaseException:
-            await self.ledger.void(derived_id(ctx.task_id, "void", str(seq)), hold_id)
+            await self.ledger.void(derived_id(ctx.task_id, "void", str(seq)), hold_id, tags)
             raise
         await self.ledger.capture(
-            derived_id(ctx.task_id, "capture", str(seq)), hold_id, cost, currency=currency
+            derived_id(ctx.task_id, "capture", str(seq)),
+            hold_id,
+            cost,
+            currency=currency,
+            tags=tags,
         )
 
     # -- services for Context ---------------------------------------------------------------

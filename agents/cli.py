@@ -13,11 +13,8 @@ import subprocess
 import sys
 from typing import Any
 
-import msgspec
-
-from bus import Bus, RelayError, Settings, decode
+from bus import Bus, RelayError, Settings
 from bus import cli as bus_cli
-from bus.kv import Bucket
 from bus.runtime import (
     EXIT_ERROR,
     EXIT_INTERRUPTED,
@@ -30,7 +27,8 @@ from bus.telemetry import Telemetry
 
 from .base import Agent
 from .control import cancel_run, send_signal
-from .journal import Journal
+from .observe import chain_of
+from .observe import register as register_observe
 from .submit import has_consumer, parse_payload, run_store, submit
 
 SELF_COMMAND = [sys.executable, "-m", "agents.cli"]
@@ -59,37 +57,11 @@ async def service(args: argparse.Namespace, settings: Settings) -> Any:
 
 async def identity_chain(args: argparse.Namespace, settings: Settings) -> int:
     """Every delegation link of a run, decoded, root first (read from the run's journal)."""
-    from services.identity.chain import decode_body, link_id
-
     async with Bus(settings, name="relaybus-identity") as bus:
-        bucket = await Bucket.open(bus, bus.subjects.bucket("journal"))
-        links: dict[str, dict[str, Any]] = {}
-        for key in await bucket.keys():
-            if not key.startswith(args.run_id + "."):
-                continue
-            found = await bucket.get(key)
-            if found is None:
-                continue
-            env = decode(msgspec.msgpack.decode(found[0], type=Journal).task)
-            for index, link in enumerate(env.chain):
-                body = decode_body(link.payload)
-                links.setdefault(
-                    link_id(link.payload),
-                    {
-                        "id": link_id(link.payload),
-                        "depth_in_chain": index,
-                        "issuer": body.issuer,
-                        "subject": body.subject,
-                        "principal": body.principal,
-                        "scopes": [str(s) for s in body.scopes],
-                        "nbf": body.nbf,
-                        "exp": body.exp,
-                        "redelegations_left": body.depth,
-                    },
-                )
+        links = await chain_of(bus, args.run_id)
     if not links:
         raise RelayError(f"no delegation chain recorded for run {args.run_id}")
-    for row in sorted(links.values(), key=lambda r: (r["depth_in_chain"], r["subject"])):
+    for row in links:
         bus_cli.emit(
             row,
             args.json,
@@ -220,9 +192,11 @@ async def runs_list(args: argparse.Namespace, settings: Settings) -> int:
         records = await (await run_store(bus)).recent(args.limit)
     for record in records:
         row = record.summary()
+        took = f"{row['duration_s']:.2f}s" if row["duration_s"] is not None else "-"
         text = (
-            f"{row['run_id']}  {row['status']:<10} {row['agent']:<14} steps={row['steps']:<4} "
-            f"cost={row['cost']:<6} {_when(row['started'])}"
+            f"{row['run_id']}  {row['status']:<10} {row['agent']:<14} {took:>8} "
+            f"steps={row['steps']:<4} failures={row['failures']:<3} cost={row['cost']:<8} "
+            f"{_when(row['started'])}"
         )
         bus_cli.emit(row, args.json, text)
     if not records and not args.json:
@@ -363,6 +337,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=identity_chain)
 
+    register_observe(sub)
     from .demo.run import register as register_demo
 
     register_demo(sub)

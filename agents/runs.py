@@ -32,6 +32,7 @@ class RunRecord(msgspec.Struct, kw_only=True, omit_defaults=True):
     steps: int = 0
     hops: int = 0
     cost: int = 0
+    failures: int = 0  # attempts that failed (retried) and tasks that failed
     waits: dict[str, Waiter] = {}
     signals: dict[str, msgspec.Raw] = {}
     cancelled_tasks: list[str] = []
@@ -47,8 +48,10 @@ class RunRecord(msgspec.Struct, kw_only=True, omit_defaults=True):
             "cost": self.cost,
             "steps": self.steps,
             "hops": self.hops,
+            "failures": self.failures,
             "started": self.started,
             "ended": self.ended or None,
+            "duration_s": round(self.ended - self.started, 3) if self.ended else None,
             "waiting_for": sorted(self.waits),
         }
 
@@ -124,6 +127,16 @@ class RunStore:
                     run_id, status, result=result, error=error, steps=steps, hops=hops, cost=cost
                 )
         return changed
+
+    async def count_failure(self, run_id: str) -> None:
+        def bump(record: RunRecord) -> bool:
+            record.failures += 1
+            return True
+
+        try:
+            await self.update(run_id, bump)
+        except RelayError:
+            pass  # a task published without `submit` has no record until it ends
 
     async def recent(self, limit: int) -> list[RunRecord]:
         keys = sorted(await self.bucket.keys(), reverse=True)[:limit]  # ULIDs sort by time

@@ -355,6 +355,7 @@ class Worker:
             await self._finish(ctx, env, "failed", error=ErrorInfo.from_exception(exc))
             return "failed"
         except PERMANENT as exc:
+            await self.runs.count_failure(env.run_id)
             await self._finish(ctx, env, "failed", error=ErrorInfo.from_exception(exc))
             return "failed"
         except Fenced:
@@ -365,6 +366,7 @@ class Worker:
                 await self._finish(ctx, env, "failed", error=info)
             else:
                 metrics.RETRIES.add(1, {"relaybus.agent": self.name})
+                await self.runs.count_failure(env.run_id)
                 await self.emit_event(
                     env, "retried", attempt=d.attempt, error=info, latency_ms=ctx.elapsed_ms()
                 )

@@ -168,18 +168,67 @@ async def list_agents(bus: Bus) -> list[dict[str, Any]]:
     return sorted(agents.values(), key=lambda r: r["name"])
 
 
+STATUS = {
+    "submitted": "queued",
+    "started": "running",
+    "resumed": "running",
+    "step": "ok",
+    "llm": "ok",
+    "call": "sent",
+    "handoff": "sent",
+    "returned": "ok",
+    "completed": "ok",
+    "suspended": "waiting",
+    "parked": "waiting",
+    "signal": "received",
+    "retried": "retry",
+    "failed": "error",
+    "cancelled": "cancelled",
+    "dead_lettered": "error",
+    "denied": "denied",
+    "evaluated": "scored",
+}
+WATCH_HEADER = (
+    f"{'time':<12} {'run':<26} {'from → to':<28} {'kind':<13} {'try':>3} "
+    f"{'status':<9} {'latency':>10} {'cost':>8}  detail"
+)
+
+
+def event_status(event: Event) -> str:
+    """A one-word outcome for the watch table (an event carrying an error is an error)."""
+    if event.error is not None and event.kind not in ("retried", "denied"):
+        return "error"
+    if event.kind == "returned" and event.detail and event.detail != "completed":
+        return event.detail
+    return STATUS.get(event.kind, "")
+
+
 def event_line(event: Event) -> str:
+    """One row of `relaybus watch`: time, run, from → to, kind, attempt, status, latency, cost."""
     stamp = (
         time.strftime("%H:%M:%S", time.localtime(event.time))
         + f".{int(event.time * 1000) % 1000:03d}"
     )
     arrow = f"{event.sender or '-'} → {event.recipient or '-'}"
-    extra = event.detail or (event.error.message if event.error else "")
-    return f"{stamp} {event.run_id} {event.kind:<13} {arrow} {extra}".rstrip()
+    latency = f"{event.latency_ms:.1f}ms" if event.latency_ms else "-"
+    cost = str(event.cost) if event.cost else "-"
+    attempt = str(event.attempt) if event.attempt else "-"
+    extra = event.detail if event.kind != "returned" else ""
+    if event.error is not None:
+        extra = f"{extra} {event.error.type}: {event.error.message}".strip()
+    if event.score is not None:
+        extra = f"{extra} score={event.score:g}"
+    return (
+        f"{stamp:<12} {event.run_id:<26} {arrow:<28} {event.kind:<13} {attempt:>3} "
+        f"{event_status(event):<9} {latency:>10} {cost:>8}  {extra}"
+    ).rstrip()
 
 
 def event_json(event: Event) -> dict[str, Any]:
     out: dict[str, Any] = msgspec.to_builtins(event)
+    out.setdefault("from", "")
+    out.setdefault("to", "")
+    out["status"] = event_status(event)
     if len(event.result):
         out["result"] = msgspec.json.decode(event.result)
     return out
@@ -192,6 +241,8 @@ async def watch(args: argparse.Namespace, settings: Settings) -> int:
     ):
         if sys.stderr.isatty() and not args.json:
             print("watching run events (Ctrl-C to stop)…", file=sys.stderr)
+        if not args.json:
+            print(WATCH_HEADER, flush=True)
         seen = 0
         while not args.limit or seen < args.limit:
             event = await feed.next(3600)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any
 
@@ -15,19 +16,38 @@ from .events import Event, event_decoder
 class EventFeed:
     """`async with EventFeed(bus, run_id=..., replay=True) as feed: event = await feed.next(5)`.
 
-    `replay` starts at the run's (or stream's) first event; otherwise only new events come.
+    `replay` starts at the run's (or stream's) first event, `since` (epoch seconds) at the first
+    event from then; otherwise only new events come. `kind` keeps one kind of event.
     """
 
-    def __init__(self, bus: Bus, run_id: str | None = None, *, replay: bool = False) -> None:
+    def __init__(
+        self,
+        bus: Bus,
+        run_id: str | None = None,
+        *,
+        kind: str | None = None,
+        replay: bool = False,
+        since: float | None = None,
+    ) -> None:
         self.bus = bus
         self.subject = bus.subjects.events_of(run_id)
+        if kind is not None:
+            self.subject = self.subject[: -len(">")] + kind
+            if run_id is None:
+                self.subject = self.subject.replace(".event.", ".event.*.", 1)
         self.replay = replay
+        self.since = since
         self._sub: Any = None
 
     async def __aenter__(self) -> EventFeed:
-        policy = api.DeliverPolicy.ALL if self.replay else api.DeliverPolicy.NEW
+        config = None
+        if self.since is not None:
+            policy = api.DeliverPolicy.BY_START_TIME
+            config = api.ConsumerConfig(opt_start_time=datetime.fromtimestamp(self.since, tz=UTC))
+        else:
+            policy = api.DeliverPolicy.ALL if self.replay else api.DeliverPolicy.NEW
         self._sub = await self.bus.js.subscribe(
-            self.subject, ordered_consumer=True, deliver_policy=policy
+            self.subject, ordered_consumer=True, deliver_policy=policy, config=config
         )
         return self
 
@@ -40,6 +60,20 @@ class EventFeed:
                 await sub.unsubscribe()
             except nats.errors.Error:
                 pass
+
+    async def stored(self, first_timeout_s: float = 1.0) -> list[Event]:
+        """Every event stored so far (with `replay=True`), without waiting for new ones."""
+        out: list[Event] = []
+        timeout = first_timeout_s
+        while True:
+            try:
+                msg = await self._sub.next_msg(timeout=timeout)
+            except (TimeoutError, nats.errors.TimeoutError):
+                return out
+            out.append(event_decoder.decode(msg.data))
+            if msg.metadata.num_pending == 0:
+                return out
+            timeout = 5.0
 
     async def next(self, timeout_s: float) -> Event | None:
         """The next event, or None if none came within `timeout_s`."""

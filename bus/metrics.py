@@ -51,9 +51,6 @@ BUDGET_DENIALS = METER.create_counter(
     unit="{hold}",
     description="holds refused: budget exhausted or rate limited",
 )
-RUN_COST = METER.create_counter(
-    "relaybus.run.cost", unit="{micro-unit}", description="captured cost per run, from the ledger"
-)
 TOKEN_USAGE = METER.create_histogram(
     "gen_ai.client.token.usage", unit="{token}", description="tokens per LLM call, by type"
 )

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from bus import Bus, rpc
+from opentelemetry.trace import SpanKind
+
+from bus import Bus, rpc, tracing
 
 from .messages import Caller, Forget, History, Ingest, Recall, Remember, SearchDocs, SessionOp, Turn
 
@@ -15,7 +17,15 @@ class MemoryClient:
         self.caller = caller
 
     async def _call(self, op: str, body: Any) -> Any:
-        return await rpc.call(self.bus, f"{self.bus.subjects.prefix}.svc.memory.{op}", body)
+        with tracing.TRACER.start_as_current_span(
+            f"memory {op}",
+            kind=SpanKind.CLIENT,
+            attributes={
+                "relaybus.run_id": self.caller.run_id,
+                "relaybus.memory.operation": op,
+            },
+        ):
+            return await rpc.call(self.bus, f"{self.bus.subjects.prefix}.svc.memory.{op}", body)
 
     async def remember(
         self, text: str, kind: str = "fact", metadata: dict[str, str] | None = None, key: str = ""

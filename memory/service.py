@@ -15,7 +15,7 @@ from typing import Any
 
 import msgspec
 
-from bus import Bus, PermissionDenied, RelayError, Settings, default_topology, ensure
+from bus import Bus, PermissionDenied, RelayError, Settings, default_topology, ensure, metrics
 from bus.kv import Bucket
 from bus.rpc import reply_error, reply_ok
 from bus.runtime import stop_on_signals
@@ -47,6 +47,7 @@ log = logging.getLogger("relaybus.memory")
 COLLECTION = "memories"
 DOCUMENTS = "documents"
 MAX_TEXT = 8000
+TIMED = ("recall", "search_docs")  # recorded in relaybus.memory.recall.duration
 MERGE_SCORE = 0.97
 
 
@@ -92,7 +93,18 @@ class MemoryService:
             handler = self.ops.get(op)
             if handler is None:
                 raise MemoryRefused(f"unknown memory operation {op!r}")
-            return reply_ok(await handler(self, data))
+            if op not in TIMED:
+                return reply_ok(await handler(self, data))
+            started = time.perf_counter()
+            outcome = "error"
+            try:
+                body = reply_ok(await handler(self, data))
+                outcome = "ok"
+                return body
+            finally:
+                metrics.RECALL_DURATION.record(
+                    time.perf_counter() - started, {"relaybus.operation": op, "outcome": outcome}
+                )
         except msgspec.ValidationError as exc:
             return reply_error(MemoryRefused(f"bad memory request: {exc}"))
         except (RelayError, msgspec.DecodeError) as exc:

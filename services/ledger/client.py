@@ -4,9 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from bus import Bus, rpc
+from opentelemetry.trace import SpanKind
+
+from bus import Bus, rpc, tracing
 
 from .model import Budget, Op, RateLimit
+
+
+TRACED = ("hold", "capture", "void", "refund")
 
 
 class LedgerClient:
@@ -17,7 +22,19 @@ class LedgerClient:
         return f"{self.bus.subjects.prefix}.svc.ledger.{op}"
 
     async def send(self, op: Op) -> dict[str, Any]:
-        return dict(await rpc.call(self.bus, self._subject(op.kind), op))
+        if op.kind not in TRACED:
+            return dict(await rpc.call(self.bus, self._subject(op.kind), op))
+        with tracing.TRACER.start_as_current_span(
+            f"ledger {op.kind}",
+            kind=SpanKind.CLIENT,
+            attributes={
+                "relaybus.run_id": op.tags.get("run", ""),
+                "relaybus.ledger.operation": op.kind,
+                "relaybus.ledger.transfer": op.transfer or op.id,
+                "relaybus.ledger.amount": op.amount,
+            },
+        ):
+            return dict(await rpc.call(self.bus, self._subject(op.kind), op))
 
     async def query(self, name: str, **req: Any) -> Any:
         return await rpc.call(self.bus, self._subject(name), req)
@@ -59,7 +76,14 @@ class LedgerClient:
         )
 
     async def capture(
-        self, op_id: str, hold_id: str, amount: int, *, currency: str = "USD", tokens: int = 0
+        self,
+        op_id: str,
+        hold_id: str,
+        amount: int,
+        *,
+        currency: str = "USD",
+        tokens: int = 0,
+        tags: dict[str, str] | None = None,
     ) -> dict[str, Any]:
         return await self.send(
             Op(
@@ -69,11 +93,14 @@ class LedgerClient:
                 amount=amount,
                 currency=currency,
                 tokens=tokens,
+                tags=tags or {},
             )
         )
 
-    async def void(self, op_id: str, hold_id: str) -> dict[str, Any]:
-        return await self.send(Op(kind="void", id=op_id, transfer=hold_id))
+    async def void(
+        self, op_id: str, hold_id: str, tags: dict[str, str] | None = None
+    ) -> dict[str, Any]:
+        return await self.send(Op(kind="void", id=op_id, transfer=hold_id, tags=tags or {}))
 
     async def refund(self, op_id: str, transfer: str, amount: int) -> dict[str, Any]:
         return await self.send(Op(kind="refund", id=op_id, transfer=transfer, amount=amount))

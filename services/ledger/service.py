@@ -14,7 +14,20 @@ import time
 
 import msgspec
 
-from bus import Bus, LedgerError, PublishFailed, RelayError, Settings, default_topology, ensure
+from opentelemetry.metrics import CallbackOptions, Observation
+
+from bus import (
+    BudgetExceeded,
+    Bus,
+    LedgerError,
+    PublishFailed,
+    RateLimited,
+    RelayError,
+    Settings,
+    default_topology,
+    ensure,
+    metrics,
+)
 from bus.events import Event, event_encoder
 from bus.kv import Bucket
 from bus.rpc import reply_error, reply_ok
@@ -26,6 +39,7 @@ from .queries import QUERIES
 
 log = logging.getLogger("relaybus.ledger")
 SPIKE_WINDOW_S = 60.0
+RUN_COST_SERIES = 1000  # the run cost gauge reports this many most recently started runs
 WRITES = ("hold", "capture", "void", "refund", "budget", "transfer", "tick", "limit")
 _encode = msgspec.msgpack.Encoder().encode
 _decode_entry = msgspec.msgpack.Decoder(Entry).decode
@@ -101,7 +115,12 @@ class LedgerWriter:
         async with self._lock:
             if self.failed.is_set():
                 raise LedgerError("this ledger writer stopped after an append error; retry shortly")
-            decided = decide(self.state, op, time.time())
+            try:
+                decided = decide(self.state, op, time.time())
+            except (BudgetExceeded, RateLimited) as exc:
+                reason = "rate_limited" if isinstance(exc, RateLimited) else "budget"
+                metrics.BUDGET_DENIALS.add(1, {"reason": reason, **_allocation(op)})
+                raise
             if not isinstance(decided, Entry):
                 return decided  # the same id and body: the first result
             expected = self._tail
@@ -111,6 +130,8 @@ class LedgerWriter:
                 "Nats-Msg-Id": f"ledger:{self.partition}:{op.id}",
             }
             result = apply(self.state, decided)
+            if op.kind == "hold":
+                metrics.BUDGET_HOLDS.add(1, _allocation(op))
             ack = asyncio.ensure_future(
                 self.bus.publish_bytes(self.subject, _encode(decided), headers)
             )
@@ -186,6 +207,29 @@ class LedgerWriter:
         )
 
 
+def _allocation(op: Op) -> dict[str, str]:
+    return {f"relaybus.{k}": v for k, v in op.tags.items() if k in ("agent", "tool", "model")}
+
+
+def run_cost_gauge(writer: LedgerWriter) -> None:
+    """`relaybus.run.cost`: what the ledger captured per run (net of refunds), read from its
+    state at collection time, so it survives any agent crash and a ledger restart alike."""
+
+    def observe(_options: CallbackOptions) -> list[Observation]:
+        runs = [(k, v) for k, v in writer.state.levels.items() if k.startswith("run:")]
+        return [
+            Observation(level.spent, {"relaybus.run_id": key[4:]})
+            for key, level in runs[-RUN_COST_SERIES:]
+        ]
+
+    metrics.METER.create_observable_gauge(
+        "relaybus.run.cost",
+        callbacks=[observe],
+        unit="{micro-unit}",
+        description="captured cost per run (net of refunds), from the ledger",
+    )
+
+
 async def serve_ledger(settings: Settings) -> int:
     stop = asyncio.Event()
     stop_on_signals(stop)
@@ -193,6 +237,7 @@ async def serve_ledger(settings: Settings) -> int:
         await ensure(bus, default_topology(bus.subjects))
         writer = LedgerWriter(bus)
         count = await writer.rebuild()
+        run_cost_gauge(writer)
         sub = await bus.serve(f"{bus.subjects.prefix}.svc.ledger.*", writer.handle, queue="ledger")
         log.info("ledger partition %s rebuilt from %d entries; answering", writer.partition, count)
         done = asyncio.ensure_future(stop.wait())
