@@ -27,6 +27,8 @@ class Agent:
     #: On BudgetExceeded: "fail" the run, or "park" it until someone raises the budget and
     #: sends the signal the `parked` event names (`relaybus approve RUN --signal budget-1`).
     on_budget_exceeded: ClassVar[str] = "fail"
+    #: Scores for completed tasks or runs (see agents.evaluation).
+    evaluators: ClassVar[list[Any]] = []
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from bus import Bus, RateLimited, Retry
@@ -16,6 +17,15 @@ from .breaker import Breaker
 
 if TYPE_CHECKING:
     from .context import Context
+
+
+@dataclass
+class Bill:
+    """An LLM call's usage, filled in by the caller; `cost` by the ledger charge."""
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost: int = 0
 
 
 class Costs:
@@ -54,11 +64,12 @@ class Costs:
 
     def breaker(self, tool: Any) -> Breaker:
         """This process's circuit breaker for `tool`."""
-        found = self._breakers.get(tool.name)
+        return self.breaker_for(tool.name, tool.breaker_failures, tool.breaker_reset_s)
+
+    def breaker_for(self, name: str, failures: int = 5, reset_s: float = 30.0) -> Breaker:
+        found = self._breakers.get(name)
         if found is None:
-            found = self._breakers[tool.name] = Breaker(
-                tool.name, tool.breaker_failures, tool.breaker_reset_s
-            )
+            found = self._breakers[name] = Breaker(name, failures, reset_s)
         return found
 
     async def settle_leases(self, run_id: str) -> None:
@@ -119,6 +130,50 @@ class Costs:
             hold_id,
             cost,
             currency=currency,
+            tags=tags,
+        )
+
+    @contextlib.asynccontextmanager
+    async def charge_llm(
+        self, ctx: Context, model: str, estimate_tokens: int, max_tokens: int, seq: int
+    ) -> AsyncIterator[Bill]:
+        """Hold what the call can cost at most (prompt estimate + max_tokens at the model's
+        prices), capture what the reported usage costs (never above the hold), void on error."""
+        bill = Bill()
+        price = self.prices.models.get(model)
+        if self.ledger is None or price is None:
+            yield bill
+            return
+        user = ctx.principal.removeprefix("user:")
+        held = price.input * estimate_tokens + price.output * max_tokens
+        hold_id = derived_id(ctx.task_id, "llm-hold", str(seq))
+        tags = {"run": ctx.run_id, "agent": self.agent, "model": model}
+        currency = self.bus.settings.ledger_currency
+        try:
+            await self.ledger.hold(
+                hold_id,
+                f"user:{user}",
+                f"model:{model}",
+                held,
+                [f"user:{user}", f"run:{ctx.run_id}", f"agent:{self.agent}"],
+                currency=currency,
+                tags=tags,
+                rate=f"agent:{self.agent}/model:{model}",
+            )
+        except RateLimited as exc:
+            raise Retry(str(exc), delay_s=max(1.0, exc.retry_after_s)) from None
+        try:
+            yield bill
+        except BaseException:
+            await self.ledger.void(derived_id(ctx.task_id, "llm-void", str(seq)), hold_id, tags)
+            raise
+        bill.cost = min(held, self.prices.chat(model, bill.input_tokens, bill.output_tokens))
+        await self.ledger.capture(
+            derived_id(ctx.task_id, "llm-capture", str(seq)),
+            hold_id,
+            bill.cost,
+            currency=currency,
+            tokens=bill.input_tokens + bill.output_tokens,
             tags=tags,
         )
 

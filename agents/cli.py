@@ -338,6 +338,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=identity_chain)
 
     register_observe(sub)
+    from .llm.cli import register as register_llm
+
+    register_llm(sub)
     from .demo.run import register as register_demo
 
     register_demo(sub)

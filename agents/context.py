@@ -30,6 +30,7 @@ from services.identity.messages import AuditRecord
 from .base import encode_result
 from .errors import ChildFailed, GatherTimeout, LimitExceeded, rebuild
 from .journal import Journal, JournalDivergence, Op, Wait
+from .llm import ChatResult
 
 if TYPE_CHECKING:
     from .tool import Tool
@@ -318,6 +319,69 @@ class Context:
         self._record(seq, "tool", tool.name, body)
         await self._flush()
         return msgspec.json.decode(body)
+
+    async def llm(
+        self,
+        messages: list[dict[str, Any]],
+        *,
+        model: str | None = None,
+        max_tokens: int = 1024,
+        temperature: float | None = None,
+    ) -> ChatResult:
+        """One chat completion from the configured OpenAI-compatible endpoint, journaled (a
+        replay returns the recorded answer and never calls twice) and charged to the run's
+        budgets from the reported token usage and the price table."""
+        client = self._worker.llm_client()
+        model = model or client.model
+        seq, op = self._next("llm", model)
+        if op is not None:
+            return msgspec.json.decode(op.result, type=ChatResult)
+        await self._flush()
+        estimate = sum(len(str(m.get("content") or "")) for m in messages) // 3 + 16
+        breaker = self._worker.costs.breaker_for(f"llm:{model}")
+        try:
+            breaker.before()
+        except CircuitOpen as exc:
+            raise Retry(str(exc), delay_s=breaker.retry_after_s()) from None
+        started = time.perf_counter()
+        try:
+            async with self._worker.costs.charge_llm(
+                self, model, estimate, max_tokens, seq
+            ) as bill:
+                try:
+                    result = await client.chat(
+                        messages,
+                        model=model,
+                        max_tokens=max_tokens,
+                        temperature=temperature,
+                        run_id=self.run_id,
+                    )
+                except Exception:
+                    breaker.failure()
+                    raise
+                breaker.success()
+                bill.input_tokens, bill.output_tokens = result.input_tokens, result.output_tokens
+        except Exception as exc:
+            await self._worker.emit_event(
+                self.envelope,
+                "llm",
+                detail=model,
+                latency_ms=(time.perf_counter() - started) * 1000,
+                error=ErrorInfo.from_exception(exc),
+            )
+            raise
+        self._record(seq, "llm", model, msgspec.json.encode(result))
+        await self._flush()
+        await self._worker.emit_event(
+            self.envelope,
+            "llm",
+            detail=model,
+            latency_ms=(time.perf_counter() - started) * 1000,
+            cost=bill.cost,
+            input_tokens=result.input_tokens,
+            output_tokens=result.output_tokens,
+        )
+        return result
 
     def now(self) -> float:
         """Wall-clock time, recorded: a replay sees the same value."""

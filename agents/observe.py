@@ -114,7 +114,7 @@ async def eval_report(args: argparse.Namespace, settings: Settings) -> int:
             "task_id": e.envelope_id,
             "evaluator": e.detail,
             "score": e.score,
-            "explanation": e.error.message if e.error else "",
+            **_verdict(e),
             "time": e.time,
         }
         for e in events
@@ -147,6 +147,11 @@ async def eval_report(args: argparse.Namespace, settings: Settings) -> int:
             f"{stats['passed']}/{stats['count']} at or above {args.pass_score:g}"
         )
     return EXIT_OK
+
+
+def _verdict(event: Any) -> dict[str, str]:
+    body = msgspec.json.decode(event.result) if len(event.result) else {}
+    return {"label": body.get("label", ""), "explanation": body.get("explanation", "")}
 
 
 def register(sub: Any) -> None:

@@ -71,6 +71,7 @@ async def _consume(bus: Bus, agent: Agent, concurrency: int, stop: asyncio.Event
         await control.unsubscribe()
         if worker.gate is not None:
             await worker.gate.close()
+        await worker.close()
         await _forget(bus, agent.name)
     return consumer
 

@@ -53,8 +53,10 @@ from .base import Agent, encode_result, input_decoder
 from .charging import Costs
 from .context import Context, HandoffDone, Suspend
 from .errors import Cancelled, LimitExceeded, ToolArgumentsInvalid
+from .evaluation import Evaluated, Score
 from .journal import FINAL, Fenced, Journal, JournalDivergence, JournalStore, Outcome, Wait
 from .limits import limit_problem
+from .llm import LLMClient
 from .messages import ChildResult, Control, SignalBody, control_decoder, signal_decoder
 from .runs import RunStore, Waiter
 
@@ -99,6 +101,7 @@ class Worker:
         self._by_task: dict[str, asyncio.Task[Any]] = {}
         self._cancelled: set[str] = set()
         self._host = socket.gethostname()
+        self._llm: LLMClient | None = None
 
     @classmethod
     async def open(cls, bus: Bus, agent: Agent) -> Worker:
@@ -110,6 +113,16 @@ class Worker:
             gate = await IdentityGate.open(bus, agent.name, key)
         ledger = LedgerClient(bus) if bus.settings.ledger else None
         return cls(bus, agent, journals, runs, gate, ledger)
+
+    def llm_client(self) -> LLMClient:
+        """This process's LLM client (RELAYBUS_LLM_*), created on first use."""
+        if self._llm is None:
+            self._llm = LLMClient(self.bus.settings)
+        return self._llm
+
+    async def close(self) -> None:
+        if self._llm is not None:
+            await self._llm.aclose()
 
     def new_owner(self) -> str:
         return f"{self.name}@{self._host}:{os.getpid()}#{next(_owners)}"
@@ -372,7 +385,58 @@ class Worker:
                 )
             raise
         await self._finish(ctx, env, "completed", body)
+        if self.agent.evaluators:
+            await self._evaluate(env, body)
         return "completed"
+
+    async def _evaluate(self, env: Envelope, body: bytes) -> None:
+        """Score a completed task with the agent's evaluators (run-level ones only when this
+        task's result ends the run); a failing evaluator is recorded, never raised."""
+        ends_run = not env.parent_id
+        item = Evaluated(
+            agent=self.name,
+            run_id=env.run_id,
+            task=msgspec.json.decode(env.payload),
+            result=msgspec.json.decode(body),
+            llm=self.llm_client,
+        )
+        span = trace.get_current_span()
+        for evaluator in self.agent.evaluators:
+            if evaluator.on == "run" and not ends_run:
+                continue
+            try:
+                score: Score | None = await evaluator.evaluate(item)
+                problem = ""
+            except Exception as exc:
+                score, problem = None, f"{type(exc).__name__}: {exc}"
+                log.warning(
+                    "evaluator %s failed on run %s: %s", evaluator.name, env.run_id, problem
+                )
+            attributes: dict[str, Any] = {"gen_ai.evaluation.name": evaluator.name}
+            if score is not None:
+                attributes["gen_ai.evaluation.score.value"] = score.value
+                attributes["gen_ai.evaluation.score.label"] = score.label
+                metrics.EVALUATIONS.record(
+                    score.value,
+                    {"gen_ai.evaluation.name": evaluator.name, "relaybus.agent": self.name},
+                )
+            explanation = problem or (score.explanation if score else "")
+            if explanation:
+                attributes["gen_ai.evaluation.explanation"] = explanation
+            span.add_event("gen_ai.evaluation.result", attributes)
+            await self.emit_event(
+                env,
+                "evaluated",
+                detail=evaluator.name,
+                score=score.value if score else None,
+                result=msgspec.json.encode(
+                    {
+                        "label": score.label if score else "error",
+                        "explanation": explanation,
+                        "on": evaluator.on,
+                    }
+                ),
+            )
 
     async def _park_for_budget(self, ctx: Context, env: Envelope, exc: BudgetExceeded) -> None:
         """Suspend the task until signal `budget-N` arrives; the replay then retries the charge."""

@@ -1,0 +1,116 @@
+"""Evaluators: scores for what an agent produced, recorded on the run's trace and events.
+
+    class Writer(Agent):
+        name = "writer"
+        evaluators = [
+            Check("has_sections", lambda task, result: "## " in result["report"]),
+            LLMJudge("Does the report compare at least two competitors?", on="run"),
+        ]
+
+`on="task"` scores every completed task of the agent; `on="run"` only the task whose result
+ends the run. Scores (0..1) become `gen_ai.evaluation.result` span events, `evaluated`
+events (read by `relaybus eval`) and the `relaybus.evaluation.score` histogram. An evaluator
+that fails is recorded as such and never fails the task.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from .llm import LLMClient
+
+
+@dataclass(frozen=True)
+class Score:
+    value: float  # 0..1
+    label: str = ""
+    explanation: str = ""
+
+
+@dataclass(frozen=True)
+class Evaluated:
+    """What an evaluator looks at."""
+
+    agent: str
+    run_id: str
+    task: Any
+    result: Any
+    llm: Callable[[], LLMClient]
+
+
+class Evaluator:
+    name: str = "evaluator"
+    on: Literal["task", "run"] = "task"
+
+    async def evaluate(self, item: Evaluated) -> Score:
+        raise NotImplementedError
+
+
+class Check(Evaluator):
+    """A task-completion check in code: `fn(task, result)` returns bool, a number or a Score."""
+
+    def __init__(
+        self, name: str, fn: Callable[[Any, Any], Any], *, on: Literal["task", "run"] = "task"
+    ) -> None:
+        self.name, self.fn, self.on = name, fn, on
+
+    async def evaluate(self, item: Evaluated) -> Score:
+        value = self.fn(item.task, item.result)
+        if inspect.isawaitable(value):
+            value = await value
+        if isinstance(value, Score):
+            return value
+        if isinstance(value, bool):
+            return Score(1.0 if value else 0.0, "pass" if value else "fail")
+        return Score(float(value))
+
+
+_JSON_OBJECT = re.compile(r"\{.*\}", re.S)
+
+JUDGE_PROMPT = """You are grading an AI agent's output against one criterion.
+Criterion: {criteria}
+Reply with only a JSON object: {{"score": <number from 0 to 1>, "reason": "<one sentence>"}}."""
+
+
+class LLMJudge(Evaluator):
+    """LLM-as-judge through the configured LLM client (`RELAYBUS_LLM_*`). The agent's task and
+    output go in a delimited data block in the user message, never in the system role."""
+
+    def __init__(
+        self,
+        criteria: str,
+        *,
+        name: str = "llm_judge",
+        on: Literal["task", "run"] = "task",
+        model: str | None = None,
+    ) -> None:
+        self.criteria, self.name, self.on, self.model = criteria, name, on, model
+
+    async def evaluate(self, item: Evaluated) -> Score:
+        data = json.dumps({"task": item.task, "output": item.result}, default=str)
+        reply = await item.llm().chat(
+            [
+                {"role": "system", "content": JUDGE_PROMPT.format(criteria=self.criteria)},
+                {
+                    "role": "user",
+                    "content": f"<data>\n{data}\n</data>\nGrade the output inside <data>.",
+                },
+            ],
+            model=self.model,
+            max_tokens=200,
+            run_id=item.run_id,
+        )
+        match = _JSON_OBJECT.search(reply.content)
+        try:
+            verdict = json.loads(match[0]) if match else {}
+            score = float(verdict["score"])
+        except (ValueError, TypeError, KeyError):
+            raise ValueError(
+                f"the judge's reply has no JSON score: {reply.content[:200]!r}"
+            ) from None
+        return Score(min(1.0, max(0.0, score)), "judge", str(verdict.get("reason", ""))[:500])
