@@ -435,6 +435,7 @@ class Context:
         await self._park(Wait(children=ids, quorum=quorum or 0, timer=timer))
         journal = self._journal
         done = {c: journal.children[c] for c in ids if c in journal.children}
+        tracing.link_fan_in(o.traceparent for o in done.values())
         ok = [c for c in ids if c in done and done[c].ok]
         failed = [done[c] for c in ids if c in done and not done[c].ok]
         error: RelayError | None = None

@@ -284,7 +284,6 @@ class Worker:
         assert current is not None
         self._by_run.setdefault(env.run_id, set()).add(current)
         self._by_task[env.id] = current
-        links = tracing.links_from(o.traceparent for o in journal.children.values())
         attributes: dict[str, Any] = {
             "gen_ai.operation.name": "invoke_agent",
             "gen_ai.agent.name": self.name,
@@ -294,14 +293,11 @@ class Worker:
             "relaybus.task_id": env.id,
             "relaybus.delivery_count": d.attempt,
         }
-        if links:  # fan-in: some backends drop links, so list them as an attribute too
-            attributes["relaybus.links"] = [f"{link.context.span_id:016x}" for link in links]
         span = tracing.TRACER.start_span(
             f"invoke_agent {self.name}",
-            context=tracing.extract(d.headers),
+            context=tracing.run_context(d.headers, env.run_id, env.id),
             kind=SpanKind.CONSUMER,
             attributes=attributes,
-            links=links,
         )
         outcome = "error"
         try:

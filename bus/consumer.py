@@ -232,7 +232,7 @@ class Consumer:
         # The dead letter stays in its run's trace: a span under the message's producer span.
         with tracing.TRACER.start_as_current_span(
             f"dead_letter {self.agent}",
-            context=tracing.extract(msg.headers),
+            context=tracing.run_context(msg.headers, record.run_id, record.envelope_id),
             kind=SpanKind.PRODUCER,
             attributes={
                 "messaging.system": "nats",

@@ -6,6 +6,7 @@ With nothing configured there is no SDK provider and every call here is a cheap 
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -28,6 +29,30 @@ def extract(headers: Mapping[str, str] | None) -> context.Context:
     return propagate.extract(headers or {})
 
 
+def run_context(headers: Mapping[str, str] | None, run_id: str, task_id: str) -> context.Context:
+    """The parent context for work on a message of run `run_id`.
+
+    A message published under a span carries it. One published without (a client that does
+    not trace) gets a remote parent derived from the run and task ids, so every attempt of
+    that task, its dead letter, and everything after it share one trace id per run.
+    """
+    ctx = extract(headers)
+    if trace.get_current_span(ctx).get_span_context().is_valid or not run_id:
+        return ctx
+    parent = trace.SpanContext(
+        trace_id=run_trace_id(run_id),
+        span_id=int.from_bytes(hashlib.blake2b(task_id.encode(), digest_size=8).digest()) or 1,
+        is_remote=True,
+        trace_flags=trace.TraceFlags(trace.TraceFlags.SAMPLED),
+    )
+    return trace.set_span_in_context(trace.NonRecordingSpan(parent), ctx)
+
+
+def run_trace_id(run_id: str) -> int:
+    """The trace id a run gets when its first message carried no trace context."""
+    return int.from_bytes(hashlib.blake2b(run_id.encode(), digest_size=16).digest()) or 1
+
+
 def links_from(traceparents: Iterable[str]) -> list[trace.Link]:
     """Span links to the spans named by W3C `traceparent` values (empty ones skipped)."""
     links = []
@@ -39,6 +64,18 @@ def links_from(traceparents: Iterable[str]) -> list[trace.Link]:
             if span_context.is_valid:
                 links.append(trace.Link(span_context))
     return links
+
+
+def link_fan_in(traceparents: Iterable[str]) -> None:
+    """Link the current span to the spans that fan in to it (children whose results it
+    gathers), and list them in `relaybus.links`, since some backends drop links."""
+    span = trace.get_current_span()
+    links = links_from(traceparents)
+    if not links or not span.is_recording():
+        return
+    for link in links:
+        span.add_link(link.context)
+    span.set_attribute("relaybus.links", [f"{link.context.span_id:016x}" for link in links])
 
 
 def read_spans(trace_dir: Path) -> list[dict[str, object]]:

@@ -118,10 +118,10 @@ def cluster(tmp_path: Path) -> Iterator[list[NatsServer]]:
 
 
 @contextlib.contextmanager
-def service_process(settings: Settings, name: str) -> Iterator[subprocess.Popen[bytes]]:
+def service_process(settings: Settings, name: str, *args: str) -> Iterator[subprocess.Popen[bytes]]:
     """`relaybus service NAME` as a real process, stopped by its pid afterwards."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "agents.cli", "service", name],
+        [sys.executable, "-m", "agents.cli", "service", name, *args],
         env=child_env(settings),
         cwd=ROOT,
         stdin=subprocess.DEVNULL,
