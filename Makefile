@@ -38,6 +38,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/identity.py
 	$(BIN)/python benchmarks/ledger.py
 	$(BIN)/python benchmarks/recall.py
+	$(BIN)/python benchmarks/tracing.py
 
 clean:
 	rm -rf $(VENV) .relaybus .pytest_cache .mypy_cache .ruff_cache

@@ -61,14 +61,17 @@ class Telemetry:
 
     def _tracing(self, resource: Resource) -> Any:
         from opentelemetry.sdk.trace import TracerProvider
-        from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
+        from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
         provider = TracerProvider(resource=resource)
         trace_dir = self.settings.trace_dir
         if trace_dir is not None:
             trace_dir.mkdir(parents=True, exist_ok=True)
             path = trace_dir / f"{self.service}-{os.getpid()}.jsonl"
-            provider.add_span_processor(SimpleSpanProcessor(JsonLinesExporter(path)))
+            # batched off the hot path; flushed every 200 ms and at shutdown
+            provider.add_span_processor(
+                BatchSpanProcessor(JsonLinesExporter(path), schedule_delay_millis=200)
+            )
         if self.otlp:
             from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 

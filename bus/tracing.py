@@ -91,41 +91,43 @@ class JsonLinesExporter(SpanExporter):
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self._out = path.open("a")
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
-        with self.path.open("a") as out:
-            for span in spans:
-                ctx = span.get_span_context()
-                if ctx is None:
-                    continue
-                parent = span.parent
-                status = span.status
-                record = {
-                    "name": span.name,
-                    "trace_id": f"{ctx.trace_id:032x}",
-                    "span_id": f"{ctx.span_id:016x}",
-                    "parent_id": f"{parent.span_id:016x}" if parent else None,
-                    "kind": span.kind.name,
-                    "start_ns": span.start_time,
-                    "end_ns": span.end_time,
-                    "status": status.status_code.name,
-                    "error": status.description or "",
-                    "attributes": dict(span.attributes or {}),
-                    "links": [
-                        {
-                            "trace_id": f"{link.context.trace_id:032x}",
-                            "span_id": f"{link.context.span_id:016x}",
-                        }
-                        for link in span.links
-                    ],
-                    "events": [
-                        {"name": event.name, "attributes": dict(event.attributes or {})}
-                        for event in span.events
-                    ],
-                    "service": span.resource.attributes.get("service.name"),
-                }
-                out.write(json.dumps(record, default=str) + "\n")
+        out = self._out
+        for span in spans:
+            ctx = span.get_span_context()
+            if ctx is None:
+                continue
+            parent = span.parent
+            status = span.status
+            record = {
+                "name": span.name,
+                "trace_id": f"{ctx.trace_id:032x}",
+                "span_id": f"{ctx.span_id:016x}",
+                "parent_id": f"{parent.span_id:016x}" if parent else None,
+                "kind": span.kind.name,
+                "start_ns": span.start_time,
+                "end_ns": span.end_time,
+                "status": status.status_code.name,
+                "error": status.description or "",
+                "attributes": dict(span.attributes or {}),
+                "links": [
+                    {
+                        "trace_id": f"{link.context.trace_id:032x}",
+                        "span_id": f"{link.context.span_id:016x}",
+                    }
+                    for link in span.links
+                ],
+                "events": [
+                    {"name": event.name, "attributes": dict(event.attributes or {})}
+                    for event in span.events
+                ],
+                "service": span.resource.attributes.get("service.name"),
+            }
+            out.write(json.dumps(record, default=str) + "\n")
+        out.flush()
         return SpanExportResult.SUCCESS
 
     def shutdown(self) -> None:
-        pass
+        self._out.close()
