@@ -104,7 +104,7 @@ class RunTree:
 
     def cost_check(self) -> str:
         if self.ledger_cost is None:
-            return "ledger not consulted"
+            return "no ledger answered"
         if self.ledger_cost == self.event_cost:
             return "matches the ledger"
         return (

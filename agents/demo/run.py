@@ -21,6 +21,8 @@ from bus import Bus, NatsServer, RelayError, Settings, default_topology, ensure
 from bus.cli import event_line
 from bus.feed import EventFeed
 
+from ..observe import load_tree
+from ..runtree import render
 from ..submit import submit
 
 DEMO_TASK = {"message": "hello from relaybus", "x": 1}
@@ -54,6 +56,10 @@ async def demo(args: argparse.Namespace, settings: Settings) -> int:
                         )
                         while (event := await feed.next(0.2)) is not None:
                             say("  " + event_line(event))
+                    tree = await load_tree(bus, outcome.run_id)
+                    say("• the run's tree (`relaybus trace RUN`):")
+                    for line in render(tree):
+                        say("  " + line)
                 finally:
                     _stop(agent)
     out = outcome.as_json()
