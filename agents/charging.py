@@ -107,19 +107,7 @@ class Costs:
         levels = [f"user:{user}", f"run:{ctx.run_id}", f"agent:{self.agent}"]
         tags = {"run": ctx.run_id, "agent": self.agent, "tool": tool.name}
         currency = self.bus.settings.ledger_currency
-        try:
-            await self.ledger.hold(
-                hold_id,
-                f"user:{user}",
-                f"tool:{tool.name}",
-                cost,
-                levels,
-                currency=currency,
-                tags=tags,
-                rate=f"agent:{self.agent}/tool:{tool.name}",
-            )
-        except RateLimited as exc:
-            raise Retry(str(exc), delay_s=max(1.0, exc.retry_after_s)) from None
+        await self._hold(hold_id, user, f"tool:{tool.name}", cost, levels, tags)
         try:
             yield
         except BaseException:
@@ -149,19 +137,8 @@ class Costs:
         hold_id = derived_id(ctx.task_id, "llm-hold", str(seq))
         tags = {"run": ctx.run_id, "agent": self.agent, "model": model}
         currency = self.bus.settings.ledger_currency
-        try:
-            await self.ledger.hold(
-                hold_id,
-                f"user:{user}",
-                f"model:{model}",
-                held,
-                [f"user:{user}", f"run:{ctx.run_id}", f"agent:{self.agent}"],
-                currency=currency,
-                tags=tags,
-                rate=f"agent:{self.agent}/model:{model}",
-            )
-        except RateLimited as exc:
-            raise Retry(str(exc), delay_s=max(1.0, exc.retry_after_s)) from None
+        levels = [f"user:{user}", f"run:{ctx.run_id}", f"agent:{self.agent}"]
+        await self._hold(hold_id, user, f"model:{model}", held, levels, tags)
         try:
             yield bill
         except BaseException:
@@ -176,5 +153,30 @@ class Costs:
             tokens=bill.input_tokens + bill.output_tokens,
             tags=tags,
         )
+
+    async def _hold(
+        self,
+        hold_id: str,
+        user: str,
+        payee: str,
+        amount: int,
+        levels: list[str],
+        tags: dict[str, str],
+    ) -> None:
+        """Hold `amount` at every level; a rate limit turns into a delayed retry of the task."""
+        assert self.ledger is not None
+        try:
+            await self.ledger.hold(
+                hold_id,
+                f"user:{user}",
+                payee,
+                amount,
+                levels,
+                currency=self.bus.settings.ledger_currency,
+                tags=tags,
+                rate=f"agent:{self.agent}/{payee}",
+            )
+        except RateLimited as exc:
+            raise Retry(str(exc), delay_s=max(1.0, exc.retry_after_s)) from None
 
     # -- services for Context ---------------------------------------------------------------
