@@ -10,7 +10,6 @@ from bus import Bus, rpc, tracing
 
 from .model import Budget, Op, RateLimit
 
-
 TRACED = ("hold", "capture", "void", "refund")
 
 

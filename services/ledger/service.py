@@ -13,7 +13,6 @@ import logging
 import time
 
 import msgspec
-
 from opentelemetry.metrics import CallbackOptions, Observation
 
 from bus import (
