@@ -17,12 +17,20 @@ from __future__ import annotations
 
 import inspect
 import json
+import logging
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
+import msgspec
+from opentelemetry import trace
+
+from bus import Envelope, metrics
+
 from .llm import LLMClient
+
+log = logging.getLogger("relaybus.evaluation")
 
 
 @dataclass(frozen=True)
@@ -114,3 +122,51 @@ class LLMJudge(Evaluator):
                 f"the judge's reply has no JSON score: {reply.content[:200]!r}"
             ) from None
         return Score(min(1.0, max(0.0, score)), "judge", str(verdict.get("reason", ""))[:500])
+
+
+async def record_evaluations(worker: Any, env: Envelope, body: bytes) -> None:
+    """Score a completed task with the agent's evaluators (run-level ones only when this
+    task's result ends the run); a failing evaluator is recorded, never raised."""
+    ends_run = not env.parent_id
+    item = Evaluated(
+        agent=worker.name,
+        run_id=env.run_id,
+        task=msgspec.json.decode(env.payload),
+        result=msgspec.json.decode(body),
+        llm=worker.llm_client,
+    )
+    span = trace.get_current_span()
+    for evaluator in worker.agent.evaluators:
+        if evaluator.on == "run" and not ends_run:
+            continue
+        try:
+            score: Score | None = await evaluator.evaluate(item)
+            problem = ""
+        except Exception as exc:
+            score, problem = None, f"{type(exc).__name__}: {exc}"
+            log.warning("evaluator %s failed on run %s: %s", evaluator.name, env.run_id, problem)
+        attributes: dict[str, Any] = {"gen_ai.evaluation.name": evaluator.name}
+        if score is not None:
+            attributes["gen_ai.evaluation.score.value"] = score.value
+            attributes["gen_ai.evaluation.score.label"] = score.label
+            metrics.EVALUATIONS.record(
+                score.value,
+                {"gen_ai.evaluation.name": evaluator.name, "relaybus.agent": worker.name},
+            )
+        explanation = problem or (score.explanation if score else "")
+        if explanation:
+            attributes["gen_ai.evaluation.explanation"] = explanation
+        span.add_event("gen_ai.evaluation.result", attributes)
+        await worker.emit_event(
+            env,
+            "evaluated",
+            detail=evaluator.name,
+            score=score.value if score else None,
+            result=msgspec.json.encode(
+                {
+                    "label": score.label if score else "error",
+                    "explanation": explanation,
+                    "on": evaluator.on,
+                }
+            ),
+        )

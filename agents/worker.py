@@ -53,7 +53,7 @@ from .base import Agent, encode_result, input_decoder
 from .charging import Costs
 from .context import Context, HandoffDone, Suspend
 from .errors import Cancelled, LimitExceeded, ToolArgumentsInvalid
-from .evaluation import Evaluated, Score
+from .evaluation import record_evaluations
 from .journal import FINAL, Fenced, Journal, JournalDivergence, JournalStore, Outcome, Wait
 from .limits import limit_problem
 from .llm import LLMClient
@@ -382,57 +382,8 @@ class Worker:
             raise
         await self._finish(ctx, env, "completed", body)
         if self.agent.evaluators:
-            await self._evaluate(env, body)
+            await record_evaluations(self, env, body)
         return "completed"
-
-    async def _evaluate(self, env: Envelope, body: bytes) -> None:
-        """Score a completed task with the agent's evaluators (run-level ones only when this
-        task's result ends the run); a failing evaluator is recorded, never raised."""
-        ends_run = not env.parent_id
-        item = Evaluated(
-            agent=self.name,
-            run_id=env.run_id,
-            task=msgspec.json.decode(env.payload),
-            result=msgspec.json.decode(body),
-            llm=self.llm_client,
-        )
-        span = trace.get_current_span()
-        for evaluator in self.agent.evaluators:
-            if evaluator.on == "run" and not ends_run:
-                continue
-            try:
-                score: Score | None = await evaluator.evaluate(item)
-                problem = ""
-            except Exception as exc:
-                score, problem = None, f"{type(exc).__name__}: {exc}"
-                log.warning(
-                    "evaluator %s failed on run %s: %s", evaluator.name, env.run_id, problem
-                )
-            attributes: dict[str, Any] = {"gen_ai.evaluation.name": evaluator.name}
-            if score is not None:
-                attributes["gen_ai.evaluation.score.value"] = score.value
-                attributes["gen_ai.evaluation.score.label"] = score.label
-                metrics.EVALUATIONS.record(
-                    score.value,
-                    {"gen_ai.evaluation.name": evaluator.name, "relaybus.agent": self.name},
-                )
-            explanation = problem or (score.explanation if score else "")
-            if explanation:
-                attributes["gen_ai.evaluation.explanation"] = explanation
-            span.add_event("gen_ai.evaluation.result", attributes)
-            await self.emit_event(
-                env,
-                "evaluated",
-                detail=evaluator.name,
-                score=score.value if score else None,
-                result=msgspec.json.encode(
-                    {
-                        "label": score.label if score else "error",
-                        "explanation": explanation,
-                        "on": evaluator.on,
-                    }
-                ),
-            )
 
     async def _park_for_budget(self, ctx: Context, env: Envelope, exc: BudgetExceeded) -> None:
         """Suspend the task until signal `budget-N` arrives; the replay then retries the charge."""
