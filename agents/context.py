@@ -20,7 +20,18 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import msgspec
 
-from bus import CircuitOpen, DataRefused, Envelope, ErrorInfo, RelayError, Retry, metrics, tracing
+from bus import (
+    CircuitOpen,
+    DataRefused,
+    Envelope,
+    ErrorInfo,
+    PermissionDenied,
+    RelayError,
+    Retry,
+    Settings,
+    metrics,
+    tracing,
+)
 from bus.envelope import derived_id
 from memory.client import MemoryClient
 from memory.messages import Caller
@@ -158,6 +169,11 @@ class Context:
         return MemoryClient(self._worker.bus, caller)
 
     @property
+    def settings(self) -> Settings:
+        """The agent process's settings (where its SMTP server, LLM endpoint, ... are)."""
+        return self._worker.bus.settings
+
+    @property
     def replaying(self) -> bool:
         """True while the handler is re-walking operations the journal already holds."""
         return self._cursor < len(self._journal.ops)
@@ -222,7 +238,7 @@ class Context:
 
             await self._mutate(append)
             for op in ops:
-                if op.kind in ("step", "tool"):
+                if op.kind in ("step", "tool") and op.error is None:
                     latency_ms, cost = self._timings.pop(op.seq, (0.0, 0))
                     await self._worker.emit_event(
                         self.envelope,
@@ -271,7 +287,10 @@ class Context:
         if op is not None:
             return self._replay(op)
         await self._flush()
-        await self._worker.authorize(self, tool, args)
+        try:
+            await self._worker.authorize(self, tool, args)
+        except PermissionDenied as exc:
+            await self._journal_refusal(seq, tool, exc)
         breaker = self._worker.costs.breaker(tool)
         try:
             breaker.before()
@@ -311,6 +330,8 @@ class Context:
                 latency_ms=elapsed * 1000,
                 error=ErrorInfo.from_exception(exc),
             )
+            if isinstance(exc, DataRefused):
+                await self._journal_refusal(seq, tool, exc)
             raise
         elapsed = time.perf_counter() - started
         metrics.TOOL_DURATION.record(elapsed, {"gen_ai.tool.name": tool.name, "outcome": "ok"})
@@ -320,6 +341,13 @@ class Context:
         await self._flush()
         return msgspec.json.decode(body)
 
+    async def _journal_refusal(self, seq: int, tool: Tool, exc: RelayError) -> NoReturn:
+        """Record a refused call as the call's outcome: a handler that catches the refusal and
+        goes on replays along the same path (the refusal is raised again, not re-decided)."""
+        self._record(seq, "tool", tool.name, error=ErrorInfo.from_exception(exc))
+        await self._flush()
+        raise exc
+
     async def llm(
         self,
         messages: list[dict[str, Any]],
@@ -327,10 +355,14 @@ class Context:
         model: str | None = None,
         max_tokens: int = 1024,
         temperature: float | None = None,
+        tools: list[Tool] | None = None,
     ) -> ChatResult:
         """One chat completion from the configured OpenAI-compatible endpoint, journaled (a
         replay returns the recorded answer and never calls twice) and charged to the run's
-        budgets from the reported token usage and the price table."""
+        budgets from the reported token usage and the price table.
+
+        With `tools`, the model may answer with `tool_calls`; `agents.llm.use_tools` runs
+        them through `ctx.tool` (and so through the authorization gate) and loops."""
         client = self._worker.llm_client()
         model = model or client.model
         seq, op = self._next("llm", model)
@@ -354,6 +386,7 @@ class Context:
                         model=model,
                         max_tokens=max_tokens,
                         temperature=temperature,
+                        tools=[t.json_schema() for t in tools] if tools else None,
                         run_id=self.run_id,
                     )
                 except Exception:

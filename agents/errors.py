@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from bus import ErrorInfo, RelayError, RunFailed
+from bus import DataRefused, ErrorInfo, PermissionDenied, RelayError, RunFailed
 
 
 class LimitExceeded(RelayError):
@@ -26,6 +26,11 @@ class ToolArgumentsInvalid(RelayError):
 
 
 _REBUILD: dict[str, type[RunFailed]] = {"ChildFailed": ChildFailed, "GatherTimeout": GatherTimeout}
+#: Refusals journaled as a tool call's outcome: a replay raises the same refusal again.
+_REFUSALS: dict[str, type[RelayError]] = {
+    "PermissionDenied": PermissionDenied,
+    "DataRefused": DataRefused,
+}
 
 
 def rebuild(info: ErrorInfo) -> RelayError:
@@ -34,4 +39,7 @@ def rebuild(info: ErrorInfo) -> RelayError:
     if cls is not None:
         inner_type, _, inner_message = info.message.partition(": ")
         return cls(ErrorInfo(type=inner_type, message=inner_message))
+    refusal = _REFUSALS.get(info.type)
+    if refusal is not None:
+        return refusal(info.message)
     return RunFailed(info)

@@ -29,6 +29,7 @@ class Tool:
     wants_ctx: bool
     breaker_failures: int = 5
     breaker_reset_s: float = 30.0
+    description: str = ""
 
     def validate(self, arguments: dict[str, Any]) -> pydantic.BaseModel:
         try:
@@ -41,8 +42,17 @@ class Tool:
             raise ToolArgumentsInvalid(f"tool {self.name}: {problems}") from None
 
     def json_schema(self) -> dict[str, Any]:
-        """The OpenAI-style function description of this tool."""
-        return {"name": self.name, "parameters": self.model.model_json_schema()}
+        """This tool as an OpenAI-style function the model may call."""
+        parameters = self.model.model_json_schema()
+        parameters.pop("title", None)
+        return {
+            "type": "function",
+            "function": {
+                "name": self.name,
+                "description": self.description,
+                "parameters": parameters,
+            },
+        }
 
     async def invoke(self, ctx: Context, args: pydantic.BaseModel) -> Any:
         value = self.fn(ctx, args) if self.wants_ctx else self.fn(args)
@@ -74,7 +84,9 @@ def tool(
         raise ValueError("tool cost must be >= 0 micro-units")
 
     def wrap(fn: Callable[..., Any]) -> Tool:
-        hints = typing.get_type_hints(fn)
+        from .context import Context  # the usual annotation of a tool's first parameter
+
+        hints = typing.get_type_hints(fn, localns={"Context": Context})
         params = list(inspect.signature(fn).parameters)
         wants_ctx = len(params) == 2
         model = hints.get(params[-1]) if params else None
@@ -92,6 +104,7 @@ def tool(
             wants_ctx=wants_ctx,
             breaker_failures=breaker_failures,
             breaker_reset_s=breaker_reset_s,
+            description=inspect.cleandoc(fn.__doc__ or "").split("\n\n")[0],
         )
 
     return wrap

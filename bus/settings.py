@@ -54,6 +54,7 @@ class Settings(BaseModel):
     llm_api_key: str | None = None
     llm_model: str | None = None
     smtp_url: str | None = None
+    smtp_from: str = "relaybus@localhost"  # the From: of mail agents send
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str], **overrides: Any) -> Settings:

@@ -1,4 +1,5 @@
-"""`relaybus dev model`: run the scripted OpenAI-compatible model server in the foreground."""
+"""`relaybus dev model` / `dev smtp`: the scripted model server and the recording SMTP server,
+in the foreground, for demos and local development."""
 
 from __future__ import annotations
 
@@ -33,7 +34,7 @@ def load_rules(path: Path | None) -> list[dict[str, str]]:
 
 async def dev_model(args: argparse.Namespace, settings: Settings) -> int:
     del settings
-    model = ScriptedModel.from_rules(load_rules(args.script), args.fail_first)
+    model = ScriptedModel.from_rules(load_rules(args.script), args.fail_first, args.fail_every)
     stop = asyncio.Event()
     stop_on_signals(stop)
     server = await serve_model(model, args.host, args.port)
@@ -41,6 +42,27 @@ async def dev_model(args: argparse.Namespace, settings: Settings) -> int:
     print(
         f"scripted model (not a real LLM) at http://{args.host}:{port}/v1 — "
         f"RELAYBUS_LLM_BASE_URL=http://{args.host}:{port}/v1",
+        flush=True,
+    )
+    try:
+        await stop.wait()
+    finally:
+        server.close()
+        await server.wait_closed()
+    return EXIT_OK
+
+
+async def dev_smtp(args: argparse.Namespace, settings: Settings) -> int:
+    from ..tools.mailbox import serve_mailbox
+
+    del settings
+    stop = asyncio.Event()
+    stop_on_signals(stop)
+    server = await serve_mailbox(args.mailbox, args.host, args.port)
+    port = server.sockets[0].getsockname()[1]
+    print(
+        f"recording SMTP server (delivers nothing; writes {args.mailbox}) — "
+        f"RELAYBUS_SMTP_URL=smtp://{args.host}:{port}",
         flush=True,
     )
     try:
@@ -62,4 +84,13 @@ def register(sub: Any) -> None:
         "--script", type=Path, default=None, help='JSON [{"match": REGEX, "reply": TEXT}]'
     )
     p.add_argument("--fail-first", type=int, default=0, help="answer the first N requests with 503")
+    p.add_argument(
+        "--fail-every", type=int, default=0, help="repeat the --fail-first burst every M requests"
+    )
     p.set_defaults(func=dev_model)
+
+    p = dev.add_parser("smtp", help="an SMTP server that records mail to a file (delivers nothing)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=0, help="0: any free port (printed)")
+    p.add_argument("--mailbox", type=Path, default=Path("mailbox.jsonl"), help="JSON lines file")
+    p.set_defaults(func=dev_smtp)
