@@ -1,92 +1,203 @@
-"""`relaybus demo`: the smallest real thing, end to end.
+"""`relaybus demo`: the seed scenario end to end — "compile a competitive analysis and send it
+to my team" — with every layer on.
 
-Starts a private nats-server with JetStream, starts the echo agent as its own OS process,
-publishes a task, waits for the result and prints it with the run's events.
-(The full seed scenario replaces this once its agents exist.)
+It starts the embedded stack (nats-server, identity, ledger, memory), the scripted model and a
+recording SMTP server (unless RELAYBUS_LLM_BASE_URL / RELAYBUS_SMTP_URL point at real ones) and
+every agent as its own process; registers the demo user with a budget; publishes the request;
+prints the run's events as they happen; then the report, where it went, what was refused, the
+cost from the ledger and the run's tree. Everything it started is stopped by pid at the end;
+`--keep` leaves the stack running under RELAYBUS_HOME for `trace`, `ledger statement`, ….
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
-import os
-import signal
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
-from bus import Bus, NatsServer, RelayError, Settings, default_topology, ensure
+import msgspec
+
+from bus import TERMINAL, Bus, RelayError, Settings
 from bus.cli import event_line
 from bus.feed import EventFeed
+from bus.stack import is_alive, read_stack
+from bus.supervisor import start_detached, stop_stack
+from services.identity.client import read_audit
 
-from ..observe import load_tree
+from ..observe import ledger_run_cost, load_tree
 from ..runtree import render
-from ..submit import submit
-
-DEMO_TASK = {"message": "hello from relaybus", "x": 1}
+from ..submit import outcome_of, run_store, submit
+from ..tools.mailbox import read_mailbox
+from .procs import SELF_COMMAND, Processes
+from .setup import DEMO_USER, RUN_BUDGET, SPECS, register_demo, request_payload, write_prices
 
 
 def register(sub: Any) -> None:
-    p = sub.add_parser("demo", help="run the demo end to end on a private embedded stack")
-    p.add_argument("--json", action="store_true")
-    p.add_argument("--timeout", type=float, default=60.0)
+    p = sub.add_parser(
+        "demo", help="the seed scenario: research, write and email a competitive analysis"
+    )
+    p.add_argument("--json", action="store_true", help="print a machine-readable summary")
+    p.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for the run")
+    p.add_argument("--budget", type=int, default=RUN_BUDGET, help="the run's budget in micro-units")
+    p.add_argument(
+        "--keep",
+        action="store_true",
+        help="keep the stack running under RELAYBUS_HOME afterwards (`relaybus down` stops it)",
+    )
     p.set_defaults(func=demo)
 
 
+class DemoSummary(msgspec.Struct, kw_only=True):
+    run_id: str
+    status: str
+    error: str | None
+    delivered: list[str]
+    refused: list[dict[str, str]]
+    denials: list[dict[str, str]]
+    cost: int
+    steps: int
+    subject: str = ""
+    report: str = ""
+
+
 async def demo(args: argparse.Namespace, settings: Settings) -> int:
-    say = (lambda *_: None) if args.json else print
-    with tempfile.TemporaryDirectory(prefix="relaybus-demo-") as tmp:
-        async with NatsServer(Path(tmp) / "nats", binary=settings.nats_server) as server:
-            run_settings = settings.model_copy(update={"nats_url": server.url})
-            say(f"• nats-server with JetStream on {server.url} (pid {server.pid})")
-            async with Bus(run_settings, name="relaybus-demo") as bus:
-                await ensure(bus, default_topology(bus.subjects))
-                agent = _start_agent(run_settings, "agents.demo.echo:Echo")
-                say(f"• echo agent started as its own process (pid {agent.pid})")
-                try:
-                    async with EventFeed(bus, replay=False) as feed:
-                        outcome = await submit(
-                            bus,
-                            "echo",
-                            json.dumps(DEMO_TASK).encode(),
-                            wait=True,
-                            timeout_s=args.timeout,
-                        )
-                        while (event := await feed.next(0.2)) is not None:
-                            say("  " + event_line(event))
-                    tree = await load_tree(bus, outcome.run_id)
-                    say("• the run's tree (`relaybus trace RUN`):")
-                    for line in render(tree):
-                        say("  " + line)
-                finally:
-                    _stop(agent)
-    out = outcome.as_json()
-    if args.json:
-        print(json.dumps(out))
-    else:
-        print(f"• run {outcome.run_id}: {outcome.status}")
-        print(f"• result: {json.dumps(outcome.result)}")
-    if outcome.status != "completed":
-        raise RelayError(f"demo run {outcome.status}: {outcome.error}")
+    say = _printer(sys.stderr if args.json else sys.stdout)
+    tmp = None if args.keep else tempfile.TemporaryDirectory(prefix="relaybus-demo-")
+    home = (settings.home if tmp is None else Path(tmp.name)).resolve()
+    model = settings.llm_model or "scripted"
+    run_settings = settings.model_copy(
+        update={
+            "home": home,
+            "identity": True,
+            "ledger": True,
+            "llm_model": model,
+            "prices": write_prices(home, model),
+        }
+    )
+    procs = Processes(home / "logs")
+    started_stack = False
+    try:
+        if not run_settings.llm_base_url:
+            url = procs.start_server("model", "RELAYBUS_LLM_BASE_URL", "dev", "model")
+            say(f"• scripted model (deterministic, not a real LLM) at {url}")
+            run_settings = run_settings.model_copy(update={"llm_base_url": url})
+        else:
+            say(f"• LLM: {run_settings.llm_base_url} (model {model})")
+        mailbox = None
+        if not run_settings.smtp_url:
+            mailbox = home / "mailbox.jsonl"
+            mailbox.unlink(missing_ok=True)
+            url = procs.start_server(
+                "smtp", "RELAYBUS_SMTP_URL", "dev", "smtp", "--mailbox", str(mailbox)
+            )
+            say(f"• recording SMTP server (aiosmtpd) at {url}, mail kept in {mailbox}")
+            run_settings = run_settings.model_copy(update={"smtp_url": url})
+        record = read_stack(run_settings)
+        if record is None or not is_alive(record.supervisor):
+            await asyncio.to_thread(start_detached, run_settings, SELF_COMMAND)
+            started_stack = True
+            record = read_stack(run_settings)
+        if record is None:
+            raise RelayError(f"the stack under {home} did not record itself; see {home}/logs")
+        run_settings = run_settings.model_copy(update={"nats_url": record.nats_url})
+        say(
+            f"• stack under {home}: nats-server + identity, ledger, memory "
+            f"({'started' if started_stack else 'already running'})"
+        )
+        async with Bus(run_settings, name="relaybus-demo") as bus:
+            token = await register_demo(bus, home)
+            say(f"• user {DEMO_USER} registered (role analyst, 5 USD a month), token issued")
+            env = {**run_settings.env(), "RELAYBUS_LOG_LEVEL": "WARNING"}
+            for name, spec in SPECS.items():
+                proc = procs.start(name, env, "agent", "run", spec)
+                say(f"• agent {name:<12} pid {proc.pid}")
+            summary = await _run(bus, args, token, mailbox, say)
+            if args.json:
+                print(json.dumps(msgspec.to_builtins(summary)))
+            else:
+                _print_summary(summary, say)
+                say("• the run's tree (`relaybus trace RUN`):")
+                for line in render(await load_tree(bus, summary.run_id)):
+                    say("  " + line)
+        if args.keep:
+            say(f"• the stack keeps running under {home}; `relaybus down` stops it")
+    finally:
+        procs.stop_all()
+        if started_stack and not args.keep:
+            await asyncio.to_thread(stop_stack, run_settings)
+        if tmp is not None:
+            tmp.cleanup()
+    if summary.status != "completed":
+        raise RelayError(f"demo run {summary.run_id} {summary.status}: {summary.error}")
     return 0
 
 
-def _start_agent(settings: Settings, spec: str) -> subprocess.Popen[bytes]:
-    env = {**os.environ, **settings.env(), "RELAYBUS_LOG_LEVEL": "WARNING"}
-    return subprocess.Popen(
-        [sys.executable, "-m", "agents.cli", "agent", "run", spec],
-        env=env,
-        stdin=subprocess.DEVNULL,
+async def _run(
+    bus: Bus, args: argparse.Namespace, token: str, mailbox: Path | None, say: Any
+) -> DemoSummary:
+    payload = json.dumps(request_payload()).encode()
+    accepted = await submit(
+        bus, "orchestrator", payload, sender=f"user:{DEMO_USER}", token=token, budget=args.budget
+    )
+    run_id = accepted.run_id
+    say(f"• published to orchestrator as {DEMO_USER}: run {run_id} — live events:")
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + args.timeout
+    outcome = None
+    async with EventFeed(bus, run_id, replay=True) as feed:
+        while outcome is None and (event := await feed.next(deadline - loop.time())) is not None:
+            say("  " + event_line(event))
+            if event.kind in TERMINAL and not event.parent_id:
+                outcome = outcome_of(event)
+    status = outcome.status if outcome else "timeout"
+    error = outcome.error if outcome else f"no result within {args.timeout:g}s"
+    result = outcome.result if outcome and isinstance(outcome.result, dict) else {}
+    record = await (await run_store(bus)).get(run_id)
+    delivered = (
+        [to for mail in read_mailbox(mailbox) for to in mail["rcpt_tos"]]
+        if mailbox is not None
+        else list(result.get("sent_to", []))
+    )
+    denials = [
+        {"actor": r.actor, "action": r.action, "tool": r.tool, "reason": r.reason}
+        for r in await read_audit(bus, DEMO_USER, run_id=run_id, decision="deny")
+    ]
+    return DemoSummary(
+        run_id=run_id,
+        status=status,
+        error=error,
+        delivered=delivered,
+        refused=list(result.get("refused", [])),
+        denials=denials,
+        cost=await ledger_run_cost(bus, run_id) or 0,
+        steps=record.steps if record else 0,
+        subject=str(result.get("subject", "")),
+        report=str(result.get("report", "")),
     )
 
 
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+def _print_summary(s: DemoSummary, say: Any) -> None:
+    say(f"• run {s.run_id}: {s.status}" + (f" — {s.error}" if s.error else ""))
+    if s.report:
+        say(f"• the report ({s.subject}):")
+        for line in s.report.splitlines():
+            say("  │ " + line)
+    say(f"• delivered to: {', '.join(s.delivered) or 'nobody'}")
+    for r in s.refused:
+        say(f"• refused: mail to {r.get('to')} — {r.get('reason')}")
+    for d in s.denials:
+        say(f"• audit: deny {d['action']} by {d['actor']}: {d['reason']}")
+    say(
+        f"• cost (from the ledger): {s.cost} micro-units = {s.cost / 1e6:.6f} USD; steps: {s.steps}"
+    )
+
+
+def _printer(stream: Any) -> Any:
+    def say(text: str) -> None:
+        print(text, file=stream, flush=True)
+
+    return say

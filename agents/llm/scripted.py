@@ -95,7 +95,8 @@ class ScriptedModel:
             reply = ""
         elif blocks := data_blocks(last_user):
             reply = SCRIPTED_PREFIX + "\n\n".join(
-                f"{source}: {_trim(content)}" for source, content in blocks
+                f"{source}: {_trim(content.replace(SCRIPTED_PREFIX, ''))}"
+                for source, content in blocks
             )
         else:
             reply = SCRIPTED_PREFIX + last_user[:400]

@@ -82,7 +82,9 @@ async def use_tools(
 
 
 async def _run_call(ctx: Context, by_name: dict[str, Tool], raw: dict[str, Any]) -> ToolCall:
-    function = raw.get("function") if isinstance(raw.get("function"), dict) else {}
+    function = raw.get("function")
+    if not isinstance(function, dict):
+        function = {}
     name = str(function.get("name") or "")
     try:
         arguments = json.loads(function.get("arguments") or "{}")

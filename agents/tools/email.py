@@ -42,7 +42,7 @@ class Email(BaseModel):
     @field_validator("to")
     @classmethod
     def _one_plain_address(cls, value: str) -> str:
-        name, address = parseaddr(value)
+        _, address = parseaddr(value)
         if not address or address != value.strip() or address.count("@") != 1:
             raise ValueError(f"{value!r} is not one plain address like ana@team.example")
         return address

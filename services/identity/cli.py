@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import time
 from typing import Any
+
+import msgspec
 
 from bus import Bus, Settings
 from bus.cli import emit
 from bus.runtime import EXIT_OK
 
-from .client import IdentityClient, write_agent_key
+from .client import IdentityClient, read_audit, write_agent_key
 from .natsconfig import authorization_block, write_nkey
 from .registry import Registry
 
@@ -82,6 +85,13 @@ def register(sub: Any) -> None:
     )
     p.set_defaults(func=nats_config)
 
+    p = identity.add_parser("audit", help="a user's authorization decisions (the audit log)")
+    p.add_argument("user")
+    p.add_argument("--run", default="", help="only this run's decisions")
+    p.add_argument("--deny", action="store_true", help="only denials")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=audit_log)
+
     link = identity.add_parser("link", help="delegation links").add_subparsers(
         dest="link_cmd", required=True
     )
@@ -114,6 +124,22 @@ async def agent_add(args: argparse.Namespace, settings: Settings) -> int:
         args.json,
         f"agent {args.name} registered; its key is in {settings.home.resolve() / 'keys'}",
     )
+    return EXIT_OK
+
+
+async def audit_log(args: argparse.Namespace, settings: Settings) -> int:
+    async with Bus(settings, name="relaybus-identity") as bus:
+        records = await read_audit(
+            bus, args.user, run_id=args.run, decision="deny" if args.deny else ""
+        )
+    for r in records:
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r.time))
+        emit(
+            msgspec.to_builtins(r),
+            args.json,
+            f"{stamp} {r.decision:<5} {r.actor:<20} {r.action:<24} run={r.run_id or '-'}"
+            + (f"  {r.reason}" if r.reason else ""),
+        )
     return EXIT_OK
 
 

@@ -14,6 +14,7 @@ from nacl.signing import SigningKey, VerifyKey
 
 from bus import Bus, ChainInvalid, ConfigError, Link, PermissionDenied, RelayError, rpc
 from bus.private import write_private
+from bus.streams import read_subject
 
 from .chain import ChainVerifier, ChainView, child_body, decode_body, sign_body
 from .messages import (
@@ -27,7 +28,7 @@ from .messages import (
     UserAdd,
 )
 from .registry import Registry, revocation_key
-from .scopes import check, parse_scope
+from .scopes import check, parse_scope, restrict
 
 log = logging.getLogger("relaybus.identity")
 _ERRORS: dict[str, type[RelayError]] = {
@@ -221,12 +222,15 @@ class IdentityGate:
         if self.key is None:
             raise ConfigError(f"agent {self.agent} has no delegation key")
         parent = chain[-1]
+        held = decode_body(parent.payload)
         body = child_body(
-            decode_body(parent.payload),
+            held,
             parent.payload,
             issuer_agent=self.agent,
             subject=to,
-            scopes=[parse_scope(s) for s in scopes] if scopes is not None else None,
+            scopes=restrict([parse_scope(s) for s in scopes], held.scopes)
+            if scopes is not None
+            else None,
         )
         payload, signature = sign_body(body, self.key)
         return await self.client.stamp(
@@ -237,12 +241,34 @@ class IdentityGate:
         await publish_audit(self.bus, record)
 
 
+def audit_token(principal: str) -> str:
+    """The subject token of a principal's audit trail."""
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in principal)[:64] or "unknown"
+
+
 async def publish_audit(bus: Bus, record: AuditRecord) -> None:
     """Append one decision to the audit stream (acknowledged by JetStream)."""
-    token = (
-        "".join(c if c.isalnum() or c in "-_" else "_" for c in record.principal)[:64] or "unknown"
-    )
-    await bus.publish_bytes(bus.subjects.audit(token), msgspec.json.encode(record))
+    await bus.publish_bytes(bus.subjects.audit(audit_token(record.principal)), encode_audit(record))
+
+
+encode_audit = msgspec.json.Encoder().encode
+_audit_decoder = msgspec.json.Decoder(AuditRecord)
+
+
+async def read_audit(
+    bus: Bus, principal: str, *, run_id: str = "", decision: str = ""
+) -> list[AuditRecord]:
+    """The decisions recorded for `principal`, oldest first, optionally of one run or decision."""
+    subject = bus.subjects.audit(audit_token(principal))
+    records = [
+        _audit_decoder.decode(data)
+        for _, data in await read_subject(bus, bus.subjects.stream("AUDIT"), subject)
+    ]
+    return [
+        r
+        for r in records
+        if (not run_id or r.run_id == run_id) and (not decision or r.decision == decision)
+    ]
 
 
 def args_digest(args: dict[str, Any]) -> str:

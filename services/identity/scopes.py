@@ -89,6 +89,28 @@ def all_narrow(children: Sequence[Scope], parents: Sequence[Scope]) -> Scope | N
     return None
 
 
+def restrict(requested: Sequence[Scope], held: Sequence[Scope]) -> list[Scope]:
+    """What a delegation asking for `requested` gets from someone holding `held`: each request
+    within a held scope as asked; one that names a wider path or drops a constraint becomes the
+    held scopes it overlaps (`email/send` from `email/send:recipient_domain=team.example` keeps
+    the domain; `memory` from `memory/read` is `memory/read`). A request that overlaps nothing
+    stays as asked, for the identity service to refuse with its reason."""
+    out: list[Scope] = []
+    for want in requested:
+        if any(narrows(want, have) for have in held):
+            granted = [want]
+        else:
+            granted = [
+                Scope(path=want.path, constraints={**have.constraints, **want.constraints})
+                if covers_path(have.path, want.path)
+                else have
+                for have in held
+                if covers_path(have.path, want.path) or covers_path(want.path, have.path)
+            ] or [want]
+        out.extend(g for g in granted if g not in out)
+    return out
+
+
 def addresses(args: Mapping[str, Any]) -> list[str] | None:
     """Every e-mail address in the address fields, or None if one does not parse cleanly."""
     raw: list[str] = []

@@ -1,0 +1,185 @@
+"""The seed scenario's agents — "compile a competitive analysis and send it to my team".
+
+Each runs as its own process (`relaybus agent run agents.demo.agents:Research`):
+
+- `orchestrator` fans research out per competitor, gathers the notes, has the writer compose the
+  report and the email agent deliver it;
+- `research` answers from documents in long-term memory (RAG; the shipped corpus is ingested
+  into the user's memory on first use);
+- `writer` composes the report from the notes;
+- `email` lets the model send the report with the `send_email` tool.
+
+Everything another party wrote (documents, notes, the report) reaches a model only inside data
+blocks. One corpus document carries a prompt injection; a model that obeys it asks to mail the
+report outside the team, and the authorization gate refuses that call.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import msgspec
+
+from memory.client import MemoryClient
+
+from ..base import Agent
+from ..context import Context
+from ..llm import prompt, use_tools
+from ..tools.email import send_email
+
+CORPUS = Path(__file__).parent / "corpus"
+COLLECTION = "competitors"
+Names = Annotated[list[str], msgspec.Meta(min_length=1, max_length=10)]
+
+
+class AnalysisRequest(msgspec.Struct, kw_only=True):
+    request: str
+    competitors: Names
+    recipients: Names
+    subject: str = "Competitive analysis"
+
+
+class ResearchTask(msgspec.Struct, kw_only=True):
+    competitor: str
+    question: str
+
+
+class Notes(msgspec.Struct, kw_only=True):
+    competitor: str
+    summary: str
+    sources: list[str]
+
+
+class WriteTask(msgspec.Struct, kw_only=True):
+    request: str
+    notes: list[Notes]
+
+
+class Report(msgspec.Struct, kw_only=True):
+    text: str
+    competitors: list[str]
+
+
+class DeliverTask(msgspec.Struct, kw_only=True):
+    report: str
+    subject: str
+    recipients: Names
+
+
+class Orchestrator(Agent):
+    name = "orchestrator"
+
+    async def handle(self, ctx: Context, task: AnalysisRequest) -> dict[str, Any]:
+        ctx.log.info("researching %d competitor(s)", len(task.competitors))
+        research = [
+            ctx.spawn(
+                "research", ResearchTask(competitor=c, question=task.request), scopes=["memory"]
+            )
+            for c in task.competitors
+        ]
+        notes = msgspec.convert(await ctx.gather(*research), list[Notes])
+        report = msgspec.convert(
+            await ctx.call("writer", WriteTask(request=task.request, notes=notes), scopes=[]),
+            Report,
+        )
+        delivery = await ctx.call(
+            "email",
+            DeliverTask(report=report.text, subject=task.subject, recipients=task.recipients),
+            scopes=["email/send"],
+        )
+        return {
+            "subject": task.subject,
+            "report": report.text,
+            "sources": sorted({s for n in notes for s in n.sources}),
+            **delivery,
+        }
+
+
+RESEARCH_SYSTEM = (
+    "You are a market researcher. Summarise what the documents say about one competitor: "
+    "product, prices, strengths, weaknesses. Be brief and factual."
+)
+
+
+class Research(Agent):
+    name = "research"
+
+    async def handle(self, ctx: Context, task: ResearchTask) -> Notes:
+        await ctx.step("corpus", ensure_corpus, ctx.memory)
+        query = f"{task.competitor} product pricing plans strengths weaknesses"
+        hits = await ctx.step("search", ctx.memory.search_docs, query, k=4, collection=COLLECTION)
+        about = [h for h in hits if task.competitor.lower() in h["text"].lower()] or hits[:2]
+        reply = await ctx.llm(
+            prompt(
+                RESEARCH_SYSTEM,
+                f"Competitor: {task.competitor}. Question: {task.question}",
+                [(h["source"], h["text"]) for h in about],
+            ),
+            max_tokens=400,
+        )
+        return Notes(
+            competitor=task.competitor,
+            summary=reply.content,
+            sources=sorted({h["source"] for h in about}),
+        )
+
+
+async def ensure_corpus(memory: MemoryClient) -> dict[str, int]:
+    """Ingest the shipped corpus into the caller's memory (unchanged chunks are kept as they are)."""
+    added = 0
+    for path in sorted(CORPUS.glob("*.md")):
+        result = await memory.ingest(COLLECTION, f"corpus/{path.name}", path.read_text())
+        added += int(result["added"])
+    return {"added": added}
+
+
+WRITER_SYSTEM = (
+    "You write competitive analyses for a product team: one short section per competitor "
+    "(product, prices, strengths, weaknesses), then a recommendation."
+)
+
+
+class Writer(Agent):
+    name = "writer"
+
+    async def handle(self, ctx: Context, task: WriteTask) -> Report:
+        reply = await ctx.llm(
+            prompt(
+                WRITER_SYSTEM,
+                f"Write the competitive analysis the user asked for: {task.request}",
+                [(f"notes on {n.competitor}", n.summary) for n in task.notes],
+            ),
+            max_tokens=1200,
+        )
+        return Report(text=reply.content, competitors=[n.competitor for n in task.notes])
+
+
+EMAIL_SYSTEM = (
+    "You deliver reports by email with the send_email tool: one call per recipient the user "
+    "names, with the report as the body. Then say whom you sent it to."
+)
+
+
+class Mailer(Agent):
+    name = "email"
+
+    async def handle(self, ctx: Context, task: DeliverTask) -> dict[str, Any]:
+        run = await use_tools(
+            ctx,
+            prompt(
+                EMAIL_SYSTEM,
+                f"Send the report in the data block to {', '.join(task.recipients)}.\n"
+                f"Subject: {task.subject}",
+                [("report", task.report)],
+            ),
+            [send_email],
+            max_rounds=3,
+        )
+        sent = [c.result["to"] for c in run.calls if c.ok]
+        return {
+            "sent_to": sent,
+            "refused": [{"to": c.arguments.get("to", ""), "reason": c.error} for c in run.refused],
+            "not_sent": [r for r in task.recipients if r not in sent],
+            "mailer_reply": run.content,
+        }
