@@ -103,7 +103,8 @@ class Costs:
                 lease.unspend(cost, hold)
                 raise
             return
-        hold_id = derived_id(ctx.task_id, "hold", str(seq))
+        key = ctx.charge_key(seq)
+        hold_id = derived_id(ctx.task_id, "hold", key)
         levels = [f"user:{user}", f"run:{ctx.run_id}", f"agent:{self.agent}"]
         tags = {"run": ctx.run_id, "agent": self.agent, "tool": tool.name}
         currency = self.bus.settings.ledger_currency
@@ -111,10 +112,10 @@ class Costs:
         try:
             yield
         except BaseException:
-            await self.ledger.void(derived_id(ctx.task_id, "void", str(seq)), hold_id, tags)
+            await self._void(ctx, seq, derived_id(ctx.task_id, "void", key), hold_id, tags)
             raise
         await self.ledger.capture(
-            derived_id(ctx.task_id, "capture", str(seq)),
+            derived_id(ctx.task_id, "capture", key),
             hold_id,
             cost,
             currency=currency,
@@ -134,7 +135,8 @@ class Costs:
             return
         user = ctx.principal.removeprefix("user:")
         held = price.input * estimate_tokens + price.output * max_tokens
-        hold_id = derived_id(ctx.task_id, "llm-hold", str(seq))
+        key = ctx.charge_key(seq)
+        hold_id = derived_id(ctx.task_id, "llm-hold", key)
         tags = {"run": ctx.run_id, "agent": self.agent, "model": model}
         currency = self.bus.settings.ledger_currency
         levels = [f"user:{user}", f"run:{ctx.run_id}", f"agent:{self.agent}"]
@@ -142,17 +144,26 @@ class Costs:
         try:
             yield bill
         except BaseException:
-            await self.ledger.void(derived_id(ctx.task_id, "llm-void", str(seq)), hold_id, tags)
+            await self._void(ctx, seq, derived_id(ctx.task_id, "llm-void", key), hold_id, tags)
             raise
         bill.cost = min(held, self.prices.chat(model, bill.input_tokens, bill.output_tokens))
         await self.ledger.capture(
-            derived_id(ctx.task_id, "llm-capture", str(seq)),
+            derived_id(ctx.task_id, "llm-capture", key),
             hold_id,
             bill.cost,
             currency=currency,
             tokens=bill.input_tokens + bill.output_tokens,
             tags=tags,
         )
+
+    async def _void(
+        self, ctx: Context, seq: int, void_id: str, hold_id: str, tags: dict[str, str]
+    ) -> None:
+        """Release a failed step's hold. The journal learns first that the hold is spent, so
+        the retry takes a new one (a crash in between leaves the old hold to expire)."""
+        assert self.ledger is not None
+        await ctx.note_void(seq)
+        await self.ledger.void(void_id, hold_id, tags)
 
     async def _hold(
         self,

@@ -366,6 +366,9 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_ERROR
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
+    except BrokenPipeError:  # `relaybus watch | head`: the reader left; that is not an error
+        sys.stderr.close()
+        return EXIT_OK
 
 
 async def _await(result: Any) -> Any:

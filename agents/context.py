@@ -258,6 +258,20 @@ class Context:
         )
         return self._journal
 
+    def charge_key(self, seq: int) -> str:
+        """Names the ledger hold of step `seq`: the same across crashes and replays (an open
+        hold is reused, never taken twice), a new one once the step's hold was voided."""
+        voided = self._journal.voids.get(seq, 0)
+        return str(seq) if not voided else f"{seq}.{voided}"
+
+    async def note_void(self, seq: int) -> None:
+        """Record, before voiding, that step `seq`'s current hold is spent: a retry holds anew."""
+
+        def bump(journal: Journal) -> None:
+            journal.voids[seq] = journal.voids.get(seq, 0) + 1
+
+        await self._mutate(bump)
+
     # -- journaled operations -------------------------------------------------------------
 
     async def step(self, name: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:

@@ -74,6 +74,7 @@ class Journal(msgspec.Struct, kw_only=True, omit_defaults=True):
     result: bytes = b""
     error: ErrorInfo | None = None
     handoff: str = ""
+    voids: dict[int, int] = {}  # seq -> holds voided for that step (the next hold is a new one)
 
     def satisfied(self) -> bool:
         """Whether what this task waits for has arrived."""

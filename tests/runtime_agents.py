@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import random
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -203,3 +204,21 @@ class Rememberer(Agent):
         action = await ctx.step("remember", ctx.memory.remember, task["fact"])
         hits = await ctx.step("recall", ctx.memory.recall, task["fact"], 1)
         return {"action": action["action"], "recalled": [h["text"] for h in hits]}
+
+
+@tool("math/add", cost=5, name="flaky_add")
+def flaky_add(args: AddArgs) -> int:
+    """Fails on its first call (for the log file), then adds."""
+    append(args.log, "flaky_add")
+    if len(Path(args.log).read_text().splitlines()) == 1:
+        raise ConnectionError("the upstream dropped the connection")
+    return args.a + args.b
+
+
+class FlakyToolUser(Agent):
+    """Its costed tool fails once: the retry must hold anew (the first hold was voided)."""
+
+    name = "flakytooluser"
+
+    async def handle(self, ctx: Context, task: dict[str, Any]) -> int:
+        return int(await ctx.tool(flaky_add, task))

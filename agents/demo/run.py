@@ -24,6 +24,7 @@ import msgspec
 from bus import TERMINAL, Bus, RelayError, Settings
 from bus.cli import event_line
 from bus.feed import EventFeed
+from bus.private import write_private
 from bus.stack import is_alive, read_stack
 from bus.supervisor import start_detached, stop_stack
 from services.identity.client import read_audit
@@ -33,7 +34,15 @@ from ..runtree import render
 from ..submit import outcome_of, run_store, submit
 from ..tools.mailbox import read_mailbox
 from .procs import SELF_COMMAND, Processes
-from .setup import DEMO_USER, RUN_BUDGET, SPECS, register_demo, request_payload, write_prices
+from .setup import (
+    DEMO_USER,
+    RUN_BUDGET,
+    SPECS,
+    TOKEN_FILE,
+    register_demo,
+    request_payload,
+    write_prices,
+)
 
 
 def register(sub: Any) -> None:
@@ -110,7 +119,11 @@ async def demo(args: argparse.Namespace, settings: Settings) -> int:
         )
         async with Bus(run_settings, name="relaybus-demo") as bus:
             token = await register_demo(bus, home)
-            say(f"• user {DEMO_USER} registered (role analyst, 5 USD a month), token issued")
+            write_private(home / TOKEN_FILE, token.encode())
+            say(
+                f"• user {DEMO_USER} registered (role analyst, 5 USD a month); "
+                f"token in {home / TOKEN_FILE}"
+            )
             env = {**run_settings.env(), "RELAYBUS_LOG_LEVEL": "WARNING"}
             for name, spec in SPECS.items():
                 proc = procs.start(name, env, "agent", "run", spec)
@@ -132,7 +145,14 @@ async def demo(args: argparse.Namespace, settings: Settings) -> int:
         if tmp is not None:
             tmp.cleanup()
     if summary.status != "completed":
-        raise RelayError(f"demo run {summary.run_id} {summary.status}: {summary.error}")
+        hint = (
+            f" (the run's budget was --budget {args.budget} micro-units)"
+            if "BudgetExceeded" in (summary.error or "")
+            else f"; agent logs are in {home}/logs (run with --keep to keep them)"
+            if not args.keep
+            else f"; agent logs are in {home}/logs"
+        )
+        raise RelayError(f"demo run {summary.run_id} {summary.status}: {summary.error}{hint}")
     return 0
 
 

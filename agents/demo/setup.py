@@ -21,6 +21,7 @@ COMPETITORS = ["acme", "globex", "initech"]
 USER_BUDGET = 5_000_000  # micro-units a month (5 USD)
 RUN_BUDGET = 500_000  # micro-units per run (0.50 USD)
 PRICES = Path(__file__).parent / "prices.toml"
+TOKEN_FILE = "demo-token"  # the demo user's token, under RELAYBUS_HOME (mode 0600)
 
 #: agent -> (scopes it may ever hold, agents it may delegate to)
 AGENTS: dict[str, tuple[list[str], list[str]]] = {

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import re
+from datetime import datetime
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from bus import Bus, LedgerError, Settings, new_id
 from bus.cli import emit
@@ -66,7 +68,9 @@ def register(sub: Any) -> None:
 
     p = ledger.add_parser("statement", help="a user's charges and refunds in a period")
     p.add_argument("user")
-    p.add_argument("--period", required=True, help="YYYY-MM or YYYY-MM-DD")
+    p.add_argument(
+        "--period", default="", help="YYYY-MM or YYYY-MM-DD (default: this month, ledger time zone)"
+    )
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=statement)
 
@@ -135,6 +139,8 @@ async def rate(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def statement(args: argparse.Namespace, settings: Settings) -> int:
+    if not args.period:
+        args.period = datetime.now(ZoneInfo(settings.ledger_timezone)).strftime("%Y-%m")
     if not _PERIOD.match(args.period):
         raise LedgerError(f"period {args.period!r} must be YYYY-MM or YYYY-MM-DD")
     async with Bus(settings, name="relaybus-ledger") as bus:

@@ -52,6 +52,26 @@ async def test_a_replayed_tool_is_charged_once(lbus: Bus, spawn: Spawn, tmp_path
     assert record is not None and record.cost == COST
 
 
+async def test_a_costed_tool_that_failed_once_is_retried_and_charged_once(
+    lbus: Bus, spawn: Spawn, tmp_path: Path
+) -> None:
+    spawn("runtime_agents:FlakyToolUser", RELAYBUS_LEDGER="1")
+    log = tmp_path / "calls"
+    done = await submit(
+        lbus,
+        "flakytooluser",
+        json.dumps({"a": 1, "b": 2, "log": str(log)}).encode(),
+        wait=True,
+        timeout_s=30,
+        budget=COST + 1,  # room for one charge only: the voided hold must not count
+    )
+    assert done.status == "completed", done.error
+    assert done.result == 3 and done.cost == COST
+    assert len(log.read_text().splitlines()) == 2  # failed once, ran once more
+    holds = await LedgerClient(lbus).query("holds")
+    assert not [h for h in holds if h.get("tags", {}).get("run") == done.run_id]
+
+
 async def test_a_run_over_its_budget_stops_with_a_clear_reason(
     lbus: Bus, spawn: Spawn, tmp_path: Path
 ) -> None:
