@@ -155,16 +155,6 @@ async def test_dead_letter_then_replay_keeps_the_run(
     assert relaybus(stack, "dlq", "list", "--json").stdout == ""
 
 
-def test_demo_prints_the_echoed_result(tmp_path: Path) -> None:
-    out = relaybus(tmp_path / "home", "demo", "--json")
-    assert out.returncode == 0, out.stderr
-    body = json.loads(out.stdout.strip().splitlines()[-1])
-    assert body["status"] == "completed" and body["result"] == {
-        "message": "hello from relaybus",
-        "x": 1,
-    }
-
-
 def test_secure_stack_admits_only_registered_agents_on_their_nkeys(
     tmp_path: Path, agent_procs: list[subprocess.Popen[str]]
 ) -> None:

@@ -25,6 +25,7 @@ from memory.client import MemoryClient
 
 from ..base import Agent
 from ..context import Context
+from ..evaluation import Check
 from ..llm import prompt, use_tools
 from ..tools.email import send_email
 
@@ -140,8 +141,20 @@ WRITER_SYSTEM = (
 )
 
 
+def covers_every_competitor(task: Any, report: Any) -> float:
+    """The share of researched competitors the report mentions."""
+    names = [n["competitor"] for n in task.get("notes", [])]
+    text = str(report.get("text", "")).lower()
+    return sum(n.lower() in text for n in names) / len(names) if names else 0.0
+
+
+def delivered_to_everyone(task: Any, outcome: Any) -> bool:
+    return not outcome.get("not_sent") and bool(outcome.get("sent_to"))
+
+
 class Writer(Agent):
     name = "writer"
+    evaluators = [Check("covers every competitor", covers_every_competitor)]
 
     async def handle(self, ctx: Context, task: WriteTask) -> Report:
         reply = await ctx.llm(
@@ -163,6 +176,7 @@ EMAIL_SYSTEM = (
 
 class Mailer(Agent):
     name = "email"
+    evaluators = [Check("delivered to every recipient", delivered_to_everyone)]
 
     async def handle(self, ctx: Context, task: DeliverTask) -> dict[str, Any]:
         run = await use_tools(

@@ -21,7 +21,7 @@ from typing import Any
 
 import msgspec
 
-from bus import TERMINAL, Bus, RelayError, Settings
+from bus import TERMINAL, Bus, ConfigError, RelayError, Settings
 from bus.cli import event_line
 from bus.feed import EventFeed
 from bus.private import write_private
@@ -29,6 +29,7 @@ from bus.stack import is_alive, read_stack
 from bus.supervisor import start_detached, stop_stack
 from services.identity.client import read_audit
 
+from ..llm.client import list_models
 from ..observe import ledger_run_cost, load_tree
 from ..runtree import render
 from ..submit import outcome_of, run_store, submit
@@ -75,9 +76,14 @@ class DemoSummary(msgspec.Struct, kw_only=True):
 
 async def demo(args: argparse.Namespace, settings: Settings) -> int:
     say = _printer(sys.stderr if args.json else sys.stdout)
+    model = settings.llm_model or "scripted"
+    if settings.llm_base_url and not settings.llm_model:
+        offered = await list_models(settings)
+        if not offered:
+            raise ConfigError(f"{settings.llm_base_url} offers no models; set RELAYBUS_LLM_MODEL")
+        model = offered[0]
     tmp = None if args.keep else tempfile.TemporaryDirectory(prefix="relaybus-demo-")
     home = (settings.home if tmp is None else Path(tmp.name)).resolve()
-    model = settings.llm_model or "scripted"
     run_settings = settings.model_copy(
         update={
             "home": home,

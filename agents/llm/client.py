@@ -189,3 +189,18 @@ def _retry_after(value: str | None) -> float:
 
 def _dump(messages: list[dict[str, Any]]) -> str:
     return msgspec.json.encode(messages).decode()
+
+
+async def list_models(settings: Settings, timeout_s: float = 10.0) -> list[str]:
+    """The model ids the endpoint offers (`GET /models`); ConfigError when it cannot say."""
+    base = (settings.llm_base_url or "").rstrip("/")
+    headers = {"Authorization": f"Bearer {settings.llm_api_key}"} if settings.llm_api_key else {}
+    try:
+        async with httpx.AsyncClient(timeout=timeout_s, headers=headers) as http:
+            response = await http.get(f"{base}/models")
+            response.raise_for_status()
+            return [str(m["id"]) for m in response.json()["data"]]
+    except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
+        raise ConfigError(
+            f"cannot list the models of {base} ({exc!r}); set RELAYBUS_LLM_MODEL"
+        ) from None
