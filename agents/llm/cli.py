@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -32,45 +33,43 @@ def load_rules(path: Path | None) -> list[dict[str, str]]:
     return rules
 
 
-async def dev_model(args: argparse.Namespace, settings: Settings) -> int:
-    del settings
-    model = ScriptedModel.from_rules(load_rules(args.script), args.fail_first, args.fail_every)
+async def _serve_until_stopped(server: asyncio.Server, announce: Callable[[int], str]) -> int:
+    """Print `announce(port)` (the line `relaybus demo` reads), serve until SIGTERM/SIGINT."""
     stop = asyncio.Event()
     stop_on_signals(stop)
-    server = await serve_model(model, args.host, args.port)
-    port = server.sockets[0].getsockname()[1]
-    print(
-        f"scripted model (not a real LLM) at http://{args.host}:{port}/v1 — "
-        f"RELAYBUS_LLM_BASE_URL=http://{args.host}:{port}/v1",
-        flush=True,
-    )
+    print(announce(server.sockets[0].getsockname()[1]), flush=True)
     try:
         await stop.wait()
     finally:
         server.close()
         await server.wait_closed()
     return EXIT_OK
+
+
+async def dev_model(args: argparse.Namespace, settings: Settings) -> int:
+    del settings
+    model = ScriptedModel.from_rules(load_rules(args.script), args.fail_first, args.fail_every)
+    url = f"http://{args.host}:{{}}/v1"
+    return await _serve_until_stopped(
+        await serve_model(model, args.host, args.port),
+        lambda port: (
+            f"scripted model (not a real LLM) at {url.format(port)} — "
+            f"RELAYBUS_LLM_BASE_URL={url.format(port)}"
+        ),
+    )
 
 
 async def dev_smtp(args: argparse.Namespace, settings: Settings) -> int:
     from ..tools.mailbox import serve_mailbox
 
     del settings
-    stop = asyncio.Event()
-    stop_on_signals(stop)
-    server = await serve_mailbox(args.mailbox, args.host, args.port)
-    port = server.sockets[0].getsockname()[1]
-    print(
-        f"recording SMTP server (delivers nothing; writes {args.mailbox}) — "
-        f"RELAYBUS_SMTP_URL=smtp://{args.host}:{port}",
-        flush=True,
+    return await _serve_until_stopped(
+        await serve_mailbox(args.mailbox, args.host, args.port),
+        lambda port: (
+            f"recording SMTP server (delivers nothing; writes {args.mailbox}) — "
+            f"RELAYBUS_SMTP_URL=smtp://{args.host}:{port}"
+        ),
     )
-    try:
-        await stop.wait()
-    finally:
-        server.close()
-        await server.wait_closed()
-    return EXIT_OK
 
 
 def register(sub: Any) -> None:
