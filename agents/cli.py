@@ -341,6 +341,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .llm.cli import register as register_llm
 
     register_llm(sub)
+    from services.payments.cli import register as register_payments
+
+    register_payments(sub)
     from .demo.run import register as register_demo
 
     register_demo(sub)

@@ -25,6 +25,7 @@ from bus import (
     DataRefused,
     Envelope,
     ErrorInfo,
+    PaymentRefused,
     PermissionDenied,
     RelayError,
     Retry,
@@ -107,7 +108,8 @@ class Context:
         self._pending_publish: list[Envelope] = []
         self._timer_due: dict[str, float] = {}
         self._delegations: dict[str, list[str] | None] = {}
-        self._timings: dict[int, tuple[float, int]] = {}  # seq -> (latency ms, cost) for events
+        self._timings: dict[int, tuple[float, int]] = {}
+        self._tool_seq = -1  # seq -> (latency ms, cost) for events
         self.started = time.perf_counter()
         self.chain: ChainView | None = None
         self.log = RunLogger(logging.getLogger(f"relaybus.agent.{self.agent}"), {"ctx": self})
@@ -258,6 +260,11 @@ class Context:
         )
         return self._journal
 
+    def idempotency_key(self, purpose: str) -> str:
+        """A key for an external effect of the tool call now running (a payment, a message):
+        the same on every retry and replay of this call, different for every other call."""
+        return derived_id(self.task_id, purpose, str(self._tool_seq))
+
     def charge_key(self, seq: int) -> str:
         """Names the ledger hold of step `seq`: the same across crashes and replays (an open
         hold is reused, never taken twice), a new one once the step's hold was voided."""
@@ -311,6 +318,7 @@ class Context:
         except CircuitOpen as exc:
             raise Retry(str(exc), delay_s=breaker.retry_after_s()) from None
         cost = self._worker.costs.price(tool)
+        self._tool_seq = seq
         started = time.perf_counter()
         try:
             async with self._worker.costs.charge(self, tool, seq):
@@ -326,8 +334,8 @@ class Context:
                         },
                     ):
                         value = await tool.invoke(self, args)
-                except DataRefused:
-                    raise  # a refused query is the caller's mistake, not the tool failing
+                except (DataRefused, PaymentRefused):
+                    raise  # a refusal is the caller's mistake, not the tool failing
                 except Exception:
                     breaker.failure()
                     raise
@@ -344,7 +352,7 @@ class Context:
                 latency_ms=elapsed * 1000,
                 error=ErrorInfo.from_exception(exc),
             )
-            if isinstance(exc, DataRefused):
+            if isinstance(exc, DataRefused | PaymentRefused):
                 await self._journal_refusal(seq, tool, exc)
             raise
         elapsed = time.perf_counter() - started

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from bus import DataRefused, ErrorInfo, PermissionDenied, RelayError, RunFailed
+from bus import DataRefused, ErrorInfo, PaymentRefused, PermissionDenied, RelayError, RunFailed
 
 
 class LimitExceeded(RelayError):
@@ -30,6 +30,7 @@ _REBUILD: dict[str, type[RunFailed]] = {"ChildFailed": ChildFailed, "GatherTimeo
 _REFUSALS: dict[str, type[RelayError]] = {
     "PermissionDenied": PermissionDenied,
     "DataRefused": DataRefused,
+    "PaymentRefused": PaymentRefused,
 }
 
 

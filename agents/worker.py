@@ -31,6 +31,7 @@ from bus import (
     Envelope,
     ErrorInfo,
     Event,
+    PaymentRefused,
     PermissionDenied,
     Reject,
     Retry,
@@ -73,6 +74,7 @@ PERMANENT = (
     BudgetExceeded,
     Cancelled,
     DataRefused,
+    PaymentRefused,
 )
 _owners = itertools.count()
 

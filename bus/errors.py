@@ -22,6 +22,7 @@
     ├── LedgerError                  ledger: an operation was refused (nothing changed)
     ├── MemoryRefused                memory: an operation was refused (bad input, unknown collection)
     ├── DataRefused                  data tools: a query or API call was refused or cut off
+    ├── PaymentRefused               payments: outside the chain's limits, declined, rejected
     ├── UpstreamFailed               data tools: an external API kept failing (after retries)
     ├── RateLimited                  ledger: a rate limit says "not now"; retry after retry_after_s
     └── CircuitOpen                  runtime: a tool's circuit breaker is open
@@ -136,6 +137,11 @@ class MemoryRefused(RelayError):
 class DataRefused(RelayError):
     """A data tool refused a query or API call (or cut it off); the message says why and what
     to change. Not a tool failure: it does not trip the tool's circuit breaker."""
+
+
+class PaymentRefused(RelayError):
+    """A payment was refused: outside the chain's limits, by the provider (declined, over-refund,
+    bad state), or by a rejected approval. Permanent: retrying would not change the answer."""
 
 
 class UpstreamFailed(RelayError):

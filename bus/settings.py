@@ -55,6 +55,14 @@ class Settings(BaseModel):
     llm_model: str | None = None
     smtp_url: str | None = None
     smtp_from: str = "relaybus@localhost"  # the From: of mail agents send
+    payments_url: str | None = (
+        None  # a Stripe-compatible API (the sandbox: `relaybus dev payments`)
+    )
+    payments_api_key: str | None = None
+    payments_webhook_secret: str | None = None
+    payments_approval_over: int = Field(
+        default=10_000, ge=0
+    )  # minor units; above: a human approves
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str], **overrides: Any) -> Settings:

@@ -118,6 +118,7 @@ def default_topology(subjects: Subjects, replicas: int = 1) -> Topology:
         BucketSpec(subjects.bucket("users"), history=1, replicas=replicas),
         BucketSpec(subjects.bucket("revoked"), history=1, replicas=replicas),
         BucketSpec(subjects.bucket("ledger_snapshots"), history=1, replicas=replicas),
+        BucketSpec(subjects.bucket("payment_events"), history=1, replicas=replicas),
         BucketSpec(subjects.bucket("sessions"), history=1, ttl_s=7 * DAY_S, replicas=replicas),
     )
     return Topology(streams=streams, buckets=buckets)

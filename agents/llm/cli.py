@@ -4,14 +4,12 @@ in the foreground, for demos and local development."""
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from bus import ConfigError, Settings
-from bus.runtime import EXIT_OK, stop_on_signals
+from bus.httpserve import serve_until_stopped
 
 from .scripted import ScriptedModel, serve_model
 
@@ -33,24 +31,11 @@ def load_rules(path: Path | None) -> list[dict[str, str]]:
     return rules
 
 
-async def _serve_until_stopped(server: asyncio.Server, announce: Callable[[int], str]) -> int:
-    """Print `announce(port)` (the line `relaybus demo` reads), serve until SIGTERM/SIGINT."""
-    stop = asyncio.Event()
-    stop_on_signals(stop)
-    print(announce(server.sockets[0].getsockname()[1]), flush=True)
-    try:
-        await stop.wait()
-    finally:
-        server.close()
-        await server.wait_closed()
-    return EXIT_OK
-
-
 async def dev_model(args: argparse.Namespace, settings: Settings) -> int:
     del settings
     model = ScriptedModel.from_rules(load_rules(args.script), args.fail_first, args.fail_every)
     url = f"http://{args.host}:{{}}/v1"
-    return await _serve_until_stopped(
+    return await serve_until_stopped(
         await serve_model(model, args.host, args.port),
         lambda port: (
             f"scripted model (not a real LLM) at {url.format(port)} — "
@@ -63,7 +48,7 @@ async def dev_smtp(args: argparse.Namespace, settings: Settings) -> int:
     from ..tools.mailbox import serve_mailbox
 
     del settings
-    return await _serve_until_stopped(
+    return await serve_until_stopped(
         await serve_mailbox(args.mailbox, args.host, args.port),
         lambda port: (
             f"recording SMTP server (delivers nothing; writes {args.mailbox}) — "

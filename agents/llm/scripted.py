@@ -26,6 +26,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from bus.httpserve import serve_json
+
 from .prompt import data_blocks
 
 SCRIPTED_PREFIX = "[scripted model] "
@@ -197,42 +199,11 @@ def _trim(text: str) -> str:
     return " ".join(words[:SUMMARY_WORDS]) + (" …" if len(words) > SUMMARY_WORDS else "")
 
 
-async def serve_model(
-    model: ScriptedModel, host: str, port: int, ready: asyncio.Event | None = None
-) -> asyncio.Server:
+async def serve_model(model: ScriptedModel, host: str, port: int) -> asyncio.Server:
     """Start the HTTP server; the caller owns it (`server.close()`)."""
-
-    async def on_connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            while True:
-                request_line = await reader.readline()
-                if not request_line:
-                    return
-                method, path, _ = request_line.decode("latin-1").split(" ", 2)
-                headers: dict[str, str] = {}
-                while (line := await reader.readline()) not in (b"\r\n", b"\n", b""):
-                    name, _, value = line.decode("latin-1").partition(":")
-                    headers[name.strip().lower()] = value.strip()
-                raw = await reader.readexactly(int(headers.get("content-length", "0") or 0))
-                status, payload, extra = _route(model, method, path, raw)
-                data = json.dumps(payload).encode()
-                head = [
-                    f"HTTP/1.1 {status} {'OK' if status == 200 else 'Error'}",
-                    "Content-Type: application/json",
-                    f"Content-Length: {len(data)}",
-                    *(f"{k}: {v}" for k, v in extra.items()),
-                ]
-                writer.write(("\r\n".join(head) + "\r\n\r\n").encode() + data)
-                await writer.drain()
-        except (ConnectionError, asyncio.IncompleteReadError, ValueError):
-            pass
-        finally:
-            writer.close()
-
-    server = await asyncio.start_server(on_connection, host, port)
-    if ready is not None:
-        ready.set()
-    return server
+    return await serve_json(
+        lambda method, path, headers, raw: _route(model, method, path, raw), host, port
+    )
 
 
 def _route(

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from bus import DataRefused, PermissionDenied
+from bus import DataRefused, PaymentRefused, PermissionDenied
 
 from ..errors import LimitExceeded, ToolArgumentsInvalid
 from .prompt import data_block
@@ -100,7 +100,7 @@ async def _run_call(ctx: Context, by_name: dict[str, Tool], raw: dict[str, Any])
         )
     try:
         result = await ctx.tool(tool, arguments)
-    except (PermissionDenied, ToolArgumentsInvalid, DataRefused) as exc:
+    except (PermissionDenied, ToolArgumentsInvalid, DataRefused, PaymentRefused) as exc:
         ctx.log.warning("tool call refused: %s", exc)
         return ToolCall(tool=name, arguments=arguments, ok=False, error=str(exc))
     return ToolCall(tool=name, arguments=arguments, ok=True, result=result)

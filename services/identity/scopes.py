@@ -147,6 +147,10 @@ def _satisfied(key: str, want: Constraint, args: Mapping[str, Any], principal: s
             return "no recipient given"
         bad = [a for a in found if a.rsplit("@", 1)[1] != str(want).lower()]
         return f"{bad[0]} is outside {want}" if bad else ""
+    if key.startswith("per_run_"):
+        return ""  # a limit on the run's total, not on this call: the tool enforces it (ledger)
+    if key.startswith("max_") and key not in args and key[4:] in args:
+        key = key[4:]  # max_amount=100: the `amount` argument is at most 100
     if key not in args:
         return f"argument {key!r} is required by the scope"
     value = args[key]
@@ -160,6 +164,16 @@ def _satisfied(key: str, want: Constraint, args: Mapping[str, Any], principal: s
         return f"{key}={value} is over the limit {want}" if value > want else ""
     expected = principal if want == "$principal" else want
     return f"{key}={value!r} is not {expected!r}" if value != expected else ""
+
+
+def run_limit(scopes: Sequence[Scope], action: str, key: str) -> int | None:
+    """The tightest `per_run_<key>` limit among `scopes` covering `action`, or None."""
+    limits = [
+        v
+        for s in scopes
+        if covers_path(s.path, action) and isinstance(v := s.constraints.get(f"per_run_{key}"), int)
+    ]
+    return min(limits) if limits else None
 
 
 def check(scopes: Sequence[Scope], action: str, args: Mapping[str, Any], principal: str) -> str:

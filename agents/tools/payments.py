@@ -1,0 +1,214 @@
+"""Payment tools: money an agent moves on a user's behalf, within the delegation chain's limits.
+
+    auth = await ctx.tool(authorize_payment, amount=4200, currency="USD", payee="acme-air")
+    receipt = await pay(ctx, amount=4200, currency="USD", payee="acme-air")  # authorize,
+                                                      # approval above the threshold, capture
+
+The chain's `payments/charge` scope bounds every call (`max_amount=50000`, `currency=USD`,
+`payee=acme-air|globex-hotels`, `category=travel`) and the run's total (`per_run_amount=80000`,
+enforced by a ledger budget on `payrun:<run>`, so concurrent charges cannot exceed it together).
+Every payment is a two-phase ledger transfer mirrored at the provider — authorize (hold) →
+capture, or void — with keys derived from the run, task and step: a retry or replay never
+charges twice. Amounts are minor units (cents); the ledger holds them as micro-units.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel, Field
+
+from bus import BudgetExceeded, ConfigError, PaymentRefused, Settings
+from services.identity.scopes import run_limit
+from services.ledger.client import LedgerClient
+from services.ledger.model import Budget
+from services.payments.provider import PaymentIntent
+from services.payments.stripe import StripeProvider
+
+from ..tool import tool
+
+if TYPE_CHECKING:
+    from ..context import Context
+
+MICRO_PER_MINOR = 10_000  # 1 cent = 10,000 micro-units
+HOLD_TTL_S = 7 * 24 * 3600.0  # like a card authorization
+
+
+class Charge(BaseModel):
+    amount: int = Field(gt=0, description="amount in minor units (cents)")
+    currency: str = Field(pattern="^[A-Z]{3}$", description="ISO currency, e.g. USD")
+    payee: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]{0,63}$", description="merchant id")
+    category: str = Field(default="general", pattern=r"^[a-z0-9_-]{1,32}$")
+    description: str = Field(default="", max_length=200)
+
+
+class PaymentRef(BaseModel):
+    payment: str = Field(description="the payment id authorize_payment returned")
+    intent: str = Field(description="the provider's payment intent id")
+    amount: int = Field(gt=0, description="minor units")
+
+
+def provider_for(settings: Settings) -> StripeProvider:
+    if not settings.payments_url:
+        raise ConfigError(
+            "no payment provider: set RELAYBUS_PAYMENTS_URL (https://api.stripe.com, or the "
+            "sandbox `relaybus dev payments`) and RELAYBUS_PAYMENTS_API_KEY"
+        )
+    return StripeProvider(
+        settings.payments_api_key or "",
+        base_url=settings.payments_url,
+        webhook_secret=settings.payments_webhook_secret or "",
+    )
+
+
+def _ledger(ctx: Context) -> LedgerClient:
+    if not ctx.settings.ledger:
+        raise ConfigError("payments need the ledger: set RELAYBUS_LEDGER=1")
+    return LedgerClient(ctx._worker.bus)
+
+
+@tool("payments/charge", name="authorize_payment")
+async def authorize_payment(ctx: Context, args: Charge) -> dict[str, Any]:
+    """Authorize (hold) a payment to a payee; it is captured later, or voided."""
+    user = ctx.principal.removeprefix("user:")
+    ledger = _ledger(ctx)
+    payment = ctx.idempotency_key("payment")
+    levels = [f"payrun:{ctx.run_id}"]
+    links = ctx.chain.links if ctx.chain is not None else []
+    limits = (run_limit(link.scopes, "payments/charge", "amount") for link in links)
+    caps = [c for c in limits if c is not None]
+    cap = min(caps) if caps else None
+    if cap is not None:
+        await ledger.set_budget(
+            f"payrun-{ctx.run_id}-{cap}",
+            Budget(level=f"payrun:{ctx.run_id}", limit=cap * MICRO_PER_MINOR),
+        )
+    tags = {"run": ctx.run_id, "agent": ctx.agent, "kind": "payment", "payee": args.payee}
+    try:
+        await ledger.hold(
+            payment,
+            f"user:{user}",
+            f"payee:{args.payee}",
+            args.amount * MICRO_PER_MINOR,
+            levels,
+            currency=args.currency,
+            ttl_s=HOLD_TTL_S,
+            tags=tags,
+        )
+    except BudgetExceeded as exc:
+        raise PaymentRefused(
+            f"{args.amount} {args.currency} to {args.payee} would exceed this run's payment "
+            f"limit of {cap} ({exc})"
+        ) from None
+    async with provider_for(ctx.settings) as provider:
+        try:
+            intent = await provider.authorize(
+                args.amount,
+                args.currency,
+                args.payee,
+                idempotency_key=payment,
+                metadata={"relaybus_payment": payment, "run": ctx.run_id, "user": user},
+                description=args.description,
+            )
+        except PaymentRefused:
+            await ledger.void(f"void-{payment}", payment)
+            raise
+    await ctx.audit("payments/authorize", tool="authorize_payment", detail=_detail(args, intent))
+    return {
+        "payment": payment,
+        "intent": intent.id,
+        "amount": args.amount,
+        "currency": args.currency,
+        "payee": args.payee,
+        "status": "authorized",
+        "needs_approval": args.amount > ctx.settings.payments_approval_over,
+    }
+
+
+@tool("payments/charge", name="capture_payment")
+async def capture_payment(ctx: Context, args: PaymentRef) -> dict[str, Any]:
+    """Capture an authorized payment (at most the authorized amount)."""
+    async with provider_for(ctx.settings) as provider:
+        intent = await _own_intent(ctx, provider, args)
+        intent = await provider.capture(
+            args.intent, args.amount, idempotency_key=f"capture-{args.payment}"
+        )
+    await _ledger(ctx).capture(
+        f"capture-{args.payment}",
+        args.payment,
+        args.amount * MICRO_PER_MINOR,
+        currency=intent.currency.upper(),
+        tags={"run": ctx.run_id, "agent": ctx.agent, "kind": "payment"},
+    )
+    return {"payment": args.payment, "status": "captured", "amount": intent.amount_received}
+
+
+@tool("payments/charge", name="void_payment")
+async def void_payment(ctx: Context, args: PaymentRef) -> dict[str, Any]:
+    """Release an authorized payment without charging it."""
+    async with provider_for(ctx.settings) as provider:
+        await _own_intent(ctx, provider, args)
+        await provider.void(args.intent, idempotency_key=f"void-{args.payment}")
+    await _ledger(ctx).void(f"void-{args.payment}", args.payment)
+    return {"payment": args.payment, "status": "voided"}
+
+
+@tool("payments/refund", name="refund_payment")
+async def refund_payment(ctx: Context, args: PaymentRef) -> dict[str, Any]:
+    """Refund part or all of a captured payment (never more than was captured)."""
+    async with provider_for(ctx.settings) as provider:
+        await _own_intent(ctx, provider, args)
+        refund = await provider.refund(
+            args.intent, args.amount, idempotency_key=ctx.idempotency_key("refund")
+        )
+    await _ledger(ctx).refund(f"refund-{refund.id}", args.payment, args.amount * MICRO_PER_MINOR)
+    return {"payment": args.payment, "refund": refund.id, "amount": refund.amount}
+
+
+async def pay(ctx: Context, **charge: Any) -> dict[str, Any]:
+    """Authorize, wait for a human above RELAYBUS_PAYMENTS_APPROVAL_OVER (`relaybus approve RUN
+    --signal payment-… --data '"approve"'`; anything else rejects and voids), then capture."""
+    auth = await ctx.tool(authorize_payment, charge)
+    return await settle(ctx, auth)
+
+
+async def settle(ctx: Context, auth: dict[str, Any]) -> dict[str, Any]:
+    """Finish one authorization: approval if it needs one, then capture — or void if rejected."""
+    ref = {"payment": auth["payment"], "intent": auth["intent"], "amount": auth["amount"]}
+    if auth.get("needs_approval"):
+        signal = f"payment-{auth['payment'][-10:].lower()}"
+        ctx.log.info(
+            "payment %s waits for approval: relaybus approve %s --signal %s",
+            ref["payment"],
+            ctx.run_id,
+            signal,
+        )
+        decision = await ctx.wait_signal(signal)
+        if decision not in ("approve", "approved", True, {"approve": True}):
+            await ctx.tool(void_payment, ref)
+            raise PaymentRefused(
+                f"payment of {auth['amount']} {auth['currency']} to {auth['payee']} was rejected "
+                f"({decision!r}); the authorization is voided"
+            )
+    return await ctx.tool(capture_payment, ref)
+
+
+async def _own_intent(ctx: Context, provider: StripeProvider, args: PaymentRef) -> PaymentIntent:
+    intent = await provider.retrieve(args.intent)
+    user = ctx.principal.removeprefix("user:")
+    if (
+        intent.metadata.get("relaybus_payment") != args.payment
+        or intent.metadata.get("user") != user
+    ):
+        raise PaymentRefused(f"payment {args.payment} is not one of {user}'s payments")
+    return intent
+
+
+def _detail(args: Charge, intent: PaymentIntent) -> dict[str, Any]:
+    return {
+        "amount": args.amount,
+        "currency": args.currency,
+        "payee": args.payee,
+        "category": args.category,
+        "intent": intent.id,
+    }
