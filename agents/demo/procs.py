@@ -36,13 +36,21 @@ class Processes:
         self.started.append((name, proc))
         return proc
 
-    def start_server(self, name: str, announces: str, *args: str, timeout_s: float = 30.0) -> str:
+    def start_server(
+        self,
+        name: str,
+        announces: str,
+        *args: str,
+        env: Mapping[str, str] | None = None,
+        timeout_s: float = 30.0,
+    ) -> str:
         """Start a `relaybus dev …` server on a free port; return the URL it announces as
-        `ANNOUNCES=URL` on its first line of output."""
+        `ANNOUNCES=URL` on its first line of output (any free port unless ARGS name one)."""
         self.logs.mkdir(parents=True, exist_ok=True)
         with (self.logs / f"{name}.log").open("ab") as log:
             proc = subprocess.Popen(
-                [*SELF_COMMAND, *args, "--port", "0"],
+                [*SELF_COMMAND, *args, *(() if "--port" in args else ("--port", "0"))],
+                env={**os.environ, **(env or {})},
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=log,

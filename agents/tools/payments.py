@@ -43,9 +43,14 @@ class Charge(BaseModel):
 
 
 class PaymentRef(BaseModel):
+    """An authorized payment, as authorize_payment described it; checked against the chain
+    again (amount, currency, payee) and against the provider's record before anything moves."""
+
     payment: str = Field(description="the payment id authorize_payment returned")
     intent: str = Field(description="the provider's payment intent id")
     amount: int = Field(gt=0, description="minor units")
+    currency: str = Field(pattern="^[A-Z]{3}$")
+    payee: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]{0,63}$")
 
 
 def provider_for(settings: Settings) -> StripeProvider:
@@ -83,7 +88,7 @@ async def authorize_payment(ctx: Context, args: Charge) -> dict[str, Any]:
             f"payrun-{ctx.run_id}-{cap}",
             Budget(level=f"payrun:{ctx.run_id}", limit=cap * MICRO_PER_MINOR),
         )
-    tags = {"run": ctx.run_id, "agent": ctx.agent, "kind": "payment", "payee": args.payee}
+    tags = {"run": ctx.run_id, "agent": ctx.agent, "payee": args.payee}
     try:
         await ledger.hold(
             payment,
@@ -138,7 +143,7 @@ async def capture_payment(ctx: Context, args: PaymentRef) -> dict[str, Any]:
         args.payment,
         args.amount * MICRO_PER_MINOR,
         currency=intent.currency.upper(),
-        tags={"run": ctx.run_id, "agent": ctx.agent, "kind": "payment"},
+        tags={"run": ctx.run_id, "agent": ctx.agent, "payee": args.payee},
     )
     return {"payment": args.payment, "status": "captured", "amount": intent.amount_received}
 
@@ -174,7 +179,7 @@ async def pay(ctx: Context, **charge: Any) -> dict[str, Any]:
 
 async def settle(ctx: Context, auth: dict[str, Any]) -> dict[str, Any]:
     """Finish one authorization: approval if it needs one, then capture — or void if rejected."""
-    ref = {"payment": auth["payment"], "intent": auth["intent"], "amount": auth["amount"]}
+    ref = {k: auth[k] for k in ("payment", "intent", "amount", "currency", "payee")}
     if auth.get("needs_approval"):
         signal = f"payment-{auth['payment'][-10:].lower()}"
         ctx.log.info(
@@ -196,11 +201,18 @@ async def settle(ctx: Context, auth: dict[str, Any]) -> dict[str, Any]:
 async def _own_intent(ctx: Context, provider: StripeProvider, args: PaymentRef) -> PaymentIntent:
     intent = await provider.retrieve(args.intent)
     user = ctx.principal.removeprefix("user:")
-    if (
-        intent.metadata.get("relaybus_payment") != args.payment
-        or intent.metadata.get("user") != user
-    ):
+    meta = intent.metadata
+    if meta.get("relaybus_payment") != args.payment or meta.get("user") != user:
         raise PaymentRefused(f"payment {args.payment} is not one of {user}'s payments")
+    if meta.get("payee") != args.payee or intent.currency.upper() != args.currency:
+        raise PaymentRefused(
+            f"payment {args.payment} went to {meta.get('payee')} in {intent.currency.upper()}, "
+            f"not {args.payee} in {args.currency}"
+        )
+    if args.amount > intent.amount:
+        raise PaymentRefused(
+            f"payment {args.payment} authorized {intent.amount}, not {args.amount}"
+        )
     return intent
 
 

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import csv
 import re
-from datetime import datetime
+import sys
+from datetime import UTC, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -71,6 +73,7 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--period", default="", help="YYYY-MM or YYYY-MM-DD (default: this month, ledger time zone)"
     )
+    p.add_argument("--csv", action="store_true", help="the lines as CSV, for a spreadsheet")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=statement)
 
@@ -147,10 +150,45 @@ async def statement(args: argparse.Namespace, settings: Settings) -> int:
         result = await LedgerClient(bus).query("statement", user=args.user, period=args.period)
     if args.json:
         emit(result, True, "")
+    elif args.csv:
+        write_csv(result["lines"], sys.stdout)
     else:
         for line in result["lines"]:
+            what = line.get("payee") or line.get("tool") or line.get("model") or ""
             print(
-                f"{line['kind']:<8} {line['transfer']}  {line['amount']:>12}  {line.get('run', '')}"
+                f"{_day(line['time'])}  {line['category']:<10} {line['kind']:<8} "
+                f"{line['amount']:>12} {line['currency']}  {what:<16} run={line.get('run', '-')}"
             )
-        print(f"total {result['total']}")
+        totals = result["totals"]
+        print(
+            f"agent costs {totals['agent_costs']}  payments {totals['payments']}  "
+            f"refunds {totals['refunds']}  total {result['total']} (micro-units)"
+        )
     return EXIT_OK
+
+
+CSV_COLUMNS = [
+    "time",
+    "category",
+    "kind",
+    "transfer",
+    "amount",
+    "currency",
+    "run",
+    "agent",
+    "tool",
+    "model",
+    "payee",
+]
+
+
+def write_csv(lines: list[dict[str, Any]], out: Any) -> None:
+    """The statement's lines as CSV (amounts in micro-units; negative: refunds)."""
+    writer = csv.DictWriter(out, CSV_COLUMNS, extrasaction="ignore")
+    writer.writeheader()
+    for line in lines:
+        writer.writerow({**line, "time": datetime.fromtimestamp(line["time"], UTC).isoformat()})
+
+
+def _day(at: float) -> str:
+    return datetime.fromtimestamp(at, UTC).strftime("%Y-%m-%d %H:%M")

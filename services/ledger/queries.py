@@ -84,22 +84,38 @@ def statement(state: State, req: dict[str, Any]) -> Any:
         amount = op.amount if op.kind == "capture" else -op.amount
         lines.append(
             {
+                **hold.tags,  # first: a tag never hides what the ledger itself says
                 "time": entry.clock,
                 "kind": op.kind,
                 "transfer": hold.id,
                 "amount": amount,
                 "currency": hold.currency,
-                **hold.tags,
+                "category": "payment" if hold.payee.startswith("payee:") else "agent cost",
             }
         )
     total = sum(line["amount"] for line in lines)
+    totals = {"agent_costs": 0, "payments": 0, "refunds": 0}
+    for line in lines:
+        if line["kind"] == "refund":
+            totals["refunds"] += -line["amount"]
+        elif line["category"] == "payment":
+            totals["payments"] += line["amount"]
+        else:
+            totals["agent_costs"] += line["amount"]
     allocation: dict[str, dict[str, int]] = {}
     for line in lines:
         for dim in ("run", "agent", "tool", "model"):
             if dim in line:
                 bucket = allocation.setdefault(dim, {})
                 bucket[line[dim]] = bucket.get(line[dim], 0) + line["amount"]
-    return {"user": user, "period": period, "total": total, "lines": lines, "by": allocation}
+    return {
+        "user": user,
+        "period": period,
+        "total": total,
+        "totals": totals,
+        "lines": lines,
+        "by": allocation,
+    }
 
 
 QUERIES: dict[str, Callable[[State, dict[str, Any]], Any]] = {

@@ -48,6 +48,8 @@ class Sandbox:
         }
         if state_file.exists():
             self.state.update(json.loads(state_file.read_text()))
+        else:
+            self._save()
         self._tasks: set[asyncio.Task[None]] = set()
         self._http = httpx.AsyncClient(timeout=10.0)
 
