@@ -52,7 +52,7 @@ async def serve_agent(
 
 
 async def _consume(bus: Bus, agent: Agent, concurrency: int, stop: asyncio.Event) -> Consumer:
-    await ensure(bus, default_topology(bus.subjects))
+    await ensure(bus, default_topology(bus.subjects, bus.settings.stream_replicas))
     worker = await Worker.open(bus, agent)
     if worker.gate is not None:
         log.info("identity on: chains verified, tool calls checked for %s", agent.name)

@@ -29,6 +29,7 @@ class Settings(BaseModel):
     ack_wait_s: float = Field(default=30.0, gt=0)
     max_deliver: int = Field(default=5, ge=1)
     max_payload_bytes: int = Field(default=1_000_000, ge=1024)
+    stream_replicas: int = Field(default=1, ge=1, le=5)  # 3 on a NATS cluster: R3 streams and KV
     log_level: str = "INFO"
     identity: bool = False
     nats_auth: bool = False

@@ -85,7 +85,9 @@ class Topology:
 
 
 def default_topology(subjects: Subjects, replicas: int = 1) -> Topology:
-    """The streams and buckets every relaybus deployment has (DESIGN.md, Names)."""
+    """The streams and buckets every relaybus deployment has (DESIGN.md, Names).
+
+    `replicas` comes from RELAYBUS_STREAM_REPLICAS: 3 on a NATS cluster, 1 on one server."""
     p = subjects.prefix
     streams = (
         StreamSpec(

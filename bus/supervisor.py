@@ -88,7 +88,7 @@ async def serve_stack(
                 url = url.replace("nats://", f"nats://relaybus:{password}@")
         run_settings = settings.model_copy(update={"nats_url": url, "home": home})
         async with Bus(run_settings, name="relaybus-up") as bus:
-            await ensure(bus, default_topology(bus.subjects))
+            await ensure(bus, default_topology(bus.subjects, bus.settings.stream_replicas))
         env = {**os.environ, **run_settings.env()}
 
         def spawn(name: str) -> subprocess.Popen[bytes]:

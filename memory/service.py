@@ -432,7 +432,7 @@ async def serve_memory(settings: Settings) -> int:
     stop_on_signals(stop)
     store = open_store(settings)
     async with Bus(settings, name="memory") as bus:
-        await ensure(bus, default_topology(bus.subjects))
+        await ensure(bus, default_topology(bus.subjects, bus.settings.stream_replicas))
         gate = await IdentityGate.open(bus, "memory", None) if settings.identity else None
         sessions = Sessions(await Bucket.open(bus, bus.subjects.bucket("sessions")))
         service = MemoryService(store, choose_embedder(settings.embedder), gate, sessions=sessions)

@@ -352,7 +352,7 @@ async def serve_identity(settings: Settings) -> int:
     stop_on_signals(stop)
     key = load_service_key(settings.home.resolve())
     async with Bus(settings, name="identity") as bus:
-        await ensure(bus, default_topology(bus.subjects))
+        await ensure(bus, default_topology(bus.subjects, bus.settings.stream_replicas))
         registry = await Registry.open(bus)
         await registry.put_service_key(key.verify_key)
         service = IdentityService(bus, registry, key)

@@ -233,7 +233,7 @@ async def serve_ledger(settings: Settings) -> int:
     stop = asyncio.Event()
     stop_on_signals(stop)
     async with Bus(settings, name="ledger") as bus:
-        await ensure(bus, default_topology(bus.subjects))
+        await ensure(bus, default_topology(bus.subjects, bus.settings.stream_replicas))
         writer = LedgerWriter(bus)
         count = await writer.rebuild()
         run_cost_gauge(writer)
