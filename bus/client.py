@@ -24,7 +24,13 @@ from tenacity import (
 
 from . import envelope as wire
 from . import tracing
-from .errors import ConnectionFailed, PermissionViolation, PublishFailed, RelayError
+from .errors import (
+    ConnectionFailed,
+    PermissionViolation,
+    PublishFailed,
+    RelayError,
+    ServiceUnavailable,
+)
 from .settings import Settings
 from .stack import public_url, resolve_nats_url
 from .subjects import Subjects, check_subject
@@ -310,7 +316,9 @@ class Bus:
                 subject, data, timeout=timeout_s or self.settings.request_timeout_s
             )
         except nats.errors.NoRespondersError as exc:
-            raise ConnectionFailed(f"no service answers on {subject!r}; is it running?") from exc
+            raise ServiceUnavailable(
+                f"no service answers on {subject!r}; is it running (`relaybus status`)?"
+            ) from exc
         except nats.errors.TimeoutError as exc:
             self.raise_violation(subject)
             raise ConnectionFailed(f"no reply on {subject!r} in time") from exc

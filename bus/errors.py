@@ -5,6 +5,7 @@
     ├── ServerError                  the embedded nats-server is missing, too old or did not start
     ├── StackNotRunning              no NATS URL set and no `relaybus up` stack found
     ├── ConnectionFailed             could not reach NATS
+    │   └── ServiceUnavailable       no process answers a service's subject (down or restarting)
     ├── SubjectInvalid               a subject or subject token would be unsafe to publish
     ├── EnvelopeInvalid              bytes that do not decode as an envelope (names the field)
     │   └── EnvelopeTooLarge         an envelope over the configured payload limit
@@ -55,6 +56,10 @@ class StackNotRunning(RelayError):
 
 class ConnectionFailed(RelayError):
     """NATS could not be reached or the connection was lost for good."""
+
+
+class ServiceUnavailable(ConnectionFailed):
+    """No process answers a service's subject: it is down or restarting."""
 
 
 class SubjectInvalid(RelayError, ValueError):

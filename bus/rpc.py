@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import msgspec
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
 from . import errors
 from .client import Bus
-from .errors import ErrorInfo, RelayError
+from .errors import ErrorInfo, RelayError, ServiceUnavailable
+
+log = logging.getLogger("relaybus.rpc")
 
 
 class Reply(msgspec.Struct, kw_only=True, omit_defaults=True):
@@ -33,10 +37,27 @@ def _error_class(name: str) -> type[RelayError]:
 
 
 async def call(bus: Bus, subject: str, body: Any, timeout_s: float | None = None) -> Any:
-    """Send `body` (JSON), return the reply's body; a refusal raises its own error type."""
-    data = await bus.request(subject, msgspec.json.encode(body), timeout_s)
+    """Send `body` (JSON), return the reply's body; a refusal raises its own error type.
+
+    While no service process answers (one restarting after a crash), the request is sent again
+    for up to twice the request timeout: nobody received it, so resending is always safe."""
+    data = await _request(bus, subject, msgspec.json.encode(body), timeout_s)
     reply = msgspec.json.decode(data, type=Reply)
     if not reply.ok:
         info = reply.error or ErrorInfo(type="RelayError", message="the service refused")
         raise _error_class(info.type)(info.message)
     return msgspec.json.decode(reply.body)
+
+
+async def _request(bus: Bus, subject: str, data: bytes, timeout_s: float | None) -> bytes:
+    retrying = AsyncRetrying(
+        retry=retry_if_exception_type(ServiceUnavailable),
+        wait=wait_exponential(multiplier=0.05, max=1.0),
+        stop=stop_after_delay(2 * bus.settings.request_timeout_s),
+        before_sleep=lambda rs: log.warning("no service answers on %s yet; retrying", subject),
+        reraise=True,
+    )
+    async for attempt in retrying:
+        with attempt:
+            return await bus.request(subject, data, timeout_s)
+    raise RelayError("unreachable")  # pragma: no cover
