@@ -109,6 +109,8 @@ def decode(data: bytes, max_bytes: int | None = None) -> Envelope:
         env = _decoder.decode(data)
     except msgspec.DecodeError as exc:
         raise EnvelopeInvalid(f"not a relaybus envelope: {exc}") from None
+    except RecursionError:  # msgspec recurses even into fields it skips
+        raise EnvelopeInvalid("not a relaybus envelope: values nested too deeply") from None
     for name in ("id", "run_id", "recipient"):
         value = getattr(env, name)
         if not _TOKEN_RE.match(value):
