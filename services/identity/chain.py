@@ -76,6 +76,8 @@ def decode_body(payload: bytes) -> LinkBody:
         return _decode_body(payload)
     except msgspec.DecodeError as exc:
         raise ChainInvalid(f"a link body does not decode: {exc}") from None
+    except RecursionError:  # msgspec recurses even into fields it skips
+        raise ChainInvalid("a link body does not decode: values nested too deeply") from None
 
 
 def child_body(
