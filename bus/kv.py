@@ -2,14 +2,52 @@
 
 from __future__ import annotations
 
-from typing import Any
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import nats.errors
 import nats.js.errors
 from nats.js.kv import KeyValue
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
 from .client import Bus
 from .errors import ConnectionFailed, RelayError
+
+log = logging.getLogger("relaybus.kv")
+T = TypeVar("T")
+# What a KV call meets while a cluster elects a new stream leader or the client reconnects
+_TRANSIENT = (
+    nats.errors.TimeoutError,
+    nats.errors.NoRespondersError,
+    nats.errors.ConnectionReconnectingError,
+    nats.js.errors.ServiceUnavailableError,
+    asyncio.TimeoutError,
+)
+RETRY_FOR_S = 20.0
+
+
+async def _retrying(what: str, call: Callable[[], Awaitable[T]]) -> T:
+    """`call()`, retried on transient errors for up to RETRY_FOR_S, each retry logged."""
+    retrying = AsyncRetrying(
+        retry=retry_if_exception_type(_TRANSIENT),
+        wait=wait_exponential(multiplier=0.1, max=1.0),
+        stop=stop_after_delay(RETRY_FOR_S),
+        before_sleep=lambda rs: log.warning(
+            "KV %s failed (%r); retrying", what, rs.outcome and rs.outcome.exception()
+        ),
+        reraise=True,
+    )
+    try:
+        async for attempt in retrying:
+            with attempt:
+                return await call()
+    except _TRANSIENT as exc:
+        raise ConnectionFailed(
+            f"KV {what}: no answer from JetStream for {RETRY_FOR_S:g}s ({type(exc).__name__})"
+        ) from exc
+    raise RelayError("unreachable")  # pragma: no cover
 
 
 class RevisionConflict(RelayError):
@@ -26,13 +64,13 @@ class Bucket:
     @classmethod
     async def open(cls, bus: Bus, name: str) -> Bucket:
         try:
-            return cls(await bus.js.key_value(name), name)
+            return cls(await _retrying(f"open {name}", lambda: bus.js.key_value(name)), name)
         except nats.js.errors.BucketNotFoundError:
             raise ConnectionFailed(f"KV bucket {name} does not exist; run `relaybus up`") from None
 
     async def get(self, key: str) -> tuple[bytes, int] | None:
         try:
-            entry = await self._kv.get(key)
+            entry = await _retrying(f"get {self.name}/{key}", lambda: self._kv.get(key))
         except nats.js.errors.KeyNotFoundError:  # also covers deleted keys
             return None
         if entry.value is None:
@@ -40,24 +78,50 @@ class Bucket:
         return bytes(entry.value), int(entry.revision or 0)
 
     async def create(self, key: str, value: bytes) -> int:
-        """Write only if `key` does not exist; RevisionConflict otherwise."""
-        try:
+        """Write only if `key` does not exist; RevisionConflict otherwise.
+
+        A create retried after a lost reply may find its own first attempt: that is success."""
+        tries = 0
+
+        async def attempt() -> int:
+            nonlocal tries
+            tries += 1
             return int(await self._kv.create(key, value))
+
+        try:
+            return await _retrying(f"create {self.name}/{key}", attempt)
         except nats.js.errors.KeyWrongLastSequenceError:
+            if tries > 1 and (mine := await self._own_write(key, value)) is not None:
+                return mine
             raise RevisionConflict(f"{self.name}/{key} already exists") from None
 
     async def update(self, key: str, value: bytes, revision: int) -> int:
-        """Write only if `key` is still at `revision`; RevisionConflict otherwise."""
-        try:
+        """Write only if `key` is still at `revision`; RevisionConflict otherwise.
+
+        An update retried after a lost reply may find its own first attempt: that is success."""
+        tries = 0
+
+        async def attempt() -> int:
+            nonlocal tries
+            tries += 1
             return int(await self._kv.update(key, value, last=revision))
+
+        try:
+            return await _retrying(f"update {self.name}/{key}", attempt)
         except nats.js.errors.KeyWrongLastSequenceError:
+            if tries > 1 and (mine := await self._own_write(key, value)) is not None:
+                return mine
             raise RevisionConflict(f"{self.name}/{key} changed since revision {revision}") from None
 
+    async def _own_write(self, key: str, value: bytes) -> int | None:
+        current = await self.get(key)
+        return current[1] if current is not None and current[0] == value else None
+
     async def put(self, key: str, value: bytes) -> int:
-        return int(await self._kv.put(key, value))
+        return int(await _retrying(f"put {self.name}/{key}", lambda: self._kv.put(key, value)))
 
     async def delete(self, key: str) -> None:
-        await self._kv.delete(key)
+        await _retrying(f"delete {self.name}/{key}", lambda: self._kv.delete(key))
 
     async def keys(self) -> list[str]:
         try:

@@ -6,16 +6,26 @@ ProvisioningConflict naming every differing field of what exists with another co
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 
+import nats.errors
 import nats.js.errors
 from nats.js import api
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
 from .client import Bus
 from .errors import ProvisioningConflict
 from .subjects import Subjects
 
 DAY_S = 86_400.0
+log = logging.getLogger("relaybus.streams")
+# JetStream answers nothing (or 503) while a cluster elects its meta leader after a start
+_NOT_READY = (
+    nats.errors.TimeoutError,
+    nats.errors.NoRespondersError,
+    nats.js.errors.ServiceUnavailableError,
+)
 
 
 @dataclass(frozen=True)
@@ -227,8 +237,27 @@ async def ensure_bucket(bus: Bus, spec: BucketSpec) -> bool:
     return False
 
 
-async def ensure(bus: Bus, topology: Topology) -> list[str]:
-    """Provision everything in `topology`; returns the names that were created."""
+async def ensure(bus: Bus, topology: Topology, ready_within_s: float = 60.0) -> list[str]:
+    """Provision everything in `topology`; returns the names that were created.
+
+    Waits (bounded by `ready_within_s`) for JetStream to answer: a cluster that just started
+    needs a few seconds to elect its meta leader, and services start beside it."""
+    retrying = AsyncRetrying(
+        retry=retry_if_exception_type(_NOT_READY),
+        wait=wait_exponential(multiplier=0.1, max=2.0),
+        stop=stop_after_delay(ready_within_s),
+        before_sleep=lambda rs: log.warning(
+            "JetStream not ready yet (%r); retrying", rs.outcome and rs.outcome.exception()
+        ),
+        reraise=True,
+    )
+    async for attempt in retrying:
+        with attempt:
+            return await _ensure_once(bus, topology)
+    raise ProvisioningConflict("unreachable")  # pragma: no cover
+
+
+async def _ensure_once(bus: Bus, topology: Topology) -> list[str]:
     created: list[str] = []
     for stream in topology.streams:
         if await ensure_stream(bus, stream):
