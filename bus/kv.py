@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -13,7 +14,7 @@ from nats.js.kv import KeyValue
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
 from .client import Bus
-from .errors import ConnectionFailed, RelayError
+from .errors import ConnectionFailed, RelayError, SubjectInvalid
 
 log = logging.getLogger("relaybus.kv")
 T = TypeVar("T")
@@ -26,6 +27,18 @@ _TRANSIENT = (
     asyncio.TimeoutError,
 )
 RETRY_FOR_S = 20.0
+_KEY_RE = re.compile(r"^[-/_=a-zA-Z0-9]+(\.[-/_=a-zA-Z0-9]+)*$")
+
+
+def check_key(bucket: str, key: str) -> str:
+    """Refuse a key the server would not store (nats-py raises its own error type for most,
+    and publishes one with an empty token, `a..b`, to a subject no stream takes)."""
+    if not _KEY_RE.match(key):
+        raise SubjectInvalid(
+            f"KV {bucket}: key {key[:80]!r} is not allowed: use letters, digits, '-', '_', '/', "
+            "'=' and '.' between non-empty parts"
+        )
+    return key
 
 
 async def _retrying(what: str, call: Callable[[], Awaitable[T]]) -> T:
@@ -69,6 +82,7 @@ class Bucket:
             raise ConnectionFailed(f"KV bucket {name} does not exist; run `relaybus up`") from None
 
     async def get(self, key: str) -> tuple[bytes, int] | None:
+        check_key(self.name, key)
         try:
             entry = await _retrying(f"get {self.name}/{key}", lambda: self._kv.get(key))
         except nats.js.errors.KeyNotFoundError:  # also covers deleted keys
@@ -81,6 +95,7 @@ class Bucket:
         """Write only if `key` does not exist; RevisionConflict otherwise.
 
         A create retried after a lost reply may find its own first attempt: that is success."""
+        check_key(self.name, key)
         tries = 0
 
         async def attempt() -> int:
@@ -99,6 +114,7 @@ class Bucket:
         """Write only if `key` is still at `revision`; RevisionConflict otherwise.
 
         An update retried after a lost reply may find its own first attempt: that is success."""
+        check_key(self.name, key)
         tries = 0
 
         async def attempt() -> int:
@@ -118,9 +134,11 @@ class Bucket:
         return current[1] if current is not None and current[0] == value else None
 
     async def put(self, key: str, value: bytes) -> int:
+        check_key(self.name, key)
         return int(await _retrying(f"put {self.name}/{key}", lambda: self._kv.put(key, value)))
 
     async def delete(self, key: str) -> None:
+        check_key(self.name, key)
         await _retrying(f"delete {self.name}/{key}", lambda: self._kv.delete(key))
 
     async def keys(self) -> list[str]:

@@ -105,9 +105,11 @@ class MemoryService:
                 metrics.RECALL_DURATION.record(
                     time.perf_counter() - started, {"relaybus.operation": op, "outcome": outcome}
                 )
-        except msgspec.ValidationError as exc:
+        except msgspec.DecodeError as exc:  # ValidationError is one too
             return reply_error(MemoryRefused(f"bad memory request: {exc}"))
-        except (RelayError, msgspec.DecodeError) as exc:
+        except RecursionError:  # msgspec recurses even into fields it skips
+            return reply_error(MemoryRefused("bad memory request: values nested too deeply"))
+        except RelayError as exc:
             return reply_error(exc)
 
     async def remember(self, data: bytes) -> Any:

@@ -43,6 +43,8 @@ WRITES = ("hold", "capture", "void", "refund", "budget", "transfer", "tick", "li
 _encode = msgspec.msgpack.Encoder().encode
 _decode_entry = msgspec.msgpack.Decoder(Entry).decode
 _decode_op = msgspec.json.Decoder(Op).decode
+_decode_query = msgspec.json.Decoder(dict[str, str | None]).decode
+MAX_CLOCK_LEAD_S = 60.0  # how far ahead of this process's clock a request's `at` may be
 
 
 class Snapshot(msgspec.Struct):
@@ -91,17 +93,21 @@ class LedgerWriter:
         op_name = subject.rsplit(".", 1)[1]
         try:
             if op_name in QUERIES:
-                return reply_ok(QUERIES[op_name](self.state, msgspec.json.decode(data or b"{}")))
+                return reply_ok(QUERIES[op_name](self.state, _decode_query(data or b"{}")))
             if op_name not in WRITES:
                 raise LedgerError(f"unknown ledger operation {op_name!r}")
             op = _decode_op(data)
             if op.kind != op_name:
                 raise LedgerError(f"operation kind {op.kind!r} sent to {op_name!r}")
+            if op.at > time.time() + MAX_CLOCK_LEAD_S:  # it would stop the ledger's clock for good
+                raise LedgerError(f"`at` = {op.at} is in the future; leave it unset")
             return reply_ok(await self.write(op))
         except (RelayError, msgspec.ValidationError, msgspec.DecodeError) as exc:
-            if isinstance(exc, msgspec.ValidationError):
+            if isinstance(exc, msgspec.DecodeError):  # ValidationError is one too
                 exc = LedgerError(f"bad ledger request: {exc}")
             return reply_error(exc)
+        except RecursionError:  # msgspec recurses even into fields it skips
+            return reply_error(LedgerError("bad ledger request: values nested too deeply"))
 
     async def write(self, op: Op) -> dict[str, object]:
         """Decide, append (fenced), reply once stored.
