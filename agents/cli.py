@@ -347,6 +347,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .demo.run import register as register_demo
 
     register_demo(sub)
+    from .console.cli import register as register_console
+
+    register_console(sub)
     return parser
 
 

@@ -55,6 +55,13 @@ class RunRecord(msgspec.Struct, kw_only=True, omit_defaults=True):
             "waiting_for": sorted(self.waits),
         }
 
+    def pending_signals(self) -> list[str]:
+        """The signals a task of this live run waits for (`ctx.wait_signal`, a budget park)
+        that nobody has sent yet."""
+        if self.status in TERMINAL_RUN:
+            return []
+        return sorted(name for name in self.waits if name not in self.signals)
+
 
 _encode = msgspec.json.Encoder().encode
 _decode = msgspec.json.Decoder(RunRecord).decode
@@ -142,3 +149,8 @@ class RunStore:
         keys = sorted(await self.bucket.keys(), reverse=True)[:limit]  # ULIDs sort by time
         records = [await self.get(k) for k in keys]
         return [r for r in records if r is not None]
+
+    async def waiting(self, limit: int = 500) -> list[RunRecord]:
+        """Of the `limit` most recent runs, those waiting for a signal nobody has sent yet
+        (what an approver is asked for), newest first."""
+        return [r for r in await self.recent(limit) if r.pending_signals()]

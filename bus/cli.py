@@ -255,7 +255,10 @@ async def watch(args: argparse.Namespace, settings: Settings) -> int:
 
 async def read_dead_letters(bus: Bus, limit: int) -> list[tuple[int, DeadLetter]]:
     stream = bus.subjects.stream("DLQ")
-    info = await bus.js.stream_info(stream)
+    try:
+        info = await bus.js.stream_info(stream)
+    except nats.js.errors.NotFoundError:
+        return []  # no stack has provisioned the streams yet: nothing was dead-lettered
     out: list[tuple[int, DeadLetter]] = []
     if not info.state.messages:
         return out
@@ -273,20 +276,25 @@ async def read_dead_letters(bus: Bus, limit: int) -> list[tuple[int, DeadLetter]
     return out
 
 
+def dead_letter_row(seq: int, letter: DeadLetter) -> dict[str, Any]:
+    """One dead letter as `dlq list --json` prints it."""
+    return {
+        "id": seq,
+        "agent": letter.agent,
+        "run_id": letter.run_id,
+        "envelope_id": letter.envelope_id,
+        "reason": letter.reason,
+        "attempts": letter.attempts,
+        "time": letter.time,
+        "last_error": msgspec.to_builtins(letter.last_error) if letter.last_error else None,
+    }
+
+
 async def dlq_list(args: argparse.Namespace, settings: Settings) -> int:
     async with Bus(settings, name="relaybus-dlq") as bus:
         letters = await read_dead_letters(bus, args.limit)
     for seq, letter in letters:
-        row = {
-            "id": seq,
-            "agent": letter.agent,
-            "run_id": letter.run_id,
-            "envelope_id": letter.envelope_id,
-            "reason": letter.reason,
-            "attempts": letter.attempts,
-            "time": letter.time,
-            "last_error": msgspec.to_builtins(letter.last_error) if letter.last_error else None,
-        }
+        row = dead_letter_row(seq, letter)
         emit(
             row,
             args.json,
@@ -298,24 +306,33 @@ async def dlq_list(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_OK
 
 
+async def read_dead_letter(bus: Bus, seq: int) -> DeadLetter:
+    """One dead letter by its id (its sequence in the DLQ stream)."""
+    try:
+        raw = await bus.js.get_msg(bus.subjects.stream("DLQ"), seq)
+    except nats.js.errors.NotFoundError:
+        raise RelayError(f"no dead letter with id {seq}; `relaybus dlq list` shows them") from None
+    return dead_letter_decoder.decode(raw.data or b"")
+
+
+async def replay_dead_letter(bus: Bus, seq: int) -> dict[str, Any]:
+    """Put dead letter `seq` back on its subject (run, trace, budget and chain kept), then
+    remove it from the DLQ; returns what `dlq replay --json` prints."""
+    letter = await read_dead_letter(bus, seq)
+    headers = {k: v for k, v in letter.headers.items() if not k.startswith("Nats-")}
+    headers["Nats-Msg-Id"] = f"{letter.envelope_id or 'raw'}:replay:{seq}"
+    headers["Relay-Replay"] = "1"
+    sequence = await bus.publish_bytes(letter.subject, letter.data, headers)
+    await bus.js.delete_msg(bus.subjects.stream("DLQ"), seq)
+    return {"id": seq, "subject": letter.subject, "run_id": letter.run_id, "sequence": sequence}
+
+
 async def dlq_replay(args: argparse.Namespace, settings: Settings) -> int:
     async with Bus(settings, name="relaybus-dlq") as bus:
-        stream = bus.subjects.stream("DLQ")
-        try:
-            raw = await bus.js.get_msg(stream, args.id)
-        except nats.js.errors.NotFoundError:
-            raise RelayError(
-                f"no dead letter with id {args.id}; `relaybus dlq list` shows them"
-            ) from None
-        letter = dead_letter_decoder.decode(raw.data or b"")
-        headers = {k: v for k, v in letter.headers.items() if not k.startswith("Nats-")}
-        headers["Nats-Msg-Id"] = f"{letter.envelope_id or 'raw'}:replay:{args.id}"
-        headers["Relay-Replay"] = "1"
-        seq = await bus.publish_bytes(letter.subject, letter.data, headers)
-        await bus.js.delete_msg(stream, args.id)
+        row = await replay_dead_letter(bus, args.id)
     emit(
-        {"id": args.id, "subject": letter.subject, "run_id": letter.run_id, "sequence": seq},
+        row,
         args.json,
-        f"replayed dead letter {args.id} to {letter.subject} (run {letter.run_id or '-'})",
+        f"replayed dead letter {args.id} to {row['subject']} (run {row['run_id'] or '-'})",
     )
     return EXIT_OK

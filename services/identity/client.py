@@ -24,6 +24,7 @@ from .messages import (
     RoleRecord,
     RootRequest,
     StampRequest,
+    TokenCheck,
     TokenIssue,
     UserAdd,
 )
@@ -97,6 +98,12 @@ class IdentityClient:
 
     async def issue_token(self, user_id: str) -> dict[str, str]:
         return dict(await self.call("token", TokenIssue(user=user_id)))
+
+    async def authenticate(self, token: str, user: str = "") -> str:
+        """The user this API token belongs to; PermissionDenied if it does not authenticate
+        (unknown, wrong, revoked)."""
+        body = await self.call("authenticate", TokenCheck(token=token, user=user))
+        return str(body["user"])
 
     async def revoke(self, kind: str, ident: str, reason: str = "") -> None:
         await self.call("revoke", Revoke(kind=kind, id=ident, reason=reason))

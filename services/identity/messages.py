@@ -62,6 +62,13 @@ class Revoke(msgspec.Struct, kw_only=True):
     reason: str = ""
 
 
+class TokenCheck(msgspec.Struct, kw_only=True):
+    """Whose API token is this (a console login)? Answered with the user, if it authenticates."""
+
+    token: str
+    user: str = ""  # default: the user the token names (`rb_<user>_<id>_<secret>`)
+
+
 class RootRequest(msgspec.Struct, kw_only=True):
     user: str
     token: str

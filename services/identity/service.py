@@ -51,6 +51,7 @@ from .messages import (
     RoleRecord,
     RootRequest,
     StampRequest,
+    TokenCheck,
     TokenIssue,
     UserAdd,
     UserRecord,
@@ -225,6 +226,25 @@ class IdentityService:
         )
         return {"payload": payload, "signature": signature, "stamp": stamp}
 
+    async def authenticate(self, data: bytes) -> Any:
+        """Check a user's API token without issuing anything (the console's login); a refusal
+        is audited."""
+        req = msgspec.json.decode(data, type=TokenCheck)
+        parts = req.token.split("_", 3)
+        user_id = req.user or (parts[1] if len(parts) == 4 else "")
+        try:
+            user = await self._authenticate(user_id, req.token)
+        except RelayError as exc:
+            await self.audit(
+                "user/authenticate",
+                "deny",
+                user_id or "unknown",
+                f"user:{user_id}",
+                reason=str(exc),
+            )
+            raise
+        return {"user": user.id, "roles": user.roles}
+
     async def _authenticate(self, user_id: str, token: str) -> UserRecord:
         user = await self.registry.user(user_id)
         parts = token.split("_", 3)
@@ -344,6 +364,7 @@ class IdentityService:
         "revoke": revoke,
         "pubkey": public_key,
         "root": root,
+        "authenticate": authenticate,
     }
 
 

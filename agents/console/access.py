@@ -1,0 +1,112 @@
+"""Who is looking: the local operator (console bound to loopback, no token) or a user whose API
+token the identity service verified. A user sees only runs whose principal is that user.
+
+    RelayError
+     └── ConsoleError           carries the HTTP status it answers with
+          ├── Unauthorized      401: a token is needed, or the one given did not authenticate
+          ├── NotFound          404: no such run / dead letter, or not one this viewer may see
+          └── Conflict          409: the run does not wait for that signal (any more)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import time
+from dataclasses import dataclass
+
+from bus import Bus, ConnectionFailed, PermissionDenied, RelayError
+from services.identity.client import IdentityClient
+
+COOKIE = "relaybus_token"
+TOKEN_TTL_S = 15.0  # a revoked token stops working within this long
+
+
+class ConsoleError(RelayError):
+    """A request the console refuses; `status` is its HTTP status."""
+
+    status = 400
+
+
+class Unauthorized(ConsoleError):
+    """No token where one is needed, or a token the identity service did not accept."""
+
+    status = 401
+
+
+class NotFound(ConsoleError):
+    """No such run or dead letter — or one of another tenant, which looks the same."""
+
+    status = 404
+
+
+class Conflict(ConsoleError):
+    """The action does not fit the run's state (e.g. it waits for no such signal)."""
+
+    status = 409
+
+
+def is_loopback(host: str) -> bool:
+    """Only this machine can reach `host` (127.0.0.0/8, ::1, localhost)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+@dataclass(frozen=True)
+class Viewer:
+    """`user` None: the local operator, who sees everything."""
+
+    user: str | None = None
+
+    @property
+    def actor(self) -> str:
+        return f"user:{self.user}" if self.user else "console:operator"
+
+    def sees(self, owner: str) -> bool:
+        """May this viewer see a run whose principal is `owner` (`user:ID`)?"""
+        return self.user is None or owner == f"user:{self.user}"
+
+
+OPERATOR = Viewer()
+
+
+class Gate:
+    """Turns a request's token into a Viewer. Bound to loopback, no token means the operator;
+    anywhere else a token is required. Verified tokens are remembered for TOKEN_TTL_S."""
+
+    def __init__(self, bus: Bus, host: str) -> None:
+        self.bus = bus
+        self.local = is_loopback(host)
+        self._known: dict[str, tuple[str, float]] = {}
+
+    async def viewer(self, token: str | None) -> Viewer:
+        if not token:
+            if self.local:
+                return OPERATOR
+            raise Unauthorized(
+                "this console is not bound to loopback: sign in with a user token "
+                "(`relaybus identity user token USER`), as `Authorization: Bearer TOKEN` or on the page"
+            )
+        return Viewer(user=await self.user_of(token))
+
+    async def user_of(self, token: str) -> str:
+        key = hashlib.sha256(token.encode()).hexdigest()
+        found = self._known.get(key)
+        now = time.monotonic()
+        if found is not None and found[1] > now:
+            return found[0]
+        try:
+            user = await IdentityClient(self.bus).authenticate(token)
+        except PermissionDenied as exc:
+            self._known.pop(key, None)
+            raise Unauthorized(f"the token was refused: {exc}") from None
+        except ConnectionFailed as exc:
+            raise ConnectionFailed(f"cannot check the token: {exc}") from None
+        if len(self._known) > 1000:
+            self._known.clear()
+        self._known[key] = (user, now + TOKEN_TTL_S)
+        return user

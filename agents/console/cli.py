@@ -1,0 +1,72 @@
+"""`relaybus console [--host 127.0.0.1] [--port 8080]`: serve the web console with uvicorn."""
+
+from __future__ import annotations
+
+import argparse
+import socket
+from typing import Any
+
+from bus import Bus, RelayError, Settings
+from bus.runtime import EXIT_OK
+
+from .access import is_loopback
+
+CONSOLE_TIMEOUT_S = 3.0  # a service that does not answer makes a page say so, not hang
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """A listening socket (bound before uvicorn starts, so the printed port is the real one)."""
+    if not 0 <= port <= 65535:
+        raise RelayError(f"--port {port} is not a port: use 0-65535 (0: any free port)")
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        return socket.create_server((host, port), family=family, backlog=128)
+    except OSError as exc:
+        raise RelayError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+
+
+async def console(args: argparse.Namespace, settings: Settings) -> int:
+    import uvicorn
+
+    from .app import create_app
+
+    sock = listen(args.host, args.port)
+    port = sock.getsockname()[1]
+    shown = f"[{args.host}]" if ":" in args.host else args.host
+    url = f"http://{shown}:{port}"
+
+    def ready() -> None:
+        access = (
+            "local operator, no token needed"
+            if is_loopback(args.host)
+            else "sign in with a user token"
+        )
+        print(f"relaybus console at {url} ({access}) — RELAYBUS_CONSOLE_URL={url}", flush=True)
+
+    quick = settings.model_copy(
+        update={"request_timeout_s": min(settings.request_timeout_s, CONSOLE_TIMEOUT_S)}
+    )
+    with sock:
+        async with Bus(quick, name="relaybus-console") as bus:
+            config = uvicorn.Config(
+                create_app(bus, args.host, ready),
+                log_config=None,
+                log_level="warning",
+                access_log=False,
+                timeout_graceful_shutdown=1,
+            )
+            await uvicorn.Server(config).serve(sockets=[sock])
+    return EXIT_OK
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser(
+        "console", help="a web console: live handoffs, run graphs, costs, dead letters, approvals"
+    )
+    p.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="where to listen (default 127.0.0.1; anywhere else needs user tokens)",
+    )
+    p.add_argument("--port", type=int, default=8080, help="0: any free port (printed)")
+    p.set_defaults(func=console)

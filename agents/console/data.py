@@ -1,0 +1,225 @@
+"""What the console reads, through the same code the CLI uses: run records (`relaybus runs`),
+the events stream (`watch`), a run's tree and chain (`trace`, `identity chain`), the ledger
+(`ledger levels` / `statement`) and dead letters (`dlq list`). Every read is cut down to what
+the viewer may see: a user sees only runs whose principal is that user."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+from bus import Bus, Event, RelayError
+from bus import cli as bus_cli
+from bus.feed import EventFeed
+from bus.subjects import check_name
+from services.ledger.client import LedgerClient
+
+from .. import runtree
+from ..observe import chain_of, ledger_run_cost
+from ..runs import RunRecord, RunStore
+from ..submit import run_store
+from .access import NotFound, Viewer
+from .graph import run_graph
+
+RECENT_RUNS = 500  # how far back the runs, approvals and costs pages look
+KEEPALIVE_S = 15.0
+
+
+def event_row(event: Event) -> dict[str, Any]:
+    """One event as `watch --json` prints it, without the (possibly large) result body."""
+    row = bus_cli.event_json(event)
+    row.pop("result", None)
+    return row
+
+
+class ConsoleData:
+    def __init__(self, bus: Bus) -> None:
+        self.bus = bus
+        self._store: RunStore | None = None
+        self._owners: dict[str, str] = {}  # run → principal (`user:ID`); it never changes
+
+    async def store(self) -> RunStore:
+        if self._store is None:
+            self._store = await run_store(self.bus)
+        return self._store
+
+    async def owner_of(self, run_id: str) -> str:
+        """The run's principal as its record names it (`user:ID`), '' if it has no record."""
+        owner = self._owners.get(run_id)
+        if owner is None:
+            record = await (await self.store()).get(run_id) if run_id else None
+            if record is None:
+                return ""
+            owner = self._owners[run_id] = record.submitted_by
+        return owner
+
+    async def record(self, viewer: Viewer, run_id: str) -> RunRecord:
+        """The run's record, if this viewer may see it; NotFound (the same either way) if not."""
+        try:
+            check_name("run", run_id)
+        except RelayError:
+            raise NotFound(f"{run_id!r} is not a run id") from None
+        record = await (await self.store()).get(run_id)
+        if record is None or not viewer.sees(record.submitted_by):
+            raise NotFound(f"no run {run_id}")
+        return record
+
+    async def runs(self, viewer: Viewer, limit: int) -> list[dict[str, Any]]:
+        records = await (await self.store()).recent(RECENT_RUNS if viewer.user else limit)
+        rows = []
+        for record in records:
+            if viewer.sees(record.submitted_by):
+                rows.append({**record.summary(), "submitted_by": record.submitted_by})
+        return rows[:limit]
+
+    async def run_view(self, viewer: Viewer, run_id: str) -> dict[str, Any]:
+        """The run page: record, graph, timeline, chain, cost checked against the ledger."""
+        try:
+            record: RunRecord | None = await self.record(viewer, run_id)
+        except NotFound:
+            if viewer.user is not None or not check_name_ok(run_id):
+                raise
+            record = None  # the operator may look at a run published without `submit`
+        async with EventFeed(self.bus, run_id, replay=True) as feed:
+            events = await feed.stored(first_timeout_s=0.5)
+        if record is None and not events:
+            raise NotFound(f"no run {run_id}")
+        tree = runtree.build(run_id, events)
+        tree.chain = await chain_of(self.bus, run_id)
+        tree.ledger_cost = await ledger_run_cost(self.bus, run_id)
+        summary = tree.as_json()
+        del summary["tasks"]
+        return {
+            "run": {**record.summary(), "submitted_by": record.submitted_by}
+            if record
+            else {"run_id": run_id, "status": tree.status, "agent": ""},
+            "pending": record.pending_signals() if record else [],
+            "trace": summary,
+            "graph": run_graph(tree),
+            "events": [event_row(e) for e in sorted(events, key=lambda e: e.time)],
+        }
+
+    async def approvals(self, viewer: Viewer) -> list[dict[str, Any]]:
+        """Every signal a live run waits for and nobody has sent yet."""
+        rows = []
+        for record in await (await self.store()).waiting(RECENT_RUNS):
+            if not viewer.sees(record.submitted_by):
+                continue
+            for name in record.pending_signals():
+                waiter = record.waits[name]
+                rows.append(
+                    {
+                        "run_id": record.run_id,
+                        "signal": name,
+                        "agent": waiter.agent,
+                        "task_id": waiter.task_id,
+                        "run_agent": record.agent,
+                        "submitted_by": record.submitted_by,
+                        "started": record.started,
+                        "status": record.status,
+                    }
+                )
+        return rows
+
+    async def costs(self, viewer: Viewer) -> dict[str, Any]:
+        """Budget levels (spent / held / remaining), every charge with its user, agent, model
+        and tool (for the chart), and spend alerts — the viewer's own when a user."""
+        ledger = LedgerClient(self.bus)
+        levels = list(await ledger.query("levels"))
+        if viewer.user is not None:
+            own = {
+                r.run_id
+                for r in await (await self.store()).recent(RECENT_RUNS)
+                if viewer.sees(r.submitted_by)
+            }
+            levels = [row for row in levels if _level_is_own(row["level"], viewer.user, own)]
+            users = [viewer.user]
+        else:
+            users = sorted(
+                {
+                    row["level"].split("@", 1)[0].removeprefix("user:")
+                    for row in levels
+                    if row["level"].startswith("user:")
+                }
+            )
+        lines = []
+        for user in users:
+            statement = await ledger.query("statement", user=user, period="")
+            lines += [_line(user, line) for line in statement["lines"]]
+        lines.sort(key=lambda line: line["time"])
+        return {
+            "levels": levels,
+            "lines": lines,
+            "total": sum(line["amount"] for line in lines),
+            "alerts": await self._alerts(viewer),
+        }
+
+    async def _alerts(self, viewer: Viewer) -> list[dict[str, Any]]:
+        async with EventFeed(self.bus, kind="alert", replay=True) as feed:
+            events = await feed.stored(first_timeout_s=0.3)
+        return [event_row(e) for e in events if await self.visible(viewer, e.run_id)]
+
+    async def visible(self, viewer: Viewer, run_id: str) -> bool:
+        return viewer.user is None or viewer.sees(await self.owner_of(run_id))
+
+    async def dead_letters(self, viewer: Viewer, limit: int = 200) -> list[dict[str, Any]]:
+        letters = await bus_cli.read_dead_letters(self.bus, limit)
+        return [
+            bus_cli.dead_letter_row(seq, letter)
+            for seq, letter in letters
+            if await self.visible(viewer, letter.run_id)
+        ]
+
+    async def events(
+        self,
+        viewer: Viewer,
+        *,
+        run: str | None = None,
+        agent: str | None = None,
+        status: str | None = None,
+        since: float | None = None,
+    ) -> AsyncIterator[dict[str, Any] | None]:
+        """Live events (a run's from its start; otherwise those since `since`), filtered; yields
+        None every KEEPALIVE_S without one. Call `record` first to refuse a bad run id early."""
+        async with EventFeed(
+            self.bus, run, replay=run is not None, since=None if run else since
+        ) as feed:
+            while True:
+                event = await feed.next(KEEPALIVE_S)
+                if event is None:
+                    yield None
+                    continue
+                if agent and agent not in (event.sender, event.recipient):
+                    continue
+                row = event_row(event)
+                if status and row["status"] != status:
+                    continue
+                if await self.visible(viewer, event.run_id):
+                    yield row
+
+
+def check_name_ok(run_id: str) -> bool:
+    try:
+        check_name("run", run_id)
+    except RelayError:
+        return False
+    return True
+
+
+def _level_is_own(level: str, user: str, runs: set[str]) -> bool:
+    base = level.split("@", 1)[0]
+    return base == f"user:{user}" or (base.startswith("run:") and base[4:] in runs)
+
+
+def _line(user: str, line: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "time": line["time"],
+        "amount": line["amount"],
+        "kind": line["kind"],
+        "category": line.get("category", ""),
+        "user": user,
+        "agent": line.get("agent", ""),
+        "model": line.get("model", ""),
+        "tool": line.get("tool", ""),
+        "run": line.get("run", ""),
+    }
