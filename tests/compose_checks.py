@@ -136,7 +136,8 @@ def parse_nats_conf(text: str) -> dict[str, Any]:
             raise ValueError(f"line {lineno}: cannot read {raw!r}")
         key, value = m[1], m[2].strip()
         if value == "{":
-            stack[-1][key] = block = {}
+            block: dict[str, Any] = {}
+            stack[-1][key] = block
             stack.append(block)
         elif value.startswith("["):
             items = [_conf_value(v) for v in re.split(r"[,\s]+", value[1:].rstrip("]")) if v]
@@ -271,11 +272,13 @@ def check_nats(d: Deployment) -> None:
             d.problem(f"{source}: JetStream store_dir {store!r} is not on a volume of {name}")
         for inc in conf.get("include", []):
             path = str(PurePosixPath(target).parent / inc)
-            if d.mounted_file(name, str(PurePosixPath(path))) is None:
+            if d.mounted_file(name, path) is None:
                 d.problem(f"{source}: include {inc} is not mounted at {path} in {name}")
         health = " ".join(d.services[name].get("healthcheck", {}).get("test", []))
         if f":{port_of(conf.get('http', 0))}/healthz" not in health:
             d.problem(f"{name}: the healthcheck does not ask the monitoring port of {source}")
+    for name in d.of_image("natsio/nats-box"):
+        check_nats_url(d, name, environment(d.services[name]).get("NATS_URL"))
     clusters = {str(c.get("cluster", {}).get("name")) for c in d.nats.values()}
     if len(clusters) != 1:
         d.problem(f"the NATS nodes name different clusters: {sorted(clusters)}")
@@ -285,7 +288,9 @@ def check_nats(d: Deployment) -> None:
             parts = urlsplit(str(route))
             routes.add((parts.hostname, parts.port))
         want = {
-            (other, port_of(c["cluster"]["listen"])) for other, c in d.nats.items() if other != name
+            (other, port_of(c.get("cluster", {}).get("listen", 6222)))
+            for other, c in d.nats.items()
+            if other != name
         }
         if routes != want:
             d.problem(

@@ -215,17 +215,9 @@ async def test_the_three_nodes_form_a_jetstream_cluster_with_r3_streams(tmp_path
         urls = ",".join(f"nats://svc:{password}@127.0.0.1:{port}" for _, port in copies.values())
         settings = Settings.from_env(env, nats_url=urls, home=str(tmp_path / "home"))
         assert settings.stream_replicas == 3
-        # When the bus provisions the relaybus topology (after the meta leader is elected)
+        # When the bus provisions the relaybus topology (ensure waits for the meta leader)
         async with Bus(settings, name="compose-test") as bus:
-            topology = default_topology(bus.subjects, settings.stream_replicas)
-            for attempt in range(80):  # bounded: the routes connect, then a meta leader is elected
-                try:
-                    await ensure(bus, topology)
-                    break
-                except Exception:
-                    if attempt == 79:
-                        raise
-                    await asyncio.sleep(0.25)
+            await ensure(bus, default_topology(bus.subjects, settings.stream_replicas))
             # Then every stream and bucket has three replicas, one on each node of the file
             for name in ("RELAY_TASKS", "RELAY_LEDGER", "RELAY_AUDIT", "KV_relay_journal"):
                 info = await bus.js.stream_info(name)
