@@ -126,7 +126,9 @@ def test_a_mutated_copy_is_caught(file: str, old: str, new: str, finding: str) -
 def test_the_node_configs_are_valid_for_nats_server() -> None:
     binary = find_binary()
     for conf in sorted((COMPOSE_DIR / "nats").glob("nats*.conf")):
-        out = subprocess.run([binary, "-t", "-c", str(conf)], capture_output=True, text=True)
+        out = subprocess.run(
+            [binary, "-t", "-c", str(conf)], capture_output=True, text=True, timeout=30
+        )
         assert out.returncode == 0, out.stderr + out.stdout
 
 
@@ -139,7 +141,10 @@ def _loopback_copies(tmp_path: Path, admin_password: str) -> dict[str, tuple[Pat
     nodes = {
         n: s for n, s in compose["services"].items() if s.get("command", [""])[0] == "nats-server"
     }
-    confs = {n: f"nats/{n}.conf" for n in nodes}
+    confs = {}
+    for name, svc in nodes.items():  # the file compose mounts where --config points
+        target = svc["command"][svc["command"].index("--config") + 1]
+        confs[name] = next(v[2:].split(":")[0] for v in svc["volumes"] if f":{target}" in v)
     parsed = {n: parse_nats_conf(texts[path]) for n, path in confs.items()}
     ports = {n: {"client": free_port(), "cluster": free_port(), "http": free_port()} for n in nodes}
     block = authorization_block(Subjects("relay"), [], {"svc": admin_password})
