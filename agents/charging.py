@@ -7,6 +7,8 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import msgspec
+
 from bus import Bus, RateLimited, Retry
 from bus.envelope import derived_id
 from services.ledger.client import LedgerClient
@@ -19,13 +21,27 @@ if TYPE_CHECKING:
     from .context import Context
 
 
+class PendingCapture(msgspec.Struct, kw_only=True, frozen=True):
+    """A capture owed to the ledger for work that already ran. It is journaled with the work's
+    result before it is sent, so a crash or a ledger outage in between never runs the work
+    again: the replay sends the same (idempotent) capture instead."""
+
+    op_id: str
+    hold_id: str
+    amount: int
+    currency: str
+    tokens: int = 0
+    tags: dict[str, str] = {}
+
+
 @dataclass
 class Bill:
-    """An LLM call's usage, filled in by the caller; `cost` by the ledger charge."""
+    """A costed call's usage, filled in by the caller; `cost` and `pending` by the charge."""
 
     input_tokens: int = 0
     output_tokens: int = 0
     cost: int = 0
+    pending: PendingCapture | None = None
 
 
 class Costs:
@@ -84,21 +100,35 @@ class Costs:
         rows = await self.ledger.query("levels", level=f"run:{run_id}")
         return sum(int(row["spent"]) for row in rows if row["level"] == f"run:{run_id}")
 
+    async def capture(self, pending: PendingCapture) -> None:
+        """Send a journaled capture (idempotent by its op id: a resend changes nothing)."""
+        assert self.ledger is not None
+        await self.ledger.capture(
+            pending.op_id,
+            pending.hold_id,
+            pending.amount,
+            currency=pending.currency,
+            tokens=pending.tokens,
+            tags=pending.tags,
+        )
+
     @contextlib.asynccontextmanager
-    async def charge(self, ctx: Context, tool: Any, seq: int) -> AsyncIterator[None]:
-        """Hold a costed tool's price at every budget level before it runs, capture it after,
-        void it if the tool fails. Ids derive from the task and step, so a replay or retry
-        reuses the same hold and is never charged twice."""
+    async def charge(self, ctx: Context, tool: Any, seq: int) -> AsyncIterator[Bill]:
+        """Hold a costed tool's price at every budget level before it runs, void it if the
+        tool fails; on success the bill carries the capture the caller journals, then sends.
+        Ids derive from the task and step, so a replay or retry reuses the same hold and is
+        never charged twice."""
+        bill = Bill()
         cost = self.prices.tool(tool.name, tool.cost)
         if self.ledger is None or not cost:
-            yield
+            yield bill
             return
         user = ctx.principal.removeprefix("user:")
         if self.bus.settings.ledger_lease:
             lease = self.lease(ctx, user, tool.name)
             hold = await lease.spend(cost)
             try:
-                yield
+                yield bill
             except BaseException:
                 lease.unspend(cost, hold)
                 raise
@@ -110,14 +140,15 @@ class Costs:
         currency = self.bus.settings.ledger_currency
         await self._hold(hold_id, user, f"tool:{tool.name}", cost, levels, tags)
         try:
-            yield
+            yield bill
         except BaseException:
             await self._void(ctx, seq, derived_id(ctx.task_id, "void", key), hold_id, tags)
             raise
-        await self.ledger.capture(
-            derived_id(ctx.task_id, "capture", key),
-            hold_id,
-            cost,
+        bill.cost = cost
+        bill.pending = PendingCapture(
+            op_id=derived_id(ctx.task_id, "capture", key),
+            hold_id=hold_id,
+            amount=cost,
             currency=currency,
             tags=tags,
         )
@@ -147,10 +178,10 @@ class Costs:
             await self._void(ctx, seq, derived_id(ctx.task_id, "llm-void", key), hold_id, tags)
             raise
         bill.cost = min(held, self.prices.chat(model, bill.input_tokens, bill.output_tokens))
-        await self.ledger.capture(
-            derived_id(ctx.task_id, "llm-capture", key),
-            hold_id,
-            bill.cost,
+        bill.pending = PendingCapture(
+            op_id=derived_id(ctx.task_id, "llm-capture", key),
+            hold_id=hold_id,
+            amount=bill.cost,
             currency=currency,
             tokens=bill.input_tokens + bill.output_tokens,
             tags=tags,

@@ -40,6 +40,7 @@ from services.identity.chain import ChainView, decode_body
 from services.identity.messages import AuditRecord
 
 from .base import encode_result
+from .charging import PendingCapture
 from .errors import ChildFailed, GatherTimeout, LimitExceeded, rebuild
 from .journal import Journal, JournalDivergence, Op, Wait
 from .llm import ChatResult
@@ -210,9 +211,31 @@ class Context:
         return msgspec.json.decode(op.result) if op.result else None
 
     def _record(
-        self, seq: int, kind: str, name: str, result: bytes = b"", error: ErrorInfo | None = None
+        self,
+        seq: int,
+        kind: str,
+        name: str,
+        result: bytes = b"",
+        error: ErrorInfo | None = None,
+        settle: PendingCapture | None = None,
     ) -> None:
-        self._pending_ops.append(Op(seq=seq, kind=kind, name=name, result=result, error=error))
+        owed = msgspec.json.encode(settle) if settle is not None else b""
+        self._pending_ops.append(
+            Op(seq=seq, kind=kind, name=name, result=result, error=error, settle=owed)
+        )
+
+    async def _settle(self, seq: int, owed: PendingCapture | bytes) -> None:
+        """Send the capture journaled with op `seq`, then strike it from the journal."""
+        if isinstance(owed, bytes):
+            owed = msgspec.json.decode(owed, type=PendingCapture)
+        await self._worker.costs.capture(owed)
+
+        def settled(journal: Journal) -> None:
+            for i, op in enumerate(journal.ops):
+                if op.seq == seq and op.settle:
+                    journal.ops[i] = msgspec.structs.replace(op, settle=b"")
+
+        await self._mutate(settled)
 
     async def _flush(self) -> None:
         """Publish pending child tasks and handoffs, then commit pending ops in one CAS write.
@@ -306,6 +329,8 @@ class Context:
         args = tool.validate({**(arguments or {}), **kwargs})
         seq, op = self._next("tool", tool.name)
         if op is not None:
+            if op.settle:
+                await self._settle(seq, op.settle)
             return self._replay(op)
         await self._flush()
         try:
@@ -321,7 +346,7 @@ class Context:
         self._tool_seq = seq
         started = time.perf_counter()
         try:
-            async with self._worker.costs.charge(self, tool, seq):
+            async with self._worker.costs.charge(self, tool, seq) as bill:
                 try:
                     with tracing.TRACER.start_as_current_span(
                         f"execute_tool {tool.name}",
@@ -359,8 +384,10 @@ class Context:
         metrics.TOOL_DURATION.record(elapsed, {"gen_ai.tool.name": tool.name, "outcome": "ok"})
         self._timings[seq] = (elapsed * 1000, cost)
         body = encode_result(value)
-        self._record(seq, "tool", tool.name, body)
+        self._record(seq, "tool", tool.name, body, settle=bill.pending)
         await self._flush()
+        if bill.pending is not None:
+            await self._settle(seq, bill.pending)
         return msgspec.json.decode(body)
 
     async def _journal_refusal(self, seq: int, tool: Tool, exc: RelayError) -> NoReturn:
@@ -389,6 +416,8 @@ class Context:
         model = model or client.model
         seq, op = self._next("llm", model)
         if op is not None:
+            if op.settle:
+                await self._settle(seq, op.settle)
             return msgspec.json.decode(op.result, type=ChatResult)
         await self._flush()
         estimate = sum(len(str(m.get("content") or "")) for m in messages) // 3 + 16
@@ -425,8 +454,10 @@ class Context:
                 error=ErrorInfo.from_exception(exc),
             )
             raise
-        self._record(seq, "llm", model, msgspec.json.encode(result))
+        self._record(seq, "llm", model, msgspec.json.encode(result), settle=bill.pending)
         await self._flush()
+        if bill.pending is not None:
+            await self._settle(seq, bill.pending)
         await self._worker.emit_event(
             self.envelope,
             "llm",

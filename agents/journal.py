@@ -37,6 +37,7 @@ class Op(msgspec.Struct, kw_only=True, omit_defaults=True):
     name: str
     result: bytes = b""
     error: ErrorInfo | None = None
+    settle: bytes = b""  # a ledger capture still owed for this op (JSON), cleared once captured
 
 
 class Outcome(msgspec.Struct, kw_only=True, omit_defaults=True):
