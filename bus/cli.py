@@ -16,7 +16,7 @@ from nats.js import api
 
 from .client import Bus
 from .errors import RelayError
-from .events import DeadLetter, Event, dead_letter_decoder
+from .events import DeadLetter, Event, dead_letter_decoder, event_encoder
 from .feed import EventFeed
 from .runtime import EXIT_ERROR, EXIT_OK
 from .settings import Settings
@@ -225,12 +225,11 @@ def event_line(event: Event) -> str:
 
 
 def event_json(event: Event) -> dict[str, Any]:
-    out: dict[str, Any] = msgspec.to_builtins(event)
+    # through JSON: `to_builtins` refuses the msgspec.Raw result a completed event carries
+    out: dict[str, Any] = msgspec.json.decode(event_encoder.encode(event))
     out.setdefault("from", "")
     out.setdefault("to", "")
     out["status"] = event_status(event)
-    if len(event.result):
-        out["result"] = msgspec.json.decode(event.result)
     return out
 
 

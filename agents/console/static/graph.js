@@ -3,7 +3,7 @@
 "use strict";
 
 (function (RB) {
-  const NODE_W = 184, NODE_H = 64, COL_W = 370, ROW_H = 118, PAD = 34;
+  const NODE_W = 184, NODE_H = 64, COL_W = 360, ROW_H = 118, PAD = 34;
   const STROKE = {
     completed: "#15803d", "handed off": "#15803d", ok: "#15803d", returned: "#15803d",
     failed: "#dc2626", "dead-lettered": "#dc2626", cancelled: "#dc2626",
@@ -30,7 +30,7 @@
       const top = PAD + 24 + ((tallest - column.length) * ROW_H) / 2;
       column.forEach((node, i) => at.set(node.id, { x: PAD + col * COL_W, y: top + i * ROW_H, col }));
     });
-    return { at, width: PAD * 2 + (depths.length - 1) * COL_W + NODE_W, height: PAD * 2 + 24 + tallest * ROW_H + 40 };
+    return { at, width: PAD * 2 + (depths.length - 1) * COL_W + NODE_W, height: PAD * 2 + 24 + (tallest - 1) * ROW_H + NODE_H };
   }
 
   function markers(defs) {
@@ -66,7 +66,9 @@
     const x1 = a.x + NODE_W, y1 = a.y + NODE_H / 2 + offset, x2 = b.x - 2, y2 = b.y + NODE_H / 2 + offset;
     const bend = (x2 - x1) * 0.45;
     const c1 = { x: x1 + bend, y: y1 }, c2 = { x: x2 - bend, y: y2 };
-    const mid = { x: (x1 + 3 * c1.x + 3 * c2.x + x2) / 8, y: (y1 + 3 * c1.y + 3 * c2.y + y2) / 8 };
+    // the label sits past the middle, where edges leaving one node have spread apart
+    const t = 0.6, u = 1 - t, w = [u * u * u, 3 * u * u * t, 3 * u * t * t, t * t * t];
+    const mid = { x: w[0] * x1 + w[1] * c1.x + w[2] * c2.x + w[3] * x2, y: w[0] * y1 + w[1] * c1.y + w[2] * c2.y + w[3] * y2 };
     return { d: `M${x1},${y1} C${c1.x},${c1.y} ${c2.x},${c2.y} ${x2},${y2}`, mid };
   }
 
@@ -97,7 +99,8 @@
     const status = isUser ? "user" : node.denied && node.status !== "failed" ? "denied" : node.status;
     const stroke = STROKE[status] || "#64748b";
     const name = isUser ? node.id.replace(/^user:/, "") : node.id;
-    const sub1 = isUser ? "user · submitted the run" : `${node.tasks} task${node.tasks === 1 ? "" : "s"} · ${RB.fmtCost(node.cost)}`;
+    const sub1 = isUser ? "user · submitted the run"
+      : `${node.tasks} task${node.tasks === 1 ? "" : "s"}${node.cost ? " · " + RB.fmtCost(node.cost) : ""}`;
     const sub2 = isUser ? "" : node.attempts > node.tasks ? `${node.status} · ${node.attempts} attempts` : node.status;
     const g = s("g", { class: `g-node ${status}`, "data-agent": node.id, "data-status": node.status,
       transform: `translate(${p.x},${p.y})` },
@@ -105,7 +108,7 @@
         stroke, style: `fill:${FILL[status] || "#fff"}` }),
       isUser ? null : s("rect", { x: 0, y: 0, width: 7, height: NODE_H, rx: 3, fill: stroke }),
       s("text", { class: "name", x: isUser ? NODE_W / 2 : 18, y: 24, "text-anchor": isUser ? "middle" : "start" },
-        isUser ? `👤 ${name}` : name),
+        name),
       s("text", { class: "sub", x: isUser ? NODE_W / 2 : 18, y: 42, "text-anchor": isUser ? "middle" : "start" }, sub1),
       sub2 ? s("text", { class: "sub", x: 18, y: 57, fill: stroke }, sub2) : null,
       node.denied ? s("g", { transform: `translate(${NODE_W - 62},-10)` },
@@ -118,7 +121,10 @@
   // draws into `holder`; `onSelect(kind, item)` when a node or edge is clicked
   RB.drawGraph = (holder, graph, onSelect, selectedId) => {
     holder.replaceChildren();
-    const { at, width, height } = layout(graph.nodes);
+    const { at, width } = layout(graph.nodes);
+    const col = (id) => (at.get(id) || { col: 0 }).col;
+    const loops = graph.edges.some((e) => e.from === e.to || col(e.to) <= col(e.from));
+    const height = layout(graph.nodes).height + (loops ? 110 : 0);
     const svg = s("svg", { id: "run-graph", width, height, viewBox: `0 0 ${width} ${height}`,
       role: "img", "aria-label": "run graph" });
     const defs = s("defs");

@@ -85,7 +85,12 @@
   };
 
   // -- one run ----------------------------------------------------------------------------
-  function taskCard(task) {
+  function chainBox(chain) {
+    return chain.length ? h("div", { class: "chain" }, h("b", {}, "delegation chain"),
+      chain.map((link) => h("div", { class: "mono" }, link))) : null;
+  }
+
+  function taskCard(task, shownChain) {
     return h("div", { class: "task", "data-task": task.task_id },
       h("div", { class: "head" }, h("b", {}, `${task.agent} [${task.via}]`), RB.pill(task.status)),
       h("div", { class: "muted" }, `from ${task.from} · took ${RB.fmtMs(task.duration_ms)} · queued ${RB.fmtMs(task.queued_ms)} · ` +
@@ -94,22 +99,22 @@
         `${c.kind} ${c.name} · ${RB.fmtMs(c.latency_ms)}${c.cost ? " · " + RB.fmtCost(c.cost) : ""}` +
         `${c.input_tokens || c.output_tokens ? ` · tokens ${c.input_tokens}/${c.output_tokens}` : ""}${c.error ? " · " + c.error : ""}`))) : null,
       task.errors.length ? h("ul", {}, task.errors.map((e) => h("li", { class: e.startsWith("denied") ? "deny" : "err" }, e))) : null,
-      task.chain.length ? h("div", { class: "chain" }, h("b", {}, "delegation chain"),
-        task.chain.map((link) => h("div", { class: "mono" }, link))) : null);
+      JSON.stringify(task.chain) === JSON.stringify(shownChain) ? null : chainBox(task.chain));
   }
 
-  function details(side, kind, item) {
-    side.replaceChildren();
+  function details(holder, kind, item) {
+    holder.replaceChildren();
+    const side = { append: (...parts) => holder.append(...parts.flat(Infinity).filter(Boolean)) };
     if (kind === "edge") {
       const via = item.fan_out ? `fan-out ×${item.count}` : `${item.via}${item.count > 1 ? " ×" + item.count : ""}`;
       side.append(h("h3", {}, `${item.from} → ${item.to} · ${via}`),
         h("p", { class: "muted" }, `${RB.fmtMs(item.duration_ms)} · ${item.attempts} attempt(s) · ${RB.fmtCost(item.cost)}`),
-        item.tasks.map(taskCard));
+        chainBox(item.chain), item.tasks.map((task) => taskCard(task, item.chain)));
     } else {
       side.append(h("h3", {}, item.id),
         h("p", { class: "muted" }, `${item.tasks} task(s) · ${item.attempts} attempt(s) · ${RB.fmtCost(item.cost)} · ${item.status}`),
         item.errors.length ? h("ul", {}, item.errors.map((e) => h("li", { class: "err" }, e))) : null,
-        RB.currentRun ? RB.currentRun.graph.tasks.filter((t) => t.agent === item.id).map(taskCard) : null);
+        RB.currentRun ? RB.currentRun.graph.tasks.filter((t) => t.agent === item.id).map((task) => taskCard(task, null)) : null);
     }
   }
 
@@ -153,11 +158,12 @@
         h("div", { class: "facts" },
           [["agent", run.agent || "–"], ["user", run.submitted_by || "–"], ["started", RB.fmtDate(run.started || trace.started)],
             ["duration", RB.fmtMs(trace.duration_ms)], ["cost", `${RB.fmtCost(trace.cost)} (${trace.cost_check})`],
-            ["steps", trace.steps], ["attempts", trace.attempts], ["tokens", `${trace.input_tokens} in / ${trace.output_tokens} out`]]
+            ["steps", trace.steps], ["attempts", trace.attempts],
+            ["tokens", trace.input_tokens || trace.output_tokens ? `${trace.input_tokens} in / ${trace.output_tokens} out` : "–"]]
             .map(([k, v]) => h("div", {}, h("span", {}, k), h("b", {}, String(v))))),
         view.pending.length ? h("div", { class: "card", id: "run-pending" }, h("h2", {}, "Waiting for a decision"),
-          view.pending.map((name) => h("div", {}, h("b", { class: "mono" }, name), "  ", decisionButtons(run.run_id, name, refresh)))) : null,
-        run.error ? h("div", { class: "error-box" }, run.error) : null);
+          view.pending.map((name) => h("div", {}, h("b", { class: "mono" }, name), "  ", decisionButtons(run.run_id, name, refresh)))) : "",
+        run.error ? h("div", { class: "error-box" }, run.error) : "");
       RB.drawGraph(graphBox, view.graph, (kind, item) => { selected = item.id; details(side, kind, item); }, selected);
       RB.drawTimeline(timeline, view.graph.tasks, trace.started, trace.ended);
       events.replaceChildren(...view.events.map((e) => h("tr", { class: `event ${e.status}`, "data-kind": e.kind },
@@ -242,7 +248,7 @@
       const rows = await RB.api("/api/approvals");
       body.replaceChildren(...(rows.length ? rows.map((a) => h("tr", { class: "approval", "data-run": a.run_id, "data-signal": a.signal },
         h("td", {}, RB.runLink(a.run_id)), h("td", { class: "mono" }, a.signal), h("td", {}, a.agent), h("td", {}, a.run_agent),
-        h("td", {}, a.submitted_by), h("td", {}, RB.fmtDate(a.started)), h("td", {}, decisionButtons(a.run_id, a.signal, () => load())))))
+        h("td", {}, a.submitted_by), h("td", {}, RB.fmtDate(a.started)), h("td", {}, decisionButtons(a.run_id, a.signal, () => load()))))
         : [h("tr", {}, h("td", { colspan: 7, class: "empty" }, "nothing waits for a decision"))]));
     };
     try { await load(); } catch (err) { main.append(RB.errorBox(err)); return; }

@@ -36,6 +36,7 @@ window.RB = window.RB || {};
   RB.fmtDate = (epoch) => (epoch ? new Date(epoch * 1000).toLocaleString() : "–");
   RB.fmtMs = (ms) => {
     if (ms === null || ms === undefined) return "…";
+    if (ms === 0) return "0";
     if (ms < 1) return `${ms.toFixed(2)} ms`;
     if (ms < 1000) return `${ms.toFixed(1)} ms`;
     return `${(ms / 1000).toFixed(2)} s`;
@@ -43,8 +44,8 @@ window.RB = window.RB || {};
   // amounts are integer micro-units of the currency (1 USD = 1,000,000)
   RB.fmtCost = (micro) => {
     if (!micro) return "–";
-    const v = micro / 1e6;
-    return (v < 0 ? "-$" : "$") + Math.abs(v).toFixed(Math.abs(v) >= 1 ? 2 : Math.abs(v) >= 0.01 ? 4 : 6);
+    const v = Math.abs(micro / 1e6);
+    return (micro < 0 ? "-$" : "$") + (v >= 1 ? v.toFixed(2) : v >= 0.01 ? v.toFixed(4) : v.toPrecision(2));
   };
   RB.short = (id) => (id && id.length > 12 ? id.slice(0, 10) + "…" : id || "–");
   RB.pill = (status, big) => RB.h("span", { class: `pill ${status || ""}${big ? " big" : ""}` }, status || "–");
@@ -85,7 +86,10 @@ window.RB = window.RB || {};
   // what the current page opened (event sources, timers), closed when the route changes
   const open = [];
   RB.onLeave = (fn) => open.push(fn);
-  RB.leave = () => { while (open.length) { try { open.pop()(); } catch (_) { /* closing */ } } };
+  RB.leave = () => {
+    while (open.length) { try { open.pop()(); } catch (_) { /* closing */ } }
+    document.getElementById("toast").hidden = true;
+  };
 
   // live events: `onEvent(row)` for each, `onState(bool)` when the stream connects or drops
   RB.live = (params, onEvent, onState) => {

@@ -1,0 +1,134 @@
+"""The console in a real headless Chromium (Debian's chromium + chromium-driver, driven by
+Selenium; nothing is downloaded): handoffs appear live, the run graph is drawn, an approval
+given on the page lets the run finish. Saves the run graph to artifacts/run-graph.png."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from selenium import webdriver
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.remote.webdriver import WebDriver
+from selenium.webdriver.remote.webelement import WebElement
+from selenium.webdriver.support.ui import WebDriverWait
+
+from .conftest import Stack
+
+CHROMEDRIVER = Path("/usr/bin/chromedriver")
+CHROMIUM = Path("/usr/bin/chromium")
+ARTIFACTS = Path(__file__).parent / "artifacts"
+FLAGS = [
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--window-size=1500,1100",
+]
+
+
+@pytest.fixture
+def browser(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[WebDriver]:
+    if not (CHROMEDRIVER.exists() and CHROMIUM.exists()):
+        pytest.skip("needs Debian's browser: apt-get install -y chromium chromium-driver")
+    monkeypatch.setenv("SE_OFFLINE", "true")  # Selenium Manager must not fetch anything
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for flag in [*FLAGS, f"--user-data-dir={tmp_path / 'chromium'}"]:
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(executable_path=str(CHROMEDRIVER)), options=options)
+    driver.set_page_load_timeout(30)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def css(driver: WebDriver, selector: str) -> list[WebElement]:
+    return driver.find_elements(By.CSS_SELECTOR, selector)
+
+
+def test_live_handoffs_the_run_graph_and_an_approval_that_lets_the_run_finish(
+    stack: Stack, browser: WebDriver
+) -> None:
+    wait = WebDriverWait(browser, 30)
+    # Given the live feed open in the browser
+    browser.get(f"{stack.local_url}/#/feed")
+    wait.until(lambda d: "on" in (d.find_element(By.ID, "live").get_attribute("class") or ""))
+
+    # When alice publishes a run that fans out, is reviewed and then waits for an approval
+    task = {"items": ["acme", "globex", "initech"], "approval": True}
+    run_id = asyncio.run(stack.publish("alice", "c_plan", task))
+    row = f'#feed tr.event[data-run="{run_id}"]'
+
+    # Then its handoffs appear on the page as they happen
+    wait.until(lambda d: css(d, f'{row}[data-kind="call"][data-to="c_review"]'))
+    fan_out = css(browser, f'{row}[data-kind="call"][data-to="c_work"]')
+    assert len(fan_out) == 3 and all(r.get_attribute("data-from") == "c_plan" for r in fan_out)
+    assert css(browser, f'{row}[data-kind="submitted"][data-from="user:alice"]')
+    wait.until(lambda d: css(d, f'{row}[data-kind="denied"]'))  # the reviewer's outside mail
+
+    # When the run page is opened, the run is drawn as a graph, waiting for its approval
+    browser.get(f"{stack.local_url}/#/run/{run_id}")
+    wait.until(lambda d: css(d, "#run-pending button.approve"))
+    graph = "svg#run-graph"
+    agents = {n.get_attribute("data-agent") for n in css(browser, f"{graph} g.g-node")}
+    assert agents == {"user:alice", "c_plan", "c_work", "c_review"}
+    work = css(browser, f'{graph} g.g-edge[data-from="c_plan"][data-to="c_work"]')
+    assert len(work) == 1 and work[0].get_attribute("data-count") == "3"
+    assert "fan-out \u00d73" in work[0].text  # the multiplication sign
+    assert css(browser, f'{graph} g.g-edge[data-from="user:alice"][data-via="submit"]')
+    assert "denied" in (
+        css(browser, f'{graph} g.g-node[data-agent="c_review"]')[0].get_attribute("class") or ""
+    )
+    assert css(browser, f'{graph} g.g-node[data-agent="c_plan"][data-status="waiting"]')
+
+    # When the approval is given on the approvals page
+    browser.get(f"{stack.local_url}/#/approvals")
+    button = f'tr.approval[data-run="{run_id}"] button.approve'
+    wait.until(lambda d: css(d, button))
+    css(browser, button)[0].click()
+    wait.until(lambda d: "approved" in d.find_element(By.ID, "toast").text)
+    wait.until(lambda d: not css(d, f'tr.approval[data-run="{run_id}"]'))
+
+    # Then the run finishes: the publisher it hands off to appears, the status is completed
+    browser.get(f"{stack.local_url}/#/run/{run_id}")
+    wait.until(lambda d: css(d, '#run-status[data-status="completed"]'))
+    wait.until(lambda d: css(d, f'{graph} g.g-edge[data-to="c_publish"][data-via="handoff"]'))
+    assert not css(browser, "#run-pending")
+    css(browser, f'{graph} g.g-edge[data-to="c_work"]')[0].click()
+    cards = css(browser, "#details .task")
+    assert len(cards) == 3 and all("completed" in c.text for c in cards)
+    assert all("tool lookup" in c.text for c in cards)
+    assert "user:alice → agent:c_plan" in browser.find_element(By.ID, "details").text
+    ARTIFACTS.mkdir(exist_ok=True)
+    browser.execute_script("window.scrollTo(0, 0)")
+    assert browser.save_screenshot(str(ARTIFACTS / "run-graph.png"))
+
+    # And the feed filters: this run's events that involve the reviewer, from the start
+    browser.get(f"{stack.local_url}/#/feed?run={run_id}&agent=c_review")
+    wait.until(lambda d: css(d, f'{row}[data-kind="denied"]'))
+    rows = css(browser, "#feed tr.event")
+    assert all(
+        "c_review" in (r.get_attribute("data-from"), r.get_attribute("data-to")) for r in rows
+    )
+    assert {r.get_attribute("data-run") for r in rows} == {run_id}
+    browser.get(f"{stack.local_url}/#/feed?run={run_id}&status=denied")
+    wait.until(lambda d: css(d, f'{row}[data-kind="denied"]'))
+    assert {r.get_attribute("data-status") for r in css(browser, "#feed tr.event")} == {"denied"}
+
+    # And the costs page charts what it cost, against alice's budget
+    browser.get(f"{stack.local_url}/#/costs")
+    wait.until(lambda d: css(d, "svg#spend-chart path[data-series]"))
+    assert css(browser, 'tr.level[data-level^="user:alice"]')
+    series = {p.get_attribute("data-series") for p in css(browser, "svg#spend-chart path")}
+    assert {"c_work", "c_review", "c_publish"} <= series
+    assert os.path.getsize(ARTIFACTS / "run-graph.png") > 10_000
