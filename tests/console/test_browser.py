@@ -132,3 +132,25 @@ def test_live_handoffs_the_run_graph_and_an_approval_that_lets_the_run_finish(
     series = {p.get_attribute("data-series") for p in css(browser, "svg#spend-chart path")}
     assert {"c_work", "c_review", "c_publish"} <= series
     assert os.path.getsize(ARTIFACTS / "run-graph.png") > 10_000
+
+
+def test_off_loopback_a_user_signs_in_with_a_token_and_sees_only_their_runs(
+    stack: Stack, browser: WebDriver
+) -> None:
+    mine = asyncio.run(stack.publish("alice", "c_plan", {"items": ["a"], "approval": False}))
+    theirs = asyncio.run(stack.publish("bob", "c_plan", {"items": ["b"], "approval": False}))
+    wait = WebDriverWait(browser, 30)
+    # Given the console bound to 0.0.0.0: the page asks for a token first
+    browser.get(f"{stack.remote_url}/#/runs")
+    wait.until(lambda d: css(d, "#login input#token"))
+    field = browser.find_element(By.ID, "token")
+    field.send_keys("rb_alice_0000_forged\n")
+    wait.until(lambda d: "the token was refused" in d.find_element(By.ID, "login").text)
+    browser.find_element(By.ID, "token").send_keys(stack.tokens["alice"] + "\n")
+    # Then alice sees her runs, and none of bob's
+    wait.until(lambda d: "signed in as alice" in d.find_element(By.ID, "who").text)
+    wait.until(lambda d: css(d, f'#runs-rows tr.run[data-run="{mine}"]'))
+    assert not css(browser, f'#runs-rows tr.run[data-run="{theirs}"]')
+    browser.get(f"{stack.remote_url}/#/run/{theirs}")
+    wait.until(lambda d: css(d, ".error-box"))
+    assert browser.find_element(By.CSS_SELECTOR, ".error-box").text == f"no run {theirs}"

@@ -44,7 +44,7 @@
     for (let i = 0; i <= 4; i++) {
       const t = t0 + ((t1 - t0) * i) / 4;
       svg.append(s("text", { x: x(t), y: H - 8, "text-anchor": "middle", "font-size": 11, fill: "#6b7280" },
-        RB.fmtTime(t).slice(0, 8)));
+        t1 - t0 < 60 ? RB.fmtTime(t) : RB.fmtTime(t).slice(0, 8)));
     }
     totals.forEach((serie, i) => {
       const color = PALETTE[i % PALETTE.length];

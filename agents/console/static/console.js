@@ -12,7 +12,7 @@
     main.replaceChildren(h("div", { class: "card login", id: "login" },
       h("h2", {}, "Sign in with a user token"),
       h("p", { class: "hint" }, why || "This console needs a user token."),
-      h("p", { class: "hint" }, "An administrator prints one with `relaybus identity user token USER`. You will see only your own runs, costs and approvals."),
+      h("p", { class: "hint" }, "Signed in, you see only your own runs, costs, dead letters and approvals."),
       h("form", { onsubmit: async (e) => {
         e.preventDefault();
         const token = document.getElementById("token").value.trim();

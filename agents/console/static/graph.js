@@ -48,8 +48,8 @@
     const lines = [via, facts.join(" · ")];
     if (edge.attempts > edge.count) lines.push(`${edge.attempts} attempts`);
     if (edge.denied) lines.push("⚠ denied");
-    else if (["failed", "dead-lettered", "cancelled"].includes(edge.status)) lines.push(`✖ ${edge.status}`);
-    else if (edge.status === "waiting") lines.push("⏸ waiting");
+    else if (["failed", "dead-lettered", "cancelled"].includes(edge.status)) lines.push(edge.status);
+    else if (edge.status === "waiting") lines.push("waiting");
     return lines.filter(Boolean);
   }
 

@@ -154,7 +154,8 @@
       RB.currentRun = view;
       const run = view.run, trace = view.trace;
       head.replaceChildren(
-        h("h1", {}, `Run `, h("span", { class: "mono" }, run.run_id), h("span", { id: "run-status", "data-status": run.status }, RB.pill(run.status, true)), liveBadge()),
+        h("h1", {}, `Run `, h("span", { class: "mono" }, run.run_id), h("span", { id: "run-status", "data-status": run.status }, RB.pill(run.status, true)),
+          view.pending.length ? RB.pill(`waiting for ${view.pending.join(", ")}`, true) : "", liveBadge()),
         h("div", { class: "facts" },
           [["agent", run.agent || "–"], ["user", run.submitted_by || "–"], ["started", RB.fmtDate(run.started || trace.started)],
             ["duration", RB.fmtMs(trace.duration_ms)], ["cost", `${RB.fmtCost(trace.cost)} (${trace.cost_check})`],

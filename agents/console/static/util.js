@@ -45,7 +45,7 @@ window.RB = window.RB || {};
   RB.fmtCost = (micro) => {
     if (!micro) return "–";
     const v = Math.abs(micro / 1e6);
-    return (micro < 0 ? "-$" : "$") + (v >= 1 ? v.toFixed(2) : v >= 0.01 ? v.toFixed(4) : v.toPrecision(2));
+    return (micro < 0 ? "-$" : "$") + (v >= 100 ? v.toFixed(2) : v >= 0.01 ? v.toFixed(4) : v.toPrecision(2));
   };
   RB.short = (id) => (id && id.length > 12 ? id.slice(0, 10) + "…" : id || "–");
   RB.pill = (status, big) => RB.h("span", { class: `pill ${status || ""}${big ? " big" : ""}` }, status || "–");
