@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import signal
 import socket
+from collections.abc import Iterator
 from typing import Any
 
 from bus import Bus, RelayError, Settings
@@ -11,7 +14,29 @@ from bus.runtime import EXIT_OK
 
 from .access import is_loopback
 
-CONSOLE_TIMEOUT_S = 3.0  # a service that does not answer makes a page say so, not hang
+CONSOLE_TIMEOUT_S = 2.0  # a service that does not answer makes a page say so, not hang
+
+
+def _server(config: Any) -> Any:
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        """uvicorn, except that SIGTERM/SIGINT only stop it: uvicorn would raise the signal
+        again after shutting down, killing the process before the bus connection drains."""
+
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            def stop(signum: int, frame: Any) -> None:
+                self.should_exit = True
+
+            previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+            try:
+                yield
+            finally:
+                for sig, handler in previous.items():
+                    signal.signal(sig, handler)
+
+    return Server(config)
 
 
 def listen(host: str, port: int) -> socket.socket:
@@ -55,7 +80,7 @@ async def console(args: argparse.Namespace, settings: Settings) -> int:
                 access_log=False,
                 timeout_graceful_shutdown=1,
             )
-            await uvicorn.Server(config).serve(sockets=[sock])
+            await _server(config).serve(sockets=[sock])
     return EXIT_OK
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from selenium import webdriver
+from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
@@ -59,7 +60,7 @@ def css(driver: WebDriver, selector: str) -> list[WebElement]:
 def test_live_handoffs_the_run_graph_and_an_approval_that_lets_the_run_finish(
     stack: Stack, browser: WebDriver
 ) -> None:
-    wait = WebDriverWait(browser, 30)
+    wait = WebDriverWait(browser, 30, ignored_exceptions=[StaleElementReferenceException])
     # Given the live feed open in the browser
     browser.get(f"{stack.local_url}/#/feed")
     wait.until(lambda d: "on" in (d.find_element(By.ID, "live").get_attribute("class") or ""))
@@ -139,7 +140,7 @@ def test_off_loopback_a_user_signs_in_with_a_token_and_sees_only_their_runs(
 ) -> None:
     mine = asyncio.run(stack.publish("alice", "c_plan", {"items": ["a"], "approval": False}))
     theirs = asyncio.run(stack.publish("bob", "c_plan", {"items": ["b"], "approval": False}))
-    wait = WebDriverWait(browser, 30)
+    wait = WebDriverWait(browser, 30, ignored_exceptions=[StaleElementReferenceException])
     # Given the console bound to 0.0.0.0: the page asks for a token first
     browser.get(f"{stack.remote_url}/#/runs")
     wait.until(lambda d: css(d, "#login input#token"))

@@ -8,10 +8,16 @@
   let routing = 0;
 
   RB.needLogin = (why) => {
+    const shown = document.getElementById("login");
+    if (shown) { // already asking: say why, and let the user type again
+      document.getElementById("login-why").textContent = why || "";
+      document.getElementById("token").value = "";
+      return;
+    }
     RB.leave();
     main.replaceChildren(h("div", { class: "card login", id: "login" },
       h("h2", {}, "Sign in with a user token"),
-      h("p", { class: "hint" }, why || "This console needs a user token."),
+      h("p", { class: "hint", id: "login-why" }, why || "This console needs a user token."),
       h("p", { class: "hint" }, "Signed in, you see only your own runs, costs, dead letters and approvals."),
       h("form", { onsubmit: async (e) => {
         e.preventDefault();
@@ -39,7 +45,7 @@
   RB.refreshBadge = async () => {
     const badge = document.getElementById("approval-count");
     try {
-      const rows = await RB.api("/api/approvals");
+      const rows = await RB.api("/api/approvals", undefined, true);
       badge.textContent = String(rows.length);
       badge.hidden = rows.length === 0;
     } catch (_) { badge.hidden = true; }

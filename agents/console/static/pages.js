@@ -183,7 +183,9 @@
     const refresh = () => RB.api(`/api/runs/${encodeURIComponent(runId)}`).then((v) => { view = v; render(); }).catch((err) => RB.toast(err.message, true));
     render();
     const again = RB.debounce(refresh, 250);
-    RB.live({ run: runId }, () => again(), setLive);
+    // the stream replays the run from its start: only events newer than the page's redraw it
+    const newest = () => Math.max(0, ...view.events.map((e) => e.time));
+    RB.live({ run: runId }, (e) => { if (e.time > newest()) again(); }, setLive);
   };
 
   // -- costs ------------------------------------------------------------------------------

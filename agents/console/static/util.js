@@ -56,7 +56,8 @@ window.RB = window.RB || {};
   }
   RB.ApiError = ApiError;
 
-  RB.api = async (path, body) => {
+  // `quiet`: a 401 does not bring up the sign-in form (background refreshes)
+  RB.api = async (path, body, quiet) => {
     const init = { headers: { Accept: "application/json" }, credentials: "same-origin" };
     if (body !== undefined) {
       init.method = "POST";
@@ -67,7 +68,7 @@ window.RB = window.RB || {};
     let data = null;
     try { data = await res.json(); } catch (_) { data = { error: res.statusText }; }
     if (!res.ok) {
-      if (res.status === 401 && RB.needLogin) RB.needLogin(data.error);
+      if (res.status === 401 && RB.needLogin && !quiet) RB.needLogin(data.error);
       throw new ApiError(res.status, (data && data.error) || res.statusText);
     }
     return data;
