@@ -55,11 +55,7 @@ class ConsoleData:
 
     async def record(self, viewer: Viewer, run_id: str) -> RunRecord:
         """The run's record, if this viewer may see it; NotFound (the same either way) if not."""
-        try:
-            check_name("run", run_id)
-        except RelayError:
-            raise NotFound(f"{run_id!r} is not a run id") from None
-        record = await (await self.store()).get(run_id)
+        record = await (await self.store()).get(checked_run_id(run_id))
         if record is None or not viewer.sees(record.submitted_by):
             raise NotFound(f"no run {run_id}")
         return record
@@ -74,12 +70,12 @@ class ConsoleData:
 
     async def run_view(self, viewer: Viewer, run_id: str) -> dict[str, Any]:
         """The run page: record, graph, timeline, chain, cost checked against the ledger."""
-        try:
-            record: RunRecord | None = await self.record(viewer, run_id)
-        except NotFound:
-            if viewer.user is not None or not check_name_ok(run_id):
-                raise
-            record = None  # the operator may look at a run published without `submit`
+        record = await (await self.store()).get(checked_run_id(run_id))
+        # a user sees only runs recorded as theirs; the operator also runs published without
+        # `submit` (no record), as long as they have events
+        visible = viewer.sees(record.submitted_by) if record else viewer.user is None
+        if not visible:
+            raise NotFound(f"no run {run_id}")
         async with EventFeed(self.bus, run_id, replay=True) as feed:
             events = await feed.stored(first_timeout_s=0.5)
         if record is None and not events:
@@ -198,12 +194,12 @@ class ConsoleData:
                     yield row
 
 
-def check_name_ok(run_id: str) -> bool:
+def checked_run_id(run_id: str) -> str:
+    """`run_id` if it can name a run at all; NotFound otherwise."""
     try:
-        check_name("run", run_id)
+        return check_name("run", run_id)
     except RelayError:
-        return False
-    return True
+        raise NotFound(f"{run_id!r} is not a run id") from None
 
 
 def _level_is_own(level: str, user: str, runs: set[str]) -> bool:

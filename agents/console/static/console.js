@@ -75,6 +75,6 @@
     const me = await who();
     if (me) route(); // otherwise the 401 already showed the login form
     RB.refreshBadge();
-    setInterval(RB.refreshBadge, 5000);
+    setInterval(RB.refreshBadge, 10000);
   })();
 })(window.RB);
