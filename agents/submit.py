@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
 import time
 from typing import Any
 
@@ -43,15 +44,46 @@ class RunOutcome(msgspec.Struct, kw_only=True):
         }
 
 
+MAX_DIGITS = 4000  # what every decoder on the way (json, msgspec) still reads as an integer
+
+
 def parse_payload(text: str) -> bytes:
-    """The JSON a user typed, checked; the error says where it broke."""
+    """The JSON a user typed, checked; the error says where it broke. NaN, Infinity and
+    numbers too large for a float are refused rather than turned into null."""
     try:
-        value = json.loads(text)
+        value = json.loads(text, parse_constant=_no_constant, parse_float=_finite, parse_int=_int)
+        return msgspec.json.encode(value)
     except json.JSONDecodeError as exc:
         raise RelayError(
-            f"the task is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
+            f"the task is not valid JSON: {exc.msg.removesuffix(' at')} at line {exc.lineno} "
+            f"column {exc.colno}"
         ) from None
-    return msgspec.json.encode(value)
+    except RecursionError:
+        raise RelayError("the task is not valid JSON: it is nested too deeply") from None
+    except UnicodeEncodeError as exc:  # a lone surrogate: an escape, or argv that is not UTF-8
+        raise RelayError(
+            "the task is not valid JSON: it holds text that is not valid UTF-8 "
+            f"({exc.object[exc.start : exc.start + 1]!a})"
+        ) from None
+    except ValueError as exc:  # from the parse hooks below
+        raise RelayError(f"the task is not valid JSON: {exc}") from None
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"the number {text[:40]} is too large")
+    return value
+
+
+def _int(text: str) -> int:
+    if len(text.lstrip("-")) > MAX_DIGITS:
+        raise ValueError(f"a number has more than {MAX_DIGITS} digits")
+    return int(text)
 
 
 async def run_store(bus: Bus) -> RunStore:
