@@ -32,6 +32,7 @@ from bus import (
 from bus.private import write_private
 from bus.rpc import reply_error, reply_ok
 from bus.runtime import stop_on_signals
+from bus.subjects import check_name
 
 from .chain import (
     DEFAULT_DEPTH,
@@ -93,16 +94,26 @@ class IdentityService:
             if handler is None:
                 raise RelayError(f"unknown identity operation {op!r}")
             return reply_ok(await handler(self, data))
-        except (RelayError, msgspec.ValidationError, msgspec.DecodeError) as exc:
+        except msgspec.DecodeError as exc:  # ValidationError is one too
+            return reply_error(ConfigError(f"bad identity request: {exc}"))
+        except RecursionError:  # msgspec recurses even into fields it skips
+            return reply_error(ConfigError("bad identity request: values nested too deeply"))
+        except RelayError as exc:
             return reply_error(exc)
 
     # -- administration ------------------------------------------------------------------
 
     async def agent_add(self, data: bytes) -> Any:
         req = msgspec.json.decode(data, type=AgentAdd)
+        check_name("agent", req.name)
         for scope in req.scopes:
             parse_scope(scope)
-        VerifyKey(bytes.fromhex(req.public_key))
+        try:
+            VerifyKey(bytes.fromhex(req.public_key))
+        except ValueError:  # not hex, or not 32 bytes (nacl's error is a ValueError too)
+            raise ConfigError(
+                f"agent {req.name}: public_key must be an Ed25519 key in 64 hex digits"
+            ) from None
         record = AgentRecord(
             name=req.name,
             public_key=req.public_key,
