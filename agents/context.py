@@ -326,7 +326,10 @@ class Context:
 
     async def tool(self, tool: Tool, arguments: dict[str, Any] | None = None, **kwargs: Any) -> Any:
         """Call a `@tool` with validated arguments, journaled like a step."""
-        args = tool.validate({**(arguments or {}), **kwargs})
+        given = {} if arguments is None else arguments
+        if kwargs and isinstance(given, dict):
+            given = {**given, **kwargs}
+        args = tool.validate(given)  # anything but an object is refused there, naming it
         seq, op = self._next("tool", tool.name)
         if op is not None:
             if op.settle:

@@ -36,8 +36,7 @@ class Tool:
             return self.model.model_validate(arguments)
         except pydantic.ValidationError as exc:
             problems = "; ".join(
-                f"{'.'.join(str(p) for p in err['loc']) or '(arguments)'}: {err['msg']}"
-                for err in exc.errors()
+                f"{_where(err['loc'])}: {' '.join(err['msg'].split())}" for err in exc.errors()
             )
             raise ToolArgumentsInvalid(f"tool {self.name}: {problems}") from None
 
@@ -59,6 +58,13 @@ class Tool:
         if inspect.isawaitable(value):
             value = await value
         return value
+
+
+def _where(loc: tuple[int | str, ...]) -> str:
+    """`address.zip`, `tags.0`; a name that is no identifier (`''`, `'a\\nb'`) quoted, so a
+    hostile argument name cannot forge or split the message."""
+    parts = (p if isinstance(p, int) or p.isidentifier() else repr(p) for p in loc)
+    return ".".join(map(str, parts)) or "(arguments)"
 
 
 def tool(

@@ -161,7 +161,10 @@ def _satisfied(key: str, want: Constraint, args: Mapping[str, Any], principal: s
     if isinstance(want, int):
         if not isinstance(value, int | float) or isinstance(value, bool):
             return f"{key} must be a number"
-        return f"{key}={value} is over the limit {want}" if value > want else ""
+        if value <= want:
+            return ""
+        # NaN compares False with everything: it must not slip past the limit
+        return f"{key}={value} is {'over' if value > want else 'not within'} the limit {want}"
     expected = principal if want == "$principal" else want
     return f"{key}={value!r} is not {expected!r}" if value != expected else ""
 
