@@ -4,7 +4,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEV_STAMP := $(VENV)/.installed-dev
 
-.PHONY: demo test lint typecheck pytest bench clean
+.PHONY: demo test test-slow lint typecheck pytest bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -30,7 +30,11 @@ typecheck: $(DEV_STAMP)
 	$(BIN)/mypy
 
 pytest: $(DEV_STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -m "not slow"
+
+# the long fault tests (cluster failover, kill -9 of everything); .ci/run runs them after `make test`
+test-slow: $(DEV_STAMP)
+	$(BIN)/python -m pytest -q -m slow
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/handoff.py
@@ -39,6 +43,8 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/ledger.py
 	$(BIN)/python benchmarks/recall.py
 	$(BIN)/python benchmarks/tracing.py
+	$(BIN)/python benchmarks/scenario.py
+	$(BIN)/python benchmarks/load.py
 
 clean:
 	rm -rf $(VENV) .relaybus .pytest_cache .mypy_cache .ruff_cache

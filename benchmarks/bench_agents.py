@@ -29,3 +29,42 @@ class Steps(Agent):
         for i in range(task["steps"]):
             await ctx.step(f"s{i}", int, i)
         return task["steps"]
+
+
+# -- benchmarks/load.py: three hops with identity, a costed tool and tracing ------------------
+
+import pydantic  # noqa: E402
+
+from agents import tool  # noqa: E402
+
+LOAD_TOOL_COST = 2
+
+
+class Stamp(pydantic.BaseModel):
+    n: int
+
+
+@tool("load/stamp", cost=LOAD_TOOL_COST)
+def stamp(args: Stamp) -> int:
+    return args.n + 1
+
+
+class LoadEntry(Agent):
+    name = "lentry"
+
+    async def handle(self, ctx: Context, task: dict[str, int]) -> None:
+        await ctx.handoff("lmid", task, scopes=["load"])
+
+
+class LoadMid(Agent):
+    name = "lmid"
+
+    async def handle(self, ctx: Context, task: dict[str, int]) -> None:
+        await ctx.handoff("lleaf", task, scopes=["load"])
+
+
+class LoadLeaf(Agent):
+    name = "lleaf"
+
+    async def handle(self, ctx: Context, task: dict[str, int]) -> int:
+        return int(await ctx.tool(stamp, n=task["n"]))

@@ -24,6 +24,7 @@ _TRANSIENT = (
     nats.errors.NoRespondersError,
     nats.errors.ConnectionReconnectingError,
     nats.js.errors.ServiceUnavailableError,
+    nats.js.errors.NoStreamResponseError,
     asyncio.TimeoutError,
 )
 RETRY_FOR_S = 20.0

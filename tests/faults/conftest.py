@@ -174,6 +174,28 @@ async def wait_all_ended(bus: Bus, run_ids: list[str], timeout_s: float) -> dict
         await asyncio.sleep(0.5)
 
 
+async def describe_run(bus: Bus, run_id: str, record: RunRecord | None) -> str:
+    """What a stuck run's record, events and journal say, for the failure message."""
+    from agents.journal import JournalStore
+    from bus.feed import EventFeed
+    from bus.kv import Bucket
+
+    kinds = []
+    async with EventFeed(bus, run_id, replay=True) as feed:
+        while (event := await feed.next(1.0)) is not None:
+            error = f"{event.error.type}: {event.error.message[:200]}" if event.error else ""
+            kinds.append(f"{event.kind}:{event.recipient}:{event.attempt}:{event.detail[:60]}{error}")
+    journals = JournalStore(await Bucket.open(bus, bus.subjects.bucket("journal")))
+    tasks = []
+    for key in await journals.bucket.keys():
+        if key.startswith(run_id):
+            found = await journals.load(run_id, key.split(".", 1)[1])
+            if found is not None:
+                journal = found[0]
+                tasks.append(f"{key}: {msgspec.json.encode(journal).decode()[:400]}")
+    return f"run {run_id}: record={record and record.summary()} events={kinds} journal={tasks}"
+
+
 def effects(log: Path) -> Counter[str]:
     return Counter(log.read_text().splitlines()) if log.exists() else Counter()
 
@@ -207,7 +229,9 @@ async def assert_runs_held(
     reason); each completed run's effects applied exactly once; no budget overspent; for every
     completed run the audit recorded an allow for each of its tool calls, and no denial."""
     missing = [r for r in run_ids if r not in records or records[r].status not in TERMINAL_RUN]
-    assert not missing, f"{len(missing)} accepted runs never ended: {missing[:5]}"
+    if missing:
+        detail = [await describe_run(bus, r, records.get(r)) for r in missing[:3]]
+        raise AssertionError(f"{len(missing)} accepted runs never ended: {detail}")
     failed = {r: rec.error for r, rec in records.items() if rec.status != "completed"}
     for run_id, error in failed.items():
         assert error is not None and error.message, f"run {run_id} failed without a reason"
@@ -224,7 +248,8 @@ async def assert_runs_held(
     assert not over, f"budgets overspent: {over}"
     user = [lv for lv in levels if lv["level"].startswith(f"user:{USER}")]
     spent = sum(lv["spent"] for lv in user)
-    assert spent == RUN_COST * len(completed) <= user_budget, (spent, len(completed))
+    recorded = sum(rec.cost for rec in records.values())
+    assert spent == recorded <= user_budget, (spent, recorded, failed)
     if audited:
         records_ = await audit_of(bus)
         denied = [a for a in records_ if a.decision != "allow"]
