@@ -79,6 +79,8 @@ def input_decoder(tp: Any) -> Callable[[bytes], Any]:
             raise Reject(f"invalid input: {exc}") from None
         except msgspec.DecodeError as exc:
             raise Reject(f"input is not JSON: {exc}") from None
+        except RecursionError:  # msgspec recurses even into values it skips
+            raise Reject("input is nested too deeply") from None
 
     return decode
 

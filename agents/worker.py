@@ -15,7 +15,7 @@ import logging
 import os
 import socket
 import time
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 from opentelemetry import trace
@@ -63,6 +63,7 @@ from .runs import RunStore, Waiter
 
 log = logging.getLogger("relaybus.worker")
 BEAT_INTERVAL_S = 20.0
+MAX_TIMER_S = 100 * 365 * 86400.0  # a redelivery delay is int64 nanoseconds: at most 292 years
 PERMANENT = (
     Reject,
     JournalDivergence,
@@ -148,6 +149,11 @@ class Worker:
 
     async def on_task(self, d: Delivery) -> None:
         env = d.envelope
+        if bool(env.parent_id) != bool(env.reply_to):  # its outcome could go nowhere, ever
+            raise Reject(
+                f"a child task names both parent_id and reply_to, or neither (parent_id="
+                f"{env.parent_id!r}, reply_to={env.reply_to!r})"
+            )
         replay = d.headers.get("Relay-Replay") == "1"
         run = await self.runs.get(env.run_id)
         if run is not None:
@@ -212,7 +218,7 @@ class Worker:
 
     async def on_outcome(self, d: Delivery) -> None:
         env = d.envelope
-        outcome = msgspec.json.decode(env.payload, type=ChildResult)
+        outcome = _runtime_payload(env, _child_result_decoder)
 
         traceparent = d.headers.get("traceparent", "")
 
@@ -231,9 +237,11 @@ class Worker:
 
     async def on_signal(self, d: Delivery) -> None:
         env = d.envelope
-        body = signal_decoder.decode(env.payload)
+        body = _runtime_payload(env, signal_decoder)
         if body.timer:
             wait_s = body.due - time.time()
+            if wait_s > MAX_TIMER_S:  # JetStream would ignore the delay and redeliver at once
+                raise Reject(f"timer {body.timer} is due in {wait_s:.3g}s, past what it can wait")
             if wait_s > 0:
                 raise Retry("timer not due yet", delay_s=wait_s)
 
@@ -579,7 +587,7 @@ class Worker:
     async def on_control(self, data: bytes) -> None:
         try:
             control = control_decoder.decode(data)
-        except msgspec.DecodeError:
+        except (msgspec.DecodeError, RecursionError):
             log.warning("ignoring a malformed control message")
             return
         if control.action == "cancel":
@@ -635,6 +643,23 @@ class Worker:
             await self.bus.publish_bytes(subject, event_encoder.encode(event))
         else:
             await self.bus.publish_core(subject, event_encoder.encode(event))
+
+
+_child_result_decoder = msgspec.json.Decoder(ChildResult)
+T = TypeVar("T")
+
+
+def _runtime_payload(env: Envelope, decoder: msgspec.json.Decoder[T]) -> T:
+    """The payload of a result, error or signal envelope. One that names no waiting task or
+    does not decode is refused for good (dead-lettered at once): a retry cannot change it."""
+    if not env.parent_id:
+        raise Reject(f"a {env.kind} envelope must name the task waiting for it (parent_id)")
+    try:
+        return decoder.decode(env.payload)
+    except msgspec.DecodeError as exc:
+        raise Reject(f"the {env.kind} payload does not decode: {exc}") from None
+    except RecursionError:  # msgspec recurses even into values it skips
+        raise Reject(f"the {env.kind} payload is nested too deeply") from None
 
 
 def _principal_of(env: Envelope) -> str:

@@ -88,6 +88,7 @@ def new_envelope(
 
 
 _TOKEN_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_REQUIRED = ("id", "run_id", "recipient")  # the other names (parent_id, reply_to) may be empty
 _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(Envelope)
 
@@ -111,8 +112,8 @@ def decode(data: bytes, max_bytes: int | None = None) -> Envelope:
         raise EnvelopeInvalid(f"not a relaybus envelope: {exc}") from None
     except RecursionError:  # msgspec recurses even into fields it skips
         raise EnvelopeInvalid("not a relaybus envelope: values nested too deeply") from None
-    for name in ("id", "run_id", "recipient"):
+    for name in ("id", "run_id", "recipient", "parent_id", "reply_to"):
         value = getattr(env, name)
-        if not _TOKEN_RE.match(value):
+        if not _TOKEN_RE.match(value) and (value or name in _REQUIRED):
             raise EnvelopeInvalid(f"envelope field `{name}` = {value[:80]!r} is not a valid name")
     return env

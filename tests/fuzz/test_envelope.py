@@ -41,6 +41,9 @@ def decoded_or_refused(data: bytes, max_bytes: int | None = None) -> Envelope | 
     assert isinstance(env, Envelope)
     for name in ROUTING:  # whatever decodes can be routed without subject injection
         check_subject(SUBJECTS.task(getattr(env, name)))
+    for name in ("parent_id", "reply_to"):  # optional names, but names (KV keys, subjects)
+        if getattr(env, name):
+            check_subject(SUBJECTS.task(getattr(env, name)))
     assert decode(encode(env)) == env
     return env
 
@@ -80,6 +83,9 @@ def test_mutated_valid_envelopes_decode_or_are_refused(data: st.DataObject) -> N
 @example("kind", "bogus")
 @example("recipient", "a.>")
 @example("recipient", "echo *")
+@example("reply_to", "a.>")  # regression: accepted, then retried as a crash at delivery
+@example("parent_id", "x.*")  # regression: a journal key with a wildcard
+@example("parent_id", "")
 @example("id", "")
 @example("hop", 2**64 - 1)
 @example("chain", [{"payload": "not bytes", "signature": b""}])
