@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -22,6 +23,8 @@ from .runtime import EXIT_ERROR, EXIT_OK
 from .settings import Settings
 from .stack import is_alive, public_url, read_stack
 from .supervisor import serve_stack, start_detached, stop_stack
+
+log = logging.getLogger("relaybus.cli")
 
 # Each command: (args, settings) -> exit code, sync or async.
 Command = Callable[[argparse.Namespace, Settings], Any]
@@ -267,7 +270,10 @@ async def read_dead_letters(bus: Bus, limit: int) -> list[tuple[int, DeadLetter]
     try:
         while len(out) < limit:
             msg = await sub.next_msg(timeout=bus.settings.request_timeout_s)
-            out.append((msg.metadata.sequence.stream, dead_letter_decoder.decode(msg.data)))
+            try:
+                out.append((msg.metadata.sequence.stream, _dead_letter(msg.data)))
+            except RelayError as exc:  # anyone allowed to publish there can store any bytes
+                log.warning("skipping DLQ record %d: it %s", msg.metadata.sequence.stream, exc)
             if msg.metadata.num_pending == 0:
                 break
     finally:
@@ -311,13 +317,29 @@ async def read_dead_letter(bus: Bus, seq: int) -> DeadLetter:
         raw = await bus.js.get_msg(bus.subjects.stream("DLQ"), seq)
     except nats.js.errors.NotFoundError:
         raise RelayError(f"no dead letter with id {seq}; `relaybus dlq list` shows them") from None
-    return dead_letter_decoder.decode(raw.data or b"")
+    try:
+        return _dead_letter(raw.data or b"")
+    except RelayError as exc:
+        raise RelayError(f"dead letter {seq} {exc}") from None
+
+
+def _dead_letter(data: bytes) -> DeadLetter:
+    """A DLQ record decoded; RelayError ("is not …") for bytes that are not a dead letter."""
+    try:
+        return dead_letter_decoder.decode(data)
+    except (msgspec.DecodeError, RecursionError) as exc:
+        raise RelayError(f"is not a relaybus dead-letter record ({exc})") from None
 
 
 async def replay_dead_letter(bus: Bus, seq: int) -> dict[str, Any]:
     """Put dead letter `seq` back on its subject (run, trace, budget and chain kept), then
     remove it from the DLQ; returns what `dlq replay --json` prints."""
     letter = await read_dead_letter(bus, seq)
+    if letter.subject != bus.subjects.task(letter.agent):  # a forged letter could aim anywhere
+        raise RelayError(
+            f"dead letter {seq} is for {letter.subject!r}, not {letter.agent}'s task subject; "
+            "it is not replayed"
+        )
     headers = {k: v for k, v in letter.headers.items() if not k.startswith("Nats-")}
     headers["Nats-Msg-Id"] = f"{letter.envelope_id or 'raw'}:replay:{seq}"
     headers["Relay-Replay"] = "1"

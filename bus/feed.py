@@ -2,15 +2,30 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any
 
+import msgspec
 import nats.errors
 from nats.js import api
 
 from .client import Bus
 from .events import Event, event_decoder
+
+log = logging.getLogger("relaybus.feed")
+
+
+def _event(data: bytes) -> Event | None:
+    """The event in a record, or None (logged) for one that is not: anyone allowed to publish
+    on the events stream can store any bytes, and no reader may stop over them."""
+    try:
+        return event_decoder.decode(data)
+    except (msgspec.DecodeError, RecursionError) as exc:
+        log.warning("skipping a record on the events stream that is not an event: %s", exc)
+        return None
 
 
 class EventFeed:
@@ -70,17 +85,23 @@ class EventFeed:
                 msg = await self._sub.next_msg(timeout=timeout)
             except (TimeoutError, nats.errors.TimeoutError):
                 return out
-            out.append(event_decoder.decode(msg.data))
+            event = _event(msg.data)
+            if event is not None:
+                out.append(event)
             if msg.metadata.num_pending == 0:
                 return out
             timeout = 5.0
 
     async def next(self, timeout_s: float) -> Event | None:
         """The next event, or None if none came within `timeout_s`."""
-        if timeout_s <= 0:
-            return None
-        try:
-            msg = await self._sub.next_msg(timeout=timeout_s)
-        except (TimeoutError, nats.errors.TimeoutError):
-            return None
-        return event_decoder.decode(msg.data)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while (left := deadline - loop.time()) > 0:
+            try:
+                msg = await self._sub.next_msg(timeout=left)
+            except (TimeoutError, nats.errors.TimeoutError):
+                return None
+            event = _event(msg.data)
+            if event is not None:
+                return event
+        return None
