@@ -166,15 +166,28 @@ class LLMClient:
             choice = data["choices"][0]
             message = choice.get("message") or {}
             usage = data.get("usage") or {}
-            return ChatResult(
-                content=message.get("content") or "",
-                model=data.get("model") or body["model"],
-                input_tokens=int(usage.get("prompt_tokens", 0)),
-                output_tokens=int(usage.get("completion_tokens", 0)),
-                finish_reason=choice.get("finish_reason") or "",
-                tool_calls=list(message.get("tool_calls") or []),
+            # convert, not the constructor: it checks every field's type, so a journaled
+            # result always decodes again on a replay
+            return msgspec.convert(
+                {
+                    "content": message.get("content") or "",
+                    "model": data.get("model") or body["model"],
+                    "input_tokens": int(usage.get("prompt_tokens", 0)),
+                    "output_tokens": int(usage.get("completion_tokens", 0)),
+                    "finish_reason": choice.get("finish_reason") or "",
+                    "tool_calls": list(message.get("tool_calls") or []),
+                },
+                ChatResult,
             )
-        except (ValueError, KeyError, IndexError, TypeError) as exc:
+        except (
+            ValueError,  # msgspec.ValidationError is one too
+            KeyError,
+            IndexError,
+            TypeError,
+            AttributeError,  # a list or string where an object belongs
+            OverflowError,
+            RecursionError,
+        ) as exc:
             raise UpstreamFailed(
                 f"LLM endpoint {url} sent a reply that is not a chat completion ({exc!r})"
             ) from None

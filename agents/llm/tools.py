@@ -82,13 +82,15 @@ async def use_tools(
 
 
 async def _run_call(ctx: Context, by_name: dict[str, Tool], raw: dict[str, Any]) -> ToolCall:
+    if not isinstance(raw, dict):
+        return ToolCall(tool="", arguments={}, ok=False, error="a tool call must be an object")
     function = raw.get("function")
     if not isinstance(function, dict):
         function = {}
     name = str(function.get("name") or "")
     try:
         arguments = json.loads(function.get("arguments") or "{}")
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, RecursionError):
         return ToolCall(tool=name, arguments={}, ok=False, error="arguments are not JSON")
     if not isinstance(arguments, dict):
         return ToolCall(tool=name, arguments={}, ok=False, error="arguments must be an object")
