@@ -32,7 +32,7 @@ from .hostile import DEEP_JSON, DEEP_MSGPACK, HUGE_ARRAY_HEADER, envelopes, muta
 MAX_PAYLOAD = 8192
 AGENT = "echo"
 E2E = settings(
-    max_examples=150,
+    max_examples=100,
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
@@ -277,6 +277,20 @@ async def test_a_burst_of_hostile_messages_loses_no_good_task(
         "every hostile message to settle",
     )
     assert proc.poll() is None
+    # And `relaybus dlq list --json` shows each dead-lettered one with its reason, first attempt
+    listed = subprocess.run(
+        [sys.executable, "-m", "agents.cli", "dlq", "list", "--json", "--limit", "1000"],
+        env=child_env(bus.settings),
+        cwd=ROOT,
+        capture_output=True,
+        timeout=60,
+        check=True,
+    )
+    rows = [json.loads(line) for line in listed.stdout.splitlines()]
+    ours = [record.letters[f] for f, _ in sent if f in record.letters]
+    assert len(ours) >= 12  # the undecodable ones, and the timers (JSON made inf a null)
+    for letter in ours:
+        assert any(r["reason"] == letter.reason and r["attempts"] == 1 for r in rows), letter
     # And control messages nobody should send are ignored without killing the process
     for data in [b"", b"{", DEEP_JSON, b'{"action": "cancel"}', b'{"action": 1, "run_id": []}']:
         await bus.publish_core(f"{bus.subjects.prefix}.control.{new_id()}", data)

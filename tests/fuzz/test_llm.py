@@ -64,17 +64,18 @@ replies = st.one_of(
 )
 
 
-SETTINGS = Settings.from_env({}, llm_base_url="http://model.invalid/v1")
+REPLY: list[bytes] = [b""]
+CLIENT = LLMClient(Settings.from_env({}, llm_base_url="http://model.invalid/v1"))
+# one client for every example: the endpoint answers with whatever REPLY holds
+CLIENT._http = httpx.AsyncClient(
+    transport=httpx.MockTransport(lambda request: httpx.Response(200, content=REPLY[0]))
+)
 
 
 async def post(reply: bytes) -> ChatResult:
     """What the client makes of `reply` (HTTP 200) to one chat request."""
-    client = LLMClient(SETTINGS)
-    await client.aclose()
-    transport = httpx.MockTransport(lambda request: httpx.Response(200, content=reply))
-    client._http = httpx.AsyncClient(transport=transport)
-    async with client:
-        return await client._post({"model": "m", "messages": []})
+    REPLY[0] = reply
+    return await CLIENT._post({"model": "m", "messages": []})
 
 
 @PURE
