@@ -95,6 +95,9 @@ async def _heartbeat(bus: Bus, name: str, concurrency: int) -> None:
 
 
 async def _forget(bus: Bus, name: str) -> None:
+    """Best effort on the way out: a server already gone must not hold up the exit (the
+    presence entry expires with the bucket's TTL anyway)."""
     with contextlib.suppress(Exception):
-        kv = await Bucket.open(bus, bus.subjects.bucket("presence"))
-        await kv.delete(_beat_key(name))
+        async with asyncio.timeout(2.0):
+            kv = await Bucket.open(bus, bus.subjects.bucket("presence"))
+            await kv.delete(_beat_key(name))

@@ -56,7 +56,12 @@ def agent_procs() -> Iterator[list[subprocess.Popen[str]]]:
     for proc in procs:
         if proc.poll() is None:
             proc.terminate()
-        proc.wait(20)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            raise
 
 
 def start_agent(
