@@ -271,3 +271,36 @@ async def test_rebuild_starts_from_the_latest_snapshot(bus: Bus) -> None:
         Op(kind="capture", id="c0", transfer="h0", amount=3)
     )  # and it writes on, fenced correctly
     assert fresh.state.balances["tool:x"] == 27
+
+
+async def test_a_snapshot_larger_than_the_payload_limit_is_still_kept_compressed(
+    settings: Settings,
+) -> None:
+    # Given a payload limit of 32 KB and a state whose plain snapshot is ~5 times that
+    small = settings.model_copy(update={"max_payload_bytes": 32_768})
+    async with Bus(small, name="test") as bus:
+        await ensure(bus, default_topology(bus.subjects))
+        writer = LedgerWriter(bus, snapshot_every=10_000)
+        await writer.rebuild()
+        for i in range(150):
+            await writer.write(
+                Op(
+                    kind="hold",
+                    id=f"hold-{i:04d}-of-a-long-running-agent",
+                    amount=3,
+                    payer="user:frank",
+                    payee="tool:search",
+                    levels=["user:frank", f"run:RUN{i:04d}"],
+                    tags={"run": f"RUN{i:04d}", "agent": "research", "tool": "search"},
+                )
+            )
+        plain = msgspec.msgpack.encode(writer.state)
+        assert len(plain) > 4 * small.max_payload_bytes
+        # When it snapshots, then a fresh writer rebuilds
+        await writer.snapshot()
+        fresh = LedgerWriter(bus)
+        replayed = await fresh.rebuild()
+    # Then the rebuild started from the snapshot, not from the whole journal
+    assert replayed == 0
+    assert fresh.state.levels == writer.state.levels
+    assert fresh.last_seq == writer.last_seq
