@@ -14,7 +14,6 @@ import argparse
 import asyncio
 import json
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -22,7 +21,7 @@ import time
 from pathlib import Path
 
 from bench_agents import LOAD_TOOL_COST
-from runtime import percentile
+from runtime import percentile, stop
 
 from agents.submit import submit
 from bus import Bus, NatsServer, Settings, default_topology, ensure
@@ -49,18 +48,6 @@ def start(settings: Settings, *args: str) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         [sys.executable, "-m", "agents.cli", *args], env=child_env(settings), cwd=ROOT
     )
-
-
-def stop(procs: list[subprocess.Popen[bytes]]) -> None:
-    for proc in procs:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-    for proc in procs:
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 async def wait_service(bus: Bus, name: str) -> None:

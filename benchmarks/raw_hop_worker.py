@@ -24,7 +24,7 @@ async def main(url: str, prefix: str, hop: int) -> None:
     while not stop.is_set():
         try:
             msgs = await sub.fetch(64, timeout=0.5)
-        except (nats.errors.TimeoutError, asyncio.TimeoutError):
+        except (TimeoutError, nats.errors.TimeoutError):
             continue
         for msg in msgs:
             if hop < 2:

@@ -93,42 +93,43 @@ class Bucket:
         return bytes(entry.value), int(entry.revision or 0)
 
     async def create(self, key: str, value: bytes) -> int:
-        """Write only if `key` does not exist; RevisionConflict otherwise.
-
-        A create retried after a lost reply may find its own first attempt: that is success."""
-        check_key(self.name, key)
-        tries = 0
-
-        async def attempt() -> int:
-            nonlocal tries
-            tries += 1
-            return int(await self._kv.create(key, value))
-
-        try:
-            return await _retrying(f"create {self.name}/{key}", attempt)
-        except nats.js.errors.KeyWrongLastSequenceError:
-            if tries > 1 and (mine := await self._own_write(key, value)) is not None:
-                return mine
-            raise RevisionConflict(f"{self.name}/{key} already exists") from None
+        """Write only if `key` does not exist; RevisionConflict otherwise."""
+        return await self._conditional(
+            f"create {self.name}/{key}",
+            lambda: self._kv.create(key, value),
+            key,
+            value,
+            f"{self.name}/{key} already exists",
+        )
 
     async def update(self, key: str, value: bytes, revision: int) -> int:
-        """Write only if `key` is still at `revision`; RevisionConflict otherwise.
+        """Write only if `key` is still at `revision`; RevisionConflict otherwise."""
+        return await self._conditional(
+            f"update {self.name}/{key}",
+            lambda: self._kv.update(key, value, last=revision),
+            key,
+            value,
+            f"{self.name}/{key} changed since revision {revision}",
+        )
 
-        An update retried after a lost reply may find its own first attempt: that is success."""
-        check_key(self.name, key)
+    async def _conditional(
+        self, what: str, write: Callable[[], Awaitable[int]], key: str, value: bytes, lost: str
+    ) -> int:
+        """A compare-and-set write, retried on transient errors. A retry that finds its own
+        first attempt stored (the reply was lost, not the write) has succeeded."""
         tries = 0
 
         async def attempt() -> int:
             nonlocal tries
             tries += 1
-            return int(await self._kv.update(key, value, last=revision))
+            return int(await write())
 
         try:
-            return await _retrying(f"update {self.name}/{key}", attempt)
+            return await _retrying(what, attempt)
         except nats.js.errors.KeyWrongLastSequenceError:
             if tries > 1 and (mine := await self._own_write(key, value)) is not None:
                 return mine
-            raise RevisionConflict(f"{self.name}/{key} changed since revision {revision}") from None
+            raise RevisionConflict(lost) from None
 
     async def _own_write(self, key: str, value: bytes) -> int | None:
         current = await self.get(key)

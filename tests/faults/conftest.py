@@ -9,20 +9,19 @@ import random
 import signal
 import subprocess
 import sys
-import time
 from collections import Counter
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import msgspec
-from nats.js import api
+import pytest
 
 from agents.runs import TERMINAL_RUN, RunRecord
 from agents.submit import run_store, submit
 from bus import Bus, ConnectionFailed, Settings
-from services.identity.client import IdentityClient, write_agent_key
-from services.identity.messages import AuditRecord
+from services.identity.client import IdentityClient, read_audit, write_agent_key
 from services.ledger.client import LedgerClient
 from services.ledger.model import Budget
 
@@ -200,22 +199,6 @@ def effects(log: Path) -> Counter[str]:
     return Counter(log.read_text().splitlines()) if log.exists() else Counter()
 
 
-async def audit_of(bus: Bus, principal: str = USER) -> list[AuditRecord]:
-    sub = await bus.js.subscribe(
-        bus.subjects.audit(principal), ordered_consumer=True, deliver_policy=api.DeliverPolicy.ALL
-    )
-    records: list[AuditRecord] = []
-    try:
-        while True:
-            msg = await sub.next_msg(timeout=2)
-            records.append(msgspec.json.decode(msg.data, type=AuditRecord))
-            if msg.metadata.num_pending == 0:
-                break
-    finally:
-        await sub.unsubscribe()
-    return records
-
-
 async def assert_runs_held(
     bus: Bus,
     run_ids: list[str],
@@ -251,7 +234,7 @@ async def assert_runs_held(
     recorded = sum(rec.cost for rec in records.values())
     assert spent == recorded <= user_budget, (spent, recorded, failed)
     if audited:
-        records_ = await audit_of(bus)
+        records_ = await read_audit(bus, USER)
         denied = [a for a in records_ if a.decision != "allow"]
         assert not denied, f"unexpected denials: {denied[:3]}"
         tools = Counter((a.run_id, a.action) for a in records_)
@@ -261,5 +244,10 @@ async def assert_runs_held(
     return {"completed": len(completed), "failed": failed, "spent": spent}
 
 
-def stamp() -> str:
-    return time.strftime("%H:%M:%S")
+@pytest.fixture
+async def fleet(settings: Settings) -> AsyncIterator[Fleet]:
+    fleet = Fleet(settings)
+    try:
+        yield fleet
+    finally:
+        fleet.stop()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -29,15 +28,6 @@ def settings(settings: Settings) -> Settings:
     return settings.model_copy(
         update={"identity": True, "ledger": True, "ack_wait_s": 2.0, "max_deliver": 12}
     )
-
-
-@pytest.fixture
-async def fleet(settings: Settings) -> AsyncIterator[Fleet]:
-    fleet = Fleet(settings)
-    try:
-        yield fleet
-    finally:
-        fleet.stop()
 
 
 async def chaos_run(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -19,15 +18,6 @@ from .conftest import Fleet, chaos, wait_all_ended
 @pytest.fixture
 def settings(settings: Settings) -> Settings:
     return settings.model_copy(update={"ack_wait_s": 2.0, "max_deliver": 12})
-
-
-@pytest.fixture
-async def fleet(settings: Settings) -> AsyncIterator[Fleet]:
-    fleet = Fleet(settings)
-    try:
-        yield fleet
-    finally:
-        fleet.stop()
 
 
 async def test_memory_service_killed_while_runs_remember_and_recall(
