@@ -11,6 +11,7 @@ With none of these, no SDK provider is installed and instrumentation stays a no-
 from __future__ import annotations
 
 import os
+import socket
 from types import TracebackType
 from typing import Any
 
@@ -39,7 +40,11 @@ class Telemetry:
 
     def __enter__(self) -> Telemetry:
         resource = Resource.create(
-            {"service.name": self.service, "service.instance.id": str(os.getpid())}
+            {
+                "service.name": self.service,
+                # hostname too: in containers every replica is pid 1
+                "service.instance.id": f"{socket.gethostname()}-{os.getpid()}",
+            }
         )
         if self.settings.trace_dir is not None or self.otlp:
             self._tracer_provider = self._tracing(resource)
