@@ -145,7 +145,12 @@ def decide(state: State, op: Op, now: float) -> Entry | dict[str, object]:
     if op.id in state.results:
         first, result = state.results[op.id]
         if first != body:
-            raise LedgerError(f"operation id {op.id} was already used with a different body")
+            raise LedgerError(
+                f"operation id {op.id} ({op.kind}"
+                + (f" of {op.transfer}" if op.transfer else "")
+                + ") was already used with a different body; "
+                "an idempotent retry must send exactly the same operation"
+            )
         return result
     at = op.at or now
     if at < state.clock:

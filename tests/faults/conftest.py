@@ -191,8 +191,22 @@ async def describe_run(bus: Bus, run_id: str, record: RunRecord | None) -> str:
             found = await journals.load(run_id, key.split(".", 1)[1])
             if found is not None:
                 journal = found[0]
-                tasks.append(f"{key}: {msgspec.json.encode(journal).decode()[:400]}")
-    return f"run {run_id}: record={record and record.summary()} events={kinds} journal={tasks}"
+                ops = [msgspec.json.encode(op).decode() for op in journal.ops]
+                tasks.append(f"{journal.agent} {journal.status} owner={journal.owner} ops={ops}")
+    # the ledger's own record of every operation this run made (idempotency conflicts)
+    from bus.streams import read_subject
+
+    entries = []
+    for _, data in await read_subject(
+        bus, bus.subjects.stream("LEDGER"), f"{bus.subjects.prefix}.ledger.entry.p0"
+    ):
+        text = data.decode(errors="replace")
+        if run_id in text:
+            entries.append(text[:300])
+    return (
+        f"run {run_id}: record={record and record.summary()} events={kinds} journal={tasks} "
+        f"ledger={entries}"
+    )
 
 
 def effects(log: Path) -> Counter[str]:
