@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from bus import Bus, NatsServer, Settings, default_topology, ensure
-from bus.server import cluster_specs
+from bus.server import cluster_specs, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 TESTS = ROOT / "tests"
@@ -103,9 +103,10 @@ async def wait_for(
 
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[list[NatsServer]]:
-    """A 3-node JetStream cluster with routes on loopback."""
+    """A 3-node JetStream cluster with routes on loopback; each node keeps its client port, so a
+    killed node started again (`node.start()`) is found at the same URL."""
     nodes = [
-        NatsServer(tmp_path / spec.server_name, cluster=spec)
+        NatsServer(tmp_path / spec.server_name, port=free_port(), cluster=spec)
         for spec in cluster_specs("c" + secrets.token_hex(3))
     ]
     try:

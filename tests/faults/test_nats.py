@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
 from bus import Bus, NatsServer, Settings, default_topology, ensure
-from bus.server import cluster_specs, free_port
+from bus.server import free_port
 
 from ..conftest import wait_service
 from ..fault_agents import RUN_COST
@@ -97,21 +97,6 @@ async def test_nats_server_restart_mid_run(tmp_path: Path, fleet_for: list[Fleet
         server.stop()
 
 
-@pytest.fixture
-def cluster_nodes(tmp_path: Path) -> Iterator[list[NatsServer]]:
-    nodes = [
-        NatsServer(tmp_path / spec.server_name, port=free_port(), cluster=spec)
-        for spec in cluster_specs("c" + secrets.token_hex(3))
-    ]
-    try:
-        for node in nodes:
-            node.start()
-        yield nodes
-    finally:
-        for node in nodes:
-            node.stop()
-
-
 def restart(node: NatsServer) -> None:
     node.start()
 
@@ -152,10 +137,10 @@ async def wait_all_replicas_current(bus: Bus, prefix: str, timeout_s: float = 60
 
 @pytest.mark.slow
 async def test_cluster_node_killed_mid_run_then_another_after_it_returns(
-    tmp_path: Path, cluster_nodes: list[NatsServer], fleet_for: list[Fleet]
+    tmp_path: Path, cluster: list[NatsServer], fleet_for: list[Fleet]
 ) -> None:
     # Given a 3-node cluster with R3 streams and buckets, every process given all three URLs
-    urls = ",".join(node.url for node in cluster_nodes)
+    urls = ",".join(node.url for node in cluster)
     settings = fault_settings(urls, tmp_path, stream_replicas=3)
     fleet = Fleet(settings)
     fleet_for.append(fleet)
@@ -166,7 +151,7 @@ async def test_cluster_node_killed_mid_run_then_another_after_it_returns(
         tasks = await bus.js.stream_info(bus.subjects.stream("TASKS"))
         assert tasks.config.num_replicas == 3
         leader = next(
-            n for n in cluster_nodes
+            n for n in cluster
             if n.cluster and tasks.cluster and n.cluster.server_name == tasks.cluster.leader
         )
         accepted = await submit_many(bus, 15, log, token)
@@ -176,7 +161,7 @@ async def test_cluster_node_killed_mid_run_then_another_after_it_returns(
         # and comes back; once it caught up, another node is killed
         await asyncio.to_thread(restart, leader)
         await wait_all_replicas_current(bus, settings.prefix)
-        other = next(n for n in cluster_nodes if n is not leader)
+        other = next(n for n in cluster if n is not leader)
         other.kill()
         accepted += await submit_many(bus, 15, log, token, first=30)
         # Then every accepted run completes exactly once, budgets held, audit complete

@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 
 from agents.messages import ChildResult, SignalBody
 from agents.submit import submit
-from bus import TERMINAL, Bus, Envelope, NatsServer, Settings, encode, new_envelope, new_id
+from bus import TERMINAL, Bus, Envelope, Settings, encode, new_envelope, new_id
 from bus.events import DeadLetter, Event, dead_letter_decoder, event_decoder
 
 from ..conftest import ROOT, child_env, wait_for
@@ -39,21 +39,8 @@ E2E = settings(
 
 
 @pytest.fixture
-def settings_e2e(nats_server: NatsServer, prefix: str, tmp_path: Path) -> Settings:
-    return Settings.from_env(
-        {},
-        nats_url=nats_server.url,
-        prefix=prefix,
-        home=tmp_path / "home",
-        ack_wait_s=5.0,
-        max_deliver=3,
-        max_payload_bytes=MAX_PAYLOAD,
-    )
-
-
-@pytest.fixture
-def settings(settings_e2e: Settings) -> Settings:  # the `bus` fixture uses these too
-    return settings_e2e
+def settings(settings: Settings) -> Settings:  # the `bus` fixture uses these too
+    return settings.model_copy(update={"max_payload_bytes": MAX_PAYLOAD})
 
 
 class Record:
