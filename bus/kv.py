@@ -43,7 +43,14 @@ def check_key(bucket: str, key: str) -> str:
 
 
 async def _retrying(what: str, call: Callable[[], Awaitable[T]]) -> T:
-    """`call()`, retried on transient errors for up to RETRY_FOR_S, each retry logged."""
+    """`call()`, retried on transient errors for up to RETRY_FOR_S, each retry logged.
+
+    The first try runs bare: KV writes sit on the handoff path, and the retry machinery is only
+    needed once something went wrong."""
+    try:
+        return await call()
+    except _TRANSIENT as exc:
+        log.warning("KV %s failed (%r); retrying", what, exc)
     retrying = AsyncRetrying(
         retry=retry_if_exception_type(_TRANSIENT),
         wait=wait_exponential(multiplier=0.1, max=1.0),
