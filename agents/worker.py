@@ -279,11 +279,15 @@ class Worker:
                 task_env = decode(journal.task)
                 await self.emit_event(task_env, "resumed", detail=f"{env.kind} from {env.sender}")
                 await self.execute(journal, revision, owner, d)
-        elif journal.status == "running" and journal.driver == driver and d.attempt > 1:
-            journal, revision = await self.journals.mutate(
-                env.run_id, env.parent_id, _take_over(owner, driver)
-            )
-            await self.execute(journal, revision, owner, d)
+        elif journal.driver == driver and d.attempt > 1:
+            if journal.status in FINAL:  # this message drove it to the end, then the worker died
+                await self.deliver(decode(journal.task), journal)  # before its outcome went out
+                return
+            if journal.status == "running":
+                journal, revision = await self.journals.mutate(
+                    env.run_id, env.parent_id, _take_over(owner, driver)
+                )
+                await self.execute(journal, revision, owner, d)
 
     # -- execution ------------------------------------------------------------------------
 
