@@ -29,6 +29,10 @@ class Agent:
     on_budget_exceeded: ClassVar[str] = "fail"
     #: Scores for completed tasks or runs (see agents.evaluation).
     evaluators: ClassVar[list[Any]] = []
+    #: What a first `relaybus agent run` on the local stack registers this agent with: the
+    #: scopes it may ever hold and the agents it may hand off to (docs/security.md).
+    scopes: ClassVar[tuple[str, ...]] = ()
+    handoff_to: ClassVar[tuple[str, ...]] = ()
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

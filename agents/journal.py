@@ -99,14 +99,15 @@ _decode = msgspec.msgpack.Decoder(Journal).decode
 
 
 class JournalStore:
-    """Journals of one deployment, in the `<prefix>_journal` bucket, keyed `<run>.<task>`."""
+    """One agent's journals, in the `<prefix>_journal` bucket, keyed `<run>.<task>.<agent>`:
+    the agent's name last, so its NATS user may write only its own keys."""
 
-    def __init__(self, bucket: Bucket) -> None:
+    def __init__(self, bucket: Bucket, agent: str) -> None:
         self.bucket = bucket
+        self.agent = agent
 
-    @staticmethod
-    def key(run_id: str, task_id: str) -> str:
-        return f"{run_id}.{task_id}"
+    def key(self, run_id: str, task_id: str) -> str:
+        return f"{run_id}.{task_id}.{self.agent}"
 
     async def load(self, run_id: str, task_id: str) -> tuple[Journal, int] | None:
         found = await self.bucket.get(self.key(run_id, task_id))

@@ -12,10 +12,11 @@ from typing import Any
 
 import msgspec
 
-from bus import Bus, ConfigError, Consumer, Settings, default_topology, ensure
+from bus import Bus, ConfigError, ConnectionFailed, Consumer, Settings, default_topology, ensure
 from bus.cli import AgentBeat
 from bus.kv import Bucket
 from bus.runtime import stop_on_signals
+from bus.stack import read_stack
 from bus.telemetry import Telemetry
 from services.identity.natsconfig import inbox_prefix, nkey_path
 
@@ -24,6 +25,7 @@ from .worker import Worker
 
 log = logging.getLogger("relaybus.worker")
 BEAT_INTERVAL_S = 20.0
+AUTH_WAIT_S = 10.0
 
 
 async def serve_agent(
@@ -33,22 +35,71 @@ async def serve_agent(
     stop = asyncio.Event()
     stop_on_signals(stop)
     options: dict[str, Any] = {"inbox_prefix": inbox_prefix(agent.name)}
-    if settings.nats_auth:
-        path = nkey_path(settings.home.resolve(), agent.name)
-        if not path.exists():
-            raise ConfigError(
-                f"RELAYBUS_NATS_AUTH is on but {path} is missing: `relaybus identity agent add {agent.name}`"
-            )
+    path = nkey_path(settings.home.resolve(), agent.name)
+    if settings.nats_auth and not path.exists():
+        await register_on_first_run(agent, settings)
+    if path.exists():
         options["nkeys_seed"] = str(path)
     telemetry = Telemetry(f"agent-{agent.name}", settings, metrics_port)
-    bus_cm = Bus(settings, name=f"agent-{agent.name}-{os.getpid()}", connect_options=options)
     with telemetry:
-        async with bus_cm as bus, agent.lifespan():
+        async with await _connect(settings, agent.name, options) as bus, agent.lifespan():
             consumer = await _consume(bus, agent, concurrency, stop)
     log.info(
         "agent %s (pid %d) stopped after %d message(s)", agent.name, os.getpid(), consumer.processed
     )
     return 0
+
+
+async def _connect(settings: Settings, name: str, options: dict[str, Any]) -> Bus:
+    """The agent's connection, as its own NATS user. A freshly registered agent may connect
+    before the server has reloaded its permissions: refusals are retried for a few seconds."""
+    deadline = time.monotonic() + AUTH_WAIT_S
+    while True:
+        bus = Bus(settings, name=f"agent-{name}-{os.getpid()}", connect_options=options, agent=name)
+        try:
+            await bus.__aenter__()
+        except ConnectionFailed as exc:
+            if "credentials" not in str(exc) or time.monotonic() > deadline:
+                raise ConnectionFailed(
+                    f"{exc}; is agent {name} registered (`relaybus identity agent add {name}`) "
+                    f"with the NATS key in {nkey_path(settings.home.resolve(), name)}?"
+                ) from None
+            await asyncio.sleep(0.5)
+            continue
+        await bus.__aexit__(None, None, None)
+        return Bus(settings, name=f"agent-{name}-{os.getpid()}", connect_options=options, agent=name)
+
+
+async def register_on_first_run(agent: Agent, settings: Settings) -> None:
+    """The quick start: an agent run against the local stack (whose operator credentials are
+    under RELAYBUS_HOME) registers itself, with the scopes and handoffs its class declares.
+    Anywhere else, registration is the operator's step: `relaybus identity agent add`."""
+    from services.identity.client import IdentityClient, agent_key_path, write_agent_key
+    from services.identity.natsconfig import write_nkey
+
+    home = settings.home.resolve()
+    if settings.nats_url or read_stack(settings) is None:
+        raise ConfigError(
+            f"agent {agent.name} has no NATS key ({nkey_path(home, agent.name)}): register it "
+            f"with `relaybus identity agent add {agent.name} --scope … --handoff-to …`, or set "
+            "RELAYBUS_NATS_AUTH=0 against a development server without authentication"
+        )
+    async with Bus(settings, name="relaybus-register") as bus:
+        identity = IdentityClient(bus)
+        known = {a["name"] for a in await identity.list_agents()}
+        if agent.name in known:
+            raise ConfigError(
+                f"agent {agent.name} is registered but its NATS key "
+                f"{nkey_path(home, agent.name)} is missing: register it again with "
+                f"`relaybus identity agent add {agent.name} …` under this RELAYBUS_HOME"
+            )
+        key = write_agent_key(home, agent.name)
+        nkey = write_nkey(home, agent.name)
+        await identity.add_agent(
+            agent.name, key.verify_key, list(agent.scopes), list(agent.handoff_to), nkey
+        )
+    assert agent_key_path(home, agent.name).exists()
+    log.info("registered agent %s on the local stack (its keys are under %s)", agent.name, home)
 
 
 async def _consume(bus: Bus, agent: Agent, concurrency: int, stop: asyncio.Event) -> Consumer:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import math
 import time
 from typing import Any
@@ -22,6 +23,8 @@ from services.ledger.client import LedgerClient
 from services.ledger.model import Budget
 
 from .runs import RunRecord, RunStore
+
+log = logging.getLogger("relaybus.submit")
 
 
 class RunOutcome(msgspec.Struct, kw_only=True):
@@ -157,15 +160,29 @@ async def submit(
         )
         if feed is None:
             return RunOutcome(run_id=env.run_id, status="submitted")
-        return await wait_for_run(feed, env.run_id, timeout_s)
+        return await wait_for_run(feed, env.run_id, timeout_s, agent)
     raise AssertionError("unreachable")
 
 
-async def wait_for_run(feed: EventFeed, run_id: str, timeout_s: float) -> RunOutcome:
-    """Read `feed` until the run's terminal event, or report a timeout."""
+async def wait_for_run(
+    feed: EventFeed, run_id: str, timeout_s: float, agent: str | None = None
+) -> RunOutcome:
+    """Read `feed` until the run's terminal event, or report a timeout.
+
+    With `agent` (the one the run was submitted to), only the agents that hold the run's line
+    can end it: `agent`, then whoever one of them handed the run to. An event that any other
+    agent published (its name is the subject's last token) is ignored, so an agent outside the
+    run cannot forge its result."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout_s
-    while (event := await feed.next(deadline - loop.time())) is not None:
+    holders = {agent} if agent else None
+    while (found := await feed.next_sourced(deadline - loop.time())) is not None:
+        event, source = found
+        if holders is not None and source and source not in holders:
+            log.warning("ignoring a %s event for run %s from %s", event.kind, run_id, source)
+            continue
+        if holders is not None and event.kind == "handoff" and event.recipient:
+            holders.add(event.recipient)
         if event.kind in TERMINAL:
             return outcome_of(event)
     return RunOutcome(run_id=run_id, status="timeout", error=f"no result within {timeout_s:g}s")

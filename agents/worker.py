@@ -108,7 +108,7 @@ class Worker:
 
     @classmethod
     async def open(cls, bus: Bus, agent: Agent) -> Worker:
-        journals = JournalStore(await Bucket.open(bus, bus.subjects.bucket("journal")))
+        journals = JournalStore(await Bucket.open(bus, bus.subjects.bucket("journal")), agent.name)
         runs = RunStore(await Bucket.open(bus, bus.subjects.bucket("runs")))
         gate = None
         if bus.settings.identity:
@@ -135,6 +135,9 @@ class Worker:
     async def handle(self, delivery: Delivery) -> None:
         env = delivery.envelope
         kind = env.kind
+        problem = sender_problem(delivery, self.name)
+        if problem:
+            await self.refuse(env, delivery, problem)
         if delivery.attempt == 1:
             labels = {"relaybus.agent": self.name, "relaybus.kind": kind}
             metrics.HANDOFFS.add(1, labels)
@@ -220,6 +223,14 @@ class Worker:
         env = d.envelope
         outcome = _runtime_payload(env, _child_result_decoder)
 
+        def check(journal: Journal) -> str:
+            spawned = _spawned(journal).get(outcome.child)
+            if spawned is None:
+                return f"task {env.parent_id} started no child task {outcome.child}"
+            if spawned != d.source:
+                return f"the result of child task {outcome.child} must come from {spawned}"
+            return ""
+
         traceparent = d.headers.get("traceparent", "")
 
         def merge(journal: Journal) -> None:
@@ -233,7 +244,7 @@ class Worker:
                 ),
             )
 
-        await self._merge_and_resume(env, merge, d)
+        await self._merge_and_resume(env, merge, d, check)
 
     async def on_signal(self, d: Delivery) -> None:
         env = d.envelope
@@ -256,12 +267,17 @@ class Worker:
             env, lambda j: j.signals.setdefault(body.name, bytes(body.data)), d
         )
 
-    async def _merge_and_resume(self, env: Envelope, change: Any, d: Delivery) -> None:
-        if await self.journals.load(env.run_id, env.parent_id) is None:
+    async def _merge_and_resume(
+        self, env: Envelope, change: Any, d: Delivery, check: Any = None
+    ) -> None:
+        found = await self.journals.load(env.run_id, env.parent_id)
+        if found is None:
             log.warning(
                 "no journal for task %s of run %s; dropping %s", env.parent_id, env.run_id, env.kind
             )
             return
+        if check is not None and (problem := check(found[0])):
+            await self.refuse(env, d, problem)
         journal, revision = await self.journals.mutate(env.run_id, env.parent_id, change)
         owner = self.new_owner()
         driver = str(d.sequence)
@@ -497,6 +513,27 @@ class Worker:
                 latency_ms=latency_ms,
             )
 
+    async def refuse(self, env: Envelope, d: Delivery, problem: str) -> None:
+        """Refuse a message that is not what it claims (audited, a `denied` event); it is
+        dead-lettered at once and changes nothing."""
+        sender = d.source or "a user or operator connection"
+        reason = f"refused a {env.kind} from {sender} (claims {env.sender!r}): {problem}"
+        log.warning("%s", reason)
+        if self.gate is not None:
+            await self.gate.audit(
+                AuditRecord(
+                    action=f"message/{env.kind}",
+                    decision="deny",
+                    principal=_principal_of(env),
+                    actor=f"agent:{d.source}" if d.source else "connection",
+                    reason=reason,
+                    run_id=env.run_id,
+                )
+            )
+        metrics.DENIALS.add(1, {"relaybus.agent": self.name, "relaybus.check": "sender"})
+        await self.emit_event(env, "denied", detail=reason)
+        raise Reject(reason)
+
     async def _verify(self, env: Envelope) -> ChainView:
         assert self.gate is not None
         try:
@@ -642,7 +679,7 @@ class Worker:
             score=score,
             **({"result": msgspec.Raw(result)} if result else {}),  # type: ignore[arg-type]
         )
-        subject = self.bus.subjects.event(env.run_id, kind)
+        subject = self.bus.subjects.event(env.run_id, kind, self.bus.agent or "")
         if kind in TERMINAL:
             await self.bus.publish_bytes(subject, event_encoder.encode(event))
         else:
@@ -664,6 +701,45 @@ def _runtime_payload(env: Envelope, decoder: msgspec.json.Decoder[T]) -> T:
         raise Reject(f"the {env.kind} payload does not decode: {exc}") from None
     except RecursionError:  # msgspec recurses even into values it skips
         raise Reject(f"the {env.kind} payload is nested too deeply") from None
+
+
+def sender_problem(d: Delivery, me: str) -> str:
+    """Why a delivery is not what it claims to be, or "". The subject's last token names the
+    agent that published it (NATS permissions let an agent publish only under its own name);
+    a subject without one came from a user or operator connection."""
+    env = d.envelope
+    if d.source and env.sender != d.source:
+        return f"it was published by agent {d.source}"
+    if env.kind == "task":
+        if env.parent_id and not d.source:
+            return "a child task must come from the agent that started it"
+        return ""
+    if env.kind in ("result", "error"):
+        return "" if d.source else "a result must come from the agent that ran the child task"
+    try:
+        body = signal_decoder.decode(env.payload)
+    except (msgspec.DecodeError, RecursionError):
+        return ""  # on_signal refuses it as undecodable
+    if body.timer:
+        return "" if d.source == me else "a timer must come from the agent that set it"
+    if d.source:
+        return (
+            "a signal (approval, rejection, budget resume) must come from a user or operator "
+            "connection, never from an agent"
+        )
+    return ""
+
+
+def _spawned(journal: Journal) -> dict[str, str]:
+    """Child task id → the agent it was sent to, from the journal's spawn operations."""
+    out: dict[str, str] = {}
+    for op in journal.ops:
+        if op.kind == "spawn" and op.result:
+            try:
+                out[msgspec.json.decode(op.result)] = op.name
+            except msgspec.DecodeError:
+                continue
+    return out
 
 
 def _principal_of(env: Envelope) -> str:

@@ -313,12 +313,17 @@ async def dlq_list(args: argparse.Namespace, settings: Settings) -> int:
 
 async def read_dead_letter(bus: Bus, seq: int) -> DeadLetter:
     """One dead letter by its id (its sequence in the DLQ stream)."""
+    return (await read_dead_letter_at(bus, seq))[0]
+
+
+async def read_dead_letter_at(bus: Bus, seq: int) -> tuple[DeadLetter, str]:
+    """One dead letter by its id, and the DLQ subject it was stored on."""
     try:
         raw = await bus.js.get_msg(bus.subjects.stream("DLQ"), seq)
     except nats.js.errors.NotFoundError:
         raise RelayError(f"no dead letter with id {seq}; `relaybus dlq list` shows them") from None
     try:
-        return _dead_letter(raw.data or b"")
+        return _dead_letter(raw.data or b""), str(raw.subject or "")
     except RelayError as exc:
         raise RelayError(f"dead letter {seq} {exc}") from None
 
@@ -334,8 +339,18 @@ def _dead_letter(data: bytes) -> DeadLetter:
 async def replay_dead_letter(bus: Bus, seq: int) -> dict[str, Any]:
     """Put dead letter `seq` back on its subject (run, trace, budget and chain kept), then
     remove it from the DLQ; returns what `dlq replay --json` prints."""
-    letter = await read_dead_letter(bus, seq)
-    if letter.subject != bus.subjects.task(letter.agent):  # a forged letter could aim anywhere
+    letter, stored_on = await read_dead_letter_at(bus, seq)
+    # Only the consume loop of agent A may write on A's DLQ subject (its NATS permissions), and
+    # it writes only messages it consumed: from A's task subjects, sender token kept.
+    if stored_on != bus.subjects.dlq(letter.agent):
+        raise RelayError(
+            f"dead letter {seq} names agent {letter.agent!r} but was written on {stored_on!r}; "
+            "a letter is replayed only to the agent whose consume loop wrote it"
+        )
+    own = bus.subjects.task(letter.agent)
+    if letter.subject != own and not (
+        letter.subject.startswith(own + ".") and letter.subject.count(".") == own.count(".") + 1
+    ):  # a forged letter could aim anywhere
         raise RelayError(
             f"dead letter {seq} is for {letter.subject!r}, not {letter.agent}'s task subject; "
             "it is not replayed"

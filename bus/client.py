@@ -61,8 +61,12 @@ class Bus:
         name: str = "relaybus",
         header_hook: HeaderHook | None = inject,
         connect_options: dict[str, Any] | None = None,
+        agent: str | None = None,
     ) -> None:
         self.settings = settings
+        # The agent this connection belongs to: its task messages and events carry its name as
+        # the last subject token, the only subjects its NATS user may publish (docs/security.md).
+        self.agent = agent
         self.subjects = Subjects(settings.prefix)
         self.name = name
         self.header_hook = header_hook
@@ -204,7 +208,15 @@ class Bus:
 
         The envelope id is the `Nats-Msg-Id`, so a retried publish is stored once.
         """
-        subject = subject or self.subjects.task(env.recipient)
+        if subject is None:
+            if self.agent is None:
+                subject = self.subjects.task(env.recipient)
+            elif env.sender != self.agent:
+                raise PublishFailed(
+                    f"agent {self.agent} cannot send an envelope in the name of {env.sender!r}"
+                )
+            else:
+                subject = self.subjects.task_from(env.recipient, self.agent)
         data = wire.encode(env, self.settings.max_payload_bytes)
         return await self.publish_bytes(subject, data, self.headers_for(env))
 

@@ -36,6 +36,7 @@ class Delivery:
     headers: dict[str, str]
     subject: str
     sequence: int = 0
+    source: str = ""  # the agent that sent it, from the subject; "" for a user or operator
     started: float = field(default_factory=time.monotonic)
 
 
@@ -176,6 +177,7 @@ class Consumer:
             headers=headers,
             subject=msg.subject,
             sequence=msg.metadata.sequence.stream,
+            source=self.bus.subjects.source_of(msg.subject),
         )
         try:
             await self.handler(delivery)
@@ -260,7 +262,8 @@ class Consumer:
                 error=error,
             )
             await self.bus.publish_bytes(
-                self.bus.subjects.event(env.run_id, "dead_lettered"), event_encoder.encode(event)
+                self.bus.subjects.event(env.run_id, "dead_lettered", self.bus.agent or ""),
+                event_encoder.encode(event),
             )
         await msg.term()
 

@@ -46,19 +46,21 @@ class EventFeed:
     ) -> None:
         self.bus = bus
         self.subject = bus.subjects.events_of(run_id)
+        self.filters: list[str] = []
         if kind is not None:
             self.subject = self.subject[: -len(">")] + kind
             if run_id is None:
                 self.subject = self.subject.replace(".event.", ".event.*.", 1)
+            self.filters = [self.subject, f"{self.subject}.*"]  # from services, from agents
         self.replay = replay
         self.since = since
         self._sub: Any = None
 
     async def __aenter__(self) -> EventFeed:
-        config = None
+        config = api.ConsumerConfig(filter_subjects=self.filters or None)
         if self.since is not None:
             policy = api.DeliverPolicy.BY_START_TIME
-            config = api.ConsumerConfig(opt_start_time=datetime.fromtimestamp(self.since, tz=UTC))
+            config.opt_start_time = datetime.fromtimestamp(self.since, tz=UTC)
         else:
             policy = api.DeliverPolicy.ALL if self.replay else api.DeliverPolicy.NEW
         self._sub = await self.bus.js.subscribe(
@@ -94,6 +96,13 @@ class EventFeed:
 
     async def next(self, timeout_s: float) -> Event | None:
         """The next event, or None if none came within `timeout_s`."""
+        found = await self.next_sourced(timeout_s)
+        return found[0] if found is not None else None
+
+    async def next_sourced(self, timeout_s: float) -> tuple[Event, str] | None:
+        """The next event and the agent that published it ("" for a user, operator or
+        service), or None if none came within `timeout_s`. The source comes from the
+        subject, which NATS permissions tie to the publisher's own name."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
         while (left := deadline - loop.time()) > 0:
@@ -103,5 +112,5 @@ class EventFeed:
                 return None
             event = _event(msg.data)
             if event is not None:
-                return event
+                return event, self.bus.subjects.source_of(msg.subject)
         return None

@@ -61,14 +61,14 @@ class StreamSpec:
 class ConsumerSpec:
     stream: str
     durable: str
-    filter_subject: str
+    filter_subjects: tuple[str, ...]
     ack_wait_s: float
     max_ack_pending: int = 1000
 
     def config(self) -> api.ConsumerConfig:
         return api.ConsumerConfig(
             durable_name=self.durable,
-            filter_subject=self.filter_subject,
+            filter_subjects=list(self.filter_subjects),
             ack_policy=api.AckPolicy.EXPLICIT,
             deliver_policy=api.DeliverPolicy.ALL,
             ack_wait=self.ack_wait_s,
@@ -140,7 +140,7 @@ def agent_consumer(subjects: Subjects, agent: str, ack_wait_s: float) -> Consume
     return ConsumerSpec(
         stream=subjects.stream("TASKS"),
         durable=subjects.durable(agent),
-        filter_subject=subjects.task(agent),
+        filter_subjects=subjects.task_filters(agent),
         ack_wait_s=ack_wait_s,
     )
 
@@ -200,9 +200,13 @@ async def ensure_consumer(bus: Bus, spec: ConsumerSpec) -> bool:
     _diff(
         "consumer",
         f"{spec.stream}/{spec.durable}",
-        {"filter_subject": spec.filter_subject, "ack_wait": spec.ack_wait_s, "max_deliver": -1},
         {
-            "filter_subject": have.filter_subject,
+            "filter_subjects": sorted(spec.filter_subjects),
+            "ack_wait": spec.ack_wait_s,
+            "max_deliver": -1,
+        },
+        {
+            "filter_subjects": sorted(have.filter_subjects or [have.filter_subject or ""]),
             "ack_wait": have.ack_wait,
             "max_deliver": have.max_deliver,
         },
@@ -220,6 +224,9 @@ async def ensure_bucket(bus: Bus, spec: BucketSpec) -> bool:
                 history=spec.history,
                 ttl=spec.ttl_s or None,
                 replicas=spec.replicas,
+                # direct gets name the key in the subject, so NATS permissions can confine an
+                # agent to its own keys (a STREAM.MSG.GET names it in the body)
+                direct=True,
             )
         )
         return True
@@ -283,8 +290,18 @@ async def read_subject(
     bus: Bus, stream: str, subject: str, after: int = 0
 ) -> list[tuple[int, bytes]]:
     """Every message stored on `subject` after stream sequence `after`, in order, with its sequence."""
+    return [(seq, data) for seq, _, data in await read_matching(bus, stream, subject, after)]
+
+
+async def read_matching(
+    bus: Bus, stream: str, subject: str, after: int = 0
+) -> list[tuple[int, str, bytes]]:
+    """Every message stored on `subject` (wildcards allowed) after stream sequence `after`,
+    in order, with its sequence and its own subject."""
     info = await bus.js.stream_info(stream, subjects_filter=subject)
-    if not (info.state.subjects or {}).get(subject) or info.state.last_seq <= after:
+    present = info.state.subjects or {}
+    wildcard = "*" in subject.split(".") or subject.endswith(".>")
+    if not (present if wildcard else present.get(subject)) or info.state.last_seq <= after:
         return []
     if after:
         sub = await bus.js.subscribe(
@@ -297,11 +314,11 @@ async def read_subject(
         sub = await bus.js.subscribe(
             subject, ordered_consumer=True, deliver_policy=api.DeliverPolicy.ALL
         )
-    out: list[tuple[int, bytes]] = []
+    out: list[tuple[int, str, bytes]] = []
     try:
         while True:
             msg = await sub.next_msg(timeout=bus.settings.request_timeout_s)
-            out.append((msg.metadata.sequence.stream, bytes(msg.data)))
+            out.append((msg.metadata.sequence.stream, msg.subject, bytes(msg.data)))
             if msg.metadata.num_pending == 0:
                 return out
     finally:

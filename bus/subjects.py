@@ -53,11 +53,34 @@ class Subjects:
                 self._tasks[agent] = subject
         return subject
 
+    def task_from(self, agent: str, sender: str) -> str:
+        """Where agent `sender` publishes to `agent`: the sender is the last token, and each
+        agent's NATS user may publish only subjects that end in its own name."""
+        return f"{self.task(agent)}.{check_name('agent', sender)}"
+
+    def task_filters(self, agent: str) -> tuple[str, str]:
+        """What `agent`'s consumer reads: tasks from users and operators, and from agents."""
+        return (self.task(agent), f"{self.task(agent)}.*")
+
+    def source_of(self, subject: str) -> str:
+        """The sending agent named by a task or event subject; "" when no agent sent it (a
+        user or operator connection, whose subjects end without a sender token)."""
+        parts = subject.split(".")
+        base = len(self.prefix.split("."))
+        if len(parts) == base + 3 and parts[base] == "task":
+            return parts[-1]
+        if len(parts) == base + 4 and parts[base] == "event":
+            return parts[-1]
+        return ""
+
     def tasks_all(self) -> str:
         return f"{self.prefix}.task.>"
 
-    def event(self, run_id: str, kind: str) -> str:
-        return f"{self.prefix}.event.{check_name('run', run_id)}.{check_name('event', kind)}"
+    def event(self, run_id: str, kind: str, source: str = "") -> str:
+        """A run event; `source` is the publishing agent (events from users, operators and
+        services carry none). Agents may publish only events that end in their own name."""
+        subject = f"{self.prefix}.event.{check_name('run', run_id)}.{check_name('event', kind)}"
+        return f"{subject}.{check_name('agent', source)}" if source else subject
 
     def events_of(self, run_id: str | None = None) -> str:
         if run_id is None:

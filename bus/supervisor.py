@@ -37,8 +37,8 @@ log = logging.getLogger("relaybus.stack")
 class StackAuth(Protocol):
     """How `up` secures the embedded server (RELAYBUS_NATS_AUTH=1); supplied by the identity layer."""
 
-    def initial(self, admin_user: str, admin_password: str) -> str:
-        """The first authorization block: the admin user only."""
+    def initial(self, admins: dict[str, str]) -> str:
+        """The first authorization block: the operator and the services (user → password)."""
         ...
 
     async def follow(self, bus: Bus, write: Callable[[str], None]) -> None:
@@ -71,11 +71,16 @@ async def serve_stack(
         url = settings.nats_url
         conf = home / "nats-auth.conf"
         secure = settings.nats_auth and auth is not None and not url
+        passwords = {name: secrets.token_urlsafe(18) for name in (OPERATOR, *services)}
+        if not url and not secure:
+            log.warning(
+                "RELAYBUS_NATS_AUTH=0: the embedded nats-server accepts ANY local process as the "
+                "operator, with no permissions. For development only; never expose this stack."
+            )
         if not url:
             if secure:
                 assert auth is not None
-                password = secrets.token_urlsafe(18)
-                write_private(conf, auth.initial("relaybus", password).encode())
+                write_private(conf, auth.initial(passwords).encode())
             server = NatsServer(
                 home / "nats",
                 binary=settings.nats_server,
@@ -84,8 +89,10 @@ async def serve_stack(
             )
             await asyncio.to_thread(server.start)
             url = server.url
-            if secure:
-                url = url.replace("nats://", f"nats://relaybus:{password}@")
+        service_urls = {name: url for name in services}
+        if secure and server is not None:
+            service_urls = {n: _with_user(server.url, n, passwords[n]) for n in services}
+            url = _with_user(server.url, OPERATOR, passwords[OPERATOR])
         run_settings = settings.model_copy(update={"nats_url": url, "home": home})
         async with Bus(run_settings, name="relaybus-up") as bus:
             await ensure(bus, default_topology(bus.subjects, bus.settings.stream_replicas))
@@ -95,7 +102,7 @@ async def serve_stack(
             with (home / "logs" / f"{name}.log").open("ab") as logf:
                 return subprocess.Popen(
                     list(services[name]),
-                    env=env,
+                    env={**env, "RELAYBUS_NATS_URL": service_urls[name]},
                     stdin=subprocess.DEVNULL,
                     stdout=logf,
                     stderr=logf,
@@ -154,6 +161,12 @@ async def serve_stack(
 
 
 MAX_RESTARTS = 5
+OPERATOR = "operator"
+
+
+def _with_user(url: str, user: str, password: str) -> str:
+    """`url` with one NATS user's credentials (each service connects as itself)."""
+    return url.replace("nats://", f"nats://{user}:{password}@", 1)
 
 
 async def _wait_for_exit(

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from bus import Bus
 from services.identity.client import IdentityClient, agent_key_path, read_agent_key, write_agent_key
+from services.identity.natsconfig import read_nkey, write_nkey
 from services.ledger.client import LedgerClient
 from services.ledger.model import Budget
 
@@ -71,7 +72,8 @@ async def register_demo(bus: Bus, home: Path) -> str:
             key = read_agent_key(home, name)
         else:
             key = write_agent_key(home, name)
-        await identity.add_agent(name, key.verify_key, scopes, handoff_to)
+        nkey = read_nkey(home, name) or write_nkey(home, name)
+        await identity.add_agent(name, key.verify_key, scopes, handoff_to, nkey)
     await identity.add_role(ROLE, ROLE_SCOPES)
     await identity.add_user(DEMO_USER, [], [ROLE])
     await LedgerClient(bus).set_budget(

@@ -14,7 +14,7 @@ from nacl.signing import SigningKey, VerifyKey
 
 from bus import Bus, ChainInvalid, ConfigError, Link, PermissionDenied, RelayError, rpc
 from bus.private import write_private
-from bus.streams import read_subject
+from bus.streams import read_matching
 
 from .chain import ChainVerifier, ChainView, child_body, decode_body, sign_body
 from .messages import (
@@ -254,8 +254,13 @@ def audit_token(principal: str) -> str:
 
 
 async def publish_audit(bus: Bus, record: AuditRecord) -> None:
-    """Append one decision to the audit stream (acknowledged by JetStream)."""
-    await bus.publish_bytes(bus.subjects.audit(audit_token(record.principal)), encode_audit(record))
+    """Append one decision to the audit stream (acknowledged by JetStream). An agent's records
+    go under its own name (`<prefix>.audit.<principal>.<agent>`), the only audit subject its
+    NATS user may publish; services and operators write `<prefix>.audit.<principal>`."""
+    subject = bus.subjects.audit(audit_token(record.principal))
+    if bus.agent:
+        subject = f"{subject}.{bus.agent}"
+    await bus.publish_bytes(subject, encode_audit(record))
 
 
 encode_audit = msgspec.json.Encoder().encode
@@ -267,10 +272,18 @@ async def read_audit(
 ) -> list[AuditRecord]:
     """The decisions recorded for `principal`, oldest first, optionally of one run or decision."""
     subject = bus.subjects.audit(audit_token(principal))
-    records = [
-        _audit_decoder.decode(data)
-        for _, data in await read_subject(bus, bus.subjects.stream("AUDIT"), subject)
+    stream = bus.subjects.stream("AUDIT")
+    found = [
+        *await read_matching(bus, stream, subject),
+        *await read_matching(bus, stream, subject + ".*"),
     ]
+    records = []
+    for _, stored_on, data in sorted(found):
+        record = _audit_decoder.decode(data)
+        writer = stored_on[len(subject) + 1 :]
+        if writer:  # an agent wrote it: it speaks only as itself, whatever the record claims
+            record = msgspec.structs.replace(record, actor=f"agent:{writer}")
+        records.append(record)
     return [
         r
         for r in records

@@ -21,7 +21,29 @@ from bus.private import write_private
 
 from .messages import AgentRecord
 
-RUNTIME_BUCKETS = ("journal", "runs", "presence", "agents", "revoked")
+# Buckets an agent reads (the registry and revocations, to verify chains) but never writes.
+READ_BUCKETS = ("agents", "revoked", "runs", "signals")
+# Buckets an agent writes, each only under keys that end (journal) or start (presence) with
+# its own name.
+OWN_KEY_BUCKETS = {"journal": "*.*.{name}", "presence": "{name}.*", "runs": "*"}
+# (`runs` is still written by every agent of a run: its status, waits and result. Moving run
+# records behind a writer that checks the chain is the open item in docs/security.md; the
+# fields an agent could misuse there — the run's owner, signals — are not read from it.)
+# Until the ledger and memory services name them, the requests an agent sends.
+_LEDGER_OPS = ("hold", "capture", "void", "lease", "settle", "query", "run_cost", "levels")
+_MEMORY_OPS = (
+    "remember", "recall", "forget", "history", "ingest", "search_docs", "session",
+)
+
+
+def _service_ops(module: str, fallback: tuple[str, ...]) -> tuple[str, ...]:
+    """`AGENT_OPS` of a service's client-facing module: the requests an agent may send."""
+    import importlib
+
+    try:
+        return tuple(importlib.import_module(module).AGENT_OPS)
+    except (ImportError, AttributeError):
+        return fallback
 
 
 def nkey_path(home: Path, agent: str) -> Path:
@@ -35,6 +57,14 @@ def write_nkey(home: Path, agent: str) -> str:
     return str(nkeys.from_seed(seed).public_key.decode())
 
 
+def read_nkey(home: Path, agent: str) -> str | None:
+    """The public key of the agent's NATS connection key, if it has one."""
+    path = nkey_path(home, agent)
+    if not path.exists():
+        return None
+    return str(nkeys.from_seed(path.read_bytes().strip()).public_key.decode())
+
+
 def inbox_prefix(agent: str) -> str:
     return f"_INBOX_{agent}"
 
@@ -42,19 +72,24 @@ def inbox_prefix(agent: str) -> str:
 def agent_permissions(
     subjects: Subjects, agent: AgentRecord, registry: Sequence[AgentRecord]
 ) -> dict[str, object]:
+    """What one agent's NATS user may do: send tasks, results and timers only under its own
+    name, to the agents it may hand off to, that may call it, and itself; write only its own
+    journal and presence keys; read the registry; call the services' agent operations. It can
+    never write control-plane state (registry, revocations, budgets, audit in another's name,
+    other runs' events) nor reach an operator's request subject."""
     p, name = subjects.prefix, agent.name
     tasks = subjects.stream("TASKS")
     durable = subjects.durable(name)
     callers = [a.name for a in registry if name in a.handoff_to]
-    publish = sorted({subjects.task(t) for t in (name, *agent.handoff_to, *callers)})
+    publish = sorted({subjects.task_from(t, name) for t in (name, *agent.handoff_to, *callers)})
+    publish += [f"{p}.svc.ledger.{op}" for op in _service_ops("services.ledger.client", _LEDGER_OPS)]
+    publish += [f"{p}.svc.memory.{op}" for op in _service_ops("memory.messages", _MEMORY_OPS)]
     publish += [
-        f"{p}.event.>",
-        f"{p}.audit.>",
+        f"{p}.event.*.*.{name}",
+        f"{p}.audit.*.{name}",
         subjects.dlq(name),
         f"{p}.svc.identity.stamp.{name}",
         f"{p}.svc.identity.pubkey",
-        f"{p}.svc.ledger.>",
-        f"{p}.svc.memory.>",
         "$JS.API.INFO",
         "$JS.API.STREAM.INFO.*",
         f"$JS.API.CONSUMER.INFO.{tasks}.{durable}",
@@ -65,16 +100,23 @@ def agent_permissions(
         f"$JS.ACK.{tasks}.{durable}.>",
         "$JS.FC.>",
     ]
-    for bucket in RUNTIME_BUCKETS:
+    for bucket in READ_BUCKETS:
         kv = subjects.bucket(bucket)
         publish += [
-            f"$KV.{kv}.>",
             f"$JS.API.DIRECT.GET.KV_{kv}.>",
             f"$JS.API.DIRECT.GET.KV_{kv}",
             f"$JS.API.STREAM.MSG.GET.KV_{kv}",
             f"$JS.API.CONSUMER.CREATE.KV_{kv}",
             f"$JS.API.CONSUMER.CREATE.KV_{kv}.>",
+            f"$JS.API.CONSUMER.INFO.KV_{kv}.*",
             f"$JS.API.CONSUMER.DELETE.KV_{kv}.*",
+        ]
+    for bucket, pattern in OWN_KEY_BUCKETS.items():
+        kv = subjects.bucket(bucket)
+        own = pattern.format(name=name)
+        publish += [
+            f"$KV.{kv}.{own}",
+            f"$JS.API.DIRECT.GET.KV_{kv}.$KV.{kv}.{own}",
         ]
     subscribe = [f"{inbox_prefix(name)}.>", f"{p}.control.*"]
     return {"publish": {"allow": publish}, "subscribe": {"allow": subscribe}}
@@ -88,7 +130,7 @@ def authorization_block(
     users: list[dict[str, object]] = [
         {"user": user, "password": password, "permissions": {"publish": ">", "subscribe": ">"}}
         for user, password in sorted(admins.items())
-    ]
+    ]  # the operator and the identity, ledger and memory services, each with its own password
     for agent in agents:
         if agent.revoked or not agent.nkey:
             continue
@@ -105,8 +147,8 @@ class RegistryAuth:
         self.subjects = subjects
         self._admins: dict[str, str] = {}
 
-    def initial(self, admin_user: str, admin_password: str) -> str:
-        self._admins = {admin_user: admin_password}
+    def initial(self, admins: dict[str, str]) -> str:
+        self._admins = dict(admins)
         return authorization_block(self.subjects, [], self._admins)
 
     async def follow(self, bus: Bus, write: Callable[[str], None]) -> None:

@@ -209,7 +209,7 @@ async def test_cancel_stops_a_running_handler_within_a_second(bus: Bus, spawn: S
     from agents.journal import JournalStore
     from bus.kv import Bucket
 
-    journals = JournalStore(await Bucket.open(bus, bus.subjects.bucket("journal")))
+    journals = JournalStore(await Bucket.open(bus, bus.subjects.bucket("journal")), "sleeper")
     for _ in range(40):
         found = await journals.load(run_id, run_id)
         if found and found[0].status == "cancelled":

@@ -184,11 +184,12 @@ async def describe_run(bus: Bus, run_id: str, record: RunRecord | None) -> str:
         while (event := await feed.next(1.0)) is not None:
             error = f"{event.error.type}: {event.error.message[:200]}" if event.error else ""
             kinds.append(f"{event.kind}:{event.recipient}:{event.attempt}:{event.detail[:60]}{error}")
-    journals = JournalStore(await Bucket.open(bus, bus.subjects.bucket("journal")))
+    bucket = await Bucket.open(bus, bus.subjects.bucket("journal"))
     tasks = []
-    for key in await journals.bucket.keys():
+    for key in await bucket.keys():
         if key.startswith(run_id):
-            found = await journals.load(run_id, key.split(".", 1)[1])
+            _, task_id, agent = key.split(".")
+            found = await JournalStore(bucket, agent).load(run_id, task_id)
             if found is not None:
                 journal = found[0]
                 ops = [msgspec.json.encode(op).decode() for op in journal.ops]
