@@ -130,7 +130,14 @@ async def submit(
             raise RelayError("identity is on: publish as a user with --as USER --token TOKEN")
         user = sender.removeprefix("user:")
         root = await IdentityClient(bus).root(
-            user, token, env.run_id, agent, scopes, ttl_s=deadline_s or 3600.0
+            user,
+            token,
+            env.run_id,
+            agent,
+            scopes,
+            ttl_s=deadline_s or 3600.0,
+            task_id=env.id,
+            payload=env.payload,
         )
         env = msgspec.structs.replace(env, chain=(root,))
     if budget is not None:

@@ -10,6 +10,7 @@ Each delivery to `relay.task.<agent>` is one of:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import os
@@ -520,11 +521,17 @@ class Worker:
         reason = f"refused a {env.kind} from {sender} (claims {env.sender!r}): {problem}"
         log.warning("%s", reason)
         if self.gate is not None:
+            principal = _principal_of(env)
+            if not env.chain and env.parent_id:  # the run's user, from the task it aims at
+                with contextlib.suppress(Exception):
+                    found = await self.journals.load(env.run_id, env.parent_id)
+                    if found is not None:
+                        principal = _principal_of(decode(found[0].task))
             await self.gate.audit(
                 AuditRecord(
                     action=f"message/{env.kind}",
                     decision="deny",
-                    principal=_principal_of(env),
+                    principal=principal,
                     actor=f"agent:{d.source}" if d.source else "connection",
                     reason=reason,
                     run_id=env.run_id,
@@ -537,7 +544,9 @@ class Worker:
     async def _verify(self, env: Envelope) -> ChainView:
         assert self.gate is not None
         try:
-            return await self.gate.verify(env.chain, env.run_id, self.name)
+            return await self.gate.verify(
+                env.chain, env.run_id, self.name, task=(env.id, env.payload)
+            )
         except ChainInvalid as exc:
             principal = _principal_of(env)
             await self.gate.audit(
@@ -581,7 +590,7 @@ class Worker:
         """Append this agent's stamped delegation link to a child or handoff envelope."""
         if self.gate is None:
             return env
-        link = await self.gate.delegate(env.chain, env.recipient, scopes)
+        link = await self.gate.delegate(env.chain, env.recipient, scopes, (env.id, env.payload))
         return msgspec.structs.replace(env, chain=(*env.chain, link))
 
     async def signal_or_register(self, ctx: Context, name: str) -> bytes | None:

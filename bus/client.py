@@ -188,7 +188,7 @@ class Bus:
     def raise_violation(self, subject: str) -> None:
         """Raise PermissionViolation if the server refused `subject` on this connection."""
         for op, refused in self.violations:
-            if refused == subject:
+            if refused.lower() == subject.lower():  # nats-py lowercases the error text
                 raise PermissionViolation(
                     f"NATS refused {op} to {subject!r} for this connection's user; "
                     "check the agent's subject permissions (`relaybus identity nats-config`)"

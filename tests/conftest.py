@@ -41,7 +41,8 @@ def settings(nats_server: NatsServer, prefix: str, tmp_path: Path) -> Settings:
         home=tmp_path / "home",
         ack_wait_s=5.0,
         max_deliver=3,
-    )
+        nats_auth=False,  # the shared test server runs without authentication (tests/security
+    )  # starts secured stacks of its own)
 
 
 @pytest.fixture

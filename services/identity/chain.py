@@ -43,10 +43,17 @@ class LinkBody(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     nonce: str
     prev: bytes = b""
     v: int = 1
+    task: str = ""  # the task this link authorizes (its envelope id) ...
+    digest: bytes = b""  # ... and a digest of that task's payload: a link is good for one task
 
 
 _encode = msgspec.msgpack.Encoder().encode
 _decode_body = msgspec.msgpack.Decoder(LinkBody).decode
+
+
+def payload_digest(payload: bytes) -> bytes:
+    """What a link binds of its task's payload."""
+    return hashlib.blake2b(payload, digest_size=16).digest()
 
 
 def link_id(payload: bytes) -> str:
@@ -88,6 +95,8 @@ def child_body(
     subject: str,
     scopes: Sequence[Scope] | None,
     ttl_s: float | None = None,
+    task: str = "",
+    digest: bytes = b"",
 ) -> LinkBody:
     """The body of a delegation from the holder of `parent` to `subject`, never wider."""
     now = time.time()
@@ -103,6 +112,8 @@ def child_body(
         depth=parent.depth - 1,
         nonce=new_nonce(),
         prev=hashlib.blake2b(parent_payload, digest_size=16).digest(),
+        task=task,
+        digest=digest,
     )
 
 
@@ -140,8 +151,16 @@ class ChainVerifier:
     _verified: set[tuple[str, bytes, bytes]] = field(default_factory=set)
 
     def verify(
-        self, chain: Sequence[Link], run_id: str, recipient: str, now: float | None = None
+        self,
+        chain: Sequence[Link],
+        run_id: str,
+        recipient: str,
+        now: float | None = None,
+        *,
+        task: tuple[str, bytes] | None = None,
     ) -> ChainView:
+        """The chain decoded, if it lets `recipient` act in `run_id`; with `task` (its id and
+        payload), only if the last link authorizes exactly that task and payload."""
         if not chain:
             raise ChainInvalid(
                 "the message carries no delegation chain; publish through the identity service"
@@ -177,6 +196,15 @@ class ChainVerifier:
             raise ChainInvalid(
                 f"the chain ends at {bodies[-1].subject}, but the message is for {recipient}"
             )
+        if task is not None:
+            task_id, payload = task
+            last = bodies[-1]
+            if last.task != task_id or last.digest != payload_digest(payload):
+                raise ChainInvalid(
+                    f"the chain's last link authorizes task {last.task or '(none)'} with another "
+                    f"payload, not task {task_id} as sent: a chain is bound to the one task and "
+                    "payload it was issued for (publish a new task through the identity service)"
+                )
         return ChainView(links=bodies, ids=ids)
 
     def _check_signatures(

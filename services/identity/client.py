@@ -16,7 +16,14 @@ from bus import Bus, ChainInvalid, ConfigError, Link, PermissionDenied, RelayErr
 from bus.private import write_private
 from bus.streams import read_matching
 
-from .chain import ChainVerifier, ChainView, child_body, decode_body, sign_body
+from .chain import (
+    ChainVerifier,
+    ChainView,
+    child_body,
+    decode_body,
+    payload_digest,
+    sign_body,
+)
 from .messages import (
     AgentAdd,
     AuditRecord,
@@ -116,11 +123,22 @@ class IdentityClient:
         agent: str,
         scopes: list[str] | None = None,
         ttl_s: float = 3600.0,
+        *,
+        task_id: str = "",
+        payload: bytes = b"",
     ) -> Link:
+        """The root link of run `run_id`, bound to its first task (`task_id`, `payload`)."""
         body = await self.call(
             "root",
             RootRequest(
-                user=user, token=token, run_id=run_id, agent=agent, scopes=scopes, ttl_s=ttl_s
+                user=user,
+                token=token,
+                run_id=run_id,
+                agent=agent,
+                scopes=scopes,
+                ttl_s=ttl_s,
+                task_id=task_id,
+                digest=payload_digest(payload),
             ),
         )
         return msgspec.convert(body, Link)
@@ -196,7 +214,11 @@ class IdentityGate:
                 self._keys[name] = VerifyKey(bytes.fromhex(record.public_key))
 
     async def verify(
-        self, chain: tuple[Link, ...] | list[Link], run_id: str, recipient: str
+        self,
+        chain: tuple[Link, ...] | list[Link],
+        run_id: str,
+        recipient: str,
+        task: tuple[str, bytes] | None = None,
     ) -> ChainView:
         for link in chain[1:]:
             issuer = decode_body(link.payload).issuer
@@ -206,7 +228,7 @@ class IdentityGate:
             raise ChainInvalid(
                 "the revocation watch is not live; refusing until it is (fail closed)"
             )
-        return self.verifier.verify(chain, run_id, recipient)
+        return self.verifier.verify(chain, run_id, recipient, task=task)
 
     def check_tool(self, view: ChainView, scope: str, args: dict[str, Any]) -> str:
         """'' if every link allows `scope` with these arguments, else why not."""
@@ -225,7 +247,14 @@ class IdentityGate:
                     return f"{key} is revoked"
         return ""
 
-    async def delegate(self, chain: tuple[Link, ...], to: str, scopes: list[str] | None) -> Link:
+    async def delegate(
+        self,
+        chain: tuple[Link, ...],
+        to: str,
+        scopes: list[str] | None,
+        task: tuple[str, bytes] = ("", b""),
+    ) -> Link:
+        """A stamped link from this agent to `to` for one task (its id and payload)."""
         if self.key is None:
             raise ConfigError(f"agent {self.agent} has no delegation key")
         parent = chain[-1]
@@ -238,6 +267,8 @@ class IdentityGate:
             scopes=restrict([parse_scope(s) for s in scopes], held.scopes)
             if scopes is not None
             else None,
+            task=task[0],
+            digest=payload_digest(task[1]),
         )
         payload, signature = sign_body(body, self.key)
         return await self.client.stamp(

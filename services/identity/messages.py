@@ -76,6 +76,8 @@ class RootRequest(msgspec.Struct, kw_only=True):
     agent: str
     scopes: list[str] | None = None
     ttl_s: float = 3600.0
+    task_id: str = ""  # the run's first task, which the root link authorizes ...
+    digest: bytes = b""  # ... with this payload digest (chain.payload_digest)
 
 
 class StampRequest(msgspec.Struct, kw_only=True):

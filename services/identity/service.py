@@ -80,6 +80,7 @@ def token_hash(secret: str) -> str:
 class IdentityService:
     def __init__(self, bus: Bus, registry: Registry, key: SigningKey) -> None:
         self.bus = bus
+        self.max_root_ttl_s = bus.settings.identity_max_root_ttl_s
         self.registry = registry
         self.key = key
         self._keys: dict[str, VerifyKey] = {}
@@ -197,6 +198,13 @@ class IdentityService:
         """Authenticate a user and stamp the root link of a new run's chain."""
         req = msgspec.json.decode(data, type=RootRequest)
         try:
+            # A root without a task (the memory CLI's direct calls) authorizes no task: every
+            # consumer checks that the chain's last link names the task it received.
+            if not 0 < req.ttl_s <= self.max_root_ttl_s:
+                raise ConfigError(
+                    f"a root link may live at most {self.max_root_ttl_s:g}s (asked "
+                    f"{req.ttl_s:g}s); RELAYBUS_IDENTITY_MAX_ROOT_TTL_S sets the cap"
+                )
             user = await self._authenticate(req.user, req.token)
             scopes = [parse_scope(s) for s in user.scopes]
             for role in user.roles:
@@ -224,6 +232,8 @@ class IdentityService:
             exp=now + req.ttl_s,
             depth=DEFAULT_DEPTH,
             nonce=new_nonce(),
+            task=req.task_id,
+            digest=req.digest,
         )
         payload, signature = sign_body(body, self.key)
         stamp = stamp_payload(payload, self.key)

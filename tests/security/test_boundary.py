@@ -1,0 +1,217 @@
+"""The trust boundary, attacked from outside the chain: an anonymous local process, a hostile
+agent on its own NATS key, a replayed chain, forged results, signals, events and dead letters.
+Each test asserts the refusal, the audit record where one is due, and that nothing changed."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import msgspec
+import nats
+import pytest
+
+from agents.messages import ChildResult, SignalBody
+from agents.submit import submit, wait_for_run
+from bus import Bus, ConnectionFailed, Envelope, Event, PermissionViolation, RelayError, new_id
+from bus.cli import replay_dead_letter
+from bus.events import DeadLetter, event_encoder
+from bus.feed import EventFeed
+from bus.stack import public_url, read_stack
+from services.identity.client import IdentityClient, read_audit
+
+from .conftest import USER, SecureStack
+
+
+async def _refused(bus: Bus, subject: str, data: bytes = b"{}") -> None:
+    """A core publish the server must refuse for this connection's NATS user."""
+    with pytest.raises(PermissionViolation):
+        await bus.publish_core(subject, data, confirm_s=2.0)
+
+
+async def test_an_anonymous_local_process_cannot_connect(secure: SecureStack) -> None:
+    record = read_stack(secure.settings)
+    assert record is not None
+    with pytest.raises((nats.errors.Error, OSError)):
+        nc = await nats.connect(
+            public_url(record.nats_url), allow_reconnect=False, connect_timeout=3
+        )
+        await nc.close()
+
+
+async def test_a_hostile_agent_cannot_write_control_plane_state(secure: SecureStack) -> None:
+    p = secure.settings.prefix
+    async with secure.hostile() as bus:
+        # identity administration (register itself wider, add users, issue tokens)
+        for op in ("agent_add", "user_add", "token", "revoke", "role_add"):
+            await _refused(bus, f"{p}.svc.identity.{op}")
+        # the registry, revocations and the service key; another agent's journal
+        for key in ("$KV.relay_agents.mallory", "$KV.relay_revoked.agent_x",
+                    "$KV.relay_users.alice", "$KV.relay_journal.r.t.fanout"):
+            await _refused(bus, key)
+        # another agent's name on tasks, events and audit; a user's (bare) task subject
+        await _refused(bus, f"{p}.task.fanout.child")
+        await _refused(bus, f"{p}.task.fanout")
+        await _refused(bus, f"{p}.event.RUN.completed")
+        await _refused(bus, f"{p}.event.RUN.completed.fanout")
+        await _refused(bus, f"{p}.audit.alice")
+        await _refused(bus, f"{p}.dlq.fanout")
+    # and the registry still says what the operator registered
+    async with Bus(secure.settings) as op:
+        agents = {a["name"]: a for a in await IdentityClient(op).list_agents()}
+    assert agents["mallory"]["handoff_to"] == ["fanout", "approver", "child"]
+    assert not agents["mallory"].get("scopes")
+
+
+async def test_a_forged_child_result_is_refused_and_audited(secure: SecureStack) -> None:
+    # Given a fan-out run whose child answers only after a while
+    secure.start_agent("runtime_agents:FanOut")
+    secure.start_agent("runtime_agents:Child")
+    async with Bus(secure.settings) as op:
+        run = await submit(
+            op, "fanout", b'{"items": [{"x": 2, "sleep_s": 3}]}',
+            sender=f"user:{USER}", token=secure.token,
+        )
+        async with EventFeed(op, run.run_id, replay=True) as feed:
+            call = await _next_kind(feed, "call")
+            # When mallory (allowed to call fanout) sends the awaited child's result itself
+            forged = ChildResult(child=call.child_id, ok=True, result=msgspec.Raw(b"999"))
+            async with secure.hostile() as bus:
+                await bus.publish(Envelope(
+                    id=new_id(), run_id=run.run_id, kind="result", sender="mallory",
+                    recipient="fanout", parent_id=call.envelope_id, created_at=time.time(),
+                    payload=msgspec.json.encode(forged),
+                ))
+            outcome = await wait_for_run(feed, run.run_id, 60, "fanout")
+        # Then the run completes with the real child's answer, and the forgery is audited
+        assert outcome.status == "completed" and outcome.result == {"results": [4]}
+        denials = await read_audit(op, USER, run_id=run.run_id, decision="deny")
+    assert any(
+        d.action == "message/result" and "must come from child" in d.reason for d in denials
+    ), denials
+
+
+async def test_a_signal_from_an_agent_is_refused_and_an_operators_is_honoured(
+    secure: SecureStack,
+) -> None:
+    secure.start_agent("runtime_agents:Approver")
+    async with Bus(secure.settings) as op:
+        run = await submit(
+            op, "approver", b'{"amount": 200}', sender=f"user:{USER}", token=secure.token
+        )
+        async with EventFeed(op, run.run_id, replay=True) as feed:
+            suspended = await _next_kind(feed, "suspended")
+            # When mallory sends the approval the run waits for
+            async with secure.hostile() as bus:
+                await bus.publish(Envelope(
+                    id=new_id(), run_id=run.run_id, kind="signal", sender="mallory",
+                    recipient="approver", parent_id=suspended.envelope_id,
+                    created_at=time.time(),
+                    payload=msgspec.json.encode(
+                        SignalBody(name="approval", data=msgspec.Raw(b'"yes"'))
+                    ),
+                ))
+            denied = await _next_kind(feed, "denied")
+            assert "never from an agent" in denied.detail
+            # Then the run still waits; the operator's own approval goes through
+            from agents.control import send_signal
+
+            assert await send_signal(op, run.run_id, "approval", "operator-ok")
+            outcome = await wait_for_run(feed, run.run_id, 60, "approver")
+        assert outcome.status == "completed"
+        assert outcome.result["approved"] == "operator-ok"
+        denials = await read_audit(op, USER, run_id=run.run_id, decision="deny")
+    assert any(d.action == "message/signal" for d in denials)
+
+
+async def test_a_chain_replayed_with_another_payload_or_task_is_refused(
+    secure: SecureStack,
+) -> None:
+    # Given a completed run whose envelope (with its chain) an attacker has seen
+    secure.start_agent("runtime_agents:FanOut")
+    secure.start_agent("runtime_agents:Child")
+    async with Bus(secure.settings) as op:
+        seen: list[Envelope] = []
+        sub = await op.js.subscribe(f"{op.subjects.prefix}.task.child.fanout", ordered_consumer=True)
+        run = await submit(
+            op, "fanout", b'{"items": [{"x": 1}]}', sender=f"user:{USER}",
+            token=secure.token, wait=True, timeout_s=60,
+        )
+        assert run.status == "completed"
+        from bus.envelope import decode
+
+        seen.append(decode((await sub.next_msg(timeout=5)).data))
+        await sub.unsubscribe()
+        child_task = seen[0]
+        # When mallory replays the chain on a new task with its own payload, and on a new id
+        async with EventFeed(op, child_task.run_id) as feed, secure.hostile() as bus:
+            for forged in (
+                msgspec.structs.replace(child_task, id=new_id(), sender="mallory",
+                                        payload=b'{"x": 500}', parent_id="", reply_to=""),
+                msgspec.structs.replace(child_task, id=new_id(), sender="mallory",
+                                        parent_id="", reply_to=""),
+            ):
+                await bus.publish(forged)
+                denied = await _next_kind(feed, "denied")
+                assert "bound to the one task and payload" in denied.detail
+        denials = await read_audit(op, USER, run_id=child_task.run_id, decision="deny")
+    assert sum(d.action == "chain/verify" for d in denials) == 2
+
+
+async def test_a_forged_completed_event_does_not_end_a_waiting_submission(
+    secure: SecureStack,
+) -> None:
+    secure.start_agent("runtime_agents:Approver")
+    async with Bus(secure.settings) as op:
+        run = await submit(op, "approver", b"{}", sender=f"user:{USER}", token=secure.token)
+        async with EventFeed(op, run.run_id, replay=True) as feed:
+            await _next_kind(feed, "suspended")
+            # mallory may publish events only under its own name; the waiter ignores them
+            async with secure.hostile() as bus:
+                fake = Event(run_id=run.run_id, kind="completed",
+                             result=msgspec.Raw(b'{"approved": "forged"}'))
+                await bus.publish_bytes(
+                    bus.subjects.event(run.run_id, "completed", "mallory"),
+                    event_encoder.encode(fake),
+                )
+            waited = await wait_for_run(feed, run.run_id, 3, "approver")
+    assert waited.status == "timeout"
+
+
+async def test_a_dead_letter_an_agent_wrote_for_another_is_not_replayed(
+    secure: SecureStack,
+) -> None:
+    async with secure.hostile() as bus, Bus(secure.settings) as op:
+        letter = DeadLetter(
+            agent="fanout", subject=f"{op.subjects.prefix}.task.fanout", reason="x",
+            attempts=1, time=time.time(), data=b"\x80", headers={},
+        )
+        seq = await bus.publish_bytes(bus.subjects.dlq("mallory"), event_encoder.encode(letter))
+        with pytest.raises(RelayError, match="only to the agent whose consume loop wrote it"):
+            await replay_dead_letter(op, seq)
+
+
+async def test_a_root_link_lives_no_longer_than_the_cap(secure: SecureStack) -> None:
+    async with Bus(secure.settings) as op:
+        with pytest.raises(RelayError, match="RELAYBUS_IDENTITY_MAX_ROOT_TTL_S"):
+            await IdentityClient(op).root(
+                USER, secure.token, new_id(), "fanout", ttl_s=95 * 365 * 86400.0
+            )
+
+
+async def test_an_unregistered_nkey_cannot_connect(secure: SecureStack) -> None:
+    from services.identity.natsconfig import write_nkey
+
+    write_nkey(secure.home, "stranger")
+    with pytest.raises(ConnectionFailed, match="credentials"):
+        async with secure.hostile("stranger"):
+            pass
+
+
+async def _next_kind(feed: EventFeed, kind: str, timeout_s: float = 30.0) -> Event:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while (event := await feed.next(deadline - loop.time())) is not None:
+        if event.kind == kind:
+            return event
+    raise AssertionError(f"no {kind} event within {timeout_s}s")
