@@ -34,6 +34,7 @@ from bus import (
     Event,
     PaymentRefused,
     PermissionDenied,
+    Refused,
     Reject,
     Retry,
     RunFailed,
@@ -158,6 +159,11 @@ class Worker:
                 f"a child task names both parent_id and reply_to, or neither (parent_id="
                 f"{env.parent_id!r}, reply_to={env.reply_to!r})"
             )
+        if self.gate is not None:
+            try:  # before anything is written: a forged or replayed chain changes nothing
+                await self._verify(env)
+            except ChainInvalid as exc:
+                raise Refused(str(exc)) from None
         replay = d.headers.get("Relay-Replay") == "1"
         run = await self.runs.get(env.run_id)
         if run is not None:
@@ -539,7 +545,7 @@ class Worker:
             )
         metrics.DENIALS.add(1, {"relaybus.agent": self.name, "relaybus.check": "sender"})
         await self.emit_event(env, "denied", detail=reason)
-        raise Reject(reason)
+        raise Refused(reason)
 
     async def _verify(self, env: Envelope) -> ChainView:
         assert self.gate is not None

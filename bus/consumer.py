@@ -20,7 +20,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from . import envelope as wire
 from . import metrics, tracing
 from .client import Bus
-from .errors import Abandon, EnvelopeInvalid, ErrorInfo, Reject, RelayError, Retry
+from .errors import Abandon, EnvelopeInvalid, ErrorInfo, Refused, Reject, RelayError, Retry
 from .events import DeadLetter, Event, event_encoder
 from .streams import agent_consumer, ensure_consumer
 
@@ -190,7 +190,14 @@ class Consumer:
                 await msg.nak(delay=exc.delay_s)
             return
         except Reject as exc:
-            await self._dead_letter(msg, attempt, exc.reason, ErrorInfo.from_exception(exc), env)
+            await self._dead_letter(
+                msg,
+                attempt,
+                exc.reason,
+                ErrorInfo.from_exception(exc),
+                env,
+                announce=not isinstance(exc, Refused),
+            )
             return
         except Abandon:
             return  # neither ack nor nak: another worker owns this message's work now
@@ -215,8 +222,11 @@ class Consumer:
         reason: str,
         error: ErrorInfo | None,
         env: wire.Envelope | None = None,
+        *,
+        announce: bool = True,
     ) -> None:
-        """Store the message in the DLQ (acked by JetStream), then terminate it."""
+        """Store the message in the DLQ (acked by JetStream), then terminate it; with
+        `announce`, tell the run it names (a `dead_lettered` event)."""
         record = DeadLetter(
             agent=self.agent,
             subject=msg.subject,
@@ -250,7 +260,7 @@ class Consumer:
                 self.bus.subjects.dlq(self.agent), encode_dead(record), dedupe
             )
         log.error("dead-lettered a %s message after %d attempts: %s", self.agent, attempts, reason)
-        if env is not None:
+        if env is not None and announce:
             event = Event(
                 run_id=env.run_id,
                 kind="dead_lettered",

@@ -107,6 +107,11 @@ class Reject(HandlerOutcome):
         self.reason = reason
 
 
+class Refused(Reject):
+    """The message is not what it claims (forged sender, result, signal or chain): dead-letter
+    it without a run event, since it says nothing true about the run it names."""
+
+
 class Abandon(HandlerOutcome):
     """Neither ack nor nak: another replica took this work over (the journal fenced us)."""
 

@@ -22,8 +22,8 @@ from ..test_cli import relaybus, relaybus_env
 # name → (scopes, handoff_to); "mallory" is the hostile agent: registered, its own NATS key,
 # allowed to call fanout and approver (so it may publish to their task subjects, under its name)
 POLICY: dict[str, tuple[list[str], list[str]]] = {
-    "fanout": ([], ["child"]),
-    "child": ([], []),
+    "fanout": (["memory"], ["child"]),
+    "child": (["memory"], []),
     "approver": ([], []),
     "mallory": ([], ["fanout", "approver", "child"]),
 }

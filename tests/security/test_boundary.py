@@ -131,18 +131,12 @@ async def test_a_chain_replayed_with_another_payload_or_task_is_refused(
     secure.start_agent("runtime_agents:FanOut")
     secure.start_agent("runtime_agents:Child")
     async with Bus(secure.settings) as op:
-        seen: list[Envelope] = []
-        sub = await op.js.subscribe(f"{op.subjects.prefix}.task.child.fanout", ordered_consumer=True)
         run = await submit(
             op, "fanout", b'{"items": [{"x": 1}]}', sender=f"user:{USER}",
             token=secure.token, wait=True, timeout_s=60,
         )
         assert run.status == "completed"
-        from bus.envelope import decode
-
-        seen.append(decode((await sub.next_msg(timeout=5)).data))
-        await sub.unsubscribe()
-        child_task = seen[0]
+        child_task = await _child_task(op, run.run_id)
         # When mallory replays the chain on a new task with its own payload, and on a new id
         async with EventFeed(op, child_task.run_id) as feed, secure.hostile() as bus:
             for forged in (
@@ -206,6 +200,19 @@ async def test_an_unregistered_nkey_cannot_connect(secure: SecureStack) -> None:
     with pytest.raises(ConnectionFailed, match="credentials"):
         async with secure.hostile("stranger"):
             pass
+
+
+async def _child_task(op: Bus, run_id: str) -> Envelope:
+    """The task fanout sent to child in run `run_id`, as the child's journal recorded it."""
+    from agents.journal import JournalStore
+    from bus.envelope import decode
+    from bus.kv import Bucket
+
+    bucket = await Bucket.open(op, op.subjects.bucket("journal"))
+    key = next(k for k in await bucket.keys() if k.startswith(run_id) and k.endswith(".child"))
+    found = await JournalStore(bucket, "child").load(run_id, key.split(".")[1])
+    assert found is not None
+    return decode(found[0].task)
 
 
 async def _next_kind(feed: EventFeed, kind: str, timeout_s: float = 30.0) -> Event:
