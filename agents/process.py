@@ -67,7 +67,9 @@ async def _connect(settings: Settings, name: str, options: dict[str, Any]) -> Bu
             await asyncio.sleep(0.5)
             continue
         await bus.__aexit__(None, None, None)
-        return Bus(settings, name=f"agent-{name}-{os.getpid()}", connect_options=options, agent=name)
+        return Bus(
+            settings, name=f"agent-{name}-{os.getpid()}", connect_options=options, agent=name
+        )
 
 
 async def register_on_first_run(agent: Agent, settings: Settings) -> None:

@@ -32,18 +32,26 @@ OWN_KEY_BUCKETS = {"journal": "*.*.{name}", "presence": "{name}.*", "runs": "*"}
 # Until the ledger and memory services name them, the requests an agent sends.
 _LEDGER_OPS = ("hold", "capture", "void", "lease", "settle", "query", "run_cost", "levels")
 _MEMORY_OPS = (
-    "remember", "recall", "forget", "history", "ingest", "search_docs", "session",
+    "remember",
+    "recall",
+    "forget",
+    "history",
+    "ingest",
+    "search_docs",
+    "session",
 )
 
 
-def _service_ops(module: str, fallback: tuple[str, ...]) -> tuple[str, ...]:
+def _service_ops(modules: tuple[str, ...], fallback: tuple[str, ...]) -> tuple[str, ...]:
     """`AGENT_OPS` of a service's client-facing module: the requests an agent may send."""
     import importlib
 
-    try:
-        return tuple(importlib.import_module(module).AGENT_OPS)
-    except (ImportError, AttributeError):
-        return fallback
+    for module in modules:
+        try:
+            return tuple(importlib.import_module(module).AGENT_OPS)
+        except (ImportError, AttributeError):
+            continue
+    return fallback
 
 
 def nkey_path(home: Path, agent: str) -> Path:
@@ -82,8 +90,11 @@ def agent_permissions(
     durable = subjects.durable(name)
     callers = [a.name for a in registry if name in a.handoff_to]
     publish = sorted({subjects.task_from(t, name) for t in (name, *agent.handoff_to, *callers)})
-    publish += [f"{p}.svc.ledger.{op}" for op in _service_ops("services.ledger.client", _LEDGER_OPS)]
-    publish += [f"{p}.svc.memory.{op}" for op in _service_ops("memory.messages", _MEMORY_OPS)]
+    publish += [
+        f"{p}.svc.ledger.{op}"
+        for op in _service_ops(("services.ledger.messages", "services.ledger.client"), _LEDGER_OPS)
+    ]
+    publish += [f"{p}.svc.memory.{op}" for op in _service_ops(("memory.messages",), _MEMORY_OPS)]
     publish += [
         f"{p}.event.*.*.{name}",
         f"{p}.audit.*.{name}",

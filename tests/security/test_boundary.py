@@ -46,8 +46,12 @@ async def test_a_hostile_agent_cannot_write_control_plane_state(secure: SecureSt
         for op in ("agent_add", "user_add", "token", "revoke", "role_add"):
             await _refused(bus, f"{p}.svc.identity.{op}")
         # the registry, revocations and the service key; another agent's journal
-        for key in ("$KV.relay_agents.mallory", "$KV.relay_revoked.agent_x",
-                    "$KV.relay_users.alice", "$KV.relay_journal.r.t.fanout"):
+        for key in (
+            "$KV.relay_agents.mallory",
+            "$KV.relay_revoked.agent_x",
+            "$KV.relay_users.alice",
+            "$KV.relay_journal.r.t.fanout",
+        ):
             await _refused(bus, key)
         # another agent's name on tasks, events and audit; a user's (bare) task subject
         await _refused(bus, f"{p}.task.fanout.child")
@@ -69,19 +73,29 @@ async def test_a_forged_child_result_is_refused_and_audited(secure: SecureStack)
     secure.start_agent("runtime_agents:Child")
     async with Bus(secure.settings) as op:
         run = await submit(
-            op, "fanout", b'{"items": [{"x": 2, "sleep_s": 3}]}',
-            sender=f"user:{USER}", token=secure.token,
+            op,
+            "fanout",
+            b'{"items": [{"x": 2, "sleep_s": 3}]}',
+            sender=f"user:{USER}",
+            token=secure.token,
         )
         async with EventFeed(op, run.run_id, replay=True) as feed:
             call = await _next_kind(feed, "call")
             # When mallory (allowed to call fanout) sends the awaited child's result itself
             forged = ChildResult(child=call.child_id, ok=True, result=msgspec.Raw(b"999"))
             async with secure.hostile() as bus:
-                await bus.publish(Envelope(
-                    id=new_id(), run_id=run.run_id, kind="result", sender="mallory",
-                    recipient="fanout", parent_id=call.envelope_id, created_at=time.time(),
-                    payload=msgspec.json.encode(forged),
-                ))
+                await bus.publish(
+                    Envelope(
+                        id=new_id(),
+                        run_id=run.run_id,
+                        kind="result",
+                        sender="mallory",
+                        recipient="fanout",
+                        parent_id=call.envelope_id,
+                        created_at=time.time(),
+                        payload=msgspec.json.encode(forged),
+                    )
+                )
             outcome = await wait_for_run(feed, run.run_id, 60, "fanout")
         # Then the run completes with the real child's answer, and the forgery is audited
         assert outcome.status == "completed" and outcome.result == {"results": [4]}
@@ -103,14 +117,20 @@ async def test_a_signal_from_an_agent_is_refused_and_an_operators_is_honoured(
             suspended = await _next_kind(feed, "suspended")
             # When mallory sends the approval the run waits for
             async with secure.hostile() as bus:
-                await bus.publish(Envelope(
-                    id=new_id(), run_id=run.run_id, kind="signal", sender="mallory",
-                    recipient="approver", parent_id=suspended.envelope_id,
-                    created_at=time.time(),
-                    payload=msgspec.json.encode(
-                        SignalBody(name="approval", data=msgspec.Raw(b'"yes"'))
-                    ),
-                ))
+                await bus.publish(
+                    Envelope(
+                        id=new_id(),
+                        run_id=run.run_id,
+                        kind="signal",
+                        sender="mallory",
+                        recipient="approver",
+                        parent_id=suspended.envelope_id,
+                        created_at=time.time(),
+                        payload=msgspec.json.encode(
+                            SignalBody(name="approval", data=msgspec.Raw(b'"yes"'))
+                        ),
+                    )
+                )
             denied = await _next_kind(feed, "denied")
             assert "never from an agent" in denied.detail
             # Then the run still waits; the operator's own approval goes through
@@ -132,18 +152,30 @@ async def test_a_chain_replayed_with_another_payload_or_task_is_refused(
     secure.start_agent("runtime_agents:Child")
     async with Bus(secure.settings) as op:
         run = await submit(
-            op, "fanout", b'{"items": [{"x": 1}]}', sender=f"user:{USER}",
-            token=secure.token, wait=True, timeout_s=60,
+            op,
+            "fanout",
+            b'{"items": [{"x": 1}]}',
+            sender=f"user:{USER}",
+            token=secure.token,
+            wait=True,
+            timeout_s=60,
         )
         assert run.status == "completed"
         child_task = await _child_task(op, run.run_id)
         # When mallory replays the chain on a new task with its own payload, and on a new id
         async with EventFeed(op, child_task.run_id) as feed, secure.hostile() as bus:
             for forged in (
-                msgspec.structs.replace(child_task, id=new_id(), sender="mallory",
-                                        payload=b'{"x": 500}', parent_id="", reply_to=""),
-                msgspec.structs.replace(child_task, id=new_id(), sender="mallory",
-                                        parent_id="", reply_to=""),
+                msgspec.structs.replace(
+                    child_task,
+                    id=new_id(),
+                    sender="mallory",
+                    payload=b'{"x": 500}',
+                    parent_id="",
+                    reply_to="",
+                ),
+                msgspec.structs.replace(
+                    child_task, id=new_id(), sender="mallory", parent_id="", reply_to=""
+                ),
             ):
                 await bus.publish(forged)
                 denied = await _next_kind(feed, "denied")
@@ -162,8 +194,11 @@ async def test_a_forged_completed_event_does_not_end_a_waiting_submission(
             await _next_kind(feed, "suspended")
             # mallory may publish events only under its own name; the waiter ignores them
             async with secure.hostile() as bus:
-                fake = Event(run_id=run.run_id, kind="completed",
-                             result=msgspec.Raw(b'{"approved": "forged"}'))
+                fake = Event(
+                    run_id=run.run_id,
+                    kind="completed",
+                    result=msgspec.Raw(b'{"approved": "forged"}'),
+                )
                 await bus.publish_bytes(
                     bus.subjects.event(run.run_id, "completed", "mallory"),
                     event_encoder.encode(fake),
@@ -177,8 +212,13 @@ async def test_a_dead_letter_an_agent_wrote_for_another_is_not_replayed(
 ) -> None:
     async with secure.hostile() as bus, Bus(secure.settings) as op:
         letter = DeadLetter(
-            agent="fanout", subject=f"{op.subjects.prefix}.task.fanout", reason="x",
-            attempts=1, time=time.time(), data=b"\x80", headers={},
+            agent="fanout",
+            subject=f"{op.subjects.prefix}.task.fanout",
+            reason="x",
+            attempts=1,
+            time=time.time(),
+            data=b"\x80",
+            headers={},
         )
         seq = await bus.publish_bytes(bus.subjects.dlq("mallory"), event_encoder.encode(letter))
         with pytest.raises(RelayError, match="only to the agent whose consume loop wrote it"):
