@@ -9,9 +9,7 @@ import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
-import msgspec
 import pytest
-from nats.js import api
 
 from agents.control import send_signal
 from agents.submit import submit, wait_for_run
@@ -79,21 +77,10 @@ async def run(bus: Bus, agent: str, task: dict[str, object], token: str, **kw: o
 
 
 async def audit_records(bus: Bus, principal: str = "alice") -> list[AuditRecord]:
-    sub = await bus.js.subscribe(
-        bus.subjects.audit(principal), ordered_consumer=True, deliver_policy=api.DeliverPolicy.ALL
-    )
-    records = []
-    try:
-        while True:
-            msg = await sub.next_msg(timeout=1)
-            records.append(msgspec.json.decode(msg.data, type=AuditRecord))
-            if msg.metadata.num_pending == 0:
-                break
-    except Exception:
-        pass
-    finally:
-        await sub.unsubscribe()
-    return records
+    """Every decision recorded for `principal`: the services' and each agent's own subject."""
+    from services.identity.client import read_audit
+
+    return await read_audit(bus, principal)
 
 
 def start_all(spawn: Spawn) -> None:
