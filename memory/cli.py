@@ -1,7 +1,10 @@
 """`relaybus memory …`: ingest documents, search, stats, garbage collection.
 
-These commands act for `--as USER` directly, which the memory service accepts only while
-identity is off (development); with RELAYBUS_IDENTITY on, memory is reached through agents.
+`ingest` and `search` act for `--as USER`: with RELAYBUS_IDENTITY on, `--token` gets a one-link
+chain from the identity service; without identity (development) the name alone is taken.
+`stats` and `gc` without `--as` are the operator's cross-tenant maintenance (`admin_stats`,
+`admin_gc`: subjects only operator and service connections may publish to); with `--as USER`
+they cover that user's memories only, like any tenant operation.
 """
 
 from __future__ import annotations
@@ -47,12 +50,14 @@ def register(sub: Any) -> None:
     p.add_argument("--memories", action="store_true", help="search long-term memories instead")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=search)
-    p = memory.add_parser("stats", help="how much is stored")
+    p = memory.add_parser("stats", help="how much is stored (every tenant, or --as USER's)")
+    _tenant_args(p)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=stats)
     p = memory.add_parser(
         "gc", help="remove superseded facts past retention and memories past their TTL"
     )
+    _tenant_args(p)
     p.add_argument("--dry-run", action="store_true", help="only report what would be removed")
     # defaults: the background pass's RELAYBUS_MEMORY_* policy
     p.add_argument("--retention-days", type=float)
@@ -62,6 +67,13 @@ def register(sub: Any) -> None:
     p.add_argument("--duplicate-score", type=float, help="near-duplicate cosine (0: no sweep)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=gc)
+
+
+def _tenant_args(p: Any) -> None:
+    p.add_argument(
+        "--as", dest="as_user", default="", help="only USER's memories (default: every tenant)"
+    )
+    p.add_argument("--token", help="USER's API token (needed when RELAYBUS_IDENTITY=1)")
 
 
 async def _client(bus: Bus, args: argparse.Namespace, scope: str) -> MemoryClient:
@@ -127,7 +139,10 @@ async def search(args: argparse.Namespace, settings: Settings) -> int:
 
 async def stats(args: argparse.Namespace, settings: Settings) -> int:
     async with Bus(settings, name="relaybus-memory") as bus:
-        result = await rpc.call(bus, f"{bus.subjects.prefix}.svc.memory.stats", {})
+        if args.as_user:
+            result = await (await _client(bus, args, "memory/read")).stats()
+        else:
+            result = await rpc.call(bus, f"{bus.subjects.prefix}.svc.memory.admin_stats", {})
     emit(result, args.json, json.dumps(result))
     return EXIT_OK
 
@@ -147,7 +162,12 @@ async def gc(args: argparse.Namespace, settings: Settings) -> int:
         changes["duplicate_score"] = args.duplicate_score
     body = msgspec.structs.replace(policy, **changes)
     async with Bus(settings, name="relaybus-memory") as bus:
-        result = await rpc.call(bus, f"{bus.subjects.prefix}.svc.memory.gc", body)
+        if args.as_user:
+            scope = "memory/read" if args.dry_run else "memory/write"
+            client = await _client(bus, args, scope)
+            result = await client.gc(**msgspec.structs.asdict(body))
+        else:
+            result = await rpc.call(bus, f"{bus.subjects.prefix}.svc.memory.admin_gc", body)
     emit(
         result,
         args.json,

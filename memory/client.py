@@ -1,4 +1,6 @@
-"""What agents use of memory: `ctx.memory.remember(...)`, `.recall(...)`, `.forget(...)`, `.history(...)`."""
+"""What agents use of memory: `ctx.memory.remember(...)`, `.recall(...)`, `.forget(...)`,
+`.history(...)`, documents, sessions, and their own tenant's `.gc(...)` / `.stats()`. Every call
+carries the caller's chain; the operator's cross-tenant `admin_gc` / `admin_stats` are not here."""
 
 from __future__ import annotations
 
@@ -8,7 +10,19 @@ from opentelemetry.trace import SpanKind
 
 from bus import Bus, rpc, tracing
 
-from .messages import Caller, Forget, History, Ingest, Recall, Remember, SearchDocs, SessionOp, Turn
+from .messages import (
+    Caller,
+    Forget,
+    History,
+    Ingest,
+    Recall,
+    Remember,
+    SearchDocs,
+    SessionOp,
+    Stats,
+    TenantGc,
+    Turn,
+)
 
 
 class MemoryClient:
@@ -78,6 +92,16 @@ class MemoryClient:
                 SearchDocs(caller=self.caller, query=query, k=k, collection=collection),
             )
         )
+
+    async def gc(self, dry_run: bool = True, **policy: Any) -> dict[str, Any]:
+        """One garbage-collection pass over this tenant's own memories (`memory.messages.Gc`
+        fields as `policy`); `dry_run` only reports the candidates."""
+        body = TenantGc(caller=self.caller, dry_run=dry_run, **policy)
+        return dict(await self._call("gc", body))
+
+    async def stats(self) -> dict[str, Any]:
+        """What this tenant stores: memories, document chunks, superseded facts."""
+        return dict(await self._call("stats", Stats(caller=self.caller)))
 
     async def _session(self, session: str, action: str, **fields: Any) -> Any:
         return await self._call(

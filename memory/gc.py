@@ -18,7 +18,7 @@ from typing import Any
 from bus import ConfigError, MemoryRefused, Settings
 
 from .messages import Gc
-from .store import Hit, Scope, VectorStore
+from .store import Hit, Scope, VectorStore, owned
 
 COLLECTION = "memories"
 
@@ -59,8 +59,13 @@ def strength(payload: dict[str, Any], now: float, half_life_s: float) -> float:
     return int(payload.get("seen", 1)) * 0.5 ** (max(0.0, now - last) / half_life_s)
 
 
-async def collect(store: VectorStore, policy: Gc, now: float) -> dict[str, Any]:
+async def collect(
+    store: VectorStore, policy: Gc, now: float, tenant: str | None = None
+) -> dict[str, Any]:
+    """One pass; with `tenant`, over that tenant's memories only (a tenant's own `gc`)."""
     points = await store.scroll_all(COLLECTION, with_vectors=policy.duplicate_score > 0)
+    if tenant is not None:
+        points = owned(points, tenant)
     doomed: dict[str, str] = {}  # id -> reason
     tenants: dict[str, list[Hit]] = defaultdict(list)
     for hit in points:

@@ -1,6 +1,12 @@
-"""Requests to `relay.svc.memory.<op>` (JSON). Each carries the caller's delegation chain: the
-service takes the tenant from the verified chain, never from a field the caller sets (without
-identity, in development, the run's principal is used)."""
+"""Requests to `<prefix>.svc.memory.<op>` (JSON).
+
+Every tenant operation (`AGENT_OPS`) carries the caller's delegation chain: the service takes the
+tenant from the verified chain's principal, never from a field the caller sets. Without identity
+(development only) no chain can be verified and the caller's `principal` is used; with identity
+on, a request without a chain, or with one that does not verify, is refused (`ChainInvalid`).
+
+Cross-tenant maintenance (`OPERATOR_OPS`: a garbage-collection pass or stats over every tenant)
+has subjects of its own that only operator and service connections may publish to."""
 
 from __future__ import annotations
 
@@ -11,6 +17,25 @@ import msgspec
 from bus import Link
 
 NonNegative = Annotated[float, msgspec.Meta(ge=0)]
+
+AGENT_OPS: tuple[str, ...] = (
+    "remember",
+    "recall",
+    "forget",
+    "history",
+    "ingest",
+    "search_docs",
+    "session",
+    "gc",
+    "stats",
+)
+"""The memory subject tokens an agent process may send: exactly the tenant-scoped operations,
+each of which needs the caller's verified chain. `services.identity.natsconfig` builds every
+agent's NATS publish permissions from this list (`<prefix>.svc.memory.<op>` for each op), so an
+operation missing here is unreachable for agents, and nothing operator-only may be added."""
+
+OPERATOR_OPS: tuple[str, ...] = ("admin_gc", "admin_stats")
+"""Cross-tenant maintenance: operator and service connections only (never in AGENT_OPS)."""
 
 
 class Caller(msgspec.Struct, kw_only=True):
@@ -62,7 +87,8 @@ class SearchDocs(msgspec.Struct, kw_only=True):
 
 
 class Gc(msgspec.Struct, kw_only=True):
-    """One garbage-collection pass; the service's background pass uses the RELAYBUS_MEMORY_* policy."""
+    """The policy of one garbage-collection pass over every tenant (`admin_gc`, operator only);
+    the service's background pass uses the RELAYBUS_MEMORY_* policy."""
 
     dry_run: bool = True
     retention_s: NonNegative = 30 * 86400.0  # superseded facts are kept this long
@@ -74,6 +100,19 @@ class Gc(msgspec.Struct, kw_only=True):
     duplicate_score: Annotated[float, msgspec.Meta(ge=0, le=1)] = (
         0.0  # fold near-duplicates at or above this cosine; 0: off
     )
+
+
+class TenantGc(Gc, kw_only=True):
+    """`gc`: one pass over the caller's own tenant only (`memory/write`; `memory/read` for a
+    dry run). `caller` is optional here only so that its absence gets a clear refusal."""
+
+    caller: Caller | None = None
+
+
+class Stats(msgspec.Struct, kw_only=True):
+    """`stats`: what the caller's own tenant stores (`memory/read`)."""
+
+    caller: Caller | None = None
 
 
 class Turn(msgspec.Struct, kw_only=True):

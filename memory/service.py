@@ -2,7 +2,10 @@
 
 Long-term memory: `remember` → ADD / MERGE / SUPERSEDE / NOOP (content-hash dedupe, merge of
 near-identical facts, supersede by key keeping history with validity times), `recall`,
-`forget`, `history`. The tenant is the principal of the caller's verified chain.
+`forget`, `history`; documents (`ingest`, `search_docs`), sessions (`memory.sessions`), and the
+tenant's own `gc` / `stats`. The tenant is the principal of the caller's verified chain
+(`memory.tenancy`). Cross-tenant `admin_gc` / `admin_stats` are operator-only
+(`memory.maintenance`).
 """
 
 from __future__ import annotations
@@ -15,33 +18,30 @@ from typing import Any
 
 import msgspec
 
-from bus import Bus, PermissionDenied, RelayError, Settings, default_topology, ensure, metrics
+from bus import Bus, RelayError, Settings, default_topology, ensure, metrics
 from bus.kv import Bucket
 from bus.rpc import reply_error, reply_ok
 from bus.runtime import stop_on_signals
 from services.identity.client import IdentityGate
-from services.identity.scopes import check
 
 from .documents import chunk
 from .edge import EdgeStore
 from .embed import Embedder, LexicalEmbedder
-from .gc import collect, policy_from
 from .keywords import document_keywords, query_keywords
+from .maintenance import admin_gc, admin_stats, sweep, tenant_gc, tenant_stats
 from .messages import (
     Caller,
     Forget,
-    Gc,
     History,
     Ingest,
     Recall,
     Remember,
     SearchDocs,
-    SessionOp,
-    Turn,
 )
 from .qdrant import QdrantStore
-from .sessions import Sessions, Summarizer, append_turn, extractive_summary
+from .sessions import Sessions, Summarizer, extractive_summary, session_op
 from .store import MemoryRefused, Scope, StoredPoint, VectorStore, point_id
+from .tenancy import resolve_tenant
 
 log = logging.getLogger("relaybus.memory")
 COLLECTION = "memories"
@@ -72,20 +72,10 @@ class MemoryService:
         await self.store.ensure_collection(COLLECTION, self.embedder.dim, self.embedder.id)
         await self.store.ensure_collection(DOCUMENTS, self.embedder.dim, self.embedder.id)
 
-    async def tenant(self, caller: Caller, action: str) -> str:
-        """The principal of the caller's verified chain, allowed `action` by every link."""
-        if self.gate is None:
-            if not caller.principal:
-                raise PermissionDenied("memory: no principal (identity is off and none was given)")
-            return caller.principal.removeprefix("user:")
-        view = await self.gate.verify(caller.chain, caller.run_id, caller.agent)
-        for index, link in enumerate(view.links):
-            problem = check(link.scopes, action, {}, view.principal)
-            if problem:
-                raise PermissionDenied(
-                    f"{action} denied at link {index} ({link.issuer} → {link.subject}): {problem}"
-                )
-        return view.principal
+    async def tenant(self, caller: Caller | None, action: str, op: str) -> str:
+        """The principal of the caller's verified chain, allowed `action` by every link
+        (`memory.tenancy`); without identity (development), the caller's `principal`."""
+        return await resolve_tenant(self.gate, caller, action, op)
 
     async def handle(self, subject: str, data: bytes) -> bytes:
         op = subject.rsplit(".", 1)[1]
@@ -121,7 +111,7 @@ class MemoryService:
             raise MemoryRefused(
                 f"text is {len(text)} characters; memories are at most {MAX_TEXT} (ingest documents instead)"
             )
-        tenant = await self.tenant(req.caller, "memory/write")
+        tenant = await self.tenant(req.caller, "memory/write", "remember")
         new_id = point_id(tenant, req.kind, text)
         scope = Scope(tenant=tenant, equals={"kind": req.kind})
         if await self.store.get(COLLECTION, [new_id], scope):
@@ -191,7 +181,7 @@ class MemoryService:
         req = msgspec.json.decode(data, type=Recall)
         if not req.query.strip() or not 0 < req.k <= 100:
             raise MemoryRefused("recall needs a query and 1 <= k <= 100")
-        tenant = await self.tenant(req.caller, "memory/read")
+        tenant = await self.tenant(req.caller, "memory/read", "recall")
         scope = Scope(tenant=tenant, equals={"kind": req.kind} if req.kind else {})
         hits = await self.store.search(
             COLLECTION,
@@ -216,13 +206,13 @@ class MemoryService:
 
     async def forget(self, data: bytes) -> Any:
         req = msgspec.json.decode(data, type=Forget)
-        tenant = await self.tenant(req.caller, "memory/write")
+        tenant = await self.tenant(req.caller, "memory/write", "forget")
         scope = Scope(tenant=tenant, equals={"kind": req.kind} if req.kind else {})
         return {"forgotten": await self.store.delete(COLLECTION, scope, req.ids)}
 
     async def history(self, data: bytes) -> Any:
         req = msgspec.json.decode(data, type=History)
-        tenant = await self.tenant(req.caller, "memory/read")
+        tenant = await self.tenant(req.caller, "memory/read", "history")
         hits = await self.store.scroll(COLLECTION, Scope(tenant=tenant, equals={"key": req.key}))
         return sorted(
             (
@@ -246,7 +236,7 @@ class MemoryService:
             raise MemoryRefused(
                 f"collection name {req.collection!r}: use letters, digits, '-' or '_'"
             )
-        tenant = await self.tenant(req.caller, "memory/write")
+        tenant = await self.tenant(req.caller, "memory/write", "ingest")
         chunks = chunk(req.text)
         scope = Scope(
             tenant=tenant,
@@ -295,7 +285,7 @@ class MemoryService:
         req = msgspec.json.decode(data, type=SearchDocs)
         if not req.query.strip() or not 0 < req.k <= 100:
             raise MemoryRefused("search needs a query and 1 <= k <= 100")
-        tenant = await self.tenant(req.caller, "memory/read")
+        tenant = await self.tenant(req.caller, "memory/read", "search_docs")
         equals: dict[str, str | int | bool] = {"kind": "doc"}
         if req.collection:
             equals["collection"] = req.collection
@@ -317,63 +307,6 @@ class MemoryService:
             for h in hits
         ]
 
-    async def gc(self, data: bytes) -> Any:
-        """One garbage-collection pass (see memory.gc); `dry_run` reports without removing."""
-        return await collect(self.store, msgspec.json.decode(data or b"{}", type=Gc), self.clock())
-
-    async def stats(self, data: bytes) -> Any:
-        points = await self.store.scroll_all(COLLECTION)
-        docs = await self.store.scroll_all(DOCUMENTS)
-        tenants = sorted({h.payload.get("tenant", "") for h in [*points, *docs]})
-        return {
-            "embedder": self.embedder.id,
-            "memories": len(points),
-            "document_chunks": len(docs),
-            "tenants": len(tenants),
-            "superseded": sum(1 for h in points if h.payload.get("valid_to")),
-        }
-
-    async def session(self, data: bytes) -> Any:
-        req = msgspec.json.decode(data, type=SessionOp)
-        if self.sessions is None:
-            raise MemoryRefused("sessions need the memory service's bus")
-        write = req.action in ("put", "append", "close")
-        tenant = await self.tenant(req.caller, "memory/write" if write else "memory/read")
-        if req.action == "get":
-            return msgspec.to_builtins(await self.sessions.get(tenant, req.session))
-        if req.action == "window":
-            current = await self.sessions.get(tenant, req.session)
-            return [msgspec.to_builtins(t) for t in current.turns[-max(1, req.last) :]]
-        if req.action == "put":
-            state = req.state
-            done = await self.sessions.update(tenant, req.session, lambda s: s.state.update(state))
-            return msgspec.to_builtins(done)
-        if req.action == "append":
-            if req.turn is None or not req.turn.text.strip():
-                raise MemoryRefused("append needs a turn with text")
-            turn = Turn(role=req.turn.role, text=req.turn.text, at=req.turn.at or self.clock())
-            done = await self.sessions.update(tenant, req.session, append_turn(turn))
-            return {"turns": len(done.turns)}
-        if req.action == "close":
-            closed = await self.sessions.close(tenant, req.session)
-            if not closed.turns:
-                return {"summary": None}
-            summary = self.summarizer(closed.turns)
-            remembered = await self.remember(
-                msgspec.json.encode(
-                    Remember(
-                        caller=req.caller,
-                        text=summary,
-                        kind="session_summary",
-                        metadata={"session": req.session},
-                    )
-                )
-            )
-            return {"summary": summary, **remembered}
-        raise MemoryRefused(
-            f"unknown session action {req.action!r}: get, put, append, window or close"
-        )
-
     async def ping(self, data: bytes) -> Any:
         return {"embedder": self.embedder.id}
 
@@ -385,9 +318,11 @@ class MemoryService:
         "ping": ping,
         "ingest": ingest,
         "search_docs": search_docs,
-        "gc": gc,
-        "stats": stats,
-        "session": session,
+        "gc": tenant_gc,
+        "stats": tenant_stats,
+        "admin_gc": admin_gc,
+        "admin_stats": admin_stats,
+        "session": session_op,
     }
 
 
@@ -414,21 +349,6 @@ def open_store(settings: Settings) -> VectorStore:
     return EdgeStore(settings.home.resolve() / "memory")
 
 
-async def sweep(service: MemoryService, settings: Settings) -> None:
-    """The background garbage collection: a pass every RELAYBUS_MEMORY_GC_INTERVAL_S."""
-    policy = policy_from(settings)
-    if settings.memory_gc_interval_s <= 0:
-        return
-    while True:
-        await asyncio.sleep(settings.memory_gc_interval_s)
-        try:
-            report = await collect(service.store, policy, service.clock())
-            if report["removed"]:
-                log.info("memory gc removed %d memories", report["removed"])
-        except RelayError as exc:  # an unreachable store must not end the service
-            log.warning("memory gc pass failed: %s", exc)
-
-
 async def serve_memory(settings: Settings) -> int:
     stop = asyncio.Event()
     stop_on_signals(stop)
@@ -436,6 +356,11 @@ async def serve_memory(settings: Settings) -> int:
     async with Bus(settings, name="memory") as bus:
         await ensure(bus, default_topology(bus.subjects, bus.settings.stream_replicas))
         gate = await IdentityGate.open(bus, "memory", None) if settings.identity else None
+        if gate is None:
+            log.warning(
+                "RELAYBUS_IDENTITY=0: memory requests are not verified and each names its own "
+                "tenant (`principal`). For development only; turn identity on elsewhere."
+            )
         sessions = Sessions(await Bucket.open(bus, bus.subjects.bucket("sessions")))
         service = MemoryService(store, choose_embedder(settings.embedder), gate, sessions=sessions)
         await service.start()

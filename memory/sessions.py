@@ -6,17 +6,28 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
 from bus import MemoryRefused
 from bus.kv import Bucket, RevisionConflict
 
-from .messages import Turn
+from .messages import Remember, SessionOp, Turn
+
+if TYPE_CHECKING:
+    from .service import MemoryService
 
 Summarizer = Callable[[Sequence[Turn]], str]
 MAX_TURNS = 500
 _SESSION = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_TENANT_SAFE = re.compile(r"[A-Za-z0-9-]")
+
+
+def tenant_token(tenant: str) -> str:
+    """`tenant` as a KV key token, one-to-one: letters, digits and '-' stay, anything else
+    (including '_') becomes `_` + six hex digits, so `a.b` and `a_b` never share a key."""
+    return "".join(c if _TENANT_SAFE.fullmatch(c) else f"_{ord(c):06x}" for c in tenant)
 
 
 class Session(msgspec.Struct, kw_only=True):
@@ -39,8 +50,7 @@ class Sessions:
     def key(tenant: str, session: str) -> str:
         if not _SESSION.match(session):
             raise MemoryRefused(f"session id {session!r}: use 1-64 letters, digits, '-' or '_'")
-        safe = re.sub(r"[^A-Za-z0-9_-]", "_", tenant)
-        return f"{safe}.{session}"
+        return f"{tenant_token(tenant)}.{session}"
 
     async def get(self, tenant: str, session: str) -> Session:
         found = await self.bucket.get(self.key(tenant, session))
@@ -75,3 +85,46 @@ def append_turn(turn: Turn) -> Callable[[Session], None]:
         del session.turns[:-MAX_TURNS]
 
     return change
+
+
+async def session_op(service: MemoryService, data: bytes) -> Any:
+    """The `session` operation: get / put / append / window / close one session of the
+    caller's tenant (close summarizes it into a `session_summary` memory)."""
+    req = msgspec.json.decode(data, type=SessionOp)
+    sessions = service.sessions
+    if sessions is None:
+        raise MemoryRefused("sessions need the memory service's bus")
+    write = req.action in ("put", "append", "close")
+    tenant = await service.tenant(req.caller, "memory/write" if write else "memory/read", "session")
+    if req.action == "get":
+        return msgspec.to_builtins(await sessions.get(tenant, req.session))
+    if req.action == "window":
+        current = await sessions.get(tenant, req.session)
+        return [msgspec.to_builtins(t) for t in current.turns[-max(1, req.last) :]]
+    if req.action == "put":
+        state = req.state
+        done = await sessions.update(tenant, req.session, lambda s: s.state.update(state))
+        return msgspec.to_builtins(done)
+    if req.action == "append":
+        if req.turn is None or not req.turn.text.strip():
+            raise MemoryRefused("append needs a turn with text")
+        turn = Turn(role=req.turn.role, text=req.turn.text, at=req.turn.at or service.clock())
+        done = await sessions.update(tenant, req.session, append_turn(turn))
+        return {"turns": len(done.turns)}
+    if req.action == "close":
+        closed = await sessions.close(tenant, req.session)
+        if not closed.turns:
+            return {"summary": None}
+        summary = service.summarizer(closed.turns)
+        remembered = await service.remember(
+            msgspec.json.encode(
+                Remember(
+                    caller=req.caller,
+                    text=summary,
+                    kind="session_summary",
+                    metadata={"session": req.session},
+                )
+            )
+        )
+        return {"summary": summary, **remembered}
+    raise MemoryRefused(f"unknown session action {req.action!r}: get, put, append, window or close")

@@ -2,7 +2,9 @@
 token the identity service verified. A user sees only runs whose principal is that user.
 
     RelayError
-     └── ConsoleError           carries the HTTP status it answers with
+     └── ConsoleError           carries the HTTP status it answers with (400 unless below)
+          ├── TokenInUrl        400: an API token in a query string or path (never accepted)
+          ├── VerdictInvalid    400: an approve / reject request that is not just the button
           ├── Unauthorized      401: a token is needed, or the one given did not authenticate
           ├── NotFound          404: no such run / dead letter, or not one this viewer may see
           └── Conflict          409: the run does not wait for that signal (any more)
@@ -12,8 +14,10 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
+import re
 import time
 from dataclasses import dataclass
+from urllib.parse import parse_qsl, unquote
 
 from bus import Bus, ConnectionFailed, PermissionDenied, RelayError
 from services.identity.client import IdentityClient
@@ -26,6 +30,14 @@ class ConsoleError(RelayError):
     """A request the console refuses; `status` is its HTTP status."""
 
     status = 400
+
+
+class TokenInUrl(ConsoleError):
+    """A request that carries an API token in its URL: refused whatever it asks for."""
+
+
+class VerdictInvalid(ConsoleError):
+    """An approve / reject request with anything but the decision its button stands for."""
 
 
 class Unauthorized(ConsoleError):
@@ -44,6 +56,38 @@ class Conflict(ConsoleError):
     """The action does not fit the run's state (e.g. it waits for no such signal)."""
 
     status = 409
+
+
+# Query parameters that would carry a credential, and the shape of an API token
+# (`rb_USER_TOKENID_SECRET`, see `relaybus identity user token`) anywhere in a path or query.
+TOKEN_PARAMS = frozenset(
+    {"token", "access_token", "api_token", "api_key", "apikey", "key", "auth", "authorization",
+     "bearer", "jwt", "session", "password", "secret", COOKIE}
+)  # fmt: skip
+TOKEN_SHAPE = re.compile(r"rb_[^/?&#\s]+_[0-9a-f]{8}_[A-Za-z0-9_-]{16,}")
+
+
+def token_in_url(path: str, query: str) -> str:
+    """Why this URL must be refused ('' if it carries no credential): a token-named query
+    parameter, or an API token anywhere in the path or query."""
+    for name, value in parse_qsl(query, keep_blank_values=True):
+        if name.lower() in TOKEN_PARAMS:
+            return f"the query parameter {name!r}"
+        if TOKEN_SHAPE.search(value):
+            return f"the value of query parameter {name!r}"
+    if TOKEN_SHAPE.search(unquote(path)) or TOKEN_SHAPE.search(unquote(query)):
+        return "the URL"
+    return ""
+
+
+def token_in_url_error(where: str) -> TokenInUrl:
+    return TokenInUrl(
+        f"refused: {where} would carry an API token, and tokens never travel in URLs (they end "
+        "up in logs, browser history and Referer headers). Sign in with POST /api/login "
+        '{"token": "…"} (the page does; it sets an HttpOnly, SameSite=Strict cookie) or send '
+        "`Authorization: Bearer TOKEN`. Treat a token that was in a URL as exposed: revoke it "
+        "(`relaybus identity user revoke USER --token ID`) and issue a new one."
+    )
 
 
 def is_loopback(host: str) -> bool:

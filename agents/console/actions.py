@@ -1,9 +1,15 @@
 """What the console changes: a pending signal approved or rejected, a dead letter replayed.
 
 Each goes through the function its CLI command uses (`relaybus approve` → `send_signal`,
-`relaybus dlq replay` → `replay_dead_letter`), after the console's own check that the viewer
-may act on that run (a user only on runs whose principal they are); every decision, allowed or
-refused, is appended to the audit stream under the run's principal."""
+`relaybus dlq replay` → `replay_dead_letter`, `relaybus cancel` → `cancel_run`), after the
+console's own check that the viewer may act on that run (a user only on runs whose principal
+they are); every decision, allowed or refused, is appended to the audit stream under the run's
+principal.
+
+The verdict a run receives is set here from the button, never from request data: Approve sends
+`true`, Reject sends `false` (what `ctx.wait_signal` callers and the payment approval read as
+approved / rejected). A budget park (`budget-N`) resumes on any signal, so rejecting one cancels
+the run instead of signalling it."""
 
 from __future__ import annotations
 
@@ -14,7 +20,7 @@ from bus import cli as bus_cli
 from services.identity.client import publish_audit
 from services.identity.messages import AuditRecord
 
-from ..control import send_signal
+from ..control import cancel_run, send_signal
 from .access import Conflict, NotFound, Viewer
 from .data import ConsoleData
 
@@ -31,16 +37,19 @@ async def _audit(
     )
 
 
+BUDGET_PARK = "budget-"  # the worker's budget parks resume on any signal
+
+
+def verdict(approve: bool) -> bool:
+    """The signal data of a console decision: the button's verdict and nothing else."""
+    return approve is True
+
+
 async def decide(
-    data: ConsoleData,
-    viewer: Viewer,
-    run_id: str,
-    signal: str,
-    approve: bool,
-    value: Any = None,
+    data: ConsoleData, viewer: Viewer, run_id: str, signal: str, *, approve: bool
 ) -> dict[str, Any]:
-    """Approve (send `true`, or `value`) or reject (send `false`, or `value`) signal `signal`
-    of a run that waits for it."""
+    """Approve (send `true`) or reject (send `false`) signal `signal` of a run that waits for
+    it; rejecting a budget park cancels the run."""
     try:
         record = await data.record(viewer, run_id)
     except NotFound as exc:
@@ -52,8 +61,15 @@ async def decide(
         raise Conflict(
             f"run {run_id} ({record.status}) does not wait for signal {signal!r}; it waits for {waits}"
         )
-    sent = approve if value is None else value
-    delivered = await send_signal(data.bus, run_id, signal, sent, sender=viewer.actor)
+    sent = verdict(approve)
+    done: dict[str, Any] = {"run_id": run_id, "signal": signal, "approved": sent}
+    if not sent and signal.startswith(BUDGET_PARK):
+        reason = f"budget park {signal} rejected by {viewer.actor} in the console"
+        await cancel_run(data.bus, run_id, reason=reason)
+        done.update(delivered=False, cancelled=True)
+    else:
+        delivered = await send_signal(data.bus, run_id, signal, sent, sender=viewer.actor)
+        done.update(delivered=delivered, cancelled=False)
     await _audit(
         data.bus,
         viewer,
@@ -61,9 +77,15 @@ async def decide(
         "allow",
         record.submitted_by,
         run_id=run_id,
-        detail={"signal": signal, "approved": approve, "via": "console"},
+        detail={
+            "signal": signal,
+            "approved": sent,
+            "verdict": "approve" if sent else "reject",
+            "cancelled": done["cancelled"],
+            "via": "console",
+        },
     )
-    return {"run_id": run_id, "signal": signal, "approved": approve, "delivered": delivered}
+    return done
 
 
 async def replay(data: ConsoleData, viewer: Viewer, seq: int) -> dict[str, Any]:

@@ -22,7 +22,16 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from bus import Bus, ConnectionFailed, RelayError
 
 from . import actions
-from .access import COOKIE, ConsoleError, Gate, Viewer, is_loopback
+from .access import (
+    COOKIE,
+    ConsoleError,
+    Gate,
+    VerdictInvalid,
+    Viewer,
+    is_loopback,
+    token_in_url,
+    token_in_url_error,
+)
 from .data import ConsoleData
 
 STATIC = Path(__file__).parent / "static"
@@ -79,7 +88,7 @@ async def login(request: Request) -> Response:
         raise ConsoleError("give a user token (`relaybus identity user token USER` prints one)")
     gate: Gate = request.app.state.gate
     user = await gate.user_of(token)
-    response = JSONResponse({"user": user})
+    response = JSONResponse({"user": user}, headers={"Cache-Control": "no-store"})
     response.set_cookie(COOKIE, token, httponly=True, samesite="strict", path="/")
     return response
 
@@ -106,18 +115,26 @@ async def run(request: Request) -> Response:
 
 
 async def signal(request: Request) -> Response:
+    """Approve or reject: the verdict the run receives is set here from the button (`true` for
+    approve, `false` for reject), never taken from the request's data."""
     viewer = await _viewer(request)
     body = await _body(request)
     decision = body.get("decision")
     if decision not in ("approve", "reject"):
-        raise ConsoleError('decision must be "approve" or "reject"')
+        raise VerdictInvalid('decision must be "approve" or "reject"')
+    extra = sorted(set(body) - {"decision"})
+    if extra:
+        raise VerdictInvalid(
+            f"the console sends only the verdict of its button (approve → true, reject → "
+            f"false); {', '.join(map(repr, extra))} is not accepted. To send a signal with other "
+            "data use `relaybus approve RUN --signal NAME --data JSON`"
+        )
     done = await actions.decide(
         _data(request),
         viewer,
         request.path_params["run_id"],
         request.path_params["name"],
-        decision == "approve",
-        body.get("data"),
+        approve=decision == "approve",
     )
     return JSONResponse(done)
 
@@ -215,6 +232,28 @@ class LocalHostOnly:
         await self.app(scope, receive, send)
 
 
+class NoTokensInUrls:
+    """Refuse (400) any request whose URL carries an API token — a token-named query parameter
+    (`?token=…`) or a token anywhere in the path or query — before anything else looks at it."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            query = scope.get("query_string", b"").decode("latin-1")
+            where = token_in_url(scope.get("path", ""), query)
+            if where:
+                response = JSONResponse(
+                    {"error": str(token_in_url_error(where))},
+                    status_code=400,
+                    headers={"Cache-Control": "no-store"},
+                )
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
 def create_app(bus: Bus, host: str, on_ready: Callable[[], None] | None = None) -> Starlette:
     """The console over an open bus connection; `host` is where it listens (loopback: no token
     needed; elsewhere every API call needs a user token)."""
@@ -248,4 +287,5 @@ def create_app(bus: Bus, host: str, on_ready: Callable[[], None] | None = None) 
     app.state.data = ConsoleData(bus)
     if is_loopback(host):
         app.add_middleware(LocalHostOnly)
+    app.add_middleware(NoTokensInUrls)  # added last: the outermost check
     return app

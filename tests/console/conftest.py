@@ -31,8 +31,9 @@ POLICY: dict[str, tuple[list[str], list[str]]] = {
     "c_review": (["review", "notes/send"], []),
     "c_publish": (["publish"], []),
     "c_flaky": ([], []),
+    "c_park": (["lookup"], []),
 }
-AGENTS = ["Planner", "Worker", "Reviewer", "Publisher", "Flaky"]
+AGENTS = ["Planner", "Worker", "Reviewer", "Publisher", "Flaky", "Parker"]
 
 
 @dataclass
@@ -94,6 +95,7 @@ def stack(nats_server: NatsServer, tmp_path_factory: pytest.TempPathFactory) -> 
         max_deliver=3,
         identity=True,
         ledger=True,
+        nats_auth=False,  # the shared test server runs without authentication
     )
     env = child_env(settings)
     procs = Processes(home.parent / "logs")

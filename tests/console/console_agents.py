@@ -1,6 +1,7 @@
 """Agents for the console tests (real processes): a planner that fans out to workers, calls a
 reviewer (whose attempt to mail outside the team is denied), waits for an approval and hands
-off to a publisher; and an agent that fails until a file is gone (for dead letters)."""
+off to a publisher; an agent that parks when its run's budget runs out; and an agent that fails
+until a file is gone (for dead letters)."""
 
 from __future__ import annotations
 
@@ -91,6 +92,16 @@ class Publisher(Agent):
 
     async def handle(self, ctx: Context, task: dict[str, Any]) -> dict[str, Any]:
         return {"published": await ctx.tool(post, title=task["title"]), "facts": task["facts"]}
+
+
+class Parker(Agent):
+    """Parks when its run's budget cannot cover the lookup (a `budget-N` approval)."""
+
+    name = "c_park"
+    on_budget_exceeded = "park"
+
+    async def handle(self, ctx: Context, task: dict[str, Any]) -> str:
+        return str(await ctx.tool(lookup, q=task["q"]))
 
 
 class Flaky(Agent):

@@ -16,7 +16,7 @@ DAY = 86400.0
 
 
 async def gc(bus: Bus, **policy: object) -> dict:
-    return await rpc.call(bus, f"{bus.subjects.prefix}.svc.memory.gc", policy)
+    return await rpc.call(bus, f"{bus.subjects.prefix}.svc.memory.admin_gc", policy)
 
 
 async def texts(bus: Bus, user: str, query: str = "alice tea lyon note") -> set[str]:

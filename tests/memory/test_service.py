@@ -167,7 +167,7 @@ async def test_gc_removes_superseded_facts_past_retention(
     clock.now += 2 * 86400
     report = await rpc.call(
         bus,
-        f"{bus.subjects.prefix}.svc.memory.gc",
+        f"{bus.subjects.prefix}.svc.memory.admin_gc",
         {"dry_run": True, "retention_s": 86400, "ttl_s": {"scratch": 3600}},
     )
     assert {c["id"] for c in report["candidates"]} == {old["id"], scratch["id"]} and report[
@@ -175,7 +175,7 @@ async def test_gc_removes_superseded_facts_past_retention(
     ] == 0
     done = await rpc.call(
         bus,
-        f"{bus.subjects.prefix}.svc.memory.gc",
+        f"{bus.subjects.prefix}.svc.memory.admin_gc",
         {"dry_run": False, "retention_s": 86400, "ttl_s": {"scratch": 3600}},
     )
     assert done["removed"] == 2
@@ -223,3 +223,38 @@ async def test_preloaded_context_stays_within_its_token_budget(
     tight = await assemble(alice, "acme globex pricing", budget_tokens=60, session="c1")
     assert tight["tokens"] <= 60 and tight["dropped"] >= 1
     assert estimate_tokens(tight["text"]) <= 60 + len(tight["used"])
+
+
+async def test_a_tenants_own_gc_and_stats_stay_in_its_tenant(
+    bus: Bus, served: tuple[MemoryService, Clock]
+) -> None:
+    _, clock = served
+    alice, bob = client(bus, "alice"), client(bus, "bob")
+    await alice.remember("alice scratch note", kind="scratch")
+    await bob.remember("bob scratch note", kind="scratch")
+    await alice.ingest("hb", "a.md", "alice's handbook")
+    clock.now += 2 * 86400
+    assert await alice.stats() == {
+        "tenant": "alice",
+        "embedder": "lexical-v1-512",
+        "memories": 1,
+        "document_chunks": 1,
+        "superseded": 0,
+    }
+    done = await bob.gc(dry_run=False, ttl_s={"scratch": 3600})
+    assert done["removed"] == 1 and [c["tenant"] for c in done["candidates"]] == ["bob"]
+    assert (await alice.stats())["memories"] == 1 and (await bob.stats())["memories"] == 0
+    totals = await rpc.call(bus, f"{bus.subjects.prefix}.svc.memory.admin_stats", {})
+    assert totals["tenants"] == 1 and totals["memories"] == 1
+
+
+async def test_session_keys_never_collide_across_tenants(
+    bus: Bus, served: tuple[MemoryService, Clock]
+) -> None:
+    from memory.sessions import tenant_token
+
+    assert tenant_token("alice") == "alice" and tenant_token("a-b") == "a-b"
+    assert len({tenant_token(t) for t in ("a.b", "a_b", "a b", "a_00002eb")}) == 4
+    dotted, underscored = client(bus, "a.b"), client(bus, "a_b")
+    await dotted.session_put("chat", {"secret": "dotted"})
+    assert (await underscored.session_get("chat"))["state"] == {}
