@@ -57,5 +57,5 @@ async def test_memory_service_killed_while_runs_remember_and_recall(
             assert record.status == "completed", (run_id, record.error)
             assert record.result["recalled"] == [fact], record.result
         await wait_service(bus, "memory", timeout_s=30)
-        stats = await rpc.call(bus, f"{bus.subjects.prefix}.svc.memory.stats", {})
+        stats = await rpc.call(bus, f"{bus.subjects.prefix}.svc.memory.admin_stats", {})
         assert stats["memories"] == runs, stats
