@@ -1,7 +1,11 @@
 """The HTTP API tools: declared endpoints only, typed arguments, secrets from configuration.
 
 Per API NAME and endpoint E: the tool `NAME.E` with scope `api/call/NAME/E`. Arguments fill the
-path template (URL-quoted); the rest go in the query string (GET, DELETE) or a JSON body. 5xx
+path template, each as exactly one path segment: percent-encoded with no safe characters, and
+refused when empty, a dot segment (`.`, `..`, `%2e%2e`…) or holding a `/` or `\\` once decoded;
+the final URL is then checked to have the declared template's path, so no argument can reach
+another endpoint with the API's credentials. The rest go in the query string (GET, DELETE) or a
+JSON body. 5xx
 answers and transport errors are retried (tenacity, exponential backoff) and then raise
 UpstreamFailed, which counts toward the tool's circuit breaker; a 4xx is the caller's mistake
 (DataRefused). Header secrets never reach the model: responses and errors are scrubbed of them.
@@ -11,8 +15,9 @@ from __future__ import annotations
 
 import json
 import string
+import unicodedata
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
 import httpx
 import pydantic
@@ -49,9 +54,26 @@ class ApiClient:
             text = text.replace(secret, "[secret]")
         return text
 
+    def url(self, ename: str, endpoint: Endpoint, args: dict[str, Any]) -> httpx.URL:
+        """The endpoint's URL with `args` in its path; DataRefused if one would change the path."""
+        label = f"{self.name}.{ename}"
+        segments = {k: _segment(label, k, args[k]) for k in self._path_fields[ename]}
+        path = endpoint.path.format(**segments)
+        base = self.client.base_url
+        url = self.client.build_request(endpoint.method, path).url
+        expected = base.raw_path + path.lstrip("/").encode("ascii")
+        if (url.scheme, url.host, url.port, url.raw_path) != (
+            base.scheme, base.host, base.port, expected
+        ):  # fmt: skip
+            raise DataRefused(
+                f"{label}: the arguments would send the call to {url.path!r}, not to the "
+                f"declared {endpoint.path!r}; pass the bare identifiers"
+            )
+        return url
+
     async def call(self, ename: str, endpoint: Endpoint, args: dict[str, Any]) -> dict[str, Any]:
         fields = self._path_fields[ename]
-        path = endpoint.path.format(**{k: quote(str(args[k]), safe="") for k in fields})
+        url = self.url(ename, endpoint, args)
         rest = {k: v for k, v in args.items() if k not in fields}
         in_query = endpoint.method in ("GET", "DELETE")
         label = f"{self.name}.{ename}"
@@ -63,7 +85,7 @@ class ApiClient:
                 reraise=True,
             ):
                 with attempt:
-                    return await self._once(label, endpoint, path, rest, in_query)
+                    return await self._once(label, endpoint, url, rest, in_query)
         except _Transient as exc:
             raise UpstreamFailed(
                 f"{label}: {self.scrub(str(exc))} (after {endpoint.retries} attempts)"
@@ -71,12 +93,12 @@ class ApiClient:
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def _once(
-        self, label: str, endpoint: Endpoint, path: str, rest: dict[str, Any], in_query: bool
+        self, label: str, endpoint: Endpoint, url: httpx.URL, rest: dict[str, Any], in_query: bool
     ) -> dict[str, Any]:
         try:
             async with self.client.stream(
                 endpoint.method,
-                path,
+                url,
                 params=rest if in_query else None,
                 json=None if in_query else rest,
                 timeout=endpoint.timeout_s,
@@ -114,6 +136,29 @@ class ApiClient:
 
     async def close(self) -> None:
         await self.client.aclose()
+
+
+def _segment(label: str, name: str, value: Any) -> str:
+    """`value` as one path segment, percent-encoded with no safe characters; DataRefused when a
+    server could read it as something else than one plain segment."""
+    text = decoded = str(value)
+    while (once := unquote(decoded)) != decoded:  # however many layers decode it (each shortens)
+        decoded = once
+    problem = ""
+    if not text:
+        problem = "is empty"
+    elif decoded in (".", ".."):
+        problem = "decodes to a dot segment"
+    elif "/" in decoded or "\\" in decoded:
+        problem = "holds a path separator ('/' or '\\') once decoded"
+    elif any(unicodedata.category(c) in ("Cc", "Zl", "Zp") for c in decoded):
+        problem = "holds a control character once decoded"
+    if problem:
+        raise DataRefused(
+            f"{label}: path parameter {name}={text!r} {problem}, which could change the "
+            "endpoint the call reaches; pass the bare identifier"
+        )
+    return quote(text, safe="")
 
 
 def api_tools(client: ApiClient) -> dict[str, Tool]:

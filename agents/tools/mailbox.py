@@ -32,6 +32,8 @@ class Mailbox:
             "mail_from": envelope.mail_from,
             "rcpt_tos": list(envelope.rcpt_tos),
             "subject": str(msg["Subject"] or ""),
+            # every header line as received, decoded: what a mail client would act on
+            "headers": [[name, str(value)] for name, value in msg.items()],
             "message_id": str(msg["Message-ID"] or ""),
             "body": body.get_content().replace("\r\n", "\n") if body is not None else "",
         }

@@ -1,22 +1,31 @@
-"""The SQL tools: read-only, tenant-scoped queries over SQLAlchemy (SQLite embedded by default,
-PostgreSQL when the source's url says so), cut off at a time limit and truncated at a size limit.
+"""The SQL tools: read-only, tenant-scoped queries (SQLite embedded by default, PostgreSQL through
+SQLAlchemy when the source's url says so), cut off at a time limit and truncated at a size limit.
 
 Per source NAME: one tool per named query (`NAME.<query>`: the model fills typed parameters) and,
 with `free_form = true`, `NAME.sql` (the model writes a SELECT; `sqlguard` parses and scopes it).
 All take the scope `data/query/NAME`. The tenant is the run's verified principal, never an
 argument; every query is audited with the chain.
+
+The SQL that runs is the guard's, with no bind parameters (values are literals it rendered), and
+is sent as is (sqlite3 `execute`, SQLAlchemy `exec_driver_sql` with `no_parameters`): no layer
+parses `:name` or `%s` out of it. SQLite adds its own wall around the rewrite: each query gets a
+fresh read-only connection whose temp schema holds, per exposed table, a view under a secret name
+with the tenant's rows only and a view under the table's name reading it (unqualified names
+resolve to the temp schema first); an authorizer that lets stored rows be read only from the
+secret views (not from a CTE named like the table), refuses recursive queries and PRAGMAs; and a
+progress handler that stops the query at the time limit. `SQLITE_LIMIT_LENGTH` caps every string, blob and row
+the query builds, so memory cannot grow faster than the time limit allows.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import secrets
 import sqlite3
-import threading
 import time
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 import pydantic
 import sqlalchemy as sa
@@ -26,13 +35,15 @@ from bus import ConfigError, DataRefused
 
 from ..tool import Tool
 from .config import SqlSource, params_model
-from .sqlguard import TENANT_PARAM, TablePolicy, guard
+from .sqlguard import TablePolicy, Value, guard, tenant_views
 
-_ALLOWED_SQLITE = {sqlite3.SQLITE_SELECT, sqlite3.SQLITE_FUNCTION, sqlite3.SQLITE_RECURSIVE}
+_DENIED_FUNCTIONS = {"load_extension", "readfile", "writefile", "edit", "fts3_tokenizer"}
+_SAMPLE: dict[str, Value] = {"str": "", "int": 0, "float": 0.0, "bool": False}
+MIN_LENGTH_LIMIT = 100_000  # bytes: the smallest SQLITE_LIMIT_LENGTH a source gets
 
 
 class SqlDatabase:
-    """One configured source: a read-only engine plus its table policy."""
+    """One configured source: how to open it read-only, plus its table policy."""
 
     def __init__(self, name: str, source: SqlSource) -> None:
         self.name, self.source = name, source
@@ -46,16 +57,15 @@ class SqlDatabase:
                     f"[sql.{name}.tables.{table}]: set tenant_column (rows per tenant) or "
                     "shared = true (every tenant reads every row)"
                 )
+        #: the longest string, blob or row a SQLite query may build
+        self.max_length = max(source.max_bytes, MIN_LENGTH_LIMIT)
+        self.engine: sa.Engine | None = None
         url = make_url(source.url)
-        self._deadline = threading.local()
         if url.drivername.startswith("sqlite"):
             self.dialect = "sqlite"
-            path = Path(url.database or "")
-            if not url.database or not path.is_file():
-                raise ConfigError(f"[sql.{name}] url {source.url}: no SQLite file at {path}")
-            self.engine = sa.create_engine(
-                "sqlite://", creator=lambda: self._open_sqlite(path), poolclass=sa.pool.NullPool
-            )
+            self.path = Path(url.database or "")
+            if not url.database or not self.path.is_file():
+                raise ConfigError(f"[sql.{name}] url {source.url}: no SQLite file at {self.path}")
         else:
             if not url.drivername.startswith("postgres"):
                 raise ConfigError(
@@ -65,91 +75,144 @@ class SqlDatabase:
             self.dialect = "postgres"
             self.engine = sa.create_engine(source.url, pool_pre_ping=True)
 
-    def _open_sqlite(self, path: Path) -> sqlite3.Connection:
+    def run(self, sql: str, tenant: str, params: dict[str, Value] | None = None) -> dict[str, Any]:
+        """Guard, scope and run one query (blocking: call through `query`). `params` is None
+        for model-written SQL (no parameters allowed) and the values of a declared query's."""
+        scoped = guard(sql, self.tables, self.dialect, tenant=tenant, params=params)
+        if self.dialect == "sqlite":
+            return self._run_sqlite(scoped, tenant)
+        return self._run_postgres(scoped)
+
+    async def query(
+        self, sql: str, tenant: str, params: dict[str, Value] | None = None
+    ) -> dict[str, Any]:
+        return await asyncio.to_thread(self.run, sql, tenant, params)
+
+    def close(self) -> None:
+        if self.engine is not None:
+            self.engine.dispose()
+
+    # -- SQLite ---------------------------------------------------------------------------------
+
+    def _run_sqlite(self, scoped: str, tenant: str) -> dict[str, Any]:
+        deadline = time.monotonic() + self.source.timeout_s
+        conn: sqlite3.Connection | None = None
+        try:
+            conn = self._open_sqlite(tenant, deadline)
+            cursor = conn.execute(scoped, ())  # no values: a parameter slot is an error
+            return self._collect([d[0] for d in cursor.description or ()], cursor)
+        except sqlite3.Error as exc:
+            if "interrupted" in str(exc):
+                raise self._too_slow() from None
+            if "too big" in str(exc):
+                raise DataRefused(
+                    f"the query built a value or row over {self.max_length} bytes and was "
+                    "stopped; narrow it"
+                ) from None
+            raise DataRefused(f"the database refused the query: {exc}") from None
+        finally:
+            if conn is not None:
+                conn.close()
+
+    def _open_sqlite(self, tenant: str, deadline: float) -> sqlite3.Connection:
         conn = sqlite3.connect(
-            f"file:{quote(str(path.resolve()))}?mode=ro", uri=True, check_same_thread=False
+            f"{self.path.resolve().as_uri()}?mode=ro",
+            uri=True,
+            isolation_level=None,  # no implicit BEGIN: nothing but the query runs
         )
-        conn.execute("PRAGMA query_only = ON")
+        token = secrets.token_hex(8)
+        walls = {f"relaybus_{token}_{name}": name for name in self.tables}
+        try:
+            for wall, name in walls.items():
+                for view in tenant_views(name, self.tables[name], tenant, wall):
+                    conn.execute(view)
+            conn.execute("PRAGMA query_only = ON")
+            conn.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, self.max_length)
+            conn.set_authorizer(self._authorizer(walls))
+            conn.set_progress_handler(lambda: int(time.monotonic() > deadline), 1000)
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _authorizer(self, walls: dict[str, str]) -> Any:
+        """`walls`: the connection's secret view names, each to the table it scopes."""
         readable = {
             (t, c) for t, p in self.tables.items() for c in (*p.columns, p.tenant_column) if c
         }
+        views = {**{t: t for t in self.tables}, **walls}
 
         def authorize(
-            action: int, arg1: str | None, arg2: str | None, database: str | None, *_: Any
+            action: int, arg1: str | None, arg2: str | None, database: str | None, inner: str | None
         ) -> int:
-            # the engine's own check, under the parser's: reads of exposed columns only
-            # (database is None for CTEs, which read nothing stored by themselves)
-            if action in _ALLOWED_SQLITE:
+            # the engine's own wall, under the parser's: stored rows are read only through the
+            # secret tenant views (`inner`: the innermost view or CTE a read comes from); the
+            # temp schema holds nothing but the views. No recursion, no PRAGMA, no writes.
+            if action == sqlite3.SQLITE_SELECT:
                 return sqlite3.SQLITE_OK
-            if action == sqlite3.SQLITE_PRAGMA and arg1 == "read_uncommitted" and arg2 is None:
-                return sqlite3.SQLITE_OK  # SQLAlchemy reads the isolation level on connect
-            if action == sqlite3.SQLITE_READ and (
-                database is None or ((arg1 or "").lower(), arg2 or "") in readable
-            ):
-                return sqlite3.SQLITE_OK
+            if action == sqlite3.SQLITE_FUNCTION:
+                denied = (arg2 or "").lower() in _DENIED_FUNCTIONS
+                return sqlite3.SQLITE_DENY if denied else sqlite3.SQLITE_OK
+            if action == sqlite3.SQLITE_READ:
+                if database == "temp":  # a column of one of the views
+                    table = views.get((arg1 or "").lower(), "")
+                elif database == "main" and walls.get(inner or "") == (arg1 or "").lower():
+                    table = (arg1 or "").lower()
+                else:
+                    table = ""
+                if (table, arg2 or "") in readable:
+                    return sqlite3.SQLITE_OK
             return sqlite3.SQLITE_DENY
 
-        conn.set_authorizer(authorize)
-        conn.set_progress_handler(self._over_time, 2000)
-        return conn
+        return authorize
 
-    def _over_time(self) -> int:
-        return int(time.monotonic() > getattr(self._deadline, "at", float("inf")))
+    # -- PostgreSQL -----------------------------------------------------------------------------
 
-    def run(self, sql: str, params: dict[str, Any], tenant: str) -> dict[str, Any]:
-        """Guard, scope and run one query (blocking: call through `query`)."""
-        scoped, used = guard(sql, self.tables, self.dialect)
-        missing = sorted(used - set(params))
-        if missing:
-            raise DataRefused(f"the query uses :{missing[0]} but no value was given for it")
-        unused = sorted(set(params) - used)
-        if unused:
-            raise DataRefused(f"parameter {unused[0]!r} is not used by the query")
-        values = {**params, TENANT_PARAM: tenant}
-        limit, budget = self.source.max_rows, self.source.max_bytes
-        rows: list[list[Any]] = []
-        size, truncated, note = 0, False, ""
-        self._deadline.at = time.monotonic() + self.source.timeout_s
+    def _run_postgres(self, scoped: str) -> dict[str, Any]:
+        assert self.engine is not None
         try:
             with self.engine.connect() as conn:
-                if self.dialect == "postgres":
-                    conn.exec_driver_sql("SET TRANSACTION READ ONLY")
-                    conn.exec_driver_sql(
-                        f"SET LOCAL statement_timeout = {int(self.source.timeout_s * 1000)}"
-                    )
-                result = conn.execute(sa.text(scoped), values)
-                columns = list(result.keys())
-                for row in result:
-                    cells = [_cell(v) for v in row]
-                    size += len(json.dumps(cells, default=str))
-                    if len(rows) >= limit or size > budget:
-                        truncated = True
-                        note = (
-                            f"result cut at {len(rows)} rows "
-                            f"({'row' if len(rows) >= limit else 'size'} limit of "
-                            f"{limit if len(rows) >= limit else budget}"
-                            f"{'' if len(rows) >= limit else ' bytes'}); narrow the query"
-                        )
-                        break
-                    rows.append(cells)
+                conn.exec_driver_sql("SET TRANSACTION READ ONLY")
+                conn.exec_driver_sql(
+                    f"SET LOCAL statement_timeout = {int(self.source.timeout_s * 1000)}"
+                )
+                conn.exec_driver_sql("SET LOCAL standard_conforming_strings = on")
+                # as is: the driver does no %-interpolation on a statement without parameters
+                result = conn.execution_options(no_parameters=True).exec_driver_sql(scoped)
+                out = self._collect(list(result.keys()), result)
                 conn.rollback()
+                return out
         except sa.exc.OperationalError as exc:
-            if "interrupted" in str(exc.orig) or "statement timeout" in str(exc.orig):
-                raise DataRefused(
-                    f"the query ran over {self.source.timeout_s}s and was cut off; narrow it"
-                ) from None
+            if "statement timeout" in str(exc.orig):
+                raise self._too_slow() from None
             raise DataRefused(f"the database refused the query: {exc.orig}") from None
         except sa.exc.DatabaseError as exc:
             raise DataRefused(f"the database refused the query: {exc.orig}") from None
-        finally:
-            self._deadline.at = float("inf")
+
+    # -- both -----------------------------------------------------------------------------------
+
+    def _too_slow(self) -> DataRefused:
+        return DataRefused(
+            f"the query ran over {self.source.timeout_s}s and was cut off; narrow it"
+        )
+
+    def _collect(self, columns: list[str], result: Any) -> dict[str, Any]:
+        limit, budget = self.source.max_rows, self.source.max_bytes
+        rows: list[list[Any]] = []
+        size, truncated, note = 0, False, ""
+        for row in result:
+            cells = [_cell(v) for v in row]
+            size += len(json.dumps(cells, default=str))
+            if len(rows) >= limit or size > budget:
+                truncated = True
+                by_rows = len(rows) >= limit
+                note = (
+                    f"result cut at {len(rows)} rows ({'row' if by_rows else 'size'} limit of "
+                    f"{limit if by_rows else f'{budget} bytes'}); narrow the query"
+                )
+                break
+            rows.append(cells)
         return {"columns": columns, "rows": rows, "truncated": truncated, "note": note}
-
-    async def query(self, sql: str, params: dict[str, Any], tenant: str) -> dict[str, Any]:
-        return await asyncio.to_thread(self.run, sql, params, tenant)
-
-    def close(self) -> None:
-        self.engine.dispose()
 
 
 def _cell(value: Any) -> Any:
@@ -158,8 +221,10 @@ def _cell(value: Any) -> Any:
 
 class FreeForm(pydantic.BaseModel):
     model_config = pydantic.ConfigDict(extra="forbid")
-    sql: str = pydantic.Field(description="one SELECT over the exposed tables; :name parameters")
-    params: dict[str, str | int | float | bool] = {}
+    sql: str = pydantic.Field(
+        description="one SELECT over the exposed tables; write values as literals "
+        "(e.g. product = 'widget'): parameters are not accepted"
+    )
 
 
 def sql_tools(db: SqlDatabase) -> dict[str, Tool]:
@@ -174,13 +239,14 @@ def sql_tools(db: SqlDatabase) -> dict[str, Tool]:
         )
 
     for qname, named in db.source.queries.items():
-        guard(named.sql, db.tables, db.dialect)  # fail at load
+        sample = {p: _SAMPLE[kind] for p, kind in named.params.items()}
+        guard(named.sql, db.tables, db.dialect, tenant="", params=sample)  # fail at load
         model = params_model(f"{db.name}_{qname}", named.params)
 
         async def run_named(
             ctx: Any, args: pydantic.BaseModel, _sql: str = named.sql, _name: str = qname
         ) -> Any:
-            result = await db.query(_sql, args.model_dump(), _tenant(ctx))
+            result = await db.query(_sql, _tenant(ctx), args.model_dump())
             await audit(ctx, f"{db.name}.{_name}", _sql, result)
             return result
 
@@ -191,7 +257,7 @@ def sql_tools(db: SqlDatabase) -> dict[str, Tool]:
     if db.source.free_form:
 
         async def run_free(ctx: Any, args: FreeForm) -> Any:
-            result = await db.query(args.sql, dict(args.params), _tenant(ctx))
+            result = await db.query(args.sql, _tenant(ctx))
             await audit(ctx, f"{db.name}.sql", args.sql, result)
             return result
 

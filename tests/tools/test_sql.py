@@ -37,10 +37,10 @@ def competitors(result: dict) -> set[str]:
 
 
 def test_plain_select_sees_only_the_callers_rows(db: SqlDatabase) -> None:
-    alice = db.run("SELECT * FROM competitor_prices", {}, "alice")
+    alice = db.run("SELECT * FROM competitor_prices", "alice")
     assert alice["columns"] == COLUMNS  # the tenant and internal columns are not exposed
     assert competitors(alice) == {"acme", "globex", "initech"} and len(alice["rows"]) == 5
-    assert competitors(db.run("SELECT * FROM competitor_prices", {}, "bob")) == {"hooli", "acme"}
+    assert competitors(db.run("SELECT * FROM competitor_prices", "bob")) == {"hooli", "acme"}
 
 
 @pytest.mark.parametrize(
@@ -59,7 +59,7 @@ def test_plain_select_sees_only_the_callers_rows(db: SqlDatabase) -> None:
 )
 def test_no_query_shape_reaches_another_tenants_rows(db: SqlDatabase, sql: str) -> None:
     try:
-        result = db.run(sql, {}, "alice")
+        result = db.run(sql, "alice")
     except DataRefused as exc:  # refusing is as good as scoping
         assert "tenant" in str(exc) or "no such column" in str(exc)
         return
@@ -85,7 +85,7 @@ def test_no_query_shape_reaches_another_tenants_rows(db: SqlDatabase, sql: str) 
             "pragma_table_info() is not allowed",
         ),
         ("SELECT load_extension('/tmp/evil')", "load_extension() is not allowed"),
-        ("SELECT * FROM competitor_prices WHERE product = ?", "named parameters"),
+        ("SELECT * FROM competitor_prices WHERE product = ?", "parameters are not allowed"),
         ("SELECT internal_note FROM competitor_prices", "no such column: internal_note"),
         ("SELECT tenant FROM competitor_prices", "no such column: tenant"),
         (
@@ -94,14 +94,18 @@ def test_no_query_shape_reaches_another_tenants_rows(db: SqlDatabase, sql: str) 
         ),
         ("SELEC * FRM competitor_prices", "only SELECT"),
         ("SELECT * FROM (competitor_prices", "does not parse"),
-        ("SELECT * FROM competitor_prices WHERE product = :relaybus_tenant", "reserved"),
+        ("SELECT * FROM competitor_prices WHERE product = :product", "parameters are not allowed"),
+        (
+            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n) SELECT i FROM n",
+            "recursive CTEs",
+        ),
     ],
 )
 def test_unsafe_or_wrong_sql_is_refused_with_the_reason(
     db: SqlDatabase, sql: str, reason: str
 ) -> None:
     with pytest.raises(DataRefused, match=reason.replace("(", r"\(").replace(")", r"\)")):
-        db.run(sql, {}, "alice")
+        db.run(sql, "alice")
 
 
 def test_the_database_file_is_unchanged_by_anything_the_model_tries(
@@ -109,40 +113,37 @@ def test_the_database_file_is_unchanged_by_anything_the_model_tries(
 ) -> None:
     for sql in ("DELETE FROM competitor_prices", "SELECT 1; DROP TABLE api_keys"):
         with pytest.raises(DataRefused):
-            db.run(sql, {}, "alice")
+            db.run(sql, "alice")
     with sqlite3.connect(tmp_path / "pricing.db") as conn:
         assert conn.execute("SELECT count(*) FROM competitor_prices").fetchone() == (8,)
         assert conn.execute("SELECT count(*) FROM api_keys").fetchone() == (1,)
 
 
-def test_parameters_are_bound_and_checked(db: SqlDatabase) -> None:
+def test_a_declared_querys_parameters_are_filled_and_checked(db: SqlDatabase) -> None:
     sql = "SELECT plan, price_usd FROM competitor_prices WHERE product = :product ORDER BY plan"
-    result = db.run(sql, {"product": "widgetpro"}, "bob")
+    result = db.run(sql, "bob", {"product": "widgetpro"})
     assert result["rows"] == [["team", 45.0]]
     # an injection attempt through a parameter is just a string that matches nothing
-    assert db.run(sql, {"product": "x' OR '1'='1"}, "alice")["rows"] == []
+    assert db.run(sql, "alice", {"product": "x' OR '1'='1"})["rows"] == []
     with pytest.raises(DataRefused, match="uses :product but no value"):
-        db.run(sql, {}, "alice")
+        db.run(sql, "alice", {})
     with pytest.raises(DataRefused, match="'extra' is not used"):
-        db.run(sql, {"product": "a", "extra": 1}, "alice")
+        db.run(sql, "alice", {"product": "a", "extra": 1})
+    with pytest.raises(DataRefused, match="parameters are not allowed in free-form SQL"):
+        db.run(sql, "alice")  # no params: model-written SQL, which may not use any
 
 
 def test_a_slow_query_is_cut_off(db: SqlDatabase) -> None:
-    slow = (
-        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 100000000) "
-        "SELECT count(*) FROM n, competitor_prices"
-    )
+    slow = "SELECT count(*) FROM " + ", ".join(f"competitor_prices t{i}" for i in range(14))
     with pytest.raises(DataRefused, match=r"ran over 0.5s and was cut off"):
-        db.run(slow, {}, "alice")
-    assert db.run("SELECT count(*) AS n FROM competitor_prices", {}, "alice")["rows"] == [[5]]
+        db.run(slow, "alice")
+    assert db.run("SELECT count(*) AS n FROM competitor_prices", "alice")["rows"] == [[5]]
 
 
 def test_an_oversize_result_is_truncated_with_a_note(db: SqlDatabase) -> None:
-    many = (
-        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 500) "
-        "SELECT i, competitor FROM n, competitor_prices"
-    )
-    result = db.run(many, {}, "alice")
+    many = "SELECT a.competitor, b.plan, c.product FROM competitor_prices a, competitor_prices b, "
+    many += "competitor_prices c"
+    result = db.run(many, "alice")
     assert len(result["rows"]) == 50 and result["truncated"]
     assert result["note"] == "result cut at 50 rows (row limit of 50); narrow the query"
 
