@@ -97,8 +97,7 @@ class Costs:
         """What the ledger (the source of truth) captured for the run; 0 without a ledger."""
         if self.ledger is None:
             return 0
-        rows = await self.ledger.query("levels", level=f"run:{run_id}")
-        return sum(int(row["spent"]) for row in rows if row["level"] == f"run:{run_id}")
+        return int((await self.ledger.run_cost(run_id))["spent"])
 
     async def capture(self, pending: PendingCapture) -> None:
         """Send a journaled capture (idempotent by its op id: a resend changes nothing)."""
@@ -158,26 +157,31 @@ class Costs:
         self, ctx: Context, model: str, estimate_tokens: int, max_tokens: int, seq: int
     ) -> AsyncIterator[Bill]:
         """Hold what the call can cost at most (prompt estimate + max_tokens at the model's
-        prices), capture what the reported usage costs (never above the hold), void on error."""
+        prices) and the tokens it can use at most (the same estimate + max_tokens), so parallel
+        calls cannot together pass a token budget; capture what the reported usage costs (never
+        above the hold) and the tokens it used; void on error. A model without a price reserves
+        and records tokens only (its hold is of 0 micro-units)."""
         bill = Bill()
-        price = self.prices.models.get(model)
-        if self.ledger is None or price is None:
+        if self.ledger is None:
             yield bill
             return
+        price = self.prices.models.get(model)
         user = ctx.principal.removeprefix("user:")
-        held = price.input * estimate_tokens + price.output * max_tokens
+        reserve = estimate_tokens + max_tokens
+        held = price.input * estimate_tokens + price.output * max_tokens if price else 0
         key = ctx.charge_key(seq)
         hold_id = derived_id(ctx.task_id, "llm-hold", key)
         tags = {"run": ctx.run_id, "agent": self.agent, "model": model}
         currency = self.bus.settings.ledger_currency
         levels = [f"user:{user}", f"run:{ctx.run_id}", f"agent:{self.agent}"]
-        await self._hold(hold_id, user, f"model:{model}", held, levels, tags)
+        await self._hold(hold_id, user, f"model:{model}", held, levels, tags, tokens=reserve)
         try:
             yield bill
         except BaseException:
             await self._void(ctx, seq, derived_id(ctx.task_id, "llm-void", key), hold_id, tags)
             raise
-        bill.cost = min(held, self.prices.chat(model, bill.input_tokens, bill.output_tokens))
+        used = self.prices.chat(model, bill.input_tokens, bill.output_tokens) if price else 0
+        bill.cost = min(held, used)
         bill.pending = PendingCapture(
             op_id=derived_id(ctx.task_id, "llm-capture", key),
             hold_id=hold_id,
@@ -204,8 +208,10 @@ class Costs:
         amount: int,
         levels: list[str],
         tags: dict[str, str],
+        tokens: int = 0,
     ) -> None:
-        """Hold `amount` at every level; a rate limit turns into a delayed retry of the task."""
+        """Hold `amount` (and `tokens`) at every level; a rate limit turns into a delayed retry
+        of the task."""
         assert self.ledger is not None
         try:
             await self.ledger.hold(
@@ -217,6 +223,7 @@ class Costs:
                 currency=self.bus.settings.ledger_currency,
                 tags=tags,
                 rate=f"agent:{self.agent}/{payee}",
+                tokens=tokens,
             )
         except RateLimited as exc:
             raise Retry(str(exc), delay_s=max(1.0, exc.retry_after_s)) from None

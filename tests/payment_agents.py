@@ -7,6 +7,7 @@ import os
 from typing import Any
 
 from agents import Agent, Context
+from agents.errors import ChildFailed
 from agents.llm import prompt, use_tools
 from agents.tools.payments import authorize_payment, refund_payment, settle
 from bus import PaymentRefused
@@ -48,3 +49,30 @@ class Concierge(Agent):
             [authorize_payment],
         )
         return {"calls": [c.tool for c in run.calls], "refused": [c.error for c in run.refused]}
+
+
+class BuyerA(Buyer):
+    name = "buyer_a"
+
+
+class BuyerB(Buyer):
+    name = "buyer_b"
+
+
+class Treasurer(Agent):
+    """Delegates payments to branches one after the other, each with its own per-run cap:
+    `{"steps": [{"agent": "buyer_a", "cap": 6000, "charges": [...]}, ...]}`."""
+
+    name = "treasurer"
+    charge = "payments/charge:max_amount=50000,currency=USD,payee=acme-air|globex-hotels"
+
+    async def handle(self, ctx: Context, task: dict[str, Any]) -> list[Any]:
+        results: list[Any] = []
+        for step in task["steps"]:
+            scopes = [f"{self.charge},per_run_amount={step['cap']}"]
+            try:
+                done = await ctx.call(step["agent"], {"charges": step["charges"]}, scopes=scopes)
+                results.append(done)
+            except ChildFailed as exc:
+                results.append({"failed": str(exc)})
+        return results

@@ -5,23 +5,33 @@
                                                       # approval above the threshold, capture
 
 The chain's `payments/charge` scope bounds every call (`max_amount=50000`, `currency=USD`,
-`payee=acme-air|globex-hotels`, `category=travel`) and the run's total (`per_run_amount=80000`,
-enforced by a ledger budget on `payrun:<run>`, so concurrent charges cannot exceed it together).
+`payee=acme-air|globex-hotels`, `category=travel`) and the run's total (`per_run_amount=80000`).
+Each link's `per_run_amount` is a ledger cap on its own level: the user's on `payrun:<run>`, a
+delegated one on `payrun:<run>:<branch>` (the branch: the delegation path down to that link), and
+every payment holds against all the levels of its chain, so concurrent charges cannot exceed a
+cap together and no sibling branch can lift it (a ledger cap only ever narrows).
+
+Approval is decided on the run's cumulative payments (captured and authorized, all branches),
+not per call: splitting a payment under RELAYBUS_PAYMENTS_APPROVAL_OVER does not avoid it.
+
 Every payment is a two-phase ledger transfer mirrored at the provider — authorize (hold) →
 capture, or void — with keys derived from the run, task and step: a retry or replay never
-charges twice. Amounts are minor units (cents); the ledger holds them as micro-units.
+charges twice. Refunds go to the provider; the ledger records them from the provider's signed
+webhook (refunds restore budgets, so an agent never writes them itself). Amounts are minor
+units (cents); the ledger holds them as micro-units.
 """
 
 from __future__ import annotations
 
+import hashlib
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, Field
 
 from bus import BudgetExceeded, ConfigError, PaymentRefused, Settings
+from services.identity.messages import AuditRecord
 from services.identity.scopes import run_limit
 from services.ledger.client import LedgerClient
-from services.ledger.model import Budget
 from services.payments.provider import PaymentIntent
 from services.payments.stripe import StripeProvider
 
@@ -72,22 +82,38 @@ def _ledger(ctx: Context) -> LedgerClient:
     return LedgerClient(ctx._worker.bus)
 
 
+def branch_caps(ctx: Context) -> list[tuple[str, int]]:
+    """(ledger level, cap in minor units) for each link of the chain with a `per_run_amount`:
+    the root link's (the user's, shared by every branch) on `payrun:<run>`, a delegated link's on
+    `payrun:<run>:<branch>`, the branch named by the delegation path down to that link (user →
+    agent → … → agent). Two delegations along the same path share a level, and its tightest
+    cap."""
+    chain = ctx.chain
+    if chain is None or not chain.links:
+        return []
+    run_level = f"payrun:{ctx.run_id}"
+    path = [chain.links[0].issuer]
+    caps = []
+    for index, link in enumerate(chain.links):
+        path.append(link.subject)
+        cap = run_limit(link.scopes, "payments/charge", "amount")
+        if cap is None:
+            continue
+        branch = hashlib.blake2b("\n".join(path).encode(), digest_size=8).hexdigest()
+        caps.append((run_level if index == 0 else f"{run_level}:{branch}", cap))
+    return caps
+
+
 @tool("payments/charge", name="authorize_payment")
 async def authorize_payment(ctx: Context, args: Charge) -> dict[str, Any]:
     """Authorize (hold) a payment to a payee; it is captured later, or voided."""
     user = ctx.principal.removeprefix("user:")
     ledger = _ledger(ctx)
     payment = ctx.idempotency_key("payment")
-    levels = [f"payrun:{ctx.run_id}"]
-    links = ctx.chain.links if ctx.chain is not None else []
-    limits = (run_limit(link.scopes, "payments/charge", "amount") for link in links)
-    caps = [c for c in limits if c is not None]
-    cap = min(caps) if caps else None
-    if cap is not None:
-        await ledger.set_budget(
-            f"payrun-{ctx.run_id}-{cap}",
-            Budget(level=f"payrun:{ctx.run_id}", limit=cap * MICRO_PER_MINOR),
-        )
+    caps = branch_caps(ctx)
+    levels = list(dict.fromkeys([f"payrun:{ctx.run_id}", *(level for level, _ in caps)]))
+    for level, limit in caps:  # narrows only: a sibling's wider cap never lifts this one
+        await ledger.cap(f"cap:{level}:{limit}", level, limit * MICRO_PER_MINOR)
     tags = {"run": ctx.run_id, "agent": ctx.agent, "payee": args.payee}
     try:
         await ledger.hold(
@@ -101,10 +127,15 @@ async def authorize_payment(ctx: Context, args: Charge) -> dict[str, Any]:
             tags=tags,
         )
     except BudgetExceeded as exc:
-        raise PaymentRefused(
+        cap = min(limit for _, limit in caps) if caps else None
+        reason = (
             f"{args.amount} {args.currency} to {args.payee} would exceed this run's payment "
-            f"limit of {cap} ({exc})"
-        ) from None
+            f"limit{f' of {cap}' if cap is not None else ''} ({exc})"
+        )
+        await _deny(ctx, reason, args)
+        raise PaymentRefused(reason) from None
+    paid = (await ledger.run_cost(ctx.run_id))["payments"]
+    run_total = (int(paid["spent"]) + int(paid["held"])) // MICRO_PER_MINOR  # with this one
     async with provider_for(ctx.settings) as provider:
         try:
             intent = await provider.authorize(
@@ -126,7 +157,8 @@ async def authorize_payment(ctx: Context, args: Charge) -> dict[str, Any]:
         "currency": args.currency,
         "payee": args.payee,
         "status": "authorized",
-        "needs_approval": args.amount > ctx.settings.payments_approval_over,
+        "run_total": run_total,
+        "needs_approval": run_total > ctx.settings.payments_approval_over,
     }
 
 
@@ -160,19 +192,28 @@ async def void_payment(ctx: Context, args: PaymentRef) -> dict[str, Any]:
 
 @tool("payments/refund", name="refund_payment")
 async def refund_payment(ctx: Context, args: PaymentRef) -> dict[str, Any]:
-    """Refund part or all of a captured payment (never more than was captured)."""
+    """Refund part or all of a captured payment (never more than was captured), at the provider.
+    The ledger records it (`refund-<refund id>`) when the provider's signed `charge.refunded`
+    event reaches the webhook receiver: a ledger refund restores budgets, so it is an
+    operator's operation, which no agent sends."""
+    _ledger(ctx)
     async with provider_for(ctx.settings) as provider:
         await _own_intent(ctx, provider, args)
         refund = await provider.refund(
             args.intent, args.amount, idempotency_key=ctx.idempotency_key("refund")
         )
-    await _ledger(ctx).refund(f"refund-{refund.id}", args.payment, args.amount * MICRO_PER_MINOR)
-    return {"payment": args.payment, "refund": refund.id, "amount": refund.amount}
+    return {
+        "payment": args.payment,
+        "refund": refund.id,
+        "amount": refund.amount,
+        "ledger": "recorded from the provider's refund event",
+    }
 
 
 async def pay(ctx: Context, **charge: Any) -> dict[str, Any]:
-    """Authorize, wait for a human above RELAYBUS_PAYMENTS_APPROVAL_OVER (`relaybus approve RUN
-    --signal payment-… --data '"approve"'`; anything else rejects and voids), then capture."""
+    """Authorize, wait for a human once the run's payments together pass
+    RELAYBUS_PAYMENTS_APPROVAL_OVER (`relaybus approve RUN --signal payment-… --data
+    '"approve"'`; anything else rejects and voids), then capture."""
     auth = await ctx.tool(authorize_payment, charge)
     return await settle(ctx, auth)
 
@@ -183,8 +224,13 @@ async def settle(ctx: Context, auth: dict[str, Any]) -> dict[str, Any]:
     if auth.get("needs_approval"):
         signal = f"payment-{auth['payment'][-10:].lower()}"
         ctx.log.info(
-            "payment %s waits for approval: relaybus approve %s --signal %s",
+            "payment %s of %s %s waits for approval (the run's payments come to %s, over %s): "
+            "relaybus approve %s --signal %s",
             ref["payment"],
+            auth["amount"],
+            auth["currency"],
+            auth.get("run_total", auth["amount"]),
+            ctx.settings.payments_approval_over,
             ctx.run_id,
             signal,
         )
@@ -214,6 +260,26 @@ async def _own_intent(ctx: Context, provider: StripeProvider, args: PaymentRef) 
             f"payment {args.payment} authorized {intent.amount}, not {args.amount}"
         )
     return intent
+
+
+async def _deny(ctx: Context, reason: str, args: Charge) -> None:
+    """Audit a refused payment (the worker audits scope denials; this is the run's limit)."""
+    gate = ctx._worker.gate
+    if gate is None or ctx.chain is None:
+        return
+    await gate.audit(
+        AuditRecord(
+            action="payments/charge",
+            decision="deny",
+            principal=ctx.chain.principal,
+            actor=f"agent:{ctx.agent}",
+            reason=reason,
+            run_id=ctx.run_id,
+            tool="authorize_payment",
+            chain=ctx.chain.ids,
+            detail={"amount": args.amount, "currency": args.currency, "payee": args.payee},
+        )
+    )
 
 
 def _detail(args: Charge, intent: PaymentIntent) -> dict[str, Any]:

@@ -1,4 +1,10 @@
-"""What the runtime and the CLI use of the ledger."""
+"""What the runtime and the CLI use of the ledger.
+
+Agents send only `AGENT_OPS` (hold, capture, void, cap, run_cost): natsconfig builds every
+agent's NATS permissions from it. `set_budget`, `set_rate_limit`, `refund` and the account-wide
+queries (`balance`, `holds`, `levels`, `statement`) are an operator's (the CLI, the console,
+the payment webhook receiver): an agent's connection cannot publish to their subjects.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +14,10 @@ from opentelemetry.trace import SpanKind
 
 from bus import Bus, rpc, tracing
 
+from .messages import AGENT_OPS, OPERATOR_OPS, OPERATOR_QUERIES
 from .model import Budget, Op, RateLimit
+
+__all__ = ["AGENT_OPS", "OPERATOR_OPS", "OPERATOR_QUERIES", "LedgerClient"]
 
 TRACED = ("hold", "capture", "void", "refund")
 
@@ -41,7 +50,7 @@ class LedgerClient:
     async def set_rate_limit(
         self, op_id: str, key: str, rpm: int = 0, tpm: int = 0
     ) -> dict[str, Any]:
-        """Requests / tokens per minute for an (agent, resource) key like `agent:a/tool:search`."""
+        """Operator only. Requests / tokens per minute for an (agent, resource) key like `agent:a/tool:search`."""
         return await self.send(
             Op(kind="limit", id=op_id, limit=RateLimit(key=key, rpm=rpm, tpm=tpm))
         )
@@ -58,11 +67,15 @@ class LedgerClient:
         ttl_s: float = 300.0,
         tags: dict[str, str] | None = None,
         rate: str = "",
+        tokens: int = 0,
     ) -> dict[str, Any]:
+        """Reserve `amount` micro-units (and `tokens`, e.g. an LLM call's prompt estimate plus
+        its max_tokens) at every level in `levels`, or fail as a whole (BudgetExceeded)."""
         return await self.send(
             Op(
                 kind="hold",
                 rate=rate,
+                tokens=tokens,
                 id=op_id,
                 payer=payer,
                 payee=payee,
@@ -101,8 +114,19 @@ class LedgerClient:
     ) -> dict[str, Any]:
         return await self.send(Op(kind="void", id=op_id, transfer=hold_id, tags=tags or {}))
 
+    async def cap(self, op_id: str, level: str, limit: int) -> dict[str, Any]:
+        """Narrow a run's payment level (`payrun:…`) to at most `limit` micro-units. A cap only
+        narrows: one above the cap in force changes nothing. Returns {level, limit, narrowed}."""
+        return await self.send(Op(kind="cap", id=op_id, level=level, amount=limit))
+
+    async def run_cost(self, run_id: str) -> dict[str, Any]:
+        """A run's cost, steps and tokens, and its payments: {spent, held, …, payments}."""
+        return dict(await self.query("run_cost", run=run_id))
+
     async def refund(self, op_id: str, transfer: str, amount: int) -> dict[str, Any]:
+        """Operator only (and the payment webhook receiver): refunds restore budgets."""
         return await self.send(Op(kind="refund", id=op_id, transfer=transfer, amount=amount))
 
     async def set_budget(self, op_id: str, budget: Budget) -> dict[str, Any]:
+        """Operator only: set (or raise) a budget level's limits."""
         return await self.send(Op(kind="budget", id=op_id, budget=budget))

@@ -1,12 +1,15 @@
 """The ledger's state machine: deterministic, integer micro-units, no I/O.
 
-`decide(state, op)` validates an operation against the current state and returns the journal
-entry to append (or raises LedgerError, changing nothing); `apply(state, entry)` applies a
-stored entry. The service appends before applying and rebuilds by applying the journal.
+`decide(state, op, now)` validates an operation against the current state and returns the
+journal entry to append (or raises LedgerError, changing nothing); `apply(state, entry)` applies
+a stored entry. The service appends before applying and rebuilds by applying the journal.
+
+Time is the ledger's own: `now` comes from the service's clock (injected in tests), never from a
+request, and the ledger clock never goes backwards (an earlier `now` is taken as the clock).
 
 Double entry: a capture moves money from the payer account to the payee account (the sum of
 all balances stays zero). Budgets are limits on levels (user per period, run, agent): a hold
-reserves its amount at every level at once, or fails as a whole.
+reserves its amount — and its tokens — at every level at once, or fails as a whole.
 """
 
 from __future__ import annotations
@@ -19,11 +22,13 @@ from zoneinfo import ZoneInfo
 
 import msgspec
 
-from bus.errors import BudgetExceeded, LedgerError, RateLimited
+from bus.errors import BudgetExceeded, LedgerError, PermissionDenied, RateLimited
 
 __all__ = ["Budget", "Entry", "LedgerError", "Op", "State", "apply", "decide"]
 
 MAX_AMOUNT = 2**53  # beyond this JSON numbers stop being exact
+MAX_TTL_S = 31 * 24 * 3600.0  # a hold lives at most a month (a card authorization: 7 days)
+PAYMENT_LEVEL = "payrun:"  # the budget levels `cap` may narrow
 
 
 class Budget(msgspec.Struct, kw_only=True, omit_defaults=True):
@@ -45,21 +50,21 @@ class RateLimit(msgspec.Struct, kw_only=True, omit_defaults=True):
 class Op(msgspec.Struct, kw_only=True, omit_defaults=True):
     """An operation as requested (JSON over `relay.svc.ledger.<kind>`)."""
 
-    kind: Literal["hold", "capture", "void", "refund", "budget", "transfer", "tick", "limit"]
+    kind: Literal["hold", "capture", "void", "cap", "refund", "budget", "transfer", "tick", "limit"]
     id: str
-    at: float = 0.0
-    amount: int = 0
+    amount: int = 0  # micro-units; for `cap`, the limit
     currency: str = "USD"
     payer: str = ""
     payee: str = ""
     transfer: str = ""  # the hold a capture/void/refund refers to
     levels: list[str] = []  # budget levels the hold counts against
     ttl_s: float = 300.0
-    tokens: int = 0
+    tokens: int = 0  # a hold reserves them, a capture records what was used
     tags: dict[str, str] = {}  # cost allocation: run, agent, tool, model
     budget: Budget | None = None
     rate: str = ""  # the (agent, resource) key a hold counts against for rate limits
     limit: RateLimit | None = None
+    level: str = ""  # the payment level a `cap` narrows
 
 
 class Entry(msgspec.Struct, kw_only=True, omit_defaults=True):
@@ -82,6 +87,7 @@ class Hold:
     expires: float
     tags: dict[str, str]
     rate: str = ""
+    tokens: int = 0  # reserved
     captured: int = 0
     refunded: int = 0
     state: str = "held"  # held | captured | voided | expired
@@ -92,7 +98,8 @@ class Level:
     spent: int = 0
     held: int = 0
     steps: int = 0
-    tokens: int = 0
+    tokens: int = 0  # used (captured)
+    tokens_held: int = 0  # reserved by open holds
 
 
 @dataclass
@@ -124,8 +131,7 @@ class State:
 
 
 def digest(op: Op) -> str:
-    body = msgspec.json.encode(msgspec.structs.replace(op, at=0.0))
-    return hashlib.sha256(body).hexdigest()
+    return hashlib.sha256(msgspec.json.encode(op)).hexdigest()
 
 
 def _amount(op: Op, allow_zero: bool = False) -> None:
@@ -135,6 +141,11 @@ def _amount(op: Op, allow_zero: bool = False) -> None:
         raise LedgerError(f"amount must be positive, got {op.amount}")
     if op.amount >= MAX_AMOUNT:
         raise LedgerError(f"amount {op.amount} overflows the ledger's range (< 2**53 micro-units)")
+
+
+def _tokens(op: Op) -> None:
+    if isinstance(op.tokens, bool) or not 0 <= op.tokens < MAX_AMOUNT:
+        raise LedgerError(f"tokens must be a non-negative integer, got {op.tokens!r}")
 
 
 def decide(state: State, op: Op, now: float) -> Entry | dict[str, object]:
@@ -152,11 +163,7 @@ def decide(state: State, op: Op, now: float) -> Entry | dict[str, object]:
                 "an idempotent retry must send exactly the same operation"
             )
         return result
-    at = op.at or now
-    if at < state.clock:
-        raise LedgerError(
-            f"the clock stepped backwards: {at} is before the ledger clock {state.clock}"
-        )
+    at = max(now, state.clock)  # the ledger's clock: the service's, never a request's
     expired = [h.id for h in state.open_holds.values() if h.expires <= at]
     probe = Entry(op=op, digest=body, clock=at, expired=expired)
     _validate(state, op, at, expired)
@@ -166,7 +173,10 @@ def decide(state: State, op: Op, now: float) -> Entry | dict[str, object]:
 def _validate(state: State, op: Op, at: float, expired: list[str]) -> None:
     match op.kind:
         case "hold":
-            _amount(op)
+            _tokens(op)
+            _amount(op, allow_zero=op.tokens > 0)  # an unpriced LLM call reserves tokens only
+            if not 0 < op.ttl_s <= MAX_TTL_S:  # NaN too: a hold that never expires
+                raise LedgerError(f"ttl_s must be in (0, {MAX_TTL_S:.0f}] seconds, got {op.ttl_s}")
             if not op.payer or not op.payee:
                 raise LedgerError("a hold needs a payer and a payee account")
             for account in (op.payer, op.payee):
@@ -179,11 +189,10 @@ def _validate(state: State, op: Op, at: float, expired: list[str]) -> None:
                     continue
                 key = state.period_key(level, at)
                 used = state.levels.get(key, Level())
-                held = used.held - sum(
-                    h.amount
-                    for h in state.open_holds.values()
-                    if h.id in expired and key in h.levels
-                )
+                lapsed = [
+                    h for h in state.open_holds.values() if h.id in expired and key in h.levels
+                ]
+                held = used.held - sum(h.amount for h in lapsed)
                 if budget.limit and used.spent + held + op.amount > budget.limit:
                     left = budget.limit - used.spent - held
                     raise BudgetExceeded(
@@ -191,12 +200,13 @@ def _validate(state: State, op: Op, at: float, expired: list[str]) -> None:
                     )
                 if budget.max_steps and used.steps + 1 > budget.max_steps:
                     raise BudgetExceeded(f"budget {key}: step limit {budget.max_steps} reached")
-                if budget.max_tokens and used.tokens >= budget.max_tokens:
-                    raise BudgetExceeded(f"budget {key}: token limit {budget.max_tokens} reached")
+                if budget.max_tokens:
+                    _check_tokens(key, budget.max_tokens, used, lapsed, op.tokens)
             _check_rate(state, op.rate, at)
         case "capture" | "void":
             hold = _open_hold(state, op.transfer, expired)
             if op.kind == "capture":
+                _tokens(op)
                 _amount(op, allow_zero=True)
                 if op.amount > hold.amount:
                     raise LedgerError(
@@ -222,6 +232,13 @@ def _validate(state: State, op: Op, at: float, expired: list[str]) -> None:
             for value in (op.budget.limit, op.budget.max_steps, op.budget.max_tokens):
                 if isinstance(value, bool) or value < 0 or value >= MAX_AMOUNT:
                     raise LedgerError(f"budget values must be non-negative integers, got {value!r}")
+        case "cap":
+            _amount(op)
+            if not op.level.startswith(PAYMENT_LEVEL) or op.level == PAYMENT_LEVEL:
+                raise PermissionDenied(
+                    f"`cap` narrows a run's payment level ({PAYMENT_LEVEL}RUN…), not {op.level!r}; "
+                    "other budgets are set by an operator (`relaybus ledger budget`)"
+                )
         case "transfer":
             _amount(op)
             if not op.payer or not op.payee or op.payer == op.payee:
@@ -234,6 +251,19 @@ def _validate(state: State, op: Op, at: float, expired: list[str]) -> None:
 
 
 WINDOW_S = 60.0
+
+
+def _check_tokens(key: str, limit: int, used: Level, lapsed: list[Hold], asked: int) -> None:
+    """Used plus reserved tokens may not pass `limit`: parallel LLM calls each reserve theirs."""
+    if used.tokens >= limit:
+        raise BudgetExceeded(f"budget {key}: token limit {limit} reached")
+    reserved = used.tokens_held - sum(h.tokens for h in lapsed)
+    if used.tokens + reserved + asked > limit:
+        left = limit - used.tokens - reserved
+        raise BudgetExceeded(
+            f"budget {key} would go over its token limit: {asked} tokens asked, "
+            f"{max(left, 0)} of {limit} left ({reserved} reserved by calls in flight)"
+        )
 
 
 def _check_rate(state: State, key: str, at: float) -> None:
@@ -286,6 +316,7 @@ def apply(state: State, entry: Entry) -> dict[str, object]:
                 expires=at + op.ttl_s,
                 tags=dict(op.tags),
                 rate=op.rate,
+                tokens=op.tokens,
             )
             if op.rate:
                 times = [t for t in state.requests.get(op.rate, []) if t > at - WINDOW_S]
@@ -298,8 +329,9 @@ def apply(state: State, entry: Entry) -> dict[str, object]:
             for key in keys:
                 level = state.levels.setdefault(key, Level())
                 level.held += op.amount
+                level.tokens_held += op.tokens
                 level.steps += 1
-            result.update(hold=op.id, amount=op.amount, expires=hold.expires)
+            result.update(hold=op.id, amount=op.amount, tokens=op.tokens, expires=hold.expires)
         case "capture":
             hold = state.holds[op.transfer]
             _release(state, hold, "captured")
@@ -329,6 +361,13 @@ def apply(state: State, entry: Entry) -> dict[str, object]:
             assert op.budget is not None
             state.budgets[op.budget.level] = op.budget
             result.update(level=op.budget.level, limit=op.budget.limit)
+        case "cap":  # narrows only: a cap above the one in force changes nothing
+            current = state.budgets.get(op.level)
+            narrowed = current is None or not current.limit or op.amount < current.limit
+            if narrowed:
+                base = current or Budget(level=op.level)
+                state.budgets[op.level] = msgspec.structs.replace(base, limit=op.amount)
+            result.update(level=op.level, limit=state.budgets[op.level].limit, narrowed=narrowed)
         case "transfer":
             _move(state, op.payer, op.payee, op.amount)
             result.update(amount=op.amount)
@@ -345,7 +384,9 @@ def apply(state: State, entry: Entry) -> dict[str, object]:
 
 def _release(state: State, hold: Hold, new_state: str) -> None:
     for key in hold.levels:
-        state.levels.setdefault(key, Level()).held -= hold.amount
+        level = state.levels.setdefault(key, Level())
+        level.held -= hold.amount
+        level.tokens_held -= hold.tokens
     hold.state = new_state
     state.open_holds.pop(hold.id, None)
 

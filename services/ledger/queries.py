@@ -1,4 +1,7 @@
-"""Read-only ledger queries: balances, holds, budgets, statements, cost allocation."""
+"""Read-only ledger queries: balances, holds, budgets, statements, cost allocation.
+
+`run_cost` is the one an agent process sends (messages.AGENT_OPS); the others read across
+accounts and users and are for operators, services and the console."""
 
 from __future__ import annotations
 
@@ -9,7 +12,7 @@ from zoneinfo import ZoneInfo
 
 from bus import LedgerError
 
-from .model import State
+from .model import PAYMENT_LEVEL, Level, State
 
 
 def balance(state: State, req: dict[str, Any]) -> Any:
@@ -55,7 +58,9 @@ def levels(state: State, req: dict[str, Any]) -> Any:
                 "held": level.held,
                 "steps": level.steps,
                 "tokens": level.tokens,
+                "tokens_held": level.tokens_held,
                 "limit": budget.limit if budget else 0,
+                "max_tokens": budget.max_tokens if budget else 0,
                 "remaining": (budget.limit - level.spent - level.held)
                 if budget and budget.limit
                 else None,
@@ -73,8 +78,8 @@ def statement(state: State, req: dict[str, Any]) -> Any:
     lines: list[dict[str, Any]] = []
     for entry in state.history:
         op = entry.op
-        if op.kind not in ("capture", "refund"):
-            continue
+        if op.kind not in ("capture", "refund") or not op.amount:
+            continue  # a capture of nothing (an unpriced model's tokens) is no statement line
         hold = state.holds.get(op.transfer)
         if hold is None or hold.payer != f"user:{user}":
             continue
@@ -118,10 +123,30 @@ def statement(state: State, req: dict[str, Any]) -> Any:
     }
 
 
+def run_cost(state: State, req: dict[str, Any]) -> Any:
+    """One run's cost, steps and tokens (`run:RUN`) and its payments (`payrun:RUN`): spent
+    (captured, net of refunds) and held (reserved by holds still open), in micro-units."""
+    run = req.get("run")
+    if not run:
+        raise LedgerError('run_cost needs a run id: {"run": "RUN"}')
+    cost = state.levels.get(f"run:{run}", Level())
+    paid = state.levels.get(f"{PAYMENT_LEVEL}{run}", Level())
+    return {
+        "run": run,
+        "spent": cost.spent,
+        "held": cost.held,
+        "steps": cost.steps,
+        "tokens": cost.tokens,
+        "tokens_held": cost.tokens_held,
+        "payments": {"spent": paid.spent, "held": paid.held},
+    }
+
+
 QUERIES: dict[str, Callable[[State, dict[str, Any]], Any]] = {
     "balance": balance,
     "holds": holds,
     "levels": levels,
     "statement": statement,
+    "run_cost": run_cost,
     "ping": lambda state, req: {"clock": state.clock},
 }

@@ -4,6 +4,10 @@ Its journal is the `RELAY_LEDGER` stream, subject `<prefix>.ledger.entry.<partit
 write is fenced with `Nats-Expected-Last-Subject-Sequence`, so a second writer on the same
 partition is refused at its first write. A reply is sent only after the entry is stored; on
 an append error the writer stops (its supervisor restarts it) and rebuilds from the journal.
+
+The ledger's clock is this process's (`clock`, injectable for tests), never a request's. A
+request refused at the trust boundary (a time on the wire, an operator's operation or field on
+an agent's subject, an unknown operation) is audited under the principal `ledger`.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import asyncio
 import logging
 import time
 import zlib
+from collections.abc import Callable
 
 import msgspec
 from opentelemetry.metrics import CallbackOptions, Observation
@@ -20,6 +25,7 @@ from bus import (
     BudgetExceeded,
     Bus,
     LedgerError,
+    PermissionDenied,
     PublishFailed,
     RateLimited,
     RelayError,
@@ -33,19 +39,19 @@ from bus.kv import Bucket
 from bus.rpc import reply_error, reply_ok
 from bus.runtime import stop_on_signals
 from bus.streams import read_subject
+from services.identity.client import publish_audit
+from services.identity.messages import AuditRecord
 
+from .messages import WRITES, decode_request
 from .model import Entry, Op, State, apply, decide
 from .queries import QUERIES
 
 log = logging.getLogger("relaybus.ledger")
 SPIKE_WINDOW_S = 60.0
 RUN_COST_SERIES = 1000  # the run cost gauge reports this many most recently started runs
-WRITES = ("hold", "capture", "void", "refund", "budget", "transfer", "tick", "limit")
 _encode = msgspec.msgpack.Encoder().encode
 _decode_entry = msgspec.msgpack.Decoder(Entry).decode
-_decode_op = msgspec.json.Decoder(Op).decode
 _decode_query = msgspec.json.Decoder(dict[str, str | None]).decode
-MAX_CLOCK_LEAD_S = 60.0  # how far ahead of this process's clock a request's `at` may be
 
 
 class Snapshot(msgspec.Struct):
@@ -58,8 +64,15 @@ class WriterFenced(RelayError):
 
 
 class LedgerWriter:
-    def __init__(self, bus: Bus, partition: str = "p0", snapshot_every: int = 1000) -> None:
+    def __init__(
+        self,
+        bus: Bus,
+        partition: str = "p0",
+        snapshot_every: int = 1000,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.bus = bus
+        self.clock = clock  # the ledger's only source of time
         self.partition = partition
         self.subject = f"{bus.subjects.prefix}.ledger.entry.{partition}"
         self.stream = bus.subjects.stream("LEDGER")
@@ -70,6 +83,7 @@ class LedgerWriter:
         self._since_snapshot = 0
         self.snapshot_every = snapshot_every
         self._alerted: dict[str, float] = {}
+        self._clock_warned = 0.0
         self.failed = asyncio.Event()
         self._lock = asyncio.Lock()
 
@@ -95,14 +109,21 @@ class LedgerWriter:
         try:
             if op_name in QUERIES:
                 return reply_ok(QUERIES[op_name](self.state, _decode_query(data or b"{}")))
-            if op_name not in WRITES:
-                raise LedgerError(f"unknown ledger operation {op_name!r}")
-            op = _decode_op(data)
-            if op.kind != op_name:
-                raise LedgerError(f"operation kind {op.kind!r} sent to {op_name!r}")
-            if op.at > time.time() + MAX_CLOCK_LEAD_S:  # it would stop the ledger's clock for good
-                raise LedgerError(f"`at` = {op.at} is in the future; leave it unset")
-            return reply_ok(await self.write(op))
+            try:
+                if op_name not in WRITES:
+                    raise LedgerError(
+                        f"unknown ledger operation {op_name!r}; the operations are "
+                        f"{', '.join(WRITES)} and the queries {', '.join(QUERIES)}"
+                    )
+                op = decode_request(op_name, data)
+            except RelayError as exc:
+                await self._audit(op_name, exc)
+                raise
+            try:
+                return reply_ok(await self.write(op))
+            except PermissionDenied as exc:
+                await self._audit(op_name, exc, op)
+                raise
         except (RelayError, msgspec.ValidationError, msgspec.DecodeError) as exc:
             if isinstance(exc, msgspec.DecodeError):  # ValidationError is one too
                 exc = LedgerError(f"bad ledger request: {exc}")
@@ -121,8 +142,16 @@ class LedgerWriter:
         async with self._lock:
             if self.failed.is_set():
                 raise LedgerError("this ledger writer stopped after an append error; retry shortly")
+            now = self.clock()
+            if now < self.state.clock - 1.0 and now - self._clock_warned > 60.0:
+                self._clock_warned = now
+                log.warning(
+                    "this host's clock is %.1fs behind the ledger clock; decisions keep the "
+                    "ledger clock until it catches up",
+                    self.state.clock - now,
+                )
             try:
-                decided = decide(self.state, op, time.time())
+                decided = decide(self.state, op, now)
             except (BudgetExceeded, RateLimited) as exc:
                 reason = "rate_limited" if isinstance(exc, RateLimited) else "budget"
                 metrics.BUDGET_DENIALS.add(1, {"reason": reason, **_allocation(op)})
@@ -160,6 +189,23 @@ class LedgerWriter:
         if decided.op.kind == "capture":
             await self._watch_spend(decided)
         return result
+
+    async def _audit(self, op_name: str, exc: BaseException, op: Op | None = None) -> None:
+        """Record a refusal at the trust boundary (best effort: the reply goes out regardless)."""
+        log.warning("ledger refused a %s request: %s", op_name, exc)
+        record = AuditRecord(
+            action=f"ledger/{op_name}",
+            decision="deny",
+            principal="ledger",
+            actor="connection",
+            reason=f"{type(exc).__name__}: {exc}",
+            run_id=op.tags.get("run", "") if op is not None else "",
+            detail={"op_id": op.id} if op is not None else {},
+        )
+        try:
+            await publish_audit(self.bus, record)
+        except RelayError as failed:
+            log.warning("could not audit the refusal: %s", failed)
 
     async def snapshot(self) -> None:
         """Store the state as of the last acknowledged entry, so a restart replays only what

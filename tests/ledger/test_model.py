@@ -6,7 +6,7 @@ import copy
 
 import pytest
 
-from bus import BudgetExceeded
+from bus import BudgetExceeded, PermissionDenied
 from services.ledger.model import Budget, Entry, LedgerError, Op, State, apply, decide
 
 
@@ -104,9 +104,33 @@ def test_expired_hold_cannot_be_captured_and_frees_its_budget(state: State) -> N
 
 
 def test_clock_never_goes_backwards(state: State) -> None:
-    run(state, hold("h1", 1), now=2000.0)
-    with pytest.raises(LedgerError, match="clock stepped backwards"):
-        run(state, hold("h2", 1), now=1999.0)
+    run(state, hold("h1", 1, ttl_s=10), now=2000.0)
+    run(state, hold("h2", 1, ttl_s=10), now=1999.0)  # the host's clock stepped back: not a refusal
+    assert state.clock == 2000.0 and state.holds["h2"].expires == 2010.0  # decided at the ledger's
+
+
+def test_parallel_holds_reserve_tokens_and_captures_settle_the_actual_use(state: State) -> None:
+    run(state, Op(kind="budget", id="bt", budget=Budget(level="run:T", max_tokens=1000)))
+    run(state, hold("a", 1, levels=["run:T"], tokens=400))
+    run(state, hold("b", 1, levels=["run:T"], tokens=400))
+    with pytest.raises(BudgetExceeded, match=r"400 tokens asked, 200 of 1000 left \(800 reserved"):
+        run(state, hold("c", 1, levels=["run:T"], tokens=400))
+    run(state, Op(kind="capture", id="ca", transfer="a", amount=1, tokens=150))
+    level = state.levels["run:T"]
+    assert (level.tokens, level.tokens_held) == (150, 400)
+    run(state, hold("c2", 1, levels=["run:T"], tokens=450))  # 150 + 400 + 450 = 1000
+    run(state, Op(kind="void", id="vb", transfer="b"))
+    assert state.levels["run:T"].tokens_held == 450
+
+
+def test_a_cap_only_narrows_a_payment_level(state: State) -> None:
+    assert run(state, Op(kind="cap", id="c1", level="payrun:R:a", amount=6000))["narrowed"]
+    assert not run(state, Op(kind="cap", id="c2", level="payrun:R:a", amount=30000))["narrowed"]
+    assert state.budgets["payrun:R:a"].limit == 6000
+    run(state, Op(kind="cap", id="c3", level="payrun:R:a", amount=5000))
+    assert state.budgets["payrun:R:a"].limit == 5000
+    with pytest.raises(PermissionDenied, match="other budgets are set by an operator"):
+        run(state, Op(kind="cap", id="c4", level="run:R1", amount=1))
 
 
 def test_currency_mismatch_on_an_account(state: State) -> None:

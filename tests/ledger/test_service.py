@@ -211,41 +211,38 @@ async def test_kill9_nats_server_and_restart_keeps_every_acknowledged_entry(
 async def test_a_spend_spike_raises_an_alert_event(bus: Bus) -> None:
     from bus.feed import EventFeed
 
-    writer = LedgerWriter(bus)
+    now = [1_800_000_000.0]
+    writer = LedgerWriter(bus, clock=lambda: now[0])  # the clock is injected, never sent
     await writer.rebuild()
-    t0 = 1_800_000_000.0
+    t0 = now[0]
     for minute in range(10):  # a steady baseline: 10 units a minute
-        at = t0 + minute * 60
+        now[0] = t0 + minute * 60
         await writer.write(
             Op(
                 kind="hold",
                 id=f"h{minute}",
-                at=at,
                 amount=10,
                 payer="user:eve",
                 payee="tool:x",
                 tags={"run": "RUNSPIKE"},
             )
         )
-        await writer.write(
-            Op(kind="capture", id=f"c{minute}", at=at + 1, transfer=f"h{minute}", amount=10)
-        )
+        now[0] += 1
+        await writer.write(Op(kind="capture", id=f"c{minute}", transfer=f"h{minute}", amount=10))
     async with EventFeed(bus, "RUNSPIKE", replay=True) as feed:
-        at = t0 + 10 * 60 + 30
+        now[0] = t0 + 10 * 60 + 30
         await writer.write(
             Op(
                 kind="hold",
                 id="burst",
-                at=at,
                 amount=100,
                 payer="user:eve",
                 payee="tool:x",
                 tags={"run": "RUNSPIKE"},
             )
         )
-        await writer.write(
-            Op(kind="capture", id="burst-c", at=at + 1, transfer="burst", amount=100)
-        )
+        now[0] += 1
+        await writer.write(Op(kind="capture", id="burst-c", transfer="burst", amount=100))
         event = await feed.next(5)
     assert event is not None and event.kind == "alert"
     assert "spend spike: user:eve spent 100 in the last minute" in event.detail
