@@ -557,7 +557,7 @@ class Context:
         await self._flush()
         stragglers = [c for c in ids if c not in done]
         if stragglers:
-            await self._worker.cancel_tasks(self.run_id, stragglers)
+            await self._worker.cancel_tasks(self.envelope, stragglers)
         return results
 
     async def handoff(

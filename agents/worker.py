@@ -51,6 +51,16 @@ from services.identity.client import IdentityGate, args_digest, read_agent_key
 from services.identity.messages import AuditRecord
 from services.ledger.client import LedgerClient
 from services.ledger.prices import load_prices
+from services.runs.client import run_writer
+from services.runs.store import (
+    CancelTasks,
+    CountFailure,
+    Finish,
+    MarkRunning,
+    RegisterWait,
+    Reopen,
+    RunStore,
+)
 
 from .base import Agent, encode_result, input_decoder
 from .charging import Costs
@@ -61,7 +71,6 @@ from .journal import FINAL, Fenced, Journal, JournalDivergence, JournalStore, Ou
 from .limits import limit_problem
 from .llm import LLMClient
 from .messages import ChildResult, Control, SignalBody, control_decoder, signal_decoder
-from .runs import RunStore, Waiter
 
 log = logging.getLogger("relaybus.worker")
 BEAT_INTERVAL_S = 20.0
@@ -101,6 +110,7 @@ class Worker:
         self.costs = Costs(bus, agent.name, ledger, load_prices(bus.settings.prices))
         self.journals = journals
         self.runs = runs
+        self.run_writer = run_writer(bus, runs, agent.name)
         self.decode_input = input_decoder(agent.input_type())
         self._by_run: dict[str, set[asyncio.Task[Any]]] = {}
         self._by_task: dict[str, asyncio.Task[Any]] = {}
@@ -170,7 +180,7 @@ class Worker:
             if run.status == "cancelled" or env.id in run.cancelled_tasks:
                 return
             if replay and run.status == "failed" and not env.parent_id:
-                await self.runs.update(env.run_id, _reopen)
+                await self.run_writer.change(env.run_id, Reopen(), env.chain)
         owner = self.new_owner()
         found = await self.journals.load(env.run_id, env.id)
         if found is None:
@@ -197,7 +207,7 @@ class Worker:
                     await self.deliver(env, journal)
                     return
                 if run is not None and run.status == "submitted":
-                    await self.runs.update(env.run_id, _mark_running)
+                    await self.run_writer.change(env.run_id, MarkRunning(), env.chain)
                 queued_ms = (time.time() - env.created_at) * 1000 if env.created_at else 0.0
                 await self.emit_event(
                     env, "started", attempt=d.attempt, latency_ms=max(0.0, queued_ms)
@@ -401,7 +411,7 @@ class Worker:
             await self._finish(ctx, env, "failed", error=ErrorInfo.from_exception(exc))
             return "failed"
         except PERMANENT as exc:
-            await self.runs.count_failure(env.run_id)
+            await self.run_writer.change(env.run_id, CountFailure(), env.chain)
             await self._finish(ctx, env, "failed", error=ErrorInfo.from_exception(exc))
             return "failed"
         except Fenced:
@@ -412,7 +422,7 @@ class Worker:
                 await self._finish(ctx, env, "failed", error=info)
             else:
                 metrics.RETRIES.add(1, {"relaybus.agent": self.name})
-                await self.runs.count_failure(env.run_id)
+                await self.run_writer.change(env.run_id, CountFailure(), env.chain)
                 await self.emit_event(
                     env, "retried", attempt=d.attempt, error=info, latency_ms=ctx.elapsed_ms()
                 )
@@ -501,15 +511,15 @@ class Worker:
             return
         status = journal.status if journal.status in ("completed", "cancelled") else "failed"
         cost = await self.costs.run_cost(env.run_id)
-        changed = await self.runs.finish(
-            env.run_id,
-            status,
-            result=journal.result,
+        finish = Finish(
+            status=status,
+            result=msgspec.Raw(journal.result),
             error=journal.error,
             steps=env.steps + len(journal.ops),
             hops=env.hop,
             cost=cost,
         )
+        _, changed = await self.run_writer.change(env.run_id, finish, env.chain)
         if changed:
             await self.emit_event(
                 env,
@@ -602,13 +612,8 @@ class Worker:
     async def signal_or_register(self, ctx: Context, name: str) -> bytes | None:
         """The signal's data if it was already sent; otherwise record that this task waits."""
 
-        def register(record: Any) -> bool:
-            if name in record.signals:
-                return False
-            record.waits[name] = Waiter(agent=self.name, task_id=ctx.task_id)
-            return True
-
-        record = await self.runs.update(ctx.run_id, register)
+        wait = RegisterWait(name=name, task_id=ctx.task_id)
+        record, _ = await self.run_writer.change(ctx.run_id, wait, ctx.envelope.chain)
         return bytes(record.signals[name]) if name in record.signals else None
 
     async def start_timer(self, env: Envelope, timer_id: str, due: float) -> None:
@@ -626,12 +631,9 @@ class Worker:
             )
         )
 
-    async def cancel_tasks(self, run_id: str, task_ids: list[str]) -> None:
-        def add(record: Any) -> bool:
-            record.cancelled_tasks.extend(t for t in task_ids if t not in record.cancelled_tasks)
-            return True
-
-        await self.runs.update(run_id, add)
+    async def cancel_tasks(self, env: Envelope, task_ids: list[str]) -> None:
+        run_id = env.run_id
+        await self.run_writer.change(run_id, CancelTasks(task_ids=task_ids), env.chain)
         control = Control(action="cancel_tasks", run_id=run_id, tasks=task_ids)
         await self.bus.publish_core(self.bus.subjects.control(run_id), msgspec.json.encode(control))
 
@@ -762,18 +764,6 @@ def _principal_of(env: Envelope) -> str:
         return decode_body(env.chain[0].payload).principal if env.chain else env.sender
     except ChainInvalid:
         return env.sender
-
-
-def _reopen(record: Any) -> bool:
-    record.status, record.error, record.ended = "running", None, 0.0
-    return True
-
-
-def _mark_running(record: Any) -> bool:
-    if record.status != "submitted":
-        return False
-    record.status = "running"
-    return True
 
 
 def _take_over(owner: str, driver: str, *, reopen: bool = False) -> Any:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential
@@ -13,6 +13,7 @@ from .client import Bus
 from .errors import ErrorInfo, RelayError, ServiceUnavailable
 
 log = logging.getLogger("relaybus.rpc")
+T = TypeVar("T")
 
 
 class Reply(msgspec.Struct, kw_only=True, omit_defaults=True):
@@ -47,6 +48,18 @@ async def call(bus: Bus, subject: str, body: Any, timeout_s: float | None = None
         info = reply.error or ErrorInfo(type="RelayError", message="the service refused")
         raise _error_class(info.type)(info.message)
     return msgspec.json.decode(reply.body)
+
+
+async def call_as(
+    bus: Bus, subject: str, body: Any, into: type[T], timeout_s: float | None = None
+) -> T:
+    """`call`, with the reply's body decoded straight into `into` (a msgspec type)."""
+    data = await _request(bus, subject, msgspec.json.encode(body), timeout_s)
+    reply = msgspec.json.decode(data, type=Reply)
+    if not reply.ok:
+        info = reply.error or ErrorInfo(type="RelayError", message="the service refused")
+        raise _error_class(info.type)(info.message)
+    return msgspec.json.decode(reply.body, type=into)
 
 
 async def _request(bus: Bus, subject: str, data: bytes, timeout_s: float | None) -> bytes:

@@ -22,26 +22,10 @@ from bus.private import write_private
 from .messages import AgentRecord
 
 # Buckets an agent reads (the registry and revocations, to verify chains) but never writes.
-READ_BUCKETS = ("agents", "revoked", "runs", "signals")
+READ_BUCKETS = ("agents", "revoked", "runs")
 # Buckets an agent writes, each only under keys that end (journal) or start (presence) with
 # its own name.
-OWN_KEY_BUCKETS = {"journal": "*.*.{name}", "presence": "{name}.*", "runs": "*"}
-# (`runs` is still written by every agent of a run: its status, waits and result. Moving run
-# records behind a writer that checks the chain is the open item in docs/security.md; the
-# fields an agent could misuse there — the run's owner, signals — are not read from it.)
-# Until the ledger and memory services name them, the requests an agent sends.
-_LEDGER_OPS = ("hold", "capture", "void", "lease", "settle", "query", "run_cost", "levels")
-_MEMORY_OPS = (
-    "remember",
-    "recall",
-    "forget",
-    "history",
-    "ingest",
-    "search_docs",
-    "session",
-)
-
-
+OWN_KEY_BUCKETS = {"journal": "*.*.{name}", "presence": "{name}.*"}
 def _service_ops(modules: tuple[str, ...], fallback: tuple[str, ...]) -> tuple[str, ...]:
     """`AGENT_OPS` of a service's client-facing module: the requests an agent may send."""
     import importlib
@@ -51,7 +35,7 @@ def _service_ops(modules: tuple[str, ...], fallback: tuple[str, ...]) -> tuple[s
             return tuple(importlib.import_module(module).AGENT_OPS)
         except (ImportError, AttributeError):
             continue
-    return fallback
+    return fallback  # fail closed: no ops for an agent
 
 
 def nkey_path(home: Path, agent: str) -> Path:
@@ -92,15 +76,16 @@ def agent_permissions(
     publish = sorted({subjects.task_from(t, name) for t in (name, *agent.handoff_to, *callers)})
     publish += [
         f"{p}.svc.ledger.{op}"
-        for op in _service_ops(("services.ledger.messages", "services.ledger.client"), _LEDGER_OPS)
+        for op in _service_ops(("services.ledger.messages", "services.ledger.client"), ())
     ]
-    publish += [f"{p}.svc.memory.{op}" for op in _service_ops(("memory.messages",), _MEMORY_OPS)]
+    publish += [f"{p}.svc.memory.{op}" for op in _service_ops(("memory.messages",), ())]
     publish += [
         f"{p}.event.*.*.{name}",
         f"{p}.audit.*.{name}",
         subjects.dlq(name),
         f"{p}.svc.identity.stamp.{name}",
         f"{p}.svc.identity.pubkey",
+        subjects.service("runs", name),  # its runs' records, through the run authority
         "$JS.API.INFO",
         "$JS.API.STREAM.INFO.*",
         f"$JS.API.CONSUMER.INFO.{tasks}.{durable}",

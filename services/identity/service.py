@@ -401,6 +401,11 @@ async def serve_identity(settings: Settings) -> int:
         subject = f"{bus.subjects.prefix}.svc.identity.>"
         sub = await bus.serve(subject, service.handle, queue="identity")
         log.info("identity service answering on %s", subject)
+        from services.runs.service import serve_runs  # the run authority shares this process
+
+        runs_sub, authority = await serve_runs(bus)
         await stop.wait()
         await sub.unsubscribe()
+        await runs_sub.unsubscribe()
+        await authority.close()
     return 0

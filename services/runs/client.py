@@ -1,0 +1,75 @@
+"""How an agent process changes its runs' records: through the run authority (with NATS
+authentication on, agents may not write the runs bucket), or straight to the bucket on a
+development server without authentication."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import msgspec
+
+from bus import Bus, Link, rpc
+
+from .store import RunChange, RunRecord, RunStore, Waiter
+
+
+class RunRequest(msgspec.Struct, frozen=True, kw_only=True):
+    """On `<prefix>.svc.runs.<agent>` (only that agent's NATS user may publish there): one
+    change to run `run_id`, with the chain of the task asking, which the authority verifies."""
+
+    run_id: str
+    change: RunChange
+    chain: tuple[Link, ...] = ()
+
+
+class RunReply(msgspec.Struct, frozen=True, kw_only=True):
+    record: RunRecord
+    changed: bool
+
+
+class RunWriter(Protocol):
+    """What the runtime may do to a run's record."""
+
+    async def change(
+        self, run_id: str, change: RunChange, chain: tuple[Link, ...]
+    ) -> tuple[RunRecord, bool]: ...
+
+
+class DirectRunWriter:
+    """Development (no NATS authentication): the agent writes the bucket itself."""
+
+    def __init__(self, store: RunStore, agent: str) -> None:
+        self.store = store
+        self.agent = agent
+
+    async def change(
+        self, run_id: str, change: RunChange, chain: tuple[Link, ...]
+    ) -> tuple[RunRecord, bool]:
+        del chain
+        return await self.store.change(run_id, change, self.agent)
+
+
+class AuthorityRunWriter:
+    """Asks the run authority, which checks that this agent holds the run."""
+
+    def __init__(self, bus: Bus, agent: str) -> None:
+        self.bus = bus
+        self.subject = bus.subjects.service("runs", agent)
+
+    async def change(
+        self, run_id: str, change: RunChange, chain: tuple[Link, ...]
+    ) -> tuple[RunRecord, bool]:
+        reply = await rpc.call_as(
+            self.bus, self.subject, RunRequest(run_id=run_id, change=change, chain=chain), RunReply
+        )
+        return reply.record, reply.changed
+
+
+def run_writer(bus: Bus, store: RunStore, agent: str) -> RunWriter:
+    """The authority under NATS authentication, else the bucket itself."""
+    if bus.settings.nats_auth:
+        return AuthorityRunWriter(bus, agent)
+    return DirectRunWriter(store, agent)
+
+
+__all__ = ["AuthorityRunWriter", "DirectRunWriter", "RunRequest", "RunWriter", "Waiter"]

@@ -1,0 +1,101 @@
+"""The run authority: writes run records for agents, after checking that the asking agent
+holds the run.
+
+Answers on `<prefix>.svc.runs.<agent>`, a subject only that agent's NATS user may publish, so
+the subject names the sender. With identity on, the request's chain must verify for the run
+and end at that agent; the change is one of the transitions in `store.apply` (an agent can mark
+its run running, finished, failed once more, waiting for a signal, or some of its tasks
+cancelled; never who submitted it, nor its signals). Hosted by the identity service's process.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import msgspec
+
+from bus import Bus, ChainInvalid, ConfigError, PermissionDenied, RelayError
+from bus.kv import Bucket
+from bus.rpc import reply_error, reply_ok
+from bus.subjects import check_name
+from services.identity.client import IdentityGate, publish_audit
+from services.identity.messages import AuditRecord
+
+from .client import RunReply, RunRequest
+from .store import RunStore
+
+log = logging.getLogger("relaybus.runs")
+_request = msgspec.json.Decoder(RunRequest)
+
+
+class RunAuthority:
+    def __init__(self, bus: Bus, store: RunStore, gate: IdentityGate | None) -> None:
+        self.bus = bus
+        self.store = store
+        self.gate = gate
+
+    @classmethod
+    async def open(cls, bus: Bus) -> RunAuthority:
+        store = RunStore(await Bucket.open(bus, bus.subjects.bucket("runs")))
+        gate = await IdentityGate.open(bus, "runs", None) if bus.settings.identity else None
+        return cls(bus, store, gate)
+
+    async def close(self) -> None:
+        if self.gate is not None:
+            await self.gate.close()
+
+    async def handle(self, subject: str, data: bytes) -> bytes:
+        agent = subject.rsplit(".", 1)[-1]
+        try:
+            try:
+                req = _request.decode(data)
+            except msgspec.DecodeError as exc:
+                raise ConfigError(f"bad run request: {exc}") from None
+            except RecursionError:
+                raise ConfigError("bad run request: values nested too deeply") from None
+            check_name("run", req.run_id)
+            await self._check(agent, req)
+            record, changed = await self.store.change(req.run_id, req.change, agent)
+            return reply_ok(RunReply(record=record, changed=changed))
+        except RelayError as exc:
+            return reply_error(exc)
+
+    async def _check(self, agent: str, req: RunRequest) -> None:
+        if self.gate is None:
+            return  # identity off: no chains to check (development)
+        try:
+            view = await self.gate.verify(req.chain, req.run_id, agent)
+        except ChainInvalid as exc:
+            reason = f"agent {agent} does not hold run {req.run_id}: {exc}"
+            await publish_audit(
+                self.bus,
+                AuditRecord(
+                    action=f"run/{type(req.change).__name__}",
+                    decision="deny",
+                    principal=_principal(req),
+                    actor=f"agent:{agent}",
+                    reason=reason,
+                    run_id=req.run_id,
+                ),
+            )
+            raise PermissionDenied(reason) from None
+        del view
+
+
+def _principal(req: RunRequest) -> str:
+    from services.identity.chain import decode_body
+
+    try:
+        return decode_body(req.chain[0].payload).principal if req.chain else "unknown"
+    except ChainInvalid:
+        return "unknown"
+
+
+async def serve_runs(bus: Bus) -> Any:
+    """Answer run requests on this connection until it closes; returns the subscription."""
+    authority = await RunAuthority.open(bus)
+    subject = f"{bus.subjects.prefix}.svc.runs.*"
+    sub = await bus.serve(subject, authority.handle, queue="runs")
+    log.info("run authority answering on %s", subject)
+    return sub, authority
