@@ -65,7 +65,7 @@ class RunAuthority:
         if self.gate is None:
             return  # identity off: no chains to check (development)
         try:
-            view = await self.gate.verify(req.chain, req.run_id, agent)
+            await self.gate.verify(req.chain, req.run_id, agent)
         except ChainInvalid as exc:
             reason = f"agent {agent} does not hold run {req.run_id}: {exc}"
             await publish_audit(
@@ -73,22 +73,19 @@ class RunAuthority:
                 AuditRecord(
                     action=f"run/{type(req.change).__name__}",
                     decision="deny",
-                    principal=_principal(req),
+                    principal=await self._principal(req),
                     actor=f"agent:{agent}",
                     reason=reason,
                     run_id=req.run_id,
                 ),
             )
             raise PermissionDenied(reason) from None
-        del view
 
-
-def _principal(req: RunRequest) -> str:
-    from services.identity.chain import decode_body
-
-    try:
-        return decode_body(req.chain[0].payload).principal if req.chain else "unknown"
-    except ChainInvalid:
+    async def _principal(self, req: RunRequest) -> str:
+        """Whose run it is, for the audit: the run record's user (not the request's claim)."""
+        record = await self.store.get(req.run_id)
+        if record is not None and record.submitted_by.startswith("user:"):
+            return record.submitted_by.removeprefix("user:")
         return "unknown"
 
 

@@ -69,7 +69,7 @@ def _pythonpath() -> str:
 @pytest.fixture
 async def secure(tmp_path: Path) -> AsyncIterator[SecureStack]:
     home = tmp_path / "home"
-    up = relaybus(home, "up", "--detach", "--json")
+    up = relaybus(home, "up", "--detach", "--json", RELAYBUS_IDENTITY="1")
     assert up.returncode == 0, up.stderr
     procs: list[subprocess.Popen[bytes]] = []
     try:

@@ -12,13 +12,24 @@ import nats
 import pytest
 
 from agents.messages import ChildResult, SignalBody
-from agents.submit import submit, wait_for_run
-from bus import Bus, ConnectionFailed, Envelope, Event, PermissionViolation, RelayError, new_id
+from agents.submit import run_store, submit, wait_for_run
+from bus import (
+    Bus,
+    ConnectionFailed,
+    Envelope,
+    Event,
+    PermissionDenied,
+    PermissionViolation,
+    RelayError,
+    new_id,
+)
 from bus.cli import replay_dead_letter
 from bus.events import DeadLetter, event_encoder
 from bus.feed import EventFeed
 from bus.stack import public_url, read_stack
 from services.identity.client import IdentityClient, read_audit
+from services.runs.client import AuthorityRunWriter
+from services.runs.store import Finish, RegisterWait
 
 from .conftest import USER, SecureStack
 
@@ -47,6 +58,7 @@ async def test_a_hostile_agent_cannot_write_control_plane_state(secure: SecureSt
             await _refused(bus, f"{p}.svc.identity.{op}")
         # the registry, revocations and the service key; another agent's journal
         for key in (
+            "$KV.relay_runs.RUN",
             "$KV.relay_agents.mallory",
             "$KV.relay_revoked.agent_x",
             "$KV.relay_users.alice",
@@ -205,6 +217,32 @@ async def test_a_forged_completed_event_does_not_end_a_waiting_submission(
                 )
             waited = await wait_for_run(feed, run.run_id, 3, "approver")
     assert waited.status == "timeout"
+
+
+async def test_the_run_authority_refuses_an_agent_outside_the_run(secure: SecureStack) -> None:
+    # Given a run of approver's, waiting for its approval
+    secure.start_agent("runtime_agents:Approver")
+    async with Bus(secure.settings) as op:
+        run = await submit(op, "approver", b"{}", sender=f"user:{USER}", token=secure.token)
+        async with EventFeed(op, run.run_id, replay=True) as feed:
+            await _next_kind(feed, "suspended")
+        store = await run_store(op)
+        before = await store.get(run.run_id)
+        # When mallory asks the authority to finish it, and to take over its waiter
+        async with secure.hostile() as bus:
+            writer = AuthorityRunWriter(bus, "mallory")
+            for change in (
+                Finish(status="completed", result=msgspec.Raw(b'"forged"')),
+                RegisterWait(name="approval", task_id="STOLEN"),
+            ):
+                with pytest.raises(PermissionDenied, match="does not hold run"):
+                    await writer.change(run.run_id, change, ())
+            # nor can it use another agent's subject to ask
+            await _refused(bus, f"{bus.subjects.prefix}.svc.runs.approver")
+        # Then the record is as it was, and both refusals are audited
+        assert await store.get(run.run_id) == before
+        denials = await read_audit(op, USER, run_id=run.run_id, decision="deny")
+    assert {d.action for d in denials} == {"run/Finish", "run/RegisterWait"}
 
 
 async def test_a_dead_letter_an_agent_wrote_for_another_is_not_replayed(
