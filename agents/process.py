@@ -17,6 +17,7 @@ from bus.cli import AgentBeat
 from bus.kv import Bucket
 from bus.runtime import stop_on_signals
 from bus.stack import read_stack
+from bus.streams import timer_consumer
 from bus.telemetry import Telemetry
 from services.identity.natsconfig import inbox_prefix, nkey_path
 
@@ -111,12 +112,21 @@ async def _consume(bus: Bus, agent: Agent, concurrency: int, stop: asyncio.Event
         log.info("identity on: chains verified, tool calls checked for %s", agent.name)
     control = await bus.subscribe(f"{bus.subjects.prefix}.control.*", worker.on_control)
     consumer = Consumer(bus, agent.name, worker.handle, concurrency=concurrency)
+    timers = Consumer(
+        bus,
+        agent.name,
+        worker.handle,
+        concurrency=concurrency,
+        spec=timer_consumer(bus.subjects, agent.name, bus.settings.ack_wait_s),
+    )
     beat = asyncio.create_task(_heartbeat(bus, agent.name, concurrency))
     log.info(
         "agent %s (pid %d) consuming %s", agent.name, os.getpid(), bus.subjects.task(agent.name)
     )
     try:
-        await consumer.run(stop)
+        async with asyncio.TaskGroup() as group:
+            group.create_task(consumer.run(stop))
+            group.create_task(timers.run(stop))
     finally:
         beat.cancel()
         with contextlib.suppress(asyncio.CancelledError):

@@ -617,6 +617,8 @@ class Worker:
         return bytes(record.signals[name]) if name in record.signals else None
 
     async def start_timer(self, env: Envelope, timer_id: str, due: float) -> None:
+        """Arm a durable timer: a message on the agent's own timer subject, redelivered when
+        due (its own consumer; it holds none of the task consumer's slots while it waits)."""
         body = msgspec.json.encode(SignalBody(timer=timer_id, due=due))
         await self.bus.publish(
             Envelope(
@@ -628,7 +630,8 @@ class Worker:
                 payload=body,
                 parent_id=env.id,
                 created_at=time.time(),
-            )
+            ),
+            subject=self.bus.subjects.timer(self.name),
         )
 
     async def cancel_tasks(self, env: Envelope, task_ids: list[str]) -> None:

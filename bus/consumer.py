@@ -22,7 +22,7 @@ from . import metrics, tracing
 from .client import Bus
 from .errors import Abandon, EnvelopeInvalid, ErrorInfo, Refused, Reject, RelayError, Retry
 from .events import DeadLetter, Event, event_encoder
-from .streams import agent_consumer, ensure_consumer
+from .streams import ConsumerSpec, agent_consumer, ensure_consumer
 
 log = logging.getLogger("relaybus.consumer")
 
@@ -62,6 +62,7 @@ class Consumer:
         ack_wait_s: float | None = None,
         grace_s: float = 30.0,
         fetch_timeout_s: float = 1.0,
+        spec: ConsumerSpec | None = None,
     ) -> None:
         if concurrency < 1:
             raise ValueError(f"concurrency must be >= 1, got {concurrency}")
@@ -73,7 +74,7 @@ class Consumer:
         self.ack_wait_s = ack_wait_s or bus.settings.ack_wait_s
         self.grace_s = grace_s
         self.fetch_timeout_s = fetch_timeout_s
-        self.spec = agent_consumer(bus.subjects, agent, self.ack_wait_s)
+        self.spec = spec or agent_consumer(bus.subjects, agent, self.ack_wait_s)
         self._inflight: dict[int, tuple[Msg, float]] = {}
         self._slot_free = asyncio.Event()
         self._min_batch = max(1, concurrency // 4)

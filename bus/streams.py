@@ -108,6 +108,9 @@ def default_topology(subjects: Subjects, replicas: int = 1) -> Topology:
         ),
         StreamSpec(subjects.stream("DLQ"), (f"{p}.dlq.>",), replicas=replicas),
         StreamSpec(
+            subjects.stream("TIMERS"), (f"{p}.timer.>",), retention="workqueue", replicas=replicas
+        ),
+        StreamSpec(
             subjects.stream("LEDGER"),
             (f"{p}.ledger.entry.>",),
             deny_delete=True,
@@ -142,6 +145,20 @@ def agent_consumer(subjects: Subjects, agent: str, ack_wait_s: float) -> Consume
         durable=subjects.durable(agent),
         filter_subjects=subjects.task_filters(agent),
         ack_wait_s=ack_wait_s,
+    )
+
+
+# Timers one agent may have pending at once; more wait in the stream and fire late.
+MAX_PENDING_TIMERS = 10_000
+
+
+def timer_consumer(subjects: Subjects, agent: str, ack_wait_s: float) -> ConsumerSpec:
+    return ConsumerSpec(
+        stream=subjects.stream("TIMERS"),
+        durable=subjects.timer_durable(agent),
+        filter_subjects=(subjects.timer(agent),),
+        ack_wait_s=ack_wait_s,
+        max_ack_pending=MAX_PENDING_TIMERS,
     )
 
 

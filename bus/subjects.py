@@ -71,7 +71,14 @@ class Subjects:
             return parts[-1]
         if len(parts) == base + 4 and parts[base] == "event":
             return parts[-1]
+        if len(parts) == base + 2 and parts[base] == "timer":
+            return parts[-1]
         return ""
+
+    def timer(self, agent: str) -> str:
+        """Where `agent` keeps its pending timers: its own stream and consumer, so a timer
+        waiting to fire never takes one of the agent's task slots."""
+        return f"{self.prefix}.timer.{check_name('agent', agent)}"
 
     def tasks_all(self) -> str:
         return f"{self.prefix}.task.>"
@@ -110,3 +117,6 @@ class Subjects:
 
     def durable(self, agent: str) -> str:
         return f"agent_{check_name('agent', agent)}"
+
+    def timer_durable(self, agent: str) -> str:
+        return f"timer_{check_name('agent', agent)}"

@@ -72,6 +72,7 @@ def agent_permissions(
     p, name = subjects.prefix, agent.name
     tasks = subjects.stream("TASKS")
     durable = subjects.durable(name)
+    timers, timer_durable = subjects.stream("TIMERS"), subjects.timer_durable(name)
     callers = [a.name for a in registry if name in a.handoff_to]
     publish = sorted({subjects.task_from(t, name) for t in (name, *agent.handoff_to, *callers)})
     publish += [
@@ -94,6 +95,13 @@ def agent_permissions(
         f"$JS.API.CONSUMER.CREATE.{tasks}.{durable}.>",
         f"$JS.API.CONSUMER.MSG.NEXT.{tasks}.{durable}",
         f"$JS.ACK.{tasks}.{durable}.>",
+        subjects.timer(name),
+        f"$JS.API.CONSUMER.INFO.{timers}.{timer_durable}",
+        f"$JS.API.CONSUMER.DURABLE.CREATE.{timers}.{timer_durable}",
+        f"$JS.API.CONSUMER.CREATE.{timers}.{timer_durable}",
+        f"$JS.API.CONSUMER.CREATE.{timers}.{timer_durable}.>",
+        f"$JS.API.CONSUMER.MSG.NEXT.{timers}.{timer_durable}",
+        f"$JS.ACK.{timers}.{timer_durable}.>",
         "$JS.FC.>",
     ]
     for bucket in READ_BUCKETS:

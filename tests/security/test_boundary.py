@@ -156,6 +156,31 @@ async def test_a_signal_from_an_agent_is_refused_and_an_operators_is_honoured(
     assert any(d.action == "message/signal" for d in denials)
 
 
+async def test_a_flood_of_forged_timers_takes_no_slot_of_the_agent(secure: SecureStack) -> None:
+    # Given approver, and mallory (allowed to call it) sending 300 signals with timers due in
+    # a year, none of them its own (the review's attack filled all 1,000 ack-pending slots)
+    secure.start_agent("runtime_agents:Approver")
+    async with Bus(secure.settings) as op, secure.hostile() as bus:
+        year = time.time() + 365 * 86400
+        for i in range(300):
+            body = SignalBody(timer=f"T{i}", due=year)
+            await bus.publish(
+                Envelope(
+                    id=new_id(), run_id=new_id(), kind="signal", sender="mallory",
+                    recipient="approver", parent_id=new_id(), created_at=time.time(),
+                    payload=msgspec.json.encode(body),
+                )
+            )
+        # When a user's run arrives behind them, it is served, and nothing is left pending
+        run = await submit(op, "approver", b"{}", sender=f"user:{USER}", token=secure.token)
+        async with EventFeed(op, run.run_id, replay=True) as feed:
+            await _next_kind(feed, "suspended", timeout_s=60)
+        info = await op.js.consumer_info(
+            op.subjects.stream("TASKS"), op.subjects.durable("approver")
+        )
+    assert info.num_ack_pending == 0 and info.num_pending == 0
+
+
 async def test_a_chain_replayed_with_another_payload_or_task_is_refused(
     secure: SecureStack,
 ) -> None:
