@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from agents.control import cancel_run, send_signal
-from agents.submit import RunOutcome, run_store, submit, wait_for_run
+from agents.submit import RunOutcome, has_consumer, run_store, submit, wait_for_run
 from bus import Bus, Event
 from bus.feed import EventFeed
 
@@ -189,6 +189,10 @@ async def test_step_limit(bus: Bus, spawn: Spawn) -> None:
 
 async def test_deadline(bus: Bus, spawn: Spawn) -> None:
     spawn("runtime_agents:Sleeper")
+    for _ in range(200):  # the 1 s deadline must not run out while the process starts
+        if await has_consumer(bus, "sleeper"):
+            break
+        await asyncio.sleep(0.1)
     done = await submit(bus, "sleeper", b'{"sleep_s": 20}', wait=True, timeout_s=30, deadline_s=1.0)
     assert done.status == "failed"
     assert done.error is not None and "deadline exceeded" in done.error
