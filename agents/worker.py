@@ -371,6 +371,13 @@ class Worker:
         try:
             if self.gate is not None:
                 ctx.chain = await self._verify(env)
+            if _budget_refused(ctx._journal):
+                error = ErrorInfo(
+                    type="Cancelled",
+                    message="a budget resume was rejected (signal data false); the run stops",
+                )
+                await self._finish(ctx, env, "cancelled", error=error)
+                return "cancelled"
             task = self.decode_input(env.payload)
             async with timeout:
                 result = await self.agent.handle(ctx, task)
@@ -748,6 +755,15 @@ def sender_problem(d: Delivery, me: str) -> str:
             "connection, never from an agent"
         )
     return ""
+
+
+def _budget_refused(journal: Journal) -> bool:
+    """Whether someone answered a budget park with `false` (a console Reject, or
+    `relaybus approve RUN --signal budget-N --data false`): that stops the run."""
+    return any(
+        name.startswith("budget-") and data.strip() == b"false"
+        for name, data in journal.signals.items()
+    )
 
 
 def _spawned(journal: Journal) -> dict[str, str]:

@@ -260,3 +260,30 @@ async def test_a_parked_run_continues_once_its_budget_is_raised(
     assert done.status == "completed" and done.result == sum(range(5)), done
     assert done.cost == 5 * COST
     assert len(log.read_text().splitlines()) == 5  # parked and replayed: nothing ran twice
+
+
+async def test_a_parked_run_whose_budget_resume_is_rejected_stops(
+    lbus: Bus, spawn: Spawn, tmp_path: Path
+) -> None:
+    from agents.control import send_signal
+    from agents.submit import wait_for_run
+    from bus.feed import EventFeed
+    from services.ledger.model import Budget
+
+    log = tmp_path / "calls"
+    spawn("runtime_agents:ParkingShopper", RELAYBUS_LEDGER="1")
+    outcome = await submit(
+        lbus, "pshopper", json.dumps({"n": 5, "log": str(log)}).encode(), budget=2 * COST + 1
+    )
+    async with EventFeed(lbus, outcome.run_id, replay=True) as feed:
+        while (event := await feed.next(30)) is not None and event.kind != "parked":
+            pass
+        assert event is not None
+        # even with the budget raised, a `false` answer (the console's Reject) stops the run
+        await LedgerClient(lbus).set_budget(
+            "raise", Budget(level=f"run:{outcome.run_id}", limit=100)
+        )
+        await send_signal(lbus, outcome.run_id, "budget-1", False)
+        done = await wait_for_run(feed, outcome.run_id, 30)
+    assert done.status == "cancelled" and "rejected" in (done.error or ""), done
+    assert len(log.read_text().splitlines()) == 2  # nothing ran after the rejection
