@@ -108,6 +108,12 @@ def agent_run(args: argparse.Namespace, settings: Settings) -> Any:
         from .process import serve_agent
 
         return serve_agent(cls(), settings, args.concurrency, args.metrics_port)
+    from services.identity.natsconfig import nkey_path
+
+    if settings.nats_auth and not nkey_path(settings.home.resolve(), cls.name).exists():
+        from .process import register_on_first_run  # once, before the replicas race to it
+
+        asyncio.run(register_on_first_run(cls(), settings))
     return _supervise_replicas(args, settings)
 
 
