@@ -126,15 +126,46 @@ def agent_permissions(
     return {"publish": {"allow": publish}, "subscribe": {"allow": subscribe}}
 
 
+CONTROL_BUCKETS = ("agents", "users", "revoked", "runs", "journal")
+
+
+def service_permissions(subjects: Subjects, service: str) -> dict[str, object] | None:
+    """What a service's NATS user may not do (None: everything, for identity, which owns the
+    registry and run records): the ledger and memory services never write the registry, run
+    records or journals, never send tasks or identity/run requests, and never delete or purge
+    a stream."""
+    if service not in ("ledger", "memory"):
+        return None
+    p = subjects.prefix
+    deny = [f"$KV.{subjects.bucket(b)}.>" for b in CONTROL_BUCKETS]
+    deny += [
+        f"{p}.task.>",
+        f"{p}.timer.>",
+        f"{p}.svc.identity.>",
+        f"{p}.svc.runs.>",
+        "$JS.API.STREAM.DELETE.>",
+        "$JS.API.STREAM.PURGE.>",
+        "$JS.API.STREAM.UPDATE.>",
+        "$JS.API.STREAM.MSG.DELETE.>",
+    ]
+    return {"publish": {"allow": [">"], "deny": deny}, "subscribe": {"allow": [">"]}}
+
+
 def authorization_block(
     subjects: Subjects, agents: Sequence[AgentRecord], admins: dict[str, str]
 ) -> str:
-    """The `authorization { … }` block: admin users (services, operators) with full access,
-    one nkey user per registered, unrevoked agent with its least-privilege permissions."""
+    """The `authorization { … }` block: the operator and the services, each its own user and
+    password (the ledger and memory services without control-plane writes), and one nkey user
+    per registered, unrevoked agent with its least-privilege permissions."""
+    full = {"publish": ">", "subscribe": ">"}
     users: list[dict[str, object]] = [
-        {"user": user, "password": password, "permissions": {"publish": ">", "subscribe": ">"}}
+        {
+            "user": user,
+            "password": password,
+            "permissions": service_permissions(subjects, user) or full,
+        }
         for user, password in sorted(admins.items())
-    ]  # the operator and the identity, ledger and memory services, each with its own password
+    ]
     for agent in agents:
         if agent.revoked or not agent.nkey:
             continue

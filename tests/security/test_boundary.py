@@ -325,3 +325,30 @@ async def _next_kind(feed: EventFeed, kind: str, timeout_s: float = 30.0) -> Eve
         if event.kind == kind:
             return event
     raise AssertionError(f"no {kind} event within {timeout_s}s")
+
+
+async def test_the_ledger_and_memory_services_cannot_write_the_control_plane(
+    secure: SecureStack,
+) -> None:
+    import json
+
+    block = (secure.home / "nats-auth.conf").read_text()
+    users = json.loads(block[block.index("[") : block.rindex("]") + 1])
+    passwords = {u["user"]: u["password"] for u in users if "user" in u}
+    record = read_stack(secure.settings)
+    assert record is not None
+    for service in ("ledger", "memory"):
+        url = public_url(record.nats_url).replace(
+            "nats://", f"nats://{service}:{passwords[service]}@"
+        )
+        as_service = secure.settings.model_copy(update={"nats_url": url})
+        async with Bus(as_service, name=f"as-{service}") as bus:
+            p = bus.subjects.prefix
+            for subject in (
+                "$KV.relay_agents.mallory",
+                "$KV.relay_runs.RUN",
+                f"{p}.task.fanout",
+                f"{p}.svc.identity.agent_add",
+                "$JS.API.STREAM.PURGE.RELAY_AUDIT",
+            ):
+                await _refused(bus, subject)
