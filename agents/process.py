@@ -110,7 +110,7 @@ async def _consume(bus: Bus, agent: Agent, concurrency: int, stop: asyncio.Event
     worker = await Worker.open(bus, agent)
     if worker.gate is not None:
         log.info("identity on: chains verified, tool calls checked for %s", agent.name)
-    control = await bus.subscribe(f"{bus.subjects.prefix}.control.*", worker.on_control)
+    control = await bus.subscribe_subjects(bus.subjects.controls_all(), worker.on_control)
     consumer = Consumer(bus, agent.name, worker.handle, concurrency=concurrency)
     timers = Consumer(
         bus,

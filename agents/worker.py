@@ -114,6 +114,7 @@ class Worker:
         self.decode_input = input_decoder(agent.input_type())
         self._by_run: dict[str, set[asyncio.Task[Any]]] = {}
         self._by_task: dict[str, asyncio.Task[Any]] = {}
+        self._parents: dict[str, str] = {}  # running task → the agent waiting for its result
         self._cancelled: set[str] = set()
         self._host = socket.gethostname()
         self._llm: LLMClient | None = None
@@ -331,6 +332,7 @@ class Worker:
         assert current is not None
         self._by_run.setdefault(env.run_id, set()).add(current)
         self._by_task[env.id] = current
+        self._parents[env.id] = env.reply_to
         attributes: dict[str, Any] = {
             "gen_ai.operation.name": "invoke_agent",
             "gen_ai.agent.name": self.name,
@@ -359,6 +361,7 @@ class Worker:
                 {"relaybus.agent": self.name, "outcome": outcome},
             )
             self._by_task.pop(env.id, None)
+            self._parents.pop(env.id, None)
             tasks = self._by_run.get(env.run_id)
             if tasks is not None:
                 tasks.discard(current)
@@ -372,11 +375,11 @@ class Worker:
             if self.gate is not None:
                 ctx.chain = await self._verify(env)
             if _budget_refused(ctx._journal):
-                error = ErrorInfo(
+                refused = ErrorInfo(
                     type="Cancelled",
                     message="a budget resume was rejected (signal data false); the run stops",
                 )
-                await self._finish(ctx, env, "cancelled", error=error)
+                await self._finish(ctx, env, "cancelled", error=refused)
                 return "cancelled"
             task = self.decode_input(env.payload)
             async with timeout:
@@ -645,25 +648,34 @@ class Worker:
         run_id = env.run_id
         await self.run_writer.change(run_id, CancelTasks(task_ids=task_ids), env.chain)
         control = Control(action="cancel_tasks", run_id=run_id, tasks=task_ids)
-        await self.bus.publish_core(self.bus.subjects.control(run_id), msgspec.json.encode(control))
+        subject = self.bus.subjects.control(run_id, self.bus.agent or "")
+        await self.bus.publish_core(subject, msgspec.json.encode(control))
 
     # -- cancellation -----------------------------------------------------------------------
 
     def _is_cancelled(self, env: Envelope) -> bool:
         return env.run_id in self._cancelled or env.id in self._cancelled
 
-    async def on_control(self, data: bytes) -> None:
+    async def on_control(self, subject: str, data: bytes) -> None:
+        """A run cancelled by an operator (no sender token), or tasks cancelled by the agent
+        that started them (its name is the subject's last token); anything else is ignored."""
+        source = self.bus.subjects.source_of(subject)
         try:
             control = control_decoder.decode(data)
         except (msgspec.DecodeError, RecursionError):
             log.warning("ignoring a malformed control message")
             return
         if control.action == "cancel":
+            if source:
+                log.warning("ignoring a cancel of run %s sent by agent %s", control.run_id, source)
+                return
             self._cancelled.add(control.run_id)
             for task in list(self._by_run.get(control.run_id, ())):
                 task.cancel()
         elif control.action == "cancel_tasks":
             for task_id in control.tasks:
+                if source and self._parents.get(task_id) != source:
+                    continue  # only the agent that started a task may cancel it
                 self._cancelled.add(task_id)
                 running = self._by_task.get(task_id)
                 if running is not None:

@@ -302,6 +302,16 @@ class Bus:
 
         return await self.nc.subscribe(subject, cb=on_msg)
 
+    async def subscribe_subjects(
+        self, subject: str, handler: Callable[[str, bytes], Awaitable[None]]
+    ) -> Any:
+        """`subscribe`, with each message's own subject passed to `handler`."""
+
+        async def on_msg(msg: Any) -> None:
+            await handler(msg.subject, bytes(msg.data))
+
+        return await self.nc.subscribe(subject, cb=on_msg)
+
     async def serve(
         self, subject: str, handler: Callable[[str, bytes], Awaitable[bytes]], queue: str = ""
     ) -> Any:

@@ -73,6 +73,8 @@ class Subjects:
             return parts[-1]
         if len(parts) == base + 2 and parts[base] == "timer":
             return parts[-1]
+        if len(parts) == base + 3 and parts[base] == "control":
+            return parts[-1]
         return ""
 
     def timer(self, agent: str) -> str:
@@ -100,8 +102,14 @@ class Subjects:
     def dlq_all(self) -> str:
         return f"{self.prefix}.dlq.>"
 
-    def control(self, run_id: str) -> str:
-        return f"{self.prefix}.control.{check_name('run', run_id)}"
+    def control(self, run_id: str, source: str = "") -> str:
+        """Control messages for a run: from an operator (no sender token), or from agent
+        `source` (the only control subjects its NATS user may publish end in its name)."""
+        subject = f"{self.prefix}.control.{check_name('run', run_id)}"
+        return f"{subject}.{check_name('agent', source)}" if source else subject
+
+    def controls_all(self) -> str:
+        return f"{self.prefix}.control.>"
 
     def service(self, service: str, op: str) -> str:
         return f"{self.prefix}.svc.{check_name('service', service)}.{check_name('op', op)}"

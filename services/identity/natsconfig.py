@@ -82,6 +82,7 @@ def agent_permissions(
     publish += [f"{p}.svc.memory.{op}" for op in _service_ops(("memory.messages",), ())]
     publish += [
         f"{p}.event.*.*.{name}",
+        f"{p}.control.*.{name}",
         f"{p}.audit.*.{name}",
         subjects.dlq(name),
         f"{p}.svc.identity.stamp.{name}",
@@ -122,7 +123,7 @@ def agent_permissions(
             f"$KV.{kv}.{own}",
             f"$JS.API.DIRECT.GET.KV_{kv}.$KV.{kv}.{own}",
         ]
-    subscribe = [f"{inbox_prefix(name)}.>", f"{p}.control.*"]
+    subscribe = [f"{inbox_prefix(name)}.>", f"{p}.control.>"]
     return {"publish": {"allow": publish}, "subscribe": {"allow": subscribe}}
 
 

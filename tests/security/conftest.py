@@ -25,6 +25,7 @@ POLICY: dict[str, tuple[list[str], list[str]]] = {
     "fanout": (["memory"], ["child"]),
     "child": (["memory"], []),
     "approver": ([], []),
+    "sleeper": ([], []),
     "mallory": ([], ["fanout", "approver", "child"]),
 }
 USER = "alice"

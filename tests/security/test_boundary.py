@@ -352,3 +352,31 @@ async def test_the_ledger_and_memory_services_cannot_write_the_control_plane(
                 "$JS.API.STREAM.PURGE.RELAY_AUDIT",
             ):
                 await _refused(bus, subject)
+
+
+async def test_an_agent_cannot_cancel_a_run_or_another_agents_tasks(secure: SecureStack) -> None:
+    from agents.messages import Control
+
+    # Given a running handler (it sleeps 3 s)
+    secure.start_agent("runtime_agents:Sleeper")
+    async with Bus(secure.settings) as op:
+        run = await submit(
+            op, "sleeper", b'{"sleep_s": 3}', sender=f"user:{USER}", token=secure.token
+        )
+        async with EventFeed(op, run.run_id, replay=True) as feed:
+            await _next_kind(feed, "started")
+            # When mallory cancels the run and its task on its own control subject
+            async with secure.hostile() as bus:
+                for control in (
+                    Control(action="cancel", run_id=run.run_id),
+                    Control(action="cancel_tasks", run_id=run.run_id, tasks=[run.run_id]),
+                ):
+                    await bus.publish_core(
+                        bus.subjects.control(run.run_id, "mallory"),
+                        msgspec.json.encode(control),
+                        confirm_s=1.0,
+                    )
+                await _refused(bus, bus.subjects.control(run.run_id))  # the operator's subject
+            # Then the handler runs to its end
+            outcome = await wait_for_run(feed, run.run_id, 60, "sleeper")
+    assert outcome.status == "completed", outcome
