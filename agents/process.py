@@ -17,7 +17,7 @@ from bus.cli import AgentBeat
 from bus.kv import Bucket
 from bus.runtime import stop_on_signals
 from bus.stack import read_stack
-from bus.streams import timer_consumer
+from bus.streams import ensure_agent_consumers, timer_consumer
 from bus.telemetry import Telemetry
 from services.identity.natsconfig import inbox_prefix, nkey_path
 
@@ -106,7 +106,9 @@ async def register_on_first_run(agent: Agent, settings: Settings) -> None:
 
 
 async def _consume(bus: Bus, agent: Agent, concurrency: int, stop: asyncio.Event) -> Consumer:
-    await ensure(bus, default_topology(bus.subjects, bus.settings.stream_replicas))
+    if not bus.settings.nats_auth:  # under authentication `up` and the identity service
+        await ensure(bus, default_topology(bus.subjects, bus.settings.stream_replicas))
+        await ensure_agent_consumers(bus, agent.name)  # provision; an agent only reads its own
     worker = await Worker.open(bus, agent)
     if worker.gate is not None:
         log.info("identity on: chains verified, tool calls checked for %s", agent.name)

@@ -51,7 +51,7 @@ from services.identity.client import IdentityGate, args_digest, read_agent_key
 from services.identity.messages import AuditRecord
 from services.ledger.client import LedgerClient
 from services.ledger.prices import load_prices
-from services.runs.client import run_writer
+from services.runs.client import look, run_writer
 from services.runs.store import (
     CancelTasks,
     CountFailure,
@@ -99,7 +99,7 @@ class Worker:
         bus: Bus,
         agent: Agent,
         journals: JournalStore,
-        runs: RunStore,
+        runs: RunStore | None,
         gate: IdentityGate | None = None,
         ledger: LedgerClient | None = None,
     ) -> None:
@@ -122,7 +122,11 @@ class Worker:
     @classmethod
     async def open(cls, bus: Bus, agent: Agent) -> Worker:
         journals = JournalStore(await Bucket.open(bus, bus.subjects.bucket("journal")), agent.name)
-        runs = RunStore(await Bucket.open(bus, bus.subjects.bucket("runs")))
+        runs = (  # under NATS authentication the run authority holds the records
+            None
+            if bus.settings.nats_auth
+            else RunStore(await Bucket.open(bus, bus.subjects.bucket("runs")))
+        )
         gate = None
         if bus.settings.identity:
             key = read_agent_key(bus.settings.home.resolve(), agent.name)
@@ -170,13 +174,13 @@ class Worker:
                 f"a child task names both parent_id and reply_to, or neither (parent_id="
                 f"{env.parent_id!r}, reply_to={env.reply_to!r})"
             )
-        if self.gate is not None:
-            try:  # before anything is written: a forged or replayed chain changes nothing
-                await self._verify(env)
+        if self.gate is not None and d.source:
+            try:  # before anything is written: an agent's forged or replayed chain changes
+                await self._verify(env)  # nothing (a user's bad chain fails its own run below)
             except ChainInvalid as exc:
                 raise Refused(str(exc)) from None
-        replay = d.headers.get("Relay-Replay") == "1"
-        run = await self.runs.get(env.run_id)
+        replay = d.replayed
+        run = await look(self.run_writer, env.run_id, env.chain)
         if run is not None:
             if run.status == "cancelled" or env.id in run.cancelled_tasks:
                 return
@@ -523,7 +527,7 @@ class Worker:
         cost = await self.costs.run_cost(env.run_id)
         finish = Finish(
             status=status,
-            result=msgspec.Raw(journal.result),
+            result=msgspec.Raw(journal.result or b"null"),
             error=journal.error,
             steps=env.steps + len(journal.ops),
             hops=env.hop,
@@ -616,7 +620,9 @@ class Worker:
         """Append this agent's stamped delegation link to a child or handoff envelope."""
         if self.gate is None:
             return env
-        link = await self.gate.delegate(env.chain, env.recipient, scopes, (env.id, env.payload))
+        link = await self.gate.delegate(
+            env.chain, env.recipient, scopes, (env.id, env.payload), line=not env.parent_id
+        )
         return msgspec.structs.replace(env, chain=(*env.chain, link))
 
     async def signal_or_register(self, ctx: Context, name: str) -> bytes | None:

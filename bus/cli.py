@@ -355,12 +355,24 @@ async def replay_dead_letter(bus: Bus, seq: int) -> dict[str, Any]:
             f"dead letter {seq} is for {letter.subject!r}, not {letter.agent}'s task subject; "
             "it is not replayed"
         )
-    headers = {k: v for k, v in letter.headers.items() if not k.startswith("Nats-")}
+    headers = {
+        k: v
+        for k, v in letter.headers.items()
+        if not k.startswith("Nats-") and k not in ("Relay-Replay", "Relay-Source")
+    }
     headers["Nats-Msg-Id"] = f"{letter.envelope_id or 'raw'}:replay:{seq}"
     headers["Relay-Replay"] = "1"
-    sequence = await bus.publish_bytes(letter.subject, letter.data, headers)
+    # back on the agent's own subject with no sender token (only operators publish there), the
+    # original sender named in a header the consume loop trusts only on such subjects
+    sender = letter.subject[len(own) + 1 :] if letter.subject.startswith(own + ".") else ""
+    if sender:
+        headers["Relay-Source"] = sender
+    target = own if letter.subject != bus.subjects.timer(letter.agent) else letter.subject
+    if target != own:
+        headers["Relay-Source"] = letter.agent
+    sequence = await bus.publish_bytes(target, letter.data, headers)
     await bus.js.delete_msg(bus.subjects.stream("DLQ"), seq)
-    return {"id": seq, "subject": letter.subject, "run_id": letter.run_id, "sequence": sequence}
+    return {"id": seq, "subject": target, "run_id": letter.run_id, "sequence": sequence}
 
 
 async def dlq_replay(args: argparse.Namespace, settings: Settings) -> int:

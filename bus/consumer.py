@@ -23,6 +23,7 @@ from .client import Bus
 from .errors import Abandon, EnvelopeInvalid, ErrorInfo, Refused, Reject, RelayError, Retry
 from .events import DeadLetter, Event, event_encoder
 from .streams import ConsumerSpec, agent_consumer, ensure_consumer
+from .subjects import check_name
 
 log = logging.getLogger("relaybus.consumer")
 
@@ -37,6 +38,7 @@ class Delivery:
     subject: str
     sequence: int = 0
     source: str = ""  # the agent that sent it, from the subject; "" for a user or operator
+    replayed: bool = False  # an operator put it back from the dead-letter queue
     started: float = field(default_factory=time.monotonic)
 
 
@@ -172,13 +174,20 @@ class Consumer:
             )
             await self._dead_letter(msg, attempt - 1, reason, None, env)
             return
+        source = self.bus.subjects.source_of(msg.subject)
+        # A replay is honoured only on a subject agents cannot publish (no sender token): there
+        # the operator's headers name the original sender, kept from the letter.
+        replayed = not source and headers.get("Relay-Replay") == "1"
+        if replayed:
+            source = _name_or_empty(headers.get("Relay-Source", ""))
         delivery = Delivery(
             envelope=env,
             attempt=attempt,
             headers=headers,
             subject=msg.subject,
             sequence=msg.metadata.sequence.stream,
-            source=self.bus.subjects.source_of(msg.subject),
+            source=source,
+            replayed=replayed,
         )
         try:
             await self.handler(delivery)
@@ -277,6 +286,13 @@ class Consumer:
                 event_encoder.encode(event),
             )
         await msg.term()
+
+
+def _name_or_empty(value: str) -> str:
+    try:
+        return check_name("agent", value) if value else ""
+    except RelayError:
+        return ""
 
 
 def encode_dead(record: DeadLetter) -> bytes:

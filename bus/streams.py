@@ -162,6 +162,15 @@ def timer_consumer(subjects: Subjects, agent: str, ack_wait_s: float) -> Consume
     )
 
 
+async def ensure_agent_consumers(bus: Bus, agent: str) -> None:
+    """Create an agent's task and timer consumers. Under NATS authentication the identity
+    service does it when the agent is registered: an agent that could send a consumer
+    configuration could give itself another agent's subjects or a delivery subject anywhere."""
+    ack_wait_s = bus.settings.ack_wait_s
+    await ensure_consumer(bus, agent_consumer(bus.subjects, agent, ack_wait_s))
+    await ensure_consumer(bus, timer_consumer(bus.subjects, agent, ack_wait_s))
+
+
 def _diff(kind: str, name: str, want: dict[str, object], have: dict[str, object]) -> None:
     differing = [
         f"{key}: has {have.get(key)!r}, spec wants {value!r}"

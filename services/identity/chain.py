@@ -45,6 +45,8 @@ class LinkBody(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     v: int = 1
     task: str = ""  # the task this link authorizes (its envelope id) ...
     digest: bytes = b""  # ... and a digest of that task's payload: a link is good for one task
+    line: bool = False  # the task carries the run's own line (the root, or a handoff on it),
+    # not a child call: only its holder may start, finish or reopen the run
 
 
 _encode = msgspec.msgpack.Encoder().encode
@@ -97,6 +99,7 @@ def child_body(
     ttl_s: float | None = None,
     task: str = "",
     digest: bytes = b"",
+    line: bool = False,
 ) -> LinkBody:
     """The body of a delegation from the holder of `parent` to `subject`, never wider."""
     now = time.time()
@@ -114,6 +117,7 @@ def child_body(
         prev=hashlib.blake2b(parent_payload, digest_size=16).digest(),
         task=task,
         digest=digest,
+        line=line and parent.line,
     )
 
 
@@ -247,6 +251,8 @@ class ChainVerifier:
             raise ChainInvalid(
                 f"{where} switches the principal from {parent.principal} to {body.principal}"
             )
+        if body.line and not parent.line:
+            raise ChainInvalid(f"{where} claims the run's line, which its parent does not hold")
         if body.exp > parent.exp:
             raise ChainInvalid(f"{where} extends the expiry past its parent's")
         if body.depth > parent.depth - 1 or parent.depth < 1:

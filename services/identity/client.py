@@ -253,6 +253,7 @@ class IdentityGate:
         to: str,
         scopes: list[str] | None,
         task: tuple[str, bytes] = ("", b""),
+        line: bool = False,
     ) -> Link:
         """A stamped link from this agent to `to` for one task (its id and payload)."""
         if self.key is None:
@@ -269,6 +270,7 @@ class IdentityGate:
             else None,
             task=task[0],
             digest=payload_digest(task[1]),
+            line=line,
         )
         payload, signature = sign_body(body, self.key)
         return await self.client.stamp(

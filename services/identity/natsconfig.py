@@ -22,7 +22,9 @@ from bus.private import write_private
 from .messages import AgentRecord
 
 # Buckets an agent reads (the registry and revocations, to verify chains) but never writes.
-READ_BUCKETS = ("agents", "revoked", "runs")
+READ_BUCKETS = ("agents", "revoked")
+# Buckets an agent opens (their stream info), of which it reads only what the lists here allow.
+INFO_BUCKETS = ("agents", "users", "revoked", "journal", "presence")
 # Buckets an agent writes, each only under keys that end (journal) or start (presence) with
 # its own name.
 OWN_KEY_BUCKETS = {"journal": "*.*.{name}", "presence": "{name}.*"}
@@ -70,8 +72,7 @@ def agent_permissions(
     never write control-plane state (registry, revocations, budgets, audit in another's name,
     other runs' events) nor reach an operator's request subject."""
     p, name = subjects.prefix, agent.name
-    tasks = subjects.stream("TASKS")
-    durable = subjects.durable(name)
+    tasks, durable = subjects.stream("TASKS"), subjects.durable(name)
     timers, timer_durable = subjects.stream("TIMERS"), subjects.timer_durable(name)
     callers = [a.name for a in registry if name in a.handoff_to]
     publish = sorted({subjects.task_from(t, name) for t in (name, *agent.handoff_to, *callers)})
@@ -89,32 +90,28 @@ def agent_permissions(
         f"{p}.svc.identity.pubkey",
         subjects.service("runs", name),  # its runs' records, through the run authority
         "$JS.API.INFO",
-        "$JS.API.STREAM.INFO.*",
+        # its own consumers, which the identity service created at registration: reading and
+        # acking only — a consumer configuration could name other subjects or a delivery
+        # subject anywhere, so an agent never sends one
         f"$JS.API.CONSUMER.INFO.{tasks}.{durable}",
-        f"$JS.API.CONSUMER.DURABLE.CREATE.{tasks}.{durable}",
-        f"$JS.API.CONSUMER.CREATE.{tasks}.{durable}",
-        f"$JS.API.CONSUMER.CREATE.{tasks}.{durable}.>",
         f"$JS.API.CONSUMER.MSG.NEXT.{tasks}.{durable}",
         f"$JS.ACK.{tasks}.{durable}.>",
         subjects.timer(name),
         f"$JS.API.CONSUMER.INFO.{timers}.{timer_durable}",
-        f"$JS.API.CONSUMER.DURABLE.CREATE.{timers}.{timer_durable}",
-        f"$JS.API.CONSUMER.CREATE.{timers}.{timer_durable}",
-        f"$JS.API.CONSUMER.CREATE.{timers}.{timer_durable}.>",
         f"$JS.API.CONSUMER.MSG.NEXT.{timers}.{timer_durable}",
         f"$JS.ACK.{timers}.{timer_durable}.>",
         "$JS.FC.>",
     ]
+    for bucket in INFO_BUCKETS:
+        publish.append(f"$JS.API.STREAM.INFO.KV_{subjects.bucket(bucket)}")
     for bucket in READ_BUCKETS:
         kv = subjects.bucket(bucket)
         publish += [
             f"$JS.API.DIRECT.GET.KV_{kv}.>",
             f"$JS.API.DIRECT.GET.KV_{kv}",
-            f"$JS.API.STREAM.MSG.GET.KV_{kv}",
             f"$JS.API.CONSUMER.CREATE.KV_{kv}",
             f"$JS.API.CONSUMER.CREATE.KV_{kv}.>",
             f"$JS.API.CONSUMER.INFO.KV_{kv}.*",
-            f"$JS.API.CONSUMER.DELETE.KV_{kv}.*",
         ]
     for bucket, pattern in OWN_KEY_BUCKETS.items():
         kv = subjects.bucket(bucket)

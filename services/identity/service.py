@@ -32,6 +32,7 @@ from bus import (
 from bus.private import write_private
 from bus.rpc import reply_error, reply_ok
 from bus.runtime import stop_on_signals
+from bus.streams import ensure_agent_consumers
 from bus.subjects import check_name
 
 from .chain import (
@@ -123,6 +124,7 @@ class IdentityService:
             nkey=req.nkey,
         )
         await self.registry.put_agent(record)
+        await ensure_agent_consumers(self.bus, req.name)
         await self.audit(
             "agent/add", "allow", "admin", "admin", detail={"agent": req.name, "scopes": req.scopes}
         )
@@ -180,6 +182,9 @@ class IdentityService:
         if req.kind not in ("agent", "user", "token", "link"):
             raise ConfigError(f"cannot revoke a {req.kind!r}: use agent, user, token or link")
         await self.registry.revoke(f"{req.kind}:{req.id}", req.reason)
+        if req.kind == "agent" and (record := await self.registry.agent(req.id)) is not None:
+            # the record too: the NATS authorization block drops a revoked agent's user
+            await self.registry.put_agent(msgspec.structs.replace(record, revoked=True))
         await self.audit(
             f"{req.kind}/revoke",
             "allow",
@@ -234,6 +239,7 @@ class IdentityService:
             nonce=new_nonce(),
             task=req.task_id,
             digest=req.digest,
+            line=True,
         )
         payload, signature = sign_body(body, self.key)
         stamp = stamp_payload(payload, self.key)
@@ -397,6 +403,9 @@ async def serve_identity(settings: Settings) -> int:
         await ensure(bus, default_topology(bus.subjects, bus.settings.stream_replicas))
         registry = await Registry.open(bus)
         await registry.put_service_key(key.verify_key)
+        for agent in await registry.all_agents():  # consumers of agents registered before
+            if not agent.revoked:
+                await ensure_agent_consumers(bus, agent.name)
         service = IdentityService(bus, registry, key)
         subject = f"{bus.subjects.prefix}.svc.identity.>"
         sub = await bus.serve(subject, service.handle, queue="identity")

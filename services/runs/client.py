@@ -10,7 +10,7 @@ import msgspec
 
 from bus import Bus, Link, rpc
 
-from .store import RunChange, RunRecord, RunStore, Waiter
+from .store import Look, NoRun, RunChange, RunRecord, RunStore, Waiter
 
 
 class RunRequest(msgspec.Struct, frozen=True, kw_only=True):
@@ -23,7 +23,7 @@ class RunRequest(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class RunReply(msgspec.Struct, frozen=True, kw_only=True):
-    record: RunRecord
+    record: RunRecord | None  # None: no such run (a `Look` at a run published without submit)
     changed: bool
 
 
@@ -62,12 +62,22 @@ class AuthorityRunWriter:
         reply = await rpc.call_as(
             self.bus, self.subject, RunRequest(run_id=run_id, change=change, chain=chain), RunReply
         )
+        if reply.record is None:
+            raise NoRun(f"no run {run_id}")
         return reply.record, reply.changed
 
 
-def run_writer(bus: Bus, store: RunStore, agent: str) -> RunWriter:
-    """The authority under NATS authentication, else the bucket itself."""
-    if bus.settings.nats_auth:
+async def look(writer: RunWriter, run_id: str, chain: tuple[Link, ...]) -> RunRecord | None:
+    """The run's record as the asking agent may see it, or None if there is none yet."""
+    try:
+        return (await writer.change(run_id, Look(), chain))[0]
+    except NoRun:
+        return None
+
+
+def run_writer(bus: Bus, store: RunStore | None, agent: str) -> RunWriter:
+    """The authority under NATS authentication (or without a store), else the bucket itself."""
+    if bus.settings.nats_auth or store is None:
         return AuthorityRunWriter(bus, agent)
     return DirectRunWriter(store, agent)
 

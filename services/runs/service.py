@@ -19,11 +19,12 @@ from bus import Bus, ChainInvalid, ConfigError, PermissionDenied, RelayError
 from bus.kv import Bucket
 from bus.rpc import reply_error, reply_ok
 from bus.subjects import check_name
+from services.identity.chain import LinkBody
 from services.identity.client import IdentityGate, publish_audit
 from services.identity.messages import AuditRecord
 
 from .client import RunReply, RunRequest
-from .store import RunStore
+from .store import Finish, MarkRunning, NoRun, RegisterWait, Reopen, RunChange, RunStore
 
 log = logging.getLogger("relaybus.runs")
 _request = msgspec.json.Decoder(RunRequest)
@@ -56,7 +57,10 @@ class RunAuthority:
                 raise ConfigError("bad run request: values nested too deeply") from None
             check_name("run", req.run_id)
             await self._check(agent, req)
-            record, changed = await self.store.change(req.run_id, req.change, agent)
+            try:
+                record, changed = await self.store.change(req.run_id, req.change, agent)
+            except NoRun:
+                return reply_ok(RunReply(record=None, changed=False))
             return reply_ok(RunReply(record=record, changed=changed))
         except RelayError as exc:
             return reply_error(exc)
@@ -65,7 +69,10 @@ class RunAuthority:
         if self.gate is None:
             return  # identity off: no chains to check (development)
         try:
-            await self.gate.verify(req.chain, req.run_id, agent)
+            view = await self.gate.verify(req.chain, req.run_id, agent)
+            problem = _beyond(view.last, req.change)
+            if problem:
+                raise ChainInvalid(problem)
         except ChainInvalid as exc:
             reason = f"agent {agent} does not hold run {req.run_id}: {exc}"
             await publish_audit(
@@ -87,6 +94,18 @@ class RunAuthority:
         if record is not None and record.submitted_by.startswith("user:"):
             return record.submitted_by.removeprefix("user:")
         return "unknown"
+
+
+def _beyond(link: LinkBody, change: RunChange) -> str:
+    """Why the task this chain authorizes may not make `change`, or ""."""
+    if isinstance(change, MarkRunning | Finish | Reopen) and not link.line:
+        return (
+            f"task {link.task or '(none)'} is a child call, not the run's line: only the agent "
+            "holding the run's line starts, finishes or reopens it"
+        )
+    if isinstance(change, RegisterWait) and change.task_id != link.task:
+        return f"the chain authorizes task {link.task or '(none)'}, not task {change.task_id}"
+    return ""
 
 
 async def serve_runs(bus: Bus) -> Any:

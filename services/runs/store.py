@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 import msgspec
 
-from bus import ErrorInfo, RelayError
+from bus import ErrorInfo, PermissionDenied, RelayError
 from bus.kv import Bucket, RevisionConflict
 
 RunStatus = Literal["submitted", "running", "completed", "failed", "cancelled"]
@@ -94,7 +94,7 @@ class Finish(msgspec.Struct, frozen=True, kw_only=True, tag="finish"):
     """The run's line ended."""
 
     status: RunStatus
-    result: msgspec.Raw = msgspec.Raw(b"")
+    result: msgspec.Raw = msgspec.Raw(b"null")
     error: ErrorInfo | None = None
     steps: int = 0
     hops: int = 0
@@ -114,13 +114,19 @@ class CancelTasks(msgspec.Struct, frozen=True, kw_only=True, tag="cancel_tasks")
     task_ids: list[str]
 
 
-RunChange = MarkRunning | Reopen | CountFailure | Finish | RegisterWait | CancelTasks
+class Look(msgspec.Struct, frozen=True, tag="look"):
+    """Read the record (what the runtime needs: status, cancelled tasks); changes nothing."""
+
+
+RunChange = MarkRunning | Reopen | CountFailure | Finish | RegisterWait | CancelTasks | Look
 
 
 def apply(record: RunRecord, change: RunChange, agent: str, now: float) -> bool:
     """Apply what `agent` asked; False if the record stays as it is. Agents never set who
     submitted a run, nor its signals: those are the operator's."""
     match change:
+        case Look():
+            return False
         case MarkRunning():
             if record.status != "submitted":
                 return False
@@ -137,7 +143,7 @@ def apply(record: RunRecord, change: RunChange, agent: str, now: float) -> bool:
             record.status = change.status
             record.ended = now
             raw = bytes(change.result)
-            record.result = msgspec.json.decode(raw) if raw else None
+            record.result = msgspec.json.decode(raw) if raw.strip() else None
             record.error = change.error
             record.steps = max(record.steps, change.steps)
             record.hops = max(record.hops, change.hops)
@@ -145,6 +151,12 @@ def apply(record: RunRecord, change: RunChange, agent: str, now: float) -> bool:
         case RegisterWait():
             if change.name in record.signals:
                 return False
+            held = record.waits.get(change.name)
+            if held is not None and held.agent != agent:
+                raise PermissionDenied(
+                    f"signal {change.name!r} of run {record.run_id} is awaited by {held.agent}; "
+                    f"{agent} cannot take it over (use another signal name)"
+                )
             record.waits[change.name] = Waiter(agent=agent, task_id=change.task_id)
         case CancelTasks():
             new = [t for t in change.task_ids if t not in record.cancelled_tasks]
@@ -238,6 +250,8 @@ class RunStore:
             try:
                 return await self.update(run_id, step), changed
             except NoRun:
+                if isinstance(change, Look):
+                    raise
                 record = RunRecord(run_id=run_id, agent=agent, started=time.time())
                 step(record)
                 try:

@@ -42,6 +42,7 @@ def fault_settings(url: str, tmp_path: Path, **extra: object) -> Settings:
         home=tmp_path / "home",
         identity=True,
         ledger=True,
+        nats_auth=False,  # a bare test server (tests/security runs secured stacks)
         ack_wait_s=2.0,
         max_deliver=12,
         **extra,

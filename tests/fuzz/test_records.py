@@ -85,7 +85,7 @@ async def test_dlq_list_skips_records_that_are_not_dead_letters(bus: Bus, data: 
 
 @pytest.mark.parametrize(
     "target",
-    ["audit.alice", "ledger.entry.p0", "svc.ledger.hold", "task.other", "task.echo.x"],
+    ["audit.alice", "ledger.entry.p0", "svc.ledger.hold", "task.other", "task.echo.x.y"],
 )
 async def test_dlq_replay_puts_data_back_only_on_the_agents_task_subject(
     bus: Bus, target: str

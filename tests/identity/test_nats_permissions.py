@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -10,10 +11,11 @@ import pytest
 
 from agents.submit import submit
 from bus import Bus, NatsServer, Settings, default_topology, ensure
+from bus.streams import ensure_agent_consumers
 from services.identity.messages import AgentRecord
 from services.identity.natsconfig import authorization_block, write_nkey
 
-from ..conftest import Spawn
+from ..conftest import Spawn, service_process, wait_service
 
 
 @pytest.fixture
@@ -63,12 +65,24 @@ def spawn(secured: tuple[NatsServer, Settings]) -> Iterator[Spawn]:  # type: ign
 async def test_an_agent_runs_on_its_nkey_and_cannot_publish_outside_its_permissions(
     secured: tuple[NatsServer, Settings], spawn: Spawn
 ) -> None:
+    with contextlib.ExitStack() as stack:
+        await _agent_runs_on_its_nkey(secured, spawn, stack)
+
+
+async def _agent_runs_on_its_nkey(
+    secured: tuple[NatsServer, Settings], spawn: Spawn, stack: contextlib.ExitStack
+) -> None:
     server, settings = secured
     admin = settings.model_copy(
         update={"nats_url": server.url.replace("nats://", "nats://admin:s3cret@")}
     )
     async with Bus(admin, name="admin") as bus:
         await ensure(bus, default_topology(bus.subjects))
+        for name in ("echo", "i_rogue"):  # what the identity service does at registration
+            await ensure_agent_consumers(bus, name)
+        authority = stack.enter_context(service_process(admin, "identity"))  # run records
+        del authority
+        await wait_service(bus, "identity")
         # an ordinary agent does its whole job under least privilege
         spawn("agents.demo.echo:Echo")
         ok = await submit(bus, "echo", b'{"x": 1}', wait=True, timeout_s=40)

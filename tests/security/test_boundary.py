@@ -380,3 +380,22 @@ async def test_an_agent_cannot_cancel_a_run_or_another_agents_tasks(secure: Secu
             # Then the handler runs to its end
             outcome = await wait_for_run(feed, run.run_id, 60, "sleeper")
     assert outcome.status == "completed", outcome
+
+
+async def test_a_revoked_agent_loses_its_nats_user(secure: SecureStack) -> None:
+    async with Bus(secure.settings) as op:
+        await IdentityClient(op).revoke("agent", "mallory", "compromised")
+    conf = secure.home / "nats-auth.conf"
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 20
+    while (secure.home / "keys" / "mallory.nk").exists() and loop.time() < deadline:
+        from nkeys import from_seed
+
+        public = from_seed((secure.home / "keys" / "mallory.nk").read_bytes()).public_key
+        if public.decode() not in conf.read_text():
+            break
+        await asyncio.sleep(0.1)
+    await asyncio.sleep(0.5)  # the reload
+    with pytest.raises(ConnectionFailed, match="credentials"):
+        async with secure.hostile():
+            pass
