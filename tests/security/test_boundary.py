@@ -29,7 +29,7 @@ from bus.feed import EventFeed
 from bus.stack import public_url, read_stack
 from services.identity.client import IdentityClient, read_audit
 from services.runs.client import AuthorityRunWriter
-from services.runs.store import Finish, RegisterWait
+from services.runs.store import Finish, RegisterWait, Reopen
 
 from .conftest import USER, SecureStack
 
@@ -72,6 +72,20 @@ async def test_a_hostile_agent_cannot_write_control_plane_state(secure: SecureSt
         await _refused(bus, f"{p}.event.RUN.completed.fanout")
         await _refused(bus, f"{p}.audit.alice")
         await _refused(bus, f"{p}.dlq.fanout")
+        # consumer configurations (another agent's subjects, a delivery subject anywhere),
+        # stream subject lists, run records and other agents' journals
+        for api in (
+            "$JS.API.CONSUMER.CREATE.RELAY_TASKS.agent_mallory",
+            "$JS.API.CONSUMER.DURABLE.CREATE.RELAY_TASKS.agent_mallory",
+            "$JS.API.CONSUMER.CREATE.RELAY_TIMERS.timer_mallory",
+            "$JS.API.CONSUMER.CREATE.RELAY_TASKS.x.relay.task.fanout",
+            "$JS.API.STREAM.INFO.RELAY_TASKS",
+            "$JS.API.STREAM.INFO.KV_relay_runs",
+            "$JS.API.DIRECT.GET.KV_relay_runs.$KV.relay_runs.RUN",
+            "$JS.API.DIRECT.GET.KV_relay_journal.$KV.relay_journal.r.t.fanout",
+            "$JS.API.STREAM.MSG.GET.KV_relay_journal",
+        ):
+            await _refused(bus, api)
     # and the registry still says what the operator registered
     async with Bus(secure.settings) as op:
         agents = {a["name"]: a for a in await IdentityClient(op).list_agents()}
@@ -268,6 +282,34 @@ async def test_the_run_authority_refuses_an_agent_outside_the_run(secure: Secure
         assert await store.get(run.run_id) == before
         denials = await read_audit(op, USER, run_id=run.run_id, decision="deny")
     assert {d.action for d in denials} == {"run/Finish", "run/RegisterWait"}
+
+
+async def test_a_compromised_child_cannot_finish_the_run_or_take_its_waits(
+    secure: SecureStack,
+) -> None:
+    # Given a fan-out run whose child has answered, and the child's own (valid) chain
+    secure.start_agent("runtime_agents:FanOut")
+    secure.start_agent("runtime_agents:Child")
+    async with Bus(secure.settings) as op:
+        run = await submit(
+            op, "fanout", b'{"items": [{"x": 1}]}', sender=f"user:{USER}",
+            token=secure.token, wait=True, timeout_s=60,
+        )
+        assert run.status == "completed"
+        child_task = await _child_task(op, run.run_id)
+        before = await (await run_store(op)).get(run.run_id)
+        # When the child (compromised) asks the run authority with that chain
+        async with secure.hostile("child") as bus:
+            writer = AuthorityRunWriter(bus, "child")
+            for change in (
+                Finish(status="completed", result=msgspec.Raw(b'"forged"')),
+                Reopen(),
+                RegisterWait(name="approval", task_id=run.run_id),
+            ):
+                with pytest.raises(PermissionDenied, match="does not hold run"):
+                    await writer.change(run.run_id, change, child_task.chain)
+        # Then the run's record is unchanged
+        assert await (await run_store(op)).get(run.run_id) == before
 
 
 async def test_a_dead_letter_an_agent_wrote_for_another_is_not_replayed(
