@@ -13,7 +13,7 @@ import msgspec
 
 from bus import Bus, RelayError, Settings, decode
 from bus import cli as bus_cli
-from bus.feed import EventFeed
+from bus.feed import EventFeed, from_the_run
 from bus.kv import Bucket
 from bus.runtime import EXIT_OK
 from services.identity.chain import decode_body, link_id
@@ -66,7 +66,9 @@ async def ledger_run_cost(bus: Bus, run_id: str) -> int | None:
 
 async def load_tree(bus: Bus, run_id: str) -> runtree.RunTree:
     async with EventFeed(bus, run_id, replay=True) as feed:
-        events = await feed.stored()
+        sourced = await feed.stored_sourced()
+    entry = next((e.recipient for e, src in sourced if e.kind == "submitted" and not src), "")
+    events = from_the_run(sourced, entry) if entry else [e for e, _ in sourced]
     if not events:
         raise RelayError(f"no events for run {run_id}; `relaybus runs` lists the recent ones")
     tree = runtree.build(run_id, events)

@@ -80,16 +80,20 @@ class EventFeed:
 
     async def stored(self, first_timeout_s: float = 1.0) -> list[Event]:
         """Every event stored so far (with `replay=True`), without waiting for new ones."""
-        out: list[Event] = []
+        return [event for event, _ in await self.stored_sourced(first_timeout_s)]
+
+    async def stored_sourced(self, first_timeout_s: float = 1.0) -> list[tuple[Event, str]]:
+        """`stored`, each event with the agent that published it ("" for services/operators)."""
+        out: list[tuple[Event, str]] = []
         timeout = first_timeout_s
         while True:
             try:
                 msg = await self._sub.next_msg(timeout=timeout)
             except (TimeoutError, nats.errors.TimeoutError):
                 return out
-            event = _event(msg.data)
+            event = self._checked(msg.subject, msg.data)
             if event is not None:
-                out.append(event)
+                out.append((event, self.bus.subjects.source_of(msg.subject)))
             if msg.metadata.num_pending == 0:
                 return out
             timeout = 5.0
@@ -110,7 +114,35 @@ class EventFeed:
                 msg = await self._sub.next_msg(timeout=left)
             except (TimeoutError, nats.errors.TimeoutError):
                 return None
-            event = _event(msg.data)
+            event = self._checked(msg.subject, msg.data)
             if event is not None:
                 return event, self.bus.subjects.source_of(msg.subject)
         return None
+
+    def _checked(self, subject: str, data: bytes) -> Event | None:
+        """The event, if its body names the run its subject names (an agent may publish any
+        body on its own event subjects; the subject's run is what readers may rely on)."""
+        event = _event(data)
+        run = subject.split(".")[len(self.bus.subjects.prefix.split(".")) + 1]
+        if event is not None and event.run_id != run:
+            log.warning("skipping an event for run %s published under run %s", event.run_id, run)
+            return None
+        return event
+
+
+def from_the_run(events: list[tuple[Event, str]], entry: str) -> list[Event]:
+    """The events published by the run's own agents: `entry` (the agent it was submitted to),
+    then every agent one of those called or handed it to, and by services and operators. An
+    agent outside the run can publish events under its own name for any run; they are left
+    out."""
+    holders = {entry}
+    while True:
+        grown = holders | {
+            e.recipient
+            for e, source in events
+            if source in holders and e.kind in ("call", "handoff") and e.recipient
+        }
+        if grown == holders:
+            break
+        holders = grown
+    return [e for e, source in events if not source or source in holders]

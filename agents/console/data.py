@@ -10,7 +10,7 @@ from typing import Any
 
 from bus import Bus, Event, RelayError
 from bus import cli as bus_cli
-from bus.feed import EventFeed
+from bus.feed import EventFeed, from_the_run
 from bus.subjects import check_name
 from services.ledger.client import LedgerClient
 
@@ -77,7 +77,10 @@ class ConsoleData:
         if not visible:
             raise NotFound(f"no run {run_id}")
         async with EventFeed(self.bus, run_id, replay=True) as feed:
-            events = await feed.stored(first_timeout_s=0.5)
+            sourced = await feed.stored_sourced(first_timeout_s=0.5)
+        events = from_the_run(sourced, record.agent) if record and record.agent else [
+            e for e, _ in sourced
+        ]
         if record is None and not events:
             raise NotFound(f"no run {run_id}")
         tree = runtree.build(run_id, events)

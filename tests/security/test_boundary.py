@@ -441,3 +441,30 @@ async def test_a_revoked_agent_loses_its_nats_user(secure: SecureStack) -> None:
     with pytest.raises(ConnectionFailed, match="credentials"):
         async with secure.hostile():
             pass
+
+
+async def test_the_console_and_trace_leave_out_events_from_outside_the_run(
+    secure: SecureStack,
+) -> None:
+    from agents.observe import load_tree
+
+    secure.start_agent("runtime_agents:Approver")
+    async with Bus(secure.settings) as op:
+        run = await submit(op, "approver", b"{}", sender=f"user:{USER}", token=secure.token)
+        async with EventFeed(op, run.run_id, replay=True) as feed:
+            await _next_kind(feed, "suspended")
+        async with secure.hostile() as bus:
+            for kind in ("completed", "denied"):
+                fake = Event(run_id=run.run_id, kind=kind, detail="forged by mallory")
+                await bus.publish_bytes(
+                    bus.subjects.event(run.run_id, kind, "mallory"), event_encoder.encode(fake)
+                )
+            # and one aimed at another run's readers from this run's subject
+            other = Event(run_id=new_id(), kind="completed", detail="forged by mallory")
+            await bus.publish_bytes(
+                bus.subjects.event(run.run_id, "completed", "mallory"),
+                event_encoder.encode(other),
+            )
+        tree = await load_tree(op, run.run_id)
+    assert tree.status != "completed"
+    assert not any("forged" in d for d in tree.denials), tree.denials
