@@ -455,7 +455,10 @@ async def test_the_console_and_trace_leave_out_events_from_outside_the_run(
             await _next_kind(feed, "suspended")
         async with secure.hostile() as bus:
             for kind in ("completed", "denied"):
-                fake = Event(run_id=run.run_id, kind=kind, detail="forged by mallory")
+                fake = Event(
+                    run_id=run.run_id, kind=kind, detail="forged by mallory",
+                    envelope_id=run.run_id, sender="user:alice", recipient="approver",
+                )
                 await bus.publish_bytes(
                     bus.subjects.event(run.run_id, kind, "mallory"), event_encoder.encode(fake)
                 )
