@@ -76,7 +76,7 @@ async def raw_consume(url: str, stream: str, count: int, ready: Any) -> list[int
 
 
 async def bus_consume(url: str, prefix: str, count: int, ready: Any) -> list[int]:
-    settings = Settings.from_env({}, nats_url=url, prefix=prefix)
+    settings = Settings.from_env({}, nats_url=url, prefix=prefix, nats_auth=False)
     lat: list[int] = []
     last = [0]
     stop = asyncio.Event()
@@ -132,7 +132,7 @@ async def measure(
 ) -> dict[str, float]:
     name = f"B{tag}"
     prefix = name.lower()
-    settings = Settings.from_env({}, nats_url=url, prefix=prefix)
+    settings = Settings.from_env({}, nats_url=url, prefix=prefix, nats_auth=False)
     async with Bus(settings, name="bench-producer") as bus:
         if kind == "raw":
             config = api.StreamConfig(

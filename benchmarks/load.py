@@ -28,6 +28,7 @@ from bus import Bus, NatsServer, Settings, default_topology, ensure
 from bus.feed import EventFeed
 from bus.streams import StreamSpec, ensure_stream
 from services.identity.client import IdentityClient, write_agent_key
+from services.identity.natsconfig import write_nkey
 from services.ledger.client import LedgerClient
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -64,7 +65,8 @@ async def setup_identity(bus: Bus, settings: Settings) -> str:
     client = IdentityClient(bus)
     for name, handoff in POLICY.items():
         key = write_agent_key(settings.home.resolve(), name).verify_key
-        await client.add_agent(name, key, ["load"], handoff)
+        nkey = write_nkey(settings.home.resolve(), name)  # agents take the secure path
+        await client.add_agent(name, key, ["load"], handoff, nkey)
     await client.add_user(USER, ["load"], [])
     return str((await client.issue_token(USER))["token"])
 

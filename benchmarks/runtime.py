@@ -106,7 +106,7 @@ async def main() -> int:
     args = parser.parse_args()
     out: dict[str, object] = {}
     with tempfile.TemporaryDirectory() as tmp, NatsServer(Path(tmp) / "nats") as server:
-        settings = Settings.from_env({}, nats_url=server.url)
+        settings = Settings.from_env({}, nats_url=server.url, nats_auth=False)
         async with Bus(settings, name="bench") as bus:
             await ensure(bus, default_topology(bus.subjects))
             for replicas in (1, 3):

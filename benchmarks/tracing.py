@@ -79,7 +79,7 @@ async def main() -> int:
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp, NatsServer(Path(tmp) / "nats") as server:
-        settings = Settings.from_env({}, nats_url=server.url)
+        settings = Settings.from_env({}, nats_url=server.url, nats_auth=False)
         async with Bus(settings, name="bench") as bus:
             await ensure(bus, default_topology(bus.subjects))
             plain = await plain_hop_us(bus)
