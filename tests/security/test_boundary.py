@@ -8,7 +8,6 @@ import asyncio
 import time
 
 import msgspec
-import nats
 import pytest
 
 from agents.messages import ChildResult, SignalBody
@@ -41,13 +40,21 @@ async def _refused(bus: Bus, subject: str, data: bytes = b"{}") -> None:
 
 
 async def test_an_anonymous_local_process_cannot_connect(secure: SecureStack) -> None:
+    # a plain local process speaking the NATS protocol with no credentials
     record = read_stack(secure.settings)
     assert record is not None
-    with pytest.raises((nats.errors.Error, OSError)):
-        nc = await nats.connect(
-            public_url(record.nats_url), allow_reconnect=False, connect_timeout=3
-        )
-        await nc.close()
+    host, port = public_url(record.nats_url).removeprefix("nats://").rsplit(":", 1)
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        info = await asyncio.wait_for(reader.readline(), 5)
+        assert info.startswith(b"INFO ") and b'"auth_required":true' in info
+        writer.write(b'CONNECT {"verbose":false,"pedantic":false}\r\nPUB relay.task.echo 2\r\n{}\r\nPING\r\n')
+        await writer.drain()
+        answer = await asyncio.wait_for(reader.readline(), 5)
+    finally:
+        writer.close()
+        await writer.wait_closed()
+    assert b"Authorization Violation" in answer, answer
 
 
 async def test_a_hostile_agent_cannot_write_control_plane_state(secure: SecureStack) -> None:
