@@ -131,7 +131,20 @@ class State:
 
 
 def digest(op: Op) -> str:
-    return hashlib.sha256(msgspec.json.encode(op)).hexdigest()
+    """The op's body fingerprint for idempotency: every field, keys sorted. Not the wire
+    encoding: `omit_defaults` drops a default string only when it is the very same object, so
+    the same op decoded from a journal and built in code would encode differently."""
+    return hashlib.sha256(msgspec.json.encode(_canonical(op), order="sorted")).hexdigest()
+
+
+def _canonical(value: object) -> object:
+    if isinstance(value, msgspec.Struct):
+        return {f: _canonical(getattr(value, f)) for f in value.__struct_fields__}
+    if isinstance(value, dict):
+        return {k: _canonical(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_canonical(v) for v in value]
+    return value
 
 
 def _amount(op: Op, allow_zero: bool = False) -> None:

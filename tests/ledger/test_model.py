@@ -183,3 +183,33 @@ def test_rate_limits_per_agent_and_resource_are_decided_from_the_journal(state: 
         apply(replayed, entry)
     with pytest.raises(RateLimited):  # the windows rebuild from the journal
         decide(replayed, hold("h6", 1, rate=key), 1064.0)
+
+
+def test_a_retried_op_decoded_from_json_is_the_same_op() -> None:
+    """A capture rebuilt from a journal (its strings fresh objects, tags in another order) is
+    the same operation as the one built in code: the retry gets the first result."""
+    import msgspec
+
+    from services.ledger.model import digest
+
+    built = Op(
+        kind="capture",
+        id="c1",
+        transfer="h1",
+        amount=3,
+        currency="USD",
+        tags={"run": "r", "tool": "t"},
+    )
+    wire = msgspec.json.encode(
+        {
+            "kind": "capture",
+            "id": "c1",
+            "transfer": "h1",
+            "amount": 3,
+            "currency": "USD",
+            "tags": {"tool": "t", "run": "r"},
+        }
+    )
+    decoded = msgspec.json.decode(wire, type=Op)
+    assert digest(decoded) == digest(built)
+    assert digest(msgspec.structs.replace(built, amount=4)) != digest(built)
