@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import math
 import re
 import time
 from typing import Literal
@@ -116,4 +117,7 @@ def decode(data: bytes, max_bytes: int | None = None) -> Envelope:
         value = getattr(env, name)
         if not _TOKEN_RE.match(value) and (value or name in _REQUIRED):
             raise EnvelopeInvalid(f"envelope field `{name}` = {value[:80]!r} is not a valid name")
+    for name in ("deadline", "created_at"):  # NaN compares false: a deadline that never passes
+        if not math.isfinite(getattr(env, name)):
+            raise EnvelopeInvalid(f"envelope field `{name}` must be a finite number of seconds")
     return env

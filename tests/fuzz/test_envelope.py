@@ -88,6 +88,8 @@ def test_mutated_valid_envelopes_decode_or_are_refused(data: st.DataObject) -> N
 @example("parent_id", "")
 @example("id", "")
 @example("hop", 2**64 - 1)
+@example("deadline", float("nan"))  # regression: a deadline that never passes
+@example("created_at", float("inf"))
 @example("chain", [{"payload": "not bytes", "signature": b""}])
 @example("trail", {"a": 1})
 def test_a_wrong_value_in_any_field_is_refused_naming_that_field(name: str, value: Any) -> None:
