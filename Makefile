@@ -30,7 +30,7 @@ typecheck: $(DEV_STAMP)
 	$(BIN)/mypy
 
 pytest: $(DEV_STAMP)
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q -m "not slow" -n 4  # the tests wait on processes and servers more than on CPU
 
 # the long fault tests (cluster failover, kill -9 of everything); .ci/run runs them after `make test`
 test-slow: $(DEV_STAMP)
