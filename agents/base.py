@@ -11,8 +11,8 @@ from typing import Any, ClassVar
 import msgspec
 import pydantic
 
-from bus import Reject
-from bus.subjects import check_name
+from relaybus.bus import Reject
+from relaybus.bus.subjects import check_name
 
 if typing.TYPE_CHECKING:
     from .context import Context

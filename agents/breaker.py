@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from bus import CircuitOpen
+from relaybus.bus import CircuitOpen
 
 
 class Breaker:

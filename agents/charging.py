@@ -9,11 +9,11 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from bus import Bus, RateLimited, Retry
-from bus.envelope import derived_id
-from services.ledger.client import LedgerClient
-from services.ledger.lease import Lease
-from services.ledger.prices import PriceTable
+from relaybus.bus import Bus, RateLimited, Retry
+from relaybus.bus.envelope import derived_id
+from relaybus.services.ledger.client import LedgerClient
+from relaybus.services.ledger.lease import Lease
+from relaybus.services.ledger.prices import PriceTable
 
 from .breaker import Breaker
 

@@ -13,9 +13,9 @@ import subprocess
 import sys
 from typing import Any
 
-from bus import Bus, RelayError, Settings
-from bus import cli as bus_cli
-from bus.runtime import (
+from relaybus.bus import Bus, RelayError, Settings
+from relaybus.bus import cli as bus_cli
+from relaybus.bus.runtime import (
     EXIT_ERROR,
     EXIT_INTERRUPTED,
     EXIT_OK,
@@ -23,7 +23,7 @@ from bus.runtime import (
     EXIT_USAGE,
     setup_logging,
 )
-from bus.telemetry import Telemetry
+from relaybus.bus.telemetry import Telemetry
 
 from .base import Agent
 from .control import cancel_run, send_signal
@@ -31,7 +31,7 @@ from .observe import chain_of
 from .observe import register as register_observe
 from .submit import has_consumer, parse_payload, run_store, submit
 
-SELF_COMMAND = [sys.executable, "-m", "agents.cli"]
+SELF_COMMAND = [sys.executable, "-m", "relaybus.agents.cli"]
 
 
 def stack_services(settings: Settings) -> dict[str, list[str]]:
@@ -46,11 +46,11 @@ def stack_services(settings: Settings) -> dict[str, list[str]]:
 
 async def service(args: argparse.Namespace, settings: Settings) -> Any:
     if args.name == "identity":
-        from services.identity.service import serve_identity as serve
+        from relaybus.services.identity.service import serve_identity as serve
     elif args.name == "ledger":
-        from services.ledger.service import serve_ledger as serve
+        from relaybus.services.ledger.service import serve_ledger as serve
     else:
-        from memory.service import serve_memory as serve
+        from relaybus.memory.service import serve_memory as serve
     with Telemetry(args.name, settings, args.metrics_port):
         return await serve(settings)
 
@@ -72,8 +72,8 @@ async def identity_chain(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _stack_auth(settings: Settings) -> Any:
-    from bus import Subjects
-    from services.identity.natsconfig import RegistryAuth
+    from relaybus.bus import Subjects
+    from relaybus.services.identity.natsconfig import RegistryAuth
 
     return RegistryAuth(Subjects(settings.prefix))
 
@@ -85,7 +85,7 @@ def load_agent(spec: str) -> type[Agent]:
     """`MODULE:CLASS`, importable from the current directory."""
     module_name, _, class_name = spec.partition(":")
     if not module_name or not class_name:
-        raise RelayError(f"{spec!r} is not MODULE:CLASS (for example agents.demo.echo:Echo)")
+        raise RelayError(f"{spec!r} is not MODULE:CLASS (for example relaybus.agents.demo.echo:Echo)")
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
     try:
@@ -108,7 +108,7 @@ def agent_run(args: argparse.Namespace, settings: Settings) -> Any:
         from .process import serve_agent
 
         return serve_agent(cls(), settings, args.concurrency, args.metrics_port)
-    from services.identity.natsconfig import nkey_path
+    from relaybus.services.identity.natsconfig import nkey_path
 
     if settings.nats_auth and not nkey_path(settings.home.resolve(), cls.name).exists():
         from .process import register_on_first_run  # once, before the replicas race to it
@@ -325,13 +325,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus metrics here")
     p.set_defaults(func=service)
 
-    from services.identity.cli import register as register_identity
+    from relaybus.services.identity.cli import register as register_identity
 
     register_identity(sub)
-    from services.ledger.cli import register as register_ledger
+    from relaybus.services.ledger.cli import register as register_ledger
 
     register_ledger(sub)
-    from memory.cli import register as register_memory
+    from relaybus.memory.cli import register as register_memory
 
     register_memory(sub)
     identity_parser = sub.choices["identity"]
@@ -347,7 +347,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .llm.cli import register as register_llm
 
     register_llm(sub)
-    from services.payments.cli import register as register_payments
+    from relaybus.services.payments.cli import register as register_payments
 
     register_payments(sub)
     from .demo.run import register as register_demo

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import msgspec
 
-from bus import (
+from relaybus.bus import (
     CircuitOpen,
     DataRefused,
     Envelope,
@@ -33,11 +33,11 @@ from bus import (
     metrics,
     tracing,
 )
-from bus.envelope import derived_id
-from memory.client import MemoryClient
-from memory.messages import Caller
-from services.identity.chain import ChainView, decode_body
-from services.identity.messages import AuditRecord
+from relaybus.bus.envelope import derived_id
+from relaybus.memory.client import MemoryClient
+from relaybus.memory.messages import Caller
+from relaybus.services.identity.chain import ChainView, decode_body
+from relaybus.services.identity.messages import AuditRecord
 
 from .base import encode_result
 from .charging import PendingCapture
@@ -413,7 +413,7 @@ class Context:
         replay returns the recorded answer and never calls twice) and charged to the run's
         budgets from the reported token usage and the price table.
 
-        With `tools`, the model may answer with `tool_calls`; `agents.llm.use_tools` runs
+        With `tools`, the model may answer with `tool_calls`; `relaybus.agents.llm.use_tools` runs
         them through `ctx.tool` (and so through the authorization gate) and loops."""
         client = self._worker.llm_client()
         model = model or client.model

@@ -7,8 +7,8 @@ from typing import Any
 
 import msgspec
 
-from bus import Bus, Envelope, ErrorInfo, Event, RelayError, new_id
-from bus.events import event_encoder
+from relaybus.bus import Bus, Envelope, ErrorInfo, Event, RelayError, new_id
+from relaybus.bus.events import event_encoder
 
 from .messages import Control, SignalBody
 from .runs import TERMINAL_RUN, RunRecord

@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-from bus import DataRefused, ErrorInfo, PaymentRefused, PermissionDenied, RelayError, RunFailed
+from relaybus.bus import (
+    DataRefused,
+    ErrorInfo,
+    PaymentRefused,
+    PermissionDenied,
+    RelayError,
+    RunFailed,
+)
 
 
 class LimitExceeded(RelayError):

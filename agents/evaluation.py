@@ -26,7 +26,7 @@ from typing import Any, Literal
 import msgspec
 from opentelemetry import trace
 
-from bus import Envelope, metrics
+from relaybus.bus import Envelope, metrics
 
 from .llm import LLMClient
 

@@ -13,8 +13,8 @@ from typing import Literal
 
 import msgspec
 
-from bus import ErrorInfo, RelayError
-from bus.kv import Bucket, RevisionConflict
+from relaybus.bus import ErrorInfo, RelayError
+from relaybus.bus.kv import Bucket, RevisionConflict
 
 Status = Literal["running", "suspended", "completed", "failed", "cancelled"]
 FINAL: frozenset[str] = frozenset({"completed", "failed", "cancelled"})

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from bus import Envelope
+from relaybus.bus import Envelope
 
 LOOP_REPEATS = 4
 MAX_CYCLE = 4

@@ -6,7 +6,7 @@ from typing import Literal
 
 import msgspec
 
-from bus import ErrorInfo
+from relaybus.bus import ErrorInfo
 
 
 class ChildResult(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):

@@ -11,13 +11,13 @@ from typing import Any
 
 import msgspec
 
-from bus import Bus, RelayError, Settings, decode
-from bus import cli as bus_cli
-from bus.feed import EventFeed, from_the_run
-from bus.kv import Bucket
-from bus.runtime import EXIT_OK
-from services.identity.chain import decode_body, link_id
-from services.ledger.client import LedgerClient
+from relaybus.bus import Bus, RelayError, Settings, decode
+from relaybus.bus import cli as bus_cli
+from relaybus.bus.feed import EventFeed, from_the_run
+from relaybus.bus.kv import Bucket
+from relaybus.bus.runtime import EXIT_OK
+from relaybus.services.identity.chain import decode_body, link_id
+from relaybus.services.ledger.client import LedgerClient
 
 from . import runtree
 from .journal import Journal

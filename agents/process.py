@@ -12,14 +12,22 @@ from typing import Any
 
 import msgspec
 
-from bus import Bus, ConfigError, ConnectionFailed, Consumer, Settings, default_topology, ensure
-from bus.cli import AgentBeat
-from bus.kv import Bucket
-from bus.runtime import stop_on_signals
-from bus.stack import read_stack
-from bus.streams import ensure_agent_consumers, timer_consumer
-from bus.telemetry import Telemetry
-from services.identity.natsconfig import inbox_prefix, nkey_path
+from relaybus.bus import (
+    Bus,
+    ConfigError,
+    ConnectionFailed,
+    Consumer,
+    Settings,
+    default_topology,
+    ensure,
+)
+from relaybus.bus.cli import AgentBeat
+from relaybus.bus.kv import Bucket
+from relaybus.bus.runtime import stop_on_signals
+from relaybus.bus.stack import read_stack
+from relaybus.bus.streams import ensure_agent_consumers, timer_consumer
+from relaybus.bus.telemetry import Telemetry
+from relaybus.services.identity.natsconfig import inbox_prefix, nkey_path
 
 from .base import Agent
 from .worker import Worker
@@ -77,8 +85,8 @@ async def register_on_first_run(agent: Agent, settings: Settings) -> None:
     """The quick start: an agent run against the local stack (whose operator credentials are
     under RELAYBUS_HOME) registers itself, with the scopes and handoffs its class declares.
     Anywhere else, registration is the operator's step: `relaybus identity agent add`."""
-    from services.identity.client import IdentityClient, agent_key_path, write_agent_key
-    from services.identity.natsconfig import write_nkey
+    from relaybus.services.identity.client import IdentityClient, agent_key_path, write_agent_key
+    from relaybus.services.identity.natsconfig import write_nkey
 
     home = settings.home.resolve()
     if settings.nats_url or read_stack(settings) is None:
@@ -105,7 +113,27 @@ async def register_on_first_run(agent: Agent, settings: Settings) -> None:
     log.info("registered agent %s on the local stack (its keys are under %s)", agent.name, home)
 
 
-async def _consume(bus: Bus, agent: Agent, concurrency: int, stop: asyncio.Event) -> Consumer:
+async def run_in_process(
+    agent: Agent,
+    settings: Settings,
+    concurrency: int,
+    stop: asyncio.Event,
+    ready: asyncio.Event | None = None,
+) -> None:
+    """Serve `agent` inside this event loop until `stop` is set (relaybus.testing, embedding
+    apps): no signal handlers, no telemetry exporters; `ready` is set once it consumes."""
+    async with Bus(settings, name=f"agent-{agent.name}", agent=agent.name) as bus:
+        async with agent.lifespan():
+            await _consume(bus, agent, concurrency, stop, ready)
+
+
+async def _consume(
+    bus: Bus,
+    agent: Agent,
+    concurrency: int,
+    stop: asyncio.Event,
+    ready: asyncio.Event | None = None,
+) -> Consumer:
     if not bus.settings.nats_auth:  # under authentication `up` and the identity service
         await ensure(bus, default_topology(bus.subjects, bus.settings.stream_replicas))
         await ensure_agent_consumers(bus, agent.name)  # provision; an agent only reads its own
@@ -125,6 +153,8 @@ async def _consume(bus: Bus, agent: Agent, concurrency: int, stop: asyncio.Event
     log.info(
         "agent %s (pid %d) consuming %s", agent.name, os.getpid(), bus.subjects.task(agent.name)
     )
+    if ready is not None:
+        ready.set()
     try:
         async with asyncio.TaskGroup() as group:
             group.create_task(consumer.run(stop))

@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from bus.events import Event
+from relaybus.bus.events import Event
 
 ENDED = {"returned", "completed", "failed", "cancelled", "dead_lettered"}
 

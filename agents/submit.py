@@ -12,15 +12,16 @@ from typing import Any
 
 import msgspec
 
-from bus import TERMINAL, Bus, Event, RelayError, new_envelope
-from bus.events import event_encoder
-from bus.feed import EventFeed
-from bus.kv import Bucket
-from bus.streams import agent_consumer, consumer_exists
-from bus.subjects import check_name
-from services.identity.client import IdentityClient
-from services.ledger.client import LedgerClient
-from services.ledger.model import Budget
+from relaybus.bus import TERMINAL, Bus, ErrorInfo, Event, RelayError, new_envelope
+from relaybus.bus.envelope import derived_id
+from relaybus.bus.events import event_encoder
+from relaybus.bus.feed import EventFeed
+from relaybus.bus.kv import Bucket, RevisionConflict
+from relaybus.bus.streams import agent_consumer, consumer_exists
+from relaybus.bus.subjects import check_name
+from relaybus.services.identity.client import IdentityClient
+from relaybus.services.ledger.client import LedgerClient
+from relaybus.services.ledger.model import Budget
 
 from .runs import RunRecord, RunStore
 
@@ -35,6 +36,7 @@ class RunOutcome(msgspec.Struct, kw_only=True):
     result: Any = None
     error: str | None = None
     cost: int = 0
+    error_info: ErrorInfo | None = None  # the error's type and fields (not printed by the CLI)
 
     def as_json(self) -> dict[str, Any]:
         """`{"run_id", "status", "result", "error", "cost"}`, as the CLI contract prints it."""
@@ -107,24 +109,41 @@ async def submit(
     token: str | None = None,
     scopes: list[str] | None = None,
     budget: int | None = None,
+    run_id: str | None = None,
 ) -> RunOutcome:
     """Publish a task for `agent` as a new run; with `wait`, return once the run has ended.
 
     With `token` (or RELAYBUS_IDENTITY on), the identity service authenticates `sender`
-    (user:ID) and stamps the root link of the run's chain, optionally narrowed to `scopes`."""
+    (user:ID) and stamps the root link of the run's chain, optionally narrowed to `scopes`.
+
+    With `run_id` (the caller's own id, e.g. an order number), submitting is idempotent: if
+    that run exists, nothing new starts and its outcome (or `submitted`) is returned; if an
+    earlier attempt stopped before the run's first task was taken, the same task is re-sent
+    (its id derives from the run id, so JetStream and the worker's journal store it once)."""
     check_name("agent", agent)
+    if run_id is not None:
+        check_name("run", run_id)
     if max_hops < 1 or max_steps < 0:
         raise RelayError("max_hops must be >= 1 and max_steps >= 0")
+    runs = await run_store(bus)
+    if run_id is not None and (existing := await runs.get(run_id)) is not None:
+        if existing.agent != agent or existing.submitted_by != sender:
+            raise RunIdTaken(run_id, existing.agent, existing.submitted_by)
+        if existing.status != "submitted":
+            return await _follow(bus, run_id, agent, wait, timeout_s)
     deadline = time.time() + deadline_s if deadline_s else 0.0
     env = new_envelope(
         kind="task",
         sender=sender,
         recipient=agent,
         payload=payload,
+        run_id=run_id,
         max_hops=max_hops,
         max_steps=max_steps,
         deadline=deadline,
     )
+    if run_id is not None:
+        env = msgspec.structs.replace(env, id=derived_id(run_id, "submit", agent))
     if token is not None or bus.settings.identity:
         if token is None:
             raise RelayError("identity is on: publish as a user with --as USER --token TOKEN")
@@ -148,10 +167,15 @@ async def submit(
             f"budget-{env.run_id}", Budget(level=level, limit=budget)
         )
         env = msgspec.structs.replace(env, budget=level)
-    runs = await run_store(bus)
-    await runs.create(
-        RunRecord(run_id=env.run_id, agent=agent, submitted_by=sender, started=env.created_at)
-    )
+    try:
+        await runs.create(
+            RunRecord(run_id=env.run_id, agent=agent, submitted_by=sender, started=env.created_at)
+        )
+    except RevisionConflict:
+        if run_id is None:
+            raise
+        # another submit of the same run id won the race (or an earlier attempt of this one):
+        # re-sending its deterministic task below is stored once
     async with contextlib.AsyncExitStack() as stack:
         feed = (
             await stack.enter_async_context(EventFeed(bus, env.run_id, replay=True))
@@ -169,6 +193,27 @@ async def submit(
             return RunOutcome(run_id=env.run_id, status="submitted")
         return await wait_for_run(feed, env.run_id, timeout_s, agent)
     raise AssertionError("unreachable")
+
+
+class RunIdTaken(RelayError):
+    """A caller-chosen run id already names a run of another agent or another submitter."""
+
+    def __init__(self, run_id: str, agent: str, submitted_by: str) -> None:
+        super().__init__(
+            f"run id {run_id!r} is already a run of {agent!r} submitted by {submitted_by}; "
+            "choose another run id (one per unit of work, e.g. your order number)"
+        )
+        self.run_id = run_id
+        self.agent = agent
+        self.submitted_by = submitted_by
+
+
+async def _follow(bus: Bus, run_id: str, agent: str, wait: bool, timeout_s: float) -> RunOutcome:
+    """The outcome of a run that already exists (idempotent submit of the same run id)."""
+    if not wait:
+        return RunOutcome(run_id=run_id, status="submitted")
+    async with EventFeed(bus, run_id, replay=True) as feed:
+        return await wait_for_run(feed, run_id, timeout_s, agent)
 
 
 async def wait_for_run(
@@ -204,7 +249,12 @@ def outcome_of(event: Event) -> RunOutcome:
         error = event.detail or event.kind
     status = {"completed": "completed", "cancelled": "cancelled"}.get(event.kind, "failed")
     return RunOutcome(
-        run_id=event.run_id, status=status, result=result, error=error, cost=event.cost
+        run_id=event.run_id,
+        status=status,
+        result=result,
+        error=error,
+        cost=event.cost,
+        error_info=event.error,
     )
 
 

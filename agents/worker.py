@@ -22,7 +22,7 @@ import msgspec
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind
 
-from bus import (
+from relaybus.bus import (
     Abandon,
     BudgetExceeded,
     Bus,
@@ -43,16 +43,16 @@ from bus import (
     metrics,
     tracing,
 )
-from bus.envelope import derived_id
-from bus.events import TERMINAL, event_encoder
-from bus.kv import Bucket, RevisionConflict
-from services.identity.chain import ChainView, decode_body
-from services.identity.client import IdentityGate, args_digest, read_agent_key
-from services.identity.messages import AuditRecord
-from services.ledger.client import LedgerClient
-from services.ledger.prices import load_prices
-from services.runs.client import look, run_writer
-from services.runs.store import (
+from relaybus.bus.envelope import derived_id
+from relaybus.bus.events import TERMINAL, event_encoder
+from relaybus.bus.kv import Bucket, RevisionConflict
+from relaybus.services.identity.chain import ChainView, decode_body
+from relaybus.services.identity.client import IdentityGate, args_digest, read_agent_key
+from relaybus.services.identity.messages import AuditRecord
+from relaybus.services.ledger.client import LedgerClient
+from relaybus.services.ledger.prices import load_prices
+from relaybus.services.runs.client import look, run_writer
+from relaybus.services.runs.store import (
     CancelTasks,
     CountFailure,
     Finish,

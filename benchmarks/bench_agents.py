@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from agents import Agent, Context
+from relaybus.agents import Agent, Context
 
 
 class Orchestrator(Agent):
@@ -35,7 +35,7 @@ class Steps(Agent):
 
 import pydantic  # noqa: E402
 
-from agents import tool  # noqa: E402
+from relaybus.agents import tool  # noqa: E402
 
 LOAD_TOOL_COST = 2
 

@@ -6,7 +6,7 @@ import asyncio
 import statistics
 import time
 
-from bus import Bus, Consumer, Delivery, new_envelope
+from relaybus.bus import Bus, Consumer, Delivery, new_envelope
 
 
 async def plain_hop_us(bus: Bus, agent: str = "plainhop", count: int = 300) -> float:

@@ -27,7 +27,7 @@ import msgspec
 import nats
 from nats.js import api
 
-from bus import (
+from relaybus.bus import (
     Bus,
     Consumer,
     Delivery,

@@ -16,7 +16,7 @@ from pathlib import Path
 import msgspec
 from nacl.signing import SigningKey
 
-from bus import (
+from relaybus.bus import (
     Bus,
     Consumer,
     Delivery,
@@ -28,7 +28,7 @@ from bus import (
     new_envelope,
     new_id,
 )
-from services.identity.chain import (
+from relaybus.services.identity.chain import (
     DEFAULT_DEPTH,
     ChainVerifier,
     LinkBody,
@@ -37,7 +37,7 @@ from services.identity.chain import (
     sign_body,
     stamp_payload,
 )
-from services.identity.scopes import parse_scope
+from relaybus.services.identity.scopes import parse_scope
 
 SERVICE = SigningKey.generate()
 AGENTS = {n: SigningKey.generate() for n in ("orch", "research", "writer")}

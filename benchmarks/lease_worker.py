@@ -8,9 +8,9 @@ import os
 import sys
 import time
 
-from bus import BudgetExceeded, Bus, Settings
-from services.ledger.client import LedgerClient
-from services.ledger.lease import Lease
+from relaybus.bus import BudgetExceeded, Bus, Settings
+from relaybus.services.ledger.client import LedgerClient
+from relaybus.services.ledger.lease import Lease
 
 
 async def main(steps: int, chunk: int) -> None:

@@ -21,15 +21,15 @@ from pathlib import Path
 
 from common import plain_hop_us
 
-from bus import (
+from relaybus.bus import (
     Bus,
     NatsServer,
     Settings,
     default_topology,
     ensure,
 )
-from services.ledger.client import LedgerClient
-from services.ledger.model import Budget
+from relaybus.services.ledger.client import LedgerClient
+from relaybus.services.ledger.model import Budget
 
 HERE = Path(__file__).resolve().parent
 
@@ -46,7 +46,7 @@ async def main() -> None:
         settings = Settings.from_env({}, nats_url=server.url, home=Path(tmp) / "home")
         env = {**os.environ, **settings.env(), "RELAYBUS_LOG_LEVEL": "WARNING"}
         ledger_proc = subprocess.Popen(
-            [sys.executable, "-m", "agents.cli", "service", "ledger"], env=env
+            [sys.executable, "-m", "relaybus.agents.cli", "service", "ledger"], env=env
         )
         try:
             async with Bus(settings, name="bench") as bus:

@@ -8,8 +8,8 @@ import os
 import sys
 import time
 
-from bus import Bus, Settings
-from services.ledger.client import LedgerClient
+from relaybus.bus import Bus, Settings
+from relaybus.services.ledger.client import LedgerClient
 
 
 async def main(steps: int) -> None:

@@ -23,13 +23,13 @@ from pathlib import Path
 from bench_agents import LOAD_TOOL_COST
 from runtime import percentile, stop
 
-from agents.submit import submit
-from bus import Bus, NatsServer, Settings, default_topology, ensure
-from bus.feed import EventFeed
-from bus.streams import StreamSpec, ensure_stream
-from services.identity.client import IdentityClient, write_agent_key
-from services.identity.natsconfig import write_nkey
-from services.ledger.client import LedgerClient
+from relaybus.agents.submit import submit
+from relaybus.bus import Bus, NatsServer, Settings, default_topology, ensure
+from relaybus.bus.feed import EventFeed
+from relaybus.bus.streams import StreamSpec, ensure_stream
+from relaybus.services.identity.client import IdentityClient, write_agent_key
+from relaybus.services.identity.natsconfig import write_nkey
+from relaybus.services.ledger.client import LedgerClient
 
 ROOT = Path(__file__).resolve().parent.parent
 USER = "loaduser"
@@ -47,7 +47,7 @@ def child_env(settings: Settings) -> dict[str, str]:
 
 def start(settings: Settings, *args: str) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
-        [sys.executable, "-m", "agents.cli", *args], env=child_env(settings), cwd=ROOT
+        [sys.executable, "-m", "relaybus.agents.cli", *args], env=child_env(settings), cwd=ROOT
     )
 
 

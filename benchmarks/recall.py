@@ -18,14 +18,14 @@ from pathlib import Path
 
 from common import plain_hop_us
 
-from bus import Bus, NatsServer, Settings, default_topology, ensure
-from memory.client import MemoryClient
-from memory.edge import EdgeStore
-from memory.embed import LexicalEmbedder
-from memory.keywords import document_keywords, query_keywords
-from memory.messages import Caller
-from memory.service import COLLECTION, MemoryService
-from memory.store import StoredPoint, point_id
+from relaybus.bus import Bus, NatsServer, Settings, default_topology, ensure
+from relaybus.memory.client import MemoryClient
+from relaybus.memory.edge import EdgeStore
+from relaybus.memory.embed import LexicalEmbedder
+from relaybus.memory.keywords import document_keywords, query_keywords
+from relaybus.memory.messages import Caller
+from relaybus.memory.service import COLLECTION, MemoryService
+from relaybus.memory.store import StoredPoint, point_id
 
 SYLLABLES = "ka lo mi ra ven tor bel dun sa fi ro quin mar tal zu pe gra nox li da".split()
 CITIES = "berlin lyon osaka lima oslo porto austin dublin seoul perth quito turin".split()
@@ -102,8 +102,8 @@ def score(rankings: list[list[str]], truths: list[str]) -> dict[str, float]:
 
 async def quality_per_embedder(size: int, queries: int) -> None:
     """Recall quality of each embedder on the same generated set, in-process (no service)."""
-    from memory.minilm import MiniLMEmbedder
-    from memory.store import Scope
+    from relaybus.memory.minilm import MiniLMEmbedder
+    from relaybus.memory.store import Scope
 
     rng = random.Random(11)
     data = facts(rng, size)

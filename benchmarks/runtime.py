@@ -21,15 +21,15 @@ from pathlib import Path
 
 from common import plain_hop_us
 
-from agents.submit import submit
-from bus import (
+from relaybus.agents.submit import submit
+from relaybus.bus import (
     Bus,
     NatsServer,
     Settings,
     default_topology,
     ensure,
 )
-from bus.feed import EventFeed
+from relaybus.bus.feed import EventFeed
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -47,7 +47,7 @@ def start(settings: Settings, spec: str, *args: str) -> subprocess.Popen[bytes]:
         "PYTHONPATH": f"{ROOT / 'benchmarks'}{os.pathsep}{ROOT}",
     }
     return subprocess.Popen(
-        [sys.executable, "-m", "agents.cli", "agent", "run", spec, *args], env=env, cwd=ROOT
+        [sys.executable, "-m", "relaybus.agents.cli", "agent", "run", spec, *args], env=env, cwd=ROOT
     )
 
 

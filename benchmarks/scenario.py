@@ -22,8 +22,8 @@ from pathlib import Path
 
 from runtime import percentile
 
-from agents.demo.procs import SELF_COMMAND, Processes
-from agents.demo.setup import (
+from relaybus.agents.demo.procs import SELF_COMMAND, Processes
+from relaybus.agents.demo.setup import (
     DEMO_USER,
     RUN_BUDGET,
     SPECS,
@@ -31,12 +31,12 @@ from agents.demo.setup import (
     request_payload,
     write_prices,
 )
-from agents.submit import submit
-from bus import Bus, Settings
-from bus.feed import EventFeed
-from bus.stack import read_stack
-from bus.streams import StreamSpec, ensure_stream
-from bus.supervisor import start_detached, stop_stack
+from relaybus.agents.submit import submit
+from relaybus.bus import Bus, Settings
+from relaybus.bus.feed import EventFeed
+from relaybus.bus.stack import read_stack
+from relaybus.bus.streams import StreamSpec, ensure_stream
+from relaybus.bus.supervisor import start_detached, stop_stack
 
 
 async def raw_chain_ms(bus: Bus, hops: int, rounds: int) -> list[float]:

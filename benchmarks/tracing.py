@@ -23,9 +23,18 @@ from common import plain_hop_us
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind
 
-from bus import Bus, Consumer, Delivery, NatsServer, Settings, default_topology, ensure, tracing
-from bus.envelope import Envelope
-from bus.telemetry import Telemetry
+from relaybus.bus import (
+    Bus,
+    Consumer,
+    Delivery,
+    NatsServer,
+    Settings,
+    default_topology,
+    ensure,
+    tracing,
+)
+from relaybus.bus.envelope import Envelope
+from relaybus.bus.telemetry import Telemetry
 
 
 async def relay_hop_us(bus: Bus, agent: str, hops: int) -> float:

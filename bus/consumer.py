@@ -112,6 +112,10 @@ class Consumer:
                 _, late = await asyncio.wait(tasks, timeout=self.grace_s)
                 for task in late:  # unacked: redelivered to another replica after ack_wait
                     task.cancel()
+        except asyncio.CancelledError:  # stopped at once (an embedding app, a test's crash):
+            for task in tasks:  # nothing in flight is acked; it comes back after ack_wait
+                task.cancel()
+            raise
         finally:
             beat.cancel()
             await psub.unsubscribe()

@@ -1,6 +1,6 @@
 """The OpenTelemetry instruments every relaybus process records into.
 
-They come from the API's global meter: until `bus.telemetry.install` sets an SDK provider (a
+They come from the API's global meter: until `relaybus.bus.telemetry.install` sets an SDK provider (a
 Prometheus endpoint with `--metrics-port`, or OTLP), recording is a no-op costing a method call.
 Durations are in seconds; costs in integer micro-units, recorded by the ledger (the source of
 truth) so a crashed agent process cannot lose them.

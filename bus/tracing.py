@@ -1,5 +1,5 @@
 """OpenTelemetry tracing: W3C trace context in NATS headers, the tracer, and the JSON-lines
-span files `RELAYBUS_TRACE_DIR` asks for (`bus.telemetry` installs the exporters).
+span files `RELAYBUS_TRACE_DIR` asks for (`relaybus.bus.telemetry` installs the exporters).
 
 With nothing configured there is no SDK provider and every call here is a cheap no-op.
 """

@@ -16,10 +16,10 @@ from typing import Any
 
 import msgspec
 
-from bus import Bus, MemoryRefused, Settings, new_id, rpc
-from bus.cli import emit
-from bus.runtime import EXIT_OK
-from services.identity.client import IdentityClient
+from relaybus.bus import Bus, MemoryRefused, Settings, new_id, rpc
+from relaybus.bus.cli import emit
+from relaybus.bus.runtime import EXIT_OK
+from relaybus.services.identity.client import IdentityClient
 
 from .client import MemoryClient
 from .gc import parse_ttl, policy_from

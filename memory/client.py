@@ -8,7 +8,7 @@ from typing import Any
 
 from opentelemetry.trace import SpanKind
 
-from bus import Bus, rpc, tracing
+from relaybus.bus import Bus, rpc, tracing
 
 from .messages import (
     Caller,
@@ -94,7 +94,7 @@ class MemoryClient:
         )
 
     async def gc(self, dry_run: bool = True, **policy: Any) -> dict[str, Any]:
-        """One garbage-collection pass over this tenant's own memories (`memory.messages.Gc`
+        """One garbage-collection pass over this tenant's own memories (`relaybus.memory.messages.Gc`
         fields as `policy`); `dry_run` only reports the candidates."""
         body = TenantGc(caller=self.caller, dry_run=dry_run, **policy)
         return dict(await self._call("gc", body))

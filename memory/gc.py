@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Any
 
-from bus import ConfigError, MemoryRefused, Settings
+from relaybus.bus import ConfigError, MemoryRefused, Settings
 
 from .messages import Gc
 from .store import Hit, Scope, VectorStore, owned

@@ -1,6 +1,6 @@
 """Garbage collection and stats: per tenant (`gc`, `stats`: the caller's own memories, through its
 chain) and across tenants (`admin_gc`, `admin_stats`: operator and service connections only —
-agents' NATS users may not publish to them, see `memory.messages.AGENT_OPS`)."""
+agents' NATS users may not publish to them, see `relaybus.memory.messages.AGENT_OPS`)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from bus import RelayError, Settings
+from relaybus.bus import RelayError, Settings
 
 from .gc import collect, policy_from
 from .messages import Gc, Stats, TenantGc

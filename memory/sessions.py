@@ -10,8 +10,8 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from bus import MemoryRefused
-from bus.kv import Bucket, RevisionConflict
+from relaybus.bus import MemoryRefused
+from relaybus.bus.kv import Bucket, RevisionConflict
 
 from .messages import Remember, SessionOp, Turn
 

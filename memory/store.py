@@ -14,7 +14,7 @@ from typing import Any, Protocol
 
 import msgspec
 
-from bus.errors import MemoryRefused
+from relaybus.bus.errors import MemoryRefused
 
 from .keywords import Sparse
 

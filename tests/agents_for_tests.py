@@ -8,7 +8,7 @@ from pathlib import Path
 
 import msgspec
 
-from agents import Agent, Context
+from relaybus.agents import Agent, Context
 
 
 class Job(msgspec.Struct):

@@ -6,7 +6,7 @@ interpolation and YAML merge keys, and checks:
 
 - each relaybus service's command against the real `relaybus` argparse parser; `MODULE:CLASS`
   specs import and are Agent subclasses named like their service; the setup script's
-  registrations match `agents.demo.setup`;
+  registrations match `relaybus.agents.demo.setup`;
 - each environment block: every `RELAYBUS_*` name is a Settings field and `Settings.from_env`
   accepts the block; the endpoints in it (NATS, Qdrant, OTLP, model, SMTP, prices) point at
   the services and ports the other files declare;
@@ -43,12 +43,12 @@ from urllib.parse import unquote, urlsplit
 
 import yaml
 
-from agents.cli import agent_run, build_parser, load_agent
-from agents.demo import setup as demo
-from bus import RelayError, Settings
-from services.identity.client import agent_key_path
-from services.identity.natsconfig import nkey_path
-from services.ledger.prices import load_prices
+from relaybus.agents.cli import agent_run, build_parser, load_agent
+from relaybus.agents.demo import setup as demo
+from relaybus.bus import RelayError, Settings
+from relaybus.services.identity.client import agent_key_path
+from relaybus.services.identity.natsconfig import nkey_path
+from relaybus.services.ledger.prices import load_prices
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE_DIR = ROOT / "compose"

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from bus import Bus, NatsServer, Settings, default_topology, ensure
-from bus.server import cluster_specs, free_port
+from relaybus.bus import Bus, NatsServer, Settings, default_topology, ensure
+from relaybus.bus.server import cluster_specs, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 TESTS = ROOT / "tests"
@@ -70,7 +70,7 @@ def spawn(settings: Settings) -> Iterator[Spawn]:
 
     def start(spec: str, *args: str, **extra_env: str) -> subprocess.Popen[bytes]:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "agents.cli", "agent", "run", spec, *args],
+            [sys.executable, "-m", "relaybus.agents.cli", "agent", "run", spec, *args],
             env=child_env(settings, **extra_env),
             cwd=ROOT,
             stdin=subprocess.DEVNULL,
@@ -123,7 +123,7 @@ def cluster(tmp_path: Path) -> Iterator[list[NatsServer]]:
 def service_process(settings: Settings, name: str, *args: str) -> Iterator[subprocess.Popen[bytes]]:
     """`relaybus service NAME` as a real process, stopped by its pid afterwards."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "agents.cli", "service", name, *args],
+        [sys.executable, "-m", "relaybus.agents.cli", "service", name, *args],
         env=child_env(settings),
         cwd=ROOT,
         stdin=subprocess.DEVNULL,
@@ -142,7 +142,7 @@ def service_process(settings: Settings, name: str, *args: str) -> Iterator[subpr
 
 async def wait_service(bus: Bus, name: str, timeout_s: float = 15.0) -> None:
     """Wait (bounded) until the service answers anything on `<prefix>.svc.<name>.ping`."""
-    from bus import RelayError
+    from relaybus.bus import RelayError
 
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout_s

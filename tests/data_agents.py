@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from agents import Agent, Context
-from agents.tools import DataTools
+from relaybus.agents import Agent, Context
+from relaybus.agents.tools import DataTools
 
 DATA = DataTools.from_settings()
 

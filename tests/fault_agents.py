@@ -11,7 +11,7 @@ from typing import Any
 import msgspec
 import pydantic
 
-from agents import Agent, Context, tool
+from relaybus.agents import Agent, Context, tool
 
 CHARGE_COST = 3
 EFFECT_COST = 7

@@ -6,7 +6,7 @@ from typing import Any
 
 import pydantic
 
-from agents import Agent, Context, tool
+from relaybus.agents import Agent, Context, tool
 
 
 class Search(pydantic.BaseModel):
@@ -92,7 +92,7 @@ class Rogue(Agent):
     name = "i_rogue"
 
     async def handle(self, ctx: Context, task: dict[str, Any]) -> str:
-        from bus import new_envelope
+        from relaybus.bus import new_envelope
 
         env = new_envelope(
             kind="task", sender=self.name, recipient="i_writer", payload=b"{}", run_id=ctx.run_id

@@ -6,8 +6,8 @@ import asyncio
 import os
 import sys
 
-from bus import BudgetExceeded, Bus, Settings
-from services.ledger.client import LedgerClient
+from relaybus.bus import BudgetExceeded, Bus, Settings
+from relaybus.services.ledger.client import LedgerClient
 
 
 async def main(run: str, unit: int) -> None:

@@ -7,8 +7,8 @@ from typing import Any
 import msgspec
 import pydantic
 
-from agents import Agent, Context, tool
-from agents.llm import prompt, use_tools
+from relaybus.agents import Agent, Context, tool
+from relaybus.agents.llm import prompt, use_tools
 
 
 class Note(pydantic.BaseModel):

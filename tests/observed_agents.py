@@ -9,8 +9,8 @@ from typing import Any
 
 import pydantic
 
-from agents import Agent, Context, tool
-from agents.evaluation import Check, LLMJudge
+from relaybus.agents import Agent, Context, tool
+from relaybus.agents.evaluation import Check, LLMJudge
 
 
 class PriceArgs(pydantic.BaseModel):

@@ -6,11 +6,11 @@ import asyncio
 import os
 from typing import Any
 
-from agents import Agent, Context
-from agents.errors import ChildFailed
-from agents.llm import prompt, use_tools
-from agents.tools.payments import authorize_payment, refund_payment, settle
-from bus import PaymentRefused
+from relaybus.agents import Agent, Context
+from relaybus.agents.errors import ChildFailed
+from relaybus.agents.llm import prompt, use_tools
+from relaybus.agents.tools.payments import authorize_payment, refund_payment, settle
+from relaybus.bus import PaymentRefused
 
 
 class Buyer(Agent):

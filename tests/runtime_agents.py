@@ -11,7 +11,7 @@ from typing import Any
 import msgspec
 import pydantic
 
-from agents import Agent, ChildFailed, Context, tool
+from relaybus.agents import Agent, ChildFailed, Context, tool
 
 
 def append(path: str, line: str) -> int:
@@ -61,7 +61,7 @@ class Child(Agent):
             await ctx.step("record", append, task.log, str(task.x))
         await asyncio.sleep(task.sleep_s)
         if task.fail:
-            from bus import Reject
+            from relaybus.bus import Reject
 
             raise Reject(f"child {task.x} cannot do this")
         return task.x * 2
@@ -133,7 +133,7 @@ class Wobbly(Agent):
     async def handle(self, ctx: Context, task: dict[str, Any]) -> str:
         await ctx.step(f"pick-{random.randrange(10**9)}", lambda: 1)
         if ctx.attempt == 1:
-            from bus import Retry
+            from relaybus.bus import Retry
 
             raise Retry("try again", delay_s=0.1)
         return "unreachable"
@@ -148,7 +148,7 @@ class Clock(Agent):
         now, rnd = ctx.now(), ctx.random()
         seen = await ctx.step("seen", lambda: [now, rnd])
         if ctx.attempt == 1:
-            from bus import Retry
+            from relaybus.bus import Retry
 
             raise Retry("again", delay_s=0.1)
         return {"now": now, "random": rnd, "seen_first": seen}
@@ -172,7 +172,7 @@ class ToolUser(Agent):
     async def handle(self, ctx: Context, task: dict[str, Any]) -> int:
         total = await ctx.tool(add, task)
         if ctx.attempt == 1:
-            from bus import Retry
+            from relaybus.bus import Retry
 
             raise Retry("once more", delay_s=0.1)
         return int(total)

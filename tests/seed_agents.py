@@ -6,8 +6,8 @@ import asyncio
 import os
 from typing import Any
 
-from agents import Context
-from agents.demo.agents import DeliverTask, Mailer
+from relaybus.agents import Context
+from relaybus.agents.demo.agents import DeliverTask, Mailer
 
 
 class PausingMailer(Mailer):

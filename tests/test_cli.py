@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from agents.submit import wait_for_run
-from bus import Bus, Settings
-from bus.feed import EventFeed
+from relaybus.agents.submit import wait_for_run
+from relaybus.bus import Bus, Settings
+from relaybus.bus.feed import EventFeed
 
 from .conftest import ROOT, TESTS
 
@@ -28,7 +28,7 @@ def relaybus(
     home: Path, *args: str, timeout: float = 90, **extra: str
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "agents.cli", *args],
+        [sys.executable, "-m", "relaybus.agents.cli", *args],
         capture_output=True,
         text=True,
         cwd=ROOT,
@@ -69,7 +69,7 @@ def start_agent(
 ) -> None:
     procs.append(
         subprocess.Popen(
-            [sys.executable, "-m", "agents.cli", "agent", "run", spec, *args],
+            [sys.executable, "-m", "relaybus.agents.cli", "agent", "run", spec, *args],
             cwd=ROOT,
             env=relaybus_env(home, **extra),
             text=True,
@@ -82,7 +82,7 @@ def test_up_publish_wait_down_from_another_terminal(
 ) -> None:
     status = json.loads(relaybus(stack, "status", "--json").stdout)
     assert status["services"]["nats"] == "up" and status["nats_url"].startswith("nats://127.0.0.1:")
-    start_agent(stack, agent_procs, "agents.demo.echo:Echo", "--replicas", "2")
+    start_agent(stack, agent_procs, "relaybus.agents.demo.echo:Echo", "--replicas", "2")
     out = relaybus(stack, "publish", "echo", '{"x": 1}', "--wait", "--json", "--timeout", "60")
     assert out.returncode == 0, out.stderr
     body = json.loads(out.stdout)
@@ -182,16 +182,16 @@ def test_secure_stack_admits_only_registered_agents_on_their_nkeys(
             import time
 
             time.sleep(0.05)
-        start_agent(home, agent_procs, "agents.demo.echo:Echo", RELAYBUS_NATS_AUTH="1")
+        start_agent(home, agent_procs, "relaybus.agents.demo.echo:Echo", RELAYBUS_NATS_AUTH="1")
         out = relaybus(home, "publish", "echo", '{"x": 1}', "--wait", "--json", "--timeout", "60")
         assert out.returncode == 0, out.stderr
         assert json.loads(out.stdout)["result"] == {"x": 1}
         # Then an agent with a key the registry does not know cannot even connect
-        from services.identity.natsconfig import write_nkey
+        from relaybus.services.identity.natsconfig import write_nkey
 
         write_nkey(home, "typed")
         stranger = subprocess.run(
-            [sys.executable, "-m", "agents.cli", "agent", "run", "agents_for_tests:Typed"],
+            [sys.executable, "-m", "relaybus.agents.cli", "agent", "run", "agents_for_tests:Typed"],
             capture_output=True,
             text=True,
             cwd=ROOT,

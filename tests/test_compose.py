@@ -19,13 +19,13 @@ from typing import Any
 
 import pytest
 
-from agents.demo import setup as demo
-from bus import Bus, ConnectionFailed, Settings, default_topology, ensure
-from bus.server import find_binary, free_port
-from services.identity.client import write_agent_key
-from services.identity.messages import AgentRecord
-from services.identity.natsconfig import inbox_prefix, nkey_path, write_nkey
-from services.identity.registry import Registry
+from relaybus.agents.demo import setup as demo
+from relaybus.bus import Bus, ConnectionFailed, Settings, default_topology, ensure
+from relaybus.bus.server import find_binary, free_port
+from relaybus.services.identity.client import write_agent_key
+from relaybus.services.identity.messages import AgentRecord
+from relaybus.services.identity.natsconfig import inbox_prefix, nkey_path, write_nkey
+from relaybus.services.identity.registry import Registry
 
 from .compose_checks import (
     COMPOSE_DIR,
@@ -71,11 +71,11 @@ MUTATIONS = [
      r"RELAYBUS_STREAM_REPLICA is not a relaybus setting"),
     ("docker-compose.yml", "RELAYBUS_LEDGER: \"1\"", "RELAYBUS_LEDGER: \"maybe\"",
      r"Settings.from_env refuses .*RELAYBUS_LEDGER='maybe'"),
-    ("docker-compose.yml", "agents.demo.agents:Research", "agents.demo.agent:Research",
-     r"research: cannot import 'agents.demo.agent'"),
-    ("docker-compose.yml", "agents.demo.agents:Mailer", "agents.demo.agents:Email",
-     r"email: 'agents.demo.agents:Email' is not an Agent subclass"),
-    ("docker-compose.yml", "agents.demo.agents:Writer", "agents.demo.agents:Research",
+    ("docker-compose.yml", "relaybus.agents.demo.agents:Research", "relaybus.agents.demo.agent:Research",
+     r"research: cannot import 'relaybus.agents.demo.agent'"),
+    ("docker-compose.yml", "relaybus.agents.demo.agents:Mailer", "relaybus.agents.demo.agents:Email",
+     r"email: 'relaybus.agents.demo.agents:Email' is not an Agent subclass"),
+    ("docker-compose.yml", "relaybus.agents.demo.agents:Writer", "relaybus.agents.demo.agents:Research",
      r"writer: runs agent 'research'"),
     ("docker-compose.yml", '"--concurrency", "8"', '"--concurrent", "8"',
      r"does not parse: .*unrecognized arguments: --concurrent"),
@@ -545,7 +545,7 @@ async def test_the_three_nodes_authenticate_every_client_and_form_an_r3_cluster(
             "RELAYBUS_HOME": str(home),
         }
         argv = _setup_call(lb, ["relaybus", "identity", "nats-config"])
-        block = _run([sys.executable, "-m", "agents.cli", *argv[1 : argv.index(">")]], setup_env)
+        block = _run([sys.executable, "-m", "relaybus.agents.cli", *argv[1 : argv.index(">")]], setup_env)
         assert block.returncode == 0, block.stderr
         generated = lb.volumes / "nats-auth" / "auth.conf"
         generated.with_suffix(".tmp").write_text(block.stdout)
@@ -598,7 +598,7 @@ async def test_the_three_nodes_authenticate_every_client_and_form_an_r3_cluster(
                 known.nkey = write_nkey(agent_homes["writer"], "writer")
                 await registry.put_agent(known)
             block = _run(
-                [sys.executable, "-m", "agents.cli", *argv[1 : argv.index(">")]], setup_env
+                [sys.executable, "-m", "relaybus.agents.cli", *argv[1 : argv.index(">")]], setup_env
             )
             assert block.returncode == 0, block.stderr
             generated.write_text(block.stdout)

@@ -15,12 +15,12 @@ from typing import Any
 
 import pytest
 
-from agents.llm import ScriptedModel, serve_model
-from agents.submit import submit
-from bus import Bus, Settings, default_topology, ensure
-from bus.server import free_port
-from bus.tracing import read_spans
-from services.ledger.client import LedgerClient
+from relaybus.agents.llm import ScriptedModel, serve_model
+from relaybus.agents.submit import submit
+from relaybus.bus import Bus, Settings, default_topology, ensure
+from relaybus.bus.server import free_port
+from relaybus.bus.tracing import read_spans
+from relaybus.services.ledger.client import LedgerClient
 
 from .conftest import ROOT, Spawn, child_env, service_process, wait_for, wait_service
 
@@ -70,7 +70,7 @@ async def obus(settings: Settings, ledger_metrics_port: int) -> AsyncIterator[Bu
 def cli(settings: Settings, *args: str, lines: bool = False) -> Any:
     """Run `relaybus ARGS` and parse its JSON (a list of objects with `lines=True`)."""
     out = subprocess.run(
-        [sys.executable, "-m", "agents.cli", *args],
+        [sys.executable, "-m", "relaybus.agents.cli", *args],
         env=child_env(settings),
         cwd=ROOT,
         capture_output=True,
@@ -227,7 +227,7 @@ async def test_a_run_is_traced_measured_and_explained_the_same_everywhere(
     assert all({"time", "run_id", "kind", "from", "to", "status"} <= e.keys() for e in events)
     assert events[0]["kind"] == "submitted"
     text = subprocess.run(
-        [sys.executable, "-m", "agents.cli", "watch", "--run", first.run_id, "--limit", "3"],
+        [sys.executable, "-m", "relaybus.agents.cli", "watch", "--run", first.run_id, "--limit", "3"],
         env=child_env(settings),
         cwd=ROOT,
         capture_output=True,

@@ -13,8 +13,8 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
 )
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
-from agents.submit import submit
-from bus import Bus
+from relaybus.agents.submit import submit
+from relaybus.bus import Bus
 
 from .conftest import Spawn, wait_for
 

@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 
-from agents.demo.procs import Processes
-from agents.demo.setup import (
+from relaybus.agents.demo.procs import Processes
+from relaybus.agents.demo.setup import (
     COMPETITORS,
     DEMO_USER,
     INJECTED_ADDRESS,
@@ -28,12 +28,12 @@ from agents.demo.setup import (
     request_payload,
     write_prices,
 )
-from agents.llm import ScriptedModel, serve_model
-from agents.submit import submit
-from agents.tools.mailbox import read_mailbox
-from bus import Bus, Settings, default_topology, ensure
-from bus.feed import EventFeed
-from services.identity.client import read_audit
+from relaybus.agents.llm import ScriptedModel, serve_model
+from relaybus.agents.submit import submit
+from relaybus.agents.tools.mailbox import read_mailbox
+from relaybus.bus import Bus, Settings, default_topology, ensure
+from relaybus.bus.feed import EventFeed
+from relaybus.services.identity.client import read_audit
 
 from .conftest import ROOT, TESTS, Spawn, child_env, service_process, wait_for, wait_service
 
@@ -48,7 +48,7 @@ def relaybus(
     env: dict[str, str], *args: str, timeout: float = 240
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "agents.cli", *args],
+        [sys.executable, "-m", "relaybus.agents.cli", *args],
         env=env,
         cwd=ROOT,
         capture_output=True,
@@ -138,7 +138,7 @@ async def test_model_5xx_bursts_are_retried_and_the_run_completes(tmp_path: Path
         proc = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
-            "agents.cli",
+            "relaybus.agents.cli",
             "demo",
             "--json",
             env=demo_env(tmp_path / "home", RELAYBUS_LLM_BASE_URL=url),

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from agents.submit import submit
-from bus import Bus, Settings
-from bus.tracing import read_spans
+from relaybus.agents.submit import submit
+from relaybus.bus import Bus, Settings
+from relaybus.bus.tracing import read_spans
 
 from .conftest import Spawn, wait_for
 

@@ -19,8 +19,8 @@ import time
 from dataclasses import dataclass
 from urllib.parse import parse_qsl, unquote
 
-from bus import Bus, ConnectionFailed, PermissionDenied, RelayError
-from services.identity.client import IdentityClient
+from relaybus.bus import Bus, ConnectionFailed, PermissionDenied, RelayError
+from relaybus.services.identity.client import IdentityClient
 
 COOKIE = "relaybus_token"
 TOKEN_TTL_S = 15.0  # a revoked token stops working within this long

@@ -15,10 +15,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from bus import Bus, ConnectionFailed, RelayError
-from bus import cli as bus_cli
-from services.identity.client import publish_audit
-from services.identity.messages import AuditRecord
+from relaybus.bus import Bus, ConnectionFailed, RelayError
+from relaybus.bus import cli as bus_cli
+from relaybus.services.identity.client import publish_audit
+from relaybus.services.identity.messages import AuditRecord
 
 from ..control import cancel_run, send_signal
 from .access import Conflict, NotFound, Viewer

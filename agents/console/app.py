@@ -19,7 +19,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from bus import Bus, ConnectionFailed, RelayError
+from relaybus.bus import Bus, ConnectionFailed, RelayError
 
 from . import actions
 from .access import (

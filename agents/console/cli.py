@@ -9,8 +9,8 @@ import socket
 from collections.abc import Iterator
 from typing import Any
 
-from bus import Bus, RelayError, Settings
-from bus.runtime import EXIT_OK
+from relaybus.bus import Bus, RelayError, Settings
+from relaybus.bus.runtime import EXIT_OK
 
 from .access import is_loopback
 

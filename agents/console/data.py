@@ -8,11 +8,11 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
-from bus import Bus, Event, RelayError
-from bus import cli as bus_cli
-from bus.feed import EventFeed, from_the_run
-from bus.subjects import check_name
-from services.ledger.client import LedgerClient
+from relaybus.bus import Bus, Event, RelayError
+from relaybus.bus import cli as bus_cli
+from relaybus.bus.feed import EventFeed, from_the_run
+from relaybus.bus.subjects import check_name
+from relaybus.services.ledger.client import LedgerClient
 
 from .. import runtree
 from ..observe import chain_of, ledger_run_cost

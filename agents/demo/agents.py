@@ -21,7 +21,7 @@ from typing import Annotated, Any
 
 import msgspec
 
-from memory.client import MemoryClient
+from relaybus.memory.client import MemoryClient
 
 from ..base import Agent
 from ..context import Context

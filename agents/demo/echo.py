@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from agents import Agent, Context
+from relaybus.agents import Agent, Context
 
 
 class Echo(Agent):

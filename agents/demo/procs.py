@@ -12,9 +12,9 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
-from bus import RelayError
+from relaybus.bus import RelayError
 
-SELF_COMMAND = [sys.executable, "-m", "agents.cli"]
+SELF_COMMAND = [sys.executable, "-m", "relaybus.agents.cli"]
 
 
 class Processes:

@@ -21,13 +21,13 @@ from typing import Any
 
 import msgspec
 
-from bus import TERMINAL, Bus, ConfigError, RelayError, Settings
-from bus.cli import event_line
-from bus.feed import EventFeed
-from bus.private import write_private
-from bus.stack import is_alive, read_stack
-from bus.supervisor import start_detached, stop_stack
-from services.identity.client import read_audit
+from relaybus.bus import TERMINAL, Bus, ConfigError, RelayError, Settings
+from relaybus.bus.cli import event_line
+from relaybus.bus.feed import EventFeed
+from relaybus.bus.private import write_private
+from relaybus.bus.stack import is_alive, read_stack
+from relaybus.bus.supervisor import start_detached, stop_stack
+from relaybus.services.identity.client import read_audit
 
 from ..llm.client import list_models
 from ..observe import ledger_run_cost, load_tree

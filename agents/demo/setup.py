@@ -8,11 +8,16 @@ from __future__ import annotations
 import tomllib
 from pathlib import Path
 
-from bus import Bus
-from services.identity.client import IdentityClient, agent_key_path, read_agent_key, write_agent_key
-from services.identity.natsconfig import read_nkey, write_nkey
-from services.ledger.client import LedgerClient
-from services.ledger.model import Budget
+from relaybus.bus import Bus
+from relaybus.services.identity.client import (
+    IdentityClient,
+    agent_key_path,
+    read_agent_key,
+    write_agent_key,
+)
+from relaybus.services.identity.natsconfig import read_nkey, write_nkey
+from relaybus.services.ledger.client import LedgerClient
+from relaybus.services.ledger.model import Budget
 
 DEMO_USER = "dana"
 TEAM_DOMAIN = "team.example"
@@ -32,10 +37,10 @@ AGENTS: dict[str, tuple[list[str], list[str]]] = {
     "email": (["email/send"], []),
 }
 SPECS = {
-    "orchestrator": "agents.demo.agents:Orchestrator",
-    "research": "agents.demo.agents:Research",
-    "writer": "agents.demo.agents:Writer",
-    "email": "agents.demo.agents:Mailer",
+    "orchestrator": "relaybus.agents.demo.agents:Orchestrator",
+    "research": "relaybus.agents.demo.agents:Research",
+    "writer": "relaybus.agents.demo.agents:Writer",
+    "email": "relaybus.agents.demo.agents:Mailer",
 }
 ROLE = "analyst"
 ROLE_SCOPES = ["memory", f"email/send:recipient_domain={TEAM_DOMAIN}"]

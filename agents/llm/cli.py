@@ -8,8 +8,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from bus import ConfigError, Settings
-from bus.httpserve import serve_until_stopped
+from relaybus.bus import ConfigError, Settings
+from relaybus.bus.httpserve import serve_until_stopped
 
 from .scripted import ScriptedModel, serve_model
 

@@ -18,7 +18,7 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
-from bus import ConfigError, Settings, UpstreamFailed, metrics, tracing
+from relaybus.bus import ConfigError, Settings, UpstreamFailed, metrics, tracing
 
 RETRYABLE = {408, 409, 425, 429, 500, 502, 503, 504}
 MAX_ATTEMPTS = 4

@@ -26,7 +26,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from bus.httpserve import serve_json
+from relaybus.bus.httpserve import serve_json
 
 from .prompt import data_blocks
 

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from bus import DataRefused, PaymentRefused, PermissionDenied
+from relaybus.bus import DataRefused, PaymentRefused, PermissionDenied
 
 from ..errors import LimitExceeded, ToolArgumentsInvalid
 from .prompt import data_block

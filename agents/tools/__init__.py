@@ -1,6 +1,6 @@
 """Structured data tools: read-only, tenant-scoped SQL and declared HTTP API endpoints.
 
-from agents.tools import DataTools
+from relaybus.agents.tools import DataTools
 
 DATA = DataTools.from_settings()          # RELAYBUS_DATA_SOURCES (a TOML file, see config)
 rows = await ctx.tool(DATA["pricing.price_of"], product="widget")
@@ -14,7 +14,7 @@ import os
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
-from bus import ConfigError, Settings
+from relaybus.bus import ConfigError, Settings
 
 from ..tool import Tool
 from .config import Sources, load_sources

@@ -42,7 +42,7 @@ from pydantic import (
     field_validator,
 )
 
-from bus import ConfigError
+from relaybus.bus import ConfigError
 
 _NAME = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
 _SECRET = re.compile(r"\$\{([A-Z][A-Z0-9_]*)\}")

@@ -33,7 +33,7 @@ from urllib.parse import unquote, urlsplit
 
 from pydantic import BaseModel, Field, field_validator
 
-from bus import ConfigError, UpstreamFailed
+from relaybus.bus import ConfigError, UpstreamFailed
 
 from ..errors import ToolArgumentsInvalid
 from ..tool import tool

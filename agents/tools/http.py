@@ -23,7 +23,7 @@ import httpx
 import pydantic
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
-from bus import ConfigError, DataRefused, UpstreamFailed
+from relaybus.bus import ConfigError, DataRefused, UpstreamFailed
 
 from ..tool import Tool
 from .config import ApiSource, Endpoint, params_model, secret_values

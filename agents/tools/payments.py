@@ -28,12 +28,12 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, Field
 
-from bus import BudgetExceeded, ConfigError, PaymentRefused, Settings
-from services.identity.messages import AuditRecord
-from services.identity.scopes import run_limit
-from services.ledger.client import LedgerClient
-from services.payments.provider import PaymentIntent
-from services.payments.stripe import StripeProvider
+from relaybus.bus import BudgetExceeded, ConfigError, PaymentRefused, Settings
+from relaybus.services.identity.messages import AuditRecord
+from relaybus.services.identity.scopes import run_limit
+from relaybus.services.ledger.client import LedgerClient
+from relaybus.services.payments.provider import PaymentIntent
+from relaybus.services.payments.stripe import StripeProvider
 
 from ..tool import tool
 

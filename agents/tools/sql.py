@@ -31,7 +31,7 @@ import pydantic
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
-from bus import ConfigError, DataRefused
+from relaybus.bus import ConfigError, DataRefused
 
 from ..tool import Tool
 from .config import SqlSource, params_model

@@ -18,7 +18,7 @@ import msgspec
 from nacl.exceptions import BadSignatureError
 from nacl.signing import SigningKey, VerifyKey
 
-from bus import ChainInvalid, Link
+from relaybus.bus import ChainInvalid, Link
 
 from .scopes import Scope, all_narrow
 

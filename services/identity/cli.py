@@ -8,9 +8,9 @@ from typing import Any
 
 import msgspec
 
-from bus import Bus, Settings
-from bus.cli import emit
-from bus.runtime import EXIT_OK
+from relaybus.bus import Bus, Settings
+from relaybus.bus.cli import emit
+from relaybus.bus.runtime import EXIT_OK
 
 from .client import IdentityClient, read_audit, write_agent_key
 from .natsconfig import authorization_block, write_nkey

@@ -12,9 +12,9 @@ from typing import Any
 import msgspec
 from nacl.signing import SigningKey, VerifyKey
 
-from bus import Bus, ChainInvalid, ConfigError, Link, PermissionDenied, RelayError, rpc
-from bus.private import write_private
-from bus.streams import read_matching
+from relaybus.bus import Bus, ChainInvalid, ConfigError, Link, PermissionDenied, RelayError, rpc
+from relaybus.bus.private import write_private
+from relaybus.bus.streams import read_matching
 
 from .chain import (
     ChainVerifier,

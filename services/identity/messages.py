@@ -7,7 +7,7 @@ from typing import Any
 
 import msgspec
 
-from bus import Link
+from relaybus.bus import Link
 
 
 class AgentRecord(msgspec.Struct, kw_only=True, omit_defaults=True):

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import nkeys
 
-from bus import Bus, Subjects
-from bus.private import write_private
+from relaybus.bus import Bus, Subjects
+from relaybus.bus.private import write_private
 
 from .messages import AgentRecord
 
@@ -78,9 +78,9 @@ def agent_permissions(
     publish = sorted({subjects.task_from(t, name) for t in (name, *agent.handoff_to, *callers)})
     publish += [
         f"{p}.svc.ledger.{op}"
-        for op in _service_ops(("services.ledger.messages", "services.ledger.client"), ())
+        for op in _service_ops(("relaybus.services.ledger.messages", "relaybus.services.ledger.client"), ())
     ]
-    publish += [f"{p}.svc.memory.{op}" for op in _service_ops(("memory.messages",), ())]
+    publish += [f"{p}.svc.memory.{op}" for op in _service_ops(("relaybus.memory.messages",), ())]
     publish += [
         f"{p}.event.*.*.{name}",
         f"{p}.control.*.{name}",

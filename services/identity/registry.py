@@ -9,8 +9,8 @@ from __future__ import annotations
 import msgspec
 from nacl.signing import VerifyKey
 
-from bus import Bus
-from bus.kv import Bucket
+from relaybus.bus import Bus
+from relaybus.bus.kv import Bucket
 
 from .messages import AgentRecord, RoleRecord, ServiceInfo, UserRecord
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import msgspec
 
-from bus import ConfigError
+from relaybus.bus import ConfigError
 
 Constraint = str | int | list[str]
 ADDRESS_FIELDS = ("to", "cc", "bcc", "recipient", "recipients", "reply_to")

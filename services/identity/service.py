@@ -19,7 +19,7 @@ from typing import Any
 import msgspec
 from nacl.signing import SigningKey, VerifyKey
 
-from bus import (
+from relaybus.bus import (
     Bus,
     ChainInvalid,
     ConfigError,
@@ -29,11 +29,11 @@ from bus import (
     default_topology,
     ensure,
 )
-from bus.private import write_private
-from bus.rpc import reply_error, reply_ok
-from bus.runtime import stop_on_signals
-from bus.streams import ensure_agent_consumers
-from bus.subjects import check_name
+from relaybus.bus.private import write_private
+from relaybus.bus.rpc import reply_error, reply_ok
+from relaybus.bus.runtime import stop_on_signals
+from relaybus.bus.streams import ensure_agent_consumers
+from relaybus.bus.subjects import check_name
 
 from .chain import (
     DEFAULT_DEPTH,
@@ -410,7 +410,9 @@ async def serve_identity(settings: Settings) -> int:
         subject = f"{bus.subjects.prefix}.svc.identity.>"
         sub = await bus.serve(subject, service.handle, queue="identity")
         log.info("identity service answering on %s", subject)
-        from services.runs.service import serve_runs  # the run authority shares this process
+        from relaybus.services.runs.service import (
+            serve_runs,  # the run authority shares this process
+        )
 
         runs_sub, authority = await serve_runs(bus)
         await stop.wait()

@@ -10,9 +10,9 @@ from datetime import UTC, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from bus import Bus, LedgerError, Settings, new_id
-from bus.cli import emit
-from bus.runtime import EXIT_OK
+from relaybus.bus import Bus, LedgerError, Settings, new_id
+from relaybus.bus.cli import emit
+from relaybus.bus.runtime import EXIT_OK
 
 from .client import LedgerClient
 from .model import Budget

@@ -12,7 +12,7 @@ from typing import Any
 
 from opentelemetry.trace import SpanKind
 
-from bus import Bus, rpc, tracing
+from relaybus.bus import Bus, rpc, tracing
 
 from .messages import AGENT_OPS, OPERATOR_OPS, OPERATOR_QUERIES
 from .model import Budget, Op, RateLimit

@@ -16,7 +16,7 @@ import asyncio
 import os
 import time
 
-from bus import BudgetExceeded
+from relaybus.bus import BudgetExceeded
 
 from .client import LedgerClient
 

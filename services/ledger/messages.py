@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import msgspec
 
-from bus import LedgerError, PermissionDenied
+from relaybus.bus import LedgerError, PermissionDenied
 
 from .model import PAYMENT_LEVEL, Op
 

@@ -22,7 +22,7 @@ from zoneinfo import ZoneInfo
 
 import msgspec
 
-from bus.errors import BudgetExceeded, LedgerError, PermissionDenied, RateLimited
+from relaybus.bus.errors import BudgetExceeded, LedgerError, PermissionDenied, RateLimited
 
 __all__ = ["Budget", "Entry", "LedgerError", "Op", "State", "apply", "decide"]
 

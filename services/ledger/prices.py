@@ -17,7 +17,7 @@ from pathlib import Path
 
 import msgspec
 
-from bus import ConfigError
+from relaybus.bus import ConfigError
 
 
 class ModelPrice(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

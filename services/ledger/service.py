@@ -21,7 +21,7 @@ from collections.abc import Callable
 import msgspec
 from opentelemetry.metrics import CallbackOptions, Observation
 
-from bus import (
+from relaybus.bus import (
     BudgetExceeded,
     Bus,
     LedgerError,
@@ -34,13 +34,13 @@ from bus import (
     ensure,
     metrics,
 )
-from bus.events import Event, event_encoder
-from bus.kv import Bucket
-from bus.rpc import reply_error, reply_ok
-from bus.runtime import stop_on_signals
-from bus.streams import read_subject
-from services.identity.client import publish_audit
-from services.identity.messages import AuditRecord
+from relaybus.bus.events import Event, event_encoder
+from relaybus.bus.kv import Bucket
+from relaybus.bus.rpc import reply_error, reply_ok
+from relaybus.bus.runtime import stop_on_signals
+from relaybus.bus.streams import read_subject
+from relaybus.services.identity.client import publish_audit
+from relaybus.services.identity.messages import AuditRecord
 
 from .messages import WRITES, decode_request
 from .model import Entry, Op, State, apply, decide

@@ -7,8 +7,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from bus import Bus, ConfigError, Settings
-from bus.httpserve import serve_json, serve_until_stopped
+from relaybus.bus import Bus, ConfigError, Settings
+from relaybus.bus.httpserve import serve_json, serve_until_stopped
 
 from .sandbox import Sandbox, serve_sandbox
 from .stripe import StripeProvider

@@ -23,8 +23,8 @@ from urllib.parse import parse_qsl
 
 import httpx
 
-from bus.httpserve import serve_json
-from bus.private import write_private
+from relaybus.bus.httpserve import serve_json
+from relaybus.bus.private import write_private
 
 from .provider import sign_webhook
 

@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 import msgspec
 
-from bus import ConfigError, PaymentRefused, UpstreamFailed
+from relaybus.bus import ConfigError, PaymentRefused, UpstreamFailed
 
 from .provider import PaymentIntent, Refund, WebhookEvent, verify_webhook
 

@@ -14,9 +14,9 @@ from typing import Any
 
 import msgspec
 
-from bus import Bus, LedgerError, PaymentRefused, RelayError
-from bus.kv import Bucket, RevisionConflict
-from services.ledger.client import LedgerClient
+from relaybus.bus import Bus, LedgerError, PaymentRefused, RelayError
+from relaybus.bus.kv import Bucket, RevisionConflict
+from relaybus.services.ledger.client import LedgerClient
 
 from .provider import PaymentProvider, WebhookEvent
 

@@ -8,7 +8,7 @@ from typing import Protocol
 
 import msgspec
 
-from bus import Bus, Link, rpc
+from relaybus.bus import Bus, Link, rpc
 
 from .store import Look, NoRun, RunChange, RunRecord, RunStore, Waiter
 

@@ -15,13 +15,13 @@ from typing import Any
 
 import msgspec
 
-from bus import Bus, ChainInvalid, ConfigError, PermissionDenied, RelayError
-from bus.kv import Bucket
-from bus.rpc import reply_error, reply_ok
-from bus.subjects import check_name
-from services.identity.chain import LinkBody
-from services.identity.client import IdentityGate, publish_audit
-from services.identity.messages import AuditRecord
+from relaybus.bus import Bus, ChainInvalid, ConfigError, PermissionDenied, RelayError
+from relaybus.bus.kv import Bucket
+from relaybus.bus.rpc import reply_error, reply_ok
+from relaybus.bus.subjects import check_name
+from relaybus.services.identity.chain import LinkBody
+from relaybus.services.identity.client import IdentityGate, publish_audit
+from relaybus.services.identity.messages import AuditRecord
 
 from .client import RunReply, RunRequest
 from .store import Finish, MarkRunning, NoRun, RegisterWait, Reopen, RunChange, RunStore

@@ -12,8 +12,8 @@ from typing import Any, Literal
 
 import msgspec
 
-from bus import ErrorInfo, PermissionDenied, RelayError
-from bus.kv import Bucket, RevisionConflict
+from relaybus.bus import ErrorInfo, PermissionDenied, RelayError
+from relaybus.bus.kv import Bucket, RevisionConflict
 
 RunStatus = Literal["submitted", "running", "completed", "failed", "cancelled"]
 TERMINAL_RUN: frozenset[str] = frozenset({"completed", "failed", "cancelled"})

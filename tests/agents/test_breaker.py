@@ -2,8 +2,8 @@ import time
 
 import pytest
 
-from agents.breaker import Breaker
-from bus import CircuitOpen
+from relaybus.agents.breaker import Breaker
+from relaybus.bus import CircuitOpen
 
 
 def test_opens_after_n_consecutive_failures_then_half_opens_for_one_trial() -> None:

@@ -9,10 +9,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-from agents.control import cancel_run, send_signal
-from agents.submit import RunOutcome, has_consumer, run_store, submit, wait_for_run
-from bus import Bus, Event
-from bus.feed import EventFeed
+from relaybus.agents.control import cancel_run, send_signal
+from relaybus.agents.submit import RunOutcome, has_consumer, run_store, submit, wait_for_run
+from relaybus.bus import Bus, Event
+from relaybus.bus.feed import EventFeed
 
 from ..conftest import ROOT, Spawn, child_env
 
@@ -210,8 +210,8 @@ async def test_cancel_stops_a_running_handler_within_a_second(bus: Bus, spawn: S
     done = await outcome(bus, run_id)
     assert done.status == "cancelled"
     # the handler stopped: its task record says cancelled (not still sleeping)
-    from agents.journal import JournalStore
-    from bus.kv import Bucket
+    from relaybus.agents.journal import JournalStore
+    from relaybus.bus.kv import Bucket
 
     journals = JournalStore(await Bucket.open(bus, bus.subjects.bucket("journal")), "sleeper")
     for _ in range(40):
@@ -240,10 +240,10 @@ async def test_clock_and_random_are_journaled(bus: Bus, spawn: Spawn) -> None:
 
 
 def test_runs_and_run_show_from_the_cli(bus: Bus, settings: object, spawn: Spawn) -> None:
-    spawn("agents.demo.echo:Echo")
+    spawn("relaybus.agents.demo.echo:Echo")
     env = child_env(settings)  # type: ignore[arg-type]
     out = subprocess.run(
-        [sys.executable, "-m", "agents.cli", "publish", "echo", '{"a": 1}', "--wait", "--json"],
+        [sys.executable, "-m", "relaybus.agents.cli", "publish", "echo", '{"a": 1}', "--wait", "--json"],
         capture_output=True,
         text=True,
         env=env,
@@ -252,7 +252,7 @@ def test_runs_and_run_show_from_the_cli(bus: Bus, settings: object, spawn: Spawn
     )
     run_id = json.loads(out.stdout)["run_id"]
     show = subprocess.run(
-        [sys.executable, "-m", "agents.cli", "run", "show", run_id, "--json"],
+        [sys.executable, "-m", "relaybus.agents.cli", "run", "show", run_id, "--json"],
         capture_output=True,
         text=True,
         env=env,
@@ -266,7 +266,7 @@ def test_runs_and_run_show_from_the_cli(bus: Bus, settings: object, spawn: Spawn
         and body["ended"] >= body["started"]
     )
     runs = subprocess.run(
-        [sys.executable, "-m", "agents.cli", "runs", "--json"],
+        [sys.executable, "-m", "relaybus.agents.cli", "runs", "--json"],
         capture_output=True,
         text=True,
         env=env,
@@ -315,7 +315,7 @@ async def test_tool_arguments_are_validated_and_the_call_is_journaled(
 def test_tool_declaration_errors_are_clear() -> None:
     import pytest
 
-    from agents import tool
+    from relaybus.agents import tool
 
     with pytest.raises(ValueError, match="command path"):
         tool("/bad/")

@@ -8,12 +8,12 @@ from typing import Any
 
 import pytest
 
-from agents.llm import DATA_RULE, ScriptedModel, data_block, prompt, serve_model
-from agents.llm.prompt import data_blocks
-from agents.submit import submit
-from agents.tools.email import send_email
-from bus import Bus, Settings
-from services.identity.scopes import parse_scope, restrict
+from relaybus.agents.llm import DATA_RULE, ScriptedModel, data_block, prompt, serve_model
+from relaybus.agents.llm.prompt import data_blocks
+from relaybus.agents.submit import submit
+from relaybus.agents.tools.email import send_email
+from relaybus.bus import Bus, Settings
+from relaybus.services.identity.scopes import parse_scope, restrict
 
 from ..conftest import Spawn
 

@@ -8,15 +8,15 @@ import subprocess
 import sys
 from pathlib import Path
 
-from agents.submit import submit
-from bus import Bus
+from relaybus.agents.submit import submit
+from relaybus.bus import Bus
 
 from ..conftest import Spawn, wait_for
 
 
 async def test_publish_and_consume_across_two_processes(bus: Bus, spawn: Spawn) -> None:
     # Given an echo agent in its own process
-    spawn("agents.demo.echo:Echo")
+    spawn("relaybus.agents.demo.echo:Echo")
     # When a task is published from this process
     outcome = await submit(bus, "echo", b'{"x": 1, "y": [1, 2]}', wait=True, timeout_s=30)
     # Then the other process echoes it back
@@ -78,7 +78,7 @@ async def test_sigterm_lets_the_in_flight_handler_finish(
 ) -> None:
     log = tmp_path / "attempts"
     proc = spawn("agents_for_tests:Slow")
-    from bus.feed import EventFeed
+    from relaybus.bus.feed import EventFeed
 
     async with EventFeed(bus, replay=False) as feed:
         pending = submit(
@@ -106,7 +106,7 @@ def test_unknown_agent_spec_is_a_clear_error() -> None:
     from ..conftest import ROOT
 
     out = subprocess.run(
-        [sys.executable, "-m", "agents.cli", "agent", "run", "nowhere:Nothing"],
+        [sys.executable, "-m", "relaybus.agents.cli", "agent", "run", "nowhere:Nothing"],
         capture_output=True,
         text=True,
         cwd=ROOT,

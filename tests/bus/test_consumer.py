@@ -11,7 +11,7 @@ import msgspec
 import pytest
 from nats.js import api
 
-from bus import (
+from relaybus.bus import (
     Bus,
     Consumer,
     Delivery,
@@ -22,8 +22,8 @@ from bus import (
     Settings,
     new_envelope,
 )
-from bus.cli import read_dead_letters
-from bus.events import DeadLetter, dead_letter_decoder
+from relaybus.bus.cli import read_dead_letters
+from relaybus.bus.events import DeadLetter, dead_letter_decoder
 
 
 @asynccontextmanager
@@ -131,7 +131,7 @@ async def test_bad_envelopes_are_dead_lettered_and_the_consumer_keeps_running(
     settings = Settings.from_env(
         {}, nats_url=nats_server.url, prefix=prefix, max_payload_bytes=2048
     )
-    from bus import default_topology, ensure
+    from relaybus.bus import default_topology, ensure
 
     handled: list[str] = []
 
@@ -165,7 +165,7 @@ async def test_duplicate_publish_with_same_id_is_stored_once(bus: Bus) -> None:
 
 
 async def test_publish_to_unsafe_subject_is_refused_before_sending(bus: Bus) -> None:
-    from bus import SubjectInvalid
+    from relaybus.bus import SubjectInvalid
 
     with pytest.raises(SubjectInvalid):
         await bus.publish_bytes(f"{bus.subjects.prefix}.task.*", b"x")

@@ -3,9 +3,9 @@ from pathlib import Path
 
 import pytest
 
-from bus import Bus, NatsServer, ServerError, Settings
-from bus.server import find_binary
-from bus.streams import StreamSpec, ensure_stream
+from relaybus.bus import Bus, NatsServer, ServerError, Settings
+from relaybus.bus.server import find_binary
+from relaybus.bus.streams import StreamSpec, ensure_stream
 
 
 def test_missing_binary_is_a_clear_error(tmp_path: Path) -> None:

@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from bus import ConfigError, Settings
+from relaybus.bus import ConfigError, Settings
 
 
 def test_defaults_without_environment() -> None:

@@ -1,7 +1,7 @@
 import pytest
 
-from bus import Bus, ProvisioningConflict, default_topology, ensure
-from bus.streams import StreamSpec, Topology, ensure_stream
+from relaybus.bus import Bus, ProvisioningConflict, default_topology, ensure
+from relaybus.bus.streams import StreamSpec, Topology, ensure_stream
 
 
 async def test_provisioning_twice_changes_nothing(bus: Bus) -> None:
@@ -28,7 +28,7 @@ async def test_conflicting_existing_stream_is_reported_not_replaced(bus: Bus) ->
 
 
 async def test_conflicting_bucket_is_reported(bus: Bus) -> None:
-    from bus.streams import BucketSpec
+    from relaybus.bus.streams import BucketSpec
 
     with pytest.raises(ProvisioningConflict, match=r"KV bucket .*history: has 1, spec wants 5"):
         await ensure(bus, Topology(buckets=(BucketSpec(bus.subjects.bucket("runs"), history=5),)))

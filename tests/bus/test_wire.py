@@ -3,7 +3,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bus import (
+from relaybus.bus import (
     EnvelopeInvalid,
     EnvelopeTooLarge,
     SubjectInvalid,
@@ -12,7 +12,7 @@ from bus import (
     encode,
     new_envelope,
 )
-from bus.subjects import check_subject
+from relaybus.bus.subjects import check_subject
 
 
 def test_envelope_round_trips_with_payload_left_undecoded() -> None:

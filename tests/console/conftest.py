@@ -15,12 +15,12 @@ from typing import Any
 
 import pytest
 
-from agents.demo.procs import Processes
-from agents.submit import submit
-from bus import Bus, NatsServer, Settings, default_topology, ensure
-from services.identity.client import IdentityClient, write_agent_key
-from services.ledger.client import LedgerClient
-from services.ledger.model import Budget
+from relaybus.agents.demo.procs import Processes
+from relaybus.agents.submit import submit
+from relaybus.bus import Bus, NatsServer, Settings, default_topology, ensure
+from relaybus.services.identity.client import IdentityClient, write_agent_key
+from relaybus.services.ledger.client import LedgerClient
+from relaybus.services.ledger.model import Budget
 
 from ..conftest import ROOT, child_env, wait_service
 

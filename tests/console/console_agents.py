@@ -11,8 +11,8 @@ from typing import Any
 
 import pydantic
 
-from agents import Agent, Context, tool
-from bus import PermissionDenied
+from relaybus.agents import Agent, Context, tool
+from relaybus.bus import PermissionDenied
 
 
 class Query(pydantic.BaseModel):

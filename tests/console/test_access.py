@@ -13,9 +13,9 @@ from typing import Any
 
 import httpx
 
-from agents.submit import run_store, wait_for_run
-from bus.feed import EventFeed
-from services.identity.client import read_audit
+from relaybus.agents.submit import run_store, wait_for_run
+from relaybus.bus.feed import EventFeed
+from relaybus.services.identity.client import read_audit
 
 from ..conftest import ROOT, child_env
 from .conftest import Stack
@@ -228,7 +228,7 @@ def test_the_command_refuses_bad_input_with_one_line(stack: Stack) -> None:
         (["--host", "203.0.113.9", "--port", "0"], "error: cannot listen on 203.0.113.9:0"),
     ):
         done = subprocess.run(
-            [sys.executable, "-m", "agents.cli", "console", *args],
+            [sys.executable, "-m", "relaybus.agents.cli", "console", *args],
             env=env,
             cwd=ROOT,
             capture_output=True,

@@ -18,12 +18,12 @@ from typing import Any
 import msgspec
 import pytest
 
-from agents.runs import TERMINAL_RUN, RunRecord
-from agents.submit import run_store, submit
-from bus import Bus, ConnectionFailed, Settings
-from services.identity.client import IdentityClient, read_audit, write_agent_key
-from services.ledger.client import LedgerClient
-from services.ledger.model import Budget
+from relaybus.agents.runs import TERMINAL_RUN, RunRecord
+from relaybus.agents.submit import run_store, submit
+from relaybus.bus import Bus, ConnectionFailed, Settings
+from relaybus.services.identity.client import IdentityClient, read_audit, write_agent_key
+from relaybus.services.ledger.client import LedgerClient
+from relaybus.services.ledger.model import Budget
 
 from ..conftest import ROOT, child_env
 from ..fault_agents import POLICY, RUN_COST, SPECS
@@ -47,7 +47,7 @@ class Fleet:
         self._add(name, ["service", name], env)
 
     def _add(self, name: str, args: list[str], env: dict[str, str]) -> None:
-        self.argv[name] = [sys.executable, "-m", "agents.cli", *args]
+        self.argv[name] = [sys.executable, "-m", "relaybus.agents.cli", *args]
         self._env = getattr(self, "_env", {})
         self._env[name] = env
         self.start(name)
@@ -175,9 +175,9 @@ async def wait_all_ended(bus: Bus, run_ids: list[str], timeout_s: float) -> dict
 
 async def describe_run(bus: Bus, run_id: str, record: RunRecord | None) -> str:
     """What a stuck run's record, events and journal say, for the failure message."""
-    from agents.journal import JournalStore
-    from bus.feed import EventFeed
-    from bus.kv import Bucket
+    from relaybus.agents.journal import JournalStore
+    from relaybus.bus.feed import EventFeed
+    from relaybus.bus.kv import Bucket
 
     kinds = []
     async with EventFeed(bus, run_id, replay=True) as feed:
@@ -195,7 +195,7 @@ async def describe_run(bus: Bus, run_id: str, record: RunRecord | None) -> str:
                 ops = [msgspec.json.encode(op).decode() for op in journal.ops]
                 tasks.append(f"{journal.agent} {journal.status} owner={journal.owner} ops={ops}")
     # the ledger's own record of every operation this run made (idempotency conflicts)
-    from bus.streams import read_subject
+    from relaybus.bus.streams import read_subject
 
     entries = []
     for _, data in await read_subject(

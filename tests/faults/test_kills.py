@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from bus import Bus, Settings, default_topology, ensure
+from relaybus.bus import Bus, Settings, default_topology, ensure
 
 from ..conftest import wait_service
 from ..fault_agents import RUN_COST

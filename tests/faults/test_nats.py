@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from bus import Bus, NatsServer, Settings, default_topology, ensure
-from bus.server import free_port
+from relaybus.bus import Bus, NatsServer, Settings, default_topology, ensure
+from relaybus.bus.server import free_port
 
 from ..conftest import wait_service
 from ..fault_agents import RUN_COST
@@ -103,7 +103,7 @@ def restart(node: NatsServer) -> None:
 
 
 async def wait_agents_consuming(bus: Bus, timeout_s: float = 60.0) -> None:
-    from agents.submit import has_consumer
+    from relaybus.agents.submit import has_consumer
 
     from ..fault_agents import SPECS
 

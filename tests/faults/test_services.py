@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from agents.submit import submit
-from bus import Bus, Settings, default_topology, ensure, rpc
+from relaybus.agents.submit import submit
+from relaybus.bus import Bus, Settings, default_topology, ensure, rpc
 
 from ..conftest import wait_service
 from .conftest import Fleet, chaos, wait_all_ended

@@ -9,7 +9,7 @@ import msgspec
 from hypothesis import settings
 from hypothesis import strategies as st
 
-from bus import Envelope, Link, new_envelope
+from relaybus.bus import Envelope, Link, new_envelope
 
 #: Nesting far past Python's recursion limit, still well under the payload limit.
 DEPTH = 5_000

@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, field_validator
 
-from agents import Agent, Context, tool
+from relaybus.agents import Agent, Context, tool
 
 
 class Address(BaseModel):

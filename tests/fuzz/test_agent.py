@@ -21,10 +21,10 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from agents.messages import ChildResult, SignalBody
-from agents.submit import submit
-from bus import TERMINAL, Bus, Envelope, Settings, encode, new_envelope, new_id
-from bus.events import DeadLetter, Event, dead_letter_decoder, event_decoder
+from relaybus.agents.messages import ChildResult, SignalBody
+from relaybus.agents.submit import submit
+from relaybus.bus import TERMINAL, Bus, Envelope, Settings, encode, new_envelope, new_id
+from relaybus.bus.events import DeadLetter, Event, dead_letter_decoder, event_decoder
 
 from ..conftest import ROOT, child_env, wait_for
 from .hostile import DEEP_JSON, DEEP_MSGPACK, HUGE_ARRAY_HEADER, envelopes, mutations
@@ -80,7 +80,7 @@ def echo(settings: Settings, tmp_path: Path) -> Iterator[tuple[subprocess.Popen[
     log = tmp_path / "echo.log"
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "agents.cli", "agent", "run", "agents.demo.echo:Echo"],
+            [sys.executable, "-m", "relaybus.agents.cli", "agent", "run", "relaybus.agents.demo.echo:Echo"],
             env=child_env(settings),
             cwd=ROOT,
             stdin=subprocess.DEVNULL,
@@ -266,7 +266,7 @@ async def test_a_burst_of_hostile_messages_loses_no_good_task(
     assert proc.poll() is None
     # And `relaybus dlq list --json` shows each dead-lettered one with its reason, first attempt
     listed = subprocess.run(
-        [sys.executable, "-m", "agents.cli", "dlq", "list", "--json", "--limit", "1000"],
+        [sys.executable, "-m", "relaybus.agents.cli", "dlq", "list", "--json", "--limit", "1000"],
         env=child_env(bus.settings),
         cwd=ROOT,
         capture_output=True,

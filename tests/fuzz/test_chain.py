@@ -13,8 +13,8 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from nacl.signing import SigningKey
 
-from bus import ChainInvalid, Link
-from services.identity.chain import (
+from relaybus.bus import ChainInvalid, Link
+from relaybus.services.identity.chain import (
     CLOCK_SKEW_S,
     DEFAULT_DEPTH,
     ChainVerifier,
@@ -25,7 +25,7 @@ from services.identity.chain import (
     sign_body,
     stamp_payload,
 )
-from services.identity.scopes import Scope, all_narrow, parse_scope
+from relaybus.services.identity.scopes import Scope, all_narrow, parse_scope
 
 from .hostile import DEEP_MSGPACK, HUGE_ARRAY_HEADER, PURE, msgpack_values, mutations
 

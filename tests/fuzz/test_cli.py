@@ -16,8 +16,8 @@ from hypothesis import HealthCheck, Phase, example, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
-from agents.submit import parse_payload
-from bus import Bus, RelayError, Settings
+from relaybus.agents.submit import parse_payload
+from relaybus.bus import Bus, RelayError, Settings
 
 from ..conftest import ROOT, child_env
 from .hostile import DEEP_JSON, DEEP_JSON_OBJECT, PURE, bad_names, json_values
@@ -108,7 +108,7 @@ def run_all(
         for argv in argvs:
             procs.append(
                 subprocess.Popen(
-                    [sys.executable, "-m", "agents.cli", *argv],
+                    [sys.executable, "-m", "relaybus.agents.cli", *argv],
                     env=env,
                     cwd=ROOT,
                     stdin=subprocess.DEVNULL,

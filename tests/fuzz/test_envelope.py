@@ -1,4 +1,4 @@
-"""Fuzzing the wire envelope decoder: whatever arrives on a task subject, `bus.decode` returns
+"""Fuzzing the wire envelope decoder: whatever arrives on a task subject, `relaybus.bus.decode` returns
 an Envelope whose routing fields are safe subject tokens, or raises EnvelopeInvalid saying
 what was wrong — never any other exception."""
 
@@ -11,8 +11,8 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from bus import Envelope, EnvelopeInvalid, EnvelopeTooLarge, Subjects, decode, encode
-from bus.subjects import check_subject
+from relaybus.bus import Envelope, EnvelopeInvalid, EnvelopeTooLarge, Subjects, decode, encode
+from relaybus.bus.subjects import check_subject
 
 from .hostile import (
     DEEP_MSGPACK,

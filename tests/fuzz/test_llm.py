@@ -12,9 +12,9 @@ import msgspec
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from agents.llm.client import ChatResult, LLMClient
-from agents.llm.tools import ToolCall, _run_call
-from bus import Settings, UpstreamFailed
+from relaybus.agents.llm.client import ChatResult, LLMClient
+from relaybus.agents.llm.tools import ToolCall, _run_call
+from relaybus.bus import Settings, UpstreamFailed
 
 from .hostile import DEEP_JSON, DEEP_JSON_OBJECT, PURE, json_values
 

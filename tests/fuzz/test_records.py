@@ -14,10 +14,10 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from bus import Bus, Event, RelayError, Settings, new_id
-from bus.cli import read_dead_letters, replay_dead_letter
-from bus.events import DeadLetter, event_encoder
-from bus.feed import EventFeed
+from relaybus.bus import Bus, Event, RelayError, Settings, new_id
+from relaybus.bus.cli import read_dead_letters, replay_dead_letter
+from relaybus.bus.events import DeadLetter, event_encoder
+from relaybus.bus.feed import EventFeed
 
 from ..conftest import ROOT, child_env
 from .hostile import DEEP_JSON, DEEP_JSON_OBJECT, json_values
@@ -125,7 +125,7 @@ async def test_the_cli_reads_streams_holding_hostile_records(bus: Bus, settings:
     }
     runs = {
         name: subprocess.run(
-            [sys.executable, "-m", "agents.cli", *argv],
+            [sys.executable, "-m", "relaybus.agents.cli", *argv],
             env=env,
             cwd=ROOT,
             capture_output=True,

@@ -15,17 +15,17 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from nacl.signing import SigningKey
 
-from bus import Bus, RelayError, Settings, errors, new_id
-from bus.kv import Bucket
-from bus.rpc import Reply
-from memory.client import MemoryClient
-from memory.edge import EdgeStore
-from memory.embed import LexicalEmbedder
-from memory.messages import Caller
-from memory.service import MemoryService
-from memory.sessions import Sessions
-from services.identity.client import IdentityClient
-from services.ledger.client import LedgerClient
+from relaybus.bus import Bus, RelayError, Settings, errors, new_id
+from relaybus.bus.kv import Bucket
+from relaybus.bus.rpc import Reply
+from relaybus.memory.client import MemoryClient
+from relaybus.memory.edge import EdgeStore
+from relaybus.memory.embed import LexicalEmbedder
+from relaybus.memory.messages import Caller
+from relaybus.memory.service import MemoryService
+from relaybus.memory.sessions import Sessions
+from relaybus.services.identity.client import IdentityClient
+from relaybus.services.ledger.client import LedgerClient
 
 from ..conftest import service_process, wait_service
 from .hostile import DEEP_JSON, DEEP_JSON_OBJECT, IO, json_values, msgpack_values

@@ -13,10 +13,10 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from agents import ToolArgumentsInvalid
-from agents.submit import submit
-from bus import Bus
-from services.identity.scopes import Scope, check
+from relaybus.agents import ToolArgumentsInvalid
+from relaybus.agents.submit import submit
+from relaybus.bus import Bus
+from relaybus.services.identity.scopes import Scope, check
 
 from ..conftest import Spawn
 from .hostile import PURE, json_values, msgpack_values

@@ -8,8 +8,8 @@ import msgspec
 import pytest
 from nacl.signing import SigningKey
 
-from bus import ChainInvalid, Link
-from services.identity.chain import (
+from relaybus.bus import ChainInvalid, Link
+from relaybus.services.identity.chain import (
     DEFAULT_DEPTH,
     ChainVerifier,
     LinkBody,
@@ -18,7 +18,7 @@ from services.identity.chain import (
     sign_body,
     stamp_payload,
 )
-from services.identity.scopes import parse_scope
+from relaybus.services.identity.scopes import parse_scope
 
 SERVICE = SigningKey.generate()
 AGENTS = {name: SigningKey.generate() for name in ("orchestrator", "research", "writer")}
@@ -174,7 +174,7 @@ def test_expired_and_not_yet_valid_links_are_refused() -> None:
 
 def test_revoked_link_agent_or_user_is_refused() -> None:
     chain = happy()
-    from services.identity.chain import link_id
+    from relaybus.services.identity.chain import link_id
 
     refused(chain, "is revoked", v=verifier({f"link:{link_id(chain[1].payload)}"}))
     refused(chain, "agent:research is revoked", v=verifier({"agent:research"}))

@@ -11,12 +11,20 @@ from pathlib import Path
 
 import pytest
 
-from agents.control import send_signal
-from agents.submit import submit, wait_for_run
-from bus import Bus, ConfigError, PermissionDenied, Settings, default_topology, ensure, new_envelope
-from bus.feed import EventFeed
-from services.identity.client import IdentityClient, write_agent_key
-from services.identity.messages import AuditRecord
+from relaybus.agents.control import send_signal
+from relaybus.agents.submit import submit, wait_for_run
+from relaybus.bus import (
+    Bus,
+    ConfigError,
+    PermissionDenied,
+    Settings,
+    default_topology,
+    ensure,
+    new_envelope,
+)
+from relaybus.bus.feed import EventFeed
+from relaybus.services.identity.client import IdentityClient, write_agent_key
+from relaybus.services.identity.messages import AuditRecord
 
 from ..conftest import ROOT, Spawn, child_env, service_process, wait_service
 
@@ -78,7 +86,7 @@ async def run(bus: Bus, agent: str, task: dict[str, object], token: str, **kw: o
 
 async def audit_records(bus: Bus, principal: str = "alice") -> list[AuditRecord]:
     """Every decision recorded for `principal`: the services' and each agent's own subject."""
-    from services.identity.client import read_audit
+    from relaybus.services.identity.client import read_audit
 
     return await read_audit(bus, principal)
 
@@ -99,7 +107,7 @@ async def test_happy_path_user_orchestrator_research_writer(
     assert done.status == "completed", done  # type: ignore[attr-defined]
     assert done.result == {"sent_to": "team@team.example", "subject": "1 notes"}  # type: ignore[attr-defined]
     out = subprocess.run(
-        [sys.executable, "-m", "agents.cli", "identity", "chain", done.run_id, "--json"],  # type: ignore[attr-defined]
+        [sys.executable, "-m", "relaybus.agents.cli", "identity", "chain", done.run_id, "--json"],  # type: ignore[attr-defined]
         capture_output=True,
         text=True,
         env=child_env(settings),
@@ -228,7 +236,7 @@ async def test_revoked_token_is_refused(idbus: Bus, token: str) -> None:
 def test_agent_without_a_key_says_how_to_register(settings: Settings, tmp_path: Path) -> None:
     env = child_env(settings, RELAYBUS_IDENTITY="1", RELAYBUS_HOME=str(tmp_path / "empty"))
     out = subprocess.run(
-        [sys.executable, "-m", "agents.cli", "agent", "run", "identity_agents:Writer"],
+        [sys.executable, "-m", "relaybus.agents.cli", "agent", "run", "identity_agents:Writer"],
         capture_output=True,
         text=True,
         env=env,

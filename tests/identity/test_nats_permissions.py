@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from agents.submit import submit
-from bus import Bus, NatsServer, Settings, default_topology, ensure
-from bus.streams import ensure_agent_consumers
-from services.identity.messages import AgentRecord
-from services.identity.natsconfig import authorization_block, write_nkey
+from relaybus.agents.submit import submit
+from relaybus.bus import Bus, NatsServer, Settings, default_topology, ensure
+from relaybus.bus.streams import ensure_agent_consumers
+from relaybus.services.identity.messages import AgentRecord
+from relaybus.services.identity.natsconfig import authorization_block, write_nkey
 
 from ..conftest import Spawn, service_process, wait_service
 
@@ -47,7 +47,7 @@ def spawn(secured: tuple[NatsServer, Settings]) -> Iterator[Spawn]:  # type: ign
 
     def start(spec: str, *args: str, **extra: str) -> subprocess.Popen[bytes]:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "agents.cli", "agent", "run", spec, *args],
+            [sys.executable, "-m", "relaybus.agents.cli", "agent", "run", spec, *args],
             env=child_env(secured[1], **extra),
             cwd=ROOT,
             stdin=subprocess.DEVNULL,
@@ -84,7 +84,7 @@ async def _agent_runs_on_its_nkey(
         del authority
         await wait_service(bus, "identity")
         # an ordinary agent does its whole job under least privilege
-        spawn("agents.demo.echo:Echo")
+        spawn("relaybus.agents.demo.echo:Echo")
         ok = await submit(bus, "echo", b'{"x": 1}', wait=True, timeout_s=40)
         assert ok.status == "completed" and ok.result == {"x": 1}, ok
         # a hostile agent publishing to another agent's subject is refused by the server

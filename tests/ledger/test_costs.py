@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from agents.submit import run_store, submit
-from bus import Bus, Settings, default_topology, ensure
-from services.ledger.client import LedgerClient
+from relaybus.agents.submit import run_store, submit
+from relaybus.bus import Bus, Settings, default_topology, ensure
+from relaybus.services.ledger.client import LedgerClient
 
 from ..conftest import ROOT, Spawn, child_env, service_process, wait_service
 
@@ -115,7 +115,7 @@ async def test_a_users_statement_equals_the_sum_of_their_runs(
         [
             sys.executable,
             "-m",
-            "agents.cli",
+            "relaybus.agents.cli",
             "ledger",
             "statement",
             "carol",
@@ -161,7 +161,7 @@ async def test_leased_steps_are_decided_locally_and_settled_exactly(
 
 
 async def test_lease_processes_race_without_overspending(lbus: Bus, settings: Settings) -> None:
-    from services.ledger.model import Budget
+    from relaybus.services.ledger.model import Budget
 
     await LedgerClient(lbus).set_budget("lb", Budget(level="run:LEASED", limit=5003))
     code = (
@@ -215,8 +215,8 @@ async def test_the_price_table_sets_what_a_tool_costs(
 
 
 def test_price_table_errors_name_the_problem(tmp_path: Path) -> None:
-    from bus import ConfigError
-    from services.ledger.prices import load_prices
+    from relaybus.bus import ConfigError
+    from relaybus.services.ledger.prices import load_prices
 
     bad = tmp_path / "p.toml"
     bad.write_text("[tools]\nadd = -1\n")
@@ -237,9 +237,9 @@ def test_price_table_errors_name_the_problem(tmp_path: Path) -> None:
 async def test_a_parked_run_continues_once_its_budget_is_raised(
     lbus: Bus, spawn: Spawn, tmp_path: Path
 ) -> None:
-    from agents.control import send_signal
-    from bus.feed import EventFeed
-    from services.ledger.model import Budget
+    from relaybus.agents.control import send_signal
+    from relaybus.bus.feed import EventFeed
+    from relaybus.services.ledger.model import Budget
 
     log = tmp_path / "calls"
     spawn("runtime_agents:ParkingShopper", RELAYBUS_LEDGER="1")
@@ -254,7 +254,7 @@ async def test_a_parked_run_continues_once_its_budget_is_raised(
             "raise", Budget(level=f"run:{outcome.run_id}", limit=100)
         )
         await send_signal(lbus, outcome.run_id, "budget-1")
-        from agents.submit import wait_for_run
+        from relaybus.agents.submit import wait_for_run
 
         done = await wait_for_run(feed, outcome.run_id, 30)
     assert done.status == "completed" and done.result == sum(range(5)), done
@@ -265,10 +265,10 @@ async def test_a_parked_run_continues_once_its_budget_is_raised(
 async def test_a_parked_run_whose_budget_resume_is_rejected_stops(
     lbus: Bus, spawn: Spawn, tmp_path: Path
 ) -> None:
-    from agents.control import send_signal
-    from agents.submit import wait_for_run
-    from bus.feed import EventFeed
-    from services.ledger.model import Budget
+    from relaybus.agents.control import send_signal
+    from relaybus.agents.submit import wait_for_run
+    from relaybus.bus.feed import EventFeed
+    from relaybus.services.ledger.model import Budget
 
     log = tmp_path / "calls"
     spawn("runtime_agents:ParkingShopper", RELAYBUS_LEDGER="1")

@@ -6,8 +6,8 @@ import copy
 
 import pytest
 
-from bus import BudgetExceeded, PermissionDenied
-from services.ledger.model import Budget, Entry, LedgerError, Op, State, apply, decide
+from relaybus.bus import BudgetExceeded, PermissionDenied
+from relaybus.services.ledger.model import Budget, Entry, LedgerError, Op, State, apply, decide
 
 
 def run(state: State, op: Op, now: float = 1000.0) -> dict[str, object]:
@@ -163,8 +163,8 @@ def test_monthly_budget_resets_at_the_period_boundary(state: State) -> None:
 
 
 def test_rate_limits_per_agent_and_resource_are_decided_from_the_journal(state: State) -> None:
-    from bus import RateLimited
-    from services.ledger.model import RateLimit
+    from relaybus.bus import RateLimited
+    from relaybus.services.ledger.model import RateLimit
 
     key = "agent:research/tool:search"
     run(state, Op(kind="limit", id="l1", limit=RateLimit(key=key, rpm=2, tpm=100)))
@@ -190,7 +190,7 @@ def test_a_retried_op_decoded_from_json_is_the_same_op() -> None:
     the same operation as the one built in code: the retry gets the first result."""
     import msgspec
 
-    from services.ledger.model import digest
+    from relaybus.services.ledger.model import digest
 
     built = Op(
         kind="capture",

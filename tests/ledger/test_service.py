@@ -12,11 +12,11 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from bus import BudgetExceeded, Bus, LedgerError, Settings, default_topology, ensure, rpc
-from bus.streams import read_subject
-from services.ledger.client import LedgerClient
-from services.ledger.model import Budget, Entry, Op, State, apply
-from services.ledger.service import LedgerWriter, WriterFenced
+from relaybus.bus import BudgetExceeded, Bus, LedgerError, Settings, default_topology, ensure, rpc
+from relaybus.bus.streams import read_subject
+from relaybus.services.ledger.client import LedgerClient
+from relaybus.services.ledger.model import Budget, Entry, Op, State, apply
+from relaybus.services.ledger.service import LedgerWriter, WriterFenced
 
 from ..conftest import ROOT, child_env
 
@@ -28,7 +28,7 @@ class LedgerProcess:
 
     def start(self) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "agents.cli", "service", "ledger"],
+            [sys.executable, "-m", "relaybus.agents.cli", "service", "ledger"],
             env=child_env(self.settings),
             cwd=ROOT,
             stdin=subprocess.DEVNULL,
@@ -174,8 +174,8 @@ async def test_bad_requests_over_the_wire_are_refused_clearly(
 async def test_kill9_nats_server_and_restart_keeps_every_acknowledged_entry(
     tmp_path: Path, prefix: str
 ) -> None:
-    from bus import NatsServer
-    from bus.server import free_port
+    from relaybus.bus import NatsServer
+    from relaybus.bus.server import free_port
 
     store, port = tmp_path / "store", free_port()
     server = NatsServer(store, port=port).start()
@@ -209,7 +209,7 @@ async def test_kill9_nats_server_and_restart_keeps_every_acknowledged_entry(
 
 
 async def test_a_spend_spike_raises_an_alert_event(bus: Bus) -> None:
-    from bus.feed import EventFeed
+    from relaybus.bus.feed import EventFeed
 
     now = [1_800_000_000.0]
     writer = LedgerWriter(bus, clock=lambda: now[0])  # the clock is injected, never sent

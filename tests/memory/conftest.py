@@ -7,14 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from bus import Bus
-from bus.kv import Bucket
-from memory.client import MemoryClient
-from memory.edge import EdgeStore
-from memory.embed import LexicalEmbedder
-from memory.messages import Caller
-from memory.service import MemoryService
-from memory.sessions import Sessions
+from relaybus.bus import Bus
+from relaybus.bus.kv import Bucket
+from relaybus.memory.client import MemoryClient
+from relaybus.memory.edge import EdgeStore
+from relaybus.memory.embed import LexicalEmbedder
+from relaybus.memory.messages import Caller
+from relaybus.memory.service import MemoryService
+from relaybus.memory.sessions import Sessions
 
 
 class Clock:

@@ -2,9 +2,9 @@ import math
 
 import pytest
 
-from memory.embed import LexicalEmbedder
-from memory.service import choose_embedder
-from memory.store import MemoryRefused
+from relaybus.memory.embed import LexicalEmbedder
+from relaybus.memory.service import choose_embedder
+from relaybus.memory.store import MemoryRefused
 
 
 def cos(a: list[float], b: list[float]) -> float:

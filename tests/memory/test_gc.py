@@ -6,9 +6,9 @@ import asyncio
 
 import pytest
 
-from bus import Bus, ConfigError, Settings, rpc
-from memory.embed import LexicalEmbedder
-from memory.service import MERGE_SCORE, MemoryService, sweep
+from relaybus.bus import Bus, ConfigError, Settings, rpc
+from relaybus.memory.embed import LexicalEmbedder
+from relaybus.memory.service import MERGE_SCORE, MemoryService, sweep
 
 from .conftest import Clock, client
 
@@ -115,7 +115,7 @@ async def test_the_background_pass_applies_the_settings_policy(
 async def test_a_bad_gc_request_is_refused_naming_the_field(
     bus: Bus, served: tuple[MemoryService, Clock]
 ) -> None:
-    from bus import MemoryRefused
+    from relaybus.bus import MemoryRefused
 
     with pytest.raises(MemoryRefused, match=r"duplicate_score"):
         await gc(bus, dry_run=False, duplicate_score=1.5)
@@ -124,7 +124,7 @@ async def test_a_bad_gc_request_is_refused_naming_the_field(
 
 
 def test_a_malformed_ttl_policy_is_a_config_error_naming_the_variable(settings: Settings) -> None:
-    from memory.gc import policy_from
+    from relaybus.memory.gc import policy_from
 
     with pytest.raises(ConfigError, match="RELAYBUS_MEMORY_TTL 'scratch' must be KIND=DAYS"):
         policy_from(settings.model_copy(update={"memory_ttl": "scratch"}))

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from bus import Bus, Settings, default_topology, ensure
-from services.identity.client import IdentityClient
+from relaybus.bus import Bus, Settings, default_topology, ensure
+from relaybus.services.identity.client import IdentityClient
 
 from ..conftest import ROOT, child_env, service_process, wait_service
 
@@ -36,7 +36,7 @@ async def tokens(settings: Settings) -> AsyncIterator[dict[str, str]]:
 
 def memory_cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "agents.cli", "memory", *args],
+        [sys.executable, "-m", "relaybus.agents.cli", "memory", *args],
         capture_output=True,
         text=True,
         cwd=ROOT,

@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from agents.submit import submit
-from bus import Bus, PermissionDenied, Settings, rpc
-from memory.client import MemoryClient
-from memory.messages import Caller
-from memory.service import MemoryService
-from memory.store import MemoryRefused
+from relaybus.agents.submit import submit
+from relaybus.bus import Bus, PermissionDenied, Settings, rpc
+from relaybus.memory.client import MemoryClient
+from relaybus.memory.messages import Caller
+from relaybus.memory.service import MemoryService
+from relaybus.memory.store import MemoryRefused
 
 from ..conftest import Spawn, service_process, wait_service
 from .conftest import Clock, client
@@ -209,7 +209,7 @@ async def test_sessions_keep_state_and_turns_per_tenant_and_summarize_on_close(
 async def test_preloaded_context_stays_within_its_token_budget(
     bus: Bus, served: tuple[MemoryService, Clock]
 ) -> None:
-    from memory.preload import assemble, estimate_tokens
+    from relaybus.memory.preload import assemble, estimate_tokens
 
     alice = client(bus, "alice")
     await alice.append_turn("c1", "user", "compare acme and globex pricing")
@@ -251,7 +251,7 @@ async def test_a_tenants_own_gc_and_stats_stay_in_its_tenant(
 async def test_session_keys_never_collide_across_tenants(
     bus: Bus, served: tuple[MemoryService, Clock]
 ) -> None:
-    from memory.sessions import tenant_token
+    from relaybus.memory.sessions import tenant_token
 
     assert tenant_token("alice") == "alice" and tenant_token("a-b") == "a-b"
     assert len({tenant_token(t) for t in ("a.b", "a_b", "a b", "a_00002eb")}) == 4

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from memory.edge import EdgeStore
-from memory.embed import LexicalEmbedder
-from memory.keywords import document_keywords, query_keywords
-from memory.qdrant import QdrantStore
-from memory.store import MemoryRefused, Scope, StoredPoint, VectorStore, point_id
+from relaybus.memory.edge import EdgeStore
+from relaybus.memory.embed import LexicalEmbedder
+from relaybus.memory.keywords import document_keywords, query_keywords
+from relaybus.memory.qdrant import QdrantStore
+from relaybus.memory.store import MemoryRefused, Scope, StoredPoint, VectorStore, point_id
 
 EMBED = LexicalEmbedder()
 FACTS = {

@@ -10,14 +10,14 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-from agents.control import send_signal
-from agents.demo.procs import Processes
-from agents.submit import submit
-from bus import Bus, Event, Settings, default_topology, ensure
-from bus.feed import EventFeed
-from bus.server import free_port
-from services.identity.client import IdentityClient, write_agent_key
-from services.ledger.client import LedgerClient
+from relaybus.agents.control import send_signal
+from relaybus.agents.demo.procs import Processes
+from relaybus.agents.submit import submit
+from relaybus.bus import Bus, Event, Settings, default_topology, ensure
+from relaybus.bus.feed import EventFeed
+from relaybus.bus.server import free_port
+from relaybus.services.identity.client import IdentityClient, write_agent_key
+from relaybus.services.ledger.client import LedgerClient
 
 from ..conftest import child_env, service_process, wait_service
 
@@ -103,7 +103,7 @@ async def wait_terminal(bus: Bus, run_id: str, timeout_s: float = 60) -> Event:
 
 async def wait_waiting(bus: Bus, run_id: str, timeout_s: float = 30) -> list[str]:
     """The signals the run waits for, once it waits for one (bounded)."""
-    from agents.submit import run_store
+    from relaybus.agents.submit import run_store
 
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout_s

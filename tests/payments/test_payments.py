@@ -17,13 +17,13 @@ from typing import Any
 import httpx
 import pytest
 
-from agents.control import send_signal
-from agents.llm import ScriptedModel, serve_model
-from agents.submit import submit
-from bus import PaymentRefused, Settings
-from services.identity.client import read_audit
-from services.ledger.client import LedgerClient
-from services.payments.provider import sign_webhook, verify_webhook
+from relaybus.agents.control import send_signal
+from relaybus.agents.llm import ScriptedModel, serve_model
+from relaybus.agents.submit import submit
+from relaybus.bus import PaymentRefused, Settings
+from relaybus.services.identity.client import read_audit
+from relaybus.services.ledger.client import LedgerClient
+from relaybus.services.payments.provider import sign_webhook, verify_webhook
 
 from ..conftest import ROOT, Spawn, child_env, wait_for
 from .stack import KEY, SECRET, UNIT, Stack, payment_stack, signal_of, wait_terminal
@@ -92,7 +92,7 @@ async def test_a_payment_is_authorized_captured_refunded_and_on_the_statement(
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "agents.cli",
+        "relaybus.agents.cli",
         "ledger",
         "statement",
         "paula",

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from bus import Bus, Settings
-from services.identity.client import IdentityClient, write_agent_key
-from services.identity.natsconfig import inbox_prefix, nkey_path, write_nkey
+from relaybus.bus import Bus, Settings
+from relaybus.services.identity.client import IdentityClient, write_agent_key
+from relaybus.services.identity.natsconfig import inbox_prefix, nkey_path, write_nkey
 
 from ..conftest import ROOT
 from ..test_cli import relaybus, relaybus_env
@@ -41,7 +41,7 @@ class SecureStack:
     def start_agent(self, spec: str) -> None:
         self.procs.append(
             subprocess.Popen(
-                [sys.executable, "-m", "agents.cli", "agent", "run", spec],
+                [sys.executable, "-m", "relaybus.agents.cli", "agent", "run", spec],
                 cwd=ROOT,
                 env=relaybus_env(self.home, RELAYBUS_IDENTITY="1", PYTHONPATH=_pythonpath()),
                 stdin=subprocess.DEVNULL,

@@ -10,9 +10,9 @@ import time
 import msgspec
 import pytest
 
-from agents.messages import ChildResult, SignalBody
-from agents.submit import run_store, submit, wait_for_run
-from bus import (
+from relaybus.agents.messages import ChildResult, SignalBody
+from relaybus.agents.submit import run_store, submit, wait_for_run
+from relaybus.bus import (
     Bus,
     ConnectionFailed,
     Envelope,
@@ -22,13 +22,13 @@ from bus import (
     RelayError,
     new_id,
 )
-from bus.cli import replay_dead_letter
-from bus.events import DeadLetter, event_encoder
-from bus.feed import EventFeed
-from bus.stack import public_url, read_stack
-from services.identity.client import IdentityClient, read_audit
-from services.runs.client import AuthorityRunWriter
-from services.runs.store import Finish, RegisterWait, Reopen
+from relaybus.bus.cli import replay_dead_letter
+from relaybus.bus.events import DeadLetter, event_encoder
+from relaybus.bus.feed import EventFeed
+from relaybus.bus.stack import public_url, read_stack
+from relaybus.services.identity.client import IdentityClient, read_audit
+from relaybus.services.runs.client import AuthorityRunWriter
+from relaybus.services.runs.store import Finish, RegisterWait, Reopen
 
 from .conftest import USER, SecureStack
 
@@ -167,7 +167,7 @@ async def test_a_signal_from_an_agent_is_refused_and_an_operators_is_honoured(
             denied = await _next_kind(feed, "denied")
             assert "never from an agent" in denied.detail
             # Then the run still waits; the operator's own approval goes through
-            from agents.control import send_signal
+            from relaybus.agents.control import send_signal
 
             assert await send_signal(op, run.run_id, "approval", "operator-ok")
             outcome = await wait_for_run(feed, run.run_id, 60, "approver")
@@ -346,7 +346,7 @@ async def test_a_root_link_lives_no_longer_than_the_cap(secure: SecureStack) -> 
 
 
 async def test_an_unregistered_nkey_cannot_connect(secure: SecureStack) -> None:
-    from services.identity.natsconfig import write_nkey
+    from relaybus.services.identity.natsconfig import write_nkey
 
     write_nkey(secure.home, "stranger")
     with pytest.raises(ConnectionFailed, match="credentials"):
@@ -356,9 +356,9 @@ async def test_an_unregistered_nkey_cannot_connect(secure: SecureStack) -> None:
 
 async def _child_task(op: Bus, run_id: str) -> Envelope:
     """The task fanout sent to child in run `run_id`, as the child's journal recorded it."""
-    from agents.journal import JournalStore
-    from bus.envelope import decode
-    from bus.kv import Bucket
+    from relaybus.agents.journal import JournalStore
+    from relaybus.bus.envelope import decode
+    from relaybus.bus.kv import Bucket
 
     bucket = await Bucket.open(op, op.subjects.bucket("journal"))
     key = next(k for k in await bucket.keys() if k.startswith(run_id) and k.endswith(".child"))
@@ -404,7 +404,7 @@ async def test_the_ledger_and_memory_services_cannot_write_the_control_plane(
 
 
 async def test_an_agent_cannot_cancel_a_run_or_another_agents_tasks(secure: SecureStack) -> None:
-    from agents.messages import Control
+    from relaybus.agents.messages import Control
 
     # Given a running handler (it sleeps 3 s)
     secure.start_agent("runtime_agents:Sleeper")
@@ -453,7 +453,7 @@ async def test_a_revoked_agent_loses_its_nats_user(secure: SecureStack) -> None:
 async def test_the_console_and_trace_leave_out_events_from_outside_the_run(
     secure: SecureStack,
 ) -> None:
-    from agents.observe import load_tree
+    from relaybus.agents.observe import load_tree
 
     secure.start_agent("runtime_agents:Approver")
     async with Bus(secure.settings) as op:

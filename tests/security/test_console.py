@@ -7,9 +7,9 @@ from __future__ import annotations
 import httpx
 import msgspec
 
-from agents.submit import run_store, wait_for_run
-from bus.feed import EventFeed
-from services.identity.client import read_audit
+from relaybus.agents.submit import run_store, wait_for_run
+from relaybus.bus.feed import EventFeed
+from relaybus.services.identity.client import read_audit
 
 from ..console.conftest import Stack, stack  # noqa: F401  (the package's stack fixture)
 from ..console.test_access import bearer, eventually, waiting_for_approval

@@ -15,13 +15,13 @@ from typing import Any, cast
 
 import pytest
 
-from agents.charging import Costs
-from agents.control import send_signal
-from bus import BudgetExceeded, Bus, LedgerError, PermissionDenied, Settings, new_id, rpc
-from services.identity.client import read_audit
-from services.ledger.client import AGENT_OPS, OPERATOR_OPS, OPERATOR_QUERIES, LedgerClient
-from services.ledger.model import Budget
-from services.ledger.prices import ModelPrice, PriceTable
+from relaybus.agents.charging import Costs
+from relaybus.agents.control import send_signal
+from relaybus.bus import BudgetExceeded, Bus, LedgerError, PermissionDenied, Settings, new_id, rpc
+from relaybus.services.identity.client import read_audit
+from relaybus.services.ledger.client import AGENT_OPS, OPERATOR_OPS, OPERATOR_QUERIES, LedgerClient
+from relaybus.services.ledger.model import Budget
+from relaybus.services.ledger.prices import ModelPrice, PriceTable
 
 from ..conftest import Spawn, child_env, service_process, wait_service
 from ..payments.stack import UNIT, Stack, payment_stack, signal_of, wait_terminal, wait_waiting
@@ -241,11 +241,11 @@ async def test_splitting_a_payment_under_the_threshold_still_needs_approval(
 
 
 def test_agent_ops_name_exactly_what_an_agent_sends() -> None:
-    from bus import Subjects
-    from services.identity.messages import AgentRecord
-    from services.identity.natsconfig import agent_permissions
-    from services.ledger.messages import WRITES
-    from services.ledger.queries import QUERIES
+    from relaybus.bus import Subjects
+    from relaybus.services.identity.messages import AgentRecord
+    from relaybus.services.identity.natsconfig import agent_permissions
+    from relaybus.services.ledger.messages import WRITES
+    from relaybus.services.ledger.queries import QUERIES
 
     assert AGENT_OPS == ("hold", "capture", "void", "cap", "run_cost")
     operator = {*OPERATOR_OPS, *OPERATOR_QUERIES}
@@ -313,7 +313,7 @@ async def test_operator_operations_never_ride_on_an_agent_subject(
 
 
 async def test_a_hostile_agent_reaches_only_the_agent_ledger_subjects(secure: SecureStack) -> None:
-    from bus import PermissionViolation
+    from relaybus.bus import PermissionViolation
 
     p = secure.settings.prefix
     async with Bus(secure.settings, name="operator") as op:

@@ -14,12 +14,21 @@ from typing import Any
 import msgspec
 import pytest
 
-from bus import Bus, ChainInvalid, Link, PermissionDenied, Settings, default_topology, ensure, rpc
-from memory.client import MemoryClient
-from memory.messages import AGENT_OPS, OPERATOR_OPS, Caller
-from memory.service import MemoryService
-from services.identity.chain import decode_body
-from services.identity.client import IdentityClient
+from relaybus.bus import (
+    Bus,
+    ChainInvalid,
+    Link,
+    PermissionDenied,
+    Settings,
+    default_topology,
+    ensure,
+    rpc,
+)
+from relaybus.memory.client import MemoryClient
+from relaybus.memory.messages import AGENT_OPS, OPERATOR_OPS, Caller
+from relaybus.memory.service import MemoryService
+from relaybus.services.identity.chain import decode_body
+from relaybus.services.identity.client import IdentityClient
 
 from ..conftest import ROOT, child_env, service_process, wait_service
 
@@ -208,9 +217,9 @@ async def test_every_agent_operation_needs_a_chain_and_operator_ones_are_apart(
 
 
 def test_agents_nats_permissions_list_exactly_the_agent_operations() -> None:
-    from bus import Subjects
-    from services.identity.messages import AgentRecord
-    from services.identity.natsconfig import agent_permissions
+    from relaybus.bus import Subjects
+    from relaybus.services.identity.messages import AgentRecord
+    from relaybus.services.identity.natsconfig import agent_permissions
 
     subjects = Subjects("relay")
     record = AgentRecord(name="research", public_key="00" * 32)
@@ -242,7 +251,7 @@ async def test_the_cli_runs_maintenance_on_the_operator_subjects(
 
 def _cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "agents.cli", "memory", *args],
+        [sys.executable, "-m", "relaybus.agents.cli", "memory", *args],
         capture_output=True,
         text=True,
         cwd=ROOT,

@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from agents.submit import submit
-from agents.tools import DataTools
-from agents.tools.demo import build_pricing_db
-from bus import Bus, DataRefused, Settings, UpstreamFailed
-from bus.feed import EventFeed
+from relaybus.agents.submit import submit
+from relaybus.agents.tools import DataTools
+from relaybus.agents.tools.demo import build_pricing_db
+from relaybus.bus import Bus, DataRefused, Settings, UpstreamFailed
+from relaybus.bus.feed import EventFeed
 
 from ..conftest import ROOT, Spawn, child_env
 
@@ -140,7 +140,7 @@ async def test_secrets_are_scrubbed_and_arguments_cannot_escape_the_path(tools: 
 
 
 def test_a_missing_secret_or_bad_declaration_is_a_config_error(sources: Path) -> None:
-    from bus import ConfigError
+    from relaybus.bus import ConfigError
 
     with pytest.raises(ConfigError, match=r"header Authorization needs \$\{CRM_TOKEN\}"):
         DataTools.load(sources, {})
@@ -190,7 +190,7 @@ async def test_a_secret_never_reaches_results_events_or_logs(
     log = tmp_path / "agent.log"
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "agents.cli", "agent", "run", "data_agents:Analyst"],
+            [sys.executable, "-m", "relaybus.agents.cli", "agent", "run", "data_agents:Analyst"],
             env=child_env(
                 settings,
                 RELAYBUS_DATA_SOURCES=str(sources),

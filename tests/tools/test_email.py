@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from agents import ToolArgumentsInvalid
-from agents.tools.email import HEADERS, Email, build_message, send_email, smtp_send
-from agents.tools.mailbox import read_mailbox, serve_mailbox
+from relaybus.agents import ToolArgumentsInvalid
+from relaybus.agents.tools.email import HEADERS, Email, build_message, send_email, smtp_send
+from relaybus.agents.tools.mailbox import read_mailbox, serve_mailbox
 
 SENDER = "relay@relaybus.example"
 TO = "ana@team.example"

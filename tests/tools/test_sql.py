@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from agents.tools.config import SqlSource, Table
-from agents.tools.demo import build_pricing_db
-from agents.tools.sql import SqlDatabase
-from bus import ConfigError, DataRefused
+from relaybus.agents.tools.config import SqlSource, Table
+from relaybus.agents.tools.demo import build_pricing_db
+from relaybus.agents.tools.sql import SqlDatabase
+from relaybus.bus import ConfigError, DataRefused
 
 COLUMNS = ["competitor", "product", "plan", "price_usd", "updated"]
 

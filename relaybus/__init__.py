@@ -1,0 +1,55 @@
+"""relaybus: production infrastructure for multi-agent AI systems over NATS JetStream.
+
+The one import root. What an agent author needs is here:
+
+    from relaybus import Agent, Context, tool
+
+and what a service that submits tasks needs:
+
+    async with relaybus.Client(user="alice", token=TOKEN) as client:
+        run = await client.submit("research", {"topic": "tides"}, run_id="order-1842")
+        result = await run.result()
+
+The layers live below it: `relaybus.bus` (transport), `relaybus.services` and `relaybus.memory`
+(the control-plane services and their clients), `relaybus.agents` (the runtime).
+"""
+
+from relaybus.agents import (
+    Agent,
+    Cancelled,
+    ChildFailed,
+    Context,
+    GatherTimeout,
+    Handle,
+    LimitExceeded,
+    RunOutcome,
+    Tool,
+    ToolArgumentsInvalid,
+    submit,
+    tool,
+)
+from relaybus.bus import Bus, RelayError, RunFailed, Settings
+from relaybus.client import Client, Run, RunIdTaken, RunTimedOut
+
+__all__ = [
+    "Agent",
+    "Bus",
+    "Cancelled",
+    "ChildFailed",
+    "Client",
+    "Context",
+    "GatherTimeout",
+    "Handle",
+    "LimitExceeded",
+    "RelayError",
+    "Run",
+    "RunFailed",
+    "RunIdTaken",
+    "RunOutcome",
+    "RunTimedOut",
+    "Settings",
+    "Tool",
+    "ToolArgumentsInvalid",
+    "submit",
+    "tool",
+]

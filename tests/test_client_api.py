@@ -1,0 +1,114 @@
+"""The client API (`relaybus.Client`) and `relaybus.testing`, used the way a user would."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from relaybus import Agent, Client, Context, RunFailed
+from relaybus.client import RunIdTaken, RunTimedOut
+from relaybus.testing import AgentEnvironment
+
+
+class Echo(Agent):
+    name = "echo"
+
+    async def handle(self, ctx: Context, task: dict[str, Any]) -> dict[str, Any]:
+        return {"echo": task}
+
+
+class Approver(Agent):
+    name = "approver"
+
+    async def handle(self, ctx: Context, task: dict[str, Any]) -> dict[str, Any]:
+        return {"approved": await ctx.wait_signal("approval"), "task": task}
+
+
+EFFECTS = Path()  # set per test: one line per effect the Charger applied
+GATE = asyncio.Event()  # the Charger's handler waits here, after its effect, until a test opens it
+
+
+def apply_effect(order: str) -> str:
+    with EFFECTS.open("a") as log:
+        log.write(order + "\n")
+    return f"charged {order}"
+
+
+class Charger(Agent):
+    name = "charger"
+
+    async def handle(self, ctx: Context, task: dict[str, Any]) -> dict[str, Any]:
+        receipt = await ctx.step("charge", apply_effect, task["order"])
+        await GATE.wait()
+        return {"receipt": receipt}
+
+
+async def test_submit_and_wait_for_the_result() -> None:
+    async with AgentEnvironment([Echo]) as env:
+        run = await env.client.submit("echo", {"text": "hi"})
+        assert await run.result(timeout_s=20) == {"echo": {"text": "hi"}}
+        record = await run.record()
+        assert record.status == "completed" and record.submitted_by == "user:tester"
+
+
+async def test_a_run_id_makes_submission_idempotent() -> None:
+    async with AgentEnvironment([Echo]) as env:
+        first = await env.client.submit("echo", {"n": 1}, run_id="order-1842")
+        again = await env.client.submit("echo", {"n": 1}, run_id="order-1842")
+        assert first.run_id == again.run_id == "order-1842"
+        assert await again.result(timeout_s=20) == {"echo": {"n": 1}}
+        # after it ended, the same id still answers with the same run and starts nothing
+        third = await env.client.submit("echo", {"n": 1}, run_id="order-1842")
+        assert await third.result(timeout_s=5) == {"echo": {"n": 1}}
+        journals = await env.journals("order-1842")
+        assert len(journals) == 1, [j.task_id for j in journals]  # one task, run once
+
+        with pytest.raises(RunIdTaken, match="already a run of 'echo'"):
+            await env.client.submit("approver", {}, run_id="order-1842")
+        async with Client(env.settings, user="mallory") as other:
+            with pytest.raises(RunIdTaken, match="submitted by user:tester"):
+                await other.submit("echo", {"n": 1}, run_id="order-1842")
+
+
+async def test_signal_resumes_a_waiting_run_and_cancel_stops_one() -> None:
+    async with AgentEnvironment([Approver]) as env:
+        waiting = await env.client.submit("approver", {"amount": 5})
+        with pytest.raises(RunTimedOut, match="keeps running"):
+            await waiting.result(timeout_s=1.0)
+        assert await waiting.signal("approval", {"by": "ops"}) in (True, False)
+        assert await waiting.result(timeout_s=20) == {
+            "approved": {"by": "ops"},
+            "task": {"amount": 5},
+        }
+
+        stuck = await env.client.submit("approver", {"amount": 9})
+        await asyncio.sleep(0.5)
+        record = await stuck.cancel("not needed")
+        assert record.status == "cancelled"
+        with pytest.raises(RunFailed, match="not needed") as failed:
+            await stuck.result(timeout_s=10)
+        assert failed.value.info.type == "Cancelled"
+
+
+async def test_a_crashed_agent_replays_its_task_and_the_effect_runs_once(tmp_path: Path) -> None:
+    global EFFECTS
+    EFFECTS = tmp_path / "effects"
+    GATE.clear()
+    async with AgentEnvironment([Charger], ack_wait_s=1.0) as env:
+        run = await env.client.submit("charger", {"order": "A-7"})
+        for _ in range(100):  # bounded: the step is journaled within a few seconds
+            ops = await env.journal_ops(run.run_id, "charger")
+            if ops:
+                break
+            await asyncio.sleep(0.1)
+        assert [op.name for op in ops] == ["charge"]
+        (before,) = await env.journals(run.run_id)
+        await env.crash("charger")  # kill -9 mid-task: the task comes back after ack_wait
+        GATE.set()
+        assert await run.result(timeout_s=30) == {"receipt": "charged A-7"}
+        (after,) = await env.journals(run.run_id)
+        assert after.owner != before.owner  # a fresh replica took the task over and replayed it
+    assert EFFECTS.read_text().splitlines() == ["A-7"]  # replayed from the journal, not re-run
