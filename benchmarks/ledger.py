@@ -46,7 +46,7 @@ async def main() -> None:
         settings = Settings.from_env({}, nats_url=server.url, home=Path(tmp) / "home")
         env = {**os.environ, **settings.env(), "RELAYBUS_LOG_LEVEL": "WARNING"}
         ledger_proc = subprocess.Popen(
-            [sys.executable, "-m", "relaybus.agents.cli", "service", "ledger"], env=env
+            [sys.executable, "-m", "relaybus.cli", "service", "ledger"], env=env
         )
         try:
             async with Bus(settings, name="bench") as bus:

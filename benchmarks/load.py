@@ -47,7 +47,7 @@ def child_env(settings: Settings) -> dict[str, str]:
 
 def start(settings: Settings, *args: str) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
-        [sys.executable, "-m", "relaybus.agents.cli", *args], env=child_env(settings), cwd=ROOT
+        [sys.executable, "-m", "relaybus.cli", *args], env=child_env(settings), cwd=ROOT
     )
 
 

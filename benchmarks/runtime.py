@@ -47,7 +47,7 @@ def start(settings: Settings, spec: str, *args: str) -> subprocess.Popen[bytes]:
         "PYTHONPATH": f"{ROOT / 'benchmarks'}{os.pathsep}{ROOT}",
     }
     return subprocess.Popen(
-        [sys.executable, "-m", "relaybus.agents.cli", "agent", "run", spec, *args], env=env, cwd=ROOT
+        [sys.executable, "-m", "relaybus.cli", "agent", "run", spec, *args], env=env, cwd=ROOT
     )
 
 

@@ -2,6 +2,6 @@
 
 import sys
 
-from relaybus.agents.cli import main
+from relaybus.cli import main
 
 sys.exit(main())

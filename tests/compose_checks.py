@@ -43,9 +43,9 @@ from urllib.parse import unquote, urlsplit
 
 import yaml
 
-from relaybus.agents.cli import agent_run, build_parser, load_agent
 from relaybus.agents.demo import setup as demo
 from relaybus.bus import RelayError, Settings
+from relaybus.cli import agent_run, build_parser, load_agent
 from relaybus.services.identity.client import agent_key_path
 from relaybus.services.identity.natsconfig import nkey_path
 from relaybus.services.ledger.prices import load_prices

@@ -70,7 +70,7 @@ def spawn(settings: Settings) -> Iterator[Spawn]:
 
     def start(spec: str, *args: str, **extra_env: str) -> subprocess.Popen[bytes]:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "relaybus.agents.cli", "agent", "run", spec, *args],
+            [sys.executable, "-m", "relaybus.cli", "agent", "run", spec, *args],
             env=child_env(settings, **extra_env),
             cwd=ROOT,
             stdin=subprocess.DEVNULL,
@@ -123,7 +123,7 @@ def cluster(tmp_path: Path) -> Iterator[list[NatsServer]]:
 def service_process(settings: Settings, name: str, *args: str) -> Iterator[subprocess.Popen[bytes]]:
     """`relaybus service NAME` as a real process, stopped by its pid afterwards."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "relaybus.agents.cli", "service", name, *args],
+        [sys.executable, "-m", "relaybus.cli", "service", name, *args],
         env=child_env(settings),
         cwd=ROOT,
         stdin=subprocess.DEVNULL,

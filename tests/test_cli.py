@@ -28,7 +28,7 @@ def relaybus(
     home: Path, *args: str, timeout: float = 90, **extra: str
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "relaybus.agents.cli", *args],
+        [sys.executable, "-m", "relaybus.cli", *args],
         capture_output=True,
         text=True,
         cwd=ROOT,
@@ -69,7 +69,7 @@ def start_agent(
 ) -> None:
     procs.append(
         subprocess.Popen(
-            [sys.executable, "-m", "relaybus.agents.cli", "agent", "run", spec, *args],
+            [sys.executable, "-m", "relaybus.cli", "agent", "run", spec, *args],
             cwd=ROOT,
             env=relaybus_env(home, **extra),
             text=True,
@@ -191,7 +191,7 @@ def test_secure_stack_admits_only_registered_agents_on_their_nkeys(
 
         write_nkey(home, "typed")
         stranger = subprocess.run(
-            [sys.executable, "-m", "relaybus.agents.cli", "agent", "run", "agents_for_tests:Typed"],
+            [sys.executable, "-m", "relaybus.cli", "agent", "run", "agents_for_tests:Typed"],
             capture_output=True,
             text=True,
             cwd=ROOT,

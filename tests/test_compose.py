@@ -545,7 +545,7 @@ async def test_the_three_nodes_authenticate_every_client_and_form_an_r3_cluster(
             "RELAYBUS_HOME": str(home),
         }
         argv = _setup_call(lb, ["relaybus", "identity", "nats-config"])
-        block = _run([sys.executable, "-m", "relaybus.agents.cli", *argv[1 : argv.index(">")]], setup_env)
+        block = _run([sys.executable, "-m", "relaybus.cli", *argv[1 : argv.index(">")]], setup_env)
         assert block.returncode == 0, block.stderr
         generated = lb.volumes / "nats-auth" / "auth.conf"
         generated.with_suffix(".tmp").write_text(block.stdout)
@@ -598,7 +598,7 @@ async def test_the_three_nodes_authenticate_every_client_and_form_an_r3_cluster(
                 known.nkey = write_nkey(agent_homes["writer"], "writer")
                 await registry.put_agent(known)
             block = _run(
-                [sys.executable, "-m", "relaybus.agents.cli", *argv[1 : argv.index(">")]], setup_env
+                [sys.executable, "-m", "relaybus.cli", *argv[1 : argv.index(">")]], setup_env
             )
             assert block.returncode == 0, block.stderr
             generated.write_text(block.stdout)

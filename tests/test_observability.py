@@ -70,7 +70,7 @@ async def obus(settings: Settings, ledger_metrics_port: int) -> AsyncIterator[Bu
 def cli(settings: Settings, *args: str, lines: bool = False) -> Any:
     """Run `relaybus ARGS` and parse its JSON (a list of objects with `lines=True`)."""
     out = subprocess.run(
-        [sys.executable, "-m", "relaybus.agents.cli", *args],
+        [sys.executable, "-m", "relaybus.cli", *args],
         env=child_env(settings),
         cwd=ROOT,
         capture_output=True,
@@ -227,7 +227,7 @@ async def test_a_run_is_traced_measured_and_explained_the_same_everywhere(
     assert all({"time", "run_id", "kind", "from", "to", "status"} <= e.keys() for e in events)
     assert events[0]["kind"] == "submitted"
     text = subprocess.run(
-        [sys.executable, "-m", "relaybus.agents.cli", "watch", "--run", first.run_id, "--limit", "3"],
+        [sys.executable, "-m", "relaybus.cli", "watch", "--run", first.run_id, "--limit", "3"],
         env=child_env(settings),
         cwd=ROOT,
         capture_output=True,

@@ -48,7 +48,7 @@ def relaybus(
     env: dict[str, str], *args: str, timeout: float = 240
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "relaybus.agents.cli", *args],
+        [sys.executable, "-m", "relaybus.cli", *args],
         env=env,
         cwd=ROOT,
         capture_output=True,
@@ -138,7 +138,7 @@ async def test_model_5xx_bursts_are_retried_and_the_run_completes(tmp_path: Path
         proc = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
-            "relaybus.agents.cli",
+            "relaybus.cli",
             "demo",
             "--json",
             env=demo_env(tmp_path / "home", RELAYBUS_LLM_BASE_URL=url),

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from relaybus.bus import RelayError
 
-SELF_COMMAND = [sys.executable, "-m", "relaybus.agents.cli"]
+SELF_COMMAND = [sys.executable, "-m", "relaybus.cli"]
 
 
 class Processes:

@@ -243,7 +243,7 @@ def test_runs_and_run_show_from_the_cli(bus: Bus, settings: object, spawn: Spawn
     spawn("relaybus.agents.demo.echo:Echo")
     env = child_env(settings)  # type: ignore[arg-type]
     out = subprocess.run(
-        [sys.executable, "-m", "relaybus.agents.cli", "publish", "echo", '{"a": 1}', "--wait", "--json"],
+        [sys.executable, "-m", "relaybus.cli", "publish", "echo", '{"a": 1}', "--wait", "--json"],
         capture_output=True,
         text=True,
         env=env,
@@ -252,7 +252,7 @@ def test_runs_and_run_show_from_the_cli(bus: Bus, settings: object, spawn: Spawn
     )
     run_id = json.loads(out.stdout)["run_id"]
     show = subprocess.run(
-        [sys.executable, "-m", "relaybus.agents.cli", "run", "show", run_id, "--json"],
+        [sys.executable, "-m", "relaybus.cli", "run", "show", run_id, "--json"],
         capture_output=True,
         text=True,
         env=env,
@@ -266,7 +266,7 @@ def test_runs_and_run_show_from_the_cli(bus: Bus, settings: object, spawn: Spawn
         and body["ended"] >= body["started"]
     )
     runs = subprocess.run(
-        [sys.executable, "-m", "relaybus.agents.cli", "runs", "--json"],
+        [sys.executable, "-m", "relaybus.cli", "runs", "--json"],
         capture_output=True,
         text=True,
         env=env,

@@ -106,7 +106,7 @@ def test_unknown_agent_spec_is_a_clear_error() -> None:
     from ..conftest import ROOT
 
     out = subprocess.run(
-        [sys.executable, "-m", "relaybus.agents.cli", "agent", "run", "nowhere:Nothing"],
+        [sys.executable, "-m", "relaybus.cli", "agent", "run", "nowhere:Nothing"],
         capture_output=True,
         text=True,
         cwd=ROOT,

@@ -4,33 +4,75 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-PACKAGES = ("bus", "agents", "memory", "services")
+LAYERS = ("bus", "agents", "memory", "services")
+# the composition root: the one place that wires service servers, the console and the demo
+COMPOSITION_ROOT = {"agents/demo/procs.py", "agents/demo/run.py"}
 
 
-def imports_of(path: Path) -> set[str]:
-    tree = ast.parse(path.read_text(), filename=str(path))
+def imports_of(source: str) -> set[str]:
+    """Every absolute import in `source`, as dotted module names."""
+    tree = ast.parse(source)
     found: set[str] = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
-            found.update(alias.name.split(".")[0] for alias in node.names)
+            found.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            found.add(node.module.split(".")[0])
+            found.add(node.module)
     return found
 
 
-def test_bus_imports_no_upper_layer_and_nats_stays_in_bus() -> None:
+def layer_of(module: str) -> str | None:
+    """`relaybus.memory.client` → `memory`; the public face (`relaybus`, `relaybus.client`,
+    `relaybus.testing`) → `relaybus`; anything else → None."""
+    parts = module.split(".")
+    if parts[0] != "relaybus":
+        return None
+    return parts[1] if len(parts) > 1 and parts[1] in LAYERS else "relaybus"
+
+
+def problems_of(package: str, rel: str, source: str) -> list[str]:
     problems = []
-    for package in PACKAGES:
+    for module in sorted(imports_of(source)):
+        top = module.split(".")[0]
+        layer = layer_of(module)
+        if top in LAYERS:
+            problems.append(f"{rel}: imports {module}; write relaybus.{module} (one import root)")
+        if top == "nats" and package != "bus":
+            problems.append(f"{rel}: imports nats outside bus/")
+        if layer == "relaybus":
+            problems.append(f"{rel}: a layer imports the public face {module}")
+        if package == "bus" and layer in ("agents", "memory", "services"):
+            problems.append(f"{rel}: bus imports {module}")
+        if package in ("memory", "services") and layer == "agents":
+            problems.append(f"{rel}: {package} imports the agents runtime ({module})")
+        if (
+            module.endswith(".service")
+            and layer == "services"
+            and not rel.startswith(module.split(".")[1] + "/" + module.split(".")[2])
+            and rel not in COMPOSITION_ROOT
+            and not rel.startswith("services/")  # a service process may host another's server
+        ):
+            problems.append(f"{rel}: imports a service's server internals ({module})")
+    return problems
+
+
+def test_layers_import_downward_only_through_the_one_root() -> None:
+    problems = []
+    for package in LAYERS:
         for path in (ROOT / package).rglob("*.py"):
-            found = imports_of(path)
-            if package == "bus" and found & {"agents", "memory", "services"}:
-                problems.append(f"{path}: bus imports {found & {'agents', 'memory', 'services'}}")
-            if package != "bus" and "nats" in found:
-                problems.append(f"{path}: imports nats outside bus/")
-            if package in ("memory", "services") and "agents" in found:
-                problems.append(f"{path}: {package} imports the agents runtime")
+            problems += problems_of(package, path.relative_to(ROOT).as_posix(), path.read_text())
     assert problems == []
 
 
 def test_the_walker_sees_imports() -> None:
-    assert "nats" in imports_of(ROOT / "bus" / "client.py")
+    client = (ROOT / "bus" / "client.py").read_text()
+    assert "nats" in imports_of(client)
+    assert problems_of("bus", "bus/client.py", client) == []
+    assert layer_of("relaybus.memory.client") == "memory" and layer_of("relaybus") == "relaybus"
+
+
+def test_the_rules_catch_what_they_forbid() -> None:
+    source = "import agents\nfrom relaybus.agents import Agent\nimport relaybus.client\n"
+    assert len(problems_of("bus", "bus/probe.py", source)) == 3
+    internals = "from relaybus.services.ledger.service import LedgerWriter\n"
+    assert problems_of("agents", "agents/worker.py", internals) != []

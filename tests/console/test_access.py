@@ -228,7 +228,7 @@ def test_the_command_refuses_bad_input_with_one_line(stack: Stack) -> None:
         (["--host", "203.0.113.9", "--port", "0"], "error: cannot listen on 203.0.113.9:0"),
     ):
         done = subprocess.run(
-            [sys.executable, "-m", "relaybus.agents.cli", "console", *args],
+            [sys.executable, "-m", "relaybus.cli", "console", *args],
             env=env,
             cwd=ROOT,
             capture_output=True,

@@ -47,7 +47,7 @@ class Fleet:
         self._add(name, ["service", name], env)
 
     def _add(self, name: str, args: list[str], env: dict[str, str]) -> None:
-        self.argv[name] = [sys.executable, "-m", "relaybus.agents.cli", *args]
+        self.argv[name] = [sys.executable, "-m", "relaybus.cli", *args]
         self._env = getattr(self, "_env", {})
         self._env[name] = env
         self.start(name)

@@ -80,7 +80,7 @@ def echo(settings: Settings, tmp_path: Path) -> Iterator[tuple[subprocess.Popen[
     log = tmp_path / "echo.log"
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "relaybus.agents.cli", "agent", "run", "relaybus.agents.demo.echo:Echo"],
+            [sys.executable, "-m", "relaybus.cli", "agent", "run", "relaybus.agents.demo.echo:Echo"],
             env=child_env(settings),
             cwd=ROOT,
             stdin=subprocess.DEVNULL,
@@ -266,7 +266,7 @@ async def test_a_burst_of_hostile_messages_loses_no_good_task(
     assert proc.poll() is None
     # And `relaybus dlq list --json` shows each dead-lettered one with its reason, first attempt
     listed = subprocess.run(
-        [sys.executable, "-m", "relaybus.agents.cli", "dlq", "list", "--json", "--limit", "1000"],
+        [sys.executable, "-m", "relaybus.cli", "dlq", "list", "--json", "--limit", "1000"],
         env=child_env(bus.settings),
         cwd=ROOT,
         capture_output=True,

@@ -108,7 +108,7 @@ def run_all(
         for argv in argvs:
             procs.append(
                 subprocess.Popen(
-                    [sys.executable, "-m", "relaybus.agents.cli", *argv],
+                    [sys.executable, "-m", "relaybus.cli", *argv],
                     env=env,
                     cwd=ROOT,
                     stdin=subprocess.DEVNULL,

@@ -125,7 +125,7 @@ async def test_the_cli_reads_streams_holding_hostile_records(bus: Bus, settings:
     }
     runs = {
         name: subprocess.run(
-            [sys.executable, "-m", "relaybus.agents.cli", *argv],
+            [sys.executable, "-m", "relaybus.cli", *argv],
             env=env,
             cwd=ROOT,
             capture_output=True,

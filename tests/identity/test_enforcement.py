@@ -107,7 +107,7 @@ async def test_happy_path_user_orchestrator_research_writer(
     assert done.status == "completed", done  # type: ignore[attr-defined]
     assert done.result == {"sent_to": "team@team.example", "subject": "1 notes"}  # type: ignore[attr-defined]
     out = subprocess.run(
-        [sys.executable, "-m", "relaybus.agents.cli", "identity", "chain", done.run_id, "--json"],  # type: ignore[attr-defined]
+        [sys.executable, "-m", "relaybus.cli", "identity", "chain", done.run_id, "--json"],  # type: ignore[attr-defined]
         capture_output=True,
         text=True,
         env=child_env(settings),
@@ -236,7 +236,7 @@ async def test_revoked_token_is_refused(idbus: Bus, token: str) -> None:
 def test_agent_without_a_key_says_how_to_register(settings: Settings, tmp_path: Path) -> None:
     env = child_env(settings, RELAYBUS_IDENTITY="1", RELAYBUS_HOME=str(tmp_path / "empty"))
     out = subprocess.run(
-        [sys.executable, "-m", "relaybus.agents.cli", "agent", "run", "identity_agents:Writer"],
+        [sys.executable, "-m", "relaybus.cli", "agent", "run", "identity_agents:Writer"],
         capture_output=True,
         text=True,
         env=env,

@@ -47,7 +47,7 @@ def spawn(secured: tuple[NatsServer, Settings]) -> Iterator[Spawn]:  # type: ign
 
     def start(spec: str, *args: str, **extra: str) -> subprocess.Popen[bytes]:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "relaybus.agents.cli", "agent", "run", spec, *args],
+            [sys.executable, "-m", "relaybus.cli", "agent", "run", spec, *args],
             env=child_env(secured[1], **extra),
             cwd=ROOT,
             stdin=subprocess.DEVNULL,

@@ -115,7 +115,7 @@ async def test_a_users_statement_equals_the_sum_of_their_runs(
         [
             sys.executable,
             "-m",
-            "relaybus.agents.cli",
+            "relaybus.cli",
             "ledger",
             "statement",
             "carol",

@@ -28,7 +28,7 @@ class LedgerProcess:
 
     def start(self) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "relaybus.agents.cli", "service", "ledger"],
+            [sys.executable, "-m", "relaybus.cli", "service", "ledger"],
             env=child_env(self.settings),
             cwd=ROOT,
             stdin=subprocess.DEVNULL,

@@ -36,7 +36,7 @@ async def tokens(settings: Settings) -> AsyncIterator[dict[str, str]]:
 
 def memory_cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "relaybus.agents.cli", "memory", *args],
+        [sys.executable, "-m", "relaybus.cli", "memory", *args],
         capture_output=True,
         text=True,
         cwd=ROOT,

@@ -92,7 +92,7 @@ async def test_a_payment_is_authorized_captured_refunded_and_on_the_statement(
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "relaybus.agents.cli",
+        "relaybus.cli",
         "ledger",
         "statement",
         "paula",

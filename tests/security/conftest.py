@@ -41,7 +41,7 @@ class SecureStack:
     def start_agent(self, spec: str) -> None:
         self.procs.append(
             subprocess.Popen(
-                [sys.executable, "-m", "relaybus.agents.cli", "agent", "run", spec],
+                [sys.executable, "-m", "relaybus.cli", "agent", "run", spec],
                 cwd=ROOT,
                 env=relaybus_env(self.home, RELAYBUS_IDENTITY="1", PYTHONPATH=_pythonpath()),
                 stdin=subprocess.DEVNULL,

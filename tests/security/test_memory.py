@@ -251,7 +251,7 @@ async def test_the_cli_runs_maintenance_on_the_operator_subjects(
 
 def _cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "relaybus.agents.cli", "memory", *args],
+        [sys.executable, "-m", "relaybus.cli", "memory", *args],
         capture_output=True,
         text=True,
         cwd=ROOT,

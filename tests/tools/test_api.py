@@ -190,7 +190,7 @@ async def test_a_secret_never_reaches_results_events_or_logs(
     log = tmp_path / "agent.log"
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "relaybus.agents.cli", "agent", "run", "data_agents:Analyst"],
+            [sys.executable, "-m", "relaybus.cli", "agent", "run", "data_agents:Analyst"],
             env=child_env(
                 settings,
                 RELAYBUS_DATA_SOURCES=str(sources),

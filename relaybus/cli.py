@@ -13,6 +13,10 @@ import subprocess
 import sys
 from typing import Any
 
+from relaybus.agents.base import Agent
+from relaybus.agents.observe import chain_of
+from relaybus.agents.observe import register as register_observe
+from relaybus.agents.submit import has_consumer, parse_payload, run_store
 from relaybus.bus import Bus, RelayError, Settings
 from relaybus.bus import cli as bus_cli
 from relaybus.bus.runtime import (
@@ -24,14 +28,9 @@ from relaybus.bus.runtime import (
     setup_logging,
 )
 from relaybus.bus.telemetry import Telemetry
+from relaybus.client import Client
 
-from .base import Agent
-from .control import cancel_run, send_signal
-from .observe import chain_of
-from .observe import register as register_observe
-from .submit import has_consumer, parse_payload, run_store, submit
-
-SELF_COMMAND = [sys.executable, "-m", "relaybus.agents.cli"]
+SELF_COMMAND = [sys.executable, "-m", "relaybus.cli"]
 
 
 def stack_services(settings: Settings) -> dict[str, list[str]]:
@@ -85,7 +84,9 @@ def load_agent(spec: str) -> type[Agent]:
     """`MODULE:CLASS`, importable from the current directory."""
     module_name, _, class_name = spec.partition(":")
     if not module_name or not class_name:
-        raise RelayError(f"{spec!r} is not MODULE:CLASS (for example relaybus.agents.demo.echo:Echo)")
+        raise RelayError(
+            f"{spec!r} is not MODULE:CLASS (for example relaybus.agents.demo.echo:Echo)"
+        )
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
     try:
@@ -105,13 +106,15 @@ def agent_run(args: argparse.Namespace, settings: Settings) -> Any:
     if args.replicas < 1 or args.concurrency < 1:
         raise RelayError("--replicas and --concurrency must be at least 1")
     if args.replicas == 1:
-        from .process import serve_agent
+        from relaybus.agents.process import serve_agent
 
         return serve_agent(cls(), settings, args.concurrency, args.metrics_port)
     from relaybus.services.identity.natsconfig import nkey_path
 
     if settings.nats_auth and not nkey_path(settings.home.resolve(), cls.name).exists():
-        from .process import register_on_first_run  # once, before the replicas race to it
+        from relaybus.agents.process import (
+            register_on_first_run,  # once, before the replicas race to it
+        )
 
         asyncio.run(register_on_first_run(cls(), settings))
     return _supervise_replicas(args, settings)
@@ -153,32 +156,31 @@ def _supervise_replicas(args: argparse.Namespace, settings: Settings) -> int:
 
 async def publish(args: argparse.Namespace, settings: Settings) -> int:
     payload = parse_payload(args.payload)
-    async with Bus(settings, name="relaybus-publish") as bus:
-        if not await has_consumer(bus, args.agent):
+    async with Client(
+        settings, user=args.as_user, token=args.token, name="relaybus-publish"
+    ) as client:
+        if not await has_consumer(client.bus, args.agent):
             print(
                 f"note: no agent {args.agent!r} has started yet; the task waits until one does",
                 file=sys.stderr,
             )
-        if args.wait and sys.stderr.isatty():
-            print(
-                f"waiting up to {args.timeout:g}s for the run to end…", file=sys.stderr, flush=True
-            )
-        outcome = await submit(
-            bus,
+        run = await client.submit(
             args.agent,
             payload,
-            sender=f"user:{args.as_user}",
-            wait=args.wait,
-            timeout_s=args.timeout,
+            run_id=args.run_id,
             max_hops=args.max_hops,
             max_steps=args.max_steps,
             deadline_s=args.deadline,
-            token=args.token,
             budget=args.budget,
         )
-    if not args.wait:
-        bus_cli.emit({"run_id": outcome.run_id}, args.json, outcome.run_id)
-        return EXIT_OK
+        if not args.wait:
+            bus_cli.emit({"run_id": run.run_id}, args.json, run.run_id)
+            return EXIT_OK
+        if sys.stderr.isatty():
+            print(
+                f"waiting up to {args.timeout:g}s for the run to end…", file=sys.stderr, flush=True
+            )
+        outcome = await run.outcome(args.timeout)
     out = outcome.as_json()
     bus_cli.emit(
         out,
@@ -225,18 +227,17 @@ async def run_show(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def cancel(args: argparse.Namespace, settings: Settings) -> int:
-    async with Bus(settings, name="relaybus-cancel") as bus:
-        record = await cancel_run(bus, args.run_id)
+    async with Client(settings, name="relaybus-cancel") as client:
+        record = await client.run(args.run_id).cancel()
     bus_cli.emit(record.summary(), args.json, f"run {args.run_id} cancelled")
     return EXIT_OK
 
 
 async def approve(args: argparse.Namespace, settings: Settings) -> int:
     data = json.loads(parse_payload(args.data))
-    async with Bus(settings, name="relaybus-approve") as bus:
-        delivered = await send_signal(
-            bus, args.run_id, args.signal, data, sender=f"user:{os.environ.get('USER', 'dev')}"
-        )
+    user = os.environ.get("USER", "dev")
+    async with Client(settings, user=user, name="relaybus-approve") as client:
+        delivered = await client.run(args.run_id).signal(args.signal, data)
     text = (
         f"signal {args.signal!r} delivered to run {args.run_id}"
         if delivered
@@ -286,6 +287,11 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=None,
         help="the run's max cost in micro-units (needs the ledger)",
+    )
+    p.add_argument(
+        "--run-id",
+        default=None,
+        help="your id for this run (e.g. an order number): publishing it again starts nothing new",
     )
     p.add_argument("--wait", action="store_true", help="wait for the run to end")
     p.add_argument("--timeout", type=float, default=60.0, help="seconds to wait with --wait")
@@ -344,16 +350,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=identity_chain)
 
     register_observe(sub)
-    from .llm.cli import register as register_llm
+    from relaybus.agents.llm.cli import register as register_llm
 
     register_llm(sub)
     from relaybus.services.payments.cli import register as register_payments
 
     register_payments(sub)
-    from .demo.run import register as register_demo
+    from relaybus.agents.demo.run import register as register_demo
 
     register_demo(sub)
-    from .console.cli import register as register_console
+    from relaybus.agents.console.cli import register as register_console
 
     register_console(sub)
     return parser
