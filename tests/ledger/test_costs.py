@@ -166,9 +166,9 @@ async def test_lease_processes_race_without_overspending(lbus: Bus, settings: Se
     await LedgerClient(lbus).set_budget("lb", Budget(level="run:LEASED", limit=5003))
     code = (
         "import asyncio,os,sys\n"
-        "from bus import Bus, Settings, BudgetExceeded\n"
-        "from services.ledger.client import LedgerClient\n"
-        "from services.ledger.lease import Lease\n"
+        "from relaybus.bus import Bus, Settings, BudgetExceeded\n"
+        "from relaybus.services.ledger.client import LedgerClient\n"
+        "from relaybus.services.ledger.lease import Lease\n"
         "async def main():\n"
         "    async with Bus(Settings.from_env(os.environ)) as bus:\n"
         "        lease = Lease(LedgerClient(bus), payer='user:e', payee='tool:x', levels=['run:LEASED'], chunk=64)\n"

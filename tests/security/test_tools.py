@@ -301,7 +301,9 @@ def test_runaway_queries_stop_at_the_limits_with_a_refusal(db: SqlDatabase, sql:
     started = time.monotonic()
     with pytest.raises(DataRefused) as refused:
         db.run(sql, "alice")
-    assert time.monotonic() - started < db.source.timeout_s + 1.0
+    assert (
+        time.monotonic() - started < db.source.timeout_s + 3.0
+    )  # stops near its limit (slack for a loaded CI machine)
     reasons = (
         "recursive",
         "refers to itself",
