@@ -78,7 +78,13 @@ class Handle:
 
 
 class RunLogger(logging.LoggerAdapter[logging.Logger]):
-    """Prefixes every line with the run, the agent and the journal step the handler is at."""
+    """Prefixes every line with the run, the agent and the journal step the handler is at.
+    Quiet while the handler replays recorded steps: each line is written once, when its code
+    first ran, not again on every redelivery or resume (as Temporal's workflow logger)."""
+
+    def isEnabledFor(self, level: int) -> bool:
+        ctx: Context = (self.extra or {})["ctx"]  # type: ignore[assignment]
+        return not ctx.replaying and super().isEnabledFor(level)
 
     def process(self, msg: Any, kwargs: Any) -> tuple[Any, Any]:
         ctx: Context = (self.extra or {})["ctx"]  # type: ignore[assignment]

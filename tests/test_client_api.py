@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -41,8 +42,10 @@ class Charger(Agent):
     name = "charger"
 
     async def handle(self, ctx: Context, task: dict[str, Any]) -> dict[str, Any]:
+        ctx.log.info("charging order %s", task["order"])
         receipt = await ctx.step("charge", apply_effect, task["order"])
         await GATE.wait()
+        ctx.log.info("charged order %s", task["order"])
         return {"receipt": receipt}
 
 
@@ -93,8 +96,11 @@ async def test_signal_resumes_a_waiting_run_and_cancel_stops_one() -> None:
         assert failed.value.info.type == "Cancelled"
 
 
-async def test_a_crashed_agent_replays_its_task_and_the_effect_runs_once(tmp_path: Path) -> None:
+async def test_a_crashed_agent_replays_its_task_and_the_effect_runs_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     global EFFECTS
+    caplog.set_level(logging.INFO, logger="relaybus.agent.charger")
     EFFECTS = tmp_path / "effects"
     GATE.clear()
     async with AgentEnvironment([Charger], ack_wait_s=1.0) as env:
@@ -112,3 +118,6 @@ async def test_a_crashed_agent_replays_its_task_and_the_effect_runs_once(tmp_pat
         (after,) = await env.journals(run.run_id)
         assert after.owner != before.owner  # a fresh replica took the task over and replayed it
     assert EFFECTS.read_text().splitlines() == ["A-7"]  # replayed from the journal, not re-run
+    lines = [r.getMessage() for r in caplog.records if r.name == "relaybus.agent.charger"]
+    assert sum("charging order A-7" in line for line in lines) == 1, lines  # quiet on replay
+    assert sum("charged order A-7" in line for line in lines) == 1, lines
