@@ -46,8 +46,8 @@ from .journal import Journal, JournalDivergence, Op, Wait
 from .llm import ChatResult
 
 if TYPE_CHECKING:
+    from .port import RuntimePort
     from .tool import Tool
-    from .worker import Worker
 
 DEFAULT_MAX_STEPS = 1000
 
@@ -96,7 +96,7 @@ class Context:
 
     def __init__(
         self,
-        worker: Worker,
+        worker: RuntimePort,
         envelope: Envelope,
         journal: Journal,
         revision: int,

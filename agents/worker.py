@@ -16,7 +16,7 @@ import logging
 import os
 import socket
 import time
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import msgspec
 from opentelemetry import trace
@@ -810,3 +810,9 @@ def _take_over(owner: str, driver: str, *, reopen: bool = False) -> Any:
             journal.status, journal.error = "running", None
 
     return change
+
+
+if TYPE_CHECKING:  # the worker is the runtime behind every Context: mypy checks it fits the port
+    from .port import RuntimePort
+
+    _PORT_CHECK: type[RuntimePort] = Worker

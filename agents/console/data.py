@@ -78,9 +78,11 @@ class ConsoleData:
             raise NotFound(f"no run {run_id}")
         async with EventFeed(self.bus, run_id, replay=True) as feed:
             sourced = await feed.stored_sourced(first_timeout_s=0.5)
-        events = from_the_run(sourced, record.agent) if record and record.agent else [
-            e for e, _ in sourced
-        ]
+        events = (
+            from_the_run(sourced, record.agent)
+            if record and record.agent
+            else [e for e, _ in sourced]
+        )
         if record is None and not events:
             raise NotFound(f"no run {run_id}")
         tree = runtree.build(run_id, events)
