@@ -348,8 +348,12 @@ async def replay_dead_letter(bus: Bus, seq: int) -> dict[str, Any]:
             "a letter is replayed only to the agent whose consume loop wrote it"
         )
     own = bus.subjects.task(letter.agent)
-    if letter.subject != own and letter.subject != bus.subjects.timer(letter.agent) and not (
-        letter.subject.startswith(own + ".") and letter.subject.count(".") == own.count(".") + 1
+    if (
+        letter.subject != own
+        and letter.subject != bus.subjects.timer(letter.agent)
+        and not (
+            letter.subject.startswith(own + ".") and letter.subject.count(".") == own.count(".") + 1
+        )
     ):  # a forged letter could aim anywhere
         raise RelayError(
             f"dead letter {seq} is for {letter.subject!r}, not {letter.agent}'s task subject; "

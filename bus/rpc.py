@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import msgspec
@@ -28,6 +29,23 @@ def reply_ok(body: Any = None) -> bytes:
 
 def reply_error(exc: BaseException) -> bytes:
     return msgspec.json.encode(Reply(ok=False, error=ErrorInfo.from_exception(exc)))
+
+
+async def answer(
+    work: Callable[[], Awaitable[Any]], service: str, refusal: type[RelayError]
+) -> bytes:
+    """One service request, answered: `work()`'s result as an ok reply; a refusal (any
+    RelayError) as an error reply of its own type; a body that does not decode, does not fit
+    the request type, or nests too deeply as `refusal` naming what was wrong. Every service's
+    request loop (identity, runs, ledger, memory) answers through here."""
+    try:
+        return reply_ok(await work())
+    except msgspec.DecodeError as exc:  # ValidationError is one too
+        return reply_error(refusal(f"bad {service} request: {exc}"))
+    except RecursionError:  # msgspec recurses even into fields it skips
+        return reply_error(refusal(f"bad {service} request: values nested too deeply"))
+    except RelayError as exc:
+        return reply_error(exc)
 
 
 def _error_class(name: str) -> type[RelayError]:

@@ -32,7 +32,9 @@ class Settings(BaseModel):
     stream_replicas: int = Field(default=1, ge=1, le=5)  # 3 on a NATS cluster: R3 streams and KV
     log_level: str = "INFO"
     identity: bool = False
-    identity_max_root_ttl_s: float = Field(default=86_400.0, gt=0)  # the longest a run's root link lives
+    identity_max_root_ttl_s: float = Field(
+        default=86_400.0, gt=0
+    )  # the longest a run's root link lives
     # NATS authentication and least-privilege permissions on the embedded server: on unless
     # RELAYBUS_NATS_AUTH=0 (development only; `up` then warns loudly)
     nats_auth: bool = True

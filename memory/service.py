@@ -20,7 +20,7 @@ import msgspec
 
 from relaybus.bus import Bus, RelayError, Settings, default_topology, ensure, metrics
 from relaybus.bus.kv import Bucket
-from relaybus.bus.rpc import reply_error, reply_ok
+from relaybus.bus.rpc import answer
 from relaybus.bus.runtime import stop_on_signals
 from relaybus.services.identity.client import IdentityGate
 
@@ -79,28 +79,25 @@ class MemoryService:
 
     async def handle(self, subject: str, data: bytes) -> bytes:
         op = subject.rsplit(".", 1)[1]
-        try:
+
+        async def work() -> Any:
             handler = self.ops.get(op)
             if handler is None:
                 raise MemoryRefused(f"unknown memory operation {op!r}")
             if op not in TIMED:
-                return reply_ok(await handler(self, data))
+                return await handler(self, data)
             started = time.perf_counter()
             outcome = "error"
             try:
-                body = reply_ok(await handler(self, data))
+                body = await handler(self, data)
                 outcome = "ok"
                 return body
             finally:
                 metrics.RECALL_DURATION.record(
                     time.perf_counter() - started, {"relaybus.operation": op, "outcome": outcome}
                 )
-        except msgspec.DecodeError as exc:  # ValidationError is one too
-            return reply_error(MemoryRefused(f"bad memory request: {exc}"))
-        except RecursionError:  # msgspec recurses even into fields it skips
-            return reply_error(MemoryRefused("bad memory request: values nested too deeply"))
-        except RelayError as exc:
-            return reply_error(exc)
+
+        return await answer(work, "memory", MemoryRefused)
 
     async def remember(self, data: bytes) -> Any:
         req = msgspec.json.decode(data, type=Remember)

@@ -28,6 +28,8 @@ INFO_BUCKETS = ("agents", "users", "revoked", "journal", "presence")
 # Buckets an agent writes, each only under keys that end (journal) or start (presence) with
 # its own name.
 OWN_KEY_BUCKETS = {"journal": "*.*.{name}", "presence": "{name}.*"}
+
+
 def _service_ops(modules: tuple[str, ...], fallback: tuple[str, ...]) -> tuple[str, ...]:
     """`AGENT_OPS` of a service's client-facing module: the requests an agent may send."""
     import importlib
@@ -78,7 +80,9 @@ def agent_permissions(
     publish = sorted({subjects.task_from(t, name) for t in (name, *agent.handoff_to, *callers)})
     publish += [
         f"{p}.svc.ledger.{op}"
-        for op in _service_ops(("relaybus.services.ledger.messages", "relaybus.services.ledger.client"), ())
+        for op in _service_ops(
+            ("relaybus.services.ledger.messages", "relaybus.services.ledger.client"), ()
+        )
     ]
     publish += [f"{p}.svc.memory.{op}" for op in _service_ops(("relaybus.memory.messages",), ())]
     publish += [

@@ -30,7 +30,7 @@ from relaybus.bus import (
     ensure,
 )
 from relaybus.bus.private import write_private
-from relaybus.bus.rpc import reply_error, reply_ok
+from relaybus.bus.rpc import answer
 from relaybus.bus.runtime import stop_on_signals
 from relaybus.bus.streams import ensure_agent_consumers
 from relaybus.bus.subjects import check_name
@@ -89,19 +89,16 @@ class IdentityService:
 
     async def handle(self, subject: str, data: bytes) -> bytes:
         op = subject.split(".svc.identity.", 1)[1]
-        try:
+
+        async def work() -> Any:
             if op.startswith("stamp."):
-                return reply_ok(await self.stamp(op.removeprefix("stamp."), data))
+                return await self.stamp(op.removeprefix("stamp."), data)
             handler = self.ops.get(op)
             if handler is None:
                 raise RelayError(f"unknown identity operation {op!r}")
-            return reply_ok(await handler(self, data))
-        except msgspec.DecodeError as exc:  # ValidationError is one too
-            return reply_error(ConfigError(f"bad identity request: {exc}"))
-        except RecursionError:  # msgspec recurses even into fields it skips
-            return reply_error(ConfigError("bad identity request: values nested too deeply"))
-        except RelayError as exc:
-            return reply_error(exc)
+            return await handler(self, data)
+
+        return await answer(work, "identity", ConfigError)
 
     # -- administration ------------------------------------------------------------------
 

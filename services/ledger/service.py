@@ -17,6 +17,7 @@ import logging
 import time
 import zlib
 from collections.abc import Callable
+from typing import Any
 
 import msgspec
 from opentelemetry.metrics import CallbackOptions, Observation
@@ -36,7 +37,7 @@ from relaybus.bus import (
 )
 from relaybus.bus.events import Event, event_encoder
 from relaybus.bus.kv import Bucket
-from relaybus.bus.rpc import reply_error, reply_ok
+from relaybus.bus.rpc import answer
 from relaybus.bus.runtime import stop_on_signals
 from relaybus.bus.streams import read_subject
 from relaybus.services.identity.client import publish_audit
@@ -106,9 +107,10 @@ class LedgerWriter:
 
     async def handle(self, subject: str, data: bytes) -> bytes:
         op_name = subject.rsplit(".", 1)[1]
-        try:
+
+        async def work() -> Any:
             if op_name in QUERIES:
-                return reply_ok(QUERIES[op_name](self.state, _decode_query(data or b"{}")))
+                return QUERIES[op_name](self.state, _decode_query(data or b"{}"))
             try:
                 if op_name not in WRITES:
                     raise LedgerError(
@@ -120,16 +122,12 @@ class LedgerWriter:
                 await self._audit(op_name, exc)
                 raise
             try:
-                return reply_ok(await self.write(op))
+                return await self.write(op)
             except PermissionDenied as exc:
                 await self._audit(op_name, exc, op)
                 raise
-        except (RelayError, msgspec.ValidationError, msgspec.DecodeError) as exc:
-            if isinstance(exc, msgspec.DecodeError):  # ValidationError is one too
-                exc = LedgerError(f"bad ledger request: {exc}")
-            return reply_error(exc)
-        except RecursionError:  # msgspec recurses even into fields it skips
-            return reply_error(LedgerError("bad ledger request: values nested too deeply"))
+
+        return await answer(work, "ledger", LedgerError)
 
     async def write(self, op: Op) -> dict[str, object]:
         """Decide, append (fenced), reply once stored.

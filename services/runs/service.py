@@ -15,9 +15,9 @@ from typing import Any
 
 import msgspec
 
-from relaybus.bus import Bus, ChainInvalid, ConfigError, PermissionDenied, RelayError
+from relaybus.bus import Bus, ChainInvalid, ConfigError, PermissionDenied
 from relaybus.bus.kv import Bucket
-from relaybus.bus.rpc import reply_error, reply_ok
+from relaybus.bus.rpc import answer
 from relaybus.bus.subjects import check_name
 from relaybus.services.identity.chain import LinkBody
 from relaybus.services.identity.client import IdentityGate, publish_audit
@@ -48,22 +48,18 @@ class RunAuthority:
 
     async def handle(self, subject: str, data: bytes) -> bytes:
         agent = subject.rsplit(".", 1)[-1]
-        try:
-            try:
-                req = _request.decode(data)
-            except msgspec.DecodeError as exc:
-                raise ConfigError(f"bad run request: {exc}") from None
-            except RecursionError:
-                raise ConfigError("bad run request: values nested too deeply") from None
+
+        async def work() -> RunReply:
+            req = _request.decode(data)
             check_name("run", req.run_id)
             await self._check(agent, req)
             try:
                 record, changed = await self.store.change(req.run_id, req.change, agent)
             except NoRun:
-                return reply_ok(RunReply(record=None, changed=False))
-            return reply_ok(RunReply(record=record, changed=changed))
-        except RelayError as exc:
-            return reply_error(exc)
+                return RunReply(record=None, changed=False)
+            return RunReply(record=record, changed=changed)
+
+        return await answer(work, "run", ConfigError)
 
     async def _check(self, agent: str, req: RunRequest) -> None:
         if self.gate is None:

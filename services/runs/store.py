@@ -234,9 +234,7 @@ class RunStore:
                 )
         return changed
 
-    async def change(
-        self, run_id: str, change: RunChange, agent: str
-    ) -> tuple[RunRecord, bool]:
+    async def change(self, run_id: str, change: RunChange, agent: str) -> tuple[RunRecord, bool]:
         """Apply one agent change with CAS; a run published without `submit` gets its record
         when it first changes. Returns the record and whether it changed."""
         changed = False
