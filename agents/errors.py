@@ -10,6 +10,7 @@ from relaybus.bus import (
     RelayError,
     RunFailed,
 )
+from relaybus.bus.errors import rebuild_error
 
 
 class LimitExceeded(RelayError):
@@ -43,11 +44,6 @@ _REFUSALS: dict[str, type[RelayError]] = {
 
 def rebuild(info: ErrorInfo) -> RelayError:
     """The exception a journaled error stands for, so a replay raises what the first run raised."""
-    cls = _REBUILD.get(info.type)
-    if cls is not None:
-        inner_type, _, inner_message = info.message.partition(": ")
-        return cls(ErrorInfo(type=inner_type, message=inner_message))
-    refusal = _REFUSALS.get(info.type)
-    if refusal is not None:
-        return refusal(info.message)
+    if info.type in _REBUILD or info.type in _REFUSALS:
+        return rebuild_error(info)
     return RunFailed(info)

@@ -28,18 +28,47 @@
     ├── RateLimited                  ledger: a rate limit says "not now"; retry after retry_after_s
     └── CircuitOpen                  runtime: a tool's circuit breaker is open
 
-Errors cross process boundaries as data (`ErrorInfo`), never pickled.
+Errors cross process boundaries as data (`ErrorInfo`: the class name, the message and the
+error's own fields in `details`), never pickled, and never parsed back from their text: every
+RelayError subclass, in any layer, registers itself by name when it is defined, and
+`rebuild_error(info)` builds the same class from `info` (`from_info`, which a class with fields
+overrides).
 """
 
 from __future__ import annotations
 
-import re
+from typing import Any
 
 import msgspec
+
+_KNOWN: dict[str, type[RelayError]] = {}
 
 
 class RelayError(Exception):
     """Base class of every error relaybus raises on purpose."""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        _KNOWN.setdefault(cls.__name__, cls)  # the first class of a name keeps it
+
+    def details(self) -> dict[str, str | int | float | bool]:
+        """The error's fields, as they travel in `ErrorInfo.details`."""
+        return {}
+
+    @classmethod
+    def from_info(cls, info: ErrorInfo) -> RelayError:
+        """This error again, from what crossed the wire."""
+        return cls(info.message)
+
+
+def error_class(name: str) -> type[RelayError]:
+    """The RelayError subclass registered under `name` (RelayError if none is)."""
+    return _KNOWN.get(name, RelayError)
+
+
+def rebuild_error(info: ErrorInfo) -> RelayError:
+    """The exception `info` describes, of its own class and with its own fields."""
+    return error_class(info.type).from_info(info)
 
 
 class ConfigError(RelayError):
@@ -123,6 +152,20 @@ class RunFailed(RelayError):
         super().__init__(f"{info.type}: {info.message}")
         self.info = info
 
+    def details(self) -> dict[str, str | int | float | bool]:
+        return {"failed_type": self.info.type, "failed_message": self.info.message}
+
+    @classmethod
+    def from_info(cls, info: ErrorInfo) -> RelayError:
+        failed_type, failed_message = (
+            info.details.get("failed_type"),
+            info.details.get("failed_message"),
+        )
+        if isinstance(failed_type, str) and isinstance(failed_message, str):
+            return cls(ErrorInfo(type=failed_type, message=failed_message))
+        inner_type, _, inner_message = info.message.partition(": ")  # recorded before details
+        return cls(ErrorInfo(type=inner_type, message=inner_message))
+
 
 class PermissionDenied(RelayError):
     """An action was refused by a scope check; the message names the scope."""
@@ -160,14 +203,19 @@ class UpstreamFailed(RelayError):
 
 
 class RateLimited(RelayError):
-    """A rate limit refused this request for now; the message says when to retry."""
+    """A rate limit refused this request for now; `retry_after_s` says when to retry."""
 
-    def __init__(self, message: str, retry_after_s: float | None = None) -> None:
+    def __init__(self, message: str, retry_after_s: float = 1.0) -> None:
         super().__init__(message)
-        if retry_after_s is None:  # rebuilt from a remote error: the message says when
-            found = re.search(r"retry in ([0-9.]+)s", message)
-            retry_after_s = float(found[1]) if found else 1.0
         self.retry_after_s = retry_after_s
+
+    def details(self) -> dict[str, str | int | float | bool]:
+        return {"retry_after_s": self.retry_after_s}
+
+    @classmethod
+    def from_info(cls, info: ErrorInfo) -> RelayError:
+        after = info.details.get("retry_after_s", 1.0)
+        return cls(info.message, float(after) if isinstance(after, int | float) else 1.0)
 
 
 class CircuitOpen(RelayError):
@@ -180,8 +228,15 @@ class ErrorInfo(msgspec.Struct, frozen=True, kw_only=True):
     type: str
     message: str
     retryable: bool = False
+    details: dict[str, str | int | float | bool] = {}  # the error's own fields (RelayError.details)
 
     @classmethod
     def from_exception(cls, exc: BaseException) -> ErrorInfo:
         retryable = not isinstance(exc, Reject | EnvelopeInvalid)
-        return cls(type=type(exc).__name__, message=str(exc) or repr(exc), retryable=retryable)
+        details = exc.details() if isinstance(exc, RelayError) else {}
+        return cls(
+            type=type(exc).__name__,
+            message=str(exc) or repr(exc),
+            retryable=retryable,
+            details=details,
+        )

@@ -9,9 +9,8 @@ from typing import Any, TypeVar
 import msgspec
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
-from . import errors
 from .client import Bus
-from .errors import ErrorInfo, RelayError, ServiceUnavailable
+from .errors import ErrorInfo, RelayError, ServiceUnavailable, rebuild_error
 
 log = logging.getLogger("relaybus.rpc")
 T = TypeVar("T")
@@ -48,13 +47,6 @@ async def answer(
         return reply_error(exc)
 
 
-def _error_class(name: str) -> type[RelayError]:
-    found = getattr(errors, name, None)
-    if isinstance(found, type) and issubclass(found, RelayError):
-        return found
-    return RelayError
-
-
 async def call(bus: Bus, subject: str, body: Any, timeout_s: float | None = None) -> Any:
     """Send `body` (JSON), return the reply's body; a refusal raises its own error type.
 
@@ -64,7 +56,7 @@ async def call(bus: Bus, subject: str, body: Any, timeout_s: float | None = None
     reply = msgspec.json.decode(data, type=Reply)
     if not reply.ok:
         info = reply.error or ErrorInfo(type="RelayError", message="the service refused")
-        raise _error_class(info.type)(info.message)
+        raise rebuild_error(info)
     return msgspec.json.decode(reply.body)
 
 
@@ -76,7 +68,7 @@ async def call_as(
     reply = msgspec.json.decode(data, type=Reply)
     if not reply.ok:
         info = reply.error or ErrorInfo(type="RelayError", message="the service refused")
-        raise _error_class(info.type)(info.message)
+        raise rebuild_error(info)
     return msgspec.json.decode(reply.body, type=into)
 
 
