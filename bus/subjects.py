@@ -114,6 +114,14 @@ class Subjects:
     def service(self, service: str, op: str) -> str:
         return f"{self.prefix}.svc.{check_name('service', service)}.{check_name('op', op)}"
 
+    def service_ops(self, service: str) -> str:
+        """What a service's replicas subscribe to: each of its one-token operations."""
+        return f"{self.prefix}.svc.{check_name('service', service)}.*"
+
+    def ledger_entry(self, partition: str) -> str:
+        """Where the ledger journals one partition's entries (stream LEDGER)."""
+        return f"{self.prefix}.ledger.entry.{check_name('partition', partition)}"
+
     def audit(self, principal: str) -> str:
         return f"{self.prefix}.audit.{check_name('principal', principal)}"
 

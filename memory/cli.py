@@ -142,7 +142,7 @@ async def stats(args: argparse.Namespace, settings: Settings) -> int:
         if args.as_user:
             result = await (await _client(bus, args, "memory/read")).stats()
         else:
-            result = await rpc.call(bus, f"{bus.subjects.prefix}.svc.memory.admin_stats", {})
+            result = await rpc.call(bus, bus.subjects.service("memory", "admin_stats"), {})
     emit(result, args.json, json.dumps(result))
     return EXIT_OK
 
@@ -167,7 +167,7 @@ async def gc(args: argparse.Namespace, settings: Settings) -> int:
             client = await _client(bus, args, scope)
             result = await client.gc(**msgspec.structs.asdict(body))
         else:
-            result = await rpc.call(bus, f"{bus.subjects.prefix}.svc.memory.admin_gc", body)
+            result = await rpc.call(bus, bus.subjects.service("memory", "admin_gc"), body)
     emit(
         result,
         args.json,

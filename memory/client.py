@@ -39,7 +39,7 @@ class MemoryClient:
                 "relaybus.memory.operation": op,
             },
         ):
-            return await rpc.call(self.bus, f"{self.bus.subjects.prefix}.svc.memory.{op}", body)
+            return await rpc.call(self.bus, self.bus.subjects.service("memory", op), body)
 
     async def remember(
         self, text: str, kind: str = "fact", metadata: dict[str, str] | None = None, key: str = ""

@@ -361,7 +361,7 @@ async def serve_memory(settings: Settings) -> int:
         sessions = Sessions(await Bucket.open(bus, bus.subjects.bucket("sessions")))
         service = MemoryService(store, choose_embedder(settings.embedder), gate, sessions=sessions)
         await service.start()
-        sub = await bus.serve(f"{bus.subjects.prefix}.svc.memory.*", service.handle, queue="memory")
+        sub = await bus.serve(bus.subjects.service_ops("memory"), service.handle, queue="memory")
         sweeper = asyncio.create_task(sweep(service, settings))
         log.info("memory service answering (%s, %s)", type(store).__name__, service.embedder.id)
         try:

@@ -27,7 +27,7 @@ class LedgerClient:
         self.bus = bus
 
     def _subject(self, op: str) -> str:
-        return f"{self.bus.subjects.prefix}.svc.ledger.{op}"
+        return self.bus.subjects.service("ledger", op)
 
     async def send(self, op: Op) -> dict[str, Any]:
         if op.kind not in TRACED:

@@ -75,7 +75,7 @@ class LedgerWriter:
         self.bus = bus
         self.clock = clock  # the ledger's only source of time
         self.partition = partition
-        self.subject = f"{bus.subjects.prefix}.ledger.entry.{partition}"
+        self.subject = bus.subjects.ledger_entry(partition)
         self.stream = bus.subjects.stream("LEDGER")
         self.state = State(timezone=bus.settings.ledger_timezone)
         self.last_seq = 0
@@ -290,7 +290,7 @@ async def serve_ledger(settings: Settings) -> int:
         writer = LedgerWriter(bus)
         count = await writer.rebuild()
         run_cost_gauge(writer)
-        sub = await bus.serve(f"{bus.subjects.prefix}.svc.ledger.*", writer.handle, queue="ledger")
+        sub = await bus.serve(bus.subjects.service_ops("ledger"), writer.handle, queue="ledger")
         log.info("ledger partition %s rebuilt from %d entries; answering", writer.partition, count)
         done = asyncio.ensure_future(stop.wait())
         failed = asyncio.ensure_future(writer.failed.wait())

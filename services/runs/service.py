@@ -107,7 +107,7 @@ def _beyond(link: LinkBody, change: RunChange) -> str:
 async def serve_runs(bus: Bus) -> Any:
     """Answer run requests on this connection until it closes; returns the subscription."""
     authority = await RunAuthority.open(bus)
-    subject = f"{bus.subjects.prefix}.svc.runs.*"
+    subject = bus.subjects.service_ops("runs")
     sub = await bus.serve(subject, authority.handle, queue="runs")
     log.info("run authority answering on %s", subject)
     return sub, authority
