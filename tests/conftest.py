@@ -140,7 +140,7 @@ def service_process(settings: Settings, name: str, *args: str) -> Iterator[subpr
             proc.wait()
 
 
-async def wait_service(bus: Bus, name: str, timeout_s: float = 15.0) -> None:
+async def wait_service(bus: Bus, name: str, timeout_s: float = 45.0) -> None:
     """Wait (bounded) until the service answers anything on `<prefix>.svc.<name>.ping`."""
     from relaybus.bus import RelayError
 

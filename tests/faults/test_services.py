@@ -12,7 +12,7 @@ from relaybus.agents.submit import submit
 from relaybus.bus import Bus, Settings, default_topology, ensure, rpc
 
 from ..conftest import wait_service
-from .conftest import Fleet, chaos, wait_all_ended
+from .conftest import Fleet, chaos, describe_run, wait_all_ended
 
 
 @pytest.fixture
@@ -54,7 +54,7 @@ async def test_memory_service_killed_while_runs_remember_and_recall(
         assert fleet.kills["memory"] >= 2, fleet.kills
         for run_id, fact in facts.items():
             record = records[run_id]
-            assert record.status == "completed", (run_id, record.error)
+            assert record.status == "completed", await describe_run(bus, run_id, record)
             assert record.result["recalled"] == [fact], record.result
         await wait_service(bus, "memory", timeout_s=30)
         stats = await rpc.call(bus, f"{bus.subjects.prefix}.svc.memory.admin_stats", {})

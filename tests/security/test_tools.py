@@ -226,7 +226,7 @@ def test_a_declared_querys_values_are_literals_that_round_trip_and_stay_in_the_t
 ) -> None:
     echo = "SELECT :v AS v, name FROM customers WHERE name = :v OR id = 1"
     result = db.run(echo, "alice", {"v": value})
-    assert not leaks(result)
+    assert not leaks({"rows": [row[1:] for row in result["rows"]]})  # column 0 echoes our value
     assert result["rows"] and all(row[1].startswith("alice") for row in result["rows"])
     got = result["rows"][0][0]
     if isinstance(value, float):  # SQLite's decimal parser may round the last bit differently
