@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import zipfile
@@ -133,3 +134,31 @@ def test_relaybus_and_the_openai_agents_sdk_import_side_by_side(tmp_path: Path) 
     )
     assert probe.returncode == 0, probe.stderr
     assert probe.stdout.split() == ["agents.agent", "relaybus.agents.base"]
+
+
+def test_the_agent_specs_in_the_readme_and_compose_import_from_the_installed_package(
+    tmp_path: Path,
+) -> None:
+    texts = [
+        (ROOT / "README.md").read_text(),
+        (ROOT / "compose" / "docker-compose.yml").read_text(),
+    ]
+    specs = {
+        m for text in texts for m in re.findall(r"agent[\"',\s]+run[\"',\s]+([\w.]+):\w+", text)
+    }
+    ours = sorted(s for s in specs if s.split(".")[0] in ("relaybus", "agents", "bus"))
+    assert ours and all(s.startswith("relaybus.") for s in ours), ours
+    probe = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import importlib, sys; [importlib.import_module(m) for m in sys.argv[1:]]",
+            *ours,
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"},
+    )
+    assert probe.returncode == 0, probe.stderr
