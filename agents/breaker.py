@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from relaybus.bus import CircuitOpen
+from relaybus.agents.errors import CircuitOpen
 
 
 class Breaker:

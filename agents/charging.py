@@ -9,9 +9,10 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from relaybus.bus import Bus, RateLimited, Retry
+from relaybus.bus import Bus, Retry
 from relaybus.bus.envelope import derived_id
 from relaybus.services.ledger.client import LedgerClient
+from relaybus.services.ledger.errors import RateLimited
 from relaybus.services.ledger.lease import Lease
 from relaybus.services.ledger.prices import PriceTable
 

@@ -20,12 +20,10 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import msgspec
 
+from relaybus.agents.errors import CircuitOpen, DataRefused
 from relaybus.bus import (
-    CircuitOpen,
-    DataRefused,
     Envelope,
     ErrorInfo,
-    PaymentRefused,
     PermissionDenied,
     RelayError,
     Retry,
@@ -38,6 +36,7 @@ from relaybus.memory.client import MemoryClient
 from relaybus.memory.messages import Caller
 from relaybus.services.identity.chain import ChainView, decode_body
 from relaybus.services.identity.messages import AuditRecord
+from relaybus.services.payments.errors import PaymentRefused
 
 from .base import encode_result
 from .charging import PendingCapture

@@ -2,15 +2,9 @@
 
 from __future__ import annotations
 
-from relaybus.bus import (
-    DataRefused,
-    ErrorInfo,
-    PaymentRefused,
-    PermissionDenied,
-    RelayError,
-    RunFailed,
-)
+from relaybus.bus import ErrorInfo, PermissionDenied, RelayError, RunFailed
 from relaybus.bus.errors import rebuild_error
+from relaybus.services.payments.errors import PaymentRefused
 
 
 class LimitExceeded(RelayError):
@@ -31,6 +25,15 @@ class Cancelled(RelayError):
 
 class ToolArgumentsInvalid(RelayError):
     """A tool was called with arguments that fail its schema; the message names the field."""
+
+
+class DataRefused(RelayError):
+    """A data tool refused a query or API call (or cut it off); the message says why and what
+    to change. Not a tool failure: it does not trip the tool's circuit breaker."""
+
+
+class CircuitOpen(RelayError):
+    """A tool failed too often in a row; calls are refused until its breaker half-opens."""
 
 
 _REBUILD: dict[str, type[RunFailed]] = {"ChildFailed": ChildFailed, "GatherTimeout": GatherTimeout}

@@ -22,17 +22,15 @@ import msgspec
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind
 
+from relaybus.agents.errors import DataRefused
 from relaybus.bus import (
     Abandon,
-    BudgetExceeded,
     Bus,
     ChainInvalid,
-    DataRefused,
     Delivery,
     Envelope,
     ErrorInfo,
     Event,
-    PaymentRefused,
     PermissionDenied,
     Refused,
     Reject,
@@ -50,7 +48,9 @@ from relaybus.services.identity.chain import ChainView, decode_body
 from relaybus.services.identity.client import IdentityGate, args_digest, read_agent_key
 from relaybus.services.identity.messages import AuditRecord
 from relaybus.services.ledger.client import LedgerClient
+from relaybus.services.ledger.errors import BudgetExceeded
 from relaybus.services.ledger.prices import load_prices
+from relaybus.services.payments.errors import PaymentRefused
 from relaybus.services.runs.client import look, run_writer
 from relaybus.services.runs.store import (
     CancelTasks,

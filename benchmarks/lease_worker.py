@@ -8,8 +8,9 @@ import os
 import sys
 import time
 
-from relaybus.bus import BudgetExceeded, Bus, Settings
+from relaybus.bus import Bus, Settings
 from relaybus.services.ledger.client import LedgerClient
+from relaybus.services.ledger.errors import BudgetExceeded
 from relaybus.services.ledger.lease import Lease
 
 

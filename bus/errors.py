@@ -19,14 +19,12 @@
     ├── RunFailed                    a run ended in failure (carries the remote error as data)
     ├── PermissionDenied             identity: a scope check refused an action
     ├── ChainInvalid                 identity: a delegation chain did not verify
-    ├── BudgetExceeded               ledger: a hold would overspend a budget
-    ├── LedgerError                  ledger: an operation was refused (nothing changed)
-    ├── MemoryRefused                memory: an operation was refused (bad input, unknown collection)
-    ├── DataRefused                  data tools: a query or API call was refused or cut off
-    ├── PaymentRefused               payments: outside the chain's limits, declined, rejected
-    ├── UpstreamFailed               data tools: an external API kept failing (after retries)
-    ├── RateLimited                  ledger: a rate limit says "not now"; retry after retry_after_s
-    └── CircuitOpen                  runtime: a tool's circuit breaker is open
+    └── UpstreamFailed               an external API kept failing (after retries)
+
+Each layer defines its own errors beside its code, as subclasses of RelayError:
+`relaybus.services.ledger.errors` (BudgetExceeded, LedgerError, RateLimited),
+`relaybus.memory.errors` (MemoryRefused), `relaybus.services.payments.errors` (PaymentRefused),
+`relaybus.agents.errors` (DataRefused, CircuitOpen, LimitExceeded, ChildFailed, …).
 
 Errors cross process boundaries as data (`ErrorInfo`: the class name, the message and the
 error's own fields in `details`), never pickled, and never parsed back from their text: every
@@ -175,51 +173,9 @@ class ChainInvalid(RelayError):
     """A delegation chain failed verification; the message names the failing link."""
 
 
-class BudgetExceeded(RelayError):
-    """A hold would take a budget past its limit; the message names the budget."""
-
-
-class LedgerError(RelayError):
-    """A ledger operation was refused; nothing changed. The message says why."""
-
-
-class MemoryRefused(RelayError):
-    """A memory operation was refused; the message says why."""
-
-
-class DataRefused(RelayError):
-    """A data tool refused a query or API call (or cut it off); the message says why and what
-    to change. Not a tool failure: it does not trip the tool's circuit breaker."""
-
-
-class PaymentRefused(RelayError):
-    """A payment was refused: outside the chain's limits, by the provider (declined, over-refund,
-    bad state), or by a rejected approval. Permanent: retrying would not change the answer."""
-
-
 class UpstreamFailed(RelayError):
     """An external API behind a tool kept failing after its retries; counts toward the tool's
     circuit breaker."""
-
-
-class RateLimited(RelayError):
-    """A rate limit refused this request for now; `retry_after_s` says when to retry."""
-
-    def __init__(self, message: str, retry_after_s: float = 1.0) -> None:
-        super().__init__(message)
-        self.retry_after_s = retry_after_s
-
-    def details(self) -> dict[str, str | int | float | bool]:
-        return {"retry_after_s": self.retry_after_s}
-
-    @classmethod
-    def from_info(cls, info: ErrorInfo) -> RelayError:
-        after = info.details.get("retry_after_s", 1.0)
-        return cls(info.message, float(after) if isinstance(after, int | float) else 1.0)
-
-
-class CircuitOpen(RelayError):
-    """A tool failed too often in a row; calls are refused until its breaker half-opens."""
 
 
 class ErrorInfo(msgspec.Struct, frozen=True, kw_only=True):

@@ -16,9 +16,10 @@ from typing import Any
 
 import msgspec
 
-from relaybus.bus import Bus, MemoryRefused, Settings, new_id, rpc
+from relaybus.bus import Bus, Settings, new_id, rpc
 from relaybus.bus.cli import emit
 from relaybus.bus.runtime import EXIT_OK
+from relaybus.memory.errors import MemoryRefused
 from relaybus.services.identity.client import IdentityClient
 
 from .client import MemoryClient

@@ -15,7 +15,8 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Any
 
-from relaybus.bus import ConfigError, MemoryRefused, Settings
+from relaybus.bus import ConfigError, Settings
+from relaybus.memory.errors import MemoryRefused
 
 from .messages import Gc
 from .store import Hit, Scope, VectorStore, owned

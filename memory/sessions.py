@@ -10,8 +10,8 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from relaybus.bus import MemoryRefused
 from relaybus.bus.kv import Bucket, RevisionConflict
+from relaybus.memory.errors import MemoryRefused
 
 from .messages import Remember, SessionOp, Turn
 

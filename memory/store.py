@@ -14,7 +14,7 @@ from typing import Any, Protocol
 
 import msgspec
 
-from relaybus.bus.errors import MemoryRefused
+from relaybus.memory.errors import MemoryRefused
 
 from .keywords import Sparse
 

@@ -6,8 +6,9 @@ import asyncio
 import os
 import sys
 
-from relaybus.bus import BudgetExceeded, Bus, Settings
+from relaybus.bus import Bus, Settings
 from relaybus.services.ledger.client import LedgerClient
+from relaybus.services.ledger.errors import BudgetExceeded
 
 
 async def main(run: str, unit: int) -> None:

@@ -10,7 +10,7 @@ from relaybus.agents import Agent, Context
 from relaybus.agents.errors import ChildFailed
 from relaybus.agents.llm import prompt, use_tools
 from relaybus.agents.tools.payments import authorize_payment, refund_payment, settle
-from relaybus.bus import PaymentRefused
+from relaybus.services.payments.errors import PaymentRefused
 
 
 class Buyer(Agent):

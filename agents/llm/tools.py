@@ -13,7 +13,9 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from relaybus.bus import DataRefused, PaymentRefused, PermissionDenied
+from relaybus.agents.errors import DataRefused
+from relaybus.bus import PermissionDenied
+from relaybus.services.payments.errors import PaymentRefused
 
 from ..errors import LimitExceeded, ToolArgumentsInvalid
 from .prompt import data_block

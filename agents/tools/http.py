@@ -23,7 +23,8 @@ import httpx
 import pydantic
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
-from relaybus.bus import ConfigError, DataRefused, UpstreamFailed
+from relaybus.agents.errors import DataRefused
+from relaybus.bus import ConfigError, UpstreamFailed
 
 from ..tool import Tool
 from .config import ApiSource, Endpoint, params_model, secret_values

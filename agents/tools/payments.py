@@ -28,10 +28,12 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, Field
 
-from relaybus.bus import BudgetExceeded, ConfigError, PaymentRefused, Settings
+from relaybus.bus import ConfigError, Settings
 from relaybus.services.identity.messages import AuditRecord
 from relaybus.services.identity.scopes import run_limit
 from relaybus.services.ledger.client import LedgerClient
+from relaybus.services.ledger.errors import BudgetExceeded
+from relaybus.services.payments.errors import PaymentRefused
 from relaybus.services.payments.provider import PaymentIntent
 from relaybus.services.payments.stripe import StripeProvider
 

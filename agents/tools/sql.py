@@ -31,7 +31,8 @@ import pydantic
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
-from relaybus.bus import ConfigError, DataRefused
+from relaybus.agents.errors import DataRefused
+from relaybus.bus import ConfigError
 
 from ..tool import Tool
 from .config import SqlSource, params_model

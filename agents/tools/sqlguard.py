@@ -29,7 +29,7 @@ from sqlglot.dialects.sqlite import SQLite
 from sqlglot.errors import SqlglotError
 from sqlglot.optimizer.normalize_identifiers import normalize_identifiers
 
-from relaybus.bus import DataRefused
+from relaybus.agents.errors import DataRefused
 
 MAX_SQL_CHARS = 20_000  # with the engine's length limit, bounds what one result row can hold
 MAX_COLUMNS = 100

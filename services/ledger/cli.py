@@ -10,9 +10,10 @@ from datetime import UTC, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from relaybus.bus import Bus, LedgerError, Settings, new_id
+from relaybus.bus import Bus, Settings, new_id
 from relaybus.bus.cli import emit
 from relaybus.bus.runtime import EXIT_OK
+from relaybus.services.ledger.errors import LedgerError
 
 from .client import LedgerClient
 from .model import Budget

@@ -16,7 +16,7 @@ import asyncio
 import os
 import time
 
-from relaybus.bus import BudgetExceeded
+from relaybus.services.ledger.errors import BudgetExceeded
 
 from .client import LedgerClient
 

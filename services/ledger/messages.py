@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import msgspec
 
-from relaybus.bus import LedgerError, PermissionDenied
+from relaybus.bus import PermissionDenied
+from relaybus.services.ledger.errors import LedgerError
 
 from .model import PAYMENT_LEVEL, Op
 

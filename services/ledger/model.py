@@ -22,7 +22,8 @@ from zoneinfo import ZoneInfo
 
 import msgspec
 
-from relaybus.bus.errors import BudgetExceeded, LedgerError, PermissionDenied, RateLimited
+from relaybus.bus.errors import PermissionDenied
+from relaybus.services.ledger.errors import BudgetExceeded, LedgerError, RateLimited
 
 __all__ = ["Budget", "Entry", "LedgerError", "Op", "State", "apply", "decide"]
 

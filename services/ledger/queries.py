@@ -10,7 +10,7 @@ from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from relaybus.bus import LedgerError
+from relaybus.services.ledger.errors import LedgerError
 
 from .model import PAYMENT_LEVEL, Level, State
 

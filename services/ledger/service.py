@@ -23,12 +23,9 @@ import msgspec
 from opentelemetry.metrics import CallbackOptions, Observation
 
 from relaybus.bus import (
-    BudgetExceeded,
     Bus,
-    LedgerError,
     PermissionDenied,
     PublishFailed,
-    RateLimited,
     RelayError,
     Settings,
     default_topology,
@@ -42,6 +39,7 @@ from relaybus.bus.runtime import stop_on_signals
 from relaybus.bus.streams import read_subject
 from relaybus.services.identity.client import publish_audit
 from relaybus.services.identity.messages import AuditRecord
+from relaybus.services.ledger.errors import BudgetExceeded, LedgerError, RateLimited
 
 from .messages import WRITES, decode_request
 from .model import Entry, Op, State, apply, decide

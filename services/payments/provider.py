@@ -9,7 +9,7 @@ from typing import Any, Protocol
 
 import msgspec
 
-from relaybus.bus import PaymentRefused
+from relaybus.services.payments.errors import PaymentRefused
 
 SIGNATURE_TOLERANCE_S = 300.0
 

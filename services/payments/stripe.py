@@ -10,7 +10,8 @@ from typing import Any
 import httpx
 import msgspec
 
-from relaybus.bus import ConfigError, PaymentRefused, UpstreamFailed
+from relaybus.bus import ConfigError, UpstreamFailed
+from relaybus.services.payments.errors import PaymentRefused
 
 from .provider import PaymentIntent, Refund, WebhookEvent, verify_webhook
 

@@ -14,9 +14,11 @@ from typing import Any
 
 import msgspec
 
-from relaybus.bus import Bus, LedgerError, PaymentRefused, RelayError
+from relaybus.bus import Bus, RelayError
 from relaybus.bus.kv import Bucket, RevisionConflict
 from relaybus.services.ledger.client import LedgerClient
+from relaybus.services.ledger.errors import LedgerError
+from relaybus.services.payments.errors import PaymentRefused
 
 from .provider import PaymentProvider, WebhookEvent
 

@@ -3,7 +3,7 @@ import time
 import pytest
 
 from relaybus.agents.breaker import Breaker
-from relaybus.bus import CircuitOpen
+from relaybus.agents.errors import CircuitOpen
 
 
 def test_opens_after_n_consecutive_failures_then_half_opens_for_one_trial() -> None:

@@ -2,8 +2,9 @@
 
 import msgspec
 
-from relaybus.bus import ErrorInfo, RateLimited, RelayError, RunFailed
+from relaybus.bus import ErrorInfo, RelayError, RunFailed
 from relaybus.bus.errors import error_class, rebuild_error
+from relaybus.services.ledger.errors import RateLimited
 
 
 class QuotaSpent(RelayError):

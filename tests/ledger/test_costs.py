@@ -166,7 +166,7 @@ async def test_lease_processes_race_without_overspending(lbus: Bus, settings: Se
     await LedgerClient(lbus).set_budget("lb", Budget(level="run:LEASED", limit=5003))
     code = (
         "import asyncio,os,sys\n"
-        "from relaybus.bus import Bus, Settings, BudgetExceeded\n"
+        "from relaybus.bus import Bus, Settings\nfrom relaybus.services.ledger.errors import BudgetExceeded\n"
         "from relaybus.services.ledger.client import LedgerClient\n"
         "from relaybus.services.ledger.lease import Lease\n"
         "async def main():\n"

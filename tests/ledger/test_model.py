@@ -6,7 +6,8 @@ import copy
 
 import pytest
 
-from relaybus.bus import BudgetExceeded, PermissionDenied
+from relaybus.bus import PermissionDenied
+from relaybus.services.ledger.errors import BudgetExceeded
 from relaybus.services.ledger.model import Budget, Entry, LedgerError, Op, State, apply, decide
 
 
@@ -163,7 +164,7 @@ def test_monthly_budget_resets_at_the_period_boundary(state: State) -> None:
 
 
 def test_rate_limits_per_agent_and_resource_are_decided_from_the_journal(state: State) -> None:
-    from relaybus.bus import RateLimited
+    from relaybus.services.ledger.errors import RateLimited
     from relaybus.services.ledger.model import RateLimit
 
     key = "agent:research/tool:search"

@@ -12,9 +12,10 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from relaybus.bus import BudgetExceeded, Bus, LedgerError, Settings, default_topology, ensure, rpc
+from relaybus.bus import Bus, Settings, default_topology, ensure, rpc
 from relaybus.bus.streams import read_subject
 from relaybus.services.ledger.client import LedgerClient
+from relaybus.services.ledger.errors import BudgetExceeded, LedgerError
 from relaybus.services.ledger.model import Budget, Entry, Op, State, apply
 from relaybus.services.ledger.service import LedgerWriter, WriterFenced
 

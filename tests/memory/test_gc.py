@@ -115,7 +115,7 @@ async def test_the_background_pass_applies_the_settings_policy(
 async def test_a_bad_gc_request_is_refused_naming_the_field(
     bus: Bus, served: tuple[MemoryService, Clock]
 ) -> None:
-    from relaybus.bus import MemoryRefused
+    from relaybus.memory.errors import MemoryRefused
 
     with pytest.raises(MemoryRefused, match=r"duplicate_score"):
         await gc(bus, dry_run=False, duplicate_score=1.5)

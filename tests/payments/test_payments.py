@@ -20,9 +20,10 @@ import pytest
 from relaybus.agents.control import send_signal
 from relaybus.agents.llm import ScriptedModel, serve_model
 from relaybus.agents.submit import submit
-from relaybus.bus import PaymentRefused, Settings
+from relaybus.bus import Settings
 from relaybus.services.identity.client import read_audit
 from relaybus.services.ledger.client import LedgerClient
+from relaybus.services.payments.errors import PaymentRefused
 from relaybus.services.payments.provider import sign_webhook, verify_webhook
 
 from ..conftest import ROOT, Spawn, child_env, wait_for

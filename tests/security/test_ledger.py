@@ -17,9 +17,10 @@ import pytest
 
 from relaybus.agents.charging import Costs
 from relaybus.agents.control import send_signal
-from relaybus.bus import BudgetExceeded, Bus, LedgerError, PermissionDenied, Settings, new_id, rpc
+from relaybus.bus import Bus, PermissionDenied, Settings, new_id, rpc
 from relaybus.services.identity.client import read_audit
 from relaybus.services.ledger.client import AGENT_OPS, OPERATOR_OPS, OPERATOR_QUERIES, LedgerClient
+from relaybus.services.ledger.errors import BudgetExceeded, LedgerError
 from relaybus.services.ledger.model import Budget
 from relaybus.services.ledger.prices import ModelPrice, PriceTable
 

@@ -25,11 +25,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from relaybus.agents import ToolArgumentsInvalid
+from relaybus.agents.errors import DataRefused
 from relaybus.agents.tools import http as http_tool
 from relaybus.agents.tools.config import ApiSource, Endpoint, SqlSource, Table
 from relaybus.agents.tools.http import ApiClient
 from relaybus.agents.tools.sql import SqlDatabase, sql_tools
-from relaybus.bus import DataRefused
 
 from ..conftest import ROOT
 
@@ -321,7 +321,7 @@ import json, resource, sys, tempfile, time
 from pathlib import Path
 sys.path.insert(0, {str(ROOT)!r})
 from tests.security.test_tools import GROWTH, two_tenant_db
-from relaybus.bus import DataRefused
+from relaybus.agents.errors import DataRefused
 db = two_tenant_db(Path(tempfile.mkdtemp()), timeout_s=2.0)
 db.run("SELECT name FROM customers", "alice")
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

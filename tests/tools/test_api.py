@@ -14,10 +14,11 @@ from pathlib import Path
 
 import pytest
 
+from relaybus.agents.errors import DataRefused
 from relaybus.agents.submit import submit
 from relaybus.agents.tools import DataTools
 from relaybus.agents.tools.demo import build_pricing_db
-from relaybus.bus import Bus, DataRefused, Settings, UpstreamFailed
+from relaybus.bus import Bus, Settings, UpstreamFailed
 from relaybus.bus.feed import EventFeed
 
 from ..conftest import ROOT, Spawn, child_env

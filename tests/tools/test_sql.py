@@ -9,10 +9,11 @@ from pathlib import Path
 
 import pytest
 
+from relaybus.agents.errors import DataRefused
 from relaybus.agents.tools.config import SqlSource, Table
 from relaybus.agents.tools.demo import build_pricing_db
 from relaybus.agents.tools.sql import SqlDatabase
-from relaybus.bus import ConfigError, DataRefused
+from relaybus.bus import ConfigError
 
 COLUMNS = ["competitor", "product", "plan", "price_usd", "updated"]
 

@@ -1,0 +1,31 @@
+"""The ledger's errors (RelayErrors: they travel as ErrorInfo and are rebuilt by name)."""
+
+from __future__ import annotations
+
+from relaybus.bus.errors import ErrorInfo, RelayError
+
+__all__ = ["BudgetExceeded", "LedgerError", "RateLimited"]
+
+
+class BudgetExceeded(RelayError):
+    """A hold would take a budget past its limit; the message names the budget."""
+
+
+class LedgerError(RelayError):
+    """A ledger operation was refused; nothing changed. The message says why."""
+
+
+class RateLimited(RelayError):
+    """A rate limit refused this request for now; `retry_after_s` says when to retry."""
+
+    def __init__(self, message: str, retry_after_s: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+    def details(self) -> dict[str, str | int | float | bool]:
+        return {"retry_after_s": self.retry_after_s}
+
+    @classmethod
+    def from_info(cls, info: ErrorInfo) -> RelayError:
+        after = info.details.get("retry_after_s", 1.0)
+        return cls(info.message, float(after) if isinstance(after, int | float) else 1.0)
