@@ -119,18 +119,22 @@ def test_a_project_with_its_own_agents_memory_services_and_bus_modules(
         agent.wait(30)
 
 
-def test_relaybus_and_the_openai_agents_sdk_import_side_by_side(tmp_path: Path) -> None:
-    probe = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            "import agents, relaybus; print(agents.Agent.__module__, relaybus.Agent.__module__)",
-        ],
-        cwd=tmp_path,
+def python_elsewhere(cwd: Path, code: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run `code` as a user would: outside this repository, with only the installed packages."""
+    return subprocess.run(
+        [sys.executable, "-c", code, *args],
+        cwd=cwd,
         capture_output=True,
         text=True,
         timeout=60,
         env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"},
+    )
+
+
+def test_relaybus_and_the_openai_agents_sdk_import_side_by_side(tmp_path: Path) -> None:
+    probe = python_elsewhere(
+        tmp_path,
+        "import agents, relaybus; print(agents.Agent.__module__, relaybus.Agent.__module__)",
     )
     assert probe.returncode == 0, probe.stderr
     assert probe.stdout.split() == ["agents.agent", "relaybus.agents.base"]
@@ -148,17 +152,7 @@ def test_the_agent_specs_in_the_readme_and_compose_import_from_the_installed_pac
     }
     ours = sorted(s for s in specs if s.split(".")[0] in ("relaybus", "agents", "bus"))
     assert ours and all(s.startswith("relaybus.") for s in ours), ours
-    probe = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            "import importlib, sys; [importlib.import_module(m) for m in sys.argv[1:]]",
-            *ours,
-        ],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"},
+    probe = python_elsewhere(
+        tmp_path, "import importlib, sys; [importlib.import_module(m) for m in sys.argv[1:]]", *ours
     )
     assert probe.returncode == 0, probe.stderr
