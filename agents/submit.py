@@ -231,7 +231,8 @@ async def wait_for_run(
     while (found := await feed.next_sourced(deadline - loop.time())) is not None:
         event, source = found
         if holders is not None and source and source not in holders:
-            log.warning("ignoring a %s event for run %s from %s", event.kind, run_id, source)
+            if event.kind in TERMINAL:  # children report their own progress; only this is odd
+                log.warning("ignoring a %s event for run %s from %s", event.kind, run_id, source)
             continue
         if holders is not None and event.kind == "handoff" and event.recipient:
             holders.add(event.recipient)

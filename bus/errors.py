@@ -147,7 +147,8 @@ class RunFailed(RelayError):
     """A run (or a child run) ended in failure; `info` carries the remote error."""
 
     def __init__(self, info: ErrorInfo) -> None:
-        super().__init__(f"{info.type}: {info.message}")
+        own = info.type == type(self).__name__  # a GatherTimeout need not say so twice
+        super().__init__(info.message if own else f"{info.type}: {info.message}")
         self.info = info
 
     def details(self) -> dict[str, str | int | float | bool]:

@@ -12,6 +12,7 @@ import sys
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
+import nats.js.errors
 import pytest
 
 from relaybus.bus import Bus, NatsServer, Settings, default_topology, ensure
@@ -88,6 +89,22 @@ def spawn(settings: Settings) -> Iterator[Spawn]:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+async def consuming(bus: Bus, *agents: str, timeout_s: float = 45.0) -> None:
+    """Wait (bounded) until each agent has a worker pulling its task queue, so a test that times
+    something from submission does not also time a process start on a loaded machine."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    for agent in agents:
+        stream, durable = bus.subjects.stream("TASKS"), bus.subjects.durable(agent)
+        while True:
+            with contextlib.suppress(nats.js.errors.NotFoundError):
+                if (await bus.js.consumer_info(stream, durable)).num_waiting:
+                    break
+            if loop.time() > deadline:
+                raise AssertionError(f"agent {agent} has no worker pulling after {timeout_s}s")
+            await asyncio.sleep(0.05)
 
 
 async def wait_for(

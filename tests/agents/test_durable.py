@@ -14,7 +14,7 @@ from relaybus.agents.submit import RunOutcome, has_consumer, run_store, submit, 
 from relaybus.bus import Bus, Event
 from relaybus.bus.feed import EventFeed
 
-from ..conftest import ROOT, Spawn, child_env
+from ..conftest import ROOT, Spawn, child_env, consuming
 
 FAST = {"RELAYBUS_ACK_WAIT_S": "2"}
 
@@ -103,6 +103,7 @@ async def test_quorum_two_of_three_returns_without_the_straggler(bus: Bus, spawn
     spawn("runtime_agents:FanOut")
     spawn("runtime_agents:Child", "--concurrency", "3")
     items = [{"x": 1, "sleep_s": 0.1}, {"x": 2, "sleep_s": 0.2}, {"x": 3, "sleep_s": 40}]
+    await consuming(bus, "fanout", "child")
     loop = asyncio.get_running_loop()
     started = loop.time()
     payload = {"items": items, "quorum": 2, "timeout": 20}
@@ -115,6 +116,7 @@ async def test_quorum_two_of_three_returns_without_the_straggler(bus: Bus, spawn
 async def test_gather_timeout_fails_with_a_typed_error(bus: Bus, spawn: Spawn) -> None:
     spawn("runtime_agents:FanOut")
     spawn("runtime_agents:Child", "--concurrency", "2")
+    await consuming(bus, "fanout", "child")
     payload = {"items": [{"x": 1, "sleep_s": 0.1}, {"x": 2, "sleep_s": 30}], "timeout": 1.5}
     done = await submit(bus, "fanout", json.dumps(payload).encode(), wait=True, timeout_s=30)
     assert done.status == "failed"
