@@ -125,8 +125,14 @@ async def submit(
         check_name("run", run_id)
     if max_hops < 1 or max_steps < 0:
         raise RelayError("max_hops must be >= 1 and max_steps >= 0")
+    identity_on = token is not None or bus.settings.identity
+    if identity_on and token is None:
+        raise RelayError("identity is on: publish as a user with --as USER --token TOKEN")
     runs = await run_store(bus)
     if run_id is not None and (existing := await runs.get(run_id)) is not None:
+        if identity_on:  # the claimed sender is only a name until its token is checked
+            assert token is not None
+            await IdentityClient(bus).authenticate(token, sender.removeprefix("user:"))
         if existing.agent != agent or existing.submitted_by != sender:
             raise RunIdTaken(run_id, existing.agent, existing.submitted_by)
         if existing.status != "submitted":
@@ -144,9 +150,8 @@ async def submit(
     )
     if run_id is not None:
         env = msgspec.structs.replace(env, id=derived_id(run_id, "submit", agent))
-    if token is not None or bus.settings.identity:
-        if token is None:
-            raise RelayError("identity is on: publish as a user with --as USER --token TOKEN")
+    if identity_on:
+        assert token is not None
         user = sender.removeprefix("user:")
         root = await IdentityClient(bus).root(
             user,

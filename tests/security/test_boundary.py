@@ -478,3 +478,52 @@ async def test_the_console_and_trace_leave_out_events_from_outside_the_run(
         tree = await load_tree(op, run.run_id)
     assert tree.status != "completed"
     assert not any("forged" in d for d in tree.denials), tree.denials
+
+
+async def test_resubmitting_a_run_id_needs_the_owners_token_before_anything_is_said(
+    secure: SecureStack,
+) -> None:
+    # Given alice's run under her own run id (an order number)
+    secure.start_agent("runtime_agents:FanOut")
+    secure.start_agent("runtime_agents:Child")
+    async with Bus(secure.settings) as op:
+        first = await submit(
+            op,
+            "fanout",
+            b'{"items": [{"x": 4}]}',
+            sender=f"user:{USER}",
+            token=secure.token,
+            run_id="order-4711",
+            wait=True,
+            timeout_s=60,
+        )
+        assert first.status == "completed" and first.result == {"results": [8]}
+        # When someone claims to be alice with a wrong token, or a stranger tries the same id
+        for sender, token in ((f"user:{USER}", "rb_alice_x_guess"), ("user:eve", "rb_eve_y_z")):
+            with pytest.raises(PermissionDenied) as refused:
+                await submit(
+                    op,
+                    "fanout",
+                    b'{"items": [{"x": 4}]}',
+                    sender=sender,
+                    token=token,
+                    run_id="order-4711",
+                    wait=True,
+                    timeout_s=10,
+                )
+            # Then nothing about the run comes back, not even whose it is
+            assert "order-4711" not in str(refused.value) and "fanout" not in str(refused.value)
+        # And alice herself gets the same run's outcome, nothing new starts
+        again = await submit(
+            op,
+            "fanout",
+            b'{"items": [{"x": 4}]}',
+            sender=f"user:{USER}",
+            token=secure.token,
+            run_id="order-4711",
+            wait=True,
+            timeout_s=30,
+        )
+        assert again.run_id == first.run_id and again.result == {"results": [8]}
+        denials = await read_audit(op, USER, decision="deny")
+    assert any(d.action == "user/authenticate" for d in denials)
