@@ -7,32 +7,25 @@ from typing import Any
 
 import msgspec
 
-from relaybus.bus import Bus, Envelope, ErrorInfo, Event, RelayError, new_id
+from relaybus.bus import Bus, Envelope, Event, new_id
 from relaybus.bus.events import event_encoder
+from relaybus.services.runs.state import Cancel, RunEnded, RunRecord, StoreSignal
 
 from .messages import Control, SignalBody
-from .runs import TERMINAL_RUN, RunRecord
 from .submit import run_store
 
 
 async def cancel_run(bus: Bus, run_id: str, reason: str = "cancelled by user") -> RunRecord:
     """Mark the run cancelled and stop its in-flight handlers everywhere."""
-    runs = await run_store(bus)
-    before = await runs.get(run_id)
-    if before is None:
-        raise RelayError(f"no run {run_id}; `relaybus runs` lists the recent ones")
-    if before.status in TERMINAL_RUN:
-        raise RelayError(f"run {run_id} already {before.status}; nothing to cancel")
-    error = ErrorInfo(type="Cancelled", message=reason)
-    await runs.finish(run_id, "cancelled", error=error)
+    record, changed = await (await run_store(bus)).change(run_id, Cancel(reason=reason), "operator")
+    if not changed:
+        raise RunEnded(run_id, record.status, "nothing to cancel")
     await bus.publish_core(
         bus.subjects.control(run_id),
         msgspec.json.encode(Control(action="cancel", run_id=run_id, reason=reason)),
     )
-    event = Event(run_id=run_id, kind="cancelled", detail=reason, error=error)
+    event = Event(run_id=run_id, kind="cancelled", detail=reason, error=record.error)
     await bus.publish_bytes(bus.subjects.event(run_id, "cancelled"), event_encoder.encode(event))
-    record = await runs.get(run_id)
-    assert record is not None
     return record
 
 
@@ -41,18 +34,9 @@ async def send_signal(
 ) -> bool:
     """Deliver signal `name` (e.g. an approval) to the run. Returns True if a task was waiting
     for it; otherwise the signal is kept and the task gets it when it asks."""
-    runs = await run_store(bus)
     body = msgspec.json.encode(data)
-
-    def store(record: RunRecord) -> bool:
-        if record.status in TERMINAL_RUN:
-            raise RelayError(f"run {run_id} already {record.status}; it waits for no signal")
-        if name in record.signals:
-            return False
-        record.signals[name] = msgspec.Raw(body)
-        return True
-
-    record = await runs.update(run_id, store)
+    store = StoreSignal(name=name, data=msgspec.Raw(body))
+    record, _ = await (await run_store(bus)).change(run_id, store, "operator")
     waiter = record.waits.get(name)
     if waiter is None:
         return False

@@ -141,7 +141,9 @@ async def _consume(
     if worker.gate is not None:
         log.info("identity on: chains verified, tool calls checked for %s", agent.name)
     control = await bus.subscribe_subjects(bus.subjects.controls_all(), worker.on_control)
-    consumer = Consumer(bus, agent.name, worker.handle, concurrency=concurrency)
+    consumer = Consumer(
+        bus, agent.name, worker.handle, concurrency=concurrency, on_dead_letter=worker.dead_lettered
+    )
     timers = Consumer(
         bus,
         agent.name,

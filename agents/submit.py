@@ -12,7 +12,7 @@ from typing import Any
 
 import msgspec
 
-from relaybus.bus import TERMINAL, Bus, ErrorInfo, Event, RelayError, new_envelope
+from relaybus.bus import Bus, ErrorInfo, Event, RelayError, new_envelope
 from relaybus.bus.envelope import derived_id
 from relaybus.bus.events import event_encoder
 from relaybus.bus.feed import EventFeed
@@ -22,8 +22,8 @@ from relaybus.bus.subjects import check_name
 from relaybus.services.identity.client import IdentityClient
 from relaybus.services.ledger.client import LedgerClient
 from relaybus.services.ledger.model import Budget
-
-from .runs import RunRecord, RunStore
+from relaybus.services.runs.state import ENDED, RunRecord
+from relaybus.services.runs.store import RunStore
 
 log = logging.getLogger("relaybus.submit")
 
@@ -236,12 +236,12 @@ async def wait_for_run(
     while (found := await feed.next_sourced(deadline - loop.time())) is not None:
         event, source = found
         if holders is not None and source and source not in holders:
-            if event.kind in TERMINAL:  # children report their own progress; only this is odd
+            if event.kind in ENDED:  # children report their own progress; only this is odd
                 log.warning("ignoring a %s event for run %s from %s", event.kind, run_id, source)
             continue
         if holders is not None and event.kind == "handoff" and event.recipient:
             holders.add(event.recipient)
-        if event.kind in TERMINAL:
+        if event.kind in ENDED:
             return outcome_of(event)
     return RunOutcome(run_id=run_id, status="timeout", error=f"no result within {timeout_s:g}s")
 

@@ -42,7 +42,7 @@ from relaybus.bus import (
     tracing,
 )
 from relaybus.bus.envelope import derived_id
-from relaybus.bus.events import TERMINAL, event_encoder
+from relaybus.bus.events import event_encoder
 from relaybus.bus.kv import Bucket, RevisionConflict
 from relaybus.services.identity.chain import ChainView, decode_body
 from relaybus.services.identity.client import IdentityGate, args_digest, read_agent_key
@@ -52,15 +52,16 @@ from relaybus.services.ledger.errors import BudgetExceeded
 from relaybus.services.ledger.prices import load_prices
 from relaybus.services.payments.errors import PaymentRefused
 from relaybus.services.runs.client import look, run_writer
-from relaybus.services.runs.store import (
+from relaybus.services.runs.state import (
+    ENDED,
     CancelTasks,
     CountFailure,
     Finish,
     MarkRunning,
     RegisterWait,
     Reopen,
-    RunStore,
 )
+from relaybus.services.runs.store import RunStore
 
 from .base import Agent, encode_result, input_decoder
 from .charging import Costs
@@ -544,6 +545,43 @@ class Worker:
                 latency_ms=latency_ms,
             )
 
+    async def dead_lettered(self, d: Delivery, reason: str, error: ErrorInfo | None) -> None:
+        """A task given up on (its attempts used up, or refused for good) fails as any failed
+        task does: its caller gets the error, and on the run's line the run ends `failed`, so
+        the run record, a waiting submitter and the events agree. Replaying the letter
+        (`relaybus dlq replay`) reopens both."""
+        env = d.envelope
+        if env.kind != "task" or sender_problem(d, self.name):
+            return
+        if self.gate is not None:
+            try:
+                await self._verify(env)
+            except ChainInvalid:
+                return
+        failure = ErrorInfo(
+            type="DeadLettered",
+            message=reason,
+            details={"last_error": f"{error.type}: {error.message}"} if error else {},
+        )
+
+        def fail(journal: Journal) -> None:
+            if journal.status not in FINAL:
+                journal.status, journal.error, journal.waiting = "failed", failure, None
+
+        found = await self.journals.load(env.run_id, env.id)
+        if found is None:
+            journal = Journal(run_id=env.run_id, task_id=env.id, agent=self.name, task=encode(env))
+            fail(journal)
+            try:
+                await self.journals.create(journal)
+            except RevisionConflict:
+                found = await self.journals.load(env.run_id, env.id)
+        if found is not None:
+            if found[0].status in FINAL:
+                return  # it ended before it was given up on (e.g. failed on its last attempt)
+            journal, _ = await self.journals.mutate(env.run_id, env.id, fail, current=found)
+        await self.deliver(env, journal)
+
     async def refuse(self, env: Envelope, d: Delivery, problem: str) -> None:
         """Refuse a message that is not what it claims (audited, a `denied` event); it is
         dead-lettered at once and changes nothing."""
@@ -725,7 +763,7 @@ class Worker:
             **({"result": msgspec.Raw(result)} if result else {}),  # type: ignore[arg-type]
         )
         subject = self.bus.subjects.event(env.run_id, kind, self.bus.agent or "")
-        if kind in TERMINAL:
+        if kind in ENDED:
             await self.bus.publish_bytes(subject, event_encoder.encode(event))
         else:
             await self.bus.publish_core(subject, event_encoder.encode(event))

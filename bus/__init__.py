@@ -27,7 +27,7 @@ from .errors import (
     SubjectInvalid,
     UpstreamFailed,
 )
-from .events import TERMINAL, DeadLetter, Event
+from .events import DeadLetter, Event
 from .ids import new_id
 from .server import NatsServer
 from .settings import Settings
@@ -35,7 +35,6 @@ from .streams import Topology, default_topology, ensure
 from .subjects import Subjects
 
 __all__ = [
-    "TERMINAL",
     "Abandon",
     "Bus",
     "ChainInvalid",

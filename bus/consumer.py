@@ -43,6 +43,9 @@ class Delivery:
 
 
 Handler = Callable[[Delivery], Awaitable[None]]
+#: Told of a message given up on for good (after its letter is stored): `(delivery, reason,
+#: last error)`. The runtime fails the task there, so its caller and its run learn how it ended.
+DeadLetterHook = Callable[[Delivery, str, "ErrorInfo | None"], Awaitable[None]]
 
 
 def backoff_s(attempt: int, base_s: float = 0.5, cap_s: float = 30.0) -> float:
@@ -65,6 +68,7 @@ class Consumer:
         grace_s: float = 30.0,
         fetch_timeout_s: float = 1.0,
         spec: ConsumerSpec | None = None,
+        on_dead_letter: DeadLetterHook | None = None,
     ) -> None:
         if concurrency < 1:
             raise ValueError(f"concurrency must be >= 1, got {concurrency}")
@@ -77,6 +81,7 @@ class Consumer:
         self.grace_s = grace_s
         self.fetch_timeout_s = fetch_timeout_s
         self.spec = spec or agent_consumer(bus.subjects, agent, self.ack_wait_s)
+        self.on_dead_letter = on_dead_letter
         self._inflight: dict[int, tuple[Msg, float]] = {}
         self._slot_free = asyncio.Event()
         self._min_batch = max(1, concurrency // 4)
@@ -171,13 +176,6 @@ class Consumer:
                 msg, attempt, f"undecodable: {exc}", ErrorInfo.from_exception(exc)
             )
             return
-        if attempt > self.max_deliver:
-            reason = (
-                f"gave up after {self.max_deliver} attempts; the last one did not finish "
-                "(worker crashed or exceeded ack wait)"
-            )
-            await self._dead_letter(msg, attempt - 1, reason, None, env)
-            return
         source = self.bus.subjects.source_of(msg.subject)
         # A replay is honoured only on a subject agents cannot publish (no sender token): there
         # the operator's headers name the original sender, kept from the letter.
@@ -193,12 +191,19 @@ class Consumer:
             source=source,
             replayed=replayed,
         )
+        if attempt > self.max_deliver:
+            reason = (
+                f"gave up after {self.max_deliver} attempts; the last one did not finish "
+                "(worker crashed or exceeded ack wait)"
+            )
+            await self._dead_letter(msg, attempt - 1, reason, None, delivery)
+            return
         try:
             await self.handler(delivery)
         except Retry as exc:
             if attempt >= self.max_deliver:
                 await self._dead_letter(
-                    msg, attempt, exc.reason, ErrorInfo.from_exception(exc), env
+                    msg, attempt, exc.reason, ErrorInfo.from_exception(exc), delivery
                 )
             else:
                 await msg.nak(delay=exc.delay_s)
@@ -209,7 +214,7 @@ class Consumer:
                 attempt,
                 exc.reason,
                 ErrorInfo.from_exception(exc),
-                env,
+                delivery,
                 announce=not isinstance(exc, Refused),
             )
             return
@@ -223,7 +228,7 @@ class Consumer:
                 log.warning("handler of %s failed (attempt %d): %r", self.agent, attempt, exc)
             if attempt >= self.max_deliver:
                 reason = f"failed {attempt} times; last error {info.type}: {info.message}"
-                await self._dead_letter(msg, attempt, reason, info, env)
+                await self._dead_letter(msg, attempt, reason, info, delivery)
             else:
                 await msg.nak(delay=backoff_s(attempt))
             return
@@ -235,12 +240,13 @@ class Consumer:
         attempts: int,
         reason: str,
         error: ErrorInfo | None,
-        env: wire.Envelope | None = None,
+        delivery: Delivery | None = None,
         *,
         announce: bool = True,
     ) -> None:
         """Store the message in the DLQ (acked by JetStream), then terminate it; with
-        `announce`, tell the run it names (a `dead_lettered` event)."""
+        `announce`, tell the run it names (a `dead_lettered` event) and `on_dead_letter`."""
+        env = delivery.envelope if delivery else None
         record = DeadLetter(
             agent=self.agent,
             subject=msg.subject,
@@ -289,6 +295,11 @@ class Consumer:
                 self.bus.subjects.event(env.run_id, "dead_lettered", self.bus.agent or ""),
                 event_encoder.encode(event),
             )
+            if self.on_dead_letter is not None and delivery is not None:
+                try:
+                    await self.on_dead_letter(delivery, reason, error)
+                except Exception:  # the letter is kept; replaying it finishes the job
+                    log.exception("could not fail the dead-lettered %s task", self.agent)
         await msg.term()
 
 

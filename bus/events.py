@@ -3,37 +3,16 @@
 from __future__ import annotations
 
 import time
-from typing import Literal
 
 import msgspec
 
 from .errors import ErrorInfo
 
-EventKind = Literal[
-    "submitted",
-    "started",
-    "step",
-    "handoff",
-    "call",
-    "suspended",
-    "resumed",
-    "retried",
-    "completed",
-    "failed",
-    "cancelled",
-    "dead_lettered",
-    "signal",
-    "denied",
-    "parked",
-    "returned",
-    "llm",
-    "evaluated",
-]
-TERMINAL: frozenset[str] = frozenset({"completed", "failed", "cancelled", "dead_lettered"})
-
 
 class Event(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
-    """One thing that happened in a run; `from`/`to` are the agents of a handoff.
+    """One thing that happened in a run; `from`/`to` are the agents of a handoff. The kinds
+    are the runtime's (relaybus.services.runs.state.EventKind); the bus itself publishes only
+    `dead_lettered`.
 
     `envelope_id` is the task it happened in (`parent_id`: the task waiting for that one);
     `child_id` the task a `call` or `handoff` created. `latency_ms`: queue time on `started`,

@@ -19,11 +19,11 @@ from typing import Any
 import msgspec
 
 from relaybus.agents.control import cancel_run, send_signal
-from relaybus.agents.runs import RunRecord
 from relaybus.agents.submit import RunIdTaken, RunOutcome, run_store, submit, wait_for_run
 from relaybus.bus import Bus, RelayError, RunFailed, Settings
 from relaybus.bus.errors import ErrorInfo
 from relaybus.bus.feed import EventFeed
+from relaybus.services.runs.state import RunRecord
 
 __all__ = ["Client", "Run", "RunIdTaken", "RunTimedOut"]
 

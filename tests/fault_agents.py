@@ -77,4 +77,8 @@ POLICY: dict[str, tuple[list[str], list[str]]] = {
     "f_mid": (["fault/effect"], ["f_leaf"]),
     "f_leaf": (["fault/effect"], []),
 }
-SPECS = {"f_entry": "fault_agents:Entry", "f_mid": "fault_agents:Middle", "f_leaf": "fault_agents:Leaf"}
+SPECS = {
+    "f_entry": "fault_agents:Entry",
+    "f_mid": "fault_agents:Middle",
+    "f_leaf": "fault_agents:Leaf",
+}

@@ -222,3 +222,24 @@ class FlakyToolUser(Agent):
 
     async def handle(self, ctx: Context, task: dict[str, Any]) -> int:
         return int(await ctx.tool(flaky_add, task))
+
+
+class Crasher(Agent):
+    """Its process dies in every attempt until the file `until` exists."""
+
+    name = "crasher"
+
+    async def handle(self, ctx: Context, task: dict[str, Any]) -> str:
+        if not Path(task["until"]).exists():
+            os._exit(3)
+        return "survived"
+
+
+class CallsCrasher(Agent):
+    name = "callscrasher"
+
+    async def handle(self, ctx: Context, task: dict[str, Any]) -> dict[str, Any]:
+        try:
+            return {"result": await ctx.call("crasher", task)}
+        except ChildFailed as exc:
+            return {"child_failed": exc.info.type}

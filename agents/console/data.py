@@ -13,10 +13,11 @@ from relaybus.bus import cli as bus_cli
 from relaybus.bus.feed import EventFeed, from_the_run
 from relaybus.bus.subjects import check_name
 from relaybus.services.ledger.client import LedgerClient
+from relaybus.services.runs.state import RunRecord
+from relaybus.services.runs.store import RunStore
 
 from .. import runtree
 from ..observe import chain_of, ledger_run_cost
-from ..runs import RunRecord, RunStore
 from ..submit import run_store
 from .access import NotFound, Viewer
 from .graph import run_graph

@@ -21,13 +21,14 @@ from typing import Any
 
 import msgspec
 
-from relaybus.bus import TERMINAL, Bus, ConfigError, RelayError, Settings
+from relaybus.bus import Bus, ConfigError, RelayError, Settings
 from relaybus.bus.cli import event_line
 from relaybus.bus.feed import EventFeed
 from relaybus.bus.private import write_private
 from relaybus.bus.stack import is_alive, read_stack
 from relaybus.bus.supervisor import start_detached, stop_stack
 from relaybus.services.identity.client import read_audit
+from relaybus.services.runs.state import ENDED
 
 from ..llm.client import list_models
 from ..observe import ledger_run_cost, load_tree
@@ -177,7 +178,7 @@ async def _run(
     async with EventFeed(bus, run_id, replay=True) as feed:
         while outcome is None and (event := await feed.next(deadline - loop.time())) is not None:
             say("  " + event_line(event))
-            if event.kind in TERMINAL and not event.parent_id:
+            if event.kind in ENDED and not event.parent_id:
                 outcome = outcome_of(event)
     status = outcome.status if outcome else "timeout"
     error = outcome.error if outcome else f"no result within {args.timeout:g}s"

@@ -10,7 +10,8 @@ import msgspec
 
 from relaybus.bus import Bus, Link, rpc
 
-from .store import Look, NoRun, RunChange, RunRecord, RunStore, Waiter
+from .state import Look, RunChange, RunRecord, Waiter
+from .store import NoRun, RunStore
 
 
 class RunRequest(msgspec.Struct, frozen=True, kw_only=True):

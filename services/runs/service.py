@@ -24,7 +24,8 @@ from relaybus.services.identity.client import IdentityGate, publish_audit
 from relaybus.services.identity.messages import AuditRecord
 
 from .client import RunReply, RunRequest
-from .store import Finish, MarkRunning, NoRun, RegisterWait, Reopen, RunChange, RunStore
+from .state import Finish, MarkRunning, RegisterWait, Reopen, RunChange
+from .store import NoRun, RunStore
 
 log = logging.getLogger("relaybus.runs")
 _request = msgspec.json.Decoder(RunRequest)

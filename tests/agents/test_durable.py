@@ -12,6 +12,7 @@ from pathlib import Path
 from relaybus.agents.control import cancel_run, send_signal
 from relaybus.agents.submit import RunOutcome, has_consumer, run_store, submit, wait_for_run
 from relaybus.bus import Bus, Event
+from relaybus.bus.cli import read_dead_letters, replay_dead_letter
 from relaybus.bus.feed import EventFeed
 
 from ..conftest import ROOT, Spawn, child_env, consuming
@@ -323,3 +324,51 @@ def test_tool_declaration_errors_are_clear() -> None:
         tool("/bad/")
     with pytest.raises(TypeError, match="pydantic model"):
         tool("x/y")(lambda a: a)
+
+
+async def test_a_task_given_up_on_fails_its_caller_and_its_run_until_replayed(
+    bus: Bus, spawn: Spawn, tmp_path: Path
+) -> None:
+    # Given a worker that dies in every attempt, one run on it and one run calling it
+    until = tmp_path / "fixed"
+    spawn("runtime_agents:CallsCrasher")
+    crasher = spawn("runtime_agents:Crasher")
+    task = json.dumps({"until": str(until)}).encode()
+    direct = await submit(bus, "crasher", task)
+    via = await submit(bus, "callscrasher", task)
+    async with EventFeed(bus, direct.run_id, replay=True) as direct_feed:
+        async with EventFeed(bus, via.run_id, replay=True) as via_feed:
+            ended = asyncio.gather(
+                wait_for_run(direct_feed, direct.run_id, 90, "crasher"),
+                wait_for_run(via_feed, via.run_id, 90, "callscrasher"),
+            )
+            starts = 1
+            for _ in range(120):  # each attempt kills the process: start it again (bounded)
+                done, _ = await asyncio.wait([ended], timeout=1.0)
+                if done:
+                    break
+                if crasher.poll() is not None and starts < 12:
+                    crasher, starts = spawn("runtime_agents:Crasher"), starts + 1
+            direct_out, via_out = await asyncio.wait_for(ended, 90)
+    # Then the run on it failed (record, waiter and events agree), the caller got a typed error
+    assert direct_out.status == "failed" and (direct_out.error or "").startswith("DeadLettered")
+    record = await (await run_store(bus)).get(direct.run_id)
+    assert record is not None and record.status == "failed" and record.error is not None
+    assert (
+        record.error.type == "DeadLettered" and "gave up after 3 attempts" in record.error.message
+    )
+    assert via_out.status == "completed" and via_out.result == {"child_failed": "DeadLettered"}
+    # When the cause is fixed and the run's letter replayed, the same run completes
+    until.touch()
+    letters = [
+        s for s, letter in await read_dead_letters(bus, 10) if letter.run_id == direct.run_id
+    ]
+    assert len(letters) == 1
+    if crasher.poll() is not None:
+        spawn("runtime_agents:Crasher")
+    async with EventFeed(bus, direct.run_id, replay=False) as feed:
+        await replay_dead_letter(bus, letters[0])
+        again = await wait_for_run(feed, direct.run_id, 60, "crasher")
+    assert again.status == "completed" and again.result == "survived"
+    record = await (await run_store(bus)).get(direct.run_id)
+    assert record is not None and record.status == "completed"

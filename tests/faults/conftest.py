@@ -18,12 +18,12 @@ from typing import Any
 import msgspec
 import pytest
 
-from relaybus.agents.runs import TERMINAL_RUN, RunRecord
 from relaybus.agents.submit import run_store, submit
 from relaybus.bus import Bus, ConnectionFailed, Settings
 from relaybus.services.identity.client import IdentityClient, read_audit, write_agent_key
 from relaybus.services.ledger.client import LedgerClient
 from relaybus.services.ledger.model import Budget
+from relaybus.services.runs.state import ENDED, RunRecord
 
 from ..conftest import ROOT, child_env
 from ..fault_agents import POLICY, RUN_COST, SPECS
@@ -159,7 +159,7 @@ async def wait_all_ended(bus: Bus, run_ids: list[str], timeout_s: float) -> dict
     records: dict[str, RunRecord] = {}
     while True:
         for run_id in run_ids:
-            if run_id in records and records[run_id].status in TERMINAL_RUN:
+            if run_id in records and records[run_id].status in ENDED:
                 continue
             try:
                 record = await runs.get(run_id)
@@ -167,7 +167,7 @@ async def wait_all_ended(bus: Bus, run_ids: list[str], timeout_s: float) -> dict
                 continue
             if record is not None:
                 records[run_id] = record
-        ended = [r for r in records.values() if r.status in TERMINAL_RUN]
+        ended = [r for r in records.values() if r.status in ENDED]
         if len(ended) == len(run_ids) or loop.time() > deadline:
             return records
         await asyncio.sleep(0.5)
@@ -183,7 +183,9 @@ async def describe_run(bus: Bus, run_id: str, record: RunRecord | None) -> str:
     async with EventFeed(bus, run_id, replay=True) as feed:
         while (event := await feed.next(1.0)) is not None:
             error = f"{event.error.type}: {event.error.message[:200]}" if event.error else ""
-            kinds.append(f"{event.kind}:{event.recipient}:{event.attempt}:{event.detail[:60]}{error}")
+            kinds.append(
+                f"{event.kind}:{event.recipient}:{event.attempt}:{event.detail[:60]}{error}"
+            )
     bucket = await Bucket.open(bus, bus.subjects.bucket("journal"))
     tasks = []
     for key in await bucket.keys():
@@ -226,7 +228,7 @@ async def assert_runs_held(
     """The suite's promises: every accepted run ended (completed, or failed with a recorded
     reason); each completed run's effects applied exactly once; no budget overspent; for every
     completed run the audit recorded an allow for each of its tool calls, and no denial."""
-    missing = [r for r in run_ids if r not in records or records[r].status not in TERMINAL_RUN]
+    missing = [r for r in run_ids if r not in records or records[r].status not in ENDED]
     if missing:
         detail = [await describe_run(bus, r, records.get(r)) for r in missing[:3]]
         raise AssertionError(f"{len(missing)} accepted runs never ended: {detail}")

@@ -152,7 +152,8 @@ async def test_cluster_node_killed_mid_run_then_another_after_it_returns(
         tasks = await bus.js.stream_info(bus.subjects.stream("TASKS"))
         assert tasks.config.num_replicas == 3
         leader = next(
-            n for n in cluster
+            n
+            for n in cluster
             if n.cluster and tasks.cluster and n.cluster.server_name == tasks.cluster.leader
         )
         accepted = await submit_many(bus, 15, log, token)

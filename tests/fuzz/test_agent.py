@@ -23,8 +23,9 @@ from hypothesis import strategies as st
 
 from relaybus.agents.messages import ChildResult, SignalBody
 from relaybus.agents.submit import submit
-from relaybus.bus import TERMINAL, Bus, Envelope, Settings, encode, new_envelope, new_id
+from relaybus.bus import Bus, Envelope, Settings, encode, new_envelope, new_id
 from relaybus.bus.events import DeadLetter, Event, dead_letter_decoder, event_decoder
+from relaybus.services.runs.state import ENDED
 
 from ..conftest import ROOT, child_env, wait_for
 from .hostile import DEEP_JSON, DEEP_MSGPACK, HUGE_ARRAY_HEADER, envelopes, mutations
@@ -80,7 +81,14 @@ def echo(settings: Settings, tmp_path: Path) -> Iterator[tuple[subprocess.Popen[
     log = tmp_path / "echo.log"
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "relaybus.cli", "agent", "run", "relaybus.agents.demo.echo:Echo"],
+            [
+                sys.executable,
+                "-m",
+                "relaybus.cli",
+                "agent",
+                "run",
+                "relaybus.agents.demo.echo:Echo",
+            ],
             env=child_env(settings),
             cwd=ROOT,
             stdin=subprocess.DEVNULL,
@@ -124,7 +132,10 @@ def settled(record: Record, fuzz_id: str, env: Envelope | None, log: Path) -> st
     retried = [e for e in events if e.kind == "retried" and e.envelope_id == env.id]
     assert not retried, f"a hostile task was retried as a crash: {retried[0].error}"
     for event in events:
-        if event.kind in TERMINAL or event.kind == "returned":  # returned: to its parent task
+        if event.kind in ENDED or event.kind in (
+            "returned",
+            "dead_lettered",
+        ):  # returned: to its parent task
             if event.kind == "failed":
                 assert event.error is not None and event.error.message.strip(), event
             return f"run {event.kind}"

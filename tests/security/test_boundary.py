@@ -28,7 +28,7 @@ from relaybus.bus.feed import EventFeed
 from relaybus.bus.stack import public_url, read_stack
 from relaybus.services.identity.client import IdentityClient, read_audit
 from relaybus.services.runs.client import AuthorityRunWriter
-from relaybus.services.runs.store import Finish, RegisterWait, Reopen
+from relaybus.services.runs.state import Finish, RegisterWait, Reopen
 
 from .conftest import USER, SecureStack
 
@@ -48,7 +48,9 @@ async def test_an_anonymous_local_process_cannot_connect(secure: SecureStack) ->
     try:
         info = await asyncio.wait_for(reader.readline(), 5)
         assert info.startswith(b"INFO ") and b'"auth_required":true' in info
-        writer.write(b'CONNECT {"verbose":false,"pedantic":false}\r\nPUB relay.task.echo 2\r\n{}\r\nPING\r\n')
+        writer.write(
+            b'CONNECT {"verbose":false,"pedantic":false}\r\nPUB relay.task.echo 2\r\n{}\r\nPING\r\n'
+        )
         await writer.drain()
         answer = await asyncio.wait_for(reader.readline(), 5)
     finally:
@@ -187,8 +189,13 @@ async def test_a_flood_of_forged_timers_takes_no_slot_of_the_agent(secure: Secur
             body = SignalBody(timer=f"T{i}", due=year)
             await bus.publish(
                 Envelope(
-                    id=new_id(), run_id=new_id(), kind="signal", sender="mallory",
-                    recipient="approver", parent_id=new_id(), created_at=time.time(),
+                    id=new_id(),
+                    run_id=new_id(),
+                    kind="signal",
+                    sender="mallory",
+                    recipient="approver",
+                    parent_id=new_id(),
+                    created_at=time.time(),
                     payload=msgspec.json.encode(body),
                 )
             )
@@ -299,8 +306,13 @@ async def test_a_compromised_child_cannot_finish_the_run_or_take_its_waits(
     secure.start_agent("runtime_agents:Child")
     async with Bus(secure.settings) as op:
         run = await submit(
-            op, "fanout", b'{"items": [{"x": 1}]}', sender=f"user:{USER}",
-            token=secure.token, wait=True, timeout_s=60,
+            op,
+            "fanout",
+            b'{"items": [{"x": 1}]}',
+            sender=f"user:{USER}",
+            token=secure.token,
+            wait=True,
+            timeout_s=60,
         )
         assert run.status == "completed"
         child_task = await _child_task(op, run.run_id)
@@ -463,8 +475,12 @@ async def test_the_console_and_trace_leave_out_events_from_outside_the_run(
         async with secure.hostile() as bus:
             for kind in ("completed", "denied"):
                 fake = Event(
-                    run_id=run.run_id, kind=kind, detail="forged by mallory",
-                    envelope_id=run.run_id, sender="user:alice", recipient="approver",
+                    run_id=run.run_id,
+                    kind=kind,
+                    detail="forged by mallory",
+                    envelope_id=run.run_id,
+                    sender="user:alice",
+                    recipient="approver",
                 )
                 await bus.publish_bytes(
                     bus.subjects.event(run.run_id, kind, "mallory"), event_encoder.encode(fake)
