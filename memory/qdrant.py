@@ -13,18 +13,9 @@ from typing import Any
 
 from qdrant_client import AsyncQdrantClient, models
 
+from .engine import check_fields, check_vector, hybrid
 from .keywords import KEYWORDS_VERSION, Sparse
-from .store import (
-    TENANT,
-    Hit,
-    MemoryRefused,
-    Scope,
-    StoredPoint,
-    check_fields,
-    check_vector,
-    hybrid,
-    owned,
-)
+from .store import TENANT, Hit, MemoryRefused, Scope, StoredPoint, owned
 
 
 def _conditions(scope: Scope) -> list[models.Condition]:
