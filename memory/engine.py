@@ -117,6 +117,18 @@ class QdrantEngine(ABC, Generic[Handle]):
     def __init__(self) -> None:
         self._opened: dict[str, Opened[Handle]] = {}
 
+    def _register(self, name: str, handle: Handle, dim: int) -> None:
+        self._opened[name] = Opened(handle, dim)
+
+    def _collection(self, name: str) -> Opened[Handle]:
+        opened = self._opened.get(name) or self._reopen(name)
+        if opened is None:
+            raise MemoryRefused(
+                f"no collection {name!r}; ingest into it or remember something first"
+            )
+        self._opened[name] = opened
+        return opened
+
     # --- what each engine supplies -------------------------------------------------------
 
     @abstractmethod
@@ -166,18 +178,6 @@ class QdrantEngine(ABC, Generic[Handle]):
     async def close(self) -> None: ...
 
     # --- the store interface, the same for every engine ----------------------------------
-
-    def _register(self, name: str, handle: Handle, dim: int) -> None:
-        self._opened[name] = Opened(handle, dim)
-
-    def _collection(self, name: str) -> Opened[Handle]:
-        opened = self._opened.get(name) or self._reopen(name)
-        if opened is None:
-            raise MemoryRefused(
-                f"no collection {name!r}; ingest into it or remember something first"
-            )
-        self._opened[name] = opened
-        return opened
 
     def _vectors(self, point: StoredPoint) -> dict[str, Any]:
         if point.keywords is None:
