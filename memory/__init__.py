@@ -1,9 +1,10 @@
 """Long-term memory, RAG and session state over Qdrant.
 
 The store interface (`store`) and its two engines — Qdrant Edge embedded (`edge`, the default) and
-a Qdrant server or local mode through qdrant-client (`qdrant`); embedders (`embed`, `minilm`) and
-keyword vectors (`keywords`) for hybrid search; the memory service (`service`) that owns the store,
-its garbage collection (`gc`), and `MemoryClient`, which agents reach as `ctx.memory`.
+a Qdrant server or local mode through qdrant-client (`qdrant`), both built on what they share
+(`engine`); embedders (`embed`, `minilm`) and keyword vectors (`keywords`) for hybrid search; the
+memory service (`service`) that owns the store, its garbage collection (`gc`), and `MemoryClient`,
+which agents reach as `ctx.memory`.
 """
 
 from .client import MemoryClient

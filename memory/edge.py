@@ -1,7 +1,8 @@
 """The embedded engine: Qdrant Edge (`qdrant-edge-py`), one shard per collection under a folder.
 
-The only module that imports qdrant_edge. Shards are opened by this one process (the memory
-service); the embedder id and vector size are kept beside each shard so vectors never mix.
+The only module that imports qdrant_edge; the store interface itself is `engine.QdrantEngine`.
+Shards are opened by this one process (the memory service); each collection's `Layout` (embedder
+id, vector size, keyword hashing) is kept beside its shard, so vectors never mix.
 """
 
 from __future__ import annotations
@@ -12,85 +13,48 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import qdrant_edge as qe
 
-from .keywords import KEYWORDS_VERSION, Sparse
-from .store import (
-    TENANT,
-    Hit,
-    MemoryRefused,
-    Scope,
-    StoredPoint,
-    check_fields,
-    check_vector,
-    hybrid,
-    owned,
-)
+from .engine import INDEXED, KEYWORDS, Layout, Opened, QdrantEngine, to_hit
+from .keywords import Sparse
+from .store import Hit, MemoryRefused, Scope, StoredPoint
+
+LAYOUT_FILE = "relaybus.json"
 
 
-def _conditions(scope: Scope) -> list[Any]:
-    return [qe.FieldCondition(key=k, match=qe.MatchValue(v)) for k, v in scope.conditions().items()]
-
-
-def _filter(scope: Scope) -> qe.Filter:
-    return qe.Filter(must=_conditions(scope))
-
-
-KEYWORDS = "keywords"
-
-
-def _vector(point: StoredPoint) -> Any:
-    if point.keywords is None:
-        return {"": list(point.vector)}
-    sparse = qe.SparseVector(point.keywords.indices, point.keywords.values)
-    return {"": list(point.vector), KEYWORDS: sparse}
-
-
-def _hit(point: Any, score: float = 1.0) -> Hit:
-    vector = getattr(point, "vector", None)
-    dense = vector.get("") if isinstance(vector, dict) else vector
-    return Hit(
-        id=str(point.id),
-        score=float(score),
-        payload=dict(point.payload or {}),
-        vector=list(dense) if dense is not None else None,
-    )
-
-
-class EdgeStore:
+class EdgeStore(QdrantEngine[qe.EdgeShard]):
     def __init__(self, root: Path) -> None:
+        super().__init__()
         self.root = root
-        self._shards: dict[str, Any] = {}
-        self._meta: dict[str, dict[str, Any]] = {}
         self._lock = asyncio.Lock()
 
-    def _open(self, name: str) -> Any:
-        shard = self._shards.get(name)
-        if shard is None:
-            path = self.root / name
-            if not (path / "relaybus.json").exists():
-                raise MemoryRefused(
-                    f"no collection {name!r}; ingest into it or remember something first"
-                )
-            self._meta[name] = json.loads((path / "relaybus.json").read_text())
-            shard = self._shards[name] = qe.EdgeShard.load(str(path / "shard"))
-        return shard
+    def _reopen(self, name: str) -> Opened[qe.EdgeShard] | None:
+        path = self.root / name
+        if not (path / LAYOUT_FILE).exists():
+            return None
+        dim = json.loads((path / LAYOUT_FILE).read_text())["dim"]
+        return Opened(qe.EdgeShard.load(str(path / "shard")), dim)
 
     async def ensure_collection(self, name: str, dim: int, embedder: str) -> None:
         async with self._lock:
             path = self.root / name
-            meta_path = path / "relaybus.json"
-            wanted = {"dim": dim, "embedder": embedder, "keywords": KEYWORDS_VERSION}
-            if meta_path.exists():
-                meta = json.loads(meta_path.read_text())
-                if meta != wanted:
-                    raise MemoryRefused(
-                        f"collection {name} was built with {meta.get('embedder')} "
-                        f"({meta.get('dim')} dims, keywords {meta.get('keywords')}), not "
-                        f"{embedder} ({dim} dims, keywords {KEYWORDS_VERSION}); vectors must not "
-                        "mix: use another RELAYBUS_HOME or re-ingest"
+            layout_path = path / LAYOUT_FILE
+            wanted = Layout(dim=dim, embedder=embedder)
+            if layout_path.exists():
+                found = json.loads(layout_path.read_text())
+                if found != msgspec.structs.asdict(wanted):
+                    built = Layout(
+                        dim=found.get("dim"),
+                        embedder=found.get("embedder"),
+                        keywords=found.get("keywords"),
                     )
-                self._open(name)
+                    raise MemoryRefused(
+                        f"collection {name} was built with {built.describe()}, not "
+                        f"{wanted.describe()}; vectors must not mix: use another RELAYBUS_HOME "
+                        "or re-ingest"
+                    )
+                self._collection(name)
                 return
             path.mkdir(parents=True, exist_ok=True)
             config = qe.EdgeConfig(
@@ -98,109 +62,66 @@ class EdgeStore:
                 sparse_vectors={KEYWORDS: qe.EdgeSparseVectorParams(modifier=qe.Modifier.Idf)},
             )
             shard = qe.EdgeShard.create(str(path / "shard"), config)
-            shard.update(
-                qe.UpdateOperation.create_field_index(TENANT, qe.PayloadSchemaType.Keyword)
-            )
-            shard.update(
-                qe.UpdateOperation.create_field_index("kind", qe.PayloadSchemaType.Keyword)
-            )
-            meta_path.write_text(json.dumps(wanted))
-            self._shards[name], self._meta[name] = shard, wanted
+            for field in INDEXED:
+                shard.update(
+                    qe.UpdateOperation.create_field_index(field, qe.PayloadSchemaType.Keyword)
+                )
+            layout_path.write_text(json.dumps(msgspec.structs.asdict(wanted)))
+            self._register(name, shard, dim)
 
-    async def upsert(self, collection: str, points: Sequence[StoredPoint]) -> None:
-        shard = self._open(collection)
-        for point in points:
-            check_vector(collection, point.vector, self._meta[collection]["dim"])
-        shard.update(
+    def _filter(self, scope: Scope, ids: Sequence[str] | None = None) -> qe.Filter:
+        must: list[Any] = [
+            qe.FieldCondition(key=k, match=qe.MatchValue(v)) for k, v in scope.conditions().items()
+        ]
+        if ids is not None:
+            must.append(qe.HasIdCondition(set(ids)))
+        return qe.Filter(must=must)
+
+    def _sparse(self, keywords: Sparse) -> qe.SparseVector:
+        return qe.SparseVector(keywords.indices, keywords.values)
+
+    async def _upsert(self, handle: qe.EdgeShard, points: Sequence[StoredPoint]) -> None:
+        handle.update(
             qe.UpdateOperation.upsert_points(
-                [qe.Point(id=p.id, vector=_vector(p), payload=p.payload) for p in points]
+                [qe.Point(id=p.id, vector=self._vectors(p), payload=p.payload) for p in points]
             )
         )
-        shard.flush()
+        handle.flush()
 
-    async def search(
-        self,
-        collection: str,
-        vector: Sequence[float],
-        scope: Scope,
-        k: int,
-        keywords: Sparse | None = None,
+    async def _query(
+        self, handle: qe.EdgeShard, query: Any, using: str, where: Any, limit: int
     ) -> list[Hit]:
-        shard = self._open(collection)
-        check_vector(collection, vector, self._meta[collection]["dim"])
-        where = _filter(scope)
-
-        async def nearest(limit: int, ids: list[str] | None) -> list[Hit]:
-            within = where
-            if ids is not None:
-                within = qe.Filter(must=[*_conditions(scope), qe.HasIdCondition(set(ids))])
-            return self._query(shard, qe.Query.Nearest(list(vector)), within, limit)
-
-        async def by_keywords(limit: int) -> list[Hit]:
-            assert keywords is not None
-            sparse = qe.SparseVector(keywords.indices, keywords.values)
-            return self._query(shard, qe.Query.Nearest(sparse, using=KEYWORDS), where, limit)
-
-        use_keywords = keywords is not None and bool(keywords.indices)
-        hits = await hybrid(nearest, by_keywords if use_keywords else None, k)
-        return owned(hits, scope.tenant)
-
-    @staticmethod
-    def _query(shard: Any, query: Any, where: qe.Filter, limit: int) -> list[Hit]:
-        found = shard.query(
-            qe.QueryRequest(limit=limit, query=query, filter=where, with_payload=True)
+        nearest = qe.Query.Nearest(query, using=using or None)  # the unnamed vector is None here
+        found = handle.query(
+            qe.QueryRequest(limit=limit, query=nearest, filter=where, with_payload=True)
         )
-        return [_hit(p, p.score) for p in found]
+        return [to_hit(p, p.score) for p in found]
 
-    async def get(self, collection: str, ids: Sequence[str], scope: Scope) -> list[Hit]:
-        shard = self._open(collection)
-        return owned(
-            [_hit(p) for p in shard.retrieve(list(ids), with_payload=True, with_vector=False)],
-            scope.tenant,
-        )
+    async def _retrieve(self, handle: qe.EdgeShard, ids: list[str]) -> list[Hit]:
+        records = handle.retrieve(list[Any](ids), with_payload=True, with_vector=False)
+        return [to_hit(p) for p in records]
 
-    async def scroll(self, collection: str, scope: Scope, limit: int = 1000) -> list[Hit]:
-        shard = self._open(collection)
-        records, _ = shard.scroll(
-            qe.ScrollRequest(limit=limit, filter=_filter(scope), with_payload=True)
-        )
-        return owned([_hit(p) for p in records], scope.tenant)
-
-    async def scroll_all(
-        self, collection: str, limit: int = 100_000, with_vectors: bool = False
+    async def _scroll(
+        self, handle: qe.EdgeShard, where: Any | None, limit: int, with_vectors: bool
     ) -> list[Hit]:
-        records, _ = self._open(collection).scroll(
-            qe.ScrollRequest(limit=limit, with_payload=True, with_vector=with_vectors)
+        records, _ = handle.scroll(
+            qe.ScrollRequest(limit=limit, filter=where, with_payload=True, with_vector=with_vectors)
         )
-        return [_hit(p) for p in records]
+        return [to_hit(p) for p in records]
 
-    async def delete(self, collection: str, scope: Scope, ids: Sequence[str] | None = None) -> int:
-        shard = self._open(collection)
-        if ids is None:
-            victims = [h.id for h in await self.scroll(collection, scope, limit=1_000_000)]
-        else:  # only ids this tenant owns: guessing another tenant's id deletes nothing
-            victims = [h.id for h in await self.get(collection, ids, scope)]
-        if victims:
-            shard.update(qe.UpdateOperation.delete_points(list[Any](victims)))
-            shard.flush()
-        return len(victims)
+    async def _delete(self, handle: qe.EdgeShard, ids: list[str]) -> None:
+        handle.update(qe.UpdateOperation.delete_points(list[Any](ids)))
+        handle.flush()
 
-    async def set_fields(
-        self, collection: str, scope: Scope, point: str, fields: dict[str, Any]
-    ) -> bool:
-        check_fields(fields)
-        if not await self.get(collection, [point], scope):
-            return False
-        shard = self._open(collection)
-        shard.update(qe.UpdateOperation.set_payload([point], fields))
-        shard.flush()
-        return True
+    async def _set_payload(self, handle: qe.EdgeShard, point: str, fields: dict[str, Any]) -> None:
+        handle.update(qe.UpdateOperation.set_payload([point], fields))
+        handle.flush()
 
-    async def count(self, collection: str, scope: Scope) -> int:
-        return int(self._open(collection).count(qe.CountRequest(exact=True, filter=_filter(scope))))
+    async def _count(self, handle: qe.EdgeShard, where: Any) -> int:
+        return int(handle.count(qe.CountRequest(exact=True, filter=where)))
 
     async def close(self) -> None:
-        for shard in self._shards.values():
-            shard.flush()
-            shard.close()
-        self._shards.clear()
+        for opened in self._opened.values():
+            opened.handle.flush()
+            opened.handle.close()
+        self._opened.clear()

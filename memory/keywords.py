@@ -2,7 +2,7 @@
 
 Documents get BM25-saturated term frequencies; queries get weight 1 per term; the engine applies
 IDF (a Qdrant sparse vector with the IDF modifier), so rare words — names, codes, ids — carry the
-match. Dense and keyword rankings are fused by reciprocal rank inside the engine.
+match. Dense and keyword rankings are fused by score (`relaybus.memory.engine.fuse`).
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import uuid
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
 import msgspec
@@ -62,46 +62,6 @@ def point_id(tenant: str, kind: str, text: str) -> str:
     return str(uuid.UUID(bytes=digest[:16]))
 
 
-KEYWORD_WEIGHT = 0.1  # measured best on benchmarks/recall.py (0.05-0.2 within 0.01)
-CANDIDATES = 4  # each ranking contributes k * CANDIDATES candidates
-
-
-def fuse(dense: Sequence[Hit], keyword: Sequence[Hit], k: int) -> list[Hit]:
-    """Convex fusion: cosine + KEYWORD_WEIGHT * (BM25 score / best BM25 score).
-
-    `dense` must carry the cosine score of every keyword candidate too (engines rescore the
-    candidates only the keyword ranking found). The dense model decides among close matches; the
-    keyword bonus lifts exact names and codes a sentence model blurs. Rank fusion (RRF) was
-    measured worse: it lets the keyword ranking's length-normalisation noise reorder facts the
-    dense model had right (recall@1 on paraphrases 0.28 vs 0.70).
-    """
-    best = max((h.score for h in keyword), default=0.0) or 1.0
-    bonus = {h.id: KEYWORD_WEIGHT * h.score / best for h in keyword}
-    scored = {
-        h.id: Hit(id=h.id, score=h.score + bonus.get(h.id, 0.0), payload=h.payload) for h in dense
-    }
-    return sorted(scored.values(), key=lambda h: h.score, reverse=True)[:k]
-
-
-Nearest = Callable[[int, list[str] | None], Awaitable[list[Hit]]]
-ByKeywords = Callable[[int], Awaitable[list[Hit]]]
-
-
-async def hybrid(nearest: Nearest, by_keywords: ByKeywords | None, k: int) -> list[Hit]:
-    """The search every engine runs: dense only, or dense and keyword candidates fused, with
-    the cosine of keyword-only candidates fetched by id. `nearest(limit, ids)` is the engine's
-    dense search (within `ids` when given), `by_keywords(limit)` its sparse one."""
-    if by_keywords is None:
-        return await nearest(k, None)
-    dense = await nearest(k * CANDIDATES, None)
-    keyword = await by_keywords(k * CANDIDATES)
-    seen = {h.id for h in dense}
-    missing = [h.id for h in keyword if h.id not in seen]
-    if missing:
-        dense += await nearest(len(missing), missing)
-    return fuse(dense, keyword, k)
-
-
 def owned(hits: Sequence[Hit], tenant: str) -> list[Hit]:
     """Drop any hit whose payload names another tenant (defence in depth)."""
     return [h for h in hits if h.payload.get(TENANT) == tenant]
@@ -120,7 +80,8 @@ class VectorStore(Protocol):
         k: int,
         keywords: Sparse | None = None,
     ) -> list[Hit]:
-        """Nearest by `vector`; with `keywords`, dense and keyword candidates fused (`fuse`)."""
+        """Nearest by `vector`; with `keywords`, dense and keyword candidates fused
+        (`relaybus.memory.engine.fuse`)."""
         ...
 
     async def get(self, collection: str, ids: Sequence[str], scope: Scope) -> list[Hit]: ...
@@ -147,20 +108,6 @@ class VectorStore(Protocol):
         ...
 
     async def close(self) -> None: ...
-
-
-def check_vector(collection: str, vector: Sequence[float], dim: int) -> None:
-    if len(vector) != dim:
-        raise MemoryRefused(
-            f"collection {collection} holds {dim}-dimensional vectors, got {len(vector)}: "
-            "is the embedder misconfigured?"
-        )
-
-
-def check_fields(fields: Mapping[str, Any]) -> None:
-    bad = RESERVED & set(fields)
-    if bad:
-        raise MemoryRefused(f"fields {sorted(bad)} of a stored memory cannot be changed")
 
 
 def check_payload(payload: Mapping[str, Any], tenant: str) -> None:
