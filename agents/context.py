@@ -9,14 +9,13 @@ journal recorded at that position fails with JournalDivergence.
 
 from __future__ import annotations
 
-import asyncio
 import inspect
 import logging
 import random as _random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any, Literal, NoReturn
 
 import msgspec
 
@@ -36,19 +35,18 @@ from relaybus.memory.client import MemoryClient
 from relaybus.memory.messages import Caller
 from relaybus.services.identity.chain import ChainView, decode_body
 from relaybus.services.identity.messages import AuditRecord
+from relaybus.services.ledger.client import LedgerClient
 from relaybus.services.payments.errors import PaymentRefused
 
 from .base import encode_result
-from .charging import PendingCapture
-from .errors import ChildFailed, GatherTimeout, LimitExceeded, rebuild
-from .journal import Journal, JournalDivergence, Op, Wait
+from .errors import ChildFailed, GatherTimeout
+from .execution import Execution
+from .journal import Journal, Wait
 from .llm import ChatResult
 
 if TYPE_CHECKING:
     from .port import RuntimePort
     from .tool import Tool
-
-DEFAULT_MAX_STEPS = 1000
 
 
 class Suspend(BaseException):
@@ -87,35 +85,20 @@ class RunLogger(logging.LoggerAdapter[logging.Logger]):
 
     def process(self, msg: Any, kwargs: Any) -> tuple[Any, Any]:
         ctx: Context = (self.extra or {})["ctx"]  # type: ignore[assignment]
-        return f"[run {ctx.run_id} {ctx.agent} step {ctx._cursor}] {msg}", kwargs
+        return f"[run {ctx.run_id} {ctx.agent} step {ctx._exec.cursor}] {msg}", kwargs
 
 
 class Context:
     """Per-task context: the run, who it acts for, and the journaled operations."""
 
-    def __init__(
-        self,
-        worker: RuntimePort,
-        envelope: Envelope,
-        journal: Journal,
-        revision: int,
-        owner: str,
-        attempt: int,
-    ) -> None:
+    def __init__(self, worker: RuntimePort, execution: Execution, attempt: int) -> None:
         self._worker = worker
+        self._exec = execution
         self.agent = worker.name
-        self.envelope = envelope
+        self.envelope = execution.envelope
         self.attempt = attempt
-        self._journal = journal
-        self._revision = revision
-        self._owner = owner
-        self._cursor = 0
-        self._pending_ops: list[Op] = []
-        self._pending_publish: list[Envelope] = []
         self._timer_due: dict[str, float] = {}
-        self._delegations: dict[str, list[str] | None] = {}
-        self._timings: dict[int, tuple[float, int]] = {}
-        self._tool_seq = -1  # seq -> (latency ms, cost) for events
+        self._tool_seq = -1  # the journal position of the tool call running now
         self.started = time.perf_counter()
         self.chain: ChainView | None = None
         self.log = RunLogger(logging.getLogger(f"relaybus.agent.{self.agent}"), {"ctx": self})
@@ -144,17 +127,24 @@ class Context:
         return self.envelope.sender
 
     async def audit(
-        self, action: str, *, tool: str = "", reason: str = "", detail: dict[str, Any] | None = None
+        self,
+        action: str,
+        *,
+        tool: str = "",
+        reason: str = "",
+        detail: dict[str, Any] | None = None,
+        decision: Literal["allow", "deny"] = "allow",
     ) -> None:
-        """Append an `allow` record with this run's verified chain to the audit stream (data
-        tools record each query this way). Without identity there is no chain and no audit."""
+        """Append a record with this run's verified chain to the audit stream (data tools record
+        each query this way, payments each refusal). Without identity there is no chain and no
+        audit."""
         gate = self._worker.gate
         if gate is None or self.chain is None:
             return
         await gate.audit(
             AuditRecord(
                 action=action,
-                decision="allow",
+                decision=decision,
                 principal=self.chain.principal,
                 actor=f"agent:{self.agent}",
                 reason=reason,
@@ -177,6 +167,12 @@ class Context:
         return MemoryClient(self._worker.bus, caller)
 
     @property
+    def ledger(self) -> LedgerClient | None:
+        """This agent process's ledger client (None while RELAYBUS_LEDGER is off): tools that
+        move money (agents/tools/payments.py) hold and capture through it."""
+        return self._worker.costs.ledger
+
+    @property
     def settings(self) -> Settings:
         """The agent process's settings (where its SMTP server, LLM endpoint, ... are)."""
         return self._worker.bus.settings
@@ -184,109 +180,9 @@ class Context:
     @property
     def replaying(self) -> bool:
         """True while the handler is re-walking operations the journal already holds."""
-        return self._cursor < len(self._journal.ops)
+        return self._exec.replaying
 
-    # -- the journal cursor -------------------------------------------------------------
-
-    def _next(self, kind: str, name: str) -> tuple[int, Op | None]:
-        seq = self._cursor
-        self._cursor += 1
-        ops = self._journal.ops
-        if seq < len(ops):
-            op = ops[seq]
-            if op.kind != kind or op.name != name:
-                raise JournalDivergence(
-                    f"step {seq} of task {self.task_id} ({self.agent}) was {op.kind} {op.name!r} in "
-                    f"the journal, but the handler now asks for {kind} {name!r}; handlers must be "
-                    "deterministic: put clocks, randomness and I/O inside ctx.step"
-                )
-            return seq, op
-        env = self.envelope
-        max_steps = env.max_steps or DEFAULT_MAX_STEPS
-        if env.steps + seq + 1 > max_steps:
-            raise LimitExceeded(f"step limit {max_steps} reached at {kind} {name!r}")
-        if env.deadline and time.time() > env.deadline:
-            raise LimitExceeded(f"deadline passed before {kind} {name!r}")
-        return seq, None
-
-    @staticmethod
-    def _replay(op: Op) -> Any:
-        if op.error is not None:
-            raise rebuild(op.error)
-        return msgspec.json.decode(op.result) if op.result else None
-
-    def _record(
-        self,
-        seq: int,
-        kind: str,
-        name: str,
-        result: bytes = b"",
-        error: ErrorInfo | None = None,
-        settle: PendingCapture | None = None,
-    ) -> None:
-        owed = msgspec.json.encode(settle) if settle is not None else b""
-        self._pending_ops.append(
-            Op(seq=seq, kind=kind, name=name, result=result, error=error, settle=owed)
-        )
-
-    async def _settle(self, seq: int, owed: PendingCapture | bytes) -> None:
-        """Send the capture journaled with op `seq`, then strike it from the journal."""
-        if isinstance(owed, bytes):
-            owed = msgspec.json.decode(owed, type=PendingCapture)
-        await self._worker.costs.capture(owed)
-
-        def settled(journal: Journal) -> None:
-            for i, op in enumerate(journal.ops):
-                if op.seq == seq and op.settle:
-                    journal.ops[i] = msgspec.structs.replace(op, settle=b"")
-
-        await self._mutate(settled)
-
-    async def _flush(self) -> None:
-        """Publish pending child tasks and handoffs, then commit pending ops in one CAS write.
-
-        Publish first: a crash in between replays the op and republishes the same
-        deterministic envelope id, which JetStream stores once.
-        """
-        if self._pending_publish:
-            batch, self._pending_publish = self._pending_publish, []
-            batch = [
-                await self._worker.delegate(env, self._delegations.get(env.id)) for env in batch
-            ]
-            await asyncio.gather(*(self._worker.bus.publish(env) for env in batch))
-            for env in batch:
-                if env.parent_id == self.task_id:
-                    await self._worker.emit_event(
-                        self.envelope, "call", recipient=env.recipient, child_id=env.id
-                    )
-        if self._pending_ops:
-            ops, self._pending_ops = self._pending_ops, []
-
-            def append(journal: Journal) -> None:
-                have = len(journal.ops)
-                journal.ops.extend(op for op in ops if op.seq >= have)
-
-            await self._mutate(append)
-            for op in ops:
-                if op.kind in ("step", "tool") and op.error is None:
-                    latency_ms, cost = self._timings.pop(op.seq, (0.0, 0))
-                    await self._worker.emit_event(
-                        self.envelope,
-                        "step",
-                        detail=f"{op.kind} {op.name}",
-                        latency_ms=latency_ms,
-                        cost=cost,
-                    )
-
-    async def _mutate(self, change: Callable[[Journal], None]) -> Journal:
-        self._journal, self._revision = await self._worker.journals.mutate(
-            self.run_id,
-            self.task_id,
-            change,
-            owner=self._owner,
-            current=(self._journal, self._revision),
-        )
-        return self._journal
+    # -- keys for effects ------------------------------------------------------------
 
     def idempotency_key(self, purpose: str) -> str:
         """A key for an external effect of the tool call now running (a payment, a message):
@@ -296,7 +192,7 @@ class Context:
     def charge_key(self, seq: int) -> str:
         """Names the ledger hold of step `seq`: the same across crashes and replays (an open
         hold is reused, never taken twice), a new one once the step's hold was voided."""
-        voided = self._journal.voids.get(seq, 0)
+        voided = self._exec.journal.voids.get(seq, 0)
         return str(seq) if not voided else f"{seq}.{voided}"
 
     async def note_void(self, seq: int) -> None:
@@ -305,7 +201,7 @@ class Context:
         def bump(journal: Journal) -> None:
             journal.voids[seq] = journal.voids.get(seq, 0) + 1
 
-        await self._mutate(bump)
+        await self._exec.mutate(bump)
 
     # -- journaled operations -------------------------------------------------------------
 
@@ -315,18 +211,18 @@ class Context:
         The result must be JSON-serialisable; what you get back is its JSON round trip, on
         the first run and on replays alike. A step that raises is not recorded (it runs
         again when the task is retried)."""
-        seq, op = self._next("step", name)
+        seq, op = self._exec.next("step", name)
         if op is not None:
-            return self._replay(op)
-        await self._flush()
+            return self._exec.replay(op)
+        await self._exec.flush()
         started = time.perf_counter()
         value = fn(*args, **kwargs)
         if inspect.isawaitable(value):
             value = await value
         body = encode_result(value)
-        self._timings[seq] = ((time.perf_counter() - started) * 1000, 0)
-        self._record(seq, "step", name, body)
-        await self._flush()
+        self._exec.timed(seq, (time.perf_counter() - started) * 1000)
+        self._exec.record(seq, "step", name, body)
+        await self._exec.flush()
         return msgspec.json.decode(body)
 
     async def tool(self, tool: Tool, arguments: dict[str, Any] | None = None, **kwargs: Any) -> Any:
@@ -335,12 +231,12 @@ class Context:
         if kwargs and isinstance(given, dict):
             given = {**given, **kwargs}
         args = tool.validate(given)  # anything but an object is refused there, naming it
-        seq, op = self._next("tool", tool.name)
+        seq, op = self._exec.next("tool", tool.name)
         if op is not None:
             if op.settle:
-                await self._settle(seq, op.settle)
-            return self._replay(op)
-        await self._flush()
+                await self._exec.settle(seq, op.settle)
+            return self._exec.replay(op)
+        await self._exec.flush()
         try:
             await self._worker.authorize(self, tool, args)
         except PermissionDenied as exc:
@@ -390,19 +286,19 @@ class Context:
             raise
         elapsed = time.perf_counter() - started
         metrics.TOOL_DURATION.record(elapsed, {"gen_ai.tool.name": tool.name, "outcome": "ok"})
-        self._timings[seq] = (elapsed * 1000, cost)
+        self._exec.timed(seq, elapsed * 1000, cost)
         body = encode_result(value)
-        self._record(seq, "tool", tool.name, body, settle=bill.pending)
-        await self._flush()
+        self._exec.record(seq, "tool", tool.name, body, settle=bill.pending)
+        await self._exec.flush()
         if bill.pending is not None:
-            await self._settle(seq, bill.pending)
+            await self._exec.settle(seq, bill.pending)
         return msgspec.json.decode(body)
 
     async def _journal_refusal(self, seq: int, tool: Tool, exc: RelayError) -> NoReturn:
         """Record a refused call as the call's outcome: a handler that catches the refusal and
         goes on replays along the same path (the refusal is raised again, not re-decided)."""
-        self._record(seq, "tool", tool.name, error=ErrorInfo.from_exception(exc))
-        await self._flush()
+        self._exec.record(seq, "tool", tool.name, error=ErrorInfo.from_exception(exc))
+        await self._exec.flush()
         raise exc
 
     async def llm(
@@ -422,12 +318,12 @@ class Context:
         them through `ctx.tool` (and so through the authorization gate) and loops."""
         client = self._worker.llm_client()
         model = model or client.model
-        seq, op = self._next("llm", model)
+        seq, op = self._exec.next("llm", model)
         if op is not None:
             if op.settle:
-                await self._settle(seq, op.settle)
+                await self._exec.settle(seq, op.settle)
             return msgspec.json.decode(op.result, type=ChatResult)
-        await self._flush()
+        await self._exec.flush()
         estimate = sum(len(str(m.get("content") or "")) for m in messages) // 3 + 16
         breaker = self._worker.costs.breaker_for(f"llm:{model}")
         try:
@@ -462,10 +358,10 @@ class Context:
                 error=ErrorInfo.from_exception(exc),
             )
             raise
-        self._record(seq, "llm", model, msgspec.json.encode(result), settle=bill.pending)
-        await self._flush()
+        self._exec.record(seq, "llm", model, msgspec.json.encode(result), settle=bill.pending)
+        await self._exec.flush()
         if bill.pending is not None:
-            await self._settle(seq, bill.pending)
+            await self._exec.settle(seq, bill.pending)
         await self._worker.emit_event(
             self.envelope,
             "llm",
@@ -479,31 +375,32 @@ class Context:
 
     def now(self) -> float:
         """Wall-clock time, recorded: a replay sees the same value."""
-        seq, op = self._next("now", "now")
+        seq, op = self._exec.next("now", "now")
         if op is not None:
-            return float(self._replay(op))
+            return float(self._exec.replay(op))
         value = time.time()
-        self._record(seq, "now", "now", msgspec.json.encode(value))
+        self._exec.record(seq, "now", "now", msgspec.json.encode(value))
         return value
 
     def random(self) -> float:
         """A random float in [0, 1), recorded: a replay sees the same value."""
-        seq, op = self._next("random", "random")
+        seq, op = self._exec.next("random", "random")
         if op is not None:
-            return float(self._replay(op))
+            return float(self._exec.replay(op))
         value = _random.random()
-        self._record(seq, "random", "random", msgspec.json.encode(value))
+        self._exec.record(seq, "random", "random", msgspec.json.encode(value))
         return value
 
     def spawn(self, agent: str, payload: Any, *, scopes: list[str] | None = None) -> Handle:
         """Start a child task on `agent`; its result comes back to this task. Use `gather`.
         `scopes` narrows what the child may do (default: everything this task may)."""
-        seq, op = self._next("spawn", agent)
+        seq, op = self._exec.next("spawn", agent)
         child_id = derived_id(self.task_id, "spawn", str(seq))
         if op is None:
-            self._delegations[child_id] = scopes
-            self._pending_publish.append(self._derive(child_id, agent, payload, seq, child=True))
-            self._record(seq, "spawn", agent, msgspec.json.encode(child_id))
+            self._exec.publish_later(
+                self._derive(child_id, agent, payload, seq, child=True), scopes
+            )
+            self._exec.record(seq, "spawn", agent, msgspec.json.encode(child_id))
         return Handle(task_id=child_id, agent=agent)
 
     async def call(self, agent: str, payload: Any, *, scopes: list[str] | None = None) -> Any:
@@ -522,12 +419,12 @@ class Context:
         if not 0 < need <= len(ids):
             raise RelayError(f"quorum {quorum} is not between 1 and {len(ids)} children")
         timer = await self._timer("gather", timeout) if timeout is not None else ""
-        seq, op = self._next("gather", f"{need}/{len(ids)}")
+        seq, op = self._exec.next("gather", f"{need}/{len(ids)}")
         if op is not None:
-            return list(self._replay(op))
-        await self._flush()
+            return list(self._exec.replay(op))
+        await self._exec.flush()
         await self._park(Wait(children=ids, quorum=quorum or 0, timer=timer))
-        journal = self._journal
+        journal = self._exec.journal
         done = {c: journal.children[c] for c in ids if c in journal.children}
         tracing.link_fan_in(o.traceparent for o in done.values())
         ok = [c for c in ids if c in done and done[c].ok]
@@ -554,12 +451,14 @@ class Context:
                 )
             )
         if error is not None:
-            self._record(seq, "gather", f"{need}/{len(ids)}", error=ErrorInfo.from_exception(error))
-            await self._flush()
+            self._exec.record(
+                seq, "gather", f"{need}/{len(ids)}", error=ErrorInfo.from_exception(error)
+            )
+            await self._exec.flush()
             raise error
         results = [msgspec.json.decode(done[c].result) if c in ok else None for c in ids]
-        self._record(seq, "gather", f"{need}/{len(ids)}", msgspec.json.encode(results))
-        await self._flush()
+        self._exec.record(seq, "gather", f"{need}/{len(ids)}", msgspec.json.encode(results))
+        await self._exec.flush()
         stragglers = [c for c in ids if c not in done]
         if stragglers:
             await self._worker.cancel_tasks(self.envelope, stragglers)
@@ -570,24 +469,25 @@ class Context:
     ) -> NoReturn:
         """Pass control to `agent`: the run continues there and this handler ends.
         `scopes` narrows what it may do (default: everything this task may)."""
-        seq, op = self._next("handoff", agent)
+        seq, op = self._exec.next("handoff", agent)
         child_id = derived_id(self.task_id, "handoff", str(seq))
         if op is None:
-            self._delegations[child_id] = scopes
-            self._pending_publish.append(self._derive(child_id, agent, payload, seq, child=False))
-            self._record(seq, "handoff", agent, msgspec.json.encode(child_id))
-            await self._flush()
+            self._exec.publish_later(
+                self._derive(child_id, agent, payload, seq, child=False), scopes
+            )
+            self._exec.record(seq, "handoff", agent, msgspec.json.encode(child_id))
+            await self._exec.flush()
         raise HandoffDone(agent, child_id)
 
     async def wait_signal(self, name: str, timeout: float | None = None) -> Any:
         """Wait durably for `relaybus approve RUN --signal NAME [--data JSON]`; returns the data.
         With `timeout` seconds, raises GatherTimeout when none came in time."""
         timer = await self._timer(f"signal:{name}", timeout) if timeout is not None else ""
-        seq, op = self._next("signal", name)
+        seq, op = self._exec.next("signal", name)
         if op is not None:
-            return self._replay(op)
-        await self._flush()
-        if name not in self._journal.signals:
+            return self._exec.replay(op)
+        await self._exec.flush()
+        if name not in self._exec.journal.signals:
             data = await self._worker.signal_or_register(self, name)
             if data is not None:
                 arrived = data
@@ -595,30 +495,30 @@ class Context:
                 def keep(journal: Journal) -> None:
                     journal.signals.setdefault(name, arrived)
 
-                await self._mutate(keep)
+                await self._exec.mutate(keep)
         await self._park(Wait(signal=name, timer=timer))
-        if name not in self._journal.signals:
+        if name not in self._exec.journal.signals:
             error = GatherTimeout(
                 ErrorInfo(type="SignalTimeout", message=f"no signal {name!r} within {timeout:g}s")
             )
-            self._record(seq, "signal", name, error=ErrorInfo.from_exception(error))
-            await self._flush()
+            self._exec.record(seq, "signal", name, error=ErrorInfo.from_exception(error))
+            await self._exec.flush()
             raise error
-        body = self._journal.signals[name]
-        self._record(seq, "signal", name, body)
-        await self._flush()
+        body = self._exec.journal.signals[name]
+        self._exec.record(seq, "signal", name, body)
+        await self._exec.flush()
         return msgspec.json.decode(body)
 
     # -- helpers --------------------------------------------------------------------------
 
     async def _timer(self, label: str, timeout: float) -> str:
         """A journaled due time; returns the timer id that fires at it."""
-        seq, op = self._next("timer", label)
+        seq, op = self._exec.next("timer", label)
         if op is None:
             due = time.time() + timeout
-            self._record(seq, "timer", label, msgspec.json.encode(due))
+            self._exec.record(seq, "timer", label, msgspec.json.encode(due))
         else:
-            due = float(self._replay(op))
+            due = float(self._exec.replay(op))
         timer_id = derived_id(self.task_id, "timer", str(seq))
         self._timer_due[timer_id] = due
         return timer_id
@@ -635,7 +535,7 @@ class Context:
             if not parked:
                 journal.waiting = None
 
-        await self._mutate(suspend)
+        await self._exec.mutate(suspend)
         if parked:
             if wait.timer:
                 await self._worker.start_timer(

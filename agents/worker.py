@@ -10,7 +10,6 @@ Each delivery to `relay.task.<agent>` is one of:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import logging
 import os
@@ -44,9 +43,7 @@ from relaybus.bus import (
 from relaybus.bus.envelope import derived_id
 from relaybus.bus.events import event_encoder
 from relaybus.bus.kv import Bucket, RevisionConflict
-from relaybus.services.identity.chain import ChainView, decode_body
-from relaybus.services.identity.client import IdentityGate, args_digest, read_agent_key
-from relaybus.services.identity.messages import AuditRecord
+from relaybus.services.identity.client import IdentityGate, read_agent_key
 from relaybus.services.ledger.client import LedgerClient
 from relaybus.services.ledger.errors import BudgetExceeded
 from relaybus.services.ledger.prices import load_prices
@@ -68,6 +65,8 @@ from .charging import Costs
 from .context import Context, HandoffDone, Suspend
 from .errors import Cancelled, LimitExceeded, ToolArgumentsInvalid
 from .evaluation import record_evaluations
+from .execution import Execution
+from .guard import Guard, runtime_payload, sender_problem
 from .journal import FINAL, Fenced, Journal, JournalDivergence, JournalStore, Outcome, Wait
 from .limits import limit_problem
 from .llm import LLMClient
@@ -119,6 +118,7 @@ class Worker:
         self._cancelled: set[str] = set()
         self._host = socket.gethostname()
         self._llm: LLMClient | None = None
+        self.guard = Guard(bus, agent.name, gate, journals, self.emit_event)
 
     @classmethod
     async def open(cls, bus: Bus, agent: Agent) -> Worker:
@@ -155,7 +155,7 @@ class Worker:
         kind = env.kind
         problem = sender_problem(delivery, self.name)
         if problem:
-            await self.refuse(env, delivery, problem)
+            await self.guard.refuse(env, delivery, problem)
         if delivery.attempt == 1:
             labels = {"relaybus.agent": self.name, "relaybus.kind": kind}
             metrics.HANDOFFS.add(1, labels)
@@ -177,7 +177,7 @@ class Worker:
             )
         if self.gate is not None and d.source:
             try:  # before anything is written: an agent's forged or replayed chain changes
-                await self._verify(env)  # nothing (a user's bad chain fails its own run below)
+                await self.guard.verify(env)  # nothing (a user's bad chain fails its own run below)
             except ChainInvalid as exc:
                 raise Refused(str(exc)) from None
         replay = d.replayed
@@ -244,7 +244,7 @@ class Worker:
 
     async def on_outcome(self, d: Delivery) -> None:
         env = d.envelope
-        outcome = _runtime_payload(env, _child_result_decoder)
+        outcome = runtime_payload(env, _child_result_decoder)
 
         def check(journal: Journal) -> str:
             spawned = _spawned(journal).get(outcome.child)
@@ -271,7 +271,7 @@ class Worker:
 
     async def on_signal(self, d: Delivery) -> None:
         env = d.envelope
-        body = _runtime_payload(env, signal_decoder)
+        body = runtime_payload(env, signal_decoder)
         if body.timer:
             wait_s = body.due - time.time()
             if wait_s > MAX_TIMER_S:  # JetStream would ignore the delay and redeliver at once
@@ -300,7 +300,7 @@ class Worker:
             )
             return
         if check is not None and (problem := check(found[0])):
-            await self.refuse(env, d, problem)
+            await self.guard.refuse(env, d, problem)
         journal, revision = await self.journals.mutate(env.run_id, env.parent_id, change)
         owner = self.new_owner()
         driver = str(d.sequence)
@@ -332,7 +332,8 @@ class Worker:
 
     async def execute(self, journal: Journal, revision: int, owner: str, d: Delivery) -> None:
         env = decode(journal.task)
-        ctx = Context(self, env, journal, revision, owner, d.attempt)
+        ex = Execution(self, env, journal, revision, owner)
+        ctx = Context(self, ex, d.attempt)
         current = asyncio.current_task()
         assert current is not None
         self._by_run.setdefault(env.run_id, set()).add(current)
@@ -356,7 +357,7 @@ class Worker:
         outcome = "error"
         try:
             with trace.use_span(span, end_on_exit=True):
-                outcome = await self._run_handler(ctx, env, d)
+                outcome = await self._run_handler(ctx, ex, d)
         except Fenced as exc:
             log.warning("%s", exc)
             raise Abandon(str(exc)) from None
@@ -373,30 +374,31 @@ class Worker:
                 if not tasks:
                     del self._by_run[env.run_id]
 
-    async def _run_handler(self, ctx: Context, env: Envelope, d: Delivery) -> str:
+    async def _run_handler(self, ctx: Context, ex: Execution, d: Delivery) -> str:
+        env = ex.envelope
         """Run the handler once; returns how this execution ended (for metrics)."""
         timeout = asyncio.timeout(env.deadline - time.time() if env.deadline else None)
         try:
             if self.gate is not None:
-                ctx.chain = await self._verify(env)
-            if _budget_refused(ctx._journal):
+                ctx.chain = await self.guard.verify(env)
+            if _budget_refused(ex.journal):
                 refused = ErrorInfo(
                     type="Cancelled",
                     message="a budget resume was rejected (signal data false); the run stops",
                 )
-                await self._finish(ctx, env, "cancelled", error=refused)
+                await self._finish(ex, ctx.elapsed_ms(), "cancelled", error=refused)
                 return "cancelled"
             task = self.decode_input(env.payload)
             async with timeout:
                 result = await self.agent.handle(ctx, task)
-            await ctx._flush()
+            await ex.flush()
             body = encode_result(result)
         except Suspend:
             await self.costs.settle_leases(env.run_id)
             await self.emit_event(env, "suspended", latency_ms=ctx.elapsed_ms())
             return "suspended"
         except HandoffDone as done:
-            await self._finish(ctx, env, "completed", handoff=done.agent)
+            await self._finish(ex, ctx.elapsed_ms(), "completed", handoff=done.agent)
             await self.emit_event(
                 env,
                 "handoff",
@@ -410,31 +412,36 @@ class Worker:
                 raise
             asyncio.current_task().uncancel()  # type: ignore[union-attr]
             await self._finish(
-                ctx, env, "cancelled", error=ErrorInfo(type="Cancelled", message="cancelled")
+                ex,
+                ctx.elapsed_ms(),
+                "cancelled",
+                error=ErrorInfo(type="Cancelled", message="cancelled"),
             )
             return "cancelled"
         except TimeoutError:
             if not timeout.expired():
                 raise
             error = LimitExceeded(f"deadline exceeded while {self.name} was running")
-            await self._finish(ctx, env, "failed", error=ErrorInfo.from_exception(error))
+            await self._finish(
+                ex, ctx.elapsed_ms(), "failed", error=ErrorInfo.from_exception(error)
+            )
             return "failed"
         except BudgetExceeded as exc:
             if self.agent.on_budget_exceeded == "park":
-                await self._park_for_budget(ctx, env, exc)
+                await self._park_for_budget(ctx, ex, exc)
                 return "parked"
-            await self._finish(ctx, env, "failed", error=ErrorInfo.from_exception(exc))
+            await self._finish(ex, ctx.elapsed_ms(), "failed", error=ErrorInfo.from_exception(exc))
             return "failed"
         except PERMANENT as exc:
             await self.run_writer.change(env.run_id, CountFailure(), env.chain)
-            await self._finish(ctx, env, "failed", error=ErrorInfo.from_exception(exc))
+            await self._finish(ex, ctx.elapsed_ms(), "failed", error=ErrorInfo.from_exception(exc))
             return "failed"
         except Fenced:
             raise
         except Exception as exc:
             info = ErrorInfo.from_exception(exc)
             if d.attempt >= self.bus.settings.max_deliver:
-                await self._finish(ctx, env, "failed", error=info)
+                await self._finish(ex, ctx.elapsed_ms(), "failed", error=info)
             else:
                 metrics.RETRIES.add(1, {"relaybus.agent": self.name})
                 await self.run_writer.change(env.run_id, CountFailure(), env.chain)
@@ -442,16 +449,17 @@ class Worker:
                     env, "retried", attempt=d.attempt, error=info, latency_ms=ctx.elapsed_ms()
                 )
             raise
-        await self._finish(ctx, env, "completed", body)
+        await self._finish(ex, ctx.elapsed_ms(), "completed", body)
         if self.agent.evaluators:
             await record_evaluations(self, env, body)
         return "completed"
 
-    async def _park_for_budget(self, ctx: Context, env: Envelope, exc: BudgetExceeded) -> None:
+    async def _park_for_budget(self, ctx: Context, ex: Execution, exc: BudgetExceeded) -> None:
         """Suspend the task until signal `budget-N` arrives; the replay then retries the charge."""
-        await ctx._flush()
+        env = ex.envelope
+        await ex.flush()
         await self.costs.settle_leases(env.run_id)
-        parks = sum(1 for name in ctx._journal.signals if name.startswith("budget-"))
+        parks = sum(1 for name in ex.journal.signals if name.startswith("budget-"))
         signal = f"budget-{parks + 1}"
         data = await self.signal_or_register(ctx, signal)
         wait = Wait(signal=signal)
@@ -464,7 +472,7 @@ class Worker:
             if journal.status == "running":
                 journal.waiting = None
 
-        journal = await ctx._mutate(park)
+        journal = await ex.mutate(park)
         detail = f"{exc}; raise the budget, then `relaybus approve {env.run_id} --signal {signal}`"
         await self.emit_event(env, "parked", detail=detail)
         if journal.status == "running":  # the signal was already there: go on at once
@@ -472,8 +480,8 @@ class Worker:
 
     async def _finish(
         self,
-        ctx: Context,
-        env: Envelope,
+        ex: Execution,
+        latency_ms: float,
         status: str,
         result: bytes = b"",
         error: ErrorInfo | None = None,
@@ -486,8 +494,8 @@ class Worker:
             journal.handoff = handoff
             journal.waiting = None
 
-        await self.costs.settle_leases(env.run_id)
-        await self.deliver(env, await ctx._mutate(change), ctx.elapsed_ms())
+        await self.costs.settle_leases(ex.envelope.run_id)
+        await self.deliver(ex.envelope, await ex.mutate(change), latency_ms)
 
     async def deliver(self, env: Envelope, journal: Journal, latency_ms: float = 0.0) -> None:
         """Send a finished task's outcome to whoever waits for it: the parent task, or the run."""
@@ -555,7 +563,7 @@ class Worker:
             return
         if self.gate is not None:
             try:
-                await self._verify(env)
+                await self.guard.verify(env)
             except ChainInvalid:
                 return
         failure = ErrorInfo(
@@ -582,86 +590,11 @@ class Worker:
             journal, _ = await self.journals.mutate(env.run_id, env.id, fail, current=found)
         await self.deliver(env, journal)
 
-    async def refuse(self, env: Envelope, d: Delivery, problem: str) -> None:
-        """Refuse a message that is not what it claims (audited, a `denied` event); it is
-        dead-lettered at once and changes nothing."""
-        sender = d.source or "a user or operator connection"
-        reason = f"refused a {env.kind} from {sender} (claims {env.sender!r}): {problem}"
-        log.warning("%s", reason)
-        if self.gate is not None:
-            principal = _principal_of(env)
-            if not env.chain and env.parent_id:  # the run's user, from the task it aims at
-                with contextlib.suppress(Exception):
-                    found = await self.journals.load(env.run_id, env.parent_id)
-                    if found is not None:
-                        principal = _principal_of(decode(found[0].task))
-            await self.gate.audit(
-                AuditRecord(
-                    action=f"message/{env.kind}",
-                    decision="deny",
-                    principal=principal,
-                    actor=f"agent:{d.source}" if d.source else "connection",
-                    reason=reason,
-                    run_id=env.run_id,
-                )
-            )
-        metrics.DENIALS.add(1, {"relaybus.agent": self.name, "relaybus.check": "sender"})
-        await self.emit_event(env, "denied", detail=reason)
-        raise Refused(reason)
-
-    async def _verify(self, env: Envelope) -> ChainView:
-        assert self.gate is not None
-        try:
-            return await self.gate.verify(
-                env.chain, env.run_id, self.name, task=(env.id, env.payload)
-            )
-        except ChainInvalid as exc:
-            principal = _principal_of(env)
-            await self.gate.audit(
-                AuditRecord(
-                    action="chain/verify",
-                    decision="deny",
-                    principal=principal,
-                    actor=f"agent:{self.name}",
-                    reason=str(exc),
-                    run_id=env.run_id,
-                )
-            )
-            metrics.DENIALS.add(1, {"relaybus.agent": self.name, "relaybus.check": "chain"})
-            await self.emit_event(env, "denied", detail=str(exc))
-            raise
-
     async def authorize(self, ctx: Context, tool: Any, args: Any) -> None:
-        """Check a tool call against every link of the verified chain, with the actual arguments."""
-        if self.gate is None or ctx.chain is None:
-            return
-        values = args.model_dump(mode="json")
-        problem = self.gate.check_tool(ctx.chain, tool.scope, values)
-        record = AuditRecord(
-            action=f"tool/{tool.scope}",
-            decision="deny" if problem else "allow",
-            principal=ctx.chain.principal,
-            actor=f"agent:{self.name}",
-            reason=problem,
-            run_id=ctx.run_id,
-            tool=tool.name,
-            args_digest=args_digest(values),
-            chain=ctx.chain.ids,
-        )
-        await self.gate.audit(record)
-        if problem:
-            metrics.DENIALS.add(1, {"relaybus.agent": self.name, "relaybus.check": "tool"})
-            await self.emit_event(ctx.envelope, "denied", detail=f"{tool.name}: {problem}")
-            raise PermissionDenied(f"{tool.name} ({tool.scope}) denied: {problem}")
+        await self.guard.authorize(ctx, tool, args)
 
     async def delegate(self, env: Envelope, scopes: list[str] | None) -> Envelope:
-        """Append this agent's stamped delegation link to a child or handoff envelope."""
-        if self.gate is None:
-            return env
-        link = await self.gate.delegate(
-            env.chain, env.recipient, scopes, (env.id, env.payload), line=not env.parent_id
-        )
-        return msgspec.structs.replace(env, chain=(*env.chain, link))
+        return await self.guard.delegate(env, scopes)
 
     async def signal_or_register(self, ctx: Context, name: str) -> bytes | None:
         """The signal's data if it was already sent; otherwise record that this task waits."""
@@ -773,46 +706,6 @@ _child_result_decoder = msgspec.json.Decoder(ChildResult)
 T = TypeVar("T")
 
 
-def _runtime_payload(env: Envelope, decoder: msgspec.json.Decoder[T]) -> T:
-    """The payload of a result, error or signal envelope. One that names no waiting task or
-    does not decode is refused for good (dead-lettered at once): a retry cannot change it."""
-    if not env.parent_id:
-        raise Reject(f"a {env.kind} envelope must name the task waiting for it (parent_id)")
-    try:
-        return decoder.decode(env.payload)
-    except msgspec.DecodeError as exc:
-        raise Reject(f"the {env.kind} payload does not decode: {exc}") from None
-    except RecursionError:  # msgspec recurses even into values it skips
-        raise Reject(f"the {env.kind} payload is nested too deeply") from None
-
-
-def sender_problem(d: Delivery, me: str) -> str:
-    """Why a delivery is not what it claims to be, or "". The subject's last token names the
-    agent that published it (NATS permissions let an agent publish only under its own name);
-    a subject without one came from a user or operator connection."""
-    env = d.envelope
-    if d.source and env.sender != d.source:
-        return f"it was published by agent {d.source}"
-    if env.kind == "task":
-        if env.parent_id and not d.source:
-            return "a child task must come from the agent that started it"
-        return ""
-    if env.kind in ("result", "error"):
-        return "" if d.source else "a result must come from the agent that ran the child task"
-    try:
-        body = signal_decoder.decode(env.payload)
-    except (msgspec.DecodeError, RecursionError):
-        return ""  # on_signal refuses it as undecodable
-    if body.timer:
-        return "" if d.source == me else "a timer must come from the agent that set it"
-    if d.source:
-        return (
-            "a signal (approval, rejection, budget resume) must come from a user or operator "
-            "connection, never from an agent"
-        )
-    return ""
-
-
 def _budget_refused(journal: Journal) -> bool:
     """Whether someone answered a budget park with `false` (a console Reject, or
     `relaybus approve RUN --signal budget-N --data false`): that stops the run."""
@@ -832,13 +725,6 @@ def _spawned(journal: Journal) -> dict[str, str]:
             except msgspec.DecodeError:
                 continue
     return out
-
-
-def _principal_of(env: Envelope) -> str:
-    try:
-        return decode_body(env.chain[0].payload).principal if env.chain else env.sender
-    except ChainInvalid:
-        return env.sender
 
 
 def _take_over(owner: str, driver: str, *, reopen: bool = False) -> Any:

@@ -29,7 +29,6 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel, Field
 
 from relaybus.bus import ConfigError, Settings
-from relaybus.services.identity.messages import AuditRecord
 from relaybus.services.identity.scopes import run_limit
 from relaybus.services.ledger.client import LedgerClient
 from relaybus.services.ledger.errors import BudgetExceeded
@@ -79,9 +78,9 @@ def provider_for(settings: Settings) -> StripeProvider:
 
 
 def _ledger(ctx: Context) -> LedgerClient:
-    if not ctx.settings.ledger:
+    if ctx.ledger is None:
         raise ConfigError("payments need the ledger: set RELAYBUS_LEDGER=1")
-    return LedgerClient(ctx._worker.bus)
+    return ctx.ledger
 
 
 def branch_caps(ctx: Context) -> list[tuple[str, int]]:
@@ -266,21 +265,12 @@ async def _own_intent(ctx: Context, provider: StripeProvider, args: PaymentRef) 
 
 async def _deny(ctx: Context, reason: str, args: Charge) -> None:
     """Audit a refused payment (the worker audits scope denials; this is the run's limit)."""
-    gate = ctx._worker.gate
-    if gate is None or ctx.chain is None:
-        return
-    await gate.audit(
-        AuditRecord(
-            action="payments/charge",
-            decision="deny",
-            principal=ctx.chain.principal,
-            actor=f"agent:{ctx.agent}",
-            reason=reason,
-            run_id=ctx.run_id,
-            tool="authorize_payment",
-            chain=ctx.chain.ids,
-            detail={"amount": args.amount, "currency": args.currency, "payee": args.payee},
-        )
+    await ctx.audit(
+        "payments/charge",
+        decision="deny",
+        tool="authorize_payment",
+        reason=reason,
+        detail={"amount": args.amount, "currency": args.currency, "payee": args.payee},
     )
 
 

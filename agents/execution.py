@@ -1,0 +1,157 @@
+"""`Execution`: one run of a task's handler against the task's journal.
+
+The cursor walks the journal: an operation already recorded at a position is replayed, a new
+one runs and is recorded. New operations and the child tasks they start are kept pending and
+committed together (`flush`): publish first, then one CAS write fenced by the owner, so a crash
+in between replays the operation and republishes the same deterministic envelope id, which
+JetStream stores once. `Context` (the handler's API) and the worker (which ends the task) both
+work through this object; neither reaches into the other.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+
+from relaybus.bus import Envelope, ErrorInfo
+
+from .charging import PendingCapture
+from .errors import LimitExceeded, rebuild
+from .journal import Journal, JournalDivergence, Op
+
+if TYPE_CHECKING:
+    from .port import RuntimePort
+
+DEFAULT_MAX_STEPS = 1000
+
+
+class Execution:
+    def __init__(
+        self, port: RuntimePort, envelope: Envelope, journal: Journal, revision: int, owner: str
+    ) -> None:
+        self.port = port
+        self.envelope = envelope
+        self.journal = journal
+        self.revision = revision
+        self.owner = owner
+        self.cursor = 0
+        self._pending_ops: list[Op] = []
+        self._pending_publish: list[tuple[Envelope, list[str] | None]] = []
+        self._timings: dict[int, tuple[float, int]] = {}  # seq -> (latency ms, cost) for events
+
+    @property
+    def replaying(self) -> bool:
+        """True while the handler re-walks operations the journal already holds."""
+        return self.cursor < len(self.journal.ops)
+
+    def next(self, kind: str, name: str) -> tuple[int, Op | None]:
+        """The next position, and the operation recorded there (None: run it, then `record`).
+        Refuses a handler that asks for something else than it did before, and a new
+        operation past the run's step limit or deadline."""
+        seq = self.cursor
+        self.cursor += 1
+        ops = self.journal.ops
+        env = self.envelope
+        if seq < len(ops):
+            op = ops[seq]
+            if op.kind != kind or op.name != name:
+                raise JournalDivergence(
+                    f"step {seq} of task {env.id} ({self.port.name}) was {op.kind} {op.name!r} "
+                    f"in the journal, but the handler now asks for {kind} {name!r}; handlers must "
+                    "be deterministic: put clocks, randomness and I/O inside ctx.step"
+                )
+            return seq, op
+        max_steps = env.max_steps or DEFAULT_MAX_STEPS
+        if env.steps + seq + 1 > max_steps:
+            raise LimitExceeded(f"step limit {max_steps} reached at {kind} {name!r}")
+        if env.deadline and time.time() > env.deadline:
+            raise LimitExceeded(f"deadline passed before {kind} {name!r}")
+        return seq, None
+
+    @staticmethod
+    def replay(op: Op) -> Any:
+        """A recorded operation's result again (or its error, raised again)."""
+        if op.error is not None:
+            raise rebuild(op.error)
+        return msgspec.json.decode(op.result) if op.result else None
+
+    def record(
+        self,
+        seq: int,
+        kind: str,
+        name: str,
+        result: bytes = b"",
+        error: ErrorInfo | None = None,
+        settle: PendingCapture | None = None,
+    ) -> None:
+        owed = msgspec.json.encode(settle) if settle is not None else b""
+        self._pending_ops.append(
+            Op(seq=seq, kind=kind, name=name, result=result, error=error, settle=owed)
+        )
+
+    def timed(self, seq: int, latency_ms: float, cost: int = 0) -> None:
+        """What the `step` event of operation `seq` reports once it is committed."""
+        self._timings[seq] = (latency_ms, cost)
+
+    def publish_later(self, env: Envelope, scopes: list[str] | None) -> None:
+        """Publish `env` (a child task or handoff, delegated `scopes`) with the next flush."""
+        self._pending_publish.append((env, scopes))
+
+    async def flush(self) -> None:
+        """Publish pending child tasks and handoffs, then commit pending ops in one CAS write."""
+        port = self.port
+        if self._pending_publish:
+            batch, self._pending_publish = self._pending_publish, []
+            delegated = [await port.delegate(env, scopes) for env, scopes in batch]
+            await asyncio.gather(*(port.bus.publish(env) for env in delegated))
+            for env in delegated:
+                if env.parent_id == self.envelope.id:
+                    await port.emit_event(
+                        self.envelope, "call", recipient=env.recipient, child_id=env.id
+                    )
+        if self._pending_ops:
+            ops, self._pending_ops = self._pending_ops, []
+
+            def append(journal: Journal) -> None:
+                have = len(journal.ops)
+                journal.ops.extend(op for op in ops if op.seq >= have)
+
+            await self.mutate(append)
+            for op in ops:
+                if op.kind in ("step", "tool") and op.error is None:
+                    latency_ms, cost = self._timings.pop(op.seq, (0.0, 0))
+                    await port.emit_event(
+                        self.envelope,
+                        "step",
+                        detail=f"{op.kind} {op.name}",
+                        latency_ms=latency_ms,
+                        cost=cost,
+                    )
+
+    async def mutate(self, change: Callable[[Journal], None]) -> Journal:
+        """Apply `change` to the journal with CAS, as its owner (Fenced once taken over)."""
+        self.journal, self.revision = await self.port.journals.mutate(
+            self.envelope.run_id,
+            self.envelope.id,
+            change,
+            owner=self.owner,
+            current=(self.journal, self.revision),
+        )
+        return self.journal
+
+    async def settle(self, seq: int, owed: PendingCapture | bytes) -> None:
+        """Send the capture journaled with op `seq`, then strike it from the journal."""
+        if isinstance(owed, bytes):
+            owed = msgspec.json.decode(owed, type=PendingCapture)
+        await self.port.costs.capture(owed)
+
+        def settled(journal: Journal) -> None:
+            for i, op in enumerate(journal.ops):
+                if op.seq == seq and op.settle:
+                    journal.ops[i] = msgspec.structs.replace(op, settle=b"")
+
+        await self.mutate(settled)
