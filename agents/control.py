@@ -8,7 +8,6 @@ from typing import Any
 import msgspec
 
 from relaybus.bus import Bus, Envelope, Event, new_id
-from relaybus.bus.events import event_encoder
 from relaybus.services.runs.state import Cancel, RunEnded, RunRecord, StoreSignal
 
 from .messages import Control, SignalBody
@@ -25,7 +24,7 @@ async def cancel_run(bus: Bus, run_id: str, reason: str = "cancelled by user") -
         msgspec.json.encode(Control(action="cancel", run_id=run_id, reason=reason)),
     )
     event = Event(run_id=run_id, kind="cancelled", detail=reason, error=record.error)
-    await bus.publish_bytes(bus.subjects.event(run_id, "cancelled"), event_encoder.encode(event))
+    await bus.publish_event(event, durable=True)
     return record
 
 

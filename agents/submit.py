@@ -14,7 +14,6 @@ import msgspec
 
 from relaybus.bus import Bus, ErrorInfo, Event, RelayError, new_envelope
 from relaybus.bus.envelope import derived_id
-from relaybus.bus.events import event_encoder
 from relaybus.bus.feed import EventFeed
 from relaybus.bus.kv import Bucket, RevisionConflict
 from relaybus.bus.streams import agent_consumer, consumer_exists
@@ -191,9 +190,7 @@ async def submit(
         submitted = Event(
             run_id=env.run_id, kind="submitted", sender=sender, recipient=agent, envelope_id=env.id
         )
-        await bus.publish_bytes(
-            bus.subjects.event(env.run_id, "submitted"), event_encoder.encode(submitted)
-        )
+        await bus.publish_event(submitted, durable=True)
         if feed is None:
             return RunOutcome(run_id=env.run_id, status="submitted")
         return await wait_for_run(feed, env.run_id, timeout_s, agent)

@@ -41,7 +41,6 @@ from relaybus.bus import (
     tracing,
 )
 from relaybus.bus.envelope import derived_id
-from relaybus.bus.events import event_encoder
 from relaybus.bus.kv import Bucket, RevisionConflict
 from relaybus.services.identity.client import IdentityGate, read_agent_key
 from relaybus.services.ledger.client import LedgerClient
@@ -695,11 +694,7 @@ class Worker:
             score=score,
             **({"result": msgspec.Raw(result)} if result else {}),  # type: ignore[arg-type]
         )
-        subject = self.bus.subjects.event(env.run_id, kind, self.bus.agent or "")
-        if kind in ENDED:
-            await self.bus.publish_bytes(subject, event_encoder.encode(event))
-        else:
-            await self.bus.publish_core(subject, event_encoder.encode(event))
+        await self.bus.publish_event(event, durable=kind in ENDED)
 
 
 _child_result_decoder = msgspec.json.Decoder(ChildResult)

@@ -31,6 +31,7 @@ from .errors import (
     RelayError,
     ServiceUnavailable,
 )
+from .events import Event, event_encoder
 from .settings import Settings
 from .stack import public_url, resolve_nats_url
 from .subjects import Subjects, check_subject
@@ -262,6 +263,16 @@ class Bus:
         except nats.js.errors.APIError as exc:
             raise PublishFailed(f"JetStream refused {subject!r}: {exc.description}") from exc
         raise RelayError("unreachable")  # pragma: no cover
+
+    async def publish_event(self, event: Event, *, durable: bool = False) -> None:
+        """One run event on `<prefix>.event.<run>.<kind>[.<agent>]` (this connection's agent
+        as the last token). `durable`: wait for JetStream's ack (a run's end); otherwise a
+        core publish the events stream still stores (progress, for watching)."""
+        subject = self.subjects.event(event.run_id, event.kind, self.agent or "")
+        if durable:
+            await self.publish_bytes(subject, event_encoder.encode(event))
+        else:
+            await self.publish_core(subject, event_encoder.encode(event))
 
     async def publish_core(
         self,

@@ -291,10 +291,7 @@ class Consumer:
                 detail=reason,
                 error=error,
             )
-            await self.bus.publish_bytes(
-                self.bus.subjects.event(env.run_id, "dead_lettered", self.bus.agent or ""),
-                event_encoder.encode(event),
-            )
+            await self.bus.publish_event(event, durable=True)
             if self.on_dead_letter is not None and delivery is not None:
                 try:
                     await self.on_dead_letter(delivery, reason, error)

@@ -32,7 +32,7 @@ from relaybus.bus import (
     ensure,
     metrics,
 )
-from relaybus.bus.events import Event, event_encoder
+from relaybus.bus.events import Event
 from relaybus.bus.kv import Bucket
 from relaybus.bus.rpc import answer
 from relaybus.bus.runtime import stop_on_signals
@@ -252,9 +252,7 @@ class LedgerWriter:
         log.warning("%s", detail)
         run_id = hold.tags.get("run", "ledger")
         event = Event(run_id=run_id, kind="alert", detail=detail, cost=recent)
-        await self.bus.publish_bytes(
-            self.bus.subjects.event(run_id, "alert"), event_encoder.encode(event)
-        )
+        await self.bus.publish_event(event, durable=True)
 
 
 def _allocation(op: Op) -> dict[str, str]:

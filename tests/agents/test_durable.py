@@ -16,6 +16,7 @@ from relaybus.bus.cli import read_dead_letters, replay_dead_letter
 from relaybus.bus.feed import EventFeed
 
 from ..conftest import ROOT, Spawn, child_env, consuming
+from ..faults.conftest import describe_run
 
 FAST = {"RELAYBUS_ACK_WAIT_S": "2"}
 
@@ -369,6 +370,8 @@ async def test_a_task_given_up_on_fails_its_caller_and_its_run_until_replayed(
     async with EventFeed(bus, direct.run_id, replay=False) as feed:
         await replay_dead_letter(bus, letters[0])
         again = await wait_for_run(feed, direct.run_id, 60, "crasher")
-    assert again.status == "completed" and again.result == "survived"
     record = await (await run_store(bus)).get(direct.run_id)
+    assert again.status == "completed" and again.result == "survived", await describe_run(
+        bus, direct.run_id, record
+    )
     assert record is not None and record.status == "completed"
