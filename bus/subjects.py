@@ -114,6 +114,15 @@ class Subjects:
     def service(self, service: str, op: str) -> str:
         return f"{self.prefix}.svc.{check_name('service', service)}.{check_name('op', op)}"
 
+    def service_from(self, service: str, op: str, sender: str) -> str:
+        """Operation `op` of `service` asked by agent `sender`, named as the subject's last
+        token (NATS permissions let an agent publish only its own), e.g. identity's stamps."""
+        return f"{self.service(service, op)}.{check_name('agent', sender)}"
+
+    def service_all(self, service: str) -> str:
+        """Every subject of `service`, the one-token operations and those naming a sender."""
+        return f"{self.prefix}.svc.{check_name('service', service)}.>"
+
     def service_ops(self, service: str) -> str:
         """What a service's replicas subscribe to: each of its one-token operations."""
         return f"{self.prefix}.svc.{check_name('service', service)}.*"
@@ -121,6 +130,10 @@ class Subjects:
     def ledger_entry(self, partition: str) -> str:
         """Where the ledger journals one partition's entries (stream LEDGER)."""
         return f"{self.prefix}.ledger.entry.{check_name('partition', partition)}"
+
+    def events_from(self, agent: str) -> str:
+        """Every event `agent` may publish (its name last)."""
+        return f"{self.prefix}.event.*.*.{check_name('agent', agent)}"
 
     def audit(self, principal: str) -> str:
         return f"{self.prefix}.audit.{check_name('principal', principal)}"

@@ -73,9 +73,7 @@ class IdentityClient:
         self.bus = bus
 
     async def call(self, op: str, body: Any, timeout_s: float | None = None) -> Any:
-        return await rpc.call(
-            self.bus, f"{self.bus.subjects.prefix}.svc.identity.{op}", body, timeout_s
-        )
+        return await rpc.call(self.bus, self.bus.subjects.service("identity", op), body, timeout_s)
 
     async def add_agent(
         self,
@@ -144,7 +142,8 @@ class IdentityClient:
         return msgspec.convert(body, Link)
 
     async def stamp(self, agent: str, link: Link, chain: list[Link]) -> Link:
-        body = await self.call(f"stamp.{agent}", StampRequest(link=link, chain=chain))
+        subject = self.bus.subjects.service_from("identity", "stamp", agent)
+        body = await rpc.call(self.bus, subject, StampRequest(link=link, chain=chain))
         stamp = msgspec.convert(body, dict[str, bytes])["stamp"]
         return Link(payload=link.payload, signature=link.signature, stamp=stamp)
 

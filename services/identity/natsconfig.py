@@ -79,19 +79,21 @@ def agent_permissions(
     callers = [a.name for a in registry if name in a.handoff_to]
     publish = sorted({subjects.task_from(t, name) for t in (name, *agent.handoff_to, *callers)})
     publish += [
-        f"{p}.svc.ledger.{op}"
+        subjects.service("ledger", op)
         for op in _service_ops(
             ("relaybus.services.ledger.messages", "relaybus.services.ledger.client"), ()
         )
     ]
-    publish += [f"{p}.svc.memory.{op}" for op in _service_ops(("relaybus.memory.messages",), ())]
     publish += [
-        f"{p}.event.*.*.{name}",
+        subjects.service("memory", op) for op in _service_ops(("relaybus.memory.messages",), ())
+    ]
+    publish += [
+        subjects.events_from(name),
         f"{p}.control.*.{name}",
         f"{p}.audit.*.{name}",
         subjects.dlq(name),
-        f"{p}.svc.identity.stamp.{name}",
-        f"{p}.svc.identity.pubkey",
+        subjects.service_from("identity", "stamp", name),
+        subjects.service("identity", "pubkey"),
         subjects.service("runs", name),  # its runs' records, through the run authority
         "$JS.API.INFO",
         # its own consumers, which the identity service created at registration: reading and
@@ -143,8 +145,8 @@ def service_permissions(subjects: Subjects, service: str) -> dict[str, object] |
     deny += [
         f"{p}.task.>",
         f"{p}.timer.>",
-        f"{p}.svc.identity.>",
-        f"{p}.svc.runs.>",
+        subjects.service_all("identity"),
+        subjects.service_all("runs"),
         "$JS.API.STREAM.DELETE.>",
         "$JS.API.STREAM.PURGE.>",
         "$JS.API.STREAM.UPDATE.>",

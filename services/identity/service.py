@@ -404,7 +404,7 @@ async def serve_identity(settings: Settings) -> int:
             if not agent.revoked:
                 await ensure_agent_consumers(bus, agent.name)
         service = IdentityService(bus, registry, key)
-        subject = f"{bus.subjects.prefix}.svc.identity.>"
+        subject = bus.subjects.service_all("identity")
         sub = await bus.serve(subject, service.handle, queue="identity")
         log.info("identity service answering on %s", subject)
         from relaybus.services.runs.service import (
