@@ -100,7 +100,7 @@ class Settings(BaseModel):
     def with_values(self, **values: Any) -> Settings:
         """These settings with `values` changed, checked like `from_env`; None restores a default.
         Use it instead of `model_copy`, which cannot reach the layers' fields."""
-        current: dict[str, Any] = {name: getattr(self, name) for name in transport_names()}
+        current: dict[str, Any] = {name: getattr(self, name) for name in _TRANSPORT}
         merged = {**current, **self.layers, **values}
         return type(self)._build({k: v for k, v in merged.items() if v is not None})
 
@@ -116,7 +116,7 @@ class Settings(BaseModel):
     def env(self) -> dict[str, str]:
         """The `RELAYBUS_*` variables that rebuild these settings in a child process."""
         out: dict[str, str] = {}
-        for name in transport_names():
+        for name in _TRANSPORT:
             value = getattr(self, name)
             if value is not None and value != type(self).model_fields[name].default:
                 out[ENV_PREFIX + name.upper()] = as_text(value)
@@ -141,6 +141,9 @@ class Settings(BaseModel):
             )
         _check_layers(settings)
         return settings
+
+
+_TRANSPORT = tuple(name for name in Settings.model_fields if name != "layers")
 
 
 class LayerSettings(BaseModel):
@@ -186,13 +189,18 @@ def _owner_of(name: str, besides: str) -> str | None:
 
 def transport_names() -> set[str]:
     """The bus's own settings (lower-case, without the prefix)."""
-    return set(Settings.model_fields) - {"layers"}
+    return set(_TRANSPORT)
+
+
+def registered_layers() -> list[type[LayerSettings]]:
+    """Every layer's settings class defined so far (relaybus/__init__ imports them all)."""
+    return list(_REGISTRY.values())
 
 
 def known_names() -> set[str]:
     """Every setting a process accepts: the bus's and every registered layer's."""
     names = transport_names()
-    for layer in _REGISTRY.values():
+    for layer in registered_layers():
         names.update(layer.model_fields)
     return names
 
@@ -215,7 +223,7 @@ def _parse(layer: type[LayerSettings], values: LayerValues) -> LayerSettings:
 def _check_layers(settings: Settings) -> None:
     """Parse every layer's values now, so a bad one stops the process at start-up."""
     problems = []
-    for layer in _REGISTRY.values():
+    for layer in registered_layers():
         try:
             layer.of(settings)
         except ConfigError as exc:
