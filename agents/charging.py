@@ -15,6 +15,7 @@ from relaybus.services.ledger.client import LedgerClient
 from relaybus.services.ledger.errors import RateLimited
 from relaybus.services.ledger.lease import Lease
 from relaybus.services.ledger.prices import PriceTable
+from relaybus.services.ledger.settings import LedgerSettings
 
 from .breaker import Breaker
 
@@ -55,6 +56,7 @@ class Costs:
         self.agent = agent
         self.ledger = ledger
         self.prices = prices
+        self.ledger_settings = LedgerSettings.of(bus.settings)
         self._leases: dict[tuple[str, str, str], Lease] = {}
         self._breakers: dict[str, Breaker] = {}
 
@@ -68,8 +70,8 @@ class Costs:
                 payer=f"user:{user}",
                 payee=f"tool:{tool}",
                 levels=[f"user:{user}", f"run:{ctx.run_id}", f"agent:{self.agent}"],
-                chunk=self.bus.settings.ledger_lease,
-                currency=self.bus.settings.ledger_currency,
+                chunk=self.ledger_settings.ledger_lease,
+                currency=self.ledger_settings.ledger_currency,
                 tags={"run": ctx.run_id, "agent": self.agent, "tool": tool},
             )
             self._leases[key] = lease
@@ -124,7 +126,7 @@ class Costs:
             yield bill
             return
         user = ctx.principal.removeprefix("user:")
-        if self.bus.settings.ledger_lease:
+        if self.ledger_settings.ledger_lease:
             lease = self.lease(ctx, user, tool.name)
             hold = await lease.spend(cost)
             try:
@@ -137,7 +139,7 @@ class Costs:
         hold_id = derived_id(ctx.task_id, "hold", key)
         levels = [f"user:{user}", f"run:{ctx.run_id}", f"agent:{self.agent}"]
         tags = {"run": ctx.run_id, "agent": self.agent, "tool": tool.name}
-        currency = self.bus.settings.ledger_currency
+        currency = self.ledger_settings.ledger_currency
         await self._hold(hold_id, user, f"tool:{tool.name}", cost, levels, tags)
         try:
             yield bill
@@ -173,7 +175,7 @@ class Costs:
         key = ctx.charge_key(seq)
         hold_id = derived_id(ctx.task_id, "llm-hold", key)
         tags = {"run": ctx.run_id, "agent": self.agent, "model": model}
-        currency = self.bus.settings.ledger_currency
+        currency = self.ledger_settings.ledger_currency
         levels = [f"user:{user}", f"run:{ctx.run_id}", f"agent:{self.agent}"]
         await self._hold(hold_id, user, f"model:{model}", held, levels, tags, tokens=reserve)
         try:
@@ -221,7 +223,7 @@ class Costs:
                 payee,
                 amount,
                 levels,
-                currency=self.bus.settings.ledger_currency,
+                currency=self.ledger_settings.ledger_currency,
                 tags=tags,
                 rate=f"agent:{self.agent}/{payee}",
                 tokens=tokens,

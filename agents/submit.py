@@ -19,6 +19,7 @@ from relaybus.bus.kv import Bucket, RevisionConflict
 from relaybus.bus.streams import agent_consumer, consumer_exists
 from relaybus.bus.subjects import check_name
 from relaybus.services.identity.client import IdentityClient
+from relaybus.services.identity.settings import IdentitySettings
 from relaybus.services.ledger.client import LedgerClient
 from relaybus.services.ledger.model import Budget
 from relaybus.services.runs.state import ENDED, RunRecord
@@ -124,7 +125,7 @@ async def submit(
         check_name("run", run_id)
     if max_hops < 1 or max_steps < 0:
         raise RelayError("max_hops must be >= 1 and max_steps >= 0")
-    identity_on = token is not None or bus.settings.identity
+    identity_on = token is not None or IdentitySettings.of(bus.settings).identity
     if identity_on and token is None:
         raise RelayError("identity is on: publish as a user with --as USER --token TOKEN")
     runs = await run_store(bus)

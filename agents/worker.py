@@ -43,9 +43,11 @@ from relaybus.bus import (
 from relaybus.bus.envelope import derived_id
 from relaybus.bus.kv import Bucket, RevisionConflict
 from relaybus.services.identity.client import IdentityGate, read_agent_key
+from relaybus.services.identity.settings import IdentitySettings
 from relaybus.services.ledger.client import LedgerClient
 from relaybus.services.ledger.errors import BudgetExceeded
 from relaybus.services.ledger.prices import load_prices
+from relaybus.services.ledger.settings import LedgerSettings
 from relaybus.services.payments.errors import PaymentRefused
 from relaybus.services.runs.client import look, run_writer
 from relaybus.services.runs.state import (
@@ -106,7 +108,8 @@ class Worker:
         self.gate = gate
         self.agent = agent
         self.name: str = agent.name
-        self.costs = Costs(bus, agent.name, ledger, load_prices(bus.settings.prices))
+        prices = load_prices(LedgerSettings.of(bus.settings).prices)
+        self.costs = Costs(bus, agent.name, ledger, prices)
         self.journals = journals
         self.runs = runs
         self.run_writer = run_writer(bus, runs, agent.name)
@@ -128,10 +131,10 @@ class Worker:
             else RunStore(await Bucket.open(bus, bus.subjects.bucket("runs")))
         )
         gate = None
-        if bus.settings.identity:
+        if IdentitySettings.of(bus.settings).identity:
             key = read_agent_key(bus.settings.home.resolve(), agent.name)
             gate = await IdentityGate.open(bus, agent.name, key)
-        ledger = LedgerClient(bus) if bus.settings.ledger else None
+        ledger = LedgerClient(bus) if LedgerSettings.of(bus.settings).ledger else None
         return cls(bus, agent, journals, runs, gate, ledger)
 
     def llm_client(self) -> LLMClient:

@@ -78,7 +78,7 @@ async def measure(home: Path, runs: int, procs: Processes) -> dict[str, object]:
     smtp = procs.start_server(
         "smtp", "RELAYBUS_SMTP_URL", "dev", "smtp", "--mailbox", str(home / "mailbox.jsonl")
     )
-    settings = settings.model_copy(update={"llm_base_url": model, "smtp_url": smtp})
+    settings = settings.with_values(llm_base_url=model, smtp_url=smtp)
     await asyncio.to_thread(start_detached, settings, SELF_COMMAND)
     record = read_stack(settings)
     if record is None:

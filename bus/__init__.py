@@ -30,7 +30,7 @@ from .errors import (
 from .events import DeadLetter, Event
 from .ids import new_id
 from .server import NatsServer
-from .settings import Settings
+from .settings import LayerSettings, Settings
 from .streams import Topology, default_topology, ensure
 from .subjects import Subjects
 
@@ -50,6 +50,7 @@ __all__ = [
     "Event",
     "Handler",
     "HandlerOutcome",
+    "LayerSettings",
     "Link",
     "NatsServer",
     "PermissionDenied",

@@ -17,6 +17,7 @@ from typing import Any
 
 from relaybus.bus import ConfigError, Settings
 from relaybus.memory.errors import MemoryRefused
+from relaybus.memory.settings import MemorySettings
 
 from .messages import Gc
 from .store import Hit, Scope, VectorStore, owned
@@ -40,18 +41,19 @@ def parse_ttl(items: list[str], source: str = "--ttl") -> dict[str, float]:
 
 def policy_from(settings: Settings) -> Gc:
     """The background pass's policy, from the RELAYBUS_MEMORY_* settings."""
-    items = [i for i in settings.memory_ttl.split(",") if i.strip()]
+    memory = MemorySettings.of(settings)
+    items = [i for i in memory.memory_ttl.split(",") if i.strip()]
     try:
         ttl = parse_ttl(items, "RELAYBUS_MEMORY_TTL")
     except MemoryRefused as exc:
         raise ConfigError(str(exc)) from None
     return Gc(
         dry_run=False,
-        retention_s=settings.memory_retention_days * 86400,
+        retention_s=memory.memory_retention_days * 86400,
         ttl_s=ttl,
-        cap=settings.memory_cap,
-        half_life_s=settings.memory_half_life_days * 86400,
-        duplicate_score=settings.memory_duplicate_score,
+        cap=memory.memory_cap,
+        half_life_s=memory.memory_half_life_days * 86400,
+        duplicate_score=memory.memory_duplicate_score,
     )
 
 

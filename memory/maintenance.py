@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from relaybus.bus import RelayError, Settings
+from relaybus.memory.settings import MemorySettings
 
 from .gc import collect, policy_from
 from .messages import Gc, Stats, TenantGc
@@ -73,10 +74,11 @@ async def admin_stats(service: MemoryService, data: bytes) -> Any:
 async def sweep(service: MemoryService, settings: Settings) -> None:
     """The background garbage collection: a pass every RELAYBUS_MEMORY_GC_INTERVAL_S."""
     policy = policy_from(settings)
-    if settings.memory_gc_interval_s <= 0:
+    interval_s = MemorySettings.of(settings).memory_gc_interval_s
+    if interval_s <= 0:
         return
     while True:
-        await asyncio.sleep(settings.memory_gc_interval_s)
+        await asyncio.sleep(interval_s)
         try:
             report = await collect(service.store, policy, service.clock())
             if report["removed"]:

@@ -23,6 +23,7 @@ from relaybus.bus.kv import Bucket
 from relaybus.bus.rpc import answer
 from relaybus.bus.runtime import stop_on_signals
 from relaybus.services.identity.client import IdentityGate
+from relaybus.services.identity.settings import IdentitySettings
 
 from .documents import chunk
 from .edge import EdgeStore
@@ -40,6 +41,7 @@ from .messages import (
 )
 from .qdrant import QdrantStore
 from .sessions import Sessions, Summarizer, extractive_summary, session_op
+from .settings import MemorySettings
 from .store import MemoryRefused, Scope, StoredPoint, VectorStore, point_id
 from .tenancy import resolve_tenant
 
@@ -341,8 +343,9 @@ def choose_embedder(name: str) -> Embedder:
 
 
 def open_store(settings: Settings) -> VectorStore:
-    if settings.qdrant_url:
-        return QdrantStore.connect(url=settings.qdrant_url)
+    qdrant_url = MemorySettings.of(settings).qdrant_url
+    if qdrant_url:
+        return QdrantStore.connect(url=qdrant_url)
     return EdgeStore(settings.home.resolve() / "memory")
 
 
@@ -352,14 +355,16 @@ async def serve_memory(settings: Settings) -> int:
     store = open_store(settings)
     async with Bus(settings, name="memory") as bus:
         await ensure(bus, default_topology(bus.subjects, bus.settings.stream_replicas))
-        gate = await IdentityGate.open(bus, "memory", None) if settings.identity else None
+        identity = IdentitySettings.of(settings).identity
+        gate = await IdentityGate.open(bus, "memory", None) if identity else None
         if gate is None:
             log.warning(
                 "RELAYBUS_IDENTITY=0: memory requests are not verified and each names its own "
                 "tenant (`principal`). For development only; turn identity on elsewhere."
             )
         sessions = Sessions(await Bucket.open(bus, bus.subjects.bucket("sessions")))
-        service = MemoryService(store, choose_embedder(settings.embedder), gate, sessions=sessions)
+        embedder = choose_embedder(MemorySettings.of(settings).embedder)
+        service = MemoryService(store, embedder, gate, sessions=sessions)
         await service.start()
         sub = await bus.serve(bus.subjects.service_ops("memory"), service.handle, queue="memory")
         sweeper = asyncio.create_task(sweep(service, settings))

@@ -14,6 +14,10 @@ The layers live below it: `relaybus.bus` (transport), `relaybus.services` and `r
 (the control-plane services and their clients), `relaybus.agents` (the runtime).
 """
 
+# The `settings` imports: each layer's settings class registers its RELAYBUS_* names when its
+# module is imported, and Settings.from_env refuses names nobody registered. Every `relaybus.*`
+# import runs this module first, so importing them all here makes the registry complete whatever
+# else a process imports.
 from relaybus.agents import (
     Agent,
     Cancelled,
@@ -28,8 +32,13 @@ from relaybus.agents import (
     submit,
     tool,
 )
+from relaybus.agents import settings as _agent_settings  # noqa: F401
 from relaybus.bus import Bus, RelayError, RunFailed, Settings
 from relaybus.client import Client, Run, RunIdTaken, RunTimedOut
+from relaybus.memory import settings as _memory_settings  # noqa: F401
+from relaybus.services.identity import settings as _identity_settings  # noqa: F401
+from relaybus.services.ledger import settings as _ledger_settings  # noqa: F401
+from relaybus.services.payments import settings as _payments_settings  # noqa: F401
 
 __all__ = [
     "Agent",

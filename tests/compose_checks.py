@@ -7,9 +7,9 @@ interpolation and YAML merge keys, and checks:
 - each relaybus service's command against the real `relaybus` argparse parser; `MODULE:CLASS`
   specs import and are Agent subclasses named like their service; the setup script's
   registrations match `relaybus.agents.demo.setup`;
-- each environment block: every `RELAYBUS_*` name is a Settings field and `Settings.from_env`
-  accepts the block; the endpoints in it (NATS, Qdrant, OTLP, model, SMTP, prices) point at
-  the services and ports the other files declare;
+- each environment block: every `RELAYBUS_*` name is a setting of the bus or of a layer and
+  `Settings.from_env` accepts the block; the endpoints in it (NATS, Qdrant, OTLP, model, SMTP,
+  prices) point at the services and ports the other files declare;
 - the NATS node configs (server names, client ports, routes to each other, store on a volume),
   the collector's pipelines, the Dockerfile, .env.example, depends_on, volumes, and that agents
   can be scaled (no container_name, no host ports);
@@ -44,11 +44,16 @@ from urllib.parse import unquote, urlsplit
 import yaml
 
 from relaybus.agents.demo import setup as demo
+from relaybus.agents.settings import LlmSettings, ToolSettings
 from relaybus.bus import RelayError, Settings
+from relaybus.bus.settings import known_names
 from relaybus.cli import agent_run, build_parser, load_agent
+from relaybus.memory.settings import MemorySettings
 from relaybus.services.identity.client import agent_key_path
 from relaybus.services.identity.natsconfig import nkey_path
+from relaybus.services.identity.settings import IdentitySettings
 from relaybus.services.ledger.prices import load_prices
+from relaybus.services.ledger.settings import LedgerSettings
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE_DIR = ROOT / "compose"
@@ -710,13 +715,13 @@ def workdir(d: Deployment) -> str:
 
 
 def check_env_file(d: Deployment) -> None:
-    fields = set(Settings.model_fields)
+    names = known_names()
     for var in sorted(d.used_vars):
-        if var.startswith("RELAYBUS_") and var[9:].lower() not in fields:
+        if var.startswith("RELAYBUS_") and var[9:].lower() not in names:
             d.problem(f"docker-compose.yml: ${{{var}}} looks like a relaybus setting but is none")
     for key in re.findall(r"^#?\s*([A-Z][A-Z0-9_]*)=", d.texts[".env.example"], re.M):
         if key.startswith("RELAYBUS_"):
-            if key[9:].lower() not in fields:
+            if key[9:].lower() not in names:
                 d.problem(f".env.example: {key} is not a relaybus setting")
         elif key not in d.used_vars:
             d.problem(f".env.example: {key} is not used by docker-compose.yml")
@@ -824,7 +829,7 @@ def check_agent_command(d: Deployment, name: str, args: Any) -> None:
 def check_settings(d: Deployment, name: str, argv: list[str], external_ok: bool) -> None:
     env = environment(d.services[name])
     for key in sorted(env):
-        if key.startswith("RELAYBUS_") and key[9:].lower() not in Settings.model_fields:
+        if key.startswith("RELAYBUS_") and key[9:].lower() not in known_names():
             d.problem(f"{name}: {key} is not a relaybus setting")
     try:
         settings = Settings.from_env(env)
@@ -869,12 +874,13 @@ def check_settings(d: Deployment, name: str, argv: list[str], external_ok: bool)
             otlp_http_port(d),
             False,
         )
-    if argv[1:3] == ["service", "memory"] or settings.qdrant_url:
+    qdrant_url = MemorySettings.of(settings).qdrant_url
+    if argv[1:3] == ["service", "memory"] or qdrant_url:
         check_endpoint(
             d,
             name,
             "RELAYBUS_QDRANT_URL",
-            settings.qdrant_url,
+            qdrant_url,
             d.of_image("qdrant/qdrant"),
             QDRANT_HTTP_PORT,
             external_ok,
@@ -907,24 +913,25 @@ def check_endpoint(
 
 def check_agent_settings(d: Deployment, name: str, settings: Settings, external_ok: bool) -> None:
     keys = str(PurePosixPath(settings.home) / "keys")
-    if settings.identity:
+    if IdentitySettings.of(settings).identity:
         mounted = [(s, mode) for s, t, mode in d.mounts(name) if t == keys]
         if not mounted or mounted[0][1] != "ro":
             d.problem(f"{name}: identity is on but no keys volume is mounted read-only at {keys}")
+    llm = LlmSettings.of(settings)
     model, smtp = d.dev.get("model"), d.dev.get("smtp")
     for var, url, dev in (
-        ("RELAYBUS_LLM_BASE_URL", settings.llm_base_url, model),
-        ("RELAYBUS_SMTP_URL", settings.smtp_url, smtp),
+        ("RELAYBUS_LLM_BASE_URL", llm.llm_base_url, model),
+        ("RELAYBUS_SMTP_URL", ToolSettings.of(settings).smtp_url, smtp),
     ):
         if url or var == "RELAYBUS_LLM_BASE_URL":
             check_endpoint(
                 d, name, var, url, [dev[0]] if dev else [], dev[1] if dev else None, external_ok
             )
-    prices = str(settings.prices or "")
+    prices = str(LedgerSettings.of(settings).prices or "")
     base = workdir(d).rstrip("/") + "/"
     if prices.startswith(base):
         try:
-            load_prices(ROOT / prices[len(base) :]).chat(settings.llm_model or "scripted", 0, 0)
+            load_prices(ROOT / prices[len(base) :]).chat(llm.llm_model or "scripted", 0, 0)
         except RelayError as exc:
             d.problem(f"{name}: {exc}")
     elif not external_ok:

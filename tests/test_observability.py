@@ -41,14 +41,12 @@ async def model_url() -> AsyncIterator[str]:
 def settings(settings: Settings, tmp_path: Path, model_url: str) -> Settings:
     prices = tmp_path / "prices.toml"
     prices.write_text("[models.scripted]\ninput = 1\noutput = 2\n")
-    return settings.model_copy(
-        update={
-            "ledger": True,
-            "trace_dir": tmp_path / "spans",
-            "prices": prices,
-            "llm_base_url": model_url,
-            "llm_model": "scripted",
-        }
+    return settings.with_values(
+        ledger=True,
+        trace_dir=tmp_path / "spans",
+        prices=prices,
+        llm_base_url=model_url,
+        llm_model="scripted",
     )
 
 

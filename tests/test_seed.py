@@ -175,16 +175,14 @@ async def seed_stack(
             "smtp", "RELAYBUS_SMTP_URL", "dev", "smtp", "--mailbox", str(mailbox)
         )
         home = settings.home.resolve()
-        seeded = settings.model_copy(
-            update={
-                "identity": True,
-                "ledger": True,
-                "llm_base_url": model_url,
-                "llm_model": "scripted",
-                "smtp_url": smtp_url,
-                "prices": write_prices(home, "scripted"),
-                "embedder": "lexical",
-            }
+        seeded = settings.with_values(
+            identity=True,
+            ledger=True,
+            llm_base_url=model_url,
+            llm_model="scripted",
+            smtp_url=smtp_url,
+            prices=write_prices(home, "scripted"),
+            embedder="lexical",
         )
         with (
             service_process(seeded, "identity"),

@@ -33,6 +33,7 @@ from relaybus.services.runs.state import ENDED
 from ..llm.client import list_models
 from ..observe import ledger_run_cost, load_tree
 from ..runtree import render
+from ..settings import LlmSettings, ToolSettings
 from ..submit import outcome_of, run_store, submit
 from ..tools.mailbox import read_mailbox
 from .procs import SELF_COMMAND, Processes
@@ -77,41 +78,36 @@ class DemoSummary(msgspec.Struct, kw_only=True):
 
 async def demo(args: argparse.Namespace, settings: Settings) -> int:
     say = _printer(sys.stderr if args.json else sys.stdout)
-    model = settings.llm_model or "scripted"
-    if settings.llm_base_url and not settings.llm_model:
+    llm = LlmSettings.of(settings)
+    model = llm.llm_model or "scripted"
+    if llm.llm_base_url and not llm.llm_model:
         offered = await list_models(settings)
         if not offered:
-            raise ConfigError(f"{settings.llm_base_url} offers no models; set RELAYBUS_LLM_MODEL")
+            raise ConfigError(f"{llm.llm_base_url} offers no models; set RELAYBUS_LLM_MODEL")
         model = offered[0]
     tmp = None if args.keep else tempfile.TemporaryDirectory(prefix="relaybus-demo-")
     home = (settings.home if tmp is None else Path(tmp.name)).resolve()
-    run_settings = settings.model_copy(
-        update={
-            "home": home,
-            "identity": True,
-            "ledger": True,
-            "llm_model": model,
-            "prices": write_prices(home, model),
-        }
+    run_settings = settings.with_values(
+        home=home, identity=True, ledger=True, llm_model=model, prices=write_prices(home, model)
     )
     procs = Processes(home / "logs")
     started_stack = False
     try:
-        if not run_settings.llm_base_url:
+        if not LlmSettings.of(run_settings).llm_base_url:
             url = procs.start_server("model", "RELAYBUS_LLM_BASE_URL", "dev", "model")
             say(f"• scripted model (deterministic, not a real LLM) at {url}")
-            run_settings = run_settings.model_copy(update={"llm_base_url": url})
+            run_settings = run_settings.with_values(llm_base_url=url)
         else:
-            say(f"• LLM: {run_settings.llm_base_url} (model {model})")
+            say(f"• LLM: {LlmSettings.of(run_settings).llm_base_url} (model {model})")
         mailbox = None
-        if not run_settings.smtp_url:
+        if not ToolSettings.of(run_settings).smtp_url:
             mailbox = home / "mailbox.jsonl"
             mailbox.unlink(missing_ok=True)
             url = procs.start_server(
                 "smtp", "RELAYBUS_SMTP_URL", "dev", "smtp", "--mailbox", str(mailbox)
             )
             say(f"• recording SMTP server (aiosmtpd) at {url}, mail kept in {mailbox}")
-            run_settings = run_settings.model_copy(update={"smtp_url": url})
+            run_settings = run_settings.with_values(smtp_url=url)
         record = read_stack(run_settings)
         if record is None or not is_alive(record.supervisor):
             await asyncio.to_thread(start_detached, run_settings, SELF_COMMAND)

@@ -20,6 +20,8 @@ from tenacity import (
 
 from relaybus.bus import ConfigError, Settings, UpstreamFailed, metrics, tracing
 
+from ..settings import LlmSettings
+
 RETRYABLE = {408, 409, 425, 429, 500, 502, 503, 504}
 MAX_ATTEMPTS = 4
 
@@ -55,17 +57,16 @@ class LLMClient:
     """`async with LLMClient(settings) as llm: result = await llm.chat(messages)`."""
 
     def __init__(self, settings: Settings, *, timeout_s: float = 60.0) -> None:
-        if not settings.llm_base_url:
+        llm = LlmSettings.of(settings)
+        if not llm.llm_base_url:
             raise ConfigError(
                 "no LLM endpoint: set RELAYBUS_LLM_BASE_URL (any OpenAI-compatible /v1 URL), "
                 "or start the scripted one with `relaybus dev model`"
             )
         self.settings = settings
-        self.model = settings.llm_model or "scripted"
-        self.base_url = settings.llm_base_url.rstrip("/")
-        headers = (
-            {"Authorization": f"Bearer {settings.llm_api_key}"} if settings.llm_api_key else {}
-        )
+        self.model = llm.llm_model or "scripted"
+        self.base_url = llm.llm_base_url.rstrip("/")
+        headers = {"Authorization": f"Bearer {llm.llm_api_key}"} if llm.llm_api_key else {}
         self._http = httpx.AsyncClient(timeout=timeout_s, headers=headers)
 
     async def __aenter__(self) -> LLMClient:
@@ -206,8 +207,9 @@ def _dump(messages: list[dict[str, Any]]) -> str:
 
 async def list_models(settings: Settings, timeout_s: float = 10.0) -> list[str]:
     """The model ids the endpoint offers (`GET /models`); ConfigError when it cannot say."""
-    base = (settings.llm_base_url or "").rstrip("/")
-    headers = {"Authorization": f"Bearer {settings.llm_api_key}"} if settings.llm_api_key else {}
+    llm = LlmSettings.of(settings)
+    base = (llm.llm_base_url or "").rstrip("/")
+    headers = {"Authorization": f"Bearer {llm.llm_api_key}"} if llm.llm_api_key else {}
     try:
         async with httpx.AsyncClient(timeout=timeout_s, headers=headers) as http:
             response = await http.get(f"{base}/models")

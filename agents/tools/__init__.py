@@ -16,6 +16,7 @@ from pathlib import Path
 
 from relaybus.bus import ConfigError, Settings
 
+from ..settings import ToolSettings
 from ..tool import Tool
 from .config import Sources, load_sources
 from .http import ApiClient, api_tools
@@ -41,9 +42,10 @@ class DataTools(Mapping[str, Tool]):
     @classmethod
     def from_settings(cls, settings: Settings | None = None) -> DataTools:
         settings = settings or Settings.from_env(os.environ)
-        if settings.data_sources is None:
+        data_sources = ToolSettings.of(settings).data_sources
+        if data_sources is None:
             raise ConfigError("no data sources: set RELAYBUS_DATA_SOURCES to a sources TOML file")
-        return cls.load(settings.data_sources)
+        return cls.load(data_sources)
 
     def __getitem__(self, name: str) -> Tool:
         try:

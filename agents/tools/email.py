@@ -36,6 +36,7 @@ from pydantic import BaseModel, Field, field_validator
 from relaybus.bus import ConfigError, UpstreamFailed
 
 from ..errors import ToolArgumentsInvalid
+from ..settings import ToolSettings
 from ..tool import tool
 
 if TYPE_CHECKING:
@@ -163,9 +164,10 @@ def smtp_send(url: str, msg: EmailMessage, timeout_s: float = 30.0) -> None:
 @tool("email/send", cost=EMAIL_COST, name="send_email")
 async def send_email(ctx: Context, args: Email) -> dict[str, Any]:
     """Send an email with `subject` and `body` to one recipient (`to`)."""
-    url = ctx.settings.smtp_url
+    tools = ToolSettings.of(ctx.settings)
+    url = tools.smtp_url
     if not url:
         raise ConfigError("no SMTP server: set RELAYBUS_SMTP_URL (e.g. smtp://127.0.0.1:2525)")
     msg_id = message_id(ctx.run_id, ctx.task_id, args.to)
-    await asyncio.to_thread(smtp_send, url, build_message(ctx.settings.smtp_from, args, msg_id))
+    await asyncio.to_thread(smtp_send, url, build_message(tools.smtp_from, args, msg_id))
     return {"to": args.to, "message_id": msg_id}

@@ -34,6 +34,7 @@ from relaybus.services.ledger.client import LedgerClient
 from relaybus.services.ledger.errors import BudgetExceeded
 from relaybus.services.payments.errors import PaymentRefused
 from relaybus.services.payments.provider import PaymentIntent
+from relaybus.services.payments.settings import PaymentsSettings
 from relaybus.services.payments.stripe import StripeProvider
 
 from ..tool import tool
@@ -65,15 +66,16 @@ class PaymentRef(BaseModel):
 
 
 def provider_for(settings: Settings) -> StripeProvider:
-    if not settings.payments_url:
+    payments = PaymentsSettings.of(settings)
+    if not payments.payments_url:
         raise ConfigError(
             "no payment provider: set RELAYBUS_PAYMENTS_URL (https://api.stripe.com, or the "
             "sandbox `relaybus dev payments`) and RELAYBUS_PAYMENTS_API_KEY"
         )
     return StripeProvider(
-        settings.payments_api_key or "",
-        base_url=settings.payments_url,
-        webhook_secret=settings.payments_webhook_secret or "",
+        payments.payments_api_key or "",
+        base_url=payments.payments_url,
+        webhook_secret=payments.payments_webhook_secret or "",
     )
 
 
@@ -159,7 +161,7 @@ async def authorize_payment(ctx: Context, args: Charge) -> dict[str, Any]:
         "payee": args.payee,
         "status": "authorized",
         "run_total": run_total,
-        "needs_approval": run_total > ctx.settings.payments_approval_over,
+        "needs_approval": run_total > PaymentsSettings.of(ctx.settings).payments_approval_over,
     }
 
 
@@ -231,7 +233,7 @@ async def settle(ctx: Context, auth: dict[str, Any]) -> dict[str, Any]:
             auth["amount"],
             auth["currency"],
             auth.get("run_total", auth["amount"]),
-            ctx.settings.payments_approval_over,
+            PaymentsSettings.of(ctx.settings).payments_approval_over,
             ctx.run_id,
             signal,
         )

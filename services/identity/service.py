@@ -34,6 +34,7 @@ from relaybus.bus.rpc import answer
 from relaybus.bus.runtime import stop_on_signals
 from relaybus.bus.streams import ensure_agent_consumers
 from relaybus.bus.subjects import check_name
+from relaybus.services.identity.settings import IdentitySettings
 
 from .chain import (
     DEFAULT_DEPTH,
@@ -81,7 +82,7 @@ def token_hash(secret: str) -> str:
 class IdentityService:
     def __init__(self, bus: Bus, registry: Registry, key: SigningKey) -> None:
         self.bus = bus
-        self.max_root_ttl_s = bus.settings.identity_max_root_ttl_s
+        self.max_root_ttl_s = IdentitySettings.of(bus.settings).identity_max_root_ttl_s
         self.registry = registry
         self.key = key
         self._keys: dict[str, VerifyKey] = {}

@@ -14,6 +14,7 @@ from relaybus.bus import Bus, Settings, new_id
 from relaybus.bus.cli import emit
 from relaybus.bus.runtime import EXIT_OK
 from relaybus.services.ledger.errors import LedgerError
+from relaybus.services.ledger.settings import LedgerSettings
 
 from .client import LedgerClient
 from .model import Budget
@@ -144,7 +145,8 @@ async def rate(args: argparse.Namespace, settings: Settings) -> int:
 
 async def statement(args: argparse.Namespace, settings: Settings) -> int:
     if not args.period:
-        args.period = datetime.now(ZoneInfo(settings.ledger_timezone)).strftime("%Y-%m")
+        timezone = ZoneInfo(LedgerSettings.of(settings).ledger_timezone)
+        args.period = datetime.now(timezone).strftime("%Y-%m")
     if not _PERIOD.match(args.period):
         raise LedgerError(f"period {args.period!r} must be YYYY-MM or YYYY-MM-DD")
     async with Bus(settings, name="relaybus-ledger") as bus:

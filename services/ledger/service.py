@@ -40,6 +40,7 @@ from relaybus.bus.streams import read_subject
 from relaybus.services.identity.client import publish_audit
 from relaybus.services.identity.messages import AuditRecord
 from relaybus.services.ledger.errors import BudgetExceeded, LedgerError, RateLimited
+from relaybus.services.ledger.settings import LedgerSettings
 
 from .messages import WRITES, decode_request
 from .model import Entry, Op, State, apply, decide
@@ -75,7 +76,7 @@ class LedgerWriter:
         self.partition = partition
         self.subject = bus.subjects.ledger_entry(partition)
         self.stream = bus.subjects.stream("LEDGER")
-        self.state = State(timezone=bus.settings.ledger_timezone)
+        self.state = State(timezone=LedgerSettings.of(bus.settings).ledger_timezone)
         self.last_seq = 0
         self._tail = 0
         self._spend: dict[str, list[tuple[float, int]]] = {}
@@ -88,14 +89,14 @@ class LedgerWriter:
 
     async def rebuild(self) -> int:
         """State = the latest snapshot, then the journal entries after it, applied in order."""
-        self.state = State(timezone=self.bus.settings.ledger_timezone)
+        self.state = State(timezone=LedgerSettings.of(self.bus.settings).ledger_timezone)
         self.last_seq = 0
         snapshots = await Bucket.open(self.bus, self.bus.subjects.bucket("ledger_snapshots"))
         found = await snapshots.get(self.partition)
         if found is not None:
             snapshot = msgspec.msgpack.decode(_unpack_snapshot(found[0]), type=Snapshot)
             self.state, self.last_seq = snapshot.state, snapshot.seq
-            self.state.timezone = self.bus.settings.ledger_timezone
+            self.state.timezone = LedgerSettings.of(self.bus.settings).ledger_timezone
         entries = await read_subject(self.bus, self.stream, self.subject, after=self.last_seq)
         for seq, data in entries:
             apply(self.state, _decode_entry(data))
@@ -237,7 +238,7 @@ class LedgerWriter:
         if history_min < 5:  # no baseline yet: alert only against five minutes of history or more
             return
         baseline = sum(a for t, a in series if t <= at - SPIKE_WINDOW_S) / min(10.0, history_min)
-        multiple = self.bus.settings.ledger_spike
+        multiple = LedgerSettings.of(self.bus.settings).ledger_spike
         if (
             baseline <= 0
             or recent <= multiple * baseline

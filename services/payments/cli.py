@@ -11,6 +11,7 @@ from relaybus.bus import Bus, ConfigError, Settings
 from relaybus.bus.httpserve import serve_json, serve_until_stopped
 
 from .sandbox import Sandbox, serve_sandbox
+from .settings import PaymentsSettings
 from .stripe import StripeProvider
 from .webhooks import WebhookReceiver
 
@@ -31,15 +32,16 @@ async def sandbox(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def webhooks(args: argparse.Namespace, settings: Settings) -> int:
-    if not settings.payments_url or not settings.payments_webhook_secret:
+    payments = PaymentsSettings.of(settings)
+    if not payments.payments_url or not payments.payments_webhook_secret:
         raise ConfigError(
             "the webhook receiver needs RELAYBUS_PAYMENTS_URL, RELAYBUS_PAYMENTS_API_KEY and "
             "RELAYBUS_PAYMENTS_WEBHOOK_SECRET"
         )
     provider = StripeProvider(
-        settings.payments_api_key or "",
-        base_url=settings.payments_url,
-        webhook_secret=settings.payments_webhook_secret,
+        payments.payments_api_key or "",
+        base_url=payments.payments_url,
+        webhook_secret=payments.payments_webhook_secret,
     )
     async with provider, Bus(settings, name="relaybus-payments-webhooks") as bus:
         receiver = await WebhookReceiver.open(bus, provider)

@@ -22,6 +22,7 @@ from relaybus.bus.subjects import check_name
 from relaybus.services.identity.chain import LinkBody
 from relaybus.services.identity.client import IdentityGate, publish_audit
 from relaybus.services.identity.messages import AuditRecord
+from relaybus.services.identity.settings import IdentitySettings
 
 from .client import RunReply, RunRequest
 from .state import Finish, MarkRunning, RegisterWait, Reopen, RunChange
@@ -40,7 +41,8 @@ class RunAuthority:
     @classmethod
     async def open(cls, bus: Bus) -> RunAuthority:
         store = RunStore(await Bucket.open(bus, bus.subjects.bucket("runs")))
-        gate = await IdentityGate.open(bus, "runs", None) if bus.settings.identity else None
+        identity = IdentitySettings.of(bus.settings).identity
+        gate = await IdentityGate.open(bus, "runs", None) if identity else None
         return cls(bus, store, gate)
 
     async def close(self) -> None:

@@ -1,7 +1,13 @@
 """The dependency direction, checked by walking every import in the source tree."""
 
 import ast
+import os
+import subprocess
+import sys
 from pathlib import Path
+
+from relaybus.bus import Settings
+from relaybus.bus.settings import known_names, registered_layers, transport_names
 
 ROOT = Path(__file__).resolve().parents[2]
 LAYERS = ("bus", "agents", "memory", "services")
@@ -76,3 +82,41 @@ def test_the_rules_catch_what_they_forbid() -> None:
     assert len(problems_of("bus", "bus/probe.py", source)) == 3
     internals = "from relaybus.services.ledger.service import LedgerWriter\n"
     assert problems_of("agents", "agents/worker.py", internals) != []
+
+
+TRANSPORT = {
+    "nats_url",
+    "home",
+    "prefix",
+    "nats_server",
+    "connect_timeout_s",
+    "request_timeout_s",
+    "ack_wait_s",
+    "max_deliver",
+    "max_payload_bytes",
+    "stream_replicas",
+    "log_level",
+    "nats_auth",
+    "trace_dir",
+    "trace_content",
+    "metrics_host",
+}
+
+
+def test_bus_settings_hold_the_transport_only_and_each_layer_owns_its_own() -> None:
+    assert set(Settings.model_fields) == TRANSPORT | {"layers"}
+    assert transport_names() == TRANSPORT
+    for layer in registered_layers():
+        assert layer_of(layer.__module__) in ("agents", "memory", "services"), layer
+
+
+def test_every_layer_registers_its_settings_whatever_a_process_imports() -> None:
+    probe = "from relaybus.bus.settings import known_names; print(' '.join(sorted(known_names())))"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    out = subprocess.run(
+        [sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True
+    )
+    names = set(out.stdout.split())
+    for name in ("ledger_spike", "identity", "memory_cap", "payments_url", "llm_model", "smtp_url"):
+        assert name in names
+    assert names == known_names()

@@ -25,9 +25,7 @@ from .conftest import (
 @pytest.fixture
 def settings(settings: Settings) -> Settings:
     # a killed worker's message comes back after 2 s; enough attempts to outlive the chaos
-    return settings.model_copy(
-        update={"identity": True, "ledger": True, "ack_wait_s": 2.0, "max_deliver": 12}
-    )
+    return settings.with_values(identity=True, ledger=True, ack_wait_s=2.0, max_deliver=12)
 
 
 async def chaos_run(

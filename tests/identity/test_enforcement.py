@@ -33,7 +33,7 @@ USER_SCOPES = ["search", "email/send:recipient_domain=team.example", "data/read:
 
 @pytest.fixture
 def settings(settings: Settings) -> Settings:
-    return settings.model_copy(update={"identity": True})
+    return settings.with_values(identity=True)
 
 
 @pytest.fixture

@@ -21,7 +21,7 @@ COST = 5  # the `add` tool's price in micro-units
 
 @pytest.fixture
 def settings(settings: Settings) -> Settings:
-    return settings.model_copy(update={"ledger": True})
+    return settings.with_values(ledger=True)
 
 
 @pytest.fixture

@@ -97,7 +97,7 @@ async def test_the_background_pass_applies_the_settings_policy(
     alice = client(bus, "alice")
     await alice.remember("scratch: call the lyon office", kind="scratch")
     await alice.remember("alice prefers tea")
-    policy = settings.model_copy(update={"memory_gc_interval_s": 0.1, "memory_ttl": "scratch=1"})
+    policy = settings.with_values(memory_gc_interval_s=0.1, memory_ttl="scratch=1")
     task = asyncio.create_task(sweep(service, policy))
     try:
         await asyncio.sleep(0.3)
@@ -127,4 +127,4 @@ def test_a_malformed_ttl_policy_is_a_config_error_naming_the_variable(settings: 
     from relaybus.memory.gc import policy_from
 
     with pytest.raises(ConfigError, match="RELAYBUS_MEMORY_TTL 'scratch' must be KIND=DAYS"):
-        policy_from(settings.model_copy(update={"memory_ttl": "scratch"}))
+        policy_from(settings.with_values(memory_ttl="scratch"))

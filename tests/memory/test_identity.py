@@ -18,7 +18,7 @@ from ..conftest import ROOT, child_env, service_process, wait_service
 
 @pytest.fixture
 def settings(settings: Settings) -> Settings:
-    return settings.model_copy(update={"identity": True, "embedder": "lexical"})
+    return settings.with_values(identity=True, embedder="lexical")
 
 
 @pytest.fixture

@@ -120,14 +120,12 @@ async def wait_waiting(bus: Bus, run_id: str, timeout_s: float = 30) -> list[str
 async def payment_stack(settings: Settings, tmp_path: Path) -> AsyncIterator[Stack]:
     procs = Processes(tmp_path / "logs")
     home = settings.home.resolve()
-    base = settings.model_copy(
-        update={
-            "identity": True,
-            "ledger": True,
-            "payments_api_key": KEY,
-            "payments_webhook_secret": SECRET,
-            "payments_approval_over": APPROVAL_OVER,
-        }
+    base = settings.with_values(
+        identity=True,
+        ledger=True,
+        payments_api_key=KEY,
+        payments_webhook_secret=SECRET,
+        payments_approval_over=APPROVAL_OVER,
     )
     try:
         with service_process(base, "identity"), service_process(base, "ledger"):
@@ -160,7 +158,7 @@ async def payment_stack(settings: Settings, tmp_path: Path) -> AsyncIterator[Sta
                     "--webhook-url",
                     receiver_url,
                 )
-                settled = base.model_copy(update={"payments_url": sandbox_url})
+                settled = base.with_values(payments_url=sandbox_url)
                 identity = IdentityClient(bus)
                 for name, handoff in AGENTS.items():
                     key = write_agent_key(home, name).verify_key

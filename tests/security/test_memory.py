@@ -43,7 +43,7 @@ REFUSED = (ChainInvalid, PermissionDenied)
 
 @pytest.fixture
 def settings(settings: Settings) -> Settings:
-    return settings.model_copy(update={"identity": True, "embedder": "lexical"})
+    return settings.with_values(identity=True, embedder="lexical")
 
 
 @dataclass
