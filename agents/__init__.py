@@ -7,6 +7,7 @@ replays recorded results instead of running effects again.
 from .base import Agent
 from .context import Context, Handle
 from .errors import Cancelled, ChildFailed, GatherTimeout, LimitExceeded, ToolArgumentsInvalid
+from .interceptors import Interceptor
 from .journal import Fenced, JournalDivergence
 from .submit import RunOutcome, submit
 from .tool import Tool, tool
@@ -19,6 +20,7 @@ __all__ = [
     "Fenced",
     "GatherTimeout",
     "Handle",
+    "Interceptor",
     "JournalDivergence",
     "LimitExceeded",
     "RunOutcome",

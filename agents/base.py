@@ -29,6 +29,9 @@ class Agent:
     on_budget_exceeded: ClassVar[str] = "fail"
     #: Scores for completed tasks or runs (see agents.evaluation).
     evaluators: ClassVar[list[Any]] = []
+    #: Behaviour around each handler execution and tool call (agents/interceptors.py), run
+    #: inside the runtime's tracing and metrics.
+    interceptors: ClassVar[list[Any]] = []
     #: What a first `relaybus agent run` on the local stack registers this agent with: the
     #: scopes it may ever hold and the agents it may hand off to (docs/security.md).
     scopes: ClassVar[tuple[str, ...]] = ()

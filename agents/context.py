@@ -27,7 +27,6 @@ from relaybus.bus import (
     RelayError,
     Retry,
     Settings,
-    metrics,
     tracing,
 )
 from relaybus.bus.envelope import derived_id
@@ -41,6 +40,7 @@ from relaybus.services.payments.errors import PaymentRefused
 from .base import encode_result
 from .errors import ChildFailed, GatherTimeout
 from .execution import Execution
+from .interceptors import run_tool
 from .journal import Journal, Wait
 from .llm import ChatResult
 
@@ -166,6 +166,10 @@ class Context:
         )
         return MemoryClient(self._worker.bus, caller)
 
+    def price(self, tool: Tool) -> int:
+        """What one call of `tool` is charged in this process (0 without a ledger)."""
+        return self._worker.costs.price(tool)
+
     @property
     def ledger(self) -> LedgerClient | None:
         """This agent process's ledger client (None while RELAYBUS_LEDGER is off): tools that
@@ -246,23 +250,17 @@ class Context:
             breaker.before()
         except CircuitOpen as exc:
             raise Retry(str(exc), delay_s=breaker.retry_after_s()) from None
-        cost = self._worker.costs.price(tool)
+        cost = self.price(tool)
         self._tool_seq = seq
         started = time.perf_counter()
+
+        async def invoke() -> Any:
+            return await tool.invoke(self, args)
+
         try:
             async with self._worker.costs.charge(self, tool, seq) as bill:
                 try:
-                    with tracing.TRACER.start_as_current_span(
-                        f"execute_tool {tool.name}",
-                        attributes={
-                            "gen_ai.operation.name": "execute_tool",
-                            "gen_ai.tool.name": tool.name,
-                            "relaybus.run_id": self.run_id,
-                            "relaybus.scope": tool.scope,
-                            "relaybus.cost": cost,
-                        },
-                    ):
-                        value = await tool.invoke(self, args)
+                    value = await run_tool(self._worker.interceptors, self, tool, args, invoke)
                 except (DataRefused, PaymentRefused):
                     raise  # a refusal is the caller's mistake, not the tool failing
                 except Exception:
@@ -270,23 +268,17 @@ class Context:
                     raise
                 breaker.success()
         except Exception as exc:
-            elapsed = time.perf_counter() - started
-            metrics.TOOL_DURATION.record(
-                elapsed, {"gen_ai.tool.name": tool.name, "outcome": "error"}
-            )
             await self._worker.emit_event(
                 self.envelope,
                 "step",
                 detail=f"tool {tool.name}",
-                latency_ms=elapsed * 1000,
+                latency_ms=(time.perf_counter() - started) * 1000,
                 error=ErrorInfo.from_exception(exc),
             )
             if isinstance(exc, DataRefused | PaymentRefused):
                 await self._journal_refusal(seq, tool, exc)
             raise
-        elapsed = time.perf_counter() - started
-        metrics.TOOL_DURATION.record(elapsed, {"gen_ai.tool.name": tool.name, "outcome": "ok"})
-        self._exec.timed(seq, elapsed * 1000, cost)
+        self._exec.timed(seq, (time.perf_counter() - started) * 1000, cost)
         body = encode_result(value)
         self._exec.record(seq, "tool", tool.name, body, settle=bill.pending)
         await self._exec.flush()

@@ -21,12 +21,17 @@ import logging
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import msgspec
 from opentelemetry import trace
 
 from relaybus.bus import Envelope, metrics
+
+from .interceptors import Interceptor
+
+if TYPE_CHECKING:
+    from .context import Context
 
 from .llm import LLMClient
 
@@ -170,3 +175,14 @@ async def record_evaluations(worker: Any, env: Envelope, body: bytes) -> None:
                 }
             ),
         )
+
+
+class Evaluation(Interceptor):
+    """Scores each completed task with the agent's evaluators (agents/interceptors.py)."""
+
+    def __init__(self, worker: Any) -> None:
+        self.worker = worker
+
+    async def completed(self, ctx: Context, result: bytes) -> None:
+        if self.worker.agent.evaluators:
+            await record_evaluations(self.worker, ctx.envelope, result)

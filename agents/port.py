@@ -8,6 +8,7 @@ the same port, as Temporal's workflow API talks to an abstract runtime its worke
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 from relaybus.bus import Bus, Envelope, ErrorInfo
@@ -17,6 +18,7 @@ if TYPE_CHECKING:
 
     from .charging import Costs
     from .context import Context
+    from .interceptors import Interceptor
     from .journal import JournalStore
     from .llm import LLMClient
 
@@ -32,6 +34,10 @@ class RuntimePort(Protocol):
     journals: JournalStore
     costs: Costs
     gate: IdentityGate | None  # None: identity off (development)
+
+    @property
+    def interceptors(self) -> Sequence[Interceptor]:
+        """Around handler executions and tool calls (agents/interceptors.py)."""
 
     def llm_client(self) -> LLMClient: ...
 

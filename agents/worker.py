@@ -18,8 +18,6 @@ import time
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import msgspec
-from opentelemetry import trace
-from opentelemetry.trace import SpanKind
 
 from relaybus.agents.errors import DataRefused
 from relaybus.bus import (
@@ -38,7 +36,6 @@ from relaybus.bus import (
     decode,
     encode,
     metrics,
-    tracing,
 )
 from relaybus.bus.envelope import derived_id
 from relaybus.bus.kv import Bucket, RevisionConflict
@@ -65,9 +62,10 @@ from .base import Agent, encode_result, input_decoder
 from .charging import Costs
 from .context import Context, HandoffDone, Suspend
 from .errors import Cancelled, LimitExceeded, ToolArgumentsInvalid
-from .evaluation import record_evaluations
+from .evaluation import Evaluation
 from .execution import Execution
 from .guard import Guard, runtime_payload, sender_problem
+from .interceptors import Interceptor, Metrics, Tracing, run_task
 from .journal import FINAL, Fenced, Journal, JournalDivergence, JournalStore, Outcome, Wait
 from .limits import limit_problem
 from .llm import LLMClient
@@ -120,6 +118,12 @@ class Worker:
         self._cancelled: set[str] = set()
         self._host = socket.gethostname()
         self._llm: LLMClient | None = None
+        self.interceptors: list[Interceptor] = [
+            Tracing(),
+            Metrics(),
+            *agent.interceptors,
+            Evaluation(self),
+        ]
         self.guard = Guard(bus, agent.name, gate, journals, self.emit_event)
 
     @classmethod
@@ -341,33 +345,12 @@ class Worker:
         self._by_run.setdefault(env.run_id, set()).add(current)
         self._by_task[env.id] = current
         self._parents[env.id] = env.reply_to
-        attributes: dict[str, Any] = {
-            "gen_ai.operation.name": "invoke_agent",
-            "gen_ai.agent.name": self.name,
-            "messaging.system": "nats",
-            "messaging.message.id": env.id,
-            "relaybus.run_id": env.run_id,
-            "relaybus.task_id": env.id,
-            "relaybus.delivery_count": d.attempt,
-        }
-        span = tracing.TRACER.start_span(
-            f"invoke_agent {self.name}",
-            context=tracing.run_context(d.headers, env.run_id, env.id),
-            kind=SpanKind.CONSUMER,
-            attributes=attributes,
-        )
-        outcome = "error"
         try:
-            with trace.use_span(span, end_on_exit=True):
-                outcome = await self._run_handler(ctx, ex, d)
+            await run_task(self.interceptors, ctx, d.headers, lambda: self._run_handler(ctx, ex, d))
         except Fenced as exc:
             log.warning("%s", exc)
             raise Abandon(str(exc)) from None
         finally:
-            metrics.STEP_DURATION.record(
-                time.perf_counter() - ctx.started,
-                {"relaybus.agent": self.name, "outcome": outcome},
-            )
             self._by_task.pop(env.id, None)
             self._parents.pop(env.id, None)
             tasks = self._by_run.get(env.run_id)
@@ -452,8 +435,8 @@ class Worker:
                 )
             raise
         await self._finish(ex, ctx.elapsed_ms(), "completed", body)
-        if self.agent.evaluators:
-            await record_evaluations(self, env, body)
+        for interceptor in self.interceptors:
+            await interceptor.completed(ctx, body)
         return "completed"
 
     async def _park_for_budget(self, ctx: Context, ex: Execution, exc: BudgetExceeded) -> None:

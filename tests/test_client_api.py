@@ -7,9 +7,10 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import pydantic
 import pytest
 
-from relaybus import Agent, Client, Context, RunFailed
+from relaybus import Agent, Client, Context, Interceptor, RelayError, RunFailed, tool
 from relaybus.client import RunIdTaken, RunTimedOut
 from relaybus.testing import AgentEnvironment
 
@@ -121,3 +122,61 @@ async def test_a_crashed_agent_replays_its_task_and_the_effect_runs_once(
     lines = [r.getMessage() for r in caplog.records if r.name == "relaybus.agent.charger"]
     assert sum("charging order A-7" in line for line in lines) == 1, lines  # quiet on replay
     assert sum("charged order A-7" in line for line in lines) == 1, lines
+
+
+class Add(pydantic.BaseModel):
+    a: int
+    b: int
+
+
+@tool("math/add")
+async def add(args: Add) -> int:
+    return args.a + args.b
+
+
+class Audited(Interceptor):
+    """What a user hangs around the runtime: it sees each handler run and each tool call, and
+    can refuse a call before the tool runs."""
+
+    def __init__(self) -> None:
+        self.seen: list[str] = []
+
+    async def run_task(self, ctx: Context, headers: dict[str, str], call_next: Any) -> str:
+        self.seen.append(f"task {ctx.agent} attempt {ctx.attempt}")
+        outcome: str = await call_next()
+        self.seen.append(f"task ended {outcome}")
+        return outcome
+
+    async def run_tool(self, ctx: Context, tool: Any, args: Any, call_next: Any) -> Any:
+        if args.a < 0:
+            raise RelayError(f"{tool.name}: negative numbers are not allowed here")
+        self.seen.append(f"tool {tool.name} {args.a}+{args.b}")
+        return await call_next()
+
+
+AUDITED = Audited()
+
+
+class Calculator(Agent):
+    name = "calculator"
+    interceptors = [AUDITED]
+
+    async def handle(self, ctx: Context, task: dict[str, int]) -> int:
+        first = await ctx.tool(add, a=task["a"], b=1)
+        return int(await ctx.tool(add, a=first, b=task["b"]))
+
+
+async def test_an_interceptor_wraps_each_handler_run_and_tool_call_and_can_refuse() -> None:
+    AUDITED.seen.clear()
+    async with AgentEnvironment([Calculator]) as env:
+        run = await env.client.submit("calculator", {"a": 2, "b": 3})
+        assert await run.result(timeout_s=20) == 6
+        assert AUDITED.seen == [
+            "task calculator attempt 1",
+            "tool add 2+1",
+            "tool add 3+3",
+            "task ended completed",
+        ]
+        refused = await env.client.submit("calculator", {"a": -5, "b": 3})
+        with pytest.raises(RunFailed, match="negative numbers are not allowed"):
+            await refused.result(timeout_s=20)

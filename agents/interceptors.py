@@ -1,0 +1,134 @@
+"""Interceptors: behaviour hung around the runtime's work without the runtime knowing it, as
+Temporal's worker interceptors and dramatiq's middleware. Each method wraps `call_next`;
+a subclass overrides what it needs.
+
+The worker runs, outermost first, `Tracing` (spans), `Metrics` (durations), the agent's own
+(`Agent.interceptors`), then `Evaluation` (scores a completed task). The runtime itself calls
+only `run_task`, `run_tool` and `completed`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind
+
+from relaybus.bus import metrics, tracing
+
+if TYPE_CHECKING:
+    from .context import Context
+    from .tool import Tool
+
+RunTask = Callable[[], Awaitable[str]]
+RunTool = Callable[[], Awaitable[Any]]
+
+
+class Interceptor:
+    async def run_task(self, ctx: Context, headers: dict[str, str], call_next: RunTask) -> str:
+        """Around one execution of a handler; returns how it ended (`completed`, `failed`,
+        `suspended`, `handoff`, `cancelled`, `parked`). `headers`: the delivered message's."""
+        return await call_next()
+
+    async def run_tool(self, ctx: Context, tool: Tool, args: Any, call_next: RunTool) -> Any:
+        """Around the invocation of a tool that passed the gate and holds its charge (never
+        around a replay: a recorded call is not invoked again)."""
+        return await call_next()
+
+    async def completed(self, ctx: Context, result: bytes) -> None:
+        """After a task completed (its outcome delivered), with its JSON result."""
+
+
+async def run_task(
+    interceptors: Sequence[Interceptor], ctx: Context, headers: dict[str, str], final: RunTask
+) -> str:
+    call = final
+    for interceptor in reversed(interceptors):
+        call = _bind_task(interceptor, ctx, headers, call)
+    return await call()
+
+
+async def run_tool(
+    interceptors: Sequence[Interceptor], ctx: Context, tool: Tool, args: Any, final: RunTool
+) -> Any:
+    call = final
+    for interceptor in reversed(interceptors):
+        call = _bind_tool(interceptor, ctx, tool, args, call)
+    return await call()
+
+
+def _bind_task(
+    interceptor: Interceptor, ctx: Context, headers: dict[str, str], call_next: RunTask
+) -> RunTask:
+    return lambda: interceptor.run_task(ctx, headers, call_next)
+
+
+def _bind_tool(
+    interceptor: Interceptor, ctx: Context, tool: Tool, args: Any, call_next: RunTool
+) -> RunTool:
+    return lambda: interceptor.run_tool(ctx, tool, args, call_next)
+
+
+class Tracing(Interceptor):
+    """An `invoke_agent` span per handler execution, continuing the producer's trace from the
+    message headers; an `execute_tool` span per tool call (OpenTelemetry GenAI conventions)."""
+
+    async def run_task(self, ctx: Context, headers: dict[str, str], call_next: RunTask) -> str:
+        env = ctx.envelope
+        span = tracing.TRACER.start_span(
+            f"invoke_agent {ctx.agent}",
+            context=tracing.run_context(headers, env.run_id, env.id),
+            kind=SpanKind.CONSUMER,
+            attributes={
+                "gen_ai.operation.name": "invoke_agent",
+                "gen_ai.agent.name": ctx.agent,
+                "messaging.system": "nats",
+                "messaging.message.id": env.id,
+                "relaybus.run_id": env.run_id,
+                "relaybus.task_id": env.id,
+                "relaybus.delivery_count": ctx.attempt,
+            },
+        )
+        with trace.use_span(span, end_on_exit=True):
+            return await call_next()
+
+    async def run_tool(self, ctx: Context, tool: Tool, args: Any, call_next: RunTool) -> Any:
+        with tracing.TRACER.start_as_current_span(
+            f"execute_tool {tool.name}",
+            attributes={
+                "gen_ai.operation.name": "execute_tool",
+                "gen_ai.tool.name": tool.name,
+                "relaybus.run_id": ctx.run_id,
+                "relaybus.scope": tool.scope,
+                "relaybus.cost": ctx.price(tool),
+            },
+        ):
+            return await call_next()
+
+
+class Metrics(Interceptor):
+    """`relaybus.step.duration` per handler execution, `gen_ai.tool.duration` per tool call."""
+
+    async def run_task(self, ctx: Context, headers: dict[str, str], call_next: RunTask) -> str:
+        outcome = "error"
+        try:
+            outcome = await call_next()
+            return outcome
+        finally:
+            metrics.STEP_DURATION.record(
+                time.perf_counter() - ctx.started,
+                {"relaybus.agent": ctx.agent, "outcome": outcome},
+            )
+
+    async def run_tool(self, ctx: Context, tool: Tool, args: Any, call_next: RunTool) -> Any:
+        started, outcome = time.perf_counter(), "error"
+        try:
+            value = await call_next()
+            outcome = "ok"
+            return value
+        finally:
+            metrics.TOOL_DURATION.record(
+                time.perf_counter() - started, {"gen_ai.tool.name": tool.name, "outcome": outcome}
+            )
