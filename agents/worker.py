@@ -27,7 +27,6 @@ from relaybus.bus import (
     Delivery,
     Envelope,
     ErrorInfo,
-    Event,
     PermissionDenied,
     Refused,
     Reject,
@@ -37,7 +36,6 @@ from relaybus.bus import (
     encode,
     metrics,
 )
-from relaybus.bus.envelope import derived_id
 from relaybus.bus.kv import Bucket, RevisionConflict
 from relaybus.services.identity.client import IdentityGate, read_agent_key
 from relaybus.services.identity.settings import IdentitySettings
@@ -48,10 +46,8 @@ from relaybus.services.ledger.settings import LedgerSettings
 from relaybus.services.payments.errors import PaymentRefused
 from relaybus.services.runs.client import look, run_writer
 from relaybus.services.runs.state import (
-    ENDED,
     CancelTasks,
     CountFailure,
-    Finish,
     MarkRunning,
     RegisterWait,
     Reopen,
@@ -70,6 +66,7 @@ from .journal import FINAL, Fenced, Journal, JournalDivergence, JournalStore, Ou
 from .limits import limit_problem
 from .llm import LLMClient
 from .messages import ChildResult, Control, SignalBody, control_decoder, signal_decoder
+from .outcomes import Outcomes
 
 log = logging.getLogger("relaybus.worker")
 BEAT_INTERVAL_S = 20.0
@@ -124,6 +121,8 @@ class Worker:
             *agent.interceptors,
             Evaluation(self),
         ]
+        self.outcomes = Outcomes(bus, agent.name, self.run_writer, self.costs)
+        self.emit_event = self.outcomes.emit  # one run event (the port's `emit_event`)
         self.guard = Guard(bus, agent.name, gate, journals, self.emit_event)
 
     @classmethod
@@ -483,60 +482,7 @@ class Worker:
         await self.deliver(ex.envelope, await ex.mutate(change), latency_ms)
 
     async def deliver(self, env: Envelope, journal: Journal, latency_ms: float = 0.0) -> None:
-        """Send a finished task's outcome to whoever waits for it: the parent task, or the run."""
-        if journal.handoff:
-            return  # the run goes on at the agent it was handed to
-        ok = journal.status == "completed"
-        if env.parent_id:
-            outcome = ChildResult(
-                child=env.id,
-                ok=ok,
-                result=msgspec.Raw(journal.result or b"null"),
-                error=journal.error,
-            )
-            await self.bus.publish(
-                Envelope(
-                    id=derived_id(env.id, "outcome"),
-                    run_id=env.run_id,
-                    kind="result" if ok else "error",
-                    sender=self.name,
-                    recipient=env.reply_to,
-                    payload=msgspec.json.encode(outcome),
-                    parent_id=env.parent_id,
-                    chain=env.chain,
-                    hop=env.hop,
-                    created_at=time.time(),
-                )
-            )
-            await self.emit_event(
-                env,
-                "returned",
-                recipient=env.reply_to,
-                error=journal.error,
-                latency_ms=latency_ms,
-                detail=journal.status,
-            )
-            return
-        status = journal.status if journal.status in ("completed", "cancelled") else "failed"
-        cost = await self.costs.run_cost(env.run_id)
-        finish = Finish(
-            status=status,
-            result=msgspec.Raw(journal.result or b"null"),
-            error=journal.error,
-            steps=env.steps + len(journal.ops),
-            hops=env.hop,
-            cost=cost,
-        )
-        _, changed = await self.run_writer.change(env.run_id, finish, env.chain)
-        if changed:
-            await self.emit_event(
-                env,
-                status,
-                result=journal.result,
-                error=journal.error,
-                cost=cost,
-                latency_ms=latency_ms,
-            )
+        await self.outcomes.deliver(env, journal, latency_ms)
 
     async def dead_lettered(self, d: Delivery, reason: str, error: ErrorInfo | None) -> None:
         """A task given up on (its attempts used up, or refused for good) fails as any failed
@@ -569,11 +515,9 @@ class Worker:
                 await self.journals.create(journal)
             except RevisionConflict:
                 found = await self.journals.load(env.run_id, env.id)
-        if found is not None:
-            if found[0].status in FINAL:
-                return  # it ended before it was given up on (e.g. failed on its last attempt)
+        if found is not None:  # ended already (e.g. failed on its last attempt): deliver again,
             journal, _ = await self.journals.mutate(env.run_id, env.id, fail, current=found)
-        await self.deliver(env, journal)
+        await self.deliver(env, journal)  # idempotent, in case a crash came before it went out
 
     async def authorize(self, ctx: Context, tool: Any, args: Any) -> None:
         await self.guard.authorize(ctx, tool, args)
@@ -644,43 +588,6 @@ class Worker:
                     running.cancel()
 
     # -- events ---------------------------------------------------------------------------
-
-    async def emit_event(
-        self,
-        env: Envelope,
-        kind: str,
-        *,
-        recipient: str | None = None,
-        detail: str = "",
-        attempt: int = 0,
-        error: ErrorInfo | None = None,
-        result: bytes = b"",
-        cost: int = 0,
-        latency_ms: float = 0.0,
-        child_id: str = "",
-        input_tokens: int = 0,
-        output_tokens: int = 0,
-        score: float | None = None,
-    ) -> None:
-        event = Event(
-            run_id=env.run_id,
-            kind=kind,
-            sender=env.sender if recipient is None else self.name,
-            recipient=self.name if recipient is None else recipient,
-            envelope_id=env.id,
-            parent_id=env.parent_id,
-            child_id=child_id,
-            attempt=attempt,
-            detail=detail,
-            error=error,
-            cost=cost,
-            latency_ms=round(latency_ms, 3),
-            input_tokens=input_tokens,
-            output_tokens=output_tokens,
-            score=score,
-            **({"result": msgspec.Raw(result)} if result else {}),  # type: ignore[arg-type]
-        )
-        await self.bus.publish_event(event, durable=kind in ENDED)
 
 
 _child_result_decoder = msgspec.json.Decoder(ChildResult)

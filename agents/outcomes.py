@@ -1,0 +1,118 @@
+"""How a finished task's outcome reaches whoever waits for it (the parent task, or the run's
+record and a waiting submitter), and the run events an agent publishes."""
+
+from __future__ import annotations
+
+import time
+
+import msgspec
+
+from relaybus.bus import Bus, Envelope, ErrorInfo, Event
+from relaybus.bus.envelope import derived_id
+from relaybus.services.runs.client import RunWriter
+from relaybus.services.runs.state import ENDED, Finish
+
+from .charging import Costs
+from .journal import Journal
+from .messages import ChildResult
+
+
+class Outcomes:
+    def __init__(self, bus: Bus, name: str, run_writer: RunWriter, costs: Costs) -> None:
+        self.bus = bus
+        self.name = name
+        self.run_writer = run_writer
+        self.costs = costs
+
+    async def deliver(self, env: Envelope, journal: Journal, latency_ms: float = 0.0) -> None:
+        """Send a finished task's outcome to whoever waits for it: the parent task, or the run."""
+        if journal.handoff:
+            return  # the run goes on at the agent it was handed to
+        ok = journal.status == "completed"
+        if env.parent_id:
+            outcome = ChildResult(
+                child=env.id,
+                ok=ok,
+                result=msgspec.Raw(journal.result or b"null"),
+                error=journal.error,
+            )
+            await self.bus.publish(
+                Envelope(
+                    id=derived_id(env.id, "outcome"),
+                    run_id=env.run_id,
+                    kind="result" if ok else "error",
+                    sender=self.name,
+                    recipient=env.reply_to,
+                    payload=msgspec.json.encode(outcome),
+                    parent_id=env.parent_id,
+                    chain=env.chain,
+                    hop=env.hop,
+                    created_at=time.time(),
+                )
+            )
+            await self.emit(
+                env,
+                "returned",
+                recipient=env.reply_to,
+                error=journal.error,
+                latency_ms=latency_ms,
+                detail=journal.status,
+            )
+            return
+        status = journal.status if journal.status in ("completed", "cancelled") else "failed"
+        cost = await self.costs.run_cost(env.run_id)
+        finish = Finish(
+            status=status,
+            result=msgspec.Raw(journal.result or b"null"),
+            error=journal.error,
+            steps=env.steps + len(journal.ops),
+            hops=env.hop,
+            cost=cost,
+        )
+        _, changed = await self.run_writer.change(env.run_id, finish, env.chain)
+        if changed:
+            await self.emit(
+                env,
+                status,
+                result=journal.result,
+                error=journal.error,
+                cost=cost,
+                latency_ms=latency_ms,
+            )
+
+    async def emit(
+        self,
+        env: Envelope,
+        kind: str,
+        *,
+        recipient: str | None = None,
+        detail: str = "",
+        attempt: int = 0,
+        error: ErrorInfo | None = None,
+        result: bytes = b"",
+        cost: int = 0,
+        latency_ms: float = 0.0,
+        child_id: str = "",
+        input_tokens: int = 0,
+        output_tokens: int = 0,
+        score: float | None = None,
+    ) -> None:
+        event = Event(
+            run_id=env.run_id,
+            kind=kind,
+            sender=env.sender if recipient is None else self.name,
+            recipient=self.name if recipient is None else recipient,
+            envelope_id=env.id,
+            parent_id=env.parent_id,
+            child_id=child_id,
+            attempt=attempt,
+            detail=detail,
+            error=error,
+            cost=cost,
+            latency_ms=round(latency_ms, 3),
+            input_tokens=input_tokens,
+            output_tokens=output_tokens,
+            score=score,
+            **({"result": msgspec.Raw(result)} if result else {}),  # type: ignore[arg-type]
+        )
+        await self.bus.publish_event(event, durable=kind in ENDED)
