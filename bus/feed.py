@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from datetime import UTC, datetime
 from types import TracebackType
@@ -55,6 +56,10 @@ class EventFeed:
         self.replay = replay
         self.since = since
         self._sub: Any = None
+        # nats-py restarts an ordered consumer that missed a beat at the stream sequence after
+        # the last one it delivered: at sequence 1 when none was delivered yet. What a feed of
+        # new events gets from before it began is dropped by this bound.
+        self._first_seq = 0
 
     async def __aenter__(self) -> EventFeed:
         config = api.ConsumerConfig(filter_subjects=self.filters or None)
@@ -63,6 +68,10 @@ class EventFeed:
             config.opt_start_time = datetime.fromtimestamp(self.since, tz=UTC)
         else:
             policy = api.DeliverPolicy.ALL if self.replay else api.DeliverPolicy.NEW
+        if policy is api.DeliverPolicy.NEW:
+            with contextlib.suppress(nats.errors.Error):  # a connection not allowed to ask
+                info = await self.bus.js.stream_info(self.bus.subjects.stream("EVENTS"))
+                self._first_seq = info.state.last_seq + 1
         self._sub = await self.bus.js.subscribe(
             self.subject, ordered_consumer=True, deliver_policy=policy, config=config
         )
@@ -91,7 +100,7 @@ class EventFeed:
                 msg = await self._sub.next_msg(timeout=timeout)
             except (TimeoutError, nats.errors.TimeoutError):
                 return out
-            event = self._checked(msg.subject, msg.data)
+            event = self._checked(msg)
             if event is not None:
                 out.append((event, self.bus.subjects.source_of(msg.subject)))
             if msg.metadata.num_pending == 0:
@@ -114,15 +123,21 @@ class EventFeed:
                 msg = await self._sub.next_msg(timeout=left)
             except (TimeoutError, nats.errors.TimeoutError):
                 return None
-            event = self._checked(msg.subject, msg.data)
+            event = self._checked(msg)
             if event is not None:
                 return event, self.bus.subjects.source_of(msg.subject)
         return None
 
-    def _checked(self, subject: str, data: bytes) -> Event | None:
+    def _checked(self, msg: Any) -> Event | None:
         """The event, if its body names the run its subject names (an agent may publish any
-        body on its own event subjects; the subject's run is what readers may rely on)."""
-        event = _event(data)
+        body on its own event subjects; the subject's run is what readers may rely on), and it
+        was stored after a feed of new events began, or at or after `since`."""
+        if msg.metadata.sequence.stream < self._first_seq:
+            return None
+        subject = msg.subject
+        event = _event(msg.data)
+        if event is not None and self.since is not None and event.time < self.since:
+            return None
         run = subject.split(".")[len(self.bus.subjects.prefix.split(".")) + 1]
         if event is not None and event.run_id != run:
             log.warning("skipping an event for run %s published under run %s", event.run_id, run)

@@ -156,7 +156,7 @@ async def test_dead_letter_then_replay_keeps_the_run(
         assert replay.returncode == 0, replay.stderr
         outcome = await wait_for_run(feed, failed["run_id"], 30)
     # Then the same run completes and the DLQ is empty
-    assert outcome.status == "completed" and outcome.result == {"ok": True}
+    assert outcome.status == "completed" and outcome.result == {"ok": True}, outcome
     assert relaybus(stack, "dlq", "list", "--json").stdout == ""
 
 
