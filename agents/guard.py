@@ -13,7 +13,6 @@ import msgspec
 
 from relaybus.bus import (
     Bus,
-    ChainInvalid,
     Delivery,
     Envelope,
     PermissionDenied,
@@ -24,6 +23,7 @@ from relaybus.bus import (
 )
 from relaybus.services.identity.chain import ChainView, decode_body
 from relaybus.services.identity.client import IdentityGate, args_digest
+from relaybus.services.identity.errors import ChainInvalid
 from relaybus.services.identity.messages import AuditRecord
 
 from .journal import JournalStore

@@ -23,7 +23,6 @@ from relaybus.agents.errors import DataRefused
 from relaybus.bus import (
     Abandon,
     Bus,
-    ChainInvalid,
     Delivery,
     Envelope,
     ErrorInfo,
@@ -38,6 +37,7 @@ from relaybus.bus import (
 )
 from relaybus.bus.kv import Bucket, RevisionConflict
 from relaybus.services.identity.client import IdentityGate, read_agent_key
+from relaybus.services.identity.errors import ChainInvalid
 from relaybus.services.identity.settings import IdentitySettings
 from relaybus.services.ledger.client import LedgerClient
 from relaybus.services.ledger.errors import BudgetExceeded

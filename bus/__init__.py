@@ -5,7 +5,6 @@ from .consumer import Consumer, Delivery, Handler, backoff_s
 from .envelope import Envelope, Link, decode, encode, new_envelope
 from .errors import (
     Abandon,
-    ChainInvalid,
     ConfigError,
     ConnectionFailed,
     EnvelopeInvalid,
@@ -37,7 +36,6 @@ from .subjects import Subjects
 __all__ = [
     "Abandon",
     "Bus",
-    "ChainInvalid",
     "ConfigError",
     "ConnectionFailed",
     "Consumer",

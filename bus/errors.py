@@ -170,10 +170,6 @@ class PermissionDenied(RelayError):
     """An action was refused by a scope check; the message names the scope."""
 
 
-class ChainInvalid(RelayError):
-    """A delegation chain failed verification; the message names the failing link."""
-
-
 class UpstreamFailed(RelayError):
     """An external API behind a tool kept failing after its retries; counts toward the tool's
     circuit breaker."""

@@ -9,8 +9,9 @@ refused (`ChainInvalid`), a link without the scope too (`PermissionDenied`). Wit
 
 from __future__ import annotations
 
-from relaybus.bus import ChainInvalid, PermissionDenied
+from relaybus.bus import PermissionDenied
 from relaybus.services.identity.client import IdentityGate
+from relaybus.services.identity.errors import ChainInvalid
 from relaybus.services.identity.scopes import check
 
 from .messages import Caller

@@ -18,8 +18,9 @@ import msgspec
 from nacl.exceptions import BadSignatureError
 from nacl.signing import SigningKey, VerifyKey
 
-from relaybus.bus import ChainInvalid, Link
+from relaybus.bus import Link
 
+from .errors import ChainInvalid
 from .scopes import Scope, all_narrow
 
 LINK_DOMAIN = b"relaybus/link/v1\x00"

@@ -12,7 +12,7 @@ from typing import Any
 import msgspec
 from nacl.signing import SigningKey, VerifyKey
 
-from relaybus.bus import Bus, ChainInvalid, ConfigError, Link, PermissionDenied, RelayError, rpc
+from relaybus.bus import Bus, ConfigError, Link, PermissionDenied, RelayError, rpc
 from relaybus.bus.private import write_private
 from relaybus.bus.streams import read_matching
 
@@ -24,6 +24,7 @@ from .chain import (
     payload_digest,
     sign_body,
 )
+from .errors import ChainInvalid
 from .messages import (
     AgentAdd,
     AuditRecord,

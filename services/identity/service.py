@@ -21,7 +21,6 @@ from nacl.signing import SigningKey, VerifyKey
 
 from relaybus.bus import (
     Bus,
-    ChainInvalid,
     ConfigError,
     PermissionDenied,
     RelayError,
@@ -46,6 +45,7 @@ from .chain import (
     stamp_payload,
 )
 from .client import publish_audit
+from .errors import ChainInvalid
 from .messages import (
     AgentAdd,
     AgentRecord,

@@ -15,12 +15,13 @@ from typing import Any
 
 import msgspec
 
-from relaybus.bus import Bus, ChainInvalid, ConfigError, PermissionDenied
+from relaybus.bus import Bus, ConfigError, PermissionDenied
 from relaybus.bus.kv import Bucket
 from relaybus.bus.rpc import answer
 from relaybus.bus.subjects import check_name
 from relaybus.services.identity.chain import LinkBody
 from relaybus.services.identity.client import IdentityGate, publish_audit
+from relaybus.services.identity.errors import ChainInvalid
 from relaybus.services.identity.messages import AuditRecord
 from relaybus.services.identity.settings import IdentitySettings
 

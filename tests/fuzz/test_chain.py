@@ -13,7 +13,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from nacl.signing import SigningKey
 
-from relaybus.bus import ChainInvalid, Link
+from relaybus.bus import Link
 from relaybus.services.identity.chain import (
     CLOCK_SKEW_S,
     DEFAULT_DEPTH,
@@ -25,6 +25,7 @@ from relaybus.services.identity.chain import (
     sign_body,
     stamp_payload,
 )
+from relaybus.services.identity.errors import ChainInvalid
 from relaybus.services.identity.scopes import Scope, all_narrow, parse_scope
 
 from .hostile import DEEP_MSGPACK, HUGE_ARRAY_HEADER, PURE, msgpack_values, mutations

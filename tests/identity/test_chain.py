@@ -8,7 +8,7 @@ import msgspec
 import pytest
 from nacl.signing import SigningKey
 
-from relaybus.bus import ChainInvalid, Link
+from relaybus.bus import Link
 from relaybus.services.identity.chain import (
     DEFAULT_DEPTH,
     ChainVerifier,
@@ -18,6 +18,7 @@ from relaybus.services.identity.chain import (
     sign_body,
     stamp_payload,
 )
+from relaybus.services.identity.errors import ChainInvalid
 from relaybus.services.identity.scopes import parse_scope
 
 SERVICE = SigningKey.generate()

@@ -16,7 +16,6 @@ import pytest
 
 from relaybus.bus import (
     Bus,
-    ChainInvalid,
     Link,
     PermissionDenied,
     Settings,
@@ -29,6 +28,7 @@ from relaybus.memory.messages import AGENT_OPS, OPERATOR_OPS, Caller
 from relaybus.memory.service import MemoryService
 from relaybus.services.identity.chain import decode_body
 from relaybus.services.identity.client import IdentityClient
+from relaybus.services.identity.errors import ChainInvalid
 
 from ..conftest import ROOT, child_env, service_process, wait_service
 
