@@ -10,7 +10,7 @@ import msgspec
 from relaybus.bus import Bus, Envelope, Event, new_id
 from relaybus.services.runs.state import Cancel, RunEnded, RunRecord, StoreSignal
 
-from .messages import Control, SignalBody
+from .messages import CancelRun, Signal
 from .submit import run_store
 
 
@@ -21,7 +21,7 @@ async def cancel_run(bus: Bus, run_id: str, reason: str = "cancelled by user") -
         raise RunEnded(run_id, record.status, "nothing to cancel")
     await bus.publish_core(
         bus.subjects.control(run_id),
-        msgspec.json.encode(Control(action="cancel", run_id=run_id, reason=reason)),
+        msgspec.json.encode(CancelRun(run_id=run_id, reason=reason)),
     )
     event = Event(run_id=run_id, kind="cancelled", detail=reason, error=record.error)
     await bus.publish_event(event, durable=True)
@@ -46,7 +46,7 @@ async def send_signal(
             kind="signal",
             sender=sender,
             recipient=waiter.agent,
-            payload=msgspec.json.encode(SignalBody(name=name, data=msgspec.Raw(body))),
+            payload=msgspec.json.encode(Signal(name=name, data=msgspec.Raw(body))),
             parent_id=waiter.task_id,
             created_at=time.time(),
         )

@@ -27,7 +27,7 @@ from relaybus.services.identity.errors import ChainInvalid
 from relaybus.services.identity.messages import AuditRecord
 
 from .journal import JournalStore
-from .messages import signal_decoder
+from .messages import TimerFired, signal_decoder
 
 if TYPE_CHECKING:
     from .context import Context
@@ -167,7 +167,7 @@ def sender_problem(d: Delivery, me: str) -> str:
         body = signal_decoder.decode(env.payload)
     except (msgspec.DecodeError, RecursionError):
         return ""  # on_signal refuses it as undecodable
-    if body.timer:
+    if isinstance(body, TimerFired):
         return "" if d.source == me else "a timer must come from the agent that set it"
     if d.source:
         return (

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Literal
-
 import msgspec
 
 from relaybus.bus import ErrorInfo
@@ -18,23 +16,41 @@ class ChildResult(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True)
     error: ErrorInfo | None = None
 
 
-class SignalBody(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
-    """The payload of a signal envelope: a named signal with data, or a timer firing."""
+class Signal(msgspec.Struct, frozen=True, kw_only=True, tag="signal"):
+    """A named signal (an approval, a rejection, a budget resume) with its JSON data."""
 
-    name: str = ""
+    name: str
     data: msgspec.Raw = msgspec.Raw(b"null")
-    timer: str = ""
-    due: float = 0.0
 
 
-class Control(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
-    """On `relay.control.<run>`: stop a run, or some of its tasks, everywhere now."""
+class TimerFired(msgspec.Struct, frozen=True, kw_only=True, tag="timer"):
+    """A durable timer, due at `due` (epoch seconds); redelivered until then."""
 
-    action: Literal["cancel", "cancel_tasks"]
+    timer: str
+    due: float
+
+
+#: The payload of a signal envelope, tagged by `type`.
+SignalBody = Signal | TimerFired
+
+
+class CancelRun(msgspec.Struct, frozen=True, kw_only=True, tag="cancel"):
+    """Stop every task of the run now (an operator's `relaybus cancel`)."""
+
     run_id: str
-    tasks: list[str] = []
     reason: str = ""
 
 
-signal_decoder = msgspec.json.Decoder(SignalBody)
-control_decoder = msgspec.json.Decoder(Control)
+class StopTasks(msgspec.Struct, frozen=True, kw_only=True, tag="cancel_tasks"):
+    """Stop these tasks of the run (stragglers of a quorum `gather`), sent by their parent."""
+
+    run_id: str
+    tasks: list[str]
+
+
+#: On `<prefix>.control.<run>[.<agent>]`, tagged by `type`.
+Control = CancelRun | StopTasks
+
+
+signal_decoder: msgspec.json.Decoder[SignalBody] = msgspec.json.Decoder(SignalBody)
+control_decoder: msgspec.json.Decoder[Control] = msgspec.json.Decoder(Control)

@@ -65,7 +65,14 @@ from .interceptors import Interceptor, Metrics, Tracing, run_task
 from .journal import FINAL, Fenced, Journal, JournalDivergence, JournalStore, Outcome, Wait
 from .limits import limit_problem
 from .llm import LLMClient
-from .messages import ChildResult, Control, SignalBody, control_decoder, signal_decoder
+from .messages import (
+    CancelRun,
+    ChildResult,
+    StopTasks,
+    TimerFired,
+    control_decoder,
+    signal_decoder,
+)
 from .outcomes import Outcomes
 
 log = logging.getLogger("relaybus.worker")
@@ -277,23 +284,23 @@ class Worker:
     async def on_signal(self, d: Delivery) -> None:
         env = d.envelope
         body = runtime_payload(env, signal_decoder)
-        if body.timer:
+        if isinstance(body, TimerFired):
+            timer = body.timer
             wait_s = body.due - time.time()
             if wait_s > MAX_TIMER_S:  # JetStream would ignore the delay and redeliver at once
-                raise Reject(f"timer {body.timer} is due in {wait_s:.3g}s, past what it can wait")
+                raise Reject(f"timer {timer} is due in {wait_s:.3g}s, past what it can wait")
             if wait_s > 0:
                 raise Retry("timer not due yet", delay_s=wait_s)
 
             def fire(journal: Journal) -> None:
-                if body.timer not in journal.timers:
-                    journal.timers.append(body.timer)
+                if timer not in journal.timers:
+                    journal.timers.append(timer)
 
             await self._merge_and_resume(env, fire, d)
             return
-        await self.emit_event(env, "signal", detail=body.name)
-        await self._merge_and_resume(
-            env, lambda j: j.signals.setdefault(body.name, bytes(body.data)), d
-        )
+        name, data = body.name, bytes(body.data)
+        await self.emit_event(env, "signal", detail=name)
+        await self._merge_and_resume(env, lambda j: j.signals.setdefault(name, data), d)
 
     async def _merge_and_resume(
         self, env: Envelope, change: Any, d: Delivery, check: Any = None
@@ -535,7 +542,7 @@ class Worker:
     async def start_timer(self, env: Envelope, timer_id: str, due: float) -> None:
         """Arm a durable timer: a message on the agent's own timer subject, redelivered when
         due (its own consumer; it holds none of the task consumer's slots while it waits)."""
-        body = msgspec.json.encode(SignalBody(timer=timer_id, due=due))
+        body = msgspec.json.encode(TimerFired(timer=timer_id, due=due))
         await self.bus.publish(
             Envelope(
                 id=timer_id,
@@ -553,7 +560,7 @@ class Worker:
     async def cancel_tasks(self, env: Envelope, task_ids: list[str]) -> None:
         run_id = env.run_id
         await self.run_writer.change(run_id, CancelTasks(task_ids=task_ids), env.chain)
-        control = Control(action="cancel_tasks", run_id=run_id, tasks=task_ids)
+        control = StopTasks(run_id=run_id, tasks=task_ids)
         subject = self.bus.subjects.control(run_id, self.bus.agent or "")
         await self.bus.publish_core(subject, msgspec.json.encode(control))
 
@@ -571,14 +578,14 @@ class Worker:
         except (msgspec.DecodeError, RecursionError):
             log.warning("ignoring a malformed control message")
             return
-        if control.action == "cancel":
+        if isinstance(control, CancelRun):
             if source:
                 log.warning("ignoring a cancel of run %s sent by agent %s", control.run_id, source)
                 return
             self._cancelled.add(control.run_id)
             for task in list(self._by_run.get(control.run_id, ())):
                 task.cancel()
-        elif control.action == "cancel_tasks":
+        else:
             for task_id in control.tasks:
                 if source and self._parents.get(task_id) != source:
                     continue  # only the agent that started a task may cancel it

@@ -21,7 +21,7 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from relaybus.agents.messages import ChildResult, SignalBody
+from relaybus.agents.messages import ChildResult, Signal, SignalBody, TimerFired
 from relaybus.agents.submit import submit
 from relaybus.bus import Bus, Envelope, Settings, encode, new_envelope, new_id
 from relaybus.bus.events import DeadLetter, Event, dead_letter_decoder, event_decoder
@@ -232,11 +232,11 @@ hostile_bytes = st.one_of(
         )
     )
 )
-@example(signal_env(SignalBody(timer="t1", due=math.inf)))  # regression: nak(delay=inf) raised
-@example(signal_env(SignalBody(timer="t2", due=math.nan)))  # JSON: null, refused
-@example(signal_env(SignalBody(timer="t3", due=1e300)))  # "not due yet", for ever
-@example(signal_env(SignalBody(name="approval"), parent_id=""))
-@example(signal_env(SignalBody(name="x" * 100), parent_id="a.b"))
+@example(signal_env(TimerFired(timer="t1", due=math.inf)))  # regression: nak(delay=inf) raised
+@example(signal_env(TimerFired(timer="t2", due=math.nan)))  # JSON: null, refused
+@example(signal_env(TimerFired(timer="t3", due=1e300)))  # "not due yet", for ever
+@example(signal_env(Signal(name="approval"), parent_id=""))
+@example(signal_env(Signal(name="x" * 100), parent_id="a.b"))
 async def test_hostile_task_messages_end_on_record_and_the_agent_keeps_working(
     bus: Bus, record: Record, running_echo: tuple[subprocess.Popen[bytes], Path], data: bytes
 ) -> None:
@@ -256,7 +256,7 @@ async def test_a_burst_of_hostile_messages_loses_no_good_task(
             lambda: DEEP_MSGPACK,
             lambda: task_env(b"not json"),
             lambda: task_env(DEEP_JSON),
-            lambda: signal_env(SignalBody(timer="t", due=math.inf)),
+            lambda: signal_env(TimerFired(timer="t", due=math.inf)),
         )
     ]
     # Given good tasks already accepted, interleaved with hostile messages

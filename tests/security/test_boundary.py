@@ -10,7 +10,7 @@ import time
 import msgspec
 import pytest
 
-from relaybus.agents.messages import ChildResult, SignalBody
+from relaybus.agents.messages import CancelRun, ChildResult, Signal, StopTasks, TimerFired
 from relaybus.agents.submit import run_store, submit, wait_for_run
 from relaybus.bus import (
     Bus,
@@ -162,7 +162,7 @@ async def test_a_signal_from_an_agent_is_refused_and_an_operators_is_honoured(
                         parent_id=suspended.envelope_id,
                         created_at=time.time(),
                         payload=msgspec.json.encode(
-                            SignalBody(name="approval", data=msgspec.Raw(b'"yes"'))
+                            Signal(name="approval", data=msgspec.Raw(b'"yes"'))
                         ),
                     )
                 )
@@ -186,7 +186,7 @@ async def test_a_flood_of_forged_timers_takes_no_slot_of_the_agent(secure: Secur
     async with Bus(secure.settings) as op, secure.hostile() as bus:
         year = time.time() + 365 * 86400
         for i in range(300):
-            body = SignalBody(timer=f"T{i}", due=year)
+            body = TimerFired(timer=f"T{i}", due=year)
             await bus.publish(
                 Envelope(
                     id=new_id(),
@@ -416,7 +416,6 @@ async def test_the_ledger_and_memory_services_cannot_write_the_control_plane(
 
 
 async def test_an_agent_cannot_cancel_a_run_or_another_agents_tasks(secure: SecureStack) -> None:
-    from relaybus.agents.messages import Control
 
     # Given a running handler (it sleeps 3 s)
     secure.start_agent("runtime_agents:Sleeper")
@@ -429,8 +428,8 @@ async def test_an_agent_cannot_cancel_a_run_or_another_agents_tasks(secure: Secu
             # When mallory cancels the run and its task on its own control subject
             async with secure.hostile() as bus:
                 for control in (
-                    Control(action="cancel", run_id=run.run_id),
-                    Control(action="cancel_tasks", run_id=run.run_id, tasks=[run.run_id]),
+                    CancelRun(run_id=run.run_id),
+                    StopTasks(run_id=run.run_id, tasks=[run.run_id]),
                 ):
                     await bus.publish_core(
                         bus.subjects.control(run.run_id, "mallory"),
