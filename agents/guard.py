@@ -21,6 +21,7 @@ from relaybus.bus import (
     decode,
     metrics,
 )
+from relaybus.bus.codec import decode_or_none, decode_or_refuse
 from relaybus.services.identity.chain import ChainView, decode_body
 from relaybus.services.identity.client import IdentityGate, args_digest
 from relaybus.services.identity.errors import ChainInvalid
@@ -142,12 +143,7 @@ def runtime_payload(env: Envelope, decoder: msgspec.json.Decoder[T]) -> T:
     does not decode is refused for good (dead-lettered at once): a retry cannot change it."""
     if not env.parent_id:
         raise Reject(f"a {env.kind} envelope must name the task waiting for it (parent_id)")
-    try:
-        return decoder.decode(env.payload)
-    except msgspec.DecodeError as exc:
-        raise Reject(f"the {env.kind} payload does not decode: {exc}") from None
-    except RecursionError:  # msgspec recurses even into values it skips
-        raise Reject(f"the {env.kind} payload is nested too deeply") from None
+    return decode_or_refuse(decoder, env.payload, Reject, f"the {env.kind} payload does not decode")
 
 
 def sender_problem(d: Delivery, me: str) -> str:
@@ -163,9 +159,8 @@ def sender_problem(d: Delivery, me: str) -> str:
         return ""
     if env.kind in ("result", "error"):
         return "" if d.source else "a result must come from the agent that ran the child task"
-    try:
-        body = signal_decoder.decode(env.payload)
-    except (msgspec.DecodeError, RecursionError):
+    body = decode_or_none(signal_decoder, env.payload)
+    if body is None:
         return ""  # on_signal refuses it as undecodable
     if isinstance(body, TimerFired):
         return "" if d.source == me else "a timer must come from the agent that set it"

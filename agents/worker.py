@@ -35,6 +35,7 @@ from relaybus.bus import (
     encode,
     metrics,
 )
+from relaybus.bus.codec import decode_or_none
 from relaybus.bus.kv import Bucket, RevisionConflict
 from relaybus.services.identity.client import IdentityGate, read_agent_key
 from relaybus.services.identity.errors import ChainInvalid
@@ -573,9 +574,8 @@ class Worker:
         """A run cancelled by an operator (no sender token), or tasks cancelled by the agent
         that started them (its name is the subject's last token); anything else is ignored."""
         source = self.bus.subjects.source_of(subject)
-        try:
-            control = control_decoder.decode(data)
-        except (msgspec.DecodeError, RecursionError):
+        control = decode_or_none(control_decoder, data)
+        if control is None:
             log.warning("ignoring a malformed control message")
             return
         if isinstance(control, CancelRun):

@@ -16,6 +16,7 @@ import nats.js.errors
 from nats.js import api
 
 from .client import Bus
+from .codec import decode_or_refuse
 from .errors import RelayError
 from .events import DeadLetter, Event, dead_letter_decoder, event_encoder
 from .feed import EventFeed
@@ -330,10 +331,9 @@ async def read_dead_letter_at(bus: Bus, seq: int) -> tuple[DeadLetter, str]:
 
 def _dead_letter(data: bytes) -> DeadLetter:
     """A DLQ record decoded; RelayError ("is not …") for bytes that are not a dead letter."""
-    try:
-        return dead_letter_decoder.decode(data)
-    except (msgspec.DecodeError, RecursionError) as exc:
-        raise RelayError(f"is not a relaybus dead-letter record ({exc})") from None
+    return decode_or_refuse(
+        dead_letter_decoder, data, RelayError, "is not a relaybus dead-letter record"
+    )
 
 
 async def replay_dead_letter(bus: Bus, seq: int) -> dict[str, Any]:

@@ -15,6 +15,7 @@ from typing import Literal
 
 import msgspec
 
+from .codec import decode_or_refuse
 from .errors import EnvelopeInvalid, EnvelopeTooLarge
 from .ids import _TO_CROCKFORD, new_id
 
@@ -107,12 +108,7 @@ def encode(envelope: Envelope, max_bytes: int | None = None) -> bytes:
 def decode(data: bytes, max_bytes: int | None = None) -> Envelope:
     if max_bytes is not None and len(data) > max_bytes:
         raise EnvelopeTooLarge(f"message is {len(data)} bytes, over the {max_bytes}-byte limit")
-    try:
-        env = _decoder.decode(data)
-    except msgspec.DecodeError as exc:
-        raise EnvelopeInvalid(f"not a relaybus envelope: {exc}") from None
-    except RecursionError:  # msgspec recurses even into fields it skips
-        raise EnvelopeInvalid("not a relaybus envelope: values nested too deeply") from None
+    env = decode_or_refuse(_decoder, data, EnvelopeInvalid, "not a relaybus envelope")
     for name in ("id", "run_id", "recipient", "parent_id", "reply_to"):
         value = getattr(env, name)
         if not _TOKEN_RE.match(value) and (value or name in _REQUIRED):

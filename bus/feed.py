@@ -9,11 +9,11 @@ from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any
 
-import msgspec
 import nats.errors
 from nats.js import api
 
 from .client import Bus
+from .codec import decode_or_none
 from .events import Event, event_decoder
 
 log = logging.getLogger("relaybus.feed")
@@ -22,11 +22,10 @@ log = logging.getLogger("relaybus.feed")
 def _event(data: bytes) -> Event | None:
     """The event in a record, or None (logged) for one that is not: anyone allowed to publish
     on the events stream can store any bytes, and no reader may stop over them."""
-    try:
-        return event_decoder.decode(data)
-    except (msgspec.DecodeError, RecursionError) as exc:
-        log.warning("skipping a record on the events stream that is not an event: %s", exc)
-        return None
+    event = decode_or_none(event_decoder, data)
+    if event is None:
+        log.warning("skipping a record on the events stream that is not an event")
+    return event
 
 
 class EventFeed:

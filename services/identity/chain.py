@@ -19,6 +19,7 @@ from nacl.exceptions import BadSignatureError
 from nacl.signing import SigningKey, VerifyKey
 
 from relaybus.bus import Link
+from relaybus.bus.codec import decode_or_refuse
 
 from .errors import ChainInvalid
 from .scopes import Scope, all_narrow
@@ -51,7 +52,7 @@ class LinkBody(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
 
 
 _encode = msgspec.msgpack.Encoder().encode
-_decode_body = msgspec.msgpack.Decoder(LinkBody).decode
+_body_decoder = msgspec.msgpack.Decoder(LinkBody)
 
 
 def payload_digest(payload: bytes) -> bytes:
@@ -82,12 +83,7 @@ def stamp_payload(payload: bytes, service_key: SigningKey) -> bytes:
 
 
 def decode_body(payload: bytes) -> LinkBody:
-    try:
-        return _decode_body(payload)
-    except msgspec.DecodeError as exc:
-        raise ChainInvalid(f"a link body does not decode: {exc}") from None
-    except RecursionError:  # msgspec recurses even into fields it skips
-        raise ChainInvalid("a link body does not decode: values nested too deeply") from None
+    return decode_or_refuse(_body_decoder, payload, ChainInvalid, "a link body does not decode")
 
 
 def child_body(
