@@ -14,6 +14,8 @@ from relaybus import Agent, Client, Context, Interceptor, RelayError, RunFailed,
 from relaybus.client import RunIdTaken, RunTimedOut
 from relaybus.testing import AgentEnvironment
 
+from .conftest import wait_for
+
 
 class Echo(Agent):
     name = "echo"
@@ -171,6 +173,8 @@ async def test_an_interceptor_wraps_each_handler_run_and_tool_call_and_can_refus
     async with AgentEnvironment([Calculator]) as env:
         run = await env.client.submit("calculator", {"a": 2, "b": 3})
         assert await run.result(timeout_s=20) == 6
+        # the run's end is published from inside the handler run, before the wrapper returns
+        await wait_for(lambda: len(AUDITED.seen) == 4, 10, "the interceptor to see the end")
         assert AUDITED.seen == [
             "task calculator attempt 1",
             "tool add 2+1",
