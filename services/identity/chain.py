@@ -82,6 +82,12 @@ def stamp_payload(payload: bytes, service_key: SigningKey) -> bytes:
     return service_key.sign(STAMP_DOMAIN + payload).signature
 
 
+def _shown(name: str) -> str:
+    """A name from a link body, fit for a one-line message: as it is when printable, else
+    quoted with escapes (a forged body can carry newlines or terminal control codes)."""
+    return name if name.isprintable() and name.strip() == name else repr(name)
+
+
 def decode_body(payload: bytes) -> LinkBody:
     return decode_or_refuse(_body_decoder, payload, ChainInvalid, "a link body does not decode")
 
@@ -172,12 +178,12 @@ class ChainVerifier:
         for index, link in enumerate(chain):
             body = decode_body(link.payload)
             lid = link_id(link.payload)
-            where = f"link {index} ({body.issuer} → {body.subject})"
+            where = f"link {index} ({_shown(body.issuer)} → {_shown(body.subject)})"
             if index == 0 and (not body.issuer.startswith("user:") or body.prev):
                 raise ChainInvalid(f"{where}: the first link must be a root issued to a user's run")
             self._check_signatures(link, body, lid, index, where)
             if body.run_id != run_id:
-                raise ChainInvalid(f"{where} belongs to run {body.run_id}, not {run_id}")
+                raise ChainInvalid(f"{where} belongs to run {_shown(body.run_id)}, not {run_id}")
             if not body.nbf - CLOCK_SKEW_S <= now <= body.exp + CLOCK_SKEW_S:
                 state = "not valid yet" if now < body.nbf else "expired"
                 raise ChainInvalid(f"{where} is {state}")
@@ -188,7 +194,7 @@ class ChainVerifier:
                 f"user:{body.principal}",
             ):
                 if self.is_revoked(key):
-                    raise ChainInvalid(f"{where}: {key} is revoked")
+                    raise ChainInvalid(f"{where}: {_shown(key)} is revoked")
             if index > 0:
                 self._check_delegation(bodies[-1], chain[index - 1].payload, body, where)
             bodies.append(body)
@@ -224,7 +230,7 @@ class ChainVerifier:
             agent = body.issuer.removeprefix("agent:")
             found = self.agent_key(agent) if body.issuer.startswith("agent:") else None
             if found is None:
-                raise ChainInvalid(f"{where}: {body.issuer} is not a registered agent")
+                raise ChainInvalid(f"{where}: {_shown(body.issuer)} is not a registered agent")
             signer = found
         try:
             signer.verify(LINK_DOMAIN + link.payload, link.signature)
@@ -242,11 +248,12 @@ class ChainVerifier:
             )
         if body.issuer != f"agent:{parent.subject}":
             raise ChainInvalid(
-                f"{where}: {body.issuer} delegates authority held by {parent.subject}"
+                f"{where}: {_shown(body.issuer)} delegates authority held by {_shown(parent.subject)}"
             )
         if body.principal != parent.principal:
             raise ChainInvalid(
-                f"{where} switches the principal from {parent.principal} to {body.principal}"
+                f"{where} switches the principal from {_shown(parent.principal)} to "
+                f"{_shown(body.principal)}"
             )
         if body.line and not parent.line:
             raise ChainInvalid(f"{where} claims the run's line, which its parent does not hold")

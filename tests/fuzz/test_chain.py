@@ -245,3 +245,12 @@ def test_a_hostile_last_link_is_accepted_only_if_it_keeps_every_rule(
     accepted = assert_sound(chain, recipient=body.subject or "writer")
     if not override:
         assert accepted, "the untouched delegation must verify"
+
+
+def test_names_from_a_forged_link_are_shown_on_one_line() -> None:
+    body = decode_body(CHAIN[0].payload)
+    forged = msgspec.structs.replace(body, subject="\nrchestrator", issuer="user:al\x1bice")
+    payload = msgspec.msgpack.encode(forged)
+    link = Link(payload=payload, signature=CHAIN[0].signature, stamp=CHAIN[0].stamp)
+    message = refused([link, *CHAIN[1:]])
+    assert "'\\nrchestrator'" in message and "\\x1b" in message
