@@ -22,7 +22,7 @@ from . import metrics, tracing
 from .client import Bus
 from .errors import Abandon, EnvelopeInvalid, ErrorInfo, Refused, Reject, RelayError, Retry
 from .events import DeadLetter, Event, event_encoder
-from .streams import ConsumerSpec, agent_consumer, ensure_consumer
+from .streams import ConsumerSpec, agent_consumer, ensure_consumer_ready
 from .subjects import check_name
 
 log = logging.getLogger("relaybus.consumer")
@@ -89,7 +89,7 @@ class Consumer:
         self.processed = 0
 
     async def run(self, stop: asyncio.Event) -> None:
-        await ensure_consumer(self.bus, self.spec)
+        await ensure_consumer_ready(self.bus, self.spec)
         psub = await self.bus.js.pull_subscribe_bind(self.spec.durable, stream=self.spec.stream)
         tasks: set[asyncio.Task[None]] = set()
         beat = asyncio.create_task(self._heartbeats(stop))

@@ -290,6 +290,23 @@ async def ensure(bus: Bus, topology: Topology, ready_within_s: float = 60.0) -> 
     raise ProvisioningConflict("unreachable")  # pragma: no cover
 
 
+async def ensure_consumer_ready(bus: Bus, spec: ConsumerSpec, ready_within_s: float = 60.0) -> None:
+    """`ensure_consumer`, waiting (bounded) while JetStream does not answer: an agent that
+    starts while a cluster node is down or electing waits for it instead of exiting."""
+    retrying = AsyncRetrying(
+        retry=retry_if_exception_type(_NOT_READY),
+        wait=wait_exponential(multiplier=0.1, max=2.0),
+        stop=stop_after_delay(ready_within_s),
+        before_sleep=lambda rs: log.warning(
+            "JetStream not ready yet (%r); retrying", rs.outcome and rs.outcome.exception()
+        ),
+        reraise=True,
+    )
+    async for attempt in retrying:
+        with attempt:
+            await ensure_consumer(bus, spec)
+
+
 async def _ensure_once(bus: Bus, topology: Topology) -> list[str]:
     created: list[str] = []
     for stream in topology.streams:
