@@ -167,8 +167,8 @@ async def ensure_agent_consumers(bus: Bus, agent: str) -> None:
     service does it when the agent is registered: an agent that could send a consumer
     configuration could give itself another agent's subjects or a delivery subject anywhere."""
     ack_wait_s = bus.settings.ack_wait_s
-    await ensure_consumer(bus, agent_consumer(bus.subjects, agent, ack_wait_s))
-    await ensure_consumer(bus, timer_consumer(bus.subjects, agent, ack_wait_s))
+    await ensure_consumer_ready(bus, agent_consumer(bus.subjects, agent, ack_wait_s))
+    await ensure_consumer_ready(bus, timer_consumer(bus.subjects, agent, ack_wait_s))
 
 
 def _diff(kind: str, name: str, want: dict[str, object], have: dict[str, object]) -> None:
