@@ -270,12 +270,10 @@ async def ensure_bucket(bus: Bus, spec: BucketSpec) -> bool:
     return False
 
 
-async def ensure(bus: Bus, topology: Topology, ready_within_s: float = 60.0) -> list[str]:
-    """Provision everything in `topology`; returns the names that were created.
-
-    Waits (bounded by `ready_within_s`) for JetStream to answer: a cluster that just started
-    needs a few seconds to elect its meta leader, and services start beside it."""
-    retrying = AsyncRetrying(
+def _until_ready(ready_within_s: float) -> AsyncRetrying:
+    """Retry while JetStream does not answer (a cluster electing its leaders, a node down),
+    for at most `ready_within_s`."""
+    return AsyncRetrying(
         retry=retry_if_exception_type(_NOT_READY),
         wait=wait_exponential(multiplier=0.1, max=2.0),
         stop=stop_after_delay(ready_within_s),
@@ -284,7 +282,14 @@ async def ensure(bus: Bus, topology: Topology, ready_within_s: float = 60.0) -> 
         ),
         reraise=True,
     )
-    async for attempt in retrying:
+
+
+async def ensure(bus: Bus, topology: Topology, ready_within_s: float = 60.0) -> list[str]:
+    """Provision everything in `topology`; returns the names that were created.
+
+    Waits (bounded by `ready_within_s`) for JetStream to answer: a cluster that just started
+    needs a few seconds to elect its meta leader, and services start beside it."""
+    async for attempt in _until_ready(ready_within_s):
         with attempt:
             return await _ensure_once(bus, topology)
     raise ProvisioningConflict("unreachable")  # pragma: no cover
@@ -293,16 +298,7 @@ async def ensure(bus: Bus, topology: Topology, ready_within_s: float = 60.0) -> 
 async def ensure_consumer_ready(bus: Bus, spec: ConsumerSpec, ready_within_s: float = 60.0) -> None:
     """`ensure_consumer`, waiting (bounded) while JetStream does not answer: an agent that
     starts while a cluster node is down or electing waits for it instead of exiting."""
-    retrying = AsyncRetrying(
-        retry=retry_if_exception_type(_NOT_READY),
-        wait=wait_exponential(multiplier=0.1, max=2.0),
-        stop=stop_after_delay(ready_within_s),
-        before_sleep=lambda rs: log.warning(
-            "JetStream not ready yet (%r); retrying", rs.outcome and rs.outcome.exception()
-        ),
-        reraise=True,
-    )
-    async for attempt in retrying:
+    async for attempt in _until_ready(ready_within_s):
         with attempt:
             await ensure_consumer(bus, spec)
 
