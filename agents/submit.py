@@ -20,8 +20,7 @@ from relaybus.bus.streams import agent_consumer, consumer_exists
 from relaybus.bus.subjects import check_name
 from relaybus.services.identity.client import IdentityClient
 from relaybus.services.identity.settings import IdentitySettings
-from relaybus.services.ledger.client import LedgerClient
-from relaybus.services.ledger.model import Budget
+from relaybus.services.ledger.client import Budget, LedgerClient
 from relaybus.services.runs.state import ENDED, RunRecord
 from relaybus.services.runs.store import RunStore
 

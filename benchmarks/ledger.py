@@ -29,7 +29,7 @@ from relaybus.bus import (
     ensure,
 )
 from relaybus.services.ledger.client import LedgerClient
-from relaybus.services.ledger.model import Budget
+from relaybus.services.ledger.ops import Budget
 
 HERE = Path(__file__).resolve().parent
 

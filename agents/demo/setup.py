@@ -16,8 +16,7 @@ from relaybus.services.identity.client import (
     write_agent_key,
 )
 from relaybus.services.identity.natsconfig import read_nkey, write_nkey
-from relaybus.services.ledger.client import LedgerClient
-from relaybus.services.ledger.model import Budget
+from relaybus.services.ledger.client import Budget, LedgerClient
 
 DEMO_USER = "dana"
 TEAM_DOMAIN = "team.example"

@@ -15,11 +15,11 @@ from opentelemetry.trace import SpanKind
 from relaybus.bus import Bus, rpc, tracing
 
 from .messages import AGENT_OPS, OPERATOR_OPS, OPERATOR_QUERIES
-from .model import Budget, Op, RateLimit
+from .ops import Budget, Cap, Capture, Hold, Op, RateLimit, Refund, SetBudget, SetRateLimit, Void
 
-__all__ = ["AGENT_OPS", "OPERATOR_OPS", "OPERATOR_QUERIES", "LedgerClient"]
+__all__ = ["AGENT_OPS", "OPERATOR_OPS", "OPERATOR_QUERIES", "Budget", "LedgerClient", "RateLimit"]
 
-TRACED = ("hold", "capture", "void", "refund")
+TRACED = (Hold, Capture, Void, Refund)
 
 
 class LedgerClient:
@@ -30,7 +30,7 @@ class LedgerClient:
         return self.bus.subjects.service("ledger", op)
 
     async def send(self, op: Op) -> dict[str, Any]:
-        if op.kind not in TRACED:
+        if not isinstance(op, TRACED):
             return dict(await rpc.call(self.bus, self._subject(op.kind), op))
         with tracing.TRACER.start_as_current_span(
             f"ledger {op.kind}",
@@ -38,8 +38,8 @@ class LedgerClient:
             attributes={
                 "relaybus.run_id": op.tags.get("run", ""),
                 "relaybus.ledger.operation": op.kind,
-                "relaybus.ledger.transfer": op.transfer or op.id,
-                "relaybus.ledger.amount": op.amount,
+                "relaybus.ledger.transfer": op.id if isinstance(op, Hold) else op.transfer,
+                "relaybus.ledger.amount": 0 if isinstance(op, Void) else op.amount,
             },
         ):
             return dict(await rpc.call(self.bus, self._subject(op.kind), op))
@@ -51,9 +51,7 @@ class LedgerClient:
         self, op_id: str, key: str, rpm: int = 0, tpm: int = 0
     ) -> dict[str, Any]:
         """Operator only. Requests / tokens per minute for an (agent, resource) key like `agent:a/tool:search`."""
-        return await self.send(
-            Op(kind="limit", id=op_id, limit=RateLimit(key=key, rpm=rpm, tpm=tpm))
-        )
+        return await self.send(SetRateLimit(id=op_id, limit=RateLimit(key=key, rpm=rpm, tpm=tpm)))
 
     async def hold(
         self,
@@ -72,8 +70,7 @@ class LedgerClient:
         """Reserve `amount` micro-units (and `tokens`, e.g. an LLM call's prompt estimate plus
         its max_tokens) at every level in `levels`, or fail as a whole (BudgetExceeded)."""
         return await self.send(
-            Op(
-                kind="hold",
+            Hold(
                 rate=rate,
                 tokens=tokens,
                 id=op_id,
@@ -98,8 +95,7 @@ class LedgerClient:
         tags: dict[str, str] | None = None,
     ) -> dict[str, Any]:
         return await self.send(
-            Op(
-                kind="capture",
+            Capture(
                 id=op_id,
                 transfer=hold_id,
                 amount=amount,
@@ -112,12 +108,12 @@ class LedgerClient:
     async def void(
         self, op_id: str, hold_id: str, tags: dict[str, str] | None = None
     ) -> dict[str, Any]:
-        return await self.send(Op(kind="void", id=op_id, transfer=hold_id, tags=tags or {}))
+        return await self.send(Void(id=op_id, transfer=hold_id, tags=tags or {}))
 
     async def cap(self, op_id: str, level: str, limit: int) -> dict[str, Any]:
         """Narrow a run's payment level (`payrun:…`) to at most `limit` micro-units. A cap only
         narrows: one above the cap in force changes nothing. Returns {level, limit, narrowed}."""
-        return await self.send(Op(kind="cap", id=op_id, level=level, amount=limit))
+        return await self.send(Cap(id=op_id, level=level, amount=limit))
 
     async def run_cost(self, run_id: str) -> dict[str, Any]:
         """A run's cost, steps and tokens, and its payments: {spent, held, …, payments}."""
@@ -125,8 +121,8 @@ class LedgerClient:
 
     async def refund(self, op_id: str, transfer: str, amount: int) -> dict[str, Any]:
         """Operator only (and the payment webhook receiver): refunds restore budgets."""
-        return await self.send(Op(kind="refund", id=op_id, transfer=transfer, amount=amount))
+        return await self.send(Refund(id=op_id, transfer=transfer, amount=amount))
 
     async def set_budget(self, op_id: str, budget: Budget) -> dict[str, Any]:
         """Operator only: set (or raise) a budget level's limits."""
-        return await self.send(Op(kind="budget", id=op_id, budget=budget))
+        return await self.send(SetBudget(id=op_id, budget=budget))

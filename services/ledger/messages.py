@@ -4,8 +4,9 @@ Every operation has its own subject token. `AGENT_OPS` are the ones an agent pro
 everything else (`OPERATOR_OPS`, `OPERATOR_QUERIES`) is for operators and services only.
 services/identity/natsconfig.py builds each agent's NATS publish permissions from `AGENT_OPS`,
 so an agent's connection cannot even reach an operator operation's subject. The service checks
-the request's shape as well (`check_request`), so a request on an agent subject can never do
-what belongs to an operator — for example, set a budget by carrying a `budget` field.
+the request's shape as well (`decode_request`: each subject decodes only its own operation's
+Struct, refusing unknown fields), so a request on an agent subject can never do what belongs to
+an operator — for example, set a budget by carrying a `budget` field.
 
 No request carries a time: the ledger keeps its own clock (tests inject one into
 `LedgerWriter(clock=…)`, never over the wire). A request with an `at` field is refused.
@@ -13,12 +14,15 @@ No request carries a time: the ledger keeps its own clock (tests inject one into
 
 from __future__ import annotations
 
+from typing import Any
+
 import msgspec
 
 from relaybus.bus import PermissionDenied
 from relaybus.services.ledger.errors import LedgerError
 
-from .model import PAYMENT_LEVEL, Op
+from .model import PAYMENT_LEVEL
+from .ops import OP_TYPES, Op
 
 __all__ = [
     "AGENT_OPS",
@@ -26,7 +30,6 @@ __all__ = [
     "OPERATOR_QUERIES",
     "PAYMENT_LEVEL",
     "WRITES",
-    "check_request",
     "decode_request",
 ]
 
@@ -47,83 +50,76 @@ OPERATOR_QUERIES: tuple[str, ...] = ("balance", "holds", "levels", "statement", 
 
 WRITES: tuple[str, ...] = ("hold", "capture", "void", "cap", *OPERATOR_OPS)
 
-# The fields each operation may carry besides `kind` and `id`; any other field set to anything
-# but its default is refused (a hold that carries a `budget` does not quietly set one).
-FIELDS: dict[str, frozenset[str]] = {
-    "hold": frozenset(
-        {"payer", "payee", "amount", "currency", "levels", "ttl_s", "tokens", "tags", "rate"}
-    ),
-    "capture": frozenset({"transfer", "amount", "currency", "tokens", "tags"}),
-    "void": frozenset({"transfer", "tags"}),
-    "cap": frozenset({"level", "amount"}),
-    "refund": frozenset({"transfer", "amount", "tags"}),
-    "budget": frozenset({"budget"}),
-    "limit": frozenset({"limit"}),
-    "transfer": frozenset({"payer", "payee", "amount", "currency", "tags"}),
-    "tick": frozenset(),
-}
 _OPERATOR_FIELDS = {"budget": "budget", "limit": "limit"}  # field → the operator op that owns it
 _CLOCK_FIELDS = ("at", "clock", "now", "time")
-_DEFAULTS = {
-    f.name: f.default_factory() if f.default is msgspec.NODEFAULT else f.default
-    for f in msgspec.structs.fields(Op)
-    if f.name not in ("kind", "id")
+
+
+def _strict(op_type: type) -> type:
+    """`op_type` refusing unknown fields: the wire is strict, the journal reads what it wrote."""
+    return type(op_type.__name__, (op_type,), {}, forbid_unknown_fields=True)
+
+
+_DECODERS: dict[str, msgspec.json.Decoder[Any]] = {
+    kind: msgspec.json.Decoder(_strict(t)) for kind, t in OP_TYPES.items()
 }
-
-
-class WireOp(Op, forbid_unknown_fields=True):
-    """An operation as it arrives over the wire: the journal's `Op`, refusing unknown fields."""
-
-
-_decode = msgspec.json.Decoder(WireOp).decode
+_probe = msgspec.json.Decoder(dict[str, Any]).decode
 
 
 def decode_request(subject_op: str, data: bytes) -> Op:
-    """The request on `<prefix>.svc.ledger.<subject_op>`, checked; raises a refusal naming the
-    problem (LedgerError for a malformed request, PermissionDenied for an operator's operation
-    or field sent where an agent may send)."""
+    """The request on `<prefix>.svc.ledger.<subject_op>`: that operation's fields as JSON
+    (`kind` may be left out; if present it must name the subject's operation). Raises a refusal
+    naming the problem: LedgerError for a malformed request, PermissionDenied for an operator's
+    operation or field sent where an agent may send."""
+    decoder = _DECODERS.get(subject_op)
+    if decoder is None:
+        raise LedgerError(
+            f"unknown ledger operation {subject_op!r}; the operations are {', '.join(WRITES)}"
+        )
     try:
-        op = _decode(data)
+        op: Op = decoder.decode(data)
     except msgspec.ValidationError as exc:
-        text = str(exc)
-        for name in _CLOCK_FIELDS:
-            if f"unknown field `{name}`" in text:
-                raise LedgerError(
-                    f"a ledger request may not carry a time (`{name}`): the ledger keeps its own "
-                    "clock and no client sets it; remove the field"
-                ) from None
-        raise LedgerError(f"bad ledger request: {text}") from None
+        _explain(subject_op, data)
+        raise LedgerError(f"bad {subject_op} request: {exc}") from None
     except msgspec.DecodeError as exc:
         raise LedgerError(f"bad ledger request: {exc}") from None
-    check_request(subject_op, op)
     return op
 
 
-def check_request(subject_op: str, op: Op) -> None:
-    """Refuse an operation sent to another operation's subject, or carrying fields that are not
-    its own (an operator's field on an agent's operation is a PermissionDenied)."""
-    if op.kind != subject_op:
-        if op.kind in OPERATOR_OPS and subject_op in AGENT_OPS:
+def _explain(subject_op: str, data: bytes) -> None:
+    """Raise the refusal that says why a body that is JSON but not a `subject_op` was sent:
+    another operation's kind, an operator's field, or a time. Returns when none applies."""
+    try:
+        body = _probe(data)
+    except msgspec.MsgspecError:
+        return
+    kind = body.get("kind")
+    if isinstance(kind, str) and kind != subject_op:
+        if kind in OPERATOR_OPS and subject_op in AGENT_OPS:
             raise PermissionDenied(
-                f"`{op.kind}` is an operator operation and cannot arrive on the agent subject "
-                f"`ledger.{subject_op}`; an operator sends it to `ledger.{op.kind}`"
+                f"`{kind}` is an operator operation and cannot arrive on the agent subject "
+                f"`ledger.{subject_op}`; an operator sends it to `ledger.{kind}`"
             )
         raise LedgerError(
-            f"operation kind {op.kind!r} sent to {subject_op!r}; send each operation to its own "
+            f"operation kind {kind!r} sent to {subject_op!r}; send each operation to its own "
             "subject"
         )
-    allowed = FIELDS[op.kind]
-    for name, default in _DEFAULTS.items():
-        if name in allowed or getattr(op, name) == default:
+    fields = {f.name for f in msgspec.structs.fields(OP_TYPES[subject_op])}
+    for name in body:
+        if name in fields or name in ("kind", "id"):
             continue
+        if name in _CLOCK_FIELDS:
+            raise LedgerError(
+                f"a ledger request may not carry a time (`{name}`): the ledger keeps its own "
+                "clock and no client sets it; remove the field"
+            )
         owner = _OPERATOR_FIELDS.get(name)
-        if owner is not None:
+        if owner is not None and owner != subject_op:
             raise PermissionDenied(
-                f"a {op.kind} request may not carry `{name}`: only an operator sets it, on "
+                f"a {subject_op} request may not carry `{name}`: only an operator sets it, on "
                 f"`ledger.{owner}` (`relaybus ledger {'budget' if owner == 'budget' else 'rate'}"
                 " …`)"
             )
         raise LedgerError(
-            f"a {op.kind} request may not carry `{name}`; its fields are "
-            f"{', '.join(sorted(allowed)) or 'only kind and id'}"
+            f"a {subject_op} request may not carry `{name}`; its fields are "
+            f"{', '.join(sorted(fields)) or 'only kind and id'}"
         )

@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Literal
 from zoneinfo import ZoneInfo
 
 import msgspec
@@ -25,47 +24,26 @@ import msgspec
 from relaybus.bus.errors import PermissionDenied
 from relaybus.services.ledger.errors import BudgetExceeded, LedgerError, RateLimited
 
-__all__ = ["Budget", "Entry", "LedgerError", "Op", "State", "apply", "decide"]
+from .ops import (
+    Budget,
+    Cap,
+    Capture,
+    Hold,
+    Op,
+    RateLimit,
+    Refund,
+    SetBudget,
+    SetRateLimit,
+    Tick,
+    Transfer,
+    Void,
+)
+
+__all__ = ["Budget", "Entry", "LedgerError", "Op", "RateLimit", "State", "apply", "decide"]
 
 MAX_AMOUNT = 2**53  # beyond this JSON numbers stop being exact
 MAX_TTL_S = 31 * 24 * 3600.0  # a hold lives at most a month (a card authorization: 7 days)
 PAYMENT_LEVEL = "payrun:"  # the budget levels `cap` may narrow
-
-
-class Budget(msgspec.Struct, kw_only=True, omit_defaults=True):
-    level: str  # user:alice | run:RUN | agent:NAME
-    limit: int = 0  # max cost in micro-units (0: unlimited)
-    period: Literal["", "daily", "monthly"] = ""
-    max_steps: int = 0
-    max_tokens: int = 0
-
-
-class RateLimit(msgspec.Struct, kw_only=True, omit_defaults=True):
-    """Requests and tokens per minute for one (agent, resource) key, e.g. `agent:research/tool:search`."""
-
-    key: str
-    rpm: int = 0
-    tpm: int = 0
-
-
-class Op(msgspec.Struct, kw_only=True, omit_defaults=True):
-    """An operation as requested (JSON over `relay.svc.ledger.<kind>`)."""
-
-    kind: Literal["hold", "capture", "void", "cap", "refund", "budget", "transfer", "tick", "limit"]
-    id: str
-    amount: int = 0  # micro-units; for `cap`, the limit
-    currency: str = "USD"
-    payer: str = ""
-    payee: str = ""
-    transfer: str = ""  # the hold a capture/void/refund refers to
-    levels: list[str] = []  # budget levels the hold counts against
-    ttl_s: float = 300.0
-    tokens: int = 0  # a hold reserves them, a capture records what was used
-    tags: dict[str, str] = {}  # cost allocation: run, agent, tool, model
-    budget: Budget | None = None
-    rate: str = ""  # the (agent, resource) key a hold counts against for rate limits
-    limit: RateLimit | None = None
-    level: str = ""  # the payment level a `cap` narrows
 
 
 class Entry(msgspec.Struct, kw_only=True, omit_defaults=True):
@@ -78,7 +56,9 @@ class Entry(msgspec.Struct, kw_only=True, omit_defaults=True):
 
 
 @dataclass
-class Hold:
+class HeldTransfer:
+    """A hold as the ledger keeps it, from placed to captured, voided or expired."""
+
     id: str
     payer: str
     payee: str
@@ -109,8 +89,8 @@ class State:
     clock: float = 0.0
     balances: dict[str, int] = field(default_factory=dict)
     currencies: dict[str, str] = field(default_factory=dict)
-    holds: dict[str, Hold] = field(default_factory=dict)
-    open_holds: dict[str, Hold] = field(default_factory=dict)  # only those still held
+    holds: dict[str, HeldTransfer] = field(default_factory=dict)
+    open_holds: dict[str, HeldTransfer] = field(default_factory=dict)  # only those still held
     budgets: dict[str, Budget] = field(default_factory=dict)
     levels: dict[str, Level] = field(default_factory=dict)
     results: dict[str, tuple[str, dict[str, object]]] = field(
@@ -132,10 +112,11 @@ class State:
 
 
 def digest(op: Op) -> str:
-    """The op's body fingerprint for idempotency: every field, keys sorted. Not the wire
-    encoding: `omit_defaults` drops a default string only when it is the very same object, so
-    the same op decoded from a journal and built in code would encode differently."""
-    return hashlib.sha256(msgspec.json.encode(_canonical(op), order="sorted")).hexdigest()
+    """The op's body fingerprint for idempotency: its kind and every field, keys sorted. Not the
+    wire encoding: `omit_defaults` drops a default string only when it is the very same object,
+    so the same op decoded from a journal and built in code would encode differently."""
+    body = {"kind": op.kind, **_canonical(op)}  # type: ignore[dict-item]
+    return hashlib.sha256(msgspec.json.encode(body, order="sorted")).hexdigest()
 
 
 def _canonical(value: object) -> object:
@@ -148,18 +129,18 @@ def _canonical(value: object) -> object:
     return value
 
 
-def _amount(op: Op, allow_zero: bool = False) -> None:
-    if isinstance(op.amount, bool) or not isinstance(op.amount, int):
-        raise LedgerError(f"amount must be integer micro-units, got {op.amount!r}")
-    if op.amount < 0 or (op.amount == 0 and not allow_zero):
-        raise LedgerError(f"amount must be positive, got {op.amount}")
-    if op.amount >= MAX_AMOUNT:
-        raise LedgerError(f"amount {op.amount} overflows the ledger's range (< 2**53 micro-units)")
+def _amount(amount: int, allow_zero: bool = False) -> None:
+    if isinstance(amount, bool) or not isinstance(amount, int):
+        raise LedgerError(f"amount must be integer micro-units, got {amount!r}")
+    if amount < 0 or (amount == 0 and not allow_zero):
+        raise LedgerError(f"amount must be positive, got {amount}")
+    if amount >= MAX_AMOUNT:
+        raise LedgerError(f"amount {amount} overflows the ledger's range (< 2**53 micro-units)")
 
 
-def _tokens(op: Op) -> None:
-    if isinstance(op.tokens, bool) or not 0 <= op.tokens < MAX_AMOUNT:
-        raise LedgerError(f"tokens must be a non-negative integer, got {op.tokens!r}")
+def _tokens(tokens: int) -> None:
+    if isinstance(tokens, bool) or not 0 <= tokens < MAX_AMOUNT:
+        raise LedgerError(f"tokens must be a non-negative integer, got {tokens!r}")
 
 
 def decide(state: State, op: Op, now: float) -> Entry | dict[str, object]:
@@ -170,9 +151,10 @@ def decide(state: State, op: Op, now: float) -> Entry | dict[str, object]:
     if op.id in state.results:
         first, result = state.results[op.id]
         if first != body:
+            refers = getattr(op, "transfer", "")
             raise LedgerError(
                 f"operation id {op.id} ({op.kind}"
-                + (f" of {op.transfer}" if op.transfer else "")
+                + (f" of {refers}" if refers else "")
                 + ") was already used with a different body; "
                 "an idempotent retry must send exactly the same operation"
             )
@@ -185,53 +167,23 @@ def decide(state: State, op: Op, now: float) -> Entry | dict[str, object]:
 
 
 def _validate(state: State, op: Op, at: float, expired: list[str]) -> None:
-    match op.kind:
-        case "hold":
-            _tokens(op)
-            _amount(op, allow_zero=op.tokens > 0)  # an unpriced LLM call reserves tokens only
-            if not 0 < op.ttl_s <= MAX_TTL_S:  # NaN too: a hold that never expires
-                raise LedgerError(f"ttl_s must be in (0, {MAX_TTL_S:.0f}] seconds, got {op.ttl_s}")
-            if not op.payer or not op.payee:
-                raise LedgerError("a hold needs a payer and a payee account")
-            for account in (op.payer, op.payee):
-                have = state.currencies.get(account)
-                if have is not None and have != op.currency:
-                    raise LedgerError(f"account {account} is in {have}, not {op.currency}")
-            for level in op.levels:
-                budget = state.budgets.get(level)
-                if budget is None:
-                    continue
-                key = state.period_key(level, at)
-                used = state.levels.get(key, Level())
-                lapsed = [
-                    h for h in state.open_holds.values() if h.id in expired and key in h.levels
-                ]
-                held = used.held - sum(h.amount for h in lapsed)
-                if budget.limit and used.spent + held + op.amount > budget.limit:
-                    left = budget.limit - used.spent - held
-                    raise BudgetExceeded(
-                        f"budget {key} would go over: {op.amount} asked, {max(left, 0)} of {budget.limit} left"
-                    )
-                if budget.max_steps and used.steps + 1 > budget.max_steps:
-                    raise BudgetExceeded(f"budget {key}: step limit {budget.max_steps} reached")
-                if budget.max_tokens:
-                    _check_tokens(key, budget.max_tokens, used, lapsed, op.tokens)
-            _check_rate(state, op.rate, at)
-        case "capture" | "void":
+    match op:
+        case Hold():
+            _validate_hold(state, op, at, expired)
+        case Capture():
             hold = _open_hold(state, op.transfer, expired)
-            if op.kind == "capture":
-                _tokens(op)
-                _amount(op, allow_zero=True)
-                if op.amount > hold.amount:
-                    raise LedgerError(
-                        f"capture of {op.amount} is above the {hold.amount} held by {hold.id}"
-                    )
-                if op.currency != hold.currency:
-                    raise LedgerError(
-                        f"capture in {op.currency}, but {hold.id} holds {hold.currency}"
-                    )
-        case "refund":
-            _amount(op)
+            _tokens(op.tokens)
+            _amount(op.amount, allow_zero=True)
+            if op.amount > hold.amount:
+                raise LedgerError(
+                    f"capture of {op.amount} is above the {hold.amount} held by {hold.id}"
+                )
+            if op.currency != hold.currency:
+                raise LedgerError(f"capture in {op.currency}, but {hold.id} holds {hold.currency}")
+        case Void():
+            _open_hold(state, op.transfer, expired)
+        case Refund():
+            _amount(op.amount)
             refundable = state.holds.get(op.transfer)
             if refundable is None or refundable.state != "captured":
                 raise LedgerError(f"no captured transfer {op.transfer!r} to refund")
@@ -240,34 +192,67 @@ def _validate(state: State, op: Op, at: float, expired: list[str]) -> None:
                 raise LedgerError(
                     f"refund of {op.amount} is above the {left} left to refund on {refundable.id}"
                 )
-        case "budget":
-            if op.budget is None or not op.budget.level:
+        case SetBudget():
+            if not op.budget.level:
                 raise LedgerError("a budget operation needs a budget with a level")
             for value in (op.budget.limit, op.budget.max_steps, op.budget.max_tokens):
                 if isinstance(value, bool) or value < 0 or value >= MAX_AMOUNT:
                     raise LedgerError(f"budget values must be non-negative integers, got {value!r}")
-        case "cap":
-            _amount(op)
+        case Cap():
+            _amount(op.amount)
             if not op.level.startswith(PAYMENT_LEVEL) or op.level == PAYMENT_LEVEL:
                 raise PermissionDenied(
                     f"`cap` narrows a run's payment level ({PAYMENT_LEVEL}RUN…), not {op.level!r}; "
                     "other budgets are set by an operator (`relaybus ledger budget`)"
                 )
-        case "transfer":
-            _amount(op)
+        case Transfer():
+            _amount(op.amount)
             if not op.payer or not op.payee or op.payer == op.payee:
                 raise LedgerError("a transfer needs two different accounts")
-        case "tick":
+        case Tick():
             pass
-        case "limit":
-            if op.limit is None or not op.limit.key or op.limit.rpm < 0 or op.limit.tpm < 0:
+        case SetRateLimit():
+            if not op.limit.key or op.limit.rpm < 0 or op.limit.tpm < 0:
                 raise LedgerError("a limit operation needs a key and non-negative rpm/tpm")
+
+
+def _validate_hold(state: State, op: Hold, at: float, expired: list[str]) -> None:
+    _tokens(op.tokens)
+    _amount(op.amount, allow_zero=op.tokens > 0)  # an unpriced LLM call reserves tokens only
+    if not 0 < op.ttl_s <= MAX_TTL_S:  # NaN too: a hold that never expires
+        raise LedgerError(f"ttl_s must be in (0, {MAX_TTL_S:.0f}] seconds, got {op.ttl_s}")
+    if not op.payer or not op.payee:
+        raise LedgerError("a hold needs a payer and a payee account")
+    for account in (op.payer, op.payee):
+        have = state.currencies.get(account)
+        if have is not None and have != op.currency:
+            raise LedgerError(f"account {account} is in {have}, not {op.currency}")
+    for level in op.levels:
+        budget = state.budgets.get(level)
+        if budget is None:
+            continue
+        key = state.period_key(level, at)
+        used = state.levels.get(key, Level())
+        lapsed = [h for h in state.open_holds.values() if h.id in expired and key in h.levels]
+        held = used.held - sum(h.amount for h in lapsed)
+        if budget.limit and used.spent + held + op.amount > budget.limit:
+            left = budget.limit - used.spent - held
+            raise BudgetExceeded(
+                f"budget {key} would go over: {op.amount} asked, {max(left, 0)} of {budget.limit} left"
+            )
+        if budget.max_steps and used.steps + 1 > budget.max_steps:
+            raise BudgetExceeded(f"budget {key}: step limit {budget.max_steps} reached")
+        if budget.max_tokens:
+            _check_tokens(key, budget.max_tokens, used, lapsed, op.tokens)
+    _check_rate(state, op.rate, at)
 
 
 WINDOW_S = 60.0
 
 
-def _check_tokens(key: str, limit: int, used: Level, lapsed: list[Hold], asked: int) -> None:
+def _check_tokens(
+    key: str, limit: int, used: Level, lapsed: list[HeldTransfer], asked: int
+) -> None:
     """Used plus reserved tokens may not pass `limit`: parallel LLM calls each reserve theirs."""
     if used.tokens >= limit:
         raise BudgetExceeded(f"budget {key}: token limit {limit} reached")
@@ -298,7 +283,7 @@ def _check_rate(state: State, key: str, at: float) -> None:
         )
 
 
-def _open_hold(state: State, transfer: str, expired: list[str]) -> Hold:
+def _open_hold(state: State, transfer: str, expired: list[str]) -> HeldTransfer:
     hold = state.holds.get(transfer)
     if hold is None:
         raise LedgerError(f"no hold {transfer!r}")
@@ -317,10 +302,10 @@ def apply(state: State, entry: Entry) -> dict[str, object]:
     for hold_id in entry.expired:
         _release(state, state.holds[hold_id], "expired")
     result: dict[str, object] = {"id": op.id, "kind": op.kind}
-    match op.kind:
-        case "hold":
+    match op:
+        case Hold():
             keys = [state.period_key(level, at) for level in op.levels]
-            hold = Hold(
+            hold = HeldTransfer(
                 id=op.id,
                 payer=op.payer,
                 payee=op.payee,
@@ -346,7 +331,7 @@ def apply(state: State, entry: Entry) -> dict[str, object]:
                 level.tokens_held += op.tokens
                 level.steps += 1
             result.update(hold=op.id, amount=op.amount, tokens=op.tokens, expires=hold.expires)
-        case "capture":
+        case Capture():
             hold = state.holds[op.transfer]
             _release(state, hold, "captured")
             hold.captured = op.amount
@@ -359,10 +344,10 @@ def apply(state: State, entry: Entry) -> dict[str, object]:
                 used = [(t, n) for t, n in state.tokens.get(hold.rate, []) if t > at - WINDOW_S]
                 state.tokens[hold.rate] = [*used, (at, op.tokens)]
             result.update(transfer=hold.id, captured=op.amount)
-        case "void":
+        case Void():
             _release(state, state.holds[op.transfer], "voided")
             result.update(transfer=op.transfer, voided=True)
-        case "refund":
+        case Refund():
             hold = state.holds[op.transfer]
             hold.refunded += op.amount
             _move(state, hold.payee, hold.payer, op.amount)
@@ -371,24 +356,22 @@ def apply(state: State, entry: Entry) -> dict[str, object]:
             result.update(
                 transfer=hold.id, refunded=op.amount, refundable=hold.captured - hold.refunded
             )
-        case "budget":
-            assert op.budget is not None
+        case SetBudget():
             state.budgets[op.budget.level] = op.budget
             result.update(level=op.budget.level, limit=op.budget.limit)
-        case "cap":  # narrows only: a cap above the one in force changes nothing
+        case Cap():  # narrows only: a cap above the one in force changes nothing
             current = state.budgets.get(op.level)
             narrowed = current is None or not current.limit or op.amount < current.limit
             if narrowed:
                 base = current or Budget(level=op.level)
                 state.budgets[op.level] = msgspec.structs.replace(base, limit=op.amount)
             result.update(level=op.level, limit=state.budgets[op.level].limit, narrowed=narrowed)
-        case "transfer":
+        case Transfer():
             _move(state, op.payer, op.payee, op.amount)
             result.update(amount=op.amount)
-        case "tick":
+        case Tick():
             result.update(expired=entry.expired)
-        case "limit":
-            assert op.limit is not None
+        case SetRateLimit():
             state.rate_limits[op.limit.key] = op.limit
             result.update(key=op.limit.key, rpm=op.limit.rpm, tpm=op.limit.tpm)
     state.results[op.id] = (entry.digest, result)
@@ -396,7 +379,7 @@ def apply(state: State, entry: Entry) -> dict[str, object]:
     return result
 
 
-def _release(state: State, hold: Hold, new_state: str) -> None:
+def _release(state: State, hold: HeldTransfer, new_state: str) -> None:
     for key in hold.levels:
         level = state.levels.setdefault(key, Level())
         level.held -= hold.amount

@@ -13,6 +13,7 @@ from zoneinfo import ZoneInfo
 from relaybus.services.ledger.errors import LedgerError
 
 from .model import PAYMENT_LEVEL, Level, State
+from .ops import Capture, Refund
 
 
 def balance(state: State, req: dict[str, Any]) -> Any:
@@ -78,7 +79,7 @@ def statement(state: State, req: dict[str, Any]) -> Any:
     lines: list[dict[str, Any]] = []
     for entry in state.history:
         op = entry.op
-        if op.kind not in ("capture", "refund") or not op.amount:
+        if not isinstance(op, (Capture, Refund)) or not op.amount:
             continue  # a capture of nothing (an unpriced model's tokens) is no statement line
         hold = state.holds.get(op.transfer)
         if hold is None or hold.payer != f"user:{user}":
@@ -86,7 +87,7 @@ def statement(state: State, req: dict[str, Any]) -> Any:
         when = datetime.fromtimestamp(entry.clock, zone).strftime("%Y-%m-%d")
         if period and not when.startswith(period):
             continue
-        amount = op.amount if op.kind == "capture" else -op.amount
+        amount = op.amount if isinstance(op, Capture) else -op.amount
         lines.append(
             {
                 **hold.tags,  # first: a tag never hides what the ledger itself says

@@ -43,7 +43,8 @@ from relaybus.services.ledger.errors import BudgetExceeded, LedgerError, RateLim
 from relaybus.services.ledger.settings import LedgerSettings
 
 from .messages import WRITES, decode_request
-from .model import Entry, Op, State, apply, decide
+from .model import Entry, State, apply, decide
+from .ops import Capture, Hold, Op
 from .queries import QUERIES
 
 log = logging.getLogger("relaybus.ledger")
@@ -162,7 +163,7 @@ class LedgerWriter:
                 "Nats-Msg-Id": f"ledger:{self.partition}:{op.id}",
             }
             result = apply(self.state, decided)
-            if op.kind == "hold":
+            if isinstance(op, Hold):
                 metrics.BUDGET_HOLDS.add(1, _allocation(op))
             ack = asyncio.ensure_future(
                 self.bus.publish_bytes(self.subject, _encode(decided), headers)
@@ -183,8 +184,8 @@ class LedgerWriter:
         self._since_snapshot += 1
         if self._since_snapshot >= self.snapshot_every:
             await self.snapshot()
-        if decided.op.kind == "capture":
-            await self._watch_spend(decided)
+        if isinstance(decided.op, Capture):
+            await self._watch_spend(decided.op, decided.clock)
         return result
 
     async def _audit(self, op_name: str, exc: BaseException, op: Op | None = None) -> None:
@@ -196,7 +197,7 @@ class LedgerWriter:
             principal="ledger",
             actor="connection",
             reason=f"{type(exc).__name__}: {exc}",
-            run_id=op.tags.get("run", "") if op is not None else "",
+            run_id=_tags(op).get("run", "") if op is not None else "",
             detail={"op_id": op.id} if op is not None else {},
         )
         try:
@@ -223,15 +224,15 @@ class LedgerWriter:
         snapshots = await Bucket.open(self.bus, self.bus.subjects.bucket("ledger_snapshots"))
         await snapshots.put(self.partition, data)
 
-    async def _watch_spend(self, entry: Entry) -> None:
+    async def _watch_spend(self, capture: Capture, at: float) -> None:
         """Alert when a payer's spend in the last minute exceeds RELAYBUS_LEDGER_SPIKE times its
         average minute over the ten before (an `alert` event and a log line)."""
-        hold = self.state.holds.get(entry.op.transfer)
+        hold = self.state.holds.get(capture.transfer)
         if hold is None:
             return
-        at, payer = entry.clock, hold.payer
+        payer = hold.payer
         series = [(t, a) for t, a in self._spend.get(payer, []) if t > at - 11 * SPIKE_WINDOW_S]
-        series.append((at, entry.op.amount))
+        series.append((at, capture.amount))
         self._spend[payer] = series
         recent = sum(a for t, a in series if t > at - SPIKE_WINDOW_S)
         history_min = (at - SPIKE_WINDOW_S - series[0][0]) / SPIKE_WINDOW_S
@@ -256,8 +257,13 @@ class LedgerWriter:
         await self.bus.publish_event(event, durable=True)
 
 
+def _tags(op: Op) -> dict[str, str]:
+    tags: dict[str, str] = getattr(op, "tags", {})
+    return tags
+
+
 def _allocation(op: Op) -> dict[str, str]:
-    return {f"relaybus.{k}": v for k, v in op.tags.items() if k in ("agent", "tool", "model")}
+    return {f"relaybus.{k}": v for k, v in _tags(op).items() if k in ("agent", "tool", "model")}
 
 
 def run_cost_gauge(writer: LedgerWriter) -> None:

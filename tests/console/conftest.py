@@ -20,7 +20,7 @@ from relaybus.agents.submit import submit
 from relaybus.bus import Bus, NatsServer, Settings, default_topology, ensure
 from relaybus.services.identity.client import IdentityClient, write_agent_key
 from relaybus.services.ledger.client import LedgerClient
-from relaybus.services.ledger.model import Budget
+from relaybus.services.ledger.ops import Budget
 
 from ..conftest import ROOT, child_env, wait_service
 

@@ -22,7 +22,7 @@ from relaybus.agents.submit import run_store, submit
 from relaybus.bus import Bus, ConnectionFailed, Settings
 from relaybus.services.identity.client import IdentityClient, read_audit, write_agent_key
 from relaybus.services.ledger.client import LedgerClient
-from relaybus.services.ledger.model import Budget
+from relaybus.services.ledger.ops import Budget
 from relaybus.services.runs.state import ENDED, RunRecord
 
 from ..conftest import ROOT, child_env

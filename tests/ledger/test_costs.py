@@ -161,7 +161,7 @@ async def test_leased_steps_are_decided_locally_and_settled_exactly(
 
 
 async def test_lease_processes_race_without_overspending(lbus: Bus, settings: Settings) -> None:
-    from relaybus.services.ledger.model import Budget
+    from relaybus.services.ledger.ops import Budget
 
     await LedgerClient(lbus).set_budget("lb", Budget(level="run:LEASED", limit=5003))
     code = (
@@ -239,7 +239,7 @@ async def test_a_parked_run_continues_once_its_budget_is_raised(
 ) -> None:
     from relaybus.agents.control import send_signal
     from relaybus.bus.feed import EventFeed
-    from relaybus.services.ledger.model import Budget
+    from relaybus.services.ledger.ops import Budget
 
     log = tmp_path / "calls"
     spawn("runtime_agents:ParkingShopper", RELAYBUS_LEDGER="1")
@@ -268,7 +268,7 @@ async def test_a_parked_run_whose_budget_resume_is_rejected_stops(
     from relaybus.agents.control import send_signal
     from relaybus.agents.submit import wait_for_run
     from relaybus.bus.feed import EventFeed
-    from relaybus.services.ledger.model import Budget
+    from relaybus.services.ledger.ops import Budget
 
     log = tmp_path / "calls"
     spawn("runtime_agents:ParkingShopper", RELAYBUS_LEDGER="1")

@@ -8,7 +8,18 @@ import pytest
 
 from relaybus.bus import PermissionDenied
 from relaybus.services.ledger.errors import BudgetExceeded
-from relaybus.services.ledger.model import Budget, Entry, LedgerError, Op, State, apply, decide
+from relaybus.services.ledger.model import Entry, LedgerError, State, apply, decide
+from relaybus.services.ledger.ops import (
+    Budget,
+    Cap,
+    Capture,
+    Hold,
+    Op,
+    Refund,
+    SetBudget,
+    SetRateLimit,
+    Void,
+)
 
 
 def run(state: State, op: Op, now: float = 1000.0) -> dict[str, object]:
@@ -16,9 +27,8 @@ def run(state: State, op: Op, now: float = 1000.0) -> dict[str, object]:
     return apply(state, decided) if isinstance(decided, Entry) else decided
 
 
-def hold(op_id: str, amount: int, levels: list[str] | None = None, **kw: object) -> Op:
-    return Op(
-        kind="hold",
+def hold(op_id: str, amount: int, levels: list[str] | None = None, **kw: object) -> Hold:
+    return Hold(
         id=op_id,
         amount=amount,
         payer="user:alice",
@@ -33,15 +43,15 @@ def state() -> State:
     s = State()
     run(
         s,
-        Op(kind="budget", id="b1", budget=Budget(level="user:alice", limit=1000, period="monthly")),
+        SetBudget(id="b1", budget=Budget(level="user:alice", limit=1000, period="monthly")),
     )
-    run(s, Op(kind="budget", id="b2", budget=Budget(level="run:R1", limit=600, max_steps=5)))
+    run(s, SetBudget(id="b2", budget=Budget(level="run:R1", limit=600, max_steps=5)))
     return s
 
 
 def test_hold_capture_moves_money_double_entry(state: State) -> None:
     run(state, hold("h1", 300))
-    run(state, Op(kind="capture", id="c1", transfer="h1", amount=250, tokens=10))
+    run(state, Capture(id="c1", transfer="h1", amount=250, tokens=10))
     assert state.balances == {"user:alice": -250, "tool:search": 250}
     assert sum(state.balances.values()) == 0
     run_level = state.levels["run:R1"]
@@ -86,20 +96,20 @@ def test_bad_amounts_are_refused(state: State, amount: int, match: str) -> None:
 def test_capture_rules(state: State) -> None:
     run(state, hold("h1", 100))
     with pytest.raises(LedgerError, match="above the 100 held"):
-        run(state, Op(kind="capture", id="c1", transfer="h1", amount=101))
+        run(state, Capture(id="c1", transfer="h1", amount=101))
     with pytest.raises(LedgerError, match="in EUR, but h1 holds USD"):
-        run(state, Op(kind="capture", id="c2", transfer="h1", amount=10, currency="EUR"))
-    run(state, Op(kind="void", id="v1", transfer="h1"))
+        run(state, Capture(id="c2", transfer="h1", amount=10, currency="EUR"))
+    run(state, Void(id="v1", transfer="h1"))
     with pytest.raises(LedgerError, match="is voided"):
-        run(state, Op(kind="capture", id="c3", transfer="h1", amount=10))
+        run(state, Capture(id="c3", transfer="h1", amount=10))
     with pytest.raises(LedgerError, match="no hold 'nope'"):
-        run(state, Op(kind="capture", id="c4", transfer="nope", amount=1))
+        run(state, Capture(id="c4", transfer="nope", amount=1))
 
 
 def test_expired_hold_cannot_be_captured_and_frees_its_budget(state: State) -> None:
     run(state, hold("h1", 600, ttl_s=10), now=1000.0)
     with pytest.raises(LedgerError, match="is expired"):
-        run(state, Op(kind="capture", id="c1", transfer="h1", amount=1), now=1011.0)
+        run(state, Capture(id="c1", transfer="h1", amount=1), now=1011.0)
     run(state, hold("h2", 600), now=1012.0)  # the expired hold no longer counts
     assert state.holds["h1"].state == "expired"
 
@@ -111,27 +121,27 @@ def test_clock_never_goes_backwards(state: State) -> None:
 
 
 def test_parallel_holds_reserve_tokens_and_captures_settle_the_actual_use(state: State) -> None:
-    run(state, Op(kind="budget", id="bt", budget=Budget(level="run:T", max_tokens=1000)))
+    run(state, SetBudget(id="bt", budget=Budget(level="run:T", max_tokens=1000)))
     run(state, hold("a", 1, levels=["run:T"], tokens=400))
     run(state, hold("b", 1, levels=["run:T"], tokens=400))
     with pytest.raises(BudgetExceeded, match=r"400 tokens asked, 200 of 1000 left \(800 reserved"):
         run(state, hold("c", 1, levels=["run:T"], tokens=400))
-    run(state, Op(kind="capture", id="ca", transfer="a", amount=1, tokens=150))
+    run(state, Capture(id="ca", transfer="a", amount=1, tokens=150))
     level = state.levels["run:T"]
     assert (level.tokens, level.tokens_held) == (150, 400)
     run(state, hold("c2", 1, levels=["run:T"], tokens=450))  # 150 + 400 + 450 = 1000
-    run(state, Op(kind="void", id="vb", transfer="b"))
+    run(state, Void(id="vb", transfer="b"))
     assert state.levels["run:T"].tokens_held == 450
 
 
 def test_a_cap_only_narrows_a_payment_level(state: State) -> None:
-    assert run(state, Op(kind="cap", id="c1", level="payrun:R:a", amount=6000))["narrowed"]
-    assert not run(state, Op(kind="cap", id="c2", level="payrun:R:a", amount=30000))["narrowed"]
+    assert run(state, Cap(id="c1", level="payrun:R:a", amount=6000))["narrowed"]
+    assert not run(state, Cap(id="c2", level="payrun:R:a", amount=30000))["narrowed"]
     assert state.budgets["payrun:R:a"].limit == 6000
-    run(state, Op(kind="cap", id="c3", level="payrun:R:a", amount=5000))
+    run(state, Cap(id="c3", level="payrun:R:a", amount=5000))
     assert state.budgets["payrun:R:a"].limit == 5000
     with pytest.raises(PermissionDenied, match="other budgets are set by an operator"):
-        run(state, Op(kind="cap", id="c4", level="run:R1", amount=1))
+        run(state, Cap(id="c4", level="run:R1", amount=1))
 
 
 def test_currency_mismatch_on_an_account(state: State) -> None:
@@ -142,13 +152,13 @@ def test_currency_mismatch_on_an_account(state: State) -> None:
 
 def test_refunds_partial_repeated_never_above_captured(state: State) -> None:
     run(state, hold("h1", 100))
-    run(state, Op(kind="capture", id="c1", transfer="h1", amount=80))
-    run(state, Op(kind="refund", id="r1", transfer="h1", amount=30))
-    run(state, Op(kind="refund", id="r2", transfer="h1", amount=50))
+    run(state, Capture(id="c1", transfer="h1", amount=80))
+    run(state, Refund(id="r1", transfer="h1", amount=30))
+    run(state, Refund(id="r2", transfer="h1", amount=50))
     with pytest.raises(LedgerError, match="above the 0 left to refund"):
-        run(state, Op(kind="refund", id="r3", transfer="h1", amount=1))
+        run(state, Refund(id="r3", transfer="h1", amount=1))
     with pytest.raises(LedgerError, match="no captured transfer 'zzz'"):
-        run(state, Op(kind="refund", id="r4", transfer="zzz", amount=1))
+        run(state, Refund(id="r4", transfer="zzz", amount=1))
     assert state.balances == {"user:alice": 0, "tool:search": 0}
     assert state.levels["run:R1"].spent == 0
 
@@ -165,12 +175,12 @@ def test_monthly_budget_resets_at_the_period_boundary(state: State) -> None:
 
 def test_rate_limits_per_agent_and_resource_are_decided_from_the_journal(state: State) -> None:
     from relaybus.services.ledger.errors import RateLimited
-    from relaybus.services.ledger.model import RateLimit
+    from relaybus.services.ledger.ops import RateLimit
 
     key = "agent:research/tool:search"
-    run(state, Op(kind="limit", id="l1", limit=RateLimit(key=key, rpm=2, tpm=100)))
+    run(state, SetRateLimit(id="l1", limit=RateLimit(key=key, rpm=2, tpm=100)))
     run(state, hold("h1", 1, rate=key), now=1000.0)
-    run(state, Op(kind="capture", id="c1", transfer="h1", amount=1, tokens=100), now=1001.0)
+    run(state, Capture(id="c1", transfer="h1", amount=1, tokens=100), now=1001.0)
     with pytest.raises(RateLimited, match="100 tokens per minute") as tokens:
         run(state, hold("h2", 1, rate=key), now=1002.0)
     assert tokens.value.retry_after_s == pytest.approx(59.0)
@@ -193,8 +203,7 @@ def test_a_retried_op_decoded_from_json_is_the_same_op() -> None:
 
     from relaybus.services.ledger.model import digest
 
-    built = Op(
-        kind="capture",
+    built = Capture(
         id="c1",
         transfer="h1",
         amount=3,

@@ -16,7 +16,8 @@ from relaybus.bus import Bus, Settings, default_topology, ensure, rpc
 from relaybus.bus.streams import read_subject
 from relaybus.services.ledger.client import LedgerClient
 from relaybus.services.ledger.errors import BudgetExceeded, LedgerError
-from relaybus.services.ledger.model import Budget, Entry, Op, State, apply
+from relaybus.services.ledger.model import Entry, State, apply
+from relaybus.services.ledger.ops import Budget, Capture, Hold, SetBudget, Transfer
 from relaybus.services.ledger.service import LedgerWriter, WriterFenced
 
 from ..conftest import ROOT, child_env
@@ -151,9 +152,9 @@ async def test_a_second_writer_on_the_partition_is_refused(bus: Bus) -> None:
     first, second = LedgerWriter(bus), LedgerWriter(bus)
     await first.rebuild()
     await second.rebuild()
-    await first.write(Op(kind="transfer", id="t1", payer="a", payee="b", amount=5))
+    await first.write(Transfer(id="t1", payer="a", payee="b", amount=5))
     with pytest.raises(WriterFenced, match="another ledger writer owns partition p0"):
-        await second.write(Op(kind="transfer", id="t2", payer="a", payee="b", amount=5))
+        await second.write(Transfer(id="t2", payer="a", payee="b", amount=5))
     assert second.failed.is_set()
     assert (await replayed(bus)).balances == {"a": -5, "b": 5}
 
@@ -169,7 +170,32 @@ async def test_bad_requests_over_the_wire_are_refused_clearly(
         await rpc.call(bus, subject, {**bad, "amount": 2**60})
     with pytest.raises(LedgerError, match="unknown ledger operation"):
         await rpc.call(bus, f"{bus.subjects.prefix}.svc.ledger.steal", {})
+    with pytest.raises(LedgerError, match="missing required field `payee`"):
+        await rpc.call(bus, subject, {"id": "y", "payer": "user:a", "amount": 1})
+    with pytest.raises(LedgerError, match="may not carry `transfer`; its fields are amount, "):
+        await rpc.call(bus, subject, {**bad, "amount": 1, "transfer": ""})  # even empty
     assert await ledger.query("balance") == []
+
+
+async def test_a_request_body_is_the_operation_s_fields_the_subject_names_it(
+    bus: Bus, ledger: LedgerClient
+) -> None:
+    """What a client in any language sends: `{id, payer, …}` on `svc.ledger.hold`, no `kind`."""
+    held = await rpc.call(
+        bus,
+        f"{bus.subjects.prefix}.svc.ledger.hold",
+        {"id": "plain", "payer": "user:p", "payee": "tool:x", "amount": 7},
+    )
+    assert held["kind"] == "hold" and held["amount"] == 7
+    await rpc.call(
+        bus,
+        f"{bus.subjects.prefix}.svc.ledger.capture",
+        {"id": "pc", "transfer": "plain", "amount": 5},
+    )
+    assert {b["account"]: b["balance"] for b in await ledger.query("balance")} == {
+        "user:p": -5,
+        "tool:x": 5,
+    }
 
 
 async def test_kill9_nats_server_and_restart_keeps_every_acknowledged_entry(
@@ -219,8 +245,7 @@ async def test_a_spend_spike_raises_an_alert_event(bus: Bus) -> None:
     for minute in range(10):  # a steady baseline: 10 units a minute
         now[0] = t0 + minute * 60
         await writer.write(
-            Op(
-                kind="hold",
+            Hold(
                 id=f"h{minute}",
                 amount=10,
                 payer="user:eve",
@@ -229,12 +254,11 @@ async def test_a_spend_spike_raises_an_alert_event(bus: Bus) -> None:
             )
         )
         now[0] += 1
-        await writer.write(Op(kind="capture", id=f"c{minute}", transfer=f"h{minute}", amount=10))
+        await writer.write(Capture(id=f"c{minute}", transfer=f"h{minute}", amount=10))
     async with EventFeed(bus, "RUNSPIKE", replay=True) as feed:
         now[0] = t0 + 10 * 60 + 30
         await writer.write(
-            Op(
-                kind="hold",
+            Hold(
                 id="burst",
                 amount=100,
                 payer="user:eve",
@@ -243,7 +267,7 @@ async def test_a_spend_spike_raises_an_alert_event(bus: Bus) -> None:
             )
         )
         now[0] += 1
-        await writer.write(Op(kind="capture", id="burst-c", transfer="burst", amount=100))
+        await writer.write(Capture(id="burst-c", transfer="burst", amount=100))
         event = await feed.next(5)
     assert event is not None and event.kind == "alert"
     assert "spend spike: user:eve spent 100 in the last minute" in event.detail
@@ -252,13 +276,13 @@ async def test_a_spend_spike_raises_an_alert_event(bus: Bus) -> None:
 async def test_rebuild_starts_from_the_latest_snapshot(bus: Bus) -> None:
     writer = LedgerWriter(bus, snapshot_every=10)
     await writer.rebuild()
-    await writer.write(Op(kind="budget", id="b", budget=Budget(level="user:f", limit=10_000)))
+    await writer.write(SetBudget(id="b", budget=Budget(level="user:f", limit=10_000)))
     for i in range(24):
         await writer.write(
-            Op(kind="hold", id=f"h{i}", amount=3, payer="user:f", payee="tool:x", levels=["user:f"])
+            Hold(id=f"h{i}", amount=3, payer="user:f", payee="tool:x", levels=["user:f"])
         )
         if i % 2:
-            await writer.write(Op(kind="capture", id=f"c{i}", transfer=f"h{i}", amount=2))
+            await writer.write(Capture(id=f"c{i}", transfer=f"h{i}", amount=2))
     fresh = LedgerWriter(bus)
     replayed_after_snapshot = await fresh.rebuild()
     assert replayed_after_snapshot < 10  # not the 37 entries of the whole journal
@@ -266,7 +290,7 @@ async def test_rebuild_starts_from_the_latest_snapshot(bus: Bus) -> None:
     assert fresh.state.levels == writer.state.levels
     assert fresh.last_seq == writer.last_seq
     await fresh.write(
-        Op(kind="capture", id="c0", transfer="h0", amount=3)
+        Capture(id="c0", transfer="h0", amount=3)
     )  # and it writes on, fenced correctly
     assert fresh.state.balances["tool:x"] == 27
 
@@ -282,8 +306,7 @@ async def test_a_snapshot_larger_than_the_payload_limit_is_still_kept_compressed
         await writer.rebuild()
         for i in range(150):
             await writer.write(
-                Op(
-                    kind="hold",
+                Hold(
                     id=f"hold-{i:04d}-of-a-long-running-agent",
                     amount=3,
                     payer="user:frank",

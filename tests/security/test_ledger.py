@@ -21,7 +21,7 @@ from relaybus.bus import Bus, PermissionDenied, Settings, new_id, rpc
 from relaybus.services.identity.client import read_audit
 from relaybus.services.ledger.client import AGENT_OPS, OPERATOR_OPS, OPERATOR_QUERIES, LedgerClient
 from relaybus.services.ledger.errors import BudgetExceeded, LedgerError
-from relaybus.services.ledger.model import Budget
+from relaybus.services.ledger.ops import Budget
 from relaybus.services.ledger.prices import ModelPrice, PriceTable
 
 from ..conftest import Spawn, child_env, service_process, wait_service
