@@ -2,7 +2,7 @@
 
 from .client import Bus
 from .consumer import Consumer, Delivery, Handler, backoff_s
-from .envelope import Envelope, Link, decode, encode, new_envelope
+from .envelope import Envelope, Link, decode, encode, from_message, new_envelope, to_message
 from .errors import (
     Abandon,
     ConfigError,
@@ -73,6 +73,8 @@ __all__ = [
     "default_topology",
     "encode",
     "ensure",
+    "from_message",
     "new_envelope",
     "new_id",
+    "to_message",
 ]

@@ -366,13 +366,14 @@ async def replay_dead_letter(bus: Bus, seq: int) -> dict[str, Any]:
     }
     headers["Nats-Msg-Id"] = f"{letter.envelope_id or 'raw'}:replay:{seq}"
     headers["Relay-Replay"] = "1"
-    # back on the agent's own subject with no sender token (only operators publish there), the
+    # back on the agent's admitted subject (only operators and the ingress publish there), the
     # original sender named in a header the consume loop trusts only on such subjects
+    admitted = bus.subjects.task_admitted(letter.agent)
     sender = letter.subject[len(own) + 1 :] if letter.subject.startswith(own + ".") else ""
-    if sender:
+    if sender and letter.subject != admitted:
         headers["Relay-Source"] = sender
-    target = own if letter.subject != bus.subjects.timer(letter.agent) else letter.subject
-    if target != own:
+    target = admitted if letter.subject != bus.subjects.timer(letter.agent) else letter.subject
+    if target != admitted:
         headers["Relay-Source"] = letter.agent
     sequence = await bus.publish_bytes(target, letter.data, headers)
     await bus.js.delete_msg(bus.subjects.stream("DLQ"), seq)

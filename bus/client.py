@@ -197,8 +197,8 @@ class Bus:
 
     # -- publishing --------------------------------------------------------------------
 
-    def headers_for(self, env: wire.Envelope) -> dict[str, str]:
-        headers = {"Nats-Msg-Id": env.id, "Relay-Run": env.run_id, "Relay-Kind": env.kind}
+    def _finish_headers(self, env: wire.Envelope, headers: dict[str, str]) -> dict[str, str]:
+        headers["Nats-Msg-Id"] = env.id
         tracing.inject(headers)  # no-op unless a span is current
         if self.header_hook is not None:
             self.header_hook(headers)
@@ -211,15 +211,15 @@ class Bus:
         """
         if subject is None:
             if self.agent is None:
-                subject = self.subjects.task(env.recipient)
+                subject = self.subjects.task_admitted(env.recipient)
             elif env.sender != self.agent:
                 raise PublishFailed(
                     f"agent {self.agent} cannot send an envelope in the name of {env.sender!r}"
                 )
             else:
                 subject = self.subjects.task_from(env.recipient, self.agent)
-        data = wire.encode(env, self.settings.max_payload_bytes)
-        return await self.publish_bytes(subject, data, self.headers_for(env))
+        headers, body = wire.to_message(env, self.settings.max_payload_bytes)
+        return await self.publish_bytes(subject, body, self._finish_headers(env, headers))
 
     async def publish_bytes(
         self, subject: str, data: bytes, headers: dict[str, str] | None = None

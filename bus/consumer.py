@@ -170,7 +170,7 @@ class Consumer:
         attempt = msg.metadata.num_delivered
         headers = msg.headers or {}
         try:
-            env = wire.decode(msg.data, self.bus.settings.max_payload_bytes)
+            env = wire.from_message(msg.headers, msg.data, self.bus.settings.max_payload_bytes)
         except EnvelopeInvalid as exc:
             await self._dead_letter(
                 msg, attempt, f"undecodable: {exc}", ErrorInfo.from_exception(exc)

@@ -148,6 +148,16 @@ def agent_consumer(subjects: Subjects, agent: str, ack_wait_s: float) -> Consume
     )
 
 
+def ingress_consumer(subjects: Subjects, ack_wait_s: float) -> ConsumerSpec:
+    """The ingress's: plain tasks any NATS client publishes to `<prefix>.task.<agent>`."""
+    return ConsumerSpec(
+        stream=subjects.stream("TASKS"),
+        durable=subjects.ingress_durable(),
+        filter_subjects=(subjects.ingress(),),
+        ack_wait_s=ack_wait_s,
+    )
+
+
 # Timers one agent may have pending at once; more wait in the stream and fire late.
 MAX_PENDING_TIMERS = 10_000
 

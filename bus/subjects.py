@@ -9,6 +9,7 @@ from .errors import SubjectInvalid
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _TOKEN_BAD = re.compile(r"[\s*>]")
+ADMITTED = "$in"  # the sender token of admitted tasks: not a name an agent can have
 
 
 def check_name(kind: str, value: str) -> str:
@@ -58,9 +59,19 @@ class Subjects:
         agent's NATS user may publish only subjects that end in its own name."""
         return f"{self.task(agent)}.{check_name('agent', sender)}"
 
-    def task_filters(self, agent: str) -> tuple[str, str]:
-        """What `agent`'s consumer reads: tasks from users and operators, and from agents."""
-        return (self.task(agent), f"{self.task(agent)}.*")
+    def task_admitted(self, agent: str) -> str:
+        """Where a run's first task for `agent` goes once admitted (by the ingress, a Client or
+        an operator): no agent's NATS user may publish here, so it names no sending agent."""
+        return f"{self.task(agent)}.{ADMITTED}"
+
+    def task_filters(self, agent: str) -> tuple[str]:
+        """What `agent`'s consumer reads: admitted tasks and tasks from agents. The bare
+        `task.<agent>` is the ingress's: a plain NATS client's task, not yet admitted."""
+        return (f"{self.task(agent)}.*",)
+
+    def ingress(self) -> str:
+        """Plain tasks from any NATS client, `<prefix>.task.<agent>`, for the ingress."""
+        return f"{self.prefix}.task.*"
 
     def source_of(self, subject: str) -> str:
         """The sending agent named by a task or event subject; "" when no agent sent it (a
@@ -68,7 +79,7 @@ class Subjects:
         parts = subject.split(".")
         base = len(self.prefix.split("."))
         if len(parts) == base + 3 and parts[base] == "task":
-            return parts[-1]
+            return "" if parts[-1] == ADMITTED else parts[-1]
         if len(parts) == base + 4 and parts[base] == "event":
             return parts[-1]
         if len(parts) == base + 2 and parts[base] == "timer":
@@ -146,6 +157,9 @@ class Subjects:
 
     def durable(self, agent: str) -> str:
         return f"agent_{check_name('agent', agent)}"
+
+    def ingress_durable(self) -> str:
+        return "ingress"  # agents' durables are agent_<name>: no agent can take it
 
     def timer_durable(self, agent: str) -> str:
         return f"timer_{check_name('agent', agent)}"

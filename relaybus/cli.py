@@ -40,6 +40,7 @@ def stack_services(settings: Settings) -> dict[str, list[str]]:
         "identity": [*SELF_COMMAND, "service", "identity"],
         "ledger": [*SELF_COMMAND, "service", "ledger"],
         "memory": [*SELF_COMMAND, "service", "memory"],
+        "ingress": [*SELF_COMMAND, "service", "ingress"],
     }
 
 
@@ -48,6 +49,8 @@ async def service(args: argparse.Namespace, settings: Settings) -> Any:
         from relaybus.services.identity.service import serve_identity as serve
     elif args.name == "ledger":
         from relaybus.services.ledger.service import serve_ledger as serve
+    elif args.name == "ingress":
+        from relaybus.agents.ingress import serve_ingress as serve
     else:
         from relaybus.memory.service import serve_memory as serve
     with Telemetry(args.name, settings, args.metrics_port):
@@ -327,7 +330,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=approve)
 
     p = sub.add_parser("service", help="run one service process in the foreground")
-    p.add_argument("name", choices=["identity", "ledger", "memory"])
+    p.add_argument("name", choices=["identity", "ledger", "memory", "ingress"])
     p.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus metrics here")
     p.set_defaults(func=service)
 

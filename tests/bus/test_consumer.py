@@ -111,22 +111,28 @@ async def test_retry_naks_with_delay_and_reject_dead_letters_at_once(bus: Bus) -
     assert seen["retry"] == [1, 2]
 
 
+_GOOD_HEADERS = {"Relay-Id": "A", "Relay-Run": "A", "Relay-Kind": "task", "Relay-To": "bad"}
+
+
 @pytest.mark.parametrize(
-    ("data", "reason"),
+    ("headers", "data", "reason"),
     [
-        (b"\xc1garbage", "undecodable"),
-        (
-            msgspec.msgpack.encode(
-                {"id": "A", "run_id": 7, "kind": "task", "sender": "s", "recipient": "bad"}
-            ),
-            "$.run_id",
-        ),
-        (b"\x80" * 3000, "over the 2048-byte limit"),
+        ({}, b'{"x": 1}', "undecodable: not a relaybus task: it has no Relay-Id header"),
+        ({**_GOOD_HEADERS, "Relay-Hop": "seven"}, b"{}", "header Relay-Hop = 'seven' is not"),
+        ({**_GOOD_HEADERS, "Relay-Kind": "steal"}, b"{}", "header Relay-Kind = 'steal'"),
+        ({**_GOOD_HEADERS, "Relay-Run": "a b"}, b"{}", "`run_id` = 'a b' is not a valid name"),
+        ({**_GOOD_HEADERS, "Relay-Chain": "[1]"}, b"{}", "header Relay-Chain is not a chain"),
+        (_GOOD_HEADERS, b"\x80" * 3000, "over the 2048-byte limit"),
     ],
-    ids=["garbage", "wrong-type", "oversize"],
+    ids=["plain", "wrong-type", "kind", "bad-name", "chain", "oversize"],
 )
 async def test_bad_envelopes_are_dead_lettered_and_the_consumer_keeps_running(
-    nats_server: NatsServer, prefix: str, tmp_path: Path, data: bytes, reason: str
+    nats_server: NatsServer,
+    prefix: str,
+    tmp_path: Path,
+    headers: dict[str, str],
+    data: bytes,
+    reason: str,
 ) -> None:
     settings = Settings.from_env(
         {}, nats_url=nats_server.url, prefix=prefix, max_payload_bytes=2048
@@ -141,7 +147,9 @@ async def test_bad_envelopes_are_dead_lettered_and_the_consumer_keeps_running(
     async with Bus(settings) as bus:
         await ensure(bus, default_topology(bus.subjects))
         async with DeadLetters(bus, "bad") as dlq, running(bus, "bad", handler) as consumer:
-            await bus.publish_bytes(bus.subjects.task("bad"), data, {"Nats-Msg-Id": "raw-1"})
+            await bus.publish_bytes(
+                bus.subjects.task_admitted("bad"), data, {**headers, "Nats-Msg-Id": "raw-1"}
+            )
             letter = await dlq.next()
             good = new_envelope(kind="task", sender="s", recipient="bad", payload=b"{}")
             await bus.publish(good)
