@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 
 from relaybus.agents.messages import ChildResult, Signal, SignalBody, TimerFired
 from relaybus.agents.submit import submit
-from relaybus.bus import Bus, Envelope, Settings, encode, new_envelope, new_id
+from relaybus.bus import Bus, Envelope, Settings, encode, new_envelope, new_id, to_message
 from relaybus.bus.events import DeadLetter, Event, dead_letter_decoder, event_decoder
 from relaybus.services.runs.state import ENDED
 
@@ -152,8 +152,11 @@ async def publish_and_settle(
     proc, log = echo
     fuzz_id = new_id()
     env = decoded(data)
+    headers, body = as_message(data)
     await bus.publish_bytes(
-        bus.subjects.task(AGENT), data, {"Nats-Msg-Id": fuzz_id, "Fuzz-Id": fuzz_id}
+        bus.subjects.task_admitted(AGENT),
+        body,
+        {**headers, "Nats-Msg-Id": fuzz_id, "Fuzz-Id": fuzz_id},
     )
     outcome = ""
 
@@ -172,6 +175,21 @@ def decoded(data: bytes) -> Envelope | None:
         return msgspec.msgpack.decode(data, type=Envelope)
     except (msgspec.DecodeError, RecursionError):
         return None
+
+
+def as_message(data: bytes) -> tuple[dict[str, str], bytes]:
+    """The hostile envelope in its wire form (Relay-* headers, JSON body) when it is one;
+    otherwise the bytes as a body with no headers, as a client that is not relaybus sends."""
+    env = decoded(data)
+    if env is None:
+        return {}, data
+    try:
+        headers, body = to_message(env)
+    except Exception:
+        return {}, data
+    if any(c in v for v in headers.values() for c in "\r\n"):
+        return {}, data  # not a header NATS can carry
+    return headers, body
 
 
 def envelope_bytes(env: Envelope) -> bytes:
@@ -264,7 +282,10 @@ async def test_a_burst_of_hostile_messages_loses_no_good_task(
     sent = []
     for data in hostile:
         fuzz_id = new_id()
-        await bus.publish_bytes(bus.subjects.task(AGENT), data, {"Fuzz-Id": fuzz_id})
+        headers, body = as_message(data)
+        await bus.publish_bytes(
+            bus.subjects.task_admitted(AGENT), body, {**headers, "Fuzz-Id": fuzz_id}
+        )
         sent.append((fuzz_id, decoded(data)))
     good += [asyncio.create_task(good_task(bus, n)) for n in range(11, 21)]
     # Then every good one completes and every hostile one ends on record
