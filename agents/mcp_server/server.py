@@ -212,7 +212,9 @@ async def _cancel_quietly(bus: Bus, run_id: str, reason: str) -> None:
 
 
 def _progress_text(event: Event) -> str:
-    parts = [event.kind]
+    """`run ID: step tick-0`, `run ID: call research`, ... (the id names the run to read or
+    cancel later with relaybus.run / relaybus.cancel)."""
+    parts = [f"run {event.run_id}: {event.kind}"]
     if event.recipient and event.kind in ("call", "handoff", "started"):
         parts.append(event.recipient)
     if event.detail:
