@@ -96,8 +96,8 @@ class TokenGate:
         except PermissionDenied as exc:
             self._known.pop(key, None)
             raise Unauthenticated(
-                f"the bearer token was refused ({exc}); send `Authorization: Bearer TOKEN` with "
-                "a token from `relaybus identity user token USER`"
+                f"the token was refused by the identity service ({exc}); use a current token "
+                "from `relaybus identity user token USER`"
             ) from None
         if len(self._known) > 1000:
             self._known.clear()
@@ -163,7 +163,10 @@ class BearerAuth:
                 "this MCP server needs a relaybus user token: send `Authorization: Bearer TOKEN` "
                 "(`relaybus identity user token USER` prints one)"
             )
-        return await self.gate.caller(token)
+        try:
+            return await self.gate.caller(token)
+        except Unauthenticated as exc:
+            raise Unauthenticated(f"{exc}, sent as `Authorization: Bearer TOKEN`") from None
 
 
 def _bearer(scope: Scope) -> str | None:

@@ -20,7 +20,15 @@ from ..base import Agent
 from ..console.access import is_loopback
 from ..console.cli import _server, listen
 from ..settings import CallerSettings
-from .access import DEV_USER, BearerAuth, Caller, TokenGate, Unauthenticated
+from .access import (
+    DEV_USER,
+    BearerAuth,
+    Caller,
+    TokenGate,
+    Unauthenticated,
+    audit_refusal,
+    claimed_user,
+)
 from .exposed import exposed_agents
 from .server import RelaybusTools
 
@@ -97,9 +105,12 @@ async def local_caller(bus: Bus, identity: bool, user: str, token: str | None) -
     try:
         caller = await TokenGate(bus).caller(token)
     except Unauthenticated as exc:
-        raise ConfigError(str(exc)) from None
+        await audit_refusal(bus, "mcp/stdio", claimed_user(token), str(exc))
+        raise ConfigError(f"RELAYBUS_TOKEN (or --token): {exc}") from None
     if user and caller.user != user:
-        raise ConfigError(f"the token is user {caller.user!r}'s, not {user!r}'s")
+        refused = f"the token is user {caller.user!r}'s, not {user!r}'s (RELAYBUS_USER)"
+        await audit_refusal(bus, "mcp/stdio", user, refused)
+        raise ConfigError(refused)
     return caller
 
 

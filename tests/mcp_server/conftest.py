@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import sys
 from collections.abc import AsyncIterator, Iterator
@@ -58,17 +59,15 @@ async def stack(settings: Settings, identity_service: None, spawn: Spawn) -> Asy
         yield Stack(bus=bus, settings=settings, tokens=tokens)
 
 
-@pytest.fixture
-async def mcp_url(stack: Stack) -> AsyncIterator[str]:
-    """`relaybus mcp serve --http 127.0.0.1:0` as a process; its printed URL."""
+@contextlib.asynccontextmanager
+async def serving(settings: Settings, *args: str) -> AsyncIterator[str]:
+    """`relaybus mcp serve ARGS --http 127.0.0.1:0` as a process; its printed URL."""
     proc = await asyncio.create_subprocess_exec(
         *SERVE,
-        *OFFERED,
+        *args,
         "--http",
         "127.0.0.1:0",
-        "--wait",
-        "60",
-        env=child_env(stack.settings, RELAYBUS_IDENTITY="1"),
+        env=child_env(settings),
         cwd=ROOT,
         stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,
@@ -87,3 +86,9 @@ async def mcp_url(stack: Stack) -> AsyncIterator[str]:
         except TimeoutError:
             proc.kill()
             await proc.wait()
+
+
+@pytest.fixture
+async def mcp_url(stack: Stack) -> AsyncIterator[str]:
+    async with serving(stack.settings, *OFFERED, "--wait", "60") as url:
+        yield url

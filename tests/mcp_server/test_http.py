@@ -95,7 +95,7 @@ async def test_a_request_without_a_token_or_with_a_wrong_one_gets_401_and_is_aud
     assert "needs a relaybus user token" in anonymous.json()["error_description"]
     assert anonymous.headers["www-authenticate"].startswith('Bearer error="invalid_token"')
     assert wrong.status_code == 401
-    assert "the bearer token was refused" in wrong.json()["error_description"]
+    assert "the token was refused by the identity service" in wrong.json()["error_description"]
     assert forged not in wrong.text
 
     unknown = await read_audit(stack.bus, "unknown", decision="deny")
