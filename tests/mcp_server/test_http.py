@@ -15,6 +15,7 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp.shared._httpx_utils import create_mcp_http_client
 
 from relaybus.agents.submit import run_store
+from relaybus.bus.streams import read_matching
 from relaybus.services.identity.client import read_audit
 
 from .conftest import Stack
@@ -78,6 +79,13 @@ async def test_a_user_calls_an_agent_as_a_tool_and_gets_its_result(
     denied = await read_audit(stack.bus, "alice", decision="deny")
     assert [r.action for r in denied] == ["mcp/call", "mcp/call"]
     assert all(r.actor == "mcp:server" for r in denied)
+    # no token passthrough: nothing the run left on the bus carries the caller's token
+    subjects = stack.bus.subjects
+    stored = [
+        *await read_matching(stack.bus, subjects.stream("EVENTS"), f"{subjects.prefix}.event.>"),
+        *await read_matching(stack.bus, subjects.stream("AUDIT"), f"{subjects.prefix}.audit.>"),
+    ]
+    assert stored and not [s for s in stored if stack.tokens["alice"].encode() in s[2]]
 
 
 async def test_a_request_without_a_token_or_with_a_wrong_one_gets_401_and_is_audited(
