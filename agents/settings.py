@@ -23,3 +23,11 @@ class ToolSettings(LayerSettings):
     smtp_url: str | None = None
     smtp_from: str = "relaybus@localhost"  # the From: of mail agents send
     data_sources: Path | None = None  # TOML file declaring SQL sources and HTTP APIs for tools
+
+
+class CallerSettings(LayerSettings):
+    """RELAYBUS_USER and RELAYBUS_TOKEN: whom a locally launched process acts for, e.g. a
+    `relaybus mcp serve --stdio` that an MCP client started (it trusts its launcher)."""
+
+    user: str = ""
+    token: str | None = None

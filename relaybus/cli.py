@@ -365,6 +365,9 @@ def build_parser() -> argparse.ArgumentParser:
     from relaybus.agents.console.cli import register as register_console
 
     register_console(sub)
+    from relaybus.agents.mcp_server.cli import register as register_mcp_server
+
+    register_mcp_server(sub, load_agent)
     return parser
 
 

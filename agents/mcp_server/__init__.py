@@ -1,0 +1,19 @@
+"""`relaybus mcp serve`: relaybus agents as MCP tools, over streamable HTTP or stdio."""
+
+from .access import Caller, McpRefused, RunNotFound, Unauthenticated
+from .exposed import ArgumentsInvalid, ExposedAgent, expose, expose_name
+from .server import CANCEL_RUN, READ_RUN, RelaybusTools
+
+__all__ = [
+    "CANCEL_RUN",
+    "READ_RUN",
+    "ArgumentsInvalid",
+    "Caller",
+    "ExposedAgent",
+    "McpRefused",
+    "RelaybusTools",
+    "RunNotFound",
+    "Unauthenticated",
+    "expose",
+    "expose_name",
+]
