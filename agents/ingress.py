@@ -19,6 +19,7 @@ from relaybus.bus import Bus, Event, RelayError, Settings, SubjectInvalid
 from relaybus.bus.envelope import derived_id
 from relaybus.bus.errors import ConnectionFailed, PermissionDenied
 from relaybus.bus.pull import PlainMessage, pull
+from relaybus.bus.rpc import reply_ok
 from relaybus.bus.runtime import stop_on_signals
 from relaybus.bus.streams import default_topology, ensure, ingress_consumer
 from relaybus.bus.subjects import check_name
@@ -168,5 +169,14 @@ async def serve_ingress(settings: Settings) -> int:
     stop_on_signals(stop)
     async with Bus(settings, name="ingress") as bus:
         await ensure(bus, default_topology(bus.subjects, bus.settings.stream_replicas))
-        await Ingress(bus).run(stop)
+        ingress = Ingress(bus)
+
+        async def ping(_subject: str, _data: bytes) -> bytes:
+            return reply_ok({"admitted": ingress.admitted, "refused": ingress.refused})
+
+        sub = await bus.serve(bus.subjects.service("ingress", "ping"), ping, queue="ingress")
+        try:
+            await ingress.run(stop)
+        finally:
+            await sub.unsubscribe()
     return 0

@@ -51,7 +51,7 @@ async def pull(
         while not stop.is_set():
             try:
                 batch = await sub.fetch(BATCH, timeout=1.0)
-            except (nats.errors.TimeoutError, nats.js.errors.FetchTimeoutError):
+            except (TimeoutError, nats.errors.TimeoutError, nats.js.errors.FetchTimeoutError):
                 continue
             await asyncio.gather(*(handle(PlainMessage(msg)) for msg in batch))
     finally:
