@@ -6,6 +6,7 @@ DATA = DataTools.from_settings()          # RELAYBUS_DATA_SOURCES (a TOML file, 
 rows = await ctx.tool(DATA["pricing.price_of"], product="widget")
 rows = await ctx.tool(DATA["pricing.sql"], sql="SELECT product, avg(price_usd) ...")
 customer = await ctx.tool(DATA["crm.lookup"], customer_id="c-42")
+now = await ctx.tool(await DATA.mcp.tool("time.get_current_time"), timezone="UTC")  # docs/mcp.md
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from ..settings import ToolSettings
 from ..tool import Tool
 from .config import Sources, load_sources
 from .http import ApiClient, api_tools
+from .mcp import McpServers, McpTool
 from .sql import SqlDatabase, sql_tools
 
 
@@ -29,6 +31,7 @@ class DataTools(Mapping[str, Tool]):
     def __init__(self, sources: Sources) -> None:
         self.databases = [SqlDatabase(name, source) for name, source in sources.sql.items()]
         self.apis = [ApiClient(name, api) for name, api in sources.api.items()]
+        self.mcp = McpServers(sources.mcp)  # tools listed by the servers, on first use
         self._tools: dict[str, Tool] = {}
         for db in self.databases:
             self._tools.update(sql_tools(db))
@@ -51,8 +54,11 @@ class DataTools(Mapping[str, Tool]):
         try:
             return self._tools[name]
         except KeyError:
+            hint = ""
+            if name.partition(".")[0] in self.mcp.servers:
+                hint = f"; {name} is an MCP tool: `await DATA.mcp.tool({name!r})`"
             raise ConfigError(
-                f"no data tool {name!r}; the sources offer {sorted(self._tools)}"
+                f"no data tool {name!r}; the sources offer {sorted(self._tools)}{hint}"
             ) from None
 
     def __iter__(self) -> Iterator[str]:
@@ -66,6 +72,7 @@ class DataTools(Mapping[str, Tool]):
             db.close()
         for api in self.apis:
             await api.close()
+        await self.mcp.aclose()
 
 
-__all__ = ["ApiClient", "DataTools", "SqlDatabase", "load_sources"]
+__all__ = ["ApiClient", "DataTools", "McpServers", "McpTool", "SqlDatabase", "load_sources"]
