@@ -80,11 +80,16 @@ class McpTool(Tool):
             raise ToolArgumentsInvalid(f"tool {self.name}: {problems}")
         return McpArguments.model_validate(arguments)
 
+    @property
+    def function_name(self) -> str:
+        """The name the model calls it by: `<server>__<tool>` (model APIs refuse dots)."""
+        return f"{self.server}__{self.remote}"
+
     def json_schema(self) -> dict[str, Any]:
         return {
             "type": "function",
             "function": {
-                "name": self.name,
+                "name": self.function_name,
                 "description": self.description,
                 "parameters": self.input_schema,
             },
