@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from relaybus.bus import ConfigError, Settings
 
@@ -21,8 +22,10 @@ from ..settings import ToolSettings
 from ..tool import Tool
 from .config import Sources, load_sources
 from .http import ApiClient, api_tools
-from .mcp import McpServers, McpTool
 from .sql import SqlDatabase, sql_tools
+
+if TYPE_CHECKING:
+    from .mcp import McpServers
 
 
 class DataTools(Mapping[str, Tool]):
@@ -31,7 +34,9 @@ class DataTools(Mapping[str, Tool]):
     def __init__(self, sources: Sources) -> None:
         self.databases = [SqlDatabase(name, source) for name, source in sources.sql.items()]
         self.apis = [ApiClient(name, api) for name, api in sources.api.items()]
-        self.mcp = McpServers(sources.mcp)  # tools listed by the servers, on first use
+        from .mcp import McpServers  # the mcp SDK only where MCP tools are used
+
+        self.mcp: McpServers = McpServers(sources.mcp)  # tools listed by the servers, on first use
         self._tools: dict[str, Tool] = {}
         for db in self.databases:
             self._tools.update(sql_tools(db))
@@ -75,4 +80,4 @@ class DataTools(Mapping[str, Tool]):
         await self.mcp.aclose()
 
 
-__all__ = ["ApiClient", "DataTools", "McpServers", "McpTool", "SqlDatabase", "load_sources"]
+__all__ = ["ApiClient", "DataTools", "SqlDatabase", "load_sources"]
