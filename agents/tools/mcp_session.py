@@ -49,7 +49,7 @@ class McpConnection:
                 async with asyncio.timeout(self.server.timeout_s):
                     self._client = await asyncio.shield(ready)
             except TimeoutError:
-                await self._close_owner()
+                await self._close_owner(wait_s=0.0)
                 raise McpUnavailable(
                     f"MCP server {self.name} did not complete its handshake within "
                     f"{self.server.timeout_s:g}s; check [mcp.{self.name}] in the sources file",
@@ -100,13 +100,14 @@ class McpConnection:
         async with self._lock:
             await self._close_owner()
 
-    async def _close_owner(self) -> None:
+    async def _close_owner(self, wait_s: float = 10.0) -> None:
+        """Tell the owner task to close its session; cancel it if it has not within `wait_s`."""
         owner, self._owner, self._client = self._owner, None, None
         if owner is None:
             return
         self._stop.set()
         try:
-            async with asyncio.timeout(10.0):
+            async with asyncio.timeout(wait_s):
                 await asyncio.gather(owner, return_exceptions=True)
         except TimeoutError:
             owner.cancel()
