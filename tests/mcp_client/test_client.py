@@ -145,3 +145,12 @@ async def test_an_allow_list_naming_an_unlisted_tool_is_a_config_error(tmp_path:
             await tools.mcp.tools("web")  # nobody listens there
     finally:
         await tools.aclose()
+
+
+async def test_a_server_that_never_answers_the_handshake_is_given_up_on() -> None:
+    import sys
+
+    silent = McpServer(command=[sys.executable, "-c", "import time; time.sleep(60)"], timeout_s=1)
+    async with McpServers({"silent": silent}) as mcp:
+        with pytest.raises(McpUnavailable, match="did not complete its handshake within 1s"):
+            await mcp.tools("silent")
