@@ -154,3 +154,31 @@ async def test_a_server_that_never_answers_the_handshake_is_given_up_on() -> Non
     async with McpServers({"silent": silent}) as mcp:
         with pytest.raises(McpUnavailable, match="did not complete its handshake within 1s"):
             await mcp.tools("silent")
+
+
+async def test_the_published_git_server_over_stdio(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    git = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@example.com"]
+    subprocess.run([*git, "init", "-q"], check=True)
+    (repo / "notes.txt").write_text("hello\n")
+    subprocess.run([*git, "add", "notes.txt"], check=True)
+    subprocess.run([*git, "commit", "-q", "-m", "first notes"], check=True)
+    server = McpServer(
+        command=[sys.executable, "-m", "mcp_server_git", "--repository", str(repo)],
+        tools=["git_log", "git_status"],
+    )
+    async with McpServers({"git": server}) as mcp:
+        assert sorted(t.scope for t in await mcp.tools("git")) == [
+            "mcp/git/git_log",
+            "mcp/git/git_status",
+        ]
+        log = await mcp.call("git", "git_log", {"repo_path": str(repo)})
+        assert "first notes" in log["text"]
+        with pytest.raises(McpToolError, match="outside the allowed repository"):
+            await mcp.call("git", "git_status", {"repo_path": str(tmp_path)})
+        with pytest.raises(ConfigError, match="offers no tool 'git_commit'"):
+            await mcp.tool("git.git_commit")  # not in the allow-list
