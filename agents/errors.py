@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from relaybus.bus import ErrorInfo, PermissionDenied, RelayError, RunFailed
+from relaybus.bus import ErrorInfo, PermissionDenied, RelayError, RunFailed, UpstreamFailed
 from relaybus.bus.errors import rebuild_error
 from relaybus.services.payments.errors import PaymentRefused
 
@@ -32,6 +32,37 @@ class DataRefused(RelayError):
     to change. Not a tool failure: it does not trip the tool's circuit breaker."""
 
 
+class _McpFields(RelayError):
+    """An MCP error names the server and the tool."""
+
+    def __init__(self, message: str, *, server: str = "", tool: str = "") -> None:
+        super().__init__(message)
+        self.server, self.tool = server, tool
+
+    def details(self) -> dict[str, str | int | float | bool]:
+        return {"server": self.server, "tool": self.tool}
+
+    @classmethod
+    def from_info(cls, info: ErrorInfo) -> RelayError:
+        d = info.details
+        return cls(info.message, server=str(d.get("server", "")), tool=str(d.get("tool", "")))
+
+
+class McpToolError(_McpFields, DataRefused):
+    """An MCP server answered a call with an error (its `isError`, or refused arguments): the
+    model is told, the call is not charged and does not trip the breaker."""
+
+
+class McpUnavailable(_McpFields, UpstreamFailed):
+    """An MCP server could not be started or reached, dropped its session or did not answer in
+    time; the next call opens a new session."""
+
+
+class McpResultInvalid(_McpFields, UpstreamFailed):
+    """An MCP server answered with something that is not a valid result (malformed, or not
+    matching the tool's output schema)."""
+
+
 class CircuitOpen(RelayError):
     """A tool failed too often in a row; calls are refused until its breaker half-opens."""
 
@@ -41,6 +72,7 @@ _REBUILD: dict[str, type[RunFailed]] = {"ChildFailed": ChildFailed, "GatherTimeo
 _REFUSALS: dict[str, type[RelayError]] = {
     "PermissionDenied": PermissionDenied,
     "DataRefused": DataRefused,
+    "McpToolError": McpToolError,
     "PaymentRefused": PaymentRefused,
 }
 

@@ -60,7 +60,7 @@ async def use_tools(
 ) -> ToolRun:
     """Chat with `tools` offered; run the calls the model makes; repeat until it answers in
     text (LimitExceeded after `max_rounds` model calls that still asked for tools)."""
-    by_name = {t.name: t for t in tools}
+    by_name = {t.json_schema()["function"]["name"]: t for t in tools}
     conversation = list(messages)
     calls: list[ToolCall] = []
     for round_ in range(1, max_rounds + 1):

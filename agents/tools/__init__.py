@@ -6,6 +6,7 @@ DATA = DataTools.from_settings()          # RELAYBUS_DATA_SOURCES (a TOML file, 
 rows = await ctx.tool(DATA["pricing.price_of"], product="widget")
 rows = await ctx.tool(DATA["pricing.sql"], sql="SELECT product, avg(price_usd) ...")
 customer = await ctx.tool(DATA["crm.lookup"], customer_id="c-42")
+now = await ctx.tool(await DATA.mcp.tool("time.get_current_time"), timezone="UTC")  # docs/mcp.md
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from relaybus.bus import ConfigError, Settings
 
@@ -22,6 +24,9 @@ from .config import Sources, load_sources
 from .http import ApiClient, api_tools
 from .sql import SqlDatabase, sql_tools
 
+if TYPE_CHECKING:
+    from .mcp import McpServers
+
 
 class DataTools(Mapping[str, Tool]):
     """Every tool the configured sources offer, by name (`pricing.sql`, `crm.lookup`, …)."""
@@ -29,6 +34,9 @@ class DataTools(Mapping[str, Tool]):
     def __init__(self, sources: Sources) -> None:
         self.databases = [SqlDatabase(name, source) for name, source in sources.sql.items()]
         self.apis = [ApiClient(name, api) for name, api in sources.api.items()]
+        from .mcp import McpServers  # the mcp SDK only where MCP tools are used
+
+        self.mcp: McpServers = McpServers(sources.mcp)  # tools listed by the servers, on first use
         self._tools: dict[str, Tool] = {}
         for db in self.databases:
             self._tools.update(sql_tools(db))
@@ -51,8 +59,11 @@ class DataTools(Mapping[str, Tool]):
         try:
             return self._tools[name]
         except KeyError:
+            hint = ""
+            if name.partition(".")[0] in self.mcp.servers:
+                hint = f"; {name} is an MCP tool: `await DATA.mcp.tool({name!r})`"
             raise ConfigError(
-                f"no data tool {name!r}; the sources offer {sorted(self._tools)}"
+                f"no data tool {name!r}; the sources offer {sorted(self._tools)}{hint}"
             ) from None
 
     def __iter__(self) -> Iterator[str]:
@@ -66,6 +77,7 @@ class DataTools(Mapping[str, Tool]):
             db.close()
         for api in self.apis:
             await api.close()
+        await self.mcp.aclose()
 
 
 __all__ = ["ApiClient", "DataTools", "SqlDatabase", "load_sources"]

@@ -22,6 +22,12 @@ headers = { Authorization = "Bearer ${CRM_TOKEN}" }   # secrets come from the en
 method = "GET"
 path = "/customers/{customer_id}"
 params = { customer_id = "str" }
+
+[mcp.time]                             # tools time.<tool>; scope mcp/time/<tool> (docs/mcp.md)
+command = ["mcp-server-time"]          # stdio: the server's argv; or url = "http://.../mcp"
+env = { TZ_TOKEN = "${TZ_TOKEN}" }     # stdio: its environment; url: headers = {...}
+tools = ["get_current_time"]           # only these are offered (default: every tool listed)
+price = { get_current_time = 2 }       # micro-units per call, held and captured by the ledger
 """
 
 from __future__ import annotations
@@ -40,6 +46,7 @@ from pydantic import (
     ValidationError,
     create_model,
     field_validator,
+    model_validator,
 )
 
 from relaybus.bus import ConfigError
@@ -117,9 +124,44 @@ class ApiSource(_Strict):
     endpoints: dict[str, Endpoint] = Field(min_length=1)
 
 
+class McpServer(_Strict):
+    """An MCP server whose tools become `<server>.<tool>`: started as `command` (stdio) or
+    reached at `url` (streamable HTTP)."""
+
+    command: list[str] = []
+    env: dict[str, str] = Field(default={}, repr=False)
+    url: str = ""
+    headers: dict[str, str] = Field(default={}, repr=False)
+    filled: list[str] = Field(default=[], repr=False, exclude=True)
+    tools: list[str] | None = None  # the allow-list; None: every tool the server lists
+    price: dict[str, int] = {}  # micro-units per call of a tool (0 when not named)
+    timeout_s: float = Field(default=30.0, gt=0, le=600)
+    max_result_bytes: int = Field(default=64_000, ge=256, le=16_000_000)
+    breaker_failures: int = Field(default=5, ge=1)
+    breaker_reset_s: float = Field(default=30.0, gt=0)
+
+    @model_validator(mode="after")
+    def _one_transport(self) -> McpServer:
+        if bool(self.command) == bool(self.url):
+            raise ValueError('give either command = [...] (stdio) or url = "http://..."')
+        if self.url and not self.url.startswith(("http://", "https://")):
+            raise ValueError(f"url {self.url!r} must start with http:// or https://")
+        if self.command and self.headers:
+            raise ValueError("headers are for url servers; a command server gets env = {...}")
+        if self.url and self.env:
+            raise ValueError("env is for command servers; a url server gets headers = {...}")
+        for tool, price in self.price.items():
+            if price < 0:
+                raise ValueError(f"price of {tool} must be >= 0 micro-units")
+            if self.tools is not None and tool not in self.tools:
+                raise ValueError(f"price names {tool!r}, which is not in tools = {self.tools}")
+        return self
+
+
 class Sources(_Strict):
     sql: dict[str, SqlSource] = {}
     api: dict[str, ApiSource] = {}
+    mcp: dict[str, McpServer] = {}
 
 
 def load_sources(path: Path, environ: Mapping[str, str] | None = None) -> Sources:
@@ -137,7 +179,7 @@ def load_sources(path: Path, environ: Mapping[str, str] | None = None) -> Source
             f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
         )
         raise ConfigError(f"{path}: {problems}") from None
-    for kind, group in (("sql", sources.sql), ("api", sources.api)):
+    for kind, group in (("sql", sources.sql), ("api", sources.api), ("mcp", sources.mcp)):
         for name in group:
             if not _NAME.match(name):
                 raise ConfigError(f"{path}: [{kind}.{name}]: use lowercase letters, digits and '_'")
@@ -146,24 +188,37 @@ def load_sources(path: Path, environ: Mapping[str, str] | None = None) -> Source
             if not _NAME.match(endpoint):
                 raise ConfigError(f"{path}: [api.{name}.endpoints.{endpoint}]: bad endpoint name")
     env = os.environ if environ is None else environ
-    resolved = {}
+    apis = {}
     for name, api in sources.api.items():
-        headers, filled = {}, []
-        for header, value in api.headers.items():
-            missing = [v for v in _SECRET.findall(value) if v not in env]
-            if missing:
-                raise ConfigError(
-                    f"{path}: [api.{name}] header {header} needs ${{{missing[0]}}}, which is not set"
-                )
-            headers[header] = _SECRET.sub(lambda m: env[m[1]], value)
-            filled += [env[v] for v in _SECRET.findall(value)]
-        resolved[name] = api.model_copy(update={"headers": headers, "filled": filled})
-    return sources.model_copy(update={"api": resolved})
+        headers, filled = _fill(path, f"[api.{name}] header", api.headers, env)
+        apis[name] = api.model_copy(update={"headers": headers, "filled": filled})
+    servers = {}
+    for name, server in sources.mcp.items():
+        headers, filled = _fill(path, f"[mcp.{name}] header", server.headers, env)
+        variables, more = _fill(path, f"[mcp.{name}] env", server.env, env)
+        servers[name] = server.model_copy(
+            update={"headers": headers, "env": variables, "filled": filled + more}
+        )
+    return sources.model_copy(update={"api": apis, "mcp": servers})
 
 
-def secret_values(api: ApiSource) -> list[str]:
-    """What is scrubbed from anything an API tool returns or raises: each value filled in from
-    the environment, and each whole header value, longest first."""
+def _fill(
+    path: Path, where: str, values: dict[str, str], env: Mapping[str, str]
+) -> tuple[dict[str, str], list[str]]:
+    """`values` with each `${VAR}` filled from `env`, and the values filled in."""
+    done, filled = {}, []
+    for key, value in values.items():
+        missing = [v for v in _SECRET.findall(value) if v not in env]
+        if missing:
+            raise ConfigError(f"{path}: {where} {key} needs ${{{missing[0]}}}, which is not set")
+        done[key] = _SECRET.sub(lambda m: env[m[1]], value)
+        filled += [env[v] for v in _SECRET.findall(value)]
+    return done, filled
+
+
+def secret_values(api: ApiSource | McpServer) -> list[str]:
+    """What is scrubbed from anything an API or MCP tool returns or raises: each value filled
+    in from the environment, and each whole header value, longest first."""
     values = {v for v in [*api.filled, *api.headers.values()] if len(v) >= 4}
     return sorted(values, key=len, reverse=True)
 
