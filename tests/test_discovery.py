@@ -6,14 +6,17 @@ from __future__ import annotations
 import asyncio
 import importlib.metadata
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import nats
 import pytest
 from nats.aio.client import Client as NATS
 
-from relaybus.bus import Bus, Settings, default_topology, ensure, rpc
+from relaybus.bus import Bus, NatsServer, Settings, Subjects, default_topology, ensure, rpc
+from relaybus.services.identity.messages import AgentRecord
+from relaybus.services.identity.natsconfig import authorization_block, nkey_path, write_nkey
 from relaybus.services.ledger.client import LedgerClient
 from relaybus.services.ledger.errors import LedgerError
 
@@ -132,3 +135,68 @@ async def test_stats_count_requests_made_through_the_client(
         await rpc.call(running, f"{settings.prefix}.svc.ledger.steal", {})
     everyone = await ask_all(plain, "$SRV.STATS", settings.prefix, 3)
     assert sorted(s["name"] for s in everyone) == sorted(SERVICES)
+
+
+@pytest.fixture
+def secured(tmp_path: Path, prefix: str) -> Iterator[tuple[NatsServer, Settings]]:
+    """A server running the generated authorization block: the operator, the ledger service's
+    own user, and one agent on its nkey."""
+    home = tmp_path / "home"
+    settings = Settings.from_env({}, prefix=prefix, home=home, nats_auth=True)
+    agents = [AgentRecord(name="scout", public_key="", nkey=write_nkey(home, "scout"))]
+    conf = tmp_path / "auth.conf"
+    admins = {"admin": "op-s3cret", "ledger": "ledger-s3cret"}
+    conf.write_text(authorization_block(Subjects(prefix), agents, admins))
+    with NatsServer(tmp_path / "store", config_file=conf) as server:
+        yield server, settings.model_copy(update={"nats_url": server.url})
+
+
+async def test_operators_discover_services_and_agents_cannot(
+    secured: tuple[NatsServer, Settings],
+) -> None:
+    server, settings = secured
+    operator = settings.model_copy(
+        update={"nats_url": server.url.replace("nats://", "nats://admin:op-s3cret@")}
+    )
+    ledger_user = settings.model_copy(
+        update={"nats_url": server.url.replace("nats://", "nats://ledger:ledger-s3cret@")}
+    )
+    async with Bus(operator, name="operator") as bus:
+        await ensure(bus, default_topology(bus.subjects))
+        with service_process(ledger_user, "ledger"):  # on its own, restricted NATS user
+            await wait_service(bus, "ledger", 60)
+            # the operator finds the ledger: its user may listen on $SRV and reply
+            pong = await bus.nc.request("$SRV.PING.relaybus-ledger", b"", timeout=5)
+            assert json.loads(pong.data)["metadata"] == {"prefix": settings.prefix}
+
+            refusals: list[str] = []
+
+            async def on_error(exc: Exception) -> None:
+                refusals.append(str(exc))
+
+            agent = await nats.connect(
+                server.url,
+                nkeys_seed=str(nkey_path(settings.home, "scout")),
+                inbox_prefix="_INBOX_scout",
+                error_cb=on_error,
+                connect_timeout=5,
+            )
+            try:
+                # an agent still reaches its own ledger operations, endpoints and all ...
+                reply = await agent.request(
+                    f"{settings.prefix}.svc.ledger.run_cost", b'{"run": "R1"}', timeout=5
+                )
+                assert json.loads(reply.data)["ok"] is True
+                # ... but may not ask who serves what, nor what they have handled
+                for subject in ("$SRV.PING", "$SRV.INFO.relaybus-ledger", "$SRV.STATS"):
+                    with pytest.raises(nats.errors.TimeoutError):
+                        await agent.request(subject, b"", timeout=1)
+                await wait_for(lambda: len(refusals) >= 3, timeout_s=5, what="3 refusals")
+                assert all("permissions violation for publish" in r for r in refusals), refusals
+                assert {r.split('"')[1] for r in refusals} == {
+                    "$srv.ping",  # nats-py lower-cases the server's error
+                    "$srv.info.relaybus-ledger",
+                    "$srv.stats",
+                }
+            finally:
+                await agent.close()
