@@ -30,6 +30,11 @@ def reply_error(exc: BaseException) -> bytes:
     return msgspec.json.encode(Reply(ok=False, error=ErrorInfo.from_exception(exc)))
 
 
+def is_refusal(reply: bytes) -> bool:
+    """Whether `reply` (from `answer`) is a refusal: its encoding starts with `ok`."""
+    return reply.startswith(b'{"ok":false')
+
+
 async def answer(
     work: Callable[[], Awaitable[Any]], service: str, refusal: type[RelayError]
 ) -> bytes:

@@ -130,3 +130,20 @@ class SessionOp(msgspec.Struct, kw_only=True):
     state: dict[str, str] = {}
     turn: Turn | None = None
     last: int = 20
+
+
+REQUESTS: dict[str, type | None] = {
+    "remember": Remember,
+    "recall": Recall,
+    "forget": Forget,
+    "history": History,
+    "ingest": Ingest,
+    "search_docs": SearchDocs,
+    "session": SessionOp,
+    "gc": TenantGc,
+    "stats": Stats,
+    "admin_gc": Gc,
+    "admin_stats": None,
+    "ping": None,
+}
+"""The request body of each `<prefix>.svc.memory.<op>` (None: the body is ignored)."""

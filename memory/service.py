@@ -20,6 +20,7 @@ import msgspec
 
 from relaybus.bus import Bus, RelayError, Settings, default_topology, ensure, metrics
 from relaybus.bus.kv import Bucket
+from relaybus.bus.micro import Endpoint, MicroService, json_schema
 from relaybus.bus.rpc import answer
 from relaybus.bus.runtime import stop_on_signals
 from relaybus.services.identity.client import IdentityGate
@@ -31,6 +32,7 @@ from .embed import Embedder, LexicalEmbedder
 from .keywords import document_keywords, query_keywords
 from .maintenance import admin_gc, admin_stats, sweep, tenant_gc, tenant_stats
 from .messages import (
+    REQUESTS,
     Caller,
     Forget,
     History,
@@ -349,6 +351,26 @@ def open_store(settings: Settings) -> VectorStore:
     return EdgeStore(settings.home.resolve() / "memory")
 
 
+def memory_micro(bus: Bus, service: MemoryService) -> MicroService:
+    """`relaybus-memory`: one endpoint per operation on `<prefix>.svc.memory.<op>`."""
+    return MicroService(
+        bus,
+        name="relaybus-memory",
+        description="relaybus memory: long-term facts, documents and sessions per tenant",
+        queue="memory",
+        endpoints=[
+            Endpoint(
+                name=op,
+                subject=bus.subjects.service("memory", op),
+                handler=service.handle,
+                request_schema=json_schema(REQUESTS[op]),
+            )
+            for op in MemoryService.ops
+        ],
+        unmatched=(bus.subjects.service_ops("memory"), service.handle),
+    )
+
+
 async def serve_memory(settings: Settings) -> int:
     stop = asyncio.Event()
     stop_on_signals(stop)
@@ -366,14 +388,15 @@ async def serve_memory(settings: Settings) -> int:
         embedder = choose_embedder(MemorySettings.of(settings).embedder)
         service = MemoryService(store, embedder, gate, sessions=sessions)
         await service.start()
-        sub = await bus.serve(bus.subjects.service_ops("memory"), service.handle, queue="memory")
         sweeper = asyncio.create_task(sweep(service, settings))
-        log.info("memory service answering (%s, %s)", type(store).__name__, service.embedder.id)
         try:
-            await stop.wait()
+            async with memory_micro(bus, service):
+                log.info(
+                    "memory service answering (%s, %s)", type(store).__name__, service.embedder.id
+                )
+                await stop.wait()
         finally:
             sweeper.cancel()
-            await sub.unsubscribe()
             if gate is not None:
                 await gate.close()
             await store.close()

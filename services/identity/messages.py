@@ -101,3 +101,19 @@ class AuditRecord(msgspec.Struct, kw_only=True, omit_defaults=True):
     args_digest: str = ""
     chain: list[str] = []
     detail: dict[str, Any] = {}
+
+
+REQUESTS: dict[str, type | None] = {
+    "agent_add": AgentAdd,
+    "agent_list": None,
+    "user_add": UserAdd,
+    "role_add": RoleRecord,
+    "token": TokenIssue,
+    "revoke": Revoke,
+    "pubkey": None,
+    "root": RootRequest,
+    "authenticate": TokenCheck,
+    "stamp": StampRequest,
+}
+"""The request body of each `<prefix>.svc.identity.<op>` (None: the body is ignored); `stamp`
+arrives on `…identity.stamp.<agent>`, the sender named by the subject."""

@@ -5,6 +5,11 @@ publish only to the task subjects of agents it may hand off to (and of agents th
 for results), to its own subject (timers), to events, audit, its dead letters and the service
 request subjects in its own name, plus the JetStream API calls of its own consumer and buckets.
 It may subscribe only to its own inbox and the control subjects. No `allow_responses`.
+
+Service discovery (`$SRV.PING|INFO|STATS`, the NATS micro protocol) is for operators only: an
+agent gets no `$SRV` subject, since INFO lists operator-only operations and STATS shows every
+tenant's request counts. The services' own users subscribe to `$SRV.>` and reply to inboxes
+under their `>` allowances (docs/services-discovery.md).
 """
 
 from __future__ import annotations

@@ -28,6 +28,7 @@ from relaybus.bus import (
     default_topology,
     ensure,
 )
+from relaybus.bus.micro import Endpoint, MicroService, json_schema
 from relaybus.bus.private import write_private
 from relaybus.bus.rpc import answer
 from relaybus.bus.runtime import stop_on_signals
@@ -47,6 +48,7 @@ from .chain import (
 from .client import publish_audit
 from .errors import ChainInvalid
 from .messages import (
+    REQUESTS,
     AgentAdd,
     AgentRecord,
     AuditRecord,
@@ -405,16 +407,38 @@ async def serve_identity(settings: Settings) -> int:
             if not agent.revoked:
                 await ensure_agent_consumers(bus, agent.name)
         service = IdentityService(bus, registry, key)
-        subject = bus.subjects.service_all("identity")
-        sub = await bus.serve(subject, service.handle, queue="identity")
-        log.info("identity service answering on %s", subject)
-        from relaybus.services.runs.service import (
-            serve_runs,  # the run authority shares this process
+        async with identity_micro(bus, service):
+            log.info("identity service answering on %s", bus.subjects.service_all("identity"))
+            from relaybus.services.runs.service import (
+                serve_runs,  # the run authority shares this process
+            )
+
+            runs_sub, authority = await serve_runs(bus)
+            await stop.wait()
+            await runs_sub.unsubscribe()
+            await authority.close()
+    return 0
+
+
+def identity_micro(bus: Bus, service: IdentityService) -> MicroService:
+    """`relaybus-identity`: one endpoint per operation on `<prefix>.svc.identity.<op>`, and
+    `stamp` on `…identity.stamp.*` (the sender's name as the last token)."""
+
+    def endpoint(op: str, subject: str) -> Endpoint:
+        return Endpoint(
+            name=op,
+            subject=subject,
+            handler=service.handle,
+            request_schema=json_schema(REQUESTS[op]),
         )
 
-        runs_sub, authority = await serve_runs(bus)
-        await stop.wait()
-        await sub.unsubscribe()
-        await runs_sub.unsubscribe()
-        await authority.close()
-    return 0
+    ops = [endpoint(op, bus.subjects.service("identity", op)) for op in IdentityService.ops]
+    stamps = endpoint("stamp", bus.subjects.service("identity", "stamp") + ".*")
+    return MicroService(
+        bus,
+        name="relaybus-identity",
+        description="relaybus identity: users, agents, tokens, revocation, delegation stamps",
+        queue="identity",
+        endpoints=[*ops, stamps],
+        unmatched=(bus.subjects.service_all("identity"), service.handle),
+    )

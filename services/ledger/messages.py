@@ -31,6 +31,7 @@ __all__ = [
     "PAYMENT_LEVEL",
     "WRITES",
     "decode_request",
+    "request_schema",
 ]
 
 AGENT_OPS: tuple[str, ...] = ("hold", "capture", "void", "cap", "run_cost")
@@ -56,11 +57,14 @@ _CLOCK_FIELDS = ("at", "clock", "now", "time")
 
 def _strict(op_type: type) -> type:
     """`op_type` refusing unknown fields: the wire is strict, the journal reads what it wrote."""
-    return type(op_type.__name__, (op_type,), {}, forbid_unknown_fields=True)
+    return type(
+        op_type.__name__, (op_type,), {"__doc__": op_type.__doc__}, forbid_unknown_fields=True
+    )
 
 
+_WIRE_TYPES: dict[str, type] = {kind: _strict(t) for kind, t in OP_TYPES.items()}
 _DECODERS: dict[str, msgspec.json.Decoder[Any]] = {
-    kind: msgspec.json.Decoder(_strict(t)) for kind, t in OP_TYPES.items()
+    kind: msgspec.json.Decoder(t) for kind, t in _WIRE_TYPES.items()
 }
 _probe = msgspec.json.Decoder(dict[str, Any]).decode
 
@@ -83,6 +87,18 @@ def decode_request(subject_op: str, data: bytes) -> Op:
     except msgspec.DecodeError as exc:
         raise LedgerError(f"bad ledger request: {exc}") from None
     return op
+
+
+def request_schema(subject_op: str) -> dict[str, Any]:
+    """The JSON schema of a request on `<prefix>.svc.ledger.<subject_op>`: a write's own fields
+    and no others (`kind` may be left out), or a query's optional string parameters."""
+    wire_type = _WIRE_TYPES.get(subject_op)
+    if wire_type is None:
+        return msgspec.json.schema(dict[str, str | None])
+    schema = msgspec.json.schema(wire_type)
+    fields = schema["$defs"][wire_type.__name__]
+    fields["required"] = [name for name in fields["required"] if name != "kind"]
+    return schema
 
 
 def _explain(subject_op: str, data: bytes) -> None:

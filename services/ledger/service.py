@@ -34,6 +34,7 @@ from relaybus.bus import (
 )
 from relaybus.bus.events import Event
 from relaybus.bus.kv import Bucket
+from relaybus.bus.micro import Endpoint, MicroService
 from relaybus.bus.rpc import answer
 from relaybus.bus.runtime import stop_on_signals
 from relaybus.bus.streams import read_subject
@@ -42,7 +43,7 @@ from relaybus.services.identity.messages import AuditRecord
 from relaybus.services.ledger.errors import BudgetExceeded, LedgerError, RateLimited
 from relaybus.services.ledger.settings import LedgerSettings
 
-from .messages import WRITES, decode_request
+from .messages import WRITES, decode_request, request_schema
 from .model import Entry, State, apply, decide
 from .ops import Capture, Hold, Op
 from .queries import QUERIES
@@ -285,6 +286,26 @@ def run_cost_gauge(writer: LedgerWriter) -> None:
     )
 
 
+def ledger_micro(bus: Bus, writer: LedgerWriter) -> MicroService:
+    """`relaybus-ledger`: one endpoint per write and query on `<prefix>.svc.ledger.<op>`."""
+    return MicroService(
+        bus,
+        name="relaybus-ledger",
+        description="relaybus ledger: budgets, holds and captures, rate limits, cost queries",
+        queue="ledger",
+        endpoints=[
+            Endpoint(
+                name=op,
+                subject=bus.subjects.service("ledger", op),
+                handler=writer.handle,
+                request_schema=request_schema(op),
+            )
+            for op in (*WRITES, *QUERIES)
+        ],
+        unmatched=(bus.subjects.service_ops("ledger"), writer.handle),
+    )
+
+
 async def serve_ledger(settings: Settings) -> int:
     stop = asyncio.Event()
     stop_on_signals(stop)
@@ -293,14 +314,15 @@ async def serve_ledger(settings: Settings) -> int:
         writer = LedgerWriter(bus)
         count = await writer.rebuild()
         run_cost_gauge(writer)
-        sub = await bus.serve(bus.subjects.service_ops("ledger"), writer.handle, queue="ledger")
-        log.info("ledger partition %s rebuilt from %d entries; answering", writer.partition, count)
-        done = asyncio.ensure_future(stop.wait())
-        failed = asyncio.ensure_future(writer.failed.wait())
-        await asyncio.wait({done, failed}, return_when=asyncio.FIRST_COMPLETED)
-        done.cancel()
-        failed.cancel()
-        await sub.unsubscribe()
+        async with ledger_micro(bus, writer):
+            log.info(
+                "ledger partition %s rebuilt from %d entries; answering", writer.partition, count
+            )
+            done = asyncio.ensure_future(stop.wait())
+            failed = asyncio.ensure_future(writer.failed.wait())
+            await asyncio.wait({done, failed}, return_when=asyncio.FIRST_COMPLETED)
+            done.cancel()
+            failed.cancel()
     if writer.failed.is_set():
         log.error("ledger writer stopped after an append error; exiting so it is restarted")
         return 1

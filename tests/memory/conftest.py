@@ -13,7 +13,7 @@ from relaybus.memory.client import MemoryClient
 from relaybus.memory.edge import EdgeStore
 from relaybus.memory.embed import LexicalEmbedder
 from relaybus.memory.messages import Caller
-from relaybus.memory.service import MemoryService
+from relaybus.memory.service import MemoryService, memory_micro
 from relaybus.memory.sessions import Sessions
 
 
@@ -33,9 +33,8 @@ async def served(bus: Bus, tmp_path: Path) -> AsyncIterator[tuple[MemoryService,
         EdgeStore(tmp_path / "memory"), LexicalEmbedder(), clock=clock, sessions=sessions
     )
     await service.start()
-    sub = await bus.serve(f"{bus.subjects.prefix}.svc.memory.*", service.handle)
-    yield service, clock
-    await sub.unsubscribe()
+    async with memory_micro(bus, service):  # as `relaybus service memory` answers
+        yield service, clock
     await service.store.close()
 
 
