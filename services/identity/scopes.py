@@ -89,6 +89,25 @@ def all_narrow(children: Sequence[Scope], parents: Sequence[Scope]) -> Scope | N
     return None
 
 
+def within(granted: Sequence[Scope], allowed: Sequence[Scope]) -> list[Scope]:
+    """The part of `granted` that lies within `allowed`: a granted scope inside an allowed one
+    as it is; one wider than an allowed scope becomes that allowed scope (with the granted
+    constraints added); one outside every allowed scope is dropped. A user's scopes within
+    what the agent a run starts at may ever hold."""
+    out: list[Scope] = []
+    for have in granted:
+        if any(narrows(have, allow) for allow in allowed):
+            kept = [have]
+        else:
+            kept = [
+                Scope(path=allow.path, constraints={**have.constraints, **allow.constraints})
+                for allow in allowed
+                if covers_path(have.path, allow.path)
+            ]
+        out.extend(k for k in kept if k not in out)
+    return out
+
+
 def restrict(requested: Sequence[Scope], held: Sequence[Scope]) -> list[Scope]:
     """What a delegation asking for `requested` gets from someone holding `held`: each request
     within a held scope as asked; one that names a wider path or drops a constraint becomes the

@@ -62,7 +62,7 @@ from .messages import (
     UserRecord,
 )
 from .registry import Registry
-from .scopes import all_narrow, parse_scope
+from .scopes import all_narrow, parse_scope, within
 
 log = logging.getLogger("relaybus.identity")
 
@@ -221,6 +221,9 @@ class IdentityService:
                 if wider is not None:
                     raise PermissionDenied(f"user {req.user} does not hold {wider}")
                 scopes = wanted
+            target = await self.registry.agent(req.agent) if req.agent else None
+            if target is not None:  # a run starts with no more than its agent may ever hold
+                scopes = within(scopes, [parse_scope(s) for s in target.scopes])
         except RelayError as exc:
             await self.audit(
                 "run/root", "deny", req.user, f"user:{req.user}", reason=str(exc), run_id=req.run_id

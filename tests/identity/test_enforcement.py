@@ -244,3 +244,20 @@ def test_agent_without_a_key_says_how_to_register(settings: Settings, tmp_path: 
         timeout=60,
     )
     assert out.returncode == 1 and "relaybus identity agent add i_writer" in out.stderr
+
+
+async def test_a_run_starts_with_no_more_than_its_agent_may_ever_hold(
+    idbus: Bus, token: str
+) -> None:
+    """alice holds search, email/send and data/read; i_research may only ever hold search/docs:
+    the root link of a run at i_research carries search/docs alone, not alice's mail rights."""
+    from relaybus.services.identity.chain import decode_body
+
+    identity = IdentityClient(idbus)
+    research = await identity.root("alice", token, "run-narrow", "i_research", task_id="t1")
+    assert [str(s) for s in decode_body(research.payload).scopes] == ["search/docs"]
+    orch = await identity.root("alice", token, "run-orch", "i_orch", task_id="t2")
+    assert sorted(str(s) for s in decode_body(orch.payload).scopes) == [
+        "email/send:recipient_domain=team.example",
+        "search",
+    ]
