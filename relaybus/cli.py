@@ -362,6 +362,9 @@ def build_parser() -> argparse.ArgumentParser:
     from relaybus.agents.console.cli import register as register_console
 
     register_console(sub)
+    from relaybus.agents.a2a.cli import register as register_a2a
+
+    register_a2a(sub)
     return parser
 
 
