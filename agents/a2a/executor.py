@@ -31,6 +31,7 @@ from a2a.server.events.event_queue_v2 import EventQueue
 from a2a.server.tasks.task_updater import TaskUpdater
 from a2a.types import Message, TaskState
 from a2a.utils.errors import InvalidParamsError, TaskNotFoundError
+from google.protobuf.json_format import MessageToDict
 
 from relaybus.bus import Bus, PermissionDenied, RelayError
 from relaybus.bus.feed import EventFeed
@@ -70,6 +71,14 @@ def payload_of(message: Message | None) -> Any:
     if data:
         return _json_value(data[0])
     return {"text": "\n".join(get_text_parts(list(message.parts)))}
+
+
+def metadata_of(context: RequestContext) -> dict[str, Any]:
+    """The message's metadata and the request's (the message's wins)."""
+    found = dict(context.metadata)
+    if context.message is not None:
+        found.update(MessageToDict(context.message.metadata))
+    return found
 
 
 def caller_of(context: RequestContext) -> Caller:
@@ -132,7 +141,7 @@ class RunExecutor(AgentExecutor):
     async def _answer(self, run: Run, record: RunRecord, context: RequestContext) -> None:
         """Deliver a follow-up message as the signal the run waits for."""
         pending = record.pending_signals()
-        named = str(context.metadata.get("relaybus.signal", "")) if context.metadata else ""
+        named = str(metadata_of(context).get("relaybus.signal", ""))
         if not pending or (named and named not in pending):
             waits = ", ".join(pending) or "no signal"
             raise InvalidParamsError(
@@ -200,8 +209,8 @@ class RunExecutor(AgentExecutor):
         reason: str = "",
     ) -> None:
         detail: dict[str, Any] = {"agent": self.agent}
-        if context is not None and context.metadata:
-            delegation = read_delegation(dict(context.metadata))
+        if context is not None:
+            delegation = read_delegation(metadata_of(context))
             if delegation is not None:
                 detail["delegated_by"] = delegation.path
         await publish_audit(

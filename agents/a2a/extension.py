@@ -45,12 +45,13 @@ def _b64(raw: bytes) -> str:
 def delegation_of(
     chain: tuple[Link, ...], *, principal: str, run_id: str, task_id: str, agent: str
 ) -> Delegation:
-    """The extension for a call made by `agent` in task `task_id` carrying `chain`."""
-    path = [principal]
-    for link in chain:
-        subject = f"agent:{decode_body(link.payload).subject}"
-        if path[-1] != subject:
-            path.append(subject)
+    """The extension for a call made by `agent` in task `task_id` carrying `chain` (the root
+    link's issuer, `user:ID`, first; each delegated agent after it)."""
+    bodies = [decode_body(link.payload) for link in chain]
+    path = [bodies[0].issuer] if bodies else [_as_user(principal)]
+    for body in bodies:
+        if path[-1] != f"agent:{body.subject}":
+            path.append(f"agent:{body.subject}")
     if path[-1] != f"agent:{agent}":
         path.append(f"agent:{agent}")
     links = [
@@ -58,8 +59,17 @@ def delegation_of(
         for k in chain
     ]
     return Delegation(
-        principal=principal, run_id=run_id, task_id=task_id, agent=agent, path=path, links=links
+        principal=_as_user(principal),
+        run_id=run_id,
+        task_id=task_id,
+        agent=agent,
+        path=path,
+        links=links,
     )
+
+
+def _as_user(principal: str) -> str:
+    return principal if ":" in principal else f"user:{principal}"
 
 
 def as_metadata(delegation: Delegation) -> dict[str, Any]:

@@ -22,6 +22,11 @@ headers = { Authorization = "Bearer ${CRM_TOKEN}" }   # secrets come from the en
 method = "GET"
 path = "/customers/{customer_id}"
 params = { customer_id = "str" }
+
+[a2a.pricing_agent]                    # tool a2a.pricing_agent; scope a2a/pricing_agent
+url = "https://agents.example.com/pricing"   # the remote A2A agent (its card under it)
+headers = { Authorization = "Bearer ${PRICING_AGENT_TOKEN}" }
+price = 5000                           # micro-units per call (docs/a2a.md)
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from pydantic import (
     BaseModel,
@@ -117,9 +122,27 @@ class ApiSource(_Strict):
     endpoints: dict[str, Endpoint] = Field(min_length=1)
 
 
+class A2aSource(_Strict):
+    """A remote A2A agent, called as the tool `a2a.<name>` (agents/a2a/remote.py)."""
+
+    url: str
+    headers: dict[str, str] = Field(default={}, repr=False)
+    filled: list[str] = Field(default=[], repr=False, exclude=True)
+    price: int = Field(default=1, ge=0)  # micro-units per call, held and captured by the ledger
+    description: str = ""
+    timeout_s: float = Field(default=60.0, gt=0, le=3600)
+    max_bytes: int = Field(default=256_000, ge=1024)
+    breaker_failures: int = Field(default=5, ge=1)
+    breaker_reset_s: float = Field(default=30.0, gt=0)
+
+
+_Headed = TypeVar("_Headed", ApiSource, A2aSource)
+
+
 class Sources(_Strict):
     sql: dict[str, SqlSource] = {}
     api: dict[str, ApiSource] = {}
+    a2a: dict[str, A2aSource] = {}
 
 
 def load_sources(path: Path, environ: Mapping[str, str] | None = None) -> Sources:
@@ -137,7 +160,7 @@ def load_sources(path: Path, environ: Mapping[str, str] | None = None) -> Source
             f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
         )
         raise ConfigError(f"{path}: {problems}") from None
-    for kind, group in (("sql", sources.sql), ("api", sources.api)):
+    for kind, group in (("sql", sources.sql), ("api", sources.api), ("a2a", sources.a2a)):
         for name in group:
             if not _NAME.match(name):
                 raise ConfigError(f"{path}: [{kind}.{name}]: use lowercase letters, digits and '_'")
@@ -146,22 +169,26 @@ def load_sources(path: Path, environ: Mapping[str, str] | None = None) -> Source
             if not _NAME.match(endpoint):
                 raise ConfigError(f"{path}: [api.{name}.endpoints.{endpoint}]: bad endpoint name")
     env = os.environ if environ is None else environ
-    resolved = {}
-    for name, api in sources.api.items():
-        headers, filled = {}, []
-        for header, value in api.headers.items():
-            missing = [v for v in _SECRET.findall(value) if v not in env]
-            if missing:
-                raise ConfigError(
-                    f"{path}: [api.{name}] header {header} needs ${{{missing[0]}}}, which is not set"
-                )
-            headers[header] = _SECRET.sub(lambda m: env[m[1]], value)
-            filled += [env[v] for v in _SECRET.findall(value)]
-        resolved[name] = api.model_copy(update={"headers": headers, "filled": filled})
-    return sources.model_copy(update={"api": resolved})
+    apis = {name: _filled(path, f"api.{name}", api, env) for name, api in sources.api.items()}
+    remotes = {name: _filled(path, f"a2a.{name}", a, env) for name, a in sources.a2a.items()}
+    return sources.model_copy(update={"api": apis, "a2a": remotes})
 
 
-def secret_values(api: ApiSource) -> list[str]:
+def _filled(path: Path, where: str, source: _Headed, env: Mapping[str, str]) -> _Headed:
+    """`source` with `${VAR}` in its headers filled from `env` (ConfigError naming a missing one)."""
+    headers, filled = {}, []
+    for header, value in source.headers.items():
+        missing = [v for v in _SECRET.findall(value) if v not in env]
+        if missing:
+            raise ConfigError(
+                f"{path}: [{where}] header {header} needs ${{{missing[0]}}}, which is not set"
+            )
+        headers[header] = _SECRET.sub(lambda m: env[m[1]], value)
+        filled += [env[v] for v in _SECRET.findall(value)]
+    return source.model_copy(update={"headers": headers, "filled": filled})
+
+
+def secret_values(api: ApiSource | A2aSource) -> list[str]:
     """What is scrubbed from anything an API tool returns or raises: each value filled in from
     the environment, and each whole header value, longest first."""
     values = {v for v in [*api.filled, *api.headers.values()] if len(v) >= 4}

@@ -10,7 +10,7 @@ from relaybus.agents.a2a.cli import serving
 from relaybus.agents.a2a.extension import DELEGATION_URI
 from relaybus.testing import AgentEnvironment
 
-from .agents import Approver, Echo
+from ..a2a_agents import Approver, Echo
 from .helpers import a2a_client, data_message, result_of, send
 
 
