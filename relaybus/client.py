@@ -50,17 +50,11 @@ class Client:
         user: str = "dev",
         token: str | None = None,
         name: str = "relaybus-client",
-        bus: Bus | None = None,
     ) -> None:
-        """With `bus` (a connection already open, e.g. a gateway serving many users), the
-        client acts on it and neither opens nor closes it."""
-        self.settings = (
-            bus.settings if bus is not None else settings or Settings.from_env(os.environ)
-        )
+        self.settings = settings or Settings.from_env(os.environ)
         self.user = user.removeprefix("user:")
         self.token = token
-        self._shared = bus is not None
-        self._bus = bus if bus is not None else Bus(self.settings, name=name)
+        self._bus = Bus(self.settings, name=name)
 
     @property
     def bus(self) -> Bus:
@@ -71,8 +65,7 @@ class Client:
         return f"user:{self.user}"
 
     async def __aenter__(self) -> Client:
-        if not self._shared:
-            await self._bus.__aenter__()
+        await self._bus.__aenter__()
         return self
 
     async def __aexit__(
@@ -81,8 +74,7 @@ class Client:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if not self._shared:
-            await self._bus.__aexit__(exc_type, exc, tb)
+        await self._bus.__aexit__(exc_type, exc, tb)
 
     async def submit(
         self,

@@ -33,15 +33,15 @@ from a2a.types import Message, TaskState
 from a2a.utils.errors import InvalidParamsError, TaskNotFoundError
 from google.protobuf.json_format import MessageToDict
 
-from relaybus.bus import Bus, PermissionDenied, RelayError
+from relaybus.bus import Bus, PermissionDenied
 from relaybus.bus.feed import EventFeed
-from relaybus.client import Client, Run
 from relaybus.services.identity.client import publish_audit
 from relaybus.services.identity.messages import AuditRecord
 from relaybus.services.runs.state import ENDED, RunRecord
 
 from .access import Caller
 from .extension import read_delegation
+from .runs import CallerRuns, NotYourRun
 
 CALLER_KEY = "relaybus.caller"
 RECHECK_S = 5.0  # how often a run's record is read again when no event came
@@ -95,14 +95,11 @@ class RunExecutor(AgentExecutor):
         self.bus = bus
         self.agent = agent
 
-    def _client(self, caller: Caller) -> Client:
-        return Client(user=caller.user, token=caller.token, bus=self.bus)
-
     async def execute(self, context: RequestContext, event_queue: EventQueue) -> None:
         caller = caller_of(context)
         task_id, context_id = str(context.task_id), str(context.context_id)
         updater = TaskUpdater(event_queue, task_id, context_id)
-        client = self._client(caller)
+        runs = CallerRuns(self.bus, caller)
         run_id = run_id_of(task_id)
         if context.current_task is None:
             await self._audit(caller, "a2a/send", "allow", run_id, context)
@@ -111,55 +108,47 @@ class RunExecutor(AgentExecutor):
                 task_id, context_id, TaskState.TASK_STATE_SUBMITTED, history=history
             )
             await event_queue.enqueue_event(submitted)
-            run = await client.submit(self.agent, payload_of(context.message), run_id=run_id)
+            await runs.submit(self.agent, payload_of(context.message), run_id)
         else:
-            run = client.run(run_id, self.agent)
-            record = await self._owned(caller, run, "a2a/follow-up")
-            await self._answer(run, record, context)
-        await self._follow(run, updater, context_id)
+            record = await self._owned(runs, run_id, "a2a/follow-up")
+            await self._answer(runs, record, context)
+        await self._follow(runs, run_id, updater)
 
     async def cancel(self, context: RequestContext, event_queue: EventQueue) -> None:
-        caller = caller_of(context)
-        task_id, context_id = str(context.task_id), str(context.context_id)
-        run = self._client(caller).run(run_id_of(task_id), self.agent)
-        record = await self._owned(caller, run, "a2a/cancel")
-        if record.status not in ENDED:
-            await run.cancel(f"cancelled over A2A by user:{caller.user}")
-        await TaskUpdater(event_queue, task_id, context_id).cancel()
+        """Nothing left to do: GatewayHandler cancelled the run before the SDK got here, and
+        the SDK closes the task as canceled (the run's follower may say so first)."""
 
-    async def _owned(self, caller: Caller, run: Run, action: str) -> RunRecord:
+    async def _owned(self, runs: CallerRuns, run_id: str, action: str) -> RunRecord:
         """The run's record, if the caller submitted it; TaskNotFound (audited) otherwise."""
         try:
-            record = await run.record()
-        except RelayError:
-            record = None
-        if record is None or record.submitted_by != f"user:{caller.user}":
-            await self._audit(caller, action, "deny", run.run_id, None, "not the caller's run")
-            raise TaskNotFoundError(f"no task of yours maps to run {run.run_id}")
-        return record
+            return await runs.record(run_id)
+        except NotYourRun:
+            await self._audit(runs.caller, action, "deny", run_id, None, "not the caller's run")
+            raise TaskNotFoundError(f"no task of yours maps to run {run_id}") from None
 
-    async def _answer(self, run: Run, record: RunRecord, context: RequestContext) -> None:
+    async def _answer(self, runs: CallerRuns, record: RunRecord, context: RequestContext) -> None:
         """Deliver a follow-up message as the signal the run waits for."""
         pending = record.pending_signals()
         named = str(metadata_of(context).get("relaybus.signal", ""))
         if not pending or (named and named not in pending):
             waits = ", ".join(pending) or "no signal"
             raise InvalidParamsError(
-                message=f"run {run.run_id} waits for {waits}; a follow-up answers one of those"
+                message=f"run {record.run_id} waits for {waits}; a follow-up answers one of those"
             )
         if len(pending) > 1 and not named:
             raise InvalidParamsError(
-                message=f"run {run.run_id} waits for {', '.join(pending)}: name one in the "
+                message=f"run {record.run_id} waits for {', '.join(pending)}: name one in the "
                 "message metadata as `relaybus.signal`"
             )
-        await run.signal(named or pending[0], payload_of(context.message))
+        await runs.signal(record.run_id, named or pending[0], payload_of(context.message))
 
-    async def _follow(self, run: Run, updater: TaskUpdater, context_id: str) -> None:
-        """Report the run's state as it changes, until it ends or waits for input."""
+    async def _follow(self, runs: CallerRuns, run_id: str, updater: TaskUpdater) -> None:
+        """Report the run's state as it changes, until it ends or waits for input. The state
+        comes from the run's record (written by the run authority); events only wake this up."""
         shown: TaskState | None = None
-        async with EventFeed(self.bus, run.run_id, replay=True) as feed:
+        async with EventFeed(self.bus, run_id, replay=True) as feed:
             while True:
-                record = await run.record()
+                record = await runs.record(run_id)
                 if record.status in ENDED:
                     await self._ended(record, updater)
                     return
@@ -167,20 +156,14 @@ class RunExecutor(AgentExecutor):
                     waits = ", ".join(record.pending_signals())
                     message = new_text_message(
                         f"waiting for {waits}: answer with a message on this task",
-                        context_id=context_id,
+                        context_id=updater.context_id,
                         task_id=updater.task_id,
                     )
                     await updater.requires_input(message)
                     return
-                state = (
-                    TaskState.TASK_STATE_WORKING
-                    if record.status == "running"
-                    else TaskState.TASK_STATE_SUBMITTED
-                )
-                if state != shown:
-                    if state == TaskState.TASK_STATE_WORKING:
-                        await updater.start_work()
-                    shown = state
+                if record.status == "running" and shown != TaskState.TASK_STATE_WORKING:
+                    await updater.start_work()
+                    shown = TaskState.TASK_STATE_WORKING
                 await feed.next(RECHECK_S)
 
     async def _ended(self, record: RunRecord, updater: TaskUpdater) -> None:

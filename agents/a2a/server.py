@@ -44,7 +44,6 @@ from starlette.requests import Request
 
 from relaybus.bus import Bus, RelayError
 from relaybus.bus.subjects import check_name
-from relaybus.client import Client
 from relaybus.services.identity.client import publish_audit
 from relaybus.services.identity.messages import AuditRecord
 from relaybus.services.runs.state import ENDED
@@ -52,6 +51,7 @@ from relaybus.services.runs.state import ENDED
 from .access import BearerAuth, Caller, TokenCheck
 from .executor import CALLER_KEY, RunExecutor, run_id_of
 from .extension import DELEGATION_URI
+from .runs import CallerRuns, NotYourRun
 
 BEARER = "relaybus-token"
 
@@ -155,15 +155,14 @@ class GatewayHandler(DefaultRequestHandler):
         if stored is None or not isinstance(caller, Caller):
             await self._refused(context, "a2a/cancel", params.id)
             raise TaskNotFoundError
-        run = Client(user=caller.user, token=caller.token, bus=self.bus).run(
-            run_id_of(params.id), self.agent
-        )
-        record = await run.record()
-        if record.submitted_by != f"user:{caller.user}":
+        runs = CallerRuns(self.bus, caller)
+        try:
+            record = await runs.record(run_id_of(params.id))
+        except NotYourRun:
             await self._refused(context, "a2a/cancel", params.id)
-            raise TaskNotFoundError
+            raise TaskNotFoundError from None
         if record.status not in ENDED:
-            await run.cancel(f"cancelled over A2A by user:{caller.user}")
+            await runs.cancel(record.run_id)
         return await super().on_cancel_task(params, context)
 
     async def on_message_send(

@@ -13,6 +13,7 @@ import pytest
 
 from relaybus.agents.a2a.cli import Served, serving
 from relaybus.bus import Bus, Settings
+from relaybus.client import Client
 from relaybus.services.identity.client import IdentityClient, write_agent_key
 from relaybus.services.identity.natsconfig import write_nkey
 
@@ -42,6 +43,9 @@ class A2aStack:
                 stdin=subprocess.DEVNULL,
             )
         )
+
+    def client(self, user: str) -> Client:
+        return Client(self.bus.settings, user=user, token=self.tokens[user])
 
     def agent_url(self, agent: str) -> str:
         return f"{self.served.url}/agents/{agent}"

@@ -13,7 +13,6 @@ from pathlib import Path
 
 from relaybus.agents.a2a.extension import DELEGATION_URI
 from relaybus.bus import RunFailed
-from relaybus.client import Client
 from relaybus.services.identity.client import read_audit
 
 from .conftest import A2aStack
@@ -44,7 +43,7 @@ async def test_an_agent_calls_a_remote_a2a_agent_as_a_charged_journaled_tool(
             RELAYBUS_DATA_SOURCES=str(sources(tmp_path, base)),
             VENDOR_KEY="vendor-secret-1",
         )
-        async with Client(user="alice", token=a2a_stack.tokens["alice"], bus=a2a_stack.bus) as c:
+        async with a2a_stack.client("alice") as c:
             # Given a run that asks the quoter, then waits for signal "go"
             run = await c.submit(
                 "delegator", {"remote": "quoter", "ask": {"sku": "w-1"}, "wait": True}
@@ -83,7 +82,7 @@ async def test_a_remote_answering_too_much_or_garbage_fails_the_call_clearly(
             RELAYBUS_DATA_SOURCES=str(sources(tmp_path, base)),
             VENDOR_KEY="vendor-secret-1",
         )
-        async with Client(user="alice", token=a2a_stack.tokens["alice"], bus=a2a_stack.bus) as c:
+        async with a2a_stack.client("alice") as c:
             huge = await c.submit("delegator", {"remote": "huge", "ask": {}})
             garbage = await c.submit("delegator", {"remote": "garbage", "ask": {}})
             failures = {}
@@ -114,7 +113,7 @@ async def test_a_relaybus_agent_calls_a_relaybus_a2a_server_which_records_the_ch
         RELAYBUS_DATA_SOURCES=str(path),
         ECHO_TOKEN=a2a_stack.tokens["bob"],
     )
-    async with Client(user="alice", token=a2a_stack.tokens["alice"], bus=a2a_stack.bus) as c:
+    async with a2a_stack.client("alice") as c:
         run = await c.submit("delegator", {"remote": "echo", "ask": {"q": "hello"}})
         result = await run.result(timeout_s=60)
     # Then the remote run is bob's (the token decides), and it records alice's chain

@@ -23,9 +23,8 @@ SEND = {
 
 
 async def _record(stack: A2aStack, task_id: str) -> RunRecord:
-    from relaybus.client import Client
-
-    return await Client(bus=stack.bus).run(f"a2a-{task_id}").record()
+    async with stack.client("alice") as client:
+        return await client.run(f"a2a-{task_id}").record()
 
 
 async def test_a_caller_without_a_valid_token_is_refused_and_audited(
