@@ -27,6 +27,17 @@ def parse_http(text: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
+def check_listen(settings: Settings, host: str) -> bool:
+    """Whether identity is on; ConfigError for a non-loopback address on a stack without it."""
+    identity_on = IdentitySettings.of(settings).identity
+    if not identity_on and not is_loopback(host):
+        raise ConfigError(
+            f"--http {host}: this stack runs without identity, so A2A callers cannot be told "
+            "apart; listen on loopback (127.0.0.1) or turn identity on (RELAYBUS_IDENTITY=1)"
+        )
+    return identity_on
+
+
 @dataclass(frozen=True)
 class Served:
     url: str
@@ -56,12 +67,7 @@ async def serving(
 
     from .server import create_app
 
-    identity_on = IdentitySettings.of(bus.settings).identity
-    if not identity_on and not is_loopback(host):
-        raise ConfigError(
-            f"--http {host}: this stack runs without identity, so A2A callers cannot be told "
-            "apart; listen on loopback (127.0.0.1) or turn identity on (RELAYBUS_IDENTITY=1)"
-        )
+    identity_on = check_listen(bus.settings, host)
     sock = listen(host, port)
     shown = f"[{host}]" if ":" in host else host
     url = f"http://{shown}:{sock.getsockname()[1]}"
@@ -92,6 +98,7 @@ async def serving(
 
 async def serve(args: argparse.Namespace, settings: Settings) -> int:
     host, port = parse_http(args.http)
+    check_listen(settings, host)
     quick = settings.model_copy(
         update={"request_timeout_s": min(settings.request_timeout_s, A2A_TIMEOUT_S)}
     )

@@ -3,14 +3,19 @@ to relaybus agents, streams their state, answers a run waiting for input, reads 
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import httpx
 from a2a.types import GetTaskRequest, SendMessageRequest, TaskState
 
 from relaybus.agents.a2a.cli import serving
 from relaybus.agents.a2a.extension import DELEGATION_URI
+from relaybus.bus import Settings
 from relaybus.testing import AgentEnvironment
 
 from ..a2a_agents import Approver, Echo
+from ..conftest import child_env
 from .helpers import a2a_client, data_message, result_of, send
 
 
@@ -61,3 +66,30 @@ async def test_streaming_shows_the_states_and_input_required_resumes_on_a_follow
                 final.append(response)
             got = await client.get_task(GetTaskRequest(id=task_id))
         assert result_of(got) == {"approved": {"by": "ops"}, "task": {"amount": 5}}
+
+
+def test_the_cli_refuses_to_serve_a_stack_without_identity_beyond_loopback(
+    settings: Settings,
+) -> None:
+    for http, problem in (
+        ("0.0.0.0:0", "listen on loopback (127.0.0.1) or turn identity on"),
+        ("localhost", "use HOST:PORT"),
+    ):
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "relaybus.cli",
+                "a2a",
+                "serve",
+                "--agent",
+                "echo",
+                "--http",
+                http,
+            ],
+            env=child_env(settings),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 1 and problem in done.stderr, done.stderr
