@@ -72,10 +72,10 @@ async def test_an_agent_calls_a_remote_a2a_agent_as_a_charged_journaled_tool(
     assert "vendor-secret-1" not in json.dumps(result)
 
 
-async def test_a_remote_answering_too_much_or_garbage_fails_the_call_clearly(
+async def test_a_remote_answering_too_much_or_garbage_or_out_of_scope_fails_clearly(
     a2a_stack: A2aStack, tmp_path: Path
 ) -> None:
-    async with vendor_server() as (base, _):
+    async with vendor_server() as (base, seen):
         a2a_stack.start_agent(
             "a2a_agents:Delegator",
             RELAYBUS_LEDGER="1",
@@ -85,12 +85,19 @@ async def test_a_remote_answering_too_much_or_garbage_fails_the_call_clearly(
         async with a2a_stack.client("alice") as c:
             huge = await c.submit("delegator", {"remote": "huge", "ask": {}})
             garbage = await c.submit("delegator", {"remote": "garbage", "ask": {}})
+            # a run whose root link holds only a2a/huge may not call the quoter
+            unscoped = await c.submit(
+                "delegator", {"remote": "quoter", "ask": {}}, scopes=["a2a/huge"]
+            )
             failures = {}
-            for name, run in (("huge", huge), ("garbage", garbage)):
+            for name, run in (("huge", huge), ("garbage", garbage), ("unscoped", unscoped)):
                 try:
                     await run.result(timeout_s=60)
                 except RunFailed as exc:
                     failures[name] = exc.info
+    assert failures["unscoped"].type == "PermissionDenied", failures["unscoped"]
+    assert "a2a/quoter" in failures["unscoped"].message
+    assert seen.calls == 0  # refused by the gate before the call
     assert failures["huge"].type == "RemoteAgentRefused"
     assert "a2a.huge: its answer is over 65536 bytes" in failures["huge"].message
     assert failures["garbage"].type == "RemoteAgentRefused"

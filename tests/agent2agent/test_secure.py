@@ -37,6 +37,8 @@ async def test_a_caller_without_a_valid_token_is_refused_and_audited(
         assert card.status_code == 200 and "relaybus-token" in card.json()["securitySchemes"]
         bare = await http.post(url, json=SEND)
         forged = await http.post(url, json=SEND, headers={"Authorization": "Bearer rb_x_y_z"})
+        in_url = await http.post(f"{url}?token={a2a_stack.tokens['alice']}", json=SEND)
+    assert in_url.status_code == 400 and "tokens never travel in URLs" in in_url.json()["error"]
     assert bare.status_code == 401 and "Bearer" in bare.headers["www-authenticate"]
     assert "send `Authorization: Bearer TOKEN`" in bare.json()["error"]
     assert forged.status_code == 401 and "the token was refused" in forged.json()["error"]
