@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from relaybus.bus import Bus, ConnectionFailed, PermissionDenied, RelayError
+from relaybus.bus import Bus, ConnectionFailed, ErrorInfo, PermissionDenied, RelayError
 from relaybus.services.identity.client import IdentityClient, publish_audit
 from relaybus.services.identity.messages import AuditRecord
 
@@ -28,7 +28,7 @@ TOKEN_TTL_S = 15.0  # a revoked token stops working within this long
 CARD_SUFFIX = "/.well-known/agent-card.json"
 
 
-class Unauthorized(RelayError):
+class CallerUnauthorized(RelayError):
     """An A2A call without a bearer token, or with one the identity service refused (401)."""
 
     def __init__(self, reason: str) -> None:
@@ -40,6 +40,10 @@ class Unauthorized(RelayError):
 
     def details(self) -> dict[str, str | int | float | bool]:
         return {"reason": self.reason}
+
+    @classmethod
+    def from_info(cls, info: ErrorInfo) -> RelayError:
+        return cls(str(info.details.get("reason", "")))
 
 
 @dataclass(frozen=True)
@@ -65,7 +69,7 @@ class TokenCheck:
         scheme, _, token = authorization.partition(" ")
         token = token.strip()
         if scheme.lower() != "bearer" or not token:
-            raise Unauthorized("no bearer token")
+            raise CallerUnauthorized("no bearer token")
         key = hashlib.sha256(token.encode()).hexdigest()
         now = time.monotonic()
         found = self._known.get(key)
@@ -75,7 +79,7 @@ class TokenCheck:
             user = await IdentityClient(self.bus).authenticate(token)
         except PermissionDenied as exc:
             self._known.pop(key, None)
-            raise Unauthorized(f"the token was refused ({exc})") from None
+            raise CallerUnauthorized(f"the token was refused ({exc})") from None
         except ConnectionFailed as exc:
             raise ConnectionFailed(f"cannot check the token: {exc}") from None
         if len(self._known) > 1000:
@@ -122,7 +126,7 @@ class BearerAuth:
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         try:
             caller = await self.check.caller(headers.get("authorization", ""))
-        except Unauthorized as exc:
+        except CallerUnauthorized as exc:
             await audit_refusal(self.check.bus, "a2a/call", exc.reason, path=path[:200])
             await _refuse(send, 401, str(exc), {"www-authenticate": 'Bearer realm="relaybus"'})
             return

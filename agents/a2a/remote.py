@@ -27,7 +27,7 @@ from a2a.utils.errors import A2AError
 from google.protobuf.json_format import ParseDict
 
 from relaybus.agents.errors import DataRefused
-from relaybus.bus import UpstreamFailed
+from relaybus.bus import ErrorInfo, RelayError, UpstreamFailed
 
 from ..tool import Tool
 from ..tools.config import A2aSource, secret_values
@@ -52,6 +52,11 @@ class RemoteAgentRefused(DataRefused):
 
     def details(self) -> dict[str, str | int | float | bool]:
         return {"agent": self.agent, "problem": self.problem}
+
+    @classmethod
+    def from_info(cls, info: ErrorInfo) -> RelayError:
+        d = info.details
+        return cls(str(d.get("agent", "")), str(d.get("problem", "")))
 
 
 class RemoteAgentUnreachable(UpstreamFailed):

@@ -9,7 +9,7 @@ from typing import Any
 
 import msgspec
 
-from relaybus.bus import Bus, RelayError
+from relaybus.bus import Bus, ErrorInfo, RelayError
 from relaybus.services.runs.state import RunRecord
 
 from ..control import cancel_run, send_signal
@@ -26,6 +26,10 @@ class NotYourRun(RelayError):
 
     def details(self) -> dict[str, str | int | float | bool]:
         return {"run_id": self.run_id}
+
+    @classmethod
+    def from_info(cls, info: ErrorInfo) -> RelayError:
+        return cls(str(info.details.get("run_id", "")))
 
 
 class CallerRuns:

@@ -19,7 +19,7 @@ from a2a.server.request_handlers import DefaultRequestHandler
 from a2a.server.routes import create_agent_card_routes, create_jsonrpc_routes
 from a2a.server.tasks import InMemoryTaskStore
 from a2a.server.tasks.task_updater import TaskUpdater
-from a2a.types import AgentCapabilities, AgentCard, AgentInterface, TaskState
+from a2a.types import AgentCapabilities, AgentCard, AgentInterface, AgentSkill, TaskState
 from google.protobuf.json_format import MessageToDict
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -66,6 +66,7 @@ def card(url: str) -> AgentCard:
         capabilities=AgentCapabilities(streaming=False),
         default_input_modes=["application/json"],
         default_output_modes=["application/json"],
+        skills=[AgentSkill(id="quote", name="quote", description="a price", tags=["prices"])],
     )
 
 
