@@ -368,6 +368,9 @@ def build_parser() -> argparse.ArgumentParser:
     from relaybus.agents.mcp_server.cli import register as register_mcp_server
 
     register_mcp_server(sub, load_agent)
+    from relaybus.agents.a2a.cli import register as register_a2a
+
+    register_a2a(sub)
     return parser
 
 

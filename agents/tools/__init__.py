@@ -7,6 +7,7 @@ rows = await ctx.tool(DATA["pricing.price_of"], product="widget")
 rows = await ctx.tool(DATA["pricing.sql"], sql="SELECT product, avg(price_usd) ...")
 customer = await ctx.tool(DATA["crm.lookup"], customer_id="c-42")
 now = await ctx.tool(await DATA.mcp.tool("time.get_current_time"), timezone="UTC")  # docs/mcp.md
+answer = await ctx.tool(DATA["a2a.pricing_agent"], text="price of widget?")   # a remote A2A agent
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from relaybus.bus import ConfigError, Settings
 
@@ -42,6 +43,12 @@ class DataTools(Mapping[str, Tool]):
             self._tools.update(sql_tools(db))
         for api in self.apis:
             self._tools.update(api_tools(api))
+        self.remotes: list[Any] = []
+        if sources.a2a:  # the a2a-sdk is imported only by those who declare a remote agent
+            from relaybus.agents.a2a.remote import RemoteAgent, remote_tool
+
+            self.remotes = [RemoteAgent(name, a) for name, a in sources.a2a.items()]
+            self._tools.update({(t := remote_tool(r)).name: t for r in self.remotes})
 
     @classmethod
     def load(cls, path: Path, environ: Mapping[str, str] | None = None) -> DataTools:
@@ -78,6 +85,8 @@ class DataTools(Mapping[str, Tool]):
         for api in self.apis:
             await api.close()
         await self.mcp.aclose()
+        for remote in self.remotes:
+            await remote.close()
 
 
 __all__ = ["ApiClient", "DataTools", "SqlDatabase", "load_sources"]

@@ -28,6 +28,10 @@ command = ["mcp-server-time"]          # stdio: the server's argv; or url = "htt
 env = { TZ_TOKEN = "${TZ_TOKEN}" }     # stdio: its environment; url: headers = {...}
 tools = ["get_current_time"]           # only these are offered (default: every tool listed)
 price = { get_current_time = 2 }       # micro-units per call, held and captured by the ledger
+[a2a.pricing_agent]                    # tool a2a.pricing_agent; scope a2a/pricing_agent
+url = "https://agents.example.com/pricing"   # the remote A2A agent (its card under it)
+headers = { Authorization = "Bearer ${PRICING_AGENT_TOKEN}" }
+price = 5000                           # micro-units per call (docs/a2a.md)
 """
 
 from __future__ import annotations
@@ -158,10 +162,25 @@ class McpServer(_Strict):
         return self
 
 
+class A2aSource(_Strict):
+    """A remote A2A agent, called as the tool `a2a.<name>` (agents/a2a/remote.py)."""
+
+    url: str
+    headers: dict[str, str] = Field(default={}, repr=False)
+    filled: list[str] = Field(default=[], repr=False, exclude=True)
+    price: int = Field(default=1, ge=0)  # micro-units per call, held and captured by the ledger
+    description: str = ""
+    timeout_s: float = Field(default=60.0, gt=0, le=3600)
+    max_bytes: int = Field(default=256_000, ge=1024)
+    breaker_failures: int = Field(default=5, ge=1)
+    breaker_reset_s: float = Field(default=30.0, gt=0)
+
+
 class Sources(_Strict):
     sql: dict[str, SqlSource] = {}
     api: dict[str, ApiSource] = {}
     mcp: dict[str, McpServer] = {}
+    a2a: dict[str, A2aSource] = {}
 
 
 def load_sources(path: Path, environ: Mapping[str, str] | None = None) -> Sources:
@@ -179,7 +198,12 @@ def load_sources(path: Path, environ: Mapping[str, str] | None = None) -> Source
             f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
         )
         raise ConfigError(f"{path}: {problems}") from None
-    for kind, group in (("sql", sources.sql), ("api", sources.api), ("mcp", sources.mcp)):
+    for kind, group in (
+        ("sql", sources.sql),
+        ("api", sources.api),
+        ("mcp", sources.mcp),
+        ("a2a", sources.a2a),
+    ):
         for name in group:
             if not _NAME.match(name):
                 raise ConfigError(f"{path}: [{kind}.{name}]: use lowercase letters, digits and '_'")
@@ -199,7 +223,11 @@ def load_sources(path: Path, environ: Mapping[str, str] | None = None) -> Source
         servers[name] = server.model_copy(
             update={"headers": headers, "env": variables, "filled": filled + more}
         )
-    return sources.model_copy(update={"api": apis, "mcp": servers})
+    remotes = {}
+    for name, remote in sources.a2a.items():
+        headers, filled = _fill(path, f"[a2a.{name}] header", remote.headers, env)
+        remotes[name] = remote.model_copy(update={"headers": headers, "filled": filled})
+    return sources.model_copy(update={"api": apis, "mcp": servers, "a2a": remotes})
 
 
 def _fill(
@@ -216,8 +244,8 @@ def _fill(
     return done, filled
 
 
-def secret_values(api: ApiSource | McpServer) -> list[str]:
-    """What is scrubbed from anything an API or MCP tool returns or raises: each value filled
+def secret_values(api: ApiSource | McpServer | A2aSource) -> list[str]:
+    """What is scrubbed from anything an API, MCP or A2A tool returns or raises: each value filled
     in from the environment, and each whole header value, longest first."""
     values = {v for v in [*api.filled, *api.headers.values()] if len(v) >= 4}
     return sorted(values, key=len, reverse=True)

@@ -1,0 +1,95 @@
+"""`relaybus a2a serve` on a development stack: another vendor's a2a-sdk client sends messages
+to relaybus agents, streams their state, answers a run waiting for input, reads and cancels."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import httpx
+from a2a.types import GetTaskRequest, SendMessageRequest, TaskState
+
+from relaybus.agents.a2a.cli import serving
+from relaybus.agents.a2a.extension import DELEGATION_URI
+from relaybus.bus import Settings
+from relaybus.testing import AgentEnvironment
+
+from ..a2a_agents import Approver, Echo
+from ..conftest import child_env
+from .helpers import a2a_client, data_message, result_of, send
+
+
+async def test_a_message_runs_the_agent_and_the_task_carries_its_result() -> None:
+    async with (
+        AgentEnvironment([Echo]) as env,
+        serving(env.client.bus, ["echo"], "127.0.0.1", 0) as served,
+    ):
+        async with httpx.AsyncClient() as http:
+            card = (await http.get(f"{served.url}/agents/echo/.well-known/agent-card.json")).json()
+        assert card["name"] == "echo"
+        assert card["capabilities"]["streaming"] is True
+        assert card["capabilities"]["extensions"][0]["uri"] == DELEGATION_URI
+
+        async with a2a_client(f"{served.url}/agents/echo") as client:
+            task = await send(client, data_message({"text": "hi", "n": 3}))
+        assert result_of(task) == {"echo": {"text": "hi", "n": 3}}
+        record = await env.client.run(f"a2a-{task.id}").record()
+        assert record.status == "completed" and record.submitted_by == "user:dev"
+
+
+async def test_streaming_shows_the_states_and_input_required_resumes_on_a_follow_up() -> None:
+    async with (
+        AgentEnvironment([Approver]) as env,
+        serving(env.client.bus, ["approver"], "127.0.0.1", 0) as served,
+    ):
+        async with a2a_client(f"{served.url}/agents/approver", streaming=True) as client:
+            # Given a run that waits in ctx.wait_signal("approval")
+            states = []
+            task_id = context_id = ""
+            stream = client.send_message(SendMessageRequest(message=data_message({"amount": 5})))
+            async for response in stream:
+                if response.HasField("task"):
+                    task_id, context_id = response.task.id, response.task.context_id
+                    states.append(response.task.status.state)
+                elif response.HasField("status_update"):
+                    states.append(response.status_update.status.state)
+            # Then the stream ends with INPUT_REQUIRED
+            assert states[-1] == TaskState.TASK_STATE_INPUT_REQUIRED, states
+            assert TaskState.TASK_STATE_SUBMITTED in states
+            got = await client.get_task(GetTaskRequest(id=task_id))
+            assert got.status.state == TaskState.TASK_STATE_INPUT_REQUIRED
+
+            # When the caller answers on the same task, the signal resumes the run
+            answer = data_message({"by": "ops"}, task_id=task_id, context_id=context_id)
+            final = []
+            async for response in client.send_message(SendMessageRequest(message=answer)):
+                final.append(response)
+            got = await client.get_task(GetTaskRequest(id=task_id))
+        assert result_of(got) == {"approved": {"by": "ops"}, "task": {"amount": 5}}
+
+
+def test_the_cli_refuses_to_serve_a_stack_without_identity_beyond_loopback(
+    settings: Settings,
+) -> None:
+    for http, problem in (
+        ("0.0.0.0:0", "listen on loopback (127.0.0.1) or turn identity on"),
+        ("localhost", "use HOST:PORT"),
+    ):
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "relaybus.cli",
+                "a2a",
+                "serve",
+                "--agent",
+                "echo",
+                "--http",
+                http,
+            ],
+            env=child_env(settings),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 1 and problem in done.stderr, done.stderr
