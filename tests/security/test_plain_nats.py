@@ -14,6 +14,7 @@ import pytest
 
 from relaybus.agents.submit import run_store
 from relaybus.bus import Bus, PermissionViolation, new_id
+from relaybus.bus.stack import resolve_nats_url
 from relaybus.services.identity.client import read_audit
 
 from .conftest import USER, SecureStack
@@ -27,7 +28,7 @@ def plain(secure: SecureStack, agent: str, run_id: str, token: str, payload: str
         [
             sys.executable,
             str(CLIENT),
-            secure.settings.nats_url,
+            resolve_nats_url(secure.settings),
             agent,
             run_id,
             USER,
