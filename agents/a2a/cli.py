@@ -66,13 +66,15 @@ async def serving(
     import uvicorn
 
     from .server import create_app
+    from .store import KvTaskStore
 
     identity_on = check_listen(bus.settings, host)
+    stores = {agent: await KvTaskStore.open(bus, agent) for agent in dict.fromkeys(agents)}
     sock = listen(host, port)
     shown = f"[{host}]" if ":" in host else host
     url = f"http://{shown}:{sock.getsockname()[1]}"
     config = uvicorn.Config(
-        create_app(bus, agents, url, identity_on),
+        create_app(bus, agents, url, identity_on, stores),
         log_config=None,
         log_level="warning",
         access_log=False,

@@ -8,7 +8,7 @@ per exposed agent, on one Starlette app.
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -21,6 +21,7 @@ from a2a.server.routes import (
     create_jsonrpc_routes,
 )
 from a2a.server.tasks import InMemoryTaskStore
+from a2a.server.tasks.task_store import TaskStore
 from a2a.types import (
     AgentCapabilities,
     AgentCard,
@@ -119,10 +120,8 @@ class GatewayHandler(DefaultRequestHandler):
     """The SDK's handler, with every refusal to find a task audited, and cancel reaching the
     relaybus run however the A2A task is held (running here, or parked for input)."""
 
-    def __init__(self, bus: Bus, agent: str, card: AgentCard) -> None:
-        super().__init__(
-            agent_executor=RunExecutor(bus, agent), task_store=InMemoryTaskStore(), agent_card=card
-        )
+    def __init__(self, bus: Bus, agent: str, card: AgentCard, store: TaskStore) -> None:
+        super().__init__(agent_executor=RunExecutor(bus, agent), task_store=store, agent_card=card)
         self.bus, self.agent = bus, agent
 
     async def _refused(self, context: ServerCallContext, action: str, task_id: str) -> None:
@@ -185,8 +184,16 @@ class GatewayHandler(DefaultRequestHandler):
             raise
 
 
-def create_app(bus: Bus, agents: list[str], base_url: str, identity_on: bool) -> Any:
-    """The ASGI app serving `agents` (behind the bearer-token middleware)."""
+def create_app(
+    bus: Bus,
+    agents: list[str],
+    base_url: str,
+    identity_on: bool,
+    stores: Mapping[str, TaskStore] | None = None,
+) -> Any:
+    """The ASGI app serving `agents` (behind the bearer-token middleware); each agent's A2A
+    tasks in `stores[agent]` (KvTaskStore: shared by replicas, kept over restarts), else in
+    this process's memory."""
     if not agents:
         raise RelayError("serve at least one agent: `relaybus a2a serve --agent NAME`")
     routes: list[Any] = []
@@ -194,7 +201,8 @@ def create_app(bus: Bus, agents: list[str], base_url: str, identity_on: bool) ->
     for agent in dict.fromkeys(agents):
         check_name("agent", agent)
         card = agent_card(agent, base_url, identity_on)
-        handler = GatewayHandler(bus, agent, card)
+        store = (stores or {}).get(agent) or InMemoryTaskStore()
+        handler = GatewayHandler(bus, agent, card, store)
         handlers.append(handler)
         routes += create_agent_card_routes(
             card, card_url=f"/agents/{agent}/.well-known/agent-card.json"

@@ -37,6 +37,20 @@ async def test_a_message_runs_the_agent_and_the_task_carries_its_result() -> Non
         assert record.status == "completed" and record.submitted_by == "user:dev"
 
 
+async def test_a_task_outlives_the_server_that_took_it() -> None:
+    """A2A tasks live in the stack (KV), not in one process: after `relaybus a2a serve` restarts
+    (or on a second replica) the caller still reads its task and its result."""
+    async with AgentEnvironment([Echo]) as env:
+        async with serving(env.client.bus, ["echo"], "127.0.0.1", 0) as first:
+            async with a2a_client(f"{first.url}/agents/echo") as client:
+                task = await send(client, data_message({"text": "kept"}))
+        assert result_of(task) == {"echo": {"text": "kept"}}
+        async with serving(env.client.bus, ["echo"], "127.0.0.1", 0) as second:
+            async with a2a_client(f"{second.url}/agents/echo") as client:
+                again = await client.get_task(GetTaskRequest(id=task.id))
+        assert again.id == task.id and result_of(again) == {"echo": {"text": "kept"}}
+
+
 async def test_streaming_shows_the_states_and_input_required_resumes_on_a_follow_up() -> None:
     async with (
         AgentEnvironment([Approver]) as env,
