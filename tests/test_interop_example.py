@@ -96,6 +96,8 @@ class Example:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+            if proc.stdout is not None:
+                proc.stdout.close()
 
 
 @pytest.fixture
@@ -131,9 +133,9 @@ def test_one_mcp_tool_and_one_a2a_call_in_a_real_run(example: Example, tmp_path:
         "identity", "agent", "add", "travel_planner", *(a for s in SCOPES for a in ("--scope", s))
     )
     example.ok("identity", "user", "add", "alice", *(a for s in SCOPES for a in ("--scope", s)))
-    example.ok("identity", "user", "add", "travel_desk")
+    example.ok("identity", "user", "add", "traveldesk")
     alice = json.loads(example.ok("identity", "user", "token", "alice", "--json"))["token"]
-    desk = json.loads(example.ok("identity", "user", "token", "travel_desk", "--json"))["token"]
+    desk = json.loads(example.ok("identity", "user", "token", "traveldesk", "--json"))["token"]
 
     # and the quoter served over A2A (any free port here; the README's 8090 in sources.toml)
     served = example.start(
@@ -201,17 +203,21 @@ def test_one_mcp_tool_and_one_a2a_call_in_a_real_run(example: Example, tmp_path:
     ]
     assert trace["cost_check"] == "matches the ledger"
 
-    # The quoter's run is its own, submitted by the A2A caller's user (travel_desk), and it
+    # The quoter's run is its own, submitted by the A2A caller's user (traveldesk), and it
     # knows on whose behalf the call came
     quote_run = result["quote_run"]
     runs = {r["run_id"]: r for r in json_lines(example.ok("runs", "--json"))}
     assert runs[run["run_id"]]["agent"] == "travel_planner"
     assert runs[quote_run]["agent"] == "quoter" and runs[quote_run]["status"] == "completed"
     (root,) = json_lines(example.ok("identity", "chain", quote_run, "--json"))
-    assert (root["principal"], root["subject"]) == ("user:travel_desk", "quoter")
+    assert (root["issuer"], root["principal"], root["subject"]) == (
+        "user:traveldesk",
+        "traveldesk",
+        "quoter",
+    )
     sends = [
         r
-        for r in json_lines(example.ok("identity", "audit", "travel_desk", "--json"))
+        for r in json_lines(example.ok("identity", "audit", "traveldesk", "--json"))
         if r["action"] == "a2a/send" and r["run_id"] == quote_run
     ]
     assert [r["detail"]["delegated_by"] for r in sends] == [["user:alice", "agent:travel_planner"]]
