@@ -24,7 +24,7 @@ demo: $(STAMP)
 test: $(DEV_STAMP) lint typecheck pytest
 
 lint: $(DEV_STAMP)
-	$(BIN)/ruff check bus agents memory services relaybus tests benchmarks
+	$(BIN)/ruff check bus agents memory services relaybus tests benchmarks examples
 
 typecheck: $(DEV_STAMP)
 	$(BIN)/mypy
