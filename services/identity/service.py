@@ -10,6 +10,7 @@ import asyncio
 import hashlib
 import hmac
 import logging
+import re
 import secrets
 import time
 from collections.abc import Awaitable, Callable
@@ -65,6 +66,8 @@ from .registry import Registry
 from .scopes import all_narrow, parse_scope, within
 
 log = logging.getLogger("relaybus.identity")
+_TOKEN = re.compile(r"^rb_(?P<user>.+?)_[0-9a-f]{8}_.+$")  # the user a token names
+_TOKEN_ID = re.compile(r"^[0-9a-f]{8}$")
 
 
 def load_service_key(home: Path) -> SigningKey:
@@ -260,8 +263,8 @@ class IdentityService:
         """Check a user's API token without issuing anything (the console's login); a refusal
         is audited."""
         req = msgspec.json.decode(data, type=TokenCheck)
-        parts = req.token.split("_", 3)
-        user_id = req.user or (parts[1] if len(parts) == 4 else "")
+        named = _TOKEN.match(req.token)
+        user_id = req.user or (named["user"] if named else "")
         try:
             user = await self._authenticate(user_id, req.token)
         except RelayError as exc:
@@ -277,10 +280,13 @@ class IdentityService:
 
     async def _authenticate(self, user_id: str, token: str) -> UserRecord:
         user = await self.registry.user(user_id)
-        parts = token.split("_", 3)
-        if user is None or len(parts) != 4 or parts[0] != "rb" or parts[1] != user_id:
+        # `rb_<user>_<id>_<secret>`: a user id may hold `_` itself, so the user named is matched
+        # as a prefix, and the 8-hex-digit token id after it
+        prefix = f"rb_{user_id}_"
+        rest = token[len(prefix) :].split("_", 1) if token.startswith(prefix) else []
+        if user is None or len(rest) != 2 or not _TOKEN_ID.match(rest[0]):
             raise PermissionDenied(f"user {user_id!r} could not be authenticated")
-        token_id, secret = parts[2], parts[3]
+        token_id, secret = rest
         stored = user.tokens.get(token_id)
         if stored is None or not hmac.compare_digest(stored, token_hash(secret)):
             raise PermissionDenied(f"user {user_id!r} could not be authenticated")

@@ -263,3 +263,13 @@ async def test_a_run_starts_with_no_more_than_its_agent_may_ever_hold(
         "email/send:recipient_domain=team.example",
         "search",
     ]
+
+
+async def test_a_user_id_with_underscores_gets_a_token_that_works(idbus: Bus) -> None:
+    identity = IdentityClient(idbus)
+    await identity.add_user("travel_desk", ["search"], [])
+    token = (await identity.issue_token("travel_desk"))["token"]
+    assert await identity.authenticate(token, "travel_desk") == "travel_desk"
+    assert await identity.authenticate(token) == "travel_desk"  # the user the token names
+    with pytest.raises(PermissionDenied, match="could not be authenticated"):
+        await identity.authenticate(token, "travel")
