@@ -68,6 +68,7 @@ from .scopes import all_narrow, parse_scope, within
 log = logging.getLogger("relaybus.identity")
 _TOKEN = re.compile(r"^rb_(?P<user>.+?)_[0-9a-f]{8}_.+$")  # the user a token names
 _TOKEN_ID = re.compile(r"^[0-9a-f]{8}$")
+_USER_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 
 def load_service_key(home: Path) -> SigningKey:
@@ -138,6 +139,7 @@ class IdentityService:
 
     async def user_add(self, data: bytes) -> Any:
         req = msgspec.json.decode(data, type=UserAdd)
+        check_name("user", req.id)
         for scope in req.scopes:
             parse_scope(scope)
         for role in req.roles:
@@ -279,6 +281,8 @@ class IdentityService:
         return {"user": user.id, "roles": user.roles}
 
     async def _authenticate(self, user_id: str, token: str) -> UserRecord:
+        if not _USER_ID.match(user_id):  # not a name any user has (nor a KV key)
+            raise PermissionDenied(f"user {user_id[:64]!r} could not be authenticated")
         user = await self.registry.user(user_id)
         # `rb_<user>_<id>_<secret>`: a user id may hold `_` itself, so the user named is matched
         # as a prefix, and the 8-hex-digit token id after it
