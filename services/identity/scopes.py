@@ -91,21 +91,42 @@ def all_narrow(children: Sequence[Scope], parents: Sequence[Scope]) -> Scope | N
 
 def within(granted: Sequence[Scope], allowed: Sequence[Scope]) -> list[Scope]:
     """The part of `granted` that lies within `allowed`: a granted scope inside an allowed one
-    as it is; one wider than an allowed scope becomes that allowed scope (with the granted
-    constraints added); one outside every allowed scope is dropped. A user's scopes within
-    what the agent a run starts at may ever hold."""
+    as it is; one wider than an allowed scope becomes that allowed scope with both sides'
+    constraints, the stricter value where both constrain the same key; one outside every
+    allowed scope, or whose constraints cannot both hold, is dropped. Every scope returned
+    narrows both a granted and an allowed one. A user's scopes within what the agent a run
+    starts at may ever hold."""
     out: list[Scope] = []
     for have in granted:
         if any(narrows(have, allow) for allow in allowed):
             kept = [have]
         else:
-            kept = [
-                Scope(path=allow.path, constraints={**have.constraints, **allow.constraints})
-                for allow in allowed
-                if covers_path(have.path, allow.path)
-            ]
+            kept = []
+            for allow in allowed:
+                if not covers_path(have.path, allow.path):
+                    continue
+                merged = _both(have.constraints, allow.constraints)
+                if merged is None:
+                    continue
+                candidate = Scope(path=allow.path, constraints=merged)
+                if narrows(candidate, have) and narrows(candidate, allow):
+                    kept.append(candidate)
         out.extend(k for k in kept if k not in out)
     return out
+
+
+def _both(a: Mapping[str, Any], b: Mapping[str, Any]) -> dict[str, Any] | None:
+    """Constraints holding both `a` and `b`: on a shared key the stricter value; None when
+    neither value is at least as strict as the other."""
+    merged = {**a, **b}
+    for key in a.keys() & b.keys():
+        if _at_least_as_strict(a[key], b[key]):
+            merged[key] = a[key]
+        elif _at_least_as_strict(b[key], a[key]):
+            merged[key] = b[key]
+        else:
+            return None
+    return merged
 
 
 def restrict(requested: Sequence[Scope], held: Sequence[Scope]) -> list[Scope]:

@@ -210,3 +210,24 @@ def test_delegating_someone_elses_authority_is_refused() -> None:
 
 def test_garbage_link_body_is_refused() -> None:
     refused([Link(payload=b"\xc1junk", signature=b"", stamp=b"")], "does not decode")
+
+
+def test_a_run_s_root_never_holds_more_than_its_user_or_its_agent() -> None:
+    """`within`: the user's caps stay caps when the agent's ceiling names the same keys."""
+    from relaybus.services.identity.scopes import check, within
+
+    user = [
+        parse_scope("payments:max_amount=100"),
+        parse_scope("email:recipient_domain=team.example"),
+    ]
+    agent = [
+        parse_scope("payments/send:max_amount=1000000"),
+        parse_scope("email/send:recipient_domain=evil.example"),
+        parse_scope("search/docs"),
+    ]
+    root = within(user, agent)
+    assert [str(s) for s in root] == ["payments/send:max_amount=100"]
+    assert check(root, "payments/send", {"amount": 100}, "carol") == ""
+    assert check(root, "payments/send", {"amount": 101}, "carol") != ""
+    assert check(root, "email/send", {"to": "boss@evil.example"}, "carol") != ""
+    assert [str(s) for s in within([parse_scope("search")], agent)] == ["search/docs"]
