@@ -6,7 +6,8 @@ ones). No agent reads that subject: the ingress does. It checks the body is JSON
 identity service authenticate the token and stamp the run's root link (the token goes no
 further: agents never see it), records the run and hands the task to the agent on
 `<prefix>.task.<agent>.$in`, exactly as `relaybus.Client.submit` does. A refusal is audited
-and published as the run's `denied` event; the message is not retried.
+(and, with identity off, published as the run's `denied` event); the message is not
+retried.
 """
 
 from __future__ import annotations
@@ -147,8 +148,10 @@ class Ingress:
                 await publish_audit(self.bus, record)
             except RelayError as err:
                 log.warning("ingress could not audit a refusal: %s", err)
-        if not _is_name(request.run_id) or isinstance(exc, (PermissionDenied, RunIdTaken)):
-            return  # never speak on a run the caller has not proven is theirs
+        if identity or not _is_name(request.run_id) or isinstance(exc, RunIdTaken):
+            # with identity on, a refused caller has proven no run id is theirs: an event on it
+            # would let one user write on another's (future) run; the audit record is theirs
+            return
         event = Event(run_id=request.run_id, kind="denied", recipient=request.agent, detail=reason)
         try:
             await self.bus.publish_event(event, durable=True)

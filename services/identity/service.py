@@ -227,6 +227,15 @@ class IdentityService:
                     raise PermissionDenied(f"user {req.user} does not hold {wider}")
                 scopes = wanted
             target = await self.registry.agent(req.agent) if req.agent else None
+            if req.task_id and (
+                target is None
+                or target.revoked
+                or await self.registry.is_revoked(f"agent:{req.agent}")
+            ):
+                raise PermissionDenied(
+                    f"{req.agent!r} is not a registered, unrevoked agent; a run starts only at "
+                    "one (`relaybus identity agent add`)"
+                )
             if target is not None:  # a run starts with no more than its agent may ever hold
                 scopes = within(scopes, [parse_scope(s) for s in target.scopes])
         except RelayError as exc:
