@@ -133,8 +133,21 @@ class RemoteAgent:
             headers={**source.headers, "A2A-Extensions": DELEGATION_URI},
             timeout=source.timeout_s,
             transport=_CappedTransport(source.max_bytes),
+            event_hooks={"request": [self._same_origin]},
         )
         self._client: A2aClient | None = None
+
+    async def _same_origin(self, request: httpx.Request) -> None:
+        """The card names where calls go; our headers and the run's chain go nowhere but the
+        configured origin (a card pointing elsewhere, or at plain http, is refused)."""
+        want = httpx.URL(self.source.url)
+        got = request.url
+        if (got.scheme, got.host, got.port) != (want.scheme, want.host, want.port):
+            raise RemoteAgentRefused(
+                self.name,
+                f"its card sends calls to {got.scheme}://{got.host}:{got.port}, not the "
+                f"configured {want.scheme}://{want.host}:{want.port}; nothing was sent",
+            )
 
     def scrub(self, text: str) -> str:
         for secret in self._secrets:
@@ -183,16 +196,21 @@ class RemoteAgent:
         return self._result(_STATES[state], task.id, parts)
 
     def _result(self, state: str, task_id: str, parts: Any) -> dict[str, Any]:
+        text = "\n".join(get_text_parts(list(parts)))
+        for secret in self._secrets:
+            text = text.replace(secret, "[secret]")
         return {
             "state": state,
             "task_id": task_id,
-            "text": "\n".join(get_text_parts(list(parts))),
+            "text": text,
             "data": get_data_parts(list(parts)),
         }
 
     def _problem(self, exc: Exception) -> Exception:
         causes = _causes(exc)
         for cause in causes:
+            if isinstance(cause, RemoteAgentRefused):
+                return cause
             if isinstance(cause, _AnswerTooLarge):
                 return RemoteAgentRefused(self.name, str(cause))
         for cause in causes:

@@ -130,3 +130,24 @@ async def test_a_relaybus_agent_calls_a_relaybus_a2a_server_which_records_the_ch
     (sent,) = [r for r in audited if r.action == "a2a/send"]
     assert sent.detail["delegated_by"] == ["user:alice", "agent:delegator"]
     assert a2a_stack.tokens["bob"] not in json.dumps(result)
+
+
+async def test_a_card_naming_another_origin_gets_neither_our_headers_nor_the_chain() -> None:
+    """The configured URL is the only place a remote agent's secret header and the run's
+    delegation chain go: a card that routes calls elsewhere is refused before anything is sent."""
+    import pytest
+
+    from relaybus.agents.a2a.remote import Ask, RemoteAgent, RemoteAgentRefused
+    from relaybus.agents.tools.config import A2aSource
+
+    async with vendor_server() as (base, seen):
+        source = A2aSource(url=f"{base}/elsewhere", headers={"Authorization": "Bearer s3cret"})
+        remote = RemoteAgent("elsewhere", source)
+        try:
+            with pytest.raises(
+                RemoteAgentRefused, match="its card sends calls to http://localhost"
+            ):
+                await remote.ask(Ask(text="quote?"), {}, message_id="m1")
+        finally:
+            await remote.close()
+    assert seen.calls == 0 and seen.extension_headers == []

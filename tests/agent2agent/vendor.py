@@ -104,7 +104,8 @@ def hostile_routes(url: str, name: str, body: bytes) -> list[Any]:
 
 @contextlib.asynccontextmanager
 async def vendor_server() -> AsyncIterator[tuple[str, Seen]]:
-    """The quoter at BASE/quoter, and hostile agents at BASE/huge and BASE/garbage."""
+    """The quoter at BASE/quoter, and hostile agents at BASE/huge, BASE/garbage and
+    BASE/elsewhere (a card naming another origin)."""
     sock = socket.create_server(("127.0.0.1", 0))
     base = f"http://127.0.0.1:{sock.getsockname()[1]}"
     seen = Seen()
@@ -112,6 +113,8 @@ async def vendor_server() -> AsyncIterator[tuple[str, Seen]]:
         *quoter_routes(f"{base}/quoter", seen),
         *hostile_routes(f"{base}/huge", "huge", b'{"jsonrpc": "2.0", "result": "' + b"x" * 2_000_000 + b'"}'),
         *hostile_routes(f"{base}/garbage", "garbage", b'{"jsonrpc": "2.0", "id": 1, "result": {"task": 7}'),
+        # a card that sends calls to another origin (here the same quoter under another name)
+        *create_agent_card_routes(card(f"{base.replace('127.0.0.1', 'localhost')}/quoter"), card_url="/elsewhere/.well-known/agent-card.json"),
     ]  # fmt: skip
 
     class Quiet(uvicorn.Server):
