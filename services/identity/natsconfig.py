@@ -157,7 +157,20 @@ def service_permissions(subjects: Subjects, service: str) -> dict[str, object] |
         "$JS.API.STREAM.UPDATE.>",
         "$JS.API.STREAM.MSG.DELETE.>",
     ]
-    return {"publish": {"allow": [">"], "deny": deny}, "subscribe": {"allow": [">"]}}
+    # nor read tasks: a plain task carries its user's token on the way to the ingress
+    tasks = subjects.stream("TASKS")
+    deny += [
+        f"$JS.API.CONSUMER.CREATE.{tasks}",
+        f"$JS.API.CONSUMER.CREATE.{tasks}.>",
+        f"$JS.API.CONSUMER.DURABLE.CREATE.{tasks}.>",
+        f"$JS.API.STREAM.MSG.GET.{tasks}",
+        f"$JS.API.DIRECT.GET.{tasks}",
+        f"$JS.API.DIRECT.GET.{tasks}.>",
+    ]
+    return {
+        "publish": {"allow": [">"], "deny": deny},
+        "subscribe": {"allow": [">"], "deny": [f"{p}.task.>"]},
+    }
 
 
 def authorization_block(

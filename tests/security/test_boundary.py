@@ -411,8 +411,18 @@ async def test_the_ledger_and_memory_services_cannot_write_the_control_plane(
                 f"{p}.task.fanout",
                 f"{p}.svc.identity.agent_add",
                 "$JS.API.STREAM.PURGE.RELAY_AUDIT",
+                # nor read tasks, where a plain task carries its user's token to the ingress
+                "$JS.API.CONSUMER.CREATE.RELAY_TASKS",
+                "$JS.API.STREAM.MSG.GET.RELAY_TASKS",
+                "$JS.API.DIRECT.GET.RELAY_TASKS",
             ):
                 await _refused(bus, subject)
+            with pytest.raises(PermissionViolation):
+                sub = await bus.nc.subscribe(f"{p}.task.>")
+                await bus.nc.flush()
+                await asyncio.sleep(0.5)
+                bus.raise_violation(f"{p}.task.>")
+                await sub.unsubscribe()
 
 
 async def test_an_agent_cannot_cancel_a_run_or_another_agents_tasks(secure: SecureStack) -> None:
