@@ -151,11 +151,11 @@ class Bucket:
         await _retrying(f"delete {self.name}/{key}", lambda: self._kv.delete(key))
 
     async def keys(self) -> list[str]:
+        """Every key, listed again while JetStream is slow to answer (a timed-out listing is
+        retried, never taken as "no keys": `relaybus runs` lost runs that way under load)."""
         try:
-            return list(await self._kv.keys())
+            return list(await _retrying(f"keys {self.name}", lambda: self._kv.keys()))
         except nats.js.errors.NoKeysError:
-            return []
-        except nats.errors.TimeoutError:
             return []
 
     async def watch(self) -> Watch:
