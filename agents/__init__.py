@@ -4,13 +4,42 @@ Handlers get a `Context` whose operations are journaled: a crash, a redelivery o
 replays recorded results instead of running effects again.
 """
 
-from .base import Agent
-from .context import Context, Handle
-from .errors import Cancelled, ChildFailed, GatherTimeout, LimitExceeded, ToolArgumentsInvalid
-from .interceptors import Interceptor
-from .journal import Fenced, JournalDivergence
-from .submit import RunOutcome, submit
-from .tool import Tool, tool
+from typing import TYPE_CHECKING
+
+from relaybus._lazy import exports
+
+# `submit` and `tool` share their modules' names: importing the submodule would bind the module
+# to the package attribute, so these two functions are bound here, eagerly (both are small).
+from .submit import submit
+from .tool import tool
+
+if TYPE_CHECKING:
+    from .base import Agent
+    from .context import Context, Handle
+    from .errors import Cancelled, ChildFailed, GatherTimeout, LimitExceeded, ToolArgumentsInvalid
+    from .interceptors import Interceptor
+    from .journal import Fenced, JournalDivergence
+    from .submit import RunOutcome
+    from .tool import Tool
+
+__getattr__ = exports(
+    __name__,
+    {
+        ".base": ["Agent"],
+        ".context": ["Context", "Handle"],
+        ".errors": [
+            "Cancelled",
+            "ChildFailed",
+            "GatherTimeout",
+            "LimitExceeded",
+            "ToolArgumentsInvalid",
+        ],
+        ".interceptors": ["Interceptor"],
+        ".journal": ["Fenced", "JournalDivergence"],
+        ".submit": ["RunOutcome"],
+        ".tool": ["Tool"],
+    },
+)
 
 __all__ = [
     "Agent",

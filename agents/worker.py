@@ -25,6 +25,7 @@ from relaybus.bus import (
     Bus,
     Delivery,
     Envelope,
+    EnvelopeInvalid,
     ErrorInfo,
     PermissionDenied,
     Refused,
@@ -243,6 +244,9 @@ class Worker:
             await self.emit_event(env, "resumed", detail="replayed from the dead-letter queue")
             await self.execute(journal, revision, owner, d)
         elif journal.status in FINAL:
+            reused = _reused_task_id(journal, env)
+            if reused:  # not a duplicate: the recorded outcome goes only to the task it answers
+                await self.guard.refuse(env, d, reused)
             await self.deliver(
                 env, journal
             )  # a duplicate: repeat the recorded outcome (idempotent)
@@ -635,3 +639,19 @@ if TYPE_CHECKING:  # the worker is the runtime behind every Context: mypy checks
     from .port import RuntimePort
 
     _PORT_CHECK: type[RuntimePort] = Worker
+
+
+def _reused_task_id(journal: Journal, env: Envelope) -> str:
+    """Why `env` is not a duplicate of the finished task recorded under its id ("" if it is):
+    another sender, parent, reply address or payload must not be answered from the journal."""
+    try:
+        first = decode(journal.task)
+    except EnvelopeInvalid:
+        return ""
+    for field in ("sender", "parent_id", "reply_to", "payload"):
+        if getattr(first, field) != getattr(env, field):
+            return (
+                f"task id {env.id!r} of run {env.run_id!r} already finished with another "
+                f"{field}; a new task needs a new id"
+            )
+    return ""

@@ -111,8 +111,9 @@ async def serve_stack(
         for name in services:
             children[name] = spawn(name)
         async with Bus(run_settings, name="relaybus-up-probe") as bus:
+            ready_by = asyncio.get_running_loop().time() + SERVICE_START_S
             for name, child in children.items():
-                await _wait_ready(bus, name, child)
+                await _wait_ready(bus, name, child, ready_by)
         procs = [describe(n, p.pid) for n, p in children.items()]
         if server is not None:
             procs.insert(0, describe("nats", server.pid))
@@ -161,6 +162,9 @@ async def serve_stack(
 
 
 MAX_RESTARTS = 5
+# How long the services together may take to answer their first ping. Generous: a loaded
+# machine starting several Python processes at once is slow, and failing there helps nobody.
+SERVICE_START_S = 90.0
 OPERATOR = "operator"
 
 
@@ -198,12 +202,9 @@ async def _wait_for_exit(
             children[name] = spawn(name)
 
 
-async def _wait_ready(
-    bus: Bus, name: str, child: subprocess.Popen[bytes], timeout_s: float = 30.0
-) -> None:
+async def _wait_ready(bus: Bus, name: str, child: subprocess.Popen[bytes], deadline: float) -> None:
     """A service is ready once anything answers on `<prefix>.svc.<name>.ping`."""
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout_s
     while loop.time() < deadline:
         if child.poll() is not None:
             raise RelayError(f"service {name} exited with {child.returncode}; see logs/{name}.log")
@@ -212,10 +213,15 @@ async def _wait_ready(
             return
         except RelayError:
             await asyncio.sleep(0.1)
-    raise RelayError(f"service {name} did not answer within {timeout_s:g}s; see logs/{name}.log")
+    raise RelayError(
+        f"service {name} did not answer within {SERVICE_START_S:g}s of starting; "
+        f"see logs/{name}.log"
+    )
 
 
-def start_detached(settings: Settings, self_command: Sequence[str], timeout_s: float = 60.0) -> str:
+def start_detached(
+    settings: Settings, self_command: Sequence[str], timeout_s: float = SERVICE_START_S + 30.0
+) -> str:
     """Start `relaybus up` in its own session; return the NATS URL once the stack is ready."""
     home = settings.home.resolve()
     (home / "logs").mkdir(parents=True, exist_ok=True)

@@ -7,9 +7,23 @@ memory service (`service`) that owns the store, its garbage collection (`gc`), a
 which agents reach as `ctx.memory`.
 """
 
-from .client import MemoryClient
-from .embed import Embedder, LexicalEmbedder
-from .store import Hit, MemoryRefused, Scope, StoredPoint, VectorStore, point_id
+from typing import TYPE_CHECKING
+
+from relaybus._lazy import exports
+
+if TYPE_CHECKING:
+    from .client import MemoryClient
+    from .embed import Embedder, LexicalEmbedder
+    from .store import Hit, MemoryRefused, Scope, StoredPoint, VectorStore, point_id
+
+__getattr__ = exports(
+    __name__,
+    {
+        ".client": ["MemoryClient"],
+        ".embed": ["Embedder", "LexicalEmbedder"],
+        ".store": ["Hit", "MemoryRefused", "Scope", "StoredPoint", "VectorStore", "point_id"],
+    },
+)
 
 __all__ = [
     "Embedder",

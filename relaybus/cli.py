@@ -11,12 +11,9 @@ import os
 import signal
 import subprocess
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from relaybus.agents.base import Agent
-from relaybus.agents.observe import chain_of
 from relaybus.agents.observe import register as register_observe
-from relaybus.agents.submit import has_consumer, parse_payload, run_store
 from relaybus.bus import Bus, RelayError, Settings
 from relaybus.bus import cli as bus_cli
 from relaybus.bus.runtime import (
@@ -28,7 +25,12 @@ from relaybus.bus.runtime import (
     setup_logging,
 )
 from relaybus.bus.telemetry import Telemetry
-from relaybus.client import Client
+
+if TYPE_CHECKING:
+    from relaybus.agents.base import Agent
+
+# Each command imports what it runs inside its handler: every service and agent process starts
+# through this module, and none of them should pay for the MCP SDK, the console or the demo.
 
 SELF_COMMAND = [sys.executable, "-m", "relaybus.cli"]
 
@@ -59,6 +61,8 @@ async def service(args: argparse.Namespace, settings: Settings) -> Any:
 
 async def identity_chain(args: argparse.Namespace, settings: Settings) -> int:
     """Every delegation link of a run, decoded, root first (read from the run's journal)."""
+    from relaybus.agents.observe import chain_of
+
     async with Bus(settings, name="relaybus-identity") as bus:
         links = await chain_of(bus, args.run_id)
     if not links:
@@ -85,6 +89,8 @@ bus_cli.register_auth(_stack_auth)
 
 def load_agent(spec: str) -> type[Agent]:
     """`MODULE:CLASS`, importable from the current directory."""
+    from relaybus.agents.base import Agent
+
     module_name, _, class_name = spec.partition(":")
     if not module_name or not class_name:
         raise RelayError(
@@ -158,6 +164,9 @@ def _supervise_replicas(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def publish(args: argparse.Namespace, settings: Settings) -> int:
+    from relaybus.agents.submit import has_consumer, parse_payload
+    from relaybus.client import Client
+
     payload = parse_payload(args.payload)
     async with Client(
         settings, user=args.as_user, token=args.token, name="relaybus-publish"
@@ -199,6 +208,8 @@ async def publish(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def runs_list(args: argparse.Namespace, settings: Settings) -> int:
+    from relaybus.agents.submit import run_store
+
     async with Bus(settings, name="relaybus-runs") as bus:
         records = await (await run_store(bus)).recent(args.limit)
     for record in records:
@@ -216,6 +227,8 @@ async def runs_list(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def run_show(args: argparse.Namespace, settings: Settings) -> int:
+    from relaybus.agents.submit import run_store
+
     async with Bus(settings, name="relaybus-runs") as bus:
         record = await (await run_store(bus)).get(args.run_id)
     if record is None:
@@ -230,6 +243,8 @@ async def run_show(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def cancel(args: argparse.Namespace, settings: Settings) -> int:
+    from relaybus.client import Client
+
     async with Client(settings, name="relaybus-cancel") as client:
         record = await client.run(args.run_id).cancel()
     bus_cli.emit(record.summary(), args.json, f"run {args.run_id} cancelled")
@@ -237,6 +252,9 @@ async def cancel(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def approve(args: argparse.Namespace, settings: Settings) -> int:
+    from relaybus.agents.submit import parse_payload
+    from relaybus.client import Client
+
     data = json.loads(parse_payload(args.data))
     user = os.environ.get("USER", "dev")
     async with Client(settings, user=user, name="relaybus-approve") as client:

@@ -30,12 +30,10 @@ from relaybus.bus.supervisor import start_detached, stop_stack
 from relaybus.services.identity.client import read_audit
 from relaybus.services.runs.state import ENDED
 
-from ..llm.client import list_models
 from ..observe import ledger_run_cost, load_tree
 from ..runtree import render
 from ..settings import LlmSettings, ToolSettings
 from ..submit import outcome_of, run_store, submit
-from ..tools.mailbox import read_mailbox
 from .procs import SELF_COMMAND, Processes
 from .setup import (
     DEMO_USER,
@@ -77,6 +75,8 @@ class DemoSummary(msgspec.Struct, kw_only=True):
 
 
 async def demo(args: argparse.Namespace, settings: Settings) -> int:
+    from ..llm.client import list_models
+
     say = _printer(sys.stderr if args.json else sys.stdout)
     llm = LlmSettings.of(settings)
     model = llm.llm_model or "scripted"
@@ -162,6 +162,8 @@ async def demo(args: argparse.Namespace, settings: Settings) -> int:
 async def _run(
     bus: Bus, args: argparse.Namespace, token: str, mailbox: Path | None, say: Any
 ) -> DemoSummary:
+    from ..tools.mailbox import read_mailbox
+
     payload = json.dumps(request_payload()).encode()
     accepted = await submit(
         bus, "orchestrator", payload, sender=f"user:{DEMO_USER}", token=token, budget=args.budget

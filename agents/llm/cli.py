@@ -11,8 +11,6 @@ from typing import Any
 from relaybus.bus import ConfigError, Settings
 from relaybus.bus.httpserve import serve_until_stopped
 
-from .scripted import ScriptedModel, serve_model
-
 
 def load_rules(path: Path | None) -> list[dict[str, str]]:
     if path is None:
@@ -32,6 +30,8 @@ def load_rules(path: Path | None) -> list[dict[str, str]]:
 
 
 async def dev_model(args: argparse.Namespace, settings: Settings) -> int:
+    from .scripted import ScriptedModel, serve_model
+
     del settings
     model = ScriptedModel.from_rules(load_rules(args.script), args.fail_first, args.fail_every)
     url = f"http://{args.host}:{{}}/v1"

@@ -1,8 +1,22 @@
 """`relaybus mcp serve`: relaybus agents as MCP tools, over streamable HTTP or stdio."""
 
-from .access import Caller, McpRefused, RunNotFound, Unauthenticated
-from .exposed import ArgumentsInvalid, ExposedAgent, expose, expose_name
-from .server import CANCEL_RUN, READ_RUN, RelaybusTools
+from typing import TYPE_CHECKING
+
+from relaybus._lazy import exports
+
+if TYPE_CHECKING:
+    from .access import Caller, McpRefused, RunNotFound, Unauthenticated
+    from .exposed import ArgumentsInvalid, ExposedAgent, expose, expose_name
+    from .server import CANCEL_RUN, READ_RUN, RelaybusTools
+
+__getattr__ = exports(
+    __name__,
+    {
+        ".access": ["Caller", "McpRefused", "RunNotFound", "Unauthenticated"],
+        ".exposed": ["ArgumentsInvalid", "ExposedAgent", "expose", "expose_name"],
+        ".server": ["CANCEL_RUN", "READ_RUN", "RelaybusTools"],
+    },
+)
 
 __all__ = [
     "CANCEL_RUN",

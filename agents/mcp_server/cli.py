@@ -10,27 +10,18 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from relaybus.bus import Bus, ConfigError, RelayError, Settings
 from relaybus.bus.runtime import EXIT_OK
 from relaybus.services.identity.settings import IdentitySettings
 
-from ..base import Agent
-from ..console.access import is_loopback
-from ..console.cli import _server, listen
 from ..settings import CallerSettings
-from .access import (
-    DEV_USER,
-    BearerAuth,
-    Caller,
-    TokenGate,
-    Unauthenticated,
-    audit_refusal,
-    claimed_user,
-)
-from .exposed import exposed_agents
-from .server import RelaybusTools
+
+if TYPE_CHECKING:  # the MCP SDK loads only when `relaybus mcp serve` runs, not for every command
+    from ..base import Agent
+    from .access import Caller
+    from .server import RelaybusTools
 
 MCP_PATH = "/mcp"
 
@@ -46,6 +37,10 @@ async def serve_http(
     settings: Settings, tools_of: Callable[[Bus], RelaybusTools], host: str, port: int
 ) -> int:
     import uvicorn
+
+    from ..console.access import is_loopback
+    from ..console.cli import _server, listen
+    from .access import DEV_USER, BearerAuth
 
     identity = IdentitySettings.of(settings).identity
     if not identity and not is_loopback(host):
@@ -94,6 +89,8 @@ async def serve_stdio(
 
 async def local_caller(bus: Bus, identity: bool, user: str, token: str | None) -> Caller:
     """The stdio server's one caller, checked once at start."""
+    from .access import DEV_USER, Caller, TokenGate, Unauthenticated, audit_refusal, claimed_user
+
     user = user.removeprefix("user:")
     if not identity:
         return Caller(user or DEV_USER)
@@ -116,6 +113,9 @@ async def local_caller(bus: Bus, identity: bool, user: str, token: str | None) -
 
 def mcp_serve(load: Callable[[str], type[Agent]]) -> Callable[[argparse.Namespace, Settings], Any]:
     async def run(args: argparse.Namespace, settings: Settings) -> int:
+        from .exposed import exposed_agents
+        from .server import RelaybusTools
+
         agents = exposed_agents(args.agent, args.description, load)
         if args.wait <= 0:
             raise RelayError("--wait must be a positive number of seconds")

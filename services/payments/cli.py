@@ -10,13 +10,12 @@ from typing import Any
 from relaybus.bus import Bus, ConfigError, Settings
 from relaybus.bus.httpserve import serve_json, serve_until_stopped
 
-from .sandbox import Sandbox, serve_sandbox
 from .settings import PaymentsSettings
-from .stripe import StripeProvider
-from .webhooks import WebhookReceiver
 
 
 async def sandbox(args: argparse.Namespace, settings: Settings) -> int:
+    from .sandbox import Sandbox, serve_sandbox
+
     del settings
     box = Sandbox(args.state, args.api_key, args.webhook_url, args.webhook_secret)
     try:
@@ -32,6 +31,9 @@ async def sandbox(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def webhooks(args: argparse.Namespace, settings: Settings) -> int:
+    from .stripe import StripeProvider
+    from .webhooks import WebhookReceiver
+
     payments = PaymentsSettings.of(settings)
     if not payments.payments_url or not payments.payments_webhook_secret:
         raise ConfigError(

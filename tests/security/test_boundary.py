@@ -21,6 +21,7 @@ from relaybus.bus import (
     PermissionViolation,
     RelayError,
     new_id,
+    to_message,
 )
 from relaybus.bus.cli import replay_dead_letter
 from relaybus.bus.events import DeadLetter, event_encoder
@@ -247,6 +248,46 @@ async def test_a_chain_replayed_with_another_payload_or_task_is_refused(
                 assert "bound to the one task and payload" in denied.detail
         denials = await read_audit(op, USER, run_id=child_task.run_id, decision="deny")
     assert sum(d.action == "chain/verify" for d in denials) == 2
+
+
+async def test_a_finished_task_id_reused_by_another_sender_gets_no_recorded_result(
+    secure: SecureStack,
+) -> None:
+    # Given a completed run: child's task is finished and its result recorded in the journal
+    secure.start_agent("runtime_agents:FanOut")
+    secure.start_agent("runtime_agents:Child")
+    async with Bus(secure.settings) as op:
+        run = await submit(
+            op,
+            "fanout",
+            b'{"items": [{"x": 1}]}',
+            sender=f"user:{USER}",
+            token=secure.token,
+            wait=True,
+            timeout_s=60,
+        )
+        assert run.status == "completed"
+        child_task = await _child_task(op, run.run_id)
+        to_mallory = await op.nc.subscribe(op.subjects.task_from("mallory", "child"))
+        # When mallory sends that task again, same id, payload and chain, answered to itself
+        # (with a message id of its own, as after the stream's duplicate window)
+        async with EventFeed(op, child_task.run_id) as feed, secure.hostile() as bus:
+            reused = msgspec.structs.replace(
+                child_task, sender="mallory", parent_id=new_id(), reply_to="mallory"
+            )
+            headers, body = to_message(reused, 1 << 20)
+            await bus.publish_bytes(
+                bus.subjects.task_from("child", "mallory"),
+                body,
+                {**headers, "Nats-Msg-Id": new_id()},
+            )
+            denied = await _next_kind(feed, "denied")
+        # Then the recorded result is not sent to mallory, and the refusal says why
+        assert "already finished with another sender" in denied.detail
+        with pytest.raises(TimeoutError):
+            await to_mallory.next_msg(timeout=2)
+        denials = await read_audit(op, USER, run_id=child_task.run_id, decision="deny")
+    assert any(d.action == "message/task" for d in denials)
 
 
 async def test_a_forged_completed_event_does_not_end_a_waiting_submission(
