@@ -6,7 +6,7 @@ replays recorded results instead of running effects again.
 
 from typing import TYPE_CHECKING
 
-from relaybus._lazy import exports
+from relaybus.bus.lazy import exports
 
 # `submit` and `tool` share their modules' names: importing the submodule would bind the module
 # to the package attribute, so these two functions are bound here, eagerly (both are small).

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
+import hashlib
 import logging
 import re
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from types import TracebackType
 from typing import Any
+from urllib.parse import urlsplit
 
 import nats
 import nats.errors
@@ -80,6 +84,7 @@ class Bus:
         self._closing = False
         self._violation_seen = asyncio.Event()
         self._auth_refused = asyncio.Event()
+        self._id_key = b""
 
     @property
     def nc(self) -> NatsClient:
@@ -101,6 +106,7 @@ class Bus:
         if self._nc is not None:
             raise ConnectionFailed("this Bus is already connected")
         url = resolve_nats_url(self.settings)
+        self._id_key = _message_id_key(url, self._connect_options)
         if "nkeys_seed" in self._connect_options:  # an nkey user: drop any user:password in the URL
             url = public_url(url)
         options: dict[str, Any] = {
@@ -221,11 +227,26 @@ class Bus:
         headers, body = wire.to_message(env, self.settings.max_payload_bytes)
         return await self.publish_bytes(subject, body, self._finish_headers(env, headers))
 
+    def message_id(self, dedupe_key: str) -> str:
+        """The `Nats-Msg-Id` this connection stores `dedupe_key` under.
+
+        JetStream dedupes on it across the whole stream, so an id another connection can
+        predict (a derived child or result id, a caller-chosen run id) could be taken first by
+        anyone who may publish to the stream, silently swallowing the real message. With NATS
+        auth on, the id is keyed with this connection's own NATS secret (an agent's nkey seed,
+        shared by its replicas; a service's or operator's password): retries and replicas still
+        dedupe, and nobody else can take the id. Without auth nothing is secret (dev)."""
+        if not self._id_key:
+            return dedupe_key
+        return hashlib.blake2b(dedupe_key.encode(), key=self._id_key, digest_size=20).hexdigest()
+
     async def publish_bytes(
         self, subject: str, data: bytes, headers: dict[str, str] | None = None
     ) -> int:
         """JetStream publish with retries on transient errors (same headers, same msg id)."""
         check_subject(subject)
+        if headers and "Nats-Msg-Id" in headers and self._id_key:
+            headers = {**headers, "Nats-Msg-Id": self.message_id(headers["Nats-Msg-Id"])}
         try:
             ack = await self.js.publish(subject, data, headers=dict(headers or {}))
             return int(ack.seq)
@@ -356,3 +377,16 @@ class Bus:
             self.raise_violation(subject)
             raise ConnectionFailed(f"no reply on {subject!r} in time") from exc
         return bytes(msg.data)
+
+
+def _message_id_key(url: str, connect_options: dict[str, Any]) -> bytes:
+    """The secret behind `Bus.message_id`: what only this connection's NATS user knows."""
+    secret = b""
+    if connect_options.get("nkeys_seed"):
+        with contextlib.suppress(OSError):  # unreadable: connecting reports it
+            secret = Path(connect_options["nkeys_seed"]).read_bytes().strip()
+    elif connect_options.get("nkeys_seed_str"):
+        secret = str(connect_options["nkeys_seed_str"]).encode()
+    else:
+        secret = (urlsplit(url.split(",")[0].strip()).password or "").encode()
+    return hashlib.blake2b(secret, digest_size=32).digest() if secret else b""

@@ -9,7 +9,7 @@ which agents reach as `ctx.memory`.
 
 from typing import TYPE_CHECKING
 
-from relaybus._lazy import exports
+from relaybus.bus.lazy import exports
 
 if TYPE_CHECKING:
     from .client import MemoryClient

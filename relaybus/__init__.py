@@ -22,12 +22,11 @@ from typing import TYPE_CHECKING
 # process imports. They are small: the layers' packages load their code on first use, so a
 # service process does not pay for the agent runtime, the MCP SDK or the console.
 from relaybus.agents import settings as _agent_settings  # noqa: F401
+from relaybus.bus.lazy import exports
 from relaybus.memory import settings as _memory_settings  # noqa: F401
 from relaybus.services.identity import settings as _identity_settings  # noqa: F401
 from relaybus.services.ledger import settings as _ledger_settings  # noqa: F401
 from relaybus.services.payments import settings as _payments_settings  # noqa: F401
-
-from ._lazy import exports
 
 if TYPE_CHECKING:
     from relaybus.agents import (

@@ -3,7 +3,7 @@ that keep untrusted text in data blocks, and the scripted dev model for demos an
 
 from typing import TYPE_CHECKING
 
-from relaybus._lazy import exports
+from relaybus.bus.lazy import exports
 
 from .prompt import prompt  # bound eagerly: the name is also its module's, which would shadow it
 

@@ -2,7 +2,7 @@
 
 from typing import TYPE_CHECKING
 
-from relaybus._lazy import exports
+from relaybus.bus.lazy import exports
 
 if TYPE_CHECKING:
     from .access import Caller, McpRefused, RunNotFound, Unauthenticated

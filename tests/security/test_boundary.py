@@ -24,6 +24,7 @@ from relaybus.bus import (
     to_message,
 )
 from relaybus.bus.cli import replay_dead_letter
+from relaybus.bus.envelope import derived_id
 from relaybus.bus.events import DeadLetter, event_encoder
 from relaybus.bus.feed import EventFeed
 from relaybus.bus.stack import public_url, read_stack
@@ -288,6 +289,35 @@ async def test_a_finished_task_id_reused_by_another_sender_gets_no_recorded_resu
             await to_mallory.next_msg(timeout=2)
         denials = await read_audit(op, USER, run_id=child_task.run_id, decision="deny")
     assert any(d.action == "message/task" for d in denials)
+
+
+async def test_a_message_id_taken_first_by_an_agent_does_not_swallow_a_users_task(
+    secure: SecureStack,
+) -> None:
+    # Given a run id mallory knows before the user submits it (an order number, say)
+    secure.start_agent("runtime_agents:FanOut")
+    secure.start_agent("runtime_agents:Child")
+    run_id = f"order-{new_id()}"
+    async with Bus(secure.settings) as op, secure.hostile() as bus:
+        # When mallory first stores a message under the id the run's first task derives from it
+        # (raw NATS: a hostile process sets any Nats-Msg-Id it likes on its own subject)
+        await bus.js.publish(
+            bus.subjects.task_from("fanout", "mallory"),
+            b"{}",
+            headers={"Nats-Msg-Id": derived_id(run_id, "submit", "fanout")},
+        )
+        # Then the user's run is stored, runs and completes all the same
+        run = await submit(
+            op,
+            "fanout",
+            b'{"items": [{"x": 1}, {"x": 2}]}',
+            sender=f"user:{USER}",
+            token=secure.token,
+            run_id=run_id,
+            wait=True,
+            timeout_s=60,
+        )
+    assert run.status == "completed", run.error
 
 
 async def test_a_forged_completed_event_does_not_end_a_waiting_submission(
