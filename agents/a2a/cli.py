@@ -65,6 +65,7 @@ async def serving(
     stop the server (`served.stopped` ends)."""
     import uvicorn
 
+    from ..console.middleware import LocalHostOnly
     from .server import create_app
     from .store import KvTaskStore
 
@@ -73,8 +74,9 @@ async def serving(
     sock = listen(host, port)
     shown = f"[{host}]" if ":" in host else host
     url = f"http://{shown}:{sock.getsockname()[1]}"
+    app = create_app(bus, agents, url, identity_on, stores)
     config = uvicorn.Config(
-        create_app(bus, agents, url, identity_on, stores),
+        LocalHostOnly(app) if is_loopback(host) else app,
         log_config=None,
         log_level="warning",
         access_log=False,

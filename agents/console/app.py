@@ -17,7 +17,6 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
-from starlette.types import ASGIApp, Receive, Scope, Send
 
 from relaybus.bus import Bus, ConnectionFailed, RelayError
 
@@ -29,10 +28,9 @@ from .access import (
     VerdictInvalid,
     Viewer,
     is_loopback,
-    token_in_url,
-    token_in_url_error,
 )
 from .data import ConsoleData
+from .middleware import LocalHostOnly, NoTokensInUrls
 
 STATIC = Path(__file__).parent / "static"
 FEED_BACKLOG_S = 900.0  # the feed page opens with the last 15 minutes
@@ -213,45 +211,6 @@ async def http_error(request: Request, exc: Exception) -> Response:
     if exc.status_code == 404:
         return JSONResponse({"error": f"nothing at {request.url.path}"}, status_code=404)
     return JSONResponse({"error": exc.detail}, status_code=exc.status_code)
-
-
-class LocalHostOnly:
-    """Bound to loopback, answer only requests addressed to a loopback name: a web page
-    elsewhere cannot reach the operator's console by rebinding its DNS name to 127.0.0.1."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            host = dict(scope["headers"]).get(b"host", b"").decode("latin-1")
-            if not is_loopback(urlsplit(f"//{host}").hostname or ""):
-                response = JSONResponse({"error": f"host {host!r} is not this console"}, 421)
-                await response(scope, receive, send)
-                return
-        await self.app(scope, receive, send)
-
-
-class NoTokensInUrls:
-    """Refuse (400) any request whose URL carries an API token — a token-named query parameter
-    (`?token=…`) or a token anywhere in the path or query — before anything else looks at it."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            query = scope.get("query_string", b"").decode("latin-1")
-            where = token_in_url(scope.get("path", ""), query)
-            if where:
-                response = JSONResponse(
-                    {"error": str(token_in_url_error(where))},
-                    status_code=400,
-                    headers={"Cache-Control": "no-store"},
-                )
-                await response(scope, receive, send)
-                return
-        await self.app(scope, receive, send)
 
 
 def create_app(bus: Bus, host: str, on_ready: Callable[[], None] | None = None) -> Starlette:

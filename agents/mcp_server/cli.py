@@ -40,6 +40,7 @@ async def serve_http(
 
     from ..console.access import is_loopback
     from ..console.cli import _server, listen
+    from ..console.middleware import LocalHostOnly
     from .access import DEV_USER, BearerAuth
 
     identity = IdentitySettings.of(settings).identity
@@ -55,8 +56,9 @@ async def serve_http(
         async with Bus(settings, name="relaybus-mcp") as bus:
             tools = tools_of(bus)
             app = tools.server().streamable_http_app(streamable_http_path=MCP_PATH, host=host)
+            guarded = BearerAuth(app, bus, identity=identity)
             config = uvicorn.Config(
-                BearerAuth(app, bus, identity=identity),
+                LocalHostOnly(guarded) if is_loopback(host) else guarded,
                 log_config=None,
                 log_level="warning",
                 access_log=False,

@@ -11,6 +11,7 @@ from a2a.types import GetTaskRequest, SendMessageRequest, TaskState
 
 from relaybus.agents.a2a.cli import serving
 from relaybus.agents.a2a.extension import DELEGATION_URI
+from relaybus.agents.submit import run_store
 from relaybus.bus import Settings
 from relaybus.testing import AgentEnvironment
 
@@ -35,6 +36,31 @@ async def test_a_message_runs_the_agent_and_the_task_carries_its_result() -> Non
         assert result_of(task) == {"echo": {"text": "hi", "n": 3}}
         record = await env.client.run(f"a2a-{task.id}").record()
         assert record.status == "completed" and record.submitted_by == "user:dev"
+
+
+async def test_a_page_rebinding_its_name_to_loopback_runs_nothing() -> None:
+    # a dev stack's A2A server acts as user:dev for anyone who reaches it: only loopback names
+    async with (
+        AgentEnvironment([Echo]) as env,
+        serving(env.client.bus, ["echo"], "127.0.0.1", 0) as served,
+    ):
+        rebound = {"host": f"evil.test:{served.url.rsplit(':', 1)[1]}"}
+        message = {
+            "jsonrpc": "2.0",
+            "id": 1,
+            "method": "SendMessage",
+            "params": {
+                "message": {"role": "ROLE_USER", "messageId": "m1", "parts": [{"text": "hi"}]}
+            },
+        }
+        async with httpx.AsyncClient() as http:
+            card = await http.get(
+                f"{served.url}/agents/echo/.well-known/agent-card.json", headers=rebound
+            )
+            sent = await http.post(f"{served.url}/agents/echo", json=message, headers=rebound)
+        assert card.status_code == 421 and sent.status_code == 421
+        assert "answers only on a loopback name" in sent.json()["error"]
+        assert await (await run_store(env.client.bus)).recent(5) == []
 
 
 async def test_a_task_outlives_the_server_that_took_it() -> None:

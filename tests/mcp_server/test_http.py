@@ -113,6 +113,19 @@ async def test_a_request_without_a_token_or_with_a_wrong_one_gets_401_and_is_aud
     assert await (await run_store(stack.bus)).recent(5) == []
 
 
+async def test_a_page_rebinding_its_name_to_loopback_gets_nothing(
+    stack: Stack, mcp_url: str
+) -> None:
+    accept = {"accept": "application/json, text/event-stream"}
+    bearer = {**accept, "authorization": f"Bearer {stack.tokens['alice']}"}
+    async with httpx.AsyncClient(timeout=30) as http:
+        rebound = await http.post(mcp_url, json=INITIALIZE, headers={**bearer, "host": "evil.test"})
+        local = await http.post(mcp_url, json=INITIALIZE, headers=bearer)
+    assert rebound.status_code == 421
+    assert "answers only on a loopback name" in rebound.json()["error"]
+    assert local.status_code == 200
+
+
 async def test_a_long_run_reports_progress_and_cancelling_the_call_cancels_the_run(
     stack: Stack, mcp_url: str
 ) -> None:
