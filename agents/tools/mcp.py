@@ -176,16 +176,18 @@ class McpServers:
                 "MCP server %s: tool name %r is not offered (bad characters)", server, remote
             )
             return None
-        schema = _strict_schema(listing.input_schema)
         try:
+            schema, parameter_words = _sanitized_schema(_strict_schema(listing.input_schema))
             checker = validator_for(schema)(schema)
             checker.check_schema(schema)
-        except SchemaError as exc:
+        except (SchemaError, SchemaTooDeep) as exc:
             log.warning(
                 "MCP server %s: tool %s has an invalid inputSchema: %s", server, remote, exc
             )
             return None
-        said = " ".join(str(listing.description or "").split())[:MAX_DESCRIPTION]
+        said = "\n".join([" ".join(str(listing.description or "").split()), *parameter_words])[
+            :MAX_DESCRIPTION
+        ]
 
         async def run(ctx: Any, args: pydantic.BaseModel) -> Any:
             result = await self.call(server, remote, args.model_dump())
@@ -300,6 +302,54 @@ def _strict_schema(schema: Any) -> dict[str, Any]:
     strict["additionalProperties"] = False
     strict.pop("title", None)
     return strict
+
+
+# What a schema says in words reaches the model: out of the schema, into the fenced data block.
+_TEXT_KEYWORDS = ("description", "title", "examples", "$comment")
+# Regexes the server wrote: checked with Python's backtracking `re`, a hostile one (`(a+)+$`)
+# could hold the agent's CPU on one argument. The server checks its own patterns.
+_REGEX_KEYWORDS = ("pattern", "patternProperties")
+MAX_SCHEMA_DEPTH = 32
+
+
+class SchemaTooDeep(ValueError):
+    """An inputSchema nested deeper than MAX_SCHEMA_DEPTH."""
+
+
+def _sanitized_schema(schema: Any, path: str = "", depth: int = 0) -> tuple[Any, list[str]]:
+    """`schema` without its words and regexes, and the words as `path: text` lines."""
+    if depth > MAX_SCHEMA_DEPTH:
+        raise SchemaTooDeep(f"the inputSchema nests deeper than {MAX_SCHEMA_DEPTH} levels")
+    if isinstance(schema, list):
+        said: list[str] = []
+        items = []
+        for i, item in enumerate(schema):
+            clean, words = _sanitized_schema(item, f"{path}[{i}]", depth + 1)
+            items.append(clean)
+            said += words
+        return items, said
+    if not isinstance(schema, dict):
+        return schema, []
+    out: dict[str, Any] = {}
+    said = []
+    for key, value in schema.items():
+        if key in _TEXT_KEYWORDS:
+            if isinstance(value, str) and value.strip() and path:
+                said.append(f"{path.lstrip('.')}: {' '.join(value.split())}")
+            continue
+        if key in _REGEX_KEYWORDS or (key == "enum" and not _plain_values(value)):
+            continue
+        inner = f"{path}.{key}" if key not in ("properties", "items", "$defs") else path
+        out[key], words = _sanitized_schema(value, inner, depth + 1)
+        said += words
+    return out, said
+
+
+def _plain_values(values: Any) -> bool:
+    """An enum the model may see: short scalar values (a long string is words, not a choice)."""
+    return isinstance(values, list) and all(
+        not isinstance(v, str) or (len(v) <= 64 and "\n" not in v) for v in values
+    )
 
 
 def _text_of(block: Any) -> str:
