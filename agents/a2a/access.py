@@ -18,8 +18,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from relaybus.bus import Bus, ConnectionFailed, ErrorInfo, PermissionDenied, RelayError
-from relaybus.services.identity.client import IdentityClient, publish_audit
+from relaybus.services.identity.client import IdentityClient
 from relaybus.services.identity.messages import AuditRecord
+from relaybus.services.identity.refusals import RefusalAudit
 
 from ..console.access import token_in_url
 
@@ -88,17 +89,14 @@ class TokenCheck:
         return Caller(user=user, token=token)
 
 
-async def audit_refusal(bus: Bus, action: str, reason: str, **detail: Any) -> None:
-    await publish_audit(
-        bus,
-        AuditRecord(
-            action=action,
-            decision="deny",
-            principal=ANONYMOUS,
-            actor="a2a:gateway",
-            reason=reason,
-            detail=detail,
-        ),
+def refusal(action: str, reason: str, **detail: Any) -> AuditRecord:
+    return AuditRecord(
+        action=action,
+        decision="deny",
+        principal=ANONYMOUS,
+        actor="a2a:gateway",
+        reason=reason,
+        detail=detail,
     )
 
 
@@ -109,6 +107,7 @@ class BearerAuth:
     def __init__(self, app: Any, check: TokenCheck) -> None:
         self.app = app
         self.check = check
+        self.refusals = RefusalAudit(check.bus)  # anyone can send bad tokens: bounded
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -116,7 +115,7 @@ class BearerAuth:
             return
         path, query = scope.get("path", ""), scope.get("query_string", b"").decode("latin-1")
         if (where := token_in_url(path, query)) != "":
-            await audit_refusal(self.check.bus, "a2a/call", f"token in {where}", path=path[:200])
+            await self.refusals(refusal("a2a/call", f"token in {where}", path=path[:200]))
             await _refuse(send, 400, f"refused: {where} would carry an API token; tokens never "
                           "travel in URLs — send `Authorization: Bearer TOKEN` and revoke this one")  # fmt: skip
             return
@@ -127,7 +126,7 @@ class BearerAuth:
         try:
             caller = await self.check.caller(headers.get("authorization", ""))
         except CallerUnauthorized as exc:
-            await audit_refusal(self.check.bus, "a2a/call", exc.reason, path=path[:200])
+            await self.refusals(refusal("a2a/call", exc.reason, path=path[:200]))
             await _refuse(send, 401, str(exc), {"www-authenticate": 'Bearer realm="relaybus"'})
             return
         scope["relaybus.caller"] = caller

@@ -23,6 +23,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from relaybus.bus import Bus, ConnectionFailed, PermissionDenied, RelayError
 from relaybus.services.identity.client import IdentityClient, publish_audit
 from relaybus.services.identity.messages import AuditRecord
+from relaybus.services.identity.refusals import RefusalAudit
 
 ACTOR = "mcp:server"
 DEV_USER = "dev"
@@ -63,18 +64,19 @@ class Caller:
         return submitted_by == self.sender
 
 
-async def audit_refusal(bus: Bus, action: str, principal: str, reason: str, **fields: Any) -> None:
-    await publish_audit(
-        bus,
-        AuditRecord(
-            action=action,
-            decision="deny",
-            principal=principal or "unknown",
-            actor=ACTOR,
-            reason=reason,
-            **fields,
-        ),
+def refusal(action: str, principal: str, reason: str, **fields: Any) -> AuditRecord:
+    return AuditRecord(
+        action=action,
+        decision="deny",
+        principal=principal or "unknown",
+        actor=ACTOR,
+        reason=reason,
+        **fields,
     )
+
+
+async def audit_refusal(bus: Bus, action: str, principal: str, reason: str, **fields: Any) -> None:
+    await publish_audit(bus, refusal(action, principal, reason, **fields))
 
 
 class TokenGate:
@@ -133,6 +135,7 @@ class BearerAuth:
         self.bus = bus
         self.identity = identity
         self.gate = TokenGate(bus)
+        self.refusals = RefusalAudit(bus)  # anyone can send bad tokens: bounded
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -143,7 +146,7 @@ class BearerAuth:
             caller = await self._caller(token)
         except Unauthenticated as exc:
             principal = claimed_user(token) if token else "unknown"
-            await audit_refusal(self.bus, "mcp/request", principal, str(exc))
+            await self.refusals(refusal("mcp/request", principal, str(exc)))
             await _unauthorized(send, str(exc))
             return
         except ConnectionFailed as exc:

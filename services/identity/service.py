@@ -62,6 +62,7 @@ from .messages import (
     UserAdd,
     UserRecord,
 )
+from .refusals import RefusalAudit
 from .registry import Registry
 from .scopes import all_narrow, parse_scope, within
 
@@ -105,6 +106,7 @@ class IdentityService:
         self.key = key
         self._keys: dict[str, VerifyKey] = {}
         self.verifier = ChainVerifier(key.verify_key, self._keys.get)
+        self.bad_tokens = RefusalAudit(bus)  # whoever reaches a door can send bad tokens
 
     async def handle(self, subject: str, data: bytes) -> bytes:
         op = subject.split(".svc.identity.", 1)[1]
@@ -290,12 +292,14 @@ class IdentityService:
         try:
             user = await self._authenticate(user_id, req.token)
         except RelayError as exc:
-            await self.audit(
-                "user/authenticate",
-                "deny",
-                user_id or "unknown",
-                f"user:{user_id}",
-                reason=str(exc),
+            await self.bad_tokens(
+                AuditRecord(
+                    action="user/authenticate",
+                    decision="deny",
+                    principal=user_id or "unknown",
+                    actor=f"user:{user_id}",
+                    reason=str(exc),
+                )
             )
             raise
         return {"user": user.id, "roles": user.roles}
