@@ -76,6 +76,12 @@ class MemoryService:
         await self.store.ensure_collection(COLLECTION, self.embedder.dim, self.embedder.id)
         await self.store.ensure_collection(DOCUMENTS, self.embedder.dim, self.embedder.id)
 
+    async def embed(self, texts: list[str]) -> list[list[float]]:
+        """Vectors for `texts`, computed off the event loop: a semantic model takes tens of
+        milliseconds a text (more on a busy machine), and meanwhile the service keeps answering
+        and its connection keeps its heartbeats."""
+        return await asyncio.to_thread(self.embedder.embed, texts)
+
     async def tenant(self, caller: Caller | None, action: str, op: str) -> str:
         """The principal of the caller's verified chain, allowed `action` by every link
         (`relaybus.memory.tenancy`); without identity (development), the caller's `principal`."""
@@ -117,7 +123,7 @@ class MemoryService:
         scope = Scope(tenant=tenant, equals={"kind": req.kind})
         if await self.store.get(COLLECTION, [new_id], scope):
             return {"action": "NOOP", "id": new_id}
-        vector = self.embedder.embed([text])[0]
+        (vector,) = await self.embed([text])
         keywords = document_keywords(text)
         now = self.clock()
         payload: dict[str, Any] = {
@@ -138,14 +144,15 @@ class MemoryService:
                 if not h.payload.get("valid_to")
             ]
             if current:
+                vectors = await self.embed([h.payload["text"] for h in current])
                 old = [
                     StoredPoint(
                         id=h.id,
-                        vector=self.embedder.embed([h.payload["text"]])[0],
+                        vector=vector_of_h,
                         payload={**h.payload, "valid_to": now, "superseded_by": new_id},
                         keywords=document_keywords(h.payload["text"]),
                     )
-                    for h in current
+                    for h, vector_of_h in zip(current, vectors, strict=True)
                 ]
                 await self.store.upsert(
                     COLLECTION,
@@ -184,9 +191,10 @@ class MemoryService:
             raise MemoryRefused("recall needs a query and 1 <= k <= 100")
         tenant = await self.tenant(req.caller, "memory/read", "recall")
         scope = Scope(tenant=tenant, equals={"kind": req.kind} if req.kind else {})
+        (query_vector,) = await self.embed([req.query])
         hits = await self.store.search(
             COLLECTION,
-            self.embedder.embed([req.query])[0],
+            query_vector,
             scope,
             req.k * 4,
             keywords=query_keywords(req.query),
@@ -250,7 +258,7 @@ class MemoryService:
         }
         new = [(pid, i, text) for pid, (i, text) in wanted.items() if pid not in existing]
         if new:
-            vectors = self.embedder.embed([text for _, _, text in new])
+            vectors = await self.embed([text for _, _, text in new])
             await self.store.upsert(
                 DOCUMENTS,
                 [
@@ -290,9 +298,10 @@ class MemoryService:
         equals: dict[str, str | int | bool] = {"kind": "doc"}
         if req.collection:
             equals["collection"] = req.collection
+        (query_vector,) = await self.embed([req.query])
         hits = await self.store.search(
             DOCUMENTS,
-            self.embedder.embed([req.query])[0],
+            query_vector,
             Scope(tenant=tenant, equals=equals),
             req.k,
             keywords=query_keywords(req.query),
