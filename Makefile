@@ -30,11 +30,11 @@ typecheck: $(DEV_STAMP)
 	$(BIN)/mypy
 
 pytest: $(DEV_STAMP)
-	$(BIN)/python -m pytest -q -m "not slow" -n 4  # the tests wait on processes and servers more than on CPU
+	$(BIN)/python -m pytest -q -m "not slow" -n 4 --durations=15  # the tests wait on processes and servers more than on CPU
 
 # the long fault tests (cluster failover, kill -9 of everything); .ci/run runs them after `make test`
 test-slow: $(DEV_STAMP)
-	$(BIN)/python -m pytest -q -m slow
+	$(BIN)/python -m pytest -q -m slow --durations=5
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/handoff.py
