@@ -42,7 +42,7 @@ from .errors import ChildFailed, GatherTimeout
 from .execution import Execution
 from .interceptors import run_tool
 from .journal import Journal, Wait
-from .llm import ChatResult
+from .llm.result import ChatResult
 
 if TYPE_CHECKING:
     from .port import RuntimePort

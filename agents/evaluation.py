@@ -32,8 +32,7 @@ from .interceptors import Interceptor
 
 if TYPE_CHECKING:
     from .context import Context
-
-from .llm import LLMClient
+    from .llm.client import LLMClient
 
 log = logging.getLogger("relaybus.evaluation")
 

@@ -66,7 +66,6 @@ from .guard import Guard, runtime_payload, sender_problem
 from .interceptors import Interceptor, Metrics, Tracing, run_task
 from .journal import FINAL, Fenced, Journal, JournalDivergence, JournalStore, Outcome, Wait
 from .limits import limit_problem
-from .llm import LLMClient
 from .messages import (
     CancelRun,
     ChildResult,
@@ -152,6 +151,8 @@ class Worker:
     def llm_client(self) -> LLMClient:
         """This process's LLM client (RELAYBUS_LLM_*), created on first use."""
         if self._llm is None:
+            from .llm.client import LLMClient  # httpx loads with the first model call
+
             self._llm = LLMClient(self.bus.settings)
         return self._llm
 
@@ -636,6 +637,7 @@ def _take_over(owner: str, driver: str, *, reopen: bool = False) -> Any:
 
 
 if TYPE_CHECKING:  # the worker is the runtime behind every Context: mypy checks it fits the port
+    from .llm.client import LLMClient
     from .port import RuntimePort
 
     _PORT_CHECK: type[RuntimePort] = Worker

@@ -36,6 +36,15 @@ def test_a_service_process_does_not_load_the_agent_runtime() -> None:
     assert not {name for name in HEAVY if name in loaded}
 
 
+def test_an_agent_process_loads_its_http_client_only_for_a_model_call() -> None:
+    loaded = imported_after(
+        "import relaybus.cli; relaybus.cli.build_parser()\nimport relaybus.agents.process"
+    )
+    assert "relaybus.agents.context" in loaded
+    assert "httpx" not in loaded
+    assert not {name for name in HEAVY if name in loaded}
+
+
 def test_the_public_names_still_import_from_the_root() -> None:
     loaded = imported_after(
         "from relaybus import Agent, Client, Context, tool\n"

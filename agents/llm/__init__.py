@@ -8,15 +8,17 @@ from relaybus.bus.lazy import exports
 from .prompt import prompt  # bound eagerly: the name is also its module's, which would shadow it
 
 if TYPE_CHECKING:
-    from .client import ChatResult, LLMClient
+    from .client import LLMClient
     from .prompt import DATA_RULE, data_block
+    from .result import ChatResult
     from .scripted import ScriptedModel, serve_model
     from .tools import ToolCall, ToolRun, use_tools
 
 __getattr__ = exports(
     __name__,
     {
-        ".client": ["ChatResult", "LLMClient"],
+        ".client": ["LLMClient"],
+        ".result": ["ChatResult"],
         ".prompt": ["DATA_RULE", "data_block"],
         ".scripted": ["ScriptedModel", "serve_model"],
         ".tools": ["ToolCall", "ToolRun", "use_tools"],

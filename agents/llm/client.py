@@ -21,20 +21,10 @@ from tenacity import (
 from relaybus.bus import ConfigError, Settings, UpstreamFailed, metrics, tracing
 
 from ..settings import LlmSettings
+from .result import ChatResult
 
 RETRYABLE = {408, 409, 425, 429, 500, 502, 503, 504}
 MAX_ATTEMPTS = 4
-
-
-class ChatResult(msgspec.Struct, kw_only=True):
-    """What one chat completion returned."""
-
-    content: str
-    model: str
-    input_tokens: int = 0
-    output_tokens: int = 0
-    finish_reason: str = ""
-    tool_calls: list[dict[str, Any]] = []
 
 
 class _Transient(UpstreamFailed):
