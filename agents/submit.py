@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import math
@@ -180,21 +179,16 @@ async def submit(
             raise
         # another submit of the same run id won the race (or an earlier attempt of this one):
         # re-sending its deterministic task below is stored once
-    async with contextlib.AsyncExitStack() as stack:
-        feed = (
-            await stack.enter_async_context(EventFeed(bus, env.run_id, replay=True))
-            if wait
-            else None
-        )
-        await bus.publish(env)
-        submitted = Event(
-            run_id=env.run_id, kind="submitted", sender=sender, recipient=agent, envelope_id=env.id
-        )
-        await bus.publish_event(submitted, durable=True)
-        if feed is None:
-            return RunOutcome(run_id=env.run_id, status="submitted")
-        return await wait_for_run(feed, env.run_id, timeout_s, agent)
-    raise AssertionError("unreachable")
+    await bus.publish(env)
+    submitted = Event(
+        run_id=env.run_id, kind="submitted", sender=sender, recipient=agent, envelope_id=env.id
+    )
+    await bus.publish_event(submitted, durable=True)
+    if not wait:
+        return RunOutcome(run_id=env.run_id, status="submitted")
+    from .waiting import await_outcome  # the record says how it ended: no events consumer
+
+    return await await_outcome(bus, env.run_id, timeout_s, runs)
 
 
 class RunIdTaken(RelayError):
@@ -214,8 +208,9 @@ async def _follow(bus: Bus, run_id: str, agent: str, wait: bool, timeout_s: floa
     """The outcome of a run that already exists (idempotent submit of the same run id)."""
     if not wait:
         return RunOutcome(run_id=run_id, status="submitted")
-    async with EventFeed(bus, run_id, replay=True) as feed:
-        return await wait_for_run(feed, run_id, timeout_s, agent)
+    from .waiting import await_outcome
+
+    return await await_outcome(bus, run_id, timeout_s)
 
 
 async def wait_for_run(

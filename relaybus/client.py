@@ -19,10 +19,10 @@ from typing import Any
 import msgspec
 
 from relaybus.agents.control import cancel_run, send_signal
-from relaybus.agents.submit import RunIdTaken, RunOutcome, run_store, submit, wait_for_run
+from relaybus.agents.submit import RunIdTaken, RunOutcome, run_store, submit
+from relaybus.agents.waiting import await_outcome
 from relaybus.bus import Bus, RelayError, RunFailed, Settings
 from relaybus.bus.errors import ErrorInfo
-from relaybus.bus.feed import EventFeed
 from relaybus.services.runs.state import RunRecord
 
 __all__ = ["Client", "Run", "RunIdTaken", "RunTimedOut"]
@@ -132,9 +132,8 @@ class Run:
 
     async def outcome(self, timeout_s: float = 60.0) -> RunOutcome:
         """How the run ended (status `timeout` if it did not within `timeout_s`)."""
-        agent = self.agent or (await self.record()).agent
-        async with EventFeed(self.client.bus, self.run_id, replay=True) as feed:
-            return await wait_for_run(feed, self.run_id, timeout_s, agent)
+        await self.record()  # a run id that names no run is an error, not a wait
+        return await await_outcome(self.client.bus, self.run_id, timeout_s)
 
     async def result(self, timeout_s: float = 60.0) -> Any:
         """The run's result once it completed; RunFailed if it failed or was cancelled,

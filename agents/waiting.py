@@ -1,0 +1,73 @@
+"""Waiting for a run to end with no JetStream consumer: any number of clients can wait.
+
+A core subscription to the run's events only wakes the waiter; the run record says how the run
+ended. The run authority writes the record's end before the run's terminal event is published,
+so a waiter that subscribes first and then reads the record cannot miss the end, and an event
+forged by anyone outside the run costs one record read, never a false outcome. A slow re-read
+covers a wake-up lost to a reconnect."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any
+
+from relaybus.bus import Bus
+from relaybus.services.runs.state import ENDED, RunRecord
+from relaybus.services.runs.store import RunStore
+
+from .submit import RunOutcome, run_store
+
+RECHECK_S = (1.0, 10.0)  # the first re-read of the record, and the longest gap between two
+
+
+async def await_outcome(
+    bus: Bus, run_id: str, timeout_s: float, runs: RunStore | None = None
+) -> RunOutcome:
+    """How run `run_id` ended, or status `timeout` if it had not within `timeout_s`."""
+    runs = runs or await run_store(bus)
+    ended = asyncio.Event()
+    kind_at = len(bus.subjects.prefix.split(".")) + 2  # <prefix>.event.<run>.<kind>[.<agent>]
+
+    async def wake(msg: Any) -> None:
+        tokens = msg.subject.split(".")
+        if len(tokens) > kind_at and tokens[kind_at] in ENDED:
+            ended.set()
+
+    sub = await bus.nc.subscribe(bus.subjects.events_of(run_id), cb=wake)
+    try:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        recheck = RECHECK_S[0]
+        while True:
+            ended.clear()
+            record = await runs.get(run_id)
+            if record is not None and record.status in ENDED:
+                return outcome_of_record(record)
+            left = deadline - loop.time()
+            if left <= 0:
+                return RunOutcome(
+                    run_id=run_id, status="timeout", error=f"no result within {timeout_s:g}s"
+                )
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(ended.wait(), min(left, recheck))
+            recheck = min(recheck * 2, RECHECK_S[1])
+    finally:
+        with contextlib.suppress(Exception):  # a closed connection has no subscription left
+            await sub.unsubscribe()
+
+
+def outcome_of_record(record: RunRecord) -> RunOutcome:
+    error = None
+    if record.error is not None:
+        error = f"{record.error.type}: {record.error.message}"
+    elif record.status != "completed":
+        error = record.status
+    return RunOutcome(
+        run_id=record.run_id,
+        status=record.status,
+        result=record.result,
+        error=error,
+        cost=record.cost,
+        error_info=record.error,
+    )
