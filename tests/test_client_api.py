@@ -99,6 +99,23 @@ async def test_signal_resumes_a_waiting_run_and_cancel_stops_one() -> None:
         assert failed.value.info.type == "Cancelled"
 
 
+async def test_waiting_clients_hold_no_consumer_on_the_events_stream() -> None:
+    # nats-server caps a stream at 1,000 consumers: a consumer per waiting client would fail
+    # the 1,001st, so waiting must not open one
+    async with AgentEnvironment([Approver]) as env:
+        bus = env.client.bus
+        runs = [await env.client.submit("approver", {"amount": i}) for i in range(20)]
+        waits = [asyncio.create_task(run.outcome(timeout_s=30)) for run in runs]
+        await asyncio.sleep(1.0)
+        events = await bus.js.stream_info(bus.subjects.stream("EVENTS"))
+        assert events.state.consumer_count == 0
+        for run in runs:
+            await run.signal("approval", True)
+        outcomes = await asyncio.gather(*waits)
+        assert [o.status for o in outcomes] == ["completed"] * 20
+        assert [o.result["task"]["amount"] for o in outcomes] == list(range(20))
+
+
 async def test_a_crashed_agent_replays_its_task_and_the_effect_runs_once(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
