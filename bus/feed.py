@@ -17,6 +17,9 @@ from .codec import decode_or_none
 from .events import Event, event_decoder
 
 log = logging.getLogger("relaybus.feed")
+# The server removes a feed's consumer this long after its reader left (a client that crashed
+# included), so watchers that come and go do not pile up against the stream's consumer limit.
+INACTIVE_S = 5.0
 
 
 def _event(data: bytes) -> Event | None:
@@ -72,7 +75,12 @@ class EventFeed:
                 info = await self.bus.js.stream_info(self.bus.subjects.stream("EVENTS"))
                 self._first_seq = info.state.last_seq + 1
         self._sub = await self.bus.js.subscribe(
-            self.subject, ordered_consumer=True, deliver_policy=policy, config=config
+            self.subject,
+            stream=self.bus.subjects.stream("EVENTS"),  # no lookup request per feed
+            ordered_consumer=True,
+            deliver_policy=policy,
+            config=config,
+            inactive_threshold=INACTIVE_S,
         )
         return self
 
