@@ -28,6 +28,7 @@ class StackRecord(msgspec.Struct, frozen=True, kw_only=True):
     home: str
     supervisor: Proc
     processes: tuple[Proc, ...] = ()
+    client_url: str = ""  # plain clients' least-privilege user (docs/wire.md); "" without auth
 
 
 def proc_start_time(pid: int) -> int:

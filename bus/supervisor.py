@@ -71,7 +71,7 @@ async def serve_stack(
         url = settings.nats_url
         conf = home / "nats-auth.conf"
         secure = settings.nats_auth and auth is not None and not url
-        passwords = {name: secrets.token_urlsafe(18) for name in (OPERATOR, *services)}
+        passwords = {name: secrets.token_urlsafe(18) for name in (OPERATOR, CLIENT, *services)}
         if not url and not secure:
             log.warning(
                 "RELAYBUS_NATS_AUTH=0: the embedded nats-server accepts ANY local process as the "
@@ -90,9 +90,11 @@ async def serve_stack(
             await asyncio.to_thread(server.start)
             url = server.url
         service_urls = {name: url for name in services}
+        client_url = ""
         if secure and server is not None:
             service_urls = {n: _with_user(server.url, n, passwords[n]) for n in services}
             url = _with_user(server.url, OPERATOR, passwords[OPERATOR])
+            client_url = _with_user(server.url, CLIENT, passwords[CLIENT])
         run_settings = settings.model_copy(update={"nats_url": url, "home": home})
         async with Bus(run_settings, name="relaybus-up") as bus:
             await ensure(bus, default_topology(bus.subjects, bus.settings.stream_replicas))
@@ -124,6 +126,7 @@ async def serve_stack(
                 home=str(home),
                 supervisor=describe("up", os.getpid()),
                 processes=tuple(procs),
+                client_url=client_url,
             ),
         )
         log.info("relaybus stack up: %s (home %s)", public_url(url), home)
@@ -166,6 +169,7 @@ MAX_RESTARTS = 5
 # machine starting several Python processes at once is slow, and failing there helps nobody.
 SERVICE_START_S = 90.0
 OPERATOR = "operator"
+CLIENT = "client"  # plain NATS clients: bare task subjects and run events only (docs/wire.md)
 
 
 def _with_user(url: str, user: str, password: str) -> str:

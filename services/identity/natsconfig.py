@@ -23,6 +23,7 @@ import nkeys
 
 from relaybus.bus import Bus, Subjects
 from relaybus.bus.private import write_private
+from relaybus.bus.supervisor import CLIENT
 
 from .messages import AgentRecord
 
@@ -173,6 +174,30 @@ def service_permissions(subjects: Subjects, service: str) -> dict[str, object] |
     }
 
 
+def client_permissions(subjects: Subjects) -> dict[str, object]:
+    """The NATS user for plain clients (docs/wire.md): publish a task on a bare task subject
+    (the ingress checks its user's token before anything runs) and follow run events, stored
+    ones included; nothing else — no admitted or agent task subjects, no KV, no service
+    requests, no stream administration."""
+    p = subjects.prefix
+    events = subjects.stream("EVENTS")
+    return {
+        "publish": {
+            "allow": [
+                f"{p}.task.*",
+                "$JS.API.STREAM.NAMES",
+                f"$JS.API.STREAM.INFO.{events}",
+                f"$JS.API.CONSUMER.CREATE.{events}",
+                f"$JS.API.CONSUMER.CREATE.{events}.>",
+                f"$JS.API.CONSUMER.DELETE.{events}.>",
+                f"$JS.API.CONSUMER.INFO.{events}.>",
+                "$JS.FC.>",
+            ]
+        },
+        "subscribe": {"allow": ["_INBOX.>", f"{p}.event.>"]},
+    }
+
+
 def authorization_block(
     subjects: Subjects, agents: Sequence[AgentRecord], admins: dict[str, str]
 ) -> str:
@@ -184,7 +209,9 @@ def authorization_block(
         {
             "user": user,
             "password": password,
-            "permissions": service_permissions(subjects, user) or full,
+            "permissions": client_permissions(subjects)
+            if user == CLIENT
+            else service_permissions(subjects, user) or full,
         }
         for user, password in sorted(admins.items())
     ]

@@ -4,6 +4,7 @@ The ingress admits it only with the user's token, and the agents never see that 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
@@ -14,12 +15,19 @@ import pytest
 
 from relaybus.agents.submit import run_store
 from relaybus.bus import Bus, PermissionViolation, new_id
-from relaybus.bus.stack import resolve_nats_url
+from relaybus.bus.stack import read_stack
 from relaybus.services.identity.client import read_audit
 
 from .conftest import USER, SecureStack
 
 CLIENT = Path(__file__).with_name("plain_client.py")
+
+
+def client_url(secure: SecureStack) -> str:
+    """The plain clients' NATS user from the stack record (not the operator's)."""
+    record = read_stack(secure.settings)
+    assert record is not None and record.client_url.startswith("nats://client:")
+    return record.client_url
 
 
 def plain(secure: SecureStack, agent: str, run_id: str, token: str, payload: str) -> Any:
@@ -28,7 +36,7 @@ def plain(secure: SecureStack, agent: str, run_id: str, token: str, payload: str
         [
             sys.executable,
             str(CLIENT),
-            resolve_nats_url(secure.settings),
+            client_url(secure),
             agent,
             run_id,
             USER,
@@ -89,3 +97,43 @@ async def test_an_agent_cannot_publish_where_plain_tasks_or_admitted_tasks_go(
         for subject in ("relay.task.child", "relay.task.child.$in"):
             with pytest.raises(PermissionViolation):
                 await mallory.publish_core(subject, b"{}", confirm_s=2.0)
+
+
+async def test_the_plain_client_user_can_submit_and_watch_and_nothing_more(
+    secure: SecureStack,
+) -> None:
+    import nats
+    from nats.errors import Error as NatsError
+
+    violations: list[str] = []
+
+    async def on_error(exc: Exception) -> None:
+        violations.append(str(exc))
+
+    nc = await nats.connect(client_url(secure), error_cb=on_error)
+    try:
+        js = nc.jetstream()
+        # what it may not do: skip the ingress, send as an agent, read run records or
+        # tokens in flight, ask the services, administer streams
+        for subject in (
+            "relay.task.child.$in",
+            "relay.task.child.fanout",
+            "$KV.relay_runs.x",
+            "relay.svc.identity.token",
+            "$JS.API.STREAM.PURGE.RELAY_EVENTS",
+            "$JS.API.STREAM.MSG.GET.RELAY_TASKS",
+        ):
+            await nc.publish(subject, b"{}")
+        await nc.subscribe("relay.task.>")
+        await nc.subscribe("$KV.relay_runs.>")
+        await nc.flush()
+        for _ in range(50):  # bounded: the server reports each violation asynchronously
+            if len(violations) >= 8:
+                break
+            await asyncio.sleep(0.1)
+        with pytest.raises(NatsError):
+            await js.stream_info("RELAY_TASKS")
+    finally:
+        await nc.close()
+    assert len(violations) >= 8, violations
+    assert all("permissions violation" in v.lower() for v in violations), violations
