@@ -137,6 +137,25 @@ def agent_permissions(
 
 
 CONTROL_BUCKETS = ("agents", "users", "revoked", "runs", "journal")
+STREAM_ADMIN = (
+    "$JS.API.STREAM.DELETE.>",
+    "$JS.API.STREAM.PURGE.>",
+    "$JS.API.STREAM.UPDATE.>",
+    "$JS.API.STREAM.MSG.DELETE.>",
+)
+IDENTITY_ADMIN = ("agent_add", "user_add", "role_add", "token", "revoke")
+
+
+def _ingress_permissions(subjects: Subjects) -> dict[str, object]:
+    """The ingress admits plain tasks: it reads them, asks identity to authenticate and stamp,
+    records the run, and hands the task on. It never administers identity, writes the registry
+    or a journal, sends as an agent or sets a timer, or deletes, purges or updates a stream."""
+    p = subjects.prefix
+    deny = [f"$KV.{subjects.bucket(b)}.>" for b in ("agents", "users", "revoked", "journal")]
+    deny += [f"{p}.timer.>", *STREAM_ADMIN]
+    for op in IDENTITY_ADMIN:
+        deny += [subjects.service("identity", op), f"{subjects.service('identity', op)}.>"]
+    return {"publish": {"allow": [">"], "deny": deny}, "subscribe": {"allow": [">"]}}
 
 
 def service_permissions(subjects: Subjects, service: str) -> dict[str, object] | None:
@@ -144,6 +163,8 @@ def service_permissions(subjects: Subjects, service: str) -> dict[str, object] |
     registry and run records): the ledger and memory services never write the registry, run
     records or journals, never send tasks or identity/run requests, and never delete or purge
     a stream."""
+    if service == "ingress":
+        return _ingress_permissions(subjects)
     if service not in ("ledger", "memory"):
         return None
     p = subjects.prefix
@@ -153,10 +174,7 @@ def service_permissions(subjects: Subjects, service: str) -> dict[str, object] |
         f"{p}.timer.>",
         subjects.service_all("identity"),
         subjects.service_all("runs"),
-        "$JS.API.STREAM.DELETE.>",
-        "$JS.API.STREAM.PURGE.>",
-        "$JS.API.STREAM.UPDATE.>",
-        "$JS.API.STREAM.MSG.DELETE.>",
+        *STREAM_ADMIN,
     ]
     # nor read tasks: a plain task carries its user's token on the way to the ingress
     tasks = subjects.stream("TASKS")

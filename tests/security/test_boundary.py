@@ -496,6 +496,32 @@ async def test_the_ledger_and_memory_services_cannot_write_the_control_plane(
                 await sub.unsubscribe()
 
 
+async def test_the_ingress_cannot_administer_identity_or_write_the_registry(
+    secure: SecureStack,
+) -> None:
+    import json
+
+    block = (secure.home / "nats-auth.conf").read_text()
+    users = json.loads(block[block.index("[") : block.rindex("]") + 1])
+    password = next(u["password"] for u in users if u.get("user") == "ingress")
+    record = read_stack(secure.settings)
+    assert record is not None
+    url = public_url(record.nats_url).replace("nats://", f"nats://ingress:{password}@")
+    async with Bus(secure.settings.model_copy(update={"nats_url": url}), name="as-in") as bus:
+        p = bus.subjects.prefix
+        for subject in (
+            "$KV.relay_agents.mallory",
+            "$KV.relay_users.mallory",
+            "$KV.relay_journal.RUN.TASK.child",
+            f"{p}.svc.identity.agent_add",
+            f"{p}.svc.identity.token.mallory",
+            f"{p}.timer.child",
+            "$JS.API.STREAM.PURGE.RELAY_AUDIT",
+            "$JS.API.STREAM.DELETE.RELAY_TASKS",
+        ):
+            await _refused(bus, subject)
+
+
 async def test_an_agent_cannot_cancel_a_run_or_another_agents_tasks(secure: SecureStack) -> None:
 
     # Given a running handler (it sleeps 3 s)
