@@ -45,6 +45,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/tracing.py
 	$(BIN)/python benchmarks/scenario.py
 	$(BIN)/python benchmarks/load.py
+	$(BIN)/python benchmarks/waiters.py
 
 clean:
 	rm -rf $(VENV) .relaybus .pytest_cache .mypy_cache .ruff_cache

@@ -18,7 +18,7 @@ from relaybus.services.runs.store import RunStore
 
 from .submit import RunOutcome, run_store
 
-RECHECK_S = (1.0, 10.0)  # the first re-read of the record, and the longest gap between two
+RECHECK_S = (2.0, 15.0)  # the first re-read of the record, and the longest gap between two
 
 
 async def await_outcome(
