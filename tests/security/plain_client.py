@@ -2,7 +2,7 @@
 language from docs/wire.md. It publishes a task, follows the run's events until it ends, and
 prints one JSON object: the PubAck, every event it saw, and the modules it imported.
 
-    python plain_client.py URL AGENT RUN_ID USER TOKEN PAYLOAD_JSON
+    python plain_client.py URL AGENT RUN_ID USER TOKEN PAYLOAD_JSON [WAIT_S]
 """
 
 from __future__ import annotations
@@ -16,7 +16,9 @@ import nats
 END = {"completed", "failed", "cancelled"}
 
 
-async def main(url: str, agent: str, run_id: str, user: str, token: str, payload: str) -> None:
+async def main(
+    url: str, agent: str, run_id: str, user: str, token: str, payload: str, wait_s: str = "60"
+) -> None:
     nc = await nats.connect(url)
     js = nc.jetstream()
     events: list[dict[str, object]] = []
@@ -35,7 +37,7 @@ async def main(url: str, agent: str, run_id: str, user: str, token: str, payload
         headers["Relay-Token"] = token
     ack = await js.publish(f"relay.task.{agent}", payload.encode(), headers=headers)
     try:
-        await asyncio.wait_for(ended.wait(), 60)
+        await asyncio.wait_for(ended.wait(), float(wait_s))
     except TimeoutError:
         pass
     await sub.unsubscribe()
@@ -53,4 +55,4 @@ async def main(url: str, agent: str, run_id: str, user: str, token: str, payload
 
 
 if __name__ == "__main__":
-    asyncio.run(main(*sys.argv[1:7]))
+    asyncio.run(main(*sys.argv[1:8]))

@@ -30,7 +30,9 @@ def client_url(secure: SecureStack) -> str:
     return record.client_url
 
 
-def plain(secure: SecureStack, agent: str, run_id: str, token: str, payload: str) -> Any:
+def plain(
+    secure: SecureStack, agent: str, run_id: str, token: str, payload: str, wait_s: float = 60
+) -> Any:
     """Run the plain client as its own process; what it printed."""
     done = subprocess.run(
         [
@@ -42,6 +44,7 @@ def plain(secure: SecureStack, agent: str, run_id: str, token: str, payload: str
             USER,
             token,
             payload,
+            str(wait_s),
         ],
         capture_output=True,
         timeout=90,
@@ -79,7 +82,7 @@ async def test_a_plain_task_without_the_users_token_starts_nothing_and_is_audite
     secure.start_agent("runtime_agents:Child")
     run_id = f"forged-{new_id()}"
     # When a local process with NATS credentials claims to be alice with a wrong token
-    seen = plain(secure, "child", run_id, "rb_not-alices-token", '{"x": 3}')
+    seen = plain(secure, "child", run_id, "rb_not-alices-token", '{"x": 3}', wait_s=10)
     # Then no run exists and nothing about the run id is published to the caller
     assert seen["events"] == []
     async with Bus(secure.settings, name="check") as bus:
