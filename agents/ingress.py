@@ -24,8 +24,9 @@ from relaybus.bus.rpc import reply_ok
 from relaybus.bus.runtime import stop_on_signals
 from relaybus.bus.streams import default_topology, ensure, ingress_consumer
 from relaybus.bus.subjects import check_name
-from relaybus.services.identity.client import IdentityClient, publish_audit
+from relaybus.services.identity.client import IdentityClient
 from relaybus.services.identity.messages import AuditRecord
+from relaybus.services.identity.refusals import RefusalAudit
 from relaybus.services.identity.settings import IdentitySettings
 
 from .submit import RunIdTaken, parse_payload, submit
@@ -86,6 +87,7 @@ class Ingress:
         self.bus = bus
         self.admitted = 0
         self.refused = 0
+        self.refusals = RefusalAudit(bus)  # anyone with the client password can send these
 
     async def run(self, stop: asyncio.Event) -> None:
         log.info("ingress admitting plain tasks from %s", self.bus.subjects.ingress())
@@ -145,7 +147,7 @@ class Ingress:
                 run_id=request.run_id if _is_name(request.run_id) else "",
             )
             try:
-                await publish_audit(self.bus, record)
+                await self.refusals(record)
             except RelayError as err:
                 log.warning("ingress could not audit a refusal: %s", err)
         if identity or not _is_name(request.run_id) or isinstance(exc, RunIdTaken):

@@ -192,6 +192,9 @@ def service_permissions(subjects: Subjects, service: str) -> dict[str, object] |
     }
 
 
+CLIENT_INBOX = "_INBOX_client"  # plain clients connect with this inbox prefix (docs/wire.md)
+
+
 def client_permissions(subjects: Subjects) -> dict[str, object]:
     """The NATS user for plain clients (docs/wire.md): publish a task on a bare task subject
     (the ingress checks its user's token before anything runs) and follow run events, stored
@@ -212,7 +215,9 @@ def client_permissions(subjects: Subjects) -> dict[str, object]:
                 "$JS.FC.>",
             ]
         },
-        "subscribe": {"allow": ["_INBOX.>", f"{p}.event.>"]},
+        # its own inbox prefix: under the default `_INBOX.` it could read every other
+        # connection's replies (a newly issued token, a task pulled by the ingress)
+        "subscribe": {"allow": [f"{CLIENT_INBOX}.>", f"{p}.event.>"]},
     }
 
 

@@ -49,7 +49,7 @@ class RefusalAudit:
             self._window_start, self._written = now, 0
             for counts in self._per_key.values():
                 counts[0] = 0
-        key = (record.action, record.principal)
+        key = (record.action[:128], record.principal[:128])  # claimed names can be huge
         counts = self._per_key.pop(key, [0, 0])
         self._per_key[key] = counts  # most recent last; the oldest kinds are forgotten first
         while len(self._per_key) > self.max_keys:

@@ -296,8 +296,8 @@ class IdentityService:
                 AuditRecord(
                     action="user/authenticate",
                     decision="deny",
-                    principal=user_id or "unknown",
-                    actor=f"user:{user_id}",
+                    principal=user_id[:64] or "unknown",
+                    actor=f"user:{user_id[:64]}",
                     reason=str(exc),
                 )
             )

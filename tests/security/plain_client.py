@@ -19,7 +19,7 @@ END = {"completed", "failed", "cancelled"}
 async def main(
     url: str, agent: str, run_id: str, user: str, token: str, payload: str, wait_s: str = "60"
 ) -> None:
-    nc = await nats.connect(url)
+    nc = await nats.connect(url, inbox_prefix="_INBOX_client")  # the `client` user's inboxes
     js = nc.jetstream()
     events: list[dict[str, object]] = []
     ended = asyncio.Event()
