@@ -24,7 +24,7 @@ from relaybus.bus import (
 from relaybus.bus.codec import decode_or_none, decode_or_refuse
 from relaybus.services.identity.chain import ChainView, decode_body
 from relaybus.services.identity.client import IdentityGate, args_digest
-from relaybus.services.identity.errors import ChainInvalid
+from relaybus.services.identity.errors import ChainInvalid, RevocationUnknown
 from relaybus.services.identity.messages import AuditRecord
 
 from .journal import JournalStore
@@ -89,6 +89,8 @@ class Guard:
             return await self.gate.verify(
                 env.chain, env.run_id, self.name, task=(env.id, env.payload)
             )
+        except RevocationUnknown:
+            raise  # an outage, not a bad chain: the caller retries; nothing to audit
         except ChainInvalid as exc:
             principal = principal_of(env)
             await self.gate.audit(

@@ -39,7 +39,7 @@ from relaybus.bus import (
 from relaybus.bus.codec import decode_or_none
 from relaybus.bus.kv import Bucket, RevisionConflict
 from relaybus.services.identity.client import IdentityGate, read_agent_key
-from relaybus.services.identity.errors import ChainInvalid
+from relaybus.services.identity.errors import ChainInvalid, RevocationUnknown
 from relaybus.services.identity.settings import IdentitySettings
 from relaybus.services.ledger.client import LedgerClient
 from relaybus.services.ledger.errors import BudgetExceeded
@@ -193,6 +193,8 @@ class Worker:
         if self.gate is not None and d.source:
             try:  # before anything is written: an agent's forged or replayed chain changes
                 await self.guard.verify(env)  # nothing (a user's bad chain fails its own run below)
+            except RevocationUnknown as exc:  # NATS failing over: verify again shortly
+                raise Retry(f"{exc}; retrying", delay_s=2.0) from None
             except ChainInvalid as exc:
                 raise Refused(str(exc)) from None
         replay = d.replayed

@@ -24,7 +24,7 @@ from .chain import (
     payload_digest,
     sign_body,
 )
-from .errors import ChainInvalid
+from .errors import ChainInvalid, RevocationUnknown
 from .messages import (
     AgentAdd,
     AuditRecord,
@@ -225,7 +225,7 @@ class IdentityGate:
             if issuer.startswith("agent:"):
                 await self._agent_key(issuer.removeprefix("agent:"))
         if not self.fresh():
-            raise ChainInvalid(
+            raise RevocationUnknown(
                 "the revocation watch is not live; refusing until it is (fail closed)"
             )
         return self.verifier.verify(chain, run_id, recipient, task=task)

@@ -8,3 +8,8 @@ from relaybus.bus import RelayError
 
 class ChainInvalid(RelayError):
     """A delegation chain failed verification; the message names the failing link."""
+
+
+class RevocationUnknown(ChainInvalid):
+    """The revocation watch is not live (NATS unreachable or failing over): no chain can be
+    verified until it is. Fail closed, but it passes: a task is retried, not refused."""
