@@ -215,20 +215,8 @@ async def test_a_chain_replayed_with_another_payload_or_task_is_refused(
     secure: SecureStack,
 ) -> None:
     # Given a completed run whose envelope (with its chain) an attacker has seen
-    secure.start_agent("runtime_agents:FanOut")
-    secure.start_agent("runtime_agents:Child")
     async with Bus(secure.settings) as op:
-        run = await submit(
-            op,
-            "fanout",
-            b'{"items": [{"x": 1}]}',
-            sender=f"user:{USER}",
-            token=secure.token,
-            wait=True,
-            timeout_s=60,
-        )
-        assert run.status == "completed"
-        child_task = await _child_task(op, run.run_id)
+        child_task = await _finished_child_task(secure, op)
         # When mallory replays the chain on a new task with its own payload, and on a new id
         async with EventFeed(op, child_task.run_id) as feed, secure.hostile() as bus:
             for forged in (
@@ -255,20 +243,8 @@ async def test_a_finished_task_id_reused_by_another_sender_gets_no_recorded_resu
     secure: SecureStack,
 ) -> None:
     # Given a completed run: child's task is finished and its result recorded in the journal
-    secure.start_agent("runtime_agents:FanOut")
-    secure.start_agent("runtime_agents:Child")
     async with Bus(secure.settings) as op:
-        run = await submit(
-            op,
-            "fanout",
-            b'{"items": [{"x": 1}]}',
-            sender=f"user:{USER}",
-            token=secure.token,
-            wait=True,
-            timeout_s=60,
-        )
-        assert run.status == "completed"
-        child_task = await _child_task(op, run.run_id)
+        child_task = await _finished_child_task(secure, op)
         to_mallory = await op.nc.subscribe(op.subjects.task_from("mallory", "child"))
         # When mallory sends that task again, same id, payload and chain, answered to itself
         # (with a message id of its own, as after the stream's duplicate window)
@@ -373,33 +349,21 @@ async def test_a_compromised_child_cannot_finish_the_run_or_take_its_waits(
     secure: SecureStack,
 ) -> None:
     # Given a fan-out run whose child has answered, and the child's own (valid) chain
-    secure.start_agent("runtime_agents:FanOut")
-    secure.start_agent("runtime_agents:Child")
     async with Bus(secure.settings) as op:
-        run = await submit(
-            op,
-            "fanout",
-            b'{"items": [{"x": 1}]}',
-            sender=f"user:{USER}",
-            token=secure.token,
-            wait=True,
-            timeout_s=60,
-        )
-        assert run.status == "completed"
-        child_task = await _child_task(op, run.run_id)
-        before = await (await run_store(op)).get(run.run_id)
+        child_task = await _finished_child_task(secure, op)
+        before = await (await run_store(op)).get(child_task.run_id)
         # When the child (compromised) asks the run authority with that chain
         async with secure.hostile("child") as bus:
             writer = AuthorityRunWriter(bus, "child")
             for change in (
                 Finish(status="completed", result=msgspec.Raw(b'"forged"')),
                 Reopen(),
-                RegisterWait(name="approval", task_id=run.run_id),
+                RegisterWait(name="approval", task_id=child_task.run_id),
             ):
                 with pytest.raises(PermissionDenied, match="does not hold run"):
-                    await writer.change(run.run_id, change, child_task.chain)
+                    await writer.change(child_task.run_id, change, child_task.chain)
         # Then the run's record is unchanged
-        assert await (await run_store(op)).get(run.run_id) == before
+        assert await (await run_store(op)).get(child_task.run_id) == before
 
 
 async def test_a_dead_letter_an_agent_wrote_for_another_is_not_replayed(
@@ -435,6 +399,23 @@ async def test_an_unregistered_nkey_cannot_connect(secure: SecureStack) -> None:
     with pytest.raises(ConnectionFailed, match="credentials"):
         async with secure.hostile("stranger"):
             pass
+
+
+async def _finished_child_task(secure: SecureStack, op: Bus) -> Envelope:
+    """Run fanout → child to completion for the test user; the task child finished."""
+    secure.start_agent("runtime_agents:FanOut")
+    secure.start_agent("runtime_agents:Child")
+    run = await submit(
+        op,
+        "fanout",
+        b'{"items": [{"x": 1}]}',
+        sender=f"user:{USER}",
+        token=secure.token,
+        wait=True,
+        timeout_s=60,
+    )
+    assert run.status == "completed"
+    return await _child_task(op, run.run_id)
 
 
 async def _child_task(op: Bus, run_id: str) -> Envelope:
