@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -42,8 +43,17 @@ class Bill:
 
     input_tokens: int = 0
     output_tokens: int = 0
+    units: float | None = None  # what a metered tool used (ctx.meter)
     cost: int = 0
     pending: PendingCapture | None = None
+
+
+def _used(tool: Any, price: int, held: int, bill: Bill) -> int:
+    """What a call costs: its price, or for a metered tool what it used (at most the hold; all
+    of it when the tool reported nothing)."""
+    if tool.max_units is None or bill.units is None:
+        return held
+    return min(held, math.ceil(price * max(0.0, bill.units)))
 
 
 class Costs:
@@ -115,13 +125,15 @@ class Costs:
         )
 
     @contextlib.asynccontextmanager
-    async def charge(self, ctx: Context, tool: Any, seq: int) -> AsyncIterator[Bill]:
+    async def charge(self, ctx: Context, tool: Any, seq: int, args: Any) -> AsyncIterator[Bill]:
         """Hold a costed tool's price at every budget level before it runs, void it if the
         tool fails; on success the bill carries the capture the caller journals, then sends.
         Ids derive from the task and step, so a replay or retry reuses the same hold and is
-        never charged twice."""
+        never charged twice. A metered tool holds its price times the most units the
+        arguments allow and captures what it used (`bill.units`)."""
         bill = Bill()
-        cost = self.prices.tool(tool.name, tool.cost)
+        price = self.prices.tool(tool.name, tool.cost)
+        cost = price if tool.max_units is None else math.ceil(price * tool.max_units(args))
         if self.ledger is None or not cost:
             yield bill
             return
@@ -134,6 +146,9 @@ class Costs:
             except BaseException:
                 lease.unspend(cost, hold)
                 raise
+            bill.cost = _used(tool, price, cost, bill)
+            if bill.cost < cost and not lease.unspend(cost - bill.cost, hold):
+                bill.cost = cost  # its chunk was settled meanwhile: the hold was spent
             return
         key = ctx.charge_key(seq)
         hold_id = derived_id(ctx.task_id, "hold", key)
@@ -146,11 +161,11 @@ class Costs:
         except BaseException:
             await self._void(ctx, seq, derived_id(ctx.task_id, "void", key), hold_id, tags)
             raise
-        bill.cost = cost
+        bill.cost = _used(tool, price, cost, bill)
         bill.pending = PendingCapture(
             op_id=derived_id(ctx.task_id, "capture", key),
             hold_id=hold_id,
-            amount=cost,
+            amount=bill.cost,
             currency=currency,
             tags=tags,
         )

@@ -45,6 +45,7 @@ from .journal import Journal, Wait
 from .llm.result import ChatResult
 
 if TYPE_CHECKING:
+    from .charging import Bill
     from .port import RuntimePort
     from .tool import Tool
 
@@ -99,6 +100,7 @@ class Context:
         self.attempt = attempt
         self._timer_due: dict[str, float] = {}
         self._tool_seq = -1  # the journal position of the tool call running now
+        self._bill: Bill | None = None  # the charge of the tool call running now
         self.started = time.perf_counter()
         self.chain: ChainView | None = None
         self.log = RunLogger(logging.getLogger(f"relaybus.agent.{self.agent}"), {"ctx": self})
@@ -193,6 +195,17 @@ class Context:
         the same on every retry and replay of this call, different for every other call."""
         return derived_id(self.task_id, purpose, str(self._tool_seq))
 
+    def meter(self, units: float) -> None:
+        """Report what the metered tool running now used (CPU seconds, ...): the ledger captures
+        its price per unit times `units`, never more than it held for the call."""
+        if self._bill is not None:
+            self._bill.units = units
+
+    @property
+    def metered_units(self) -> float | None:
+        """What the tool call running now reported with `meter` (None: nothing)."""
+        return self._bill.units if self._bill is not None else None
+
     def charge_key(self, seq: int) -> str:
         """Names the ledger hold of step `seq`: the same across crashes and replays (an open
         hold is reused, never taken twice), a new one once the step's hold was voided."""
@@ -250,7 +263,6 @@ class Context:
             breaker.before()
         except CircuitOpen as exc:
             raise Retry(str(exc), delay_s=breaker.retry_after_s()) from None
-        cost = self.price(tool)
         self._tool_seq = seq
         started = time.perf_counter()
 
@@ -258,7 +270,8 @@ class Context:
             return await tool.invoke(self, args)
 
         try:
-            async with self._worker.costs.charge(self, tool, seq) as bill:
+            async with self._worker.costs.charge(self, tool, seq, args) as bill:
+                self._bill = bill
                 try:
                     value = await run_tool(self._worker.interceptors, self, tool, args, invoke)
                 except (DataRefused, PaymentRefused):
@@ -278,7 +291,7 @@ class Context:
             if isinstance(exc, DataRefused | PaymentRefused):
                 await self._journal_refusal(seq, tool, exc)
             raise
-        self._exec.timed(seq, (time.perf_counter() - started) * 1000, cost)
+        self._exec.timed(seq, (time.perf_counter() - started) * 1000, bill.cost)
         body = encode_result(value)
         self._exec.record(seq, "tool", tool.name, body, settle=bill.pending)
         await self._exec.flush()

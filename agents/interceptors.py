@@ -9,6 +9,7 @@ only `run_task`, `run_tool` and `completed`.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -104,8 +105,13 @@ class Tracing(Interceptor):
                 "relaybus.scope": tool.scope,
                 "relaybus.cost": ctx.price(tool),
             },
-        ):
-            return await call_next()
+        ) as span:
+            value = await call_next()
+            units = ctx.metered_units
+            if tool.max_units is not None and units is not None:  # priced per unit used
+                span.set_attribute("relaybus.units", units)
+                span.set_attribute("relaybus.cost", math.ceil(ctx.price(tool) * units))
+            return value
 
 
 class Metrics(Interceptor):

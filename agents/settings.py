@@ -25,6 +25,21 @@ class ToolSettings(LayerSettings):
     data_sources: Path | None = None  # TOML file declaring SQL sources and HTTP APIs for tools
 
 
+class CodeSettings(LayerSettings):
+    """RELAYBUS_CODE_*: the code interpreter's sandbox (docs/code.md) and the most any one call
+    may ask for (a call asks for less in its arguments; a scope can lower it further)."""
+
+    code_bwrap: str = "bwrap"  # the bubblewrap binary; without it the tool refuses to run
+    code_python: str | None = None  # the interpreter inside; default /usr/bin/python3
+    code_uid: int = 65534  # host uid the sandbox runs as when relaybus runs as root
+    code_max_cpu_seconds: float = 30.0
+    code_max_wall_seconds: float = 60.0
+    code_max_memory_mb: int = 1024
+    code_max_processes: int = 32
+    code_max_output_bytes: int = 256 * 1024  # each of stdout and stderr, and files out
+    code_scratch_mb: int = 64  # the private scratch directory (a tmpfs) the code works in
+
+
 class CallerSettings(LayerSettings):
     """RELAYBUS_USER and RELAYBUS_TOKEN: whom a locally launched process acts for, e.g. a
     `relaybus mcp serve --stdio` that an MCP client started (it trusts its launcher)."""

@@ -30,6 +30,9 @@ class Tool:
     breaker_failures: int = 5
     breaker_reset_s: float = 30.0
     description: str = ""
+    #: a metered tool: `cost` is per unit (a CPU second, ...), the hold is `cost` x the most
+    #: units these arguments allow, and the capture what the tool reports with `ctx.meter`
+    max_units: Callable[[Any], float] | None = None
 
     def validate(self, arguments: dict[str, Any]) -> pydantic.BaseModel:
         try:
@@ -74,6 +77,7 @@ def tool(
     name: str | None = None,
     breaker_failures: int = 5,
     breaker_reset_s: float = 30.0,
+    max_units: Callable[[Any], float] | None = None,
 ) -> Callable[[Callable[..., Any]], Tool]:
     """Declare a tool. The function takes one pydantic model argument (optionally after `ctx`);
     unknown argument fields are refused.
@@ -83,6 +87,10 @@ def tool(
 
         @tool("search/docs", cost=100)
         async def search(args: Search) -> list[str]: ...
+
+    `max_units` makes the tool metered: `cost` is then the price of one unit, the ledger holds
+    it times `max_units(args)` before the call and captures what the tool reported with
+    `ctx.meter(units)` (never more than the hold).
     """
     if not scope or scope.startswith("/") or scope.endswith("/"):
         raise ValueError(f"tool scope {scope!r} must be a command path like 'email/send'")
@@ -110,6 +118,7 @@ def tool(
             wants_ctx=wants_ctx,
             breaker_failures=breaker_failures,
             breaker_reset_s=breaker_reset_s,
+            max_units=max_units,
             description=inspect.cleandoc(fn.__doc__ or "").split("\n\n")[0],
         )
 

@@ -120,7 +120,9 @@ def test_a_budget_too_small_stops_the_run_with_a_clear_message_and_sends_nothing
 ) -> None:
     home = tmp_path / "home"
     done = relaybus(demo_env(home), "demo", "--json", "--budget", "3000")
-    assert done.returncode == 1 and done.stdout.strip(), done.stderr  # the cause if the demo never ran
+    assert done.returncode == 1 and done.stdout.strip(), (
+        done.stderr
+    )  # the cause if the demo never ran
     summary = json.loads(done.stdout)
     assert summary["status"] == "failed" and summary["delivered"] == []
     error = done.stderr.strip().splitlines()[-1]
