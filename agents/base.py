@@ -29,6 +29,8 @@ class Agent:
     on_budget_exceeded: ClassVar[str] = "fail"
     #: Scores for completed tasks or runs (see agents.evaluation).
     evaluators: ClassVar[list[Any]] = []
+    #: When evaluated runs go to human review (agents.review.ReviewPolicy); None: on demand only.
+    review: ClassVar[Any] = None
     #: Behaviour around each handler execution and tool call (agents/interceptors.py), run
     #: inside the runtime's tracing and metrics.
     interceptors: ClassVar[list[Any]] = []

@@ -18,6 +18,7 @@ from __future__ import annotations
 import inspect
 import json
 import logging
+import random
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -53,6 +54,29 @@ class Evaluated:
     task: Any
     result: Any
     llm: Callable[[], LLMClient]
+
+
+@dataclass(frozen=True)
+class ReviewPolicy:
+    """When an agent's evaluated runs go to human review: any score below `below`, and a
+    `sample` share (0..1) of the rest."""
+
+    below: float | None = None
+    sample: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.sample <= 1.0:
+            raise ValueError(f"ReviewPolicy.sample={self.sample} must be between 0 and 1")
+
+    def reason(self, name: str, score: float | None, draw: float) -> str:
+        """Why this evaluation sends the run to review ('' if it does not)."""
+        if score is None:
+            return f"evaluator {name} failed"
+        if self.below is not None and score < self.below:
+            return f"{name} scored {score:.2f}, below {self.below:g}"
+        if draw < self.sample:
+            return f"sampled ({self.sample:.0%} of runs)"
+        return ""
 
 
 class Evaluator:
@@ -140,6 +164,8 @@ async def record_evaluations(worker: Any, env: Envelope, body: bytes) -> None:
         llm=worker.llm_client,
     )
     span = trace.get_current_span()
+    policy: ReviewPolicy | None = getattr(worker.agent, "review", None)
+    routed, draw = False, random.random()  # one draw per task: a sample takes the whole task
     for evaluator in worker.agent.evaluators:
         if evaluator.on == "run" and not ends_run:
             continue
@@ -161,6 +187,10 @@ async def record_evaluations(worker: Any, env: Envelope, body: bytes) -> None:
         if explanation:
             attributes["gen_ai.evaluation.explanation"] = explanation
         span.add_event("gen_ai.evaluation.result", attributes)
+        review = (
+            policy.reason(evaluator.name, score.value if score else None, draw) if policy else ""
+        )
+        review, routed = ("", routed) if routed else (review, bool(review))
         await worker.emit_event(
             env,
             "evaluated",
@@ -171,6 +201,7 @@ async def record_evaluations(worker: Any, env: Envelope, body: bytes) -> None:
                     "label": score.label if score else "error",
                     "explanation": explanation,
                     "on": evaluator.on,
+                    **({"review": review} if review else {}),
                 }
             ),
         )

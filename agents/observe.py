@@ -121,6 +121,34 @@ async def eval_report(args: argparse.Namespace, settings: Settings) -> int:
         }
         for e in events
     ]
+    from .review import DISAGREE_AT, Reviews
+
+    automated: dict[str, list[float]] = {}
+    for row in rows:
+        if row["score"] is not None:
+            automated.setdefault(row["run_id"], []).append(row["score"])
+    async with Bus(settings, name="relaybus-eval") as bus:  # human verdicts beside the scores
+        verdicts = [
+            v
+            for v in await Reviews(bus).verdicts()
+            if (v.run_id == args.run_id if args.run_id else since is None or v.time >= since)
+        ]
+    for v in verdicts:
+        auto = automated.get(v.run_id, [])
+        judged = sum(auto) / len(auto) if auto else None
+        rows.append(
+            {
+                "run_id": v.run_id,
+                "agent": "",
+                "task_id": "",
+                "evaluator": "human",
+                "score": v.score,
+                "label": v.verdict + (f" {v.label}" if v.label else ""),
+                "explanation": f"{v.reviewer}: {v.comment}".rstrip(": "),
+                "time": v.time,
+                "disagrees": judged is not None and abs(v.score - judged) >= DISAGREE_AT,
+            }
+        )
     by_evaluator: dict[str, list[float]] = {}
     for row in rows:
         if row["score"] is not None:
@@ -142,6 +170,8 @@ async def eval_report(args: argparse.Namespace, settings: Settings) -> int:
     for row in rows:
         score = "error" if row["score"] is None else f"{row['score']:.2f}"
         note = f"  {row['explanation']}" if row["explanation"] else ""
+        if row.get("disagrees"):
+            note += "  (disagrees with the automated scores)"
         print(f"{row['run_id']}  {row['agent']:<12} {row['evaluator']:<20} {score}{note}")
     for name, stats in summary.items():
         print(

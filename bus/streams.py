@@ -134,6 +134,8 @@ def default_topology(subjects: Subjects, replicas: int = 1) -> Topology:
         BucketSpec(subjects.bucket("revoked"), history=1, replicas=replicas),
         BucketSpec(subjects.bucket("ledger_snapshots"), history=1, replicas=replicas),
         BucketSpec(subjects.bucket("payment_events"), history=1, replicas=replicas),
+        # human review requests and verdicts (agents/review.py): operator-credentialed writers only
+        BucketSpec(subjects.bucket("reviews"), history=1, replicas=replicas),
         # `relaybus a2a serve`'s tasks, so a restart or a second server answers for them
         BucketSpec(subjects.bucket("a2a_tasks"), history=1, ttl_s=30 * DAY_S, replicas=replicas),
         BucketSpec(subjects.bucket("sessions"), history=1, ttl_s=7 * DAY_S, replicas=replicas),

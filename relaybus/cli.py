@@ -371,6 +371,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=identity_chain)
 
     register_observe(sub)
+    from relaybus.agents.review_cli import register as register_review
+
+    register_review(sub)
     from relaybus.agents.llm.cli import register as register_llm
 
     register_llm(sub)

@@ -105,6 +105,7 @@ class Viewer:
     """`user` None: the local operator, who sees everything."""
 
     user: str | None = None
+    scopes: tuple[str, ...] = ()  # what the user holds: `review…` ones open the review queue
 
     @property
     def actor(self) -> str:
@@ -125,7 +126,7 @@ class Gate:
     def __init__(self, bus: Bus, host: str) -> None:
         self.bus = bus
         self.local = is_loopback(host)
-        self._known: dict[str, tuple[str, float]] = {}
+        self._known: dict[str, tuple[str, tuple[str, ...], float]] = {}
 
     async def viewer(self, token: str | None) -> Viewer:
         if not token:
@@ -135,16 +136,20 @@ class Gate:
                 "this console is not bound to loopback: sign in with a user token "
                 "(`relaybus identity user token USER`), as `Authorization: Bearer TOKEN` or on the page"
             )
-        return Viewer(user=await self.user_of(token))
+        user, scopes = await self._lookup(token)
+        return Viewer(user=user, scopes=scopes)
 
     async def user_of(self, token: str) -> str:
+        return (await self._lookup(token))[0]
+
+    async def _lookup(self, token: str) -> tuple[str, tuple[str, ...]]:
         key = hashlib.sha256(token.encode()).hexdigest()
         found = self._known.get(key)
         now = time.monotonic()
-        if found is not None and found[1] > now:
-            return found[0]
+        if found is not None and found[2] > now:
+            return found[0], found[1]
         try:
-            user = await IdentityClient(self.bus).authenticate(token)
+            user, scopes = await IdentityClient(self.bus).scopes_of(token)
         except PermissionDenied as exc:
             self._known.pop(key, None)
             raise Unauthorized(f"the token was refused: {exc}") from None
@@ -152,5 +157,5 @@ class Gate:
             raise ConnectionFailed(f"cannot check the token: {exc}") from None
         if len(self._known) > 1000:
             self._known.clear()
-        self._known[key] = (user, now + TOKEN_TTL_S)
-        return user
+        self._known[key] = (user, tuple(scopes), now + TOKEN_TTL_S)
+        return user, tuple(scopes)

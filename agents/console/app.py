@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import msgspec
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -18,7 +19,7 @@ from starlette.responses import FileResponse, JSONResponse, Response, StreamingR
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from relaybus.bus import Bus, ConnectionFailed, RelayError
+from relaybus.bus import Bus, ConnectionFailed, PermissionDenied, RelayError
 
 from . import actions
 from .access import (
@@ -137,6 +138,61 @@ async def signal(request: Request) -> Response:
     return JSONResponse(done)
 
 
+def _reviews(request: Request) -> Any:
+    from relaybus.agents.review import Reviews
+
+    reviews = getattr(request.app.state, "reviews", None)
+    if reviews is None:
+        reviews = request.app.state.reviews = Reviews(request.app.state.data.bus)
+    return reviews
+
+
+async def _reviewer(request: Request) -> Any:
+    from relaybus.agents.review import Reviewer
+
+    viewer = await _viewer(request)
+    return Reviewer.of(viewer.user, viewer.scopes)
+
+
+async def review_queue(request: Request) -> Response:
+    """Runs in review that this viewer's `review` scopes cover (all of them for the operator)."""
+    items = await _reviews(request).items(await _reviewer(request))
+    return JSONResponse([i.as_json() for i in items])
+
+
+async def review_item(request: Request) -> Response:
+    item = await _reviews(request).item(await _reviewer(request), request.path_params["run_id"])
+    return JSONResponse(item.as_json())
+
+
+async def review_verdict(request: Request) -> Response:
+    reviewer = await _reviewer(request)
+    body = await _body(request)
+    extra = sorted(set(body) - {"verdict", "score", "label", "comment"})
+    if extra:
+        raise ConsoleError(f"a verdict has verdict, score, label and comment; not {extra}")
+    score = body.get("score")
+    if score is not None and (isinstance(score, bool) or not isinstance(score, int | float)):
+        raise ConsoleError("score must be a number from 0 to 1")
+    verdict = await _reviews(request).score(
+        reviewer,
+        request.path_params["run_id"],
+        str(body.get("verdict", "")),
+        score=score,
+        label=str(body.get("label", "")),
+        comment=str(body.get("comment", "")),
+    )
+    return JSONResponse(msgspec.to_builtins(verdict))
+
+
+async def review_request(request: Request) -> Response:
+    reviewer = await _reviewer(request)
+    body = await _body(request)
+    reason = str(body.get("reason", "")).strip() or "requested from the console"
+    done = await _reviews(request).request(reviewer, request.path_params["run_id"], reason)
+    return JSONResponse(msgspec.to_builtins(done))
+
+
 async def approvals(request: Request) -> Response:
     viewer = await _viewer(request)
     return JSONResponse(await _data(request).approvals(viewer))
@@ -197,8 +253,14 @@ async def events(request: Request) -> Response:
 
 
 async def relay_error(request: Request, exc: Exception) -> Response:
+    from relaybus.agents.review import ReviewNotFound
+
     if isinstance(exc, ConsoleError):
         status = exc.status
+    elif isinstance(exc, ReviewNotFound):
+        status = 404
+    elif isinstance(exc, PermissionDenied):
+        status = 403
     elif isinstance(exc, ConnectionFailed):
         status = 503
     else:
@@ -233,6 +295,10 @@ def create_app(bus: Bus, host: str, on_ready: Callable[[], None] | None = None) 
             Route("/api/runs/{run_id}", run),
             Route("/api/runs/{run_id}/signals/{name}", signal, methods=["POST"]),
             Route("/api/approvals", approvals),
+            Route("/api/reviews", review_queue),
+            Route("/api/reviews/{run_id}", review_item),
+            Route("/api/reviews/{run_id}/verdict", review_verdict, methods=["POST"]),
+            Route("/api/reviews/{run_id}/request", review_request, methods=["POST"]),
             Route("/api/costs", costs),
             Route("/api/dlq", dlq),
             Route("/api/dlq/{seq:int}/replay", dlq_replay, methods=["POST"]),

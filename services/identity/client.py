@@ -111,6 +111,12 @@ class IdentityClient:
         body = await self.call("authenticate", TokenCheck(token=token, user=user))
         return str(body["user"])
 
+    async def scopes_of(self, token: str, user: str = "") -> tuple[str, list[str]]:
+        """The user this API token belongs to and every scope the user holds (direct and from
+        roles); PermissionDenied as `authenticate`."""
+        body = await self.call("authenticate", TokenCheck(token=token, user=user))
+        return str(body["user"]), [str(s) for s in body.get("scopes", [])]
+
     async def revoke(self, kind: str, ident: str, reason: str = "") -> None:
         await self.call("revoke", Revoke(kind=kind, id=ident, reason=reason))
 

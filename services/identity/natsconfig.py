@@ -136,7 +136,7 @@ def agent_permissions(
     return {"publish": {"allow": publish}, "subscribe": {"allow": subscribe}}
 
 
-CONTROL_BUCKETS = ("agents", "users", "revoked", "runs", "journal")
+CONTROL_BUCKETS = ("agents", "users", "revoked", "runs", "journal", "reviews")
 STREAM_ADMIN = (
     "$JS.API.STREAM.DELETE.>",
     "$JS.API.STREAM.PURGE.>",
@@ -151,7 +151,9 @@ def _ingress_permissions(subjects: Subjects) -> dict[str, object]:
     records the run, and hands the task on. It never administers identity, writes the registry
     or a journal, sends as an agent or sets a timer, or deletes, purges or updates a stream."""
     p = subjects.prefix
-    deny = [f"$KV.{subjects.bucket(b)}.>" for b in ("agents", "users", "revoked", "journal")]
+    deny = [
+        f"$KV.{subjects.bucket(b)}.>" for b in ("agents", "users", "revoked", "journal", "reviews")
+    ]
     deny += [f"{p}.timer.>", *STREAM_ADMIN]
     for op in IDENTITY_ADMIN:
         deny += [subjects.service("identity", op), f"{subjects.service('identity', op)}.>"]

@@ -302,7 +302,11 @@ class IdentityService:
                 )
             )
             raise
-        return {"user": user.id, "roles": user.roles}
+        scopes = list(user.scopes)
+        for role in user.roles:
+            found = await self.registry.role(role)
+            scopes += found.scopes if found else []
+        return {"user": user.id, "roles": user.roles, "scopes": scopes}
 
     async def _authenticate(self, user_id: str, token: str) -> UserRecord:
         if not _USER_ID.match(user_id):  # not a name any user has (nor a KV key)

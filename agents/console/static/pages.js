@@ -260,4 +260,55 @@
       if (["suspended", "parked", "signal", "resumed", "completed", "failed", "cancelled"].includes(e.kind)) reload();
     }, setLive);
   };
+
+  // -- human review -------------------------------------------------------------------------
+  const fmtScore = (s) => (s === null || s === undefined ? "–" : Number(s).toFixed(2));
+  RB.pages.reviews = async (main, params, runId) => {
+    if (runId) return reviewOne(main, runId);
+    const rows = await RB.api("/api/reviews");
+    main.append(h("h1", {}, "Reviews"), h("p", { class: "hint" },
+      "Runs routed to human review (a low score, a sample, or on request) that your review scopes cover. " +
+      "Disagreement: the human score is 0.5 or more away from the automated ones."),
+    h("div", { class: "card table-wrap" }, h("table", { id: "reviews" },
+      h("thead", {}, h("tr", {}, ["run", "agent", "why", "automated", "human", "state"].map((t) => h("th", {}, t)))),
+      h("tbody", {}, ...(rows.length ? rows.map((r) => h("tr", { class: "review", "data-run": r.run_id,
+        "data-state": r.state, "data-disagree": String(r.disagreement) },
+        h("td", {}, h("a", { href: `#/reviews/${encodeURIComponent(r.run_id)}` }, r.run_id)),
+        h("td", {}, r.agent), h("td", { class: "detail" }, r.reasons.join("; ")),
+        h("td", {}, Object.entries(r.automated).map(([k, v]) => `${k} ${fmtScore(v)}`).join(", ") || "–"),
+        h("td", {}, fmtScore(r.human)),
+        h("td", {}, h("span", { class: `pill ${r.disagreement ? "error" : r.state === "reviewed" ? "ok" : "waiting"}` },
+          r.disagreement ? "judge and humans disagree" : r.state))))
+        : [h("tr", {}, h("td", { colspan: 6, class: "empty" }, "nothing to review"))])))));
+  };
+
+  async function reviewOne(main, runId) {
+    const r = await RB.api(`/api/reviews/${encodeURIComponent(runId)}`);
+    const field = (id, el) => h("label", {}, id, el);
+    const score = h("input", { id: "review-score", type: "number", min: 0, max: 1, step: 0.05, placeholder: "0–1" });
+    const label = h("input", { id: "review-label", maxlength: 64 });
+    const comment = h("textarea", { id: "review-comment", maxlength: 2000, rows: 3 });
+    const send = async (verdict) => {
+      const body = { verdict, label: label.value, comment: comment.value };
+      if (score.value !== "") body.score = Number(score.value);
+      try { await RB.api(`/api/reviews/${encodeURIComponent(runId)}/verdict`, body); RB.toast(`recorded: ${verdict}`); location.hash = "#/reviews"; }
+      catch (err) { RB.toast(err.message, true); }
+    };
+    main.append(h("h1", {}, "Review ", RB.runLink(r.run_id)),
+      h("div", { class: "card" },
+        h("p", {}, `agent ${r.agent} · run ${r.run_status} · for ${r.principal}`),
+        h("p", { class: "hint" }, r.reasons.join("; ")),
+        h("h3", {}, "Automated scores"),
+        h("ul", {}, ...Object.entries(r.automated).map(([k, v]) => h("li", {}, `${k}: ${fmtScore(v)}`))),
+        r.disagreement ? h("p", { class: "warn", id: "disagreement" }, `Judge and humans disagree: human ${fmtScore(r.human)}`) : "",
+        h("h3", {}, r.error ? "Error" : "Result"),
+        h("pre", { class: "result" }, r.error || JSON.stringify(r.result, null, 2)),
+        h("h3", {}, "Verdicts"),
+        h("ul", { id: "verdicts" }, ...(r.verdicts.length ? r.verdicts.map((v) =>
+          h("li", {}, `${v.reviewer}: ${v.verdict} ${fmtScore(v.score)} ${v.label} ${v.comment}`)) : [h("li", {}, "none yet")]))),
+      h("div", { class: "card review-form" }, h("h3", {}, "Your verdict"),
+        h("div", { class: "filters" }, field("score", score), field("label", label)), field("comment", comment),
+        h("div", {}, h("button", { class: "primary", id: "review-pass", onclick: () => send("pass") }, "Pass"),
+          h("button", { id: "review-fail", onclick: () => send("fail") }, "Fail"))));
+  }
 })(window.RB);
