@@ -25,9 +25,11 @@ from relaybus.memory.client import MemoryClient
 
 from ..base import Agent
 from ..context import Context
-from ..evaluation import Check
+from ..evaluation import Check, ReviewPolicy
 from ..llm import prompt, use_tools
+from ..tools.code import run_code
 from ..tools.email import send_email
+from ..tools.sandbox import SandboxUnavailable
 
 CORPUS = Path(__file__).parent / "corpus"
 COLLECTION = "competitors"
@@ -81,7 +83,9 @@ class Orchestrator(Agent):
         ]
         notes = msgspec.convert(await ctx.gather(*research), list[Notes])
         report = msgspec.convert(
-            await ctx.call("writer", WriteTask(request=task.request, notes=notes), scopes=[]),
+            await ctx.call(
+                "writer", WriteTask(request=task.request, notes=notes), scopes=["code/run"]
+            ),
             Report,
         )
         delivery = await ctx.call(
@@ -152,9 +156,42 @@ def delivered_to_everyone(task: Any, outcome: Any) -> bool:
     return not outcome.get("not_sent") and bool(outcome.get("sent_to"))
 
 
+#: runs in the code interpreter's sandbox (agents/tools/code.py): the notes go in as a file
+PRICE_TABLE = r"""import json, re
+notes = json.load(open("notes.json"))
+PRICE = re.compile(r"\$\s?(\d[\d,]*(?:\.\d+)?)|(\d[\d,]*(?:\.\d+)?)\s?(?:USD|dollars)")
+print("| competitor | lowest price | highest price |")
+print("|---|---|---|")
+for note in notes:
+    name = note["competitor"].lower()
+    # text quoted from several documents: keep the ones about this competitor, if marked
+    parts = [p for p in note["summary"].split("corpus/") if p.lower().startswith(name)]
+    text = " ".join(parts) or note["summary"]
+    prices = [float((a or b).replace(",", "")) for a, b in PRICE.findall(text)]
+    low, high = (f"{min(prices):g} USD", f"{max(prices):g} USD") if prices else ("n/a", "n/a")
+    print(f"| {note['competitor']} | {low} | {high} |")
+"""
+
+
+async def price_comparison(ctx: Context, notes: list[Notes]) -> str:
+    """A table of the prices the notes mention, computed by code in the sandbox; a note of why
+    not when this host has no sandbox (the tool never runs code without one)."""
+    data = msgspec.json.encode(notes).decode()
+    try:
+        report = await ctx.tool(
+            run_code, code=PRICE_TABLE, files={"notes.json": data}, cpu_seconds=2, memory_mb=128
+        )
+    except SandboxUnavailable as exc:
+        return f"(price comparison skipped: {exc.reason or exc})"
+    if report["exit_code"] != 0:
+        return f"(price comparison failed: {report['stderr'][-300:]})"
+    return str(report["stdout"]).strip()
+
+
 class Writer(Agent):
     name = "writer"
     evaluators = [Check("covers every competitor", covers_every_competitor)]
+    review = ReviewPolicy(below=0.8, sample=1.0)  # the demo sends every report to human review
 
     async def handle(self, ctx: Context, task: WriteTask) -> Report:
         reply = await ctx.llm(
@@ -165,7 +202,9 @@ class Writer(Agent):
             ),
             max_tokens=1200,
         )
-        return Report(text=reply.content, competitors=[n.competitor for n in task.notes])
+        table = await price_comparison(ctx, task.notes)
+        text = f"{reply.content}\n\nPrice comparison (computed in the code sandbox):\n{table}"
+        return Report(text=text, competitors=[n.competitor for n in task.notes])
 
 
 EMAIL_SYSTEM = (

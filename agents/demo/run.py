@@ -72,6 +72,7 @@ class DemoSummary(msgspec.Struct, kw_only=True):
     steps: int
     subject: str = ""
     report: str = ""
+    review: list[str] = []  # why the run waits for a human verdict (agents/review.py)
 
 
 async def demo(args: argparse.Namespace, settings: Settings) -> int:
@@ -191,7 +192,11 @@ async def _run(
         {"actor": r.actor, "action": r.action, "tool": r.tool, "reason": r.reason}
         for r in await read_audit(bus, DEMO_USER, run_id=run_id, decision="deny")
     ]
+    from ..review import Reviewer, Reviews
+
+    in_review = [i for i in await Reviews(bus).items(Reviewer()) if i.run_id == run_id]
     return DemoSummary(
+        review=[r for i in in_review for r in i.reasons],
         run_id=run_id,
         status=status,
         error=error,
@@ -216,6 +221,11 @@ def _print_summary(s: DemoSummary, say: Any) -> None:
         say(f"• refused: mail to {r.get('to')} — {r.get('reason')}")
     for d in s.denials:
         say(f"• audit: deny {d['action']} by {d['actor']}: {d['reason']}")
+    if s.review:
+        say(
+            f"• in human review ({'; '.join(s.review)}): `relaybus review show {s.run_id}`, "
+            f"`relaybus review score {s.run_id} pass|fail` (run the demo with --keep to score it)"
+        )
     say(
         f"• cost (from the ledger): {s.cost} micro-units = {s.cost / 1e6:.6f} USD; steps: {s.steps}"
     )

@@ -30,9 +30,9 @@ TOKEN_FILE = "demo-token"  # the demo user's token, under RELAYBUS_HOME (mode 06
 
 #: agent -> (scopes it may ever hold, agents it may delegate to)
 AGENTS: dict[str, tuple[list[str], list[str]]] = {
-    "orchestrator": (["memory", "email/send"], ["research", "writer", "email"]),
+    "orchestrator": (["memory", "email/send", "code/run"], ["research", "writer", "email"]),
     "research": (["memory"], []),
-    "writer": ([], []),
+    "writer": (["code/run"], []),
     "email": (["email/send"], []),
 }
 SPECS = {
@@ -42,7 +42,11 @@ SPECS = {
     "email": "relaybus.agents.demo.agents:Mailer",
 }
 ROLE = "analyst"
-ROLE_SCOPES = ["memory", f"email/send:recipient_domain={TEAM_DOMAIN}"]
+ROLE_SCOPES = [
+    "memory",
+    f"email/send:recipient_domain={TEAM_DOMAIN}",
+    "code/run:max_cpu_seconds=5,max_memory_mb=256",
+]
 
 
 def request_payload(

@@ -70,6 +70,10 @@ class Code(BaseModel):
                     f"file name {name[:80]!r} must be a relative path of letters, digits, '.', "
                     "'_' and '-' (no '..', no leading '/' or '.')"
                 )
+        folders = {"/".join(n.split("/")[:i]) for n in files for i in range(1, n.count("/") + 1)}
+        clash = sorted(folders & set(files))
+        if clash:
+            raise ValueError(f"{clash[0]!r} is both a file and a folder of other files")
         if sum(len(v.encode()) for v in files.values()) > MAX_BYTES_IN:
             raise ValueError(f"files hold more than {MAX_BYTES_IN} bytes together")
         return files

@@ -9,8 +9,10 @@ namespaces on this host, it raises SandboxUnavailable: code never runs unsandbox
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+import secrets
 import selectors
 import shutil
 import signal
@@ -76,7 +78,7 @@ class SandboxReport:
     """What a run did, as the tool returns it (journaled; a replay returns this again)."""
 
     exit_code: int
-    killed: str  # "" | "wall_time" | "cpu_time" | "output"
+    killed: str  # "" | "wall_time" | "cpu_time" | "memory" | "files" | "output" | "sandbox"
     stdout: str
     stderr: str
     stdout_truncated: bool
@@ -133,10 +135,18 @@ class Sandbox:
             self._checked = True
 
     def run(self, code: str, files: dict[str, str], limits: Limits) -> SandboxReport:
+        """Run `code`; the report of what it did. Once the sandbox works on this host, a run
+        that ends without a valid report (the code broke its supervisor) is reported as
+        `killed: "sandbox"` and charged its whole CPU limit, never raised."""
         self.check()
+        started = time.monotonic()
         report, problem = self._run(code, files, limits)
         if report is None:
-            raise SandboxUnavailable(f"the sandbox failed: {problem[-400:]}", reason=problem[-200:])
+            wall = round(time.monotonic() - started, 3)
+            lost = _ended("sandbox", _cpu(None, limits), wall)
+            return dataclasses.replace(
+                lost, stderr=f"the sandbox ended without a report: {problem}"[:4000]
+            )
         return report
 
     # -- the host side of one run -------------------------------------------------------------
@@ -146,7 +156,7 @@ class Sandbox:
         argv = [
             self.bwrap(),
             "--unshare-all", "--unshare-user", "--disable-userns",
-            "--die-with-parent", "--new-session", "--cap-drop", "ALL",
+            "--die-with-parent", "--new-session", "--cap-drop", "ALL", "--as-pid-1",
             "--uid", str(SANDBOX_UID), "--gid", str(SANDBOX_UID), "--hostname", "sandbox",
             "--ro-bind", "/usr", "/usr",
         ]  # fmt: skip
@@ -155,15 +165,13 @@ class Sandbox:
                 argv += ["--symlink", os.readlink(top), top]
             elif os.path.isdir(top):
                 argv += ["--ro-bind", top, top]
-        prefix = str(Path(python).resolve().parent.parent)
-        if not prefix.startswith("/usr"):  # an interpreter installed elsewhere: its own tree
-            argv += ["--ro-bind", prefix, prefix]
+        tree = interpreter_tree(python)
+        if tree is not None:  # an interpreter installed outside /usr: its own tree, read-only
+            argv += ["--ro-bind", tree, tree]
         argv += ["--ro-bind-try", "/etc/ld.so.cache", "/etc/ld.so.cache"]
         argv += [
-            "--proc", "/proc", "--dev", "/dev",
+            "--proc", "/proc", "--dev", "/dev", "--remount-ro", "/dev",
             "--size", str(limits.scratch_mb << 20), "--tmpfs", "/work",
-            "--size", str(1 << 20), "--tmpfs", "/code",
-            "--size", str(1 << 20), "--tmpfs", "/tmp",
             "--remount-ro", "/", "--chdir", "/work", "--clearenv",
             "--", python, "-I", "-S", "-c", BOOT.read_text(),
         ]  # fmt: skip
@@ -172,7 +180,10 @@ class Sandbox:
     def _run(
         self, code: str, files: dict[str, str], limits: Limits
     ) -> tuple[SandboxReport | None, str]:
-        job = json.dumps({"code": code, "files": files, "limits": limits.job()}).encode()
+        nonce = secrets.token_hex(16)  # a report without it is not the sandbox's own
+        job = json.dumps(
+            {"code": code, "files": files, "limits": limits.job(), "nonce": nonce}
+        ).encode()
         as_root = os.geteuid() == 0
         drop: dict[str, Any] = {}
         if as_root:  # root is exempt from process limits: the sandbox runs as an unprivileged uid
@@ -204,11 +215,13 @@ class Sandbox:
         try:
             found = json.loads(out)
         except ValueError:
+            found = None
+        if not isinstance(found, dict) or found.get("nonce") != nonce or "error" in found:
             if timed_out:  # ended from outside: charged as if it used all its CPU time
-                return _ended("wall_time", float(limits.job()["cpu_seconds"]), wall), ""
+                return _ended("wall_time", _cpu(None, limits), wall), ""
+            if isinstance(found, dict) and found.get("nonce") == nonce:
+                return None, str(found["error"])[:400]
             return None, err.decode("utf-8", "replace").strip() or f"exit {proc.returncode}"
-        if not isinstance(found, dict):
-            return None, "the sandbox sent no report"
         cap = limits.output_bytes
         return (
             SandboxReport(
@@ -241,7 +254,8 @@ def _drain(
 ) -> tuple[bytes, bytes, bool]:
     """The report (stdout) and bwrap's own errors (stderr), each read up to a bound; True when
     the sandbox outlived `deadline`."""
-    bound = {"out": limits.output_bytes * 4 + (1 << 20), "err": 64 * 1024}
+    # stdout, stderr and files out, each up to output_bytes, each byte at most 6 once escaped
+    bound = {"out": limits.output_bytes * 3 * 6 + (1 << 20), "err": 64 * 1024}
     buffers = {"out": bytearray(), "err": bytearray()}
     sel = selectors.DefaultSelector()
     assert proc.stdout is not None and proc.stderr is not None
@@ -265,6 +279,23 @@ def _drain(
         proc.stdout.close()
         proc.stderr.close()
     return bytes(buffers["out"]), bytes(buffers["err"]), False
+
+
+def interpreter_tree(python: str) -> str | None:
+    """The directory tree an interpreter outside /usr needs bound (None: under /usr already);
+    SandboxUnavailable for one whose tree would expose the host's root or a top directory."""
+    resolved = Path(python).resolve()
+    if resolved.parts[:2] == ("/", "usr"):
+        return None
+    tree = resolved.parent.parent
+    if len(tree.parts) < 3:  # `/`, `/opt`, `/root`: far more than an interpreter
+        raise SandboxUnavailable(
+            f"RELAYBUS_CODE_PYTHON={python} resolves to {resolved}, whose tree {tree} is too wide "
+            "to show the sandbox; use an interpreter under /usr or in a directory of its own "
+            "(e.g. /opt/python3.11/bin/python3)",
+            reason="interpreter tree too wide",
+        )
+    return str(tree)
 
 
 def _kill_group(pid: int) -> None:

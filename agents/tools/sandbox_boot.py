@@ -1,10 +1,13 @@
-"""Runs inside the sandbox (as `python -I -S -c <this file>`), never in an agent process.
+"""Runs inside the sandbox as its PID 1 (`python -I -S -c <this file>`), never in an agent.
 
-Reads one JSON job on stdin (`code`, `files`, `limits`), writes the files into the scratch
-directory, runs the code as a child under the job's resource limits, and writes one JSON report
-on stdout: exit status, captured output (cut at the limit), the files the code left in the
-scratch directory, and which limit (if any) ended it. Standard library only: nothing of relaybus
-is visible in here.
+Reads one JSON job on stdin (`code`, `files`, `limits`, `nonce`), writes the files into the
+scratch directory, runs the code as a child under per-process resource limits, and supervises
+the whole process tree: CPU time and memory summed over every process, the scratch
+directory's inode count, wall time and output volume; the first limit passed ends everything.
+Then it writes one JSON report on stdout (with the job's nonce). Standard library only.
+
+As PID 1 of the sandbox's PID namespace and not dumpable, the code cannot signal it, trace it
+or reach its pipes; when it exits, every process left in the namespace dies with it.
 """
 
 import ctypes
@@ -19,9 +22,14 @@ import sys
 import time
 
 WORK = "/work"
-PROGRAM = "/code/main.py"
-PR_SET_DUMPABLE, PR_SET_CHILD_SUBREAPER = 4, 36
+PR_SET_DUMPABLE = 4
 OUTPUT_DRAIN_FACTOR = 16  # output past limit x this ends the program (reported as "output")
+POLL_S = 0.05
+MAX_INODES = 10_000  # files and directories in the scratch directory
+MAX_ENTRIES_OUT = 1_000  # files listed in the report
+MAX_DEPTH = 32
+TICKS = os.sysconf("SC_CLK_TCK")
+PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
 def _prctl(option, value):
@@ -54,67 +62,97 @@ def child_limits(limits):
     return apply
 
 
+def usage():
+    """CPU seconds of every process the code started (running or reaped), the memory they hold
+    (resident pages and SysV shared memory), and the inodes used in the scratch directory."""
+    reaped = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu, memory = reaped.ru_utime + reaped.ru_stime, 0
+    me = os.getpid()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == me:
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            cpu += (int(fields[11]) + int(fields[12])) / TICKS
+            with open(f"/proc/{entry}/statm") as f:
+                memory += int(f.read().split()[1]) * PAGE
+        except (OSError, ValueError, IndexError):
+            continue
+    try:
+        with open("/proc/sysvipc/shm") as f:
+            next(f)
+            memory += sum(int(line.split()[3]) for line in f)
+    except (OSError, ValueError, IndexError, StopIteration):
+        pass
+    scratch = os.statvfs(WORK)
+    return cpu, memory, scratch.f_files - scratch.f_ffree
+
+
 def run(code, limits):
-    with open(PROGRAM, "w", encoding="utf-8") as f:
-        f.write(code)
     env = {"HOME": WORK, "PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "TMPDIR": WORK}
     started = time.monotonic()
     child = subprocess.Popen(
-        [sys.executable, "-I", PROGRAM],
+        [sys.executable, "-I", "-"],
         cwd=WORK,
         env=env,
-        stdin=subprocess.DEVNULL,
+        stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         preexec_fn=child_limits(limits),
         start_new_session=True,
     )
+    try:
+        child.stdin.write(code.encode())  # the program; the code itself has no stdin
+        child.stdin.close()
+    except OSError:
+        pass
     keep = int(limits["output_bytes"])
     captured = {"stdout": bytearray(), "stderr": bytearray()}
     seen = {"stdout": 0, "stderr": 0}
     killed = ""
     deadline = started + float(limits["wall_seconds"])
-    assert child.stdout is not None and child.stderr is not None
     sel = selectors.DefaultSelector()
     sel.register(child.stdout, selectors.EVENT_READ, "stdout")
     sel.register(child.stderr, selectors.EVENT_READ, "stderr")
-    while sel.get_map():
-        left = deadline - time.monotonic()
-        if left <= 0:
+    cpu = 0.0
+    while not killed:
+        _reap(child)
+        cpu, memory, inodes = usage()
+        if cpu >= float(limits["cpu_seconds"]):
+            killed = "cpu_time"
+        elif memory > int(limits["memory_bytes"]):
+            killed = "memory"
+        elif inodes > MAX_INODES:
+            killed = "files"
+        elif seen["stdout"] + seen["stderr"] > keep * OUTPUT_DRAIN_FACTOR:
+            killed = "output"
+        elif time.monotonic() >= deadline:
             killed = "wall_time"
+        if killed or (child.returncode is not None and not sel.get_map()):
             break
-        if child.poll() is not None:
+        if child.returncode is not None:
             _kill_everything()  # background processes holding the pipes open end with it
-        for key, _ in sel.select(timeout=min(left, 0.5)):
+        for key, _ in sel.select(timeout=POLL_S):
             chunk = os.read(key.fd, 65536)
             if not chunk:
                 sel.unregister(key.fileobj)
                 continue
-            name = key.data
-            seen[name] += len(chunk)
-            room = keep - len(captured[name])
+            seen[key.data] += len(chunk)
+            room = keep - len(captured[key.data])
             if room > 0:
-                captured[name] += chunk[:room]
-        if seen["stdout"] + seen["stderr"] > keep * OUTPUT_DRAIN_FACTOR:
-            killed = "output"
-            break
-    if killed:
-        _kill_everything()
-    left = max(0.1, deadline - time.monotonic())
-    try:
-        child.wait(timeout=left)
-    except subprocess.TimeoutExpired:
-        killed = killed or "wall_time"
-        _kill_everything()
-        child.wait()
-    _kill_everything()  # whatever it left running in the background ends with it
-    _reap()
+                captured[key.data] += chunk[:room]
+        if not sel.get_map() and child.returncode is None:
+            time.sleep(POLL_S)  # pipes closed, the program still runs: keep supervising
+    _kill_everything()
+    while child.returncode is None:
+        _reap(child)
+        time.sleep(0.005)
+    _reap(child)
+    cpu = max(cpu, usage()[0])
     status = child.returncode
-    used = resource.getrusage(resource.RUSAGE_CHILDREN)  # every reaped descendant (subreaper)
-    cpu = used.ru_utime + used.ru_stime
-    if not killed and status in (-signal.SIGXCPU, -signal.SIGKILL):
-        if cpu >= float(limits["cpu_seconds"]) - 0.05:
-            killed = "cpu_time"
+    if not killed and status == -signal.SIGXCPU:
+        killed = "cpu_time"
     return {
         "exit_code": status,
         "killed": killed,
@@ -129,43 +167,68 @@ def run(code, limits):
 
 def _kill_everything():
     try:
-        os.kill(-1, signal.SIGKILL)  # every process of the sandbox's user but this one
+        os.kill(-1, signal.SIGKILL)  # every process in the namespace but this one (PID 1)
     except OSError:
         pass
 
 
-def _reap():
+def _reap(child):
+    """Reap every exited process (this is PID 1); the program's own status goes to `child`."""
     while True:
         try:
-            pid, _ = os.waitpid(-1, os.WNOHANG)
+            pid, status = os.waitpid(-1, os.WNOHANG)
         except ChildProcessError:
             return
         if pid == 0:
-            time.sleep(0.01)
+            return
+        if pid == child.pid:
+            child.returncode = os.waitstatus_to_exitcode(status)
+
+
+def _name(path):
+    return os.fsencode(os.path.relpath(path, WORK)).decode("utf-8", "replace")
 
 
 def collect_outputs(inputs, limit):
     """Regular files in the scratch directory that are new or changed, as text, up to `limit`
-    bytes in all; anything else is listed with the reason it was left out."""
+    bytes and MAX_ENTRIES_OUT entries in all; anything else listed with why it was left out."""
     files, skipped, total = {}, {}, 0
-    for root, dirs, names in os.walk(WORK, followlinks=False):
-        for name in sorted(names) + [d for d in dirs if os.path.islink(os.path.join(root, d))]:
-            path = os.path.join(root, name)
-            rel = os.path.relpath(path, WORK)
-            info = os.lstat(path)
-            if not stat.S_ISREG(info.st_mode):
-                skipped[rel] = "not a regular file"
-                continue
-            if total + info.st_size > limit:
-                skipped[rel] = f"over the output limit ({info.st_size} bytes)"
-                continue
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-            with os.fdopen(fd, "rb") as f:
-                data = f.read(limit - total + 1)
+    pending = [(WORK, 0)]
+    while pending and len(files) + len(skipped) < MAX_ENTRIES_OUT:
+        folder, depth = pending.pop()
+        try:
+            entries = sorted(os.scandir(folder), key=lambda e: e.name)
+        except OSError as exc:
+            skipped[_name(folder)] = f"unreadable directory ({exc.strerror})"
+            continue
+        for entry in entries:
+            if len(files) + len(skipped) >= MAX_ENTRIES_OUT:
+                skipped["..."] = f"more than {MAX_ENTRIES_OUT} entries: the rest is not listed"
+                break
+            rel = _name(entry.path)
             try:
+                info = entry.stat(follow_symlinks=False)
+                if stat.S_ISDIR(info.st_mode):
+                    if depth < MAX_DEPTH:
+                        pending.append((entry.path, depth + 1))
+                    else:
+                        skipped[rel] = f"deeper than {MAX_DEPTH} directories"
+                    continue
+                if not stat.S_ISREG(info.st_mode):
+                    skipped[rel] = "not a regular file"
+                    continue
+                if total + info.st_size > limit:
+                    skipped[rel] = f"over the output limit ({info.st_size} bytes)"
+                    continue
+                fd = os.open(entry.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+                with os.fdopen(fd, "rb") as f:
+                    data = f.read(limit - total + 1)
                 text = data.decode("utf-8")
             except UnicodeDecodeError:
                 skipped[rel] = "binary (not UTF-8 text)"
+                continue
+            except OSError as exc:
+                skipped[rel] = f"unreadable ({exc.strerror})"
                 continue
             if inputs.get(rel) == text:
                 continue
@@ -175,15 +238,23 @@ def collect_outputs(inputs, limit):
 
 
 def main():
-    _prctl(PR_SET_DUMPABLE, 0)  # the code cannot reach this process's pipes through /proc
-    _prctl(PR_SET_CHILD_SUBREAPER, 1)  # orphans come back here and are reaped and counted
+    _prctl(PR_SET_DUMPABLE, 0)  # the code cannot reach this process's memory or pipes
     job = json.loads(sys.stdin.buffer.read())
-    write_inputs(job["files"])
-    report = run(job["code"], job["limits"])
-    report["files"], report["files_skipped"] = collect_outputs(
-        job["files"], int(job["limits"]["files_out_bytes"])
-    )
-    sys.stdout.write(json.dumps(report))
+    sys.stdin.close()
+    try:
+        write_inputs(job["files"])
+    except OSError as exc:
+        report = {"error": f"the input files could not be written: {exc}"}
+    else:
+        report = run(job["code"], job["limits"])
+        try:
+            report["files"], report["files_skipped"] = collect_outputs(
+                job["files"], int(job["limits"]["files_out_bytes"])
+            )
+        except (OSError, RecursionError, ValueError) as exc:
+            report["files"], report["files_skipped"] = {}, {"": f"not collected: {exc}"}
+    report["nonce"] = job["nonce"]
+    sys.stdout.buffer.write(json.dumps(report, ensure_ascii=False).encode("utf-8"))
     sys.stdout.flush()
 
 

@@ -11,6 +11,7 @@ import threading
 import time
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from relaybus.agents.settings import CodeSettings
@@ -165,9 +166,8 @@ def test_credentials_home_and_environment_are_not_visible(
     monkeypatch.setenv("RELAYBUS_NATS_PASSWORD", SECRET)
     code = (
         "import os, glob\n"
-        "seen = [open('/proc/1/environ', 'rb').read().decode(errors='replace')]\n"
-        "seen += [repr(dict(os.environ))]\n"
-        "for path in glob.glob('/proc/*/environ') + glob.glob('/proc/*/cmdline'):\n"
+        "seen = [repr(dict(os.environ))]\n"
+        "for path in ['/proc/1/environ'] + glob.glob('/proc/*/environ') + glob.glob('/proc/*/cmdline'):\n"
         "    try:\n"
         "        seen.append(open(path, 'rb').read().decode(errors='replace'))\n"
         "    except OSError:\n"
@@ -187,11 +187,7 @@ def test_credentials_home_and_environment_are_not_visible(
     assert report.stdout.count("refused ") == 7
     visible = set(eval(report.stdout.splitlines()[-1]))  # the sandbox's own root directory
     system = {"bin", "sbin", "lib", "lib32", "lib64", "usr", "etc"}
-    assert (
-        {"work", "code", "tmp", "proc", "dev"}
-        <= visible
-        <= system | {"work", "code", "tmp", "proc", "dev"}
-    )
+    assert {"work", "proc", "dev"} <= visible <= system | {"work", "proc", "dev"}
 
 
 def test_nothing_outside_the_scratch_directory_can_be_written(
@@ -200,7 +196,7 @@ def test_nothing_outside_the_scratch_directory_can_be_written(
     before = sorted(p.name for p in tmp_path.iterdir())
     code = (
         "import os\n"
-        "for path in ['/usr/evil', '/etc/evil', '/evil', '/proc/evil', {!r}, '/code/../evil']:\n"
+        "for path in ['/usr/evil', '/etc/evil', '/evil', '/proc/evil', {!r}, '/tmp/evil']:\n"
         "    try:\n"
         "        open(path, 'w').write('x')\n"
         "        print('wrote', path)\n"
@@ -233,6 +229,84 @@ def test_symlinks_do_not_carry_files_out(sandbox: Sandbox) -> None:
 def test_file_names_that_could_escape_are_refused_before_anything_runs(name: str) -> None:
     with pytest.raises(ValueError, match=r"must be a relative path|at most"):
         Code.model_validate({"code": "print(1)", "files": {name: "x"}})
+    with pytest.raises(ValueError, match="both a file and a folder"):
+        Code.model_validate({"code": "print(1)", "files": {"a": "x", "a/b": "y"}})
+
+
+def test_the_code_cannot_forge_the_report_or_break_its_supervisor(sandbox: Sandbox) -> None:
+    """The supervisor is the sandbox's PID 1 and not dumpable: the code can neither take its
+    report pipe (pidfd_getfd) nor kill it; the report carries what really happened."""
+    code = (
+        "import ctypes, json, os, signal, time\n"
+        "end = time.process_time() + 0.5\n"
+        "while time.process_time() < end:\n"
+        "    pass\n"
+        "libc = ctypes.CDLL(None, use_errno=True)\n"
+        "pidfd = libc.syscall(434, 1, 0)\n"  # pidfd_open(1)
+        "fd = libc.syscall(438, pidfd, 1, 0)\n"  # pidfd_getfd: the supervisor's stdout
+        "if fd >= 0:\n"
+        "    os.write(fd, json.dumps({'exit_code': 0, 'cpu_seconds': 0.0, 'stdout': 'forged'}).encode())\n"
+        "print('getfd', fd, ctypes.get_errno())\n"
+        "for pid in (1, os.getppid()):\n"
+        "    try:\n"
+        "        os.kill(pid, signal.SIGKILL)\n"
+        "    except OSError as exc:\n"
+        "        print('kill', pid, exc.errno)\n"
+        "time.sleep(0.2)\n"
+        "print('still here')\n"
+    )
+    report = sandbox.run(code, {}, LIMITS)
+    assert report.stdout.startswith("getfd -1 "), report.stdout
+    assert "forged" not in report.stdout and report.stdout.endswith("still here\n")
+    assert report.cpu_seconds >= 0.5  # charged for what it used
+
+
+def test_cpu_and_memory_are_limited_across_all_its_processes(sandbox: Sandbox) -> None:
+    spin = (
+        "import os, time\n"
+        "for _ in range(3):\n"
+        "    if os.fork() == 0:\n"
+        "        break\n"
+        "end = time.process_time() + 1.8\n"  # 4 x 1.8 s, each under the 2 s limit
+        "while time.process_time() < end:\n"
+        "    pass\n"
+    )
+    cpu = sandbox.run(spin, {}, LIMITS)
+    assert cpu.killed == "cpu_time"
+    assert LIMITS.cpu_seconds - 0.1 <= cpu.cpu_seconds <= LIMITS.cpu_seconds + 1
+    grab = (
+        "import os, time\n"
+        "for _ in range(5):\n"
+        "    if os.fork() == 0:\n"
+        "        break\n"
+        "block = bytearray(150 << 20)\n"  # 6 x 150 MB resident, each under 256 MB
+        "for i in range(0, len(block), 4096):\n"
+        "    block[i] = 1\n"
+        "time.sleep(3)\n"
+    )
+    memory = sandbox.run(grab, {}, LIMITS)
+    assert memory.killed == "memory", memory
+    shared = sandbox.run("open('/dev/shm/x', 'wb').write(b'x' * (64 << 20))\n", {}, LIMITS)
+    assert "Read-only file system" in shared.stderr or "No such file" in shared.stderr
+
+
+def test_what_it_leaves_behind_is_bounded(sandbox: Sandbox) -> None:
+    many = sandbox.run("for i in range(50000):\n    open(f'f{i}', 'w')\n", {}, LIMITS)
+    assert many.killed == "files"
+    assert len(many.files) + len(many.files_skipped) <= 1001
+    deep = sandbox.run(
+        "import os\nfor _ in range(1100):\n    os.mkdir('d')\n    os.chdir('d')\n", {}, LIMITS
+    )
+    assert deep.exit_code == 0 and "deeper than 32 directories" in str(deep.files_skipped)
+    odd = sandbox.run(
+        "import os\nopen(b'bad\\xff', 'w').write('hi')\nopen('locked', 'w')\nos.chmod('locked', 0)\n"
+        "print('\\x01' * 9000)\n",
+        {},
+        LIMITS,
+    )
+    assert odd.files == {"bad\ufffd": "hi"} and "unreadable" in odd.files_skipped["locked"]
+    assert odd.stdout_truncated and len(odd.stdout) == LIMITS.output_bytes
+    msgspec.json.encode(odd.as_result())  # what the journal records: valid UTF-8 throughout
 
 
 def test_limits_above_the_hosts_are_refused_by_name() -> None:
@@ -249,6 +323,10 @@ def test_without_bubblewrap_nothing_runs() -> None:
         missing.run("open('/tmp/relaybus-ran', 'w')", {}, LIMITS)
     assert caught.value.reason == "bwrap missing"
     assert not Path("/tmp/relaybus-ran").exists()
-    broken = Sandbox(CodeSettings(code_python="/nonexistent/python3"))
+    broken = Sandbox(CodeSettings(code_python="/nonexistent/python/bin/python3"))
     with pytest.raises(SandboxUnavailable, match="does not work on this host"):
         broken.run("print(1)", {}, LIMITS)
+    # an interpreter whose tree would show the host's root (or a top directory) is refused
+    wide = Sandbox(CodeSettings(code_python="/opt/python3"))
+    with pytest.raises(SandboxUnavailable, match="tree / is too wide"):
+        wide.run("print(1)", {}, LIMITS)
