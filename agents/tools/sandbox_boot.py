@@ -102,6 +102,7 @@ def run(code, limits):
         preexec_fn=child_limits(limits),
         start_new_session=True,
     )
+    assert child.stdin is not None and child.stdout is not None and child.stderr is not None
     try:
         child.stdin.write(code.encode())  # the program; the code itself has no stdin
         child.stdin.close()
@@ -192,7 +193,9 @@ def _name(path):
 def collect_outputs(inputs, limit):
     """Regular files in the scratch directory that are new or changed, as text, up to `limit`
     bytes and MAX_ENTRIES_OUT entries in all; anything else listed with why it was left out."""
-    files, skipped, total = {}, {}, 0
+    files: dict[str, str] = {}
+    skipped: dict[str, str] = {}
+    total = 0
     pending = [(WORK, 0)]
     while pending and len(files) + len(skipped) < MAX_ENTRIES_OUT:
         folder, depth = pending.pop()
