@@ -170,6 +170,8 @@ async def record_evaluations(worker: Any, env: Envelope, body: bytes) -> None:
         if evaluator.on == "run" and not ends_run:
             continue
         try:
+            if evaluator.name == "human":
+                raise ValueError("the evaluator name 'human' is kept for people's verdicts")
             score: Score | None = await evaluator.evaluate(item)
             problem = ""
         except Exception as exc:

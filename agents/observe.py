@@ -74,7 +74,19 @@ async def load_tree(bus: Bus, run_id: str) -> runtree.RunTree:
     tree = runtree.build(run_id, events)
     tree.chain = await chain_of(bus, run_id)
     tree.ledger_cost = await ledger_run_cost(bus, run_id)
+    tree.reviews = await human_verdicts(bus, run_id)
     return tree
+
+
+async def human_verdicts(bus: Bus, run_id: str) -> list[dict[str, Any]]:
+    """The run's human review verdicts ([] where the stack has no reviews bucket yet)."""
+    from .review import Reviews
+
+    try:
+        verdicts = await Reviews(bus).verdicts()
+    except RelayError:
+        return []
+    return [msgspec.to_builtins(v) for v in verdicts if v.run_id == run_id]
 
 
 async def trace_run(args: argparse.Namespace, settings: Settings) -> int:
@@ -121,32 +133,41 @@ async def eval_report(args: argparse.Namespace, settings: Settings) -> int:
         }
         for e in events
     ]
-    from .review import DISAGREE_AT, Reviews
+    from .review import DISAGREE_AT, HUMAN, Reviews
 
-    automated: dict[str, list[float]] = {}
-    for row in rows:
-        if row["score"] is not None:
-            automated.setdefault(row["run_id"], []).append(row["score"])
+    rows = [r for r in rows if r["evaluator"] != HUMAN]  # a name only people's verdicts carry
     async with Bus(settings, name="relaybus-eval") as bus:  # human verdicts beside the scores
         verdicts = [
             v
-            for v in await Reviews(bus).verdicts()
-            if (v.run_id == args.run_id if args.run_id else since is None or v.time >= since)
+            for v in await Reviews(bus).verdicts(args.run_id)
+            if args.run_id or since is None or v.time >= since
         ]
+        automated: dict[str, list[float]] = {}
+        for row in rows:
+            if row["score"] is not None:
+                automated.setdefault(row["run_id"], []).append(row["score"])
+        for run_id in {v.run_id for v in verdicts} - set(automated):  # scored before --since
+            async with EventFeed(bus, run_id, kind="evaluated", replay=True) as feed:
+                scores = [e.score for e in await feed.stored() if e.detail != HUMAN]
+            automated[run_id] = [s for s in scores if s is not None]
+    humans: dict[str, list[float]] = {}
     for v in verdicts:
-        auto = automated.get(v.run_id, [])
-        judged = sum(auto) / len(auto) if auto else None
+        humans.setdefault(v.run_id, []).append(v.score)
+    for v in verdicts:
+        auto, human = automated.get(v.run_id, []), humans[v.run_id]
         rows.append(
             {
                 "run_id": v.run_id,
                 "agent": "",
                 "task_id": "",
-                "evaluator": "human",
+                "evaluator": HUMAN,
                 "score": v.score,
                 "label": v.verdict + (f" {v.label}" if v.label else ""),
                 "explanation": f"{v.reviewer}: {v.comment}".rstrip(": "),
                 "time": v.time,
-                "disagrees": judged is not None and abs(v.score - judged) >= DISAGREE_AT,
+                # the mean human score against the mean automated one (as the console shows)
+                "disagrees": bool(auto)
+                and abs(sum(human) / len(human) - sum(auto) / len(auto)) >= DISAGREE_AT,
             }
         )
     by_evaluator: dict[str, list[float]] = {}
@@ -182,8 +203,13 @@ async def eval_report(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _verdict(event: Any) -> dict[str, str]:
-    body = msgspec.json.decode(event.result) if len(event.result) else {}
-    return {"label": body.get("label", ""), "explanation": body.get("explanation", "")}
+    try:
+        body = msgspec.json.decode(event.result) if len(event.result) else {}
+    except msgspec.DecodeError:
+        body = {}
+    if not isinstance(body, dict):  # an event's body is another party's data: never trusted
+        body = {}
+    return {"label": str(body.get("label", "")), "explanation": str(body.get("explanation", ""))}
 
 
 def register(sub: Any) -> None:

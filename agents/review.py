@@ -19,6 +19,7 @@ CLI) may write: no agent can forge a human verdict.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import time
 from dataclasses import dataclass, field
@@ -27,10 +28,12 @@ from typing import Any, Literal
 import msgspec
 from opentelemetry import trace
 
-from relaybus.bus import Bus, PermissionDenied, RelayError, metrics
-from relaybus.bus.feed import EventFeed
+from relaybus.bus import Bus, Event, PermissionDenied, RelayError, metrics
+from relaybus.bus.feed import EventFeed, from_the_run
 from relaybus.bus.kv import Bucket
-from relaybus.services.identity.scopes import Scope, check, parse_scope
+from relaybus.services.identity.client import publish_audit
+from relaybus.services.identity.messages import AuditRecord
+from relaybus.services.identity.scopes import Scope, check, covers_path, parse_scope
 
 from .evaluation import ReviewPolicy
 from .submit import run_store
@@ -38,6 +41,8 @@ from .submit import run_store
 __all__ = ["Item", "ReviewPolicy", "Reviewer", "Reviews", "Verdict"]
 
 REVIEW_WINDOW_S = 7 * 86400.0  # the events stream keeps a week: so does the queue
+MAX_LISTED = 200  # runs a queue listing shows (the newest)
+HUMAN = "human"  # the evaluator name of people's verdicts; reserved
 DISAGREE_AT = 0.5  # judge and humans disagree when their scores differ by this much
 _REVIEWER = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
@@ -79,6 +84,7 @@ class Item:
     automated: dict[str, float | None] = field(default_factory=dict)
     verdicts: list[Verdict] = field(default_factory=list)
     status: str = ""
+    scored: list[str] = field(default_factory=list)  # the run's agents that were evaluated
     result: Any = None
     error: str | None = None
 
@@ -99,6 +105,7 @@ class Item:
         return {
             "run_id": self.run_id,
             "agent": self.agent,
+            "scored_agents": self.scored,
             "principal": self.principal,
             "reasons": self.reasons,
             "since": self.since,
@@ -128,16 +135,34 @@ class Reviewer:
     def name(self) -> str:
         return f"user:{self.user}" if self.user else "operator"
 
-    def why_not(self, action: str, agent: str, principal: str) -> str:
-        """'' when this reviewer's scopes cover `action` on a run of `agent` for `principal`."""
+    @property
+    def reviews_anything(self) -> bool:
+        """Holds some `evaluation/review` scope (else the queue is empty for them, unread)."""
+        return self.user is None or any(
+            covers_path(s.path, "evaluation/review/read") for s in self.scopes
+        )
+
+    def why_not(self, action: str, item: Item) -> str:
+        """'' when this reviewer's scopes cover `action` on the run: its owner, and its entry
+        agent or one of its scored agents."""
         if self.user is None:
             return ""
-        args = {"agent": agent, "principal": principal.removeprefix("user:")}
-        return check(self.scopes, action, args, self.user)
+        reasons = []
+        for agent in dict.fromkeys([item.agent, *item.scored]):
+            args = {"agent": agent, "principal": item.principal.removeprefix("user:")}
+            problem = check(self.scopes, action, args, self.user)
+            if not problem:
+                return ""
+            reasons.append(problem)
+        return reasons[0]
 
 
 class Reviews:
-    """The review queue and its verdicts, for the console and the CLI."""
+    """The review queue and its verdicts, for the console and the CLI. What counts as an
+    evaluation is what the run's own agents published under their own names (an agent outside
+    the run cannot add scores or review flags to it); requests and verdicts come from the
+    `reviews` bucket, which only operator-credentialed processes write. Every refusal is
+    audited under the run's owner."""
 
     def __init__(self, bus: Bus) -> None:
         self.bus = bus
@@ -149,74 +174,76 @@ class Reviews:
         return self._bucket
 
     async def items(self, reviewer: Reviewer, *, since: float | None = None) -> list[Item]:
-        """Every run in review this reviewer may see, newest first."""
+        """The runs in review this reviewer may see (newest first, at most MAX_LISTED)."""
+        if not reviewer.reviews_anything:
+            return []
         start = since if since is not None else time.time() - REVIEW_WINDOW_S
-        found: dict[str, Item] = {}
+        candidates: dict[str, float] = {}  # run → when it entered review, as far as known
         async with EventFeed(self.bus, kind="evaluated", since=start) as feed:
-            events = await feed.stored()
-        for event in events:
-            item = found.setdefault(event.run_id, Item(event.run_id, event.recipient, ""))
-            body = msgspec.json.decode(event.result) if len(event.result) else {}
-            item.automated[event.detail] = event.score
-            if body.get("review"):
-                item.reasons.append(str(body["review"]))
-                item.since = item.since or event.time
-        bucket = await self.bucket()
-        for key in await bucket.keys():
-            kind, _, rest = key.partition(".")
-            stored = await bucket.get(key)
-            if stored is None:
-                continue
-            run_id = rest.split(".", 1)[0]
-            item = found.setdefault(run_id, Item(run_id, "", ""))
-            if kind == "req":
-                request = msgspec.json.decode(stored[0], type=Request)
-                item.reasons.append(f"requested by {request.by}: {request.reason}")
-                item.since = min(item.since or request.time, request.time)
-            elif kind == "verdict":
-                item.verdicts.append(msgspec.json.decode(stored[0], type=Verdict))
+            for event in await feed.stored():
+                if _flag(event.result):
+                    candidates.setdefault(event.run_id, event.time)
+        for key, value in await self._entries():
+            stored = msgspec.json.decode(value)
+            when = float(stored.get("time", 0.0)) if isinstance(stored, dict) else 0.0
+            run_id = key.split(".")[1]
+            candidates[run_id] = min(candidates.get(run_id, when), when)
+        newest = sorted(candidates, key=lambda r: candidates[r], reverse=True)[:MAX_LISTED]
         visible = []
-        for item in found.values():
-            if not item.reasons and not item.verdicts:
-                continue  # scored, not routed to review
-            if await self._fill(item) and not reviewer.why_not(
-                "evaluation/review/read", item.agent, item.principal
-            ):
-                item.verdicts.sort(key=lambda v: v.time)
+        for run_id in newest:
+            item = await self._load(run_id)
+            if item is not None and not reviewer.why_not("evaluation/review/read", item):
                 visible.append(item)
-        return sorted(visible, key=lambda i: i.since, reverse=True)
-
-    async def verdicts(self) -> list[Verdict]:
-        """Every recorded verdict, oldest first (for `relaybus eval`, an operator's view)."""
-        bucket = await self.bucket()
-        found = []
-        for key in await bucket.keys():
-            if key.startswith("verdict.") and (stored := await bucket.get(key)) is not None:
-                found.append(msgspec.json.decode(stored[0], type=Verdict))
-        return sorted(found, key=lambda v: v.time)
+        return visible
 
     async def item(self, reviewer: Reviewer, run_id: str) -> Item:
-        for item in await self.items(reviewer, since=0.0):
-            if item.run_id == run_id:
-                return item
-        raise ReviewNotFound(f"run {run_id} is not in review, or not one your review scopes cover")
+        """One run in review; ReviewNotFound (audited) when it is not, or not for this reviewer."""
+        item = await self._load(run_id) if reviewer.reviews_anything else None
+        problem = "" if item else "not in review"
+        if item is not None:
+            problem = reviewer.why_not("evaluation/review/read", item)
+        if problem:
+            await self._audit(reviewer, "evaluation/review/read", "deny", item, run_id, problem)
+            raise ReviewNotFound(
+                f"run {run_id} is not in review, or not one your review scopes cover (an "
+                "operator grants them: evaluation/review, narrowed by agent= or principal=)"
+            )
+        assert item is not None
+        return item
+
+    async def verdicts(self, run_id: str | None = None) -> list[Verdict]:
+        """Recorded verdicts (of one run, or all), oldest first; an operator's view."""
+        found = [
+            msgspec.json.decode(value, type=Verdict)
+            for key, value in await self._entries(run_id)
+            if key.startswith("verdict.")
+        ]
+        return sorted(found, key=lambda v: v.time)
 
     async def request(self, reviewer: Reviewer, run_id: str, reason: str) -> Request:
-        """Put a run in the queue on demand (its owner, an operator, or a reviewer of it)."""
+        """Put a run in the queue on demand: by its owner, an operator, or one who may review
+        it. Anyone else learns nothing, not even that the run exists."""
         record = await (await run_store(self.bus)).get(run_id)
-        if record is None:
-            raise ReviewNotFound(f"no run {run_id}")
-        own = reviewer.user is not None and record.submitted_by == f"user:{reviewer.user}"
-        problem = (
-            ""
-            if own
-            else reviewer.why_not("evaluation/review/read", record.agent, record.submitted_by)
-        )
+        own = record is not None and reviewer.user is not None
+        own = own and record is not None and record.submitted_by == f"user:{reviewer.user}"
+        problem = "no such run" if record is None else ""
+        if record is not None and not own:
+            probe = Item(run_id, record.agent, record.submitted_by)
+            probe.scored = await self._scored_agents(run_id, record.agent)
+            problem = reviewer.why_not("evaluation/review/read", probe)
         if problem:
-            raise PermissionDenied(f"you may not send run {run_id} to review: {problem}")
+            owner = record.submitted_by if record is not None else ""
+            await self._audit(
+                reviewer, "evaluation/review/request", "deny", None, run_id, problem, owner
+            )
+            raise ReviewNotFound(
+                f"no run {run_id} you may send to review (its owner or a reviewer of it can)"
+            )
         request = Request(run_id=run_id, by=reviewer.name, reason=_text(reason, 500, "reason"))
-        key = f"req.{run_id}.{_key_part(reviewer.name)}"
+        key = f"req.{run_id}.{_key_part(reviewer)}"
         await (await self.bucket()).put(key, msgspec.json.encode(request))
+        owner = record.submitted_by if record is not None else ""
+        await self._audit(reviewer, "evaluation/review/request", "allow", None, run_id, "", owner)
         return request
 
     async def score(
@@ -236,10 +263,12 @@ class Reviews:
         if not 0.0 <= value <= 1.0:
             raise ReviewError(f"score {score} must be between 0 and 1")
         item = await self.item(reviewer, run_id)
-        problem = reviewer.why_not("evaluation/review/score", item.agent, item.principal)
+        problem = reviewer.why_not("evaluation/review/score", item)
         if problem:
+            await self._audit(reviewer, "evaluation/review/score", "deny", item, run_id, problem)
             raise PermissionDenied(
-                f"you may read run {run_id}'s review but not score it: {problem}"
+                f"you may read run {run_id}'s review but not score it: {problem}; scoring needs "
+                "evaluation/review or evaluation/review/score"
             )
         recorded = Verdict(
             run_id=run_id,
@@ -249,37 +278,127 @@ class Reviews:
             label=_text(label, 64, "label"),
             comment=_text(comment, 2000, "comment"),
         )
-        key = f"verdict.{run_id}.{_key_part(reviewer.name)}"
+        key = f"verdict.{run_id}.{_key_part(reviewer)}"
         await (await self.bucket()).put(key, msgspec.json.encode(recorded))
-        attributes = {"gen_ai.evaluation.name": "human", "relaybus.agent": item.agent}
-        metrics.EVALUATIONS.record(value, attributes)
-        span = trace.get_tracer("relaybus.review").start_span(
-            "gen_ai.evaluation human",
-            attributes={"relaybus.run_id": run_id, "relaybus.reviewer": reviewer.name},
-        )
-        span.add_event(
-            "gen_ai.evaluation.result",
-            {
-                "gen_ai.evaluation.name": "human",
-                "gen_ai.evaluation.score.value": value,
-                "gen_ai.evaluation.score.label": recorded.label or recorded.verdict,
-                "gen_ai.evaluation.explanation": recorded.comment,
-            },
-        )
-        span.end()
+        await self._audit(reviewer, "evaluation/review/score", "allow", item, run_id, "")
+        _observe(recorded, item.agent)
         return recorded
 
-    async def _fill(self, item: Item) -> bool:
-        """Complete `item` from its run record (False: no record, so nobody may review it)."""
-        record = await (await run_store(self.bus)).get(item.run_id)
+    # -- reading -----------------------------------------------------------------------------
+
+    async def _entries(self, run_id: str | None = None) -> list[tuple[str, bytes]]:
+        """Requests and verdicts in the bucket (of one run), as (key, value)."""
+        bucket = await self.bucket()
+        out = []
+        for key in await bucket.keys():
+            parts = key.split(".")
+            if len(parts) != 3 or (run_id is not None and parts[1] != run_id):
+                continue
+            stored = await bucket.get(key)
+            if stored is not None:
+                out.append((key, stored[0]))
+        return out
+
+    async def _load(self, run_id: str) -> Item | None:
+        """The run as a review item, from its record, the evaluations its own agents published
+        and the bucket's entries; None when it has no record or is not in review."""
+        record = await (await run_store(self.bus)).get(run_id)
         if record is None:
-            return False
-        item.agent = item.agent or record.agent  # the agent whose output was scored
-        item.principal = record.submitted_by
-        item.status = record.status
+            return None
+        item = Item(run_id, record.agent, record.submitted_by, status=record.status)
         item.result = record.result
         item.error = f"{record.error.type}: {record.error.message}" if record.error else None
-        return True
+        for event in await self._evaluations(run_id, record.agent):
+            item.scored.append(event.recipient)
+            item.automated[event.detail] = event.score
+            if reason := _flag(event.result):
+                item.reasons.append(reason)
+                item.since = item.since or event.time
+        for key, value in await self._entries(run_id):
+            if key.startswith("req."):
+                request = msgspec.json.decode(value, type=Request)
+                item.reasons.append(f"requested by {request.by}: {request.reason}")
+                item.since = min(item.since or request.time, request.time)
+            else:
+                item.verdicts.append(msgspec.json.decode(value, type=Verdict))
+        if not item.reasons and not item.verdicts:
+            return None
+        item.scored = list(dict.fromkeys(item.scored))
+        item.verdicts.sort(key=lambda v: v.time)
+        return item
+
+    async def _evaluations(self, run_id: str, entry: str) -> list[Event]:
+        """`evaluated` events of agents that took part in the run, each about itself."""
+        async with EventFeed(self.bus, run_id, replay=True) as feed:
+            sourced = await feed.stored_sourced()
+        own = {id(e) for e in from_the_run(sourced, entry)}
+        return [
+            e
+            for e, source in sourced
+            if e.kind == "evaluated"
+            and id(e) in own
+            and source
+            and source == e.recipient
+            and e.detail != HUMAN
+        ]
+
+    async def _scored_agents(self, run_id: str, entry: str) -> list[str]:
+        return list(dict.fromkeys(e.recipient for e in await self._evaluations(run_id, entry)))
+
+    async def _audit(
+        self,
+        reviewer: Reviewer,
+        action: str,
+        decision: str,
+        item: Item | None,
+        run_id: str,
+        reason: str,
+        owner: str = "",
+    ) -> None:
+        principal = (item.principal if item else owner) or reviewer.name
+        with contextlib.suppress(RelayError):  # a stack without an audit stream (identity off)
+            await publish_audit(
+                self.bus,
+                AuditRecord(
+                    action=action,
+                    decision=decision,
+                    principal=principal.removeprefix("user:"),
+                    actor=reviewer.name,
+                    reason=reason,
+                    run_id=run_id,
+                ),
+            )
+
+
+def _flag(result: msgspec.Raw) -> str:
+    """The review reason an `evaluated` event carries ('' for none, or a malformed body)."""
+    try:
+        body = msgspec.json.decode(result) if len(result) else {}
+    except msgspec.DecodeError:
+        return ""
+    reason = body.get("review") if isinstance(body, dict) else None
+    return str(reason)[:500] if reason else ""
+
+
+def _observe(verdict: Verdict, agent: str) -> None:
+    """A verdict as a metric sample and a `gen_ai.evaluation human` span."""
+    metrics.EVALUATIONS.record(
+        verdict.score, {"gen_ai.evaluation.name": HUMAN, "relaybus.agent": agent}
+    )
+    span = trace.get_tracer("relaybus.review").start_span(
+        "gen_ai.evaluation human",
+        attributes={"relaybus.run_id": verdict.run_id, "relaybus.reviewer": verdict.reviewer},
+    )
+    span.add_event(
+        "gen_ai.evaluation.result",
+        {
+            "gen_ai.evaluation.name": HUMAN,
+            "gen_ai.evaluation.score.value": verdict.score,
+            "gen_ai.evaluation.score.label": verdict.label or verdict.verdict,
+            "gen_ai.evaluation.explanation": verdict.comment,
+        },
+    )
+    span.end()
 
 
 def _text(value: str, limit: int, name: str) -> str:
@@ -288,8 +407,10 @@ def _text(value: str, limit: int, name: str) -> str:
     return value
 
 
-def _key_part(reviewer: str) -> str:
-    name = reviewer.removeprefix("user:")
-    if not _REVIEWER.match(name):
-        raise ReviewError(f"reviewer {name[:64]!r} is not a user id")
-    return name
+def _key_part(reviewer: Reviewer) -> str:
+    """The reviewer's part of a bucket key: a user id, or `=operator` (no user id holds `=`)."""
+    if reviewer.user is None:
+        return "=operator"
+    if not _REVIEWER.match(reviewer.user):
+        raise ReviewError(f"reviewer {reviewer.user[:64]!r} is not a user id")
+    return reviewer.user

@@ -79,6 +79,7 @@ class RunTree:
     dead_letters: list[dict[str, Any]] = field(default_factory=list)
     denials: list[str] = field(default_factory=list)
     chain: list[dict[str, Any]] = field(default_factory=list)
+    reviews: list[dict[str, Any]] = field(default_factory=list)  # human verdicts (agents/review.py)
 
     def tasks(self) -> list[TaskNode]:
         out, todo = [], list(self.roots)
@@ -122,6 +123,7 @@ class RunTree:
             "duration_ms": round((self.ended - self.started) * 1000, 3) if self.ended else None,
             "cost": self.cost,
             "ledger_cost": self.ledger_cost,
+            "reviews": self.reviews,
             "event_cost": self.event_cost,
             "cost_check": self.cost_check(),
             "steps": sum(len(t.calls) for t in self.tasks()),
@@ -250,6 +252,11 @@ def render(tree: RunTree) -> list[str]:
     for link in tree.chain:
         lines.append(
             f"  chain  {link['issuer']} → agent:{link['subject']}  [{', '.join(link['scopes'])}]"
+        )
+    for review in tree.reviews:
+        lines.append(
+            f"  ✓ human review {review['reviewer']}: {review['verdict']} {review['score']:.2f}"
+            + (f"  {review['comment']}" if review["comment"] else "")
         )
 
     def walk(task: TaskNode, depth: int) -> None:

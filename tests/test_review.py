@@ -16,7 +16,7 @@ import pytest
 from relaybus.agents.review import Reviewer, ReviewError, ReviewNotFound, Reviews
 from relaybus.agents.submit import submit
 from relaybus.bus import Bus, PermissionDenied, Settings, default_topology, ensure
-from relaybus.services.identity.client import IdentityClient, write_agent_key
+from relaybus.services.identity.client import IdentityClient, read_audit, write_agent_key
 
 from .conftest import ROOT, Spawn, child_env, service_process, wait_service
 
@@ -109,9 +109,20 @@ async def test_low_scores_go_to_review_and_each_reviewer_sees_only_their_scope(
         await reviews.score(ola, low, "pass")
     with pytest.raises(PermissionDenied, match=r"may read run .* but not score it"):
         await reviews.score(rod, low, "fail")
-    with pytest.raises(PermissionDenied, match="may not send run"):
+    with pytest.raises(ReviewNotFound, match="you may send to review"):  # as if it did not exist
         await reviews.request(rita, other_low, "looks wrong")
+    with pytest.raises(ReviewNotFound, match="you may send to review"):
+        await reviews.request(rita, "01NOSUCHRUN0000000000000000", "looks wrong")
     assert await reviews.verdicts() == []
+    # every refusal of a run in review is audited under the run's owner, naming the reviewer
+    denied = await read_audit(stack.bus, "ann", decision="deny")
+    assert sorted((d.action, d.actor, d.run_id) for d in denied) == sorted(
+        [
+            ("evaluation/review/read", "user:rita", other_low),
+            ("evaluation/review/score", "user:rod", low),
+            ("evaluation/review/request", "user:rita", other_low),
+        ]
+    )
     del good
 
 
@@ -166,7 +177,7 @@ async def test_a_run_is_sent_to_review_on_demand_by_its_owner_or_a_reviewer(stac
     with pytest.raises(ReviewNotFound):  # asking for a review does not make ann a reviewer
         await reviews.item(ann, good)
     ola = await stack.reviewer("ola")
-    with pytest.raises(PermissionDenied):
+    with pytest.raises(ReviewNotFound):
         await reviews.request(ola, good, "curious")
     done = await cli(
         stack, "review", "score", good, "fail", "--score", "0.1", "--comment", "wrong price",
@@ -195,3 +206,41 @@ def test_no_agent_ingress_or_service_may_write_the_reviews_bucket() -> None:
     for service in ("ingress", "ledger", "memory"):
         denied = service_permissions(subjects, service)["publish"]["deny"]  # type: ignore[index]
         assert reviews in denied, service
+
+
+async def test_an_agent_cannot_route_score_or_steer_review_of_a_run_it_is_not_part_of(
+    stack: Stack,
+) -> None:
+    """Events are another party's data: an agent can publish `evaluated` events under its own
+    name for any run id it knows. Only the run's own agents, each about itself, count."""
+    good = await stack.run("scored", 0.9)  # scored well: not in review
+    reviews = Reviews(stack.bus)
+    subjects = stack.bus.subjects
+
+    async def forge(source: str, body: dict[str, Any]) -> None:
+        event = {"run_id": good, "kind": "evaluated", "detail": "quality", "score": 0.0, **body}
+        await stack.bus.publish_bytes(
+            subjects.event(good, "evaluated", source), json.dumps(event).encode()
+        )
+
+    # an outsider claims to be the run's agent, flags the run and scores it 0
+    await forge("other_scored", {"to": "scored", "result": {"review": "forged by an outsider"}})
+    await forge("other_scored", {"to": "other_scored", "result": {"review": "me too"}})
+    # the run's own agent: a malformed body, and a score under the name kept for people
+    await forge("scored", {"to": "scored", "detail": "format", "score": 0.5, "result": [1]})
+    await forge(
+        "scored", {"to": "scored", "detail": "human", "score": 1.0, "result": {"review": "x"}}
+    )
+    rex = await stack.reviewer("rex")
+    assert await reviews.items(Reviewer()) == [] and await reviews.items(rex) == []
+    with pytest.raises(ReviewNotFound):
+        await reviews.item(rex, good)
+    # once really in review, the outsider's scores are not among the automated ones
+    await reviews.request(await stack.reviewer("ann"), good, "check it")
+    item = await reviews.item(rex, good)
+    assert item.automated == {"quality": 0.9, "format": 0.5} and item.scored == ["scored"]
+    # the refusal is audited (not in review: under the one who asked)
+    denied = await read_audit(stack.bus, "rex", run_id=good, decision="deny")
+    assert [(d.action, d.actor) for d in denied] == [("evaluation/review/read", "user:rex")]
+    report = await cli(stack, "eval", good, "--json")  # the malformed event does not break eval
+    assert "human" not in report["summary"]

@@ -75,6 +75,9 @@ async def _register(settings: Settings) -> dict[str, str]:
         for user in ("alice", "bob"):
             await identity.add_user(user, [], ["analyst"])
             tokens[user] = (await identity.issue_token(user))["token"]
+        # carol reviews alice's runs (human review, agents/review.py), and submits none
+        await identity.add_user("carol", ["evaluation/review:principal=alice"], [])
+        tokens["carol"] = (await identity.issue_token("carol"))["token"]
         ledger = LedgerClient(bus)
         await ledger.set_budget(
             "budget-alice", Budget(level="user:alice", limit=5_000_000, period="monthly")

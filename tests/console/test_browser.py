@@ -155,3 +155,50 @@ def test_off_loopback_a_user_signs_in_with_a_token_and_sees_only_their_runs(
     browser.get(f"{stack.remote_url}/#/run/{theirs}")
     wait.until(lambda d: css(d, ".error-box"))
     assert browser.find_element(By.CSS_SELECTOR, ".error-box").text == f"no run {theirs}"
+
+
+def test_a_reviewer_scores_a_run_in_review_and_sees_only_what_their_scope_covers(
+    stack: Stack, browser: WebDriver
+) -> None:
+    import httpx
+
+    mine = asyncio.run(stack.publish("alice", "c_plan", {"items": ["r"], "approval": False}))
+    theirs = asyncio.run(stack.publish("bob", "c_plan", {"items": ["s"], "approval": False}))
+    with httpx.Client(base_url=stack.remote_url, timeout=10) as http:
+        for user, run in (("alice", mine), ("bob", theirs)):  # each owner asks for a review
+            asked = http.post(
+                f"/api/reviews/{run}/request",
+                json={"reason": "please check"},
+                headers={"Authorization": f"Bearer {stack.tokens[user]}"},
+            )
+            assert asked.status_code == 200, asked.text
+        # bob holds no review scope: alice's run in review does not exist for him
+        bob = {"Authorization": f"Bearer {stack.tokens['bob']}"}
+        assert http.get(f"/api/reviews/{mine}", headers=bob).status_code == 404
+        denied = http.post(f"/api/reviews/{mine}/request", json={"reason": "x"}, headers=bob)
+        assert denied.status_code == 404 and "you may send to review" in denied.json()["error"]
+        forged = http.post(f"/api/reviews/{mine}/verdict", json={"verdict": "fail"}, headers=bob)
+        assert forged.status_code == 404
+    wait = WebDriverWait(browser, 30, ignored_exceptions=[StaleElementReferenceException])
+    browser.get(f"{stack.remote_url}/#/reviews")
+    wait.until(lambda d: css(d, "#login input#token"))
+    browser.find_element(By.ID, "token").send_keys(stack.tokens["carol"] + "\n")
+    wait.until(lambda d: "signed in as carol" in d.find_element(By.ID, "who").text)
+    # carol reviews alice's runs: alice's is listed, bob's is not
+    wait.until(lambda d: css(d, f'#reviews tr.review[data-run="{mine}"][data-state="pending"]'))
+    assert not css(browser, f'#reviews tr.review[data-run="{theirs}"]')
+    css(browser, f'#reviews tr.review[data-run="{mine}"] a')[0].click()
+    wait.until(lambda d: css(d, "#review-pass"))
+    browser.find_element(By.ID, "review-score").send_keys("0.9")
+    browser.find_element(By.ID, "review-comment").send_keys("looks right")
+    browser.find_element(By.ID, "review-pass").click()
+    wait.until(lambda d: css(d, f'#reviews tr.review[data-run="{mine}"][data-state="reviewed"]'))
+    with httpx.Client(base_url=stack.remote_url, timeout=10) as http:
+        carol = {"Authorization": f"Bearer {stack.tokens['carol']}"}
+        (verdict,) = http.get(f"/api/reviews/{mine}", headers=carol).json()["verdicts"]
+    assert (verdict["reviewer"], verdict["verdict"], verdict["score"], verdict["comment"]) == (
+        "user:carol",
+        "pass",
+        0.9,
+        "looks right",
+    )
