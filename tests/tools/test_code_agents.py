@@ -26,8 +26,8 @@ from .. import code_agents
 from ..conftest import Spawn, child_env, service_process, wait_service
 
 pytestmark = pytest.mark.skipif(
-    shutil.which("bwrap") is None and not os.environ.get("RELAYBUS_TEST_NEEDS_BWRAP"),
-    reason="needs bubblewrap (apt-get install bubblewrap); CI sets RELAYBUS_TEST_NEEDS_BWRAP",
+    shutil.which("bwrap") is None and not os.environ.get("TEST_NEEDS_BWRAP"),
+    reason="needs bubblewrap (apt-get install bubblewrap); CI sets TEST_NEEDS_BWRAP",
 )
 
 PER_CPU_SECOND = 2_000  # run_code's default price, micro-units per CPU second

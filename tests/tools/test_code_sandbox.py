@@ -19,8 +19,8 @@ from relaybus.agents.tools.code import Code, limits_for
 from relaybus.agents.tools.sandbox import Limits, Sandbox, SandboxUnavailable
 
 pytestmark = pytest.mark.skipif(
-    shutil.which("bwrap") is None and not os.environ.get("RELAYBUS_TEST_NEEDS_BWRAP"),
-    reason="needs bubblewrap (apt-get install bubblewrap); CI sets RELAYBUS_TEST_NEEDS_BWRAP",
+    shutil.which("bwrap") is None and not os.environ.get("TEST_NEEDS_BWRAP"),
+    reason="needs bubblewrap (apt-get install bubblewrap); CI sets TEST_NEEDS_BWRAP",
 )
 
 LIMITS = Limits(
