@@ -190,13 +190,18 @@ async def main() -> int:
         try:
             async with Bus(settings, name="bench") as bus:
                 await ensure(bus, default_topology(bus.subjects))
-                procs += [start(settings, "service", "identity"), start(settings, "service", "ledger")]
+                procs += [
+                    start(settings, "service", "identity"),
+                    start(settings, "service", "ledger"),
+                ]
                 await wait_service(bus, "identity")
                 await wait_service(bus, "ledger")
                 token = await setup_identity(bus, settings)
                 for spec in ("LoadEntry", "LoadMid", "LoadLeaf", "LoadLeaf"):
                     procs.append(
-                        start(settings, "agent", "run", f"bench_agents:{spec}", "--concurrency", "64")
+                        start(
+                            settings, "agent", "run", f"bench_agents:{spec}", "--concurrency", "64"
+                        )
                     )
                 await asyncio.sleep(3.0)
                 await relay_runs(bus, token, 20, 20)  # warm up
@@ -209,9 +214,7 @@ async def main() -> int:
                 raw = await raw_pipeline(bus, server.url, args.runs)
         finally:
             stop(procs)
-        spans = sum(
-            len(p.read_text().splitlines()) for p in (Path(tmp) / "spans").glob("*.jsonl")
-        )
+        spans = sum(len(p.read_text().splitlines()) for p in (Path(tmp) / "spans").glob("*.jsonl"))
     out = {
         "relaybus": ours,
         "raw_nats_py": raw,
