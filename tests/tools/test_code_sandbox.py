@@ -330,3 +330,33 @@ def test_without_bubblewrap_nothing_runs() -> None:
     wide = Sandbox(CodeSettings(code_python="/opt/python3"))
     with pytest.raises(SandboxUnavailable, match="tree / is too wide"):
         wide.run("print(1)", {}, LIMITS)
+
+
+def test_runs_at_the_same_time_see_nothing_of_each_other(sandbox: Sandbox) -> None:
+    """Each run has its own scratch directory and PID namespace, though both run as the same
+    host uid: one cannot read, list or signal the other."""
+    marker = "other-run-" + os.urandom(6).hex()
+    holder = (  # a file in its scratch directory, and a process with the marker in its argv
+        "import os, sys\n"
+        f"open('secret.txt', 'w').write({marker!r})\n"
+        f"os.execv(sys.executable, [sys.executable, '-c', 'import time; time.sleep(2.5)', {marker!r}])\n"
+    )
+    prober = (
+        "import glob, os, time\n"
+        "time.sleep(0.8)\n"
+        "seen = sorted(os.listdir('/work'))\n"
+        "procs = [open(p, 'rb').read() for p in glob.glob('/proc/[0-9]*/cmdline')]\n"
+        "print(seen, len(procs), any(b'other-run-' in p for p in procs))\n"
+        "print([p for p in glob.glob('/proc/[0-9]*')])\n"
+    )
+    results: dict[str, object] = {}
+    first = threading.Thread(target=lambda: results.update(a=sandbox.run(holder, {}, LIMITS)))
+    first.start()
+    results["b"] = sandbox.run(prober, {}, LIMITS)
+    first.join()
+    probe = results["b"]
+    assert probe.exit_code == 0, probe.stderr  # type: ignore[attr-defined]
+    assert probe.stdout.splitlines()[0].startswith("[] ")  # type: ignore[attr-defined]
+    assert probe.stdout.splitlines()[0].endswith(" False")  # type: ignore[attr-defined]
+    assert marker not in probe.stdout  # type: ignore[attr-defined]
+    assert results["a"].files == {"secret.txt": marker}  # type: ignore[attr-defined]
