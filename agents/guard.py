@@ -18,6 +18,7 @@ from relaybus.bus import (
     PermissionDenied,
     Refused,
     Reject,
+    Retry,
     decode,
     metrics,
 )
@@ -111,6 +112,12 @@ class Guard:
         """Check a tool call against every link of the verified chain, with the actual arguments."""
         if self.gate is None or ctx.chain is None:
             return
+        if not self.gate.fresh():  # NATS failing over: fail closed, but as a retry, not a denial
+            raise Retry(
+                f"{tool.name}: the revocation watch is not live, so the call cannot be checked "
+                "yet; the task is retried shortly",
+                delay_s=2.0,
+            )
         values = args.model_dump(mode="json")
         problem = self.gate.check_tool(ctx.chain, tool.scope, values)
         record = AuditRecord(
