@@ -16,6 +16,7 @@ import pytest
 from relaybus.agents.review import Reviewer, ReviewError, ReviewNotFound, Reviews
 from relaybus.agents.submit import submit
 from relaybus.bus import Bus, PermissionDenied, Settings, default_topology, ensure
+from relaybus.bus.feed import EventFeed
 from relaybus.services.identity.client import IdentityClient, read_audit, write_agent_key
 
 from .conftest import ROOT, Spawn, child_env, service_process, wait_service
@@ -50,7 +51,19 @@ class Stack:
             timeout_s=60,
         )
         assert done.status == "completed", done.error
+        await self.evaluated(str(done.run_id))
         return str(done.run_id)
+
+    async def evaluated(self, run_id: str, within_s: float = 20.0) -> None:
+        """Wait for the run's `evaluated` event: evaluators score a task after its result is
+        published, so a caller that waited for the result may still be ahead of them."""
+        deadline = asyncio.get_running_loop().time() + within_s
+        while asyncio.get_running_loop().time() < deadline:
+            async with EventFeed(self.bus, run_id, replay=True) as feed:
+                if any(e.kind == "evaluated" for e in await feed.stored()):
+                    return
+            await asyncio.sleep(0.1)
+        raise AssertionError(f"run {run_id} was not evaluated within {within_s} s")
 
 
 @pytest.fixture
