@@ -121,12 +121,13 @@ class Context:
 
     @property
     def principal(self) -> str:
-        """Who the run acts for: the user at the root of the delegation chain, else the sender."""
+        """Who the run acts for: the user at the root of the delegation chain; without one (identity
+        off), the user the run's first task carried on, else the sender."""
         if self.chain is not None:
             return self.chain.principal
         if self.envelope.chain:
             return decode_body(self.envelope.chain[0].payload).principal
-        return self.envelope.sender
+        return self.envelope.user or self.envelope.sender
 
     async def audit(
         self,
@@ -568,4 +569,5 @@ class Context:
             steps=env.steps + seq + 1,
             max_steps=env.max_steps,
             trail=(*env.trail[-15:], self.agent),
+            user="" if env.chain else env.user or env.sender,
         )

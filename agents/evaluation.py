@@ -183,7 +183,7 @@ async def record_evaluations(worker: Any, env: Envelope, body: bytes) -> None:
             attributes["gen_ai.evaluation.score.label"] = score.label
             metrics.EVALUATIONS.record(
                 score.value,
-                {"gen_ai.evaluation.name": evaluator.name, "relaybus.agent": worker.name},
+                {"evaluator": evaluator.name, "agent": worker.name},
             )
         explanation = problem or (score.explanation if score else "")
         if explanation:

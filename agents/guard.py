@@ -80,7 +80,7 @@ class Guard:
                     run_id=env.run_id,
                 )
             )
-        metrics.DENIALS.add(1, {"relaybus.agent": self.name, "relaybus.check": "sender"})
+        metrics.DENIALS.add(1, {"agent": self.name, "check": "sender"})
         await self.emit_event(env, "denied", detail=reason)
         raise Refused(reason)
 
@@ -104,7 +104,7 @@ class Guard:
                     run_id=env.run_id,
                 )
             )
-            metrics.DENIALS.add(1, {"relaybus.agent": self.name, "relaybus.check": "chain"})
+            metrics.DENIALS.add(1, {"agent": self.name, "check": "chain"})
             await self.emit_event(env, "denied", detail=str(exc))
             raise
 
@@ -133,7 +133,7 @@ class Guard:
         )
         await self.gate.audit(record)
         if problem:
-            metrics.DENIALS.add(1, {"relaybus.agent": self.name, "relaybus.check": "tool"})
+            metrics.DENIALS.add(1, {"agent": self.name, "check": "tool"})
             await self.emit_event(ctx.envelope, "denied", detail=f"{tool.name}: {problem}")
             raise PermissionDenied(f"{tool.name} ({tool.scope}) denied: {problem}")
 
@@ -183,6 +183,6 @@ def sender_problem(d: Delivery, me: str) -> str:
 
 def principal_of(env: Envelope) -> str:
     try:
-        return decode_body(env.chain[0].payload).principal if env.chain else env.sender
+        return decode_body(env.chain[0].payload).principal if env.chain else env.user or env.sender
     except ChainInvalid:
-        return env.sender
+        return env.user or env.sender

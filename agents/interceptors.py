@@ -125,7 +125,7 @@ class Metrics(Interceptor):
         finally:
             metrics.STEP_DURATION.record(
                 time.perf_counter() - ctx.started,
-                {"relaybus.agent": ctx.agent, "outcome": outcome},
+                {"agent": ctx.agent, "outcome": outcome},
             )
 
     async def run_tool(self, ctx: Context, tool: Tool, args: Any, call_next: RunTool) -> Any:
@@ -136,5 +136,5 @@ class Metrics(Interceptor):
             return value
         finally:
             metrics.TOOL_DURATION.record(
-                time.perf_counter() - started, {"gen_ai.tool.name": tool.name, "outcome": outcome}
+                time.perf_counter() - started, {"tool": tool.name, "outcome": outcome}
             )

@@ -382,9 +382,7 @@ def _flag(result: msgspec.Raw) -> str:
 
 def _observe(verdict: Verdict, agent: str) -> None:
     """A verdict as a metric sample and a `gen_ai.evaluation human` span."""
-    metrics.EVALUATIONS.record(
-        verdict.score, {"gen_ai.evaluation.name": HUMAN, "relaybus.agent": agent}
-    )
+    metrics.EVALUATIONS.record(verdict.score, {"evaluator": HUMAN, "agent": agent})
     span = trace.get_tracer("relaybus.review").start_span(
         "gen_ai.evaluation human",
         attributes={"relaybus.run_id": verdict.run_id, "relaybus.reviewer": verdict.reviewer},

@@ -172,7 +172,7 @@ class Worker:
         if problem:
             await self.guard.refuse(env, delivery, problem)
         if delivery.attempt == 1:
-            labels = {"relaybus.agent": self.name, "relaybus.kind": kind}
+            labels = {"agent": self.name, "kind": kind}
             metrics.HANDOFFS.add(1, labels)
             if env.created_at:
                 metrics.HANDOFF_LATENCY.record(max(0.0, time.time() - env.created_at), labels)
@@ -442,7 +442,7 @@ class Worker:
             if d.attempt >= self.bus.settings.max_deliver:
                 await self._finish(ex, ctx.elapsed_ms(), "failed", error=info)
             else:
-                metrics.RETRIES.add(1, {"relaybus.agent": self.name})
+                metrics.RETRIES.add(1, {"agent": self.name})
                 await self.run_writer.change(env.run_id, CountFailure(), env.chain)
                 await self.emit_event(
                     env, "retried", attempt=d.attempt, error=info, latency_ms=ctx.elapsed_ms()

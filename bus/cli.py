@@ -55,7 +55,8 @@ def register(
         if args.detach:
             if sys.stderr.isatty():
                 print("starting nats-server and services…", file=sys.stderr, flush=True)
-            url = start_detached(settings, self_command)
+            extra = () if args.metrics_port is None else ("--metrics-port", str(args.metrics_port))
+            url = start_detached(settings, self_command, extra)
             emit(
                 {"nats_url": url, "home": str(settings.home.resolve())},
                 args.json,
@@ -64,11 +65,25 @@ def register(
             return EXIT_OK
         ready_fd = args.ready_fd
         auth = _AUTH[0](settings) if _AUTH else None
-        return serve_stack(settings, services(settings), ready_fd, auth)
+        commands = services(settings)
+        if args.metrics_port is not None:  # service i serves Prometheus on PORT+i
+            commands = {
+                name: [*argv, "--metrics-port", str(args.metrics_port + i)]
+                for i, (name, argv) in enumerate(commands.items())
+            }
+        return serve_stack(settings, commands, ready_fd, auth)
 
     p = sub.add_parser("up", help="start the embedded stack (nats-server and services)")
     p.add_argument("--detach", action="store_true", help="return once the stack is ready")
     p.add_argument("--ready-fd", type=int, default=None, help=argparse.SUPPRESS)
+    p.add_argument(
+        "--metrics-port",
+        type=int,
+        default=None,
+        metavar="PORT",
+        help="serve each service's Prometheus metrics: the i-th service on PORT+i "
+        "(`relaybus status` lists them)",
+    )
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=up)
 
@@ -115,11 +130,15 @@ async def status(args: argparse.Namespace, settings: Settings) -> int:
         else None,
         "home": str(settings.home.resolve()),
         "services": {},
+        "metrics": {},
         "agents": [],
     }
     if record:
+        host = settings.metrics_host
         for proc in record.processes:
             out["services"][proc.name] = "up" if is_alive(proc) else "down"
+            if proc.metrics_port:
+                out["metrics"][proc.name] = f"http://{host}:{proc.metrics_port}/metrics"
     if out["nats_url"]:
         try:
             async with Bus(
@@ -135,7 +154,8 @@ async def status(args: argparse.Namespace, settings: Settings) -> int:
         print(f"home      {out['home']}")
         print(f"nats      {out['nats_url'] or '(no stack running; `relaybus up --detach`)'}")
         for name, state in out["services"].items():
-            print(f"service   {name:<10} {state}")
+            metrics = out["metrics"].get(name)
+            print(f"service   {name:<10} {state}" + (f"  metrics {metrics}" if metrics else ""))
         for agent in out["agents"]:
             print(f"agent     {agent['name']:<10} {agent['replicas']} replica(s)")
     return EXIT_OK if out["nats_url"] else EXIT_ERROR

@@ -260,7 +260,7 @@ class Consumer:
             last_error=error,
         )
         dedupe = {"Nats-Msg-Id": f"dlq:{msg.metadata.stream}:{msg.metadata.sequence.stream}"}
-        metrics.DEAD_LETTERS.add(1, {"relaybus.agent": self.agent})
+        metrics.DEAD_LETTERS.add(1, {"agent": self.agent})
         # The dead letter stays in its run's trace: a span under the message's producer span.
         with tracing.TRACER.start_as_current_span(
             f"dead_letter {self.agent}",

@@ -42,6 +42,9 @@ class Envelope(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     `parent_id`/`reply_to`: the task (and its agent) waiting for this one's result; empty
     for the run's own line, whose final result completes the run. `trail`: the last agents
     of the line, for loop detection. `steps`: journaled steps the line has used so far.
+    `user`: who the run acts for, carried from its first task to every task of the run, so
+    that a child's spend counts against its user's budget when there is no delegation chain
+    (identity off); with a chain, its verified root is the user and this field is ignored.
     """
 
     id: str
@@ -61,6 +64,7 @@ class Envelope(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     steps: int = 0
     max_steps: int = 0
     trail: tuple[str, ...] = ()
+    user: str = ""
 
 
 def derived_id(*parts: str) -> str:
@@ -139,6 +143,7 @@ _STR_HEADERS = (
     ("parent_id", "Relay-Parent"),
     ("reply_to", "Relay-Reply-To"),
     ("budget", "Relay-Budget"),
+    ("user", "Relay-User"),
 )
 _INT_HEADERS = (
     ("hop", "Relay-Hop"),

@@ -46,6 +46,11 @@ DENIALS = METER.create_counter(
 BUDGET_HOLDS = METER.create_counter(
     "relaybus.budget.holds", unit="{hold}", description="budget holds the ledger accepted"
 )
+SPENT = METER.create_counter(
+    "relaybus.spent",
+    unit="{micro-unit}",
+    description="captured cost, by agent, tool and model (refunds not deducted)",
+)
 BUDGET_DENIALS = METER.create_counter(
     "relaybus.budget.denials",
     unit="{hold}",

@@ -21,6 +21,7 @@ class Proc(msgspec.Struct, frozen=True, kw_only=True):
     name: str
     pid: int
     started: int
+    metrics_port: int = 0  # its Prometheus endpoint (`up --metrics-port`), 0 for none
 
 
 class StackRecord(msgspec.Struct, frozen=True, kw_only=True):
@@ -40,8 +41,8 @@ def proc_start_time(pid: int) -> int:
     return int(stat.rsplit(")", 1)[1].split()[19])
 
 
-def describe(name: str, pid: int) -> Proc:
-    return Proc(name=name, pid=pid, started=proc_start_time(pid))
+def describe(name: str, pid: int, metrics_port: int = 0) -> Proc:
+    return Proc(name=name, pid=pid, started=proc_start_time(pid), metrics_port=metrics_port)
 
 
 def is_alive(proc: Proc) -> bool:

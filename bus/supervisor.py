@@ -116,7 +116,7 @@ async def serve_stack(
             ready_by = asyncio.get_running_loop().time() + SERVICE_START_S
             for name, child in children.items():
                 await _wait_ready(bus, name, child, ready_by)
-        procs = [describe(n, p.pid) for n, p in children.items()]
+        procs = [describe(n, p.pid, _metrics_port(services[n])) for n, p in children.items()]
         if server is not None:
             procs.insert(0, describe("nats", server.pid))
         write_stack(
@@ -223,8 +223,16 @@ async def _wait_ready(bus: Bus, name: str, child: subprocess.Popen[bytes], deadl
     )
 
 
+def _metrics_port(argv: Sequence[str]) -> int:
+    args = list(argv)
+    return int(args[args.index("--metrics-port") + 1]) if "--metrics-port" in args else 0
+
+
 def start_detached(
-    settings: Settings, self_command: Sequence[str], timeout_s: float = SERVICE_START_S + 30.0
+    settings: Settings,
+    self_command: Sequence[str],
+    extra: Sequence[str] = (),
+    timeout_s: float = SERVICE_START_S + 30.0,
 ) -> str:
     """Start `relaybus up` in its own session; return the NATS URL once the stack is ready."""
     home = settings.home.resolve()
@@ -233,7 +241,7 @@ def start_detached(
     read_fd, write_fd = os.pipe()
     with log_path.open("ab") as logf:
         proc = subprocess.Popen(
-            [*self_command, "up", "--ready-fd", str(write_fd)],
+            [*self_command, "up", "--ready-fd", str(write_fd), *extra],
             pass_fds=(write_fd,),
             stdin=subprocess.DEVNULL,
             stdout=logf,

@@ -104,7 +104,7 @@ class MemoryService:
                 return body
             finally:
                 metrics.RECALL_DURATION.record(
-                    time.perf_counter() - started, {"relaybus.operation": op, "outcome": outcome}
+                    time.perf_counter() - started, {"operation": op, "outcome": outcome}
                 )
 
         return await answer(work, "memory", MemoryRefused)

@@ -237,3 +237,62 @@ def test_memory_ingest_search_and_gc_from_the_cli(stack: Path, tmp_path: Path) -
         stack, "memory", "ingest", str(tmp_path / "missing"), "--collection", "c", "--as", "alice"
     )
     assert bad.returncode == 1 and "no such file or folder" in bad.stderr
+
+
+def consecutive_free_ports(count: int) -> int:
+    """The first of `count` consecutive loopback ports that are free now (bounded search)."""
+    import random
+    import socket
+
+    for _ in range(50):
+        base = random.randint(20_000, 60_000)
+        socks = []
+        try:
+            for port in range(base, base + count):
+                sock = socket.socket()
+                socks.append(sock)
+                sock.bind(("127.0.0.1", port))
+            return base
+        except OSError:
+            continue
+        finally:
+            for sock in socks:
+                sock.close()
+    raise AssertionError(f"no {count} consecutive free ports found")
+
+
+def test_the_running_stack_serves_its_services_metrics(tmp_path: Path) -> None:
+    import urllib.request
+
+    home = tmp_path / "home"
+    base = consecutive_free_ports(4)
+    up = relaybus(home, "up", "--detach", "--metrics-port", str(base), "--json")
+    assert up.returncode == 0, up.stderr
+    try:
+        budget = relaybus(home, "ledger", "budget", "user:dana", "--limit", "5000000", "--json")
+        assert budget.returncode == 0, budget.stderr
+        status = json.loads(relaybus(home, "status", "--json").stdout)
+        assert set(status["metrics"]) == {"identity", "ledger", "memory", "ingress"}
+        assert {int(url.rsplit(":", 1)[1].split("/")[0]) for url in status["metrics"].values()} == {
+            base,
+            base + 1,
+            base + 2,
+            base + 3,
+        }
+        with urllib.request.urlopen(status["metrics"]["ledger"], timeout=10) as response:
+            text = response.read().decode()
+        values = {
+            line.split("{", 1)[0]: float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines()
+            if line.startswith("relaybus_budget_") and 'budget="user:dana"' in line
+        }
+        assert values == {
+            "relaybus_budget_limit": 5_000_000,
+            "relaybus_budget_spent": 0,
+            "relaybus_budget_held": 0,
+        }, text[-3000:]
+        plain = relaybus(home, "status").stdout
+        assert f"metrics {status['metrics']['ledger']}" in plain
+    finally:
+        down = relaybus(home, "down", "--json")
+        assert down.returncode == 0, down.stderr

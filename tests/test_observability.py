@@ -98,6 +98,16 @@ def sample(lines: list[str], name: str, **labels: str) -> float | None:
     return None
 
 
+def total(lines: list[str], name: str, **labels: str) -> float:
+    """The sum of metric `name` over every series whose labels include `labels`."""
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in lines
+        if (line.startswith(name + "{") or line.startswith(name + " "))
+        and all(f'{k}="{v}"' in line for k, v in labels.items())
+    )
+
+
 async def ledger_cost(bus: Bus, run_id: str) -> int:
     rows = await LedgerClient(bus).query("levels", level=f"run:{run_id}")
     return sum(int(r["spent"]) for r in rows if r["level"] == f"run:{run_id}")
@@ -116,6 +126,17 @@ async def test_a_run_is_traced_measured_and_explained_the_same_everywhere(
     obus: Bus, settings: Settings, spawn: Spawn, ledger_metrics_port: int
 ) -> None:
     agent_port = free_port()
+    cli(
+        settings,
+        "ledger",
+        "budget",
+        "user:dev",
+        "--limit",
+        "1000000",
+        "--period",
+        "monthly",
+        "--json",
+    )
     spawn("observed_agents:Planner", "--metrics-port", str(agent_port))
     spawn("observed_agents:Pricer")
     spawn("observed_agents:Pricer")
@@ -134,9 +155,16 @@ async def test_a_run_is_traced_measured_and_explained_the_same_everywhere(
     tree = cli(settings, "trace", first.run_id, "--json")
     assert tree["cost"] == tree["ledger_cost"] == tree["event_cost"] == cost
     assert tree["cost_check"] == "matches the ledger"
+    # the ledger's metrics: spend by agent, tool and model, budgets; no series per run
     lines = scrape(ledger_metrics_port)
-    assert sample(lines, "relaybus_run_cost", relaybus_run_id=first.run_id) == cost
-    assert sample(lines, "relaybus_run_cost", relaybus_run_id=second.run_id) == second.cost
+    assert total(lines, "relaybus_spent_total") == cost + second.cost
+    assert total(lines, "relaybus_spent_total", tool="price") == 3 * TOOL_COST
+    assert (
+        total(lines, "relaybus_spent_total", model="scripted") == cost + second.cost - 3 * TOOL_COST
+    )
+    assert sample(lines, "relaybus_budget_spent", budget="user:dev") == cost + second.cost
+    assert sample(lines, "relaybus_budget_limit", budget="user:dev") == 1_000_000
+    assert not [line for line in lines if "run_id=" in line or "run=" in line]
 
     # the tree: planner at the root, two pricer children with their costed tool, the LLM call
     (root,) = tree["tasks"]
@@ -204,7 +232,15 @@ async def test_a_run_is_traced_measured_and_explained_the_same_everywhere(
         what="both planner executions to end",
     )
     agent_lines = scrape(agent_port)
-    assert (sample(agent_lines, "relaybus_handoffs_total", relaybus_kind="task") or 0) >= 2
+    assert (sample(agent_lines, "relaybus_handoffs_total", agent="planner", kind="task") or 0) >= 2
+    # seconds buckets that fit agent work (not the SDK's millisecond-style 0..10000)
+    buckets = [
+        line.split('le="')[1].split('"')[0]
+        for line in agent_lines
+        if line.startswith("relaybus_step_duration_seconds_bucket{") and 'agent="planner"' in line
+    ]
+    assert {"0.01", "0.1", "1.0", "10.0", "60.0"} <= set(buckets), buckets
+    assert "10000.0" not in buckets
     assert (
         sample(agent_lines, "gen_ai_client_token_usage_count", gen_ai_token_type="input") or 0
     ) >= 2
@@ -273,10 +309,7 @@ async def test_cost_survives_a_killed_worker_and_its_retry_stays_in_the_trace(
     tree = cli(settings, "trace", outcome.run_id, "--json")
     assert tree["cost"] == cost and tree["cost_check"] == "matches the ledger"
     assert sum(c["cost"] for c in tree["tasks"][0]["children"][0]["calls"]) == TOOL_COST
-    assert (
-        sample(scrape(ledger_metrics_port), "relaybus_run_cost", relaybus_run_id=outcome.run_id)
-        == cost
-    )
+    assert total(scrape(ledger_metrics_port), "relaybus_spent_total", tool="price") == TOOL_COST
     # the retry ran on the other worker, in the same trace, with its delivery count
     await wait_for(
         lambda: any(

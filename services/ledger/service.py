@@ -44,13 +44,13 @@ from relaybus.services.ledger.errors import BudgetExceeded, LedgerError, RateLim
 from relaybus.services.ledger.settings import LedgerSettings
 
 from .messages import WRITES, decode_request, request_schema
-from .model import Entry, State, apply, decide
+from .model import Entry, HeldTransfer, Level, State, apply, decide
 from .ops import Capture, Hold, Op
 from .queries import QUERIES
 
 log = logging.getLogger("relaybus.ledger")
 SPIKE_WINDOW_S = 60.0
-RUN_COST_SERIES = 1000  # the run cost gauge reports this many most recently started runs
+BUDGET_SERIES = 1000  # budgets reported as gauges (they are configured, so few)
 _encode = msgspec.msgpack.Encoder().encode
 _decode_entry = msgspec.msgpack.Decoder(Entry).decode
 _decode_query = msgspec.json.Decoder(dict[str, str | None]).decode
@@ -166,6 +166,8 @@ class LedgerWriter:
             result = apply(self.state, decided)
             if isinstance(op, Hold):
                 metrics.BUDGET_HOLDS.add(1, _allocation(op))
+            elif isinstance(op, Capture) and op.amount:
+                metrics.SPENT.add(op.amount, _allocation(self.state.holds[op.transfer]))
             ack = asyncio.ensure_future(
                 self.bus.publish_bytes(self.subject, _encode(decided), headers)
             )
@@ -263,27 +265,38 @@ def _tags(op: Op) -> dict[str, str]:
     return tags
 
 
-def _allocation(op: Op) -> dict[str, str]:
-    return {f"relaybus.{k}": v for k, v in _tags(op).items() if k in ("agent", "tool", "model")}
+def _allocation(op: Op | HeldTransfer) -> dict[str, str]:
+    tags = op.tags if isinstance(op, HeldTransfer) else _tags(op)
+    return {k: v for k, v in tags.items() if k in ("agent", "tool", "model")}
 
 
-def run_cost_gauge(writer: LedgerWriter) -> None:
-    """`relaybus.run.cost`: what the ledger captured per run (net of refunds), read from its
-    state at collection time, so it survives any agent crash and a ledger restart alike."""
+def budget_gauges(writer: LedgerWriter) -> None:
+    """`relaybus.budget.spent|held|limit` for each configured budget, in its current period,
+    read from the ledger's state at collection time. Runs' own levels are not series (one per
+    run would grow without bound): a run's cost is on its trace and in `relaybus ledger
+    statement`, and `relaybus.spent` allocates all spend by agent, tool and model."""
 
-    def observe(_options: CallbackOptions) -> list[Observation]:
-        runs = [(k, v) for k, v in writer.state.levels.items() if k.startswith("run:")]
-        return [
-            Observation(level.spent, {"relaybus.run_id": key[4:]})
-            for key, level in runs[-RUN_COST_SERIES:]
-        ]
+    def levels() -> list[tuple[str, int, Level]]:
+        state = writer.state
+        rows = []
+        for name, budget in list(state.budgets.items()):
+            if name.startswith("run:") or not budget.limit:
+                continue
+            used = state.levels.get(state.period_key(name, state.clock)) or Level()
+            rows.append((name, budget.limit, used))
+        return rows[:BUDGET_SERIES]
 
-    metrics.METER.create_observable_gauge(
-        "relaybus.run.cost",
-        callbacks=[observe],
-        unit="{micro-unit}",
-        description="captured cost per run (net of refunds), from the ledger",
-    )
+    def gauge(name: str, value: Callable[[int, Level], int], description: str) -> None:
+        def observe(_options: CallbackOptions) -> list[Observation]:
+            return [Observation(value(limit, used), {"budget": b}) for b, limit, used in levels()]
+
+        metrics.METER.create_observable_gauge(
+            name, callbacks=[observe], unit="{micro-unit}", description=description
+        )
+
+    gauge("relaybus.budget.limit", lambda limit, used: limit, "a budget's limit per period")
+    gauge("relaybus.budget.spent", lambda limit, used: used.spent, "captured in this period")
+    gauge("relaybus.budget.held", lambda limit, used: used.held, "held by open holds")
 
 
 def ledger_micro(bus: Bus, writer: LedgerWriter) -> MicroService:
@@ -313,7 +326,7 @@ async def serve_ledger(settings: Settings) -> int:
         await ensure(bus, default_topology(bus.subjects, bus.settings.stream_replicas))
         writer = LedgerWriter(bus)
         count = await writer.rebuild()
-        run_cost_gauge(writer)
+        budget_gauges(writer)
         async with ledger_micro(bus, writer):
             log.info(
                 "ledger partition %s rebuilt from %d entries; answering", writer.partition, count
