@@ -11,7 +11,7 @@ from typing import Any, ClassVar
 import msgspec
 import pydantic
 
-from relaybus.bus import Reject
+from relaybus.bus import Reject, RetryPolicy
 from relaybus.bus.subjects import check_name
 
 if typing.TYPE_CHECKING:
@@ -38,6 +38,10 @@ class Agent:
     #: scopes it may ever hold and the agents it may hand off to (docs/security.md).
     scopes: ClassVar[tuple[str, ...]] = ()
     handoff_to: ClassVar[tuple[str, ...]] = ()
+    #: How often a failing task is tried and the waits between tries
+    #: (`RetryPolicy(attempts=3, backoff_s=2.0)`); None: RELAYBUS_MAX_DELIVER attempts, 0.5 s
+    #: doubling to 30 s. `relaybus agent run --max-attempts N --backoff S` overrides it.
+    retry: ClassVar[RetryPolicy | None] = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

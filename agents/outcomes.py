@@ -34,7 +34,7 @@ class Outcomes:
                 child=env.id,
                 ok=ok,
                 result=msgspec.Raw(journal.result or b"null"),
-                error=journal.error,
+                error=journal.error.public() if journal.error else None,
             )
             await self.bus.publish(
                 Envelope(

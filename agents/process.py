@@ -17,6 +17,7 @@ from relaybus.bus import (
     ConfigError,
     ConnectionFailed,
     Consumer,
+    RetryPolicy,
     Settings,
     default_topology,
     ensure,
@@ -38,7 +39,11 @@ AUTH_WAIT_S = 10.0
 
 
 async def serve_agent(
-    agent: Agent, settings: Settings, concurrency: int = 8, metrics_port: int | None = None
+    agent: Agent,
+    settings: Settings,
+    concurrency: int = 8,
+    metrics_port: int | None = None,
+    retry: RetryPolicy | None = None,
 ) -> int:
     """Run one replica of `agent` until SIGTERM/SIGINT, then finish in-flight work and drain."""
     stop = asyncio.Event()
@@ -52,7 +57,7 @@ async def serve_agent(
     telemetry = Telemetry(f"agent-{agent.name}", settings, metrics_port)
     with telemetry:
         async with await _connect(settings, agent.name, options) as bus, agent.lifespan():
-            consumer = await _consume(bus, agent, concurrency, stop)
+            consumer = await _consume(bus, agent, concurrency, stop, retry=retry)
     log.info(
         "agent %s (pid %d) stopped after %d message(s)", agent.name, os.getpid(), consumer.processed
     )
@@ -133,16 +138,24 @@ async def _consume(
     concurrency: int,
     stop: asyncio.Event,
     ready: asyncio.Event | None = None,
+    retry: RetryPolicy | None = None,
 ) -> Consumer:
     if not bus.settings.nats_auth:  # under authentication `up` and the identity service
         await ensure(bus, default_topology(bus.subjects, bus.settings.stream_replicas))
         await ensure_agent_consumers(bus, agent.name)  # provision; an agent only reads its own
     worker = await Worker.open(bus, agent)
+    if retry is not None:  # the command line's, over the class's
+        worker.retry = retry
     if worker.gate is not None:
         log.info("identity on: chains verified, tool calls checked for %s", agent.name)
     control = await bus.subscribe_subjects(bus.subjects.controls_all(), worker.on_control)
     consumer = Consumer(
-        bus, agent.name, worker.handle, concurrency=concurrency, on_dead_letter=worker.dead_lettered
+        bus,
+        agent.name,
+        worker.handle,
+        concurrency=concurrency,
+        retry=worker.retry,
+        on_dead_letter=worker.dead_lettered,
     )
     timers = Consumer(
         bus,
@@ -187,6 +200,7 @@ async def _heartbeat(bus: Bus, name: str, concurrency: int) -> None:
         started=time.time(),
     )
     while True:
+        beat = msgspec.structs.replace(beat, beat_at=time.time(), interval_s=BEAT_INTERVAL_S)
         await kv.put(_beat_key(name), msgspec.json.encode(beat))
         await asyncio.sleep(BEAT_INTERVAL_S)
 

@@ -31,6 +31,7 @@ from relaybus.bus import (
     Refused,
     Reject,
     Retry,
+    RetryPolicy,
     RunFailed,
     decode,
     encode,
@@ -111,6 +112,7 @@ class Worker:
         self.gate = gate
         self.agent = agent
         self.name: str = agent.name
+        self.retry = agent.retry or RetryPolicy(attempts=bus.settings.max_deliver)
         prices = load_prices(LedgerSettings.of(bus.settings).prices)
         self.costs = Costs(bus, agent.name, ledger, prices)
         self.journals = journals
@@ -438,8 +440,8 @@ class Worker:
         except Fenced:
             raise
         except Exception as exc:
-            info = ErrorInfo.from_exception(exc)
-            if d.attempt >= self.bus.settings.max_deliver:
+            info = ErrorInfo.from_exception(exc, with_traceback=True)
+            if d.attempt >= self.retry.attempts:
                 await self._finish(ex, ctx.elapsed_ms(), "failed", error=info)
             else:
                 metrics.RETRIES.add(1, {"agent": self.name})
@@ -516,6 +518,7 @@ class Worker:
             type="DeadLettered",
             message=reason,
             details={"last_error": f"{error.type}: {error.message}"} if error else {},
+            traceback=error.traceback if error else "",
         )
 
         def fail(journal: Journal) -> None:

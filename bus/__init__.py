@@ -1,7 +1,7 @@
 """relaybus's ground floor: settings, the embedded server, the connection, the wire and the loop."""
 
 from .client import Bus
-from .consumer import Consumer, Delivery, Handler, backoff_s
+from .consumer import Consumer, Delivery, Handler, RetryPolicy, backoff_s
 from .envelope import Envelope, Link, decode, encode, from_message, new_envelope, to_message
 from .errors import (
     Abandon,
@@ -59,6 +59,7 @@ __all__ = [
     "Reject",
     "RelayError",
     "Retry",
+    "RetryPolicy",
     "RunFailed",
     "ServerError",
     "ServiceUnavailable",

@@ -5,9 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
+import socket
 import sys
 import time
 from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
@@ -32,10 +35,47 @@ Command = Callable[[argparse.Namespace, Settings], Any]
 
 
 def emit(obj: Any, as_json: bool, text: str | None = None) -> None:
+    """One object: its JSON with --json, else `text`. Streams (`watch`) call this per event,
+    which makes them JSON lines."""
     if as_json:
         print(json.dumps(obj), flush=True)
     else:
         print(text if text is not None else obj, flush=True)
+
+
+def emit_rows(
+    rows: Sequence[Any], as_json: bool, line: Callable[[Any], str], empty: str = ""
+) -> None:
+    """A list command's output: with --json one JSON array (`[]` when there is nothing),
+    else a line per row, or `empty` (to stderr) when there are no rows."""
+    if as_json:
+        print(json.dumps(list(rows)), flush=True)
+        return
+    for row in rows:
+        print(line(row), flush=True)
+    if not rows and empty:
+        print(empty, file=sys.stderr, flush=True)
+
+
+def when(ts: float | None) -> str:
+    """Epoch seconds as local time for people ("-" for none)."""
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts)) if ts else "-"
+
+
+def iso(ts: float | None) -> str | None:
+    """Epoch seconds as an ISO 8601 UTC timestamp for JSON (None for none)."""
+    if not ts:
+        return None
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds")
+
+
+def money(micro: int | float | None, currency: str = "USD") -> str:
+    """Micro-units as an amount with its unit: 47 -> "0.000047 USD", 1500000 -> "1.50 USD"."""
+    if micro is None:
+        return "-"
+    whole = f"{int(micro) / 1_000_000:.6f}".rstrip("0")
+    decimals = len(whole.partition(".")[2])
+    return f"{whole}{'0' * max(0, 2 - decimals)} {currency}"
 
 
 def register_auth(provider: Callable[[Settings], Any]) -> None:
@@ -47,9 +87,13 @@ _AUTH: list[Callable[[Settings], Any]] = []
 
 
 def register(
-    sub: Any, self_command: Sequence[str], services: Callable[[Settings], dict[str, list[str]]]
+    sub: Any,
+    self_command: Sequence[str],
+    services: Callable[[Settings], dict[str, list[str]]],
+    run_ends: frozenset[str] = frozenset(),
 ) -> None:
-    """Add the bus subcommands to the top-level parser's subparsers."""
+    """Add the bus subcommands to the top-level parser's subparsers. `run_ends`: the event
+    kinds that end a run (the runtime's), after which `watch --run` exits."""
 
     def up(args: argparse.Namespace, settings: Settings) -> Any:
         if args.detach:
@@ -109,7 +153,7 @@ def register(
     p.add_argument("--agent", default=None, help="only events from or to this agent")
     p.add_argument("--limit", type=int, default=0, help="stop after N events")
     p.add_argument("--json", action="store_true", help="one JSON object per line")
-    p.set_defaults(func=watch)
+    p.set_defaults(func=watch, run_ends=run_ends)
 
     dlq = sub.add_parser("dlq", help="dead letters").add_subparsers(dest="dlq_cmd", required=True)
     p = dlq.add_parser("list", help="dead letters with reason, attempts and last error")
@@ -169,6 +213,23 @@ class AgentBeat(msgspec.Struct, frozen=True, kw_only=True):
     host: str
     concurrency: int
     started: float
+    beat_at: float = 0.0  # when this beat was written
+    interval_s: float = 0.0  # how often the replica writes it
+
+
+def is_live(beat: AgentBeat, now: float) -> bool:
+    """A replica counts while its beats keep coming, and (on this host) while its pid runs: a
+    killed replica's last beat stays in the bucket until it expires."""
+    if beat.interval_s and now - beat.beat_at > 2.5 * beat.interval_s:
+        return False
+    if beat.host == socket.gethostname():
+        try:
+            os.kill(beat.pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            pass  # another user's process: it exists
+    return True
 
 
 async def list_agents(bus: Bus) -> list[dict[str, Any]]:
@@ -186,6 +247,8 @@ async def list_agents(bus: Bus) -> list[dict[str, Any]]:
         if not entry.value:
             continue
         beat = msgspec.json.decode(entry.value, type=AgentBeat)
+        if not is_live(beat, time.time()):
+            continue
         row = agents.setdefault(beat.name, {"name": beat.name, "replicas": 0, "pids": []})
         row["replicas"] += 1
         row["pids"].append(beat.pid)
@@ -266,14 +329,26 @@ async def watch(args: argparse.Namespace, settings: Settings) -> int:
             print("watching run events (Ctrl-C to stop)…", file=sys.stderr)
         if not args.json:
             print(WATCH_HEADER, flush=True)
-        seen = 0
+        seen, ended_at = 0, 0.0
         while not args.limit or seen < args.limit:
-            event = await feed.next(3600)
-            if event is None or (args.agent and args.agent not in (event.sender, event.recipient)):
+            # a watched run's end: what follows it (its evaluations) until a second of quiet
+            if ended_at and time.monotonic() - ended_at > RUN_END_DRAIN_S:
+                break
+            event = await feed.next(1.0 if ended_at else 3600)
+            if event is None:
+                if ended_at:
+                    break
+                continue
+            if args.run and event.run_id == args.run and event.kind in args.run_ends:
+                ended_at = ended_at or time.monotonic()
+            if args.agent and args.agent not in (event.sender, event.recipient):
                 continue
             seen += 1
             emit(event_json(event), args.json, event_line(event))
     return EXIT_OK
+
+
+RUN_END_DRAIN_S = 5.0
 
 
 async def read_dead_letters(bus: Bus, limit: int) -> list[tuple[int, DeadLetter]]:
@@ -319,16 +394,16 @@ def dead_letter_row(seq: int, letter: DeadLetter) -> dict[str, Any]:
 async def dlq_list(args: argparse.Namespace, settings: Settings) -> int:
     async with Bus(settings, name="relaybus-dlq") as bus:
         letters = await read_dead_letters(bus, args.limit)
-    for seq, letter in letters:
-        row = dead_letter_row(seq, letter)
-        emit(
-            row,
-            args.json,
-            f"{seq:>6} {letter.agent:<12} {letter.run_id or '-':<26} "
-            f"attempts={letter.attempts} {letter.reason}",
-        )
-    if not letters and not args.json:
-        print("no dead letters")
+    rows = [dead_letter_row(seq, letter) for seq, letter in letters]
+    emit_rows(
+        rows,
+        args.json,
+        lambda row: (
+            f"{row['id']:>6} {row['agent']:<12} {row['run_id'] or '-':<26} "
+            f"attempts={row['attempts']} {row['reason']}"
+        ),
+        "no dead letters",
+    )
     return EXIT_OK
 
 

@@ -14,6 +14,7 @@ from types import TracebackType
 from typing import Any
 from urllib.parse import urlsplit
 
+import msgspec
 import nats
 import nats.errors
 import nats.js.errors
@@ -52,6 +53,15 @@ _TRANSIENT = (
 HeaderHook = Callable[[dict[str, str]], None]
 
 
+def _connect_problem(exc: Exception) -> str:
+    """A failed connect attempt in words: "connection refused", not the errno tuple."""
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused (nothing listens there)"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror.lower()
+    return str(exc) or type(exc).__name__
+
+
 class Bus:
     """An open NATS connection with JetStream, owned as an async context manager.
 
@@ -84,6 +94,8 @@ class Bus:
         self._closing = False
         self._violation_seen = asyncio.Event()
         self._auth_refused = asyncio.Event()
+        self._connect_errors = 0
+        self._last_connect_error = ""
         self._id_key = b""
 
     @property
@@ -123,6 +135,7 @@ class Bus:
         }
         options.update(self._connect_options)
         shown = public_url(url)
+        self._connect_errors = 0  # counted, not logged one by one: the failure says it once
         connecting = asyncio.ensure_future(nats.connect(**options))
         refused = asyncio.ensure_future(self._auth_refused.wait())
         try:
@@ -133,12 +146,19 @@ class Bus:
             )
             if connecting not in done:
                 connecting.cancel()
-                why = (
-                    "it refused this connection's credentials (Authorization Violation)"
-                    if refused in done
-                    else "timed out"
+                if refused in done:
+                    why = "it refused this connection's credentials (Authorization Violation)"
+                elif self._connect_errors:
+                    why = (
+                        f"{self._last_connect_error} ({self._connect_errors} attempts in "
+                        f"{self.settings.connect_timeout_s * 4:.0f}s)"
+                    )
+                else:
+                    why = "timed out"
+                raise ConnectionFailed(
+                    f"cannot connect to NATS at {shown}: {why}; is the stack up "
+                    "(`relaybus up --detach`) or RELAYBUS_NATS_URL right?"
                 )
-                raise ConnectionFailed(f"cannot connect to NATS at {shown}: {why}")
             self._nc = connecting.result()
         except (TimeoutError, OSError, nats.errors.Error) as exc:
             raise ConnectionFailed(
@@ -180,7 +200,12 @@ class Bus:
             if "authorization violation" in text.lower():
                 self._auth_refused.set()
             self.async_errors.append(text or type(exc).__name__)
-            log.warning("NATS async error: %r", exc)
+            if self._nc is None and not self._closing:  # still making the first connection
+                self._connect_errors += 1
+                self._last_connect_error = _connect_problem(exc)
+                log.debug("NATS connect attempt failed: %r", exc)
+            else:
+                log.warning("NATS async error: %r", exc)
 
     async def _on_disconnected(self) -> None:
         if not self._closing:
@@ -288,7 +313,10 @@ class Bus:
     async def publish_event(self, event: Event, *, durable: bool = False) -> None:
         """One run event on `<prefix>.event.<run>.<kind>[.<agent>]` (this connection's agent
         as the last token). `durable`: wait for JetStream's ack (a run's end); otherwise a
-        core publish the events stream still stores (progress, for watching)."""
+        core publish the events stream still stores (progress, for watching). Tracebacks stay
+        off the events stream, which more readers see than the run's own record."""
+        if event.error is not None and event.error.traceback:
+            event = msgspec.structs.replace(event, error=event.error.public())
         subject = self.subjects.event(event.run_id, event.kind, self.agent or "")
         if durable:
             await self.publish_bytes(subject, event_encoder.encode(event))

@@ -20,7 +20,16 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from . import envelope as wire
 from . import metrics, tracing
 from .client import Bus
-from .errors import Abandon, EnvelopeInvalid, ErrorInfo, Refused, Reject, RelayError, Retry
+from .errors import (
+    Abandon,
+    ConfigError,
+    EnvelopeInvalid,
+    ErrorInfo,
+    Refused,
+    Reject,
+    RelayError,
+    Retry,
+)
 from .events import DeadLetter, Event, event_encoder
 from .streams import ConsumerSpec, agent_consumer, ensure_consumer_ready
 from .subjects import check_name
@@ -53,6 +62,29 @@ def backoff_s(attempt: int, base_s: float = 0.5, cap_s: float = 30.0) -> float:
     return min(cap_s, base_s * 2 ** max(0, attempt - 1))
 
 
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How often a failing message is tried (`attempts`, the first one included) and how long
+    to wait before the next try: `backoff_s` doubling per attempt up to `max_backoff_s`."""
+
+    attempts: int = 5
+    backoff_s: float = 0.5
+    max_backoff_s: float = 30.0
+
+    def __post_init__(self) -> None:
+        if self.attempts < 1:
+            raise ConfigError(f"a retry policy needs at least 1 attempt, not {self.attempts}")
+        if not 0 <= self.backoff_s <= self.max_backoff_s:
+            raise ConfigError(
+                f"retry backoff {self.backoff_s}s must be between 0 and its maximum "
+                f"{self.max_backoff_s}s"
+            )
+
+    def delay_s(self, attempt: int) -> float:
+        """The wait before attempt `attempt + 1`."""
+        return backoff_s(attempt, self.backoff_s, self.max_backoff_s)
+
+
 class Consumer:
     """Runs `handler` over the tasks of one agent until `stop` is set."""
 
@@ -64,6 +96,7 @@ class Consumer:
         *,
         concurrency: int = 8,
         max_deliver: int | None = None,
+        retry: RetryPolicy | None = None,
         ack_wait_s: float | None = None,
         grace_s: float = 30.0,
         fetch_timeout_s: float = 1.0,
@@ -76,7 +109,8 @@ class Consumer:
         self.agent = agent
         self.handler = handler
         self.concurrency = concurrency
-        self.max_deliver = max_deliver or bus.settings.max_deliver
+        self.retry = retry or RetryPolicy(attempts=max_deliver or bus.settings.max_deliver)
+        self.max_deliver = self.retry.attempts
         self.ack_wait_s = ack_wait_s or bus.settings.ack_wait_s
         self.grace_s = grace_s
         self.fetch_timeout_s = fetch_timeout_s
@@ -223,14 +257,14 @@ class Consumer:
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            info = ErrorInfo.from_exception(exc)
+            info = ErrorInfo.from_exception(exc, with_traceback=True)
             if not isinstance(exc, RelayError):
                 log.warning("handler of %s failed (attempt %d): %r", self.agent, attempt, exc)
             if attempt >= self.max_deliver:
                 reason = f"failed {attempt} times; last error {info.type}: {info.message}"
                 await self._dead_letter(msg, attempt, reason, info, delivery)
             else:
-                await msg.nak(delay=backoff_s(attempt))
+                await msg.nak(delay=self.retry.delay_s(attempt))
             return
         await msg.ack()
 

@@ -175,21 +175,39 @@ class UpstreamFailed(RelayError):
     circuit breaker."""
 
 
-class ErrorInfo(msgspec.Struct, frozen=True, kw_only=True):
-    """An error as data, for events, dead letters and child results."""
+TRACEBACK_CHARS = 8000  # a traceback's last lines are kept: where it failed
+
+
+class ErrorInfo(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """An error as data, for events, dead letters and child results.
+
+    `traceback`: where an unexpected exception (a handler bug, not a RelayError) was raised,
+    kept in the task's journal, its run record and its dead letter, which its owner and the
+    operators read; never on the shared events stream (`public()`)."""
 
     type: str
     message: str
     retryable: bool = False
     details: dict[str, str | int | float | bool] = {}  # the error's own fields (RelayError.details)
+    traceback: str = ""
 
     @classmethod
-    def from_exception(cls, exc: BaseException) -> ErrorInfo:
+    def from_exception(cls, exc: BaseException, *, with_traceback: bool = False) -> ErrorInfo:
         retryable = not isinstance(exc, Reject | EnvelopeInvalid)
         details = exc.details() if isinstance(exc, RelayError) else {}
+        trace = ""
+        if with_traceback and not isinstance(exc, RelayError):
+            import traceback
+
+            trace = "".join(traceback.format_exception(exc))[-TRACEBACK_CHARS:]
         return cls(
             type=type(exc).__name__,
             message=str(exc) or repr(exc),
             retryable=retryable,
             details=details,
+            traceback=trace,
         )
+
+    def public(self) -> ErrorInfo:
+        """This error without its traceback, for the events stream and other agents."""
+        return msgspec.structs.replace(self, traceback="") if self.traceback else self

@@ -1,63 +1,219 @@
-"""A tiny HTTP/1.1 JSON server on asyncio, for the local dev servers (scripted model, payment
-sandbox, webhook receivers). Not a web framework: one route function answers every request."""
+"""Serving the local HTTP apps (the scripted model, the payment sandbox, the webhook receiver):
+Starlette apps on uvicorn, in the running event loop, on loopback unless told otherwise.
+
+`json_app` builds an app whose own errors (404, 405, …) answer JSON. `serve_app` binds the
+socket (port 0: any free one), starts uvicorn and returns an `HttpServer` once it accepts
+connections; request bodies over `max_body` bytes are answered 413 before the app sees them.
+`serve_until_stopped` runs a server until SIGTERM or SIGINT, then shuts it down gracefully."""
 
 from __future__ import annotations
 
 import asyncio
-import inspect
-import json
-from collections.abc import Awaitable, Callable
-from typing import Any
+import contextlib
+import socket
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Protocol
 
+import uvicorn
+from starlette.applications import Starlette
+from starlette.datastructures import Headers
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from .errors import RelayError
 from .runtime import EXIT_OK, stop_on_signals
 
-Response = tuple[int, Any, dict[str, str]]  # status, JSON body, extra headers
-Route = Callable[[str, str, dict[str, str], bytes], Response | Awaitable[Response]]
+LOOPBACK = "127.0.0.1"
 MAX_BODY = 1_000_000
+DRAIN_MAX = 16_000_000
+GRACEFUL_SHUTDOWN_S = 5
 
 
-async def serve_json(route: Route, host: str, port: int) -> asyncio.Server:
-    """Start answering with `route(method, path, headers, body)`; the caller owns the server."""
-
-    async def on_connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            while True:
-                request_line = await reader.readline()
-                if not request_line:
-                    return
-                method, path, _ = request_line.decode("latin-1").split(" ", 2)
-                headers: dict[str, str] = {}
-                while (line := await reader.readline()) not in (b"\r\n", b"\n", b""):
-                    name, _, value = line.decode("latin-1").partition(":")
-                    headers[name.strip().lower()] = value.strip()
-                length = int(headers.get("content-length", "0") or 0)
-                extra: dict[str, str] = {}
-                if length > MAX_BODY:
-                    status, payload = 413, {"error": {"message": "body too large"}}
-                else:
-                    raw = await reader.readexactly(length)
-                    answer = route(method, path, headers, raw)
-                    status, payload, extra = await answer if inspect.isawaitable(answer) else answer
-                data = json.dumps(payload).encode()
-                head = [
-                    f"HTTP/1.1 {status} {'OK' if status < 400 else 'Error'}",
-                    "Content-Type: application/json",
-                    f"Content-Length: {len(data)}",
-                    *(f"{k}: {v}" for k, v in extra.items()),
-                ]
-                writer.write(("\r\n".join(head) + "\r\n\r\n").encode() + data)
-                await writer.drain()
-                if length > MAX_BODY:
-                    return
-        except (ConnectionError, asyncio.IncompleteReadError, ValueError):
-            pass
-        finally:
-            writer.close()
-
-    return await asyncio.start_server(on_connection, host, port)
+def json_error(status: int, message: str, headers: Mapping[str, str] | None = None) -> Response:
+    return JSONResponse({"error": {"message": message}}, status, headers=headers)
 
 
-async def serve_until_stopped(server: asyncio.Server, announce: Callable[[int], str]) -> int:
+def json_app(routes: Sequence[BaseRoute], middleware: Sequence[Middleware] = ()) -> Starlette:
+    """A Starlette app over `routes` whose HTTP errors (404, 405, …) answer JSON too."""
+    return Starlette(
+        routes=list(routes),
+        middleware=list(middleware),
+        exception_handlers={HTTPException: _http_error},
+    )
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    where = f"{request.method} {request.url.path}"
+    messages = {404: f"no route {where}", 405: f"{where}: method not allowed"}
+    return json_error(exc.status_code, messages.get(exc.status_code, exc.detail), exc.headers)
+
+
+class BodyLimit:
+    """Answers 413 to a request whose body is over `max_body` bytes, whether its Content-Length
+    says so or its chunks add up to it; hands the app the body in one piece otherwise.
+
+    An oversized body still being sent is read on (up to DRAIN_MAX bytes) and dropped before the
+    413 goes out: closing on a client mid-send resets the connection, and the client would see
+    the reset instead of the answer. A client that waits for `100-continue` is answered at once.
+    """
+
+    def __init__(self, app: ASGIApp, max_body: int = MAX_BODY) -> None:
+        self.app = app
+        self.max_body = max_body
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = Headers(scope=scope)
+        declared = headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > self.max_body:
+            waits = headers.get("expect", "").lower() == "100-continue"
+            if waits or int(declared) > DRAIN_MAX:
+                await self._too_large(scope, receive, send)
+                return
+        body = bytearray()
+        size = 0
+        more = True
+        while more and size <= DRAIN_MAX:
+            message = await receive()
+            if message["type"] != "http.request":
+                return  # the client went away
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size <= self.max_body:
+                body += chunk
+            more = message.get("more_body", False)
+        if size > self.max_body:
+            await self._too_large(scope, receive, send)
+            return
+        await self.app(scope, _replay(bytes(body), receive), send)
+
+    async def _too_large(self, scope: Scope, receive: Receive, send: Send) -> None:
+        response = json_error(
+            413, f"body too large (limit {self.max_body} bytes)", {"Connection": "close"}
+        )
+        await response(scope, receive, send)
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    """`receive` for an app: the whole body first, then what the client sends next (a
+    disconnect)."""
+    pending: list[Message] = [{"type": "http.request", "body": body, "more_body": False}]
+
+    async def replay() -> Message:
+        return pending.pop() if pending else await receive()
+
+    return replay
+
+
+class _Uvicorn(uvicorn.Server):
+    """uvicorn that leaves signal handling to the embedding program and says when it is up."""
+
+    def __init__(self, config: uvicorn.Config) -> None:
+        super().__init__(config)
+        self.up = asyncio.Event()
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        self.up.set()
+
+
+class HttpServer:
+    """A server `serve_app` started. Shaped like `asyncio.Server` where callers use it
+    (`sockets`, `close()`, `wait_closed()`); `async with` closes it on the way out."""
+
+    def __init__(self, server: _Uvicorn, sock: socket.socket, task: asyncio.Task[None]) -> None:
+        self._server = server
+        self._sock = sock
+        self._task = task
+        self.port: int = sock.getsockname()[1]
+
+    @property
+    def sockets(self) -> tuple[socket.socket, ...]:
+        return (self._sock,)
+
+    def close(self) -> None:
+        """Stop accepting; requests in flight finish (up to GRACEFUL_SHUTDOWN_S)."""
+        self._server.should_exit = True
+
+    async def wait_closed(self) -> None:
+        await asyncio.shield(self._task)
+
+    async def __aenter__(self) -> HttpServer:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self.close()
+        await self.wait_closed()
+
+
+async def serve_app(
+    app: ASGIApp, host: str = LOOPBACK, port: int = 0, *, max_body: int = MAX_BODY
+) -> HttpServer:
+    """Serve `app` on `host:port` from the running event loop; returns once it accepts."""
+    sock = _listen(host, port)
+    config = uvicorn.Config(
+        BodyLimit(app, max_body),
+        http="h11",
+        ws="none",
+        lifespan="off",
+        proxy_headers=False,
+        server_header=False,
+        log_config=None,
+        log_level="warning",
+        access_log=False,
+        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
+    )
+    server = _Uvicorn(config)
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    up = asyncio.create_task(server.up.wait())
+    try:
+        await asyncio.wait({task, up}, return_when=asyncio.FIRST_COMPLETED)
+    except BaseException:
+        task.cancel()
+        sock.close()
+        raise
+    finally:
+        up.cancel()
+    if task.done():
+        sock.close()
+        task.result()
+        raise RelayError(f"the HTTP server on {host}:{port} stopped as it started")
+    return HttpServer(server, sock, task)
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    if not 0 <= port <= 65535:
+        raise RelayError(f"--port {port} is not a port: use 0-65535 (0: any free port)")
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        return socket.create_server((host, port), family=family, backlog=128)
+    except OSError as exc:
+        raise RelayError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+
+
+class Listening(Protocol):
+    """A running server: an `HttpServer` or an `asyncio.Server` (the dev SMTP server)."""
+
+    @property
+    def sockets(self) -> Sequence[socket.socket]: ...
+
+    def close(self) -> None: ...
+
+    async def wait_closed(self) -> None: ...
+
+
+async def serve_until_stopped(server: Listening, announce: Callable[[int], str]) -> int:
     """Print `announce(port)` (a line `relaybus demo` and tests read), serve until SIGTERM or
     SIGINT, then close the server. Returns the exit code."""
     stop = asyncio.Event()

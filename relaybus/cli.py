@@ -8,8 +8,6 @@ import importlib
 import inspect
 import json
 import os
-import signal
-import subprocess
 import sys
 from typing import TYPE_CHECKING, Any
 
@@ -25,6 +23,7 @@ from relaybus.bus.runtime import (
     setup_logging,
 )
 from relaybus.bus.telemetry import Telemetry
+from relaybus.services.runs.state import ENDED
 
 if TYPE_CHECKING:
     from relaybus.agents.base import Agent
@@ -67,13 +66,14 @@ async def identity_chain(args: argparse.Namespace, settings: Settings) -> int:
         links = await chain_of(bus, args.run_id)
     if not links:
         raise RelayError(f"no delegation chain recorded for run {args.run_id}")
-    for row in links:
-        bus_cli.emit(
-            row,
-            args.json,
+    bus_cli.emit_rows(
+        links,
+        args.json,
+        lambda row: (
             f"{'  ' * row['depth_in_chain']}{row['issuer']} → agent:{row['subject']}  "
-            f"[{', '.join(row['scopes'])}]  id={row['id']}",
-        )
+            f"[{', '.join(row['scopes'])}]  id={row['id']}"
+        ),
+    )
     return EXIT_OK
 
 
@@ -117,7 +117,9 @@ def agent_run(args: argparse.Namespace, settings: Settings) -> Any:
     if args.replicas == 1:
         from relaybus.agents.process import serve_agent
 
-        return serve_agent(cls(), settings, args.concurrency, args.metrics_port)
+        return serve_agent(
+            cls(), settings, args.concurrency, args.metrics_port, _retry_policy(cls, args, settings)
+        )
     from relaybus.services.identity.natsconfig import nkey_path
 
     if settings.nats_auth and not nkey_path(settings.home.resolve(), cls.name).exists():
@@ -127,6 +129,21 @@ def agent_run(args: argparse.Namespace, settings: Settings) -> Any:
 
         asyncio.run(register_on_first_run(cls(), settings))
     return _supervise_replicas(args, settings)
+
+
+def _retry_policy(cls: type[Agent], args: argparse.Namespace, settings: Settings) -> Any:
+    """The class's retry policy with what the command line overrides; None when it overrides
+    nothing."""
+    if args.max_attempts is None and args.backoff is None:
+        return None
+    from relaybus.bus import RetryPolicy
+
+    base = cls.retry or RetryPolicy(attempts=settings.max_deliver)
+    return RetryPolicy(
+        attempts=base.attempts if args.max_attempts is None else args.max_attempts,
+        backoff_s=base.backoff_s if args.backoff is None else args.backoff,
+        max_backoff_s=max(base.max_backoff_s, args.backoff or 0.0),
+    )
 
 
 def _supervise_replicas(args: argparse.Namespace, settings: Settings) -> int:
@@ -140,27 +157,18 @@ def _supervise_replicas(args: argparse.Namespace, settings: Settings) -> int:
         "1",
         "--concurrency",
         str(args.concurrency),
+        *(() if args.max_attempts is None else ("--max-attempts", str(args.max_attempts))),
+        *(() if args.backoff is None else ("--backoff", str(args.backoff))),
     ]
     env = {**os.environ, **settings.env()}
     port = args.metrics_port
-    children = [
-        subprocess.Popen(
-            argv if port is None else [*argv, "--metrics-port", str(port + i)],
-            env=env,
-            stdin=subprocess.DEVNULL,
-        )
+    from relaybus.agents.replicas import Replicas
+
+    commands = [
+        argv if port is None else [*argv, "--metrics-port", str(port + i)]
         for i in range(args.replicas)
     ]
-
-    def forward(signum: int, _frame: Any) -> None:
-        for child in children:
-            if child.poll() is None:
-                child.send_signal(signum)
-
-    signal.signal(signal.SIGTERM, forward)
-    signal.signal(signal.SIGINT, forward)
-    codes = [child.wait() for child in children]
-    return max(codes)
+    return Replicas(commands, env, name=args.spec).run()
 
 
 async def publish(args: argparse.Namespace, settings: Settings) -> int:
@@ -212,18 +220,30 @@ async def runs_list(args: argparse.Namespace, settings: Settings) -> int:
 
     async with Bus(settings, name="relaybus-runs") as bus:
         records = await (await run_store(bus)).recent(args.limit)
-    for record in records:
-        row = record.summary()
+    from relaybus.services.ledger.settings import LedgerSettings
+
+    currency = LedgerSettings.of(settings).ledger_currency
+
+    def line(row: dict[str, Any]) -> str:
         took = f"{row['duration_s']:.2f}s" if row["duration_s"] is not None else "-"
-        text = (
+        return (
             f"{row['run_id']}  {row['status']:<10} {row['agent']:<14} {took:>8} "
-            f"steps={row['steps']:<4} failures={row['failures']:<3} cost={row['cost']:<8} "
-            f"{_when(row['started'])}"
+            f"steps={row['steps']:<4} failures={row['failures']:<3} "
+            f"cost={bus_cli.money(row['cost'], currency):<14} {bus_cli.when(row['started'])}"
         )
-        bus_cli.emit(row, args.json, text)
-    if not records and not args.json:
-        print("no runs yet")
+
+    rows = [record.summary() for record in records]
+    if args.json:
+        rows = [_json_times(row) for row in rows]
+    bus_cli.emit_rows(
+        rows, args.json, line, "no runs yet; `relaybus publish AGENT JSON` starts one"
+    )
     return EXIT_OK
+
+
+def _json_times(row: dict[str, Any]) -> dict[str, Any]:
+    """A run summary for JSON: times as ISO 8601 UTC."""
+    return {**row, "started": bus_cli.iso(row["started"]), "ended": bus_cli.iso(row["ended"])}
 
 
 async def run_show(args: argparse.Namespace, settings: Settings) -> int:
@@ -235,10 +255,26 @@ async def run_show(args: argparse.Namespace, settings: Settings) -> int:
         raise RelayError(f"no run {args.run_id}; `relaybus runs` lists the recent ones")
     row = record.summary()
     if args.json:
-        bus_cli.emit(row, True)
-    else:
-        for key, value in row.items():
-            print(f"{key:<12} {json.dumps(value) if isinstance(value, dict | list) else value}")
+        bus_cli.emit(_json_times(row), True)
+        return EXIT_OK
+    from relaybus.services.ledger.settings import LedgerSettings
+
+    currency = LedgerSettings.of(settings).ledger_currency
+    shown = {
+        **row,
+        "started": bus_cli.when(row["started"]),
+        "ended": bus_cli.when(row["ended"]),
+        "duration_s": "-" if row["duration_s"] is None else f"{row['duration_s']:.3f}",
+        "cost": bus_cli.money(row["cost"], currency),
+        "waiting_for": ", ".join(row["waiting_for"]) or None,
+    }
+    traceback = shown.pop("traceback")
+    for key, value in shown.items():
+        if value is None:
+            continue
+        print(f"{key:<12} {json.dumps(value) if isinstance(value, dict | list) else value}")
+    if traceback:
+        print("traceback\n" + "\n".join(f"  {line}" for line in traceback.rstrip().splitlines()))
     return EXIT_OK
 
 
@@ -270,18 +306,13 @@ async def approve(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_OK
 
 
-def _when(ts: float) -> str:
-    import time
-
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts)) if ts else "-"
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="relaybus", description="multi-agent infrastructure over NATS JetStream"
     )
+    parser.add_argument("--version", action="version", version=f"relaybus {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
-    bus_cli.register(sub, SELF_COMMAND, stack_services)
+    bus_cli.register(sub, SELF_COMMAND, stack_services, run_ends=ENDED)
 
     agent = sub.add_parser("agent", help="run agents").add_subparsers(
         dest="agent_cmd", required=True
@@ -295,6 +326,21 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=None,
         help="serve Prometheus metrics here (replica i on PORT+i)",
+    )
+    p.add_argument(
+        "--max-attempts",
+        type=int,
+        default=None,
+        metavar="N",
+        help="tries of a failing task before it is dead-lettered (default: the agent's "
+        "`retry`, else RELAYBUS_MAX_DELIVER)",
+    )
+    p.add_argument(
+        "--backoff",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="wait before the second try, doubling for each try after (default 0.5)",
     )
     p.set_defaults(func=agent_run)
 
@@ -393,6 +439,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     register_a2a(sub)
     return parser
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("relaybus")
+    except PackageNotFoundError:  # run from a checkout that was never installed
+        return "unknown (not installed)"
 
 
 def main(argv: list[str] | None = None) -> int:

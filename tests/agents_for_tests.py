@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from pathlib import Path
 
 import msgspec
 
 from relaybus.agents import Agent, Context
+from relaybus.bus import RetryPolicy
 
 
 class Job(msgspec.Struct):
@@ -65,3 +67,27 @@ class Fragile(Agent):
         if not Path(task.log).exists():
             raise RuntimeError("dependency is down")
         return {"ok": True}
+
+
+class Buggy(Agent):
+    """A handler with a bug: its traceback must reach the run record and the dead letter."""
+
+    name = "buggy"
+
+    async def handle(self, ctx: Context, task: dict[str, int]) -> float:
+        return average_price(task.get("total", 0), task.get("count", 0))
+
+
+def average_price(total: int, count: int) -> float:
+    return total / count
+
+
+class Flaky(Agent):
+    """Always fails; its class allows 2 attempts, 0.2 s apart (the settings allow 3)."""
+
+    name = "flaky"
+    retry = RetryPolicy(attempts=2, backoff_s=0.2)
+
+    async def handle(self, ctx: Context, task: dict[str, str]) -> None:
+        Path(task["log"]).open("a").write(f"{time.time()}\n")
+        raise RuntimeError("upstream is down")

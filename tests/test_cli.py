@@ -139,9 +139,7 @@ async def test_dead_letter_then_replay_keeps_the_run(
         and "dependency is down" in failed["error"]
     )
     # Then the message is in the DLQ with its reason and attempts
-    letters = [
-        json.loads(line) for line in relaybus(stack, "dlq", "list", "--json").stdout.splitlines()
-    ]
+    letters = json.loads(relaybus(stack, "dlq", "list", "--json").stdout)
     assert (
         len(letters) == 1
         and letters[0]["attempts"] == 2
@@ -157,7 +155,7 @@ async def test_dead_letter_then_replay_keeps_the_run(
         outcome = await wait_for_run(feed, failed["run_id"], 30)
     # Then the same run completes and the DLQ is empty
     assert outcome.status == "completed" and outcome.result == {"ok": True}, outcome
-    assert relaybus(stack, "dlq", "list", "--json").stdout == ""
+    assert json.loads(relaybus(stack, "dlq", "list", "--json").stdout) == []
 
 
 def test_secure_stack_admits_only_registered_agents_on_their_nkeys(
@@ -227,10 +225,10 @@ def test_memory_ingest_search_and_gc_from_the_cli(stack: Path, tmp_path: Path) -
     found = relaybus(
         stack, "memory", "search", "how much does acme charge per seat", "--as", "alice", "--json"
     )
-    hits = [json.loads(line) for line in found.stdout.splitlines()]
+    hits = json.loads(found.stdout)
     assert hits[0]["source"] == "pricing.md" and "40 euros" in hits[0]["text"]
     other = relaybus(stack, "memory", "search", "acme", "--as", "mallory", "--json")
-    assert other.returncode == 0 and other.stdout == ""
+    assert other.returncode == 0 and json.loads(other.stdout) == []
     gc = relaybus(stack, "memory", "gc", "--dry-run", "--json")
     assert json.loads(gc.stdout)["dry_run"] is True
     bad = relaybus(
@@ -296,3 +294,87 @@ def test_the_running_stack_serves_its_services_metrics(tmp_path: Path) -> None:
     finally:
         down = relaybus(home, "down", "--json")
         assert down.returncode == 0, down.stderr
+
+
+def test_the_cli_speaks_with_one_voice(
+    stack: Path, agent_procs: list[subprocess.Popen[str]]
+) -> None:
+    version = relaybus(stack, "--version")
+    assert version.returncode == 0 and version.stdout.startswith("relaybus 0.")
+    # lists print one JSON array with --json, `[]` when empty
+    for command in (("runs",), ("dlq", "list"), ("ledger", "holds"), ("identity", "agent", "list")):
+        out = relaybus(stack, *command, "--json")
+        assert out.returncode == 0 and json.loads(out.stdout) == [], (command, out)
+    # a handler bug: its traceback is kept with the run and its dead letter
+    start_agent(stack, agent_procs, "agents_for_tests:Buggy", RELAYBUS_MAX_DELIVER="1")
+    out = relaybus(stack, "publish", "buggy", '{"total": 10, "count": 0}', "--wait", "--json")
+    failed = json.loads(out.stdout)
+    assert out.returncode == 1 and failed["status"] == "failed", out
+    run_id = failed["run_id"]
+    shown = json.loads(relaybus(stack, "run", "show", run_id, "--json").stdout)
+    assert shown["error"].startswith("ZeroDivisionError")
+    assert "in average_price" in shown["traceback"] and "return total / count" in shown["traceback"]
+    assert shown["started"].endswith("+00:00") and shown["waiting_for"] == []  # ISO, UTC
+    text = relaybus(stack, "run", "show", run_id).stdout
+    assert "None" not in text and "return total / count" in text
+    started = next(line for line in text.splitlines() if line.startswith("started"))
+    assert len(started.split()) == 3 and started.split()[1].count("-") == 2  # a date, a time
+    (letter,) = json.loads(relaybus(stack, "dlq", "list", "--json").stdout)
+    assert "in average_price" in letter["last_error"]["traceback"]
+    runs = json.loads(relaybus(stack, "runs", "--json").stdout)
+    assert [r["run_id"] for r in runs] == [run_id]
+    # `watch --run` ends when the run has ended (a stream: JSON lines), tracebacks stay off it
+    watch = relaybus(stack, "watch", "--run", run_id, "--json", timeout=60)
+    assert watch.returncode == 0, watch.stderr
+    events = [json.loads(line) for line in watch.stdout.splitlines()]
+    assert events[0]["kind"] == "submitted" and "failed" in [e["kind"] for e in events]
+    assert "traceback" not in watch.stdout
+    # amounts carry their unit
+    budget = relaybus(stack, "ledger", "budget", "user:dev", "--limit", "2500000")
+    assert budget.returncode == 0 and budget.stdout == "budget user:dev: limit 2.50 USD\n"
+
+
+def test_an_unreachable_nats_server_is_one_line(tmp_path: Path) -> None:
+    out = relaybus(
+        tmp_path / "home",
+        "runs",
+        RELAYBUS_NATS_URL="nats://127.0.0.1:1",
+        RELAYBUS_CONNECT_TIMEOUT_S="0.5",
+    )
+    assert out.returncode == 1
+    (line,) = out.stderr.splitlines()
+    assert line.startswith(
+        "error: cannot connect to NATS at nats://127.0.0.1:1: connection refused"
+    )
+    assert "relaybus up --detach" in line
+
+
+def test_a_killed_replica_is_restarted_and_status_tells_the_truth(
+    stack: Path, agent_procs: list[subprocess.Popen[str]]
+) -> None:
+    import signal
+    import time
+
+    start_agent(stack, agent_procs, "relaybus.agents.demo.echo:Echo", "--replicas", "2")
+
+    def echo_pids() -> list[int]:
+        status = json.loads(relaybus(stack, "status", "--json").stdout)
+        return next((a["pids"] for a in status["agents"] if a["name"] == "echo"), [])
+
+    deadline = time.monotonic() + 60
+    while len(echo_pids()) < 2:
+        assert time.monotonic() < deadline, "two echo replicas never reported"
+        time.sleep(0.3)
+    killed, kept = echo_pids()
+    os.kill(killed, signal.SIGKILL)
+    deadline = time.monotonic() + 60
+    while True:
+        pids = echo_pids()
+        assert killed not in pids  # a dead replica is never counted
+        if len(pids) == 2:
+            break
+        assert time.monotonic() < deadline, f"the killed replica was not restarted: {pids}"
+        time.sleep(0.3)
+    assert kept in pids
+    out = relaybus(stack, "publish", "echo", '{"x": 2}', "--wait", "--json", "--timeout", "60")
+    assert out.returncode == 0 and json.loads(out.stdout)["result"] == {"x": 2}

@@ -15,7 +15,6 @@ import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -122,10 +121,6 @@ def first_line(proc: subprocess.Popen[bytes], timeout_s: float = 30.0) -> str:
     return line.decode(errors="replace").split("\n")[0]
 
 
-def json_lines(text: str) -> list[Any]:
-    return [json.loads(line) for line in text.splitlines() if line.strip()]
-
-
 def test_one_mcp_tool_and_one_a2a_call_in_a_real_run(example: Example, tmp_path: Path) -> None:
     # Given the agents and users the README registers
     example.ok("identity", "agent", "add", "quoter")
@@ -206,10 +201,10 @@ def test_one_mcp_tool_and_one_a2a_call_in_a_real_run(example: Example, tmp_path:
     # The quoter's run is its own, submitted by the A2A caller's user (traveldesk), and it
     # knows on whose behalf the call came
     quote_run = result["quote_run"]
-    runs = {r["run_id"]: r for r in json_lines(example.ok("runs", "--json"))}
+    runs = {r["run_id"]: r for r in json.loads(example.ok("runs", "--json"))}
     assert runs[run["run_id"]]["agent"] == "travel_planner"
     assert runs[quote_run]["agent"] == "quoter" and runs[quote_run]["status"] == "completed"
-    (root,) = json_lines(example.ok("identity", "chain", quote_run, "--json"))
+    (root,) = json.loads(example.ok("identity", "chain", quote_run, "--json"))
     assert (root["issuer"], root["principal"], root["subject"]) == (
         "user:traveldesk",
         "traveldesk",
@@ -217,7 +212,7 @@ def test_one_mcp_tool_and_one_a2a_call_in_a_real_run(example: Example, tmp_path:
     )
     sends = [
         r
-        for r in json_lines(example.ok("identity", "audit", "traveldesk", "--json"))
+        for r in json.loads(example.ok("identity", "audit", "traveldesk", "--json"))
         if r["action"] == "a2a/send" and r["run_id"] == quote_run
     ]
     assert [r["detail"]["delegated_by"] for r in sends] == [["user:alice", "agent:travel_planner"]]
@@ -231,5 +226,5 @@ def test_one_mcp_tool_and_one_a2a_call_in_a_real_run(example: Example, tmp_path:
     assert over.returncode == 1 and stopped["status"] == "failed", stopped
     assert stopped["error"].startswith("BudgetExceeded: budget run:"), stopped["error"]
     assert stopped["cost"] == MCP_PRICE
-    quoted = [r for r in json_lines(example.ok("runs", "--json")) if r["agent"] == "quoter"]
+    quoted = [r for r in json.loads(example.ok("runs", "--json")) if r["agent"] == "quoter"]
     assert [r["run_id"] for r in quoted] == [quote_run]

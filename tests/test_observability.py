@@ -273,7 +273,7 @@ async def test_a_run_is_traced_measured_and_explained_the_same_everywhere(
     assert all(first.run_id in line for line in text[1:])
 
     # `runs` carries duration, failures and cost
-    runs = cli(settings, "runs", "--json", lines=True)
+    runs = cli(settings, "runs", "--json")
     row = next(r for r in runs if r["run_id"] == first.run_id)
     assert row["cost"] == cost and row["failures"] == 0 and row["duration_s"] > 0
 
@@ -345,7 +345,7 @@ async def test_a_poison_message_dead_letters_inside_its_runs_trace(
     tree = cli(settings, "trace", outcome.run_id, "--json")
     assert tree["status"] == "failed" and tree["tasks"][0]["attempts"] == settings.max_deliver
     assert "ValueError: poison pill" in " ".join(tree["tasks"][0]["errors"])
-    runs = cli(settings, "runs", "--json", lines=True)
+    runs = cli(settings, "runs", "--json")
     assert next(r for r in runs if r["run_id"] == outcome.run_id)["failures"] >= 2
 
 

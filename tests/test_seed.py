@@ -93,7 +93,7 @@ def test_demo_end_to_end_and_the_walkthrough_commands(kept_home: Path) -> None:
     assert "progress" not in done.stdout and "live events" in done.stderr
 
     # the README's walkthrough commands, against the kept stack
-    audit = json_lines(
+    audit = json.loads(
         relaybus(env, "identity", "audit", DEMO_USER, "--run", run_id, "--deny", "--json").stdout
     )
     assert [a["tool"] for a in audit] == ["send_email"] and audit[0]["actor"] == "agent:email"
@@ -105,7 +105,7 @@ def test_demo_end_to_end_and_the_walkthrough_commands(kept_home: Path) -> None:
     statement = json.loads(relaybus(env, "ledger", "statement", DEMO_USER, "--json").stdout)
     assert statement["total"] == summary["cost"]
     token = (kept_home / "demo-token").read_text()
-    hits = json_lines(
+    hits = json.loads(
         relaybus(
             env, "memory", "search", "globex pricing", "--as", DEMO_USER, "--token", token, "--json"
         ).stdout

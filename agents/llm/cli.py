@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 from relaybus.bus import ConfigError, Settings
-from relaybus.bus.httpserve import serve_until_stopped
 
 
 def load_rules(path: Path | None) -> list[dict[str, str]]:
@@ -30,6 +29,8 @@ def load_rules(path: Path | None) -> list[dict[str, str]]:
 
 
 async def dev_model(args: argparse.Namespace, settings: Settings) -> int:
+    from relaybus.bus.httpserve import serve_until_stopped
+
     from .scripted import ScriptedModel, serve_model
 
     del settings
@@ -45,6 +46,8 @@ async def dev_model(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def dev_smtp(args: argparse.Namespace, settings: Settings) -> int:
+    from relaybus.bus.httpserve import serve_until_stopped
+
     from ..tools.mailbox import serve_mailbox
 
     del settings

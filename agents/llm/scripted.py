@@ -19,14 +19,18 @@ with 503 and Retry-After; with `fail_every=M` that burst repeats every M request
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from relaybus.bus.httpserve import serve_json
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from relaybus.bus.httpserve import LOOPBACK, HttpServer, json_app, json_error, serve_app
 
 from .prompt import data_blocks
 
@@ -199,24 +203,34 @@ def _trim(text: str) -> str:
     return " ".join(words[:SUMMARY_WORDS]) + (" …" if len(words) > SUMMARY_WORDS else "")
 
 
-async def serve_model(model: ScriptedModel, host: str, port: int) -> asyncio.Server:
-    """Start the HTTP server; the caller owns it (`server.close()`)."""
-    return await serve_json(
-        lambda method, path, headers, raw: _route(model, method, path, raw), host, port
+def model_app(model: ScriptedModel) -> Starlette:
+    """`POST …/chat/completions` and `GET …/models`, under any prefix (`/v1` for OpenAI's)."""
+
+    async def chat(request: Request) -> Response:
+        try:
+            body = json.loads(await request.body() or b"{}")
+        except ValueError as exc:
+            return json_error(400, f"body is not JSON: {exc}")
+        if not isinstance(body, dict):
+            return json_error(400, "body must be a JSON object")
+        status, payload, headers = model.answer(body)
+        return JSONResponse(payload, status, headers=headers)
+
+    async def models(request: Request) -> Response:
+        return JSONResponse({"object": "list", "data": [{"id": "scripted", "object": "model"}]})
+
+    return json_app(
+        [
+            Route(path, endpoint, methods=[method])
+            for suffix, endpoint, method in (
+                ("/chat/completions", chat, "POST"),
+                ("/models", models, "GET"),
+            )
+            for path in (suffix, "/{prefix:path}" + suffix)
+        ]
     )
 
 
-def _route(
-    model: ScriptedModel, method: str, path: str, raw: bytes
-) -> tuple[int, dict[str, Any], dict[str, str]]:
-    if method == "GET" and path.rstrip("/").endswith("/models"):
-        return 200, {"object": "list", "data": [{"id": "scripted", "object": "model"}]}, {}
-    if method != "POST" or not path.rstrip("/").endswith("/chat/completions"):
-        return 404, {"error": {"message": f"no route {method} {path}"}}, {}
-    try:
-        body = json.loads(raw or b"{}")
-    except json.JSONDecodeError as exc:
-        return 400, {"error": {"message": f"body is not JSON: {exc}"}}, {}
-    if not isinstance(body, dict):
-        return 400, {"error": {"message": "body must be a JSON object"}}, {}
-    return model.answer(body)
+async def serve_model(model: ScriptedModel, host: str = LOOPBACK, port: int = 0) -> HttpServer:
+    """Start the HTTP server; the caller owns it (`server.close()`, or `async with`)."""
+    return await serve_app(model_app(model), host, port)

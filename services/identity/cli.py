@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import time
 from typing import Any
 
 import msgspec
 
 from relaybus.bus import Bus, Settings
-from relaybus.bus.cli import emit
+from relaybus.bus.cli import emit, emit_rows, when
 from relaybus.bus.runtime import EXIT_OK
 
 from .client import IdentityClient, read_audit, write_agent_key
@@ -132,27 +131,30 @@ async def audit_log(args: argparse.Namespace, settings: Settings) -> int:
         records = await read_audit(
             bus, args.user, run_id=args.run, decision="deny" if args.deny else ""
         )
-    for r in records:
-        stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r.time))
-        emit(
-            msgspec.to_builtins(r),
-            args.json,
-            f"{stamp} {r.decision:<5} {r.actor:<20} {r.action:<24} run={r.run_id or '-'}"
-            + (f"  {r.reason}" if r.reason else ""),
-        )
+    emit_rows(
+        [msgspec.to_builtins(r) for r in records],
+        args.json,
+        lambda r: (
+            f"{when(r['time'])} {r['decision']:<5} {r['actor']:<20} {r['action']:<24} "
+            f"run={r.get('run_id') or '-'}" + (f"  {r['reason']}" if r.get("reason") else "")
+        ),
+        "no audit records match",
+    )
     return EXIT_OK
 
 
 async def agent_list(args: argparse.Namespace, settings: Settings) -> int:
     async with Bus(settings, name="relaybus-identity") as bus:
         agents = await IdentityClient(bus).list_agents()
-    for agent in agents:
-        emit(
-            agent,
-            args.json,
+    emit_rows(
+        agents,
+        args.json,
+        lambda agent: (
             f"{agent['name']:<16} scopes={','.join(agent.get('scopes', []))} "
-            f"handoff_to={','.join(agent.get('handoff_to', []))}",
-        )
+            f"handoff_to={','.join(agent.get('handoff_to', []))}"
+        ),
+        "no agents registered; `relaybus identity agent add NAME --scope …`",
+    )
     return EXIT_OK
 
 

@@ -11,7 +11,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from relaybus.bus import Bus, Settings, new_id
-from relaybus.bus.cli import emit
+from relaybus.bus.cli import emit, emit_rows, money
 from relaybus.bus.runtime import EXIT_OK
 from relaybus.services.ledger.errors import LedgerError
 from relaybus.services.ledger.settings import LedgerSettings
@@ -92,36 +92,55 @@ async def budget(args: argparse.Namespace, settings: Settings) -> int:
     )
     async with Bus(settings, name="relaybus-ledger") as bus:
         result = await LedgerClient(bus).set_budget(new_id(), spec)
-    emit(result, args.json, f"budget {args.level}: limit {args.limit} {args.period or ''}".rstrip())
+    currency = LedgerSettings.of(settings).ledger_currency
+    limit = money(args.limit, currency) if args.limit else "none"
+    emit(result, args.json, f"budget {args.level}: limit {limit} {args.period or ''}".rstrip())
     return EXIT_OK
 
 
 async def balance(args: argparse.Namespace, settings: Settings) -> int:
     async with Bus(settings, name="relaybus-ledger") as bus:
         rows = await LedgerClient(bus).query("balance", account=args.account)
-    for row in rows if isinstance(rows, list) else [rows]:
-        emit(row, args.json, f"{row['account']:<24} {row['balance']:>14} {row['currency']}")
+    emit_rows(
+        rows if isinstance(rows, list) else [rows],
+        args.json,
+        lambda row: f"{row['account']:<24} {money(row['balance'], row['currency']):>20}",
+        "no accounts yet",
+    )
     return EXIT_OK
 
 
 async def holds(args: argparse.Namespace, settings: Settings) -> int:
     async with Bus(settings, name="relaybus-ledger") as bus:
         rows = await LedgerClient(bus).query("holds")
-    for row in rows:
-        emit(row, args.json, f"{row['id']}  {row['payer']} → {row['payee']}  {row['amount']}")
+    currency = LedgerSettings.of(settings).ledger_currency
+    emit_rows(
+        rows,
+        args.json,
+        lambda row: (
+            f"{row['id']}  {row['payer']} → {row['payee']}  "
+            f"{money(row['amount'], row.get('currency') or currency)}"
+        ),
+        "no open holds",
+    )
     return EXIT_OK
 
 
 async def levels(args: argparse.Namespace, settings: Settings) -> int:
     async with Bus(settings, name="relaybus-ledger") as bus:
         rows = await LedgerClient(bus).query("levels", level=args.level)
-    for row in rows:
-        emit(
-            row,
-            args.json,
-            f"{row['level']:<28} spent={row['spent']} held={row['held']} "
-            f"limit={row['limit'] or '-'} remaining={row['remaining']}",
-        )
+    currency = LedgerSettings.of(settings).ledger_currency
+    emit_rows(
+        rows,
+        args.json,
+        lambda row: (
+            f"{row['level']:<28} spent={money(row['spent'], currency)} "
+            f"held={money(row['held'], currency)} "
+            f"limit={money(row['limit'], currency) if row['limit'] else '-'} "
+            f"remaining={money(row['remaining'], currency) if row['remaining'] is not None else '-'}"
+        ),
+        "no budget levels yet",
+    )
     return EXIT_OK
 
 
@@ -151,6 +170,7 @@ async def statement(args: argparse.Namespace, settings: Settings) -> int:
         raise LedgerError(f"period {args.period!r} must be YYYY-MM or YYYY-MM-DD")
     async with Bus(settings, name="relaybus-ledger") as bus:
         result = await LedgerClient(bus).query("statement", user=args.user, period=args.period)
+    currency = LedgerSettings.of(settings).ledger_currency
     if args.json:
         emit(result, True, "")
     elif args.csv:
@@ -160,12 +180,15 @@ async def statement(args: argparse.Namespace, settings: Settings) -> int:
             what = line.get("payee") or line.get("tool") or line.get("model") or ""
             print(
                 f"{_day(line['time'])}  {line['category']:<10} {line['kind']:<8} "
-                f"{line['amount']:>12} {line['currency']}  {what:<16} run={line.get('run', '-')}"
+                f"{money(line['amount'], line['currency']):>16}  {what:<16} "
+                f"run={line.get('run', '-')}"
             )
         totals = result["totals"]
         print(
-            f"agent costs {totals['agent_costs']}  payments {totals['payments']}  "
-            f"refunds {totals['refunds']}  total {result['total']} (micro-units)"
+            f"agent costs {money(totals['agent_costs'], currency)}  "
+            f"payments {money(totals['payments'], currency)}  "
+            f"refunds {money(totals['refunds'], currency)}  "
+            f"total {money(result['total'], currency)}"
         )
     return EXIT_OK
 

@@ -8,12 +8,13 @@ from pathlib import Path
 from typing import Any
 
 from relaybus.bus import Bus, ConfigError, Settings
-from relaybus.bus.httpserve import serve_json, serve_until_stopped
 
 from .settings import PaymentsSettings
 
 
 async def sandbox(args: argparse.Namespace, settings: Settings) -> int:
+    from relaybus.bus.httpserve import serve_until_stopped
+
     from .sandbox import Sandbox, serve_sandbox
 
     del settings
@@ -31,6 +32,8 @@ async def sandbox(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def webhooks(args: argparse.Namespace, settings: Settings) -> int:
+    from relaybus.bus.httpserve import serve_app, serve_until_stopped
+
     from .stripe import StripeProvider
     from .webhooks import WebhookReceiver
 
@@ -48,7 +51,7 @@ async def webhooks(args: argparse.Namespace, settings: Settings) -> int:
     async with provider, Bus(settings, name="relaybus-payments-webhooks") as bus:
         receiver = await WebhookReceiver.open(bus, provider)
         return await serve_until_stopped(
-            await serve_json(receiver.route, args.host, args.port),
+            await serve_app(receiver.app(), args.host, args.port),
             lambda port: (
                 f"payment webhooks at http://{args.host}:{port}/webhooks — "
                 f"RELAYBUS_PAYMENTS_WEBHOOK_URL=http://{args.host}:{port}/webhooks"

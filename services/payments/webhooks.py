@@ -13,8 +13,13 @@ import logging
 from typing import Any
 
 import msgspec
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
 
 from relaybus.bus import Bus, RelayError
+from relaybus.bus.httpserve import json_app, json_error
 from relaybus.bus.kv import Bucket, RevisionConflict
 from relaybus.services.ledger.client import LedgerClient
 from relaybus.services.ledger.errors import LedgerError
@@ -37,21 +42,22 @@ class WebhookReceiver:
     async def open(cls, bus: Bus, provider: PaymentProvider) -> WebhookReceiver:
         return cls(bus, provider, await Bucket.open(bus, bus.subjects.bucket("payment_events")))
 
-    async def route(
-        self, method: str, path: str, headers: dict[str, str], raw: bytes
-    ) -> tuple[int, Any, dict[str, str]]:
-        if method != "POST":
-            return 405, {"error": "POST events here"}, {}
+    def app(self) -> Starlette:
+        """`POST /webhooks`: a signed provider event, answered 200 once applied (or a duplicate),
+        400 if its signature does not verify, 503 if it cannot be applied yet."""
+        return json_app([Route("/webhooks", self._receive, methods=["POST"])])
+
+    async def _receive(self, request: Request) -> Response:
         try:
-            event = self.provider.parse_webhook(raw, headers)
+            event = self.provider.parse_webhook(await request.body(), dict(request.headers))
         except PaymentRefused as exc:
             log.warning("webhook refused: %s", exc)
-            return 400, {"error": str(exc)}, {}
+            return json_error(400, str(exc))
         try:
-            return 200, await self.apply(event), {}
+            return JSONResponse(await self.apply(event))
         except RelayError as exc:  # the provider retries later; nothing was marked processed
             log.warning("webhook %s not applied yet: %s", event.id, exc)
-            return 503, {"error": str(exc)}, {}
+            return json_error(503, str(exc))
 
     async def apply(self, event: WebhookEvent) -> dict[str, Any]:
         """Apply `event` once; {"event", "applied": bool, "effect"}."""

@@ -75,6 +75,7 @@ class RunRecord(msgspec.Struct, kw_only=True, omit_defaults=True):
             "status": self.status,
             "result": self.result,
             "error": f"{self.error.type}: {self.error.message}" if self.error else None,
+            "traceback": self.error.traceback or None if self.error else None,
             "cost": self.cost,
             "steps": self.steps,
             "hops": self.hops,
@@ -82,7 +83,7 @@ class RunRecord(msgspec.Struct, kw_only=True, omit_defaults=True):
             "started": self.started,
             "ended": self.ended or None,
             "duration_s": round(self.ended - self.started, 3) if self.ended else None,
-            "waiting_for": sorted(self.waits),
+            "waiting_for": self.pending_signals(),
         }
 
     def pending_signals(self) -> list[str]:

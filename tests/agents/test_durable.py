@@ -277,7 +277,7 @@ def test_runs_and_run_show_from_the_cli(bus: Bus, settings: object, spawn: Spawn
         cwd=ROOT,
         timeout=60,
     )
-    assert run_id in [json.loads(line)["run_id"] for line in runs.stdout.splitlines()]
+    assert run_id in [row["run_id"] for row in json.loads(runs.stdout)]
 
 
 async def test_tool_arguments_are_validated_and_the_call_is_journaled(
