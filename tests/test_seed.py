@@ -116,9 +116,9 @@ def test_demo_end_to_end_and_the_walkthrough_commands(kept_home: Path) -> None:
 
 
 def test_a_budget_too_small_stops_the_run_with_a_clear_message_and_sends_nothing(
-    tmp_path: Path,
+    kept_home: Path,
 ) -> None:
-    home = tmp_path / "home"
+    home = kept_home
     done = relaybus(demo_env(home), "demo", "--json", "--budget", "3000")
     assert done.returncode == 1 and done.stdout.strip(), (
         done.stderr
@@ -130,6 +130,11 @@ def test_a_budget_too_small_stops_the_run_with_a_clear_message_and_sends_nothing
     assert "would go over" in error and "--budget 3000" in error
     assert 0 <= summary["cost"] <= 3000
     assert not (home / "mailbox.jsonl").exists() or read_mailbox(home / "mailbox.jsonl") == []
+    # the demo stopped its stack, and the run stays in the home for when it is back
+    assert json.loads(relaybus(demo_env(home), "status", "--json").stdout)["nats_url"] is None
+    assert relaybus(demo_env(home), "up", "--detach").returncode == 0
+    tree = json.loads(relaybus(demo_env(home), "trace", summary["run_id"], "--json").stdout)
+    assert tree["status"] == "failed" and tree["cost"] == summary["cost"]
 
 
 async def test_model_5xx_bursts_are_retried_and_the_run_completes(tmp_path: Path) -> None:

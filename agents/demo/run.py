@@ -5,8 +5,9 @@ It starts the embedded stack (nats-server, identity, ledger, memory), the script
 recording SMTP server (unless RELAYBUS_LLM_BASE_URL / RELAYBUS_SMTP_URL point at real ones) and
 every agent as its own process; registers the demo user with a budget; publishes the request;
 prints the run's events as they happen; then the report, where it went, what was refused, the
-cost from the ledger and the run's tree. Everything it started is stopped by pid at the end;
-`--keep` leaves the stack running under RELAYBUS_HOME for `trace`, `ledger statement`, ….
+cost from the ledger and the run's tree. Everything it started is stopped by pid at the end,
+and what the stack stored stays under RELAYBUS_HOME: `relaybus up --detach` brings the run back
+for `trace`, `ledger statement`, …; `--keep` leaves the stack running instead.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ import argparse
 import asyncio
 import json
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -86,13 +86,13 @@ async def demo(args: argparse.Namespace, settings: Settings) -> int:
         if not offered:
             raise ConfigError(f"{llm.llm_base_url} offers no models; set RELAYBUS_LLM_MODEL")
         model = offered[0]
-    tmp = None if args.keep else tempfile.TemporaryDirectory(prefix="relaybus-demo-")
-    home = (settings.home if tmp is None else Path(tmp.name)).resolve()
+    home = settings.home.resolve()
     run_settings = settings.with_values(
         home=home, identity=True, ledger=True, llm_model=model, prices=write_prices(home, model)
     )
     procs = Processes(home / "logs")
     started_stack = False
+    summary: DemoSummary | None = None
     try:
         if not LlmSettings.of(run_settings).llm_base_url:
             url = procs.start_server("model", "RELAYBUS_LLM_BASE_URL", "dev", "model")
@@ -140,20 +140,23 @@ async def demo(args: argparse.Namespace, settings: Settings) -> int:
                 say("• the run's tree (`relaybus trace RUN`):")
                 for line in render(await load_tree(bus, summary.run_id)):
                     say("  " + line)
-        if args.keep:
+        if args.keep or not started_stack:
             say(f"• the stack keeps running under {home}; `relaybus down` stops it")
     finally:
         procs.stop_all()
         if started_stack and not args.keep:
             await asyncio.to_thread(stop_stack, run_settings)
-        if tmp is not None:
-            tmp.cleanup()
+            say(
+                f"• the stack is stopped; its runs stay under {home}: `relaybus up --detach`, "
+                f"then `relaybus trace {summary.run_id}` (or run the demo with --keep)"
+                if summary is not None
+                else f"• the stack is stopped; its logs stay in {home}/logs"
+            )
+    assert summary is not None  # _run returned, or its error went up
     if summary.status != "completed":
         hint = (
             f" (the run's budget was --budget {args.budget} micro-units)"
             if "BudgetExceeded" in (summary.error or "")
-            else f"; agent logs are in {home}/logs (run with --keep to keep them)"
-            if not args.keep
             else f"; agent logs are in {home}/logs"
         )
         raise RelayError(f"demo run {summary.run_id} {summary.status}: {summary.error}{hint}")
