@@ -24,9 +24,15 @@ class Agent:
 
     name: ClassVar[str] = ""
     Input: ClassVar[Any] = None
-    #: On BudgetExceeded: "fail" the run, or "park" it until someone raises the budget and
-    #: sends the signal the `parked` event names (`relaybus approve RUN --signal budget-1`).
+    #: On BudgetExceeded (agents/degrade.py): "fail" the task; "park" it until someone raises
+    #: the budget and sends the signal the `parked` event names (`relaybus approve RUN
+    #: --signal budget-1`); "retry" it after `budget_retry_s`; "queue" it until the exceeded
+    #: budget's period resets.
     on_budget_exceeded: ClassVar[str] = "fail"
+    budget_retry_s: ClassVar[float] = 60.0
+    #: An LLM call over budget is made again with the cheaper model named here, e.g.
+    #: {"gpt-4o": "gpt-4o-mini"} (followed in turn: a → b → c), before the policy above applies.
+    cheaper_models: ClassVar[dict[str, str]] = {}
     #: Scores for completed tasks or runs (see agents.evaluation).
     evaluators: ClassVar[list[Any]] = []
     #: When evaluated runs go to human review (agents.review.ReviewPolicy); None: on demand only.
@@ -47,8 +53,11 @@ class Agent:
         super().__init_subclass__(**kwargs)
         if cls.name:
             check_name("agent", cls.name)
-        if cls.on_budget_exceeded not in ("fail", "park"):
-            raise ValueError(f"{cls.__name__}.on_budget_exceeded must be 'fail' or 'park'")
+        if cls.on_budget_exceeded not in ("fail", "park", "retry", "queue"):
+            raise ValueError(
+                f"{cls.__name__}.on_budget_exceeded must be 'fail', 'park', 'retry' or 'queue', "
+                f"not {cls.on_budget_exceeded!r}"
+            )
 
     async def handle(self, ctx: Context, task: Any) -> Any:
         raise NotImplementedError(f"{type(self).__name__}.handle is not implemented")

@@ -35,6 +35,7 @@ from relaybus.memory.messages import Caller
 from relaybus.services.identity.chain import ChainView, decode_body
 from relaybus.services.identity.messages import AuditRecord
 from relaybus.services.ledger.client import LedgerClient
+from relaybus.services.ledger.errors import BudgetExceeded
 from relaybus.services.payments.errors import PaymentRefused
 
 from .base import encode_result
@@ -337,24 +338,32 @@ class Context:
         except CircuitOpen as exc:
             raise Retry(str(exc), delay_s=breaker.retry_after_s()) from None
         started = time.perf_counter()
+        chosen, tried = model, set[str]()
         try:
-            async with self._worker.costs.charge_llm(
-                self, model, estimate, max_tokens, seq
-            ) as bill:
+            while True:
                 try:
-                    result = await client.chat(
-                        messages,
-                        model=model,
-                        max_tokens=max_tokens,
-                        temperature=temperature,
-                        tools=[t.json_schema() for t in tools] if tools else None,
-                        run_id=self.run_id,
-                    )
-                except Exception:
-                    breaker.failure()
-                    raise
-                breaker.success()
-                bill.input_tokens, bill.output_tokens = result.input_tokens, result.output_tokens
+                    async with self._worker.costs.charge_llm(
+                        self, chosen, estimate, max_tokens, seq
+                    ) as bill:
+                        try:
+                            result = await client.chat(
+                                messages,
+                                model=chosen,
+                                max_tokens=max_tokens,
+                                temperature=temperature,
+                                tools=[t.json_schema() for t in tools] if tools else None,
+                                run_id=self.run_id,
+                            )
+                        except Exception:
+                            breaker.failure()
+                            raise
+                        breaker.success()
+                        bill.input_tokens = result.input_tokens
+                        bill.output_tokens = result.output_tokens
+                    break
+                except BudgetExceeded as exc:
+                    tried.add(chosen)
+                    chosen = await self._cheaper(chosen, tried, exc)
         except Exception as exc:
             await self._worker.emit_event(
                 self.envelope,
@@ -371,7 +380,7 @@ class Context:
         await self._worker.emit_event(
             self.envelope,
             "llm",
-            detail=model,
+            detail=chosen,
             latency_ms=(time.perf_counter() - started) * 1000,
             cost=bill.cost,
             input_tokens=result.input_tokens,
@@ -516,6 +525,17 @@ class Context:
         return msgspec.json.decode(body)
 
     # -- helpers --------------------------------------------------------------------------
+
+    async def _cheaper(self, model: str, tried: set[str], exc: BudgetExceeded) -> str:
+        """The cheaper model the agent names for `model` over budget (a `degraded` event), or
+        the BudgetExceeded for the agent's policy when there is none left to try."""
+        cheaper = self._worker.cheaper_model(model)
+        if not cheaper or cheaper in tried:  # none, or a loop back
+            raise exc
+        await self._worker.emit_event(
+            self.envelope, "degraded", detail=f"{model} → {cheaper}: {exc}"
+        )
+        return cheaper
 
     async def _timer(self, label: str, timeout: float) -> str:
         """A journaled due time; returns the timer id that fires at it."""

@@ -41,6 +41,10 @@ class RuntimePort(Protocol):
 
     def llm_client(self) -> LLMClient: ...
 
+    def cheaper_model(self, model: str) -> str | None:
+        """The model to fall back to when `model` is over budget (Agent.cheaper_models)."""
+        ...
+
     async def authorize(self, ctx: Context, tool: Any, args: Any) -> None:
         """Refuse (PermissionDenied) a tool call the run's chain does not allow."""
 

@@ -60,12 +60,13 @@ from relaybus.services.runs.store import RunStore
 from .base import Agent, encode_result, input_decoder
 from .charging import Costs
 from .context import Context, HandoffDone, Suspend
+from .degrade import on_budget_exceeded
 from .errors import Cancelled, LimitExceeded, ToolArgumentsInvalid
 from .evaluation import Evaluation
 from .execution import Execution
 from .guard import Guard, runtime_payload, sender_problem
 from .interceptors import Interceptor, Metrics, Tracing, run_task
-from .journal import FINAL, Fenced, Journal, JournalDivergence, JournalStore, Outcome, Wait
+from .journal import FINAL, Fenced, Journal, JournalDivergence, JournalStore, Outcome
 from .limits import limit_problem
 from .messages import (
     CancelRun,
@@ -428,9 +429,8 @@ class Worker:
             )
             return "failed"
         except BudgetExceeded as exc:
-            if self.agent.on_budget_exceeded == "park":
-                await self._park_for_budget(ctx, ex, exc)
-                return "parked"
+            if outcome := await on_budget_exceeded(self, ctx, ex, exc):
+                return outcome
             await self._finish(ex, ctx.elapsed_ms(), "failed", error=ErrorInfo.from_exception(exc))
             return "failed"
         except PERMANENT as exc:
@@ -454,30 +454,6 @@ class Worker:
         for interceptor in self.interceptors:
             await interceptor.completed(ctx, body)
         return "completed"
-
-    async def _park_for_budget(self, ctx: Context, ex: Execution, exc: BudgetExceeded) -> None:
-        """Suspend the task until signal `budget-N` arrives; the replay then retries the charge."""
-        env = ex.envelope
-        await ex.flush()
-        await self.costs.settle_leases(env.run_id)
-        parks = sum(1 for name in ex.journal.signals if name.startswith("budget-"))
-        signal = f"budget-{parks + 1}"
-        data = await self.signal_or_register(ctx, signal)
-        wait = Wait(signal=signal)
-
-        def park(journal: Journal) -> None:
-            if data is not None:
-                journal.signals.setdefault(signal, data)
-            journal.waiting = wait
-            journal.status = "running" if journal.satisfied() else "suspended"
-            if journal.status == "running":
-                journal.waiting = None
-
-        journal = await ex.mutate(park)
-        detail = f"{exc}; raise the budget, then `relaybus approve {env.run_id} --signal {signal}`"
-        await self.emit_event(env, "parked", detail=detail)
-        if journal.status == "running":  # the signal was already there: go on at once
-            raise Retry("budget signal already received", delay_s=0.1)
 
     async def _finish(
         self,
@@ -536,6 +512,9 @@ class Worker:
         if found is not None:  # ended already (e.g. failed on its last attempt): deliver again,
             journal, _ = await self.journals.mutate(env.run_id, env.id, fail, current=found)
         await self.deliver(env, journal)  # idempotent, in case a crash came before it went out
+
+    def cheaper_model(self, model: str) -> str | None:
+        return self.agent.cheaper_models.get(model)
 
     async def authorize(self, ctx: Context, tool: Any, args: Any) -> None:
         await self.guard.authorize(ctx, tool, args)

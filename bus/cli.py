@@ -267,6 +267,8 @@ STATUS = {
     "completed": "ok",
     "suspended": "waiting",
     "parked": "waiting",
+    "queued": "waiting",
+    "degraded": "degraded",
     "signal": "received",
     "retried": "retry",
     "failed": "error",

@@ -8,7 +8,26 @@ __all__ = ["BudgetExceeded", "LedgerError", "RateLimited"]
 
 
 class BudgetExceeded(RelayError):
-    """A hold would take a budget past its limit; the message names the budget."""
+    """A hold would take a budget past its limit; the message names the budget. `level`: the
+    budget's level in its period (`user:dana@2026-12`); `resets_at`: when that period ends
+    (epoch seconds; 0 for a budget without a period, which never resets by itself)."""
+
+    def __init__(self, message: str, level: str = "", resets_at: float = 0.0) -> None:
+        super().__init__(message)
+        self.level = level
+        self.resets_at = resets_at
+
+    def details(self) -> dict[str, str | int | float | bool]:
+        return {"level": self.level, "resets_at": self.resets_at}
+
+    @classmethod
+    def from_info(cls, info: ErrorInfo) -> RelayError:
+        level, resets_at = info.details.get("level", ""), info.details.get("resets_at", 0.0)
+        return cls(
+            info.message,
+            level if isinstance(level, str) else "",
+            float(resets_at) if isinstance(resets_at, int | float) else 0.0,
+        )
 
 
 class LedgerError(RelayError):

@@ -15,8 +15,9 @@ reserves its amount — and its tokens — at every level at once, or fails as a
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Collection
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import msgspec
@@ -102,6 +103,20 @@ class State:
         default_factory=dict
     )  # rate key → hold times, last minute
     tokens: dict[str, list[tuple[float, int]]] = field(default_factory=dict)
+
+    def period_end(self, level: str, at: float) -> float:
+        """When the period of `level`'s budget that holds `at` ends (0: it has no period)."""
+        budget = self.budgets.get(level)
+        if budget is None or not budget.period:
+            return 0.0
+        local = datetime.fromtimestamp(at, ZoneInfo(self.timezone))
+        start = local.replace(hour=0, minute=0, second=0, microsecond=0)
+        if budget.period == "daily":
+            return (start + timedelta(days=1)).timestamp()
+        first = start.replace(day=1)
+        return first.replace(
+            year=first.year + first.month // 12, month=first.month % 12 + 1
+        ).timestamp()
 
     def period_key(self, level: str, at: float) -> str:
         budget = self.budgets.get(level)
@@ -232,22 +247,30 @@ def _validate_hold(state: State, op: Hold, at: float, expired: list[str]) -> Non
         if budget is None:
             continue
         key = state.period_key(level, at)
-        used = state.levels.get(key, Level())
-        lapsed = [h for h in state.open_holds.values() if h.id in expired and key in h.levels]
-        held = used.held - sum(h.amount for h in lapsed)
-        if budget.limit and used.spent + held + op.amount > budget.limit:
-            left = budget.limit - used.spent - held
-            raise BudgetExceeded(
-                f"budget {key} would go over: {op.amount} asked, {max(left, 0)} of {budget.limit} left"
-            )
-        if budget.max_steps and used.steps + 1 > budget.max_steps:
-            raise BudgetExceeded(f"budget {key}: step limit {budget.max_steps} reached")
-        if budget.max_tokens:
-            _check_tokens(key, budget.max_tokens, used, lapsed, op.tokens)
+        try:
+            _check_budget(key, budget, state.levels.get(key, Level()), op, expired, state)
+        except BudgetExceeded as exc:
+            raise BudgetExceeded(str(exc), key, state.period_end(level, at)) from None
     _check_rate(state, op.rate, at)
 
 
 WINDOW_S = 60.0
+
+
+def _check_budget(
+    key: str, budget: Budget, used: Level, op: Hold, expired: Collection[str], state: State
+) -> None:
+    lapsed = [h for h in state.open_holds.values() if h.id in expired and key in h.levels]
+    held = used.held - sum(h.amount for h in lapsed)
+    if budget.limit and used.spent + held + op.amount > budget.limit:
+        left = budget.limit - used.spent - held
+        raise BudgetExceeded(
+            f"budget {key} would go over: {op.amount} asked, {max(left, 0)} of {budget.limit} left"
+        )
+    if budget.max_steps and used.steps + 1 > budget.max_steps:
+        raise BudgetExceeded(f"budget {key}: step limit {budget.max_steps} reached")
+    if budget.max_tokens:
+        _check_tokens(key, budget.max_tokens, used, lapsed, op.tokens)
 
 
 def _check_tokens(

@@ -38,6 +38,8 @@ EventKind = Literal[
     "signal",
     "denied",
     "parked",
+    "queued",
+    "degraded",
     "returned",
     "llm",
     "evaluated",
