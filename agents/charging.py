@@ -170,6 +170,22 @@ class Costs:
             tags=tags,
         )
 
+    def llm_cost(
+        self,
+        model: str,
+        estimate_tokens: int,
+        max_tokens: int,
+        input_tokens: int,
+        output_tokens: int,
+    ) -> int:
+        """What an LLM call is charged: its tokens at the model's prices, never more than its
+        hold (the prompt estimate plus max_tokens); 0 without a ledger or a price."""
+        price = self.prices.models.get(model)
+        if self.ledger is None or price is None:
+            return 0
+        held = price.input * estimate_tokens + price.output * max_tokens
+        return min(held, self.prices.chat(model, input_tokens, output_tokens))
+
     @contextlib.asynccontextmanager
     async def charge_llm(
         self, ctx: Context, model: str, estimate_tokens: int, max_tokens: int, seq: int
@@ -198,8 +214,9 @@ class Costs:
         except BaseException:
             await self._void(ctx, seq, derived_id(ctx.task_id, "llm-void", key), hold_id, tags)
             raise
-        used = self.prices.chat(model, bill.input_tokens, bill.output_tokens) if price else 0
-        bill.cost = min(held, used)
+        bill.cost = self.llm_cost(
+            model, estimate_tokens, max_tokens, bill.input_tokens, bill.output_tokens
+        )
         bill.pending = PendingCapture(
             op_id=derived_id(ctx.task_id, "llm-capture", key),
             hold_id=hold_id,

@@ -186,6 +186,15 @@ class Context:
         return self._worker.bus.settings
 
     @property
+    def trace_origin(self) -> str:
+        """The traceparent of this task's first execution span ("" before it has one)."""
+        return self._exec.journal.traceparent
+
+    @trace_origin.setter
+    def trace_origin(self, traceparent: str) -> None:
+        self._exec.journal.traceparent = traceparent  # kept with the journal's next write
+
+    @property
     def replaying(self) -> bool:
         """True while the handler is re-walking operations the journal already holds."""
         return self._exec.replaying
@@ -353,6 +362,7 @@ class Context:
                                 temperature=temperature,
                                 tools=[t.json_schema() for t in tools] if tools else None,
                                 run_id=self.run_id,
+                                cost_of=self._llm_cost(chosen, estimate, max_tokens),
                             )
                         except Exception:
                             breaker.failure()
@@ -525,6 +535,12 @@ class Context:
         return msgspec.json.decode(body)
 
     # -- helpers --------------------------------------------------------------------------
+
+    def _llm_cost(self, model: str, estimate: int, max_tokens: int) -> Any:
+        costs = self._worker.costs
+        return lambda r: costs.llm_cost(
+            model, estimate, max_tokens, r.input_tokens, r.output_tokens
+        )
 
     async def _cheaper(self, model: str, tried: set[str], exc: BudgetExceeded) -> str:
         """The cheaper model the agent names for `model` over budget (a `degraded` event), or

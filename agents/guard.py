@@ -10,6 +10,7 @@ from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import msgspec
+from opentelemetry.trace import Status, StatusCode
 
 from relaybus.bus import (
     Bus,
@@ -21,6 +22,7 @@ from relaybus.bus import (
     Retry,
     decode,
     metrics,
+    tracing,
 )
 from relaybus.bus.codec import decode_or_none, decode_or_refuse
 from relaybus.services.identity.chain import ChainView, decode_body
@@ -134,6 +136,7 @@ class Guard:
         await self.gate.audit(record)
         if problem:
             metrics.DENIALS.add(1, {"agent": self.name, "check": "tool"})
+            _denied_span(tool, ctx.run_id, problem)
             await self.emit_event(ctx.envelope, "denied", detail=f"{tool.name}: {problem}")
             raise PermissionDenied(f"{tool.name} ({tool.scope}) denied: {problem}")
 
@@ -145,6 +148,22 @@ class Guard:
             env.chain, env.recipient, scopes, (env.id, env.payload), line=not env.parent_id
         )
         return msgspec.structs.replace(env, chain=(*env.chain, link))
+
+
+def _denied_span(tool: Any, run_id: str, problem: str) -> None:
+    """A refused tool call in the run's trace: an `execute_tool` span with error status."""
+    with tracing.TRACER.start_as_current_span(
+        f"execute_tool {tool.name}",
+        attributes={
+            "gen_ai.operation.name": "execute_tool",
+            "gen_ai.tool.name": tool.name,
+            "relaybus.run_id": run_id,
+            "relaybus.scope": tool.scope,
+            "relaybus.decision": "deny",
+            "error.type": "PermissionDenied",
+        },
+    ) as span:
+        span.set_status(Status(StatusCode.ERROR, problem))
 
 
 def runtime_payload(env: Envelope, decoder: msgspec.json.Decoder[T]) -> T:

@@ -77,21 +77,44 @@ class Tracing(Interceptor):
     message headers; an `execute_tool` span per tool call (OpenTelemetry GenAI conventions)."""
 
     async def run_task(self, ctx: Context, headers: dict[str, str], call_next: RunTask) -> str:
+        """The task's first execution continues the trace of the message that asked for it
+        (a run's first task without one is the run's root span); every later execution
+        (resumed, retried) is a child of that first span, linked to the message that woke it,
+        so work never nests under whichever child happened to finish last."""
         env = ctx.envelope
-        span = tracing.TRACER.start_span(
-            f"invoke_agent {ctx.agent}",
-            context=tracing.run_context(headers, env.run_id, env.id),
-            kind=SpanKind.CONSUMER,
-            attributes={
-                "gen_ai.operation.name": "invoke_agent",
-                "gen_ai.agent.name": ctx.agent,
-                "messaging.system": "nats",
-                "messaging.message.id": env.id,
-                "relaybus.run_id": env.run_id,
-                "relaybus.task_id": env.id,
-                "relaybus.delivery_count": ctx.attempt,
-            },
-        )
+        attributes: dict[str, Any] = {
+            "gen_ai.operation.name": "invoke_agent",
+            "gen_ai.agent.name": ctx.agent,
+            "messaging.system": "nats",
+            "messaging.message.id": env.id,
+            "relaybus.run_id": env.run_id,
+            "relaybus.task_id": env.id,
+            "relaybus.delivery_count": ctx.attempt,
+        }
+        name, kind = f"invoke_agent {ctx.agent}", SpanKind.CONSUMER
+        if origin := ctx.trace_origin:
+            span = tracing.TRACER.start_span(
+                name,
+                context=tracing.extract({"traceparent": origin}),
+                kind=kind,
+                attributes={**attributes, "relaybus.resumed": True},
+                links=tracing.links_from([headers.get("traceparent", "")]),
+            )
+        elif (
+            not env.parent_id
+            and not env.hop
+            and not trace.get_current_span(tracing.extract(headers)).get_span_context().is_valid
+        ):
+            span = tracing.start_run_root(name, env.run_id, kind=kind, attributes=attributes)
+        else:
+            span = tracing.TRACER.start_span(
+                name,
+                context=tracing.run_context(headers, env.run_id, env.id),
+                kind=kind,
+                attributes=attributes,
+            )
+        if not origin:
+            ctx.trace_origin = tracing.traceparent_of(span)
         with trace.use_span(span, end_on_exit=True):
             return await call_next()
 

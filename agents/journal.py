@@ -75,6 +75,9 @@ class Journal(msgspec.Struct, kw_only=True, omit_defaults=True):
     result: bytes = b""
     error: ErrorInfo | None = None
     handoff: str = ""
+    #: W3C traceparent of this task's first execution span: later executions (resumed by a
+    #: child, a signal or a timer; retried) are its children, linked to what woke them
+    traceparent: str = ""
     voids: dict[int, int] = {}  # seq -> holds voided for that step (the next hold is a new one)
 
     def satisfied(self) -> bool:

@@ -24,7 +24,7 @@ from opentelemetry.sdk.resources import Resource
 from .errors import ConfigError
 from .exporters import Exporters, metric_exporter, span_exporter
 from .settings import Settings
-from .tracing import JsonLinesExporter
+from .tracing import JsonLinesExporter, RunIdGenerator
 
 # Histogram buckets that fit what is measured: agent work takes milliseconds to minutes (the SDK's
 # default buckets, 0..10000, are for milliseconds: every handoff landed in le="5.0").
@@ -83,7 +83,7 @@ class Telemetry:
         from opentelemetry.sdk.trace import TracerProvider
         from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
-        provider = TracerProvider(resource=resource)
+        provider = TracerProvider(resource=resource, id_generator=RunIdGenerator())
         trace_dir = self.settings.trace_dir
         if trace_dir is not None:
             trace_dir.mkdir(parents=True, exist_ok=True)

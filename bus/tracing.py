@@ -9,11 +9,14 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterable, Mapping, Sequence
+from contextvars import ContextVar
 from pathlib import Path
+from typing import Any
 
 from opentelemetry import context, propagate, trace
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
+from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
 
 TRACER = trace.get_tracer("relaybus")
 
@@ -46,6 +49,34 @@ def run_context(headers: Mapping[str, str] | None, run_id: str, task_id: str) ->
         trace_flags=trace.TraceFlags(trace.TraceFlags.SAMPLED),
     )
     return trace.set_span_in_context(trace.NonRecordingSpan(parent), ctx)
+
+
+def start_run_root(name: str, run_id: str, **kwargs: Any) -> trace.Span:
+    """A run's root span (no parent) in the trace id `run_trace_id(run_id)`, so that a run
+    submitted by a client that does not trace still has one trace with a proper root."""
+    token = _ROOT_TRACE_ID.set(run_trace_id(run_id))
+    try:
+        return TRACER.start_span(name, context=context.Context(), **kwargs)
+    finally:
+        _ROOT_TRACE_ID.reset(token)
+
+
+def traceparent_of(span: trace.Span) -> str:
+    """The W3C traceparent naming `span` ("" for a span that is not valid)."""
+    carrier: dict[str, str] = {}
+    if span.get_span_context().is_valid:
+        propagate.inject(carrier, context=trace.set_span_in_context(span))
+    return carrier.get("traceparent", "")
+
+
+class RunIdGenerator(RandomIdGenerator):
+    """Random ids, except the trace id of a run's root span (`start_run_root`)."""
+
+    def generate_trace_id(self) -> int:
+        return _ROOT_TRACE_ID.get() or super().generate_trace_id()
+
+
+_ROOT_TRACE_ID: ContextVar[int] = ContextVar("relaybus_root_trace_id", default=0)
 
 
 def run_trace_id(run_id: str) -> int:

@@ -17,16 +17,14 @@ from typing import Any
 import msgspec
 
 from relaybus.bus import Bus, Settings, new_id, rpc
-from relaybus.bus.cli import emit
+from relaybus.bus.cli import emit, emit_rows
 from relaybus.bus.runtime import EXIT_OK
-from relaybus.memory.errors import MemoryRefused
 from relaybus.services.identity.client import IdentityClient
 
 from .client import MemoryClient
 from .gc import parse_ttl, policy_from
+from .ingest_cli import SUFFIXES, ingest_documents, progress_for, read_documents, summary_line
 from .messages import Caller
-
-SUFFIXES = (".md", ".markdown", ".txt")
 
 
 def register(sub: Any) -> None:
@@ -34,7 +32,9 @@ def register(sub: Any) -> None:
         dest="memory_cmd", required=True
     )
     p = memory.add_parser(
-        "ingest", help="chunk files (a file or a folder of .md/.txt) into a collection"
+        "ingest",
+        help=f"chunk files (a file or a folder of {'/'.join(SUFFIXES)}) into a collection, "
+        "in bounded steps with progress (re-running adds nothing twice)",
     )
     p.add_argument("path", type=Path)
     p.add_argument("--collection", required=True)
@@ -91,32 +91,13 @@ async def _client(bus: Bus, args: argparse.Namespace, scope: str) -> MemoryClien
     )
 
 
-def read_documents(path: Path) -> list[tuple[str, str]]:
-    """(source name, text) for a file, or for every .md/.txt file under a folder."""
-    if not path.exists():
-        raise MemoryRefused(f"{path}: no such file or folder")
-    if path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.suffix in SUFFIXES)
-        found = [(str(p.relative_to(path)), p.read_text(errors="replace")) for p in files]
-    else:
-        found = [(path.name, path.read_text(errors="replace"))]
-    if not found:
-        raise MemoryRefused(f"{path}: no {'/'.join(SUFFIXES)} files to ingest")
-    return found
-
-
 async def ingest(args: argparse.Namespace, settings: Settings) -> int:
     documents = read_documents(args.path)
     async with Bus(settings, name="relaybus-memory") as bus:
         client = await _client(bus, args, "memory/write")
-        for source, text in documents:
-            result = await client.ingest(args.collection, source, text)
-            emit(
-                result,
-                args.json,
-                f"{result['source']}: {result['chunks']} chunks "
-                f"({result['added']} new, {result['removed']} removed)",
-            )
+        progress = progress_for(len(documents), args.json)
+        summary = await ingest_documents(client, args.collection, documents, progress)
+    emit(summary, args.json, summary_line(summary))
     return EXIT_OK
 
 
@@ -128,13 +109,15 @@ async def search(args: argparse.Namespace, settings: Settings) -> int:
             if args.memories
             else await client.search_docs(args.query, k=args.k, collection=args.collection)
         )
-    for hit in hits:
-        emit(
-            hit,
-            args.json,
+    emit_rows(
+        hits,
+        args.json,
+        lambda hit: (
             f"{hit['score']:.4f}  {hit.get('source', hit.get('kind', ''))}  "
-            f"{hit['text'][:100].replace(chr(10), ' ')}",
-        )
+            f"{hit['text'][:100].replace(chr(10), ' ')}"
+        ),
+        "nothing found",
+    )
     return EXIT_OK
 
 

@@ -4,12 +4,17 @@ carries the caller's chain; the operator's cross-tenant `admin_gc` / `admin_stat
 
 from __future__ import annotations
 
+import itertools
+import logging
+from collections.abc import Callable
 from typing import Any
 
+import msgspec
 from opentelemetry.trace import SpanKind
 
-from relaybus.bus import Bus, rpc, tracing
+from relaybus.bus import Bus, ConnectionFailed, ServiceUnavailable, rpc, tracing
 
+from .errors import MemoryRefused
 from .messages import (
     Caller,
     Forget,
@@ -23,6 +28,11 @@ from .messages import (
     TenantGc,
     Turn,
 )
+
+log = logging.getLogger("relaybus.memory")
+INGEST_STEP_CHUNKS = 32  # new chunks one `ingest` request embeds at most
+INGEST_STEP_SHARE = 0.25  # of the request timeout, the time one `ingest` request embeds for
+INGEST_STEP_RETRIES = 2  # times a step that got no reply in time is sent again
 
 
 class MemoryClient:
@@ -73,14 +83,74 @@ class MemoryClient:
     async def history(self, key: str) -> list[dict[str, Any]]:
         return list(await self._call("history", History(caller=self.caller, key=key)))
 
-    async def ingest(self, collection: str, source: str, text: str) -> dict[str, Any]:
-        """Chunk `text` into `collection` as `source`; re-ingesting replaces changed chunks."""
-        return dict(
-            await self._call(
-                "ingest",
-                Ingest(caller=self.caller, collection=collection, source=source, text=text),
-            )
+    async def ingest(
+        self,
+        collection: str,
+        source: str,
+        text: str,
+        on_step: Callable[[dict[str, Any]], None] | None = None,
+    ) -> dict[str, Any]:
+        """Chunk `text` into `collection` as `source`; re-ingesting replaces changed chunks.
+
+        Sent in bounded steps, each embedding at most `INGEST_STEP_CHUNKS` new chunks for about
+        `INGEST_STEP_SHARE` of the request timeout, until every chunk is stored: a long document
+        never runs into the timeout, and other requests are answered in between. `on_step` sees
+        each step's reply (`chunks`, `kept`, `added`, `pending`: progress). A step that times out
+        is sent again: a step stores nothing twice. Returns the totals and the `steps` taken."""
+        body = Ingest(
+            caller=self.caller,
+            collection=collection,
+            source=source,
+            text=text,
+            limit=INGEST_STEP_CHUNKS,
+            budget_s=self.bus.settings.request_timeout_s * INGEST_STEP_SHARE,
         )
+        self._check_size(source, body)
+        steps: list[dict[str, Any]] = []
+        while True:
+            step = dict(await self._ingest_step(body))
+            steps.append(step)
+            if on_step is not None:
+                on_step(step)
+            if not step["pending"]:
+                break
+            if not step["added"]:
+                raise MemoryRefused(f"{source}: the memory service stored nothing in a step")
+        # a step whose reply was lost (and sent again) stored its chunks all the same: they
+        # show as `kept` growing by more than the step before it added
+        lost = sum(
+            later["kept"] - earlier["kept"] - earlier["added"]
+            for earlier, later in itertools.pairwise(steps)
+        )
+        return {
+            "source": source,
+            "chunks": step["chunks"],
+            "kept": steps[0]["kept"],
+            "added": sum(s["added"] for s in steps) + max(0, lost),
+            "removed": step["removed"],
+            "steps": len(steps),
+        }
+
+    def _check_size(self, source: str, body: Ingest) -> None:
+        size = len(msgspec.json.encode(body))
+        limit = self.bus.nc.max_payload
+        if size > limit:
+            raise MemoryRefused(
+                f"{source}: a request with it is {size} bytes, over the {limit} bytes NATS "
+                "carries in one message; split the document into smaller files"
+            )
+
+    async def _ingest_step(self, body: Ingest) -> Any:
+        for attempt in range(INGEST_STEP_RETRIES + 1):
+            try:
+                return await self._call("ingest", body)
+            except ServiceUnavailable:
+                raise  # already retried for twice the request timeout (`rpc.call`)
+            except ConnectionFailed:  # no reply in time: the service may still be embedding
+                if attempt == INGEST_STEP_RETRIES:
+                    raise
+                log.warning("ingest of %s: no reply in time; sending the step again", body.source)
+        raise AssertionError("unreachable")  # pragma: no cover
 
     async def search_docs(
         self, query: str, k: int = 5, collection: str = ""

@@ -73,10 +73,17 @@ class History(msgspec.Struct, kw_only=True):
 
 
 class Ingest(msgspec.Struct, kw_only=True):
+    """One step of ingesting `text` as `source`: the service embeds the chunks not yet stored,
+    at most `limit` of them and for about `budget_s` (0: no bound), stores them, and replies
+    with how many are still `pending`. The same request again continues where it stopped; once
+    nothing is pending, chunks of an earlier version of the source are removed."""
+
     caller: Caller
     collection: str
     source: str
     text: str
+    limit: Annotated[int, msgspec.Meta(ge=0)] = 0  # new chunks embedded in this step; 0: all
+    budget_s: NonNegative = 0.0  # stop embedding once this long has passed; 0: no time bound
 
 
 class SearchDocs(msgspec.Struct, kw_only=True):

@@ -2,8 +2,9 @@
 
 Long-term memory: `remember` → ADD / MERGE / SUPERSEDE / NOOP (content-hash dedupe, merge of
 near-identical facts, supersede by key keeping history with validity times), `recall`,
-`forget`, `history`; documents (`ingest`, `search_docs`), sessions (`relaybus.memory.sessions`), and the
-tenant's own `gc` / `stats`. The tenant is the principal of the caller's verified chain
+`forget`, `history`; documents (`ingest` in bounded steps and `search_docs`, in
+`relaybus.memory.documents`), sessions (`relaybus.memory.sessions`), and the tenant's own
+`gc` / `stats`. The tenant is the principal of the caller's verified chain
 (`relaybus.memory.tenancy`). Cross-tenant `admin_gc` / `admin_stats` are operator-only
 (`relaybus.memory.maintenance`).
 """
@@ -26,7 +27,7 @@ from relaybus.bus.runtime import stop_on_signals
 from relaybus.services.identity.client import IdentityGate
 from relaybus.services.identity.settings import IdentitySettings
 
-from .documents import chunk
+from .documents import DOCUMENTS, ingest, search_docs
 from .edge import EdgeStore
 from .embed import Embedder, LexicalEmbedder
 from .keywords import document_keywords, query_keywords
@@ -36,10 +37,8 @@ from .messages import (
     Caller,
     Forget,
     History,
-    Ingest,
     Recall,
     Remember,
-    SearchDocs,
 )
 from .qdrant import QdrantStore
 from .sessions import Sessions, Summarizer, extractive_summary, session_op
@@ -49,7 +48,6 @@ from .tenancy import resolve_tenant
 
 log = logging.getLogger("relaybus.memory")
 COLLECTION = "memories"
-DOCUMENTS = "documents"
 MAX_TEXT = 8000
 TIMED = ("recall", "search_docs")  # recorded in relaybus.memory.recall.duration
 MERGE_SCORE = 0.97
@@ -235,87 +233,6 @@ class MemoryService:
             ),
             key=lambda r: r["valid_from"],
         )
-
-    async def ingest(self, data: bytes) -> Any:
-        """Chunk a document into `collection`; re-ingesting replaces only the chunks that changed."""
-        req = msgspec.json.decode(data, type=Ingest)
-        if not req.text.strip():
-            raise MemoryRefused(f"document {req.source!r} is empty")
-        if not req.collection or not req.collection.replace("-", "").replace("_", "").isalnum():
-            raise MemoryRefused(
-                f"collection name {req.collection!r}: use letters, digits, '-' or '_'"
-            )
-        tenant = await self.tenant(req.caller, "memory/write", "ingest")
-        chunks = chunk(req.text)
-        scope = Scope(
-            tenant=tenant,
-            equals={"kind": "doc", "collection": req.collection, "source": req.source},
-        )
-        existing = {h.id for h in await self.store.scroll(DOCUMENTS, scope, limit=100_000)}
-        wanted = {
-            point_id(tenant, f"doc:{req.collection}:{req.source}", text): (i, text)
-            for i, text in enumerate(chunks)
-        }
-        new = [(pid, i, text) for pid, (i, text) in wanted.items() if pid not in existing]
-        if new:
-            vectors = await self.embed([text for _, _, text in new])
-            await self.store.upsert(
-                DOCUMENTS,
-                [
-                    StoredPoint(
-                        id=pid,
-                        vector=vector,
-                        payload={
-                            "tenant": tenant,
-                            "kind": "doc",
-                            "collection": req.collection,
-                            "source": req.source,
-                            "chunk": i,
-                            "text": text,
-                            "valid_from": self.clock(),
-                        },
-                        keywords=document_keywords(text),
-                    )
-                    for (pid, i, text), vector in zip(new, vectors, strict=True)
-                ],
-            )
-        stale = sorted(existing - set(wanted))
-        if stale:
-            await self.store.delete(DOCUMENTS, scope, stale)
-        return {
-            "source": req.source,
-            "chunks": len(chunks),
-            "added": len(new),
-            "removed": len(stale),
-            "kept": len(chunks) - len(new),
-        }
-
-    async def search_docs(self, data: bytes) -> Any:
-        req = msgspec.json.decode(data, type=SearchDocs)
-        if not req.query.strip() or not 0 < req.k <= 100:
-            raise MemoryRefused("search needs a query and 1 <= k <= 100")
-        tenant = await self.tenant(req.caller, "memory/read", "search_docs")
-        equals: dict[str, str | int | bool] = {"kind": "doc"}
-        if req.collection:
-            equals["collection"] = req.collection
-        (query_vector,) = await self.embed([req.query])
-        hits = await self.store.search(
-            DOCUMENTS,
-            query_vector,
-            Scope(tenant=tenant, equals=equals),
-            req.k,
-            keywords=query_keywords(req.query),
-        )
-        return [
-            {
-                "id": h.id,
-                "score": round(h.score, 6),
-                "text": h.payload["text"],
-                "source": h.payload["source"],
-                "collection": h.payload["collection"],
-            }
-            for h in hits
-        ]
 
     async def ping(self, data: bytes) -> Any:
         return {"embedder": self.embedder.id}

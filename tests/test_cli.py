@@ -218,7 +218,7 @@ def test_memory_ingest_search_and_gc_from_the_cli(stack: Path, tmp_path: Path) -
         "--json",
     )
     assert out.returncode == 0, out.stderr
-    assert sorted(json.loads(line)["source"] for line in out.stdout.splitlines()) == [
+    assert sorted(f["source"] for f in json.loads(out.stdout)["files"]) == [
         "people.md",
         "pricing.md",
     ]

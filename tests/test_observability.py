@@ -194,6 +194,17 @@ async def test_a_run_is_traced_measured_and_explained_the_same_everywhere(
         {spans[0]["trace_id"]}
     )
     assert len({s["service"] for s in spans}) == 2  # planner and pricer processes
+    # one proper root (the submitter did not trace), and no span's parent is missing
+    ids = {s["span_id"] for s in spans}
+    (root_span,) = [s for s in spans if s["parent_id"] is None]
+    assert root_span["name"] == "invoke_agent planner"
+    assert all(s["parent_id"] in ids for s in spans if s is not root_span), [
+        (s["name"], s["parent_id"]) for s in spans if s["parent_id"] not in ids
+    ]
+    # resumed work is a child of the task's first execution, linked to what woke it
+    later = [s for s in spans if s["name"] == "invoke_agent planner" and s is not root_span]
+    assert later and all(s["parent_id"] == root_span["span_id"] for s in later)
+    assert all(s["attributes"].get("relaybus.resumed") for s in later)
     names = {s["name"] for s in spans}
     assert {"invoke_agent planner", "invoke_agent pricer", "execute_tool price"} <= names
     assert {"ledger hold", "ledger capture", "chat scripted"} <= names
@@ -204,6 +215,13 @@ async def test_a_run_is_traced_measured_and_explained_the_same_everywhere(
     ]
     assert chat["attributes"]["gen_ai.usage.output_tokens"] == llm["output_tokens"]
     assert not chat["events"]  # prompt and completion text are not recorded by default
+    # every costed span carries its cost: the trace adds up to what the ledger charged
+    costed = [
+        s["attributes"]["relaybus.cost"]
+        for s in spans
+        if s["name"].startswith(("chat ", "execute_tool ")) and "relaybus.cost" in s["attributes"]
+    ]
+    assert len(costed) == 3 and sum(costed) == cost  # two tool calls and the planner's LLM call
     # fan-in: the planner's resumed span links both children's spans, and lists them
     pricer_ids = {s["span_id"] for s in spans if s["name"] == "invoke_agent pricer"}
     resumed = [s for s in spans if s["name"] == "invoke_agent planner" and s["links"]]

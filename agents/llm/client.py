@@ -5,6 +5,7 @@ retries with backoff on 429/5xx honouring Retry-After."""
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from types import TracebackType
 from typing import Any
 
@@ -79,7 +80,11 @@ class LLMClient:
         temperature: float | None = None,
         tools: list[dict[str, Any]] | None = None,
         run_id: str = "",
+        cost_of: Callable[[ChatResult], int] | None = None,
     ) -> ChatResult:
+        """One chat completion in a `chat {model}` span; `cost_of` prices the answer for the
+        span's `relaybus.cost` (micro-units), so that the costed spans of a trace add up to
+        what the ledger charged."""
         model = model or self.model
         body: dict[str, Any] = {"model": model, "messages": messages}
         if max_tokens is not None:
@@ -116,6 +121,8 @@ class LLMClient:
             span.set_attribute("gen_ai.usage.input_tokens", result.input_tokens)
             span.set_attribute("gen_ai.usage.output_tokens", result.output_tokens)
             span.set_attribute("gen_ai.response.finish_reasons", [result.finish_reason])
+            if cost_of is not None:
+                span.set_attribute("relaybus.cost", cost_of(result))
             if self.settings.trace_content:
                 span.add_event("gen_ai.output.messages", {"gen_ai.output.messages": result.content})
         labels = {"gen_ai.request.model": model, "gen_ai.operation.name": "chat"}

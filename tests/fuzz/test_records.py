@@ -139,7 +139,7 @@ async def test_the_cli_reads_streams_holding_hostile_records(bus: Bus, settings:
     assert runs["watch"].returncode == 0
     assert json.loads(runs["watch"].stdout)["kind"] == "failed"
     assert runs["list"].returncode == 0
-    rows = [json.loads(line) for line in runs["list"].stdout.splitlines()]
+    rows = json.loads(runs["list"].stdout)
     assert [row["reason"] for row in rows] == ["r"]
     assert runs["replay"].returncode == 1
     assert runs["replay"].stderr.decode().strip().splitlines()[-1].startswith("error: dead letter")

@@ -23,17 +23,18 @@ from relaybus.bus import (
     new_envelope,
 )
 from relaybus.bus.feed import EventFeed
+from relaybus.bus.tracing import read_spans
 from relaybus.services.identity.client import IdentityClient, write_agent_key
 from relaybus.services.identity.messages import AuditRecord
 
-from ..conftest import ROOT, Spawn, child_env, service_process, wait_service
+from ..conftest import ROOT, Spawn, child_env, service_process, wait_for, wait_service
 
 USER_SCOPES = ["search", "email/send:recipient_domain=team.example", "data/read:tenant=$principal"]
 
 
 @pytest.fixture
-def settings(settings: Settings) -> Settings:
-    return settings.with_values(identity=True)
+def settings(settings: Settings, tmp_path: Path) -> Settings:
+    return settings.with_values(identity=True, trace_dir=tmp_path / "spans")
 
 
 @pytest.fixture
@@ -114,7 +115,7 @@ async def test_happy_path_user_orchestrator_research_writer(
         cwd=ROOT,
         timeout=60,
     )
-    links = [json.loads(line) for line in out.stdout.splitlines()]
+    links = json.loads(out.stdout)
     pairs = {(link["issuer"], link["subject"], tuple(link["scopes"])) for link in links}
     assert pairs == {
         # alice's scopes within what i_orch may ever hold (search, email/send, payments):
@@ -154,6 +155,24 @@ async def test_recipient_tricks_are_denied_and_audited(
     ]
     assert len(denied) == 1 and denied[0].run_id == done.run_id and denied[0].args_digest  # type: ignore[attr-defined]
     assert len(denied[0].chain) == 2
+    # and it is in the run's trace: a tool span with error status
+    assert idbus.settings.trace_dir is not None
+    await wait_for(
+        lambda: any(
+            s["name"] == "execute_tool send_email"
+            and s["attributes"].get("relaybus.run_id") == done.run_id  # type: ignore[attr-defined]
+            for s in read_spans(idbus.settings.trace_dir)  # type: ignore[arg-type]
+        ),
+        what="the denied call's span",
+    )
+    (span,) = [
+        s
+        for s in read_spans(idbus.settings.trace_dir)
+        if s["name"] == "execute_tool send_email"
+        and s["attributes"].get("relaybus.run_id") == done.run_id  # type: ignore[attr-defined]
+    ]
+    assert span["status"] == "ERROR" and "recipient_domain=team.example" in str(span["error"])
+    assert span["attributes"]["relaybus.decision"] == "deny"  # type: ignore[index]
 
 
 async def test_widened_delegation_is_refused_by_the_service(

@@ -32,3 +32,17 @@ def test_minilm_runs_offline_and_ranks_paraphrases_first() -> None:
 def test_unknown_embedder_is_a_clear_error() -> None:
     with pytest.raises(MemoryRefused, match="RELAYBUS_EMBEDDER='bert'"):
         choose_embedder("bert")
+
+
+def test_minilm_vectors_do_not_depend_on_batching_or_padding() -> None:
+    e = choose_embedder("minilm")
+    texts = [
+        "a long paragraph " * 60 + "about how the stack is deployed",
+        "short",
+        "a middling sentence about the ledger and its budgets",
+    ] * 7  # more than one batch, lengths mixed
+    together = e.embed(texts)
+    for i, text in enumerate(texts[:3]):
+        (alone,) = e.embed([text])
+        for copy in together[i::3]:
+            assert max(abs(a - b) for a, b in zip(alone, copy, strict=True)) < 1e-5

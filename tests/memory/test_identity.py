@@ -61,13 +61,13 @@ async def test_the_cli_acts_for_a_user_only_with_their_token_and_scopes(
         settings, "search", "parking garage", "--as", "alice", "--token", tokens["alice"], "--json"
     )
     assert found.returncode == 0, found.stderr
-    assert "north garage" in json.loads(found.stdout.splitlines()[0])["text"]
+    assert "north garage" in json.loads(found.stdout)[0]["text"]
 
     # carol may read, but only her own tenant; she may not write
     theirs = memory_cli(
         settings, "search", "parking garage", "--as", "carol", "--token", tokens["carol"], "--json"
     )
-    assert theirs.returncode == 0 and theirs.stdout.strip() == ""
+    assert theirs.returncode == 0 and json.loads(theirs.stdout) == []
     refused = memory_cli(
         settings, "ingest", str(doc), "--collection", "hb", "--as", "carol",
         "--token", tokens["carol"],
