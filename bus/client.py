@@ -393,9 +393,14 @@ class Bus:
     async def request(self, subject: str, data: bytes, timeout_s: float | None = None) -> bytes:
         """Core request/reply (services)."""
         check_subject(subject)
+        headers: dict[str, str] = {}
+        tracing.inject(headers)  # a traced caller's service work joins its trace
         try:
             msg = await self.nc.request(
-                subject, data, timeout=timeout_s or self.settings.request_timeout_s
+                subject,
+                data,
+                timeout=timeout_s or self.settings.request_timeout_s,
+                headers=headers or None,
             )
         except nats.errors.NoRespondersError as exc:
             raise ServiceUnavailable(

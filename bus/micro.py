@@ -23,7 +23,7 @@ import contextlib
 import importlib.metadata
 import logging
 import math
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
@@ -34,7 +34,10 @@ import nats.micro
 from nats.aio.msg import Msg
 from nats.micro.request import Request
 from nats.micro.service import EndpointConfig, EndpointStats, Service, ServiceConfig
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind, Status, StatusCode
 
+from . import tracing
 from .client import Bus
 from .errors import ErrorInfo
 from .rpc import is_refusal
@@ -183,7 +186,10 @@ class MicroService:
         counts = self._counts[endpoint.name]
 
         async def on_request(request: Request) -> None:
-            reply = await self._answer(endpoint.handler, request.subject, bytes(request.data))
+            with _server_span(self.config.name, endpoint.name, request.headers) as span:
+                reply = await self._answer(endpoint.handler, request.subject, bytes(request.data))
+                if reply is not None and is_refusal(reply):
+                    span.set_status(Status(StatusCode.ERROR, _refusal_text(reply)))
             if reply is None:
                 counts.unanswered += 1
                 return
@@ -212,6 +218,31 @@ class MicroService:
     def _stats_data(self, stats: EndpointStats) -> dict[str, int]:
         counts = self._counts.get(stats.name, _Counts())
         return {"refusals": counts.refusals, "unanswered": counts.unanswered}
+
+
+@contextlib.contextmanager
+def _server_span(service: str, method: str, headers: Mapping[str, str] | None) -> Iterator[Any]:
+    """A SERVER span for a request that belongs to a trace (a run's ledger hold, memory recall,
+    identity stamp); untraced requests (pings, CLI queries) make no span of their own."""
+    parent = tracing.extract(headers)
+    if not trace.get_current_span(parent).get_span_context().is_valid:
+        yield trace.INVALID_SPAN
+        return
+    with tracing.TRACER.start_as_current_span(
+        f"{service} {method}",
+        context=parent,
+        kind=SpanKind.SERVER,
+        attributes={"rpc.system": "nats", "rpc.service": service, "rpc.method": method},
+    ) as span:
+        yield span
+
+
+def _refusal_text(reply: bytes) -> str:
+    try:
+        error = msgspec.json.decode(reply, type=dict).get("error") or {}
+        return f"{error.get('type', 'refused')}: {error.get('message', '')}"[:500]
+    except msgspec.DecodeError:
+        return "refused"
 
 
 def _matches(pattern: str, subject: str) -> bool:

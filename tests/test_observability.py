@@ -194,6 +194,15 @@ async def test_a_run_is_traced_measured_and_explained_the_same_everywhere(
         {spans[0]["trace_id"]}
     )
     assert len({s["service"] for s in spans}) == 2  # planner and pricer processes
+    # the ledger's own work is in the run's trace: a server span per hold and capture
+    assert settings.trace_dir is not None
+    served = [
+        s
+        for s in read_spans(settings.trace_dir)
+        if s["trace_id"] == spans[0]["trace_id"] and s["service"] == "ledger"
+    ]
+    assert {s["name"] for s in served} >= {"relaybus-ledger hold", "relaybus-ledger capture"}
+    assert all(s["kind"] == "SERVER" and s["parent_id"] for s in served)
     # one proper root (the submitter did not trace), and no span's parent is missing
     ids = {s["span_id"] for s in spans}
     (root_span,) = [s for s in spans if s["parent_id"] is None]
