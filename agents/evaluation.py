@@ -26,8 +26,9 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import msgspec
 from opentelemetry import trace
+from opentelemetry.trace import Status, StatusCode
 
-from relaybus.bus import Envelope, metrics
+from relaybus.bus import Envelope, metrics, tracing
 
 from .interceptors import Interceptor
 
@@ -169,14 +170,33 @@ async def record_evaluations(worker: Any, env: Envelope, body: bytes) -> None:
     for evaluator in worker.agent.evaluators:
         if evaluator.on == "run" and not ends_run:
             continue
-        try:
-            if evaluator.name == "human":
-                raise ValueError("the evaluator name 'human' is kept for people's verdicts")
-            score: Score | None = await evaluator.evaluate(item)
-            problem = ""
-        except Exception as exc:
-            score, problem = None, f"{type(exc).__name__}: {exc}"
-            log.warning("evaluator %s failed on run %s: %s", evaluator.name, env.run_id, problem)
+        with tracing.TRACER.start_as_current_span(
+            f"gen_ai.evaluation {evaluator.name}",
+            attributes={
+                "openinference.span.kind": "EVALUATOR",  # how Phoenix and Arize know it
+                "gen_ai.operation.name": "evaluation",
+                "gen_ai.evaluation.name": evaluator.name,
+                "gen_ai.agent.name": worker.name,
+                "relaybus.run_id": env.run_id,
+                "relaybus.task_id": env.id,
+            },
+        ) as evaluation:
+            try:
+                if evaluator.name == "human":
+                    raise ValueError("the evaluator name 'human' is kept for people's verdicts")
+                score: Score | None = await evaluator.evaluate(item)
+                problem = ""
+            except Exception as exc:
+                score, problem = None, f"{type(exc).__name__}: {exc}"
+                log.warning(
+                    "evaluator %s failed on run %s: %s", evaluator.name, env.run_id, problem
+                )
+                evaluation.set_status(Status(StatusCode.ERROR, problem[:500]))
+            if score is not None:
+                evaluation.set_attribute("gen_ai.evaluation.score.value", score.value)
+                evaluation.set_attribute("gen_ai.evaluation.score.label", score.label)
+                if score.explanation:
+                    evaluation.set_attribute("gen_ai.evaluation.explanation", score.explanation)
         attributes: dict[str, Any] = {"gen_ai.evaluation.name": evaluator.name}
         if score is not None:
             attributes["gen_ai.evaluation.score.value"] = score.value

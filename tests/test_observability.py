@@ -237,6 +237,17 @@ async def test_a_run_is_traced_measured_and_explained_the_same_everywhere(
     assert resumed
     assert {link["span_id"] for link in resumed[-1]["links"]} == pricer_ids
     assert set(resumed[-1]["attributes"]["relaybus.links"]) == pricer_ids
+    # evaluations as spans a backend recognizes (OpenInference EVALUATOR), the judge's LLM call
+    # inside its own
+    evaluations = {
+        s["attributes"]["gen_ai.evaluation.name"]: s
+        for s in spans
+        if s["attributes"].get("openinference.span.kind") == "EVALUATOR"
+    }
+    values = {k: v["attributes"]["gen_ai.evaluation.score.value"] for k, v in evaluations.items()}
+    assert values == {"has_total": 1.0, "cheap": 0.0, "llm_judge": 0.8}
+    (judged,) = [c for c in chats if c is not chat]
+    assert judged["parent_id"] == evaluations["llm_judge"]["span_id"]
     # evaluation results on the run's span
     scored = [e for s in spans for e in s["events"] if e["name"] == "gen_ai.evaluation.result"]
     assert {e["attributes"]["gen_ai.evaluation.name"] for e in scored} == {

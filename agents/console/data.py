@@ -5,6 +5,8 @@ the viewer may see: a user sees only runs whose principal is that user."""
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -13,24 +15,22 @@ from relaybus.bus import cli as bus_cli
 from relaybus.bus.feed import EventFeed, from_the_run
 from relaybus.bus.subjects import check_name
 from relaybus.services.ledger.client import LedgerClient
-from relaybus.services.runs.state import RunRecord
+from relaybus.services.runs.state import ENDED, RunRecord
 from relaybus.services.runs.store import RunStore
 
 from .. import runtree
 from ..observe import chain_of, ledger_run_cost
 from ..submit import run_store
 from .access import NotFound, Viewer
+from .figures import figures, run_row
 from .graph import run_graph
+from .labels import Attempts, event_row, event_rows
 
 RECENT_RUNS = 500  # how far back the runs, approvals and costs pages look
 KEEPALIVE_S = 15.0
-
-
-def event_row(event: Event) -> dict[str, Any]:
-    """One event as `watch --json` prints it, without the (possibly large) result body."""
-    row = bus_cli.event_json(event)
-    row.pop("result", None)
-    return row
+PARALLEL_RUNS = 8  # runs whose events the runs list reads at once
+SETTLED_S = 10.0  # a run ended this long ago has all its events in
+KEPT_FIGURES = 5_000  # ended runs whose numbers are kept
 
 
 class ConsoleData:
@@ -38,6 +38,8 @@ class ConsoleData:
         self.bus = bus
         self._store: RunStore | None = None
         self._owners: dict[str, str] = {}  # run → principal (`user:ID`); it never changes
+        # an ended run's numbers, by run and (status, end) — a replayed run ends again
+        self._figures: dict[str, tuple[tuple[str, float], dict[str, Any]]] = {}
 
     async def store(self) -> RunStore:
         if self._store is None:
@@ -63,11 +65,21 @@ class ConsoleData:
 
     async def runs(self, viewer: Viewer, limit: int) -> list[dict[str, Any]]:
         records = await (await self.store()).recent(RECENT_RUNS if viewer.user else limit)
-        rows = []
-        for record in records:
-            if viewer.sees(record.submitted_by):
-                rows.append({**record.summary(), "submitted_by": record.submitted_by})
-        return rows[:limit]
+        shown = [r for r in records if viewer.sees(r.submitted_by)][:limit]
+        ledger = await self._ledger_costs() if any(not self._kept(r) for r in shown) else None
+        gate = asyncio.Semaphore(PARALLEL_RUNS)
+
+        async def row(record: RunRecord) -> dict[str, Any]:
+            numbers = self._kept(record)
+            if numbers is None:
+                async with gate:
+                    tree = runtree.build(record.run_id, await self._events(record.run_id, record))
+                if ledger is not None:
+                    tree.ledger_cost = ledger.get(record.run_id, 0)
+                numbers = self._keep(record, tree)
+            return run_row(record, record.run_id, numbers)
+
+        return list(await asyncio.gather(*(row(r) for r in shown)))
 
     async def run_view(self, viewer: Viewer, run_id: str) -> dict[str, Any]:
         """The run page: record, graph, timeline, chain, cost checked against the ledger."""
@@ -77,13 +89,7 @@ class ConsoleData:
         visible = viewer.sees(record.submitted_by) if record else viewer.user is None
         if not visible:
             raise NotFound(f"no run {run_id}")
-        async with EventFeed(self.bus, run_id, replay=True) as feed:
-            sourced = await feed.stored_sourced(first_timeout_s=0.5)
-        events = (
-            from_the_run(sourced, record.agent)
-            if record and record.agent
-            else [e for e, _ in sourced]
-        )
+        events = await self._events(run_id, record)
         if record is None and not events:
             raise NotFound(f"no run {run_id}")
         tree = runtree.build(run_id, events)
@@ -91,15 +97,51 @@ class ConsoleData:
         tree.ledger_cost = await ledger_run_cost(self.bus, run_id)
         summary = tree.as_json()
         del summary["tasks"]
+        row = run_row(record, run_id, self._keep(record, tree), tree)
         return {
-            "run": {**record.summary(), "submitted_by": record.submitted_by}
-            if record
-            else {"run_id": run_id, "status": tree.status, "agent": ""},
-            "pending": record.pending_signals() if record else [],
+            "run": row,
+            "pending": row["waiting_for"],
             "trace": summary,
-            "graph": run_graph(tree),
-            "events": [event_row(e) for e in sorted(events, key=lambda e: e.time)],
+            "graph": run_graph(tree, row["status"] in ENDED),
+            "events": event_rows(events),
         }
+
+    async def _events(self, run_id: str, record: RunRecord | None) -> list[Event]:
+        """The run's stored events, those of agents outside the run left out."""
+        async with EventFeed(self.bus, run_id, replay=True) as feed:
+            sourced = await feed.stored_sourced(first_timeout_s=0.5)
+        if record and record.agent:
+            return from_the_run(sourced, record.agent)
+        return [e for e, _ in sourced]
+
+    async def _ledger_costs(self) -> dict[str, int] | None:
+        """What the ledger captured per run (`run:RUN` levels), None when no ledger answers:
+        the figure `ledger_run_cost` reads for one run, for every run in one query."""
+        try:
+            rows = await LedgerClient(self.bus).query("levels")
+        except RelayError:
+            return None
+        costs: dict[str, int] = {}
+        for row in rows:
+            if row["level"].startswith("run:"):
+                run_id = row["level"][4:]
+                costs[run_id] = costs.get(run_id, 0) + int(row["spent"])
+        return costs
+
+    def _kept(self, record: RunRecord) -> dict[str, Any] | None:
+        kept = self._figures.get(record.run_id)
+        return kept[1] if kept and kept[0] == (record.status, record.ended) else None
+
+    def _keep(self, record: RunRecord | None, tree: runtree.RunTree) -> dict[str, Any]:
+        """The run's numbers (`figures`), kept once it ended, its events settled and the
+        ledger answered for its cost."""
+        numbers = figures(record, tree)
+        if record is not None and record.status in ENDED and tree.ledger_cost is not None:
+            if tree.status in ENDED or time.time() - record.ended > SETTLED_S:
+                self._figures[record.run_id] = ((record.status, record.ended), numbers)
+                while len(self._figures) > KEPT_FIGURES:
+                    del self._figures[next(iter(self._figures))]
+        return numbers
 
     async def approvals(self, viewer: Viewer) -> list[dict[str, Any]]:
         """Every signal a live run waits for and nobody has sent yet."""
@@ -186,14 +228,16 @@ class ConsoleData:
         async with EventFeed(
             self.bus, run, replay=run is not None, since=None if run else since
         ) as feed:
+            attempts = Attempts()  # every event goes through it, shown or not
             while True:
                 event = await feed.next(KEEPALIVE_S)
                 if event is None:
                     yield None
                     continue
+                detail = attempts.detail(event)
                 if agent and agent not in (event.sender, event.recipient):
                     continue
-                row = event_row(event)
+                row = event_row(event, detail)
                 if status and row["status"] != status:
                     continue
                 if await self.visible(viewer, event.run_id):

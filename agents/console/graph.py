@@ -7,10 +7,12 @@ from __future__ import annotations
 import itertools
 from typing import Any
 
+from relaybus.services.runs.state import ENDED
+
 from ..runtree import RunTree, TaskNode
 
 # worst first: an edge or node shows the worst status among its tasks
-SEVERITY = ["failed", "dead-lettered", "cancelled", "denied", "waiting", "running"]
+SEVERITY = ["failed", "dead-lettered", "cancelled", "denied", "stopped", "waiting", "running"]
 
 
 def _worst(statuses: list[str]) -> str:
@@ -20,14 +22,47 @@ def _worst(statuses: list[str]) -> str:
     return statuses[-1] if statuses else "running"
 
 
-def _denied(task: TaskNode) -> bool:
-    return any(e.startswith("denied:") for e in task.errors)
+# the error types of a task stopped by a refusal (its chain, a scope, a forged message)
+REFUSALS = ("PermissionDenied", "ChainInvalid", "Refused")
+UNFINISHED = ("failed", "dead-lettered")
 
 
-def _status(task: TaskNode) -> str:
-    if task.status in ("completed", "handed off") and _denied(task):
-        return "denied"  # it went on, but something it tried was refused
+def _refusals(task: TaskNode) -> list[str]:
+    return [e for e in task.errors if e.startswith("denied:")]
+
+
+def _status(task: TaskNode, run_ended: bool = False) -> str:
+    """The task's status as the console shows it. A task that completed (or handed off) is
+    completed even when a tool call it made was refused — the refusal is a detail. "denied"
+    is a task that did not finish because of a refusal. Once the run ended nothing waits: a
+    task still suspended then (its run was cancelled, say) is "stopped"."""
+    if task.status == "waiting" and run_ended:
+        return "stopped"
+    if task.status in UNFINISHED and _refusals(task):
+        others = [e for e in task.errors if not e.startswith("denied:")]
+        if not others or _error_type(others[-1]) in REFUSALS:
+            return "denied"
     return task.status
+
+
+def _error_type(error: str) -> str:
+    """`PermissionDenied` of "PermissionDenied: …" or of "attempt 2: PermissionDenied: …"."""
+    head, _, rest = error.partition(": ")
+    return rest.partition(": ")[0] if head.startswith("attempt ") else head
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
+def notes(count: int, attempts: int, refused: int) -> list[str]:
+    """The extra facts a node or edge states: retries and refused calls."""
+    out = []
+    if attempts > count:
+        out.append(_plural(attempts, "attempt"))
+    if refused:
+        out.append(f"{refused} refused")
+    return out
 
 
 def _link_text(link: dict[str, Any]) -> str:
@@ -48,17 +83,22 @@ class _Chains:
         return None
 
 
-def _task_json(task: TaskNode, chain: list[str]) -> dict[str, Any]:
+def _task_json(task: TaskNode, chain: list[str], run_ended: bool) -> dict[str, Any]:
     out = task.as_json()
     del out["children"]
-    out["status"] = _status(task)
-    out["denied"] = _denied(task)
+    out["status"] = _status(task, run_ended)
+    out["refusals"] = _refusals(task)
+    out["refused"] = len(out["refusals"])
+    out["denied"] = out["refused"] > 0  # something it tried was refused
     out["chain"] = chain
     return out
 
 
-def run_graph(tree: RunTree) -> dict[str, Any]:
-    """`{"nodes": [...], "edges": [...], "tasks": [...]}`; edge ids are stable per run."""
+def run_graph(tree: RunTree, run_ended: bool = False) -> dict[str, Any]:
+    """`{"nodes": [...], "edges": [...], "tasks": [...]}`; edge ids are stable per run.
+    `run_ended`: the run's record says it ended (its events may not: a cancel by an operator
+    names no task)."""
+    run_ended = run_ended or tree.status in ENDED
     chains = _Chains(tree.chain)
     nodes: dict[str, dict[str, Any]] = {}
     groups: dict[tuple[str, str, str], dict[str, Any]] = {}
@@ -76,6 +116,7 @@ def run_graph(tree: RunTree) -> dict[str, Any]:
                 "cost": 0,
                 "attempts": 0,
                 "denied": False,
+                "refused": 0,
                 "errors": [],
             }
         return found
@@ -86,7 +127,7 @@ def run_graph(tree: RunTree) -> dict[str, Any]:
             node(source, "user" if source.startswith("user:") else "agent", depth - 1)
         link = chains.link(source, task.agent)
         path = [*chain, _link_text(link)] if link else chain
-        row = _task_json(task, path)
+        row = _task_json(task, path, run_ended)
         rows.append(row)
         target = node(task.agent, "agent", depth)
         target["tasks"] += 1
@@ -94,6 +135,7 @@ def run_graph(tree: RunTree) -> dict[str, Any]:
         target["cost"] += task.cost
         target["attempts"] += task.attempts
         target["denied"] = target["denied"] or row["denied"]
+        target["refused"] += row["refused"]
         target["errors"] += task.errors
         key = (parent.task_id if parent else "", task.agent, task.via)
         group = groups.setdefault(
@@ -115,6 +157,7 @@ def run_graph(tree: RunTree) -> dict[str, Any]:
         visit(root, None, [], 1)
     for found in nodes.values():
         found["status"] = _worst(found.pop("statuses")) if found["tasks"] else "ok"
+        found["notes"] = notes(found["tasks"], found["attempts"], found["refused"])
     return {
         "nodes": list(nodes.values()),
         "edges": [_edge(g) for g in groups.values()],
@@ -140,5 +183,9 @@ def _edge(group: dict[str, Any]) -> dict[str, Any]:
         "started": started,
         "duration_ms": round((max(ends) - started) * 1000, 3) if len(ends) == len(tasks) else None,
         "denied": any(t["denied"] for t in tasks),
+        "refused": sum(t["refused"] for t in tasks),
+        "notes": notes(
+            len(tasks), sum(t["attempts"] for t in tasks), sum(t["refused"] for t in tasks)
+        ),
         "chain": tasks[0]["chain"],
     }

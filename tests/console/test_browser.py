@@ -1,13 +1,15 @@
 """The console in a real headless Chromium (Debian's chromium + chromium-driver, driven by
 Selenium; nothing is downloaded): handoffs appear live, the run graph is drawn, an approval
-given on the page lets the run finish. Saves the run graph to artifacts/run-graph.png."""
+given on the page lets the run finish; every page fits a 1366x768 and an 800 px wide window.
+Saves the run graph to artifacts/run-graph.png."""
 
 from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from selenium import webdriver
@@ -19,6 +21,7 @@ from selenium.webdriver.remote.webelement import WebElement
 from selenium.webdriver.support.ui import WebDriverWait
 
 from .conftest import Stack
+from .test_access import waiting_for_approval
 
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
 CHROMIUM = Path("/usr/bin/chromium")
@@ -53,6 +56,16 @@ def browser(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[WebDriv
         driver.quit()
 
 
+# the run graph as drawn, read in one go: nodes' and edges' data attributes and text
+SNAPSHOT = """
+const svg = document.querySelector('svg#run-graph');
+if (!svg) return null;
+const pick = (el) => Object.assign({text: el.textContent}, el.dataset);
+return {nodes: [...svg.querySelectorAll('g.g-node')].map(pick),
+        edges: [...svg.querySelectorAll('g.g-edge')].map(pick)};
+"""
+
+
 def css(driver: WebDriver, selector: str) -> list[WebElement]:
     return driver.find_elements(By.CSS_SELECTOR, selector)
 
@@ -81,16 +94,18 @@ def test_live_handoffs_the_run_graph_and_an_approval_that_lets_the_run_finish(
     browser.get(f"{stack.local_url}/#/run/{run_id}")
     wait.until(lambda d: css(d, "#run-pending button.approve"))
     graph = "svg#run-graph"
-    agents = {n.get_attribute("data-agent") for n in css(browser, f"{graph} g.g-node")}
-    assert agents == {"user:alice", "c_plan", "c_work", "c_review"}
-    work = css(browser, f'{graph} g.g-edge[data-from="c_plan"][data-to="c_work"]')
-    assert len(work) == 1 and work[0].get_attribute("data-count") == "3"
-    assert "fan-out \u00d73" in work[0].text  # the multiplication sign
-    assert css(browser, f'{graph} g.g-edge[data-from="user:alice"][data-via="submit"]')
-    assert "denied" in (
-        css(browser, f'{graph} g.g-node[data-agent="c_review"]')[0].get_attribute("class") or ""
-    )
-    assert css(browser, f'{graph} g.g-node[data-agent="c_plan"][data-status="waiting"]')
+    drawn = wait.until(lambda d: d.execute_script(SNAPSHOT))  # one read: it redraws live
+    nodes = {n["agent"]: n for n in drawn["nodes"]}
+    assert set(nodes) == {"user:alice", "c_plan", "c_work", "c_review"}
+    work = [e for e in drawn["edges"] if (e["from"], e["to"]) == ("c_plan", "c_work")]
+    assert len(work) == 1 and work[0]["count"] == "3"
+    assert "fan-out \u00d73" in work[0]["text"]  # the multiplication sign
+    assert [e for e in drawn["edges"] if (e["from"], e["via"]) == ("user:alice", "submit")]
+    # the reviewer completed; the mail it tried outside the team was refused (a detail)
+    review = nodes["c_review"]
+    assert (review["status"], review["refused"]) == ("completed", "1")
+    assert "1 refused" in review["text"]
+    assert nodes["c_plan"]["status"] == "waiting"
 
     # When the approval is given on the approvals page
     browser.get(f"{stack.local_url}/#/approvals")
@@ -105,8 +120,12 @@ def test_live_handoffs_the_run_graph_and_an_approval_that_lets_the_run_finish(
     wait.until(lambda d: css(d, '#run-status[data-status="completed"]'))
     wait.until(lambda d: css(d, f'{graph} g.g-edge[data-to="c_publish"][data-via="handoff"]'))
     assert not css(browser, "#run-pending")
-    css(browser, f'{graph} g.g-edge[data-to="c_work"]')[0].click()
-    cards = css(browser, "#details .task")
+
+    def open_work(d: WebDriver) -> list[WebElement]:
+        css(d, f'{graph} g.g-edge[data-to="c_work"]')[0].click()
+        return css(d, "#details .task")
+
+    cards = wait.until(open_work)
     assert len(cards) == 3 and all("completed" in c.text for c in cards)
     assert all("tool lookup" in c.text for c in cards)
     assert "user:alice → agent:c_plan" in browser.find_element(By.ID, "details").text
@@ -202,3 +221,88 @@ def test_a_reviewer_scores_a_run_in_review_and_sees_only_what_their_scope_covers
         0.9,
         "looks right",
     )
+
+
+# what each page shows once loaded
+PAGES = {
+    "runs": "#runs-rows tr.run",
+    "run": "svg#run-graph g.g-node",
+    "costs": "svg#spend-chart",
+    "reviews": "#reviews tbody tr",
+    "approvals": "#approval-rows tr.approval",
+    "dlq": "#dlq-rows tr",
+    "feed": "#feed tr.event",
+}
+OVERFLOW = """
+const inner = window.innerWidth, page = document.documentElement.scrollWidth;
+// boxes that scroll sideways on their own may hold wider content; nothing else may stick out
+const own = '.table-scroll, .graph-wrap, #timeline-box, #chart-box';
+const out = [...document.querySelectorAll('header, header *, main, main *')].filter((el) => {
+  const r = el.getBoundingClientRect();
+  return r.width > 0 && (r.right > inner + 0.5 || r.left < -0.5) && !el.parentElement.closest(own);
+}).map((el) => `${el.tagName.toLowerCase()}#${el.id}.${el.getAttribute('class') || ''}`);
+const boxes = [...document.querySelectorAll(own)].filter((b) => b.getBoundingClientRect().right > inner + 0.5);
+return {inner, page, out: out.slice(0, 8), boxes: boxes.length};
+"""
+GRAPH = """
+const svg = document.querySelector('svg#run-graph'), box = document.getElementById('graph-box');
+const a = svg.getBoundingClientRect(), b = box.getBoundingClientRect();
+const left = b.left + box.clientLeft, top = b.top + box.clientTop;
+const card = box.closest('.card').getBoundingClientRect();
+return {svg: [a.left, a.top, a.right, a.bottom],
+        box: [left, top, left + box.clientWidth, top + box.clientHeight],
+        scrolls: box.scrollWidth > box.clientWidth + 1 || box.scrollHeight > box.clientHeight + 1,
+        detailsBelow: document.getElementById('details').getBoundingClientRect().top >= card.bottom,
+        layout: svg.dataset.layout, scale: Number(svg.dataset.scale)};
+"""
+
+
+def showing(selector: str) -> Callable[[WebDriver], list[WebElement]]:
+    return lambda d: css(d, selector)
+
+
+def viewport(driver: WebDriver, width: int, height: int) -> None:
+    """A window whose page area is width x height CSS pixels."""
+    driver.set_window_size(width, height)
+    inner = driver.execute_script("return [window.innerWidth, window.innerHeight]")
+    driver.set_window_size(2 * width - inner[0], 2 * height - inner[1])
+    assert driver.execute_script("return window.innerWidth") == width
+
+
+def test_every_page_fits_a_1366x768_and_an_800px_window(
+    stack: Stack, browser: WebDriver, tmp_path: Path
+) -> None:
+    # Given a run that fans out, is reviewed and waits for an approval, and one to review
+    task = {"items": ["acme", "globex", "initech"], "approval": True}
+    run_id = asyncio.run(stack.publish("alice", "c_plan", task))
+    asyncio.run(waiting_for_approval(stack, run_id))
+    wait = WebDriverWait(browser, 30, ignored_exceptions=[StaleElementReferenceException])
+    shots = []
+    for width, height in ((1366, 768), (800, 900)):
+        viewport(browser, width, height)
+        browser.get(f"{stack.local_url}/#/approvals")
+        browser.refresh()  # loaded afresh at this size
+        for page, ready in PAGES.items():
+            # When each page is opened in a window of that size
+            browser.get(f"{stack.local_url}/#/{page}" + (f"/{run_id}" if page == "run" else ""))
+            wait.until(showing(ready))
+            shot = tmp_path / f"{width}x{height}-{page}.png"
+            assert browser.save_screenshot(str(shot))
+            shots.append(shot)
+            # Then nothing makes the page scroll sideways or sticks out of the window
+            fit: dict[str, Any] = browser.execute_script(OVERFLOW)
+            where = f"{page} at {width}x{height}"
+            assert fit["page"] <= fit["inner"], f"{where}: the page scrolls sideways {fit}"
+            assert not fit["out"] and not fit["boxes"], f"{where}: sticks out {fit}"
+            if page != "run":
+                continue
+            # And the run graph lies inside its box (drawn to fit it), its details under it
+            # when the window is narrow
+            graph: dict[str, Any] = browser.execute_script(GRAPH)
+            (x0, y0, x1, y1), (bx0, by0, bx1, by1) = graph["svg"], graph["box"]
+            inside = x0 >= bx0 - 0.5 and y0 >= by0 - 0.5 and x1 <= bx1 + 0.5 and y1 <= by1 + 0.5
+            assert inside and not graph["scrolls"], f"{where}: the graph is clipped {graph}"
+            assert graph["scale"] >= 0.75, f"{where}: the graph is drawn too small {graph}"
+            assert width > 1000 or graph["detailsBelow"], f"{where}: nothing stacks {graph}"
+            assert css(browser, "#run-pending button.approve")
+    assert all(os.path.getsize(shot) > 5_000 for shot in shots)

@@ -32,7 +32,7 @@
       return { key, points: ls.map((l) => ({ t: l.time, v: (sum += l.amount) })), total: sum };
     }).sort((a, b) => b.total - a.total);
     const top = niceMax(Math.max(...totals.map((t) => Math.max(...t.points.map((p) => p.v)))));
-    const W = Math.max(600, (holder.clientWidth || 900) - 10), H = 280, L = 78, R = 190, T = 14, B = 30;
+    const W = Math.max(420, (holder.clientWidth || 900) - 10), H = 280, L = 78, R = W < 700 ? 150 : 190, T = 14, B = 30;
     const x = (t) => L + ((t - t0) / (t1 - t0)) * (W - L - R);
     const y = (v) => T + (1 - v / top) * (H - T - B);
     const svg = s("svg", { id: "spend-chart", width: W, height: H });

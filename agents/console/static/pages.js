@@ -35,10 +35,10 @@
         h("label", {}, "agent", input("agent", "agent name")),
         h("label", {}, "status", status),
         h("button", { onclick: () => { filters.run = filters.agent = filters.status = ""; apply(); } }, "clear")),
-      h("div", { class: "card" }, h("table", { id: "feed" },
+      h("div", { class: "card" }, RB.tableBox(h("table", { id: "feed" },
         h("thead", {}, h("tr", {}, ["time", "run", "from → to", "kind", "try", "status", "latency", "cost", "detail"]
           .map((t) => h("th", { class: ["try", "latency", "cost"].includes(t) ? "num" : "" }, t)))),
-        body)));
+        body))));
     const seen = new Set();
     RB.live(filters, (e) => {
       const key = `${e.run_id}|${e.kind}|${e.envelope_id || ""}|${e.time}|${e.detail || ""}`;
@@ -64,17 +64,18 @@
   // -- runs -------------------------------------------------------------------------------
   RB.pages.runs = async (main) => {
     const body = h("tbody", { id: "runs-rows" });
-    main.append(h("h1", {}, "Runs", liveBadge()), h("div", { class: "card" }, h("table", {},
+    main.append(h("h1", {}, "Runs", liveBadge()), h("div", { class: "card" }, RB.tableBox(h("table", { id: "runs" },
       h("thead", {}, h("tr", {}, ["run", "agent", "status", "user", "started", "took", "steps", "failures", "cost", "waiting for"]
-        .map((t) => h("th", { class: ["steps", "failures", "cost", "took"].includes(t) ? "num" : "" }, t)))), body)));
+        .map((t) => h("th", { class: ["steps", "failures", "cost", "took"].includes(t) ? "num" : "" }, t)))), body))));
     const load = async () => {
       const rows = await RB.api("/api/runs?limit=100");
       body.replaceChildren(...(rows.length ? rows.map((r) => h("tr", { class: "run", "data-run": r.run_id, "data-status": r.status },
         h("td", {}, RB.runLink(r.run_id)), h("td", {}, r.agent), h("td", {}, RB.pill(r.status)),
         h("td", {}, r.submitted_by), h("td", {}, RB.fmtDate(r.started)),
-        h("td", { class: "num" }, r.duration_s === null ? "…" : `${r.duration_s.toFixed(2)} s`),
-        h("td", { class: "num" }, r.steps), h("td", { class: "num" }, r.failures),
-        h("td", { class: "num" }, RB.fmtCost(r.cost)), h("td", {}, (r.waiting_for || []).join(", "))))
+        h("td", { class: "num run-took" }, RB.fmtSeconds(r.duration_s)),
+        h("td", { class: "num run-steps" }, r.steps), h("td", { class: "num run-failures" }, r.failures),
+        h("td", { class: "num run-cost", title: `${r.cost} micro-units · ${r.cost_check}` }, RB.fmtCost(r.cost)),
+        h("td", { class: "run-waiting" }, r.waiting_for.join(", "))))
         : [h("tr", {}, h("td", { colspan: 10, class: "empty" }, "no runs yet"))]));
     };
     await load();
@@ -92,7 +93,9 @@
 
   function taskCard(task, shownChain) {
     return h("div", { class: "task", "data-task": task.task_id },
-      h("div", { class: "head" }, h("b", {}, `${task.agent} [${task.via}]`), RB.pill(task.status)),
+      h("div", { class: "head" }, h("b", {}, `${task.agent} [${task.via}]`),
+        h("span", {}, task.refused && task.status !== "denied" ? h("span", { class: "pill denied" }, `⚠ ${task.refused} refused`) : null,
+          " ", RB.pill(task.status))),
       h("div", { class: "muted" }, `from ${task.from} · took ${RB.fmtMs(task.duration_ms)} · queued ${RB.fmtMs(task.queued_ms)} · ` +
         `${task.attempts} attempt${task.attempts === 1 ? "" : "s"} · cost ${RB.fmtCost(task.cost)}`),
       task.calls.length ? h("ul", {}, task.calls.map((c) => h("li", { class: c.error ? "err" : "" },
@@ -113,7 +116,7 @@
     } else {
       side.append(h("h3", {}, item.id),
         h("p", { class: "muted" }, `${item.tasks} task(s) · ${item.attempts} attempt(s) · ${RB.fmtCost(item.cost)} · ${item.status}`),
-        item.errors.length ? h("ul", {}, item.errors.map((e) => h("li", { class: "err" }, e))) : null,
+        item.errors.length ? h("ul", {}, item.errors.map((e) => h("li", { class: e.startsWith("denied") ? "deny" : "err" }, e))) : null,
         RB.currentRun ? RB.currentRun.graph.tasks.filter((t) => t.agent === item.id).map((task) => taskCard(task, null)) : null);
     }
   }
@@ -147,8 +150,8 @@
         h("div", { class: "card grow" }, h("h2", {}, "Run graph"), graphBox, RB.graphLegend()), side),
       h("div", { class: "card" }, h("h2", {}, "Timeline"), timeline),
       extra,
-      h("div", { class: "card" }, h("h2", {}, "Events"), h("table", {},
-        h("thead", {}, h("tr", {}, ["time", "from → to", "kind", "try", "status", "latency", "cost", "detail"].map((t) => h("th", {}, t)))), events)));
+      h("div", { class: "card" }, h("h2", {}, "Events"), RB.tableBox(h("table", { id: "run-event-table" },
+        h("thead", {}, h("tr", {}, ["time", "from → to", "kind", "try", "status", "latency", "cost", "detail"].map((t) => h("th", {}, t)))), events))));
     let selected = null;
     const render = () => {
       RB.currentRun = view;
@@ -157,16 +160,15 @@
         h("h1", {}, `Run `, h("span", { class: "mono" }, run.run_id), h("span", { id: "run-status", "data-status": run.status }, RB.pill(run.status, true)),
           view.pending.length ? RB.pill(`waiting for ${view.pending.join(", ")}`, true) : "", liveBadge()),
         h("div", { class: "facts" },
+          // every number from the run row: the same as the runs list shows (figures.py)
           [["agent", run.agent || "–"], ["user", run.submitted_by || "–"], ["started", RB.fmtDate(run.started || trace.started)],
-            ["duration", RB.fmtMs(trace.duration_ms)], ["cost", `${RB.fmtCost(trace.cost)} (${trace.cost_check})`],
-            ["steps", trace.steps], ["attempts", trace.attempts],
-            ["tokens", trace.input_tokens || trace.output_tokens ? `${trace.input_tokens} in / ${trace.output_tokens} out` : "–"]]
-            .map(([k, v]) => h("div", {}, h("span", {}, k), h("b", {}, String(v))))),
+            ["duration", RB.fmtSeconds(run.duration_s)], ["cost", `${RB.fmtCost(run.cost)} (${run.cost_check})`],
+            ["steps", run.steps], ["attempts", run.attempts], ["failures", run.failures],
+            ["tokens", run.input_tokens || run.output_tokens ? `${run.input_tokens} in / ${run.output_tokens} out` : "–"]]
+            .map(([k, v]) => h("div", { "data-fact": k }, h("span", {}, k), h("b", {}, String(v))))),
         view.pending.length ? h("div", { class: "card", id: "run-pending" }, h("h2", {}, "Waiting for a decision"),
           view.pending.map((name) => h("div", {}, h("b", { class: "mono" }, name), "  ", decisionButtons(run.run_id, name, refresh)))) : "",
         run.error ? h("div", { class: "error-box" }, run.error) : "");
-      RB.drawGraph(graphBox, view.graph, (kind, item) => { selected = item.id; details(side, kind, item); }, selected);
-      RB.drawTimeline(timeline, view.graph.tasks, trace.started, trace.ended);
       events.replaceChildren(...view.events.map((e) => h("tr", { class: `event ${e.status}`, "data-kind": e.kind },
         h("td", { class: "mono" }, RB.fmtTime(e.time)), h("td", {}, `${e.from || "–"} → ${e.to || "–"}`), h("td", {}, e.kind),
         h("td", {}, e.attempt || "–"), h("td", {}, RB.pill(e.status)), h("td", {}, e.latency_ms ? RB.fmtMs(e.latency_ms) : "–"),
@@ -178,8 +180,19 @@
         trace.dead_letters.length ? h("div", { class: "card" }, h("h2", {}, "Dead letters"),
           trace.dead_letters.map((d) => h("div", {}, `task ${d.task_id}: ${d.reason}`)), h("a", { href: "#/dlq" }, "replay on the dead-letter page")) : null,
       ].filter(Boolean));
+      drawings(); // last: drawn to the width the page has with everything else in it
       setLive(true);
     };
+    const drawings = () => {
+      RB.drawGraph(graphBox, view.graph, (kind, item) => {
+        selected = item.id;
+        details(side, kind, item);
+        // stacked under the graph (a narrower window), the details may start below the fold
+        if (side.getBoundingClientRect().top > window.innerHeight - 120) side.scrollIntoView({ block: "nearest" });
+      }, selected);
+      RB.drawTimeline(timeline, view.graph.tasks, view.trace.started, view.trace.ended);
+    };
+    RB.onResize(main, drawings);
     const refresh = () => RB.api(`/api/runs/${encodeURIComponent(runId)}`).then((v) => { view = v; render(); }).catch((err) => RB.toast(err.message, true));
     render();
     const again = RB.debounce(refresh, 250);
@@ -210,20 +223,22 @@
       h("div", { class: "facts" }, [["spent", RB.fmtCost(data.total)], ["charges", data.lines.length], ["budget levels", data.levels.length], ["alerts", data.alerts.length]]
         .map(([k, v]) => h("div", {}, h("span", {}, k), h("b", {}, String(v))))),
       h("div", { class: "card" }, h("div", { class: "filters" }, h("h2", { style: "margin:0" }, "Spend over time"), pick), chart),
-      h("div", { class: "card" }, h("h2", {}, "Budgets"), h("table", { id: "levels" },
-        h("thead", {}, h("tr", {}, ["level", "spent", "held", "limit", "remaining", "used", "steps", "tokens"].map((t) => h("th", { class: t === "level" || t === "used" ? "" : "num" }, t)))),
-        h("tbody", {}, levels.length ? levels : h("tr", {}, h("td", { colspan: 8, class: "empty" }, "no budget levels yet"))))),
-      h("div", { class: "card" }, h("h2", {}, "Alerts"), data.alerts.length ? h("table", { id: "alerts" },
-        h("tbody", {}, data.alerts.map((a) => h("tr", {}, h("td", { class: "mono" }, RB.fmtDate(a.time)), h("td", {}, RB.runLink(a.run_id)), h("td", {}, a.detail)))))
+      h("div", { class: "card" }, h("h2", {}, "Budgets"), RB.tableBox(h("table", { id: "levels" },
+        h("thead", {}, h("tr", {}, ["level", "spent", "held", "limit", "remaining", "used", "charged steps", "tokens"].map((t) => h("th", { class: t === "level" || t === "used" ? "" : "num",
+          title: t === "charged steps" ? "costed steps the ledger charged at this level; a run's steps (runs list, run page) count every tool call, step and LLM call, costed or not" : undefined }, t)))),
+        h("tbody", {}, levels.length ? levels : h("tr", {}, h("td", { colspan: 8, class: "empty" }, "no budget levels yet")))))),
+      h("div", { class: "card" }, h("h2", {}, "Alerts"), data.alerts.length ? RB.tableBox(h("table", { id: "alerts" },
+        h("tbody", {}, data.alerts.map((a) => h("tr", {}, h("td", { class: "mono" }, RB.fmtDate(a.time)), h("td", {}, RB.runLink(a.run_id)), h("td", { class: "detail" }, a.detail))))))
         : h("p", { class: "hint" }, "no spend alerts")));
     RB.drawSpendChart(chart, data.lines, dimension);
+    RB.onResize(chart, () => RB.drawSpendChart(chart, data.lines, dimension));
   };
 
   // -- dead letters -----------------------------------------------------------------------
   RB.pages.dlq = async (main) => {
     const body = h("tbody", { id: "dlq-rows" });
-    main.append(h("h1", {}, "Dead letters"), h("div", { class: "card" }, h("table", {},
-      h("thead", {}, h("tr", {}, ["id", "agent", "run", "reason", "attempts", "time", "last error", ""].map((t) => h("th", {}, t)))), body)));
+    main.append(h("h1", {}, "Dead letters"), h("div", { class: "card" }, RB.tableBox(h("table", { id: "dlq" },
+      h("thead", {}, h("tr", {}, ["id", "agent", "run", "reason", "attempts", "time", "last error", ""].map((t) => h("th", {}, t)))), body))));
     const load = async () => {
       const rows = await RB.api("/api/dlq");
       body.replaceChildren(...(rows.length ? rows.map((d) => h("tr", { class: "letter", "data-id": d.id, "data-run": d.run_id },
@@ -245,8 +260,8 @@
     const body = h("tbody", { id: "approval-rows" });
     main.append(h("h1", {}, "Pending approvals", liveBadge()),
       h("p", { class: "hint" }, "Runs waiting in ctx.wait_signal (or parked on a budget). Approve sends true, reject sends false — as `relaybus approve RUN --signal NAME --data …` does."),
-      h("div", { class: "card" }, h("table", {},
-        h("thead", {}, h("tr", {}, ["run", "signal", "waiting agent", "run agent", "user", "started", ""].map((t) => h("th", {}, t)))), body)));
+      h("div", { class: "card" }, RB.tableBox(h("table", { id: "approvals" },
+        h("thead", {}, h("tr", {}, ["run", "signal", "waiting agent", "run agent", "user", "started", ""].map((t) => h("th", {}, t)))), body))));
     const load = async () => {
       const rows = await RB.api("/api/approvals");
       body.replaceChildren(...(rows.length ? rows.map((a) => h("tr", { class: "approval", "data-run": a.run_id, "data-signal": a.signal },
@@ -269,17 +284,17 @@
     main.append(h("h1", {}, "Reviews"), h("p", { class: "hint" },
       "Runs routed to human review (a low score, a sample, or on request) that your review scopes cover. " +
       "Disagreement: the human score is 0.5 or more away from the automated ones."),
-    h("div", { class: "card table-wrap" }, h("table", { id: "reviews" },
+    h("div", { class: "card" }, RB.tableBox(h("table", { id: "reviews" },
       h("thead", {}, h("tr", {}, ["run", "agent", "why", "automated", "human", "state"].map((t) => h("th", {}, t)))),
       h("tbody", {}, ...(rows.length ? rows.map((r) => h("tr", { class: "review", "data-run": r.run_id,
         "data-state": r.state, "data-disagree": String(r.disagreement) },
-        h("td", {}, h("a", { href: `#/reviews/${encodeURIComponent(r.run_id)}` }, r.run_id)),
+        h("td", {}, h("a", { href: `#/reviews/${encodeURIComponent(r.run_id)}`, class: "mono", title: r.run_id }, RB.short(r.run_id))),
         h("td", {}, r.agent), h("td", { class: "detail" }, r.reasons.join("; ")),
         h("td", {}, Object.entries(r.automated).map(([k, v]) => `${k} ${fmtScore(v)}`).join(", ") || "–"),
         h("td", {}, fmtScore(r.human)),
         h("td", {}, h("span", { class: `pill ${r.disagreement ? "error" : r.state === "reviewed" ? "ok" : "waiting"}` },
           r.disagreement ? "judge and humans disagree" : r.state))))
-        : [h("tr", {}, h("td", { colspan: 6, class: "empty" }, "nothing to review"))])))));
+        : [h("tr", {}, h("td", { colspan: 6, class: "empty" }, "nothing to review"))]))))));
   };
 
   async function reviewOne(main, runId) {

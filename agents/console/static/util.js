@@ -47,6 +47,8 @@ window.RB = window.RB || {};
     const v = Math.abs(micro / 1e6);
     return (micro < 0 ? "-$" : "$") + (v >= 100 ? v.toFixed(2) : v >= 0.01 ? v.toFixed(4) : v.toPrecision(2));
   };
+  // a run's duration in seconds (the run record's), as the runs list and the run page show it
+  RB.fmtSeconds = (sec) => (sec === null || sec === undefined ? "…" : `${sec.toFixed(2)} s`);
   RB.short = (id) => (id && id.length > 12 ? id.slice(0, 10) + "…" : id || "–");
   RB.pill = (status, big) => RB.h("span", { class: `pill ${status || ""}${big ? " big" : ""}` }, status || "–");
   RB.runLink = (id) => RB.h("a", { href: `#/run/${encodeURIComponent(id)}`, class: "mono", title: id }, RB.short(id));
@@ -110,6 +112,22 @@ window.RB = window.RB || {};
     RB.onLeave(() => clearTimeout(timer));
     return run;
   };
+
+  // `fn()` when `el` changes width (a window resized, a panel stacked), until the page is left
+  RB.onResize = (el, fn) => {
+    let width = el.clientWidth, timer = null;
+    const observer = new ResizeObserver(() => {
+      if (Math.abs(el.clientWidth - width) < 4) return;
+      width = el.clientWidth;
+      clearTimeout(timer);
+      timer = setTimeout(fn, 120);
+    });
+    observer.observe(el);
+    RB.onLeave(() => { observer.disconnect(); clearTimeout(timer); });
+  };
+
+  // a table that scrolls sideways inside its own box when it cannot wrap narrower
+  RB.tableBox = (table) => RB.h("div", { class: "table-scroll" }, table);
 
   RB.errorBox = (err) => RB.h("div", { class: "error-box" }, err.message || String(err));
 })(window.RB);

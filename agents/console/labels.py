@@ -1,0 +1,81 @@
+"""What the console calls an event: the rows of the live feed and of a run's events table.
+
+The worker reports every delivery of a task it finds half-done as `resumed` with the detail
+"taken over after a crash" — an ordinary retry too (an attempt that failed, was counted and
+nak'ed, then delivered again). Only a delivery after the previous worker vanished without
+recording anything (its ack wait ran out) is a takeover; `Attempts` tells them apart from what
+happened to the task before, in the order the events were stored."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from relaybus.bus import Event
+from relaybus.bus import cli as bus_cli
+
+TAKEOVER = "taken over after a crash"
+# what happened last to a task: one of these, or a (re)start
+_BEGUN = ("started", "resumed")
+_REMEMBERED = (*_BEGUN, "retried", "parked", "dead_lettered", "suspended")
+_MAX_TASKS = 20_000  # a long-running live feed forgets the oldest tasks beyond this
+
+
+def event_row(event: Event, detail: str | None = None) -> dict[str, Any]:
+    """One event as `watch --json` prints it, without the (possibly large) result body, with
+    `detail` in place of the event's own when given."""
+    row = bus_cli.event_json(event)
+    row.pop("result", None)
+    if detail is not None:
+        row["detail"] = detail
+    return row
+
+
+class Attempts:
+    """Follows each task's attempts through a stream of events (feed them in stored order)
+    and says what a redelivery was."""
+
+    def __init__(self) -> None:
+        self._last: dict[str, Event] = {}  # task → its last attempt-related event
+
+    def detail(self, event: Event) -> str:
+        """The event's detail, with a worker's "taken over after a crash" corrected to what
+        the task's earlier events say it was; remembers the event for the next ones."""
+        detail = event.detail
+        task = event.envelope_id
+        if event.kind == "resumed" and detail == TAKEOVER and task:
+            detail = redelivery(self._last.get(task), event.attempt)
+        if task and event.kind in _REMEMBERED:
+            self._last.pop(task, None)  # re-insert: the dict stays ordered oldest first
+            self._last[task] = event
+            if len(self._last) > _MAX_TASKS:
+                del self._last[next(iter(self._last))]
+        return detail
+
+    def row(self, event: Event) -> dict[str, Any]:
+        return event_row(event, self.detail(event))
+
+
+def redelivery(before: Event | None, attempt: int) -> str:
+    """What a delivery of a half-done task was, given the task's last attempt-related event
+    before it (None: nothing of the task was seen, e.g. a feed that began later)."""
+    tried = f"attempt {attempt}" if attempt else "another attempt"
+    if before is None:
+        return f"delivered again ({tried})"
+    if before.kind == "retried":
+        failed = f"attempt {before.attempt} failed" if before.attempt else "an attempt failed"
+        why = f": {before.error.type}" if before.error else ""
+        return f"retried after {failed}{why} ({tried})"
+    if before.kind == "parked":
+        return f"resumed after a budget park ({tried})"
+    if before.kind == "dead_lettered":
+        return f"replayed from the dead-letter queue ({tried})"
+    if before.kind == "suspended":
+        return f"resumed ({tried})"
+    # it began an attempt and then nothing: its worker vanished, the ack wait ran out
+    return f"{TAKEOVER}: the worker of the previous attempt stopped answering ({tried})"
+
+
+def event_rows(events: list[Event]) -> list[dict[str, Any]]:
+    """A run's events in time order, labelled."""
+    attempts = Attempts()
+    return [attempts.row(e) for e in sorted(events, key=lambda e: e.time)]
