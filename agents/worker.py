@@ -10,6 +10,7 @@ Each delivery to `relay.task.<agent>` is one of:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import os
@@ -257,12 +258,12 @@ class Worker:
                 env, journal
             )  # a duplicate: repeat the recorded outcome (idempotent)
         elif journal.status == "running" and (journal.driver == str(d.sequence) or replay):
+            released = not journal.owner  # the last attempt failed and let go of it
             journal, revision = await self.journals.mutate(
                 env.run_id, env.id, _take_over(owner, str(d.sequence))
             )
-            await self.emit_event(
-                env, "resumed", detail="taken over after a crash", attempt=d.attempt
-            )
+            detail = "retried after a failed attempt" if released else "taken over after a crash"
+            await self.emit_event(env, "resumed", detail=detail, attempt=d.attempt)
             await self.execute(journal, revision, owner, d)
 
     async def on_outcome(self, d: Delivery) -> None:
@@ -445,6 +446,8 @@ class Worker:
                 await self._finish(ex, ctx.elapsed_ms(), "failed", error=info)
             else:
                 metrics.RETRIES.add(1, {"agent": self.name})
+                with contextlib.suppress(Fenced):  # the next attempt is a retry, not a takeover
+                    await ex.mutate(_released)
                 await self.run_writer.change(env.run_id, CountFailure(), env.chain)
                 await self.emit_event(
                     env, "retried", attempt=d.attempt, error=info, latency_ms=ctx.elapsed_ms()
@@ -609,6 +612,10 @@ def _spawned(journal: Journal) -> dict[str, str]:
             except msgspec.DecodeError:
                 continue
     return out
+
+
+def _released(journal: Journal) -> None:
+    journal.owner = ""
 
 
 def _take_over(owner: str, driver: str, *, reopen: bool = False) -> Any:

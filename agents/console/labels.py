@@ -1,10 +1,11 @@
 """What the console calls an event: the rows of the live feed and of a run's events table.
 
-The worker reports every delivery of a task it finds half-done as `resumed` with the detail
-"taken over after a crash" — an ordinary retry too (an attempt that failed, was counted and
-nak'ed, then delivered again). Only a delivery after the previous worker vanished without
-recording anything (its ack wait ran out) is a takeover; `Attempts` tells them apart from what
-happened to the task before, in the order the events were stored."""
+The worker reports a delivery of a task it finds half-done as `resumed`, "retried after a
+failed attempt" when the attempt before let go of it, else "taken over after a crash" (workers
+before this one said the latter for both). `Attempts` says more from what happened to the task
+before, in the order the events were stored: which attempt failed and with what, a budget park,
+a dead-letter replay; a takeover only when the previous attempt recorded nothing (its worker
+vanished and the ack wait ran out)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from relaybus.bus import Event
 from relaybus.bus import cli as bus_cli
 
 TAKEOVER = "taken over after a crash"
+RETRY = "retried after a failed attempt"
 # what happened last to a task: one of these, or a (re)start
 _BEGUN = ("started", "resumed")
 _REMEMBERED = (*_BEGUN, "retried", "parked", "dead_lettered", "suspended")
@@ -42,7 +44,7 @@ class Attempts:
         the task's earlier events say it was; remembers the event for the next ones."""
         detail = event.detail
         task = event.envelope_id
-        if event.kind == "resumed" and detail == TAKEOVER and task:
+        if event.kind == "resumed" and detail in (TAKEOVER, RETRY) and task:
             detail = redelivery(self._last.get(task), event.attempt)
         if task and event.kind in _REMEMBERED:
             self._last.pop(task, None)  # re-insert: the dict stays ordered oldest first

@@ -10,6 +10,7 @@ from pathlib import Path
 from relaybus.agents.submit import submit
 from relaybus.bus import Bus, RetryPolicy
 from relaybus.bus.cli import read_dead_letters
+from relaybus.bus.feed import EventFeed
 
 from ..conftest import Spawn, consuming
 
@@ -38,6 +39,10 @@ async def test_the_command_line_overrides_the_class(bus: Bus, spawn: Spawn, tmp_
     outcome = await submit(bus, "flaky", json.dumps({"log": str(log)}).encode(), wait=True)
     assert outcome.status == "failed"
     assert len(log.read_text().split()) == 4
+    # each later attempt is told apart from a takeover after a crash
+    async with EventFeed(bus, outcome.run_id, replay=True) as feed:
+        resumed = [e.detail for e in await feed.stored() if e.kind == "resumed"]
+    assert resumed == ["retried after a failed attempt"] * 3
 
 
 async def wait_for_letters(bus: Bus, count: int, timeout_s: float = 20.0) -> None:
