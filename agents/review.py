@@ -26,9 +26,8 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import msgspec
-from opentelemetry import trace
 
-from relaybus.bus import Bus, Event, PermissionDenied, RelayError, metrics
+from relaybus.bus import Bus, Event, PermissionDenied, RelayError, metrics, tracing
 from relaybus.bus.feed import EventFeed, from_the_run
 from relaybus.bus.kv import Bucket
 from relaybus.services.identity.client import publish_audit
@@ -383,9 +382,17 @@ def _flag(result: msgspec.Raw) -> str:
 def _observe(verdict: Verdict, agent: str) -> None:
     """A verdict as a metric sample and a `gen_ai.evaluation human` span."""
     metrics.EVALUATIONS.record(verdict.score, {"evaluator": HUMAN, "agent": agent})
-    span = trace.get_tracer("relaybus.review").start_span(
+    span = tracing.start_run_root(  # in the run's trace (as its runs' own roots are)
         "gen_ai.evaluation human",
-        attributes={"relaybus.run_id": verdict.run_id, "relaybus.reviewer": verdict.reviewer},
+        verdict.run_id,
+        attributes={
+            "openinference.span.kind": "EVALUATOR",
+            "gen_ai.evaluation.name": HUMAN,
+            "gen_ai.evaluation.score.value": verdict.score,
+            "gen_ai.evaluation.score.label": verdict.label or verdict.verdict,
+            "relaybus.run_id": verdict.run_id,
+            "relaybus.reviewer": verdict.reviewer,
+        },
     )
     span.add_event(
         "gen_ai.evaluation.result",
