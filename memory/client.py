@@ -32,7 +32,7 @@ from .messages import (
 log = logging.getLogger("relaybus.memory")
 INGEST_STEP_CHUNKS = 32  # new chunks one `ingest` request embeds at most
 INGEST_STEP_SHARE = 0.25  # of the request timeout, the time one `ingest` request embeds for
-INGEST_STEP_RETRIES = 2  # times a step that got no reply in time is sent again
+INGEST_STEP_RETRIES = 6  # times a step that got no reply in time is sent again, each half as big
 
 
 class MemoryClient:
@@ -108,13 +108,14 @@ class MemoryClient:
         self._check_size(source, body)
         steps: list[dict[str, Any]] = []
         while True:
-            step = dict(await self._ingest_step(body))
+            step, body = await self._ingest_step(body)
+            grew = step["kept"] - (steps[-1]["kept"] + steps[-1]["added"]) if steps else 0
             steps.append(step)
             if on_step is not None:
                 on_step(step)
             if not step["pending"]:
                 break
-            if not step["added"]:
+            if not step["added"] and grew <= 0:
                 raise MemoryRefused(f"{source}: the memory service stored nothing in a step")
         # a step whose reply was lost (and sent again) stored its chunks all the same: they
         # show as `kept` growing by more than the step before it added
@@ -140,16 +141,24 @@ class MemoryClient:
                 "carries in one message; split the document into smaller files"
             )
 
-    async def _ingest_step(self, body: Ingest) -> Any:
+    async def _ingest_step(self, body: Ingest) -> tuple[dict[str, Any], Ingest]:
+        """One step's reply, and the step to send next: a step that got no reply in time (a
+        loaded machine embeds slowly) is sent again half as big, down to one chunk."""
         for attempt in range(INGEST_STEP_RETRIES + 1):
             try:
-                return await self._call("ingest", body)
+                return dict(await self._call("ingest", body)), body
             except ServiceUnavailable:
                 raise  # already retried for twice the request timeout (`rpc.call`)
             except ConnectionFailed:  # no reply in time: the service may still be embedding
                 if attempt == INGEST_STEP_RETRIES:
                     raise
-                log.warning("ingest of %s: no reply in time; sending the step again", body.source)
+                body = msgspec.structs.replace(body, limit=max(1, body.limit // 2))
+                log.warning(
+                    "ingest of %s: no reply in time; sending the step again with at most %d "
+                    "chunk(s)",
+                    body.source,
+                    body.limit,
+                )
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def search_docs(

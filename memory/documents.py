@@ -81,8 +81,9 @@ async def ingest(service: MemoryService, data: bytes) -> Any:
     )
     todo = missing[: req.limit] if req.limit else missing
     added = 0
-    for start in range(0, len(todo), EMBED_STEP):
-        batch = todo[start : start + EMBED_STEP]
+    group = min(EMBED_STEP, req.limit) if req.limit else EMBED_STEP
+    for start in range(0, len(todo), group):
+        batch = todo[start : start + group]
         vectors = await service.embed([text for _, _, text in batch])
         await service.store.upsert(
             DOCUMENTS,
