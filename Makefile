@@ -36,9 +36,18 @@ typecheck: $(DEV_STAMP)
 pytest: $(DEV_STAMP)
 	$(BIN)/python -m pytest -q -m "not slow" -n 4 --durations=15  # the tests wait on processes and servers more than on CPU
 
-# the long fault tests (cluster failover, kill -9 of everything); .ci/run runs them after `make test`
-test-slow: $(DEV_STAMP)
-	$(BIN)/python -m pytest -q -m slow --durations=5
+# Arize Phoenix, a real OTLP backend for tests/test_phoenix.py, in a virtualenv of its own (it
+# brings ~80 packages relaybus does not need)
+PHOENIX := .venv-phoenix/bin/phoenix
+$(PHOENIX):
+	$(PYTHON) -m venv .venv-phoenix
+	.venv-phoenix/bin/python -m pip install --quiet --upgrade pip
+	.venv-phoenix/bin/python -m pip install --quiet 'arize-phoenix>=12'
+
+# the long tests (cluster failover, kill -9 of everything, a run in Phoenix); .ci/run runs them
+# after `make test`
+test-slow: $(DEV_STAMP) $(PHOENIX)
+	TEST_PHOENIX=$(abspath $(PHOENIX)) TEST_NEEDS_PHOENIX=1 $(BIN)/python -m pytest -q -m slow --durations=5
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/handoff.py
@@ -52,4 +61,4 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/waiters.py
 
 clean:
-	rm -rf $(VENV) .relaybus .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .venv-phoenix .relaybus .pytest_cache .mypy_cache .ruff_cache
