@@ -126,3 +126,24 @@ async def test_an_ordinary_retry_is_labelled_a_retry_not_a_takeover_after_a_cras
     (task,) = view["graph"]["tasks"]
     assert task["status"] == "completed" and task["attempts"] == len(resumed) + 1
     assert view["run"]["failures"] == len(resumed)
+
+
+async def test_a_failed_runs_page_shows_where_the_handler_failed(
+    stack: Stack, tmp_path: Path
+) -> None:
+    block = tmp_path / "upstream-down-for-good"
+    block.write_text("down")
+    run_id = await stack.publish("alice", "c_flaky", {"block": str(block)})
+    async with httpx.AsyncClient(base_url=stack.local_url, timeout=10) as http:
+
+        async def failed() -> dict[str, Any] | None:
+            view = (await http.get(f"/api/runs/{run_id}")).json()
+            return view if view["run"]["status"] == "failed" else None
+
+        view = await eventually(failed, f"run {run_id} to fail", timeout_s=90)
+    run = view["run"]
+    assert run["error"] == "RuntimeError: the upstream is down"
+    assert (
+        "in handle" in run["traceback"]
+        and 'raise RuntimeError("the upstream is down")' in (run["traceback"])
+    )

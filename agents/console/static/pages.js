@@ -168,7 +168,9 @@
             .map(([k, v]) => h("div", { "data-fact": k }, h("span", {}, k), h("b", {}, String(v))))),
         view.pending.length ? h("div", { class: "card", id: "run-pending" }, h("h2", {}, "Waiting for a decision"),
           view.pending.map((name) => h("div", {}, h("b", { class: "mono" }, name), "  ", decisionButtons(run.run_id, name, refresh)))) : "",
-        run.error ? h("div", { class: "error-box" }, run.error) : "");
+        run.error ? h("div", { class: "error-box" }, run.error) : "",
+        run.traceback ? h("details", { class: "traceback", id: "run-traceback" },
+          h("summary", {}, "traceback (where the handler failed)"), h("pre", {}, run.traceback)) : "");
       events.replaceChildren(...view.events.map((e) => h("tr", { class: `event ${e.status}`, "data-kind": e.kind },
         h("td", { class: "mono" }, RB.fmtTime(e.time)), h("td", {}, `${e.from || "–"} → ${e.to || "–"}`), h("td", {}, e.kind),
         h("td", {}, e.attempt || "–"), h("td", {}, RB.pill(e.status)), h("td", {}, e.latency_ms ? RB.fmtMs(e.latency_ms) : "–"),
