@@ -15,6 +15,8 @@ wait the ledger names. Each answer shows in the run's events: `parked`, `retried
 
 from __future__ import annotations
 
+import contextlib
+import math
 import time
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
@@ -23,7 +25,7 @@ from relaybus.bus import ErrorInfo, Retry
 from relaybus.bus.envelope import derived_id
 from relaybus.services.ledger.errors import BudgetExceeded
 
-from .journal import Journal, Wait
+from .journal import Fenced, Journal, Wait, release
 
 if TYPE_CHECKING:
     from .context import Context
@@ -31,6 +33,7 @@ if TYPE_CHECKING:
     from .worker import Worker
 
 POLICIES = ("fail", "park", "retry", "queue")
+MAX_QUEUE_S = 400 * 86400.0  # a monthly budget resets within 31 days; past this, something is off
 
 
 async def on_budget_exceeded(
@@ -38,7 +41,7 @@ async def on_budget_exceeded(
 ) -> str:
     """Apply the agent's policy; returns the task's outcome, "" to fail it."""
     policy = worker.agent.on_budget_exceeded
-    if policy == "queue" and exc.resets_at > time.time():
+    if policy == "queue" and _worth_queueing(ex, exc):
         await _queue(worker, ex, exc)
         return "queued"
     if policy in ("park", "queue"):
@@ -48,6 +51,8 @@ async def on_budget_exceeded(
         env = ex.envelope
         await ex.flush()
         await worker.costs.settle_leases(env.run_id)
+        with contextlib.suppress(Fenced):  # the next attempt is a retry, not a takeover
+            await ex.mutate(release)
         delay = worker.agent.budget_retry_s
         await worker.emit_event(
             env,
@@ -59,20 +64,39 @@ async def on_budget_exceeded(
     return ""
 
 
+def _worth_queueing(ex: Execution, exc: BudgetExceeded) -> bool:
+    """Whether waiting for the budget's next period can help: it has one, within reason, and
+    this task did not already wake from such a wait still over the budget (a call that asks
+    more than a whole period allows would queue for ever: it is parked for a person)."""
+    if not math.isfinite(exc.resets_at) or not 0 < exc.resets_at - time.time() < MAX_QUEUE_S:
+        return False
+    fired = set(ex.journal.timers)
+    woken = (_reset_timer(ex, n) in fired for n in range(1, len(ex.journal.timers) + 1))
+    return not any(woken)
+
+
+def _reset_timer(ex: Execution, n: int) -> str:
+    return derived_id(ex.envelope.id, "budget-reset", str(n))
+
+
 async def _queue(worker: Worker, ex: Execution, exc: BudgetExceeded) -> None:
-    """Sleep on a durable timer until the budget's period ends; the replay then charges again."""
+    """Sleep on a durable timer until the budget's period ends; the replay then charges again.
+    The timer is armed before the task suspends: a crash between the two leaves a timer for a
+    task that is still running (harmless), never a suspended task without one."""
     env = ex.envelope
     await ex.flush()
     await worker.costs.settle_leases(env.run_id)
     due = exc.resets_at + 1.0  # a second into the new period, clear of clock skew
-    timer = derived_id(env.id, "budget-reset", str(len(ex.journal.timers) + 1))
+    timer = _reset_timer(ex, len(ex.journal.timers) + 1)
+    await worker.start_timer(env, timer, due)
 
     def sleep(journal: Journal) -> None:
         journal.waiting = Wait(timer=timer)
-        journal.status = "suspended"
+        journal.status = "running" if journal.satisfied() else "suspended"
+        if journal.status == "running":
+            journal.waiting = None
 
     await ex.mutate(sleep)
-    await worker.start_timer(env, timer, due)
     resets = datetime.fromtimestamp(exc.resets_at, UTC).isoformat(timespec="seconds")
     await worker.emit_event(
         env,

@@ -89,6 +89,8 @@ class Journal(msgspec.Struct, kw_only=True, omit_defaults=True):
             return True
         if wait.signal:
             return wait.signal in self.signals
+        if wait.timer and not wait.children:  # a timer alone, not fired yet
+            return False
         done = [c for c in wait.children if c in self.children]
         if wait.quorum:
             ok = sum(1 for c in done if self.children[c].ok)
@@ -155,3 +157,8 @@ class JournalStore:
             except RevisionConflict:
                 current = None
         raise RelayError(f"journal of task {task_id} kept changing under {MAX_CAS_RETRIES} writes")
+
+
+def release(journal: Journal) -> None:
+    """A failed attempt lets go of its task: the next delivery is a retry, not a takeover."""
+    journal.owner = ""

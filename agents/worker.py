@@ -67,7 +67,15 @@ from .evaluation import Evaluation
 from .execution import Execution
 from .guard import Guard, runtime_payload, sender_problem
 from .interceptors import Interceptor, Metrics, Tracing, run_task
-from .journal import FINAL, Fenced, Journal, JournalDivergence, JournalStore, Outcome
+from .journal import (
+    FINAL,
+    Fenced,
+    Journal,
+    JournalDivergence,
+    JournalStore,
+    Outcome,
+    release,
+)
 from .limits import limit_problem
 from .messages import (
     CancelRun,
@@ -447,7 +455,7 @@ class Worker:
             else:
                 metrics.RETRIES.add(1, {"agent": self.name})
                 with contextlib.suppress(Fenced):  # the next attempt is a retry, not a takeover
-                    await ex.mutate(_released)
+                    await ex.mutate(release)
                 await self.run_writer.change(env.run_id, CountFailure(), env.chain)
                 await self.emit_event(
                     env, "retried", attempt=d.attempt, error=info, latency_ms=ctx.elapsed_ms()
@@ -612,10 +620,6 @@ def _spawned(journal: Journal) -> dict[str, str]:
             except msgspec.DecodeError:
                 continue
     return out
-
-
-def _released(journal: Journal) -> None:
-    journal.owner = ""
 
 
 def _take_over(owner: str, driver: str, *, reopen: bool = False) -> Any:

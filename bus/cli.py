@@ -222,6 +222,8 @@ def is_live(beat: AgentBeat, now: float) -> bool:
     killed replica's last beat stays in the bucket until it expires."""
     if beat.interval_s and now - beat.beat_at > 2.5 * beat.interval_s:
         return False
+    if not 0 < beat.pid < MAX_PID:  # written by the agent itself: nothing to trust blindly
+        return False
     if beat.host == socket.gethostname():
         try:
             os.kill(beat.pid, 0)
@@ -230,6 +232,9 @@ def is_live(beat: AgentBeat, now: float) -> bool:
         except PermissionError:
             pass  # another user's process: it exists
     return True
+
+
+MAX_PID = 1 << 22  # Linux's pid_max ceiling
 
 
 async def list_agents(bus: Bus) -> list[dict[str, Any]]:
@@ -246,7 +251,10 @@ async def list_agents(bus: Bus) -> list[dict[str, Any]]:
             continue
         if not entry.value:
             continue
-        beat = msgspec.json.decode(entry.value, type=AgentBeat)
+        try:
+            beat = msgspec.json.decode(entry.value, type=AgentBeat)
+        except msgspec.DecodeError:
+            continue  # not a beat (an agent writes its own): not counted
         if not is_live(beat, time.time()):
             continue
         row = agents.setdefault(beat.name, {"name": beat.name, "replicas": 0, "pids": []})

@@ -126,6 +126,8 @@ def _checked(env: Envelope) -> Envelope:
         value = getattr(env, name)
         if not _TOKEN_RE.match(value) and (value or name in _REQUIRED):
             raise EnvelopeInvalid(f"envelope field `{name}` = {value[:80]!r} is not a valid name")
+    if len(env.user) > 128:
+        raise EnvelopeInvalid("envelope field `user` is longer than 128 characters")
     for name in ("deadline", "created_at"):  # NaN compares false: a deadline that never passes
         if not math.isfinite(getattr(env, name)):
             raise EnvelopeInvalid(f"envelope field `{name}` must be a finite number of seconds")

@@ -71,6 +71,9 @@ async def _retrying(what: str, call: Callable[[], Awaitable[T]]) -> T:
     raise RelayError("unreachable")  # pragma: no cover
 
 
+EMPTY_LISTING_TRIES = 4
+
+
 class RevisionConflict(RelayError):
     """A compare-and-set write lost: the key changed since it was read (or already exists)."""
 
@@ -152,11 +155,26 @@ class Bucket:
 
     async def keys(self) -> list[str]:
         """Every key, listed again while JetStream is slow to answer (a timed-out listing is
-        retried, never taken as "no keys": `relaybus runs` lost runs that way under load)."""
-        try:
-            return list(await _retrying(f"keys {self.name}", lambda: self._kv.keys()))
-        except nats.js.errors.NoKeysError:
-            return []
+        retried, never taken as "no keys": `relaybus runs` lost runs that way under load).
+
+        nats-py's listing also says "no keys" when its watcher's first consumer info comes
+        back before the entries already sent to it were handled (a loaded machine: a review
+        test lost its verdicts): an empty answer from a bucket that holds messages is asked
+        again, a few times, before it is believed."""
+        for attempt in range(EMPTY_LISTING_TRIES):
+            try:
+                return list(await _retrying(f"keys {self.name}", lambda: self._kv.keys()))
+            except nats.js.errors.NoKeysError:
+                if attempt + 1 == EMPTY_LISTING_TRIES or not await self._holds_messages():
+                    return []
+                await asyncio.sleep(0.05 * (attempt + 1))
+        return []
+
+    async def _holds_messages(self) -> bool:
+        info = await _retrying(
+            f"info {self.name}", lambda: self._kv._js.stream_info(self._kv._stream)
+        )
+        return bool(info.state.messages)
 
     async def watch(self) -> Watch:
         """Every current entry, then live changes: `async for key, value in watch` (value None

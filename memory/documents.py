@@ -26,6 +26,8 @@ if TYPE_CHECKING:
 DOCUMENTS = "documents"
 CHUNK_CHARS = 800
 OVERLAP_CHARS = 120
+MAX_STEP_CHUNKS = 64  # chunks one ingest request embeds at most, whatever it asks
+MAX_STEP_S = 2.0  # and about how long it may embed for
 EMBED_STEP = 8  # chunks embedded and stored between checks of a step's limit and budget
 MAX_CHUNKS = 100_000  # of one source
 
@@ -79,9 +81,13 @@ async def ingest(service: MemoryService, data: bytes) -> Any:
         ((pid, i, text) for pid, (i, text) in wanted.items() if pid not in existing),
         key=lambda item: len(item[2]),
     )
-    todo = missing[: req.limit] if req.limit else missing
+    # the caller's bounds, within the service's own: it answers one request at a time, and a
+    # step that embedded a whole large document would hold up every other tenant
+    limit = min(req.limit or MAX_STEP_CHUNKS, MAX_STEP_CHUNKS)
+    budget_s = min(req.budget_s or MAX_STEP_S, MAX_STEP_S)
+    todo = missing[:limit]
     added = 0
-    group = min(EMBED_STEP, req.limit) if req.limit else EMBED_STEP
+    group = min(EMBED_STEP, limit)
     for start in range(0, len(todo), group):
         batch = todo[start : start + group]
         vectors = await service.embed([text for _, _, text in batch])
@@ -106,7 +112,7 @@ async def ingest(service: MemoryService, data: bytes) -> Any:
             ],
         )
         added += len(batch)
-        if req.budget_s and time.perf_counter() - started >= req.budget_s:
+        if time.perf_counter() - started >= budget_s:
             break
     pending = len(missing) - added
     stale = [] if pending else sorted(existing - set(wanted))

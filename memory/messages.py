@@ -82,8 +82,12 @@ class Ingest(msgspec.Struct, kw_only=True):
     collection: str
     source: str
     text: str
-    limit: Annotated[int, msgspec.Meta(ge=0)] = 0  # new chunks embedded in this step; 0: all
-    budget_s: NonNegative = 0.0  # stop embedding once this long has passed; 0: no time bound
+    limit: Annotated[int, msgspec.Meta(ge=0)] = (
+        0  # new chunks embedded in this step (the service caps it at 64; 0: that cap)
+    )
+    budget_s: NonNegative = (
+        0.0  # stop embedding once this long has passed (capped at 2 s; 0: the cap)
+    )
 
 
 class SearchDocs(msgspec.Struct, kw_only=True):

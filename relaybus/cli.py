@@ -241,6 +241,12 @@ async def runs_list(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_OK
 
 
+def _printable(text: str) -> str:
+    """`text` with control characters escaped: a handler's exception text never drives the
+    operator's terminal."""
+    return "".join(c if c.isprintable() or c == "\t" else repr(c)[1:-1] for c in text)
+
+
 def _json_times(row: dict[str, Any]) -> dict[str, Any]:
     """A run summary for JSON: times as ISO 8601 UTC."""
     return {**row, "started": bus_cli.iso(row["started"]), "ended": bus_cli.iso(row["ended"])}
@@ -274,7 +280,8 @@ async def run_show(args: argparse.Namespace, settings: Settings) -> int:
             continue
         print(f"{key:<12} {json.dumps(value) if isinstance(value, dict | list) else value}")
     if traceback:
-        print("traceback\n" + "\n".join(f"  {line}" for line in traceback.rstrip().splitlines()))
+        lines = traceback.rstrip().splitlines()
+        print("traceback\n" + "\n".join(f"  {_printable(line)}" for line in lines))
     return EXIT_OK
 
 

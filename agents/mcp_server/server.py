@@ -258,6 +258,7 @@ def _outcome_result(outcome: RunOutcome) -> types.CallToolResult:
 
 def _record_result(record: RunRecord) -> types.CallToolResult:
     summary = record.summary()
+    summary.pop("traceback", None)  # where the handler failed is for operators, not MCP callers
     return types.CallToolResult(
         content=[types.TextContent(text=json.dumps(summary))], structured_content=summary
     )

@@ -50,6 +50,7 @@ from .queries import QUERIES
 
 log = logging.getLogger("relaybus.ledger")
 SPIKE_WINDOW_S = 60.0
+GAUGED_LEVELS = ("user:", "agent:")
 BUDGET_SERIES = 1000  # budgets reported as gauges (they are configured, so few)
 _encode = msgspec.msgpack.Encoder().encode
 _decode_entry = msgspec.msgpack.Decoder(Entry).decode
@@ -279,8 +280,9 @@ def budget_gauges(writer: LedgerWriter) -> None:
     def levels() -> list[tuple[str, int, Level]]:
         state = writer.state
         rows = []
-        for name, budget in list(state.budgets.items()):
-            if name.startswith("run:") or not budget.limit:
+        for name, budget in sorted(state.budgets.items()):
+            # operators' budgets only: runs' (`run:`, payments' `payrun:`) come one per run
+            if not name.startswith(GAUGED_LEVELS) or not budget.limit:
                 continue
             used = state.levels.get(state.period_key(name, state.clock)) or Level()
             rows.append((name, budget.limit, used))

@@ -80,6 +80,13 @@ async def events_until(bus: Bus, run_id: str, kind: str, timeout_s: float = 30.0
     raise AssertionError(f"no {kind} event in {[e.kind for e in seen]}")
 
 
+async def fire_early(bus: Bus, timer: Envelope) -> None:
+    """Deliver a queued task's timer now, as its agent would (a timer from anyone else is
+    refused): the period "ends" without waiting for midnight."""
+    async with Bus(bus.settings, name="timer", agent="queueing") as agent:
+        await agent.publish(timer, subject=agent.subjects.timer("queueing"))
+
+
 async def test_an_llm_call_over_budget_falls_back_to_the_configured_cheaper_model(
     lbus: Bus, spawn: Spawn
 ) -> None:
@@ -140,7 +147,8 @@ async def test_over_a_periodic_budget_the_task_queues_until_the_period_resets(
     assert fired.timer == timer_id and fired.due == midnight.timestamp() + 1
     # when it fires (here: early, with the budget raised as the new period would leave it)
     await ledger.set_budget("daily-2", Budget(level="user:dev", limit=1000, period="daily"))
-    await lbus.publish(
+    await fire_early(
+        lbus,
         Envelope(
             id=derived_id(timer_id, "early"),
             run_id=accepted.run_id,
@@ -151,7 +159,6 @@ async def test_over_a_periodic_budget_the_task_queues_until_the_period_resets(
             parent_id=queued.envelope_id,
             created_at=time.time(),
         ),
-        subject=lbus.subjects.timer("queueing"),
     )
     outcome = await await_outcome(lbus, accepted.run_id, 30)
     assert outcome.status == "completed" and outcome.result == "quoted", outcome
@@ -165,3 +172,41 @@ def test_an_unknown_policy_is_refused_by_name() -> None:
         class Wrong(Agent):
             name = "wrong"
             on_budget_exceeded = "later"
+
+
+async def test_a_call_no_period_can_pay_for_is_parked_not_queued_for_ever(
+    lbus: Bus, spawn: Spawn
+) -> None:
+    ledger = LedgerClient(lbus)
+    await ledger.set_budget("daily", Budget(level="user:dev", limit=10, period="daily"))
+    spawn("degrade_agents:Queueing")
+    await consuming(lbus, "queueing")
+    accepted = await submit(lbus, "queueing", b"{}", sender="user:dev")
+    (*_, queued) = await events_until(lbus, accepted.run_id, "queued")
+    timer_id = derived_id(queued.envelope_id, "budget-reset", "1")
+    # the period "resets" (the timer fires), and the 50 the call costs still exceeds all 10
+    await fire_early(
+        lbus,
+        Envelope(
+            id=derived_id(timer_id, "early"),
+            run_id=accepted.run_id,
+            kind="signal",
+            sender="queueing",
+            recipient="queueing",
+            payload=msgspec.json.encode(TimerFired(timer=timer_id, due=time.time())),
+            parent_id=queued.envelope_id,
+            created_at=time.time(),
+        ),
+    )
+    (*before, parked) = await events_until(lbus, accepted.run_id, "parked")
+    assert [e.kind for e in before].count("queued") == 1
+    assert "raise the budget, then `relaybus approve" in parked.detail
+
+
+def test_a_wait_for_a_timer_alone_holds_until_the_timer_fires() -> None:
+    from relaybus.agents.journal import Journal, Wait
+
+    journal = Journal(run_id="r", task_id="t", agent="a", task=b"", waiting=Wait(timer="x"))
+    assert not journal.satisfied()
+    journal.timers.append("x")
+    assert journal.satisfied()

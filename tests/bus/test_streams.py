@@ -44,3 +44,31 @@ async def test_the_audit_stream_refuses_delete_and_purge(bus: Bus) -> None:
     with pytest.raises(nats.js.errors.APIError):
         await bus.js.delete_msg(name, seq)
     assert (await bus.js.stream_info(name)).state.messages == 1
+
+
+async def test_status_counts_no_presence_entry_an_agent_forged(bus: Bus) -> None:
+    import socket
+    import time
+
+    import msgspec
+
+    from relaybus.bus.cli import AgentBeat, list_agents
+    from relaybus.bus.kv import Bucket
+
+    presence = await Bucket.open(bus, bus.subjects.bucket("presence"))
+    now = time.time()
+    beat = AgentBeat(name="a", pid=1, host="elsewhere", concurrency=1, started=now, beat_at=now)
+    await presence.put("a.junk", b"not a beat")
+    await presence.put(
+        "a.huge",
+        msgspec.json.encode(
+            msgspec.structs.replace(beat, pid=2**63 - 1, host=socket.gethostname())
+        ),
+    )
+    await presence.put("a.zero", msgspec.json.encode(msgspec.structs.replace(beat, pid=0)))
+    await presence.put(
+        "a.stale",
+        msgspec.json.encode(msgspec.structs.replace(beat, beat_at=now - 600, interval_s=20.0)),
+    )
+    await presence.put("a.ok", msgspec.json.encode(beat))
+    assert [(a["name"], a["replicas"]) for a in await list_agents(bus)] == [("a", 1)]

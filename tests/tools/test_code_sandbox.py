@@ -71,7 +71,8 @@ def test_an_infinite_loop_is_stopped_at_its_cpu_limit(sandbox: Sandbox) -> None:
     started = time.monotonic()
     report = sandbox.run("while True:\n    pass\n", {}, limits)
     assert report.killed == "cpu_time" and report.exit_code != 0
-    assert limits.cpu_seconds - 0.1 <= report.cpu_seconds <= limits.cpu_seconds + 1.1
+    # (the last polls before the kill may miss a few hundred ms of a loaded machine's CPU time)
+    assert limits.cpu_seconds - 0.5 <= report.cpu_seconds <= limits.cpu_seconds + 1.1
     assert time.monotonic() - started < limits.wall_seconds
 
 
