@@ -177,16 +177,21 @@ async def test_a_run_in_phoenix(
         }
         return [s for s in spans if s["context"]["trace_id"] in ours]
 
+    def orphans(spans: list[dict[str, Any]]) -> list[str]:
+        ids = {s["context"]["span_id"] for s in spans}
+        return [s["name"] for s in spans if s["parent_id"] and s["parent_id"] not in ids]
+
+    # until the evaluations (after the result), the ledger's spans and every parent are in:
+    # each process exports in batches of its own, so a child may arrive before its parent
     deadline = time.monotonic() + 60
-    while True:  # until the evaluations (after the result) and the ledger's spans are in
+    while True:
         spans = of_run()
         kinds = {s.get("span_kind") for s in spans}
-        if "EVALUATOR" in kinds and any(s["name"].startswith("relaybus-ledger") for s in spans):
+        ledger_in = any(s["name"].startswith("relaybus-ledger") for s in spans)
+        if "EVALUATOR" in kinds and ledger_in and not orphans(spans):
             break
-        assert time.monotonic() < deadline, sorted({s["name"] for s in spans})
+        assert time.monotonic() < deadline, (sorted({s["name"] for s in spans}), orphans(spans))
         time.sleep(1.0)
-    time.sleep(2.0)  # the last batches
-    spans = of_run()
 
     # one trace, one root: the planner's first execution
     assert len({s["context"]["trace_id"] for s in spans}) == 1
