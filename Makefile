@@ -59,6 +59,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/scenario.py
 	$(BIN)/python benchmarks/load.py
 	$(BIN)/python benchmarks/waiters.py
+	$(BIN)/python benchmarks/messages.py
 
 clean:
 	rm -rf $(VENV) .venv-phoenix .relaybus .pytest_cache .mypy_cache .ruff_cache

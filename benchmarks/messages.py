@@ -1,0 +1,187 @@
+"""NATS messages per single-hop run, by subject family (issue #23's target: at most 12 with bus +
+runtime), next to what a raw nats-py JetStream round trip needs, counted on the same server in
+the same run by a connection subscribed to `>`.
+
+    python benchmarks/messages.py [--runs 50] [--json]
+
+The run: `submit(wait=True)` to an agent whose handler returns at once (no journaled steps).
+The raw job: publish to a work-queue stream with PubAck, a pull consumer fetches, acks and
+replies on the caller's inbox. Runs go one at a time, so every message counted belongs to one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import nats
+from nats.js import api
+
+from relaybus.agents.submit import submit
+from relaybus.bus import Bus, NatsServer, Settings, default_topology, ensure
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def family(subject: str, prefix: str) -> str:
+    """A subject's family: `task`, `event`, `$KV.runs`, `$JS.API.CONSUMER.INFO`, `$JS.ACK`, …"""
+    parts = subject.split(".")
+    if subject.startswith("_INBOX"):
+        return "_INBOX (replies)"
+    if parts[0] == "$JS" and parts[1] == "API":
+        return (
+            ".".join(parts[:4])
+            if parts[2] in ("STREAM", "CONSUMER", "DIRECT")
+            else ".".join(parts[:3])
+        )
+    if parts[0] == "$JS":
+        return ".".join(parts[:2])
+    if parts[0] == "$KV":
+        return f"$KV.{parts[1].removeprefix(prefix + '_')}"
+    if parts[0] == prefix:
+        return parts[1]
+    return parts[0]
+
+
+class Counter:
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+        self.counts: collections.Counter[str] = collections.Counter()
+        self.on = False
+
+    async def seen(self, msg: object) -> None:
+        if self.on:
+            self.counts[family(msg.subject, self.prefix)] += 1  # type: ignore[attr-defined]
+
+
+async def counted(url: str, prefix: str, job: object, runs: int) -> collections.Counter[str]:
+    nc = await nats.connect(url, name="bench-counter")
+    counter = Counter(prefix)
+    await nc.subscribe(">", cb=counter.seen)
+    await nc.flush()
+    try:
+        await job(1)  # type: ignore[operator]  # warm: consumers, handles, caches
+        await asyncio.sleep(0.5)
+        counter.on = True
+        await job(runs)  # type: ignore[operator]
+        await asyncio.sleep(1.0)  # what is still on its way (acks, late events)
+        counter.on = False
+    finally:
+        await nc.close()
+    return counter.counts
+
+
+async def raw_job_factory(url: str) -> tuple[object, object]:
+    nc = await nats.connect(url, name="bench-raw")
+    js = nc.jetstream()
+    await js.add_stream(name="RAWQ", subjects=["rawq.>"], retention=api.RetentionPolicy.WORK_QUEUE)
+    psub = await js.pull_subscribe("rawq.>", durable="rawworker", stream="RAWQ")
+    stop = asyncio.Event()
+
+    async def worker() -> None:
+        while not stop.is_set():
+            try:
+                msgs = await psub.fetch(1, timeout=0.5)
+            except (TimeoutError, nats.errors.TimeoutError):
+                continue
+            for msg in msgs:
+                await msg.ack()
+                await nc.publish(msg.headers["reply"], msg.data)  # type: ignore[index]
+
+    task = asyncio.create_task(worker())
+
+    async def job(runs: int) -> None:
+        for i in range(runs):
+            inbox = nc.new_inbox()
+            sub = await nc.subscribe(inbox, max_msgs=1)
+            await js.publish(f"rawq.{i}", b'{"x": 1}', headers={"reply": inbox})
+            await sub.next_msg(timeout=10)
+
+    async def close() -> None:
+        stop.set()
+        await task
+        await nc.close()
+
+    return job, close
+
+
+def start_agent(settings: Settings, spec: str) -> subprocess.Popen[bytes]:
+    env = {
+        **os.environ,
+        **settings.env(),
+        "RELAYBUS_LOG_LEVEL": "WARNING",
+        "PYTHONPATH": f"{ROOT / 'benchmarks'}{os.pathsep}{ROOT}",
+    }
+    return subprocess.Popen(
+        [sys.executable, "-m", "relaybus.cli", "agent", "run", spec], env=env, cwd=ROOT
+    )
+
+
+async def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--runs", type=int, default=50)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp, NatsServer(Path(tmp) / "nats") as server:
+        settings = Settings.from_env({}, nats_url=server.url, nats_auth=False, home=Path(tmp))
+        prefix = settings.prefix
+        raw, close_raw = await raw_job_factory(server.url)
+        raw_counts = await counted(server.url, prefix, raw, args.runs)
+        await close_raw()  # type: ignore[operator]
+        async with Bus(settings, name="bench") as bus:
+            await ensure(bus, default_topology(bus.subjects))
+            agent = start_agent(settings, "bench_agents:Steps")
+            try:
+                await asyncio.sleep(2.5)
+
+                async def ours(runs: int) -> None:
+                    for _ in range(runs):
+                        outcome = await submit(
+                            bus, "bsteps", b'{"steps": 0}', wait=True, timeout_s=30
+                        )
+                        if outcome.status != "completed":
+                            raise SystemExit(f"run {outcome.run_id} {outcome.status}")
+
+                our_counts = await counted(server.url, prefix, ours, args.runs)
+            finally:
+                agent.send_signal(signal.SIGTERM)
+                agent.wait(30)
+    per_run = {k: v / args.runs for k, v in sorted(our_counts.items(), key=lambda kv: -kv[1])}
+    raw_per_run = {k: v / args.runs for k, v in sorted(raw_counts.items(), key=lambda kv: -kv[1])}
+    ours_total, raw_total = sum(per_run.values()), sum(raw_per_run.values())
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "runs": args.runs,
+                    "bus_runtime": per_run,
+                    "raw": raw_per_run,
+                    "bus_runtime_total": ours_total,
+                    "raw_total": raw_total,
+                    "ratio": ours_total / raw_total,
+                }
+            )
+        )
+        return 0
+    print(f"NATS messages per single-hop run ({args.runs} runs, one at a time)")
+    print(f"{'family':<36} {'bus+runtime':>12} {'raw nats-py':>12}")
+    for name in sorted(set(per_run) | set(raw_per_run), key=lambda k: -per_run.get(k, 0)):
+        print(f"{name:<36} {per_run.get(name, 0):>12.1f} {raw_per_run.get(name, 0):>12.1f}")
+    print(
+        f"{'total':<36} {ours_total:>12.1f} {raw_total:>12.1f}   ratio {ours_total / raw_total:.1f}x"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(asyncio.run(main()))
