@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -72,6 +73,7 @@ async def _retrying(what: str, call: Callable[[], Awaitable[T]]) -> T:
 
 
 EMPTY_LISTING_TRIES = 4
+_OPENED: weakref.WeakKeyDictionary[Any, dict[str, Bucket]] = weakref.WeakKeyDictionary()
 
 
 class RevisionConflict(RelayError):
@@ -87,10 +89,16 @@ class Bucket:
 
     @classmethod
     async def open(cls, bus: Bus, name: str) -> Bucket:
+        """The bucket `name` on `bus`'s connection. Opened once per connection (opening asks
+        JetStream for the bucket's stream info: one request per submit, before)."""
+        opened = _OPENED.setdefault(bus.js, {})  # per connection: a Bus may connect again
+        if (found := opened.get(name)) is not None:
+            return found
         try:
-            return cls(await _retrying(f"open {name}", lambda: bus.js.key_value(name)), name)
+            kv = await _retrying(f"open {name}", lambda: bus.js.key_value(name))
         except nats.js.errors.BucketNotFoundError:
             raise ConnectionFailed(f"KV bucket {name} does not exist; run `relaybus up`") from None
+        return opened.setdefault(name, cls(kv, name))
 
     async def get(self, key: str) -> tuple[bytes, int] | None:
         check_key(self.name, key)
