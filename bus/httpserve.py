@@ -161,7 +161,7 @@ async def serve_app(
     app: ASGIApp, host: str = LOOPBACK, port: int = 0, *, max_body: int = MAX_BODY
 ) -> HttpServer:
     """Serve `app` on `host:port` from the running event loop; returns once it accepts."""
-    sock = _listen(host, port)
+    sock = listen_socket(host, port)
     config = uvicorn.Config(
         BodyLimit(app, max_body),
         http="h11",
@@ -192,7 +192,8 @@ async def serve_app(
     return HttpServer(server, sock, task)
 
 
-def _listen(host: str, port: int) -> socket.socket:
+def listen_socket(host: str, port: int) -> socket.socket:
+    """A listening TCP socket on `host:port` (0: any free port), or a RelayError naming why not."""
     if not 0 <= port <= 65535:
         raise RelayError(f"--port {port} is not a port: use 0-65535 (0: any free port)")
     family = socket.AF_INET6 if ":" in host else socket.AF_INET

@@ -9,7 +9,7 @@ import socket
 from collections.abc import Iterator
 from typing import Any
 
-from relaybus.bus import Bus, RelayError, Settings
+from relaybus.bus import Bus, Settings
 from relaybus.bus.runtime import EXIT_OK
 
 from .access import is_loopback
@@ -41,13 +41,9 @@ def _server(config: Any) -> Any:
 
 def listen(host: str, port: int) -> socket.socket:
     """A listening socket (bound before uvicorn starts, so the printed port is the real one)."""
-    if not 0 <= port <= 65535:
-        raise RelayError(f"--port {port} is not a port: use 0-65535 (0: any free port)")
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    try:
-        return socket.create_server((host, port), family=family, backlog=128)
-    except OSError as exc:
-        raise RelayError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    from relaybus.bus.httpserve import listen_socket
+
+    return listen_socket(host, port)
 
 
 async def console(args: argparse.Namespace, settings: Settings) -> int:

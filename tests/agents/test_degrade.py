@@ -80,9 +80,19 @@ async def events_until(bus: Bus, run_id: str, kind: str, timeout_s: float = 30.0
     raise AssertionError(f"no {kind} event in {[e.kind for e in seen]}")
 
 
-async def fire_early(bus: Bus, timer: Envelope) -> None:
+async def fire_early(bus: Bus, queued: Event, timer_id: str) -> None:
     """Deliver a queued task's timer now, as its agent would (a timer from anyone else is
     refused): the period "ends" without waiting for midnight."""
+    timer = Envelope(
+        id=derived_id(timer_id, "early"),
+        run_id=queued.run_id,
+        kind="signal",
+        sender="queueing",
+        recipient="queueing",
+        payload=msgspec.json.encode(TimerFired(timer=timer_id, due=time.time())),
+        parent_id=queued.envelope_id,
+        created_at=time.time(),
+    )
     async with Bus(bus.settings, name="timer", agent="queueing") as agent:
         await agent.publish(timer, subject=agent.subjects.timer("queueing"))
 
@@ -147,19 +157,7 @@ async def test_over_a_periodic_budget_the_task_queues_until_the_period_resets(
     assert fired.timer == timer_id and fired.due == midnight.timestamp() + 1
     # when it fires (here: early, with the budget raised as the new period would leave it)
     await ledger.set_budget("daily-2", Budget(level="user:dev", limit=1000, period="daily"))
-    await fire_early(
-        lbus,
-        Envelope(
-            id=derived_id(timer_id, "early"),
-            run_id=accepted.run_id,
-            kind="signal",
-            sender="queueing",
-            recipient="queueing",
-            payload=msgspec.json.encode(TimerFired(timer=timer_id, due=time.time())),
-            parent_id=queued.envelope_id,
-            created_at=time.time(),
-        ),
-    )
+    await fire_early(lbus, queued, timer_id)
     outcome = await await_outcome(lbus, accepted.run_id, 30)
     assert outcome.status == "completed" and outcome.result == "quoted", outcome
 
@@ -185,19 +183,7 @@ async def test_a_call_no_period_can_pay_for_is_parked_not_queued_for_ever(
     (*_, queued) = await events_until(lbus, accepted.run_id, "queued")
     timer_id = derived_id(queued.envelope_id, "budget-reset", "1")
     # the period "resets" (the timer fires), and the 50 the call costs still exceeds all 10
-    await fire_early(
-        lbus,
-        Envelope(
-            id=derived_id(timer_id, "early"),
-            run_id=accepted.run_id,
-            kind="signal",
-            sender="queueing",
-            recipient="queueing",
-            payload=msgspec.json.encode(TimerFired(timer=timer_id, due=time.time())),
-            parent_id=queued.envelope_id,
-            created_at=time.time(),
-        ),
-    )
+    await fire_early(lbus, queued, timer_id)
     (*before, parked) = await events_until(lbus, accepted.run_id, "parked")
     assert [e.kind for e in before].count("queued") == 1
     assert "raise the budget, then `relaybus approve" in parked.detail
