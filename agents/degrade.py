@@ -32,7 +32,6 @@ if TYPE_CHECKING:
     from .execution import Execution
     from .worker import Worker
 
-POLICIES = ("fail", "park", "retry", "queue")
 MAX_QUEUE_S = 400 * 86400.0  # a monthly budget resets within 31 days; past this, something is off
 
 

@@ -66,14 +66,12 @@ class Guard:
         reason = f"refused a {env.kind} from {sender} (claims {env.sender!r}): {problem}"
         log.warning("%s", reason)
         if self.gate is not None:
-            principal = principal_of(env, trust_user=self.gate is None)
+            principal = principal_of(env)
             if not env.chain and env.parent_id:  # the run's user, from the task it aims at
                 with contextlib.suppress(Exception):
                     found = await self.journals.load(env.run_id, env.parent_id)
                     if found is not None:
-                        principal = principal_of(
-                            decode(found[0].task), trust_user=self.gate is None
-                        )
+                        principal = principal_of(decode(found[0].task))
             await self.gate.audit(
                 AuditRecord(
                     action=f"message/{env.kind}",
@@ -97,7 +95,7 @@ class Guard:
         except RevocationUnknown:
             raise  # an outage, not a bad chain: the caller retries; nothing to audit
         except ChainInvalid as exc:
-            principal = principal_of(env, trust_user=self.gate is None)
+            principal = principal_of(env)
             await self.gate.audit(
                 AuditRecord(
                     action="chain/verify",
@@ -202,11 +200,10 @@ def sender_problem(d: Delivery, me: str) -> str:
     return ""
 
 
-def principal_of(env: Envelope, *, trust_user: bool) -> str:
-    """Who a message acts for, for audit records: its chain's root; else (identity off,
-    `trust_user`) the user it carries; else its sender, which NATS authenticated."""
-    fallback = env.user or env.sender if trust_user else env.sender
+def principal_of(env: Envelope) -> str:
+    """Who a message acts for, for a gated agent's audit records: its chain's root, else its
+    sender, which NATS authenticated (never the unauthenticated `Relay-User`)."""
     try:
-        return decode_body(env.chain[0].payload).principal if env.chain else fallback
+        return decode_body(env.chain[0].payload).principal if env.chain else env.sender
     except ChainInvalid:
-        return fallback
+        return env.sender
