@@ -28,6 +28,7 @@ class Toy:
 
     def __init__(self) -> None:
         self.release = asyncio.Event()
+        self.started = asyncio.Event()
         self.finished: list[str] = []
 
     async def handle(self, subject: str, data: bytes) -> bytes:
@@ -39,6 +40,7 @@ class Toy:
             if op == "crash":
                 raise ZeroDivisionError("a bug, not a refusal")
             if op == "slow":
+                self.started.set()
                 await self.release.wait()
                 self.finished.append(op)
                 return "done"
@@ -96,7 +98,7 @@ async def test_stopping_answers_the_request_in_hand_first(bus: Bus, plain: NATS)
     await service.__aenter__()
     # Given a request the handler is still working on
     pending = asyncio.ensure_future(plain.request(f"{p}.svc.toy.slow", b"{}", timeout=10))
-    await asyncio.sleep(0.2)
+    await asyncio.wait_for(toy.started.wait(), 10)
     # When the service stops, and the work finishes meanwhile
     stopping = asyncio.ensure_future(service.__aexit__(None, None, None))
     await asyncio.sleep(0.2)
