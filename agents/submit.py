@@ -179,16 +179,19 @@ async def submit(
             raise
         # another submit of the same run id won the race (or an earlier attempt of this one):
         # re-sending its deterministic task below is stored once
-    await bus.publish(env)
     submitted = Event(
         run_id=env.run_id, kind="submitted", sender=sender, recipient=agent, envelope_id=env.id
     )
-    await bus.publish_event(submitted, durable=True)
     if not wait:
+        await bus.publish(env)
+        await bus.publish_event(submitted)
         return RunOutcome(run_id=env.run_id, status="submitted")
-    from .waiting import await_outcome  # the record says how it ended: no events consumer
+    from .waiting import Waiter  # the record says how it ended: no events consumer
 
-    return await await_outcome(bus, env.run_id, timeout_s, runs)
+    async with Waiter(bus, env.run_id, runs) as waiter:
+        await bus.publish(env)
+        await bus.publish_event(submitted)
+        return await waiter.outcome(timeout_s, read_first=run_id is not None)
 
 
 class RunIdTaken(RelayError):

@@ -25,36 +25,58 @@ async def await_outcome(
     bus: Bus, run_id: str, timeout_s: float, runs: RunStore | None = None
 ) -> RunOutcome:
     """How run `run_id` ended, or status `timeout` if it had not within `timeout_s`."""
-    runs = runs or await run_store(bus)
-    ended = asyncio.Event()
-    kind_at = len(bus.subjects.prefix.split(".")) + 2  # <prefix>.event.<run>.<kind>[.<agent>]
+    async with Waiter(bus, run_id, runs) as waiter:
+        return await waiter.outcome(timeout_s)
 
-    async def wake(msg: Any) -> None:
-        tokens = msg.subject.split(".")
-        if len(tokens) > kind_at and tokens[kind_at] in ENDED:
-            ended.set()
 
-    sub = await bus.nc.subscribe(bus.subjects.events_of(run_id), cb=wake)
-    try:
+class Waiter:
+    """A wake-up subscription to one run's events, opened before the run can end: `submit`
+    opens it before publishing the task, so its first look at the record can wait for a
+    wake-up (the record says `submitted` until then)."""
+
+    def __init__(self, bus: Bus, run_id: str, runs: RunStore | None = None) -> None:
+        self.bus, self.run_id, self.runs = bus, run_id, runs
+        self.ended = asyncio.Event()
+        self._sub: Any = None
+
+    async def __aenter__(self) -> Waiter:
+        self.runs = self.runs or await run_store(self.bus)
+        kind_at = len(self.bus.subjects.prefix.split(".")) + 2  # <prefix>.event.<run>.<kind>
+
+        async def wake(msg: Any) -> None:
+            tokens = msg.subject.split(".")
+            if len(tokens) > kind_at and tokens[kind_at] in ENDED:
+                self.ended.set()
+
+        self._sub = await self.bus.nc.subscribe(self.bus.subjects.events_of(self.run_id), cb=wake)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        with contextlib.suppress(Exception):  # a closed connection has no subscription left
+            await self._sub.unsubscribe()
+
+    async def outcome(self, timeout_s: float, *, read_first: bool = True) -> RunOutcome:
+        """`read_first=False` when the run cannot have ended before this waiter subscribed."""
+        assert self.runs is not None
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
         recheck = RECHECK_S[0]
+        read = read_first
         while True:
-            ended.clear()
-            record = await runs.get(run_id)
-            if record is not None and record.status in ENDED:
-                return outcome_of_record(record)
+            if read:
+                self.ended.clear()
+                record = await self.runs.get(self.run_id)
+                if record is not None and record.status in ENDED:
+                    return outcome_of_record(record)
+            read = True
             left = deadline - loop.time()
             if left <= 0:
                 return RunOutcome(
-                    run_id=run_id, status="timeout", error=f"no result within {timeout_s:g}s"
+                    run_id=self.run_id, status="timeout", error=f"no result within {timeout_s:g}s"
                 )
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(ended.wait(), min(left, recheck))
+                await asyncio.wait_for(self.ended.wait(), min(left, recheck))
             recheck = min(recheck * 2, RECHECK_S[1])
-    finally:
-        with contextlib.suppress(Exception):  # a closed connection has no subscription left
-            await sub.unsubscribe()
 
 
 def outcome_of_record(record: RunRecord) -> RunOutcome:

@@ -217,7 +217,10 @@ class Worker:
             if replay and run.status == "failed" and not env.parent_id:
                 await self.run_writer.change(env.run_id, Reopen(), env.chain)
         owner = self.new_owner()
-        found = await self.journals.load(env.run_id, env.id)
+        # a first delivery usually starts the task: try to create its journal before reading
+        # one (a duplicate's create fails and reads it)
+        first = d.attempt == 1 and not replay
+        found = None if first else await self.journals.load(env.run_id, env.id)
         if found is None:
             journal = Journal(
                 run_id=env.run_id,

@@ -55,11 +55,13 @@ class Counter:
     def __init__(self, prefix: str) -> None:
         self.prefix = prefix
         self.counts: collections.Counter[str] = collections.Counter()
+        self.sequence: list[str] = []
         self.on = False
 
     async def seen(self, msg: object) -> None:
         if self.on:
             self.counts[family(msg.subject, self.prefix)] += 1  # type: ignore[attr-defined]
+            self.sequence.append(msg.subject)  # type: ignore[attr-defined]
 
 
 async def counted(url: str, prefix: str, job: object, runs: int) -> collections.Counter[str]:
@@ -76,6 +78,8 @@ async def counted(url: str, prefix: str, job: object, runs: int) -> collections.
         counter.on = False
     finally:
         await nc.close()
+    if os.environ.get("BENCH_SEQUENCE"):
+        print("\n".join(counter.sequence), file=sys.stderr)
     return counter.counts
 
 

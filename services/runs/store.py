@@ -4,6 +4,7 @@ Every change goes through `state.apply`; this module only reads and CAS-writes."
 from __future__ import annotations
 
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 
 import msgspec
@@ -21,31 +22,63 @@ class NoRun(RelayError):
     """No record of that run: `relaybus runs` lists the recent ones."""
 
 
+KNOWN = 4096  # records whose last seen revision this store keeps
+
+
 class RunStore:
+    """Reads are always fresh. A write starts from the revision this store last read or wrote
+    (a run's submit, start and end are usually changed by one process), so the hot path reads
+    a record once, not before every write; CAS turns a stale start into a re-read."""
+
     def __init__(self, bucket: Bucket) -> None:
         self.bucket = bucket
+        self._known: OrderedDict[str, tuple[bytes, int]] = OrderedDict()
+
+    def _remember(self, run_id: str, data: bytes, revision: int) -> None:
+        self._known[run_id] = (data, revision)
+        self._known.move_to_end(run_id)
+        while len(self._known) > KNOWN:
+            self._known.popitem(last=False)
+
+    async def _read(self, run_id: str) -> tuple[bytes, int] | None:
+        found = await self.bucket.get(run_id)
+        if found is None:
+            self._known.pop(run_id, None)
+        else:
+            self._remember(run_id, *found)
+        return found
 
     async def create(self, record: RunRecord) -> None:
-        await self.bucket.create(record.run_id, _encode(record))
+        data = _encode(record)
+        self._remember(record.run_id, data, await self.bucket.create(record.run_id, data))
 
     async def get(self, run_id: str) -> RunRecord | None:
-        found = await self.bucket.get(run_id)
+        found = await self._read(run_id)
         return _decode(found[0]) if found else None
 
     async def update(self, run_id: str, change: Callable[[RunRecord], bool]) -> RunRecord:
-        """CAS-update; `change` returns False to leave the record as it is."""
+        """CAS-update; `change` returns False to leave the record as it is. Only a fresh read
+        may decide that nothing changes (a remembered revision may be stale)."""
+        found = self._known.get(run_id)
+        fresh = found is None
         for _ in range(100):
-            found = await self.bucket.get(run_id)
             if found is None:
-                raise NoRun(f"no run {run_id}; `relaybus runs` lists the recent ones")
+                found, fresh = await self._read(run_id), True
+                if found is None:
+                    raise NoRun(f"no run {run_id}; `relaybus runs` lists the recent ones")
             record = _decode(found[0])
             if not change(record):
-                return record
+                if fresh:
+                    return record
+                found = None
+                continue
+            data = _encode(record)
             try:
-                await self.bucket.update(run_id, _encode(record), found[1])
+                self._remember(run_id, data, await self.bucket.update(run_id, data, found[1]))
                 return record
             except RevisionConflict:
-                continue
+                self._known.pop(run_id, None)
+                found = None
         raise RelayError(f"run record {run_id} kept changing")
 
     async def change(

@@ -56,8 +56,7 @@ async def test_kill9_between_effect_and_ack_runs_the_effect_once(
     first = spawn("runtime_agents:Effector", **FAST)
     spawn("runtime_agents:Sink", **FAST)
     run_id = await start_run(bus, "effector", {"effects": str(effects), "sink": str(sink)})
-    while not effects.exists():
-        await asyncio.sleep(0.05)
+    await wait_event(bus, run_id, "step")  # the effect ran and its result is journaled
     # When the worker holding the message is killed -9 before acking
     kill9(first)
     spawn("runtime_agents:Effector", **FAST)
