@@ -10,7 +10,7 @@ import msgspec
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
 from .client import Bus
-from .errors import ErrorInfo, RelayError, ServiceUnavailable, rebuild_error
+from .errors import ConnectionFailed, ErrorInfo, RelayError, ServiceUnavailable, rebuild_error
 
 log = logging.getLogger("relaybus.rpc")
 T = TypeVar("T")
@@ -52,12 +52,22 @@ async def answer(
         return reply_error(exc)
 
 
-async def call(bus: Bus, subject: str, body: Any, timeout_s: float | None = None) -> Any:
+async def call(
+    bus: Bus,
+    subject: str,
+    body: Any,
+    timeout_s: float | None = None,
+    *,
+    idempotent: bool = False,
+) -> Any:
     """Send `body` (JSON), return the reply's body; a refusal raises its own error type.
 
     While no service process answers (one restarting after a crash), the request is sent again
-    for up to twice the request timeout: nobody received it, so resending is always safe."""
-    data = await _request(bus, subject, msgspec.json.encode(body), timeout_s)
+    for up to twice the request timeout: nobody received it, so resending is always safe.
+    `idempotent`: a request that got no reply in time is sent again too (to another replica
+    of the service, when the one that took it died), within the same bound: only for requests
+    that may be applied twice (signing, reading, setting a state)."""
+    data = await _request(bus, subject, msgspec.json.encode(body), timeout_s, idempotent)
     reply = msgspec.json.decode(data, type=Reply)
     if not reply.ok:
         info = reply.error or ErrorInfo(type="RelayError", message="the service refused")
@@ -66,10 +76,16 @@ async def call(bus: Bus, subject: str, body: Any, timeout_s: float | None = None
 
 
 async def call_as(
-    bus: Bus, subject: str, body: Any, into: type[T], timeout_s: float | None = None
+    bus: Bus,
+    subject: str,
+    body: Any,
+    into: type[T],
+    timeout_s: float | None = None,
+    *,
+    idempotent: bool = False,
 ) -> T:
     """`call`, with the reply's body decoded straight into `into` (a msgspec type)."""
-    data = await _request(bus, subject, msgspec.json.encode(body), timeout_s)
+    data = await _request(bus, subject, msgspec.json.encode(body), timeout_s, idempotent)
     reply = msgspec.json.decode(data, type=Reply)
     if not reply.ok:
         info = reply.error or ErrorInfo(type="RelayError", message="the service refused")
@@ -77,11 +93,15 @@ async def call_as(
     return msgspec.json.decode(reply.body, type=into)
 
 
-async def _request(bus: Bus, subject: str, data: bytes, timeout_s: float | None) -> bytes:
+async def _request(
+    bus: Bus, subject: str, data: bytes, timeout_s: float | None, idempotent: bool
+) -> bytes:
+    unanswered = ConnectionFailed if idempotent else ServiceUnavailable
+    per_try = timeout_s or bus.settings.request_timeout_s
     retrying = AsyncRetrying(
-        retry=retry_if_exception_type(ServiceUnavailable),
+        retry=retry_if_exception_type(unanswered),
         wait=wait_exponential(multiplier=0.05, max=1.0),
-        stop=stop_after_delay(2 * bus.settings.request_timeout_s),
+        stop=stop_after_delay(2 * per_try),
         before_sleep=lambda rs: log.warning("no service answers on %s yet; retrying", subject),
         reraise=True,
     )

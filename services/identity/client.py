@@ -69,12 +69,25 @@ def read_agent_key(home: Path, agent: str) -> SigningKey:
         ) from None
 
 
+#: Operations that may be applied twice: signing, reading, setting a state (not `token`, which
+#: issues a new secret each time).
+IDEMPOTENT = frozenset(
+    {"authenticate", "root", "pubkey", "agent_list", "revoke", "agent_add", "user_add", "role_add"}
+)
+
+
 class IdentityClient:
     def __init__(self, bus: Bus) -> None:
         self.bus = bus
 
     async def call(self, op: str, body: Any, timeout_s: float | None = None) -> Any:
-        return await rpc.call(self.bus, self.bus.subjects.service("identity", op), body, timeout_s)
+        return await rpc.call(
+            self.bus,
+            self.bus.subjects.service("identity", op),
+            body,
+            timeout_s,
+            idempotent=op in IDEMPOTENT,  # sent again if the replica that took it died
+        )
 
     async def add_agent(
         self,
@@ -150,7 +163,9 @@ class IdentityClient:
 
     async def stamp(self, agent: str, link: Link, chain: list[Link]) -> Link:
         subject = self.bus.subjects.service_from("identity", "stamp", agent)
-        body = await rpc.call(self.bus, subject, StampRequest(link=link, chain=chain))
+        body = await rpc.call(
+            self.bus, subject, StampRequest(link=link, chain=chain), idempotent=True
+        )
         stamp = msgspec.convert(body, dict[str, bytes])["stamp"]
         return Link(payload=link.payload, signature=link.signature, stamp=stamp)
 

@@ -6,11 +6,13 @@ identity service.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import msgspec
 from nacl.signing import VerifyKey
 
-from relaybus.bus import Bus
-from relaybus.bus.kv import Bucket
+from relaybus.bus import Bus, RelayError
+from relaybus.bus.kv import Bucket, RevisionConflict
 
 from .messages import AgentRecord, RoleRecord, ServiceInfo, UserRecord
 
@@ -60,6 +62,26 @@ class Registry:
     async def put_user(self, record: UserRecord) -> None:
         await self.users.put(f"user.{record.id}", msgspec.json.encode(record))
 
+    async def change_user(
+        self, user_id: str, change: Callable[[UserRecord | None], UserRecord]
+    ) -> UserRecord:
+        """Read-modify-write with compare-and-set: identity replicas issuing tokens to one user
+        at once keep every token."""
+        key = f"user.{user_id}"
+        for _ in range(50):
+            found = await self.users.get(key)
+            record = change(msgspec.json.decode(found[0], type=UserRecord) if found else None)
+            data = msgspec.json.encode(record)
+            try:
+                if found is None:
+                    await self.users.create(key, data)
+                else:
+                    await self.users.update(key, data, found[1])
+                return record
+            except RevisionConflict:
+                continue
+        raise RelayError(f"user {user_id} kept changing; try again")
+
     async def role(self, name: str) -> RoleRecord | None:
         found = await self.users.get(f"role.{name}")
         return msgspec.json.decode(found[0], type=RoleRecord) if found else None
@@ -73,8 +95,9 @@ class Registry:
             return None
         return VerifyKey(bytes.fromhex(msgspec.json.decode(found[0], type=ServiceInfo).public_key))
 
-    async def put_service_key(self, key: VerifyKey) -> None:
-        await self.agents.put(
+    async def create_service_key(self, key: VerifyKey) -> None:
+        """Publish the trust root; RevisionConflict if there is one already."""
+        await self.agents.create(
             SERVICE_KEY, msgspec.json.encode(ServiceInfo(public_key=bytes(key).hex()))
         )
 

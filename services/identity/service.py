@@ -14,7 +14,6 @@ import re
 import secrets
 import time
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -30,12 +29,12 @@ from relaybus.bus import (
     ensure,
 )
 from relaybus.bus.micro import Endpoint, MicroService, json_schema
-from relaybus.bus.private import write_private
 from relaybus.bus.rpc import answer
 from relaybus.bus.runtime import stop_on_signals
 from relaybus.bus.streams import ensure_agent_consumers
 from relaybus.bus.subjects import check_name
 from relaybus.services.identity.settings import IdentitySettings
+from relaybus.services.identity.trust_root import open_trust_root
 
 from .chain import (
     DEFAULT_DEPTH,
@@ -82,16 +81,6 @@ def _user_named(token: str) -> str:
 
 _TOKEN_ID = re.compile(r"^[0-9a-f]{8}$")
 _USER_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-
-
-def load_service_key(home: Path) -> SigningKey:
-    """The service's signing key, created on first start (0600 under RELAYBUS_HOME)."""
-    path = home / "identity" / "service.seed"
-    if path.exists():
-        return SigningKey(bytes.fromhex(path.read_text().strip()))
-    key = SigningKey.generate()
-    write_private(path, bytes(key).hex().encode())
-    return key
 
 
 def token_hash(secret: str) -> str:
@@ -161,14 +150,15 @@ class IdentityService:
                 raise ConfigError(
                     f"no role {role!r}; add it with `relaybus identity role add {role} --scope …`"
                 )
-        existing = await self.registry.user(req.id)
-        record = UserRecord(
-            id=req.id,
-            scopes=req.scopes,
-            roles=req.roles,
-            tokens=existing.tokens if existing else {},
+        await self.registry.change_user(
+            req.id,
+            lambda existing: UserRecord(
+                id=req.id,
+                scopes=req.scopes,
+                roles=req.roles,
+                tokens=existing.tokens if existing else {},
+            ),
         )
-        await self.registry.put_user(record)
         await self.audit(
             "user/add", "allow", req.id, "admin", detail={"scopes": req.scopes, "roles": req.roles}
         )
@@ -183,12 +173,15 @@ class IdentityService:
 
     async def token_issue(self, data: bytes) -> Any:
         req = msgspec.json.decode(data, type=TokenIssue)
-        user = await self.registry.user(req.user)
-        if user is None:
-            raise ConfigError(f"no user {req.user!r}; add it with `relaybus identity user add`")
         token_id, secret = secrets.token_hex(4), secrets.token_urlsafe(24)
-        user.tokens[token_id] = token_hash(secret)
-        await self.registry.put_user(user)
+
+        def add_token(user: UserRecord | None) -> UserRecord:
+            if user is None:
+                raise ConfigError(f"no user {req.user!r}; add it with `relaybus identity user add`")
+            user.tokens[token_id] = token_hash(secret)
+            return user
+
+        await self.registry.change_user(req.user, add_token)
         await self.audit("user/token", "allow", req.user, "admin", detail={"token_id": token_id})
         return {
             "user": req.user,
@@ -439,11 +432,13 @@ class IdentityService:
 async def serve_identity(settings: Settings) -> int:
     stop = asyncio.Event()
     stop_on_signals(stop)
-    key = load_service_key(settings.home.resolve())
+    seed_file = IdentitySettings.of(settings).identity_seed_file or (
+        settings.home.resolve() / "identity" / "service.seed"
+    )
     async with Bus(settings, name="identity") as bus:
         await ensure(bus, default_topology(bus.subjects, bus.settings.stream_replicas))
         registry = await Registry.open(bus)
-        await registry.put_service_key(key.verify_key)
+        key = await open_trust_root(registry, seed_file)
         for agent in await registry.all_agents():  # consumers of agents registered before
             if not agent.revoked:
                 await ensure_agent_consumers(bus, agent.name)

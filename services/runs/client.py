@@ -10,7 +10,7 @@ import msgspec
 
 from relaybus.bus import Bus, Link, rpc
 
-from .state import Look, RunChange, RunRecord, Waiter
+from .state import CountFailure, Look, RunChange, RunRecord, Waiter
 from .store import NoRun, RunStore
 
 
@@ -61,7 +61,11 @@ class AuthorityRunWriter:
         self, run_id: str, change: RunChange, chain: tuple[Link, ...]
     ) -> tuple[RunRecord, bool]:
         reply = await rpc.call_as(
-            self.bus, self.subject, RunRequest(run_id=run_id, change=change, chain=chain), RunReply
+            self.bus,
+            self.subject,
+            RunRequest(run_id=run_id, change=change, chain=chain),
+            RunReply,
+            idempotent=not isinstance(change, CountFailure),  # the rest apply once however sent
         )
         if reply.record is None:
             raise NoRun(f"no run {run_id}")

@@ -43,8 +43,9 @@ class Fleet:
     def add_agent(self, name: str, spec: str, **env: str) -> None:
         self._add(name, ["agent", "run", spec], env)
 
-    def add_service(self, name: str, **env: str) -> None:
-        self._add(name, ["service", name], env)
+    def add_service(self, name: str, service: str = "", **env: str) -> None:
+        """`name` for the fleet (e.g. `identity#1`, a second replica of `service`)."""
+        self._add(name, ["service", service or name], env)
 
     def _add(self, name: str, args: list[str], env: dict[str, str]) -> None:
         self.argv[name] = [sys.executable, "-m", "relaybus.cli", *args]
