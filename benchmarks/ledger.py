@@ -34,13 +34,23 @@ from relaybus.services.ledger.ops import Budget
 HERE = Path(__file__).resolve().parent
 
 
-async def main() -> None:
+async def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--steps", type=int, default=300, help="hold+capture steps per process")
     parser.add_argument("--lease-steps", type=int, default=20000, help="leased steps per process")
     parser.add_argument("--chunk", type=int, default=1000, help="lease chunk in micro-units")
+    parser.add_argument(
+        "--spender-procs",
+        type=int,
+        default=1,
+        choices=(1, 2, 4, 8, 32),
+        help="processes the 32 concurrent spenders run in",
+    )
+    parser.add_argument(
+        "--group-steps", type=int, default=400, help="hold+capture pairs per concurrent spender"
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp, NatsServer(Path(tmp) / "nats") as server:
         settings = Settings.from_env({}, nats_url=server.url, home=Path(tmp) / "home")
@@ -62,6 +72,7 @@ async def main() -> None:
                 await client.set_budget("bench-budget", Budget(level="run:BENCH", limit=budget))
                 hop = await plain_hop_us(bus, "lhop")
                 print(f"plain bus handoff p50: {hop:.0f} µs")
+                overspent = await group_commit(client, env, args)
                 for procs in (1, 8, 32):
                     started = time.perf_counter()
                     workers = [
@@ -87,6 +98,7 @@ async def main() -> None:
                 print(
                     f"budget {budget}, spent {spent}: {'no overspend' if spent <= budget else 'OVERSPENT'}"
                 )
+                overspent = overspent or spent > budget
                 lease_budget = int(args.lease_steps * 41 * 0.9)  # the 32-process round runs dry
                 await client.set_budget(
                     "lease-budget", Budget(level="run:LEASE", limit=lease_budget)
@@ -122,10 +134,75 @@ async def main() -> None:
                     f"lease budget {lease_budget}, captured {spent}: "
                     f"{'no overspend' if spent <= lease_budget else 'OVERSPENT'}"
                 )
+                overspent = overspent or spent > lease_budget
         finally:
             ledger_proc.send_signal(signal.SIGTERM)
             ledger_proc.wait(30)
+    return 1 if overspent else 0
+
+
+def spenders(mode: str, procs: int, per_proc: int, steps: int, target: str, env: dict[str, str]):
+    return [
+        subprocess.Popen(
+            [
+                sys.executable,
+                str(HERE / "spender_worker.py"),
+                mode,
+                str(per_proc),
+                str(steps),
+                target,
+            ],
+            env=env,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(procs)
+    ]
+
+
+def rate_of(workers: list[subprocess.Popen[str]]) -> tuple[float, int, int]:
+    """Decisions per second from the workers' own clocks (started together, so the slowest's
+    elapsed time is the round's), decisions and refusals."""
+    stats = [json.loads(w.communicate(timeout=900)[0]) for w in workers]
+    decisions = sum(int(s["decisions"]) for s in stats)
+    return decisions / max(s["elapsed"] for s in stats), decisions, sum(s["refused"] for s in stats)
+
+
+async def group_commit(client: LedgerClient, env: dict[str, str], args: argparse.Namespace) -> bool:
+    """32 concurrent spenders (in `--spender-procs` processes) on one writer, beside a raw nats-py writer that
+    appends every decision to JetStream before it answers; returns whether anything overspent."""
+    procs, per_proc = args.spender_procs, 32 // args.spender_procs
+    spenders_n, steps = procs * per_proc, args.group_steps
+    budget = spenders_n * steps - 7  # runs dry at the very end: refusals are decided too
+    await client.set_budget("gc-budget", Budget(level="run:GC", limit=budget))
+    raw_writer = subprocess.Popen(
+        [sys.executable, str(HERE / "spender_worker.py"), "rawwriter", "rawledger.decide"],
+        env=env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert raw_writer.stdout is not None and raw_writer.stdout.readline().strip() == "ready"
+    try:
+        raw_rate, raw_n, _ = rate_of(
+            spenders("raw", procs, per_proc, steps, "rawledger.decide", env)
+        )
+    finally:
+        raw_writer.communicate(timeout=30)
+    ours_rate, ours_n, refused = rate_of(spenders("ours", procs, per_proc, steps, "run:GC", env))
+    rows = await client.query("levels", level="run:GC")
+    spent, held = rows[0]["spent"], rows[0]["held"]
+    print(
+        f"group commit, {spenders_n} concurrent spenders in {procs} processes, one writer: "
+        f"{ours_rate:,.0f} decisions/s ({ours_n} decisions, {refused} holds refused at the "
+        f"budget) vs raw nats-py writer appending each decision {raw_rate:,.0f}/s ({raw_n}): "
+        f"{ours_rate / raw_rate:.2f}x"
+    )
+    print(
+        f"  budget {budget}, spent {spent}, held {held}: {'no overspend' if spent + held <= budget else 'OVERSPENT'}"
+    )
+    return spent + held > budget
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    sys.exit(asyncio.run(main()))

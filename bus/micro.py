@@ -100,8 +100,12 @@ class _Counts:
 
 class MicroService:
     """`async with MicroService(bus, name=…, …) as service:` answers on every endpoint and the
-    `$SRV` subjects until the block ends; then it finishes the request in hand (bounded by the
-    request timeout, as long as any caller waits) and stops listening."""
+    `$SRV` subjects until the block ends; then it finishes the requests in hand (bounded by the
+    request timeout, as long as any caller waits) and stops listening.
+
+    `concurrency`: how many requests are handled at once (1: one after another). A handler
+    that waits on I/O for each request (the ledger's journal append) takes more, so what
+    arrives meanwhile is decided with it; the next request is read only once a slot is free."""
 
     def __init__(
         self,
@@ -114,8 +118,10 @@ class MicroService:
         unmatched: tuple[str, Handler] | None = None,
         version: str | None = None,
         metadata: Mapping[str, str] | None = None,
+        concurrency: int = 1,
     ) -> None:
         self.bus = bus
+        self.concurrency = concurrency
         self.config = ServiceConfig(
             name=name,
             version=version or relaybus_version(),
@@ -127,7 +133,8 @@ class MicroService:
         self.queue = queue
         self.unmatched = unmatched
         self._counts = {e.name: _Counts() for e in self.endpoints}
-        self._turn = asyncio.Lock()
+        self._turn = asyncio.Semaphore(concurrency)
+        self._in_hand: set[asyncio.Task[None]] = set()
         self._service: Service | None = None
         self._unmatched_sub: Any = None
 
@@ -174,7 +181,8 @@ class MicroService:
     async def _stop(self) -> None:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(self.bus.settings.request_timeout_s):
-                await self._turn.acquire()  # the request in hand is answered first
+                for _ in range(self.concurrency):  # the requests in hand are answered first
+                    await self._turn.acquire()
         with contextlib.suppress(nats.errors.Error):
             if self._unmatched_sub is not None:
                 await self._unmatched_sub.unsubscribe()
@@ -186,6 +194,23 @@ class MicroService:
         counts = self._counts[endpoint.name]
 
         async def on_request(request: Request) -> None:
+            if self.concurrency == 1:
+                async with self._turn:
+                    await answer(request)
+                return
+            await self._turn.acquire()  # the next request is read once a slot is free
+            task = asyncio.create_task(answer(request))
+            self._in_hand.add(task)
+            task.add_done_callback(self._done)
+
+        async def answer(request: Request) -> None:
+            try:
+                await answer_in_turn(request)
+            finally:
+                if self.concurrency > 1:
+                    self._turn.release()
+
+        async def answer_in_turn(request: Request) -> None:
             with _server_span(self.config.name, endpoint.name, request.headers) as span:
                 reply = await self._answer(endpoint.handler, request.subject, bytes(request.data))
                 if reply is not None and is_refusal(reply):
@@ -200,20 +225,23 @@ class MicroService:
 
         return on_request
 
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._in_hand.discard(task)
+
     async def _on_unmatched(self, msg: Msg) -> None:
         if any(_matches(e.subject, msg.subject) for e in self.endpoints) or self.unmatched is None:
             return  # an endpoint answers it
-        reply = await self._answer(self.unmatched[1], msg.subject, bytes(msg.data))
+        async with self._turn:
+            reply = await self._answer(self.unmatched[1], msg.subject, bytes(msg.data))
         if reply is not None and msg.reply:
             await self.bus.nc.publish(msg.reply, reply)
 
     async def _answer(self, handler: Handler, subject: str, data: bytes) -> bytes | None:
-        async with self._turn:
-            try:
-                return await handler(subject, data)
-            except Exception:
-                log.exception("request handler for %s failed", subject)
-                return None
+        try:
+            return await handler(subject, data)
+        except Exception:
+            log.exception("request handler for %s failed", subject)
+            return None
 
     def _stats_data(self, stats: EndpointStats) -> dict[str, int]:
         counts = self._counts.get(stats.name, _Counts())

@@ -8,18 +8,72 @@ the payment webhook receiver): an agent's connection cannot publish to their sub
 
 from __future__ import annotations
 
+import asyncio
+import weakref
 from typing import Any
 
+import msgspec
 from opentelemetry.trace import SpanKind
 
 from relaybus.bus import Bus, rpc, tracing
+from relaybus.bus.errors import ErrorInfo, rebuild_error
+from relaybus.bus.rpc import Reply
 
-from .messages import AGENT_OPS, OPERATOR_OPS, OPERATOR_QUERIES
+from .messages import AGENT_OPS, MAX_BATCH, OPERATOR_OPS, OPERATOR_QUERIES
 from .ops import Budget, Cap, Capture, Hold, Op, RateLimit, Refund, SetBudget, SetRateLimit, Void
 
 __all__ = ["AGENT_OPS", "OPERATOR_OPS", "OPERATOR_QUERIES", "Budget", "LedgerClient", "RateLimit"]
 
 TRACED = (Hold, Capture, Void, Refund)
+BATCHABLE = (Hold, Capture, Void)  # messages.BATCHED
+IN_FLIGHT = 4  # batches a connection has on their way at once
+
+
+class _Batcher:
+    """One per connection: holds, captures and voids asked for while a batch is on its way go
+    out together in the next `ledger.batch` request (up to `IN_FLIGHT` batches on their way at
+    once), so many concurrent tasks cost the ledger one request per batch, and the ledger one
+    journal append per group of them. Nothing waits for company longer than a turn of the loop."""
+
+    def __init__(self, bus: Bus) -> None:
+        self.bus = bus
+        self.subject = bus.subjects.service("ledger", "batch")
+        self.queue: list[tuple[Op, asyncio.Future[dict[str, Any]]]] = []
+        self.senders: set[asyncio.Task[None]] = set()
+
+    async def send(self, op: Op) -> dict[str, Any]:
+        answered: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self.queue.append((op, answered))
+        if len(self.senders) < IN_FLIGHT:
+            sender = asyncio.create_task(self._send_queued())
+            self.senders.add(sender)
+            sender.add_done_callback(self.senders.discard)
+        return await answered
+
+    async def _send_queued(self) -> None:
+        await asyncio.sleep(0)  # what the other tasks ask in this turn of the loop goes along
+        while self.queue:
+            batch, self.queue = self.queue[:MAX_BATCH], self.queue[MAX_BATCH:]
+            try:  # every op has an id the ledger answers once: a resend is safe
+                replies = await rpc.call_as(
+                    self.bus, self.subject, [op for op, _ in batch], list[Reply], idempotent=True
+                )
+            except Exception as exc:
+                for _, answered in batch:
+                    if not answered.done():
+                        answered.set_exception(exc)
+                continue
+            for (_, answered), reply in zip(batch, replies, strict=True):
+                if answered.done():  # its caller was cancelled
+                    continue
+                if reply.ok:
+                    answered.set_result(dict(msgspec.json.decode(reply.body)))
+                else:
+                    info = reply.error or ErrorInfo(type="LedgerError", message="refused")
+                    answered.set_exception(rebuild_error(info))
+
+
+_batchers: weakref.WeakKeyDictionary[Bus, _Batcher] = weakref.WeakKeyDictionary()
 
 
 class LedgerClient:
@@ -29,9 +83,17 @@ class LedgerClient:
     def _subject(self, op: str) -> str:
         return self.bus.subjects.service("ledger", op)
 
+    async def _write(self, op: Op) -> dict[str, Any]:
+        if isinstance(op, BATCHABLE):
+            batcher = _batchers.get(self.bus)
+            if batcher is None:
+                batcher = _batchers[self.bus] = _Batcher(self.bus)
+            return await batcher.send(op)
+        return dict(await rpc.call(self.bus, self._subject(op.kind), op))
+
     async def send(self, op: Op) -> dict[str, Any]:
         if not isinstance(op, TRACED):
-            return dict(await rpc.call(self.bus, self._subject(op.kind), op))
+            return await self._write(op)
         with tracing.TRACER.start_as_current_span(
             f"ledger {op.kind}",
             kind=SpanKind.CLIENT,
@@ -42,7 +104,7 @@ class LedgerClient:
                 "relaybus.ledger.amount": 0 if isinstance(op, Void) else op.amount,
             },
         ):
-            return dict(await rpc.call(self.bus, self._subject(op.kind), op))
+            return await self._write(op)
 
     async def query(self, name: str, **req: Any) -> Any:
         return await rpc.call(self.bus, self._subject(name), req)

@@ -18,7 +18,7 @@ from typing import Any
 
 import msgspec
 
-from relaybus.bus import PermissionDenied
+from relaybus.bus import PermissionDenied, RelayError
 from relaybus.services.ledger.errors import LedgerError
 
 from .model import PAYMENT_LEVEL
@@ -26,19 +26,24 @@ from .ops import OP_TYPES, Op
 
 __all__ = [
     "AGENT_OPS",
+    "BATCHED",
+    "MAX_BATCH",
     "OPERATOR_OPS",
     "OPERATOR_QUERIES",
     "PAYMENT_LEVEL",
     "WRITES",
+    "batch_schema",
+    "decode_batch",
     "decode_request",
     "request_schema",
 ]
 
-AGENT_OPS: tuple[str, ...] = ("hold", "capture", "void", "cap", "run_cost")
+AGENT_OPS: tuple[str, ...] = ("hold", "capture", "void", "cap", "run_cost", "batch")
 """The ledger subject tokens (`<prefix>.svc.ledger.<op>`) an agent process legitimately sends:
 `hold` / `capture` / `void` for costed steps, LLM calls and payments (a budget lease is a hold
 too), `cap` to narrow its run's payment levels (`payrun:…`: never to raise them), and the one
-query the runtime needs, `run_cost` (a run's cost, tokens and payments).
+query the runtime needs, `run_cost` (a run's cost, tokens and payments), and `batch`: holds,
+captures and voids sent together (`BATCHED`), each checked as if it came alone.
 services/identity/natsconfig.py builds every agent's NATS publish permissions from this tuple
 (`<prefix>.svc.ledger.<op>` for each op, nothing else under `svc.ledger`): budgets, rate limits, refunds, transfers, the clock and every
 account-wide query (balances, holds, levels, other users' statements) are operator-only."""
@@ -50,6 +55,11 @@ OPERATOR_QUERIES: tuple[str, ...] = ("balance", "holds", "levels", "statement", 
 """Reads across accounts and users: operators, the console and supervisors only."""
 
 WRITES: tuple[str, ...] = ("hold", "capture", "void", "cap", *OPERATOR_OPS)
+
+BATCHED: tuple[str, ...] = ("hold", "capture", "void")
+"""What `ledger.batch` carries: a JSON array of these operations, each with its `kind`."""
+
+MAX_BATCH = 1024
 
 _OPERATOR_FIELDS = {"budget": "budget", "limit": "limit"}  # field → the operator op that owns it
 _CLOCK_FIELDS = ("at", "clock", "now", "time")
@@ -139,3 +149,49 @@ def _explain(subject_op: str, data: bytes) -> None:
             f"a {subject_op} request may not carry `{name}`; its fields are "
             f"{', '.join(sorted(fields)) or 'only kind and id'}"
         )
+
+
+_items = msgspec.json.Decoder(list[msgspec.Raw]).decode
+
+
+def decode_batch(data: bytes) -> list[Op | RelayError]:
+    """A `ledger.batch` request: a JSON array of holds, captures and voids, each with its `kind`.
+    Each decodes as if it arrived on its own subject (`decode_request`); what does not is that
+    item's refusal, and the others go on. A body that is not such an array is refused whole."""
+    try:
+        raws = _items(data)
+    except msgspec.MsgspecError as exc:
+        raise LedgerError(f"bad ledger batch: a JSON array of operations, {exc}") from None
+    if len(raws) > MAX_BATCH:
+        raise LedgerError(f"a ledger batch holds at most {MAX_BATCH} operations, not {len(raws)}")
+    items: list[Op | RelayError] = []
+    for raw in raws:
+        try:
+            body = _probe(raw)
+        except msgspec.MsgspecError:
+            items.append(LedgerError("bad ledger batch item: each is a JSON object with `kind`"))
+            continue
+        kind = body.get("kind")
+        if kind not in BATCHED:
+            items.append(
+                PermissionDenied(
+                    f"`{kind}` cannot be batched: a batch carries {', '.join(BATCHED)}; an "
+                    f"operator sends `{kind}` to `ledger.{kind}`"
+                )
+                if kind in OPERATOR_OPS
+                else LedgerError(
+                    f"a ledger batch item needs `kind`, one of {', '.join(BATCHED)} (got {kind!r})"
+                )
+            )
+            continue
+        try:
+            items.append(decode_request(str(kind), bytes(raw)))
+        except RelayError as exc:
+            items.append(exc)
+    return items
+
+
+def batch_schema() -> dict[str, Any]:
+    """The JSON schema of `ledger.batch`: an array of holds, captures and voids."""
+    hold, capture, void = (_WIRE_TYPES[k] for k in BATCHED)
+    return msgspec.json.schema(list[hold | capture | void])  # type: ignore[valid-type]

@@ -134,13 +134,19 @@ def digest(op: Op) -> str:
     return hashlib.sha256(msgspec.json.encode(body, order="sorted")).hexdigest()
 
 
+_PLAIN = frozenset({str, int, float, bool, type(None)})
+
+
 def _canonical(value: object) -> object:
+    if type(value) in _PLAIN:
+        return value
     if isinstance(value, msgspec.Struct):
-        return {f: _canonical(getattr(value, f)) for f in value.__struct_fields__}
+        fields = ((f, getattr(value, f)) for f in value.__struct_fields__)
+        return {f: v if type(v) in _PLAIN else _canonical(v) for f, v in fields}
     if isinstance(value, dict):
-        return {k: _canonical(v) for k, v in value.items()}
+        return {k: v if type(v) in _PLAIN else _canonical(v) for k, v in value.items()}
     if isinstance(value, list):
-        return [_canonical(v) for v in value]
+        return [v if type(v) in _PLAIN else _canonical(v) for v in value]
     return value
 
 

@@ -32,10 +32,11 @@ from relaybus.bus import (
     ensure,
     metrics,
 )
+from relaybus.bus.errors import ErrorInfo
 from relaybus.bus.events import Event
 from relaybus.bus.kv import Bucket
 from relaybus.bus.micro import Endpoint, MicroService
-from relaybus.bus.rpc import answer
+from relaybus.bus.rpc import Reply, answer
 from relaybus.bus.runtime import stop_on_signals
 from relaybus.bus.streams import read_subject
 from relaybus.services.identity.client import publish_audit
@@ -43,18 +44,20 @@ from relaybus.services.identity.messages import AuditRecord
 from relaybus.services.ledger.errors import BudgetExceeded, LedgerError, RateLimited
 from relaybus.services.ledger.settings import LedgerSettings
 
-from .messages import WRITES, decode_request, request_schema
+from .commit import GroupCommit
+from .messages import WRITES, batch_schema, decode_batch, decode_request, request_schema
 from .model import Entry, HeldTransfer, Level, State, apply, decide
 from .ops import Capture, Hold, Op
 from .queries import QUERIES
+from .spikes import SPIKE_WINDOW_S, SpendWindow
 
 log = logging.getLogger("relaybus.ledger")
-SPIKE_WINDOW_S = 60.0
 GAUGED_LEVELS = ("user:", "agent:")
 BUDGET_SERIES = 1000  # budgets reported as gauges (they are configured, so few)
 _encode = msgspec.msgpack.Encoder().encode
-_decode_entry = msgspec.msgpack.Decoder(Entry).decode
+_decode_entries = msgspec.msgpack.Decoder(Entry | list[Entry]).decode  # one, or a group commit
 _decode_query = msgspec.json.Decoder(dict[str, str | None]).decode
+_json = msgspec.json.Encoder().encode
 
 
 class Snapshot(msgspec.Struct):
@@ -71,7 +74,7 @@ class LedgerWriter:
         self,
         bus: Bus,
         partition: str = "p0",
-        snapshot_every: int = 1000,
+        snapshot_every: int = 5000,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.bus = bus
@@ -82,13 +85,14 @@ class LedgerWriter:
         self.state = State(timezone=LedgerSettings.of(bus.settings).ledger_timezone)
         self.last_seq = 0
         self._tail = 0
-        self._spend: dict[str, list[tuple[float, int]]] = {}
+        self._spend: dict[str, SpendWindow] = {}
         self._since_snapshot = 0
         self.snapshot_every = snapshot_every
         self._alerted: dict[str, float] = {}
         self._clock_warned = 0.0
         self.failed = asyncio.Event()
         self._lock = asyncio.Lock()
+        self._commits = GroupCommit(self._append)
 
     async def rebuild(self) -> int:
         """State = the latest snapshot, then the journal entries after it, applied in order."""
@@ -100,12 +104,17 @@ class LedgerWriter:
             snapshot = msgspec.msgpack.decode(_unpack_snapshot(found[0]), type=Snapshot)
             self.state, self.last_seq = snapshot.state, snapshot.seq
             self.state.timezone = LedgerSettings.of(self.bus.settings).ledger_timezone
-        entries = await read_subject(self.bus, self.stream, self.subject, after=self.last_seq)
-        for seq, data in entries:
-            apply(self.state, _decode_entry(data))
+        replayed = 0
+        for seq, data in await read_subject(
+            self.bus, self.stream, self.subject, after=self.last_seq
+        ):
+            decoded = _decode_entries(data)
+            for entry in decoded if isinstance(decoded, list) else [decoded]:
+                apply(self.state, entry)
+                replayed += 1
             self.last_seq = seq
         self._tail = self.last_seq
-        return len(entries)
+        return replayed
 
     async def handle(self, subject: str, data: bytes) -> bytes:
         op_name = subject.rsplit(".", 1)[1]
@@ -113,6 +122,8 @@ class LedgerWriter:
         async def work() -> Any:
             if op_name in QUERIES:
                 return QUERIES[op_name](self.state, _decode_query(data or b"{}"))
+            if op_name == "batch":
+                return await self.write_batch(data)
             try:
                 if op_name not in WRITES:
                     raise LedgerError(
@@ -132,13 +143,47 @@ class LedgerWriter:
         return await answer(work, "ledger", LedgerError)
 
     async def write(self, op: Op) -> dict[str, object]:
-        """Decide, append (fenced), reply once stored.
+        """Decide, append (fenced), reply once stored."""
+        outcome = (await self.write_many([op]))[0]
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return outcome
 
-        Appends are pipelined: each entry is applied to the in-memory state when decided and
-        sent at once, expecting the sequence right after the previous entry's; replies wait
-        for their own acknowledgement. If any append fails, every later one fails its fence
-        too, this writer stops, and its successor rebuilds from what was actually stored — so
-        no acknowledged decision ever rests on an entry that was not."""
+    async def write_batch(self, data: bytes) -> list[Reply]:
+        """`ledger.batch`: agents' holds, captures and voids sent together (the client batches
+        what its tasks ask at once). Each is checked and decided as if sent alone, refusals
+        included; one reply lists each one's outcome once all of them are stored."""
+        items = decode_batch(data)
+        ops: list[Op] = []
+        for item in items:
+            if isinstance(item, RelayError):
+                await self._audit("batch", item)
+            else:
+                ops.append(item)
+        decided = iter(await self.write_many(ops))
+        replies = []
+        for item in items:
+            outcome = item if isinstance(item, RelayError) else next(decided)
+            if isinstance(outcome, PermissionDenied) and not isinstance(item, RelayError):
+                await self._audit(item.kind, outcome, item)
+            replies.append(
+                Reply(ok=False, error=ErrorInfo.from_exception(outcome))
+                if isinstance(outcome, BaseException)
+                else Reply(ok=True, body=msgspec.Raw(_json(outcome)))
+            )
+        return replies
+
+    async def write_many(self, ops: list[Op]) -> list[dict[str, object] | RelayError]:
+        """Decide each op in order against the state as the ops before it left it, apply it at
+        once, and reply only when the journal has stored it: decisions made while an append is
+        in flight go out together in the next one (group commit), so the journal takes one
+        append per batch, not per decision. A refusal is that op's outcome; the others go on.
+
+        If an append fails, it and every later one fail (their fence no longer holds), this
+        writer stops, and its successor rebuilds from what was actually stored: no reply ever
+        rests on an entry that was not."""
+        outcomes: list[dict[str, object] | RelayError] = []
+        entries: list[Entry] = []
         async with self._lock:
             if self.failed.is_set():
                 raise LedgerError("this ledger writer stopped after an append error; retry shortly")
@@ -150,30 +195,47 @@ class LedgerWriter:
                     "ledger clock until it catches up",
                     self.state.clock - now,
                 )
-            try:
-                decided = decide(self.state, op, now)
-            except (BudgetExceeded, RateLimited) as exc:
-                reason = "rate_limited" if isinstance(exc, RateLimited) else "budget"
-                metrics.BUDGET_DENIALS.add(1, {"reason": reason, **_allocation(op)})
-                raise
-            if not isinstance(decided, Entry):
-                return decided  # the same id and body: the first result
-            expected = self._tail
-            self._tail += 1
-            headers = {
-                "Nats-Expected-Last-Subject-Sequence": str(expected),
-                "Nats-Msg-Id": f"ledger:{self.partition}:{op.id}",
-            }
-            result = apply(self.state, decided)
-            if isinstance(op, Hold):
-                metrics.BUDGET_HOLDS.add(1, _allocation(op))
-            elif isinstance(op, Capture) and op.amount:
-                metrics.SPENT.add(op.amount, _allocation(self.state.holds[op.transfer]))
-            ack = asyncio.ensure_future(
-                self.bus.publish_bytes(self.subject, _encode(decided), headers)
-            )
+            for op in ops:
+                try:
+                    decided = decide(self.state, op, now)
+                except (BudgetExceeded, RateLimited) as exc:
+                    reason = "rate_limited" if isinstance(exc, RateLimited) else "budget"
+                    metrics.BUDGET_DENIALS.add(1, {"reason": reason, **_allocation(op)})
+                    outcomes.append(exc)
+                    continue
+                except RelayError as exc:
+                    outcomes.append(exc)
+                    continue
+                if not isinstance(decided, Entry):
+                    outcomes.append(decided)  # the same id and body: the first result
+                    continue
+                outcomes.append(apply(self.state, decided))
+                entries.append(decided)
+                if isinstance(op, Hold):
+                    metrics.BUDGET_HOLDS.add(1, _allocation(op))
+                elif isinstance(op, Capture) and op.amount:
+                    metrics.SPENT.add(op.amount, _allocation(self.state.holds[op.transfer]))
+            # a repeated op's first result may still be on its way to the journal: wait for it
+            stored = self._commits.enqueue(entries) if entries else self._commits.barrier()
+        await stored
+        for entry in entries:
+            if isinstance(entry.op, Capture):
+                await self._watch_spend(entry.op, entry.clock)
+        if self._since_snapshot >= self.snapshot_every:
+            await self.snapshot()
+        return outcomes
+
+    async def _append(self, entries: list[Entry]) -> None:
+        """One fenced journal append of a group commit (the committer calls it, one at a time)."""
+        expected = self._tail
+        self._tail += 1
+        headers = {
+            "Nats-Expected-Last-Subject-Sequence": str(expected),
+            "Nats-Msg-Id": f"ledger:{self.partition}:{expected + 1}",
+        }
+        body = _encode(entries[0] if len(entries) == 1 else entries)
         try:
-            seq = await ack
+            seq = await self.bus.publish_bytes(self.subject, body, headers)
         except PublishFailed as exc:
             self.failed.set()
             if "last sequence" in str(exc).lower():
@@ -185,12 +247,7 @@ class LedgerWriter:
             self.failed.set()
             raise LedgerError(f"the ledger journal diverged at sequence {seq}; the writer restarts")
         self.last_seq = max(self.last_seq, seq)
-        self._since_snapshot += 1
-        if self._since_snapshot >= self.snapshot_every:
-            await self.snapshot()
-        if isinstance(decided.op, Capture):
-            await self._watch_spend(decided.op, decided.clock)
-        return result
+        self._since_snapshot += len(entries)
 
     async def _audit(self, op_name: str, exc: BaseException, op: Op | None = None) -> None:
         """Record a refusal at the trust boundary (best effort: the reply goes out regardless)."""
@@ -235,14 +292,14 @@ class LedgerWriter:
         if hold is None:
             return
         payer = hold.payer
-        series = [(t, a) for t, a in self._spend.get(payer, []) if t > at - 11 * SPIKE_WINDOW_S]
-        series.append((at, capture.amount))
-        self._spend[payer] = series
-        recent = sum(a for t, a in series if t > at - SPIKE_WINDOW_S)
-        history_min = (at - SPIKE_WINDOW_S - series[0][0]) / SPIKE_WINDOW_S
-        if history_min < 5:  # no baseline yet: alert only against five minutes of history or more
+        window = self._spend.get(payer)
+        if window is None:
+            window = self._spend[payer] = SpendWindow()
+        window.add(at, capture.amount)
+        recent = window.recent_sum
+        if window.history_minutes(at) < 5:  # no baseline yet: alert against 5 minutes or more
             return
-        baseline = sum(a for t, a in series if t <= at - SPIKE_WINDOW_S) / min(10.0, history_min)
+        baseline = window.baseline(at)
         multiple = LedgerSettings.of(self.bus.settings).ledger_spike
         if (
             baseline <= 0
@@ -308,6 +365,7 @@ def ledger_micro(bus: Bus, writer: LedgerWriter) -> MicroService:
         name="relaybus-ledger",
         description="relaybus ledger: budgets, holds and captures, rate limits, cost queries",
         queue="ledger",
+        concurrency=64,  # decisions made while an append is in flight share the next one
         endpoints=[
             Endpoint(
                 name=op,
@@ -316,6 +374,14 @@ def ledger_micro(bus: Bus, writer: LedgerWriter) -> MicroService:
                 request_schema=request_schema(op),
             )
             for op in (*WRITES, *QUERIES)
+        ]
+        + [
+            Endpoint(
+                name="batch",
+                subject=bus.subjects.service("ledger", "batch"),
+                handler=writer.handle,
+                request_schema=batch_schema(),
+            )
         ],
         unmatched=(bus.subjects.service_ops("ledger"), writer.handle),
     )

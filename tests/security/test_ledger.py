@@ -18,6 +18,7 @@ import pytest
 from relaybus.agents.charging import Costs
 from relaybus.agents.control import send_signal
 from relaybus.bus import Bus, PermissionDenied, Settings, new_id, rpc
+from relaybus.bus.rpc import Reply
 from relaybus.services.identity.client import read_audit
 from relaybus.services.ledger.client import AGENT_OPS, OPERATOR_OPS, OPERATOR_QUERIES, LedgerClient
 from relaybus.services.ledger.errors import BudgetExceeded, LedgerError
@@ -248,16 +249,59 @@ def test_agent_ops_name_exactly_what_an_agent_sends() -> None:
     from relaybus.services.ledger.messages import WRITES
     from relaybus.services.ledger.queries import QUERIES
 
-    assert AGENT_OPS == ("hold", "capture", "void", "cap", "run_cost")
+    assert AGENT_OPS == ("hold", "capture", "void", "cap", "run_cost", "batch")
     operator = {*OPERATOR_OPS, *OPERATOR_QUERIES}
     assert not operator & set(AGENT_OPS)
     assert {"budget", "limit", "refund", "transfer", "tick", "statement", "levels"} <= operator
-    assert {*WRITES, *QUERIES} == {*AGENT_OPS, *operator}  # every subject the service answers
+    # every subject the service answers
+    assert {*WRITES, *QUERIES, "batch"} == {*AGENT_OPS, *operator}
     subjects = Subjects("relay")
     record = AgentRecord(name="a", public_key="00")
     allowed = agent_permissions(subjects, record, [record])["publish"]
     ledger = {s for s in cast(dict[str, list[str]], allowed)["allow"] if ".svc.ledger." in s}
     assert ledger == {f"relay.svc.ledger.{op}" for op in AGENT_OPS}
+
+
+async def test_a_batch_is_checked_item_by_item_and_carries_no_operator_operation(
+    bus: Bus, ledger: LedgerClient
+) -> None:
+    # Given a budget of 10 for user:wes, and a batch an attacker crafts by hand
+    await ledger.set_budget("b-wes", Budget(level="user:wes", limit=10))
+    subject = f"{bus.subjects.prefix}.svc.ledger.batch"
+    hold = {"kind": "hold", "payer": "user:wes", "payee": "tool:x", "levels": ["user:wes"]}
+    batch = [
+        {**hold, "id": "w1", "amount": 6},
+        {**hold, "id": "w2", "amount": 6},  # over the budget once w1 holds 6
+        {"kind": "budget", "id": "w3", "budget": {"level": "user:wes", "limit": 10**9}},
+        {**hold, "id": "w4", "amount": 1, "at": 0},  # a time on the wire
+        {**hold, "id": "w5", "amount": 1, "budget": {"level": "user:wes", "limit": 10**9}},
+        {"kind": "refund", "id": "w6", "transfer": "w1", "amount": 6},
+        "not an operation",
+    ]
+    replies = await rpc.call_as(bus, subject, batch, list[Reply])
+    # Then each item got its own answer: only the first hold was placed
+    assert [r.ok for r in replies] == [True, False, False, False, False, False, False]
+    errors = [r.error.type if r.error else "" for r in replies]
+    assert errors[1:] == [
+        "BudgetExceeded",
+        "PermissionDenied",
+        "LedgerError",
+        "PermissionDenied",
+        "PermissionDenied",
+        "LedgerError",
+    ]
+    limits = {lv["level"]: lv["limit"] for lv in await ledger.query("levels")}
+    assert limits["user:wes"] == 10  # the smuggled budgets changed nothing
+    holds = await ledger.query("holds")
+    assert [h["id"] for h in holds if h["payer"] == "user:wes"] == ["w1"]
+    # and the refused items are audited at the trust boundary
+    refused = [a for a in await ledger_denials(bus) if a.action == "ledger/batch"]
+    assert any("cannot be batched" in a.reason for a in refused), refused
+    # and a body that is no batch is refused whole, saying what a batch is
+    with pytest.raises(LedgerError, match="a JSON array of operations"):
+        await rpc.call(bus, subject, {"kind": "hold"})
+    with pytest.raises(LedgerError, match="at most 1024 operations"):
+        await rpc.call(bus, subject, [{**hold, "id": f"x{i}", "amount": 1} for i in range(1025)])
 
 
 async def test_operator_operations_never_ride_on_an_agent_subject(
