@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 from typing import Any
 
-from relaybus.bus import Bus
+from relaybus.bus import Bus, RelayError
 from relaybus.services.runs.state import ENDED, RunRecord
 from relaybus.services.runs.store import RunStore
 
@@ -22,11 +22,17 @@ RECHECK_S = (2.0, 15.0)  # the first re-read of the record, and the longest gap 
 
 
 async def await_outcome(
-    bus: Bus, run_id: str, timeout_s: float, runs: RunStore | None = None
+    bus: Bus,
+    run_id: str,
+    timeout_s: float,
+    runs: RunStore | None = None,
+    *,
+    must_exist: bool = False,
 ) -> RunOutcome:
-    """How run `run_id` ended, or status `timeout` if it had not within `timeout_s`."""
+    """How run `run_id` ended, or status `timeout` if it had not within `timeout_s`.
+    `must_exist`: a run id that names no run is an error (RelayError), not a wait."""
     async with Waiter(bus, run_id, runs) as waiter:
-        return await waiter.outcome(timeout_s)
+        return await waiter.outcome(timeout_s, must_exist=must_exist)
 
 
 class Waiter:
@@ -55,7 +61,9 @@ class Waiter:
         with contextlib.suppress(Exception):  # a closed connection has no subscription left
             await self._sub.unsubscribe()
 
-    async def outcome(self, timeout_s: float, *, read_first: bool = True) -> RunOutcome:
+    async def outcome(
+        self, timeout_s: float, *, read_first: bool = True, must_exist: bool = False
+    ) -> RunOutcome:
         """`read_first=False` when the run cannot have ended before this waiter subscribed."""
         assert self.runs is not None
         loop = asyncio.get_running_loop()
@@ -66,6 +74,9 @@ class Waiter:
             if read:
                 self.ended.clear()
                 record = await self.runs.get(self.run_id)
+                if record is None and must_exist:
+                    raise RelayError(f"no run {self.run_id}; `relaybus runs` lists the recent ones")
+                must_exist = False
                 if record is not None and record.status in ENDED:
                     return outcome_of_record(record)
             read = True

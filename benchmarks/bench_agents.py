@@ -68,3 +68,24 @@ class LoadLeaf(Agent):
 
     async def handle(self, ctx: Context, task: dict[str, int]) -> int:
         return int(await ctx.tool(stamp, n=task["n"]))
+
+
+# -- benchmarks/roundtrip.py: one hop, its task echoed back -----------------------------------
+
+
+class Echo(Agent):
+    name = "becho"
+
+    async def handle(self, ctx: Context, task: dict[str, Any]) -> dict[str, Any]:
+        return task
+
+
+class CostedEcho(Agent):
+    """Every layer's work on one hop: a verified chain, a costed tool (authorized, audited,
+    held and captured, journaled), spans."""
+
+    name = "bcecho"
+
+    async def handle(self, ctx: Context, task: dict[str, Any]) -> dict[str, Any]:
+        await ctx.tool(stamp, n=int(task["n"]))
+        return task

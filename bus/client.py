@@ -373,20 +373,39 @@ class Bus:
         return await self.nc.subscribe(subject, cb=on_msg)
 
     async def serve(
-        self, subject: str, handler: Callable[[str, bytes], Awaitable[bytes]], queue: str = ""
+        self,
+        subject: str,
+        handler: Callable[[str, bytes], Awaitable[bytes]],
+        queue: str = "",
+        *,
+        concurrency: int = 1,
     ) -> Any:
-        """Answer requests on `subject` (wildcards allowed) with what `handler` returns.
+        """Answer requests on `subject` (wildcards allowed) with what `handler` returns, up to
+        `concurrency` at once (the next request is read once a slot is free).
         A handler that raises is logged and answered with nothing, so the caller times out
         rather than trusting a half-done reply."""
+        slots = asyncio.Semaphore(concurrency)
+        in_hand: set[asyncio.Task[None]] = set()
 
-        async def on_msg(msg: Any) -> None:
+        async def answer(msg: Any) -> None:
             try:
                 reply = await handler(msg.subject, bytes(msg.data))
             except Exception:
                 log.exception("request handler for %s failed", msg.subject)
                 return
+            finally:
+                slots.release()
             if msg.reply:
                 await self.nc.publish(msg.reply, reply)
+
+        async def on_msg(msg: Any) -> None:
+            await slots.acquire()
+            if concurrency == 1:
+                await answer(msg)
+                return
+            task = asyncio.create_task(answer(msg))
+            in_hand.add(task)
+            task.add_done_callback(in_hand.discard)
 
         return await self.nc.subscribe(subject, queue=queue, cb=on_msg)
 

@@ -132,8 +132,8 @@ class Run:
 
     async def outcome(self, timeout_s: float = 60.0) -> RunOutcome:
         """How the run ended (status `timeout` if it did not within `timeout_s`)."""
-        await self.record()  # a run id that names no run is an error, not a wait
-        return await await_outcome(self.client.bus, self.run_id, timeout_s)
+        outcome = await await_outcome(self.client.bus, self.run_id, timeout_s, must_exist=True)
+        return outcome
 
     async def result(self, timeout_s: float = 60.0) -> Any:
         """The run's result once it completed; RunFailed if it failed or was cancelled,

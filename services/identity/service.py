@@ -475,6 +475,7 @@ def identity_micro(bus: Bus, service: IdentityService) -> MicroService:
         name="relaybus-identity",
         description="relaybus identity: users, agents, tokens, revocation, delegation stamps",
         queue="identity",
+        concurrency=32,  # stamps and roots wait on registry reads: overlap them
         endpoints=[*ops, stamps],
         unmatched=(bus.subjects.service_all("identity"), service.handle),
     )

@@ -112,6 +112,6 @@ async def serve_runs(bus: Bus) -> Any:
     """Answer run requests on this connection until it closes; returns the subscription."""
     authority = await RunAuthority.open(bus)
     subject = bus.subjects.service_ops("runs")
-    sub = await bus.serve(subject, authority.handle, queue="runs")
+    sub = await bus.serve(subject, authority.handle, queue="runs", concurrency=32)
     log.info("run authority answering on %s", subject)
     return sub, authority

@@ -1,0 +1,219 @@
+"""Round trips: a task → result across processes, 512-byte payload, 64 in flight, against raw
+nats-py on the same server in the same run.
+
+- raw nats-py: JetStream publish with PubAck to a work-queue stream; a worker process pulls,
+  acks and answers on the caller's core inbox (no run record, no journal).
+- bus + runtime: `submit(wait=True)` on a kept connection, and `relaybus.Client`'s
+  `submit(...).result()`, to an agent process that returns its task (durable journal, run
+  record, events).
+- every layer on: the same through identity (a user token, the chain verified at the hop),
+  a costed tool (authorized, audited, held and captured by the ledger, journaled) and spans.
+
+Prints p50/p99 latency and throughput for each and the ratios to raw; exits non-zero on any
+run that did not complete with its own payload.
+
+    python benchmarks/roundtrip.py [--runs 1000] [--in-flight 64] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import nats
+import nats.errors
+from load import start, wait_service
+from nats.js import api
+from runtime import percentile, stop
+
+import relaybus
+from relaybus.agents.submit import submit
+from relaybus.bus import Bus, NatsServer, Settings, default_topology, ensure
+from relaybus.services.identity.client import IdentityClient, write_agent_key
+from relaybus.services.identity.natsconfig import write_nkey
+
+PAD = "x" * 480
+USER = "rtuser"
+
+
+def payload(i: int) -> bytes:
+    body = json.dumps({"n": i, "pad": PAD}).encode()
+    return body + b" " * (512 - len(body))
+
+
+async def measure(
+    runs: int, in_flight: int, one: Callable[[int], Awaitable[bool]]
+) -> dict[str, float]:
+    """`runs` round trips, `in_flight` at a time; latency per round trip, throughput overall."""
+    gate = asyncio.Semaphore(in_flight)
+    latencies: list[float] = []
+    failed = 0
+
+    async def timed(i: int) -> None:
+        nonlocal failed
+        async with gate:
+            started = time.perf_counter()
+            ok = await one(i)
+            latencies.append((time.perf_counter() - started) * 1000)
+            failed += not ok
+
+    await asyncio.gather(*(timed(i) for i in range(min(50, runs))))  # warm: handles, caches
+    latencies.clear()
+    started = time.perf_counter()
+    await asyncio.gather(*(timed(i) for i in range(runs)))
+    elapsed = time.perf_counter() - started
+    return {
+        "per_s": runs / elapsed,
+        "p50_ms": statistics.median(latencies),
+        "p99_ms": percentile(latencies, 99),
+        "failed": failed,
+    }
+
+
+async def raw_worker(url: str) -> None:
+    nc = await nats.connect(url)
+    js = nc.jetstream()
+    sub = await js.pull_subscribe("rtq.>", durable="rtworker", stream="RTQ")
+    while True:
+        try:
+            msgs = await sub.fetch(64, timeout=0.5)
+        except (TimeoutError, nats.errors.TimeoutError):
+            continue
+        for msg in msgs:
+            await msg.ack()
+            await nc.publish(msg.headers["reply"], msg.data)  # type: ignore[index]
+
+
+async def raw(url: str, runs: int, in_flight: int) -> dict[str, float]:
+    nc = await nats.connect(url, name="rt-raw")
+    js = nc.jetstream()
+    await js.add_stream(name="RTQ", subjects=["rtq.>"], retention=api.RetentionPolicy.WORK_QUEUE)
+    await js.add_consumer("RTQ", durable_name="rtworker", ack_policy=api.AckPolicy.EXPLICIT)
+    worker = subprocess.Popen([sys.executable, __file__, "--raw-worker", url])
+    try:
+
+        async def one(i: int) -> bool:
+            inbox = nc.new_inbox()
+            sub = await nc.subscribe(inbox, max_msgs=1)
+            body = payload(i)
+            await js.publish(f"rtq.{i}", body, headers={"reply": inbox})
+            return (await sub.next_msg(timeout=30)).data == body
+
+        return await measure(runs, in_flight, one)
+    finally:
+        stop([worker])  # type: ignore[list-item]
+        await nc.close()
+
+
+def echoed(result: object, i: int) -> bool:
+    return isinstance(result, dict) and result.get("n") == i and result.get("pad") == PAD
+
+
+async def ours(
+    settings: Settings, agent: str, runs: int, in_flight: int, token: str | None
+) -> dict[str, dict[str, float]]:
+    sender = f"user:{USER}" if token else "user:dev"
+    out = {}
+    async with Bus(settings, name="rt-kept") as bus:
+
+        async def kept(i: int) -> bool:
+            outcome = await submit(
+                bus, agent, payload(i), sender=sender, token=token, wait=True, timeout_s=120
+            )
+            return outcome.status == "completed" and echoed(outcome.result, i)
+
+        out["kept connection, submit(wait=True)"] = await measure(runs, in_flight, kept)
+    async with relaybus.Client(settings, user=sender.removeprefix("user:"), token=token) as client:
+
+        async def api(i: int) -> bool:
+            run = await client.submit(agent, payload(i))
+            return echoed(await run.result(timeout_s=120), i)
+
+        out["relaybus.Client submit().result()"] = await measure(runs, in_flight, api)
+    return out
+
+
+async def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--runs", type=int, default=1000)
+    parser.add_argument("--in-flight", type=int, default=64)
+    parser.add_argument("--json", action="store_true")
+    parser.add_argument("--raw-worker", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.raw_worker:
+        await raw_worker(args.raw_worker)
+        return 0
+    results: dict[str, dict[str, float]] = {}
+    with tempfile.TemporaryDirectory() as tmp, NatsServer(Path(tmp) / "nats") as server:
+        home = Path(tmp) / "home"
+        plain = Settings.from_env({}, nats_url=server.url, home=home, nats_auth=False)
+        layered = Settings.from_env(
+            {},
+            nats_url=server.url,
+            home=home,
+            identity=True,
+            ledger=True,
+            trace_dir=Path(tmp) / "spans",
+        )
+        async with Bus(plain, name="rt") as bus:
+            await ensure(bus, default_topology(bus.subjects))
+        results["raw nats-py"] = await raw(server.url, args.runs, args.in_flight)
+        procs = [start(plain, "agent", "run", "bench_agents:Echo", "--concurrency", "64")]
+        try:
+            await asyncio.sleep(3.0)
+            for how, row in (await ours(plain, "becho", args.runs, args.in_flight, None)).items():
+                results[f"bus + runtime, {how}"] = row
+        finally:
+            stop(procs)
+        procs = [start(layered, "service", "identity"), start(layered, "service", "ledger")]
+        try:
+            async with Bus(layered, name="rt") as bus:
+                await wait_service(bus, "identity")
+                await wait_service(bus, "ledger")
+                identity = IdentityClient(bus)
+                key = write_agent_key(home.resolve(), "bcecho").verify_key
+                nkey = write_nkey(home.resolve(), "bcecho")
+                await identity.add_agent("bcecho", key, ["load"], [], nkey)
+                await identity.add_user(USER, ["load"], [])
+                token = str((await identity.issue_token(USER))["token"])
+            procs.append(
+                start(layered, "agent", "run", "bench_agents:CostedEcho", "--concurrency", "64")
+            )
+            await asyncio.sleep(3.0)
+            for how, row in (
+                await ours(layered, "bcecho", args.runs, args.in_flight, token)
+            ).items():
+                results[f"every layer on, {how}"] = row
+        finally:
+            stop(procs)
+    base = results["raw nats-py"]
+    for row in results.values():
+        row["p50_x_raw"] = row["p50_ms"] / base["p50_ms"]
+        row["throughput_x_raw"] = row["per_s"] / base["per_s"]
+    if args.json:
+        print(json.dumps(results, indent=2))
+    else:
+        print(f"{args.runs} round trips, 512-byte payload, {args.in_flight} in flight")
+        print(
+            f"{'path':<62} {'runs/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'p50/raw':>8} {'tput/raw':>9}"
+        )
+        for name, row in results.items():
+            print(
+                f"{name:<62} {row['per_s']:>8.0f} {row['p50_ms']:>8.2f} {row['p99_ms']:>8.2f} "
+                f"{row['p50_x_raw']:>7.2f}x {row['throughput_x_raw']:>8.3f}x"
+            )
+    return 1 if any(row["failed"] for row in results.values()) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(asyncio.run(main()))
