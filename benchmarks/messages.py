@@ -1,6 +1,6 @@
-"""NATS messages per single-hop run, by subject family (issue #23's target: at most 12 with bus +
-runtime), next to what a raw nats-py JetStream round trip needs, counted on the same server in
-the same run by a connection subscribed to `>`.
+"""NATS messages per single-hop run, by subject family (issue #23's targets: at most 12 with bus
++ runtime, 20 with every layer on), next to what a raw nats-py JetStream round trip needs,
+counted on the same server in the same run by a connection subscribed to `>`.
 
     python benchmarks/messages.py [--runs 50] [--json]
 
@@ -129,6 +129,72 @@ def start_agent(settings: Settings, spec: str) -> subprocess.Popen[bytes]:
     )
 
 
+async def every_layer(tmp: Path, url: str, runs: int) -> collections.Counter[str]:
+    """The same single-hop run with identity (a user's token, the chain verified), a costed
+    tool (authorized, audited, held and captured) and spans on."""
+    from relaybus.services.identity.client import IdentityClient, write_agent_key
+    from relaybus.services.identity.natsconfig import write_nkey
+
+    home = tmp / "layered"
+    settings = Settings.from_env(
+        {}, nats_url=url, home=home, identity=True, ledger=True, trace_dir=tmp / "spans"
+    )
+    env = {
+        **os.environ,
+        **settings.env(),
+        "RELAYBUS_LOG_LEVEL": "WARNING",
+        "PYTHONPATH": f"{ROOT / 'benchmarks'}{os.pathsep}{ROOT}",
+    }
+    cli = [sys.executable, "-m", "relaybus.cli"]
+    procs = [
+        subprocess.Popen([*cli, "service", name], env=env, cwd=ROOT)
+        for name in ("identity", "ledger")
+    ]
+    try:
+        async with Bus(settings, name="bench") as bus:
+            for name in ("identity", "ledger"):
+                for _ in range(150):  # bounded: 30 s
+                    try:
+                        await bus.request(bus.subjects.service(name, "ping"), b"{}", 0.5)
+                        break
+                    except Exception:
+                        await asyncio.sleep(0.2)
+            identity = IdentityClient(bus)
+            key = write_agent_key(home.resolve(), "bcecho").verify_key
+            await identity.add_agent(
+                "bcecho", key, ["load"], [], write_nkey(home.resolve(), "bcecho")
+            )
+            await identity.add_user("msguser", ["load"], [])
+            token = str((await identity.issue_token("msguser"))["token"])
+            procs.append(
+                subprocess.Popen(
+                    [*cli, "agent", "run", "bench_agents:CostedEcho"], env=env, cwd=ROOT
+                )
+            )
+            await asyncio.sleep(3.0)
+
+            async def job(n: int) -> None:
+                for i in range(n):
+                    outcome = await submit(
+                        bus,
+                        "bcecho",
+                        json.dumps({"n": i}).encode(),
+                        sender="user:msguser",
+                        token=token,
+                        wait=True,
+                        timeout_s=30,
+                    )
+                    if outcome.status != "completed":
+                        raise SystemExit(f"run {outcome.run_id} {outcome.status}: {outcome.error}")
+
+            return await counted(url, settings.prefix, job, runs)
+    finally:
+        for proc in procs:
+            proc.send_signal(signal.SIGTERM)
+        for proc in procs:
+            proc.wait(30)
+
+
 async def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -160,7 +226,9 @@ async def main() -> int:
             finally:
                 agent.send_signal(signal.SIGTERM)
                 agent.wait(30)
+        layered_counts = await every_layer(Path(tmp), server.url, args.runs)
     per_run = {k: v / args.runs for k, v in sorted(our_counts.items(), key=lambda kv: -kv[1])}
+    layered = {k: v / args.runs for k, v in sorted(layered_counts.items(), key=lambda kv: -kv[1])}
     raw_per_run = {k: v / args.runs for k, v in sorted(raw_counts.items(), key=lambda kv: -kv[1])}
     ours_total, raw_total = sum(per_run.values()), sum(raw_per_run.values())
     if args.json:
@@ -170,6 +238,8 @@ async def main() -> int:
                     "runs": args.runs,
                     "bus_runtime": per_run,
                     "raw": raw_per_run,
+                    "every_layer": layered,
+                    "every_layer_total": sum(layered.values()),
                     "bus_runtime_total": ours_total,
                     "raw_total": raw_total,
                     "ratio": ours_total / raw_total,
@@ -178,11 +248,17 @@ async def main() -> int:
         )
         return 0
     print(f"NATS messages per single-hop run ({args.runs} runs, one at a time)")
-    print(f"{'family':<36} {'bus+runtime':>12} {'raw nats-py':>12}")
-    for name in sorted(set(per_run) | set(raw_per_run), key=lambda k: -per_run.get(k, 0)):
-        print(f"{name:<36} {per_run.get(name, 0):>12.1f} {raw_per_run.get(name, 0):>12.1f}")
+    print(f"{'family':<36} {'bus+runtime':>12} {'every layer':>12} {'raw nats-py':>12}")
+    families = set(per_run) | set(raw_per_run) | set(layered)
+    for name in sorted(families, key=lambda k: -layered.get(k, 0)):
+        print(
+            f"{name:<36} {per_run.get(name, 0):>12.1f} {layered.get(name, 0):>12.1f} "
+            f"{raw_per_run.get(name, 0):>12.1f}"
+        )
+    layered_total = sum(layered.values())
     print(
-        f"{'total':<36} {ours_total:>12.1f} {raw_total:>12.1f}   ratio {ours_total / raw_total:.1f}x"
+        f"{'total':<36} {ours_total:>12.1f} {layered_total:>12.1f} {raw_total:>12.1f}   "
+        f"ratios {ours_total / raw_total:.1f}x, {layered_total / raw_total:.1f}x"
     )
     return 0
 

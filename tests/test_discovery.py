@@ -86,7 +86,13 @@ async def test_info_lists_every_operation_on_its_client_subject_with_schemas(
     endpoints = {e["name"]: e for e in ledger["endpoints"]}
     assert set(endpoints) == {
         *("hold", "capture", "void", "cap", "refund", "budget", "limit", "transfer", "tick"),
-        *("balance", "holds", "levels", "statement", "run_cost", "ping"),
+        *("balance", "holds", "levels", "statement", "run_cost", "ping", "batch"),
+    }
+    batch = json.loads(endpoints["batch"]["metadata"]["request_schema"])
+    assert batch["type"] == "array" and set(batch["items"]["discriminator"]["mapping"]) == {
+        "hold",
+        "capture",
+        "void",
     }
     for name, endpoint in endpoints.items():
         assert endpoint["subject"] == f"{p}.svc.ledger.{name}"

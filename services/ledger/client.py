@@ -9,6 +9,7 @@ the payment webhook receiver): an agent's connection cannot publish to their sub
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import weakref
 from typing import Any
 
@@ -38,14 +39,17 @@ class _Batcher:
     def __init__(self, bus: Bus) -> None:
         self.bus = bus
         self.subject = bus.subjects.service("ledger", "batch")
-        self.queue: list[tuple[Op, asyncio.Future[dict[str, Any]]]] = []
+        self.queue: list[tuple[Op, str, asyncio.Future[dict[str, Any]]]] = []
         self.senders: set[asyncio.Task[None]] = set()
 
     async def send(self, op: Op) -> dict[str, Any]:
         answered: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-        self.queue.append((op, answered))
+        trace: dict[str, str] = {}
+        tracing.inject(trace)  # each operation's server span joins its own task's trace
+        self.queue.append((op, trace.get("traceparent", ""), answered))
         if len(self.senders) < IN_FLIGHT:
-            sender = asyncio.create_task(self._send_queued())
+            # no caller's context: the batch request itself belongs to no one task's trace
+            sender = asyncio.create_task(self._send_queued(), context=contextvars.Context())
             self.senders.add(sender)
             sender.add_done_callback(self.senders.discard)
         return await answered
@@ -56,14 +60,18 @@ class _Batcher:
             batch, self.queue = self.queue[:MAX_BATCH], self.queue[MAX_BATCH:]
             try:  # every op has an id the ledger answers once: a resend is safe
                 replies = await rpc.call_as(
-                    self.bus, self.subject, [op for op, _ in batch], list[Reply], idempotent=True
+                    self.bus,
+                    self.subject,
+                    [_item(op, tp) for op, tp, _ in batch],
+                    list[Reply],
+                    idempotent=True,
                 )
             except Exception as exc:
-                for _, answered in batch:
+                for _, _, answered in batch:
                     if not answered.done():
                         answered.set_exception(exc)
                 continue
-            for (_, answered), reply in zip(batch, replies, strict=True):
+            for (_, _, answered), reply in zip(batch, replies, strict=True):
                 if answered.done():  # its caller was cancelled
                     continue
                 if reply.ok:
@@ -71,6 +79,14 @@ class _Batcher:
                 else:
                     info = reply.error or ErrorInfo(type="LedgerError", message="refused")
                     answered.set_exception(rebuild_error(info))
+
+
+def _item(op: Op, traceparent: str) -> Any:
+    if not traceparent:
+        return op
+    item = msgspec.to_builtins(op)
+    item["traceparent"] = traceparent
+    return item
 
 
 _batchers: weakref.WeakKeyDictionary[Bus, _Batcher] = weakref.WeakKeyDictionary()

@@ -154,26 +154,33 @@ def _explain(subject_op: str, data: bytes) -> None:
 _items = msgspec.json.Decoder(list[msgspec.Raw]).decode
 
 
-def decode_batch(data: bytes) -> list[Op | RelayError]:
-    """A `ledger.batch` request: a JSON array of holds, captures and voids, each with its `kind`.
-    Each decodes as if it arrived on its own subject (`decode_request`); what does not is that
-    item's refusal, and the others go on. A body that is not such an array is refused whole."""
+def decode_batch(data: bytes) -> list[tuple[Op | RelayError, str]]:
+    """A `ledger.batch` request: a JSON array of holds, captures and voids, each with its `kind`
+    (and the `traceparent` of the task that asked, if it is traced). Each decodes as if it
+    arrived on its own subject (`decode_request`); what does not is that item's refusal, and
+    the others go on. A body that is not such an array is refused whole."""
     try:
         raws = _items(data)
     except msgspec.MsgspecError as exc:
         raise LedgerError(f"bad ledger batch: a JSON array of operations, {exc}") from None
     if len(raws) > MAX_BATCH:
         raise LedgerError(f"a ledger batch holds at most {MAX_BATCH} operations, not {len(raws)}")
-    items: list[Op | RelayError] = []
+    items: list[tuple[Op | RelayError, str]] = []
     for raw in raws:
         try:
             body = _probe(raw)
         except msgspec.MsgspecError:
-            items.append(LedgerError("bad ledger batch item: each is a JSON object with `kind`"))
+            items.append(
+                (LedgerError("bad ledger batch item: each is a JSON object with `kind`"), "")
+            )
             continue
+        traceparent = body.pop("traceparent", "")
+        if not isinstance(traceparent, str) or len(traceparent) > 128:
+            traceparent = ""
+        item = bytes(raw) if "traceparent" not in body and not traceparent else None
         kind = body.get("kind")
         if kind not in BATCHED:
-            items.append(
+            refusal: RelayError = (
                 PermissionDenied(
                     f"`{kind}` cannot be batched: a batch carries {', '.join(BATCHED)}; an "
                     f"operator sends `{kind}` to `ledger.{kind}`"
@@ -183,11 +190,13 @@ def decode_batch(data: bytes) -> list[Op | RelayError]:
                     f"a ledger batch item needs `kind`, one of {', '.join(BATCHED)} (got {kind!r})"
                 )
             )
+            items.append((refusal, traceparent))
             continue
         try:
-            items.append(decode_request(str(kind), bytes(raw)))
+            encoded = item if item is not None else msgspec.json.encode(body)
+            items.append((decode_request(str(kind), encoded), traceparent))
         except RelayError as exc:
-            items.append(exc)
+            items.append((exc, traceparent))
     return items
 
 

@@ -20,7 +20,9 @@ from collections.abc import Callable
 from typing import Any
 
 import msgspec
+from opentelemetry import trace
 from opentelemetry.metrics import CallbackOptions, Observation
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
 from relaybus.bus import (
     Bus,
@@ -31,6 +33,7 @@ from relaybus.bus import (
     default_topology,
     ensure,
     metrics,
+    tracing,
 )
 from relaybus.bus.errors import ErrorInfo
 from relaybus.bus.events import Event
@@ -152,20 +155,35 @@ class LedgerWriter:
     async def write_batch(self, data: bytes) -> list[Reply]:
         """`ledger.batch`: agents' holds, captures and voids sent together (the client batches
         what its tasks ask at once). Each is checked and decided as if sent alone, refusals
-        included; one reply lists each one's outcome once all of them are stored."""
+        included, and answered in a SERVER span of its own task's trace; one reply lists each
+        one's outcome once all of them are stored."""
         items = decode_batch(data)
         ops: list[Op] = []
-        for item in items:
+        spans = []
+        for item, traceparent in items:
+            span = _op_span(item, traceparent)
+            spans.append(span)
             if isinstance(item, RelayError):
                 await self._audit("batch", item)
             else:
                 ops.append(item)
-        decided = iter(await self.write_many(ops))
+        try:
+            decided = iter(await self.write_many(ops))
+        except BaseException as exc:
+            for span in spans:
+                if span is not None:
+                    span.set_status(Status(StatusCode.ERROR, str(exc)[:500]))
+                    span.end()
+            raise
         replies = []
-        for item in items:
+        for (item, _), span in zip(items, spans, strict=True):
             outcome = item if isinstance(item, RelayError) else next(decided)
             if isinstance(outcome, PermissionDenied) and not isinstance(item, RelayError):
                 await self._audit(item.kind, outcome, item)
+            if span is not None:
+                if isinstance(outcome, BaseException):
+                    span.set_status(Status(StatusCode.ERROR, f"{type(outcome).__name__}"))
+                span.end()
             replies.append(
                 Reply(ok=False, error=ErrorInfo.from_exception(outcome))
                 if isinstance(outcome, BaseException)
@@ -316,6 +334,23 @@ class LedgerWriter:
         run_id = hold.tags.get("run", "ledger")
         event = Event(run_id=run_id, kind="alert", detail=detail, cost=recent)
         await self.bus.publish_event(event, durable=True)
+
+
+def _op_span(item: Op | RelayError, traceparent: str) -> Span | None:
+    """The SERVER span of one batched operation, in the trace of the task that asked (none for
+    an untraced one), named as a request on the operation's own subject would be."""
+    if not traceparent:
+        return None
+    parent = tracing.extract({"traceparent": traceparent})
+    if not trace.get_current_span(parent).get_span_context().is_valid:
+        return None
+    method = item.kind if not isinstance(item, RelayError) else "batch"
+    return tracing.TRACER.start_span(
+        f"relaybus-ledger {method}",
+        context=parent,
+        kind=SpanKind.SERVER,
+        attributes={"rpc.system": "nats", "rpc.service": "relaybus-ledger", "rpc.method": method},
+    )
 
 
 def _tags(op: Op) -> dict[str, str]:

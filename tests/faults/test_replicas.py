@@ -72,6 +72,10 @@ async def test_a_replica_killed_under_load_fails_no_run(
             killing = None
             if wave == 3:  # When one replica is killed -9 while a wave is being stamped
                 shared = await instances(bus, "relaybus-identity")
+                for _ in range(100):  # bounded: both must have stamped before one dies
+                    if len(shared) == 2 and all(stamps(s) > 0 for s in shared):
+                        break
+                    shared = await instances(bus, "relaybus-identity", wait_s=0.2)
                 assert len(shared) == 2 and all(stamps(s) > 0 for s in shared), shared
                 killing = loop.run_in_executor(None, fleet.kill, "identity#0")
             ids = await asyncio.gather(
