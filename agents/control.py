@@ -8,7 +8,7 @@ from typing import Any
 import msgspec
 
 from relaybus.bus import Bus, Envelope, Event, new_id
-from relaybus.services.runs.state import Cancel, RunEnded, RunRecord, StoreSignal
+from relaybus.services.runs.state import Cancel, RunEnded, RunRecord, StoreSignal, run_end_id
 
 from .messages import CancelRun, Signal
 from .submit import run_store
@@ -24,7 +24,7 @@ async def cancel_run(bus: Bus, run_id: str, reason: str = "cancelled by user") -
         msgspec.json.encode(CancelRun(run_id=run_id, reason=reason)),
     )
     event = Event(run_id=run_id, kind="cancelled", detail=reason, error=record.error)
-    await bus.publish_event(event, durable=True)
+    await bus.publish_event(event, durable=True, once=run_end_id(run_id, record.ended))
     return record
 
 

@@ -10,7 +10,7 @@ import msgspec
 from relaybus.bus import Bus, Envelope, ErrorInfo, Event
 from relaybus.bus.envelope import derived_id
 from relaybus.services.runs.client import RunWriter
-from relaybus.services.runs.state import ENDED, Finish
+from relaybus.services.runs.state import ENDED, Finish, run_end_id
 
 from .charging import Costs
 from .journal import Journal
@@ -69,8 +69,10 @@ class Outcomes:
             hops=env.hop,
             cost=cost,
         )
-        _, changed = await self.run_writer.change(env.run_id, finish, env.chain)
-        if changed:
+        record, changed = await self.run_writer.change(env.run_id, finish, env.chain)
+        # ended as this task ends it, by this attempt or by one whose reply or event was lost
+        # (a resend, a redelivery after a crash): the end event goes out once either way
+        if changed or (record.status == status and record.ended):
             await self.emit(
                 env,
                 status,
@@ -78,6 +80,7 @@ class Outcomes:
                 error=journal.error,
                 cost=cost,
                 latency_ms=latency_ms,
+                once=run_end_id(env.run_id, record.ended),
             )
 
     async def emit(
@@ -96,6 +99,7 @@ class Outcomes:
         input_tokens: int = 0,
         output_tokens: int = 0,
         score: float | None = None,
+        once: str = "",
     ) -> None:
         event = Event(
             run_id=env.run_id,
@@ -115,4 +119,4 @@ class Outcomes:
             score=score,
             **({"result": msgspec.Raw(result)} if result else {}),  # type: ignore[arg-type]
         )
-        await self.bus.publish_event(event, durable=kind in ENDED)
+        await self.bus.publish_event(event, durable=kind in ENDED, once=once)

@@ -310,16 +310,18 @@ class Bus:
             raise PublishFailed(f"JetStream refused {subject!r}: {exc.description}") from exc
         raise RelayError("unreachable")  # pragma: no cover
 
-    async def publish_event(self, event: Event, *, durable: bool = False) -> None:
+    async def publish_event(self, event: Event, *, durable: bool = False, once: str = "") -> None:
         """One run event on `<prefix>.event.<run>.<kind>[.<agent>]` (this connection's agent
         as the last token). `durable`: wait for JetStream's ack (a run's end); otherwise a
-        core publish the events stream still stores (progress, for watching). Tracebacks stay
-        off the events stream, which more readers see than the run's own record."""
+        core publish the events stream still stores (progress, for watching). `once` (durable
+        only): an id under which the stream keeps the event once, however often it is sent.
+        Tracebacks stay off the events stream, which more readers see than the run's record."""
         if event.error is not None and event.error.traceback:
             event = msgspec.structs.replace(event, error=event.error.public())
         subject = self.subjects.event(event.run_id, event.kind, self.agent or "")
         if durable:
-            await self.publish_bytes(subject, event_encoder.encode(event))
+            headers = {"Nats-Msg-Id": once} if once else None
+            await self.publish_bytes(subject, event_encoder.encode(event), headers)
         else:
             await self.publish_core(subject, event_encoder.encode(event))
 

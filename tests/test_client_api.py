@@ -7,11 +7,15 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pydantic
 import pytest
 
 from relaybus import Agent, Client, Context, Interceptor, RelayError, RunFailed, tool
+from relaybus.agents.submit import run_store
+from relaybus.bus.streams import read_subject
 from relaybus.client import RunIdTaken, RunTimedOut
+from relaybus.services.runs.state import Finish
 from relaybus.testing import AgentEnvironment
 
 from .conftest import wait_for
@@ -114,6 +118,38 @@ async def test_waiting_clients_hold_no_consumer_on_the_events_stream() -> None:
         outcomes = await asyncio.gather(*waits)
         assert [o.status for o in outcomes] == ["completed"] * 20
         assert [o.result["task"]["amount"] for o in outcomes] == list(range(20))
+
+
+async def test_a_run_ended_by_an_attempt_whose_end_event_was_lost_still_ends_once() -> None:
+    # Given a run the authority already recorded as completed by an attempt that died before
+    # its end event went out (or whose finish reply was lost and sent again)
+    async with AgentEnvironment([]) as env:
+        bus = env.client.bus
+        run = await env.client.submit("echo", {"text": "hi"})
+        _, changed = await (await run_store(bus)).change(
+            run.run_id,
+            Finish(status="completed", result=msgspec.Raw(b'{"echo": {"text": "hi"}}')),
+            "echo",
+        )
+        assert changed
+
+        async def end_events() -> list[bytes]:
+            stored = await read_subject(
+                bus, bus.subjects.stream("EVENTS"), bus.subjects.events_of(run.run_id)
+            )
+            return [data for _, data in stored if b'"kind":"completed"' in data]
+
+        assert await end_events() == []
+        # When its task is handled again (the redelivery)
+        await env.start(Echo())
+        for _ in range(100):  # bounded: the handling takes well under a second
+            if await end_events():
+                break
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(0.5)
+        # Then the run's end event is on the events stream, once, for every watcher to see
+        assert len(await end_events()) == 1
+        assert await run.result(timeout_s=10) == {"echo": {"text": "hi"}}
 
 
 async def test_a_crashed_agent_replays_its_task_and_the_effect_runs_once(

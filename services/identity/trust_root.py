@@ -6,6 +6,7 @@ another key, or none, refuses to start instead of replacing the key every verifi
 from __future__ import annotations
 
 import os
+import secrets
 from pathlib import Path
 
 from nacl.signing import SigningKey
@@ -52,16 +53,24 @@ def _read_seed(path: Path) -> SigningKey | None:
 
 
 def _create_seed(path: Path) -> SigningKey:
-    """A new seed at `path` (0600), created exclusively: replicas sharing a home that start
-    together agree on the first one written."""
+    """A new seed at `path` (0600), written whole before it appears there (a temporary file
+    linked into place, which fails if the name exists): replicas sharing a home that start
+    together agree on the first one written, and none ever reads half a seed."""
     path.parent.mkdir(parents=True, exist_ok=True)
     key = SigningKey.generate()
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        return SigningKey(bytes.fromhex(path.read_text().strip()))
-    with os.fdopen(fd, "wb") as f:
-        f.write(bytes(key).hex().encode())
+        with os.fdopen(fd, "wb") as f:
+            f.write(bytes(key).hex().encode())
+            f.flush()
+            os.fsync(f.fileno())
+        try:
+            os.link(temporary, path)
+        except FileExistsError:
+            return SigningKey(bytes.fromhex(path.read_text().strip()))
+    finally:
+        temporary.unlink(missing_ok=True)
     return key
 
 

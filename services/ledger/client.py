@@ -20,6 +20,7 @@ from relaybus.bus import Bus, rpc, tracing
 from relaybus.bus.errors import ErrorInfo, rebuild_error
 from relaybus.bus.rpc import Reply
 
+from .errors import LedgerError
 from .messages import AGENT_OPS, MAX_BATCH, OPERATOR_OPS, OPERATOR_QUERIES
 from .ops import Budget, Cap, Capture, Hold, Op, RateLimit, Refund, SetBudget, SetRateLimit, Void
 
@@ -51,34 +52,58 @@ class _Batcher:
             # no caller's context: the batch request itself belongs to no one task's trace
             sender = asyncio.create_task(self._send_queued(), context=contextvars.Context())
             self.senders.add(sender)
-            sender.add_done_callback(self.senders.discard)
         return await answered
 
     async def _send_queued(self) -> None:
-        await asyncio.sleep(0)  # what the other tasks ask in this turn of the loop goes along
-        while self.queue:
-            batch, self.queue = self.queue[:MAX_BATCH], self.queue[MAX_BATCH:]
-            try:  # every op has an id the ledger answers once: a resend is safe
-                replies = await rpc.call_as(
-                    self.bus,
-                    self.subject,
-                    [_item(op, tp) for op, tp, _ in batch],
-                    list[Reply],
-                    idempotent=True,
+        me = asyncio.current_task()
+        batch: list[tuple[Op, str, asyncio.Future[dict[str, Any]]]] = []
+        try:
+            await asyncio.sleep(0)  # what the other tasks ask in this turn of the loop goes along
+            while self.queue:
+                batch, self.queue = self.queue[:MAX_BATCH], self.queue[MAX_BATCH:]
+                batch = [queued for queued in batch if not queued[2].done()]  # callers gone
+                if batch:
+                    await self._send(batch)
+                batch = []
+        except BaseException as exc:  # cancelled or broken: no caller is left waiting
+            failure = exc if isinstance(exc, Exception) else LedgerError("the ledger client closed")
+            for _, _, answered in (*batch, *self.queue):
+                if not answered.done():
+                    answered.set_exception(failure)
+            self.queue = []
+            raise
+        finally:
+            # leaves the set in the same step it saw an empty queue: an op queued after this
+            # finds a free slot and starts a sender of its own
+            self.senders.discard(me)
+
+    async def _send(self, batch: list[tuple[Op, str, asyncio.Future[dict[str, Any]]]]) -> None:
+        try:  # every op has an id the ledger answers once: a resend is safe
+            replies = await rpc.call_as(
+                self.bus,
+                self.subject,
+                [_item(op, tp) for op, tp, _ in batch],
+                list[Reply],
+                idempotent=True,
+            )
+            if len(replies) != len(batch):
+                raise LedgerError(
+                    f"the ledger answered {len(replies)} of {len(batch)} batched operations; "
+                    "check that the ledger service and this client are the same version"
                 )
-            except Exception as exc:
-                for _, _, answered in batch:
-                    if not answered.done():
-                        answered.set_exception(exc)
+        except Exception as exc:
+            for _, _, answered in batch:
+                if not answered.done():
+                    answered.set_exception(exc)
+            return
+        for (_, _, answered), reply in zip(batch, replies, strict=True):
+            if answered.done():  # its caller was cancelled
                 continue
-            for (_, _, answered), reply in zip(batch, replies, strict=True):
-                if answered.done():  # its caller was cancelled
-                    continue
-                if reply.ok:
-                    answered.set_result(dict(msgspec.json.decode(reply.body)))
-                else:
-                    info = reply.error or ErrorInfo(type="LedgerError", message="refused")
-                    answered.set_exception(rebuild_error(info))
+            if reply.ok:
+                answered.set_result(dict(msgspec.json.decode(reply.body)))
+            else:
+                info = reply.error or ErrorInfo(type="LedgerError", message="refused")
+                answered.set_exception(rebuild_error(info))
 
 
 def _item(op: Op, traceparent: str) -> Any:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import time
 import zlib
 from collections.abc import Callable
@@ -68,6 +69,9 @@ class Snapshot(msgspec.Struct):
     state: State
 
 
+AUDITED_PER_BATCH = 8
+
+
 class WriterFenced(RelayError):
     """Another writer appended to this partition: this one must stop."""
 
@@ -96,6 +100,7 @@ class LedgerWriter:
         self.failed = asyncio.Event()
         self._lock = asyncio.Lock()
         self._commits = GroupCommit(self._append)
+        self._incarnation = secrets.token_hex(6)
 
     async def rebuild(self) -> int:
         """State = the latest snapshot, then the journal entries after it, applied in order."""
@@ -160,11 +165,12 @@ class LedgerWriter:
         items = decode_batch(data)
         ops: list[Op] = []
         spans = []
+        refused: list[tuple[str, RelayError, Op | None]] = []
         for item, traceparent in items:
             span = _op_span(item, traceparent)
             spans.append(span)
             if isinstance(item, RelayError):
-                await self._audit("batch", item)
+                refused.append(("batch", item, None))
             else:
                 ops.append(item)
         try:
@@ -179,7 +185,7 @@ class LedgerWriter:
         for (item, _), span in zip(items, spans, strict=True):
             outcome = item if isinstance(item, RelayError) else next(decided)
             if isinstance(outcome, PermissionDenied) and not isinstance(item, RelayError):
-                await self._audit(item.kind, outcome, item)
+                refused.append((item.kind, outcome, item))
             if span is not None:
                 if isinstance(outcome, BaseException):
                     span.set_status(Status(StatusCode.ERROR, f"{type(outcome).__name__}"))
@@ -189,7 +195,24 @@ class LedgerWriter:
                 if isinstance(outcome, BaseException)
                 else Reply(ok=True, body=msgspec.Raw(_json(outcome)))
             )
+        await self._audit_refusals(refused)
         return replies
+
+    async def _audit_refusals(self, refused: list[tuple[str, RelayError, Op | None]]) -> None:
+        """A batch's refusals: the first few one record each, the rest one record counting
+        them (a hand-made batch of a thousand bad items costs the audit stream a few records)."""
+        for op_name, exc, op in refused[:AUDITED_PER_BATCH]:
+            await self._audit(op_name, exc, op)
+        more = refused[AUDITED_PER_BATCH:]
+        if more:
+            kinds = sorted({type(exc).__name__ for _, exc, _ in more})
+            await self._audit(
+                "batch",
+                LedgerError(
+                    f"{len(more)} more operations of this batch were refused ({', '.join(kinds)}); "
+                    "the reply names each one's reason"
+                ),
+            )
 
     async def write_many(self, ops: list[Op]) -> list[dict[str, object] | RelayError]:
         """Decide each op in order against the state as the ops before it left it, apply it at
@@ -235,7 +258,7 @@ class LedgerWriter:
                     metrics.SPENT.add(op.amount, _allocation(self.state.holds[op.transfer]))
             # a repeated op's first result may still be on its way to the journal: wait for it
             stored = self._commits.enqueue(entries) if entries else self._commits.barrier()
-        await stored
+        await asyncio.shield(stored)  # a caller cancelled meanwhile leaves the others waiting
         for entry in entries:
             if isinstance(entry.op, Capture):
                 await self._watch_spend(entry.op, entry.clock)
@@ -244,28 +267,42 @@ class LedgerWriter:
         return outcomes
 
     async def _append(self, entries: list[Entry]) -> None:
-        """One fenced journal append of a group commit (the committer calls it, one at a time)."""
+        """The journal appends of one group commit (the committer calls it, one at a time):
+        one fenced publish, or several in order if the entries would not fit one message.
+        Any failure stops this writer (its state is ahead of what the journal holds)."""
+        try:
+            body = _encode(entries[0] if len(entries) == 1 else entries)
+            if len(body) > self.bus.settings.max_payload_bytes * 3 // 4 and len(entries) > 1:
+                half = len(entries) // 2
+                await self._append(entries[:half])
+                await self._append(entries[half:])
+                return
+            await self._publish_fenced(body)
+        except BaseException:
+            self.failed.set()
+            raise
+        self._since_snapshot += len(entries)
+
+    async def _publish_fenced(self, body: bytes) -> None:
         expected = self._tail
         self._tail += 1
         headers = {
             "Nats-Expected-Last-Subject-Sequence": str(expected),
-            "Nats-Msg-Id": f"ledger:{self.partition}:{expected + 1}",
+            # this writer's incarnation in the id: a resend of its own append is deduplicated,
+            # another writer's append at the same sequence never is (it meets the fence instead)
+            "Nats-Msg-Id": f"ledger:{self.partition}:{self._incarnation}:{expected + 1}",
         }
-        body = _encode(entries[0] if len(entries) == 1 else entries)
         try:
             seq = await self.bus.publish_bytes(self.subject, body, headers)
         except PublishFailed as exc:
-            self.failed.set()
             if "last sequence" in str(exc).lower():
                 raise WriterFenced(
                     f"another ledger writer owns partition {self.partition}; this one stops"
                 ) from exc
             raise LedgerError(f"the ledger journal did not store the entry: {exc}") from exc
         if seq != expected + 1:
-            self.failed.set()
             raise LedgerError(f"the ledger journal diverged at sequence {seq}; the writer restarts")
         self.last_seq = max(self.last_seq, seq)
-        self._since_snapshot += len(entries)
 
     async def _audit(self, op_name: str, exc: BaseException, op: Op | None = None) -> None:
         """Record a refusal at the trust boundary (best effort: the reply goes out regardless)."""
@@ -288,7 +325,12 @@ class LedgerWriter:
         """Store the state as of the last acknowledged entry, so a restart replays only what
         came after. Taken under the write lock; skipped (with a log line) if it is too large."""
         async with self._lock:
-            if self._tail != self.last_seq:  # appends in flight: the state is ahead of the journal
+            # nothing is decided meanwhile: once what is queued is stored, state == journal
+            try:
+                await asyncio.shield(self._commits.barrier())
+            except Exception:  # the writer failed: its successor takes the snapshots
+                return
+            if self.failed.is_set():
                 return
             data = _pack_snapshot(
                 msgspec.msgpack.encode(Snapshot(seq=self.last_seq, state=self.state))

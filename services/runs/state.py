@@ -231,3 +231,9 @@ class RunEnded(RelayError):
     def from_info(cls, info: ErrorInfo) -> RelayError:
         d = info.details
         return cls(str(d.get("run_id", "")), str(d.get("status", "")), str(d.get("why", "")))
+
+
+def run_end_id(run_id: str, ended: float) -> str:
+    """The events stream's dedup id of a run's end: its end event is stored once however often
+    it is sent (a resent or redelivered finish); a run reopened and ended again ends anew."""
+    return f"{run_id}:ended:{ended!r}"

@@ -7,6 +7,8 @@ import secrets
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import nats.errors
+import nats.js.errors
 import pytest
 
 from relaybus.bus import Bus, NatsServer, Settings, default_topology, ensure
@@ -121,7 +123,14 @@ async def wait_all_replicas_current(bus: Bus, prefix: str, timeout_s: float = 60
     deadline = loop.time() + timeout_s
     while loop.time() < deadline:
         lagging = []
-        for info in await bus.js.streams_info():
+        try:
+            infos = await bus.js.streams_info()
+        except (nats.errors.TimeoutError, nats.js.errors.APIError) as error:
+            # the meta leader is being elected again while the returning node rejoins
+            lagging = [f"stream list unanswered: {error!r}"]
+            await asyncio.sleep(0.5)
+            continue
+        for info in infos:
             name = info.config.name or ""
             if prefix.upper() not in name.upper():
                 continue

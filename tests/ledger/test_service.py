@@ -383,3 +383,83 @@ async def test_kill9_mid_group_commit_loses_nothing_acknowledged_and_applies_not
     # and the journal took fewer appends than decisions: they were group-committed
     appends = await journal(bus)
     assert max(len(a) for a in appends) > 1 and len(appends) < len(entries)
+
+
+async def test_a_snapshot_taken_while_decisions_wait_for_the_journal_holds_only_stored_ones(
+    bus: Bus,
+) -> None:
+    # Given a writer deciding 120 holds at once, with snapshots asked for in between
+    writer = LedgerWriter(bus, snapshot_every=1_000_000)
+    await writer.rebuild()
+    await writer.write(SetBudget(id="b", budget=Budget(level="user:s", limit=100_000)))
+
+    async def hold(i: int) -> None:
+        await writer.write(
+            Hold(id=f"h{i}", amount=3, payer="user:s", payee="tool:x", levels=["user:s"])
+        )
+
+    work = []
+    for i in range(120):
+        work.append(hold(i))
+        if i % 10 == 5:
+            work.append(writer.snapshot())
+    await asyncio.gather(*work)
+    # When a fresh writer rebuilds from the latest snapshot and the journal after it
+    fresh = LedgerWriter(bus)
+    await fresh.rebuild()
+    # Then no hold is counted twice (a snapshot never ran ahead of the journal)
+    assert fresh.state.levels == writer.state.levels
+    assert fresh.state.levels["user:s"].held == 360
+
+
+async def test_a_group_commit_larger_than_one_message_is_stored_in_several_appends(
+    settings: Settings,
+) -> None:
+    # Given a payload limit of 32 KB and 200 decisions made at once (~4 times that encoded)
+    small = settings.model_copy(update={"max_payload_bytes": 32_768})
+    async with Bus(small, name="test") as bus:
+        await ensure(bus, default_topology(bus.subjects))
+        writer = LedgerWriter(bus)
+        await writer.rebuild()
+        ops = [
+            Hold(
+                id=f"hold-{i:04d}-of-a-long-running-agent",
+                amount=1,
+                payer="user:gina",
+                payee="tool:search",
+                levels=["user:gina", f"run:RUN{i:04d}"],
+                tags={"run": f"RUN{i:04d}", "agent": "research", "tool": "search"},
+            )
+            for i in range(200)
+        ]
+        outcomes = await writer.write_many(ops)
+        # Then every one is decided and stored, over more than one journal message
+        assert not [o for o in outcomes if isinstance(o, BaseException)]
+        appends = await journal(bus)
+        assert len(appends) > 1
+        assert sum(len(a) for a in appends) == 200
+        assert (await replayed(bus)).levels == writer.state.levels
+
+
+async def test_concurrent_holds_with_callers_cancelled_midway_leave_no_one_waiting(
+    bus: Bus, ledger: LedgerClient
+) -> None:
+    # Given 300 holds asked at once through one connection, every third caller giving up
+    await ledger.set_budget("bc", Budget(level="user:cx", limit=1_000_000))
+
+    def hold(i: int) -> asyncio.Task[dict[str, object]]:
+        return asyncio.ensure_future(ledger.hold(f"hc{i}", "user:cx", "tool:x", 2, ["user:cx"]))
+
+    for wave in range(3):  # bounded: three waves, each after the one before is answered
+        tasks = [hold(wave * 300 + i) for i in range(300)]
+        await asyncio.sleep(0)
+        for task in tasks[::3]:
+            task.cancel()
+        # Then every caller that stayed gets its answer, wave after wave (no batch sender is
+        # lost, no slot stays taken)
+        _, pending = await asyncio.wait(tasks, timeout=30)
+        assert not pending
+        kept = [t for i, t in enumerate(tasks) if i % 3]
+        assert all(not t.cancelled() and t.exception() is None for t in kept)
+    held = {row["level"]: row for row in await ledger.query("levels", level="user:cx")}
+    assert 2 * 600 <= held["user:cx"]["held"] <= 2 * 900
