@@ -71,8 +71,9 @@ class Outcomes:
         )
         record, changed = await self.run_writer.change(env.run_id, finish, env.chain)
         # ended as this task ends it, by this attempt or by one whose reply or event was lost
-        # (a resend, a redelivery after a crash): the end event goes out once either way
-        if changed or (record.status == status and record.ended):
+        # (a resend, a redelivery after a crash): the end event goes out once either way. A run
+        # cancelled from outside already has its event, from the operator that cancelled it.
+        if changed or (record.status == status != "cancelled" and record.ended):
             await self.emit(
                 env,
                 status,

@@ -13,6 +13,8 @@ import pytest
 
 from relaybus import Agent, Client, Context, Interceptor, RelayError, RunFailed, tool
 from relaybus.agents.submit import run_store
+from relaybus.bus import decode
+from relaybus.bus.envelope import to_message
 from relaybus.bus.streams import read_subject
 from relaybus.client import RunIdTaken, RunTimedOut
 from relaybus.services.runs.state import Finish
@@ -150,6 +152,20 @@ async def test_a_run_ended_by_an_attempt_whose_end_event_was_lost_still_ends_onc
         # Then the run's end event is on the events stream, once, for every watcher to see
         assert len(await end_events()) == 1
         assert await run.result(timeout_s=10) == {"echo": {"text": "hi"}}
+        # and when the same task is delivered once more (a duplicate), the stream still keeps one
+        (journal,) = await env.journals(run.run_id)
+        duplicate = decode(journal.task)  # the same envelope, past JetStream's dedupe
+        headers, body = to_message(duplicate, bus.settings.max_payload_bytes)
+        await bus.publish_bytes(bus.subjects.task_admitted("echo"), body, headers)
+        for _ in range(50):  # bounded: until the duplicate was handled (acked)
+            await asyncio.sleep(0.1)
+            tasks = await bus.js.consumer_info(bus.subjects.stream("TASKS"), "agent_echo")
+            if tasks.delivered.stream_seq >= 2 and not tasks.num_ack_pending:
+                break
+        else:
+            raise AssertionError("the duplicate task was never handled")
+        await asyncio.sleep(0.3)
+        assert len(await end_events()) == 1
 
 
 async def test_a_crashed_agent_replays_its_task_and_the_effect_runs_once(

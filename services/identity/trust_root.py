@@ -69,8 +69,20 @@ def _create_seed(path: Path) -> SigningKey:
             os.link(temporary, path)
         except FileExistsError:
             return SigningKey(bytes.fromhex(path.read_text().strip()))
+        except OSError:  # a filesystem without hard links (SMB, some cloud file shares)
+            return _create_exclusively(path, key)
     finally:
         temporary.unlink(missing_ok=True)
+    return key
+
+
+def _create_exclusively(path: Path, key: SigningKey) -> SigningKey:
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return SigningKey(bytes.fromhex(path.read_text().strip()))
+    with os.fdopen(fd, "wb") as f:
+        f.write(bytes(key).hex().encode())
     return key
 
 

@@ -99,11 +99,16 @@ class _Batcher:
         for (_, _, answered), reply in zip(batch, replies, strict=True):
             if answered.done():  # its caller was cancelled
                 continue
-            if reply.ok:
-                answered.set_result(dict(msgspec.json.decode(reply.body)))
-            else:
-                info = reply.error or ErrorInfo(type="LedgerError", message="refused")
-                answered.set_exception(rebuild_error(info))
+            try:  # one unreadable reply is that caller's error, not the others'
+                if reply.ok:
+                    answered.set_result(dict(msgspec.json.decode(reply.body)))
+                else:
+                    info = reply.error or ErrorInfo(type="LedgerError", message="refused")
+                    answered.set_exception(rebuild_error(info))
+            except Exception as exc:
+                answered.set_exception(
+                    LedgerError(f"the ledger's reply to a batched operation is unreadable: {exc}")
+                )
 
 
 def _item(op: Op, traceparent: str) -> Any:

@@ -201,6 +201,9 @@ class LedgerWriter:
     async def _audit_refusals(self, refused: list[tuple[str, RelayError, Op | None]]) -> None:
         """A batch's refusals: the first few one record each, the rest one record counting
         them (a hand-made batch of a thousand bad items costs the audit stream a few records)."""
+        # denials first: they name the op and run an operator looks for; padding the batch with
+        # malformed items cannot push them into the summary
+        refused.sort(key=lambda item: not isinstance(item[1], PermissionDenied))
         for op_name, exc, op in refused[:AUDITED_PER_BATCH]:
             await self._audit(op_name, exc, op)
         more = refused[AUDITED_PER_BATCH:]
@@ -263,7 +266,7 @@ class LedgerWriter:
             if isinstance(entry.op, Capture):
                 await self._watch_spend(entry.op, entry.clock)
         if self._since_snapshot >= self.snapshot_every:
-            await self.snapshot()
+            await self.snapshot(only_if_due=True)
         return outcomes
 
     async def _append(self, entries: list[Entry]) -> None:
@@ -321,10 +324,12 @@ class LedgerWriter:
         except RelayError as failed:
             log.warning("could not audit the refusal: %s", failed)
 
-    async def snapshot(self) -> None:
+    async def snapshot(self, *, only_if_due: bool = False) -> None:
         """Store the state as of the last acknowledged entry, so a restart replays only what
         came after. Taken under the write lock; skipped (with a log line) if it is too large."""
         async with self._lock:
+            if only_if_due and self._since_snapshot < self.snapshot_every:
+                return  # the callers of one group commit ask together: one of them takes it
             # nothing is decided meanwhile: once what is queued is stored, state == journal
             try:
                 await asyncio.shield(self._commits.barrier())
