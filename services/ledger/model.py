@@ -181,13 +181,16 @@ def decide(state: State, op: Op, now: float) -> Entry | dict[str, object]:
             )
         return result
     at = max(now, state.clock)  # the ledger's clock: the service's, never a request's
-    expired = [h.id for h in state.open_holds.values() if h.expires <= at]
-    probe = Entry(op=op, digest=body, clock=at, expired=expired)
-    _validate(state, op, at, expired)
+    lapsed = [h.id for h in state.open_holds.values() if h.expires <= at]
+    # every lapsed hold counts as expired in this decision; the entry releases a bounded number
+    # of them (the rest in the entries after it), so no flood of short holds can make one entry
+    # outgrow a journal message
+    probe = Entry(op=op, digest=body, clock=at, expired=lapsed[:MAX_EXPIRED_PER_ENTRY])
+    _validate(state, op, at, set(lapsed))
     return probe
 
 
-def _validate(state: State, op: Op, at: float, expired: list[str]) -> None:
+def _validate(state: State, op: Op, at: float, expired: Collection[str]) -> None:
     match op:
         case Hold():
             _validate_hold(state, op, at, expired)
@@ -237,7 +240,7 @@ def _validate(state: State, op: Op, at: float, expired: list[str]) -> None:
                 raise LedgerError("a limit operation needs a key and non-negative rpm/tpm")
 
 
-def _validate_hold(state: State, op: Hold, at: float, expired: list[str]) -> None:
+def _validate_hold(state: State, op: Hold, at: float, expired: Collection[str]) -> None:
     _tokens(op.tokens)
     _amount(op.amount, allow_zero=op.tokens > 0)  # an unpriced LLM call reserves tokens only
     if not 0 < op.ttl_s <= MAX_TTL_S:  # NaN too: a hold that never expires
@@ -261,6 +264,7 @@ def _validate_hold(state: State, op: Hold, at: float, expired: list[str]) -> Non
 
 
 WINDOW_S = 60.0
+MAX_EXPIRED_PER_ENTRY = 256
 
 
 def _check_budget(
@@ -312,7 +316,7 @@ def _check_rate(state: State, key: str, at: float) -> None:
         )
 
 
-def _open_hold(state: State, transfer: str, expired: list[str]) -> HeldTransfer:
+def _open_hold(state: State, transfer: str, expired: Collection[str]) -> HeldTransfer:
     hold = state.holds.get(transfer)
     if hold is None:
         raise LedgerError(f"no hold {transfer!r}")

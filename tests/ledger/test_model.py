@@ -8,7 +8,14 @@ import pytest
 
 from relaybus.bus import PermissionDenied
 from relaybus.services.ledger.errors import BudgetExceeded
-from relaybus.services.ledger.model import Entry, LedgerError, State, apply, decide
+from relaybus.services.ledger.model import (
+    MAX_EXPIRED_PER_ENTRY,
+    Entry,
+    LedgerError,
+    State,
+    apply,
+    decide,
+)
 from relaybus.services.ledger.ops import (
     Budget,
     Cap,
@@ -112,6 +119,37 @@ def test_expired_hold_cannot_be_captured_and_frees_its_budget(state: State) -> N
         run(state, Capture(id="c1", transfer="h1", amount=1), now=1011.0)
     run(state, hold("h2", 600), now=1012.0)  # the expired hold no longer counts
     assert state.holds["h1"].state == "expired"
+
+
+def test_a_flood_of_lapsed_holds_is_released_in_bounded_entries_and_frees_the_budget() -> None:
+    # Given 2,000 one-second holds that used up a budget and all lapsed together
+    state = State()
+    run(state, SetBudget(id="b", budget=Budget(level="user:flood", limit=2_000)))
+    for i in range(2_000):
+        flood = Hold(
+            id=f"f{i}",
+            amount=1,
+            payer="user:flood",
+            payee="tool:x",
+            levels=["user:flood"],
+            ttl_s=1.0,
+        )
+        run(state, flood, now=1000.0)
+    # When the next operation is decided after they lapsed
+    decided = decide(state, hold("after", 2_000, levels=["user:flood"]), 1002.0)
+    # Then its entry releases a bounded number (one journal message holds it), yet every lapsed
+    # hold already counts as free, and none of them can be captured
+    assert isinstance(decided, Entry)
+    assert len(decided.expired) == MAX_EXPIRED_PER_ENTRY
+    apply(state, decided)
+    with pytest.raises(LedgerError, match="is expired"):
+        run(state, Capture(id="late", transfer="f1999", amount=1), now=1002.0)
+    # and the entries after it release the rest, until nothing lapsed is left held
+    run(state, Void(id="v", transfer="after"), now=1003.0)
+    for i in range(2_000 // MAX_EXPIRED_PER_ENTRY):  # bounded: each entry releases up to 256
+        run(state, SetBudget(id=f"s{i}", budget=Budget(level="user:other", limit=1)), now=1003.0)
+    assert state.levels["user:flood"].held == 0
+    assert all(state.holds[f"f{i}"].state == "expired" for i in range(2_000))
 
 
 def test_clock_never_goes_backwards(state: State) -> None:
