@@ -91,6 +91,18 @@ async def replayed(bus: Bus) -> State:
     return state
 
 
+def long_hold(i: int, payer: str, amount: int) -> Hold:
+    """A hold with the long ids and tags a real agent's run gives it (hundreds of bytes)."""
+    return Hold(
+        id=f"hold-{i:04d}-of-a-long-running-agent",
+        amount=amount,
+        payer=payer,
+        payee="tool:search",
+        levels=[payer, f"run:RUN{i:04d}"],
+        tags={"run": f"RUN{i:04d}", "agent": "research", "tool": "search"},
+    )
+
+
 async def test_32_spender_processes_never_overspend(
     bus: Bus, ledger: LedgerClient, settings: Settings
 ) -> None:
@@ -315,16 +327,7 @@ async def test_a_snapshot_larger_than_the_payload_limit_is_still_kept_compressed
         writer = LedgerWriter(bus, snapshot_every=10_000)
         await writer.rebuild()
         for i in range(150):
-            await writer.write(
-                Hold(
-                    id=f"hold-{i:04d}-of-a-long-running-agent",
-                    amount=3,
-                    payer="user:frank",
-                    payee="tool:search",
-                    levels=["user:frank", f"run:RUN{i:04d}"],
-                    tags={"run": f"RUN{i:04d}", "agent": "research", "tool": "search"},
-                )
-            )
+            await writer.write(long_hold(i, "user:frank", 3))
         plain = msgspec.msgpack.encode(writer.state)
         assert len(plain) > 4 * small.max_payload_bytes
         # When it snapshots, then a fresh writer rebuilds
@@ -421,17 +424,7 @@ async def test_a_group_commit_larger_than_one_message_is_stored_in_several_appen
         await ensure(bus, default_topology(bus.subjects))
         writer = LedgerWriter(bus)
         await writer.rebuild()
-        ops = [
-            Hold(
-                id=f"hold-{i:04d}-of-a-long-running-agent",
-                amount=1,
-                payer="user:gina",
-                payee="tool:search",
-                levels=["user:gina", f"run:RUN{i:04d}"],
-                tags={"run": f"RUN{i:04d}", "agent": "research", "tool": "search"},
-            )
-            for i in range(200)
-        ]
+        ops = [long_hold(i, "user:gina", 1) for i in range(200)]
         outcomes = await writer.write_many(ops)
         # Then every one is decided and stored, over more than one journal message
         assert not [o for o in outcomes if isinstance(o, BaseException)]

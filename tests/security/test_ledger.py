@@ -304,6 +304,31 @@ async def test_a_batch_is_checked_item_by_item_and_carries_no_operator_operation
         await rpc.call(bus, subject, [{**hold, "id": f"x{i}", "amount": 1} for i in range(1025)])
 
 
+async def test_a_batch_padded_with_junk_cannot_flood_the_audit_or_hide_a_denial(
+    bus: Bus, ledger: LedgerClient
+) -> None:
+    # Given a hand-made batch: 500 malformed items, then one hold smuggling an operator field
+    subject = f"{bus.subjects.prefix}.svc.ledger.batch"
+    smuggled = {
+        "kind": "hold",
+        "id": "pad-denied",
+        "payer": "user:pad",
+        "payee": "tool:x",
+        "levels": ["user:pad"],
+        "amount": 1,
+        "budget": {"level": "user:pad", "limit": 10**9},
+    }
+    before = len(await ledger_denials(bus))
+    replies = await rpc.call_as(bus, subject, [{}] * 500 + [smuggled], list[Reply])
+    # Then every item is refused in the reply
+    assert not any(r.ok for r in replies) and len(replies) == 501
+    # and the audit holds a few records, not 501, with the denial named on its own
+    records = (await ledger_denials(bus))[before:]
+    assert len(records) <= 10, len(records)
+    assert any(r.reason.startswith("PermissionDenied") for r in records), records
+    assert any("493 more operations" in r.reason for r in records), records
+
+
 async def test_operator_operations_never_ride_on_an_agent_subject(
     bus: Bus, ledger: LedgerClient
 ) -> None:
