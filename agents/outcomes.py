@@ -36,6 +36,15 @@ class Outcomes:
                 result=msgspec.Raw(journal.result or b"null"),
                 error=journal.error.public() if journal.error else None,
             )
+            # the event first: a watcher sees a child return before the parent it wakes ends
+            await self.emit(
+                env,
+                "returned",
+                recipient=env.reply_to,
+                error=journal.error,
+                latency_ms=latency_ms,
+                detail=journal.status,
+            )
             await self.bus.publish(
                 Envelope(
                     id=derived_id(env.id, "outcome"),
@@ -49,14 +58,6 @@ class Outcomes:
                     hop=env.hop,
                     created_at=time.time(),
                 )
-            )
-            await self.emit(
-                env,
-                "returned",
-                recipient=env.reply_to,
-                error=journal.error,
-                latency_ms=latency_ms,
-                detail=journal.status,
             )
             return
         status = journal.status if journal.status in ("completed", "cancelled") else "failed"
