@@ -182,15 +182,17 @@ async def submit(
     submitted = Event(
         run_id=env.run_id, kind="submitted", sender=sender, recipient=agent, envelope_id=env.id
     )
+    # the event first (a core publish, in order on this connection): a watcher sees the run
+    # submitted before the agent's first event about it
     if not wait:
-        await bus.publish(env)
         await bus.publish_event(submitted)
+        await bus.publish(env)
         return RunOutcome(run_id=env.run_id, status="submitted")
     from .waiting import Waiter  # the record says how it ended: no events consumer
 
     async with Waiter(bus, env.run_id, runs) as waiter:
-        await bus.publish(env)
         await bus.publish_event(submitted)
+        await bus.publish(env)
         return await waiter.outcome(timeout_s, read_first=run_id is not None)
 
 
