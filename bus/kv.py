@@ -110,6 +110,10 @@ class Bucket:
             return None
         return bytes(entry.value), int(entry.revision or 0)
 
+    async def get_current(self, key: str) -> tuple[bytes, int] | None:
+        """`get`, from the server even where a copy could answer (bus/kvview.py)."""
+        return await Bucket.get(self, key)
+
     async def create(self, key: str, value: bytes) -> int:
         """Write only if `key` does not exist; RevisionConflict otherwise."""
         return await self._conditional(
@@ -194,18 +198,23 @@ class Bucket:
 class Watch:
     def __init__(self, watcher: Any) -> None:
         self._watcher = watcher
+        #: every entry the bucket held when the watch began has been returned
+        self.caught_up = False
+        #: the stream sequence of the entry returned last (its key's revision)
+        self.revision = 0
 
     def __aiter__(self) -> Watch:
         return self
 
     async def __anext__(self) -> tuple[str, bytes | None]:
         while True:
-            try:
-                entry = await self._watcher.updates(timeout=3600)
-            except nats.errors.TimeoutError:
-                continue
+            # a plain queue read (its `updates` wraps one in asyncio.wait_for, which on Python
+            # 3.11 can swallow a cancellation); `stop()` ends the iteration
+            entry = await self._watcher.__anext__()
             if entry is None:  # the initial values are done
+                self.caught_up = True
                 continue
+            self.revision = int(entry.revision or 0)
             value = None if entry.operation in ("DEL", "PURGE") else bytes(entry.value or b"")
             return str(entry.key), value
 

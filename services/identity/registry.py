@@ -6,13 +6,15 @@ identity service.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import AsyncIterator, Callable
 
 import msgspec
 from nacl.signing import VerifyKey
 
 from relaybus.bus import Bus, RelayError
 from relaybus.bus.kv import Bucket, RevisionConflict
+from relaybus.bus.kvview import WatchedBucket
 
 from .messages import AgentRecord, RoleRecord, ServiceInfo, UserRecord
 
@@ -39,6 +41,20 @@ class Registry:
             await Bucket.open(bus, b("revoked")),
         )
 
+    @classmethod
+    @contextlib.asynccontextmanager
+    async def watched(cls, bus: Bus) -> AsyncIterator[Registry]:
+        """The registry read from memory, each bucket followed by a watch (bus/kvview.py): a
+        stamp or a run's root costs no registry read. The identity service's view; a write by
+        another replica reaches it with the watch, a revocation included (milliseconds)."""
+        plain = await cls.open(bus)
+        async with (
+            WatchedBucket(plain.agents, bus.nc) as agents,
+            WatchedBucket(plain.users, bus.nc) as users,
+            WatchedBucket(plain.revoked, bus.nc, misses="absent") as revoked,
+        ):
+            yield cls(agents, users, revoked)
+
     async def agent(self, name: str) -> AgentRecord | None:
         found = await self.agents.get(f"agent.{name}")
         return msgspec.json.decode(found[0], type=AgentRecord) if found else None
@@ -55,8 +71,10 @@ class Registry:
     async def put_agent(self, record: AgentRecord) -> None:
         await self.agents.put(f"agent.{record.name}", msgspec.json.encode(record))
 
-    async def user(self, user_id: str) -> UserRecord | None:
-        found = await self.users.get(f"user.{user_id}")
+    async def user(self, user_id: str, *, current: bool = False) -> UserRecord | None:
+        """`current`: from the server, not a watched copy (a token issued a moment ago)."""
+        key = f"user.{user_id}"
+        found = await (self.users.get_current(key) if current else self.users.get(key))
         return msgspec.json.decode(found[0], type=UserRecord) if found else None
 
     async def put_user(self, record: UserRecord) -> None:

@@ -304,16 +304,18 @@ class IdentityService:
     async def _authenticate(self, user_id: str, token: str) -> UserRecord:
         if not _USER_ID.match(user_id):  # not a name any user has (nor a KV key)
             raise PermissionDenied(f"user {user_id[:64]!r} could not be authenticated")
-        user = await self.registry.user(user_id)
         # `rb_<user>_<id>_<secret>`: a user id may hold `_` itself, so the user named is matched
         # as a prefix, and the 8-hex-digit token id after it
         prefix = f"rb_{user_id}_"
         rest = token[len(prefix) :].split("_", 1) if token.startswith(prefix) else []
-        if user is None or len(rest) != 2 or not _TOKEN_ID.match(rest[0]):
+        if len(rest) != 2 or not _TOKEN_ID.match(rest[0]):
             raise PermissionDenied(f"user {user_id!r} could not be authenticated")
         token_id, secret = rest
-        stored = user.tokens.get(token_id)
-        if stored is None or not hmac.compare_digest(stored, token_hash(secret)):
+        user = await self.registry.user(user_id)
+        if user is None or token_id not in user.tokens:  # issued a moment ago, by another replica?
+            user = await self.registry.user(user_id, current=True)
+        stored = user.tokens.get(token_id) if user is not None else None
+        if user is None or stored is None or not hmac.compare_digest(stored, token_hash(secret)):
             raise PermissionDenied(f"user {user_id!r} could not be authenticated")
         if user.revoked or await self.registry.is_revoked(f"user:{user_id}"):
             raise PermissionDenied(f"user {user_id!r} is revoked")
@@ -437,22 +439,22 @@ async def serve_identity(settings: Settings) -> int:
     )
     async with Bus(settings, name="identity") as bus:
         await ensure(bus, default_topology(bus.subjects, bus.settings.stream_replicas))
-        registry = await Registry.open(bus)
-        key = await open_trust_root(registry, seed_file)
-        for agent in await registry.all_agents():  # consumers of agents registered before
-            if not agent.revoked:
-                await ensure_agent_consumers(bus, agent.name)
-        service = IdentityService(bus, registry, key)
-        async with identity_micro(bus, service):
-            log.info("identity service answering on %s", bus.subjects.service_all("identity"))
-            from relaybus.services.runs.service import (
-                serve_runs,  # the run authority shares this process
-            )
+        async with Registry.watched(bus) as registry:
+            key = await open_trust_root(registry, seed_file)
+            for agent in await registry.all_agents():  # consumers of agents registered before
+                if not agent.revoked:
+                    await ensure_agent_consumers(bus, agent.name)
+            service = IdentityService(bus, registry, key)
+            async with identity_micro(bus, service):
+                log.info("identity service answering on %s", bus.subjects.service_all("identity"))
+                from relaybus.services.runs.service import (
+                    serve_runs,  # the run authority shares this process
+                )
 
-            runs_sub, authority = await serve_runs(bus)
-            await stop.wait()
-            await runs_sub.unsubscribe()
-            await authority.close()
+                runs_sub, authority = await serve_runs(bus)
+                await stop.wait()
+                await runs_sub.unsubscribe()
+                await authority.close()
     return 0
 
 

@@ -1,0 +1,109 @@
+"""A KV bucket read from memory (bus/kvview.py): reads cost no message while the copy is live,
+another connection's write reaches it, and after the server restarts (a write it could not
+watch) it asks the server until it has caught up again."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from relaybus.bus import Bus, NatsServer, Settings, default_topology, ensure
+from relaybus.bus.kv import Bucket
+from relaybus.bus.kvview import WatchedBucket
+from relaybus.bus.server import free_port
+
+from ..conftest import wait_for
+
+
+async def requests_while(bus: Bus, action: object) -> list[str]:
+    """The JetStream API requests (gets included) on this test's buckets made while `action`
+    runs (the server is shared: other clients' requests are not counted)."""
+    seen: list[str] = []
+
+    async def note(msg: object) -> None:
+        if f"KV_{bus.subjects.prefix}_" in msg.subject:  # type: ignore[attr-defined]
+            seen.append(msg.subject)  # type: ignore[attr-defined]
+
+    sub = await bus.nc.subscribe("$JS.API.>", cb=note)
+    await bus.nc.flush()
+    await action()  # type: ignore[operator]
+    await bus.nc.flush()
+    await asyncio.sleep(0.1)
+    await sub.unsubscribe()
+    return seen
+
+
+async def test_reads_cost_no_message_and_other_writers_reach_the_copy(bus: Bus) -> None:
+    name = bus.subjects.bucket("agents")
+    plain = await Bucket.open(bus, name)
+    await plain.put("agent.a", b"one")
+    async with (
+        Bus(bus.settings, name="other") as other,
+        WatchedBucket(plain, bus.nc) as agents,
+        WatchedBucket(
+            await Bucket.open(bus, bus.subjects.bucket("revoked")), bus.nc, misses="absent"
+        ) as revoked,
+    ):
+        await wait_for(lambda: agents.live() and revoked.live(), 10)
+
+        async def reads() -> None:
+            for _ in range(20):
+                assert await agents.get("agent.a") == (b"one", (await agents.get("agent.a"))[1])  # type: ignore[index]
+                assert await revoked.get("agent.a") is None  # not revoked: the copy says so
+
+        # When the copy is live, reads answer from memory
+        assert await requests_while(bus, reads) == []
+        # And a write on another connection reaches it (a revocation by another replica)
+        await (await Bucket.open(other, bus.subjects.bucket("revoked"))).put("agent.a", b"stolen")
+        await (await Bucket.open(other, name)).put("agent.a", b"two")
+
+        async def seen() -> bool:
+            return (
+                await revoked.get("agent.a") is not None
+                and (await agents.get("agent.a"))[0] == b"two"
+            )  # type: ignore[index]
+
+        for _ in range(100):  # bounded: 5 s
+            if await seen():
+                break
+            await asyncio.sleep(0.05)
+        assert await seen()
+        # And a key the copy does not hold is asked of the server where misses are read
+        await (await Bucket.open(other, name)).put("agent.b", b"new")
+        assert (await agents.get("agent.b"))[0] == b"new"  # type: ignore[index]
+        # And a write through the copy reads back at once
+        await revoked.put("agent.c", b"revoked")
+        assert await revoked.get("agent.c") is not None
+
+
+async def test_after_a_server_restart_the_copy_asks_the_server_until_it_caught_up(
+    tmp_path: Path, prefix: str
+) -> None:
+    store, port = tmp_path / "store", free_port()
+    server = NatsServer(store, port=port).start()
+    settings = Settings.from_env(
+        {}, nats_url=server.url, prefix=prefix, home=tmp_path / "home", nats_auth=False
+    )
+    try:
+        async with Bus(settings, name="reader") as bus:
+            await ensure(bus, default_topology(bus.subjects))
+            name = bus.subjects.bucket("revoked")
+            async with WatchedBucket(
+                await Bucket.open(bus, name), bus.nc, misses="absent"
+            ) as revoked:
+                await wait_for(revoked.live, 10)
+                assert await revoked.get("user.mallory") is None
+                # When the server restarts and someone revokes mallory before this reader is back
+                server.stop()
+                server = NatsServer(store, port=port).start()
+                async with Bus(settings, name="writer") as writer:
+                    await (await Bucket.open(writer, name)).put("user.mallory", b"revoked")
+                await wait_for(lambda: bus.nc.is_connected, 20)
+                # Then the reader never answers from the copy it had before: the revocation holds
+                assert not revoked.live() or await revoked.get("user.mallory") is not None
+                assert await revoked.get("user.mallory") is not None
+                # And it follows the bucket again: reads come from memory once it caught up
+                await wait_for(revoked.live, 20)
+                assert await requests_while(bus, lambda: revoked.get("user.mallory")) == []
+    finally:
+        server.stop()
