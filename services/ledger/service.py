@@ -16,7 +16,6 @@ import asyncio
 import logging
 import secrets
 import time
-import zlib
 from collections.abc import Callable
 from typing import Any
 
@@ -38,7 +37,6 @@ from relaybus.bus import (
 )
 from relaybus.bus.errors import ErrorInfo
 from relaybus.bus.events import Event
-from relaybus.bus.kv import Bucket
 from relaybus.bus.micro import Endpoint, MicroService
 from relaybus.bus.rpc import Reply, answer
 from relaybus.bus.runtime import stop_on_signals
@@ -53,6 +51,7 @@ from .messages import WRITES, batch_schema, decode_batch, decode_request, reques
 from .model import Entry, HeldTransfer, Level, State, apply, decide
 from .ops import Capture, Hold, Op
 from .queries import QUERIES
+from .snapshots import SnapshotStore
 from .spikes import SPIKE_WINDOW_S, SpendWindow
 
 log = logging.getLogger("relaybus.ledger")
@@ -106,10 +105,9 @@ class LedgerWriter:
         """State = the latest snapshot, then the journal entries after it, applied in order."""
         self.state = State(timezone=LedgerSettings.of(self.bus.settings).ledger_timezone)
         self.last_seq = 0
-        snapshots = await Bucket.open(self.bus, self.bus.subjects.bucket("ledger_snapshots"))
-        found = await snapshots.get(self.partition)
+        found = await (await SnapshotStore.open(self.bus, self.partition)).load()
         if found is not None:
-            snapshot = msgspec.msgpack.decode(_unpack_snapshot(found[0]), type=Snapshot)
+            snapshot = msgspec.msgpack.decode(found, type=Snapshot)
             self.state, self.last_seq = snapshot.state, snapshot.seq
             self.state.timezone = LedgerSettings.of(self.bus.settings).ledger_timezone
         replayed = 0
@@ -326,7 +324,8 @@ class LedgerWriter:
 
     async def snapshot(self, *, only_if_due: bool = False) -> None:
         """Store the state as of the last acknowledged entry, so a restart replays only what
-        came after. Taken under the write lock; skipped (with a log line) if it is too large."""
+        came after (snapshots.py keeps it in chunks, whatever its size). Taken under the write
+        lock."""
         async with self._lock:
             if only_if_due and self._since_snapshot < self.snapshot_every:
                 return  # the callers of one group commit ask together: one of them takes it
@@ -337,18 +336,12 @@ class LedgerWriter:
                 return
             if self.failed.is_set():
                 return
-            data = _pack_snapshot(
-                msgspec.msgpack.encode(Snapshot(seq=self.last_seq, state=self.state))
+            seq, raw = (
+                self.last_seq,
+                msgspec.msgpack.encode(Snapshot(seq=self.last_seq, state=self.state)),
             )
             self._since_snapshot = 0
-        if len(data) > self.bus.settings.max_payload_bytes:
-            log.warning(
-                "ledger snapshot is %d bytes, over the payload limit; replaying the journal instead",
-                len(data),
-            )
-            return
-        snapshots = await Bucket.open(self.bus, self.bus.subjects.bucket("ledger_snapshots"))
-        await snapshots.put(self.partition, data)
+        await (await SnapshotStore.open(self.bus, self.partition)).store(seq, raw)
 
     async def _watch_spend(self, capture: Capture, at: float) -> None:
         """Alert when a payer's spend in the last minute exceeds RELAYBUS_LEDGER_SPIKE times its
@@ -490,16 +483,3 @@ async def serve_ledger(settings: Settings) -> int:
         log.error("ledger writer stopped after an append error; exiting so it is restarted")
         return 1
     return 0
-
-
-_ZLIB = b"z"  # snapshot format marker: zlib-compressed msgpack (a bare msgpack map never starts so)
-
-
-def _pack_snapshot(raw: bytes) -> bytes:
-    """Snapshots compress ~6x (ids and account names repeat): they stay under the payload limit
-    for six times as many holds before a restart has to replay the whole journal."""
-    return _ZLIB + zlib.compress(raw, 6)
-
-
-def _unpack_snapshot(data: bytes) -> bytes:
-    return zlib.decompress(data[1:]) if data[:1] == _ZLIB else data

@@ -6,6 +6,7 @@ import asyncio
 import signal
 import subprocess
 import sys
+import zlib
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from relaybus.services.ledger.errors import BudgetExceeded, LedgerError
 from relaybus.services.ledger.model import Entry, State, apply
 from relaybus.services.ledger.ops import Budget, Capture, Hold, SetBudget, Transfer
 from relaybus.services.ledger.service import LedgerWriter, WriterFenced
+from relaybus.services.ledger.snapshots import Manifest, SnapshotStore
 
 from ..conftest import ROOT, child_env
 
@@ -317,27 +319,41 @@ async def test_rebuild_starts_from_the_latest_snapshot(bus: Bus) -> None:
     assert fresh.state.balances["tool:x"] == 27
 
 
-async def test_a_snapshot_larger_than_the_payload_limit_is_still_kept_compressed(
+async def test_a_snapshot_many_times_the_payload_limit_is_kept_in_chunks(
     settings: Settings,
 ) -> None:
-    # Given a payload limit of 32 KB and a state whose plain snapshot is ~5 times that
+    # Given a payload limit of 32 KB and a state whose compressed snapshot is several times that
     small = settings.model_copy(update={"max_payload_bytes": 32_768})
     async with Bus(small, name="test") as bus:
         await ensure(bus, default_topology(bus.subjects))
-        writer = LedgerWriter(bus, snapshot_every=10_000)
+        writer = LedgerWriter(bus, snapshot_every=1_000_000)
         await writer.rebuild()
-        for i in range(150):
+        for i in range(800):
             await writer.write(long_hold(i, "user:frank", 3))
-        plain = msgspec.msgpack.encode(writer.state)
-        assert len(plain) > 4 * small.max_payload_bytes
-        # When it snapshots, then a fresh writer rebuilds
+        store = await SnapshotStore.open(bus, "p0")
+        raw = msgspec.msgpack.encode(writer.state)
+        assert len(zlib.compress(raw, 6)) > 2 * small.max_payload_bytes
+        # When it snapshots (twice: the second goes to the other slot), then a fresh writer
+        # rebuilds
+        await writer.snapshot()
+        await writer.write(long_hold(800, "user:frank", 3))
         await writer.snapshot()
         fresh = LedgerWriter(bus)
         replayed = await fresh.rebuild()
-    # Then the rebuild started from the snapshot, not from the whole journal
-    assert replayed == 0
-    assert fresh.state.levels == writer.state.levels
-    assert fresh.last_seq == writer.last_seq
+        # Then the rebuild started from the latest snapshot, not from the whole journal
+        assert replayed == 0
+        assert fresh.state.levels == writer.state.levels
+        assert fresh.state.holds == writer.state.holds
+        assert fresh.last_seq == writer.last_seq
+        # And a snapshot with a chunk lost is not believed: the whole journal rebuilds the same
+        found = await store.bucket.get("p0")
+        assert found is not None
+        manifest = msgspec.msgpack.decode(found[0][1:], type=Manifest)
+        assert manifest.slot == "b" and manifest.chunks >= 3
+        await store.bucket.delete(f"p0.b.{manifest.chunks - 1}")
+        again = LedgerWriter(bus)
+        assert await again.rebuild() == 801
+        assert again.state.levels == writer.state.levels and again.last_seq == writer.last_seq
 
 
 async def test_kill9_mid_group_commit_loses_nothing_acknowledged_and_applies_nothing_twice(
