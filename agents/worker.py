@@ -16,7 +16,7 @@ import logging
 import os
 import socket
 import time
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
@@ -38,7 +38,6 @@ from relaybus.bus import (
     encode,
     metrics,
 )
-from relaybus.bus.codec import decode_or_none
 from relaybus.bus.kv import Bucket, RevisionConflict
 from relaybus.services.identity.client import IdentityGate, read_agent_key
 from relaybus.services.identity.errors import ChainInvalid, RevocationUnknown
@@ -58,14 +57,16 @@ from relaybus.services.runs.state import (
 )
 from relaybus.services.runs.store import RunStore
 
+from . import resuming
 from .base import Agent, encode_result, input_decoder
+from .cancellation import Cancellations
 from .charging import Costs
 from .context import Context, HandoffDone, Suspend
 from .degrade import on_budget_exceeded
 from .errors import Cancelled, LimitExceeded, ToolArgumentsInvalid
 from .evaluation import Evaluation
 from .execution import Execution
-from .guard import Guard, runtime_payload, sender_problem
+from .guard import Guard, sender_problem
 from .interceptors import Interceptor, Metrics, Tracing, run_task
 from .journal import (
     FINAL,
@@ -73,23 +74,18 @@ from .journal import (
     Journal,
     JournalDivergence,
     JournalStore,
-    Outcome,
     release,
 )
 from .limits import limit_problem
 from .messages import (
-    CancelRun,
-    ChildResult,
     StopTasks,
     TimerFired,
-    control_decoder,
-    signal_decoder,
 )
 from .outcomes import Outcomes
+from .resuming import take_over
 
 log = logging.getLogger("relaybus.worker")
 BEAT_INTERVAL_S = 20.0
-MAX_TIMER_S = 100 * 365 * 86400.0  # a redelivery delay is int64 nanoseconds: at most 292 years
 PERMANENT = (
     Reject,
     JournalDivergence,
@@ -129,10 +125,8 @@ class Worker:
         self.runs = runs
         self.run_writer = run_writer(bus, runs, agent.name)
         self.decode_input = input_decoder(agent.input_type())
-        self._by_run: dict[str, set[asyncio.Task[Any]]] = {}
-        self._by_task: dict[str, asyncio.Task[Any]] = {}
-        self._parents: dict[str, str] = {}  # running task → the agent waiting for its result
-        self._cancelled: set[str] = set()
+        self.cancellations = Cancellations(bus.subjects)
+        self.on_control = self.cancellations.on_control  # the process subscribes it to controls
         self._host = socket.gethostname()
         self._llm: LLMClient | None = None
         self.interceptors: list[Interceptor] = [
@@ -257,7 +251,7 @@ class Worker:
         journal, revision = found
         if journal.status == "failed" and replay:
             journal, revision = await self.journals.mutate(
-                env.run_id, env.id, _take_over(owner, str(d.sequence), reopen=True)
+                env.run_id, env.id, take_over(owner, str(d.sequence), reopen=True)
             )
             await self.emit_event(env, "resumed", detail="replayed from the dead-letter queue")
             await self.execute(journal, revision, owner, d)
@@ -271,97 +265,17 @@ class Worker:
         elif journal.status == "running" and (journal.driver == str(d.sequence) or replay):
             released = not journal.owner  # the last attempt failed and let go of it
             journal, revision = await self.journals.mutate(
-                env.run_id, env.id, _take_over(owner, str(d.sequence))
+                env.run_id, env.id, take_over(owner, str(d.sequence))
             )
             detail = "retried after a failed attempt" if released else "taken over after a crash"
             await self.emit_event(env, "resumed", detail=detail, attempt=d.attempt)
             await self.execute(journal, revision, owner, d)
 
     async def on_outcome(self, d: Delivery) -> None:
-        env = d.envelope
-        outcome = runtime_payload(env, _child_result_decoder)
-
-        def check(journal: Journal) -> str:
-            spawned = _spawned(journal).get(outcome.child)
-            if spawned is None:
-                return f"task {env.parent_id} started no child task {outcome.child}"
-            if spawned != d.source:
-                return f"the result of child task {outcome.child} must come from {spawned}"
-            return ""
-
-        traceparent = d.headers.get("traceparent", "")
-
-        def merge(journal: Journal) -> None:
-            journal.children.setdefault(
-                outcome.child,
-                Outcome(
-                    ok=outcome.ok,
-                    result=bytes(outcome.result),
-                    error=outcome.error,
-                    traceparent=traceparent,
-                ),
-            )
-
-        await self._merge_and_resume(env, merge, d, check)
+        await resuming.on_outcome(self, d)
 
     async def on_signal(self, d: Delivery) -> None:
-        env = d.envelope
-        body = runtime_payload(env, signal_decoder)
-        if isinstance(body, TimerFired):
-            timer = body.timer
-            wait_s = body.due - time.time()
-            if wait_s > MAX_TIMER_S:  # JetStream would ignore the delay and redeliver at once
-                raise Reject(f"timer {timer} is due in {wait_s:.3g}s, past what it can wait")
-            if wait_s > 0:
-                raise Retry("timer not due yet", delay_s=wait_s)
-
-            def fire(journal: Journal) -> None:
-                if timer not in journal.timers:
-                    journal.timers.append(timer)
-
-            await self._merge_and_resume(env, fire, d)
-            return
-        name, data = body.name, bytes(body.data)
-        await self.emit_event(env, "signal", detail=name)
-        await self._merge_and_resume(env, lambda j: j.signals.setdefault(name, data), d)
-
-    async def _merge_and_resume(
-        self, env: Envelope, change: Any, d: Delivery, check: Any = None
-    ) -> None:
-        found = await self.journals.load(env.run_id, env.parent_id)
-        if found is None:
-            log.warning(
-                "no journal for task %s of run %s; dropping %s", env.parent_id, env.run_id, env.kind
-            )
-            return
-        if check is not None and (problem := check(found[0])):
-            await self.guard.refuse(env, d, problem)
-        journal, revision = await self.journals.mutate(env.run_id, env.parent_id, change)
-        owner = self.new_owner()
-        driver = str(d.sequence)
-        if journal.status == "suspended" and journal.satisfied():
-            claimed = False
-
-            def claim(j: Journal) -> None:
-                nonlocal claimed
-                claimed = j.status == "suspended" and j.satisfied()
-                if claimed:
-                    j.status, j.owner, j.driver, j.waiting = "running", owner, driver, None
-
-            journal, revision = await self.journals.mutate(env.run_id, env.parent_id, claim)
-            if claimed:
-                task_env = decode(journal.task)
-                await self.emit_event(task_env, "resumed", detail=f"{env.kind} from {env.sender}")
-                await self.execute(journal, revision, owner, d)
-        elif journal.driver == driver and d.attempt > 1:
-            if journal.status in FINAL:  # this message drove it to the end, then the worker died
-                await self.deliver(decode(journal.task), journal)  # before its outcome went out
-                return
-            if journal.status == "running":
-                journal, revision = await self.journals.mutate(
-                    env.run_id, env.parent_id, _take_over(owner, driver)
-                )
-                await self.execute(journal, revision, owner, d)
+        await resuming.on_signal(self, d)
 
     # -- execution ------------------------------------------------------------------------
 
@@ -369,24 +283,14 @@ class Worker:
         env = decode(journal.task)
         ex = Execution(self, env, journal, revision, owner)
         ctx = Context(self, ex, d.attempt)
-        current = asyncio.current_task()
-        assert current is not None
-        self._by_run.setdefault(env.run_id, set()).add(current)
-        self._by_task[env.id] = current
-        self._parents[env.id] = env.reply_to
         try:
-            await run_task(self.interceptors, ctx, d.headers, lambda: self._run_handler(ctx, ex, d))
+            with self.cancellations.running(env):
+                await run_task(
+                    self.interceptors, ctx, d.headers, lambda: self._run_handler(ctx, ex, d)
+                )
         except Fenced as exc:
             log.warning("%s", exc)
             raise Abandon(str(exc)) from None
-        finally:
-            self._by_task.pop(env.id, None)
-            self._parents.pop(env.id, None)
-            tasks = self._by_run.get(env.run_id)
-            if tasks is not None:
-                tasks.discard(current)
-                if not tasks:
-                    del self._by_run[env.run_id]
 
     async def _run_handler(self, ctx: Context, ex: Execution, d: Delivery) -> str:
         env = ex.envelope
@@ -422,7 +326,7 @@ class Worker:
             )
             return "handoff"
         except asyncio.CancelledError:
-            if not self._is_cancelled(env):
+            if not self.cancellations.is_cancelled(env):
                 raise
             asyncio.current_task().uncancel()  # type: ignore[union-attr]
             await self._finish(
@@ -568,41 +472,6 @@ class Worker:
         subject = self.bus.subjects.control(run_id, self.bus.agent or "")
         await self.bus.publish_core(subject, msgspec.json.encode(control))
 
-    # -- cancellation -----------------------------------------------------------------------
-
-    def _is_cancelled(self, env: Envelope) -> bool:
-        return env.run_id in self._cancelled or env.id in self._cancelled
-
-    async def on_control(self, subject: str, data: bytes) -> None:
-        """A run cancelled by an operator (no sender token), or tasks cancelled by the agent
-        that started them (its name is the subject's last token); anything else is ignored."""
-        source = self.bus.subjects.source_of(subject)
-        control = decode_or_none(control_decoder, data)
-        if control is None:
-            log.warning("ignoring a malformed control message")
-            return
-        if isinstance(control, CancelRun):
-            if source:
-                log.warning("ignoring a cancel of run %s sent by agent %s", control.run_id, source)
-                return
-            self._cancelled.add(control.run_id)
-            for task in list(self._by_run.get(control.run_id, ())):
-                task.cancel()
-        else:
-            for task_id in control.tasks:
-                if source and self._parents.get(task_id) != source:
-                    continue  # only the agent that started a task may cancel it
-                self._cancelled.add(task_id)
-                running = self._by_task.get(task_id)
-                if running is not None:
-                    running.cancel()
-
-    # -- events ---------------------------------------------------------------------------
-
-
-_child_result_decoder = msgspec.json.Decoder(ChildResult)
-T = TypeVar("T")
-
 
 def _budget_refused(journal: Journal) -> bool:
     """Whether someone answered a budget park with `false` (a console Reject, or
@@ -611,27 +480,6 @@ def _budget_refused(journal: Journal) -> bool:
         name.startswith("budget-") and data.strip() == b"false"
         for name, data in journal.signals.items()
     )
-
-
-def _spawned(journal: Journal) -> dict[str, str]:
-    """Child task id → the agent it was sent to, from the journal's spawn operations."""
-    out: dict[str, str] = {}
-    for op in journal.ops:
-        if op.kind == "spawn" and op.result:
-            try:
-                out[msgspec.json.decode(op.result)] = op.name
-            except msgspec.DecodeError:
-                continue
-    return out
-
-
-def _take_over(owner: str, driver: str, *, reopen: bool = False) -> Any:
-    def change(journal: Journal) -> None:
-        journal.owner, journal.driver = owner, driver
-        if reopen:
-            journal.status, journal.error = "running", None
-
-    return change
 
 
 if TYPE_CHECKING:  # the worker is the runtime behind every Context: mypy checks it fits the port

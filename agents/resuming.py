@@ -1,0 +1,136 @@
+"""How a waiting task resumes: a child's outcome, a signal or a due timer is merged into the
+parent task's journal, and the task runs again (replaying its journal) once what it waits for
+has all arrived. A redelivered message that already drove a task to its end repeats the outcome."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+
+from relaybus.bus import Delivery, Envelope, Reject, Retry, decode
+
+from .guard import runtime_payload
+from .journal import FINAL, Journal, Outcome
+from .messages import ChildResult, TimerFired, signal_decoder
+
+if TYPE_CHECKING:
+    from .worker import Worker
+
+log = logging.getLogger("relaybus.worker")
+MAX_TIMER_S = 100 * 365 * 86400.0  # a redelivery delay is int64 nanoseconds: at most 292 years
+_child_result_decoder = msgspec.json.Decoder(ChildResult)
+
+
+async def on_outcome(worker: Worker, d: Delivery) -> None:
+    env = d.envelope
+    outcome = runtime_payload(env, _child_result_decoder)
+
+    def check(journal: Journal) -> str:
+        sent_to = spawned(journal).get(outcome.child)
+        if sent_to is None:
+            return f"task {env.parent_id} started no child task {outcome.child}"
+        if sent_to != d.source:
+            return f"the result of child task {outcome.child} must come from {sent_to}"
+        return ""
+
+    traceparent = d.headers.get("traceparent", "")
+
+    def merge(journal: Journal) -> None:
+        journal.children.setdefault(
+            outcome.child,
+            Outcome(
+                ok=outcome.ok,
+                result=bytes(outcome.result),
+                error=outcome.error,
+                traceparent=traceparent,
+            ),
+        )
+
+    await merge_and_resume(worker, env, merge, d, check)
+
+
+async def on_signal(worker: Worker, d: Delivery) -> None:
+    env = d.envelope
+    body = runtime_payload(env, signal_decoder)
+    if isinstance(body, TimerFired):
+        timer = body.timer
+        wait_s = body.due - time.time()
+        if wait_s > MAX_TIMER_S:  # JetStream would ignore the delay and redeliver at once
+            raise Reject(f"timer {timer} is due in {wait_s:.3g}s, past what it can wait")
+        if wait_s > 0:
+            raise Retry("timer not due yet", delay_s=wait_s)
+
+        def fire(journal: Journal) -> None:
+            if timer not in journal.timers:
+                journal.timers.append(timer)
+
+        await merge_and_resume(worker, env, fire, d)
+        return
+    name, data = body.name, bytes(body.data)
+    await worker.emit_event(env, "signal", detail=name)
+    await merge_and_resume(worker, env, lambda j: j.signals.setdefault(name, data), d)
+
+
+async def merge_and_resume(
+    worker: Worker, env: Envelope, change: Any, d: Delivery, check: Any = None
+) -> None:
+    found = await worker.journals.load(env.run_id, env.parent_id)
+    if found is None:
+        log.warning(
+            "no journal for task %s of run %s; dropping %s", env.parent_id, env.run_id, env.kind
+        )
+        return
+    if check is not None and (problem := check(found[0])):
+        await worker.guard.refuse(env, d, problem)
+    journal, revision = await worker.journals.mutate(env.run_id, env.parent_id, change)
+    owner = worker.new_owner()
+    driver = str(d.sequence)
+    if journal.status == "suspended" and journal.satisfied():
+        claimed = False
+
+        def claim(j: Journal) -> None:
+            nonlocal claimed
+            claimed = j.status == "suspended" and j.satisfied()
+            if claimed:
+                j.status, j.owner, j.driver, j.waiting = "running", owner, driver, None
+
+        journal, revision = await worker.journals.mutate(env.run_id, env.parent_id, claim)
+        if claimed:
+            task_env = decode(journal.task)
+            await worker.emit_event(task_env, "resumed", detail=f"{env.kind} from {env.sender}")
+            await worker.execute(journal, revision, owner, d)
+    elif journal.driver == driver and d.attempt > 1:
+        if journal.status in FINAL:  # this message drove it to the end, then the worker died
+            await worker.deliver(decode(journal.task), journal)  # before its outcome went out
+            return
+        if journal.status == "running":
+            journal, revision = await worker.journals.mutate(
+                env.run_id, env.parent_id, take_over(owner, driver)
+            )
+            await worker.execute(journal, revision, owner, d)
+
+
+def spawned(journal: Journal) -> dict[str, str]:
+    """Child task id → the agent it was sent to, from the journal's spawn operations."""
+    out: dict[str, str] = {}
+    for op in journal.ops:
+        if op.kind == "spawn" and op.result:
+            try:
+                out[msgspec.json.decode(op.result)] = op.name
+            except msgspec.DecodeError:
+                continue
+    return out
+
+
+def take_over(owner: str, driver: str, *, reopen: bool = False) -> Any:
+    """A journal change: `owner` now runs the task, driven by delivery `driver`."""
+
+    def change(journal: Journal) -> None:
+        journal.owner, journal.driver = owner, driver
+        if reopen:
+            journal.status, journal.error = "running", None
+
+    return change
