@@ -35,7 +35,6 @@ from relaybus.memory.messages import Caller
 from relaybus.services.identity.chain import ChainView, decode_body
 from relaybus.services.identity.messages import AuditRecord
 from relaybus.services.ledger.client import LedgerClient
-from relaybus.services.ledger.errors import BudgetExceeded
 from relaybus.services.payments.errors import PaymentRefused
 
 from .base import encode_result
@@ -43,6 +42,7 @@ from .errors import ChildFailed, GatherTimeout
 from .execution import Execution
 from .interceptors import run_tool
 from .journal import Journal, Wait
+from .llm.journaled import journaled_chat
 from .llm.result import ChatResult
 
 if TYPE_CHECKING:
@@ -332,71 +332,16 @@ class Context:
 
         With `tools`, the model may answer with `tool_calls`; `relaybus.agents.llm.use_tools` runs
         them through `ctx.tool` (and so through the authorization gate) and loops."""
-        client = self._worker.llm_client()
-        model = model or client.model
-        seq, op = self._exec.next("llm", model)
-        if op is not None:
-            if op.settle:
-                await self._exec.settle(seq, op.settle)
-            return msgspec.json.decode(op.result, type=ChatResult)
-        await self._exec.flush()
-        estimate = sum(len(str(m.get("content") or "")) for m in messages) // 3 + 16
-        breaker = self._worker.costs.breaker_for(f"llm:{model}")
-        try:
-            breaker.before()
-        except CircuitOpen as exc:
-            raise Retry(str(exc), delay_s=breaker.retry_after_s()) from None
-        started = time.perf_counter()
-        chosen, tried = model, set[str]()
-        try:
-            while True:
-                try:
-                    async with self._worker.costs.charge_llm(
-                        self, chosen, estimate, max_tokens, seq
-                    ) as bill:
-                        try:
-                            result = await client.chat(
-                                messages,
-                                model=chosen,
-                                max_tokens=max_tokens,
-                                temperature=temperature,
-                                tools=[t.json_schema() for t in tools] if tools else None,
-                                run_id=self.run_id,
-                                cost_of=self._llm_cost(chosen, estimate, max_tokens),
-                            )
-                        except Exception:
-                            breaker.failure()
-                            raise
-                        breaker.success()
-                        bill.input_tokens = result.input_tokens
-                        bill.output_tokens = result.output_tokens
-                    break
-                except BudgetExceeded as exc:
-                    tried.add(chosen)
-                    chosen = await self._cheaper(chosen, tried, exc)
-        except Exception as exc:
-            await self._worker.emit_event(
-                self.envelope,
-                "llm",
-                detail=model,
-                latency_ms=(time.perf_counter() - started) * 1000,
-                error=ErrorInfo.from_exception(exc),
-            )
-            raise
-        self._exec.record(seq, "llm", model, msgspec.json.encode(result), settle=bill.pending)
-        await self._exec.flush()
-        if bill.pending is not None:
-            await self._exec.settle(seq, bill.pending)
-        await self._worker.emit_event(
-            self.envelope,
-            "llm",
-            detail=chosen,
-            latency_ms=(time.perf_counter() - started) * 1000,
-            cost=bill.cost,
-            input_tokens=result.input_tokens,
-            output_tokens=result.output_tokens,
+        return await journaled_chat(
+            self,
+            self._worker,
+            self._exec,
+            messages,
+            model=model,
+            max_tokens=max_tokens,
+            temperature=temperature,
+            tools=tools,
         )
-        return result
 
     def now(self) -> float:
         """Wall-clock time, recorded: a replay sees the same value."""
@@ -535,23 +480,6 @@ class Context:
         return msgspec.json.decode(body)
 
     # -- helpers --------------------------------------------------------------------------
-
-    def _llm_cost(self, model: str, estimate: int, max_tokens: int) -> Any:
-        costs = self._worker.costs
-        return lambda r: costs.llm_cost(
-            model, estimate, max_tokens, r.input_tokens, r.output_tokens
-        )
-
-    async def _cheaper(self, model: str, tried: set[str], exc: BudgetExceeded) -> str:
-        """The cheaper model the agent names for `model` over budget (a `degraded` event), or
-        the BudgetExceeded for the agent's policy when there is none left to try."""
-        cheaper = self._worker.cheaper_model(model)
-        if not cheaper or cheaper in tried:  # none, or a loop back
-            raise exc
-        await self._worker.emit_event(
-            self.envelope, "degraded", detail=f"{model} → {cheaper}: {exc}"
-        )
-        return cheaper
 
     async def _timer(self, label: str, timeout: float) -> str:
         """A journaled due time; returns the timer id that fires at it."""
