@@ -47,11 +47,10 @@ from relaybus.services.ledger.errors import BudgetExceeded
 from relaybus.services.ledger.prices import load_prices
 from relaybus.services.ledger.settings import LedgerSettings
 from relaybus.services.payments.errors import PaymentRefused
-from relaybus.services.runs.client import look, run_writer
+from relaybus.services.runs.client import look, mark_running, run_writer
 from relaybus.services.runs.state import (
     CancelTasks,
     CountFailure,
-    MarkRunning,
     RegisterWait,
     Reopen,
 )
@@ -204,16 +203,21 @@ class Worker:
             except ChainInvalid as exc:
                 raise Refused(str(exc)) from None
         replay = d.replayed
-        run = await look(self.run_writer, env.run_id, env.chain)
+        # a first delivery usually starts the task: on the run's line, marking the run running
+        # also reads its record (one request, not a look and a write)
+        first = d.attempt == 1 and not replay
+        if first and not env.parent_id:
+            run = await mark_running(self.run_writer, env.run_id, env.chain)
+        else:
+            run = await look(self.run_writer, env.run_id, env.chain)
         if run is not None:
             if run.status == "cancelled" or env.id in run.cancelled_tasks:
                 return
             if replay and run.status == "failed" and not env.parent_id:
                 await self.run_writer.change(env.run_id, Reopen(), env.chain)
         owner = self.new_owner()
-        # a first delivery usually starts the task: try to create its journal before reading
-        # one (a duplicate's create fails and reads it)
-        first = d.attempt == 1 and not replay
+        # try to create a first delivery's journal before reading one (a duplicate's create
+        # fails and reads it)
         found = None if first else await self.journals.load(env.run_id, env.id)
         if found is None:
             journal = Journal(
@@ -238,8 +242,6 @@ class Worker:
                 if problem:
                     await self.deliver(env, journal)
                     return
-                if run is not None and run.status == "submitted":
-                    await self.run_writer.change(env.run_id, MarkRunning(), env.chain)
                 queued_ms = (time.time() - env.created_at) * 1000 if env.created_at else 0.0
                 await self.emit_event(
                     env, "started", attempt=d.attempt, latency_ms=max(0.0, queued_ms)
