@@ -42,6 +42,7 @@ class Execution:
         self._pending_ops: list[Op] = []
         self._pending_publish: list[tuple[Envelope, list[str] | None]] = []
         self._timings: dict[int, tuple[float, int]] = {}  # seq -> (latency ms, cost) for events
+        self._settled: set[int] = set()  # ops whose capture went out, struck at the next write
 
     @property
     def replaying(self) -> bool:
@@ -133,25 +134,30 @@ class Execution:
                     )
 
     async def mutate(self, change: Callable[[Journal], None]) -> Journal:
-        """Apply `change` to the journal with CAS, as its owner (Fenced once taken over)."""
+        """Apply `change` to the journal with CAS, as its owner (Fenced once taken over);
+        captures sent since the last write are struck from it in the same write."""
+        settled, self._settled = self._settled, set()
+
+        def change_and_strike(journal: Journal) -> None:
+            change(journal)
+            for i, op in enumerate(journal.ops):
+                if op.seq in settled and op.settle:
+                    journal.ops[i] = msgspec.structs.replace(op, settle=b"")
+
         self.journal, self.revision = await self.port.journals.mutate(
             self.envelope.run_id,
             self.envelope.id,
-            change,
+            change_and_strike,
             owner=self.owner,
             current=(self.journal, self.revision),
         )
         return self.journal
 
     async def settle(self, seq: int, owed: PendingCapture | bytes) -> None:
-        """Send the capture journaled with op `seq`, then strike it from the journal."""
+        """Send the capture journaled with op `seq`; the journal's next write strikes it. A
+        crash before that write sends it again on replay, under the same operation id, which
+        the ledger answers with its first result (no second capture)."""
         if isinstance(owed, bytes):
             owed = msgspec.json.decode(owed, type=PendingCapture)
         await self.port.costs.capture(owed)
-
-        def settled(journal: Journal) -> None:
-            for i, op in enumerate(journal.ops):
-                if op.seq == seq and op.settle:
-                    journal.ops[i] = msgspec.structs.replace(op, settle=b"")
-
-        await self.mutate(settled)
+        self._settled.add(seq)
