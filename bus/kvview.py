@@ -3,8 +3,11 @@ can answer cost no message. For small buckets read on every request and written 
 identity registry: agents, users, revocations).
 
 The copy answers only while it is *live*: its watch has caught up with the bucket, still runs,
-and the connection has not dropped since it began (after a reconnect the watch starts again
-and reads go to the server until it has caught up). A read the copy cannot answer goes to the
+the connection has not dropped since it began (after a reconnect the watch starts again and
+reads go to the server until it has caught up), and a check every second of the stream's last
+sequence against what the watch delivered confirmed the copy complete within the last three
+seconds. nats-py cannot tell when its watch consumer was deleted or changed by someone else,
+or its stream re-created: the check can, and such a copy stops answering within seconds. A read the copy cannot answer goes to the
 server, as `Bucket.get` does. Writes through this bucket enter the copy at once, so a process
 reads what it wrote; another process's write arrives with its watch (milliseconds).
 
@@ -27,44 +30,64 @@ log = logging.getLogger("relaybus.bus.kvview")
 
 #: an entry of the copy: its value (None: deleted) and revision
 Entry = tuple[bytes | None, int]
+CHECK_S = 1.0  # how often the copy is checked against the stream's last sequence
+MAX_LAG_S = 3.0  # a copy not confirmed complete this recently answers nothing
 
 
 class WatchedBucket(Bucket):
     def __init__(
-        self, bucket: Bucket, nc: Any, *, misses: Literal["read", "absent"] = "read"
+        self,
+        bucket: Bucket,
+        nc: Any,
+        *,
+        misses: Literal["read", "absent"] = "read",
+        check_s: float = CHECK_S,
+        max_lag_s: float = MAX_LAG_S,
     ) -> None:
         super().__init__(bucket._kv, bucket.name)
         self._nc = nc
         self._misses = misses
+        self._check_s, self._max_lag_s = check_s, max_lag_s
         self._copy: dict[str, Entry] = {}
+        self._seen = 0  # the highest revision the watch delivered (never one written here)
         self._watch: Watch | None = None
         self._task: asyncio.Task[None] | None = None
         self._reconnects = -1
+        self._started_at = 0.0  # the copy, once caught up, holds everything as of this time
+        self._complete_as_of = 0.0  # ... and, confirmed by a check, as of this one
         self._starting: asyncio.Task[None] | None = None
+        self._checker: asyncio.Task[None] | None = None
+        self._closed = False
 
     async def __aenter__(self) -> WatchedBucket:
         await self._start()
+        self._checker = asyncio.create_task(self._check_loop(), name=f"check {self.name}")
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
     async def close(self) -> None:
-        if self._starting is not None:
-            self._starting.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._starting
-        if self._watch is not None:
-            with contextlib.suppress(Exception):
-                await self._watch.stop()  # ends the iteration in _follow
-            self._watch = None
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._task
+        self._closed = True
+        for task in (self._checker, self._starting):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+        await self._stop_watch()
 
-    def live(self) -> bool:
-        """The copy says what the bucket holds (up to a write's delivery)."""
+    async def _stop_watch(self) -> None:
+        watch, task = self._watch, self._task
+        self._watch = self._task = None  # not live from here on
+        if watch is not None:
+            with contextlib.suppress(Exception):
+                await watch.stop()  # ends the iteration in _follow
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+    def _following(self) -> bool:
         return (
             self._watch is not None
             and self._watch.caught_up
@@ -74,26 +97,86 @@ class WatchedBucket(Bucket):
             and self._nc.stats["reconnects"] == self._reconnects
         )
 
+    def _needs_restart(self) -> bool:
+        """No watch, or one that ended, began before a reconnect, or never caught up."""
+        watch, task = self._watch, self._task
+        if watch is None or task is None or task.done():
+            return True
+        if self._nc.stats["reconnects"] != self._reconnects:
+            return True
+        waited = asyncio.get_running_loop().time() - self._started_at
+        return not watch.caught_up and waited > self._max_lag_s
+
+    def live(self) -> bool:
+        """The copy says what the bucket holds: its watch runs and caught up, the connection
+        never dropped since it began, and a check of the stream's last sequence confirmed the
+        copy complete within the last `max_lag_s` (a watch consumer someone deleted or
+        changed, or a stream re-created, stops delivering without telling nats-py)."""
+        if not self._following():
+            return False
+        complete = max(self._complete_as_of, self._started_at)
+        return asyncio.get_running_loop().time() - complete <= self._max_lag_s
+
     async def _start(self) -> None:
-        if self._watch is not None:
-            with contextlib.suppress(Exception):
-                await self._watch.stop()
-        if self._task is not None:
-            self._task.cancel()
+        await self._stop_watch()
+        self._copy, self._seen = {}, 0  # from scratch: a re-created stream numbers anew
+        self._complete_as_of = 0.0
         self._reconnects = self._nc.stats["reconnects"]
-        self._watch = watch = await self.watch()
+        self._started_at = asyncio.get_running_loop().time()
+        watch = await self.watch()
+        self._watch = watch
         self._task = asyncio.create_task(self._follow(watch), name=f"watch {self.name}")
 
     async def _follow(self, watch: Watch) -> None:
         async for key, value in watch:
             self._remember(key, value, watch.revision)
+            self._seen = max(self._seen, watch.revision)
+
+    async def _check_loop(self) -> None:
+        """Every `check_s`: the stream's last sequence, against what the watch delivered. All
+        of it delivered: the copy was complete when the check was asked. What the previous
+        check saw delivered by now: complete as of that check. Neither for `max_lag_s`, or a
+        last sequence below what was delivered (the stream was re-created): watch again."""
+        loop = asyncio.get_running_loop()
+        previous: tuple[int, float] | None = None
+        while True:
+            await asyncio.sleep(self._check_s)
+            if not self._following():
+                previous = None
+                if self._needs_restart():
+                    self._restart_soon()
+                continue
+            asked = loop.time()
+            try:
+                last = await self._last_sequence()
+            except Exception:
+                previous = None
+                continue
+            if last < self._seen:
+                log.warning("KV bucket %s was re-created; watching it again", self.name)
+                self._restart_soon()
+                previous = None
+                continue
+            if previous is not None and self._seen >= previous[0]:
+                self._complete_as_of = max(self._complete_as_of, previous[1])
+            if self._seen >= last:
+                self._complete_as_of = max(self._complete_as_of, asked)
+            previous = (last, asked)
+            if loop.time() - max(self._complete_as_of, self._started_at) > self._max_lag_s:
+                log.warning("the watch of KV bucket %s fell behind; watching it again", self.name)
+                self._restart_soon()
+                previous = None
+
+    async def _last_sequence(self) -> int:
+        info = await self._kv._js.stream_info(self._kv._stream)
+        return int(info.state.last_seq)
 
     def _restart_soon(self) -> None:
-        """After a reconnect (or a watch that ended), follow the bucket again, in the
-        background: until it has caught up, reads go to the server."""
-        if self._starting is not None and not self._starting.done():
+        """Follow the bucket again, in the background: until the new watch has caught up,
+        reads go to the server."""
+        if self._closed or not self._nc.is_connected:
             return
-        if not self._nc.is_connected:
+        if self._starting is not None and not self._starting.done():
             return
 
         async def start() -> None:
@@ -116,7 +199,7 @@ class WatchedBucket(Bucket):
                 return None if held[0] is None else (held[0], held[1])
             if self._misses == "absent":
                 return None
-        elif self._watch is not None:
+        elif self._needs_restart():
             self._restart_soon()
         return await self.get_current(key)
 

@@ -5,7 +5,10 @@ watch) it asks the server until it has caught up again."""
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
+
+import pytest
 
 from relaybus.bus import Bus, NatsServer, Settings, default_topology, ensure
 from relaybus.bus.kv import Bucket
@@ -107,3 +110,52 @@ async def test_after_a_server_restart_the_copy_asks_the_server_until_it_caught_u
                 assert await requests_while(bus, lambda: revoked.get("user.mallory")) == []
     finally:
         server.stop()
+
+
+@pytest.mark.parametrize("tamper", ["filter_nothing", "delete_consumer", "recreate_stream"])
+async def test_a_watch_someone_else_broke_stops_answering_within_its_lag(
+    bus: Bus, tamper: str
+) -> None:
+    """nats-py does not notice its watch consumer changed to deliver nothing, deleted, or its
+    stream re-created; the check of the stream's last sequence does, so a revocation written
+    after the tampering is never answered "not revoked" past the lag the copy allows."""
+    name = bus.subjects.bucket("revoked")
+    stream = f"KV_{name}"
+    async with (
+        Bus(bus.settings, name="evil") as evil,
+        WatchedBucket(
+            await Bucket.open(bus, name), bus.nc, misses="absent", check_s=0.1, max_lag_s=0.5
+        ) as revoked,
+    ):
+        await wait_for(revoked.live, 10)
+        assert await revoked.get("user.mallory") is None
+        # Given a local process that breaks the watch
+        listed = await evil.nc.request(f"$JS.API.CONSUMER.LIST.{stream}", b"{}", timeout=5)
+        (consumer,) = json.loads(listed.data)["consumers"]
+        if tamper == "filter_nothing":
+            config = {**consumer["config"], "filter_subject": f"$KV.{name}.nothing"}
+            config.pop("filter_subjects", None)
+            request = {"stream_name": stream, "config": config, "action": "update"}
+            await evil.nc.request(
+                f"$JS.API.CONSUMER.CREATE.{stream}.{consumer['name']}",
+                json.dumps(request).encode(),
+                timeout=5,
+            )
+        elif tamper == "delete_consumer":
+            await evil.nc.request(
+                f"$JS.API.CONSUMER.DELETE.{stream}.{consumer['name']}", b"", timeout=5
+            )
+        else:
+            await evil.js.delete_stream(stream)
+            await ensure(evil, default_topology(evil.subjects))
+        # When mallory is revoked after it
+        await (await Bucket.open(evil, name)).put("user.mallory", b"revoked")
+        # Then within the copy's lag (and a check) every answer says so
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 0.5 + 0.3
+        while loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        assert await revoked.get("user.mallory") is not None
+        # And it follows the bucket again, from memory
+        await wait_for(revoked.live, 10)
+        assert await revoked.get("user.mallory") is not None
