@@ -200,6 +200,7 @@ class Watch:
         self._watcher = watcher
         #: every entry the bucket held when the watch began has been returned
         self.caught_up = False
+        self.caught_up_event = asyncio.Event()
         #: the stream sequence of the entry returned last (its key's revision)
         self.revision = 0
 
@@ -213,6 +214,7 @@ class Watch:
             entry = await self._watcher.__anext__()
             if entry is None:  # the initial values are done
                 self.caught_up = True
+                self.caught_up_event.set()
                 continue
             self.revision = int(entry.revision or 0)
             value = None if entry.operation in ("DEL", "PURGE") else bytes(entry.value or b"")

@@ -192,6 +192,18 @@ class WatchedBucket(Bucket):
         if held is None or held[1] < revision:
             self._copy[key] = (value, revision)
 
+    async def wait_live(self, timeout_s: float) -> bool:
+        """Wait (at most `timeout_s`) until the first watch has caught up; whether it is live."""
+        if self._watch is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._watch.caught_up_event.wait(), timeout_s)
+        return self.live()
+
+    def holds(self, key: str) -> bool:
+        """Whether the copy holds a value under `key` (ask only while `live()`)."""
+        held = self._copy.get(key)
+        return held is not None and held[0] is not None
+
     async def get(self, key: str) -> tuple[bytes, int] | None:
         if self.live():
             held = self._copy.get(key)

@@ -3,7 +3,6 @@ consumer runs (chain verification, tool checks, revocation watch, audit)."""
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import logging
 from pathlib import Path
@@ -13,6 +12,7 @@ import msgspec
 from nacl.signing import SigningKey, VerifyKey
 
 from relaybus.bus import Bus, ConfigError, Link, PermissionDenied, RelayError, rpc
+from relaybus.bus.kvview import WatchedBucket
 from relaybus.bus.private import write_private
 from relaybus.bus.streams import read_matching
 
@@ -40,6 +40,7 @@ from .registry import Registry, revocation_key
 from .scopes import check, parse_scope, restrict
 
 log = logging.getLogger("relaybus.identity")
+READY_S = 10.0  # how long a new gate waits for its revocation view before failing closed
 _ERRORS: dict[str, type[RelayError]] = {
     "PermissionDenied": PermissionDenied,
     "ChainInvalid": ChainInvalid,
@@ -187,8 +188,8 @@ class IdentityGate:
         self.key = key
         self.client = IdentityClient(bus)
         self._keys: dict[str, VerifyKey] = {}
-        self._revoked: set[str] = set()
-        self._watch_task: asyncio.Task[None] | None = None
+        # revocations, followed by a watch that a check of the stream keeps honest (kvview)
+        self.revoked = WatchedBucket(registry.revoked, bus.nc, misses="absent")
         self.verifier = ChainVerifier(service_key, self._keys.get, self._is_revoked)
 
     @classmethod
@@ -198,35 +199,23 @@ class IdentityGate:
         if service_key is None:
             raise ConfigError("the identity service has not run yet: start it (`relaybus up` does)")
         gate = cls(bus, registry, service_key, agent, key)
-        gate._revoked.update(await registry.revoked.keys())
         for record in await registry.all_agents():
             gate._keys[record.name] = VerifyKey(bytes.fromhex(record.public_key))
-        watch = await registry.revoked.watch()
-        ready = asyncio.Event()
-        gate._watch_task = asyncio.create_task(gate._follow(watch, ready))
+        await gate.revoked.__aenter__()
+        await gate.revoked.wait_live(READY_S)  # until it is: chain checks fail closed
         return gate
 
     async def close(self) -> None:
-        if self._watch_task is not None:
-            self._watch_task.cancel()
-
-    async def _follow(self, watch: Any, ready: asyncio.Event) -> None:
-        async for key, value in watch:
-            if value is None:
-                self._revoked.discard(key)
-            else:
-                self._revoked.add(key)
-                log.warning("revoked: %s", key)
+        await self.revoked.close()
 
     def fresh(self) -> bool:
-        """The revocation view is live: the watch runs and the connection is up."""
-        task = self._watch_task
-        return task is not None and not task.done() and self.bus.nc.is_connected
+        """The revocation view is live: its watch runs, caught up and is confirmed current."""
+        return self.revoked.live()
 
     def _is_revoked(self, key: str) -> bool:
         if not self.fresh():
             return True  # fail closed: we cannot know
-        return revocation_key(key) in self._revoked
+        return self.revoked.holds(revocation_key(key))
 
     async def _agent_key(self, name: str) -> None:
         if name not in self._keys:
