@@ -100,12 +100,18 @@ class LedgerWriter:
         self._lock = asyncio.Lock()
         self._commits = GroupCommit(self._append)
         self._incarnation = secrets.token_hex(6)
+        self._snapshots: SnapshotStore | None = None
+
+    async def _snapshot_store(self) -> SnapshotStore:
+        if self._snapshots is None:
+            self._snapshots = await SnapshotStore.open(self.bus, self.partition)
+        return self._snapshots
 
     async def rebuild(self) -> int:
         """State = the latest snapshot, then the journal entries after it, applied in order."""
         self.state = State(timezone=LedgerSettings.of(self.bus.settings).ledger_timezone)
         self.last_seq = 0
-        found = await (await SnapshotStore.open(self.bus, self.partition)).load()
+        found = await (await self._snapshot_store()).load()
         if found is not None:
             snapshot = msgspec.msgpack.decode(found, type=Snapshot)
             self.state, self.last_seq = snapshot.state, snapshot.seq
@@ -341,7 +347,7 @@ class LedgerWriter:
                 msgspec.msgpack.encode(Snapshot(seq=self.last_seq, state=self.state)),
             )
             self._since_snapshot = 0
-        await (await SnapshotStore.open(self.bus, self.partition)).store(seq, raw)
+        await (await self._snapshot_store()).store(seq, raw)
 
     async def _watch_spend(self, capture: Capture, at: float) -> None:
         """Alert when a payer's spend in the last minute exceeds RELAYBUS_LEDGER_SPIKE times its

@@ -19,7 +19,7 @@ from relaybus.services.ledger.client import LedgerClient
 from relaybus.services.ledger.errors import BudgetExceeded, LedgerError
 from relaybus.services.ledger.model import Entry, State, apply
 from relaybus.services.ledger.ops import Budget, Capture, Hold, SetBudget, Transfer
-from relaybus.services.ledger.service import LedgerWriter, WriterFenced
+from relaybus.services.ledger.service import LedgerWriter, Snapshot, WriterFenced
 from relaybus.services.ledger.snapshots import Manifest, SnapshotStore
 
 from ..conftest import ROOT, child_env
@@ -349,11 +349,24 @@ async def test_a_snapshot_many_times_the_payload_limit_is_kept_in_chunks(
         found = await store.bucket.get("p0")
         assert found is not None
         manifest = msgspec.msgpack.decode(found[0][1:], type=Manifest)
-        assert manifest.slot == "b" and manifest.chunks >= 3
-        await store.bucket.delete(f"p0.b.{manifest.chunks - 1}")
+        assert manifest.latest.slot == "b" and manifest.latest.chunks >= 3
+        assert manifest.previous is not None and manifest.previous.slot == "a"
+        # (the latest with a chunk lost: the one before it, and the journal after it)
+        await store.bucket.delete(f"p0.b.{manifest.latest.chunks - 1}")
         again = LedgerWriter(bus)
-        assert await again.rebuild() == 801
+        assert await again.rebuild() == 1
         assert again.state.levels == writer.state.levels and again.last_seq == writer.last_seq
+        # (neither whole: the whole journal)
+        await store.bucket.delete("p0.a.0")
+        cold = LedgerWriter(bus)
+        assert await cold.rebuild() == 801
+        assert cold.state.levels == writer.state.levels and cold.last_seq == writer.last_seq
+        # And two writers storing at once: one switches the manifest, the other learns it lost
+        stores = [await SnapshotStore.open(bus, "p0") for _ in range(2)]
+        raw = msgspec.msgpack.encode(Snapshot(seq=writer.last_seq, state=writer.state))
+        counts = await asyncio.gather(*(s.store(writer.last_seq, raw) for s in stores))
+        assert sorted(c > 0 for c in counts) in ([False, True], [True, True])
+        assert await LedgerWriter(bus).rebuild() == 0  # a whole snapshot either way
 
 
 async def test_kill9_mid_group_commit_loses_nothing_acknowledged_and_applies_nothing_twice(
