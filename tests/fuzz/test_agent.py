@@ -189,6 +189,10 @@ def as_message(data: bytes) -> tuple[dict[str, str], bytes]:
         return {}, data
     if any(c in v for v in headers.values() for c in "\r\n"):
         return {}, data  # not a header NATS can carry
+    if any(v != v.strip(" \t") for v in headers.values()):
+        # NATS headers drop a value's outer blanks: the agent would get another run id than
+        # the one this test follows, so the bytes go as they are
+        return {}, data
     return headers, body
 
 
