@@ -144,6 +144,22 @@ STREAM_ADMIN = (
     "$JS.API.STREAM.MSG.DELETE.>",
 )
 IDENTITY_ADMIN = ("agent_add", "user_add", "role_add", "token", "revoke")
+REGISTRY_BUCKETS = ("agents", "users", "revoked")
+
+
+def _registry_watch_admin(subjects: Subjects) -> list[str]:
+    """Listing or deleting the consumers of the registry's streams: the identity service's and
+    every gate's watches live there, and a process that found one could silence it (each copy
+    checks the stream and stops answering within seconds; no service needs to try)."""
+    out = []
+    for bucket in REGISTRY_BUCKETS:
+        stream = f"KV_{subjects.bucket(bucket)}"
+        out += [
+            f"$JS.API.CONSUMER.LIST.{stream}",
+            f"$JS.API.CONSUMER.NAMES.{stream}",
+            f"$JS.API.CONSUMER.DELETE.{stream}.>",
+        ]
+    return out
 
 
 def _ingress_permissions(subjects: Subjects) -> dict[str, object]:
@@ -154,7 +170,7 @@ def _ingress_permissions(subjects: Subjects) -> dict[str, object]:
     deny = [
         f"$KV.{subjects.bucket(b)}.>" for b in ("agents", "users", "revoked", "journal", "reviews")
     ]
-    deny += [f"{p}.timer.>", *STREAM_ADMIN]
+    deny += [f"{p}.timer.>", *STREAM_ADMIN, *_registry_watch_admin(subjects)]
     for op in IDENTITY_ADMIN:
         deny += [subjects.service("identity", op), f"{subjects.service('identity', op)}.>"]
     return {"publish": {"allow": [">"], "deny": deny}, "subscribe": {"allow": [">"]}}
@@ -177,6 +193,7 @@ def service_permissions(subjects: Subjects, service: str) -> dict[str, object] |
         subjects.service_all("identity"),
         subjects.service_all("runs"),
         *STREAM_ADMIN,
+        *_registry_watch_admin(subjects),
     ]
     # nor read tasks: a plain task carries its user's token on the way to the ingress
     tasks = subjects.stream("TASKS")

@@ -467,6 +467,10 @@ async def test_the_ledger_and_memory_services_cannot_write_the_control_plane(
                 "$JS.API.CONSUMER.CREATE.RELAY_TASKS",
                 "$JS.API.STREAM.MSG.GET.RELAY_TASKS",
                 "$JS.API.DIRECT.GET.RELAY_TASKS",
+                # nor find or delete the registry's watches (a silenced revocation watch)
+                "$JS.API.CONSUMER.LIST.KV_relay_revoked",
+                "$JS.API.CONSUMER.NAMES.KV_relay_agents",
+                "$JS.API.CONSUMER.DELETE.KV_relay_revoked.somewatch",
             ):
                 await _refused(bus, subject)
             with pytest.raises(PermissionViolation):
@@ -498,6 +502,8 @@ async def test_the_ingress_cannot_administer_identity_or_write_the_registry(
             f"{p}.svc.identity.token.mallory",
             f"{p}.timer.child",
             "$JS.API.STREAM.PURGE.RELAY_AUDIT",
+            "$JS.API.CONSUMER.LIST.KV_relay_users",
+            "$JS.API.CONSUMER.DELETE.KV_relay_revoked.somewatch",
             "$JS.API.STREAM.DELETE.RELAY_TASKS",
         ):
             await _refused(bus, subject)
