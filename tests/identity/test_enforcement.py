@@ -292,3 +292,33 @@ async def test_a_user_id_with_underscores_gets_a_token_that_works(idbus: Bus) ->
     assert await identity.authenticate(token) == "travel_desk"  # the user the token names
     with pytest.raises(PermissionDenied, match="could not be authenticated"):
         await identity.authenticate(token, "travel")
+
+
+async def test_a_revocation_holds_at_a_gate_whose_watch_someone_deleted(idbus: Bus) -> None:
+    """nats-py does not notice that another client deleted its watch consumer: a gate that
+    trusted its watch alone would never see a later revocation. Each copy checks the stream
+    (bus/kvview.py), so within seconds the gate either knows or fails closed."""
+    from relaybus.services.identity.client import IdentityGate, read_agent_key
+
+    home = idbus.settings.home.resolve()
+    gate = await IdentityGate.open(idbus, "i_orch", read_agent_key(home, "i_orch"))
+    try:
+        assert gate.fresh() and not gate._is_revoked("user:alice")
+        # Given every watch of the revocations deleted by a local process
+        stream = f"KV_{idbus.subjects.bucket('revoked')}"
+        async with Bus(idbus.settings, name="evil") as evil:
+            listed = await evil.nc.request(f"$JS.API.CONSUMER.LIST.{stream}", b"{}", timeout=5)
+            names = [c["name"] for c in json.loads(listed.data)["consumers"]]
+            assert names  # the identity service's and this gate's
+            for name in names:
+                await evil.nc.request(f"$JS.API.CONSUMER.DELETE.{stream}.{name}", b"", timeout=5)
+        # When alice is revoked
+        await IdentityClient(idbus).revoke("user", "alice", "stolen laptop")
+        # Then past the copy's lag the gate never says she is not revoked
+        await asyncio.sleep(4.5)
+        assert gate._is_revoked("user:alice")
+        # And once it watches again, it knows (and is fresh)
+        await wait_for(gate.fresh, 15, "the gate's revocation view to be live again")
+        assert gate._is_revoked("user:alice")
+    finally:
+        await gate.close()
