@@ -177,16 +177,17 @@ class Bucket:
             try:
                 return list(await _retrying(f"keys {self.name}", lambda: self._kv.keys()))
             except nats.js.errors.NoKeysError:
-                if attempt + 1 == EMPTY_LISTING_TRIES or not await self._holds_messages():
+                if attempt + 1 == EMPTY_LISTING_TRIES or not (await self.stream_state()).messages:
                     return []
                 await asyncio.sleep(0.05 * (attempt + 1))
         return []
 
-    async def _holds_messages(self) -> bool:
+    async def stream_state(self) -> Any:
+        """The bucket's stream state (nats-py `StreamState`: messages, last_seq, …)."""
         info = await _retrying(
             f"info {self.name}", lambda: self._kv._js.stream_info(self._kv._stream)
         )
-        return bool(info.state.messages)
+        return info.state
 
     async def watch(self) -> Watch:
         """Every current entry, then live changes: `async for key, value in watch` (value None

@@ -148,7 +148,7 @@ class WatchedBucket(Bucket):
                 continue
             asked = loop.time()
             try:
-                last = await self._last_sequence()
+                last = int((await self.stream_state()).last_seq)
             except Exception:
                 previous = None
                 continue
@@ -166,10 +166,6 @@ class WatchedBucket(Bucket):
                 log.warning("the watch of KV bucket %s fell behind; watching it again", self.name)
                 self._restart_soon()
                 previous = None
-
-    async def _last_sequence(self) -> int:
-        info = await self._kv._js.stream_info(self._kv._stream)
-        return int(info.state.last_seq)
 
     def _restart_soon(self) -> None:
         """Follow the bucket again, in the background: until the new watch has caught up,
