@@ -190,7 +190,7 @@ async def submit(
         return RunOutcome(run_id=env.run_id, status="submitted")
     from .waiting import Waiter  # the record says how it ended: no events consumer
 
-    async with Waiter(bus, env.run_id, runs) as waiter:
+    async with Waiter(bus, env.run_id, runs, agent) as waiter:
         await bus.publish_event(submitted)
         await bus.publish(env)
         return await waiter.outcome(timeout_s, read_first=run_id is not None)

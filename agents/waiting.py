@@ -1,10 +1,17 @@
 """Waiting for a run to end with no JetStream consumer: any number of clients can wait.
 
-A core subscription to the run's events only wakes the waiter; the run record says how the run
+A core subscription to the run's events wakes the waiter; the run record says how the run
 ended. The run authority writes the record's end before the run's terminal event is published,
 so a waiter that subscribes first and then reads the record cannot miss the end, and an event
 forged by anyone outside the run costs one record read, never a false outcome. A slow re-read
-covers a wake-up lost to a reconnect."""
+covers a wake-up lost to a reconnect.
+
+One shortcut: a waiter that knows the agent it submitted to takes a `completed` event from an
+agent holding the run's line (that agent, or one a holder handed the run to, as the `handoff`
+events say) as the outcome, without reading the record. Such an event names its publisher in
+its subject's last token, which NATS lets only that agent's user publish, and a holder
+publishes it only after the record took the same end; anything else (a failure, a
+cancellation, an event from another agent) is read from the record."""
 
 from __future__ import annotations
 
@@ -12,11 +19,14 @@ import asyncio
 import contextlib
 from typing import Any
 
+import msgspec
+
 from relaybus.bus import Bus, RelayError
+from relaybus.bus.events import event_decoder
 from relaybus.services.runs.state import ENDED, RunRecord
 from relaybus.services.runs.store import RunStore
 
-from .submit import RunOutcome, run_store
+from .submit import RunOutcome, outcome_of, run_store
 
 RECHECK_S = (2.0, 15.0)  # the first re-read of the record, and the longest gap between two
 
@@ -28,10 +38,12 @@ async def await_outcome(
     runs: RunStore | None = None,
     *,
     must_exist: bool = False,
+    agent: str = "",
 ) -> RunOutcome:
     """How run `run_id` ended, or status `timeout` if it had not within `timeout_s`.
-    `must_exist`: a run id that names no run is an error (RelayError), not a wait."""
-    async with Waiter(bus, run_id, runs) as waiter:
+    `must_exist`: a run id that names no run is an error (RelayError), not a wait. `agent`:
+    the one the run was submitted to, whose `completed` event is taken as the outcome."""
+    async with Waiter(bus, run_id, runs, agent) as waiter:
         return await waiter.outcome(timeout_s, must_exist=must_exist)
 
 
@@ -40,9 +52,13 @@ class Waiter:
     opens it before publishing the task, so its first look at the record can wait for a
     wake-up (the record says `submitted` until then)."""
 
-    def __init__(self, bus: Bus, run_id: str, runs: RunStore | None = None) -> None:
+    def __init__(
+        self, bus: Bus, run_id: str, runs: RunStore | None = None, agent: str = ""
+    ) -> None:
         self.bus, self.run_id, self.runs = bus, run_id, runs
         self.ended = asyncio.Event()
+        self.holders = {agent} if agent else set()  # who may end the run: see the module doc
+        self.told: RunOutcome | None = None  # a holder's `completed` event
         self._sub: Any = None
 
     async def __aenter__(self) -> Waiter:
@@ -51,11 +67,30 @@ class Waiter:
 
         async def wake(msg: Any) -> None:
             tokens = msg.subject.split(".")
-            if len(tokens) > kind_at and tokens[kind_at] in ENDED:
+            if len(tokens) <= kind_at:
+                return
+            kind = tokens[kind_at]
+            source = tokens[kind_at + 1] if len(tokens) == kind_at + 2 else ""
+            if source in self.holders and kind in ("completed", "handoff"):
+                self._told_by_holder(kind, source, msg.data)
+            if kind in ENDED:
                 self.ended.set()
 
         self._sub = await self.bus.nc.subscribe(self.bus.subjects.events_of(self.run_id), cb=wake)
         return self
+
+    def _told_by_holder(self, kind: str, source: str, data: bytes) -> None:
+        try:
+            event = event_decoder.decode(data)
+        except msgspec.DecodeError:
+            return  # not the runtime's event: the record decides
+        if event.run_id != self.run_id:
+            return
+        if kind == "handoff" and event.recipient:  # the line moves on: the sender lets go
+            self.holders.discard(source)
+            self.holders.add(event.recipient)
+        elif kind == "completed":
+            self.told = outcome_of(event)
 
     async def __aexit__(self, *exc: object) -> None:
         with contextlib.suppress(Exception):  # a closed connection has no subscription left
@@ -71,6 +106,8 @@ class Waiter:
         recheck = RECHECK_S[0]
         read = read_first
         while True:
+            if self.told is not None:
+                return self.told
             if read:
                 self.ended.clear()
                 record = await self.runs.get(self.run_id)

@@ -16,7 +16,8 @@ import logging
 import os
 import socket
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import msgspec
 
@@ -53,6 +54,7 @@ from relaybus.services.runs.state import (
     CountFailure,
     RegisterWait,
     Reopen,
+    RunRecord,
 )
 from relaybus.services.runs.store import RunStore
 
@@ -99,6 +101,8 @@ PERMANENT = (
     PaymentRefused,
 )
 _owners = itertools.count()
+A = TypeVar("A")
+B = TypeVar("B")
 
 
 class Worker:
@@ -203,51 +207,36 @@ class Worker:
             except ChainInvalid as exc:
                 raise Refused(str(exc)) from None
         replay = d.replayed
-        # a first delivery usually starts the task: on the run's line, marking the run running
-        # also reads its record (one request, not a look and a write)
+        owner = self.new_owner()
         first = d.attempt == 1 and not replay
-        if first and not env.parent_id:
-            run = await mark_running(self.run_writer, env.run_id, env.chain)
+        if first:  # its journal is created as its record is read: two requests at once
+            journal = self._new_journal(env, owner, d)
+            run, created = await _both(self._record_at_start(env, first), self._create(journal))
         else:
-            run = await look(self.run_writer, env.run_id, env.chain)
+            run, created = await self._record_at_start(env, first), None
         if run is not None:
             if run.status == "cancelled" or env.id in run.cancelled_tasks:
+                if created is not None:  # nothing ran: the journal says so
+                    await self.journals.mutate(env.run_id, env.id, _cancelled, owner=owner)
                 return
             if replay and run.status == "failed" and not env.parent_id:
                 await self.run_writer.change(env.run_id, Reopen(), env.chain)
-        owner = self.new_owner()
-        # try to create a first delivery's journal before reading one (a duplicate's create
-        # fails and reads it)
-        found = None if first else await self.journals.load(env.run_id, env.id)
-        if found is None:
-            journal = Journal(
-                run_id=env.run_id,
-                task_id=env.id,
-                agent=self.name,
-                task=encode(env),
-                owner=owner,
-                driver=str(d.sequence),
-            )
-            problem = limit_problem(env, self.name)
-            if problem:
-                journal.status, journal.error = (
-                    "failed",
-                    ErrorInfo(type="LimitExceeded", message=problem),
-                )
-            try:
-                revision = await self.journals.create(journal)
-            except RevisionConflict:
-                found = await self.journals.load(env.run_id, env.id)
-            else:
-                if problem:
-                    await self.deliver(env, journal)
-                    return
-                queued_ms = (time.time() - env.created_at) * 1000 if env.created_at else 0.0
-                await self.emit_event(
-                    env, "started", attempt=d.attempt, latency_ms=max(0.0, queued_ms)
-                )
-                await self.execute(journal, revision, owner, d)
+        found = None
+        if created is None:  # not a first delivery, or a duplicate's create that failed
+            found = await self.journals.load(env.run_id, env.id)
+            if found is None:
+                journal = self._new_journal(env, owner, d)
+                created = await self._create(journal)
+                if created is None:
+                    found = await self.journals.load(env.run_id, env.id)
+        if created is not None:
+            if journal.status == "failed":  # over a limit before it began
+                await self.deliver(env, journal)
                 return
+            queued_ms = (time.time() - env.created_at) * 1000 if env.created_at else 0.0
+            await self.emit_event(env, "started", attempt=d.attempt, latency_ms=max(0.0, queued_ms))
+            await self.execute(journal, created, owner, d)
+            return
         if found is None:
             return
         journal, revision = found
@@ -272,6 +261,34 @@ class Worker:
             detail = "retried after a failed attempt" if released else "taken over after a crash"
             await self.emit_event(env, "resumed", detail=detail, attempt=d.attempt)
             await self.execute(journal, revision, owner, d)
+
+    async def _record_at_start(self, env: Envelope, first: bool) -> RunRecord | None:
+        """The run's record as a task starts; a first delivery on the run's line also marks
+        the run running (one request, not a look and a write)."""
+        if first and not env.parent_id:
+            return await mark_running(self.run_writer, env.run_id, env.chain)
+        return await look(self.run_writer, env.run_id, env.chain)
+
+    def _new_journal(self, env: Envelope, owner: str, d: Delivery) -> Journal:
+        journal = Journal(
+            run_id=env.run_id,
+            task_id=env.id,
+            agent=self.name,
+            task=encode(env),
+            owner=owner,
+            driver=str(d.sequence),
+        )
+        if problem := limit_problem(env, self.name):
+            journal.status = "failed"
+            journal.error = ErrorInfo(type="LimitExceeded", message=problem)
+        return journal
+
+    async def _create(self, journal: Journal) -> int | None:
+        """Create a task's journal: its revision, or None if it exists (a duplicate)."""
+        try:
+            return await self.journals.create(journal)
+        except RevisionConflict:
+            return None
 
     async def on_outcome(self, d: Delivery) -> None:
         await resuming.on_outcome(self, d)
@@ -392,7 +409,12 @@ class Worker:
             journal.waiting = None
 
         await self.costs.settle_leases(ex.envelope.run_id)
-        await self.deliver(ex.envelope, await ex.mutate(change), latency_ms)
+        # the journal's end and the outcome's delivery at once: a crash between them is
+        # answered by the redelivery (a recorded end is delivered again, a delivered outcome
+        # lands once: the run record ends once, a child's result has a fixed id)
+        ended = msgspec.structs.replace(ex.journal)
+        change(ended)
+        await _both(ex.mutate(change), self.deliver(ex.envelope, ended, latency_ms))
 
     async def deliver(self, env: Envelope, journal: Journal, latency_ms: float = 0.0) -> None:
         await self.outcomes.deliver(env, journal, latency_ms)
@@ -473,6 +495,20 @@ class Worker:
         control = StopTasks(run_id=run_id, tasks=task_ids)
         subject = self.bus.subjects.control(run_id, self.bus.agent or "")
         await self.bus.publish_core(subject, msgspec.json.encode(control))
+
+
+async def _both(first: Awaitable[A], second: Awaitable[B]) -> tuple[A, B]:
+    """Await both at once; both finish before the first error (if any) is raised."""
+    a, b = await asyncio.gather(first, second, return_exceptions=True)
+    for outcome in (a, b):
+        if isinstance(outcome, BaseException):
+            raise outcome
+    return a, b  # type: ignore[return-value]
+
+
+def _cancelled(journal: Journal) -> None:
+    if journal.status not in FINAL:
+        journal.status, journal.owner = "cancelled", ""
 
 
 def _budget_refused(journal: Journal) -> bool:

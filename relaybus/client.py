@@ -132,8 +132,9 @@ class Run:
 
     async def outcome(self, timeout_s: float = 60.0) -> RunOutcome:
         """How the run ended (status `timeout` if it did not within `timeout_s`)."""
-        outcome = await await_outcome(self.client.bus, self.run_id, timeout_s, must_exist=True)
-        return outcome
+        return await await_outcome(
+            self.client.bus, self.run_id, timeout_s, must_exist=True, agent=self.agent or ""
+        )
 
     async def result(self, timeout_s: float = 60.0) -> Any:
         """The run's result once it completed; RunFailed if it failed or was cancelled,

@@ -171,6 +171,7 @@ def _ingress_permissions(subjects: Subjects) -> dict[str, object]:
         f"$KV.{subjects.bucket(b)}.>" for b in ("agents", "users", "revoked", "journal", "reviews")
     ]
     deny += [f"{p}.timer.>", *STREAM_ADMIN, *_registry_watch_admin(subjects)]
+    deny.append(agent_events(subjects))
     for op in IDENTITY_ADMIN:
         deny += [subjects.service("identity", op), f"{subjects.service('identity', op)}.>"]
     return {"publish": {"allow": [">"], "deny": deny}, "subscribe": {"allow": [">"]}}
@@ -194,6 +195,7 @@ def service_permissions(subjects: Subjects, service: str) -> dict[str, object] |
         subjects.service_all("runs"),
         *STREAM_ADMIN,
         *_registry_watch_admin(subjects),
+        agent_events(subjects),
     ]
     # nor read tasks: a plain task carries its user's token on the way to the ingress
     tasks = subjects.stream("TASKS")
@@ -209,6 +211,13 @@ def service_permissions(subjects: Subjects, service: str) -> dict[str, object] |
         "publish": {"allow": [">"], "deny": deny},
         "subscribe": {"allow": [">"], "deny": [f"{p}.task.>"]},
     }
+
+
+def agent_events(subjects: Subjects) -> str:
+    """The events agents publish (`<prefix>.event.<run>.<kind>.<agent>`): only the agent named
+    last may publish one, so a waiter may take a run's line holder's `completed` event as the
+    run's outcome (agents/waiting.py); a service's events carry no agent token."""
+    return f"{subjects.prefix}.event.*.*.*"
 
 
 CLIENT_INBOX = "_INBOX_client"  # plain clients connect with this inbox prefix (docs/wire.md)

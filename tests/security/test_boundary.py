@@ -5,6 +5,7 @@ Each test asserts the refusal, the audit record where one is due, and that nothi
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 
 import msgspec
@@ -319,6 +320,42 @@ async def test_a_forged_completed_event_does_not_end_a_waiting_submission(
     assert waited.status == "timeout"
 
 
+async def test_a_submitter_waiting_takes_no_outcome_from_outside_the_runs_line(
+    secure: SecureStack,
+) -> None:
+    # Given a waiting submission to approver, which suspends for an approval
+    secure.start_agent("runtime_agents:Approver")
+    run_id = new_id()
+    async with Bus(secure.settings) as op:
+        waiting = asyncio.create_task(
+            submit(
+                op,
+                "approver",
+                b"{}",
+                sender=f"user:{USER}",
+                token=secure.token,
+                wait=True,
+                timeout_s=6,
+                run_id=run_id,
+            )
+        )
+        await asyncio.sleep(2.0)
+        # When mallory publishes a `completed` with a result under its own name, and an
+        # operator-shaped one with no agent token
+        async with secure.hostile() as bus:
+            for source in ("mallory", ""):
+                fake = Event(run_id=run_id, kind="completed", result=msgspec.Raw(b'"forged"'))
+                with contextlib.suppress(PermissionViolation):
+                    await bus.publish_core(
+                        bus.subjects.event(run_id, "completed", source),
+                        event_encoder.encode(fake),
+                        confirm_s=0.5,
+                    )
+        outcome = await waiting
+    # Then the submission still waits for approver (and times out here): nothing forged
+    assert outcome.status == "timeout", outcome
+
+
 async def test_the_run_authority_refuses_an_agent_outside_the_run(secure: SecureStack) -> None:
     # Given a run of approver's, waiting for its approval
     secure.start_agent("runtime_agents:Approver")
@@ -471,6 +508,8 @@ async def test_the_ledger_and_memory_services_cannot_write_the_control_plane(
                 "$JS.API.CONSUMER.LIST.KV_relay_revoked",
                 "$JS.API.CONSUMER.NAMES.KV_relay_agents",
                 "$JS.API.CONSUMER.DELETE.KV_relay_revoked.somewatch",
+                # nor speak for an agent on the events (a waiter trusts its line's `completed`)
+                f"{p}.event.RUN.completed.fanout",
             ):
                 await _refused(bus, subject)
             with pytest.raises(PermissionViolation):
@@ -505,6 +544,7 @@ async def test_the_ingress_cannot_administer_identity_or_write_the_registry(
             "$JS.API.CONSUMER.LIST.KV_relay_users",
             "$JS.API.CONSUMER.DELETE.KV_relay_revoked.somewatch",
             "$JS.API.STREAM.DELETE.RELAY_TASKS",
+            f"{p}.event.RUN.completed.fanout",
         ):
             await _refused(bus, subject)
 
