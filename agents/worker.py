@@ -16,7 +16,6 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import msgspec
@@ -27,12 +26,9 @@ from relaybus.bus import (
     Bus,
     Delivery,
     Envelope,
-    EnvelopeInvalid,
     ErrorInfo,
     PermissionDenied,
-    Refused,
     Reject,
-    Retry,
     RetryPolicy,
     RunFailed,
     decode,
@@ -41,24 +37,22 @@ from relaybus.bus import (
 )
 from relaybus.bus.kv import Bucket, RevisionConflict
 from relaybus.services.identity.client import IdentityGate, read_agent_key
-from relaybus.services.identity.errors import ChainInvalid, RevocationUnknown
+from relaybus.services.identity.errors import ChainInvalid
 from relaybus.services.identity.settings import IdentitySettings
 from relaybus.services.ledger.client import LedgerClient
 from relaybus.services.ledger.errors import BudgetExceeded
 from relaybus.services.ledger.prices import load_prices
 from relaybus.services.ledger.settings import LedgerSettings
 from relaybus.services.payments.errors import PaymentRefused
-from relaybus.services.runs.client import look, mark_running, run_writer
+from relaybus.services.runs.client import run_writer
 from relaybus.services.runs.state import (
     CancelTasks,
     CountFailure,
     RegisterWait,
-    Reopen,
-    RunRecord,
 )
 from relaybus.services.runs.store import RunStore
 
-from . import resuming
+from . import resuming, starting
 from .base import Agent, encode_result, input_decoder
 from .cancellation import Cancellations
 from .charging import Costs
@@ -77,13 +71,11 @@ from .journal import (
     JournalStore,
     release,
 )
-from .limits import limit_problem
 from .messages import (
     StopTasks,
     TimerFired,
 )
 from .outcomes import Outcomes
-from .resuming import take_over
 
 log = logging.getLogger("relaybus.worker")
 BEAT_INTERVAL_S = 20.0
@@ -193,102 +185,7 @@ class Worker:
             await self.on_signal(delivery)
 
     async def on_task(self, d: Delivery) -> None:
-        env = d.envelope
-        if bool(env.parent_id) != bool(env.reply_to):  # its outcome could go nowhere, ever
-            raise Reject(
-                f"a child task names both parent_id and reply_to, or neither (parent_id="
-                f"{env.parent_id!r}, reply_to={env.reply_to!r})"
-            )
-        if self.gate is not None and d.source:
-            try:  # before anything is written: an agent's forged or replayed chain changes
-                await self.guard.verify(env)  # nothing (a user's bad chain fails its own run below)
-            except RevocationUnknown as exc:  # NATS failing over: verify again shortly
-                raise Retry(f"{exc}; retrying", delay_s=2.0) from None
-            except ChainInvalid as exc:
-                raise Refused(str(exc)) from None
-        replay = d.replayed
-        owner = self.new_owner()
-        first = d.attempt == 1 and not replay
-        if first:  # its journal is created as its record is read: two requests at once
-            journal = self._new_journal(env, owner, d)
-            run, created = await _both(self._record_at_start(env, first), self._create(journal))
-        else:
-            run, created = await self._record_at_start(env, first), None
-        if run is not None:
-            if run.status == "cancelled" or env.id in run.cancelled_tasks:
-                if created is not None:  # nothing ran: the journal says so
-                    await self.journals.mutate(env.run_id, env.id, _cancelled, owner=owner)
-                return
-            if replay and run.status == "failed" and not env.parent_id:
-                await self.run_writer.change(env.run_id, Reopen(), env.chain)
-        found = None
-        if created is None:  # not a first delivery, or a duplicate's create that failed
-            found = await self.journals.load(env.run_id, env.id)
-            if found is None:
-                journal = self._new_journal(env, owner, d)
-                created = await self._create(journal)
-                if created is None:
-                    found = await self.journals.load(env.run_id, env.id)
-        if created is not None:
-            if journal.status == "failed":  # over a limit before it began
-                await self.deliver(env, journal)
-                return
-            queued_ms = (time.time() - env.created_at) * 1000 if env.created_at else 0.0
-            await self.emit_event(env, "started", attempt=d.attempt, latency_ms=max(0.0, queued_ms))
-            await self.execute(journal, created, owner, d)
-            return
-        if found is None:
-            return
-        journal, revision = found
-        if journal.status == "failed" and replay:
-            journal, revision = await self.journals.mutate(
-                env.run_id, env.id, take_over(owner, str(d.sequence), reopen=True)
-            )
-            await self.emit_event(env, "resumed", detail="replayed from the dead-letter queue")
-            await self.execute(journal, revision, owner, d)
-        elif journal.status in FINAL:
-            reused = _reused_task_id(journal, env)
-            if reused:  # not a duplicate: the recorded outcome goes only to the task it answers
-                await self.guard.refuse(env, d, reused)
-            await self.deliver(
-                env, journal
-            )  # a duplicate: repeat the recorded outcome (idempotent)
-        elif journal.status == "running" and (journal.driver == str(d.sequence) or replay):
-            released = not journal.owner  # the last attempt failed and let go of it
-            journal, revision = await self.journals.mutate(
-                env.run_id, env.id, take_over(owner, str(d.sequence))
-            )
-            detail = "retried after a failed attempt" if released else "taken over after a crash"
-            await self.emit_event(env, "resumed", detail=detail, attempt=d.attempt)
-            await self.execute(journal, revision, owner, d)
-
-    async def _record_at_start(self, env: Envelope, first: bool) -> RunRecord | None:
-        """The run's record as a task starts; a first delivery on the run's line also marks
-        the run running (one request, not a look and a write)."""
-        if first and not env.parent_id:
-            return await mark_running(self.run_writer, env.run_id, env.chain)
-        return await look(self.run_writer, env.run_id, env.chain)
-
-    def _new_journal(self, env: Envelope, owner: str, d: Delivery) -> Journal:
-        journal = Journal(
-            run_id=env.run_id,
-            task_id=env.id,
-            agent=self.name,
-            task=encode(env),
-            owner=owner,
-            driver=str(d.sequence),
-        )
-        if problem := limit_problem(env, self.name):
-            journal.status = "failed"
-            journal.error = ErrorInfo(type="LimitExceeded", message=problem)
-        return journal
-
-    async def _create(self, journal: Journal) -> int | None:
-        """Create a task's journal: its revision, or None if it exists (a duplicate)."""
-        try:
-            return await self.journals.create(journal)
-        except RevisionConflict:
-            return None
+        await starting.on_task(self, d)
 
     async def on_outcome(self, d: Delivery) -> None:
         await resuming.on_outcome(self, d)
@@ -414,7 +311,7 @@ class Worker:
         # lands once: the run record ends once, a child's result has a fixed id)
         ended = msgspec.structs.replace(ex.journal)
         change(ended)
-        await _both(ex.mutate(change), self.deliver(ex.envelope, ended, latency_ms))
+        await starting.both(ex.mutate(change), self.deliver(ex.envelope, ended, latency_ms))
 
     async def deliver(self, env: Envelope, journal: Journal, latency_ms: float = 0.0) -> None:
         await self.outcomes.deliver(env, journal, latency_ms)
@@ -497,20 +394,6 @@ class Worker:
         await self.bus.publish_core(subject, msgspec.json.encode(control))
 
 
-async def _both(first: Awaitable[A], second: Awaitable[B]) -> tuple[A, B]:
-    """Await both at once; both finish before the first error (if any) is raised."""
-    a, b = await asyncio.gather(first, second, return_exceptions=True)
-    for outcome in (a, b):
-        if isinstance(outcome, BaseException):
-            raise outcome
-    return a, b  # type: ignore[return-value]
-
-
-def _cancelled(journal: Journal) -> None:
-    if journal.status not in FINAL:
-        journal.status, journal.owner = "cancelled", ""
-
-
 def _budget_refused(journal: Journal) -> bool:
     """Whether someone answered a budget park with `false` (a console Reject, or
     `relaybus approve RUN --signal budget-N --data false`): that stops the run."""
@@ -525,19 +408,3 @@ if TYPE_CHECKING:  # the worker is the runtime behind every Context: mypy checks
     from .port import RuntimePort
 
     _PORT_CHECK: type[RuntimePort] = Worker
-
-
-def _reused_task_id(journal: Journal, env: Envelope) -> str:
-    """Why `env` is not a duplicate of the finished task recorded under its id ("" if it is):
-    another sender, parent, reply address or payload must not be answered from the journal."""
-    try:
-        first = decode(journal.task)
-    except EnvelopeInvalid:
-        return ""
-    for field in ("sender", "parent_id", "reply_to", "payload"):
-        if getattr(first, field) != getattr(env, field):
-            return (
-                f"task id {env.id!r} of run {env.run_id!r} already finished with another "
-                f"{field}; a new task needs a new id"
-            )
-    return ""

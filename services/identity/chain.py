@@ -141,6 +141,7 @@ class ChainView:
 
 
 KeyLookup = Callable[[str], VerifyKey | None]
+MEMO_LINKS = 100_000  # verified links remembered per process (about 25 MB at most)
 """agent name → its registered delegation key (None if unknown or revoked)."""
 
 
@@ -150,12 +151,23 @@ class ChainVerifier:
 
     Signature checks are memoized by link id: a link's body is immutable and its id hashes it,
     so a verified (id, signature, stamp) stays verified. Time, run binding, narrowing and
-    revocation are re-checked every time (they are cheap)."""
+    revocation are re-checked every time (they are cheap). The memo keeps the latest
+    `MEMO_LINKS` links (a process verifying millions of runs does not grow without end)."""
 
     service_key: VerifyKey
     agent_key: KeyLookup
     is_revoked: Callable[[str], bool] = lambda _key: False
-    _verified: set[tuple[str, bytes, bytes]] = field(default_factory=set)
+    _verified: dict[tuple[str, bytes, bytes], None] = field(default_factory=dict)
+
+    def vouch(self, link: Link) -> None:
+        """Take `link` as verified: this process signed and stamped it itself (the identity
+        service's root links, which its run authority checks next)."""
+        self._remember((link_id(link.payload), link.signature, link.stamp))
+
+    def _remember(self, memo: tuple[str, bytes, bytes]) -> None:
+        self._verified[memo] = None
+        if len(self._verified) > MEMO_LINKS:
+            del self._verified[next(iter(self._verified))]  # the oldest
 
     def verify(
         self,
@@ -236,7 +248,7 @@ class ChainVerifier:
             signer.verify(LINK_DOMAIN + link.payload, link.signature)
         except (BadSignatureError, ValueError, TypeError):
             raise ChainInvalid(f"{where}: the signature does not verify") from None
-        self._verified.add(memo)
+        self._remember(memo)
 
     @staticmethod
     def _check_delegation(

@@ -22,6 +22,7 @@ from nacl.signing import SigningKey, VerifyKey
 from relaybus.bus import (
     Bus,
     ConfigError,
+    Link,
     PermissionDenied,
     RelayError,
     Settings,
@@ -96,6 +97,8 @@ class IdentityService:
         self._keys: dict[str, VerifyKey] = {}
         self.verifier = ChainVerifier(key.verify_key, self._keys.get)
         self.bad_tokens = RefusalAudit(bus)  # whoever reaches a door can send bad tokens
+        # verifiers in this process that may take the root links it signs as verified
+        self.vouch_roots: list[Callable[[Link], None]] = [self.verifier.vouch]
 
     async def handle(self, subject: str, data: bytes) -> bytes:
         op = subject.split(".svc.identity.", 1)[1]
@@ -267,6 +270,8 @@ class IdentityService:
         )
         payload, signature = sign_body(body, self.key)
         stamp = stamp_payload(payload, self.key)
+        for vouch in self.vouch_roots:
+            vouch(Link(payload=payload, signature=signature, stamp=stamp))
         await self.audit(
             "run/root",
             "allow",
@@ -452,6 +457,8 @@ async def serve_identity(settings: Settings) -> int:
                 )
 
                 runs_sub, authority = await serve_runs(bus)
+                if authority.gate is not None:  # it checks next the roots this service signs
+                    service.vouch_roots.append(authority.gate.verifier.vouch)
                 await stop.wait()
                 await runs_sub.unsubscribe()
                 await authority.close()

@@ -231,3 +231,34 @@ def test_a_run_s_root_never_holds_more_than_its_user_or_its_agent() -> None:
     assert check(root, "payments/send", {"amount": 101}, "carol") != ""
     assert check(root, "email/send", {"to": "boss@evil.example"}, "carol") != ""
     assert [str(s) for s in within([parse_scope("search")], agent)] == ["search/docs"]
+
+
+def test_a_vouched_root_skips_no_check_but_its_own_signatures() -> None:
+    # Given a verifier that took a root link as verified (its process signed it)
+    v = verifier()
+    real = root(["search"])
+    v.vouch(real)
+    assert v.verify([real], RUN, "orchestrator").principal == "alice"
+    # Then the same body with another signature or stamp is checked, and refused
+    for forged in (
+        Link(payload=real.payload, signature=bytes(64), stamp=real.stamp),
+        Link(payload=real.payload, signature=real.signature, stamp=bytes(64)),
+    ):
+        refused([forged], "does not verify", recipient="orchestrator", v=v)
+    # and a vouched link is still bound to its run and its recipient
+    refused(
+        [real], "belongs to run", recipient="orchestrator", run="01OTHER000000000000000000A", v=v
+    )
+
+
+def test_the_verified_links_memo_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    import relaybus.services.identity.chain as chain_module
+
+    monkeypatch.setattr(chain_module, "MEMO_LINKS", 3)
+    v = verifier()
+    chains = [happy() for _ in range(4)]  # 3 links each: 12 verified links
+    for chain in chains:
+        v.verify(chain, RUN, "writer")
+    assert len(v._verified) == 3
+    # the oldest were let go: verifying them again checks their signatures again (and passes)
+    assert v.verify(chains[0], RUN, "writer").principal == "alice"

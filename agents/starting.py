@@ -1,0 +1,166 @@
+"""How a task starts: its sender and chain checked, its run's record read (a first delivery on
+the run's line marks the run running) while its journal is created, then the handler runs; a
+redelivery takes the task over, repeats a recorded outcome, or does nothing."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable
+from typing import TYPE_CHECKING, TypeVar
+
+from relaybus.bus import (
+    Delivery,
+    Envelope,
+    EnvelopeInvalid,
+    ErrorInfo,
+    Refused,
+    Reject,
+    Retry,
+    decode,
+    encode,
+)
+from relaybus.bus.kv import RevisionConflict
+from relaybus.services.identity.errors import ChainInvalid, RevocationUnknown
+from relaybus.services.runs.client import look, mark_running
+from relaybus.services.runs.state import Reopen, RunRecord
+
+from .journal import FINAL, Journal
+from .limits import limit_problem
+from .resuming import take_over
+
+if TYPE_CHECKING:
+    from .worker import Worker
+
+A = TypeVar("A")
+B = TypeVar("B")
+
+
+async def on_task(worker: Worker, d: Delivery) -> None:
+    env = d.envelope
+    if bool(env.parent_id) != bool(env.reply_to):  # its outcome could go nowhere, ever
+        raise Reject(
+            f"a child task names both parent_id and reply_to, or neither (parent_id="
+            f"{env.parent_id!r}, reply_to={env.reply_to!r})"
+        )
+    if worker.gate is not None and d.source:
+        try:  # before anything is written: an agent's forged or replayed chain changes
+            await worker.guard.verify(env)  # nothing (a user's bad chain fails its own run below)
+        except RevocationUnknown as exc:  # NATS failing over: verify again shortly
+            raise Retry(f"{exc}; retrying", delay_s=2.0) from None
+        except ChainInvalid as exc:
+            raise Refused(str(exc)) from None
+    replay = d.replayed
+    owner = worker.new_owner()
+    first = d.attempt == 1 and not replay
+    if first:  # its journal is created as its record is read: two requests at once
+        journal = _new_journal(worker, env, owner, d)
+        run, created = await both(_record_at_start(worker, env, first), _create(worker, journal))
+    else:
+        run, created = await _record_at_start(worker, env, first), None
+    if run is not None:
+        if run.status == "cancelled" or env.id in run.cancelled_tasks:
+            if created is not None:  # nothing ran: the journal says so
+                await worker.journals.mutate(env.run_id, env.id, _cancelled, owner=owner)
+            return
+        if replay and run.status == "failed" and not env.parent_id:
+            await worker.run_writer.change(env.run_id, Reopen(), env.chain)
+    found = None
+    if created is None:  # not a first delivery, or a duplicate's create that failed
+        found = await worker.journals.load(env.run_id, env.id)
+        if found is None:
+            journal = _new_journal(worker, env, owner, d)
+            created = await _create(worker, journal)
+            if created is None:
+                found = await worker.journals.load(env.run_id, env.id)
+    if created is not None:
+        if journal.status == "failed":  # over a limit before it began
+            await worker.deliver(env, journal)
+            return
+        queued_ms = (time.time() - env.created_at) * 1000 if env.created_at else 0.0
+        await worker.emit_event(env, "started", attempt=d.attempt, latency_ms=max(0.0, queued_ms))
+        await worker.execute(journal, created, owner, d)
+        return
+    if found is None:
+        return
+    journal, revision = found
+    if journal.status == "failed" and replay:
+        journal, revision = await worker.journals.mutate(
+            env.run_id, env.id, take_over(owner, str(d.sequence), reopen=True)
+        )
+        await worker.emit_event(env, "resumed", detail="replayed from the dead-letter queue")
+        await worker.execute(journal, revision, owner, d)
+    elif journal.status in FINAL:
+        reused = _reused_task_id(journal, env)
+        if reused:  # not a duplicate: the recorded outcome goes only to the task it answers
+            await worker.guard.refuse(env, d, reused)
+        await worker.deliver(env, journal)  # a duplicate: repeat the recorded outcome (idempotent)
+    elif journal.status == "running" and (journal.driver == str(d.sequence) or replay):
+        released = not journal.owner  # the last attempt failed and let go of it
+        journal, revision = await worker.journals.mutate(
+            env.run_id, env.id, take_over(owner, str(d.sequence))
+        )
+        detail = "retried after a failed attempt" if released else "taken over after a crash"
+        await worker.emit_event(env, "resumed", detail=detail, attempt=d.attempt)
+        await worker.execute(journal, revision, owner, d)
+
+
+async def _record_at_start(worker: Worker, env: Envelope, first: bool) -> RunRecord | None:
+    """The run's record as a task starts; a first delivery on the run's line also marks
+    the run running (one request, not a look and a write)."""
+    if first and not env.parent_id:
+        return await mark_running(worker.run_writer, env.run_id, env.chain)
+    return await look(worker.run_writer, env.run_id, env.chain)
+
+
+def _new_journal(worker: Worker, env: Envelope, owner: str, d: Delivery) -> Journal:
+    journal = Journal(
+        run_id=env.run_id,
+        task_id=env.id,
+        agent=worker.name,
+        task=encode(env),
+        owner=owner,
+        driver=str(d.sequence),
+    )
+    if problem := limit_problem(env, worker.name):
+        journal.status = "failed"
+        journal.error = ErrorInfo(type="LimitExceeded", message=problem)
+    return journal
+
+
+async def _create(worker: Worker, journal: Journal) -> int | None:
+    """Create a task's journal: its revision, or None if it exists (a duplicate)."""
+    try:
+        return await worker.journals.create(journal)
+    except RevisionConflict:
+        return None
+
+
+async def both(first: Awaitable[A], second: Awaitable[B]) -> tuple[A, B]:
+    """Await both at once; both finish before the first error (if any) is raised."""
+    a, b = await asyncio.gather(first, second, return_exceptions=True)
+    for outcome in (a, b):
+        if isinstance(outcome, BaseException):
+            raise outcome
+    return a, b  # type: ignore[return-value]
+
+
+def _cancelled(journal: Journal) -> None:
+    if journal.status not in FINAL:
+        journal.status, journal.owner = "cancelled", ""
+
+
+def _reused_task_id(journal: Journal, env: Envelope) -> str:
+    """Why `env` is not a duplicate of the finished task recorded under its id ("" if it is):
+    another sender, parent, reply address or payload must not be answered from the journal."""
+    try:
+        first = decode(journal.task)
+    except EnvelopeInvalid:
+        return ""
+    for field in ("sender", "parent_id", "reply_to", "payload"):
+        if getattr(first, field) != getattr(env, field):
+            return (
+                f"task id {env.id!r} of run {env.run_id!r} already finished with another "
+                f"{field}; a new task needs a new id"
+            )
+    return ""
