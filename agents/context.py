@@ -305,9 +305,7 @@ class Context:
         self._exec.timed(seq, (time.perf_counter() - started) * 1000, bill.cost)
         body = encode_result(value)
         self._exec.record(seq, "tool", tool.name, body, settle=bill.pending)
-        await self._exec.flush()
-        if bill.pending is not None:
-            await self._exec.settle(seq, bill.pending)
+        await self._exec.flush_and_settle(seq, bill.pending)
         return msgspec.json.decode(body)
 
     async def _journal_refusal(self, seq: int, tool: Tool, exc: RelayError) -> NoReturn:

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import msgspec
 
@@ -27,6 +27,8 @@ if TYPE_CHECKING:
     from .port import RuntimePort
 
 DEFAULT_MAX_STEPS = 1000
+A = TypeVar("A")
+B = TypeVar("B")
 
 
 class Execution:
@@ -153,6 +155,16 @@ class Execution:
         )
         return self.journal
 
+    async def flush_and_settle(self, seq: int, owed: PendingCapture | None) -> None:
+        """Commit what is pending and send op `seq`'s capture at the same time. Either may land
+        without the other and the task still charges once: a journaled capture is sent again on
+        replay, and an op the journal lost runs again under the same hold and capture ids, which
+        the ledger answers with their first results."""
+        if owed is None:
+            await self.flush()
+        else:
+            await both(self.flush(), self.settle(seq, owed))
+
     async def settle(self, seq: int, owed: PendingCapture | bytes) -> None:
         """Send the capture journaled with op `seq`; the journal's next write strikes it. A
         crash before that write sends it again on replay, under the same operation id, which
@@ -161,3 +173,12 @@ class Execution:
             owed = msgspec.json.decode(owed, type=PendingCapture)
         await self.port.costs.capture(owed)
         self._settled.add(seq)
+
+
+async def both(first: Awaitable[A], second: Awaitable[B]) -> tuple[A, B]:
+    """Await both at once; both finish before the first error (if any) is raised."""
+    a, b = await asyncio.gather(first, second, return_exceptions=True)
+    for outcome in (a, b):
+        if isinstance(outcome, BaseException):
+            raise outcome
+    return a, b  # type: ignore[return-value]

@@ -4,10 +4,8 @@ redelivery takes the task over, repeats a recorded outcome, or does nothing."""
 
 from __future__ import annotations
 
-import asyncio
 import time
-from collections.abc import Awaitable
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING
 
 from relaybus.bus import (
     Delivery,
@@ -25,15 +23,13 @@ from relaybus.services.identity.errors import ChainInvalid, RevocationUnknown
 from relaybus.services.runs.client import look, mark_running
 from relaybus.services.runs.state import Reopen, RunRecord
 
+from .execution import both
 from .journal import FINAL, Journal
 from .limits import limit_problem
 from .resuming import take_over
 
 if TYPE_CHECKING:
     from .worker import Worker
-
-A = TypeVar("A")
-B = TypeVar("B")
 
 
 async def on_task(worker: Worker, d: Delivery) -> None:
@@ -134,15 +130,6 @@ async def _create(worker: Worker, journal: Journal) -> int | None:
         return await worker.journals.create(journal)
     except RevisionConflict:
         return None
-
-
-async def both(first: Awaitable[A], second: Awaitable[B]) -> tuple[A, B]:
-    """Await both at once; both finish before the first error (if any) is raised."""
-    a, b = await asyncio.gather(first, second, return_exceptions=True)
-    for outcome in (a, b):
-        if isinstance(outcome, BaseException):
-            raise outcome
-    return a, b  # type: ignore[return-value]
 
 
 def _cancelled(journal: Journal) -> None:

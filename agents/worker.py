@@ -60,7 +60,7 @@ from .context import Context, HandoffDone, Suspend
 from .degrade import on_budget_exceeded
 from .errors import Cancelled, LimitExceeded, ToolArgumentsInvalid
 from .evaluation import Evaluation
-from .execution import Execution
+from .execution import Execution, both
 from .guard import Guard, sender_problem
 from .interceptors import Interceptor, Metrics, Tracing, run_task
 from .journal import (
@@ -311,7 +311,7 @@ class Worker:
         # lands once: the run record ends once, a child's result has a fixed id)
         ended = msgspec.structs.replace(ex.journal)
         change(ended)
-        await starting.both(ex.mutate(change), self.deliver(ex.envelope, ended, latency_ms))
+        await both(ex.mutate(change), self.deliver(ex.envelope, ended, latency_ms))
 
     async def deliver(self, env: Envelope, journal: Journal, latency_ms: float = 0.0) -> None:
         await self.outcomes.deliver(env, journal, latency_ms)

@@ -80,6 +80,16 @@ class Echo(Agent):
         return task
 
 
+class FanEcho(Agent):
+    """Fans its task out to `children` Echo children at once and returns how many echoed it."""
+
+    name = "bfan"
+
+    async def handle(self, ctx: Context, task: dict[str, Any]) -> int:
+        handles = [ctx.spawn("becho", task) for _ in range(int(task["children"]))]
+        return sum(echoed == task for echoed in await ctx.gather(*handles))
+
+
 class CostedEcho(Agent):
     """Every layer's work on one hop: a verified chain, a costed tool (authorized, audited,
     held and captured, journaled), spans."""

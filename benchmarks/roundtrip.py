@@ -6,6 +6,8 @@ nats-py on the same server in the same run.
 - bus + runtime: `submit(wait=True)` on a kept connection, and `relaybus.Client`'s
   `submit(...).result()`, to an agent process that returns its task (durable journal, run
   record, events).
+- a fanned-out child: runs of an orchestrator fanning out to 0, 1 and 8 Echo children (bus +
+  runtime); what one child adds in latency and in capacity, next to a raw round trip.
 - every layer on: the same through identity (a user token, the chain verified at the hop),
   a costed tool (authorized, audited, held and captured by the ledger, journaled) and spans.
 
@@ -141,6 +143,50 @@ async def ours(
     return out
 
 
+FAN = 8  # children per fanned-out run
+
+
+async def fanned(settings: Settings, runs: int, in_flight: int) -> dict[str, dict[str, float]]:
+    """Runs of `bfan` that fan out to 0 and to FAN Echo children: what one child adds, in
+    latency (one run at a time, 1 child) and in capacity (FAN children, `in_flight` runs)."""
+    out = {}
+    async with Bus(settings, name="rt-fan") as bus:
+
+        def fan(children: int) -> Callable[[int], Awaitable[bool]]:
+            async def one(i: int) -> bool:
+                body = json.dumps({"n": i, "pad": PAD, "children": children}).encode()
+                outcome = await submit(bus, "bfan", body, wait=True, timeout_s=120)
+                return outcome.status == "completed" and outcome.result == children
+
+            return one
+
+        latency_runs = max(50, runs // 5)
+        out["fan-out, no child, one at a time"] = await measure(latency_runs, 1, fan(0))
+        out["fan-out, 1 child, one at a time"] = await measure(latency_runs, 1, fan(1))
+        out["fan-out, no child"] = await measure(runs, in_flight, fan(0))
+        out[f"fan-out, {FAN} children"] = await measure(runs // 2, in_flight, fan(FAN))
+    return out
+
+
+def child_costs(results: dict[str, dict[str, float]]) -> dict[str, float]:
+    """What one fanned-out child adds, as multiples of a raw round trip: its latency (one run
+    at a time) and the capacity it takes (`in_flight` runs of FAN children)."""
+    raw_one, raw = results["raw nats-py, one at a time"], results["raw nats-py"]
+    latency = (
+        results["fan-out, 1 child, one at a time"]["p50_ms"]
+        - results["fan-out, no child, one at a time"]["p50_ms"]
+    )
+    capacity_s = (
+        1 / results[f"fan-out, {FAN} children"]["per_s"] - 1 / results["fan-out, no child"]["per_s"]
+    ) / FAN
+    return {
+        "child_latency_ms": latency,
+        "child_latency_x_raw": latency / raw_one["p50_ms"],
+        "child_capacity_ms": capacity_s * 1000,
+        "child_capacity_x_raw": capacity_s * raw["per_s"],
+    }
+
+
 async def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -168,11 +214,16 @@ async def main() -> int:
         async with Bus(plain, name="rt") as bus:
             await ensure(bus, default_topology(bus.subjects))
         results["raw nats-py"] = await raw(server.url, args.runs, args.in_flight)
-        procs = [start(plain, "agent", "run", "bench_agents:Echo", "--concurrency", "64")]
+        results["raw nats-py, one at a time"] = await raw(server.url, max(50, args.runs // 5), 1)
+        procs = [
+            start(plain, "agent", "run", "bench_agents:Echo", "--concurrency", "64"),
+            start(plain, "agent", "run", "bench_agents:FanEcho", "--concurrency", "64"),
+        ]
         try:
             await asyncio.sleep(3.0)
             for how, row in (await ours(plain, "becho", args.runs, args.in_flight, None)).items():
                 results[f"bus + runtime, {how}"] = row
+            results.update(await fanned(plain, args.runs, args.in_flight))
         finally:
             stop(procs)
         procs = [start(layered, "service", "identity"), start(layered, "service", "ledger")]
@@ -200,8 +251,9 @@ async def main() -> int:
     for row in results.values():
         row["p50_x_raw"] = row["p50_ms"] / base["p50_ms"]
         row["throughput_x_raw"] = row["per_s"] / base["per_s"]
+    child = child_costs(results)
     if args.json:
-        print(json.dumps(results, indent=2))
+        print(json.dumps({**results, "fanned_out_child": child}, indent=2))
     else:
         print(f"{args.runs} round trips, 512-byte payload, {args.in_flight} in flight")
         print(
@@ -212,6 +264,12 @@ async def main() -> int:
                 f"{name:<62} {row['per_s']:>8.0f} {row['p50_ms']:>8.2f} {row['p99_ms']:>8.2f} "
                 f"{row['p50_x_raw']:>7.2f}x {row['throughput_x_raw']:>8.3f}x"
             )
+        print(
+            f"a fanned-out child (bus + runtime) adds {child['child_latency_ms']:.2f} ms one run "
+            f"at a time ({child['child_latency_x_raw']:.1f}x a raw round trip one at a time) and "
+            f"takes {child['child_capacity_ms']:.2f} ms of capacity with {args.in_flight} runs in "
+            f"flight ({child['child_capacity_x_raw']:.1f}x a raw round trip's)"
+        )
     return 1 if any(row["failed"] for row in results.values()) else 0
 
 

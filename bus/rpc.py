@@ -97,6 +97,10 @@ async def _request(
     bus: Bus, subject: str, data: bytes, timeout_s: float | None, idempotent: bool
 ) -> bytes:
     unanswered = ConnectionFailed if idempotent else ServiceUnavailable
+    try:  # the first try bare: requests sit on the hot path, retries only once one failed
+        return await bus.request(subject, data, timeout_s)
+    except unanswered:
+        log.warning("no service answers on %s yet; retrying", subject)
     per_try = timeout_s or bus.settings.request_timeout_s
     retrying = AsyncRetrying(
         retry=retry_if_exception_type(unanswered),

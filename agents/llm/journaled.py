@@ -83,9 +83,7 @@ async def journaled_chat(
         )
         raise
     execution.record(seq, "llm", model, msgspec.json.encode(result), settle=bill.pending)
-    await execution.flush()
-    if bill.pending is not None:
-        await execution.settle(seq, bill.pending)
+    await execution.flush_and_settle(seq, bill.pending)
     await worker.emit_event(
         ctx.envelope,
         "llm",
