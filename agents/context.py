@@ -24,6 +24,7 @@ from relaybus.bus import (
     Envelope,
     ErrorInfo,
     PermissionDenied,
+    Reject,
     RelayError,
     Retry,
     Settings,
@@ -383,9 +384,11 @@ class Context:
         With `quorum=k`: as soon as k succeeded, results in order with None for the rest, whose
         tasks are cancelled. `timeout` seconds: GatherTimeout if not enough came in time."""
         ids = tuple(h.task_id for h in handles)
+        if not ids and quorum is None:
+            return []  # as asyncio.gather(): nothing to wait for (a fan-out over no items)
         need = quorum or len(ids)
-        if not 0 < need <= len(ids):
-            raise RelayError(f"quorum {quorum} is not between 1 and {len(ids)} children")
+        if not 0 < need <= len(ids):  # the handler's own mistake: the same on every attempt
+            raise Reject(f"gather: quorum {quorum} is not between 1 and {len(ids)} children")
         timer = await self._timer("gather", timeout) if timeout is not None else ""
         seq, op = self._exec.next("gather", f"{need}/{len(ids)}")
         if op is not None:

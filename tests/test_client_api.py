@@ -253,3 +253,26 @@ async def test_an_interceptor_wraps_each_handler_run_and_tool_call_and_can_refus
         refused = await env.client.submit("calculator", {"a": -5, "b": 3})
         with pytest.raises(RunFailed, match="negative numbers are not allowed"):
             await refused.result(timeout_s=20)
+
+
+class Fan(Agent):
+    name = "fan"
+
+    async def handle(self, ctx: Context, task: dict[str, Any]) -> list[Any]:
+        handles = [ctx.spawn("echo", {"i": i}) for i in range(task["children"])]
+        return await ctx.gather(*handles, quorum=task.get("quorum"))
+
+
+async def test_gather_over_no_children_is_empty_and_a_bad_quorum_fails_at_once() -> None:
+    async with AgentEnvironment([Fan, Echo]) as env:
+        # a fan-out over nothing waits for nothing, as asyncio.gather does
+        run = await env.client.submit("fan", {"children": 0})
+        assert await run.result(timeout_s=20) == []
+        run = await env.client.submit("fan", {"children": 2})
+        assert await run.result(timeout_s=20) == [{"echo": {"i": 0}}, {"echo": {"i": 1}}]
+        # a quorum no fan-out can meet is the handler's mistake: it fails once, not retried
+        run = await env.client.submit("fan", {"children": 1, "quorum": 3})
+        with pytest.raises(RunFailed, match="quorum 3 is not between 1 and 1"):
+            await run.result(timeout_s=20)
+        record = await run.record()
+    assert record.failures == 1, record
