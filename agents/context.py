@@ -393,7 +393,6 @@ class Context:
         seq, op = self._exec.next("gather", f"{need}/{len(ids)}")
         if op is not None:
             return list(self._exec.replay(op))
-        await self._exec.flush()
         await self._park(Wait(children=ids, quorum=quorum or 0, timer=timer))
         journal = self._exec.journal
         done = {c: journal.children[c] for c in ids if c in journal.children}
@@ -429,7 +428,10 @@ class Context:
             raise error
         results = [msgspec.json.decode(done[c].result) if c in ok else None for c in ids]
         self._exec.record(seq, "gather", f"{need}/{len(ids)}", msgspec.json.encode(results))
-        await self._exec.flush()
+        if quorum is not None:  # which children made the quorum is decided now, once
+            await self._exec.flush()
+        # all of them: written with the task's next write, as a replay until then finds every
+        # outcome in the journal and gathers the same results again
         stragglers = [c for c in ids if c not in done]
         if stragglers:
             await self._worker.cancel_tasks(self.envelope, stragglers)
@@ -495,7 +497,12 @@ class Context:
         return timer_id
 
     async def _park(self, wait: Wait) -> None:
-        """Suspend unless what `wait` needs has arrived (checked against the latest journal)."""
+        """Suspend unless what `wait` needs has arrived (checked against the latest journal),
+        in the same write as what is pending (the children it waits for, a timer)."""
+        journal = self._exec.journal
+        if not self._exec.pending and journal.status == "running" and journal.waiting is None:
+            if msgspec.structs.replace(journal, waiting=wait).satisfied():
+                return  # arrived already (a resumed task replaying its wait): nothing to write
         parked = False
 
         def suspend(journal: Journal) -> None:
@@ -506,7 +513,7 @@ class Context:
             if not parked:
                 journal.waiting = None
 
-        await self._exec.mutate(suspend)
+        await self._exec.flush(also=suspend)
         if parked:
             if wait.timer:
                 await self._worker.start_timer(

@@ -100,12 +100,29 @@ class Execution:
         """What the `step` event of operation `seq` reports once it is committed."""
         self._timings[seq] = (latency_ms, cost)
 
+    @property
+    def publishing(self) -> bool:
+        """Whether child tasks or a handoff wait to be published (by the next `flush`)."""
+        return bool(self._pending_publish)
+
+    @property
+    def pending(self) -> bool:
+        return bool(self._pending_ops or self._pending_publish)
+
+    def take_ops(self) -> list[Op]:
+        """The ops recorded since the last write, for a write the caller makes (the task's end);
+        only with nothing left to publish, which must go out before the ops naming it."""
+        assert not self._pending_publish
+        ops, self._pending_ops = self._pending_ops, []
+        return ops
+
     def publish_later(self, env: Envelope, scopes: list[str] | None) -> None:
         """Publish `env` (a child task or handoff, delegated `scopes`) with the next flush."""
         self._pending_publish.append((env, scopes))
 
-    async def flush(self) -> None:
-        """Publish pending child tasks and handoffs, then commit pending ops in one CAS write."""
+    async def flush(self, also: Callable[[Journal], None] | None = None) -> None:
+        """Publish pending child tasks and handoffs, then commit pending ops in one CAS write;
+        `also` changes the journal in that same write (a wait parked with the ops before it)."""
         port = self.port
         if self._pending_publish:
             batch, self._pending_publish = self._pending_publish, []
@@ -116,12 +133,14 @@ class Execution:
                     await port.emit_event(
                         self.envelope, "call", recipient=env.recipient, child_id=env.id
                     )
-        if self._pending_ops:
+        if self._pending_ops or also is not None:
             ops, self._pending_ops = self._pending_ops, []
 
             def append(journal: Journal) -> None:
                 have = len(journal.ops)
                 journal.ops.extend(op for op in ops if op.seq >= have)
+                if also is not None:
+                    also(journal)
 
             await self.mutate(append)
             for op in ops:

@@ -114,7 +114,7 @@ class Guard:
         """Check a tool call against every link of the verified chain, with the actual arguments."""
         if self.gate is None or ctx.chain is None:
             return
-        if not self.gate.fresh():  # NATS failing over: fail closed, but as a retry, not a denial
+        if not await self.gate.ensure_fresh():  # NATS failing over: fail closed, as a retry
             raise Retry(
                 f"{tool.name}: the revocation watch is not live, so the call cannot be checked "
                 "yet; the task is retried shortly",

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from .worker import Worker
 
 log = logging.getLogger("relaybus.worker")
+EARLY_RESULT_TRIES = 3  # deliveries of a child's result its parent's journal does not know yet
 MAX_TIMER_S = 100 * 365 * 86400.0  # a redelivery delay is int64 nanoseconds: at most 292 years
 _child_result_decoder = msgspec.json.Decoder(ChildResult)
 
@@ -84,24 +85,29 @@ async def merge_and_resume(
         )
         return
     if check is not None and (problem := check(found[0])):
+        if found[0].status == "running" and d.attempt < EARLY_RESULT_TRIES:
+            # the parent publishes its children before its journal records them: a child that
+            # answered within that moment is read again shortly (a forged one is refused then)
+            raise Retry(f"{problem} yet; reading its journal again", delay_s=0.2)
         await worker.guard.refuse(env, d, problem)
-    journal, revision = await worker.journals.mutate(env.run_id, env.parent_id, change)
     owner = worker.new_owner()
     driver = str(d.sequence)
-    if journal.status == "suspended" and journal.satisfied():
-        claimed = False
+    claimed = False
 
-        def claim(j: Journal) -> None:
-            nonlocal claimed
-            claimed = j.status == "suspended" and j.satisfied()
-            if claimed:
-                j.status, j.owner, j.driver, j.waiting = "running", owner, driver, None
-
-        journal, revision = await worker.journals.mutate(env.run_id, env.parent_id, claim)
+    def merge_and_claim(j: Journal) -> None:  # one write: the outcome in, the task taken
+        nonlocal claimed
+        change(j)
+        claimed = j.status == "suspended" and j.satisfied()
         if claimed:
-            task_env = decode(journal.task)
-            await worker.emit_event(task_env, "resumed", detail=f"{env.kind} from {env.sender}")
-            await worker.execute(journal, revision, owner, d)
+            j.status, j.owner, j.driver, j.waiting = "running", owner, driver, None
+
+    journal, revision = await worker.journals.mutate(
+        env.run_id, env.parent_id, merge_and_claim, current=found
+    )
+    if claimed:
+        task_env = decode(journal.task)
+        await worker.emit_event(task_env, "resumed", detail=f"{env.kind} from {env.sender}")
+        await worker.execute(journal, revision, owner, d)
     elif journal.driver == driver and d.attempt > 1:
         if journal.status in FINAL:  # this message drove it to the end, then the worker died
             await worker.deliver(decode(journal.task), journal)  # before its outcome went out

@@ -29,6 +29,7 @@ from relaybus.bus import (
     ErrorInfo,
     PermissionDenied,
     Reject,
+    Retry,
     RetryPolicy,
     RunFailed,
     decode,
@@ -37,7 +38,7 @@ from relaybus.bus import (
 )
 from relaybus.bus.kv import Bucket, RevisionConflict
 from relaybus.services.identity.client import IdentityGate, read_agent_key
-from relaybus.services.identity.errors import ChainInvalid
+from relaybus.services.identity.errors import ChainInvalid, RevocationUnknown
 from relaybus.services.identity.settings import IdentitySettings
 from relaybus.services.ledger.client import LedgerClient
 from relaybus.services.ledger.errors import BudgetExceeded
@@ -225,7 +226,8 @@ class Worker:
             task = self.decode_input(env.payload)
             async with timeout:
                 result = await self.agent.handle(ctx, task)
-            await ex.flush()
+            if ex.publishing:  # otherwise what is pending goes in the end's write
+                await ex.flush()
             body = encode_result(result)
         except Suspend:
             await self.costs.settle_leases(env.run_id)
@@ -265,6 +267,8 @@ class Worker:
                 return outcome
             await self._finish(ex, ctx.elapsed_ms(), "failed", error=ErrorInfo.from_exception(exc))
             return "failed"
+        except RevocationUnknown as exc:  # NATS failing over: no verdict on the chain yet
+            raise Retry(f"{exc}; retrying", delay_s=2.0) from None
         except PERMANENT as exc:
             await self.run_writer.change(env.run_id, CountFailure(), env.chain)
             await self._finish(ex, ctx.elapsed_ms(), "failed", error=ErrorInfo.from_exception(exc))
@@ -298,7 +302,11 @@ class Worker:
         error: ErrorInfo | None = None,
         handoff: str = "",
     ) -> None:
+        ops = [] if ex.publishing else ex.take_ops()  # a failed handler's children never go
+
         def change(journal: Journal) -> None:
+            have = len(journal.ops)
+            journal.ops.extend(op for op in ops if op.seq >= have)
             journal.status = status  # type: ignore[assignment]
             journal.result = result
             journal.error = error
@@ -309,7 +317,7 @@ class Worker:
         # the journal's end and the outcome's delivery at once: a crash between them is
         # answered by the redelivery (a recorded end is delivered again, a delivered outcome
         # lands once: the run record ends once, a child's result has a fixed id)
-        ended = msgspec.structs.replace(ex.journal)
+        ended = msgspec.structs.replace(ex.journal, ops=list(ex.journal.ops))
         change(ended)
         await both(ex.mutate(change), self.deliver(ex.envelope, ended, latency_ms))
 

@@ -32,6 +32,7 @@ log = logging.getLogger("relaybus.bus.kvview")
 Entry = tuple[bytes | None, int]
 CHECK_S = 1.0  # how often the copy is checked against the stream's last sequence
 MAX_LAG_S = 3.0  # a copy not confirmed complete this recently answers nothing
+CONFIRM_EVERY_S = 0.2  # how often `confirm` asks again while the watch is behind
 
 
 class WatchedBucket(Bucket):
@@ -187,6 +188,31 @@ class WatchedBucket(Bucket):
         held = self._copy.get(key)
         if held is None or held[1] < revision:
             self._copy[key] = (value, revision)
+
+    async def confirm(self, timeout_s: float) -> bool:
+        """Live now, or once the stream's last sequence (asked now, then every `CONFIRM_EVERY_S`
+        for at most `timeout_s`) shows the copy complete: a check that came late (a busy
+        process) is not taken for a copy that fell behind."""
+        if self.live():
+            return True
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while True:
+            if self._following():
+                asked = loop.time()
+                try:
+                    last = int((await self.stream_state()).last_seq)
+                except Exception:
+                    return False
+                if last < self._seen:  # re-created: only a new watch can say what it holds
+                    self._restart_soon()
+                    return False
+                if self._seen >= last:
+                    self._complete_as_of = max(self._complete_as_of, asked)
+                    return True
+            if loop.time() + CONFIRM_EVERY_S > deadline:
+                return self.live()
+            await asyncio.sleep(CONFIRM_EVERY_S)
 
     async def wait_live(self, timeout_s: float) -> bool:
         """Wait (at most `timeout_s`) until the first watch has caught up; whether it is live."""

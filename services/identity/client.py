@@ -41,6 +41,9 @@ from .scopes import check, parse_scope, restrict
 
 log = logging.getLogger("relaybus.identity")
 READY_S = 10.0  # how long a new gate waits for its revocation view before failing closed
+CONFIRM_S = (
+    5.0  # how long a check waits for a revocation view that fell behind before failing closed
+)
 _ERRORS: dict[str, type[RelayError]] = {
     "PermissionDenied": PermissionDenied,
     "ChainInvalid": ChainInvalid,
@@ -212,6 +215,11 @@ class IdentityGate:
         """The revocation view is live: its watch runs, caught up and is confirmed current."""
         return self.revoked.live()
 
+    async def ensure_fresh(self) -> bool:
+        """Live, or confirmed live by asking the stream now (a busy process's check may be
+        late); waits at most `CONFIRM_S` for a watch that is catching up, else False."""
+        return self.revoked.live() or await self.revoked.confirm(CONFIRM_S)
+
     def _is_revoked(self, key: str) -> bool:
         if not self.fresh():
             return True  # fail closed: we cannot know
@@ -234,7 +242,7 @@ class IdentityGate:
             issuer = decode_body(link.payload).issuer
             if issuer.startswith("agent:"):
                 await self._agent_key(issuer.removeprefix("agent:"))
-        if not self.fresh():
+        if not await self.ensure_fresh():
             raise RevocationUnknown(
                 "the revocation watch is not live; refusing until it is (fail closed)"
             )

@@ -159,3 +159,38 @@ async def test_a_watch_someone_else_broke_stops_answering_within_its_lag(
         # And it follows the bucket again, from memory
         await wait_for(revoked.live, 10)
         assert await revoked.get("user.mallory") is not None
+
+
+async def test_a_late_check_is_made_good_by_asking_and_a_broken_watch_is_not(bus: Bus) -> None:
+    """A busy process whose check came late asks the stream (`confirm`) and is live again; a
+    watch that missed a write is not confirmed, however often it asks."""
+    name = bus.subjects.bucket("revoked")
+    stream = f"KV_{name}"
+    async with (
+        Bus(bus.settings, name="evil") as evil,
+        # checks so rare that the copy lapses between them (a process too busy to check)
+        WatchedBucket(
+            await Bucket.open(bus, name), bus.nc, misses="absent", check_s=60, max_lag_s=0.3
+        ) as revoked,
+    ):
+        await wait_for(revoked.live, 10)
+        await asyncio.sleep(0.5)
+        assert not revoked.live()
+        # When asked, a complete copy is confirmed at once
+        assert await revoked.confirm(2.0)
+        assert revoked.live()
+        # But after its watch was made to deliver nothing and a revocation was written
+        listed = await evil.nc.request(f"$JS.API.CONSUMER.LIST.{stream}", b"{}", timeout=5)
+        (consumer,) = json.loads(listed.data)["consumers"]
+        config = {**consumer["config"], "filter_subject": f"$KV.{name}.nothing"}
+        config.pop("filter_subjects", None)
+        await evil.nc.request(
+            f"$JS.API.CONSUMER.CREATE.{stream}.{consumer['name']}",
+            json.dumps({"stream_name": stream, "config": config, "action": "update"}).encode(),
+            timeout=5,
+        )
+        await (await Bucket.open(evil, name)).put("user.mallory", b"revoked")
+        await asyncio.sleep(0.5)
+        # Then asking does not confirm it, and the revocation is never answered "absent"
+        assert not await revoked.confirm(1.0)
+        assert await revoked.get("user.mallory") is not None
