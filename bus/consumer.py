@@ -147,6 +147,9 @@ class Consumer:
                     task = asyncio.create_task(self._process(msg))
                     tasks.add(task)
                     task.add_done_callback(tasks.discard)
+                # the handlers first, to their first request, then the next fetch: a hop's
+                # first round trip does not queue behind the fetch on the connection
+                await asyncio.sleep(0)
             if tasks:
                 _, late = await asyncio.wait(tasks, timeout=self.grace_s)
                 for task in late:  # unacked: redelivered to another replica after ack_wait

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -34,6 +35,25 @@ async def requests_while(bus: Bus, action: object) -> list[str]:
     await asyncio.sleep(0.1)
     await sub.unsubscribe()
     return seen
+
+
+async def watch_consumer(evil: Bus, stream: str) -> dict[str, Any]:
+    """The one consumer on `stream`: the watch, as a local process can list it."""
+    listed = await evil.nc.request(f"$JS.API.CONSUMER.LIST.{stream}", b"{}", timeout=5)
+    (consumer,) = json.loads(listed.data)["consumers"]
+    return dict(consumer)
+
+
+async def filter_nothing(evil: Bus, bucket: str, consumer: dict[str, Any]) -> None:
+    """Change the watch consumer to deliver nothing (nats-py never notices)."""
+    config = {**consumer["config"], "filter_subject": f"$KV.{bucket}.nothing"}
+    config.pop("filter_subjects", None)
+    stream = f"KV_{bucket}"
+    await evil.nc.request(
+        f"$JS.API.CONSUMER.CREATE.{stream}.{consumer['name']}",
+        json.dumps({"stream_name": stream, "config": config, "action": "update"}).encode(),
+        timeout=5,
+    )
 
 
 async def test_reads_cost_no_message_and_other_writers_reach_the_copy(bus: Bus) -> None:
@@ -130,17 +150,9 @@ async def test_a_watch_someone_else_broke_stops_answering_within_its_lag(
         await wait_for(revoked.live, 10)
         assert await revoked.get("user.mallory") is None
         # Given a local process that breaks the watch
-        listed = await evil.nc.request(f"$JS.API.CONSUMER.LIST.{stream}", b"{}", timeout=5)
-        (consumer,) = json.loads(listed.data)["consumers"]
+        consumer = await watch_consumer(evil, stream)
         if tamper == "filter_nothing":
-            config = {**consumer["config"], "filter_subject": f"$KV.{name}.nothing"}
-            config.pop("filter_subjects", None)
-            request = {"stream_name": stream, "config": config, "action": "update"}
-            await evil.nc.request(
-                f"$JS.API.CONSUMER.CREATE.{stream}.{consumer['name']}",
-                json.dumps(request).encode(),
-                timeout=5,
-            )
+            await filter_nothing(evil, name, consumer)
         elif tamper == "delete_consumer":
             await evil.nc.request(
                 f"$JS.API.CONSUMER.DELETE.{stream}.{consumer['name']}", b"", timeout=5
@@ -180,15 +192,7 @@ async def test_a_late_check_is_made_good_by_asking_and_a_broken_watch_is_not(bus
         assert await revoked.confirm(2.0)
         assert revoked.live()
         # But after its watch was made to deliver nothing and a revocation was written
-        listed = await evil.nc.request(f"$JS.API.CONSUMER.LIST.{stream}", b"{}", timeout=5)
-        (consumer,) = json.loads(listed.data)["consumers"]
-        config = {**consumer["config"], "filter_subject": f"$KV.{name}.nothing"}
-        config.pop("filter_subjects", None)
-        await evil.nc.request(
-            f"$JS.API.CONSUMER.CREATE.{stream}.{consumer['name']}",
-            json.dumps({"stream_name": stream, "config": config, "action": "update"}).encode(),
-            timeout=5,
-        )
+        await filter_nothing(evil, name, await watch_consumer(evil, stream))
         await (await Bucket.open(evil, name)).put("user.mallory", b"revoked")
         await asyncio.sleep(0.5)
         # Then asking does not confirm it, and the revocation is never answered "absent"
