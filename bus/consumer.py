@@ -116,7 +116,7 @@ class Consumer:
         self.fetch_timeout_s = fetch_timeout_s
         self.spec = spec or agent_consumer(bus.subjects, agent, self.ack_wait_s)
         self.on_dead_letter = on_dead_letter
-        self._inflight: dict[int, tuple[Msg, float]] = {}
+        self._inflight: dict[int, tuple[Msg, float]] = {}  # id -> (message, its last beat)
         self._slot_free = asyncio.Event()
         self._min_batch = max(1, concurrency // 4)
         self._partial_since = 0.0
@@ -182,12 +182,17 @@ class Consumer:
         return False
 
     async def _heartbeats(self, stop: asyncio.Event) -> None:
-        interval = self.ack_wait_s / 3
+        """Tell the server every message still in hand is in progress, each at least every
+        quarter of the ack wait: a process starved of CPU for most of the ack wait (a busy
+        host) still keeps its messages, so no second replica starts the same task meanwhile."""
+        every = self.ack_wait_s / 4
         while True:
-            await asyncio.sleep(interval)
+            await asyncio.sleep(every / 2)
             now = time.monotonic()
-            for msg, started in list(self._inflight.values()):
-                if now - started >= interval:
+            for key, (msg, beat) in list(self._inflight.items()):
+                if now - beat >= every:
+                    if key in self._inflight:
+                        self._inflight[key] = (msg, now)
                     try:
                         await msg.in_progress()
                     except nats.errors.Error as exc:
