@@ -175,14 +175,13 @@ class Execution:
         return self.journal
 
     async def flush_and_settle(self, seq: int, owed: PendingCapture | None) -> None:
-        """Commit what is pending and send op `seq`'s capture at the same time. Either may land
-        without the other and the task still charges once: a journaled capture is sent again on
-        replay, and an op the journal lost runs again under the same hold and capture ids, which
-        the ledger answers with their first results."""
-        if owed is None:
-            await self.flush()
-        else:
-            await both(self.flush(), self.settle(seq, owed))
+        """Commit what is pending, then send op `seq`'s capture. Not at the same time: a capture
+        that landed for a call whose journal write did not would meet, on replay, a call run
+        again under the same hold (an LLM call's other token count is refused as another body;
+        a failing rerun's void is refused and the retry holds and captures anew)."""
+        await self.flush()
+        if owed is not None:
+            await self.settle(seq, owed)
 
     async def settle(self, seq: int, owed: PendingCapture | bytes) -> None:
         """Send the capture journaled with op `seq`; the journal's next write strikes it. A

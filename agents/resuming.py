@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from .worker import Worker
 
 log = logging.getLogger("relaybus.worker")
-EARLY_RESULT_TRIES = 3  # deliveries of a child's result its parent's journal does not know yet
+EARLY_RESULT_TRIES = 5  # deliveries of a child's result its parent's journal does not know yet
 MAX_TIMER_S = 100 * 365 * 86400.0  # a redelivery delay is int64 nanoseconds: at most 292 years
 _child_result_decoder = msgspec.json.Decoder(ChildResult)
 
@@ -85,10 +85,12 @@ async def merge_and_resume(
         )
         return
     if check is not None and (problem := check(found[0])):
-        if found[0].status == "running" and d.attempt < EARLY_RESULT_TRIES:
+        if found[0].status == "running" and d.attempt < min(
+            EARLY_RESULT_TRIES, worker.retry.attempts
+        ):
             # the parent publishes its children before its journal records them: a child that
             # answered within that moment is read again shortly (a forged one is refused then)
-            raise Retry(f"{problem} yet; reading its journal again", delay_s=0.2)
+            raise Retry(f"{problem} yet; reading its journal again", delay_s=0.5)
         await worker.guard.refuse(env, d, problem)
     owner = worker.new_owner()
     driver = str(d.sequence)

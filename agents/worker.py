@@ -61,7 +61,7 @@ from .context import Context, HandoffDone, Suspend
 from .degrade import on_budget_exceeded
 from .errors import Cancelled, LimitExceeded, ToolArgumentsInvalid
 from .evaluation import Evaluation
-from .execution import Execution, both
+from .execution import Execution
 from .guard import Guard, sender_problem
 from .interceptors import Interceptor, Metrics, Tracing, run_task
 from .journal import (
@@ -314,12 +314,9 @@ class Worker:
             journal.waiting = None
 
         await self.costs.settle_leases(ex.envelope.run_id)
-        # the journal's end and the outcome's delivery at once: a crash between them is
-        # answered by the redelivery (a recorded end is delivered again, a delivered outcome
-        # lands once: the run record ends once, a child's result has a fixed id)
-        ended = msgspec.structs.replace(ex.journal, ops=list(ex.journal.ops))
-        change(ended)
-        await both(ex.mutate(change), self.deliver(ex.envelope, ended, latency_ms))
+        # the journal's end first: an execution that was taken over (Fenced here) must not
+        # deliver an outcome, which would be the run's if it came first
+        await self.deliver(ex.envelope, await ex.mutate(change), latency_ms)
 
     async def deliver(self, env: Envelope, journal: Journal, latency_ms: float = 0.0) -> None:
         await self.outcomes.deliver(env, journal, latency_ms)
