@@ -8,6 +8,7 @@ Phoenix lives in its own virtualenv (its dependencies are many): `make test-slow
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -182,16 +183,18 @@ async def test_a_run_in_phoenix(
         return [s["name"] for s in spans if s["parent_id"] and s["parent_id"] not in ids]
 
     # until the evaluations (after the result), the ledger's spans and every parent are in:
-    # each process exports in batches of its own, so a child may arrive before its parent
+    # each process exports in batches of its own, so a child may arrive before its parent.
+    # Poll off the event loop: the scripted model serves from it, and the judge's call (an
+    # evaluation after the result) must be answered while we wait
     deadline = time.monotonic() + 60
     while True:
-        spans = of_run()
+        spans = await asyncio.to_thread(of_run)
         kinds = {s.get("span_kind") for s in spans}
         ledger_in = any(s["name"].startswith("relaybus-ledger") for s in spans)
         if "EVALUATOR" in kinds and ledger_in and not orphans(spans):
             break
         assert time.monotonic() < deadline, (sorted({s["name"] for s in spans}), orphans(spans))
-        time.sleep(1.0)
+        await asyncio.sleep(1.0)
 
     # one trace, one root: the planner's first execution
     assert len({s["context"]["trace_id"] for s in spans}) == 1
