@@ -244,6 +244,7 @@ class Context:
         if op is not None:
             return self._exec.replay(op)
         await self._exec.flush()
+        self._exec.ensure_held(f"step {name!r}")
         started = time.perf_counter()
         value = fn(*args, **kwargs)
         if inspect.isawaitable(value):
@@ -279,6 +280,7 @@ class Context:
         started = time.perf_counter()
 
         async def invoke() -> Any:
+            self._exec.ensure_held(f"tool {tool.name!r}")  # after the hold and interceptors
             return await tool.invoke(self, args)
 
         try:

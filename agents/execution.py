@@ -18,10 +18,11 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import msgspec
 
 from relaybus.bus import Envelope, ErrorInfo
+from relaybus.bus.consumer import LEASE_MARGIN, Lease
 
 from .charging import PendingCapture
 from .errors import LimitExceeded, rebuild
-from .journal import Journal, JournalDivergence, Op
+from .journal import Fenced, Journal, JournalDivergence, Op
 
 if TYPE_CHECKING:
     from .port import RuntimePort
@@ -33,9 +34,16 @@ B = TypeVar("B")
 
 class Execution:
     def __init__(
-        self, port: RuntimePort, envelope: Envelope, journal: Journal, revision: int, owner: str
+        self,
+        port: RuntimePort,
+        envelope: Envelope,
+        journal: Journal,
+        revision: int,
+        owner: str,
+        lease: Lease | None = None,
     ) -> None:
         self.port = port
+        self.lease = lease or Lease()
         self.envelope = envelope
         self.journal = journal
         self.revision = revision
@@ -74,6 +82,19 @@ class Execution:
         if env.deadline and time.time() > env.deadline:
             raise LimitExceeded(f"deadline passed before {kind} {name!r}")
         return seq, None
+
+    def ensure_held(self, what: str) -> None:
+        """Stop (Fenced: neither ack nor nak) before work with an effect if this process may
+        have lost its message: it stalled near the ack wait, so another replica may be running
+        the same task from its journal, and the work would happen twice. The message comes
+        back, and whoever takes it over replays what was journaled."""
+        if not self.lease.held():
+            env = self.envelope
+            raise Fenced(
+                f"task {env.id} of run {env.run_id} ({self.port.name}) stalled for over "
+                f"{LEASE_MARGIN:.0%} of its ack wait before {what}; another replica may run "
+                "it now, so this one stops and the message is taken over from its journal"
+            )
 
     @staticmethod
     def replay(op: Op) -> Any:

@@ -198,7 +198,7 @@ class Worker:
 
     async def execute(self, journal: Journal, revision: int, owner: str, d: Delivery) -> None:
         env = decode(journal.task)
-        ex = Execution(self, env, journal, revision, owner)
+        ex = Execution(self, env, journal, revision, owner, d.lease)
         ctx = Context(self, ex, d.attempt)
         try:
             with self.cancellations.running(env):
@@ -210,8 +210,8 @@ class Worker:
             raise Abandon(str(exc)) from None
 
     async def _run_handler(self, ctx: Context, ex: Execution, d: Delivery) -> str:
-        env = ex.envelope
         """Run the handler once; returns how this execution ended (for metrics)."""
+        env = ex.envelope
         timeout = asyncio.timeout(env.deadline - time.time() if env.deadline else None)
         try:
             if self.gate is not None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -36,6 +37,34 @@ from .subjects import check_name
 
 log = logging.getLogger("relaybus.consumer")
 
+#: A message's lease is in doubt once this share of the ack wait passed without a heartbeat:
+#: the server may have handed the message to another replica meanwhile.
+LEASE_MARGIN = 0.75
+
+
+@dataclass(slots=True)
+class Lease:
+    """How sure this process is that the server still counts a message as its own. Heartbeats
+    refresh it; a gap near the ack wait (the process stalled: CPU starvation, a blocking call)
+    puts it in doubt for good, since another replica may already run the same task. Work with
+    an effect asks `held()` just before it starts, and stops (without ack or nak) if not."""
+
+    ack_wait_s: float = math.inf
+    last_beat: float = field(default_factory=time.monotonic)
+    lapsed: bool = False
+
+    def beat(self, now: float) -> None:
+        self._check(now)
+        self.last_beat = now
+
+    def held(self) -> bool:
+        self._check(time.monotonic())
+        return not self.lapsed
+
+    def _check(self, now: float) -> None:
+        if now - self.last_beat >= self.ack_wait_s * LEASE_MARGIN:
+            self.lapsed = True
+
 
 @dataclass(slots=True)
 class Delivery:
@@ -49,6 +78,7 @@ class Delivery:
     source: str = ""  # the agent that sent it, from the subject; "" for a user or operator
     replayed: bool = False  # an operator put it back from the dead-letter queue
     started: float = field(default_factory=time.monotonic)
+    lease: Lease = field(default_factory=Lease)  # refreshed by the consumer's heartbeats
 
 
 Handler = Callable[[Delivery], Awaitable[None]]
@@ -116,7 +146,7 @@ class Consumer:
         self.fetch_timeout_s = fetch_timeout_s
         self.spec = spec or agent_consumer(bus.subjects, agent, self.ack_wait_s)
         self.on_dead_letter = on_dead_letter
-        self._inflight: dict[int, tuple[Msg, float]] = {}  # id -> (message, its last beat)
+        self._inflight: dict[int, tuple[Msg, Lease]] = {}  # id -> (message, its lease)
         self._slot_free = asyncio.Event()
         self._min_batch = max(1, concurrency // 4)
         self._partial_since = 0.0
@@ -143,7 +173,7 @@ class Consumer:
                     await asyncio.sleep(0.5)
                     continue
                 for msg in msgs:
-                    self._inflight[id(msg)] = (msg, time.monotonic())
+                    self._inflight[id(msg)] = (msg, Lease(self.ack_wait_s))
                     task = asyncio.create_task(self._process(msg))
                     tasks.add(task)
                     task.add_done_callback(tasks.discard)
@@ -189,10 +219,9 @@ class Consumer:
         while True:
             await asyncio.sleep(every / 2)
             now = time.monotonic()
-            for key, (msg, beat) in list(self._inflight.items()):
-                if now - beat >= every:
-                    if key in self._inflight:
-                        self._inflight[key] = (msg, now)
+            for msg, lease in list(self._inflight.values()):
+                if now - lease.last_beat >= every:
+                    lease.beat(now)
                     try:
                         await msg.in_progress()
                     except nats.errors.Error as exc:
@@ -232,6 +261,7 @@ class Consumer:
             sequence=msg.metadata.sequence.stream,
             source=source,
             replayed=replayed,
+            lease=self._inflight[id(msg)][1] if id(msg) in self._inflight else Lease(),
         )
         if attempt > self.max_deliver:
             reason = (

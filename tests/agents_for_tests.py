@@ -6,10 +6,14 @@ import asyncio
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 import msgspec
+import pydantic
 
-from relaybus.agents import Agent, Context
+from relaybus.agents import Agent, Context, tool
+from relaybus.agents.interceptors import Interceptor, RunTool
+from relaybus.agents.tool import Tool
 from relaybus.bus import RetryPolicy
 
 
@@ -91,3 +95,37 @@ class Flaky(Agent):
     async def handle(self, ctx: Context, task: dict[str, str]) -> None:
         Path(task["log"]).open("a").write(f"{time.time()}\n")
         raise RuntimeError("upstream is down")
+
+
+class EffectArgs(pydantic.BaseModel):
+    log: str
+
+
+@tool("test/effect")
+def apply_effect(args: EffectArgs) -> str:
+    record_attempt(args.log)
+    return "applied"
+
+
+class StallOnce(Interceptor):
+    """Blocks its whole process (no heartbeats go out) for `STALL_S` seconds around the first
+    tool call of any replica: a blocking call or CPU starvation past the ack wait."""
+
+    async def run_tool(self, ctx: Context, tool: Tool, args: Any, call_next: RunTool) -> Any:
+        try:
+            fd = os.open(os.environ["STALL_MARKER"], os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            return await call_next()
+        os.close(fd)
+        time.sleep(float(os.environ["STALL_S"]))
+        return await call_next()
+
+
+class Staller(Agent):
+    """Calls a tool with an effect, stalling past the ack wait on the first call."""
+
+    name = "staller"
+    interceptors = [StallOnce()]
+
+    async def handle(self, ctx: Context, task: Job) -> str:
+        return str(await ctx.tool(apply_effect, log=task.log))

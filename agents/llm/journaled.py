@@ -53,6 +53,7 @@ async def journaled_chat(
         while True:
             try:
                 async with worker.costs.charge_llm(ctx, chosen, estimate, max_tokens, seq) as bill:
+                    execution.ensure_held(f"LLM call {chosen!r}")
                     try:
                         result = await client.chat(
                             messages,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import signal
 import subprocess
@@ -114,3 +115,26 @@ def test_unknown_agent_spec_is_a_clear_error() -> None:
     )
     assert out.returncode == 1
     assert "cannot import 'nowhere'" in out.stderr
+
+
+async def test_a_replica_stalled_past_its_ack_wait_does_not_run_the_tool_again(
+    bus: Bus, spawn: Spawn, tmp_path: Path
+) -> None:
+    # Given two replicas, the first to reach the tool blocking its process for 3 s (ack wait
+    # 1.5 s): no heartbeats, so the server hands the task to the other replica meanwhile
+    log, marker = tmp_path / "effects", tmp_path / "stalled"
+    for _ in range(2):
+        spawn(
+            "agents_for_tests:Staller",
+            RELAYBUS_ACK_WAIT_S="1.5",
+            STALL_MARKER=str(marker),
+            STALL_S="3",
+        )
+    outcome = await submit(
+        bus, "staller", json.dumps({"log": str(log)}).encode(), wait=True, timeout_s=40
+    )
+    assert outcome.status == "completed", outcome
+    assert marker.exists()  # the stall happened
+    # Then the effect happened once: the stalled replica saw its lease lapse and stopped
+    await asyncio.sleep(3.5)  # past the stall, and past the stalled replica's tool call
+    assert len(log.read_text().splitlines()) == 1, log.read_text()

@@ -23,6 +23,7 @@ from relaybus.bus import (
     new_envelope,
 )
 from relaybus.bus.cli import read_dead_letters
+from relaybus.bus.consumer import Lease
 from relaybus.bus.events import DeadLetter, dead_letter_decoder
 
 
@@ -199,3 +200,13 @@ async def test_permission_violation_is_surfaced_not_silently_dropped(tmp_path: P
             await bus.publish_core("ok.fine", b"x", confirm_s=0.2)  # allowed: no error
             with pytest.raises(PermissionViolation, match=r"denied\.other"):
                 await bus.publish_bytes("denied.other", b"x")
+
+
+def test_a_lease_lapses_for_good_after_a_late_heartbeat() -> None:
+    lease = Lease(ack_wait_s=2.0, last_beat=100.0)
+    lease.beat(100.5)  # on time
+    assert not lease.lapsed
+    lease.beat(102.0)  # 1.5 s without one: the server may have redelivered meanwhile
+    assert lease.lapsed
+    lease.beat(102.2)  # beats on time again do not take the doubt back
+    assert lease.lapsed and not lease.held()
