@@ -66,7 +66,7 @@ class Journal(msgspec.Struct, kw_only=True, omit_defaults=True):
     task: bytes
     status: Status = "running"
     owner: str = ""
-    driver: str = ""
+    driver: str = ""  # the delivery that runs it: `<stream>:<sequence>` (see `driver_of`)
     ops: list[Op] = []
     children: dict[str, Outcome] = {}
     signals: dict[str, bytes] = {}
@@ -157,6 +157,22 @@ class JournalStore:
             except RevisionConflict:
                 current = None
         raise RelayError(f"journal of task {task_id} kept changing under {MAX_CAS_RETRIES} writes")
+
+
+def driver_of(stream: str, sequence: int) -> str:
+    """Names the delivery that drives a task. Qualified by stream: a timer's sequence and a
+    task message's count in different streams, and the same number must not pass for a
+    redelivery of the other (it would take over a task another replica is running)."""
+    return f"{stream}:{sequence}"
+
+
+def drives(journal: Journal, stream: str, sequence: int, tasks_stream: str) -> bool:
+    """Whether the delivery is (a redelivery of) the one driving the journal's task; a bare
+    sequence, as journals written before drivers named their stream have, counts on the
+    task stream only."""
+    if journal.driver == driver_of(stream, sequence):
+        return True
+    return stream == tasks_stream and journal.driver == str(sequence)
 
 
 def release(journal: Journal) -> None:

@@ -13,7 +13,7 @@ import msgspec
 from relaybus.bus import Delivery, Envelope, Reject, Retry, decode
 
 from .guard import runtime_payload
-from .journal import FINAL, Journal, Outcome
+from .journal import FINAL, Journal, Outcome, driver_of, drives
 from .messages import ChildResult, TimerFired, signal_decoder
 
 if TYPE_CHECKING:
@@ -93,7 +93,7 @@ async def merge_and_resume(
             raise Retry(f"{problem} yet; reading its journal again", delay_s=0.5)
         await worker.guard.refuse(env, d, problem)
     owner = worker.new_owner()
-    driver = str(d.sequence)
+    driver = driver_of(d.stream, d.sequence)
     claimed = False
 
     def merge_and_claim(j: Journal) -> None:  # one write: the outcome in, the task taken
@@ -110,7 +110,7 @@ async def merge_and_resume(
         task_env = decode(journal.task)
         await worker.emit_event(task_env, "resumed", detail=f"{env.kind} from {env.sender}")
         await worker.execute(journal, revision, owner, d)
-    elif journal.driver == driver and d.attempt > 1:
+    elif is_driver(worker, journal, d) and d.attempt > 1:
         if journal.status in FINAL:  # this message drove it to the end, then the worker died
             await worker.deliver(decode(journal.task), journal)  # before its outcome went out
             return
@@ -131,6 +131,11 @@ def spawned(journal: Journal) -> dict[str, str]:
             except msgspec.DecodeError:
                 continue
     return out
+
+
+def is_driver(worker: Worker, journal: Journal, d: Delivery) -> bool:
+    """Whether `d` is (a redelivery of) the delivery that drives the journal's task."""
+    return drives(journal, d.stream, d.sequence, worker.bus.subjects.stream("TASKS"))
 
 
 def take_over(owner: str, driver: str, *, reopen: bool = False) -> Any:

@@ -24,9 +24,9 @@ from relaybus.services.runs.client import look, mark_running
 from relaybus.services.runs.state import Reopen, RunRecord
 
 from .execution import both
-from .journal import FINAL, Journal
+from .journal import FINAL, Journal, driver_of
 from .limits import limit_problem
-from .resuming import take_over
+from .resuming import is_driver, take_over
 
 if TYPE_CHECKING:
     from .worker import Worker
@@ -82,7 +82,7 @@ async def on_task(worker: Worker, d: Delivery) -> None:
     journal, revision = found
     if journal.status == "failed" and replay:
         journal, revision = await worker.journals.mutate(
-            env.run_id, env.id, take_over(owner, str(d.sequence), reopen=True)
+            env.run_id, env.id, take_over(owner, driver_of(d.stream, d.sequence), reopen=True)
         )
         await worker.emit_event(env, "resumed", detail="replayed from the dead-letter queue")
         await worker.execute(journal, revision, owner, d)
@@ -91,10 +91,10 @@ async def on_task(worker: Worker, d: Delivery) -> None:
         if reused:  # not a duplicate: the recorded outcome goes only to the task it answers
             await worker.guard.refuse(env, d, reused)
         await worker.deliver(env, journal)  # a duplicate: repeat the recorded outcome (idempotent)
-    elif journal.status == "running" and (journal.driver == str(d.sequence) or replay):
+    elif journal.status == "running" and (is_driver(worker, journal, d) or replay):
         released = not journal.owner  # the last attempt failed and let go of it
         journal, revision = await worker.journals.mutate(
-            env.run_id, env.id, take_over(owner, str(d.sequence))
+            env.run_id, env.id, take_over(owner, driver_of(d.stream, d.sequence))
         )
         detail = "retried after a failed attempt" if released else "taken over after a crash"
         await worker.emit_event(env, "resumed", detail=detail, attempt=d.attempt)
@@ -116,7 +116,7 @@ def _new_journal(worker: Worker, env: Envelope, owner: str, d: Delivery) -> Jour
         agent=worker.name,
         task=encode(env),
         owner=owner,
-        driver=str(d.sequence),
+        driver=driver_of(d.stream, d.sequence),
     )
     if problem := limit_problem(env, worker.name):
         journal.status = "failed"

@@ -75,6 +75,7 @@ class Delivery:
     headers: dict[str, str]
     subject: str
     sequence: int = 0
+    stream: str = ""  # the stream `sequence` counts in (tasks and timers are two)
     source: str = ""  # the agent that sent it, from the subject; "" for a user or operator
     replayed: bool = False  # an operator put it back from the dead-letter queue
     started: float = field(default_factory=time.monotonic)
@@ -259,6 +260,7 @@ class Consumer:
             headers=headers,
             subject=msg.subject,
             sequence=msg.metadata.sequence.stream,
+            stream=msg.metadata.stream,
             source=source,
             replayed=replayed,
             lease=self._inflight[id(msg)][1] if id(msg) in self._inflight else Lease(),

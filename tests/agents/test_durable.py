@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from relaybus.agents.control import cancel_run, send_signal
+from relaybus.agents.journal import Journal, driver_of, drives
 from relaybus.agents.submit import RunOutcome, has_consumer, run_store, submit, wait_for_run
 from relaybus.bus import Bus, Event
 from relaybus.bus.cli import read_dead_letters, replay_dead_letter
@@ -374,3 +375,16 @@ async def test_a_task_given_up_on_fails_its_caller_and_its_run_until_replayed(
         bus, direct.run_id, record
     )
     assert record is not None and record.status == "completed"
+
+
+def test_a_timer_with_the_driving_task_message_s_sequence_does_not_pass_for_its_redelivery() -> (
+    None
+):
+    # sequences count per stream: timer 7 and task message 7 are different deliveries
+    journal = Journal(run_id="r", task_id="t", agent="a", task=b"", driver=driver_of("TASKS", 7))
+    assert drives(journal, "TASKS", 7, tasks_stream="TASKS")
+    assert not drives(journal, "TIMERS", 7, tasks_stream="TASKS")
+    # a journal written before drivers named their stream: its bare sequence is a task's
+    legacy = Journal(run_id="r", task_id="t", agent="a", task=b"", driver="7")
+    assert drives(legacy, "TASKS", 7, tasks_stream="TASKS")
+    assert not drives(legacy, "TIMERS", 7, tasks_stream="TASKS")
