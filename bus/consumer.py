@@ -274,15 +274,30 @@ class Consumer:
             return
         try:
             await self.handler(delivery)
-        except Retry as exc:
-            if attempt >= self.max_deliver:
-                await self._dead_letter(
-                    msg, attempt, exc.reason, ErrorInfo.from_exception(exc), delivery
+        except Abandon:
+            return  # neither ack nor nak: another worker owns this message's work now
+        except Exception as exc:
+            if not delivery.lease.held() and not isinstance(exc, Reject):
+                # another replica may run this message now: a nak or a dead letter from here
+                # would cut its redelivery short or fail the task it is running; the message
+                # comes back after the ack wait (or already has) and is counted there
+                log.warning(
+                    "attempt %d of a %s message failed after its lease lapsed; the replica "
+                    "that takes it over decides: %r",
+                    attempt,
+                    self.agent,
+                    exc,
                 )
-            else:
-                await msg.nak(delay=exc.delay_s)
+                return
+            await self._failed(msg, delivery, exc)
             return
-        except Reject as exc:
+        await msg.ack()
+
+    async def _failed(self, msg: Msg, delivery: Delivery, exc: Exception) -> None:
+        """A failed attempt: retried after a delay, or dead-lettered once attempts run out
+        (or at once for a `Reject`)."""
+        attempt = delivery.attempt
+        if isinstance(exc, Reject):
             await self._dead_letter(
                 msg,
                 attempt,
@@ -292,21 +307,18 @@ class Consumer:
                 announce=not isinstance(exc, Refused),
             )
             return
-        except Abandon:
-            return  # neither ack nor nak: another worker owns this message's work now
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
+        if isinstance(exc, Retry):
+            reason, info, delay_s = exc.reason, ErrorInfo.from_exception(exc), exc.delay_s
+        else:
             info = ErrorInfo.from_exception(exc, with_traceback=True)
             if not isinstance(exc, RelayError):
                 log.warning("handler of %s failed (attempt %d): %r", self.agent, attempt, exc)
-            if attempt >= self.max_deliver:
-                reason = f"failed {attempt} times; last error {info.type}: {info.message}"
-                await self._dead_letter(msg, attempt, reason, info, delivery)
-            else:
-                await msg.nak(delay=self.retry.delay_s(attempt))
-            return
-        await msg.ack()
+            reason = f"failed {attempt} times; last error {info.type}: {info.message}"
+            delay_s = self.retry.delay_s(attempt)
+        if attempt >= self.max_deliver:
+            await self._dead_letter(msg, attempt, reason, info, delivery)
+        else:
+            await msg.nak(delay=delay_s)
 
     async def _dead_letter(
         self,

@@ -210,3 +210,28 @@ def test_a_lease_lapses_for_good_after_a_late_heartbeat() -> None:
     assert lease.lapsed
     lease.beat(102.2)  # beats on time again do not take the doubt back
     assert lease.lapsed and not lease.held()
+
+
+async def test_an_attempt_that_fails_after_its_lease_lapsed_neither_naks_nor_dead_letters(
+    bus: Bus,
+) -> None:
+    # Given a last attempt that stalls past its lease, then fails: another replica may hold
+    # the message now, so a nak (or a dead letter) must not come from this one
+    attempts: list[int] = []
+
+    async def stalls_then_fails(d: Delivery) -> None:
+        attempts.append(d.attempt)
+        if d.attempt == 1:
+            d.lease.lapsed = True  # what a stall near the ack wait does to it
+            raise Retry("upstream busy", delay_s=30.0)  # a nak would hold it back 30 s
+
+    env = new_envelope(kind="task", sender="user:t", recipient="stall", payload=b"{}")
+    async with (
+        DeadLetters(bus, "stall") as dlq,
+        running(bus, "stall", stalls_then_fails, max_deliver=1, ack_wait_s=1.0),
+    ):
+        await bus.publish(env)
+        # Then it came back after the ack wait, and its next delivery decided: over the limit
+        letter = await dlq.next()
+    assert attempts == [1], attempts  # attempt 2 is over max_deliver: dead-lettered unrun
+    assert letter.attempts == 1 and "did not finish" in letter.reason
