@@ -8,6 +8,7 @@ outcomes, signals and fired timers. A write by an owner that was replaced fails 
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Literal
 
@@ -19,6 +20,7 @@ from relaybus.bus.kv import Bucket, RevisionConflict
 Status = Literal["running", "suspended", "completed", "failed", "cancelled"]
 FINAL: frozenset[str] = frozenset({"completed", "failed", "cancelled"})
 MAX_CAS_RETRIES = 100
+RECENT_JOURNALS = 4096  # journals a process remembers as it last read or wrote them
 
 
 class Fenced(RelayError):
@@ -107,27 +109,48 @@ class JournalStore:
     """One agent's journals, in the `<prefix>_journal` bucket, keyed `<run>.<task>.<agent>`:
     the agent's name last, so its NATS user may write only its own keys."""
 
-    def __init__(self, bucket: Bucket, agent: str) -> None:
+    def __init__(self, bucket: Bucket, agent: str, remember: int = RECENT_JOURNALS) -> None:
         self.bucket = bucket
         self.agent = agent
+        self._remember = remember
+        self._recent: OrderedDict[str, tuple[bytes, int]] = OrderedDict()
 
     def key(self, run_id: str, task_id: str) -> str:
         return f"{run_id}.{task_id}.{self.agent}"
 
     async def load(self, run_id: str, task_id: str) -> tuple[Journal, int] | None:
-        found = await self.bucket.get(self.key(run_id, task_id))
+        key = self.key(run_id, task_id)
+        found = await self.bucket.get(key)
         if found is None:
             return None
+        self._keep(key, found[0], found[1])
         return _decode(found[0]), found[1]
 
+    def recent(self, run_id: str, task_id: str) -> tuple[Journal, int] | None:
+        """A copy of the journal as this process last read or wrote it, or None. Possibly
+        stale: only good as the `current` of a CAS write (which a stale copy fails, and
+        `mutate` then reads), never for a decision made without writing."""
+        kept = self._recent.get(self.key(run_id, task_id))
+        return None if kept is None else (_decode(kept[0]), kept[1])
+
     async def create(self, journal: Journal) -> int:
-        return await self.bucket.create(self.key(journal.run_id, journal.task_id), _encode(journal))
+        key, data = self.key(journal.run_id, journal.task_id), _encode(journal)
+        revision = await self.bucket.create(key, data)
+        self._keep(key, data, revision)
+        return revision
 
     async def write(self, journal: Journal, revision: int) -> int:
         """One CAS write of `journal` as it is; RevisionConflict if it moved."""
-        return await self.bucket.update(
-            self.key(journal.run_id, journal.task_id), _encode(journal), revision
-        )
+        key, data = self.key(journal.run_id, journal.task_id), _encode(journal)
+        written = await self.bucket.update(key, data, revision)
+        self._keep(key, data, written)
+        return written
+
+    def _keep(self, key: str, data: bytes, revision: int) -> None:
+        self._recent[key] = (data, revision)
+        self._recent.move_to_end(key)
+        while len(self._recent) > self._remember:
+            self._recent.popitem(last=False)
 
     async def mutate(
         self,

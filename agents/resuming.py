@@ -78,7 +78,13 @@ async def on_signal(worker: Worker, d: Delivery) -> None:
 async def merge_and_resume(
     worker: Worker, env: Envelope, change: Any, d: Delivery, check: Any = None
 ) -> None:
-    found = await worker.journals.load(env.run_id, env.parent_id)
+    # the parent's journal as this process last wrote it (it parked the wait here, most
+    # often): the merge's CAS write needs no read first, and fails if the copy is stale
+    found = worker.journals.recent(env.run_id, env.parent_id)
+    if found is not None and check is not None and check(found[0]):
+        found = None  # a refusal is decided on a fresh read only
+    if found is None:
+        found = await worker.journals.load(env.run_id, env.parent_id)
     if found is None:
         log.warning(
             "no journal for task %s of run %s; dropping %s", env.parent_id, env.run_id, env.kind

@@ -10,11 +10,12 @@ import sys
 from pathlib import Path
 
 from relaybus.agents.control import cancel_run, send_signal
-from relaybus.agents.journal import Journal, driver_of, drives
+from relaybus.agents.journal import Journal, JournalStore, Outcome, driver_of, drives
 from relaybus.agents.submit import RunOutcome, has_consumer, run_store, submit, wait_for_run
-from relaybus.bus import Bus, Event
+from relaybus.bus import Bus, Event, default_topology, ensure
 from relaybus.bus.cli import read_dead_letters, replay_dead_letter
 from relaybus.bus.feed import EventFeed
+from relaybus.bus.kv import Bucket
 
 from ..conftest import ROOT, Spawn, child_env, consuming
 from ..faults.conftest import describe_run
@@ -214,9 +215,6 @@ async def test_cancel_stops_a_running_handler_within_a_second(bus: Bus, spawn: S
     done = await outcome(bus, run_id)
     assert done.status == "cancelled"
     # the handler stopped: its task record says cancelled (not still sleeping)
-    from relaybus.agents.journal import JournalStore
-    from relaybus.bus.kv import Bucket
-
     journals = JournalStore(await Bucket.open(bus, bus.subjects.bucket("journal")), "sleeper")
     for _ in range(40):
         found = await journals.load(run_id, run_id)
@@ -388,3 +386,24 @@ def test_a_timer_with_the_driving_task_message_s_sequence_does_not_pass_for_its_
     legacy = Journal(run_id="r", task_id="t", agent="a", task=b"", driver="7")
     assert drives(legacy, "TASKS", 7, tasks_stream="TASKS")
     assert not drives(legacy, "TIMERS", 7, tasks_stream="TASKS")
+
+
+async def test_a_stale_remembered_journal_loses_no_merge_made_elsewhere(bus: Bus) -> None:
+    await ensure(bus, default_topology(bus.subjects))
+    bucket = await Bucket.open(bus, bus.subjects.bucket("journal"))
+    here, there = JournalStore(bucket, "parent"), JournalStore(bucket, "parent")  # 2 replicas
+    await here.create(
+        Journal(run_id="r1", task_id="t1", agent="parent", task=b"", status="suspended")
+    )
+    # Given another replica merged child c1 after this one last wrote the journal
+    await there.mutate("r1", "t1", lambda j: j.children.setdefault("c1", Outcome(ok=True)))
+    stale = here.recent("r1", "t1")
+    assert stale is not None and "c1" not in stale[0].children
+    # When this replica merges c2 starting from its stale copy
+    merged, _ = await here.mutate(
+        "r1", "t1", lambda j: j.children.setdefault("c2", Outcome(ok=True)), current=stale
+    )
+    # Then the CAS write failed, was read again and both merges are in
+    assert set(merged.children) == {"c1", "c2"}
+    found = await JournalStore(bucket, "parent").load("r1", "t1")
+    assert found is not None and set(found[0].children) == {"c1", "c2"}
