@@ -159,6 +159,8 @@ class Worker:
         return self._llm
 
     async def close(self) -> None:
+        if self.runs is not None:
+            await self.runs.drain()
         if self._llm is not None:
             await self._llm.aclose()
 

@@ -3,8 +3,10 @@ consumer runs (chain verification, tool checks, revocation watch, audit)."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +43,7 @@ from .scopes import check, parse_scope, restrict
 
 log = logging.getLogger("relaybus.identity")
 READY_S = 10.0  # how long a new gate waits for its revocation view before failing closed
+TRUST_ROOT_WAIT_S = 30.0  # how long a new gate waits for the identity service's first start
 CONFIRM_S = (
     5.0  # how long a check waits for a revocation view that fell behind before failing closed
 )
@@ -174,6 +177,25 @@ class IdentityClient:
         return Link(payload=link.payload, signature=link.signature, stamp=stamp)
 
 
+async def _trust_root(registry: Registry, agent: str) -> VerifyKey:
+    """The identity service's public key. A process started with (or just before) the identity
+    service on a new deployment waits for its first start, bounded: `relaybus up` and compose
+    start every service at once."""
+    deadline = time.monotonic() + TRUST_ROOT_WAIT_S
+    service_key = await registry.service_key()
+    if service_key is None:
+        log.info("%s waits for the identity service's trust root (its first start)", agent)
+    while service_key is None:
+        if time.monotonic() > deadline:
+            raise ConfigError(
+                f"the identity service has not run yet (waited {TRUST_ROOT_WAIT_S:g}s for its "
+                "trust root): start it (`relaybus up` does)"
+            )
+        await asyncio.sleep(0.25)
+        service_key = await registry.service_key()
+    return service_key
+
+
 class IdentityGate:
     """Per process: verifies chains, checks tool calls, delegates, audits, watches revocations."""
 
@@ -198,9 +220,7 @@ class IdentityGate:
     @classmethod
     async def open(cls, bus: Bus, agent: str, key: SigningKey | None) -> IdentityGate:
         registry = await Registry.open(bus)
-        service_key = await registry.service_key()
-        if service_key is None:
-            raise ConfigError("the identity service has not run yet: start it (`relaybus up` does)")
+        service_key = await _trust_root(registry, agent)
         gate = cls(bus, registry, service_key, agent, key)
         for record in await registry.all_agents():
             gate._keys[record.name] = VerifyKey(bytes.fromhex(record.public_key))

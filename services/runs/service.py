@@ -47,6 +47,7 @@ class RunAuthority:
         return cls(bus, store, gate)
 
     async def close(self) -> None:
+        await self.store.drain()
         if self.gate is not None:
             await self.gate.close()
 

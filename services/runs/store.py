@@ -3,6 +3,8 @@ Every change goes through `state.apply`; this module only reads and CAS-writes."
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -12,8 +14,18 @@ import msgspec
 from relaybus.bus import RelayError
 from relaybus.bus.kv import Bucket, RevisionConflict
 
-from .state import Cancel, Look, OperatorChange, RunChange, RunRecord, StoreSignal, apply
+from .state import (
+    Cancel,
+    Look,
+    MarkRunning,
+    OperatorChange,
+    RunChange,
+    RunRecord,
+    StoreSignal,
+    apply,
+)
 
+log = logging.getLogger("relaybus.runs")
 _encode = msgspec.json.Encoder().encode
 _decode = msgspec.json.Decoder(RunRecord).decode
 
@@ -33,6 +45,7 @@ class RunStore:
     def __init__(self, bucket: Bucket) -> None:
         self.bucket = bucket
         self._known: OrderedDict[str, tuple[bytes, int]] = OrderedDict()
+        self._marking: dict[str, asyncio.Task[None]] = {}  # `running` writes under way
 
     def _remember(self, run_id: str, data: bytes, revision: int) -> None:
         self._known[run_id] = (data, revision)
@@ -59,6 +72,9 @@ class RunStore:
     async def update(self, run_id: str, change: Callable[[RunRecord], bool]) -> RunRecord:
         """CAS-update; `change` returns False to leave the record as it is. Only a fresh read
         may decide that nothing changes (a remembered revision may be stale)."""
+        marking = self._marking.get(run_id)
+        if marking is not None and marking is not asyncio.current_task():
+            await asyncio.wait([marking])  # starts from the revision it wrote: no conflict
         found = self._known.get(run_id)
         fresh = found is None
         for _ in range(100):
@@ -87,6 +103,13 @@ class RunStore:
         """Apply one change (`state.apply`) with CAS. A run published without `submit` gets its
         record when an agent first changes it; an operator's change needs an existing run.
         Returns the record and whether it changed."""
+        if isinstance(change, MarkRunning):
+            return await self._mark_running(run_id, actor)
+        return await self._apply(run_id, change, actor)
+
+    async def _apply(
+        self, run_id: str, change: RunChange | OperatorChange, actor: str
+    ) -> tuple[RunRecord, bool]:
         changed = False
 
         def step(record: RunRecord) -> bool:
@@ -118,3 +141,36 @@ class RunStore:
         """Of the `limit` most recent runs, those waiting for a signal nobody has sent yet
         (what an approver is asked for), newest first."""
         return [r for r in await self.recent(limit) if r.pending_signals()]
+
+    async def _mark_running(self, run_id: str, actor: str) -> tuple[RunRecord, bool]:
+        """A run's line starts: the record read fresh (the task's checks need it), and
+        `submitted` made `running` by a write that does not hold the task up. The run's next
+        change through this store waits for that write; CAS keeps it from landing after an
+        end another process wrote, and a write that fails leaves `submitted` (the end, or the
+        next start, writes over it)."""
+        found = await self._read(run_id)
+        if found is None:  # published without submit: the record is created as it starts
+            return await self._apply(run_id, MarkRunning(), actor)
+        record = _decode(found[0])
+        if record.status != "submitted":
+            return record, False
+        task = asyncio.create_task(self._write_running(run_id, actor))
+        self._marking[run_id] = task
+        task.add_done_callback(lambda done: self._forget_marking(run_id, done))
+        record.status = "running"
+        return record, True
+
+    async def _write_running(self, run_id: str, actor: str) -> None:
+        try:
+            await self._apply(run_id, MarkRunning(), actor)
+        except Exception as exc:  # informational: the record stays `submitted`
+            log.warning("could not mark run %s running: %r", run_id, exc)
+
+    def _forget_marking(self, run_id: str, done: asyncio.Task[None]) -> None:
+        if self._marking.get(run_id) is done:
+            del self._marking[run_id]
+
+    async def drain(self) -> None:
+        """Wait for the `running` writes under way (a process that stops)."""
+        if self._marking:
+            await asyncio.wait(list(self._marking.values()))

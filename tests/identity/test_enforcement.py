@@ -24,7 +24,7 @@ from relaybus.bus import (
 )
 from relaybus.bus.feed import EventFeed
 from relaybus.bus.tracing import read_spans
-from relaybus.services.identity.client import IdentityClient, write_agent_key
+from relaybus.services.identity.client import IdentityClient, IdentityGate, write_agent_key
 from relaybus.services.identity.messages import AuditRecord
 
 from ..conftest import ROOT, Spawn, child_env, service_process, wait_for, wait_service
@@ -322,3 +322,22 @@ async def test_a_revocation_holds_at_a_gate_whose_watch_someone_deleted(idbus: B
         assert gate._is_revoked("user:alice")
     finally:
         await gate.close()
+
+
+async def test_a_service_started_before_the_identity_service_waits_for_its_trust_root(
+    settings: Settings,
+) -> None:
+    # Given a new deployment whose services all start at once (`relaybus up`, compose)
+    async with Bus(settings, name="test") as bus:
+        await ensure(bus, default_topology(bus.subjects))
+        opening = asyncio.create_task(IdentityGate.open(bus, "memory", None))
+        await asyncio.sleep(1.0)
+        assert not opening.done()  # no trust root yet: it waits, it does not exit
+        # When the identity service comes up and publishes its trust root
+        with service_process(settings, "identity"):
+            gate = await asyncio.wait_for(opening, 30)
+            # Then the gate opens with that root
+            try:
+                assert gate.fresh()
+            finally:
+                await gate.close()
