@@ -26,11 +26,14 @@ def settings(settings: Settings) -> Settings:
 
 
 async def instances(bus: Bus, service: str, wait_s: float = 0.5) -> list[dict[str, Any]]:
-    """Every running instance's `$SRV.STATS` of micro service `service`."""
+    """Every running instance's `$SRV.STATS` of micro service `service`, of this test's
+    deployment (`$SRV` subjects are server-wide: other tests' services answer them too)."""
     replies: list[dict[str, Any]] = []
 
     async def got(msg: Any) -> None:
-        replies.append(json.loads(msg.data))
+        stats = json.loads(msg.data)
+        if (stats.get("metadata") or {}).get("prefix") == bus.subjects.prefix:
+            replies.append(stats)
 
     inbox = bus.nc.new_inbox()
     sub = await bus.nc.subscribe(inbox, cb=got)
