@@ -346,6 +346,7 @@ class Worker:
         def fail(journal: Journal) -> None:
             if journal.status not in FINAL:
                 journal.status, journal.error, journal.waiting = "failed", failure, None
+                journal.owner = ""  # an execution still running (stalled) is fenced off
 
         found = await self.journals.load(env.run_id, env.id)
         if found is None:

@@ -129,3 +129,19 @@ class Staller(Agent):
 
     async def handle(self, ctx: Context, task: Job) -> str:
         return str(await ctx.tool(apply_effect, log=task.log))
+
+
+class SleepyOnce(Agent):
+    """Blocks its process for `STALL_S` seconds in the first execution of any replica, then
+    returns: a stall past the ack wait with no operation after it."""
+
+    name = "sleepyonce"
+
+    async def handle(self, ctx: Context, task: Job) -> str:
+        try:
+            fd = os.open(os.environ["STALL_MARKER"], os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            return "not stalled"
+        os.close(fd)
+        time.sleep(float(os.environ["STALL_S"]))
+        return "stalled"

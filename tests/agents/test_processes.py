@@ -9,8 +9,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+from relaybus.agents.journal import JournalStore
 from relaybus.agents.submit import submit
 from relaybus.bus import Bus
+from relaybus.bus.kv import Bucket
 
 from ..conftest import Spawn, wait_for
 
@@ -138,3 +140,28 @@ async def test_a_replica_stalled_past_its_ack_wait_does_not_run_the_tool_again(
     # Then the effect happened once: the stalled replica saw its lease lapse and stopped
     await asyncio.sleep(3.5)  # past the stall, and past the stalled replica's tool call
     assert len(log.read_text().splitlines()) == 1, log.read_text()
+
+
+async def test_a_dead_lettered_task_s_stalled_execution_cannot_end_it_again(
+    bus: Bus, spawn: Spawn, tmp_path: Path
+) -> None:
+    # Given one attempt allowed, and the replica running it stalled past the ack wait
+    marker = tmp_path / "stalled"
+    for _ in range(2):
+        spawn(
+            "agents_for_tests:SleepyOnce",
+            RELAYBUS_ACK_WAIT_S="1.5",
+            RELAYBUS_MAX_DELIVER="1",
+            STALL_MARKER=str(marker),
+            STALL_S="3",
+        )
+    outcome = await submit(
+        bus, "sleepyonce", json.dumps({"log": ""}).encode(), wait=True, timeout_s=40
+    )
+    # When the redelivery is over the limit: the task is dead-lettered and the run fails
+    assert outcome.status == "failed" and "DeadLettered" in (outcome.error or ""), outcome
+    await asyncio.sleep(3.5)  # the stalled replica wakes and tries to end the task
+    # Then its end was fenced off: the task stays failed, as its run is
+    journals = JournalStore(await Bucket.open(bus, bus.subjects.bucket("journal")), "sleepyonce")
+    found = await journals.load(outcome.run_id, outcome.run_id)
+    assert found is not None and found[0].status == "failed", found
