@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
@@ -22,14 +22,12 @@ from relaybus.bus.consumer import LEASE_MARGIN, Lease
 
 from .charging import PendingCapture
 from .errors import LimitExceeded, rebuild
-from .journal import Fenced, Journal, JournalDivergence, Op
+from .journal import NOT_STORED, Fenced, Journal, JournalDivergence, Op
 
 if TYPE_CHECKING:
     from .port import RuntimePort
 
 DEFAULT_MAX_STEPS = 1000
-A = TypeVar("A")
-B = TypeVar("B")
 
 
 class Execution:
@@ -154,7 +152,8 @@ class Execution:
                     await port.emit_event(
                         self.envelope, "call", recipient=env.recipient, child_id=env.id
                     )
-        if self._pending_ops or also is not None:
+        if self._pending_ops or also is not None or self.revision == NOT_STORED:
+            # (not stored yet: the write that stores it is the fence before an effect)
             ops, self._pending_ops = self._pending_ops, []
 
             def append(journal: Journal) -> None:
@@ -213,11 +212,3 @@ class Execution:
         await self.port.costs.capture(owed)
         self._settled.add(seq)
 
-
-async def both(first: Awaitable[A], second: Awaitable[B]) -> tuple[A, B]:
-    """Await both at once; both finish before the first error (if any) is raised."""
-    a, b = await asyncio.gather(first, second, return_exceptions=True)
-    for outcome in (a, b):
-        if isinstance(outcome, BaseException):
-            raise outcome
-    return a, b  # type: ignore[return-value]

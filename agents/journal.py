@@ -20,6 +20,7 @@ from relaybus.bus.kv import Bucket, RevisionConflict
 Status = Literal["running", "suspended", "completed", "failed", "cancelled"]
 FINAL: frozenset[str] = frozenset({"completed", "failed", "cancelled"})
 MAX_CAS_RETRIES = 100
+NOT_STORED = 0  # the revision of a journal not written yet: its first write creates it
 RECENT_JOURNALS = 4096  # journals a process remembers as it last read or wrote them
 
 
@@ -140,9 +141,13 @@ class JournalStore:
         return revision
 
     async def write(self, journal: Journal, revision: int) -> int:
-        """One CAS write of `journal` as it is; RevisionConflict if it moved."""
+        """One CAS write of `journal` as it is; RevisionConflict if it moved (or, at revision
+        NOT_STORED, if another execution stored it first)."""
         key, data = self.key(journal.run_id, journal.task_id), _encode(journal)
-        written = await self.bucket.update(key, data, revision)
+        if revision == NOT_STORED:
+            written = await self.bucket.create(key, data)
+        else:
+            written = await self.bucket.update(key, data, revision)
         self._keep(key, data, written)
         return written
 

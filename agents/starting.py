@@ -1,6 +1,6 @@
 """How a task starts: its sender and chain checked, its run's record read (a first delivery on
-the run's line marks the run running) while its journal is created, then the handler runs; a
-redelivery takes the task over, repeats a recorded outcome, or does nothing."""
+the run's line marks the run running), then the handler runs, its journal stored by its first
+write; a redelivery takes the task over, repeats a recorded outcome, or does nothing."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import time
 from typing import TYPE_CHECKING
 
 from relaybus.bus import (
+    Abandon,
     Delivery,
     Envelope,
     EnvelopeInvalid,
@@ -23,8 +24,7 @@ from relaybus.services.identity.errors import ChainInvalid, RevocationUnknown
 from relaybus.services.runs.client import look, mark_running
 from relaybus.services.runs.state import Reopen, RunRecord
 
-from .execution import both
-from .journal import FINAL, Journal, driver_of
+from .journal import FINAL, NOT_STORED, Journal, driver_of
 from .limits import limit_problem
 from .resuming import is_driver, take_over
 
@@ -49,16 +49,15 @@ async def on_task(worker: Worker, d: Delivery) -> None:
     replay = d.replayed
     owner = worker.new_owner()
     first = d.attempt == 1 and not replay
-    if first:  # its journal is created as its record is read: two requests at once
-        journal = _new_journal(worker, env, owner, d)
-        run, created = await both(_record_at_start(worker, env, first), _create(worker, journal))
-    else:
-        run, created = await _record_at_start(worker, env, first), None
+    run = await _record_at_start(worker, env, first)
+    # A first delivery's journal is stored by its first write (NOT_STORED until then): the
+    # one before the handler's first effect, or its end. A task that journals nothing costs
+    # one journal write, not two; a duplicate that runs meanwhile is fenced off by that write.
+    created = NOT_STORED if first else None
+    journal = _new_journal(worker, env, owner, d)
     if run is not None:
         if run.status == "cancelled" or env.id in run.cancelled_tasks:
-            if created is not None:  # nothing ran: the journal says so
-                await worker.journals.mutate(env.run_id, env.id, _cancelled, owner=owner)
-            return
+            return  # nothing ran and nothing was stored: a redelivery reads the record again
         if replay and run.status == "failed" and not env.parent_id:
             await worker.run_writer.change(env.run_id, Reopen(), env.chain)
     found = None
@@ -75,7 +74,17 @@ async def on_task(worker: Worker, d: Delivery) -> None:
             return
         queued_ms = (time.time() - env.created_at) * 1000 if env.created_at else 0.0
         await worker.emit_event(env, "started", attempt=d.attempt, latency_ms=max(0.0, queued_ms))
-        await worker.execute(journal, created, owner, d)
+        try:
+            await worker.execute(journal, created, owner, d)
+        except Abandon:
+            if created != NOT_STORED:
+                raise
+            # its first write found the journal stored: a duplicate of a task that ended
+            # answers as one (or is refused); of one that runs, it leaves the message
+            found = await worker.journals.load(env.run_id, env.id)
+            if found is None or found[0].status not in FINAL:
+                raise
+            await _repeat_outcome(worker, env, d, found[0])
         return
     if found is None:
         return
@@ -87,10 +96,7 @@ async def on_task(worker: Worker, d: Delivery) -> None:
         await worker.emit_event(env, "resumed", detail="replayed from the dead-letter queue")
         await worker.execute(journal, revision, owner, d)
     elif journal.status in FINAL:
-        reused = _reused_task_id(journal, env)
-        if reused:  # not a duplicate: the recorded outcome goes only to the task it answers
-            await worker.guard.refuse(env, d, reused)
-        await worker.deliver(env, journal)  # a duplicate: repeat the recorded outcome (idempotent)
+        await _repeat_outcome(worker, env, d, journal)
     elif journal.status == "running" and (is_driver(worker, journal, d) or replay):
         released = not journal.owner  # the last attempt failed and let go of it
         journal, revision = await worker.journals.mutate(
@@ -132,9 +138,13 @@ async def _create(worker: Worker, journal: Journal) -> int | None:
         return None
 
 
-def _cancelled(journal: Journal) -> None:
-    if journal.status not in FINAL:
-        journal.status, journal.owner = "cancelled", ""
+async def _repeat_outcome(worker: Worker, env: Envelope, d: Delivery, journal: Journal) -> None:
+    """A duplicate of a task that ended: its recorded outcome again (idempotent), unless the
+    id was reused by another task, which is refused."""
+    reused = _reused_task_id(journal, env)
+    if reused:  # not a duplicate: the recorded outcome goes only to the task it answers
+        await worker.guard.refuse(env, d, reused)
+    await worker.deliver(env, journal)
 
 
 def _reused_task_id(journal: Journal, env: Envelope) -> str:

@@ -145,3 +145,13 @@ class SleepyOnce(Agent):
         os.close(fd)
         time.sleep(float(os.environ["STALL_S"]))
         return "stalled"
+
+
+class Effector(Agent):
+    """Works a while (journaling nothing), then calls a tool with an effect."""
+
+    name = "effector"
+
+    async def handle(self, ctx: Context, task: Job) -> str:
+        await asyncio.sleep(task.sleep_s)
+        return str(await ctx.tool(apply_effect, log=task.log))

@@ -10,11 +10,14 @@ import sys
 from pathlib import Path
 
 from relaybus.agents.journal import JournalStore
-from relaybus.agents.submit import submit
-from relaybus.bus import Bus
+from relaybus.agents.submit import submit, wait_for_run
+from relaybus.bus import Bus, new_envelope
+from relaybus.bus.envelope import to_message
+from relaybus.bus.feed import EventFeed
+from relaybus.bus.ids import new_id
 from relaybus.bus.kv import Bucket
 
-from ..conftest import Spawn, wait_for
+from ..conftest import Spawn, consuming, wait_for
 
 
 async def test_publish_and_consume_across_two_processes(bus: Bus, spawn: Spawn) -> None:
@@ -165,3 +168,33 @@ async def test_a_dead_lettered_task_s_stalled_execution_cannot_end_it_again(
     journals = JournalStore(await Bucket.open(bus, bus.subjects.bucket("journal")), "sleepyonce")
     found = await journals.load(outcome.run_id, outcome.run_id)
     assert found is not None and found[0].status == "failed", found
+
+
+async def test_a_duplicate_of_a_running_task_never_reaches_its_effect(
+    bus: Bus, spawn: Spawn, tmp_path: Path
+) -> None:
+    # Given a task that journals nothing for a second, then applies an effect, and a duplicate
+    # of it sent meanwhile under a message id of its own (past the stream's duplicate window)
+    log = tmp_path / "effects"
+    for _ in range(2):
+        spawn("agents_for_tests:Effector", RELAYBUS_ACK_WAIT_S="1.5")
+    await consuming(bus, "effector")
+    task = new_envelope(
+        kind="task",
+        sender="user:t",
+        recipient="effector",
+        payload=json.dumps({"log": str(log), "sleep_s": 1.0}).encode(),
+    )
+    async with EventFeed(bus, task.run_id) as feed:
+        await bus.publish(task)
+        await asyncio.sleep(0.2)
+        headers, body = to_message(task)
+        await bus.publish_bytes(
+            bus.subjects.task_admitted("effector"), body, {**headers, "Nats-Msg-Id": new_id()}
+        )
+        outcome = await wait_for_run(feed, task.run_id, timeout_s=30, agent="effector")
+    # Then both started, but the journal stored by the first write before the effect fenced
+    # the second off: one effect, one outcome
+    assert outcome.status == "completed" and outcome.result == "applied", outcome
+    await asyncio.sleep(3.0)  # the duplicate's redelivery, after the ack wait, ends quietly
+    assert len(log.read_text().splitlines()) == 1, log.read_text()
