@@ -211,4 +211,3 @@ class Execution:
             owed = msgspec.json.decode(owed, type=PendingCapture)
         await self.port.costs.capture(owed)
         self._settled.add(seq)
-

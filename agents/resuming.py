@@ -86,6 +86,10 @@ async def merge_and_resume(
     if found is None:
         found = await worker.journals.load(env.run_id, env.parent_id)
     if found is None:
+        if d.attempt < min(EARLY_RESULT_TRIES, worker.retry.attempts):
+            # a task's journal is stored by its first write, which follows the publish of
+            # its children: a child that answered within that moment is read again shortly
+            raise Retry(f"no journal for task {env.parent_id} yet; reading it again", delay_s=0.5)
         log.warning(
             "no journal for task %s of run %s; dropping %s", env.parent_id, env.run_id, env.kind
         )

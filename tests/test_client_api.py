@@ -12,6 +12,7 @@ import pydantic
 import pytest
 
 from relaybus import Agent, Client, Context, Interceptor, RelayError, RunFailed, tool
+from relaybus.agents.journal import NOT_STORED, Journal, JournalStore
 from relaybus.agents.submit import run_store
 from relaybus.bus import decode
 from relaybus.bus.envelope import to_message
@@ -276,3 +277,38 @@ async def test_gather_over_no_children_is_empty_and_a_bad_quorum_fails_at_once()
             await run.result(timeout_s=20)
         record = await run.record()
     assert record.failures == 1, record
+
+
+class Quick(Agent):
+    name = "quick"
+
+    async def handle(self, ctx: Context, task: Any) -> Any:
+        return task
+
+
+class SlowStart(Agent):
+    """Spawns one child as its first operation (the journal is stored by that flush)."""
+
+    name = "slowstart"
+
+    async def handle(self, ctx: Context, task: Any) -> Any:
+        (echoed,) = await ctx.gather(ctx.spawn("quick", task))
+        return {"child": echoed}
+
+
+async def test_a_child_that_answers_before_its_parent_s_journal_is_stored_is_not_lost(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Given a parent whose journal's first write (after its child went out) is slow
+    write = JournalStore.write
+
+    async def late_first_write(self: JournalStore, journal: Journal, revision: int) -> int:
+        if self.agent == "slowstart" and revision == NOT_STORED:
+            await asyncio.sleep(1.2)  # the child ran and answered meanwhile
+        return await write(self, journal, revision)
+
+    monkeypatch.setattr(JournalStore, "write", late_first_write)
+    async with AgentEnvironment([SlowStart, Quick], ack_wait_s=5.0) as env:
+        run = await env.client.submit("slowstart", {"x": 1})
+        # Then the child's early answer was read again once the journal was there
+        assert await run.result(timeout_s=30) == {"child": {"x": 1}}
