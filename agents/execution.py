@@ -143,6 +143,10 @@ class Execution:
         """Publish pending child tasks and handoffs, then commit pending ops in one CAS write;
         `also` changes the journal in that same write (a wait parked with the ops before it)."""
         port = self.port
+        if self.revision == NOT_STORED and (self._pending_publish or self._pending_ops):
+            # stored first: a duplicate of a task that runs elsewhere is fenced off here,
+            # before it publishes anything (its children could carry another payload)
+            await self.mutate(lambda journal: None)
         if self._pending_publish:
             batch, self._pending_publish = self._pending_publish, []
             delegated = [await port.delegate(env, scopes) for env, scopes in batch]

@@ -194,13 +194,13 @@ def driver_of(stream: str, sequence: int) -> str:
     return f"{stream}:{sequence}"
 
 
-def drives(journal: Journal, stream: str, sequence: int, tasks_stream: str) -> bool:
-    """Whether the delivery is (a redelivery of) the one driving the journal's task; a bare
-    sequence, as journals written before drivers named their stream have, counts on the
-    task stream only."""
-    if journal.driver == driver_of(stream, sequence):
-        return True
-    return stream == tasks_stream and journal.driver == str(sequence)
+def drives(journal: Journal, stream: str, sequence: int) -> bool:
+    """Whether the delivery is (a redelivery of) the one driving the journal's task. A bare
+    sequence, as journals written before drivers named their stream have, matches as it
+    did then, on either stream (a timer's redelivery must still take its task over)."""
+    if ":" not in journal.driver:
+        return journal.driver == str(sequence)
+    return journal.driver == driver_of(stream, sequence)
 
 
 def release(journal: Journal) -> None:

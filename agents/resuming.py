@@ -89,7 +89,10 @@ async def merge_and_resume(
         if d.attempt < min(EARLY_RESULT_TRIES, worker.retry.attempts):
             # a task's journal is stored by its first write, which follows the publish of
             # its children: a child that answered within that moment is read again shortly
-            raise Retry(f"no journal for task {env.parent_id} yet; reading it again", delay_s=0.5)
+            raise Retry(
+                f"no journal for task {env.parent_id} yet; reading it again",
+                delay_s=_early_retry_s(worker, d.attempt),
+            )
         log.warning(
             "no journal for task %s of run %s; dropping %s", env.parent_id, env.run_id, env.kind
         )
@@ -100,7 +103,10 @@ async def merge_and_resume(
         ):
             # the parent publishes its children before its journal records them: a child that
             # answered within that moment is read again shortly (a forged one is refused then)
-            raise Retry(f"{problem} yet; reading its journal again", delay_s=0.5)
+            raise Retry(
+                f"{problem} yet; reading its journal again",
+                delay_s=_early_retry_s(worker, d.attempt),
+            )
         await worker.guard.refuse(env, d, problem)
     owner = worker.new_owner()
     driver = driver_of(d.stream, d.sequence)
@@ -131,6 +137,13 @@ async def merge_and_resume(
             await worker.execute(journal, revision, owner, d)
 
 
+def _early_retry_s(worker: Worker, attempt: int) -> float:
+    """When to read a parent's journal again for an outcome it does not know yet: at once for
+    the moment between its children's publish and its journal's write; later, past the ack
+    wait, for a parent that died in that moment (its redelivery replays and records them)."""
+    return 0.5 if attempt == 1 else max(0.5, worker.bus.settings.ack_wait_s / 2)
+
+
 def spawned(journal: Journal) -> dict[str, str]:
     """Child task id → the agent it was sent to, from the journal's spawn operations."""
     out: dict[str, str] = {}
@@ -145,7 +158,7 @@ def spawned(journal: Journal) -> dict[str, str]:
 
 def is_driver(worker: Worker, journal: Journal, d: Delivery) -> bool:
     """Whether `d` is (a redelivery of) the delivery that drives the journal's task."""
-    return drives(journal, d.stream, d.sequence, worker.bus.subjects.stream("TASKS"))
+    return drives(journal, d.stream, d.sequence)
 
 
 def take_over(owner: str, driver: str, *, reopen: bool = False) -> Any:

@@ -60,6 +60,8 @@ async def on_task(worker: Worker, d: Delivery) -> None:
             return  # nothing ran and nothing was stored: a redelivery reads the record again
         if replay and run.status == "failed" and not env.parent_id:
             await worker.run_writer.change(env.run_id, Reopen(), env.chain)
+    if created == NOT_STORED and journal.status == "failed":  # over a limit before it began:
+        created = await _create(worker, journal)  # its outcome is stored before it goes out
     found = None
     if created is None:  # not a first delivery, or a duplicate's create that failed
         found = await worker.journals.load(env.run_id, env.id)

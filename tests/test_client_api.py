@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ from relaybus.agents.journal import NOT_STORED, Journal, JournalStore
 from relaybus.agents.submit import run_store
 from relaybus.bus import decode
 from relaybus.bus.envelope import to_message
+from relaybus.bus.ids import new_id
 from relaybus.bus.streams import read_subject
 from relaybus.client import RunIdTaken, RunTimedOut
 from relaybus.services.runs.state import Finish
@@ -312,3 +314,43 @@ async def test_a_child_that_answers_before_its_parent_s_journal_is_stored_is_not
         run = await env.client.submit("slowstart", {"x": 1})
         # Then the child's early answer was read again once the journal was there
         assert await run.result(timeout_s=30) == {"child": {"x": 1}}
+
+
+class MarkThenWait(Agent):
+    name = "slowchild"
+
+    async def handle(self, ctx: Context, task: Any) -> Any:
+        await ctx.step("mark", lambda: 1)  # its journal is stored
+        await asyncio.sleep(1.5)
+        return "real"
+
+
+class WaitsForChild(Agent):
+    name = "waitparent"
+
+    async def handle(self, ctx: Context, task: Any) -> Any:
+        (result,) = await ctx.gather(ctx.spawn("slowchild", task))
+        return result
+
+
+async def test_a_copy_of_a_running_child_over_a_limit_cannot_fail_it() -> None:
+    async with AgentEnvironment([WaitsForChild, MarkThenWait]) as env:
+        run = await env.client.submit("waitparent", {"x": 1})
+        journals: list[Any] = []
+        for _ in range(100):  # bounded: the child's step is journaled within seconds
+            journals = [j for j in await env.journals(run.run_id) if j.agent == "slowchild"]
+            if journals and journals[0].ops:
+                break
+            await asyncio.sleep(0.05)
+        # When a copy of the running child's task arrives past the duplicate window, its
+        # deadline passed (a first delivery over a limit)
+        bus = env.client.bus
+        copy = msgspec.structs.replace(decode(journals[0].task), deadline=time.time() - 60)
+        headers, body = to_message(copy)
+        await bus.publish_bytes(
+            bus.subjects.task_from("slowchild", "waitparent"),
+            body,
+            {**headers, "Nats-Msg-Id": new_id()},
+        )
+        # Then it changes nothing: the child's own result ends the run
+        assert await run.result(timeout_s=30) == "real"

@@ -380,12 +380,12 @@ def test_a_timer_with_the_driving_task_message_s_sequence_does_not_pass_for_its_
 ):
     # sequences count per stream: timer 7 and task message 7 are different deliveries
     journal = Journal(run_id="r", task_id="t", agent="a", task=b"", driver=driver_of("TASKS", 7))
-    assert drives(journal, "TASKS", 7, tasks_stream="TASKS")
-    assert not drives(journal, "TIMERS", 7, tasks_stream="TASKS")
-    # a journal written before drivers named their stream: its bare sequence is a task's
+    assert drives(journal, "TASKS", 7)
+    assert not drives(journal, "TIMERS", 7)
+    # a journal written before drivers named their stream matches as it did then
     legacy = Journal(run_id="r", task_id="t", agent="a", task=b"", driver="7")
-    assert drives(legacy, "TASKS", 7, tasks_stream="TASKS")
-    assert not drives(legacy, "TIMERS", 7, tasks_stream="TASKS")
+    assert drives(legacy, "TASKS", 7) and drives(legacy, "TIMERS", 7)
+    assert not drives(legacy, "TASKS", 8)
 
 
 async def test_a_stale_remembered_journal_loses_no_merge_made_elsewhere(bus: Bus) -> None:
