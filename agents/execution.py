@@ -47,6 +47,7 @@ class Execution:
         self.revision = revision
         self.owner = owner
         self.cursor = 0
+        self.writes = 0  # journal writes this execution made
         self._pending_ops: list[Op] = []
         self._pending_publish: list[tuple[Envelope, list[str] | None]] = []
         self._timings: dict[int, tuple[float, int]] = {}  # seq -> (latency ms, cost) for events
@@ -189,6 +190,7 @@ class Execution:
                 if op.seq in settled and op.settle:
                     journal.ops[i] = msgspec.structs.replace(op, settle=b"")
 
+        self.writes += 1
         self.journal, self.revision = await self.port.journals.mutate(
             self.envelope.run_id,
             self.envelope.id,

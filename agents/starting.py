@@ -4,8 +4,10 @@ write; a redelivery takes the task over, repeats a recorded outcome, or does not
 
 from __future__ import annotations
 
+import asyncio
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Awaitable
+from typing import TYPE_CHECKING, TypeVar
 
 from relaybus.bus import (
     Abandon,
@@ -31,6 +33,9 @@ from .resuming import is_driver, take_over
 if TYPE_CHECKING:
     from .worker import Worker
 
+A = TypeVar("A")
+B = TypeVar("B")
+
 
 async def on_task(worker: Worker, d: Delivery) -> None:
     env = d.envelope
@@ -49,15 +54,21 @@ async def on_task(worker: Worker, d: Delivery) -> None:
     replay = d.replayed
     owner = worker.new_owner()
     first = d.attempt == 1 and not replay
-    run = await _record_at_start(worker, env, first)
-    # A first delivery's journal is stored by its first write (NOT_STORED until then): the
-    # one before the handler's first effect, or its end. A task that journals nothing costs
-    # one journal write, not two; a duplicate that runs meanwhile is fenced off by that write.
-    created = NOT_STORED if first else None
     journal = _new_journal(worker, env, owner, d)
+    created: int | None
+    if first and worker.journals_early:  # stored now, beside the record's read
+        run, created = await _both(_record_at_start(worker, env, first), _create(worker, journal))
+    else:
+        # Stored by its first write (NOT_STORED until then): the one before the handler's
+        # first effect or child, or its end. A task that journals nothing costs one journal
+        # write, not two; a duplicate that runs meanwhile is fenced off by that write.
+        run = await _record_at_start(worker, env, first)
+        created = NOT_STORED if first else None
     if run is not None:
         if run.status == "cancelled" or env.id in run.cancelled_tasks:
-            return  # nothing ran and nothing was stored: a redelivery reads the record again
+            if created:  # stored: nothing ran, and the journal says so
+                await worker.journals.mutate(env.run_id, env.id, _cancelled, owner=owner)
+            return  # (not stored: a redelivery reads the record again)
         if replay and run.status == "failed" and not env.parent_id:
             await worker.run_writer.change(env.run_id, Reopen(), env.chain)
     if created == NOT_STORED and journal.status == "failed":  # over a limit before it began:
@@ -138,6 +149,20 @@ async def _create(worker: Worker, journal: Journal) -> int | None:
         return await worker.journals.create(journal)
     except RevisionConflict:
         return None
+
+
+async def _both(first: Awaitable[A], second: Awaitable[B]) -> tuple[A, B]:
+    """Await both at once; both finish before the first error (if any) is raised."""
+    a, b = await asyncio.gather(first, second, return_exceptions=True)
+    for outcome in (a, b):
+        if isinstance(outcome, BaseException):
+            raise outcome
+    return a, b  # type: ignore[return-value]
+
+
+def _cancelled(journal: Journal) -> None:
+    if journal.status not in FINAL:
+        journal.status, journal.owner = "cancelled", ""
 
 
 async def _repeat_outcome(worker: Worker, env: Envelope, d: Delivery, journal: Journal) -> None:

@@ -124,6 +124,7 @@ class Worker:
         self.cancellations = Cancellations(bus.subjects)
         self.on_control = self.cancellations.on_control  # the process subscribes it to controls
         self._host = socket.gethostname()
+        self._journaling = 0.0  # how often a first execution wrote its journal before its end
         self._llm: LLMClient | None = None
         self.interceptors: list[Interceptor] = [
             Tracing(),
@@ -163,6 +164,17 @@ class Worker:
             await self.runs.drain()
         if self._llm is not None:
             await self._llm.aclose()
+
+    @property
+    def journals_early(self) -> bool:
+        """Whether this agent's tasks mostly write their journal before they end (a step, a
+        tool, a child): then a first delivery stores it at once, beside the record's read,
+        instead of in the handler's path; a task that journals nothing skips that write."""
+        return self._journaling > 0.5
+
+    def _learn_journaling(self, d: Delivery, *, wrote: bool) -> None:
+        if d.attempt == 1 and not d.replayed and d.envelope.kind == "task":
+            self._journaling += 0.2 * ((1.0 if wrote else 0.0) - self._journaling)
 
     def new_owner(self) -> str:
         return f"{self.name}@{self._host}:{os.getpid()}#{next(_owners)}"
@@ -228,10 +240,12 @@ class Worker:
             task = self.decode_input(env.payload)
             async with timeout:
                 result = await self.agent.handle(ctx, task)
+            self._learn_journaling(d, wrote=ex.writes > 0 or ex.pending)
             if ex.publishing:  # otherwise what is pending goes in the end's write
                 await ex.flush()
             body = encode_result(result)
         except Suspend:
+            self._learn_journaling(d, wrote=True)
             await self.costs.settle_leases(env.run_id)
             await self.emit_event(env, "suspended", latency_ms=ctx.elapsed_ms())
             return "suspended"
