@@ -144,7 +144,7 @@ class Execution:
         """Publish pending child tasks and handoffs, then commit pending ops in one CAS write;
         `also` changes the journal in that same write (a wait parked with the ops before it)."""
         port = self.port
-        if self.revision == NOT_STORED and (self._pending_publish or self._pending_ops):
+        if self.revision == NOT_STORED and self._pending_publish:
             # stored first: a duplicate of a task that runs elsewhere is fenced off here,
             # before it publishes anything (its children could carry another payload)
             await self.mutate(lambda journal: None)

@@ -8,7 +8,6 @@ outcomes, signals and fired timers. A write by an owner that was replaced fails 
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Callable
 from typing import Literal
 
@@ -16,6 +15,7 @@ import msgspec
 
 from relaybus.bus import ErrorInfo, RelayError
 from relaybus.bus.kv import Bucket, RevisionConflict
+from relaybus.bus.recent import Recent
 
 Status = Literal["running", "suspended", "completed", "failed", "cancelled"]
 FINAL: frozenset[str] = frozenset({"completed", "failed", "cancelled"})
@@ -113,8 +113,7 @@ class JournalStore:
     def __init__(self, bucket: Bucket, agent: str, remember: int = RECENT_JOURNALS) -> None:
         self.bucket = bucket
         self.agent = agent
-        self._remember = remember
-        self._recent: OrderedDict[str, tuple[bytes, int]] = OrderedDict()
+        self._recent: Recent[str, tuple[bytes, int]] = Recent(remember)
 
     def key(self, run_id: str, task_id: str) -> str:
         return f"{run_id}.{task_id}.{self.agent}"
@@ -124,7 +123,7 @@ class JournalStore:
         found = await self.bucket.get(key)
         if found is None:
             return None
-        self._keep(key, found[0], found[1])
+        self._recent.set(key, found)
         return _decode(found[0]), found[1]
 
     def recent(self, run_id: str, task_id: str) -> tuple[Journal, int] | None:
@@ -137,7 +136,7 @@ class JournalStore:
     async def create(self, journal: Journal) -> int:
         key, data = self.key(journal.run_id, journal.task_id), _encode(journal)
         revision = await self.bucket.create(key, data)
-        self._keep(key, data, revision)
+        self._recent.set(key, (data, revision))
         return revision
 
     async def write(self, journal: Journal, revision: int) -> int:
@@ -148,14 +147,8 @@ class JournalStore:
             written = await self.bucket.create(key, data)
         else:
             written = await self.bucket.update(key, data, revision)
-        self._keep(key, data, written)
+        self._recent.set(key, (data, written))
         return written
-
-    def _keep(self, key: str, data: bytes, revision: int) -> None:
-        self._recent[key] = (data, revision)
-        self._recent.move_to_end(key)
-        while len(self._recent) > self._remember:
-            self._recent.popitem(last=False)
 
     async def mutate(
         self,

@@ -263,7 +263,7 @@ class Consumer:
             stream=msg.metadata.stream,
             source=source,
             replayed=replayed,
-            lease=self._inflight[id(msg)][1] if id(msg) in self._inflight else Lease(),
+            lease=held[1] if (held := self._inflight.get(id(msg))) else Lease(),
         )
         if attempt > self.max_deliver:
             reason = (

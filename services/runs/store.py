@@ -6,13 +6,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import OrderedDict
 from collections.abc import Callable
 
 import msgspec
 
 from relaybus.bus import RelayError
 from relaybus.bus.kv import Bucket, RevisionConflict
+from relaybus.bus.recent import Recent
 
 from .state import (
     Cancel,
@@ -44,19 +44,16 @@ class RunStore:
 
     def __init__(self, bucket: Bucket) -> None:
         self.bucket = bucket
-        self._known: OrderedDict[str, tuple[bytes, int]] = OrderedDict()
+        self._known: Recent[str, tuple[bytes, int]] = Recent(KNOWN)
         self._marking: dict[str, asyncio.Task[None]] = {}  # `running` writes under way
 
     def _remember(self, run_id: str, data: bytes, revision: int) -> None:
-        self._known[run_id] = (data, revision)
-        self._known.move_to_end(run_id)
-        while len(self._known) > KNOWN:
-            self._known.popitem(last=False)
+        self._known.set(run_id, (data, revision))
 
     async def _read(self, run_id: str) -> tuple[bytes, int] | None:
         found = await self.bucket.get(run_id)
         if found is None:
-            self._known.pop(run_id, None)
+            self._known.forget(run_id)
         else:
             self._remember(run_id, *found)
         return found
@@ -93,7 +90,7 @@ class RunStore:
                 self._remember(run_id, data, await self.bucket.update(run_id, data, found[1]))
                 return record
             except RevisionConflict:
-                self._known.pop(run_id, None)
+                self._known.forget(run_id)
                 found = None
         raise RelayError(f"run record {run_id} kept changing")
 
