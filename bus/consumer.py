@@ -32,6 +32,7 @@ from .errors import (
     Retry,
 )
 from .events import DeadLetter, Event, event_encoder
+from .pulling import OpenPulls
 from .streams import ConsumerSpec, agent_consumer, ensure_consumer_ready
 from .subjects import check_name
 
@@ -130,7 +131,7 @@ class Consumer:
         retry: RetryPolicy | None = None,
         ack_wait_s: float | None = None,
         grace_s: float = 30.0,
-        fetch_timeout_s: float = 1.0,
+        pull_expires_s: float | None = None,
         spec: ConsumerSpec | None = None,
         on_dead_letter: DeadLetterHook | None = None,
     ) -> None:
@@ -144,45 +145,60 @@ class Consumer:
         self.max_deliver = self.retry.attempts
         self.ack_wait_s = ack_wait_s or bus.settings.ack_wait_s
         self.grace_s = grace_s
-        self.fetch_timeout_s = fetch_timeout_s
+        # Under the ack wait: a replica that stalls lets its open requests lapse before the
+        # server hands its stalled messages to another one, so none lands in a frozen process.
+        self.pull_expires_s = pull_expires_s or min(30.0, self.ack_wait_s / 2)
         self.spec = spec or agent_consumer(bus.subjects, agent, self.ack_wait_s)
         self.on_dead_letter = on_dead_letter
         self._inflight: dict[int, tuple[Msg, Lease]] = {}  # id -> (message, its lease)
         self._slot_free = asyncio.Event()
-        self._min_batch = max(1, concurrency // 4)
+        self._top_up_at = max(1, concurrency // 2)
+        self._ticked = time.monotonic()  # the heartbeat loop's last turn
+        self._stall = (0.0, 0.0)  # the last stall it saw: (from, to)
         self._partial_since = 0.0
         self.processed = 0
 
     async def run(self, stop: asyncio.Event) -> None:
         await ensure_consumer_ready(self.bus, self.spec)
-        psub = await self.bus.js.pull_subscribe_bind(self.spec.durable, stream=self.spec.stream)
         tasks: set[asyncio.Task[None]] = set()
+        slots = asyncio.Semaphore(self.concurrency)
+
+        def received(msg: Msg) -> None:
+            # the lease starts now (a message beyond the free slots waits for one, kept alive),
+            # or when the process stalled, if it just did: the message may have waited through
+            # the stall in the socket's buffer, its ack wait running at the server
+            self._inflight[id(msg)] = (msg, Lease(self.ack_wait_s, self._alive_since()))
+            task = asyncio.create_task(self._process(msg, slots))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+
+        pulls = OpenPulls(
+            self.bus,
+            self.spec.stream,
+            self.spec.durable,
+            received,
+            self._slot_free.set,
+            expires_s=self.pull_expires_s,
+            heartbeat_s=min(5.0, self.pull_expires_s / 4),
+        )
+        await pulls.start()
         beat = asyncio.create_task(self._heartbeats(stop))
+        waker = asyncio.create_task(self._wake_on(stop))
         try:
+            checked = time.monotonic()
             while not stop.is_set():
-                free = self.concurrency - len(self._inflight)
-                if free < self._min_batch and not await self._batch_ready(free):
-                    continue
+                self._slot_free.clear()
+                wait_s = await self._top_up(pulls)
                 try:
-                    msgs = await psub.fetch(free, timeout=self.fetch_timeout_s)
-                except (TimeoutError, nats.errors.TimeoutError):
-                    continue
-                except nats.errors.ConnectionClosedError:
-                    break
-                except nats.errors.Error as exc:
-                    log.warning("fetch for %s failed: %r", self.agent, exc)
-                    await asyncio.sleep(0.5)
-                    continue
-                for msg in msgs:
-                    self._inflight[id(msg)] = (msg, Lease(self.ack_wait_s))
-                    task = asyncio.create_task(self._process(msg))
-                    tasks.add(task)
-                    task.add_done_callback(tasks.discard)
-                # the handlers first, to their first request, then the next fetch: a hop's
-                # first round trip does not queue behind the fetch on the connection
-                await asyncio.sleep(0)
+                    await asyncio.wait_for(self._slot_free.wait(), wait_s)
+                except TimeoutError:
+                    pass
+                if time.monotonic() - checked >= 1.0:
+                    checked = time.monotonic()
+                    pulls.check()
+            await pulls.close()  # no more deliveries; what arrived already is drained below
             if tasks:
-                _, late = await asyncio.wait(tasks, timeout=self.grace_s)
+                _, late = await asyncio.wait(set(tasks), timeout=self.grace_s)
                 for task in late:  # unacked: redelivered to another replica after ack_wait
                     task.cancel()
         except asyncio.CancelledError:  # stopped at once (an embedding app, a test's crash):
@@ -191,35 +207,62 @@ class Consumer:
             raise
         finally:
             beat.cancel()
-            await psub.unsubscribe()
+            waker.cancel()
+            await pulls.close()
 
-    async def _batch_ready(self, free: int) -> bool:
-        """Wait for a slot; fetch a small batch only after a short grace, so a busy
-        consumer fetches many messages per round trip instead of one."""
-        self._slot_free.clear()
-        if free <= 0:
-            await self._slot_free.wait()
-            return False
-        if self._partial_since == 0.0:
-            self._partial_since = time.monotonic()
-        elif time.monotonic() - self._partial_since > 0.02:
+    async def _wake_on(self, stop: asyncio.Event) -> None:
+        await stop.wait()
+        self._slot_free.set()
+
+    async def _top_up(self, pulls: OpenPulls) -> float:
+        """Ask for as many messages as there are slots the open requests do not cover: at
+        once when half the slots are uncovered (one request per several tasks on a quiet
+        consumer, not one each); when nothing is requested, a small batch after a short
+        grace, so a busy consumer asks for many messages per request instead of one.
+        Returns how long to wait before looking again."""
+        want = self.concurrency - len(self._inflight) - pulls.requested
+        if want <= 0:
             self._partial_since = 0.0
-            return True
+            return 1.0
+        if want < self._top_up_at:
+            if pulls.requested > 0:
+                return 1.0  # enough is asked for; top up when more slots are uncovered
+            if self._inflight:
+                now = time.monotonic()
+                if self._partial_since == 0.0:
+                    self._partial_since = now
+                if now - self._partial_since < 0.02:
+                    return 0.02 - (now - self._partial_since)
+        self._partial_since = 0.0
         try:
-            await asyncio.wait_for(self._slot_free.wait(), 0.02)
-        except TimeoutError:
-            self._partial_since = 0.0
-            return True
-        return False
+            await pulls.request(want)
+        except nats.errors.Error:
+            return 0.5
+        return 1.0
+
+    def _alive_since(self) -> float:
+        """Now, or the start of a stall the process just woke from (the heartbeat loop saw
+        it, or is late to run and so in it still)."""
+        now = time.monotonic()
+        tick = self.ack_wait_s / 8
+        if now - self._ticked > 1.5 * tick:  # the heartbeat loop has not run: stalled still
+            return self._ticked
+        if now - self._stall[1] < min(0.5, tick):  # woke from one a moment ago
+            return self._stall[0]
+        return now
 
     async def _heartbeats(self, stop: asyncio.Event) -> None:
         """Tell the server every message still in hand is in progress, each at least every
         quarter of the ack wait: a process starved of CPU for most of the ack wait (a busy
         host) still keeps its messages, so no second replica starts the same task meanwhile."""
         every = self.ack_wait_s / 4
+        self._ticked = time.monotonic()
         while True:
             await asyncio.sleep(every / 2)
             now = time.monotonic()
+            if now - self._ticked > 1.5 * every / 2:
+                self._stall = (self._ticked, now)
+            self._ticked = now
             for msg, lease in list(self._inflight.values()):
                 if now - lease.last_beat >= every:
                     lease.beat(now)
@@ -228,9 +271,10 @@ class Consumer:
                     except nats.errors.Error as exc:
                         log.warning("in-progress heartbeat failed: %r", exc)
 
-    async def _process(self, msg: Msg) -> None:
+    async def _process(self, msg: Msg, slots: asyncio.Semaphore) -> None:
         try:
-            await self._handle(msg)
+            async with slots:
+                await self._handle(msg)
         except Exception:  # the loop must survive anything a message does
             log.exception("unexpected failure processing a %s message", self.agent)
         finally:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -235,3 +237,87 @@ async def test_an_attempt_that_fails_after_its_lease_lapsed_neither_naks_nor_dea
         letter = await dlq.next()
     assert attempts == [1], attempts  # attempt 2 is over max_deliver: dead-lettered unrun
     assert letter.attempts == 1 and "did not finish" in letter.reason
+
+
+async def test_a_message_that_waited_out_a_stall_in_the_socket_starts_with_its_lease_in_doubt(
+    bus: Bus,
+) -> None:
+    # Given a consumer with an open pull request, whose process then blocks for longer than
+    # its lease margin while a second task is published (by another process: here a thread)
+    leases: dict[bytes, bool] = {}
+
+    async def blocks_on_the_first(d: Delivery) -> None:
+        leases[d.envelope.payload] = d.lease.held()
+        if d.envelope.payload == b'"stall"':
+            time.sleep(1.8)  # 2 s ack wait: past 75% of it, the server may redeliver
+
+    def publish_during_the_stall() -> None:
+        async def publish() -> None:
+            await asyncio.sleep(0.4)
+            async with Bus(bus.settings, name="other") as other:
+                await other.publish(
+                    new_envelope(kind="task", sender="user:t", recipient="frozen", payload=b'"2"')
+                )
+
+        asyncio.run(publish())
+
+    async with running(bus, "frozen", blocks_on_the_first, concurrency=4, ack_wait_s=2.0):
+        await asyncio.sleep(0.3)  # its pull request is open
+        thread = threading.Thread(target=publish_during_the_stall)
+        thread.start()  # publishes 0.4 s from now: the handler blocks the loop by then
+        await bus.publish(
+            new_envelope(kind="task", sender="user:t", recipient="frozen", payload=b'"stall"')
+        )
+        for _ in range(100):  # bounded: 5 s
+            if b'"2"' in leases:
+                break
+            await asyncio.sleep(0.05)
+        thread.join(5)
+    # Then the second task, which reached this process during the stall, is not taken as
+    # freshly leased: the server's ack wait for it ran meanwhile
+    assert leases == {b'"stall"': True, b'"2"': False}, leases
+
+
+async def test_a_quiet_consumer_asks_for_tasks_once_per_several_and_outlives_its_requests(
+    bus: Bus,
+) -> None:
+    # Given a consumer of 8 slots whose pull requests expire every second (a 2 s ack wait)
+    handled: list[bytes] = []
+
+    async def handle(d: Delivery) -> None:
+        handled.append(d.envelope.payload)
+
+    requests: list[str] = []
+
+    async def seen(msg: object) -> None:
+        requests.append(msg.subject)  # type: ignore[attr-defined]
+
+    watcher = await bus.nc.subscribe("$JS.API.CONSUMER.MSG.NEXT.>", cb=seen)
+    try:
+        async with running(bus, "quiet", handle, concurrency=8, ack_wait_s=2.0):
+            await asyncio.sleep(0.3)
+            # When 16 tasks come one at a time
+            before = len(requests)
+            for i in range(16):
+                await bus.publish(
+                    new_envelope(kind="task", sender="user:t", recipient="quiet", payload=b"%d" % i)
+                )
+                for _ in range(200):  # bounded: 2 s
+                    if len(handled) == i + 1:
+                        break
+                    await asyncio.sleep(0.01)
+            asked = len(requests) - before
+            # and one more after its requests expired a few times over
+            await asyncio.sleep(3.0)
+            await bus.publish(
+                new_envelope(kind="task", sender="user:t", recipient="quiet", payload=b"16")
+            )
+            for _ in range(200):  # bounded: 4 s
+                if len(handled) == 17:
+                    break
+                await asyncio.sleep(0.02)
+    finally:
+        await watcher.unsubscribe()
+    # Then every task was handled once, in order, with a request per four tasks, not one each
+    assert handled == [b"%d" % i for i in range(17)], handled
+    assert asked <= 5, (asked, requests)
