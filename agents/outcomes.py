@@ -75,11 +75,17 @@ class Outcomes:
         # (a resend, a redelivery after a crash): the end event goes out once either way. A run
         # cancelled from outside already has its event, from the operator that cancelled it.
         if changed or (record.status == status != "cancelled" and record.ended):
+            # the record's outcome, which a resend or a rerun of a pure task cannot change
+            result = (
+                journal.result
+                if changed or record.result is None
+                else msgspec.json.encode(record.result)
+            )
             await self.emit(
                 env,
                 status,
-                result=journal.result,
-                error=journal.error,
+                result=result,
+                error=journal.error if changed else record.error,
                 cost=cost,
                 latency_ms=latency_ms,
                 once=run_end_id(env.run_id, record.ended),

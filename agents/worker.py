@@ -66,10 +66,12 @@ from .guard import Guard, sender_problem
 from .interceptors import Interceptor, Metrics, Tracing, run_task
 from .journal import (
     FINAL,
+    NOT_STORED,
     Fenced,
     Journal,
     JournalDivergence,
     JournalStore,
+    Op,
     release,
 )
 from .messages import (
@@ -330,6 +332,14 @@ class Worker:
             journal.waiting = None
 
         await self.costs.settle_leases(ex.envelope.run_id)
+        if _ends_unjournaled(ex, ops, status, handoff):
+            # nothing to keep: no operation, no child, no delegation to show later. The end
+            # goes only where it is awaited, the run's record (root) or the parent's journal
+            # (child), whose writes take one end of a task and refuse or ignore a second; a
+            # copy of this pure task run again meanwhile ends it the same way
+            journal = msgspec.structs.replace(ex.journal, status=status, result=result)
+            await self.deliver(ex.envelope, journal, latency_ms)
+            return
         # the journal's end first: an execution that was taken over (Fenced here) must not
         # deliver an outcome, which would be the run's if it came first
         await self.deliver(ex.envelope, await ex.mutate(change), latency_ms)
@@ -430,3 +440,16 @@ if TYPE_CHECKING:  # the worker is the runtime behind every Context: mypy checks
     from .port import RuntimePort
 
     _PORT_CHECK: type[RuntimePort] = Worker
+
+
+def _ends_unjournaled(ex: Execution, ops: list[Op], status: str, handoff: str) -> bool:
+    """Whether a task ends without a journal: a first execution that completed having
+    recorded nothing (its journal never stored) and carrying no delegation chain (which
+    `relaybus runs show` reads from the journals)."""
+    return (
+        ex.revision == NOT_STORED
+        and not ops
+        and status == "completed"
+        and not handoff
+        and not ex.envelope.chain
+    )
