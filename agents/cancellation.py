@@ -47,6 +47,10 @@ class Cancellations:
     def is_cancelled(self, env: Envelope) -> bool:
         return env.run_id in self._cancelled or env.id in self._cancelled
 
+    def learned(self, key: str) -> None:
+        """A run or task found cancelled elsewhere (its run's record): known from now on."""
+        self._cancelled.add(key)
+
     async def on_control(self, subject: str, data: bytes) -> None:
         """A run cancelled by an operator (no sender token), or tasks cancelled by the agent
         that started them (its name is the subject's last token); anything else is ignored."""

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import msgspec
 
@@ -28,6 +28,8 @@ if TYPE_CHECKING:
     from .port import RuntimePort
 
 DEFAULT_MAX_STEPS = 1000
+A = TypeVar("A")
+B = TypeVar("B")
 
 
 class Execution:
@@ -147,7 +149,7 @@ class Execution:
         if self.revision == NOT_STORED and self._pending_publish:
             # stored first: a duplicate of a task that runs elsewhere is fenced off here,
             # before it publishes anything (its children could carry another payload)
-            await self.mutate(lambda journal: None)
+            await self.mutate(lambda journal: None, first=True)
         if self._pending_publish:
             batch, self._pending_publish = self._pending_publish, []
             delegated = [await port.delegate(env, scopes) for env, scopes in batch]
@@ -167,7 +169,7 @@ class Execution:
                 if also is not None:
                     also(journal)
 
-            await self.mutate(append)
+            await self.mutate(append, first=self.revision == NOT_STORED)
             for op in ops:
                 if op.kind in ("step", "tool") and op.error is None:
                     latency_ms, cost = self._timings.pop(op.seq, (0.0, 0))
@@ -179,9 +181,12 @@ class Execution:
                         cost=cost,
                     )
 
-    async def mutate(self, change: Callable[[Journal], None]) -> Journal:
+    async def mutate(self, change: Callable[[Journal], None], *, first: bool = False) -> Journal:
         """Apply `change` to the journal with CAS, as its owner (Fenced once taken over);
-        captures sent since the last write are struck from it in the same write."""
+        captures sent since the last write are struck from it in the same write. `first`: the
+        write that stores the journal, before the task's first effect or child, which also
+        reads the run's record: a task whose run (or itself) was cancelled before it started
+        stops there (asyncio.CancelledError, ended as cancelled), with nothing done."""
         settled, self._settled = self._settled, set()
 
         def change_and_strike(journal: Journal) -> None:
@@ -191,13 +196,21 @@ class Execution:
                     journal.ops[i] = msgspec.structs.replace(op, settle=b"")
 
         self.writes += 1
-        self.journal, self.revision = await self.port.journals.mutate(
+        write = self.port.journals.mutate(
             self.envelope.run_id,
             self.envelope.id,
             change_and_strike,
             owner=self.owner,
             current=(self.journal, self.revision),
         )
+        if first and self.revision == NOT_STORED:
+            (self.journal, self.revision), cancelled = await both(
+                write, self.port.cancelled_before_start(self.envelope)
+            )
+            if cancelled:
+                raise asyncio.CancelledError
+        else:
+            self.journal, self.revision = await write
         return self.journal
 
     async def flush_and_settle(self, seq: int, owed: PendingCapture | None) -> None:
@@ -217,3 +230,12 @@ class Execution:
             owed = msgspec.json.decode(owed, type=PendingCapture)
         await self.port.costs.capture(owed)
         self._settled.add(seq)
+
+
+async def both(first: Awaitable[A], second: Awaitable[B]) -> tuple[A, B]:
+    """Await both at once; both finish before the first error (if any) is raised."""
+    a, b = await asyncio.gather(first, second, return_exceptions=True)
+    for outcome in (a, b):
+        if isinstance(outcome, BaseException):
+            raise outcome
+    return a, b  # type: ignore[return-value]

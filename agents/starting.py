@@ -1,13 +1,11 @@
-"""How a task starts: its sender and chain checked, its run's record read (a first delivery on
-the run's line marks the run running), then the handler runs, its journal stored by its first
-write; a redelivery takes the task over, repeats a recorded outcome, or does nothing."""
+"""How a task starts: its sender and chain checked, then the handler runs, its journal stored
+(and its run's record read for a cancel) by its first write; a redelivery reads the record,
+then takes the task over, repeats a recorded outcome, or does nothing."""
 
 from __future__ import annotations
 
-import asyncio
 import time
-from collections.abc import Awaitable
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING
 
 from relaybus.bus import (
     Abandon,
@@ -23,18 +21,16 @@ from relaybus.bus import (
 )
 from relaybus.bus.kv import RevisionConflict
 from relaybus.services.identity.errors import ChainInvalid, RevocationUnknown
-from relaybus.services.runs.client import look, mark_running
+from relaybus.services.runs.client import look
 from relaybus.services.runs.state import Reopen, RunRecord
 
+from .execution import both
 from .journal import FINAL, NOT_STORED, Journal, driver_of
 from .limits import limit_problem
 from .resuming import is_driver, take_over
 
 if TYPE_CHECKING:
     from .worker import Worker
-
-A = TypeVar("A")
-B = TypeVar("B")
 
 
 async def on_task(worker: Worker, d: Delivery) -> None:
@@ -56,14 +52,23 @@ async def on_task(worker: Worker, d: Delivery) -> None:
     first = d.attempt == 1 and not replay
     journal = _new_journal(worker, env, owner, d)
     created: int | None
+    run: RunRecord | None = None
+    if first and worker.cancellations.is_cancelled(env):
+        return  # cancelled while this process ran: nothing ran, nothing is stored
     if first and worker.journals_early:  # stored now, beside the record's read
-        run, created = await _both(_record_at_start(worker, env, first), _create(worker, journal))
+        run, created = await both(
+            look(worker.run_writer, env.run_id, env.chain), _create(worker, journal)
+        )
+    elif first:
+        # Nothing read or written at the start. The journal is stored by the task's first
+        # write (the one before its first effect or child, or its end), beside a read of the
+        # run's record for a cancel that came before the start; a duplicate that runs
+        # meanwhile is fenced off by that write. A task that writes nothing ends in the run's
+        # record (or its parent), which refuses the end of a cancelled run.
+        created = NOT_STORED
     else:
-        # Stored by its first write (NOT_STORED until then): the one before the handler's
-        # first effect or child, or its end. A task that journals nothing costs one journal
-        # write, not two; a duplicate that runs meanwhile is fenced off by that write.
-        run = await _record_at_start(worker, env, first)
-        created = NOT_STORED if first else None
+        run = await look(worker.run_writer, env.run_id, env.chain)
+        created = None
     if run is not None:
         if run.status == "cancelled" or env.id in run.cancelled_tasks:
             if created:  # stored: nothing ran, and the journal says so
@@ -120,14 +125,6 @@ async def on_task(worker: Worker, d: Delivery) -> None:
         await worker.execute(journal, revision, owner, d)
 
 
-async def _record_at_start(worker: Worker, env: Envelope, first: bool) -> RunRecord | None:
-    """The run's record as a task starts; a first delivery on the run's line also marks
-    the run running (one request, not a look and a write)."""
-    if first and not env.parent_id:
-        return await mark_running(worker.run_writer, env.run_id, env.chain)
-    return await look(worker.run_writer, env.run_id, env.chain)
-
-
 def _new_journal(worker: Worker, env: Envelope, owner: str, d: Delivery) -> Journal:
     journal = Journal(
         run_id=env.run_id,
@@ -149,15 +146,6 @@ async def _create(worker: Worker, journal: Journal) -> int | None:
         return await worker.journals.create(journal)
     except RevisionConflict:
         return None
-
-
-async def _both(first: Awaitable[A], second: Awaitable[B]) -> tuple[A, B]:
-    """Await both at once; both finish before the first error (if any) is raised."""
-    a, b = await asyncio.gather(first, second, return_exceptions=True)
-    for outcome in (a, b):
-        if isinstance(outcome, BaseException):
-            raise outcome
-    return a, b  # type: ignore[return-value]
 
 
 def _cancelled(journal: Journal) -> None:

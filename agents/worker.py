@@ -45,7 +45,7 @@ from relaybus.services.ledger.errors import BudgetExceeded
 from relaybus.services.ledger.prices import load_prices
 from relaybus.services.ledger.settings import LedgerSettings
 from relaybus.services.payments.errors import PaymentRefused
-from relaybus.services.runs.client import run_writer
+from relaybus.services.runs.client import look, run_writer
 from relaybus.services.runs.state import (
     CancelTasks,
     CountFailure,
@@ -417,6 +417,18 @@ class Worker:
             ),
             subject=self.bus.subjects.timer(self.name),
         )
+
+    async def cancelled_before_start(self, env: Envelope) -> bool:
+        if self.cancellations.is_cancelled(env):
+            return True
+        run = await look(self.run_writer, env.run_id, env.chain)
+        if run is None:
+            return False
+        if run.status == "cancelled":
+            self.cancellations.learned(env.run_id)
+        if env.id in run.cancelled_tasks:
+            self.cancellations.learned(env.id)
+        return self.cancellations.is_cancelled(env)
 
     async def cancel_tasks(self, env: Envelope, task_ids: list[str]) -> None:
         run_id = env.run_id

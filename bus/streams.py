@@ -339,6 +339,19 @@ async def consumer_exists(bus: Bus, spec: ConsumerSpec) -> bool:
     return True
 
 
+async def is_stored(bus: Bus, stream: str, subject: str) -> bool | None:
+    """Whether `stream` holds a message on `subject` (one direct read); None if it could not
+    be told (no permission, no answer)."""
+    try:
+        await bus.js.get_last_msg(stream, subject, direct=True)
+    except nats.js.errors.NotFoundError:
+        return False
+    except (nats.errors.Error, TimeoutError) as exc:
+        log.debug("could not read the last message on %s: %r", subject, exc)
+        return None
+    return True
+
+
 async def read_subject(
     bus: Bus, stream: str, subject: str, after: int = 0
 ) -> list[tuple[int, bytes]]:

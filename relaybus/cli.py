@@ -23,6 +23,7 @@ from relaybus.bus.runtime import (
     setup_logging,
 )
 from relaybus.bus.telemetry import Telemetry
+from relaybus.services.runs.shown import shown, shown_one
 from relaybus.services.runs.state import ENDED
 
 if TYPE_CHECKING:
@@ -219,7 +220,7 @@ async def runs_list(args: argparse.Namespace, settings: Settings) -> int:
     from relaybus.agents.submit import run_store
 
     async with Bus(settings, name="relaybus-runs") as bus:
-        records = await (await run_store(bus)).recent(args.limit)
+        records = await shown(bus, await (await run_store(bus)).recent(args.limit))
     from relaybus.services.ledger.settings import LedgerSettings
 
     currency = LedgerSettings.of(settings).ledger_currency
@@ -257,6 +258,8 @@ async def run_show(args: argparse.Namespace, settings: Settings) -> int:
 
     async with Bus(settings, name="relaybus-runs") as bus:
         record = await (await run_store(bus)).get(args.run_id)
+        if record is not None:
+            record = await shown_one(bus, record)
     if record is None:
         raise RelayError(f"no run {args.run_id}; `relaybus runs` lists the recent ones")
     row = record.summary()

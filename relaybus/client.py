@@ -23,6 +23,7 @@ from relaybus.agents.submit import RunIdTaken, RunOutcome, run_store, submit
 from relaybus.agents.waiting import await_outcome
 from relaybus.bus import Bus, RelayError, RunFailed, Settings
 from relaybus.bus.errors import ErrorInfo
+from relaybus.services.runs.shown import shown_one
 from relaybus.services.runs.state import RunRecord
 
 __all__ = ["Client", "Run", "RunIdTaken", "RunTimedOut"]
@@ -124,11 +125,12 @@ class Run:
         return f"Run({self.run_id!r}, agent={self.agent!r})"
 
     async def record(self) -> RunRecord:
-        """The run's record as the runtime keeps it (status, cost, steps, waits)."""
+        """The run's record as the runtime keeps it (status, cost, steps, waits); `running`
+        once its first task started (`services/runs/shown.py`)."""
         found = await (await run_store(self.client.bus)).get(self.run_id)
         if found is None:
             raise RelayError(f"no run {self.run_id}; `relaybus runs` lists the recent ones")
-        return found
+        return await shown_one(self.client.bus, found)
 
     async def outcome(self, timeout_s: float = 60.0) -> RunOutcome:
         """How the run ended (status `timeout` if it did not within `timeout_s`)."""

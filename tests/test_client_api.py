@@ -203,6 +203,47 @@ async def test_a_crashed_agent_replays_its_task_and_the_effect_runs_once(
     assert sum("charged order A-7" in line for line in lines) == 1, lines
 
 
+async def test_a_run_cancelled_before_its_task_started_runs_no_effect_and_stays_cancelled(
+    tmp_path: Path,
+) -> None:
+    # Given two runs cancelled while their agents were down (their processes never saw the
+    # cancels): one whose handler has an effect, one whose handler has none
+    global EFFECTS
+    EFFECTS = tmp_path / "effects"
+    GATE.set()
+    async with AgentEnvironment([], ack_wait_s=1.0) as env:
+        charged = await env.client.submit("charger", {"order": "C-1"})
+        echoed = await env.client.submit("echo", {"text": "late"})
+        await charged.cancel("changed my mind")
+        await echoed.cancel("changed my mind")
+        # When the agents start and take the tasks
+        await env.start(Charger())
+        await env.start(Echo())
+        bus = env.client.bus
+        for _ in range(100):  # bounded: 10 s
+            infos = [
+                await bus.js.consumer_info(bus.subjects.stream("TASKS"), f"agent_{name}")
+                for name in ("charger", "echo")
+            ]
+            if all(i.delivered.stream_seq and not i.num_ack_pending for i in infos):
+                break
+            await asyncio.sleep(0.1)
+        else:
+            raise AssertionError("the tasks were never handled")
+        await asyncio.sleep(0.3)
+        # Then the effect never ran, both runs stay cancelled and neither ends a second time
+        assert not EFFECTS.exists(), EFFECTS.read_text()
+        for run in (charged, echoed):
+            record = await run.record()
+            assert record.status == "cancelled", record
+            stored = await read_subject(
+                bus, bus.subjects.stream("EVENTS"), bus.subjects.events_of(run.run_id)
+            )
+            assert not [d for _, d in stored if b'"kind":"completed"' in d], stored
+        (journal,) = await env.journals(charged.run_id)
+        assert journal.status == "cancelled" and not journal.ops, journal
+
+
 class Add(pydantic.BaseModel):
     a: int
     b: int

@@ -10,6 +10,7 @@ from typing import Any
 import msgspec
 
 from relaybus.bus import Bus, ErrorInfo, RelayError
+from relaybus.services.runs.shown import shown_one
 from relaybus.services.runs.state import RunRecord
 
 from ..control import cancel_run, send_signal
@@ -55,7 +56,7 @@ class CallerRuns:
         found = await (await run_store(self.bus)).get(run_id)
         if found is None or found.submitted_by != self.sender:
             raise NotYourRun(run_id)
-        return found
+        return await shown_one(self.bus, found)
 
     async def cancel(self, run_id: str) -> None:
         await self.record(run_id)

@@ -15,6 +15,7 @@ from relaybus.bus import cli as bus_cli
 from relaybus.bus.feed import EventFeed, from_the_run
 from relaybus.bus.subjects import check_name
 from relaybus.services.ledger.client import LedgerClient
+from relaybus.services.runs.shown import shown, shown_one
 from relaybus.services.runs.state import ENDED, RunRecord
 from relaybus.services.runs.store import RunStore
 
@@ -61,12 +62,12 @@ class ConsoleData:
         record = await (await self.store()).get(checked_run_id(run_id))
         if record is None or not viewer.sees(record.submitted_by):
             raise NotFound(f"no run {run_id}")
-        return record
+        return await shown_one(self.bus, record)
 
     async def runs(self, viewer: Viewer, limit: int) -> list[dict[str, Any]]:
         records = await (await self.store()).recent(RECENT_RUNS if viewer.user else limit)
-        shown = [r for r in records if viewer.sees(r.submitted_by)][:limit]
-        ledger = await self._ledger_costs() if any(not self._kept(r) for r in shown) else None
+        visible = await shown(self.bus, [r for r in records if viewer.sees(r.submitted_by)][:limit])
+        ledger = await self._ledger_costs() if any(not self._kept(r) for r in visible) else None
         gate = asyncio.Semaphore(PARALLEL_RUNS)
 
         async def row(record: RunRecord) -> dict[str, Any]:
@@ -79,11 +80,12 @@ class ConsoleData:
                 numbers = self._keep(record, tree)
             return run_row(record, record.run_id, numbers)
 
-        return list(await asyncio.gather(*(row(r) for r in shown)))
+        return list(await asyncio.gather(*(row(r) for r in visible)))
 
     async def run_view(self, viewer: Viewer, run_id: str) -> dict[str, Any]:
         """The run page: record, graph, timeline, chain, cost checked against the ledger."""
         record = await (await self.store()).get(checked_run_id(run_id))
+        record = await shown_one(self.bus, record) if record is not None else None
         # a user sees only runs recorded as theirs; the operator also runs published without
         # `submit` (no record), as long as they have events
         visible = viewer.sees(record.submitted_by) if record else viewer.user is None

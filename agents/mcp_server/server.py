@@ -19,6 +19,7 @@ from starlette.requests import Request
 
 from relaybus.bus import Bus, Event, PermissionDenied, RelayError, new_id
 from relaybus.bus.feed import EventFeed
+from relaybus.services.runs.shown import shown_one
 from relaybus.services.runs.state import ENDED, RunEnded, RunRecord
 
 from ..control import cancel_run
@@ -192,7 +193,7 @@ class RelaybusTools:
             await audit_refusal(self.bus, action, caller.user, str(refused), run_id=run_id)
             return _error(str(refused))
         if tool == READ_RUN:
-            return _record_result(record)
+            return _record_result(await shown_one(self.bus, record))
         try:
             record = await cancel_run(self.bus, run_id, f"cancelled by {caller.sender} over MCP")
         except RunEnded as exc:

@@ -10,7 +10,7 @@ import msgspec
 
 from relaybus.bus import Bus, Link, rpc
 
-from .state import CountFailure, Look, MarkRunning, RunChange, RunRecord, Waiter
+from .state import CountFailure, Look, RunChange, RunRecord, Waiter
 from .store import NoRun, RunStore
 
 
@@ -76,15 +76,6 @@ async def look(writer: RunWriter, run_id: str, chain: tuple[Link, ...]) -> RunRe
     """The run's record as the asking agent may see it, or None if there is none yet."""
     try:
         return (await writer.change(run_id, Look(), chain))[0]
-    except NoRun:
-        return None
-
-
-async def mark_running(writer: RunWriter, run_id: str, chain: tuple[Link, ...]) -> RunRecord | None:
-    """Start the run's line: `submitted` becomes `running` (any other status stays), and the
-    record comes back as `look` gives it, in one request. None: no run (a `NoRun`)."""
-    try:
-        return (await writer.change(run_id, MarkRunning(), chain))[0]
     except NoRun:
         return None
 
