@@ -22,7 +22,7 @@ from relaybus.bus import (
 from relaybus.bus.kv import RevisionConflict
 from relaybus.services.identity.errors import ChainInvalid, RevocationUnknown
 from relaybus.services.runs.client import look
-from relaybus.services.runs.state import Reopen, RunRecord
+from relaybus.services.runs.state import RUN_REVISION_HEADER, Reopen, RunRecord, submitted_record
 
 from .execution import both
 from .journal import FINAL, NOT_STORED, Journal, driver_of
@@ -60,6 +60,12 @@ async def on_task(worker: Worker, d: Delivery) -> None:
             look(worker.run_writer, env.run_id, env.chain), _create(worker, journal)
         )
     elif first:
+        if not env.parent_id and (hint := d.headers.get(RUN_REVISION_HEADER, "")).isdigit():
+            # the record as `submit` created it: the end writes it without reading it first
+            worker.run_writer.submitted(
+                submitted_record(env.run_id, env.recipient, env.sender, env.created_at),
+                int(hint),
+            )
         # Nothing read or written at the start. The journal is stored by the task's first
         # write (the one before its first effect or child, or its end), beside a read of the
         # run's record for a cancel that came before the start; a duplicate that runs

@@ -20,7 +20,7 @@ from relaybus.bus.subjects import check_name
 from relaybus.services.identity.client import IdentityClient
 from relaybus.services.identity.settings import IdentitySettings
 from relaybus.services.ledger.client import Budget, LedgerClient
-from relaybus.services.runs.state import ENDED, RunRecord
+from relaybus.services.runs.state import ENDED, RUN_REVISION_HEADER, submitted_record
 from relaybus.services.runs.store import RunStore
 
 log = logging.getLogger("relaybus.submit")
@@ -170,10 +170,10 @@ async def submit(
             f"budget-{env.run_id}", Budget(level=level, limit=budget)
         )
         env = msgspec.structs.replace(env, budget=level)
+    hints: dict[str, str] = {}
     try:
-        await runs.create(
-            RunRecord(run_id=env.run_id, agent=agent, submitted_by=sender, started=env.created_at)
-        )
+        revision = await runs.create(submitted_record(env.run_id, agent, sender, env.created_at))
+        hints[RUN_REVISION_HEADER] = str(revision)  # the worker ends the run without a read
     except RevisionConflict:
         if run_id is None:
             raise
@@ -186,13 +186,13 @@ async def submit(
     # submitted before the agent's first event about it
     if not wait:
         await bus.publish_event(submitted)
-        await bus.publish(env)
+        await bus.publish(env, hints=hints)
         return RunOutcome(run_id=env.run_id, status="submitted")
     from .waiting import Waiter  # the record says how it ended: no events consumer
 
     async with Waiter(bus, env.run_id, runs, agent) as waiter:
         await bus.publish_event(submitted)
-        await bus.publish(env)
+        await bus.publish(env, hints=hints)
         return await waiter.outcome(timeout_s, read_first=run_id is not None)
 
 

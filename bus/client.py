@@ -235,10 +235,18 @@ class Bus:
             self.header_hook(headers)
         return headers
 
-    async def publish(self, env: wire.Envelope, subject: str | None = None) -> int:
+    async def publish(
+        self,
+        env: wire.Envelope,
+        subject: str | None = None,
+        *,
+        hints: dict[str, str] | None = None,
+    ) -> int:
         """Store `env` in JetStream (PubAck awaited); returns the stream sequence.
 
-        The envelope id is the `Nats-Msg-Id`, so a retried publish is stored once.
+        The envelope id is the `Nats-Msg-Id`, so a retried publish is stored once. `hints`:
+        headers beside the envelope's that no reader may trust for more than a shortcut (a
+        wrong one costs a retry, never a wrong decision).
         """
         if subject is None:
             if self.agent is None:
@@ -250,6 +258,8 @@ class Bus:
             else:
                 subject = self.subjects.task_from(env.recipient, self.agent)
         headers, body = wire.to_message(env, self.settings.max_payload_bytes)
+        if hints:
+            headers = {**hints, **headers}
         return await self.publish_bytes(subject, body, self._finish_headers(env, headers))
 
     def message_id(self, dedupe_key: str) -> str:

@@ -15,13 +15,13 @@ import pytest
 from relaybus import Agent, Client, Context, Interceptor, RelayError, RunFailed, tool
 from relaybus.agents.journal import NOT_STORED, Journal, JournalStore
 from relaybus.agents.submit import run_store
-from relaybus.bus import decode
+from relaybus.bus import decode, new_envelope
 from relaybus.bus.envelope import from_message, to_message
 from relaybus.bus.feed import EventFeed
 from relaybus.bus.ids import new_id
 from relaybus.bus.streams import read_subject
 from relaybus.client import RunIdTaken, RunTimedOut
-from relaybus.services.runs.state import Finish
+from relaybus.services.runs.state import RUN_REVISION_HEADER, Finish, submitted_record
 from relaybus.testing import AgentEnvironment
 
 from .conftest import wait_for
@@ -242,6 +242,34 @@ async def test_a_run_cancelled_before_its_task_started_runs_no_effect_and_stays_
             assert not [d for _, d in stored if b'"kind":"completed"' in d], stored
         (journal,) = await env.journals(charged.run_id)
         assert journal.status == "cancelled" and not journal.ops, journal
+
+
+async def test_a_run_whose_record_changed_after_its_submit_ends_without_losing_the_change() -> None:
+    # Given runs whose task carries the record's revision as submitted (the worker ends the run
+    # from it without reading the record), one of them with a forged, wrong revision
+    async with AgentEnvironment([]) as env:
+        bus = env.client.bus
+        changed = await env.client.submit("echo", {"text": "a"})
+        # the record changes before the task starts: a signal kept until the run asks
+        assert await changed.signal("late-answer", {"ok": True}) is False
+        forged = new_envelope(
+            kind="task", sender="user:tester", recipient="echo", payload=b'{"text": "b"}'
+        )
+        await (await run_store(bus)).create(
+            submitted_record(forged.run_id, "echo", "user:tester", forged.created_at)
+        )
+        headers, body = to_message(forged)
+        await bus.publish_bytes(
+            bus.subjects.task_admitted("echo"), body, {**headers, RUN_REVISION_HEADER: "1"}
+        )
+        # When the agent runs both
+        await env.start(Echo())
+        assert await changed.result(timeout_s=20) == {"echo": {"text": "a"}}
+        assert await env.client.run(forged.run_id).result(timeout_s=20) == {"echo": {"text": "b"}}
+        # Then the changed record kept its change, and both ended once, completed
+        record = await changed.record()
+        assert record.status == "completed" and "late-answer" in record.signals, record
+        assert (await env.client.run(forged.run_id).record()).status == "completed"
 
 
 class Add(pydantic.BaseModel):

@@ -35,6 +35,9 @@ class RunWriter(Protocol):
         self, run_id: str, change: RunChange, chain: tuple[Link, ...]
     ) -> tuple[RunRecord, bool]: ...
 
+    def submitted(self, record: RunRecord, revision: int) -> None:
+        """The run's record as its submitter created it, at `revision` (a hint)."""
+
 
 class DirectRunWriter:
     """Development (no NATS authentication): the agent writes the bucket itself."""
@@ -49,6 +52,9 @@ class DirectRunWriter:
         del chain
         return await self.store.change(run_id, change, self.agent)
 
+    def submitted(self, record: RunRecord, revision: int) -> None:
+        self.store.created_elsewhere(record, revision)
+
 
 class AuthorityRunWriter:
     """Asks the run authority, which checks that this agent holds the run."""
@@ -56,6 +62,9 @@ class AuthorityRunWriter:
     def __init__(self, bus: Bus, agent: str) -> None:
         self.bus = bus
         self.subject = bus.subjects.service("runs", agent)
+
+    def submitted(self, record: RunRecord, revision: int) -> None:
+        """The authority reads records itself."""
 
     async def change(
         self, run_id: str, change: RunChange, chain: tuple[Link, ...]

@@ -52,6 +52,16 @@ class Waiter(msgspec.Struct, frozen=True, kw_only=True):
     task_id: str
 
 
+#: The header a submitted root task carries its run record's revision in (a hint: the worker
+#: ends the run from it without reading the record; a stale or wrong one is a CAS conflict).
+RUN_REVISION_HEADER = "Relaybus-Run-Revision"
+
+
+def submitted_record(run_id: str, agent: str, sender: str, started: float) -> RunRecord:
+    """A new run's record, as `submit` creates it (and a worker can rebuild it from the task)."""
+    return RunRecord(run_id=run_id, agent=agent, submitted_by=sender, started=started)
+
+
 class RunRecord(msgspec.Struct, kw_only=True, omit_defaults=True):
     run_id: str
     agent: str

@@ -58,9 +58,19 @@ class RunStore:
             self._remember(run_id, *found)
         return found
 
-    async def create(self, record: RunRecord) -> None:
+    async def create(self, record: RunRecord) -> int:
+        """Store a new run's record; its revision (RevisionConflict if the run exists)."""
         data = _encode(record)
-        self._remember(record.run_id, data, await self.bucket.create(record.run_id, data))
+        revision = await self.bucket.create(record.run_id, data)
+        self._remember(record.run_id, data, revision)
+        return revision
+
+    def created_elsewhere(self, record: RunRecord, revision: int) -> None:
+        """Start this run's next write from `record` at `revision`, as its submitter created
+        it, without reading it: if it changed since (or the hint was wrong), the write's CAS
+        fails and the record is read then."""
+        if self._known.get(record.run_id) is None:
+            self._remember(record.run_id, _encode(record), revision)
 
     async def get(self, run_id: str) -> RunRecord | None:
         found = await self._read(run_id)
