@@ -11,10 +11,12 @@ from typing import Any
 
 from relaybus.bus import Envelope, Subjects
 from relaybus.bus.codec import decode_or_none
+from relaybus.bus.recent import Recent
 
 from .messages import CancelRun, control_decoder
 
 log = logging.getLogger("relaybus.worker")
+KNOWN = 65_536  # cancelled runs, and cancelled tasks, a process remembers
 
 
 class Cancellations:
@@ -23,7 +25,10 @@ class Cancellations:
         self._by_run: dict[str, set[asyncio.Task[Any]]] = {}
         self._by_task: dict[str, asyncio.Task[Any]] = {}
         self._parents: dict[str, str] = {}  # running task → the agent waiting for its result
-        self._cancelled: set[str] = set()
+        # runs and tasks apart (a task id could be chosen to name someone else's run), and
+        # bounded: what a long-lived process learned keeps only its recent entries
+        self._runs: Recent[str, bool] = Recent(KNOWN)
+        self._tasks: Recent[tuple[str, str], bool] = Recent(KNOWN)
 
     @contextlib.contextmanager
     def running(self, env: Envelope) -> Iterator[None]:
@@ -45,11 +50,14 @@ class Cancellations:
                     del self._by_run[env.run_id]
 
     def is_cancelled(self, env: Envelope) -> bool:
-        return env.run_id in self._cancelled or env.id in self._cancelled
+        return bool(self._runs.get(env.run_id) or self._tasks.get((env.run_id, env.id)))
 
-    def learned(self, key: str) -> None:
-        """A run or task found cancelled elsewhere (its run's record): known from now on."""
-        self._cancelled.add(key)
+    def learned(self, run_id: str, task_id: str = "") -> None:
+        """A run (or one task of it) found cancelled in its run's record: known from now on."""
+        if task_id:
+            self._tasks.set((run_id, task_id), True)
+        else:
+            self._runs.set(run_id, True)
 
     async def on_control(self, subject: str, data: bytes) -> None:
         """A run cancelled by an operator (no sender token), or tasks cancelled by the agent
@@ -63,14 +71,14 @@ class Cancellations:
             if source:
                 log.warning("ignoring a cancel of run %s sent by agent %s", control.run_id, source)
                 return
-            self._cancelled.add(control.run_id)
+            self._runs.set(control.run_id, True)
             for task in list(self._by_run.get(control.run_id, ())):
                 task.cancel()
         else:
             for task_id in control.tasks:
                 if source and self._parents.get(task_id) != source:
                     continue  # only the agent that started a task may cancel it
-                self._cancelled.add(task_id)
+                self._tasks.set((control.run_id, task_id), True)
                 running = self._by_task.get(task_id)
                 if running is not None:
                     running.cancel()

@@ -89,6 +89,7 @@ class Execution:
         have lost its message: it stalled near the ack wait, so another replica may be running
         the same task from its journal, and the work would happen twice. The message comes
         back, and whoever takes it over replays what was journaled."""
+        self.stop_if_cancelled()
         if not self.lease.held():
             env = self.envelope
             raise Fenced(
@@ -96,6 +97,13 @@ class Execution:
                 f"{LEASE_MARGIN:.0%} of its ack wait before {what}; another replica may run "
                 "it now, so this one stops and the message is taken over from its journal"
             )
+
+    def stop_if_cancelled(self) -> None:
+        """Stop (asyncio.CancelledError: the task ends cancelled) before more work once this
+        process knows the run or the task was cancelled, however it learned it (a control
+        message, the record read by the first write), even if an earlier stop was swallowed."""
+        if self.port.known_cancelled(self.envelope):
+            raise asyncio.CancelledError
 
     @staticmethod
     def replay(op: Op) -> Any:
@@ -146,6 +154,7 @@ class Execution:
         """Publish pending child tasks and handoffs, then commit pending ops in one CAS write;
         `also` changes the journal in that same write (a wait parked with the ops before it)."""
         port = self.port
+        self.stop_if_cancelled()
         if self.revision == NOT_STORED and self._pending_publish:
             # stored first: a duplicate of a task that runs elsewhere is fenced off here,
             # before it publishes anything (its children could carry another payload)

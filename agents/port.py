@@ -60,6 +60,9 @@ class RuntimePort(Protocol):
     async def cancel_tasks(self, env: Envelope, task_ids: list[str]) -> None:
         """Stop the given child tasks of the run."""
 
+    def known_cancelled(self, env: Envelope) -> bool:
+        """Whether this process knows `env`'s run or `env` was cancelled (no read)."""
+
     async def cancelled_before_start(self, env: Envelope) -> bool:
         """Whether `env`'s run, or `env` itself, was cancelled (the run's record read, unless
         this process already knows); a task that finds it so stops before its first effect."""

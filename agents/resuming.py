@@ -12,6 +12,7 @@ import msgspec
 
 from relaybus.bus import Delivery, Envelope, Reject, Retry, decode
 
+from .execution import both
 from .guard import runtime_payload
 from .journal import FINAL, Journal, Outcome, driver_of, drives
 from .messages import ChildResult, TimerFired, signal_decoder
@@ -119,11 +120,22 @@ async def merge_and_resume(
         if claimed:
             j.status, j.owner, j.driver, j.waiting = "running", owner, driver, None
 
-    journal, revision = await worker.journals.mutate(
-        env.run_id, env.parent_id, merge_and_claim, current=found
-    )
+    merging = worker.journals.mutate(env.run_id, env.parent_id, merge_and_claim, current=found)
+    waiting_env = decode(found[0].task)
+    cancelled: bool | None = None
+    if _resumes(found[0], change):  # the run's record read beside the write, for a cancel
+        (journal, revision), cancelled = await both(
+            merging, worker.cancelled_before_start(waiting_env)
+        )
+    else:
+        journal, revision = await merging
     if claimed:
         task_env = decode(journal.task)
+        if cancelled is None:  # resumed against the odds (the copy was stale): read it now
+            cancelled = await worker.cancelled_before_start(task_env)
+        if cancelled:  # a cancelled run (or task) wakes no task: nothing more of it runs
+            await worker.journals.mutate(env.run_id, env.parent_id, _cancelled, owner=owner)
+            return
         await worker.emit_event(task_env, "resumed", detail=f"{env.kind} from {env.sender}")
         await worker.execute(journal, revision, owner, d)
     elif is_driver(worker, journal, d) and d.attempt > 1:
@@ -135,6 +147,18 @@ async def merge_and_resume(
                 env.run_id, env.parent_id, take_over(owner, driver)
             )
             await worker.execute(journal, revision, owner, d)
+
+
+def _resumes(journal: Journal, change: Any) -> bool:
+    """Whether merging `change` into (a copy of) `journal` would wake the task."""
+    probe = msgspec.msgpack.decode(msgspec.msgpack.encode(journal), type=Journal)
+    change(probe)
+    return probe.status == "suspended" and probe.satisfied()
+
+
+def _cancelled(journal: Journal) -> None:
+    if journal.status not in FINAL:
+        journal.status, journal.owner, journal.waiting = "cancelled", "", None
 
 
 def _early_retry_s(worker: Worker, attempt: int) -> float:

@@ -7,6 +7,8 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING
 
+import msgspec
+
 from relaybus.bus import (
     Abandon,
     Delivery,
@@ -22,7 +24,13 @@ from relaybus.bus import (
 from relaybus.bus.kv import RevisionConflict
 from relaybus.services.identity.errors import ChainInvalid, RevocationUnknown
 from relaybus.services.runs.client import look
-from relaybus.services.runs.state import RUN_REVISION_HEADER, Reopen, RunRecord, submitted_record
+from relaybus.services.runs.state import (
+    ENDED,
+    RUN_REVISION_HEADER,
+    Reopen,
+    RunRecord,
+    submitted_record,
+)
 
 from .execution import both
 from .journal import FINAL, NOT_STORED, Journal, driver_of
@@ -60,7 +68,8 @@ async def on_task(worker: Worker, d: Delivery) -> None:
             look(worker.run_writer, env.run_id, env.chain), _create(worker, journal)
         )
     elif first:
-        if not env.parent_id and (hint := d.headers.get(RUN_REVISION_HEADER, "")).isdigit():
+        hint = d.headers.get(RUN_REVISION_HEADER, "")
+        if not env.parent_id and hint.isascii() and hint.isdigit() and 0 < len(hint) <= 18:
             # the record as `submit` created it: the end writes it without reading it first
             worker.run_writer.submitted(
                 submitted_record(env.run_id, env.recipient, env.sender, env.created_at),
@@ -87,6 +96,12 @@ async def on_task(worker: Worker, d: Delivery) -> None:
     found = None
     if created is None:  # not a first delivery, or a duplicate's create that failed
         found = await worker.journals.load(env.run_id, env.id)
+        if found is None and _ended_unjournaled(env, run, replay):
+            # a pure task that ended its run without a journal, come back (its ack was
+            # lost): the run's end again, from the record, not a rerun of the handler
+            if run is not None and run.status == "completed":
+                await worker.deliver(env, _from_record(worker, env, run))
+            return
         if found is None:
             journal = _new_journal(worker, env, owner, d)
             created = await _create(worker, journal)
@@ -129,6 +144,21 @@ async def on_task(worker: Worker, d: Delivery) -> None:
         detail = "retried after a failed attempt" if released else "taken over after a crash"
         await worker.emit_event(env, "resumed", detail=detail, attempt=d.attempt)
         await worker.execute(journal, revision, owner, d)
+
+
+def _ended_unjournaled(env: Envelope, run: RunRecord | None, replay: bool) -> bool:
+    return run is not None and run.status in ENDED and not env.parent_id and not replay
+
+
+def _from_record(worker: Worker, env: Envelope, run: RunRecord) -> Journal:
+    return Journal(
+        run_id=env.run_id,
+        task_id=env.id,
+        agent=worker.name,
+        task=encode(env),
+        status="completed",
+        result=msgspec.json.encode(run.result),
+    )
 
 
 def _new_journal(worker: Worker, env: Envelope, owner: str, d: Delivery) -> Journal:

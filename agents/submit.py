@@ -20,6 +20,7 @@ from relaybus.bus.subjects import check_name
 from relaybus.services.identity.client import IdentityClient
 from relaybus.services.identity.settings import IdentitySettings
 from relaybus.services.ledger.client import Budget, LedgerClient
+from relaybus.services.runs.shown import shown_one
 from relaybus.services.runs.state import ENDED, RUN_REVISION_HEADER, submitted_record
 from relaybus.services.runs.store import RunStore
 
@@ -133,7 +134,7 @@ async def submit(
             await IdentityClient(bus).authenticate(token, sender.removeprefix("user:"))
         if existing.agent != agent or existing.submitted_by != sender:
             raise RunIdTaken(run_id, existing.agent, existing.submitted_by)
-        if existing.status != "submitted":
+        if (await shown_one(bus, existing)).status != "submitted":  # started, or ended
             return await _follow(bus, run_id, agent, wait, timeout_s)
     deadline = time.time() + deadline_s if deadline_s else 0.0
     env = new_envelope(

@@ -427,7 +427,10 @@ class Worker:
         if run.status == "cancelled":
             self.cancellations.learned(env.run_id)
         if env.id in run.cancelled_tasks:
-            self.cancellations.learned(env.id)
+            self.cancellations.learned(env.run_id, env.id)
+        return self.cancellations.is_cancelled(env)
+
+    def known_cancelled(self, env: Envelope) -> bool:
         return self.cancellations.is_cancelled(env)
 
     async def cancel_tasks(self, env: Envelope, task_ids: list[str]) -> None:
@@ -460,6 +463,7 @@ def _ends_unjournaled(ex: Execution, ops: list[Op], status: str, handoff: str) -
     `relaybus runs show` reads from the journals)."""
     return (
         ex.revision == NOT_STORED
+        and ex.lease.held()  # a stalled execution ends through the fenced journal write
         and not ops
         and status == "completed"
         and not handoff

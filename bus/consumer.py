@@ -153,6 +153,7 @@ class Consumer:
         self._inflight: dict[int, tuple[Msg, Lease]] = {}  # id -> (message, its lease)
         self._slot_free = asyncio.Event()
         self._top_up_at = max(1, concurrency // 2)
+        self._stopping = asyncio.Event()
         self._ticked = time.monotonic()  # the heartbeat loop's last turn
         self._stall = (0.0, 0.0)  # the last stall it saw: (from, to)
         self._partial_since = 0.0
@@ -162,6 +163,7 @@ class Consumer:
         await ensure_consumer_ready(self.bus, self.spec)
         tasks: set[asyncio.Task[None]] = set()
         slots = asyncio.Semaphore(self.concurrency)
+        self._stopping = stop
 
         def received(msg: Msg) -> None:
             # the lease starts now (a message beyond the free slots waits for one, kept alive),
@@ -188,7 +190,10 @@ class Consumer:
             checked = time.monotonic()
             while not stop.is_set():
                 self._slot_free.clear()
-                wait_s = await self._top_up(pulls)
+                try:
+                    wait_s = await self._top_up(pulls)
+                except nats.errors.ConnectionClosedError:
+                    break
                 try:
                     await asyncio.wait_for(self._slot_free.wait(), wait_s)
                 except TimeoutError:
@@ -236,6 +241,8 @@ class Consumer:
         self._partial_since = 0.0
         try:
             await pulls.request(want)
+        except nats.errors.ConnectionClosedError:
+            raise
         except nats.errors.Error:
             return 0.5
         return 1.0
@@ -247,7 +254,7 @@ class Consumer:
         tick = self.ack_wait_s / 8
         if now - self._ticked > 1.5 * tick:  # the heartbeat loop has not run: stalled still
             return self._ticked
-        if now - self._stall[1] < min(0.5, tick):  # woke from one a moment ago
+        if now - self._stall[1] < tick:  # woke from one within a turn of the heartbeat loop
             return self._stall[0]
         return now
 
@@ -274,6 +281,9 @@ class Consumer:
     async def _process(self, msg: Msg, slots: asyncio.Semaphore) -> None:
         try:
             async with slots:
+                if self._stopping.is_set():  # came in as the process stopped: not started,
+                    await msg.nak()  # so another replica takes it now
+                    return
                 await self._handle(msg)
         except Exception:  # the loop must survive anything a message does
             log.exception("unexpected failure processing a %s message", self.agent)

@@ -428,3 +428,50 @@ async def test_a_copy_of_a_running_child_over_a_limit_cannot_fail_it() -> None:
         )
         # Then it changes nothing: the child's own result ends the run
         assert await run.result(timeout_s=30) == "real"
+
+
+class PureChild(Agent):
+    name = "purechild"
+
+    async def handle(self, ctx: Context, task: Any) -> Any:
+        return {"child": task}
+
+
+class ChargesAfterChild(Agent):
+    name = "afterchild"
+
+    async def handle(self, ctx: Context, task: dict[str, Any]) -> Any:
+        (result,) = await ctx.gather(ctx.spawn("purechild", task))
+        return await ctx.step("charge", apply_effect, task["order"]), result
+
+
+async def test_a_child_that_answers_a_cancelled_run_wakes_no_parent(tmp_path: Path) -> None:
+    # Given a parent suspended on its child, whose run is cancelled while neither agent's
+    # process is up (so neither learns of it from the cancel message)
+    global EFFECTS
+    EFFECTS = tmp_path / "effects"
+    async with AgentEnvironment([ChargesAfterChild]) as env:
+        run = await env.client.submit("afterchild", {"order": "P-1"})
+        for _ in range(100):  # bounded: the parent suspends within seconds
+            parents = [j for j in await env.journals(run.run_id) if j.agent == "afterchild"]
+            if parents and parents[0].status == "suspended":
+                break
+            await asyncio.sleep(0.1)
+        else:
+            raise AssertionError("the parent never suspended")
+        await env.stop("afterchild")
+        await run.cancel("changed my mind")
+        # When both start again and the child (pure, unaware) answers
+        await env.start(ChargesAfterChild())
+        await env.start(PureChild())
+        for _ in range(100):  # bounded: 10 s, until the parent's journal settles
+            (parent,) = [j for j in await env.journals(run.run_id) if j.agent == "afterchild"]
+            if parent.status != "suspended":
+                break
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(0.5)
+        (parent,) = [j for j in await env.journals(run.run_id) if j.agent == "afterchild"]
+        # Then the parent did not resume into its effect: the run stays cancelled
+        assert not EFFECTS.exists(), EFFECTS.read_text()
+        assert parent.status == "cancelled", parent
+        assert (await run.record()).status == "cancelled"

@@ -69,7 +69,7 @@ class RunStore:
         """Start this run's next write from `record` at `revision`, as its submitter created
         it, without reading it: if it changed since (or the hint was wrong), the write's CAS
         fails and the record is read then."""
-        if self._known.get(record.run_id) is None:
+        if revision > 0 and self._known.get(record.run_id) is None:
             self._remember(record.run_id, _encode(record), revision)
 
     async def get(self, run_id: str) -> RunRecord | None:
