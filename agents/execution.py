@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import msgspec
 
 from relaybus.bus import Envelope, ErrorInfo
-from relaybus.bus.consumer import LEASE_MARGIN, Lease
+from relaybus.bus.lease import LEASE_MARGIN, Lease
 
 from .charging import PendingCapture
 from .errors import LimitExceeded, rebuild

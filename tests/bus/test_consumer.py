@@ -25,8 +25,8 @@ from relaybus.bus import (
     new_envelope,
 )
 from relaybus.bus.cli import read_dead_letters
-from relaybus.bus.consumer import Lease
 from relaybus.bus.events import DeadLetter, dead_letter_decoder
+from relaybus.bus.lease import Lease
 
 
 @asynccontextmanager
