@@ -4,6 +4,7 @@ carries the caller's chain; the operator's cross-tenant `admin_gc` / `admin_stat
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import logging
 from collections.abc import Callable
@@ -152,6 +153,9 @@ class MemoryClient:
             except ConnectionFailed:  # no reply in time: the service may still be embedding
                 if attempt == INGEST_STEP_RETRIES:
                     raise
+                # the service works through what it was sent in order: a moment's pause lets
+                # the step that timed out finish there before a smaller one queues behind it
+                await asyncio.sleep(min(4.0, 0.5 * 2**attempt))
                 body = msgspec.structs.replace(body, limit=max(1, body.limit // 2))
                 log.warning(
                     "ingest of %s: no reply in time; sending the step again with at most %d "
