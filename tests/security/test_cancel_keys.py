@@ -1,4 +1,5 @@
-"""What an agent process knows of cancelled runs and tasks."""
+"""A cancel names what it cancels: a run, or one task of one run; a run id chosen to match
+another user's task id cancels nothing of theirs."""
 
 from __future__ import annotations
 
