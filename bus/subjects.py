@@ -134,6 +134,13 @@ class Subjects:
         """Every subject of `service`, the one-token operations and those naming a sender."""
         return f"{self.prefix}.svc.{check_name('service', service)}.>"
 
+    def service_at(self, service: str, op: str, partition: str) -> str:
+        """Operation `op` of the `partition` of a partitioned service (`op` may be `*`)."""
+        return (
+            f"{self.prefix}.svc.{check_name('service', service)}."
+            f"{'*' if op == '*' else check_name('op', op)}.{check_name('partition', partition)}"
+        )
+
     def service_ops(self, service: str) -> str:
         """What a service's replicas subscribe to: each of its one-token operations."""
         return f"{self.prefix}.svc.{check_name('service', service)}.*"

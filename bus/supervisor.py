@@ -207,13 +207,20 @@ async def _wait_for_exit(
 
 
 async def _wait_ready(bus: Bus, name: str, child: subprocess.Popen[bytes], deadline: float) -> None:
-    """A service is ready once anything answers on `<prefix>.svc.<name>.ping`."""
+    """A service is ready once anything answers on `<prefix>.svc.<name>.ping` (a partition's
+    process, `<service>-<partition>`: on `<prefix>.svc.<service>.ping.<partition>`)."""
     loop = asyncio.get_running_loop()
+    service, _, partition = name.partition("-")
+    probe = (
+        bus.subjects.service_at(service, "ping", partition)
+        if partition
+        else bus.subjects.service(name, "ping")
+    )
     while loop.time() < deadline:
         if child.poll() is not None:
             raise RelayError(f"service {name} exited with {child.returncode}; see logs/{name}.log")
         try:
-            await bus.request(bus.subjects.service(name, "ping"), b"{}", timeout_s=1.0)
+            await bus.request(probe, b"{}", timeout_s=1.0)
             return
         except RelayError:
             await asyncio.sleep(0.1)

@@ -36,11 +36,24 @@ SELF_COMMAND = [sys.executable, "-m", "relaybus.cli"]
 
 
 def stack_services(settings: Settings) -> dict[str, list[str]]:
-    """The service processes `relaybus up` starts beside nats-server."""
-    del settings
+    """The service processes `relaybus up` starts beside nats-server: one ledger writer per
+    partition (`ledger-p1`: the supervisor names a partition's process `<service>-<partition>`)."""
+    from relaybus.services.ledger.partitions import names
+    from relaybus.services.ledger.settings import LedgerSettings
+
+    partitions = LedgerSettings.of(settings).ledger_partitions
+    ledgers = {
+        ("ledger" if partitions == 1 else f"ledger-{p}"): [
+            *SELF_COMMAND,
+            "service",
+            "ledger",
+            *(() if partitions == 1 else ("--partition", p)),
+        ]
+        for p in names(partitions)
+    }
     return {
         "identity": [*SELF_COMMAND, "service", "identity"],
-        "ledger": [*SELF_COMMAND, "service", "ledger"],
+        **ledgers,
         "memory": [*SELF_COMMAND, "service", "memory"],
         "ingress": [*SELF_COMMAND, "service", "ingress"],
     }
@@ -56,6 +69,8 @@ async def service(args: argparse.Namespace, settings: Settings) -> Any:
     else:
         from relaybus.memory.service import serve_memory as serve
     with Telemetry(args.name, settings, args.metrics_port):
+        if args.name == "ledger":
+            return await serve(settings, args.partition)
         return await serve(settings)
 
 
@@ -81,8 +96,10 @@ async def identity_chain(args: argparse.Namespace, settings: Settings) -> int:
 def _stack_auth(settings: Settings) -> Any:
     from relaybus.bus import Subjects
     from relaybus.services.identity.natsconfig import RegistryAuth
+    from relaybus.services.ledger.settings import LedgerSettings
 
-    return RegistryAuth(Subjects(settings.prefix))
+    partitions = LedgerSettings.of(settings).ledger_partitions
+    return RegistryAuth(Subjects(settings.prefix), partitions)
 
 
 bus_cli.register_auth(_stack_auth)
@@ -406,6 +423,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("service", help="run one service process in the foreground")
     p.add_argument("name", choices=["identity", "ledger", "memory", "ingress"])
     p.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus metrics here")
+    p.add_argument(
+        "--partition",
+        default="p0",
+        help="ledger only: the partition this writer owns (p0 … p{N-1} of "
+        "RELAYBUS_LEDGER_PARTITIONS=N)",
+    )
     p.set_defaults(func=service)
 
     from relaybus.services.identity.cli import register as register_identity

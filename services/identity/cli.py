@@ -10,6 +10,7 @@ import msgspec
 from relaybus.bus import Bus, Settings
 from relaybus.bus.cli import emit, emit_rows, when
 from relaybus.bus.runtime import EXIT_OK
+from relaybus.services.ledger.settings import LedgerSettings
 
 from .client import IdentityClient, read_audit, write_agent_key
 from .natsconfig import authorization_block, write_nkey
@@ -105,7 +106,10 @@ async def nats_config(args: argparse.Namespace, settings: Settings) -> int:
     async with Bus(settings, name="relaybus-identity") as bus:
         agents = await (await Registry.open(bus)).all_agents()
         block = authorization_block(
-            bus.subjects, agents, dict(pair.split(":", 1) for pair in args.admin)
+            bus.subjects,
+            agents,
+            dict(pair.split(":", 1) for pair in args.admin),
+            LedgerSettings.of(settings).ledger_partitions,
         )
     print(block, end="")
     return EXIT_OK

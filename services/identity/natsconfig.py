@@ -72,7 +72,10 @@ def inbox_prefix(agent: str) -> str:
 
 
 def agent_permissions(
-    subjects: Subjects, agent: AgentRecord, registry: Sequence[AgentRecord]
+    subjects: Subjects,
+    agent: AgentRecord,
+    registry: Sequence[AgentRecord],
+    ledger_partitions: int = 1,
 ) -> dict[str, object]:
     """What one agent's NATS user may do: send tasks, results and timers only under its own
     name, to the agents it may hand off to, that may call it, and itself; write only its own
@@ -85,9 +88,17 @@ def agent_permissions(
     callers = [a.name for a in registry if name in a.handoff_to]
     publish = sorted({subjects.task_from(t, name) for t in (name, *agent.handoff_to, *callers)})
     publish += [
-        subjects.service("ledger", op)
+        subject
         for op in _service_ops(
             ("relaybus.services.ledger.messages", "relaybus.services.ledger.client"), ()
+        )
+        # the op on the ledger, and on each partition of a partitioned one
+        for subject in (
+            subjects.service("ledger", op),
+            *(
+                subjects.service_at("ledger", op, f"p{i}")
+                for i in range(ledger_partitions if ledger_partitions > 1 else 0)
+            ),
         )
     ]
     publish += [
@@ -184,6 +195,7 @@ def service_permissions(subjects: Subjects, service: str) -> dict[str, object] |
     a stream."""
     if service == "ingress":
         return _ingress_permissions(subjects)
+    service = service.partition("-")[0]  # `ledger-p1`: one partition's writer
     if service not in ("ledger", "memory"):
         return None
     p = subjects.prefix
@@ -250,7 +262,10 @@ def client_permissions(subjects: Subjects) -> dict[str, object]:
 
 
 def authorization_block(
-    subjects: Subjects, agents: Sequence[AgentRecord], admins: dict[str, str]
+    subjects: Subjects,
+    agents: Sequence[AgentRecord],
+    admins: dict[str, str],
+    ledger_partitions: int = 1,
 ) -> str:
     """The `authorization { … }` block: the operator and the services, each its own user and
     password (the ledger and memory services without control-plane writes), and one nkey user
@@ -270,7 +285,10 @@ def authorization_block(
         if agent.revoked or not agent.nkey:
             continue
         users.append(
-            {"nkey": agent.nkey, "permissions": agent_permissions(subjects, agent, agents)}
+            {
+                "nkey": agent.nkey,
+                "permissions": agent_permissions(subjects, agent, agents, ledger_partitions),
+            }
         )
     return "authorization {\n  users = " + json.dumps(users, indent=2) + "\n}\n"
 
@@ -278,13 +296,17 @@ def authorization_block(
 class RegistryAuth:
     """Keeps the embedded server's authorization block in step with the agent registry."""
 
-    def __init__(self, subjects: Subjects) -> None:
+    def __init__(self, subjects: Subjects, ledger_partitions: int = 1) -> None:
         self.subjects = subjects
+        self.ledger_partitions = ledger_partitions
         self._admins: dict[str, str] = {}
 
     def initial(self, admins: dict[str, str]) -> str:
         self._admins = dict(admins)
-        return authorization_block(self.subjects, [], self._admins)
+        return authorization_block(self.subjects, [], self._admins, self.ledger_partitions)
+
+    def _block(self, agents: Sequence[AgentRecord]) -> str:
+        return authorization_block(self.subjects, agents, self._admins, self.ledger_partitions)
 
     async def follow(self, bus: Bus, write: Callable[[str], None]) -> None:
         from .registry import Registry
@@ -292,8 +314,8 @@ class RegistryAuth:
         registry = await Registry.open(bus)
         last = ""
         watch = await registry.agents.watch()
-        write(last := authorization_block(self.subjects, await registry.all_agents(), self._admins))
+        write(last := self._block(await registry.all_agents()))
         async for _key, _value in watch:
-            block = authorization_block(self.subjects, await registry.all_agents(), self._admins)
+            block = self._block(await registry.all_agents())
             if block != last:
                 write(last := block)

@@ -10,19 +10,34 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import secrets
 import weakref
 from typing import Any
 
 import msgspec
 from opentelemetry.trace import SpanKind
 
-from relaybus.bus import Bus, rpc, tracing
+from relaybus.bus import Bus, PermissionDenied, rpc, tracing
 from relaybus.bus.errors import ErrorInfo, rebuild_error
 from relaybus.bus.rpc import Reply
 
-from .errors import LedgerError
-from .messages import AGENT_OPS, MAX_BATCH, OPERATOR_OPS, OPERATOR_QUERIES
-from .ops import Budget, Cap, Capture, Hold, Op, RateLimit, Refund, SetBudget, SetRateLimit, Void
+from . import partitions as partitioning
+from .errors import BudgetExceeded, HoldNotFound, LedgerError, RateLimited
+from .messages import AGENT_OPS, MAX_BATCH, OPERATOR_OPS, OPERATOR_QUERIES, PAYMENT_LEVEL
+from .ops import (
+    Budget,
+    Cap,
+    Capture,
+    Hold,
+    Op,
+    RateLimit,
+    Refund,
+    SetBudget,
+    SetRateLimit,
+    Transfer,
+    Void,
+)
+from .settings import LedgerSettings
 
 __all__ = ["AGENT_OPS", "OPERATOR_OPS", "OPERATOR_QUERIES", "Budget", "LedgerClient", "RateLimit"]
 
@@ -37,9 +52,9 @@ class _Batcher:
     once), so many concurrent tasks cost the ledger one request per batch, and the ledger one
     journal append per group of them. Nothing waits for company longer than a turn of the loop."""
 
-    def __init__(self, bus: Bus) -> None:
+    def __init__(self, bus: Bus, subject: str) -> None:
         self.bus = bus
-        self.subject = bus.subjects.service("ledger", "batch")
+        self.subject = subject
         self.queue: list[tuple[Op, str, asyncio.Future[dict[str, Any]]]] = []
         self.senders: set[asyncio.Task[None]] = set()
 
@@ -119,23 +134,127 @@ def _item(op: Op, traceparent: str) -> Any:
     return item
 
 
-_batchers: weakref.WeakKeyDictionary[Bus, _Batcher] = weakref.WeakKeyDictionary()
+_batchers: weakref.WeakKeyDictionary[Bus, dict[str, _Batcher]] = weakref.WeakKeyDictionary()
+_homes: weakref.WeakKeyDictionary[Bus, dict[str, str]] = weakref.WeakKeyDictionary()
+REMEMBERED_HOMES = 65536  # holds whose home partition a connection remembers for its capture
+
+
+def _remember(bus: Bus, hold_id: str, home: str) -> None:
+    homes = _homes.get(bus)
+    if homes is None:
+        homes = _homes[bus] = {}
+    if len(homes) >= REMEMBERED_HOMES:
+        del homes[next(iter(homes))]  # the oldest: a capture of it asks every partition
+    homes[hold_id] = home
 
 
 class LedgerClient:
-    def __init__(self, bus: Bus) -> None:
-        self.bus = bus
+    """Routes each operation to the ledger partition that owns it (partitions.py): with one
+    partition, the unpartitioned subjects; a hold whose levels span partitions is placed in
+    each at once and voided where it was placed if any refuses, and its capture, void or
+    refund reaches every part."""
 
-    def _subject(self, op: str) -> str:
-        return self.bus.subjects.service("ledger", op)
+    def __init__(self, bus: Bus, partitions: int | None = None) -> None:
+        self.bus = bus
+        self.partitions = partitions or LedgerSettings.of(bus.settings).ledger_partitions
+
+    def _subject(self, op: str, partition: str = "p0") -> str:
+        if self.partitions == 1:
+            return self.bus.subjects.service("ledger", op)
+        return self.bus.subjects.service_at("ledger", op, partition)
 
     async def _write(self, op: Op) -> dict[str, Any]:
+        if self.partitions == 1:
+            return await self._write_at(op, "p0")
+        if isinstance(op, Hold):
+            parts = partitioning.split_hold(op, self.partitions)
+            result = await self._hold_parts(op, parts)
+            _remember(self.bus, op.id, next(iter(parts)))
+            return result
+        if isinstance(op, Capture | Void | Refund):
+            return await self._settle(op)
+        return await self._write_at(op, self._partition_of(op))
+
+    async def _settle(self, op: Capture | Void | Refund) -> dict[str, Any]:
+        """A capture, void or refund goes to its hold's home (remembered from the hold, else
+        asked of every partition), then to each of the home's shares: idempotent, so a retry
+        after a crash between the two finds the home's first result and its shares again."""
+        home = _homes.get(self.bus, {}).get(op.transfer)
+        if home is not None:
+            try:
+                result = await self._write_at(op, home)
+            except HoldNotFound:
+                home = None
+            else:
+                if result.get("shares"):
+                    await asyncio.gather(*(self._write_at(op, p) for p in result["shares"]))
+                return result
+        names = partitioning.names(self.partitions)
+        outcomes = await asyncio.gather(
+            *(self._write_at(op, p) for p in names), return_exceptions=True
+        )
+        for outcome in outcomes:
+            if isinstance(outcome, dict) and not outcome.get("share"):
+                return outcome
+        failures = [o for o in outcomes if isinstance(o, BaseException)]
+        raise next((f for f in failures if not isinstance(f, HoldNotFound)), failures[0])
+
+    def _partition_of(self, op: Op) -> str:
+        count = self.partitions
+        match op:
+            case SetBudget():
+                return partitioning.owner(op.budget.level, count)
+            case Cap():
+                return partitioning.owner(op.level, count)
+            case SetRateLimit():
+                return partitioning.owner(op.limit.key, count)
+            case Transfer():
+                return partitioning.owner(op.payer, count)
+            case _:
+                return partitioning.owner(op.id, count)
+
+    async def _write_at(self, op: Op, partition: str) -> dict[str, Any]:
         if isinstance(op, BATCHABLE):
-            batcher = _batchers.get(self.bus)
+            batchers = _batchers.get(self.bus)
+            if batchers is None:
+                batchers = _batchers[self.bus] = {}
+            subject = self._subject("batch", partition)
+            batcher = batchers.get(subject)
             if batcher is None:
-                batcher = _batchers[self.bus] = _Batcher(self.bus)
+                batcher = batchers[subject] = _Batcher(self.bus, subject)
             return await batcher.send(op)
-        return dict(await rpc.call(self.bus, self._subject(op.kind), op))
+        return dict(await rpc.call(self.bus, self._subject(op.kind, partition), op))
+
+    async def _hold_parts(self, hold: Hold, parts: dict[str, Hold]) -> dict[str, Any]:
+        """Place every part at once; if any is refused, void those placed and raise the refusal
+        (a budget refusal first: it is what the caller acts on)."""
+        outcomes = await asyncio.gather(
+            *(self._write_at(part, p) for p, part in parts.items()), return_exceptions=True
+        )
+        failed = [o for o in outcomes if isinstance(o, BaseException)]
+        refused = [
+            o for o in failed if isinstance(o, BudgetExceeded | RateLimited | PermissionDenied)
+        ]
+        gone = [o for o in outcomes if isinstance(o, dict) and o.get("state", "held") != "held"]
+        if gone:  # a retry of a hold settled since: its parts placed again now are undone
+            placed = [p for p, o in zip(parts, outcomes, strict=True) if o is not gone[0]]
+            await self._undo(hold, placed)
+            raise LedgerError(
+                f"hold {hold.id} was placed and has since been {gone[0]['state']}; "
+                "a new hold needs a new id"
+            )
+        if refused:  # decided: the parts placed are undone, so a retry is decided afresh
+            placed = [p for p, o in zip(parts, outcomes, strict=True) if isinstance(o, dict)]
+            await self._undo(hold, placed)
+            refused.sort(key=lambda exc: not isinstance(exc, BudgetExceeded | RateLimited))
+            raise refused[0]
+        if failed:  # unanswered: a retry with the same id completes the placement
+            raise failed[0]
+        return outcomes[0]  # type: ignore[return-value]  # the home's
+
+    async def _undo(self, hold: Hold, partitions: list[str]) -> None:
+        undo = Void(id=f"{hold.id}/undo/{secrets.token_hex(6)}", transfer=hold.id, undo=True)
+        await asyncio.gather(*(self._write_at(undo, p) for p in partitions), return_exceptions=True)
 
     async def send(self, op: Op) -> dict[str, Any]:
         if not isinstance(op, TRACED):
@@ -153,7 +272,22 @@ class LedgerClient:
             return await self._write(op)
 
     async def query(self, name: str, **req: Any) -> Any:
-        return await rpc.call(self.bus, self._subject(name), req)
+        """A query, answered by every partition that may hold part of its answer (merged)."""
+        if self.partitions == 1:
+            return await rpc.call(self.bus, self._subject(name), req)
+        if name == "run_cost" and req.get("run"):
+            asked = {
+                partitioning.owner(f"{level}{req['run']}", self.partitions)
+                for level in ("run:", PAYMENT_LEVEL)
+            }
+        elif name == "statement" and req.get("user"):  # a user's captures are in its home
+            asked = {partitioning.owner(f"user:{req['user']}", self.partitions)}
+        else:
+            asked = set(partitioning.names(self.partitions))
+        answers = await asyncio.gather(
+            *(rpc.call(self.bus, self._subject(name, p), req) for p in sorted(asked))
+        )
+        return partitioning.merge(name, list(answers), req)
 
     async def set_rate_limit(
         self, op_id: str, key: str, rpm: int = 0, tpm: int = 0

@@ -34,6 +34,10 @@ class LedgerError(RelayError):
     """A ledger operation was refused; nothing changed. The message says why."""
 
 
+class HoldNotFound(LedgerError):
+    """No hold has that id (in this partition, for a partitioned ledger)."""
+
+
 class RateLimited(RelayError):
     """A rate limit refused this request for now; `retry_after_s` says when to retry."""
 

@@ -23,7 +23,7 @@ from zoneinfo import ZoneInfo
 import msgspec
 
 from relaybus.bus.errors import PermissionDenied
-from relaybus.services.ledger.errors import BudgetExceeded, LedgerError, RateLimited
+from relaybus.services.ledger.errors import BudgetExceeded, HoldNotFound, LedgerError, RateLimited
 
 from .ops import (
     Budget,
@@ -70,6 +70,8 @@ class HeldTransfer:
     tags: dict[str, str]
     rate: str = ""
     tokens: int = 0  # reserved
+    share: str = ""  # a share of a hold whose home (accounts) is that partition
+    shares: list[str] = field(default_factory=list)  # the home's: where its shares are
     captured: int = 0
     refunded: int = 0
     state: str = "held"  # held | captured | voided | expired
@@ -131,9 +133,13 @@ def digest(op: Op) -> str:
     wire encoding: `omit_defaults` drops a default string only when it is the very same object,
     so the same op decoded from a journal and built in code would encode differently."""
     body = {"kind": op.kind, **_canonical(op)}  # type: ignore[dict-item]
+    for added in _ADDED_EMPTY:  # fields added later: absent while empty, so digests stay valid
+        if body.get(added) in ("", [], False):
+            body.pop(added)
     return hashlib.sha256(msgspec.json.encode(body, order="sorted")).hexdigest()
 
 
+_ADDED_EMPTY = ("share", "shares", "undo")
 _PLAIN = frozenset({str, int, float, bool, type(None)})
 
 
@@ -179,6 +185,9 @@ def decide(state: State, op: Op, now: float) -> Entry | dict[str, object]:
                 + ") was already used with a different body; "
                 "an idempotent retry must send exactly the same operation"
             )
+        held = state.holds.get(op.id) if isinstance(op, Hold) else None
+        if held is not None and held.state != "held":  # a retried hold learns it is gone
+            return {**result, "state": held.state}
         return result
     at = max(now, state.clock)  # the ledger's clock: the service's, never a request's
     lapsed = [h.id for h in state.open_holds.values() if h.expires <= at]
@@ -247,7 +256,7 @@ def _validate_hold(state: State, op: Hold, at: float, expired: Collection[str]) 
         raise LedgerError(f"ttl_s must be in (0, {MAX_TTL_S:.0f}] seconds, got {op.ttl_s}")
     if not op.payer or not op.payee:
         raise LedgerError("a hold needs a payer and a payee account")
-    for account in (op.payer, op.payee):
+    for account in () if op.share else (op.payer, op.payee):
         have = state.currencies.get(account)
         if have is not None and have != op.currency:
             raise LedgerError(f"account {account} is in {have}, not {op.currency}")
@@ -319,7 +328,7 @@ def _check_rate(state: State, key: str, at: float) -> None:
 def _open_hold(state: State, transfer: str, expired: Collection[str]) -> HeldTransfer:
     hold = state.holds.get(transfer)
     if hold is None:
-        raise LedgerError(f"no hold {transfer!r}")
+        raise HoldNotFound(f"no hold {transfer!r}")
     if hold.state != "held" or transfer in expired:
         state_name = "expired" if transfer in expired else hold.state
         raise LedgerError(
@@ -349,13 +358,15 @@ def apply(state: State, entry: Entry) -> dict[str, object]:
                 tags=dict(op.tags),
                 rate=op.rate,
                 tokens=op.tokens,
+                share=op.share,
+                shares=list(op.shares),
             )
             if op.rate:
                 times = [t for t in state.requests.get(op.rate, []) if t > at - WINDOW_S]
                 state.requests[op.rate] = [*times, at]
             state.holds[op.id] = hold
             state.open_holds[op.id] = hold
-            for account in (op.payer, op.payee):
+            for account in () if op.share else (op.payer, op.payee):
                 state.currencies.setdefault(account, op.currency)
                 state.balances.setdefault(account, 0)
             for key in keys:
@@ -364,11 +375,13 @@ def apply(state: State, entry: Entry) -> dict[str, object]:
                 level.tokens_held += op.tokens
                 level.steps += 1
             result.update(hold=op.id, amount=op.amount, tokens=op.tokens, expires=hold.expires)
+            _parts(result, hold)
         case Capture():
             hold = state.holds[op.transfer]
             _release(state, hold, "captured")
             hold.captured = op.amount
-            _move(state, hold.payer, hold.payee, op.amount)
+            if not hold.share:
+                _move(state, hold.payer, hold.payee, op.amount)
             for key in hold.levels:
                 level = state.levels.setdefault(key, Level())
                 level.spent += op.amount
@@ -377,18 +390,25 @@ def apply(state: State, entry: Entry) -> dict[str, object]:
                 used = [(t, n) for t, n in state.tokens.get(hold.rate, []) if t > at - WINDOW_S]
                 state.tokens[hold.rate] = [*used, (at, op.tokens)]
             result.update(transfer=hold.id, captured=op.amount)
+            _parts(result, hold)
         case Void():
-            _release(state, state.holds[op.transfer], "voided")
+            hold = state.holds[op.transfer]
+            _release(state, hold, "voided")
             result.update(transfer=op.transfer, voided=True)
+            if op.undo:  # never placed, as far as a retry of the hold can tell
+                state.results.pop(op.transfer, None)
+            _parts(result, hold)
         case Refund():
             hold = state.holds[op.transfer]
             hold.refunded += op.amount
-            _move(state, hold.payee, hold.payer, op.amount)
+            if not hold.share:
+                _move(state, hold.payee, hold.payer, op.amount)
             for key in hold.levels:
                 state.levels.setdefault(key, Level()).spent -= op.amount
             result.update(
                 transfer=hold.id, refunded=op.amount, refundable=hold.captured - hold.refunded
             )
+            _parts(result, hold)
         case SetBudget():
             state.budgets[op.budget.level] = op.budget
             result.update(level=op.budget.level, limit=op.budget.limit)
@@ -410,6 +430,14 @@ def apply(state: State, entry: Entry) -> dict[str, object]:
     state.results[op.id] = (entry.digest, result)
     state.history.append(entry)
     return result
+
+
+def _parts(result: dict[str, object], hold: HeldTransfer) -> None:
+    """A partitioned hold's result names its other parts: a home its shares, a share its home."""
+    if hold.shares:
+        result["shares"] = list(hold.shares)
+    if hold.share:
+        result["share"] = hold.share
 
 
 def _release(state: State, hold: HeldTransfer, new_state: str) -> None:

@@ -65,6 +65,10 @@ class Hold(_Op, tag="hold"):
     tokens: int = 0  # reserved for the call's prompt and completion
     tags: dict[str, str] = {}  # cost allocation: run, agent, tool, model
     rate: str = ""  # the (agent, resource) key the hold counts against for rate limits
+    # a partitioned ledger (partitions.py): the home part lists the partitions of its shares; a
+    # share names its home's partition, reserves its levels only and moves no money
+    shares: list[str] = []
+    share: str = ""
 
 
 class Capture(_Op, tag="capture"):
@@ -82,6 +86,9 @@ class Void(_Op, tag="void"):
 
     transfer: str
     tags: dict[str, str] = {}
+    # a partitioned ledger's client undoing the parts of a hold another partition refused: the
+    # hold's id may then be placed again (a retry of a refused hold is decided afresh)
+    undo: bool = False
 
 
 class Cap(_Op, tag="cap"):

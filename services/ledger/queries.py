@@ -41,6 +41,7 @@ def holds(state: State, req: dict[str, Any]) -> Any:
             "tags": h.tags,
         }
         for h in state.open_holds.values()
+        if not h.share  # a partitioned hold is listed once, by its home
     ]
 
 
@@ -82,7 +83,7 @@ def statement(state: State, req: dict[str, Any]) -> Any:
         if not isinstance(op, (Capture, Refund)) or not op.amount:
             continue  # a capture of nothing (an unpriced model's tokens) is no statement line
         hold = state.holds.get(op.transfer)
-        if hold is None or hold.payer != f"user:{user}":
+        if hold is None or hold.share or hold.payer != f"user:{user}":
             continue
         when = datetime.fromtimestamp(entry.clock, zone).strftime("%Y-%m-%d")
         if period and not when.startswith(period):

@@ -50,6 +50,7 @@ from .commit import GroupCommit
 from .messages import WRITES, batch_schema, decode_batch, decode_request, request_schema
 from .model import Entry, HeldTransfer, Level, State, apply, decide
 from .ops import Capture, Hold, Op
+from .partitions import names, refusal
 from .queries import QUERIES
 from .snapshots import SnapshotStore
 from .spikes import SPIKE_WINDOW_S, SpendWindow
@@ -82,9 +83,16 @@ class LedgerWriter:
         partition: str = "p0",
         snapshot_every: int = 5000,
         clock: Callable[[], float] = time.time,
+        partitions: int | None = None,
     ) -> None:
         self.bus = bus
         self.clock = clock  # the ledger's only source of time
+        self.partitions = partitions or LedgerSettings.of(bus.settings).ledger_partitions
+        if partition not in names(self.partitions):
+            raise LedgerError(
+                f"ledger partition {partition!r} is not one of the {self.partitions} partitions "
+                f"{', '.join(names(self.partitions))} (RELAYBUS_LEDGER_PARTITIONS)"
+            )
         self.partition = partition
         self.subject = bus.subjects.ledger_entry(partition)
         self.stream = bus.subjects.stream("LEDGER")
@@ -129,7 +137,8 @@ class LedgerWriter:
         return replayed
 
     async def handle(self, subject: str, data: bytes) -> bytes:
-        op_name = subject.rsplit(".", 1)[1]
+        tokens = subject.rsplit(".", 2)
+        op_name = tokens[1] if tokens[-1] == self.partition else tokens[-1]
 
         async def work() -> Any:
             if op_name in QUERIES:
@@ -244,6 +253,10 @@ class LedgerWriter:
                     self.state.clock - now,
                 )
             for op in ops:
+                misrouted = refusal(op, self.partition, self.partitions)
+                if misrouted is not None:
+                    outcomes.append(misrouted)
+                    continue
                 try:
                     decided = decide(self.state, op, now)
                 except (BudgetExceeded, RateLimited) as exc:
@@ -291,13 +304,14 @@ class LedgerWriter:
         self._since_snapshot += len(entries)
 
     async def _publish_fenced(self, body: bytes) -> None:
+        # the stream sequence of this partition's last entry: the partitions share the stream,
+        # so the next entry's sequence is only known to be later
         expected = self._tail
-        self._tail += 1
         headers = {
             "Nats-Expected-Last-Subject-Sequence": str(expected),
             # this writer's incarnation in the id: a resend of its own append is deduplicated,
-            # another writer's append at the same sequence never is (it meets the fence instead)
-            "Nats-Msg-Id": f"ledger:{self.partition}:{self._incarnation}:{expected + 1}",
+            # another writer's append after the same entry never is (it meets the fence instead)
+            "Nats-Msg-Id": f"ledger:{self.partition}:{self._incarnation}:{expected}",
         }
         try:
             seq = await self.bus.publish_bytes(self.subject, body, headers)
@@ -307,8 +321,9 @@ class LedgerWriter:
                     f"another ledger writer owns partition {self.partition}; this one stops"
                 ) from exc
             raise LedgerError(f"the ledger journal did not store the entry: {exc}") from exc
-        if seq != expected + 1:
+        if seq <= expected:
             raise LedgerError(f"the ledger journal diverged at sequence {seq}; the writer restarts")
+        self._tail = seq
         self.last_seq = max(self.last_seq, seq)
 
     async def _audit(self, op_name: str, exc: BaseException, op: Op | None = None) -> None:
@@ -440,17 +455,29 @@ def budget_gauges(writer: LedgerWriter) -> None:
 
 
 def ledger_micro(bus: Bus, writer: LedgerWriter) -> MicroService:
-    """`relaybus-ledger`: one endpoint per write and query on `<prefix>.svc.ledger.<op>`."""
+    """`relaybus-ledger`: one endpoint per write and query on `<prefix>.svc.ledger.<op>`, or
+    on `<prefix>.svc.ledger.<op>.<partition>` when the ledger has several partitions (then
+    `p0` answers the unpartitioned subjects too, so a plain NATS client still gets answers)."""
+    subjects, partition = bus.subjects, writer.partition
+    split = writer.partitions > 1
+
+    def subject(op: str) -> str:
+        return (
+            subjects.service_at("ledger", op, partition)
+            if split
+            else subjects.service("ledger", op)
+        )
+
     return MicroService(
         bus,
         name="relaybus-ledger",
         description="relaybus ledger: budgets, holds and captures, rate limits, cost queries",
-        queue="ledger",
+        queue=f"ledger-{partition}" if split else "ledger",
         concurrency=64,  # decisions made while an append is in flight share the next one
         endpoints=[
             Endpoint(
                 name=op,
-                subject=bus.subjects.service("ledger", op),
+                subject=subject(op),
                 handler=writer.handle,
                 request_schema=request_schema(op),
             )
@@ -459,21 +486,27 @@ def ledger_micro(bus: Bus, writer: LedgerWriter) -> MicroService:
         + [
             Endpoint(
                 name="batch",
-                subject=bus.subjects.service("ledger", "batch"),
+                subject=subject("batch"),
                 handler=writer.handle,
                 request_schema=batch_schema(),
             )
         ],
-        unmatched=(bus.subjects.service_ops("ledger"), writer.handle),
+        unmatched=(
+            subjects.service_ops("ledger")
+            if partition == "p0"
+            else subjects.service_at("ledger", "*", partition),
+            writer.handle,
+        ),
+        metadata={"partition": partition, "partitions": str(writer.partitions)} if split else {},
     )
 
 
-async def serve_ledger(settings: Settings) -> int:
+async def serve_ledger(settings: Settings, partition: str = "p0") -> int:
     stop = asyncio.Event()
     stop_on_signals(stop)
     async with Bus(settings, name="ledger") as bus:
         await ensure(bus, default_topology(bus.subjects, bus.settings.stream_replicas))
-        writer = LedgerWriter(bus)
+        writer = LedgerWriter(bus, partition)
         count = await writer.rebuild()
         budget_gauges(writer)
         async with ledger_micro(bus, writer):

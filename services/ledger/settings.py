@@ -17,4 +17,5 @@ class LedgerSettings(LayerSettings):
     ledger_currency: str = "USD"
     ledger_spike: float = Field(default=5.0, gt=1.0)
     ledger_lease: int = 0  # micro-units per leased chunk; 0: a hold and a capture per costed step
+    ledger_partitions: int = Field(default=1, ge=1, le=64)  # writers, each owning a partition
     prices: Path | None = None

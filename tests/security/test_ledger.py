@@ -260,6 +260,12 @@ def test_agent_ops_name_exactly_what_an_agent_sends() -> None:
     allowed = agent_permissions(subjects, record, [record])["publish"]
     ledger = {s for s in cast(dict[str, list[str]], allowed)["allow"] if ".svc.ledger." in s}
     assert ledger == {f"relay.svc.ledger.{op}" for op in AGENT_OPS}
+    # a ledger of 3 partitions: the same operations on each partition, and nothing else
+    allowed = agent_permissions(subjects, record, [record], ledger_partitions=3)["publish"]
+    ledger = {s for s in cast(dict[str, list[str]], allowed)["allow"] if ".svc.ledger." in s}
+    assert ledger == {f"relay.svc.ledger.{op}" for op in AGENT_OPS} | {
+        f"relay.svc.ledger.{op}.p{i}" for op in AGENT_OPS for i in range(3)
+    }
 
 
 async def test_a_batch_is_checked_item_by_item_and_carries_no_operator_operation(

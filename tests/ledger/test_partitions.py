@@ -1,0 +1,266 @@
+"""A partitioned ledger: one fenced writer process per partition over a real server. Holds that
+span partitions are all or nothing, nothing is charged twice, no partition's budget is overspent,
+and a writer killed mid-stream loses nothing acknowledged."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Iterator
+
+import msgspec
+import pytest
+
+from relaybus.bus import Bus, ConnectionFailed, PermissionDenied, Settings, rpc
+from relaybus.bus.streams import read_subject
+from relaybus.services.identity.client import read_audit
+from relaybus.services.ledger.client import LedgerClient
+from relaybus.services.ledger.errors import BudgetExceeded, LedgerError
+from relaybus.services.ledger.model import Entry
+from relaybus.services.ledger.ops import Budget, Hold, Void
+from relaybus.services.ledger.partitions import owner, split_hold
+from relaybus.services.ledger.service import LedgerWriter
+
+from ..conftest import ROOT, child_env
+
+PARTITIONS = 2
+
+
+def named(prefix: str, partition: str, count: int = PARTITIONS) -> str:
+    """The first `<prefix>N` that lives in `partition`."""
+    return next(
+        f"{prefix}{i}" for i in itertools.count() if owner(f"{prefix}{i}", count) == partition
+    )
+
+
+class Writers:
+    """`relaybus service ledger --partition pK` for each partition, started and killed by pid."""
+
+    def __init__(self, settings: Settings, count: int) -> None:
+        self.settings, self.count = settings, count
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+
+    def start(self, partition: str) -> None:
+        self.procs[partition] = subprocess.Popen(
+            [sys.executable, "-m", "relaybus.cli", "service", "ledger", "--partition", partition],
+            env=child_env(self.settings, RELAYBUS_LEDGER_PARTITIONS=str(self.count)),
+            cwd=ROOT,
+            stdin=subprocess.DEVNULL,
+        )
+
+    def kill9(self, partition: str) -> None:
+        self.procs[partition].send_signal(signal.SIGKILL)
+        self.procs[partition].wait(10)
+
+    def stop(self) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                proc.wait(15)
+
+
+@pytest.fixture
+def writers(settings: Settings) -> Iterator[Writers]:
+    started = Writers(settings, PARTITIONS)
+    for i in range(PARTITIONS):
+        started.start(f"p{i}")
+    yield started
+    started.stop()
+
+
+async def answering(ledger: LedgerClient) -> None:
+    for _ in range(150):  # bounded: the writer processes are starting
+        try:
+            if (await ledger.query("ping"))["partitions"] == ledger.partitions:
+                return
+        except Exception:
+            pass
+        await asyncio.sleep(0.1)
+    raise AssertionError("the ledger partitions did not answer")
+
+
+@pytest.fixture
+async def ledger(bus: Bus, writers: Writers) -> AsyncIterator[LedgerClient]:
+    client = LedgerClient(bus, partitions=PARTITIONS)
+    await answering(client)
+    yield client
+
+
+async def journal_ids(bus: Bus, partition: str) -> list[str]:
+    ids = []
+    subject = bus.subjects.ledger_entry(partition)
+    for _, data in await read_subject(bus, bus.subjects.stream("LEDGER"), subject):
+        decoded = msgspec.msgpack.decode(data, type=Entry | list[Entry])
+        ids += [e.op.id for e in (decoded if isinstance(decoded, list) else [decoded])]
+    return ids
+
+
+def test_a_hold_is_split_by_the_partitions_of_its_levels() -> None:
+    user, agent = named("user:u", "p0"), named("agent:a", "p1")
+    hold = Hold(id="h1", payer=user, payee="tool:x", amount=5, levels=[user, agent], ttl_s=9)
+    parts = split_hold(hold, PARTITIONS)
+    assert list(parts) == ["p0", "p1"]
+    assert parts["p0"].levels == [user] and parts["p0"].shares == ["p1"]
+    assert parts["p1"].levels == [agent] and parts["p1"].share == "p0"
+    assert parts["p1"].ttl_s > parts["p0"].ttl_s  # a share outlives its home
+    assert split_hold(hold, 1) == {"p0": hold}
+
+
+async def test_a_hold_spanning_partitions_is_all_or_nothing_and_charged_once(
+    ledger: LedgerClient, settings: Settings
+) -> None:
+    # Given a user budget in p0 and an agent budget in p1
+    user, agent = named("user:u", "p0"), named("agent:a", "p1")
+    await ledger.set_budget("b-user", Budget(level=user, limit=1000))
+    await ledger.set_budget("b-agent", Budget(level=agent, limit=100))
+    # When a hold fits the user's budget but not the agent's
+    with pytest.raises(BudgetExceeded, match=agent):
+        await ledger.hold("h1", user, "tool:x", 150, [user, agent])
+    # Then nothing stays held anywhere: the part p0 placed was voided
+    levels = {row["level"]: row for row in await ledger.query("levels")}
+    assert levels[user]["held"] == 0 and agent not in levels
+    assert await ledger.query("holds") == []
+    # When a hold that fits both is placed and captured
+    hold_id = "g1"
+    await ledger.hold(hold_id, user, "tool:x", 80, [user, agent])
+    assert [h["id"] for h in await ledger.query("holds")] == [hold_id]  # listed once
+    # (captured by another process, which never saw the hold: it finds the hold's home)
+    async with Bus(settings, name="another-process") as other:
+        captured = await LedgerClient(other, partitions=PARTITIONS).capture("c1", hold_id, 60)
+    assert captured["captured"] == 60 and captured["shares"] == ["p1"]
+    assert (await ledger.capture("c1", hold_id, 60))["captured"] == 60  # retried: the same
+    # Then both levels count the spend, and the money moved once
+    levels = {row["level"]: row for row in await ledger.query("levels")}
+    assert (levels[user]["spent"], levels[user]["held"]) == (60, 0)
+    assert (levels[agent]["spent"], levels[agent]["held"]) == (60, 0)
+    balances = {row["account"]: row["balance"] for row in await ledger.query("balance")}
+    assert balances == {user: -60, "tool:x": 60}
+    # and the refused hold, retried with the same id once the agent's budget is raised (as a
+    # parked task resumes), is decided afresh: its undone p0 part is placed again
+    await ledger.set_budget("b-agent-2", Budget(level=agent, limit=1000))
+    retried = "h1"
+    await ledger.hold(retried, user, "tool:x", 150, [user, agent])
+    levels = {row["level"]: row for row in await ledger.query("levels")}
+    assert levels[user]["held"] == 150 and levels[agent]["held"] == 150
+    # while a retry of a hold voided since is refused, and leaves nothing held
+    await ledger.void("v1", retried)
+    with pytest.raises(LedgerError, match="has since been voided; a new hold needs a new id"):
+        await ledger.hold(retried, user, "tool:x", 150, [user, agent])
+    levels = {row["level"]: row for row in await ledger.query("levels")}
+    assert levels[user]["held"] == 0 and levels[agent]["held"] == 0
+
+
+async def test_concurrent_spenders_across_partitions_never_overspend_a_shared_budget(
+    bus: Bus, ledger: LedgerClient
+) -> None:
+    # Given one agent budget in p1 that 32 users, spread over both partitions, spend against
+    agent = named("agent:shared", "p1")
+    await ledger.set_budget("b-shared", Budget(level=agent, limit=2_000))
+    users = [f"user:s{i}" for i in range(32)]
+    assert {owner(u, PARTITIONS) for u in users} == {"p0", "p1"}
+    spent: dict[str, int] = dict.fromkeys(users, 0)
+
+    async def spender(user: str) -> None:
+        for step in range(20):
+            hold_id = f"{user}-h{step}"
+            try:
+                await ledger.hold(hold_id, user, "tool:x", 7, [user, agent])
+            except BudgetExceeded:
+                return
+            await ledger.capture(f"{user}-c{step}", hold_id, 7)
+            spent[user] += 7
+
+    await asyncio.wait_for(asyncio.gather(*(spender(u) for u in users)), 120)
+    # Then the shared budget went to its last fitting unit and never over
+    total = sum(spent.values())
+    assert 2_000 - 7 < total <= 2_000
+    levels = {row["level"]: row for row in await ledger.query("levels")}
+    assert levels[agent]["spent"] == total and levels[agent]["held"] == 0
+    assert all(levels[u]["spent"] == spent[u] and levels[u]["held"] == 0 for u in users)
+    balances = {row["account"]: row["balance"] for row in await ledger.query("balance")}
+    assert balances["tool:x"] == total
+    # and each partition's journal holds each operation once
+    for partition in ("p0", "p1"):
+        ids = await journal_ids(bus, partition)
+        assert len(ids) == len(set(ids))
+
+
+async def test_a_partition_writer_killed_mid_stream_loses_nothing_and_doubles_nothing(
+    bus: Bus, ledger: LedgerClient, writers: Writers
+) -> None:
+    user, agent = named("user:k", "p0"), named("agent:k", "p1")
+    await ledger.set_budget("b-k", Budget(level=agent, limit=10_000))
+    acknowledged: list[str] = []
+
+    async def until_answered(send: object) -> object:
+        for _ in range(150):  # bounded: the writer is restarted below
+            try:
+                return await send()  # type: ignore[operator]
+            except (LedgerError, ConnectionFailed):
+                await asyncio.sleep(0.1)
+        raise AssertionError("the ledger never answered again")
+
+    async def spender(n: int) -> None:
+        for i in range(10):
+            hold_id = f"k{n}-{i}"
+            await until_answered(
+                lambda h=hold_id: ledger.hold(h, user, "tool:x", 10, [user, agent])
+            )
+            acknowledged.append(hold_id)
+            await until_answered(lambda h=hold_id: ledger.capture(f"{h}-c", h, 10))
+
+    running = asyncio.gather(*(spender(n) for n in range(16)))
+    while len(acknowledged) < 40:  # bounded by the spenders' own steps
+        await asyncio.sleep(0.01)
+    # When the writer of the agent's partition is killed -9 mid-stream, and started again
+    writers.kill9("p1")
+    writers.start("p1")
+    await asyncio.wait_for(running, 120)
+    # Then every step is charged exactly once on both levels and in the accounts
+    levels = {row["level"]: row for row in await ledger.query("levels")}
+    assert (levels[agent]["spent"], levels[agent]["held"]) == (1600, 0)
+    assert (levels[user]["spent"], levels[user]["held"]) == (1600, 0)
+    balances = {row["account"]: row["balance"] for row in await ledger.query("balance")}
+    assert balances == {user: -1600, "tool:x": 1600}
+    for partition in ("p0", "p1"):
+        ids = await journal_ids(bus, partition)
+        assert len(ids) == len(set(ids)), f"an operation was applied twice in {partition}"
+
+
+async def test_a_part_sent_to_the_wrong_partition_or_a_forged_share_is_refused(
+    bus: Bus, ledger: LedgerClient
+) -> None:
+    user0, user1 = named("user:w", "p0"), named("user:w", "p1")
+    p1 = bus.subjects.service_at("ledger", "hold", "p1")
+    # a level another partition owns: refused, naming where it belongs
+    body = {"id": "m1", "payer": user0, "payee": "tool:x", "amount": 1}
+    with pytest.raises(LedgerError, match=f"{user0!r} belongs to ledger partition p0"):
+        await rpc.call(bus, p1, {**body, "levels": [user1]})  # its payer's home is p0
+    with pytest.raises(LedgerError, match=f"{user0!r} belongs to ledger partition p0"):
+        await rpc.call(bus, p1, {**body, "levels": [user0], "share": "p0"})
+    # a share that names itself its home: refused and audited
+    with pytest.raises(PermissionDenied, match="claims to be a share"):
+        await rpc.call(bus, p1, {**body, "levels": [user1], "share": "p1"})
+    denials = await read_audit(bus, "ledger", decision="deny")
+    assert any("claims to be a share" in record.reason for record in denials)
+    # and nothing was placed
+    assert await ledger.query("holds") == []
+
+
+async def test_an_unpartitioned_ledger_refuses_shares(bus: Bus) -> None:
+    writer = LedgerWriter(bus, partitions=1)
+    await writer.rebuild()
+    with pytest.raises(PermissionDenied, match="only a partitioned ledger's client"):
+        await writer.write(
+            Hold(id="f1", payer="user:a", payee="tool:x", amount=5, levels=["user:a"], share="p1")
+        )
+    with pytest.raises(PermissionDenied, match="only a partitioned ledger's client"):
+        await writer.write(Hold(id="f2", payer="user:a", payee="tool:x", amount=5, shares=["p1"]))
+    # nor may a void there free a hold's id for placing again
+    await writer.write(Hold(id="f3", payer="user:a", payee="tool:x", amount=5))
+    with pytest.raises(PermissionDenied, match="this ledger splits none"):
+        await writer.write(Void(id="u1", transfer="f3", undo=True))
+    assert list(writer.state.holds) == ["f3"] and writer.state.holds["f3"].state == "held"
