@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import importlib
 import inspect
 import json
@@ -63,14 +64,14 @@ async def service(args: argparse.Namespace, settings: Settings) -> Any:
     if args.name == "identity":
         from relaybus.services.identity.service import serve_identity as serve
     elif args.name == "ledger":
-        from relaybus.services.ledger.service import serve_ledger as serve
+        from relaybus.services.ledger.service import serve_ledger
+
+        serve = functools.partial(serve_ledger, partition=args.partition)
     elif args.name == "ingress":
         from relaybus.agents.ingress import serve_ingress as serve
     else:
         from relaybus.memory.service import serve_memory as serve
     with Telemetry(args.name, settings, args.metrics_port):
-        if args.name == "ledger":
-            return await serve(settings, args.partition)
         return await serve(settings)
 
 
