@@ -1,8 +1,10 @@
 """Ledger benchmark: hold+capture decisions per second and added latency per costed step,
-with 1, 8 and 32 agent processes, beside a plain bus handoff on the same server; checks
-that nothing was overspent.
+with 1, 8 and 32 agent processes, beside a plain bus handoff on the same server; the same
+spenders against a ledger of 1, 2 and 4 partitions, each with its own writer process; checks
+that nothing was overspent (exit 1 if anything was).
 
     python benchmarks/ledger.py [--steps 300]
+    python benchmarks/ledger.py --only-partitions [--spender-procs 4]
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from relaybus.bus import (
 )
 from relaybus.services.ledger.client import LedgerClient
 from relaybus.services.ledger.ops import Budget
+from relaybus.services.ledger.partitions import names
 
 HERE = Path(__file__).resolve().parent
 
@@ -51,7 +54,14 @@ async def main() -> int:
     parser.add_argument(
         "--group-steps", type=int, default=400, help="hold+capture pairs per concurrent spender"
     )
+    parser.add_argument(
+        "--only-partitions", action="store_true", help="run only the 1/2/4-writer section"
+    )
     args = parser.parse_args()
+    if args.only_partitions:
+        with tempfile.TemporaryDirectory() as tmp, NatsServer(Path(tmp) / "nats") as server:
+            settings = Settings.from_env({}, nats_url=server.url, home=Path(tmp) / "home")
+            return 1 if await partitioned(settings, args) else 0
     with tempfile.TemporaryDirectory() as tmp, NatsServer(Path(tmp) / "nats") as server:
         settings = Settings.from_env({}, nats_url=server.url, home=Path(tmp) / "home")
         env = {**os.environ, **settings.env(), "RELAYBUS_LOG_LEVEL": "WARNING"}
@@ -135,6 +145,7 @@ async def main() -> int:
                     f"{'no overspend' if spent <= lease_budget else 'OVERSPENT'}"
                 )
                 overspent = overspent or spent > lease_budget
+            overspent = await partitioned(settings, args) or overspent
         finally:
             ledger_proc.send_signal(signal.SIGTERM)
             ledger_proc.wait(30)
@@ -202,6 +213,103 @@ async def group_commit(client: LedgerClient, env: dict[str, str], args: argparse
         f"  budget {budget}, spent {spent}, held {held}: {'no overspend' if spent + held <= budget else 'OVERSPENT'}"
     )
     return spent + held > budget
+
+
+def cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) process `pid` has used so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def partitioned(settings: Settings, args: argparse.Namespace) -> bool:
+    """32 concurrent spenders, each paying as its own user against that user's budget, on a
+    ledger of 1, 2 and 4 partitions (a writer process each); then every hold also against one
+    level all of them share, so each hold spans partitions. Returns whether anything overspent."""
+    procs, per_proc = args.spender_procs, 32 // args.spender_procs
+    steps = args.group_steps
+    overspent = False
+    for shared in (False, True):
+        base = 0.0
+        label = "+ one shared level (holds span partitions)" if shared else "own levels"
+        for writers in (1, 2, 4):
+            prefix = f"lp{writers}{'s' if shared else ''}"
+            run = settings.model_copy(update={"prefix": prefix})
+            env = {
+                **os.environ,
+                **run.env(),
+                "RELAYBUS_LOG_LEVEL": "WARNING",
+                "RELAYBUS_LEDGER_PARTITIONS": str(writers),
+            }
+            procs_started = [
+                subprocess.Popen(
+                    [sys.executable, "-m", "relaybus.cli", "service", "ledger", "--partition", p],
+                    env=env,
+                )
+                for p in names(writers)
+            ]
+            try:
+                async with Bus(run, name="bench") as bus:
+                    await ensure(bus, default_topology(bus.subjects))
+                    client = LedgerClient(bus, partitions=writers)
+                    for _ in range(300):  # bounded: the writers are starting
+                        try:
+                            if (await client.query("ping")).get("partitions", 1) == writers:
+                                break
+                        except Exception:
+                            pass
+                        await asyncio.sleep(0.1)
+                    users = [f"user:w{w}-{n}" for w in range(procs) for n in range(per_proc)]
+                    limit = steps - 3  # each runs dry 3 steps before its end: refusals too
+                    await asyncio.gather(
+                        *(client.set_budget(f"b-{u}", Budget(level=u, limit=limit)) for u in users)
+                    )
+                    shared_limit = len(users) * limit - 50
+                    await client.set_budget(
+                        "b-shared", Budget(level="shared:bench", limit=shared_limit)
+                    )
+                    workers = [
+                        subprocess.Popen(
+                            [
+                                sys.executable,
+                                str(HERE / "spender_worker.py"),
+                                "spread",
+                                str(per_proc),
+                                str(steps),
+                                f"w{w}" + ("+shared" if shared else ""),
+                            ],
+                            env=env,
+                            stdout=subprocess.PIPE,
+                            text=True,
+                        )
+                        for w in range(procs)
+                    ]
+                    cpu_before = [cpu_s(proc.pid) for proc in procs_started]
+                    rate, decisions, refused = rate_of(workers)
+                    cpu = [cpu_s(p.pid) - b for p, b in zip(procs_started, cpu_before, strict=True)]
+                    rows = {r["level"]: r for r in await client.query("levels")}
+                    over = [u for u in users if rows[u]["spent"] + rows[u]["held"] > limit]
+                    shared_row = rows.get("shared:bench", {"spent": 0, "held": 0})
+                    if shared_row["spent"] + shared_row["held"] > shared_limit:
+                        over.append("shared:bench")
+                    overspent = overspent or bool(over)
+                    base = base or rate
+                    # what the writers could do with a core each: the busiest writer's CPU time
+                    # bounds the round
+                    ceiling = decisions / max(cpu) if max(cpu) > 0 else 0.0
+                    print(
+                        f"partitioned, {label}: {writers} writer(s): {rate:,.0f} decisions/s "
+                        f"({rate / base:.2f}x one writer; {decisions} decisions, {refused} holds "
+                        f"refused at a budget); writer CPU {sum(cpu) * 1e6 / decisions:.0f} µs "
+                        f"per decision, busiest {max(cpu):.1f}s → {ceiling:,.0f} decisions/s with "
+                        f"a core per writer: "
+                        f"{'OVERSPENT ' + ', '.join(over) if over else 'no overspend'}"
+                    )
+            finally:
+                for proc in procs_started:
+                    proc.send_signal(signal.SIGTERM)
+                for proc in procs_started:
+                    proc.wait(30)
+    return overspent
 
 
 if __name__ == "__main__":

@@ -4,6 +4,9 @@
     python spender_worker.py raw SPENDERS STEPS SUBJECT  # nats-py requests to the raw writer
     python spender_worker.py rawwriter SUBJECT           # the raw writer: each request appended
                                                          # to a JetStream stream, then answered
+    python spender_worker.py spread SPENDERS STEPS NAME  # spender n pays as user:NAME-n, against
+                                                         # that level (and `shared:…` if NAME ends
+                                                         # in +shared): a partitioned ledger
 
 Prints {"decisions", "elapsed", "refused"} as JSON (a hold and a capture are two decisions).
 """
@@ -35,6 +38,33 @@ async def ours(spenders: int, steps: int, level: str) -> dict[str, float]:
                 op = f"{os.getpid()}-{n}-{i}"
                 try:
                     await ledger.hold(f"h{op}", "user:bench", "tool:x", 1, [level, "user:bench"])
+                except BudgetExceeded:
+                    refused += 1
+                    continue
+                await ledger.capture(f"c{op}", f"h{op}", 1)
+
+        started = time.perf_counter()
+        await asyncio.gather(*(spender(n) for n in range(spenders)))
+        elapsed = time.perf_counter() - started
+    return {"decisions": 2 * spenders * steps - refused, "elapsed": elapsed, "refused": refused}
+
+
+async def spread(spenders: int, steps: int, name: str) -> dict[str, float]:
+    """Each spender its own payer and budget level, so a partitioned ledger spreads them; with
+    `+shared`, every hold also counts against one level that all of them share."""
+    refused = 0
+    name, shared = name.removesuffix("+shared"), name.endswith("+shared")
+    async with Bus(Settings.from_env(os.environ), name="spender-bench") as bus:
+        ledger = LedgerClient(bus)
+
+        async def spender(n: int) -> None:
+            nonlocal refused
+            user = f"user:{name}-{n}"
+            levels = [user, "shared:bench"] if shared else [user]
+            for i in range(steps):
+                op = f"{name}-{n}-{i}"
+                try:
+                    await ledger.hold(f"h{op}", user, "tool:x", 1, levels)
                 except BudgetExceeded:
                     refused += 1
                     continue
@@ -85,5 +115,5 @@ if __name__ == "__main__":
         asyncio.run(raw_writer(sys.argv[2]))
         sys.exit(0)
     mode, spenders, steps, target = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
-    run = ours if mode == "ours" else raw
+    run = {"ours": ours, "raw": raw, "spread": spread}[mode]
     print(json.dumps(asyncio.run(run(spenders, steps, target))))
