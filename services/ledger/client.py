@@ -17,7 +17,7 @@ from typing import Any
 import msgspec
 from opentelemetry.trace import SpanKind
 
-from relaybus.bus import Bus, PermissionDenied, rpc, tracing
+from relaybus.bus import Bus, ConnectionFailed, rpc, tracing
 from relaybus.bus.errors import ErrorInfo, rebuild_error
 from relaybus.bus.rpc import Reply
 
@@ -34,6 +34,7 @@ from .ops import (
     Refund,
     SetBudget,
     SetRateLimit,
+    Tick,
     Transfer,
     Void,
 )
@@ -173,6 +174,9 @@ class LedgerClient:
             return result
         if isinstance(op, Capture | Void | Refund):
             return await self._settle(op)
+        if isinstance(op, Tick):  # every partition's clock
+            names = partitioning.names(self.partitions)
+            return (await asyncio.gather(*(self._write_at(op, p) for p in names)))[0]
         return await self._write_at(op, self._partition_of(op))
 
     async def _settle(self, op: Capture | Void | Refund) -> dict[str, Any]:
@@ -218,34 +222,39 @@ class LedgerClient:
             batchers = _batchers.get(self.bus)
             if batchers is None:
                 batchers = _batchers[self.bus] = {}
-            subject = self._subject("batch", partition)
-            batcher = batchers.get(subject)
+            key = partition if self.partitions > 1 else ""  # "": the unpartitioned subject
+            batcher = batchers.get(key)
             if batcher is None:
-                batcher = batchers[subject] = _Batcher(self.bus, subject)
+                batcher = batchers[key] = _Batcher(self.bus, self._subject("batch", partition))
             return await batcher.send(op)
         return dict(await rpc.call(self.bus, self._subject(op.kind, partition), op))
 
-    async def _hold_parts(self, hold: Hold, parts: dict[str, Hold]) -> dict[str, Any]:
-        """Place every part at once; if any is refused, void those placed and raise the refusal
-        (a budget refusal first: it is what the caller acts on)."""
+    async def _hold_parts(
+        self, hold: Hold, parts: dict[str, Hold], *, again: bool = True
+    ) -> dict[str, Any]:
+        """Place every part at once. If any is refused, undo those placed and raise the refusal
+        (a budget refusal first: it is what the caller acts on); a part that did not answer is
+        left for the caller's retry with the same id to complete."""
         outcomes = await asyncio.gather(
             *(self._write_at(part, p) for p, part in parts.items()), return_exceptions=True
         )
+        answered = [p for p, o in zip(parts, outcomes, strict=True) if isinstance(o, dict)]
+        states = {o.get("state", "held") for o in outcomes if isinstance(o, dict)}
+        if states - {"held"}:
+            # a retry of a hold placed before and settled since (or whose undo was lost)
+            if "captured" in states or not again:
+                await self._undo(hold, answered)  # those placed now; a captured part refuses
+                raise LedgerError(
+                    f"hold {hold.id} was placed and has since been "
+                    f"{'captured' if 'captured' in states else ', '.join(sorted(states))}; "
+                    "a new hold needs a new id"
+                )
+            await self._undo(hold, list(parts))  # voided or expired: placed afresh, once
+            return await self._hold_parts(hold, parts, again=False)
         failed = [o for o in outcomes if isinstance(o, BaseException)]
-        refused = [
-            o for o in failed if isinstance(o, BudgetExceeded | RateLimited | PermissionDenied)
-        ]
-        gone = [o for o in outcomes if isinstance(o, dict) and o.get("state", "held") != "held"]
-        if gone:  # a retry of a hold settled since: its parts placed again now are undone
-            placed = [p for p, o in zip(parts, outcomes, strict=True) if o is not gone[0]]
-            await self._undo(hold, placed)
-            raise LedgerError(
-                f"hold {hold.id} was placed and has since been {gone[0]['state']}; "
-                "a new hold needs a new id"
-            )
+        refused = [o for o in failed if not isinstance(o, ConnectionFailed | TimeoutError)]
         if refused:  # decided: the parts placed are undone, so a retry is decided afresh
-            placed = [p for p, o in zip(parts, outcomes, strict=True) if isinstance(o, dict)]
-            await self._undo(hold, placed)
+            await self._undo(hold, answered)
             refused.sort(key=lambda exc: not isinstance(exc, BudgetExceeded | RateLimited))
             raise refused[0]
         if failed:  # unanswered: a retry with the same id completes the placement

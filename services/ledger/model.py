@@ -72,6 +72,8 @@ class HeldTransfer:
     tokens: int = 0  # reserved
     share: str = ""  # a share of a hold whose home (accounts) is that partition
     shares: list[str] = field(default_factory=list)  # the home's: where its shares are
+    placed: float = 0.0  # the ledger clock when it was placed
+    undone: bool = False  # a part of a refused split hold, undone
     captured: int = 0
     refunded: int = 0
     state: str = "held"  # held | captured | voided | expired
@@ -204,7 +206,7 @@ def _validate(state: State, op: Op, at: float, expired: Collection[str]) -> None
         case Hold():
             _validate_hold(state, op, at, expired)
         case Capture():
-            hold = _open_hold(state, op.transfer, expired)
+            hold = _open_hold(state, op.transfer, expired, lapsed_share=True)
             _tokens(op.tokens)
             _amount(op.amount, allow_zero=True)
             if op.amount > hold.amount:
@@ -213,8 +215,14 @@ def _validate(state: State, op: Op, at: float, expired: Collection[str]) -> None
                 )
             if op.currency != hold.currency:
                 raise LedgerError(f"capture in {op.currency}, but {hold.id} holds {hold.currency}")
+        case Void(undo=True):
+            undone = state.holds.get(op.transfer)
+            if undone is None:
+                raise HoldNotFound(f"no hold {op.transfer!r}")
+            if undone.state == "captured":
+                raise LedgerError(f"hold {op.transfer} is captured; it cannot be undone")
         case Void():
-            _open_hold(state, op.transfer, expired)
+            _open_hold(state, op.transfer, expired, lapsed_share=True)
         case Refund():
             _amount(op.amount)
             refundable = state.holds.get(op.transfer)
@@ -325,10 +333,18 @@ def _check_rate(state: State, key: str, at: float) -> None:
         )
 
 
-def _open_hold(state: State, transfer: str, expired: Collection[str]) -> HeldTransfer:
+def _open_hold(
+    state: State, transfer: str, expired: Collection[str], *, lapsed_share: bool = False
+) -> HeldTransfer:
+    """The hold, if it can still be captured or voided. A share of a partitioned hold that
+    lapsed still can (`lapsed_share`): its home decides, and the home's capture must reach
+    every level, whatever the two writers' clocks said."""
     hold = state.holds.get(transfer)
     if hold is None:
         raise HoldNotFound(f"no hold {transfer!r}")
+    lapsed = hold.state == "expired" or transfer in expired
+    if lapsed_share and hold.share and lapsed:
+        return hold
     if hold.state != "held" or transfer in expired:
         state_name = "expired" if transfer in expired else hold.state
         raise LedgerError(
@@ -360,6 +376,7 @@ def apply(state: State, entry: Entry) -> dict[str, object]:
                 tokens=op.tokens,
                 share=op.share,
                 shares=list(op.shares),
+                placed=at,
             )
             if op.rate:
                 times = [t for t in state.requests.get(op.rate, []) if t > at - WINDOW_S]
@@ -378,7 +395,9 @@ def apply(state: State, entry: Entry) -> dict[str, object]:
             _parts(result, hold)
         case Capture():
             hold = state.holds[op.transfer]
-            _release(state, hold, "captured")
+            if hold.state == "held":
+                _release(state, hold, "captured")
+            hold.state = "captured"  # a lapsed share too: its reservation was released then
             hold.captured = op.amount
             if not hold.share:
                 _move(state, hold.payer, hold.payee, op.amount)
@@ -393,10 +412,11 @@ def apply(state: State, entry: Entry) -> dict[str, object]:
             _parts(result, hold)
         case Void():
             hold = state.holds[op.transfer]
-            _release(state, hold, "voided")
+            if hold.state == "held":
+                _release(state, hold, "voided")
             result.update(transfer=op.transfer, voided=True)
-            if op.undo:  # never placed, as far as a retry of the hold can tell
-                state.results.pop(op.transfer, None)
+            if op.undo:
+                _undo(state, hold)
             _parts(result, hold)
         case Refund():
             hold = state.holds[op.transfer]
@@ -430,6 +450,20 @@ def apply(state: State, entry: Entry) -> dict[str, object]:
     state.results[op.id] = (entry.digest, result)
     state.history.append(entry)
     return result
+
+
+def _undo(state: State, hold: HeldTransfer) -> None:
+    """A part of a refused split hold: as if never placed. Its step and rate-limit request no
+    longer count, and a retry of the hold's id is decided afresh."""
+    state.results.pop(hold.id, None)
+    if hold.undone:
+        return
+    hold.undone = True
+    for key in hold.levels:
+        state.levels.setdefault(key, Level()).steps -= 1
+    times = state.requests.get(hold.rate, [])
+    if hold.placed in times:
+        times.remove(hold.placed)
 
 
 def _parts(result: dict[str, object], hold: HeldTransfer) -> None:

@@ -37,6 +37,7 @@ from relaybus.bus import (
 )
 from relaybus.bus.errors import ErrorInfo
 from relaybus.bus.events import Event
+from relaybus.bus.kv import RevisionConflict
 from relaybus.bus.micro import Endpoint, MicroService
 from relaybus.bus.rpc import Reply, answer
 from relaybus.bus.runtime import stop_on_signals
@@ -56,6 +57,7 @@ from .snapshots import SnapshotStore
 from .spikes import SPIKE_WINDOW_S, SpendWindow
 
 log = logging.getLogger("relaybus.ledger")
+LAYOUT_KEY = "layout"  # the ledger's partition count, in its snapshots bucket
 GAUGED_LEVELS = ("user:", "agent:")
 BUDGET_SERIES = 1000  # budgets reported as gauges (they are configured, so few)
 _encode = msgspec.msgpack.Encoder().encode
@@ -114,6 +116,29 @@ class LedgerWriter:
         if self._snapshots is None:
             self._snapshots = await SnapshotStore.open(self.bus, self.partition)
         return self._snapshots
+
+    async def check_layout(self) -> None:
+        """Refuse to start with a partition count other than the ledger's: a level's partition
+        is a hash of its name, so another count would find budgets and holds missing where it
+        looks. The first writer of a ledger records its count (a journal from before partitions
+        had one); the bucket `relay_ledger_snapshots` keeps it under `layout`."""
+        store = await self._snapshot_store()
+        found = await store.bucket.get(LAYOUT_KEY)
+        if found is None:
+            info = await self.bus.js.stream_info(self.stream)
+            count = 1 if info.state.messages else self.partitions
+            try:
+                await store.bucket.create(LAYOUT_KEY, str(count).encode())
+            except RevisionConflict:
+                pass  # another partition's writer recorded it first: read theirs
+            found = await store.bucket.get(LAYOUT_KEY)
+        recorded = int(found[0]) if found is not None else self.partitions
+        if recorded != self.partitions:
+            raise LedgerError(
+                f"this ledger has {recorded} partition(s), but RELAYBUS_LEDGER_PARTITIONS is "
+                f"{self.partitions}: set it to {recorded} for every writer and client (a level's "
+                "partition is a hash of its name, so the count cannot change under a ledger)"
+            )
 
     async def rebuild(self) -> int:
         """State = the latest snapshot, then the journal entries after it, applied in order."""
@@ -507,6 +532,7 @@ async def serve_ledger(settings: Settings, partition: str = "p0") -> int:
     async with Bus(settings, name="ledger") as bus:
         await ensure(bus, default_topology(bus.subjects, bus.settings.stream_replicas))
         writer = LedgerWriter(bus, partition)
+        await writer.check_layout()
         count = await writer.rebuild()
         budget_gauges(writer)
         async with ledger_micro(bus, writer):

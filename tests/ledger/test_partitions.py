@@ -19,8 +19,17 @@ from relaybus.bus.streams import read_subject
 from relaybus.services.identity.client import read_audit
 from relaybus.services.ledger.client import LedgerClient
 from relaybus.services.ledger.errors import BudgetExceeded, LedgerError
-from relaybus.services.ledger.model import Entry
-from relaybus.services.ledger.ops import Budget, Hold, Void
+from relaybus.services.ledger.model import Entry, State, apply, decide
+from relaybus.services.ledger.ops import (
+    Budget,
+    Capture,
+    Hold,
+    RateLimit,
+    SetBudget,
+    SetRateLimit,
+    Transfer,
+    Void,
+)
 from relaybus.services.ledger.partitions import owner, split_hold
 from relaybus.services.ledger.service import LedgerWriter
 
@@ -145,12 +154,18 @@ async def test_a_hold_spanning_partitions_is_all_or_nothing_and_charged_once(
     await ledger.hold(retried, user, "tool:x", 150, [user, agent])
     levels = {row["level"]: row for row in await ledger.query("levels")}
     assert levels[user]["held"] == 150 and levels[agent]["held"] == 150
-    # while a retry of a hold voided since is refused, and leaves nothing held
+    # and a retry of a hold voided since is placed afresh (its parts' results are forgotten)
     await ledger.void("v1", retried)
-    with pytest.raises(LedgerError, match="has since been voided; a new hold needs a new id"):
+    await ledger.hold(retried, user, "tool:x", 150, [user, agent])
+    levels = {row["level"]: row for row in await ledger.query("levels")}
+    assert levels[user]["held"] == 150 and levels[agent]["held"] == 150
+    # while a retry of a hold captured since is refused, and charges and holds nothing more
+    await ledger.capture("c2", retried, 100)
+    with pytest.raises(LedgerError, match="has since been captured; a new hold needs a new id"):
         await ledger.hold(retried, user, "tool:x", 150, [user, agent])
     levels = {row["level"]: row for row in await ledger.query("levels")}
-    assert levels[user]["held"] == 0 and levels[agent]["held"] == 0
+    assert (levels[user]["spent"], levels[user]["held"]) == (160, 0)
+    assert (levels[agent]["spent"], levels[agent]["held"]) == (160, 0)
 
 
 async def test_concurrent_spenders_across_partitions_never_overspend_a_shared_budget(
@@ -264,3 +279,89 @@ async def test_an_unpartitioned_ledger_refuses_shares(bus: Bus) -> None:
     with pytest.raises(PermissionDenied, match="this ledger splits none"):
         await writer.write(Void(id="u1", transfer="f3", undo=True))
     assert list(writer.state.holds) == ["f3"] and writer.state.holds["f3"].state == "held"
+
+
+def test_a_share_that_lapsed_before_its_home_still_takes_the_home_s_capture() -> None:
+    # Given a share placed at t=0 and its home placed only at t=100 (the first try of the home
+    # went unanswered, the caller's retry placed it), so the share lapses first
+    share = State()
+    part = Hold(id="h", payer="user:u", payee="tool:x", amount=100, levels=["agent:a"])
+    part = msgspec.structs.replace(part, ttl_s=360.0, share="p0")
+    apply(share, _entry(decide(share, part, 0.0)))
+    # When the home's capture reaches the share after it lapsed
+    outcome = decide(share, Capture(id="c", transfer="h", amount=100), 370.0)
+    apply(share, _entry(outcome))
+    # Then the share's level counts the spend the home charged, and holds nothing
+    level = share.levels["agent:a"]
+    assert (level.spent, level.held) == (100, 0)
+    # and a void of a lapsed share is taken too (the home voided), changing nothing
+    apply(
+        share,
+        _entry(
+            decide(
+                share,
+                Hold(
+                    id="g",
+                    payer="user:u",
+                    payee="t",
+                    amount=1,
+                    levels=["agent:a"],
+                    share="p0",
+                    ttl_s=1.0,
+                ),
+                400.0,
+            )
+        ),
+    )
+    apply(share, _entry(decide(share, Void(id="v", transfer="g"), 500.0)))
+    assert share.levels["agent:a"].held == 0
+
+
+def test_an_undone_part_gives_back_its_step_and_its_rate_limit_request() -> None:
+    # Given a level allowing one step and a rate key allowing one request a minute
+    state = State()
+    apply(
+        state,
+        _entry(decide(state, SetBudget(id="b", budget=Budget(level="agent:a", max_steps=1)), 0.0)),
+    )
+    apply(state, _entry(decide(state, SetRateLimit(id="r", limit=RateLimit(key="k", rpm=1)), 0.0)))
+    hold = Hold(id="h", payer="user:u", payee="t", amount=5, levels=["agent:a"], rate="k")
+    apply(state, _entry(decide(state, hold, 1.0)))
+    # When the part is undone (another partition refused the hold)
+    apply(state, _entry(decide(state, Void(id="u", transfer="h", undo=True), 2.0)))
+    apply(state, _entry(decide(state, Void(id="u2", transfer="h", undo=True), 2.5)))  # twice
+    # Then the same hold, retried, is decided afresh and fits the step and the rate limit again
+    placed = decide(state, hold, 3.0)
+    assert isinstance(placed, Entry)
+    apply(state, placed)
+    assert state.levels["agent:a"].steps == 1 and state.holds["h"].state == "held"
+
+
+def _entry(decided: object) -> Entry:
+    assert isinstance(decided, Entry), decided
+    return decided
+
+
+async def test_a_hold_refused_for_any_reason_leaves_no_part_behind(ledger: LedgerClient) -> None:
+    # Given a user whose account is in EUR (home p0), and an agent level in p1
+    user, agent = named("user:eur", "p0"), named("agent:eur", "p1")
+    await ledger.hold("first", user, "tool:x", 5, [user], currency="EUR")
+    # When a USD hold on both levels is refused by the home (currency), not by a budget
+    with pytest.raises(LedgerError, match="is in EUR, not USD"):
+        await ledger.hold("usd", user, "tool:x", 5, [user, agent])
+    # Then the agent's part placed in p1 is undone: nothing stays reserved there
+    levels = {row["level"]: row for row in await ledger.query("levels")}
+    assert (levels[agent]["held"], levels[agent]["steps"]) == (0, 0)
+
+
+async def test_a_writer_refuses_a_partition_count_other_than_the_ledger_s(bus: Bus) -> None:
+    # Given a ledger started with one partition, which has journaled an entry
+    one = LedgerWriter(bus, partitions=1)
+    await one.check_layout()
+    await one.rebuild()
+    await one.write(Transfer(id="t1", payer="a", payee="b", amount=5))
+    # When a writer starts with RELAYBUS_LEDGER_PARTITIONS=2 over it
+    two = LedgerWriter(bus, "p1", partitions=2)
+    # Then it refuses, naming the count to set (budgets would otherwise vanish)
+    with pytest.raises(LedgerError, match=r"has 1 partition\(s\), but .* is 2: set it to 1"):
+        await two.check_layout()
