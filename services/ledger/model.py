@@ -21,6 +21,7 @@ from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import msgspec
+from msgspec.structs import asdict
 
 from relaybus.bus.errors import PermissionDenied
 from relaybus.services.ledger.errors import BudgetExceeded, HoldNotFound, LedgerError, RateLimited
@@ -134,7 +135,9 @@ def digest(op: Op) -> str:
     """The op's body fingerprint for idempotency: its kind and every field, keys sorted. Not the
     wire encoding: `omit_defaults` drops a default string only when it is the very same object,
     so the same op decoded from a journal and built in code would encode differently."""
-    body = {"kind": op.kind, **_canonical(op)}  # type: ignore[dict-item]
+    # a flat op's fields are already plain values: its shallow dict is its canonical form
+    fields = _canonical(op) if isinstance(op, SetBudget | SetRateLimit) else asdict(op)
+    body = {"kind": op.kind, **fields}  # type: ignore[dict-item]
     for added in _ADDED_EMPTY:  # fields added later: absent while empty, so digests stay valid
         if body.get(added) in ("", [], False):
             body.pop(added)
