@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 
+import msgspec
 import pytest
 
 from relaybus.bus import PermissionDenied
@@ -261,3 +262,35 @@ def test_a_retried_op_decoded_from_json_is_the_same_op() -> None:
     decoded = msgspec.json.decode(wire, type=Op)
     assert digest(decoded) == digest(built)
     assert digest(msgspec.structs.replace(built, amount=4)) != digest(built)
+
+
+def test_digests_of_operations_journaled_before_stay_the_same() -> None:
+    # digests an earlier version stored in journal entries (dfce08e, before partitions added
+    # fields to Hold and Void): a retry of such an operation must still match its first result
+    from relaybus.services.ledger.model import digest
+    from relaybus.services.ledger.ops import Budget as BudgetSpec
+    from relaybus.services.ledger.ops import Capture, Hold, SetBudget, Void
+
+    hold = Hold(
+        id="h1",
+        payer="user:a",
+        payee="tool:x",
+        amount=300,
+        levels=["user:a", "run:R"],
+        tags={"run": "R", "agent": "a"},
+        rate="agent:a/tool:x",
+        tokens=5,
+    )
+    assert digest(hold) == "105c20d63ee1832796659fdab105e1e5d9805f9aa13eecdcfd6b1d8db33bb00d"
+    capture = Capture(id="c1", transfer="h1", amount=250, tokens=3, tags={"run": "R"})
+    assert digest(capture) == "a0ef09a134fb7b03343883cf4d5d3d2664a854095564e8189e53cc06cea0323d"
+    budget = SetBudget(id="b1", budget=BudgetSpec(level="user:a", limit=5000, period="monthly"))
+    assert digest(budget) == "051fd516e167bea40c4ce34bfa923b6345132ee1af4db2ecdf2bcf46b7e3825d"
+    assert digest(Void(id="v1", transfer="h1")) == (
+        "b089366b6491a34dc0eb66da488bed4aee9b4041caeb768c812e663274369ab5"
+    )
+    # and an operation decoded from the journal digests as the one built in code
+    for op in (hold, capture, budget):
+        assert digest(msgspec.msgpack.decode(msgspec.msgpack.encode(op), type=type(op))) == digest(
+            op
+        )
