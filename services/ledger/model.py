@@ -15,6 +15,7 @@ reserves its amount — and its tokens — at every level at once, or fails as a
 from __future__ import annotations
 
 import hashlib
+import heapq
 from collections.abc import Collection
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -109,6 +110,25 @@ class State:
     )  # rate key → hold times, last minute
     tokens: dict[str, list[tuple[float, int]]] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        # the open holds by expiry (not a field: snapshots leave it out, a restore rebuilds
+        # it), so a decision finds lapsed holds without looking at every open one
+        self.expiring: list[tuple[float, str]] = [
+            (h.expires, h.id) for h in self.open_holds.values()
+        ]
+        heapq.heapify(self.expiring)
+
+    def lapsed(self, at: float) -> list[str]:
+        """The open holds whose time is up at `at`."""
+        heap, open_holds = self.expiring, self.open_holds
+        while heap and (
+            heap[0][1] not in open_holds or open_holds[heap[0][1]].expires != heap[0][0]
+        ):
+            heapq.heappop(heap)  # settled since, or placed again with another expiry
+        if not heap or heap[0][0] > at:
+            return []
+        return [h.id for h in open_holds.values() if h.expires <= at]
+
     def period_end(self, level: str, at: float) -> float:
         """When the period of `level`'s budget that holds `at` ends (0: it has no period)."""
         budget = self.budgets.get(level)
@@ -195,7 +215,7 @@ def decide(state: State, op: Op, now: float) -> Entry | dict[str, object]:
             return {**result, "state": held.state}
         return result
     at = max(now, state.clock)  # the ledger's clock: the service's, never a request's
-    lapsed = [h.id for h in state.open_holds.values() if h.expires <= at]
+    lapsed = state.lapsed(at)
     # every lapsed hold counts as expired in this decision; the entry releases a bounded number
     # of them (the rest in the entries after it), so no flood of short holds can make one entry
     # outgrow a journal message
@@ -386,6 +406,7 @@ def apply(state: State, entry: Entry) -> dict[str, object]:
                 state.requests[op.rate] = [*times, at]
             state.holds[op.id] = hold
             state.open_holds[op.id] = hold
+            heapq.heappush(state.expiring, (hold.expires, op.id))
             for account in () if op.share else (op.payer, op.payee):
                 state.currencies.setdefault(account, op.currency)
                 state.balances.setdefault(account, 0)

@@ -294,3 +294,22 @@ def test_digests_of_operations_journaled_before_stay_the_same() -> None:
         assert digest(msgspec.msgpack.decode(msgspec.msgpack.encode(op), type=type(op))) == digest(
             op
         )
+
+
+def test_holds_expire_on_time_among_many_and_after_a_restore_from_a_snapshot() -> None:
+    from relaybus.services.ledger.model import State, apply, decide
+    from relaybus.services.ledger.ops import Capture, Hold
+
+    state = State()
+    for i in range(200):  # many open holds, expiring at different times
+        apply(
+            state,
+            decide(state, Hold(id=f"h{i}", payer="u", payee="t", amount=1, ttl_s=10 + i), 0.0),
+        )
+    apply(state, decide(state, Capture(id="c5", transfer="h5", amount=1), 1.0))  # settled
+    restored = msgspec.msgpack.decode(msgspec.msgpack.encode(state), type=State)
+    for s in (state, restored):
+        # at t=50 the holds with ttl ≤ 50 lapsed, except the captured one
+        entry = decide(s, Hold(id="probe", payer="u", payee="t", amount=1), 50.0)
+        assert sorted(entry.expired) == sorted(f"h{i}" for i in range(41) if i != 5)  # type: ignore[union-attr]
+        assert decide(s, Hold(id="early", payer="u", payee="t", amount=1), 5.0).expired == []  # type: ignore[union-attr]
