@@ -18,6 +18,7 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable
 
 import nats
 
@@ -27,6 +28,23 @@ from relaybus.services.ledger.errors import BudgetExceeded
 
 
 async def ours(spenders: int, steps: int, level: str) -> dict[str, float]:
+    """Every spender pays as `user:bench`, against `level` and that user's level."""
+    return await spend(spenders, steps, str(os.getpid()), lambda n: "user:bench", [level])
+
+
+async def spread(spenders: int, steps: int, name: str) -> dict[str, float]:
+    """Each spender its own payer and budget level, so a partitioned ledger spreads them; with
+    `+shared`, every hold also counts against one level that all of them share."""
+    name, shared = name.removesuffix("+shared"), name.endswith("+shared")
+    also = ["shared:bench"] if shared else []
+    return await spend(spenders, steps, name, lambda n: f"user:{name}-{n}", also)
+
+
+async def spend(
+    spenders: int, steps: int, prefix: str, payer: Callable[[int], str], levels: list[str]
+) -> dict[str, float]:
+    """`spenders` concurrent spenders, each `steps` hold+capture pairs of 1 as `payer(n)`,
+    against `levels` and the payer's own level (a refused hold is counted, not captured)."""
     refused = 0
     async with Bus(Settings.from_env(os.environ), name="spender-bench") as bus:
         ledger = LedgerClient(bus)
@@ -34,37 +52,11 @@ async def ours(spenders: int, steps: int, level: str) -> dict[str, float]:
 
         async def spender(n: int) -> None:
             nonlocal refused
+            user = payer(n)
             for i in range(steps):
-                op = f"{os.getpid()}-{n}-{i}"
+                op = f"{prefix}-{n}-{i}"
                 try:
-                    await ledger.hold(f"h{op}", "user:bench", "tool:x", 1, [level, "user:bench"])
-                except BudgetExceeded:
-                    refused += 1
-                    continue
-                await ledger.capture(f"c{op}", f"h{op}", 1)
-
-        started = time.perf_counter()
-        await asyncio.gather(*(spender(n) for n in range(spenders)))
-        elapsed = time.perf_counter() - started
-    return {"decisions": 2 * spenders * steps - refused, "elapsed": elapsed, "refused": refused}
-
-
-async def spread(spenders: int, steps: int, name: str) -> dict[str, float]:
-    """Each spender its own payer and budget level, so a partitioned ledger spreads them; with
-    `+shared`, every hold also counts against one level that all of them share."""
-    refused = 0
-    name, shared = name.removesuffix("+shared"), name.endswith("+shared")
-    async with Bus(Settings.from_env(os.environ), name="spender-bench") as bus:
-        ledger = LedgerClient(bus)
-
-        async def spender(n: int) -> None:
-            nonlocal refused
-            user = f"user:{name}-{n}"
-            levels = [user, "shared:bench"] if shared else [user]
-            for i in range(steps):
-                op = f"{name}-{n}-{i}"
-                try:
-                    await ledger.hold(f"h{op}", user, "tool:x", 1, levels)
+                    await ledger.hold(f"h{op}", user, "tool:x", 1, [*levels, user])
                 except BudgetExceeded:
                     refused += 1
                     continue
