@@ -64,7 +64,7 @@ async def service(args: argparse.Namespace, settings: Settings) -> Any:
     if args.name == "identity":
         from relaybus.services.identity.service import serve_identity as serve
     elif args.name == "ledger":
-        from relaybus.services.ledger.service import serve_ledger
+        from relaybus.services.ledger.server import serve_ledger
 
         serve = functools.partial(serve_ledger, partition=args.partition)
     elif args.name == "ingress":

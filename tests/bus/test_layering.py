@@ -52,7 +52,7 @@ def problems_of(package: str, rel: str, source: str) -> list[str]:
         if package in ("memory", "services") and layer == "agents":
             problems.append(f"{rel}: {package} imports the agents runtime ({module})")
         if (
-            module.endswith(".service")
+            module.endswith((".service", ".server"))
             and layer == "services"
             and not rel.startswith(module.split(".")[1] + "/" + module.split(".")[2])
             and rel not in COMPOSITION_ROOT
