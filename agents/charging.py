@@ -12,6 +12,7 @@ import msgspec
 
 from relaybus.bus import Bus, Retry
 from relaybus.bus.envelope import derived_id
+from relaybus.bus.recent import Recent
 from relaybus.services.ledger.client import LedgerClient
 from relaybus.services.ledger.errors import RateLimited
 from relaybus.services.ledger.lease import Lease
@@ -56,6 +57,9 @@ def _used(tool: Any, price: int, held: int, bill: Bill) -> int:
     return min(held, math.ceil(price * max(0.0, bill.units)))
 
 
+RECENT_RUNS = 4096  # runs whose spend this process remembers from its last capture
+
+
 class Costs:
     """One agent process's view of the ledger and of its tools' health."""
 
@@ -69,6 +73,8 @@ class Costs:
         self.ledger_settings = LedgerSettings.of(bus.settings)
         self._leases: dict[tuple[str, str, str], Lease] = {}
         self._breakers: dict[str, Breaker] = {}
+        # a run's `run:` level spend as this process's last capture for it left it
+        self._run_spent: Recent[str, int] = Recent(RECENT_RUNS)
 
     def lease(self, ctx: Context, user: str, tool: str) -> Lease:
         key = (ctx.run_id, user, tool)
@@ -106,16 +112,25 @@ class Costs:
         for key in [k for k in self._leases if k[0] == run_id]:
             await self._leases.pop(key).settle()
 
-    async def run_cost(self, run_id: str) -> int:
-        """What the ledger (the source of truth) captured for the run; 0 without a ledger."""
+    async def run_cost(self, run_id: str, *, only_spender: bool = False) -> int:
+        """What the ledger (the source of truth) captured for the run; 0 without a ledger.
+
+        `only_spender`: the asking task is the only one that spent for the run (its root, with
+        no children). Then the ledger's reply to its last capture already said the run's spend
+        (the ledger decides in order, and the run level's spend only grows), so nothing is
+        asked. Leases settle apart from the captures seen here, so with them it is asked."""
         if self.ledger is None:
             return 0
+        if only_spender and not self.ledger_settings.ledger_lease:
+            seen = self._run_spent.get(run_id)
+            if seen is not None:
+                return seen
         return int((await self.ledger.run_cost(run_id))["spent"])
 
     async def capture(self, pending: PendingCapture) -> None:
         """Send a journaled capture (idempotent by its op id: a resend changes nothing)."""
         assert self.ledger is not None
-        await self.ledger.capture(
+        captured = await self.ledger.capture(
             pending.op_id,
             pending.hold_id,
             pending.amount,
@@ -123,6 +138,11 @@ class Costs:
             tokens=pending.tokens,
             tags=pending.tags,
         )
+        run = pending.tags.get("run", "")
+        spent = (captured.get("levels") or {}).get(f"run:{run}")
+        if run and type(spent) is int:
+            seen = self._run_spent.get(run)
+            self._run_spent.set(run, spent if seen is None else max(seen, spent))
 
     @contextlib.asynccontextmanager
     async def charge(self, ctx: Context, tool: Any, seq: int, args: Any) -> AsyncIterator[Bill]:

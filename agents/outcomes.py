@@ -61,7 +61,9 @@ class Outcomes:
             )
             return
         status = journal.status if journal.status in ("completed", "cancelled") else "failed"
-        cost = await self.costs.run_cost(env.run_id)
+        # the root task, which spawned nothing, is the run's only spender
+        alone = env.hop == 0 and not any(op.kind == "spawn" for op in journal.ops)
+        cost = await self.costs.run_cost(env.run_id, only_spender=alone)
         finish = Finish(
             status=status,
             result=msgspec.Raw(journal.result or b"null"),

@@ -190,6 +190,16 @@ class Shopper(Agent):
         return total
 
 
+class ShopsThenDelegates(Agent):
+    """Calls the costed tool once itself, then has a `shopper` child call it twice."""
+
+    name = "delegator"
+
+    async def handle(self, ctx: Context, task: dict[str, Any]) -> int:
+        own = int(await ctx.tool(add, a=1, b=0, log=task["log"]))
+        return own + int(await ctx.call("shopper", {"n": 2, "log": task["log"]}))
+
+
 class ParkingShopper(Shopper):
     name = "pshopper"
     on_budget_exceeded = "park"

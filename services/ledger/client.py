@@ -140,6 +140,14 @@ _homes: weakref.WeakKeyDictionary[Bus, dict[str, str]] = weakref.WeakKeyDictiona
 REMEMBERED_HOMES = 65536  # holds whose home partition a connection remembers for its capture
 
 
+def _with_levels(home: dict[str, Any], parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """The home's result of a capture, with every part's levels (each part reports its own)."""
+    levels: dict[str, Any] = {}
+    for part in parts:
+        levels.update(part.get("levels") or {})
+    return {**home, "levels": levels} if levels else home
+
+
 def _remember(bus: Bus, hold_id: str, home: str) -> None:
     homes = _homes.get(bus)
     if homes is None:
@@ -191,7 +199,8 @@ class LedgerClient:
                 home = None
             else:
                 if result.get("shares"):
-                    await asyncio.gather(*(self._write_at(op, p) for p in result["shares"]))
+                    shares = [self._write_at(op, p) for p in result["shares"]]
+                    return _with_levels(result, [result, *await asyncio.gather(*shares)])
                 return result
         names = partitioning.names(self.partitions)
         outcomes = await asyncio.gather(
@@ -199,7 +208,7 @@ class LedgerClient:
         )
         for outcome in outcomes:
             if isinstance(outcome, dict) and not outcome.get("share"):
-                return outcome
+                return _with_levels(outcome, [o for o in outcomes if isinstance(o, dict)])
         failures = [o for o in outcomes if isinstance(o, BaseException)]
         raise next((f for f in failures if not isinstance(f, HoldNotFound)), failures[0])
 

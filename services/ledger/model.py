@@ -432,7 +432,10 @@ def apply(state: State, entry: Entry) -> dict[str, object]:
             if hold.rate and op.tokens:
                 used = [(t, n) for t, n in state.tokens.get(hold.rate, []) if t > at - WINDOW_S]
                 state.tokens[hold.rate] = [*used, (at, op.tokens)]
-            result.update(transfer=hold.id, captured=op.amount)
+            # each level's spend after this capture: a task that is its run's only spender
+            # knows the run's cost from its last capture, without asking (agents/charging.py)
+            spent = {key: state.levels[key].spent for key in hold.levels}
+            result.update(transfer=hold.id, captured=op.amount, levels=spent)
             _parts(result, hold)
         case Void():
             hold = state.holds[op.transfer]

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -50,6 +51,41 @@ async def test_a_replayed_tool_is_charged_once(lbus: Bus, spawn: Spawn, tmp_path
     assert done.status == "completed" and done.cost == COST  # retried once, charged once
     record = await (await run_store(lbus)).get(done.run_id)
     assert record is not None and record.cost == COST
+
+
+async def test_a_run_s_cost_comes_from_its_last_capture_unless_a_child_spent_too(
+    lbus: Bus, spawn: Spawn, tmp_path: Path
+) -> None:
+    spawn("runtime_agents:Shopper", RELAYBUS_LEDGER="1")
+    spawn("runtime_agents:ShopsThenDelegates", RELAYBUS_LEDGER="1")
+    asked: list[bytes] = []
+
+    async def on_query(msg: Any) -> None:
+        asked.append(bytes(msg.data))
+
+    await lbus.nc.subscribe(lbus.subjects.service("ledger", "run_cost"), cb=on_query)
+    ledger = LedgerClient(lbus)
+    log = str(tmp_path / "calls")
+    # Given a run whose root task is its only spender: three costed calls
+    alone = await submit(
+        lbus, "shopper", json.dumps({"n": 3, "log": log}).encode(), wait=True, timeout_s=30
+    )
+    # Then its cost is what the ledger captured, learned from the last capture's reply
+    assert alone.status == "completed" and alone.cost == 3 * COST
+    assert asked == []  # nobody asked the ledger for it
+    record = await (await run_store(lbus)).get(alone.run_id)
+    assert record is not None and record.cost == 3 * COST
+    assert (await ledger.run_cost(alone.run_id))["spent"] == 3 * COST
+    asked.clear()
+    # Given a run whose root spends first, then a child spends twice after it
+    shared = await submit(
+        lbus, "delegator", json.dumps({"log": log}).encode(), wait=True, timeout_s=30
+    )
+    # Then the root asks the ledger (its own last capture came before the child's), and the
+    # cost counts all three
+    assert shared.status == "completed" and shared.cost == 3 * COST
+    assert any(alone.run_id.encode() not in q and shared.run_id.encode() in q for q in asked)
+    assert (await ledger.run_cost(shared.run_id))["spent"] == 3 * COST
 
 
 async def test_a_costed_tool_that_failed_once_is_retried_and_charged_once(
