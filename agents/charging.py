@@ -12,7 +12,6 @@ import msgspec
 
 from relaybus.bus import Bus, Retry
 from relaybus.bus.envelope import derived_id
-from relaybus.bus.recent import Recent
 from relaybus.services.ledger.client import LedgerClient
 from relaybus.services.ledger.errors import RateLimited
 from relaybus.services.ledger.lease import Lease
@@ -57,7 +56,14 @@ def _used(tool: Any, price: int, held: int, bill: Bill) -> int:
     return min(held, math.ceil(price * max(0.0, bill.units)))
 
 
-RECENT_RUNS = 4096  # runs whose spend this process remembers from its last capture
+class RunSpend(msgspec.Struct, frozen=True):
+    """A run's spend after one capture, and that capture's place in the ledger's order."""
+
+    spent: int
+    after: int
+
+    def later(self, other: RunSpend | None) -> RunSpend:
+        return self if other is None or self.after >= other.after else other
 
 
 class Costs:
@@ -73,8 +79,6 @@ class Costs:
         self.ledger_settings = LedgerSettings.of(bus.settings)
         self._leases: dict[tuple[str, str, str], Lease] = {}
         self._breakers: dict[str, Breaker] = {}
-        # a run's `run:` level spend as this process's last capture for it left it
-        self._run_spent: Recent[str, int] = Recent(RECENT_RUNS)
 
     def lease(self, ctx: Context, user: str, tool: str) -> Lease:
         key = (ctx.run_id, user, tool)
@@ -112,23 +116,22 @@ class Costs:
         for key in [k for k in self._leases if k[0] == run_id]:
             await self._leases.pop(key).settle()
 
-    async def run_cost(self, run_id: str, *, only_spender: bool = False) -> int:
+    async def run_cost(self, run_id: str, *, seen: RunSpend | None = None) -> int:
         """What the ledger (the source of truth) captured for the run; 0 without a ledger.
 
-        `only_spender`: the asking task is the only one that spent for the run (its root, with
-        no children). Then the ledger's reply to its last capture already said the run's spend
-        (the ledger decides in order, and the run level's spend only grows), so nothing is
-        asked. Leases settle apart from the captures seen here, so with them it is asked."""
+        `seen`: the run's spend as the latest capture of the asking attempt left it, when that
+        task is the run's only spender (its root, with no children). Every capture before it,
+        by any attempt, was decided before it, so nothing is asked. Leases settle apart from
+        the captures an attempt sees, so with them it is asked."""
         if self.ledger is None:
             return 0
-        if only_spender and not self.ledger_settings.ledger_lease:
-            seen = self._run_spent.get(run_id)
-            if seen is not None:
-                return seen
+        if seen is not None and not self.ledger_settings.ledger_lease:
+            return seen.spent
         return int((await self.ledger.run_cost(run_id))["spent"])
 
-    async def capture(self, pending: PendingCapture) -> None:
-        """Send a journaled capture (idempotent by its op id: a resend changes nothing)."""
+    async def capture(self, pending: PendingCapture) -> RunSpend | None:
+        """Send a journaled capture (idempotent by its op id: a resend changes nothing); the
+        run's spend after it, as the ledger reports it."""
         assert self.ledger is not None
         captured = await self.ledger.capture(
             pending.op_id,
@@ -138,11 +141,11 @@ class Costs:
             tokens=pending.tokens,
             tags=pending.tags,
         )
-        run = pending.tags.get("run", "")
-        spent = (captured.get("levels") or {}).get(f"run:{run}")
-        if run and type(spent) is int:
-            seen = self._run_spent.get(run)
-            self._run_spent.set(run, spent if seen is None else max(seen, spent))
+        reported = (captured.get("levels") or {}).get(f"run:{pending.tags.get('run', '')}")
+        try:
+            return msgspec.convert(reported, RunSpend)
+        except msgspec.ValidationError:
+            return None  # none reported (a ledger of an earlier version): the cost is asked
 
     @contextlib.asynccontextmanager
     async def charge(self, ctx: Context, tool: Any, seq: int, args: Any) -> AsyncIterator[Bill]:

@@ -20,7 +20,7 @@ import msgspec
 from relaybus.bus import Envelope, ErrorInfo
 from relaybus.bus.lease import LEASE_MARGIN, Lease
 
-from .charging import PendingCapture
+from .charging import PendingCapture, RunSpend
 from .errors import LimitExceeded, rebuild
 from .journal import NOT_STORED, Fenced, Journal, JournalDivergence, Op
 
@@ -50,6 +50,7 @@ class Execution:
         self.owner = owner
         self.cursor = 0
         self.writes = 0  # journal writes this execution made
+        self.run_spent: RunSpend | None = None  # the run's spend after this attempt's captures
         self._pending_ops: list[Op] = []
         self._pending_publish: list[tuple[Envelope, list[str] | None]] = []
         self._timings: dict[int, tuple[float, int]] = {}  # seq -> (latency ms, cost) for events
@@ -237,7 +238,9 @@ class Execution:
         the ledger answers with its first result (no second capture)."""
         if isinstance(owed, bytes):
             owed = msgspec.json.decode(owed, type=PendingCapture)
-        await self.port.costs.capture(owed)
+        spent = await self.port.costs.capture(owed)
+        if spent is not None:
+            self.run_spent = spent.later(self.run_spent)
         self._settled.add(seq)
 
 

@@ -12,7 +12,7 @@ from relaybus.bus.envelope import derived_id
 from relaybus.services.runs.client import RunWriter
 from relaybus.services.runs.state import ENDED, Finish, run_end_id
 
-from .charging import Costs
+from .charging import Costs, RunSpend
 from .journal import Journal
 from .messages import ChildResult
 
@@ -24,8 +24,15 @@ class Outcomes:
         self.run_writer = run_writer
         self.costs = costs
 
-    async def deliver(self, env: Envelope, journal: Journal, latency_ms: float = 0.0) -> None:
-        """Send a finished task's outcome to whoever waits for it: the parent task, or the run."""
+    async def deliver(
+        self,
+        env: Envelope,
+        journal: Journal,
+        latency_ms: float = 0.0,
+        run_spent: RunSpend | None = None,
+    ) -> None:
+        """Send a finished task's outcome to whoever waits for it: the parent task, or the run.
+        `run_spent`: the run's spend after this attempt's last capture."""
         if journal.handoff:
             return  # the run goes on at the agent it was handed to
         ok = journal.status == "completed"
@@ -61,9 +68,10 @@ class Outcomes:
             )
             return
         status = journal.status if journal.status in ("completed", "cancelled") else "failed"
-        # the root task, which spawned nothing, is the run's only spender
+        # the root task, which spawned nothing, is the run's only spender: this attempt's last
+        # capture says what the run cost (one of another attempt may be later: then it asks)
         alone = env.hop == 0 and not any(op.kind == "spawn" for op in journal.ops)
-        cost = await self.costs.run_cost(env.run_id, only_spender=alone)
+        cost = await self.costs.run_cost(env.run_id, seen=run_spent if alone else None)
         finish = Finish(
             status=status,
             result=msgspec.Raw(journal.result or b"null"),

@@ -56,7 +56,7 @@ from relaybus.services.runs.store import RunStore
 from . import resuming, starting
 from .base import Agent, encode_result, input_decoder
 from .cancellation import Cancellations
-from .charging import Costs
+from .charging import Costs, RunSpend
 from .context import Context, HandoffDone, Suspend
 from .degrade import on_budget_exceeded
 from .errors import Cancelled, LimitExceeded, ToolArgumentsInvalid
@@ -338,14 +338,20 @@ class Worker:
             # (child), whose writes take one end of a task and refuse or ignore a second; a
             # copy of this pure task run again meanwhile ends it the same way
             journal = msgspec.structs.replace(ex.journal, status=status, result=result)
-            await self.deliver(ex.envelope, journal, latency_ms)
+            await self.deliver(ex.envelope, journal, latency_ms, ex.run_spent)
             return
         # the journal's end first: an execution that was taken over (Fenced here) must not
         # deliver an outcome, which would be the run's if it came first
-        await self.deliver(ex.envelope, await ex.mutate(change), latency_ms)
+        await self.deliver(ex.envelope, await ex.mutate(change), latency_ms, ex.run_spent)
 
-    async def deliver(self, env: Envelope, journal: Journal, latency_ms: float = 0.0) -> None:
-        await self.outcomes.deliver(env, journal, latency_ms)
+    async def deliver(
+        self,
+        env: Envelope,
+        journal: Journal,
+        latency_ms: float = 0.0,
+        run_spent: RunSpend | None = None,
+    ) -> None:
+        await self.outcomes.deliver(env, journal, latency_ms, run_spent)
 
     async def dead_lettered(self, d: Delivery, reason: str, error: ErrorInfo | None) -> None:
         """A task given up on (its attempts used up, or refused for good) fails as any failed

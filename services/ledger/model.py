@@ -310,7 +310,11 @@ MAX_EXPIRED_PER_ENTRY = 256
 def _check_budget(
     key: str, budget: Budget, used: Level, op: Hold, expired: Collection[str], state: State
 ) -> None:
-    lapsed = [h for h in state.open_holds.values() if h.id in expired and key in h.levels]
+    lapsed = [
+        hold
+        for hold in (state.open_holds.get(hold_id) for hold_id in expired)
+        if hold is not None and key in hold.levels
+    ]
     held = used.held - sum(h.amount for h in lapsed)
     if budget.limit and used.spent + held + op.amount > budget.limit:
         left = budget.limit - used.spent - held
@@ -432,10 +436,19 @@ def apply(state: State, entry: Entry) -> dict[str, object]:
             if hold.rate and op.tokens:
                 used = [(t, n) for t, n in state.tokens.get(hold.rate, []) if t > at - WINDOW_S]
                 state.tokens[hold.rate] = [*used, (at, op.tokens)]
-            # each level's spend after this capture: a task that is its run's only spender
-            # knows the run's cost from its last capture, without asking (agents/charging.py)
-            spent = {key: state.levels[key].spent for key in hold.levels}
-            result.update(transfer=hold.id, captured=op.amount, levels=spent)
+            # the run's spend after this capture, and where the capture stands in the
+            # partition's order: a task that is its run's only spender knows the run's cost
+            # from its last capture, without asking (agents/charging.py). Only `run:` levels:
+            # another level's spend is an operator's to read (`levels`)
+            after = len(state.history)
+            spent = {
+                key: {"spent": state.levels[key].spent, "after": after}
+                for key in hold.levels
+                if key.startswith("run:")
+            }
+            result.update(transfer=hold.id, captured=op.amount)
+            if spent:
+                result["levels"] = spent
             _parts(result, hold)
         case Void():
             hold = state.holds[op.transfer]

@@ -151,6 +151,7 @@ class LedgerWriter:
                 replayed += 1
             self.last_seq = seq
         self._tail = self.last_seq
+        self._since_snapshot = replayed  # a restart's replay counts toward the next snapshot
         return replayed
 
     async def handle(self, subject: str, data: bytes) -> bytes:
