@@ -241,8 +241,14 @@ class IdentityGate:
         return self.revoked.live() or await self.revoked.confirm(CONFIRM_S)
 
     def _is_revoked(self, key: str) -> bool:
+        """Whether `key` is revoked. A view that is not live gives no verdict (fail closed,
+        RevocationUnknown: the caller retries), never "revoked": that would dead-letter a
+        chain nobody revoked while NATS fails over (the view can lapse between the
+        `ensure_fresh` before a check and the check itself)."""
         if not self.fresh():
-            return True  # fail closed: we cannot know
+            raise RevocationUnknown(
+                "the revocation watch is not live; no verdict on the chain until it is"
+            )
         return self.revoked.holds(revocation_key(key))
 
     async def _agent_key(self, name: str) -> None:
@@ -276,13 +282,16 @@ class IdentityGate:
             problem = check(link.scopes, scope, args, view.principal)
             if problem:
                 return f"link {index} ({link.issuer} → {link.subject}): {problem}"
-        for lid in view.ids:
-            if self._is_revoked(f"link:{lid}"):
-                return f"link {lid} is revoked"
-        for link in view.links:
-            for key in (link.issuer, f"agent:{link.subject}", f"user:{link.principal}"):
-                if self._is_revoked(key):
-                    return f"{key} is revoked"
+        try:
+            for lid in view.ids:
+                if self._is_revoked(f"link:{lid}"):
+                    return f"link {lid} is revoked"
+            for link in view.links:
+                for key in (link.issuer, f"agent:{link.subject}", f"user:{link.principal}"):
+                    if self._is_revoked(key):
+                        return f"{key} is revoked"
+        except RevocationUnknown:  # lapsed during the check: refused, as before it
+            return "revocation status unknown (watch not live)"
         return ""
 
     async def delegate(
