@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import nats.errors
 import nats.js.errors
 from nats.js import api
-from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential
+from tenacity import AsyncRetrying, retry_if_exception, stop_after_delay, wait_exponential
 
 from .client import Bus
 from .errors import ProvisioningConflict
@@ -284,11 +284,24 @@ async def ensure_bucket(bus: Bus, spec: BucketSpec) -> bool:
     return False
 
 
+NO_PEERS_FOR_PLACEMENT = 10005  # JetStream's err_code: the replicas asked for are not all known
+
+
+def _not_ready(exc: BaseException) -> bool:
+    """JetStream does not answer yet, or a cluster that just started has not met all its peers
+    (a replicated stream finds "no suitable peers for placement" for a moment)."""
+    if isinstance(exc, _NOT_READY):
+        return True
+    return (
+        isinstance(exc, nats.js.errors.BadRequestError) and exc.err_code == NO_PEERS_FOR_PLACEMENT
+    )
+
+
 def _until_ready(ready_within_s: float) -> AsyncRetrying:
     """Retry while JetStream does not answer (a cluster electing its leaders, a node down),
     for at most `ready_within_s`."""
     return AsyncRetrying(
-        retry=retry_if_exception_type(_NOT_READY),
+        retry=retry_if_exception(_not_ready),
         wait=wait_exponential(multiplier=0.1, max=2.0),
         stop=stop_after_delay(ready_within_s),
         before_sleep=lambda rs: log.warning(
