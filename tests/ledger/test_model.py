@@ -313,20 +313,3 @@ def test_holds_expire_on_time_among_many_and_after_a_restore_from_a_snapshot() -
         entry = decide(s, Hold(id="probe", payer="u", payee="t", amount=1), 50.0)
         assert sorted(entry.expired) == sorted(f"h{i}" for i in range(41) if i != 5)  # type: ignore[union-attr]
         assert decide(s, Hold(id="early", payer="u", payee="t", amount=1), 5.0).expired == []  # type: ignore[union-attr]
-
-
-def test_a_capture_tells_its_run_s_spend_and_no_other_level_s() -> None:
-    from relaybus.services.ledger.model import State, apply, decide
-    from relaybus.services.ledger.ops import Capture, Hold
-
-    state = State()
-    for i, amount in enumerate((3, 4)):
-        hold = Hold(
-            id=f"h{i}", payer="user:bob", payee="t", amount=amount, levels=["user:bob", "run:R"]
-        )
-        apply(state, decide(state, hold, 1.0))  # type: ignore[arg-type]
-    first = apply(state, decide(state, Capture(id="c0", transfer="h0", amount=3), 2.0))  # type: ignore[arg-type]
-    second = apply(state, decide(state, Capture(id="c1", transfer="h1", amount=4), 3.0))  # type: ignore[arg-type]
-    # the run's spend after each capture, and the captures' order; never bob's own level
-    assert first["levels"] == {"run:R": {"spent": 3, "after": 2}}
-    assert second["levels"] == {"run:R": {"spent": 7, "after": 3}}
