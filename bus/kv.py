@@ -16,6 +16,7 @@ from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, w
 
 from .client import Bus
 from .errors import ConnectionFailed, RelayError, SubjectInvalid
+from .replies import Replies
 
 log = logging.getLogger("relaybus.kv")
 T = TypeVar("T")
@@ -83,9 +84,10 @@ class RevisionConflict(RelayError):
 class Bucket:
     """One KV bucket. `get` returns (value, revision); writes are conditional on a revision."""
 
-    def __init__(self, kv: KeyValue, name: str) -> None:
+    def __init__(self, kv: KeyValue, name: str, replies: Replies | None = None) -> None:
         self._kv = kv
         self.name = name
+        self._replies = replies  # conditional writes through it (the hot path), else nats-py's
 
     @classmethod
     async def open(cls, bus: Bus, name: str) -> Bucket:
@@ -98,7 +100,7 @@ class Bucket:
             kv = await _retrying(f"open {name}", lambda: bus.js.key_value(name))
         except nats.js.errors.BucketNotFoundError:
             raise ConnectionFailed(f"KV bucket {name} does not exist; run `relaybus up`") from None
-        return opened.setdefault(name, cls(kv, name))
+        return opened.setdefault(name, cls(kv, name, bus.replies))
 
     async def get(self, key: str) -> tuple[bytes, int] | None:
         check_key(self.name, key)
@@ -116,23 +118,44 @@ class Bucket:
 
     async def create(self, key: str, value: bytes) -> int:
         """Write only if `key` does not exist; RevisionConflict otherwise."""
+        check_key(self.name, key)
+
+        async def create() -> int:
+            try:
+                return await self._write_at(key, value, 0)
+            except nats.js.errors.KeyWrongLastSequenceError:
+                # taken, or deleted (a tombstone is the last entry): nats-py recreates the latter
+                return int(await self._kv.create(key, value))
+
         return await self._conditional(
-            f"create {self.name}/{key}",
-            lambda: self._kv.create(key, value),
-            key,
-            value,
-            f"{self.name}/{key} already exists",
+            f"create {self.name}/{key}", create, key, value, f"{self.name}/{key} already exists"
         )
 
     async def update(self, key: str, value: bytes, revision: int) -> int:
         """Write only if `key` is still at `revision`; RevisionConflict otherwise."""
+        check_key(self.name, key)
         return await self._conditional(
             f"update {self.name}/{key}",
-            lambda: self._kv.update(key, value, last=revision),
+            lambda: self._write_at(key, value, revision),
             key,
             value,
             f"{self.name}/{key} changed since revision {revision}",
         )
+
+    async def _write_at(self, key: str, value: bytes, revision: int) -> int:
+        """One write of `key` if its last revision is `revision` (0: it has none), as nats-py's
+        `KeyValue.update` makes it, through the connection's cheaper replies (bus/replies.py)."""
+        if self._replies is None:
+            return int(await self._kv.update(key, value, last=revision))
+        headers = {"Nats-Expected-Last-Subject-Sequence": str(revision)}
+        try:
+            return await self._replies.publish(f"{self._kv._pre}{key}", value, headers)
+        except nats.js.errors.APIError as err:
+            if err.err_code in (10071, 10164):  # wrong last (subject) sequence
+                raise nats.js.errors.KeyWrongLastSequenceError(
+                    description=err.description
+                ) from None
+            raise
 
     async def _conditional(
         self, what: str, write: Callable[[], Awaitable[int]], key: str, value: bytes, lost: str
