@@ -74,6 +74,7 @@ async def _retrying(what: str, call: Callable[[], Awaitable[T]]) -> T:
 
 
 EMPTY_LISTING_TRIES = 4
+_DELETED = ("DEL", "PURGE")
 _OPENED: weakref.WeakKeyDictionary[Any, dict[str, Bucket]] = weakref.WeakKeyDictionary()
 
 
@@ -84,10 +85,14 @@ class RevisionConflict(RelayError):
 class Bucket:
     """One KV bucket. `get` returns (value, revision); writes are conditional on a revision."""
 
-    def __init__(self, kv: KeyValue, name: str, replies: Replies | None = None) -> None:
+    def __init__(
+        self, kv: KeyValue, name: str, replies: Replies | None = None, api: str = "$JS.API"
+    ) -> None:
         self._kv = kv
         self.name = name
-        self._replies = replies  # conditional writes through it (the hot path), else nats-py's
+        # reads and conditional writes through it (the hot path), else through nats-py's
+        self._replies = replies
+        self._last_of = f"{api}.DIRECT.GET.{kv._stream}." if kv._direct else ""
 
     @classmethod
     async def open(cls, bus: Bus, name: str) -> Bucket:
@@ -100,10 +105,13 @@ class Bucket:
             kv = await _retrying(f"open {name}", lambda: bus.js.key_value(name))
         except nats.js.errors.BucketNotFoundError:
             raise ConnectionFailed(f"KV bucket {name} does not exist; run `relaybus up`") from None
-        return opened.setdefault(name, cls(kv, name, bus.replies))
+        api = getattr(bus.js, "_prefix", "$JS.API")
+        return opened.setdefault(name, cls(kv, name, bus.replies, api))
 
     async def get(self, key: str) -> tuple[bytes, int] | None:
         check_key(self.name, key)
+        if self._replies is not None and self._last_of:
+            return await _retrying(f"get {self.name}/{key}", lambda: self._read_last(key))
         try:
             entry = await _retrying(f"get {self.name}/{key}", lambda: self._kv.get(key))
         except nats.js.errors.KeyNotFoundError:  # also covers deleted keys
@@ -111,6 +119,23 @@ class Bucket:
         if entry.value is None:
             return None
         return bytes(entry.value), int(entry.revision or 0)
+
+    async def _read_last(self, key: str) -> tuple[bytes, int] | None:
+        """The key's last entry by a direct get, read as nats-py's `KeyValue.get` reads it
+        (a delete or purge marker, or an entry of another subject, is no value)."""
+        assert self._replies is not None
+        subject = f"{self._kv._pre}{key}"
+        msg = await self._replies.request(self._last_of + subject, b"")
+        headers = msg.headers or {}
+        if not msg.data and (status := headers.get("Status")):
+            if status == "404":
+                return None
+            raise nats.js.errors.APIError.from_msg(msg)
+        if not msg.data:  # an empty value reads as none, as through nats-py
+            return None
+        if headers.get("Nats-Subject") != subject or headers.get("KV-Operation") in _DELETED:
+            return None
+        return bytes(msg.data), int(headers.get("Nats-Sequence") or 0)
 
     async def get_current(self, key: str) -> tuple[bytes, int] | None:
         """`get`, from the server even where a copy could answer (bus/kvview.py)."""

@@ -105,6 +105,11 @@ async def test_compare_and_set_writes_keep_their_meaning(bus: Bus) -> None:
     await bucket.delete("k1")
     again = await bucket.create("k1", b"e")  # over the delete's tombstone
     assert await bucket.get("k1") == (b"e", again)
+    await bucket.delete("k1")
+    assert await bucket.get("k1") is None  # a delete marker is no value
+    assert await bucket.get("never-written") is None
+    await bucket.put("k2", b"")
+    assert await bucket.get("k2") is None  # an empty value reads as none, as through nats-py
     with pytest.raises(Exception, match="not allowed"):
         await bucket.update("bad..key", b"x", 1)
 
