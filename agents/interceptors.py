@@ -81,6 +81,12 @@ class Tracing(Interceptor):
         (a run's first task without one is the run's root span); every later execution
         (resumed, retried) is a child of that first span, linked to the message that woke it,
         so work never nests under whichever child happened to finish last."""
+        if not tracing.recording():  # pass on the context the message carried, nothing more
+            if "traceparent" not in headers:
+                return await call_next()
+            carried = trace.get_current_span(tracing.extract(headers)).get_span_context()
+            with trace.use_span(trace.NonRecordingSpan(carried)):
+                return await call_next()
         env = ctx.envelope
         attributes: dict[str, Any] = {
             "gen_ai.operation.name": "invoke_agent",

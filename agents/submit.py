@@ -184,15 +184,16 @@ async def submit(
         run_id=env.run_id, kind="submitted", sender=sender, recipient=agent, envelope_id=env.id
     )
     # the event first (a core publish, in order on this connection): a watcher sees the run
-    # submitted before the agent's first event about it
+    # submitted before the agent's first event about it. A waiter subscribes after it (it
+    # need not wake for its own event), still before the task goes out, so it cannot miss
+    # the end.
+    await bus.publish_event(submitted)
     if not wait:
-        await bus.publish_event(submitted)
         await bus.publish(env, hints=hints)
         return RunOutcome(run_id=env.run_id, status="submitted")
     from .waiting import Waiter  # the record says how it ended: no events consumer
 
     async with Waiter(bus, env.run_id, runs, agent) as waiter:
-        await bus.publish_event(submitted)
         await bus.publish(env, hints=hints)
         return await waiter.outcome(timeout_s, read_first=run_id is not None)
 

@@ -21,6 +21,13 @@ from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
 TRACER = trace.get_tracer("relaybus")
 
 
+def recording() -> bool:
+    """Whether a tracer provider is installed (ours, `relaybus.bus.telemetry`, or the embedding
+    app's). Without one no span is recorded anywhere in this process: only the trace context a
+    message carried is passed on."""
+    return not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider)
+
+
 def inject(headers: dict[str, str]) -> None:
     """Add `traceparent`/`tracestate` for the current span, if there is one."""
     if trace.get_current_span().get_span_context().is_valid:

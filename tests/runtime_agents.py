@@ -253,3 +253,12 @@ class CallsCrasher(Agent):
             return {"result": await ctx.call("crasher", task)}
         except ChildFailed as exc:
             return {"child_failed": exc.info.type}
+
+
+class Relay(Agent):
+    """Calls `child` with its task's x and returns what it answered."""
+
+    name = "relay"
+
+    async def handle(self, ctx: Context, task: dict[str, Any]) -> int:
+        return int(await ctx.call("child", {"x": task["x"]}))
