@@ -8,7 +8,9 @@ outcomes, signals and fired timers. A write by an owner that was replaced fails 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable
 from typing import Literal
 
 import msgspec
@@ -114,9 +116,29 @@ class JournalStore:
         self.bucket = bucket
         self.agent = agent
         self._recent: Recent[str, tuple[bytes, int]] = Recent(remember)
+        self._turns: dict[str, tuple[asyncio.Lock, int]] = {}  # key -> (lock, holders+waiters)
 
     def key(self, run_id: str, task_id: str) -> str:
         return f"{run_id}.{task_id}.{self.agent}"
+
+    @contextlib.asynccontextmanager
+    async def one_at_a_time(self, run_id: str, task_id: str) -> AsyncIterator[None]:
+        """Take turns, in this process, at changing one journal: a turn starts from the copy
+        the turn before wrote (`recent`), so its CAS write lands the first time. Without it,
+        children's outcomes arriving together raced for their parent's journal, and all but
+        one lost each round: eight children cost 36 writes and 44 reads instead of 8 writes."""
+        key = self.key(run_id, task_id)
+        lock, users = self._turns.get(key) or (asyncio.Lock(), 0)
+        self._turns[key] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._turns[key]
+            if users <= 1:
+                del self._turns[key]
+            else:
+                self._turns[key] = (lock, users - 1)
 
     async def load(self, run_id: str, task_id: str) -> tuple[Journal, int] | None:
         key = self.key(run_id, task_id)

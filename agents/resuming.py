@@ -80,6 +80,23 @@ async def on_signal(worker: Worker, d: Delivery) -> None:
 async def merge_and_resume(
     worker: Worker, env: Envelope, change: Any, d: Delivery, check: Any = None
 ) -> None:
+    async with worker.journals.one_at_a_time(env.run_id, env.parent_id):
+        taken = await _merge(worker, env, change, d, check)
+    if taken is not None:  # run it after the turn: the next outcome need not wait for it
+        journal, revision, owner, woken = taken
+        if woken:
+            await worker.emit_event(
+                decode(journal.task), "resumed", detail=f"{env.kind} from {env.sender}"
+            )
+        await worker.execute(journal, revision, owner, d)
+
+
+async def _merge(
+    worker: Worker, env: Envelope, change: Any, d: Delivery, check: Any
+) -> tuple[Journal, int, str, bool] | None:
+    """Merge `change` into the parent's journal (one CAS write). Returns the journal, its
+    revision, the new owner and whether the write woke the task, when this delivery is to run
+    it (woken, or taking over the task it drove), else None."""
     # the parent's journal as this process last wrote it (it parked the wait here, most
     # often): the merge's CAS write needs no read first, and fails if the copy is stale
     found = worker.journals.recent(env.run_id, env.parent_id)
@@ -100,7 +117,7 @@ async def merge_and_resume(
         log.warning(
             "no journal for task %s of run %s; dropping %s", env.parent_id, env.run_id, env.kind
         )
-        return
+        return None
     if check is not None and (problem := check(found[0])):
         if found[0].status == "running" and d.attempt < min(
             EARLY_RESULT_TRIES, worker.retry.attempts
@@ -138,18 +155,18 @@ async def merge_and_resume(
             cancelled = await worker.cancelled_before_start(task_env)
         if cancelled:  # a cancelled run (or task) wakes no task: nothing more of it runs
             await worker.journals.mutate(env.run_id, env.parent_id, _cancelled, owner=owner)
-            return
-        await worker.emit_event(task_env, "resumed", detail=f"{env.kind} from {env.sender}")
-        await worker.execute(journal, revision, owner, d)
-    elif is_driver(worker, journal, d) and d.attempt > 1:
+            return None
+        return journal, revision, owner, True
+    if is_driver(worker, journal, d) and d.attempt > 1:
         if journal.status in FINAL:  # this message drove it to the end, then the worker died
             await worker.deliver(decode(journal.task), journal)  # before its outcome went out
-            return
+            return None
         if journal.status == "running":
             journal, revision = await worker.journals.mutate(
                 env.run_id, env.parent_id, take_over(owner, driver)
             )
-            await worker.execute(journal, revision, owner, d)
+            return journal, revision, owner, False
+    return None
 
 
 #: In-process re-reads of a parent's journal that does not know a child's outcome yet, before
