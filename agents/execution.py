@@ -154,6 +154,15 @@ class Execution:
     async def flush(self, also: Callable[[Journal], None] | None = None) -> None:
         """Publish pending child tasks and handoffs, then commit pending ops in one CAS write;
         `also` changes the journal in that same write (a wait parked with the ops before it)."""
+        if not self._pending_publish:
+            await self._flush(also)
+            return
+        # children go out before the write that records them: one that answers first finds
+        # the write on its way here (its outcome waits for it rather than re-reading)
+        async with self.port.journals.writing(self.envelope.run_id, self.envelope.id):
+            await self._flush(also)
+
+    async def _flush(self, also: Callable[[Journal], None] | None) -> None:
         port = self.port
         self.stop_if_cancelled()
         if self.revision == NOT_STORED and self._pending_publish:

@@ -117,9 +117,37 @@ class JournalStore:
         self.agent = agent
         self._recent: Recent[str, tuple[bytes, int]] = Recent(remember)
         self._turns: dict[str, tuple[asyncio.Lock, int]] = {}  # key -> (lock, holders+waiters)
+        self._on_its_way: dict[str, asyncio.Event] = {}  # key -> set when the write is done
 
     def key(self, run_id: str, task_id: str) -> str:
         return f"{run_id}.{task_id}.{self.agent}"
+
+    @contextlib.asynccontextmanager
+    async def writing(self, run_id: str, task_id: str) -> AsyncIterator[None]:
+        """Say that this process is about to write the journal (a task publishing its children,
+        then parking its wait): an outcome of one of them that comes back first waits for that
+        write (`written_here`) instead of reading the journal again and again."""
+        key = self.key(run_id, task_id)
+        done = self._on_its_way.get(key)
+        if done is not None:  # already said (a nested flush): the outer one ends it
+            yield
+            return
+        done = self._on_its_way[key] = asyncio.Event()
+        try:
+            yield
+        finally:
+            del self._on_its_way[key]
+            done.set()
+
+    async def written_here(self, run_id: str, task_id: str, within_s: float) -> bool:
+        """Wait (at most `within_s`) for a write this process said is on its way; whether
+        there was one (`recent` then holds what it wrote, if it succeeded)."""
+        done = self._on_its_way.get(self.key(run_id, task_id))
+        if done is None:
+            return False
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(done.wait(), within_s)
+        return True
 
     @contextlib.asynccontextmanager
     async def one_at_a_time(self, run_id: str, task_id: str) -> AsyncIterator[None]:

@@ -105,7 +105,11 @@ async def _merge(
     if found is None:
         found = await worker.journals.load(env.run_id, env.parent_id)
     if d.attempt == 1 and _not_yet(found, check):
-        found = await _read_again_soon(worker, env, check)
+        if await worker.journals.written_here(env.run_id, env.parent_id, WRITTEN_HERE_S):
+            # its parent, here, was writing the journal that names this outcome's task
+            found = worker.journals.recent(env.run_id, env.parent_id) or found
+        if _not_yet(found, check):
+            found = await _read_again_soon(worker, env, check)
     if found is None:
         if d.attempt < min(EARLY_RESULT_TRIES, worker.retry.attempts):
             # a task's journal is stored by its first write, which follows the publish of
@@ -169,6 +173,8 @@ async def _merge(
     return None
 
 
+#: How long an outcome waits for its parent's journal write that this process has on its way.
+WRITTEN_HERE_S = 5.0
 #: In-process re-reads of a parent's journal that does not know a child's outcome yet, before
 #: the message is put back: its children are published just before its journal's write, and a
 #: child that answers at once (a pure one) often beats that write by a millisecond or two.
