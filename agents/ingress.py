@@ -21,7 +21,7 @@ from relaybus.bus.envelope import derived_id
 from relaybus.bus.errors import ConnectionFailed, PermissionDenied
 from relaybus.bus.pull import PlainMessage, pull
 from relaybus.bus.rpc import reply_ok
-from relaybus.bus.runtime import stop_on_signals
+from relaybus.bus.runtime import settle_heap, stop_on_signals
 from relaybus.bus.streams import default_topology, ensure, ingress_consumer
 from relaybus.bus.subjects import check_name
 from relaybus.services.identity.client import IdentityClient
@@ -172,6 +172,7 @@ def _is_name(value: str) -> bool:
 async def serve_ingress(settings: Settings) -> int:
     stop = asyncio.Event()
     stop_on_signals(stop)
+    settle_heap()
     async with Bus(settings, name="ingress") as bus:
         await ensure(bus, default_topology(bus.subjects, bus.settings.stream_replicas))
         ingress = Ingress(bus)

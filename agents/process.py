@@ -24,7 +24,7 @@ from relaybus.bus import (
 )
 from relaybus.bus.cli import AgentBeat
 from relaybus.bus.kv import Bucket
-from relaybus.bus.runtime import stop_on_signals
+from relaybus.bus.runtime import settle_heap, stop_on_signals
 from relaybus.bus.stack import read_stack
 from relaybus.bus.streams import ensure_agent_consumers, timer_consumer
 from relaybus.bus.telemetry import Telemetry
@@ -48,6 +48,7 @@ async def serve_agent(
     """Run one replica of `agent` until SIGTERM/SIGINT, then finish in-flight work and drain."""
     stop = asyncio.Event()
     stop_on_signals(stop)
+    settle_heap()
     options: dict[str, Any] = {"inbox_prefix": inbox_prefix(agent.name)}
     path = nkey_path(settings.home.resolve(), agent.name)
     if settings.nats_auth and not path.exists():

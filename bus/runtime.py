@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 import sys
@@ -36,6 +37,15 @@ def stop_on_signals(stop: asyncio.Event) -> None:
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, handle, sig)
+
+
+def settle_heap() -> None:
+    """Keep what a process built to start (imported modules, the agent's class, its settings)
+    out of the garbage collector's full collections. They live as long as the process, and
+    scanning them made each full collection a 15 to 20 ms pause in the middle of whatever tasks
+    were running (a handoff's p99 of 20 to 25 ms one run at a time came from that)."""
+    gc.collect()
+    gc.freeze()
 
 
 def run_main(main: Callable[[], Awaitable[int]]) -> int:

@@ -23,7 +23,7 @@ from relaybus.bus import Bus, RelayError, Settings, default_topology, ensure, me
 from relaybus.bus.kv import Bucket
 from relaybus.bus.micro import Endpoint, MicroService, json_schema
 from relaybus.bus.rpc import answer
-from relaybus.bus.runtime import stop_on_signals
+from relaybus.bus.runtime import settle_heap, stop_on_signals
 from relaybus.services.identity.client import IdentityGate
 from relaybus.services.identity.settings import IdentitySettings
 
@@ -300,6 +300,7 @@ def memory_micro(bus: Bus, service: MemoryService) -> MicroService:
 async def serve_memory(settings: Settings) -> int:
     stop = asyncio.Event()
     stop_on_signals(stop)
+    settle_heap()
     store = open_store(settings)
     async with Bus(settings, name="memory") as bus:
         await ensure(bus, default_topology(bus.subjects, bus.settings.stream_replicas))

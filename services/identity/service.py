@@ -31,7 +31,7 @@ from relaybus.bus import (
 )
 from relaybus.bus.micro import Endpoint, MicroService, json_schema
 from relaybus.bus.rpc import answer
-from relaybus.bus.runtime import stop_on_signals
+from relaybus.bus.runtime import settle_heap, stop_on_signals
 from relaybus.bus.streams import ensure_agent_consumers
 from relaybus.bus.subjects import check_name
 from relaybus.services.identity.settings import IdentitySettings
@@ -439,6 +439,7 @@ class IdentityService:
 async def serve_identity(settings: Settings) -> int:
     stop = asyncio.Event()
     stop_on_signals(stop)
+    settle_heap()
     seed_file = IdentitySettings.of(settings).identity_seed_file or (
         settings.home.resolve() / "identity" / "service.seed"
     )

@@ -11,7 +11,7 @@ from opentelemetry.metrics import CallbackOptions, Observation
 
 from relaybus.bus import Bus, Settings, default_topology, ensure, metrics
 from relaybus.bus.micro import Endpoint, MicroService
-from relaybus.bus.runtime import stop_on_signals
+from relaybus.bus.runtime import settle_heap, stop_on_signals
 
 from .messages import WRITES, batch_schema, request_schema
 from .model import Level
@@ -103,6 +103,7 @@ def ledger_micro(bus: Bus, writer: LedgerWriter) -> MicroService:
 async def serve_ledger(settings: Settings, partition: str = "p0") -> int:
     stop = asyncio.Event()
     stop_on_signals(stop)
+    settle_heap()
     async with Bus(settings, name="ledger") as bus:
         await ensure(bus, default_topology(bus.subjects, bus.settings.stream_replicas))
         writer = LedgerWriter(bus, partition)
