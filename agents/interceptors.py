@@ -81,13 +81,29 @@ class Tracing(Interceptor):
         (a run's first task without one is the run's root span); every later execution
         (resumed, retried) is a child of that first span, linked to the message that woke it,
         so work never nests under whichever child happened to finish last."""
-        if not tracing.recording():  # pass on the context the message carried, nothing more
-            if "traceparent" not in headers:
-                return await call_next()
-            carried = trace.get_current_span(tracing.extract(headers)).get_span_context()
-            with trace.use_span(trace.NonRecordingSpan(carried)):
-                return await call_next()
         env = ctx.envelope
+        origin = ctx.trace_origin
+        root = (
+            not origin
+            and not env.parent_id
+            and not env.hop
+            and not trace.get_current_span(tracing.extract(headers)).get_span_context().is_valid
+        )
+        if not tracing.recording():
+            # no span is recorded here: the context is passed on as a span would pass it (the
+            # message's, or the run's derived one), without building one
+            if root:
+                return await call_next()
+            parent = (
+                tracing.extract({"traceparent": origin})
+                if origin
+                else tracing.run_context(headers, env.run_id, env.id)
+            )
+            carried = trace.NonRecordingSpan(trace.get_current_span(parent).get_span_context())
+            if not origin:
+                ctx.trace_origin = tracing.traceparent_of(carried)
+            with trace.use_span(carried):
+                return await call_next()
         attributes: dict[str, Any] = {
             "gen_ai.operation.name": "invoke_agent",
             "gen_ai.agent.name": ctx.agent,
@@ -98,7 +114,7 @@ class Tracing(Interceptor):
             "relaybus.delivery_count": ctx.attempt,
         }
         name, kind = f"invoke_agent {ctx.agent}", SpanKind.CONSUMER
-        if origin := ctx.trace_origin:
+        if origin:
             span = tracing.TRACER.start_span(
                 name,
                 context=tracing.extract({"traceparent": origin}),
@@ -106,11 +122,7 @@ class Tracing(Interceptor):
                 attributes={**attributes, "relaybus.resumed": True},
                 links=tracing.links_from([headers.get("traceparent", "")]),
             )
-        elif (
-            not env.parent_id
-            and not env.hop
-            and not trace.get_current_span(tracing.extract(headers)).get_span_context().is_valid
-        ):
+        elif root:
             span = tracing.start_run_root(name, env.run_id, kind=kind, attributes=attributes)
         else:
             span = tracing.TRACER.start_span(

@@ -80,6 +80,9 @@ async def on_signal(worker: Worker, d: Delivery) -> None:
 async def merge_and_resume(
     worker: Worker, env: Envelope, change: Any, d: Delivery, check: Any = None
 ) -> None:
+    # a write of the parent's journal on its way here: wait for it outside the turn, so a
+    # stuck one does not hold up the parent's other outcomes one after another
+    await worker.journals.written_here(env.run_id, env.parent_id, WRITTEN_HERE_S)
     async with worker.journals.one_at_a_time(env.run_id, env.parent_id):
         taken = await _merge(worker, env, change, d, check)
     if taken is not None:  # run it after the turn: the next outcome need not wait for it

@@ -449,6 +449,10 @@ class Bus:
         except nats.errors.TimeoutError as exc:
             self.raise_violation(subject)
             raise ConnectionFailed(f"no reply on {subject!r} in time") from exc
+        except nats.errors.ConnectionClosedError as exc:
+            raise ConnectionFailed(
+                f"the connection closed before a reply on {subject!r} came"
+            ) from exc
         return bytes(msg.data)
 
 

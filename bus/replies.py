@@ -3,7 +3,7 @@
 nats-py's `request` (and `js.publish`, built on it) makes a fresh future per call, wraps it in
 `asyncio.wait_for`, and `js.publish` decodes each acknowledgement with `json.loads` and a
 dataclass. On the hot path (every task, record, journal write and service call) that was about
-a third of a publish's client CPU. Here a reply is matched by a counter token on one wildcard
+a third of a publish's client CPU. Here a reply is matched by a random token on one wildcard
 inbox, timed by one `call_later`, and an acknowledgement decoded by msgspec. Errors are
 nats-py's own, raised as `request` and `js.publish` raise them (`TimeoutError`,
 `NoRespondersError` / `NoStreamResponseError`, `APIError.from_error`), so every caller's
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import secrets
 from typing import Any
 
 import msgspec
@@ -44,7 +45,6 @@ class Replies:
         self.nc = nc
         self.timeout_s = timeout_s
         self._waiting: dict[str, asyncio.Future[Msg]] = {}
-        self._next = 0
         self._prefix = ""
         self._sub: Subscription | None = None
         self._opening: asyncio.Lock | None = None
@@ -76,8 +76,10 @@ class Replies:
         TimeoutError if nobody answered within `timeout_s`)."""
         if self._sub is None:
             await self._open()
-        self._next += 1
-        token = str(self._next)
+        # unguessable: whoever may publish to this connection's inbox (a service answering
+        # one request, another client of the same NATS user) must not be able to plant the
+        # answer to the next one
+        token = secrets.token_hex(10)
         loop = asyncio.get_running_loop()
         acked: asyncio.Future[Msg] = loop.create_future()
         self._waiting[token] = acked
