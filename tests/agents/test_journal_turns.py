@@ -1,0 +1,75 @@
+"""A process's own bookkeeping around one journal (agents/journal.py): outcomes take turns at
+it, and an outcome waits for a write its parent has on its way instead of re-reading."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from relaybus.agents.journal import JournalStore
+from relaybus.bus import Bus
+from relaybus.bus.kv import Bucket
+
+
+async def _store(bus: Bus) -> JournalStore:
+    return JournalStore(await Bucket.open(bus, bus.subjects.bucket("journal")), "parent")
+
+
+async def test_turns_at_one_journal_never_overlap_and_leave_nothing_behind(bus: Bus) -> None:
+    journals = await _store(bus)
+    inside, most = 0, 0
+
+    async def turn(i: int) -> None:
+        nonlocal inside, most
+        async with journals.one_at_a_time("run-1", "task-1"):
+            inside += 1
+            most = max(most, inside)
+            await asyncio.sleep(0.01)
+            inside -= 1
+            if i == 3:
+                raise RuntimeError("a turn that fails")
+
+    results = await asyncio.gather(*(turn(i) for i in range(8)), return_exceptions=True)
+    assert most == 1
+    assert [type(r).__name__ for r in results].count("RuntimeError") == 1
+    async with journals.one_at_a_time("run-1", "task-2"):  # another journal: its own turns
+        pass
+    assert journals._turns == {}  # no lock kept for every journal ever touched
+
+
+async def test_an_outcome_waits_for_the_write_on_its_way_and_only_for_that(bus: Bus) -> None:
+    journals = await _store(bus)
+    assert not await journals.written_here("run-1", "task-1", 5.0)  # none: no wait at all
+    written = asyncio.Event()
+
+    async def parent() -> None:
+        async with journals.writing("run-1", "task-1"):
+            async with journals.writing("run-1", "task-1"):  # a nested flush: one write
+                await asyncio.sleep(0.2)
+            written.set()
+
+    writing = asyncio.create_task(parent())
+    await asyncio.sleep(0.05)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    assert await journals.written_here("run-1", "task-1", 5.0)
+    assert written.is_set() and loop.time() - started < 2.0
+    await writing
+    assert journals._on_its_way == {}
+
+
+async def test_a_write_that_fails_still_releases_who_waits_for_it(bus: Bus) -> None:
+    journals = await _store(bus)
+
+    async def parent() -> None:
+        async with journals.writing("run-1", "task-1"):
+            await asyncio.sleep(0.1)
+            raise RuntimeError("the write failed")
+
+    failing = asyncio.create_task(parent())
+    await asyncio.sleep(0.02)
+    assert await journals.written_here("run-1", "task-1", 5.0)
+    with pytest.raises(RuntimeError):
+        await failing
+    assert journals._on_its_way == {}
