@@ -80,8 +80,9 @@ async def on_signal(worker: Worker, d: Delivery) -> None:
 async def merge_and_resume(
     worker: Worker, env: Envelope, change: Any, d: Delivery, check: Any = None
 ) -> None:
-    # a write of the parent's journal on its way here: wait for it outside the turn, so a
-    # stuck one does not hold up the parent's other outcomes one after another
+    # a write of the parent's journal on its way here (its parent publishes its children, then
+    # writes the journal that names them): wait for it rather than re-read the journal on a
+    # timer, and outside the turn, so a stuck one does not hold up the other outcomes in turn
     await worker.journals.written_here(env.run_id, env.parent_id, WRITTEN_HERE_S)
     async with worker.journals.one_at_a_time(env.run_id, env.parent_id):
         taken = await _merge(worker, env, change, d, check)
@@ -108,11 +109,7 @@ async def _merge(
     if found is None:
         found = await worker.journals.load(env.run_id, env.parent_id)
     if d.attempt == 1 and _not_yet(found, check):
-        if await worker.journals.written_here(env.run_id, env.parent_id, WRITTEN_HERE_S):
-            # its parent, here, was writing the journal that names this outcome's task
-            found = worker.journals.recent(env.run_id, env.parent_id) or found
-        if _not_yet(found, check):
-            found = await _read_again_soon(worker, env, check)
+        found = await _read_again_soon(worker, env, check)
     if found is None:
         if d.attempt < min(EARLY_RESULT_TRIES, worker.retry.attempts):
             # a task's journal is stored by its first write, which follows the publish of

@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 
 import nats.errors
 import nats.js.errors
+from nats.js import api
 from nats.js.kv import KeyValue
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
@@ -86,13 +87,13 @@ class Bucket:
     """One KV bucket. `get` returns (value, revision); writes are conditional on a revision."""
 
     def __init__(
-        self, kv: KeyValue, name: str, replies: Replies | None = None, api: str = "$JS.API"
+        self, kv: KeyValue, name: str, replies: Replies | None = None, api_prefix: str = "$JS.API"
     ) -> None:
         self._kv = kv
         self.name = name
         # reads and conditional writes through it (the hot path), else through nats-py's
         self._replies = replies
-        self._last_of = f"{api}.DIRECT.GET.{kv._stream}." if kv._direct else ""
+        self._last_of = f"{api_prefix}.DIRECT.GET.{kv._stream}." if kv._direct else ""
 
     @classmethod
     async def open(cls, bus: Bus, name: str) -> Bucket:
@@ -105,8 +106,8 @@ class Bucket:
             kv = await _retrying(f"open {name}", lambda: bus.js.key_value(name))
         except nats.js.errors.BucketNotFoundError:
             raise ConnectionFailed(f"KV bucket {name} does not exist; run `relaybus up`") from None
-        api = getattr(bus.js, "_prefix", "$JS.API")
-        return opened.setdefault(name, cls(kv, name, bus.replies, api))
+        api_prefix = getattr(bus.js, "_prefix", "$JS.API")
+        return opened.setdefault(name, cls(kv, name, bus.replies, api_prefix))
 
     async def get(self, key: str) -> tuple[bytes, int] | None:
         check_key(self.name, key)
@@ -127,11 +128,11 @@ class Bucket:
         subject = f"{self._kv._pre}{key}"
         msg = await self._replies.request(self._last_of + subject, b"")
         headers = msg.headers or {}
-        if not msg.data and (status := headers.get("Status")):
-            if status == "404":
-                return None
-            raise nats.js.errors.APIError.from_msg(msg)
-        if not msg.data:  # an empty value reads as none, as through nats-py
+        if (
+            not msg.data
+        ):  # no such key (404), an error status, or an empty value (none, as in nats-py)
+            if headers.get("Status", "404") != "404":
+                raise nats.js.errors.APIError.from_msg(msg)
             return None
         if headers.get("Nats-Subject") != subject or headers.get("KV-Operation") in _DELETED:
             return None
@@ -172,7 +173,7 @@ class Bucket:
         `KeyValue.update` makes it, through the connection's cheaper replies (bus/replies.py)."""
         if self._replies is None:
             return int(await self._kv.update(key, value, last=revision))
-        headers = {"Nats-Expected-Last-Subject-Sequence": str(revision)}
+        headers = {api.Header.EXPECTED_LAST_SUBJECT_SEQUENCE.value: str(revision)}
         try:
             return await self._replies.publish(f"{self._kv._pre}{key}", value, headers)
         except nats.js.errors.APIError as err:

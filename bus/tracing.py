@@ -23,8 +23,8 @@ TRACER = trace.get_tracer("relaybus")
 
 def recording() -> bool:
     """Whether a tracer provider is installed (ours, `relaybus.bus.telemetry`, or the embedding
-    app's). Without one no span is recorded anywhere in this process: only the trace context a
-    message carried is passed on."""
+    app's). Without one no span is recorded anywhere in this process; trace context is only
+    passed on."""
     return not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider)
 
 
