@@ -4,15 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
-import hashlib
 import logging
 import re
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 from types import TracebackType
 from typing import Any
-from urllib.parse import urlsplit
 
 import msgspec
 import nats
@@ -20,12 +16,6 @@ import nats.errors
 import nats.js.errors
 from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
-from tenacity import (
-    AsyncRetrying,
-    retry_if_exception_type,
-    stop_after_delay,
-    wait_exponential,
-)
 
 from . import envelope as wire
 from . import tracing
@@ -33,10 +23,10 @@ from .errors import (
     ConnectionFailed,
     PermissionViolation,
     PublishFailed,
-    RelayError,
     ServiceUnavailable,
 )
 from .events import Event, event_encoder
+from .publishing import keyed_message_id, message_id_key, publish_acked
 from .replies import Replies
 from .settings import Settings
 from .stack import public_url, resolve_nats_url
@@ -45,12 +35,6 @@ from .tracing import inject
 
 log = logging.getLogger("relaybus.bus")
 _VIOLATION_RE = re.compile(r'permissions violation for (publish|subscription) to "?([^"\s]+)', re.I)
-_TRANSIENT = (
-    nats.errors.TimeoutError,
-    nats.js.errors.NoStreamResponseError,
-    nats.errors.ConnectionReconnectingError,
-    asyncio.TimeoutError,
-)
 HeaderHook = Callable[[dict[str, str]], None]
 
 
@@ -127,7 +111,7 @@ class Bus:
         if self._nc is not None:
             raise ConnectionFailed("this Bus is already connected")
         url = resolve_nats_url(self.settings)
-        self._id_key = _message_id_key(url, self._connect_options)
+        self._id_key = message_id_key(url, self._connect_options)
         if "nkeys_seed" in self._connect_options:  # an nkey user: drop any user:password in the URL
             url = public_url(url)
         options: dict[str, Any] = {
@@ -285,9 +269,7 @@ class Bus:
         auth on, the id is keyed with this connection's own NATS secret (an agent's nkey seed,
         shared by its replicas; a service's or operator's password): retries and replicas still
         dedupe, and nobody else can take the id. Without auth nothing is secret (dev)."""
-        if not self._id_key:
-            return dedupe_key
-        return hashlib.blake2b(dedupe_key.encode(), key=self._id_key, digest_size=20).hexdigest()
+        return keyed_message_id(self._id_key, dedupe_key)
 
     async def publish_bytes(
         self, subject: str, data: bytes, headers: dict[str, str] | None = None
@@ -296,41 +278,14 @@ class Bus:
         check_subject(subject)
         if headers and "Nats-Msg-Id" in headers and self._id_key:
             headers = {**headers, "Nats-Msg-Id": self.message_id(headers["Nats-Msg-Id"])}
-        try:
-            return await self.replies.publish(subject, data, dict(headers or {}))
-        except _TRANSIENT:
-            self.raise_violation(subject)
-        except nats.js.errors.APIError as exc:
-            raise PublishFailed(f"JetStream refused {subject!r}: {exc.description}") from exc
-        return await self._publish_retrying(subject, data, headers)
-
-    async def _publish_retrying(
-        self, subject: str, data: bytes, headers: dict[str, str] | None
-    ) -> int:
-        retrying = AsyncRetrying(
-            retry=retry_if_exception_type(_TRANSIENT),
-            wait=wait_exponential(multiplier=0.1, max=2.0),
-            stop=stop_after_delay(max(15.0, self.settings.request_timeout_s * 3)),
-            before_sleep=lambda rs: log.warning(
-                "publish to %s failed (%s); retrying",
-                subject,
-                rs.outcome and rs.outcome.exception(),
-            ),
-            reraise=True,
+        return await publish_acked(
+            self.replies,
+            subject,
+            data,
+            headers,
+            retry_for_s=max(15.0, self.settings.request_timeout_s * 3),
+            raise_refused=self.raise_violation,
         )
-        try:
-            async for attempt in retrying:
-                with attempt:
-                    return await self.replies.publish(subject, data, dict(headers or {}))
-        except _TRANSIENT as exc:
-            self.raise_violation(subject)
-            raise PublishFailed(
-                f"no JetStream acknowledgement for {subject!r} ({type(exc).__name__}); "
-                "is a stream bound to this subject (`relaybus up` provisions them)?"
-            ) from exc
-        except nats.js.errors.APIError as exc:
-            raise PublishFailed(f"JetStream refused {subject!r}: {exc.description}") from exc
-        raise RelayError("unreachable")  # pragma: no cover
 
     async def publish_event(self, event: Event, *, durable: bool = False, once: str = "") -> None:
         """One run event on `<prefix>.event.<run>.<kind>[.<agent>]` (this connection's agent
@@ -454,16 +409,3 @@ class Bus:
                 f"the connection closed before a reply on {subject!r} came"
             ) from exc
         return bytes(msg.data)
-
-
-def _message_id_key(url: str, connect_options: dict[str, Any]) -> bytes:
-    """The secret behind `Bus.message_id`: what only this connection's NATS user knows."""
-    secret = b""
-    if connect_options.get("nkeys_seed"):
-        with contextlib.suppress(OSError):  # unreadable: connecting reports it
-            secret = Path(connect_options["nkeys_seed"]).read_bytes().strip()
-    elif connect_options.get("nkeys_seed_str"):
-        secret = str(connect_options["nkeys_seed_str"]).encode()
-    else:
-        secret = (urlsplit(url.split(",")[0].strip()).password or "").encode()
-    return hashlib.blake2b(secret, digest_size=32).digest() if secret else b""
