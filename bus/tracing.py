@@ -121,7 +121,9 @@ def read_spans(trace_dir: Path) -> list[dict[str, object]]:
     """Every span the processes wrote under `trace_dir` (for `relaybus trace` and tests)."""
     spans = []
     for path in sorted(trace_dir.glob("*.jsonl")):
-        spans += [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        # split on newlines only: a span's text may hold U+2028 and the like, which
+        # `str.splitlines` would also split on (JSON strings escape "\n" itself)
+        spans += [json.loads(line) for line in path.read_bytes().split(b"\n") if line.strip()]
     return spans
 
 
@@ -165,7 +167,11 @@ class JsonLinesExporter(SpanExporter):
                 ],
                 "service": span.resource.attributes.get("service.name"),
             }
-            lines.append(self._encode(record))
+            try:
+                lines.append(self._encode(record))
+            except (UnicodeEncodeError, TypeError, ValueError):  # a lone surrogate, say: one
+                # span written the slow way rather than its whole batch lost
+                lines.append(json.dumps(record, default=str).encode())
         if lines:  # one write per batch, not one per span
             self._out.write(b"\n".join(lines) + b"\n")
             self._out.flush()

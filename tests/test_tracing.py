@@ -93,3 +93,49 @@ async def test_a_tool_call_is_a_child_span_of_its_agent(
     assert attempts == [1, 2]
     first = next(s for s in invokes.values() if s["attributes"]["relaybus.delivery_count"] == 1)
     assert first["status"] == "ERROR" and "once more" in first["error"]
+
+
+def test_every_span_in_a_file_reads_back_whatever_text_it_carries(tmp_path: Path) -> None:
+    """An LLM's text reaches span attributes and statuses: a line separator inside it must not
+    split a span's line, and a string JSON cannot encode as UTF-8 (a lone surrogate) must not
+    cost the spans batched with it."""
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.trace import Status, StatusCode
+
+    from relaybus.bus.tracing import JsonLinesExporter
+
+    exporter = JsonLinesExporter(tmp_path / "agent-1.jsonl")
+    provider = TracerProvider()
+    finished = []
+    provider.add_span_processor(SimpleSpanProcessor(_Keep(finished)))
+    tracer = provider.get_tracer("test")
+    texts = ["plain", "line\u2028separator", "para\u2029graph", "next\x85line", "lone \ud800"]
+    for n, text in enumerate(texts):
+        with tracer.start_as_current_span(f"s{n}", attributes={"text": text, "n": n}) as span:
+            span.set_status(Status(StatusCode.ERROR, text))
+    exporter.export(finished)  # one batch, as BatchSpanProcessor hands them over
+    exporter.shutdown()
+    spans = read_spans(tmp_path)
+    assert sorted(s["attributes"]["n"] for s in spans) == list(range(len(texts)))
+    by_n = {s["attributes"]["n"]: s for s in spans}
+    for n, text in enumerate(texts[:-1]):
+        assert by_n[n]["attributes"]["text"] == text
+        assert by_n[n]["error"] == text
+
+
+class _Keep:
+    def __init__(self, into: list[object]) -> None:
+        self.into = into
+
+    def export(self, spans: object) -> object:
+        from opentelemetry.sdk.trace.export import SpanExportResult
+
+        self.into.extend(spans)  # type: ignore[call-overload]
+        return SpanExportResult.SUCCESS
+
+    def shutdown(self) -> None:
+        pass
+
+    def force_flush(self, timeout_millis: int = 0) -> bool:
+        return True
