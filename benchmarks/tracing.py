@@ -6,6 +6,9 @@ Each hop: a consumer handler starts the `invoke_agent` span from the message's t
 and publishes the next hop's envelope under it (so the context is injected into its headers).
 
     python benchmarks/tracing.py [--hops 400] [--rounds 3]
+
+Also the span files' own cost: CPU per span written by the JSON-lines exporter (2,000 spans of
+the runtime's shape, handed over in the BatchSpanProcessor's batches of 512; best of 5).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from common import plain_hop_us
 from opentelemetry import trace
@@ -81,6 +85,42 @@ async def relay_hop_us(bus: Bus, agent: str, hops: int) -> float:
     return statistics.median(gaps)
 
 
+def export_us_per_span(directory: Path, spans_n: int = 2000, batch: int = 512) -> float:
+    """CPU time per span of `JsonLinesExporter.export` (what the batch thread spends)."""
+    from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
+
+    finished: list[ReadableSpan] = []
+
+    class Keep(SpanExporter):
+        def export(self, spans: Any) -> SpanExportResult:
+            finished.extend(spans)
+            return SpanExportResult.SUCCESS
+
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(Keep()))
+    tracer = provider.get_tracer("bench")
+    for n in range(spans_n):
+        attributes = {
+            "relaybus.run_id": "01M97K9ZB9DDKWYGYB8H0M3MQB",
+            "relaybus.task_id": "01M97K9ZBTCT00WGRGYPHV2XGF",
+            "relaybus.agent": "bench",
+            "relaybus.attempt": 1,
+            "n": n,
+        }
+        with tracer.start_as_current_span("invoke_agent bench", attributes=attributes) as span:
+            span.add_event("step", {"relaybus.step": "tool stamp"})
+    exporter = tracing.JsonLinesExporter(directory / "export-bench.jsonl")
+    best = float("inf")
+    for _ in range(5):
+        started = time.process_time()
+        for at in range(0, spans_n, batch):
+            exporter.export(finished[at : at + batch])
+        best = min(best, time.process_time() - started)
+    exporter.shutdown()
+    return best * 1e6 / spans_n
+
+
 async def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--hops", type=int, default=400)
@@ -97,6 +137,7 @@ async def main() -> int:
             with Telemetry("bench", traced):
                 on = [await relay_hop_us(bus, f"on{i}", args.hops) for i in range(args.rounds)]
             spans = sum(1 for _ in (Path(tmp) / "spans").glob("*.jsonl"))
+        export_us = export_us_per_span(Path(tmp))
     off_us, on_us = statistics.median(off), statistics.median(on)
     out = {
         "plain_bus_hop_us": round(plain, 1),
@@ -106,6 +147,7 @@ async def main() -> int:
         "on_over_off": round(on_us / off_us, 3),
         "target_added_ms": 0.15,
         "span_files": spans,
+        "exporter_cpu_us_per_span": round(export_us, 1),
     }
     if args.json:
         print(json.dumps(out))
