@@ -15,11 +15,7 @@ reserves its amount — and its tokens — at every level at once, or fails as a
 from __future__ import annotations
 
 import hashlib
-import heapq
 from collections.abc import Collection
-from dataclasses import dataclass, field
-from datetime import datetime, timedelta
-from zoneinfo import ZoneInfo
 
 import msgspec
 from msgspec.structs import asdict
@@ -27,6 +23,7 @@ from msgspec.structs import asdict
 from relaybus.bus.errors import PermissionDenied
 from relaybus.services.ledger.errors import BudgetExceeded, HoldNotFound, LedgerError, RateLimited
 
+from .applying import apply
 from .ops import (
     Budget,
     Cap,
@@ -41,114 +38,33 @@ from .ops import (
     Transfer,
     Void,
 )
+from .state import (
+    MAX_AMOUNT,
+    MAX_TTL_S,
+    PAYMENT_LEVEL,
+    WINDOW_S,
+    Entry,
+    HeldTransfer,
+    Level,
+    State,
+)
 
-__all__ = ["Budget", "Entry", "LedgerError", "Op", "RateLimit", "State", "apply", "decide"]
-
-MAX_AMOUNT = 2**53  # beyond this JSON numbers stop being exact
-MAX_TTL_S = 31 * 24 * 3600.0  # a hold lives at most a month (a card authorization: 7 days)
-PAYMENT_LEVEL = "payrun:"  # the budget levels `cap` may narrow
-
-
-class Entry(msgspec.Struct, kw_only=True, omit_defaults=True):
-    """What the journal stores: a validated op, its body digest (idempotency), its clock."""
-
-    op: Op
-    digest: str
-    clock: float
-    expired: list[str] = []  # holds that expired at this entry's clock
-
-
-@dataclass
-class HeldTransfer:
-    """A hold as the ledger keeps it, from placed to captured, voided or expired."""
-
-    id: str
-    payer: str
-    payee: str
-    amount: int
-    currency: str
-    levels: list[str]
-    expires: float
-    tags: dict[str, str]
-    rate: str = ""
-    tokens: int = 0  # reserved
-    share: str = ""  # a share of a hold whose home (accounts) is that partition
-    shares: list[str] = field(default_factory=list)  # the home's: where its shares are
-    placed: float = 0.0  # the ledger clock when it was placed
-    undone: bool = False  # a part of a refused split hold, undone
-    captured: int = 0
-    refunded: int = 0
-    state: str = "held"  # held | captured | voided | expired
-
-
-@dataclass
-class Level:
-    spent: int = 0
-    held: int = 0
-    steps: int = 0
-    tokens: int = 0  # used (captured)
-    tokens_held: int = 0  # reserved by open holds
-
-
-@dataclass
-class State:
-    timezone: str = "UTC"
-    clock: float = 0.0
-    balances: dict[str, int] = field(default_factory=dict)
-    currencies: dict[str, str] = field(default_factory=dict)
-    holds: dict[str, HeldTransfer] = field(default_factory=dict)
-    open_holds: dict[str, HeldTransfer] = field(default_factory=dict)  # only those still held
-    budgets: dict[str, Budget] = field(default_factory=dict)
-    levels: dict[str, Level] = field(default_factory=dict)
-    results: dict[str, tuple[str, dict[str, object]]] = field(
-        default_factory=dict
-    )  # op id → (digest, result)
-    history: list[Entry] = field(default_factory=list)
-    rate_limits: dict[str, RateLimit] = field(default_factory=dict)
-    requests: dict[str, list[float]] = field(
-        default_factory=dict
-    )  # rate key → hold times, last minute
-    tokens: dict[str, list[tuple[float, int]]] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        # the open holds by expiry (not a field: snapshots leave it out, a restore rebuilds
-        # it), so a decision finds lapsed holds without looking at every open one
-        self.expiring: list[tuple[float, str]] = [
-            (h.expires, h.id) for h in self.open_holds.values()
-        ]
-        heapq.heapify(self.expiring)
-
-    def lapsed(self, at: float) -> list[str]:
-        """The open holds whose time is up at `at`."""
-        heap, open_holds = self.expiring, self.open_holds
-        while heap and (
-            heap[0][1] not in open_holds or open_holds[heap[0][1]].expires != heap[0][0]
-        ):
-            heapq.heappop(heap)  # settled since, or placed again with another expiry
-        if not heap or heap[0][0] > at:
-            return []
-        return [h.id for h in open_holds.values() if h.expires <= at]
-
-    def period_end(self, level: str, at: float) -> float:
-        """When the period of `level`'s budget that holds `at` ends (0: it has no period)."""
-        budget = self.budgets.get(level)
-        if budget is None or not budget.period:
-            return 0.0
-        local = datetime.fromtimestamp(at, ZoneInfo(self.timezone))
-        start = local.replace(hour=0, minute=0, second=0, microsecond=0)
-        if budget.period == "daily":
-            return (start + timedelta(days=1)).timestamp()
-        first = start.replace(day=1)
-        return first.replace(
-            year=first.year + first.month // 12, month=first.month % 12 + 1
-        ).timestamp()
-
-    def period_key(self, level: str, at: float) -> str:
-        budget = self.budgets.get(level)
-        if budget is None or not budget.period:
-            return level
-        local = datetime.fromtimestamp(at, ZoneInfo(self.timezone))
-        return f"{level}@{local:%Y-%m-%d}" if budget.period == "daily" else f"{level}@{local:%Y-%m}"
+__all__ = [
+    "MAX_AMOUNT",
+    "MAX_TTL_S",
+    "PAYMENT_LEVEL",
+    "Budget",
+    "Entry",
+    "HeldTransfer",
+    "LedgerError",
+    "Level",
+    "Op",
+    "RateLimit",
+    "State",
+    "apply",
+    "decide",
+    "digest",
+]
 
 
 def digest(op: Op) -> str:
@@ -303,7 +219,6 @@ def _validate_hold(state: State, op: Hold, at: float, expired: Collection[str]) 
     _check_rate(state, op.rate, at)
 
 
-WINDOW_S = 60.0
 MAX_EXPIRED_PER_ENTRY = 256
 
 
@@ -378,151 +293,3 @@ def _open_hold(
             f"hold {transfer} is {state_name}; it can no longer be captured or voided"
         )
     return hold
-
-
-def apply(state: State, entry: Entry) -> dict[str, object]:
-    """Apply a stored entry; returns the operation's result."""
-    op, at = entry.op, entry.clock
-    state.clock = max(state.clock, at)
-    for hold_id in entry.expired:
-        _release(state, state.holds[hold_id], "expired")
-    result: dict[str, object] = {"id": op.id, "kind": op.kind}
-    match op:
-        case Hold():
-            keys = [state.period_key(level, at) for level in op.levels]
-            hold = HeldTransfer(
-                id=op.id,
-                payer=op.payer,
-                payee=op.payee,
-                amount=op.amount,
-                currency=op.currency,
-                levels=keys,
-                expires=at + op.ttl_s,
-                tags=dict(op.tags),
-                rate=op.rate,
-                tokens=op.tokens,
-                share=op.share,
-                shares=list(op.shares),
-                placed=at,
-            )
-            if op.rate:
-                times = [t for t in state.requests.get(op.rate, []) if t > at - WINDOW_S]
-                state.requests[op.rate] = [*times, at]
-            state.holds[op.id] = hold
-            state.open_holds[op.id] = hold
-            heapq.heappush(state.expiring, (hold.expires, op.id))
-            for account in () if op.share else (op.payer, op.payee):
-                state.currencies.setdefault(account, op.currency)
-                state.balances.setdefault(account, 0)
-            for key in keys:
-                level = state.levels.setdefault(key, Level())
-                level.held += op.amount
-                level.tokens_held += op.tokens
-                level.steps += 1
-            result.update(hold=op.id, amount=op.amount, tokens=op.tokens, expires=hold.expires)
-            _parts(result, hold)
-        case Capture():
-            hold = state.holds[op.transfer]
-            if hold.state == "held":
-                _release(state, hold, "captured")
-            hold.state = "captured"  # a lapsed share too: its reservation was released then
-            hold.captured = op.amount
-            if not hold.share:
-                _move(state, hold.payer, hold.payee, op.amount)
-            for key in hold.levels:
-                level = state.levels.setdefault(key, Level())
-                level.spent += op.amount
-                level.tokens += op.tokens
-            if hold.rate and op.tokens:
-                used = [(t, n) for t, n in state.tokens.get(hold.rate, []) if t > at - WINDOW_S]
-                state.tokens[hold.rate] = [*used, (at, op.tokens)]
-            # the run's spend after this capture, and where the capture stands in the
-            # partition's order: a task that is its run's only spender knows the run's cost
-            # from its last capture, without asking (agents/charging.py). Only `run:` levels:
-            # another level's spend is an operator's to read (`levels`)
-            after = len(state.history)
-            spent = {
-                key: {"spent": state.levels[key].spent, "after": after}
-                for key in hold.levels
-                if key.startswith("run:")
-            }
-            result.update(transfer=hold.id, captured=op.amount)
-            if spent:
-                result["levels"] = spent
-            _parts(result, hold)
-        case Void():
-            hold = state.holds[op.transfer]
-            if hold.state == "held":
-                _release(state, hold, "voided")
-            result.update(transfer=op.transfer, voided=True)
-            if op.undo:
-                _undo(state, hold)
-            _parts(result, hold)
-        case Refund():
-            hold = state.holds[op.transfer]
-            hold.refunded += op.amount
-            if not hold.share:
-                _move(state, hold.payee, hold.payer, op.amount)
-            for key in hold.levels:
-                state.levels.setdefault(key, Level()).spent -= op.amount
-            result.update(
-                transfer=hold.id, refunded=op.amount, refundable=hold.captured - hold.refunded
-            )
-            _parts(result, hold)
-        case SetBudget():
-            state.budgets[op.budget.level] = op.budget
-            result.update(level=op.budget.level, limit=op.budget.limit)
-        case Cap():  # narrows only: a cap above the one in force changes nothing
-            current = state.budgets.get(op.level)
-            narrowed = current is None or not current.limit or op.amount < current.limit
-            if narrowed:
-                base = current or Budget(level=op.level)
-                state.budgets[op.level] = msgspec.structs.replace(base, limit=op.amount)
-            result.update(level=op.level, limit=state.budgets[op.level].limit, narrowed=narrowed)
-        case Transfer():
-            _move(state, op.payer, op.payee, op.amount)
-            result.update(amount=op.amount)
-        case Tick():
-            result.update(expired=entry.expired)
-        case SetRateLimit():
-            state.rate_limits[op.limit.key] = op.limit
-            result.update(key=op.limit.key, rpm=op.limit.rpm, tpm=op.limit.tpm)
-    state.results[op.id] = (entry.digest, result)
-    state.history.append(entry)
-    return result
-
-
-def _undo(state: State, hold: HeldTransfer) -> None:
-    """A part of a refused split hold: as if never placed. Its step and rate-limit request no
-    longer count, and a retry of the hold's id is decided afresh."""
-    state.results.pop(hold.id, None)
-    if hold.undone:
-        return
-    hold.undone = True
-    for key in hold.levels:
-        state.levels.setdefault(key, Level()).steps -= 1
-    times = state.requests.get(hold.rate, [])
-    if hold.placed in times:
-        times.remove(hold.placed)
-
-
-def _parts(result: dict[str, object], hold: HeldTransfer) -> None:
-    """A partitioned hold's result names its other parts: a home its shares, a share its home."""
-    if hold.shares:
-        result["shares"] = list(hold.shares)
-    if hold.share:
-        result["share"] = hold.share
-
-
-def _release(state: State, hold: HeldTransfer, new_state: str) -> None:
-    for key in hold.levels:
-        level = state.levels.setdefault(key, Level())
-        level.held -= hold.amount
-        level.tokens_held -= hold.tokens
-    hold.state = new_state
-    state.open_holds.pop(hold.id, None)
-
-
-def _move(state: State, payer: str, payee: str, amount: int) -> None:
-    state.balances[payer] = state.balances.get(payer, 0) - amount
-    state.balances[payee] = state.balances.get(payee, 0) + amount
