@@ -48,7 +48,7 @@ from .ops import Capture, Hold, Op
 from .partitions import names, refusal
 from .queries import QUERIES
 from .snapshots import SnapshotStore
-from .spikes import SPIKE_WINDOW_S, SpendWindow
+from .spikes import SpendSpikes
 
 log = logging.getLogger("relaybus.ledger")
 LAYOUT_KEY = "layout"  # the ledger's partition count, in its snapshots bucket
@@ -93,10 +93,9 @@ class LedgerWriter:
         self.state = State(timezone=LedgerSettings.of(bus.settings).ledger_timezone)
         self.last_seq = 0
         self._tail = 0
-        self._spend: dict[str, SpendWindow] = {}
+        self._spikes = SpendSpikes(LedgerSettings.of(bus.settings).ledger_spike)
         self._since_snapshot = 0
         self.snapshot_every = snapshot_every
-        self._alerted: dict[str, float] = {}
         self._clock_warned = 0.0
         self.failed = asyncio.Event()
         self._lock = asyncio.Lock()
@@ -391,32 +390,15 @@ class LedgerWriter:
         await (await self._snapshot_store()).store(seq, raw)
 
     async def _watch_spend(self, capture: Capture, at: float) -> None:
-        """Alert when a payer's spend in the last minute exceeds RELAYBUS_LEDGER_SPIKE times its
-        average minute over the ten before (an `alert` event and a log line)."""
+        """An `alert` event and a log line when this capture makes its payer's spend spike
+        (RELAYBUS_LEDGER_SPIKE times its usual minute: spikes.py)."""
         hold = self.state.holds.get(capture.transfer)
         if hold is None:
             return
-        payer = hold.payer
-        window = self._spend.get(payer)
-        if window is None:
-            window = self._spend[payer] = SpendWindow()
-        window.add(at, capture.amount)
-        recent = window.recent_sum
-        if window.history_minutes(at) < 5:  # no baseline yet: alert against 5 minutes or more
+        spike = self._spikes.captured(hold.payer, capture.amount, at)
+        if spike is None:
             return
-        baseline = window.baseline(at)
-        multiple = LedgerSettings.of(self.bus.settings).ledger_spike
-        if (
-            baseline <= 0
-            or recent <= multiple * baseline
-            or at - self._alerted.get(payer, 0.0) < SPIKE_WINDOW_S
-        ):
-            return
-        self._alerted[payer] = at
-        detail = (
-            f"spend spike: {payer} spent {recent} in the last minute, "
-            f"{recent / baseline:.1f}x its {baseline:.0f}/min baseline"
-        )
+        detail, recent = spike
         log.warning("%s", detail)
         run_id = hold.tags.get("run", "ledger")
         event = Event(run_id=run_id, kind="alert", detail=detail, cost=recent)

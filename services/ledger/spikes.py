@@ -36,3 +36,37 @@ class SpendWindow:
     def baseline(self, at: float) -> float:
         """The average minute over the ten before the last one (or what history there is)."""
         return self.older_sum / min(float(BASELINE_WINDOWS), self.history_minutes(at))
+
+
+class SpendSpikes:
+    """Every payer's spend window; `captured` says when a capture makes a spike: the payer's
+    spend in the last minute above `multiple` times its average minute over the ten before
+    (with at least five minutes of history), at most once a minute per payer."""
+
+    def __init__(self, multiple: float) -> None:
+        self.multiple = multiple
+        self._windows: dict[str, SpendWindow] = {}
+        self._alerted: dict[str, float] = {}
+
+    def captured(self, payer: str, amount: int, at: float) -> tuple[str, int] | None:
+        """The alert's text and the last minute's spend, if this capture makes a spike."""
+        window = self._windows.get(payer)
+        if window is None:
+            window = self._windows[payer] = SpendWindow()
+        window.add(at, amount)
+        recent = window.recent_sum
+        if window.history_minutes(at) < 5:  # no baseline yet: alert against 5 minutes or more
+            return None
+        baseline = window.baseline(at)
+        if (
+            baseline <= 0
+            or recent <= self.multiple * baseline
+            or at - self._alerted.get(payer, 0.0) < SPIKE_WINDOW_S
+        ):
+            return None
+        self._alerted[payer] = at
+        detail = (
+            f"spend spike: {payer} spent {recent} in the last minute, "
+            f"{recent / baseline:.1f}x its {baseline:.0f}/min baseline"
+        )
+        return detail, recent
