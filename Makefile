@@ -60,6 +60,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/load.py
 	$(BIN)/python benchmarks/waiters.py
 	$(BIN)/python benchmarks/messages.py
+	$(BIN)/python benchmarks/roundtrip.py
 
 clean:
 	rm -rf $(VENV) .venv-phoenix .relaybus .pytest_cache .mypy_cache .ruff_cache

@@ -11,8 +11,9 @@ nats-py on the same server in the same run.
 - every layer on: the same through identity (a user token, the chain verified at the hop),
   a costed tool (authorized, audited, held and captured by the ledger, journaled) and spans.
 
-Prints p50/p99 latency and throughput for each and the ratios to raw; exits non-zero on any
-run that did not complete with its own payload.
+Prints p50/p99 latency and throughput for each and the ratios to raw, and the CPU every
+process of the path spent per run (this process, nats-server, the worker, agent and service
+processes; from /proc); exits non-zero on any run that did not complete with its own payload.
 
     python benchmarks/roundtrip.py [--runs 1000] [--in-flight 64] [--json]
 """
@@ -22,6 +23,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -51,10 +53,25 @@ def payload(i: int) -> bytes:
     return body + b" " * (512 - len(body))
 
 
+#: the processes whose CPU a measured path spends: this one and nats-server, then whichever
+#: worker, agent and service processes the path runs on (set around each section)
+CPU_PIDS: list[int] = [os.getpid()]
+
+
+def cpu_s(pids: list[int]) -> float:
+    """CPU seconds (user + system) the processes `pids` have used so far (Linux /proc)."""
+    total = 0.0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
 async def measure(
     runs: int, in_flight: int, one: Callable[[int], Awaitable[bool]]
 ) -> dict[str, float]:
-    """`runs` round trips, `in_flight` at a time; latency per round trip, throughput overall."""
+    """`runs` round trips, `in_flight` at a time; latency per round trip, throughput overall,
+    and the CPU the processes in `CPU_PIDS` spent per round trip."""
     gate = asyncio.Semaphore(in_flight)
     latencies: list[float] = []
     failed = 0
@@ -69,11 +86,15 @@ async def measure(
 
     await asyncio.gather(*(timed(i) for i in range(min(50, runs))))  # warm: handles, caches
     latencies.clear()
+    pids = list(CPU_PIDS)
+    cpu_before = cpu_s(pids)
     started = time.perf_counter()
     await asyncio.gather(*(timed(i) for i in range(runs)))
     elapsed = time.perf_counter() - started
+    cpu_us = (cpu_s(pids) - cpu_before) * 1e6 / runs
     return {
         "per_s": runs / elapsed,
+        "cpu_us": cpu_us,
         "p50_ms": statistics.median(latencies),
         "p99_ms": percentile(latencies, 99),
         "failed": failed,
@@ -100,6 +121,7 @@ async def raw(url: str, runs: int, in_flight: int) -> dict[str, float]:
     await js.add_stream(name="RTQ", subjects=["rtq.>"], retention=api.RetentionPolicy.WORK_QUEUE)
     await js.add_consumer("RTQ", durable_name="rtworker", ack_policy=api.AckPolicy.EXPLICIT)
     worker = subprocess.Popen([sys.executable, __file__, "--raw-worker", url])
+    CPU_PIDS.append(worker.pid)
     try:
 
         async def one(i: int) -> bool:
@@ -111,6 +133,7 @@ async def raw(url: str, runs: int, in_flight: int) -> dict[str, float]:
 
         return await measure(runs, in_flight, one)
     finally:
+        CPU_PIDS.remove(worker.pid)
         stop([worker])  # type: ignore[list-item]
         await nc.close()
 
@@ -213,18 +236,22 @@ async def main() -> int:
         )
         async with Bus(plain, name="rt") as bus:
             await ensure(bus, default_topology(bus.subjects))
+        assert server.process is not None
+        CPU_PIDS.append(server.process.pid)
         results["raw nats-py"] = await raw(server.url, args.runs, args.in_flight)
         results["raw nats-py, one at a time"] = await raw(server.url, max(50, args.runs // 5), 1)
         procs = [
             start(plain, "agent", "run", "bench_agents:Echo", "--concurrency", "64"),
             start(plain, "agent", "run", "bench_agents:FanEcho", "--concurrency", "64"),
         ]
+        CPU_PIDS.extend(proc.pid for proc in procs)
         try:
             await asyncio.sleep(3.0)
             for how, row in (await ours(plain, "becho", args.runs, args.in_flight, None)).items():
                 results[f"bus + runtime, {how}"] = row
             results.update(await fanned(plain, args.runs, args.in_flight))
         finally:
+            del CPU_PIDS[2:]
             stop(procs)
         procs = [start(layered, "service", "identity"), start(layered, "service", "ledger")]
         try:
@@ -240,6 +267,7 @@ async def main() -> int:
             procs.append(
                 start(layered, "agent", "run", "bench_agents:CostedEcho", "--concurrency", "64")
             )
+            CPU_PIDS.extend(proc.pid for proc in procs)
             await asyncio.sleep(3.0)
             for how, row in (
                 await ours(layered, "bcecho", args.runs, args.in_flight, token)
@@ -251,18 +279,21 @@ async def main() -> int:
     for row in results.values():
         row["p50_x_raw"] = row["p50_ms"] / base["p50_ms"]
         row["throughput_x_raw"] = row["per_s"] / base["per_s"]
+        row["cpu_x_raw"] = row["cpu_us"] / base["cpu_us"]
     child = child_costs(results)
     if args.json:
         print(json.dumps({**results, "fanned_out_child": child}, indent=2))
     else:
         print(f"{args.runs} round trips, 512-byte payload, {args.in_flight} in flight")
         print(
-            f"{'path':<62} {'runs/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'p50/raw':>8} {'tput/raw':>9}"
+            f"{'path':<62} {'runs/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'p50/raw':>8} "
+            f"{'tput/raw':>9} {'CPU µs/run':>11} {'CPU/raw':>8}"
         )
         for name, row in results.items():
             print(
                 f"{name:<62} {row['per_s']:>8.0f} {row['p50_ms']:>8.2f} {row['p99_ms']:>8.2f} "
-                f"{row['p50_x_raw']:>7.2f}x {row['throughput_x_raw']:>8.3f}x"
+                f"{row['p50_x_raw']:>7.2f}x {row['throughput_x_raw']:>8.3f}x "
+                f"{row['cpu_us']:>11.0f} {row['cpu_x_raw']:>7.2f}x"
             )
         print(
             f"a fanned-out child (bus + runtime) adds {child['child_latency_ms']:.2f} ms one run "
