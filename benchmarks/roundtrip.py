@@ -53,18 +53,15 @@ def payload(i: int) -> bytes:
     return body + b" " * (512 - len(body))
 
 
-#: the processes whose CPU a measured path spends: this one and nats-server, then whichever
-#: worker, agent and service processes the path runs on (set around each section)
-CPU_PIDS: list[int] = [os.getpid()]
+#: the processes whose CPU a measured path spends, by name: this one and nats-server, then
+#: whichever worker, agent and service processes the path runs on (set around each section)
+CPU_PIDS: dict[str, int] = {"caller": os.getpid()}
 
 
-def cpu_s(pids: list[int]) -> float:
-    """CPU seconds (user + system) the processes `pids` have used so far (Linux /proc)."""
-    total = 0.0
-    for pid in pids:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    return total
+def cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) process `pid` has used so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 async def measure(
@@ -86,15 +83,18 @@ async def measure(
 
     await asyncio.gather(*(timed(i) for i in range(min(50, runs))))  # warm: handles, caches
     latencies.clear()
-    pids = list(CPU_PIDS)
-    cpu_before = cpu_s(pids)
+    pids = dict(CPU_PIDS)
+    cpu_before = {name: cpu_s(pid) for name, pid in pids.items()}
     started = time.perf_counter()
     await asyncio.gather(*(timed(i) for i in range(runs)))
     elapsed = time.perf_counter() - started
-    cpu_us = (cpu_s(pids) - cpu_before) * 1e6 / runs
+    by_process = {
+        name: round((cpu_s(pid) - cpu_before[name]) * 1e6 / runs, 1) for name, pid in pids.items()
+    }
     return {
         "per_s": runs / elapsed,
-        "cpu_us": cpu_us,
+        "cpu_us": sum(by_process.values()),
+        "cpu_us_by_process": by_process,  # type: ignore[dict-item]
         "p50_ms": statistics.median(latencies),
         "p99_ms": percentile(latencies, 99),
         "failed": failed,
@@ -121,7 +121,7 @@ async def raw(url: str, runs: int, in_flight: int) -> dict[str, float]:
     await js.add_stream(name="RTQ", subjects=["rtq.>"], retention=api.RetentionPolicy.WORK_QUEUE)
     await js.add_consumer("RTQ", durable_name="rtworker", ack_policy=api.AckPolicy.EXPLICIT)
     worker = subprocess.Popen([sys.executable, __file__, "--raw-worker", url])
-    CPU_PIDS.append(worker.pid)
+    CPU_PIDS["worker"] = worker.pid
     try:
 
         async def one(i: int) -> bool:
@@ -133,7 +133,7 @@ async def raw(url: str, runs: int, in_flight: int) -> dict[str, float]:
 
         return await measure(runs, in_flight, one)
     finally:
-        CPU_PIDS.remove(worker.pid)
+        del CPU_PIDS["worker"]
         stop([worker])  # type: ignore[list-item]
         await nc.close()
 
@@ -237,21 +237,21 @@ async def main() -> int:
         async with Bus(plain, name="rt") as bus:
             await ensure(bus, default_topology(bus.subjects))
         assert server.process is not None
-        CPU_PIDS.append(server.process.pid)
+        CPU_PIDS["nats-server"] = server.process.pid
         results["raw nats-py"] = await raw(server.url, args.runs, args.in_flight)
         results["raw nats-py, one at a time"] = await raw(server.url, max(50, args.runs // 5), 1)
         procs = [
             start(plain, "agent", "run", "bench_agents:Echo", "--concurrency", "64"),
             start(plain, "agent", "run", "bench_agents:FanEcho", "--concurrency", "64"),
         ]
-        CPU_PIDS.extend(proc.pid for proc in procs)
+        CPU_PIDS.update({"agent becho": procs[0].pid, "agent bfan": procs[1].pid})
         try:
             await asyncio.sleep(3.0)
             for how, row in (await ours(plain, "becho", args.runs, args.in_flight, None)).items():
                 results[f"bus + runtime, {how}"] = row
             results.update(await fanned(plain, args.runs, args.in_flight))
         finally:
-            del CPU_PIDS[2:]
+            del CPU_PIDS["agent becho"], CPU_PIDS["agent bfan"]
             stop(procs)
         procs = [start(layered, "service", "identity"), start(layered, "service", "ledger")]
         try:
@@ -267,7 +267,9 @@ async def main() -> int:
             procs.append(
                 start(layered, "agent", "run", "bench_agents:CostedEcho", "--concurrency", "64")
             )
-            CPU_PIDS.extend(proc.pid for proc in procs)
+            CPU_PIDS.update(
+                {"identity": procs[0].pid, "ledger": procs[1].pid, "agent bcecho": procs[2].pid}
+            )
             await asyncio.sleep(3.0)
             for how, row in (
                 await ours(layered, "bcecho", args.runs, args.in_flight, token)
