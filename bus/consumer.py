@@ -32,6 +32,7 @@ from .errors import (
 )
 from .events import DeadLetter, Event, event_encoder
 from .lease import Lease
+from .position import position_of
 from .pulling import OpenPulls
 from .streams import ConsumerSpec, agent_consumer, ensure_consumer_ready
 from .subjects import check_name
@@ -265,7 +266,8 @@ class Consumer:
             self.processed += 1
 
     async def _handle(self, msg: Msg) -> None:
-        attempt = msg.metadata.num_delivered
+        where = position_of(msg.reply)
+        attempt = where.delivered
         headers = msg.headers or {}
         try:
             env = wire.from_message(msg.headers, msg.data, self.bus.settings.max_payload_bytes)
@@ -285,8 +287,8 @@ class Consumer:
             attempt=attempt,
             headers=headers,
             subject=msg.subject,
-            sequence=msg.metadata.sequence.stream,
-            stream=msg.metadata.stream,
+            sequence=where.sequence,
+            stream=where.stream,
             source=source,
             replayed=replayed,
             lease=held[1] if (held := self._inflight.get(id(msg))) else Lease(),

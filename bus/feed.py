@@ -15,6 +15,7 @@ from nats.js import api
 from .client import Bus
 from .codec import decode_or_none
 from .events import Event, event_decoder
+from .position import position_of
 
 log = logging.getLogger("relaybus.feed")
 # The server removes a feed's consumer this long after its reader left (a client that crashed
@@ -110,7 +111,7 @@ class EventFeed:
             event = self._checked(msg)
             if event is not None:
                 out.append((event, self.bus.subjects.source_of(msg.subject)))
-            if msg.metadata.num_pending == 0:
+            if position_of(msg.reply).pending == 0:
                 return out
             timeout = 5.0
 
@@ -139,7 +140,7 @@ class EventFeed:
         """The event, if its body names the run its subject names (an agent may publish any
         body on its own event subjects; the subject's run is what readers may rely on), and it
         was stored after a feed of new events began, or at or after `since`."""
-        if msg.metadata.sequence.stream < self._first_seq:
+        if position_of(msg.reply).sequence < self._first_seq:
             return None
         subject = msg.subject
         event = _event(msg.data)

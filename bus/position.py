@@ -1,0 +1,50 @@
+"""Where a JetStream message stands (its stream, sequence, delivery count, what is left),
+read from its ack subject.
+
+nats-py's `Msg.metadata` reads the same subject but also builds a timezone-aware datetime and
+two dataclasses: about 20 µs per message, paid for every task an agent takes. This reads
+only what the runtime uses, in about 3 µs, from both forms the server sends:
+
+    $JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>.<consumer seq>.<ns>.<pending>
+    $JS.ACK.<domain>.<account>.<stream>.<consumer>.<delivered>.<stream seq>.<consumer seq>.<ns>.<pending>[.<token>]
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+from nats.errors import NotJSMessageError
+
+_V1_TOKENS = 9  # the form without a domain and an account
+_V2_FIRST = 2  # where the v2 form's fields start: after `$JS.ACK`, at the domain
+
+
+class Position(NamedTuple):
+    stream: str
+    sequence: int  # in the stream
+    delivered: int  # how many times this message has been delivered, this one included
+    pending: int  # messages after this one the consumer has not delivered yet
+
+
+def position_of(reply: str | None) -> Position:
+    """The position in `reply`, a JetStream message's ack subject; `NotJSMessageError` (as
+    nats-py raises) for anything else."""
+    if not reply or not reply.startswith("$JS.ACK."):
+        raise NotJSMessageError
+    tokens = reply.split(".")
+    count = len(tokens)
+    if count == _V1_TOKENS:
+        at = 2
+    elif count >= _V1_TOKENS + 2:  # v2: domain and account hash before the stream
+        at = _V2_FIRST + 2
+    else:
+        raise NotJSMessageError
+    try:
+        return Position(
+            stream=tokens[at],
+            sequence=int(tokens[at + 3]),
+            delivered=int(tokens[at + 2]),
+            pending=int(tokens[at + 6]),
+        )
+    except (ValueError, IndexError):
+        raise NotJSMessageError from None
