@@ -58,9 +58,14 @@ def payload(i: int) -> bytes:
 CPU_PIDS: dict[str, int] = {"caller": os.getpid()}
 
 
-def cpu_s(pid: int) -> float:
-    """CPU seconds (user + system) process `pid` has used so far (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+def cpu_s(pid: int) -> float | None:
+    """CPU seconds (user + system) process `pid` has used so far (Linux /proc); None once it
+    has exited (a crashed agent: its row then leaves that process out rather than failing)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return None
+    fields = stat.rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
@@ -88,9 +93,11 @@ async def measure(
     started = time.perf_counter()
     await asyncio.gather(*(timed(i) for i in range(runs)))
     elapsed = time.perf_counter() - started
-    by_process = {
-        name: round((cpu_s(pid) - cpu_before[name]) * 1e6 / runs, 1) for name, pid in pids.items()
-    }
+    by_process = {}
+    for name, pid in pids.items():
+        before, after = cpu_before[name], cpu_s(pid)
+        if before is not None and after is not None:
+            by_process[name] = round((after - before) * 1e6 / runs, 1)
     return {
         "per_s": runs / elapsed,
         "cpu_us": sum(by_process.values()),
@@ -281,7 +288,8 @@ async def main() -> int:
     for row in results.values():
         row["p50_x_raw"] = row["p50_ms"] / base["p50_ms"]
         row["throughput_x_raw"] = row["per_s"] / base["per_s"]
-        row["cpu_x_raw"] = row["cpu_us"] / base["cpu_us"]
+        # (CPU time comes in clock ticks: a tiny --runs can measure raw's as 0)
+        row["cpu_x_raw"] = row["cpu_us"] / base["cpu_us"] if base["cpu_us"] else float("nan")
     child = child_costs(results)
     if args.json:
         print(json.dumps({**results, "fanned_out_child": child}, indent=2))
