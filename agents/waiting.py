@@ -57,7 +57,7 @@ class Waiter:
     ) -> None:
         self.bus, self.run_id, self.runs = bus, run_id, runs
         self.ended = False  # an end event came since the last read of the record
-        self._woken: asyncio.Future[None] | None = None  # what `outcome` awaits, if it does
+        self._woken: set[asyncio.Future[None]] = set()  # what each `outcome` call awaits
         self.holders = {agent} if agent else set()  # who may end the run: see the module doc
         self.told: RunOutcome | None = None  # a holder's `completed` event
         self._sub: Any = None
@@ -76,8 +76,8 @@ class Waiter:
                 self._told_by_holder(kind, source, msg.data)
             if kind in ENDED:
                 self.ended = True
-                if self._woken is not None and not self._woken.done():
-                    self._woken.set_result(None)
+                for woken in self._woken:
+                    _wake(woken)
 
         self._sub = await self.bus.nc.subscribe(self.bus.subjects.events_of(self.run_id), cb=wake)
         return self
@@ -133,13 +133,14 @@ class Waiter:
         # a future and a timer, not `asyncio.wait_for(event.wait())`: that costs a task per
         # wait, about 28 µs of a submitting client's CPU per run
         loop = asyncio.get_running_loop()
-        woken = self._woken = loop.create_future()
+        woken: asyncio.Future[None] = loop.create_future()
+        self._woken.add(woken)
         timer = loop.call_later(delay_s, _wake, woken)
         try:
             await woken
         finally:
             timer.cancel()
-            self._woken = None
+            self._woken.discard(woken)
 
 
 def _wake(woken: asyncio.Future[None]) -> None:

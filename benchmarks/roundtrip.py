@@ -63,7 +63,7 @@ def cpu_s(pid: int) -> float | None:
     has exited (a crashed agent: its row then leaves that process out rather than failing)."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
+    except OSError:  # gone (FileNotFoundError), or being reaped (ProcessLookupError)
         return None
     fields = stat.rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
@@ -93,15 +93,18 @@ async def measure(
     started = time.perf_counter()
     await asyncio.gather(*(timed(i) for i in range(runs)))
     elapsed = time.perf_counter() - started
-    by_process = {}
+    by_process, gone = {}, []
     for name, pid in pids.items():
         before, after = cpu_before[name], cpu_s(pid)
-        if before is not None and after is not None:
+        if before is None or after is None:
+            gone.append(name)
+        else:
             by_process[name] = round((after - before) * 1e6 / runs, 1)
     return {
         "per_s": runs / elapsed,
         "cpu_us": sum(by_process.values()),
         "cpu_us_by_process": by_process,  # type: ignore[dict-item]
+        "cpu_not_counted": gone,  # type: ignore[dict-item]  # exited while measured
         "p50_ms": statistics.median(latencies),
         "p99_ms": percentile(latencies, 99),
         "failed": failed,
@@ -289,7 +292,7 @@ async def main() -> int:
         row["p50_x_raw"] = row["p50_ms"] / base["p50_ms"]
         row["throughput_x_raw"] = row["per_s"] / base["per_s"]
         # (CPU time comes in clock ticks: a tiny --runs can measure raw's as 0)
-        row["cpu_x_raw"] = row["cpu_us"] / base["cpu_us"] if base["cpu_us"] else float("nan")
+        row["cpu_x_raw"] = row["cpu_us"] / base["cpu_us"] if base["cpu_us"] else None  # type: ignore[assignment]
     child = child_costs(results)
     if args.json:
         print(json.dumps({**results, "fanned_out_child": child}, indent=2))
@@ -300,10 +303,12 @@ async def main() -> int:
             f"{'tput/raw':>9} {'CPU µs/run':>11} {'CPU/raw':>8}"
         )
         for name, row in results.items():
+            cpu_x = "n/a" if row["cpu_x_raw"] is None else f"{row['cpu_x_raw']:.2f}x"
+            gone = f"  (exited, not counted: {', '.join(row['cpu_not_counted'])})"  # type: ignore[arg-type]
             print(
                 f"{name:<62} {row['per_s']:>8.0f} {row['p50_ms']:>8.2f} {row['p99_ms']:>8.2f} "
                 f"{row['p50_x_raw']:>7.2f}x {row['throughput_x_raw']:>8.3f}x "
-                f"{row['cpu_us']:>11.0f} {row['cpu_x_raw']:>7.2f}x"
+                f"{row['cpu_us']:>11.0f} {cpu_x:>8}" + (gone if row["cpu_not_counted"] else "")
             )
         print(
             f"a fanned-out child (bus + runtime) adds {child['child_latency_ms']:.2f} ms one run "

@@ -373,7 +373,8 @@ class Consumer:
             run_id=env.run_id if env else "",
             last_error=error,
         )
-        dedupe = {"Nats-Msg-Id": f"dlq:{msg.metadata.stream}:{msg.metadata.sequence.stream}"}
+        where = position_of(msg.reply)  # the one parser of a delivery's position on this path
+        dedupe = {"Nats-Msg-Id": f"dlq:{where.stream}:{where.sequence}"}
         metrics.DEAD_LETTERS.add(1, {"agent": self.agent})
         # The dead letter stays in its run's trace: a span under the message's producer span.
         with tracing.TRACER.start_as_current_span(

@@ -11,6 +11,7 @@ only what the runtime uses, in about 3 µs, from both forms the server sends:
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import NamedTuple
 
 from nats.errors import NotJSMessageError
@@ -40,11 +41,22 @@ def position_of(reply: str | None) -> Position:
     else:
         raise NotJSMessageError
     try:
+        # the consumer sequence and the timestamp are not used, but a subject whose numbers are
+        # not numbers is refused whole, as nats-py refuses it
+        int(tokens[at + 4])
+        _timestamp_ok(int(tokens[at + 5]))
         return Position(
             stream=tokens[at],
             sequence=int(tokens[at + 3]),
             delivered=int(tokens[at + 2]),
             pending=int(tokens[at + 6]),
         )
-    except (ValueError, IndexError):
+    except (ValueError, IndexError, OverflowError, OSError):
         raise NotJSMessageError from None
+
+
+def _timestamp_ok(ns: int) -> None:
+    # the common case costs a comparison; anything outside 1970 to 2096 is tried the way nats-py
+    # converts it, so what it refuses (a year past 9999, say) is refused here too
+    if not 0 <= ns < 4 * 10**18:
+        datetime.fromtimestamp(ns / 1_000_000_000.0, UTC)

@@ -1,6 +1,6 @@
 """A JetStream message's position read from its ack subject (bus/position.py) says what
 nats-py's `Msg.metadata` says: for messages a real server delivers (first and redelivered),
-for the domain form, and and refuses anything else as not a JetStream message."""
+for the domain form, and refuses anything else as not a JetStream message."""
 
 from __future__ import annotations
 
@@ -51,7 +51,7 @@ def test_the_domain_form_and_random_positions_match_nats_py() -> None:
         delivered, sseq, cseq, ns, pending = fields
         v1 = f"$JS.ACK.{stream}.c.{delivered}.{sseq}.{cseq}.{ns}.{pending}"
         v2 = f"$JS.ACK.{rng.choice(['_', 'hub'])}.ACCHASH.{stream}.c.{delivered}.{sseq}.{cseq}.{ns}.{pending}"
-        for reply in (v1, v2, v2 + ".tok"):
+        for reply in (v1, v2, v2 + ".tok", v2 + ".tok.more"):
             assert tuple(position_of(reply)) == _nats_py(reply)
 
 
@@ -65,6 +65,8 @@ def test_the_domain_form_and_random_positions_match_nats_py() -> None:
         "$JS.ACK.S.c.1.2.3.4.5.6",  # ten tokens: neither form
         "$JS.ACK.S.c.x.2.3.4.5",  # not a number
         "$JS.NAK.S.c.1.2.3.4.5",
+        "$JS.ACK.S.c.1.2.x.4.5",  # a consumer sequence that is not a number
+        "$JS.ACK.S.c.1.2.3.99999999999999999999999999.5",  # a time past the year 9999
     ],
 )
 def test_anything_else_is_refused_as_not_a_jetstream_message(reply: str | None) -> None:
@@ -72,7 +74,7 @@ def test_anything_else_is_refused_as_not_a_jetstream_message(reply: str | None) 
         position_of(reply)
 
 
-def test_the_consumer_reads_the_position_of_what_it_takes() -> None:
+def test_each_field_is_read_from_its_own_token() -> None:
     # the count decides retries and dead letters: a wrong field would retry forever or never
     where = position_of("$JS.ACK.RELAY_TASKS.agent_x.3.41.17.1796640707304983528.0")
     assert where == ("RELAY_TASKS", 41, 3, 0)
