@@ -108,10 +108,11 @@ class EventFeed:
                 msg = await self._sub.next_msg(timeout=timeout)
             except (TimeoutError, nats.errors.TimeoutError):
                 return out
-            event = self._checked(msg)
+            where = position_of(msg.reply)
+            event = self._checked(msg, where.sequence)
             if event is not None:
                 out.append((event, self.bus.subjects.source_of(msg.subject)))
-            if position_of(msg.reply).pending == 0:
+            if where.pending == 0:
                 return out
             timeout = 5.0
 
@@ -131,16 +132,16 @@ class EventFeed:
                 msg = await self._sub.next_msg(timeout=left)
             except (TimeoutError, nats.errors.TimeoutError):
                 return None
-            event = self._checked(msg)
+            event = self._checked(msg, position_of(msg.reply).sequence)
             if event is not None:
                 return event, self.bus.subjects.source_of(msg.subject)
         return None
 
-    def _checked(self, msg: Any) -> Event | None:
+    def _checked(self, msg: Any, sequence: int) -> Event | None:
         """The event, if its body names the run its subject names (an agent may publish any
         body on its own event subjects; the subject's run is what readers may rely on), and it
         was stored after a feed of new events began, or at or after `since`."""
-        if position_of(msg.reply).sequence < self._first_seq:
+        if sequence < self._first_seq:
             return None
         subject = msg.subject
         event = _event(msg.data)

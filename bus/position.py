@@ -17,7 +17,7 @@ from typing import NamedTuple
 from nats.errors import NotJSMessageError
 
 _V1_TOKENS = 9  # the form without a domain and an account
-_V2_FIRST = 2  # where the v2 form's fields start: after `$JS.ACK`, at the domain
+_V1_STREAM, _V2_STREAM = 2, 4  # where the stream's token is in each form
 
 
 class Position(NamedTuple):
@@ -35,9 +35,9 @@ def position_of(reply: str | None) -> Position:
     tokens = reply.split(".")
     count = len(tokens)
     if count == _V1_TOKENS:
-        at = 2
+        at = _V1_STREAM
     elif count >= _V1_TOKENS + 2:  # v2: domain and account hash before the stream
-        at = _V2_FIRST + 2
+        at = _V2_STREAM
     else:
         raise NotJSMessageError
     try:
