@@ -15,6 +15,7 @@ from relaybus.services.runs.state import ENDED, Finish, run_end_id
 from .charging import Costs, RunSpend
 from .journal import Journal
 from .messages import ChildResult
+from .starts import HeldStarts
 
 
 class Outcomes:
@@ -23,6 +24,7 @@ class Outcomes:
         self.name = name
         self.run_writer = run_writer
         self.costs = costs
+        self.starts = HeldStarts(self.bus.publish_event)
 
     async def deliver(
         self,
@@ -118,7 +120,10 @@ class Outcomes:
         output_tokens: int = 0,
         score: float | None = None,
         once: str = "",
+        queued_ms: float = 0.0,
     ) -> None:
+        if (started := await self.starts.before(env.id, kind)) is not None:
+            attempt, queued_ms = started.attempt, started.latency_ms  # the end says it started
         event = Event(
             run_id=env.run_id,
             kind=kind,
@@ -132,9 +137,26 @@ class Outcomes:
             error=error,
             cost=cost,
             latency_ms=round(latency_ms, 3),
+            queued_ms=round(queued_ms, 3),
             input_tokens=input_tokens,
             output_tokens=output_tokens,
             score=score,
             **({"result": msgspec.Raw(result)} if result else {}),  # type: ignore[arg-type]
         )
         await self.bus.publish_event(event, durable=kind in ENDED, once=once)
+
+    async def started(self, env: Envelope, attempt: int, queued_ms: float) -> None:
+        """A task's attempt began: its `started` event, held while the task is quick
+        (`starts.py`)."""
+        event = Event(
+            run_id=env.run_id,
+            kind="started",
+            sender=env.sender,
+            recipient=self.name,
+            envelope_id=env.id,
+            parent_id=env.parent_id,
+            attempt=attempt,
+            latency_ms=round(queued_ms, 3),
+        )
+        if not self.starts.hold(event):
+            await self.bus.publish_event(event)

@@ -143,13 +143,13 @@ def build(run_id: str, events: list[Event]) -> RunTree:
     nodes: dict[str, TaskNode] = {}
     created: dict[str, tuple[str, str]] = {}  # child task -> (creating task, call | handoff)
 
-    def node(event: Event, agent: str = "") -> TaskNode:
+    def node(event: Event, agent: str = "", sender: str = "") -> TaskNode:
         found = nodes.get(event.envelope_id)
         if found is None:
             found = nodes[event.envelope_id] = TaskNode(
                 task_id=event.envelope_id,
                 agent=agent or event.recipient,
-                sender=event.sender,
+                sender=sender or event.sender,
                 parent_id=event.parent_id,
                 started=event.time,
             )
@@ -208,7 +208,17 @@ def build(run_id: str, events: list[Event]) -> RunTree:
                     f"attempt {event.attempt}: {event.error.type}: {event.error.message}"
                 )
         elif kind in ENDED:
-            task = node(event, event.sender if kind == "returned" else event.recipient)
+            quick = event.envelope_id not in nodes and event.attempt > 0
+            if kind == "returned":  # a child's end: from the child, to the agent it answers
+                task = node(event, event.sender, event.recipient)
+            else:
+                task = node(event, event.recipient)
+            if quick:  # it ended before its `started` went out: the end says when it began
+                task.started = event.time - event.latency_ms / 1000
+            if event.attempt:
+                task.attempts = max(task.attempts, event.attempt)
+            if event.queued_ms:
+                task.queued_ms = event.queued_ms
             task.status = event.detail if kind == "returned" else kind
             if kind == "dead_lettered":
                 task.status = "dead-lettered"

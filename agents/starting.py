@@ -112,7 +112,7 @@ async def on_task(worker: Worker, d: Delivery) -> None:
             await worker.deliver(env, journal)
             return
         queued_ms = (time.time() - env.created_at) * 1000 if env.created_at else 0.0
-        await worker.emit_event(env, "started", attempt=d.attempt, latency_ms=max(0.0, queued_ms))
+        await worker.outcomes.started(env, d.attempt, max(0.0, queued_ms))
         try:
             await worker.execute(journal, created, owner, d)
         except Abandon:
@@ -124,6 +124,8 @@ async def on_task(worker: Worker, d: Delivery) -> None:
             if found is None or found[0].status not in FINAL:
                 raise
             await _repeat_outcome(worker, env, d, found[0])
+        finally:  # an attempt over without an end event of its own (fenced, or its run ended)
+            worker.outcomes.starts.send(env.id)
         return
     if found is None:
         return

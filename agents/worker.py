@@ -162,6 +162,7 @@ class Worker:
         return self._llm
 
     async def close(self) -> None:
+        self.outcomes.starts.close()
         if self.runs is not None:
             await self.runs.drain()
         if self._llm is not None:

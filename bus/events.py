@@ -17,7 +17,9 @@ class Event(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     `envelope_id` is the task it happened in (`parent_id`: the task waiting for that one);
     `child_id` the task a `call` or `handoff` created. `latency_ms`: queue time on `started`,
     run time on a `step` (tool or step call) and on a task's end. `cost`: micro-units charged
-    (a tool call's price; on the run's final event, what the ledger captured for the run)."""
+    (a tool call's price; on the run's final event, what the ledger captured for the run).
+    A task that ends quickly publishes no `started`: its end event carries the `attempt` and
+    the queue time (`queued_ms`) instead."""
 
     run_id: str
     kind: str
@@ -31,6 +33,7 @@ class Event(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     result: msgspec.Raw = msgspec.Raw()
     cost: int = 0
     latency_ms: float = 0.0
+    queued_ms: float = 0.0
     parent_id: str = ""
     child_id: str = ""
     input_tokens: int = 0
