@@ -95,4 +95,3 @@ class HeldStarts:
 
     def __len__(self) -> int:
         return len(self._held)
-
