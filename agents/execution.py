@@ -172,6 +172,7 @@ class Execution:
         if self._pending_publish:
             batch, self._pending_publish = self._pending_publish, []
             delegated = [await port.delegate(env, scopes) for env, scopes in batch]
+            await port.started_out(self.envelope)  # stored before anything of what it creates
             await asyncio.gather(*(port.bus.publish(env) for env in delegated))
             for env in delegated:
                 if env.parent_id == self.envelope.id:

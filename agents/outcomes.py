@@ -3,6 +3,7 @@ record and a waiting submitter), and the run events an agent publishes."""
 
 from __future__ import annotations
 
+import contextlib
 import time
 
 import msgspec
@@ -143,11 +144,19 @@ class Outcomes:
             score=score,
             **({"result": msgspec.Raw(result)} if result else {}),  # type: ignore[arg-type]
         )
-        await self.bus.publish_event(event, durable=kind in ENDED, once=once)
+        try:
+            await self.bus.publish_event(event, durable=kind in ENDED, once=once)
+        except Exception:
+            if started is not None:  # the start it carried goes out alone (the end is resent)
+                with contextlib.suppress(Exception):
+                    await self.bus.publish_event(started)
+            raise
 
-    async def started(self, env: Envelope, attempt: int, queued_ms: float) -> None:
+    async def started(
+        self, env: Envelope, attempt: int, queued_ms: float, *, hold: bool = True
+    ) -> None:
         """A task's attempt began: its `started` event, held while the task is quick
-        (`starts.py`)."""
+        (`starts.py`) if `hold`."""
         event = Event(
             run_id=env.run_id,
             kind="started",
@@ -158,5 +167,5 @@ class Outcomes:
             attempt=attempt,
             latency_ms=round(queued_ms, 3),
         )
-        if not self.starts.hold(event):
+        if not (hold and self.starts.hold(event)):
             await self.bus.publish_event(event)

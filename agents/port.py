@@ -67,6 +67,9 @@ class RuntimePort(Protocol):
         """Whether `env`'s run, or `env` itself, was cancelled (the run's record read, unless
         this process already knows); a task that finds it so stops before its first effect."""
 
+    async def started_out(self, env: Envelope) -> None:
+        """`env`'s held `started` event goes out now, before what the task creates."""
+
     async def emit_event(
         self,
         env: Envelope,

@@ -142,6 +142,7 @@ def build(run_id: str, events: list[Event]) -> RunTree:
     tree = RunTree(run_id=run_id)
     nodes: dict[str, TaskNode] = {}
     created: dict[str, tuple[str, str]] = {}  # child task -> (creating task, call | handoff)
+    from_ends: set[str] = set()  # tasks known only from their `returned`: sent by their creator
 
     def node(event: Event, agent: str = "", sender: str = "") -> TaskNode:
         found = nodes.get(event.envelope_id)
@@ -210,6 +211,8 @@ def build(run_id: str, events: list[Event]) -> RunTree:
         elif kind in ENDED:
             quick = event.envelope_id not in nodes and event.attempt > 0
             if kind == "returned":  # a child's end: from the child, to the agent it answers
+                if quick:
+                    from_ends.add(event.envelope_id)
                 task = node(event, event.sender, event.recipient)
             else:
                 task = node(event, event.recipient)
@@ -239,6 +242,8 @@ def build(run_id: str, events: list[Event]) -> RunTree:
         parent = created.get(task_id)
         if parent is not None and parent[0] in nodes:
             task.via = parent[1]
+            if task_id in from_ends:  # (a handoff's answer goes to the caller, not the sender)
+                task.sender = nodes[parent[0]].agent
             nodes[parent[0]].children.append(task)
         else:
             task.via = "submit"

@@ -112,7 +112,9 @@ async def on_task(worker: Worker, d: Delivery) -> None:
             await worker.deliver(env, journal)
             return
         queued_ms = (time.time() - env.created_at) * 1000 if env.created_at else 0.0
-        await worker.outcomes.started(env, d.attempt, max(0.0, queued_ms))
+        # a first delivery's start is held while the task is quick; a redelivery's goes out
+        # at once (the attempt before it may have died without a trace)
+        await worker.outcomes.started(env, d.attempt, max(0.0, queued_ms), hold=first)
         try:
             await worker.execute(journal, created, owner, d)
         except Abandon:

@@ -73,16 +73,24 @@ class HeldStarts:
             held.timer.cancel()
             del self._held[task]
             return held.event
-        self.send(task)
-        assert held.sending is not None
-        await asyncio.shield(held.sending)
+        await self.out(task)
         return None
 
-    def close(self) -> None:
-        """Stop the timers of what is still held (its tasks' ends carry it, or nothing will)."""
-        for held in self._held.values():
-            held.timer.cancel()
-        self._held.clear()
+    async def out(self, task: str) -> None:
+        """Publish the held start of `task` now, if there is one, and wait until it is out."""
+        self.send(task)
+        held = self._held.get(task)
+        if held is not None and held.sending is not None:
+            await asyncio.shield(held.sending)
+
+    async def aclose(self, timeout_s: float = 2.0) -> None:
+        """Publish what is still held (tasks cut short by a shutdown did start) and wait, at
+        most `timeout_s`, for it to go out."""
+        for task in list(self._held):
+            self.send(task)
+        sending = [held.sending for held in self._held.values() if held.sending is not None]
+        if sending:
+            await asyncio.wait(sending, timeout=timeout_s)
 
     async def _send(self, task: str, held: _Held) -> None:
         try:

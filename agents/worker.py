@@ -162,7 +162,7 @@ class Worker:
         return self._llm
 
     async def close(self) -> None:
-        self.outcomes.starts.close()
+        await self.outcomes.starts.aclose()
         if self.runs is not None:
             await self.runs.drain()
         if self._llm is not None:
@@ -201,6 +201,9 @@ class Worker:
             await self.on_outcome(delivery)
         else:
             await self.on_signal(delivery)
+
+    async def started_out(self, env: Envelope) -> None:
+        await self.outcomes.starts.out(env.id)
 
     async def on_task(self, d: Delivery) -> None:
         await starting.on_task(self, d)

@@ -117,6 +117,18 @@ class Stepper(Agent):
         return task["steps"]
 
 
+class StuckFirst(Agent):
+    """Its first attempt says it began (a file) and hangs; a redelivery answers at once."""
+
+    name = "stuck-first"
+
+    async def handle(self, ctx: Context, task: dict[str, str]) -> int:
+        if ctx.attempt == 1:
+            Path(task["began"]).write_text("1")
+            await asyncio.sleep(60)
+        return ctx.attempt
+
+
 class Sleeper(Agent):
     name = "sleeper"
 

@@ -230,7 +230,7 @@ class ConsoleData:
         async with EventFeed(
             self.bus, run, replay=run is not None, since=None if run else since
         ) as feed:
-            attempts = Attempts()  # every event goes through it, shown or not
+            attempts = Attempts(from_start=run is not None)  # every event, shown or not
             while True:
                 event = await feed.next(KEEPALIVE_S)
                 if event is None:

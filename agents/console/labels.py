@@ -36,8 +36,9 @@ class Attempts:
     """Follows each task's attempts through a stream of events (feed them in stored order)
     and says what a redelivery was."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, from_start: bool = False) -> None:
         self._last: dict[str, Event] = {}  # task → its last attempt-related event
+        self.from_start = from_start  # fed a run's events from its first one
 
     def detail(self, event: Event) -> str:
         """The event's detail, with a worker's "taken over after a crash" corrected to what
@@ -45,7 +46,7 @@ class Attempts:
         detail = event.detail
         task = event.envelope_id
         if event.kind == "resumed" and detail in (TAKEOVER, RETRY) and task:
-            detail = redelivery(self._last.get(task), event.attempt)
+            detail = redelivery(self._last.get(task), event.attempt, self.from_start)
         if task and event.kind in _REMEMBERED:
             self._last.pop(task, None)  # re-insert: the dict stays ordered oldest first
             self._last[task] = event
@@ -57,21 +58,24 @@ class Attempts:
         return event_row(event, self.detail(event))
 
 
-def redelivery(before: Event | None, attempt: int) -> str:
+def redelivery(before: Event | None, attempt: int, from_start: bool = False) -> str:
     """What a delivery of a half-done task was, given the task's last attempt-related event
-    before it (None: nothing of the task was seen, e.g. a feed that began later)."""
+    before it (None: nothing of the task was seen: a feed that began later or, `from_start`,
+    an attempt that died within the moment its `started` is held, leaving no event)."""
     tried = f"attempt {attempt}" if attempt else "another attempt"
-    if before is None:
+    if before is None and not from_start:
         return f"delivered again ({tried})"
-    if before.kind == "retried":
+    if before is None:
+        pass  # it began an attempt and then nothing (below)
+    elif before.kind == "retried":
         failed = f"attempt {before.attempt} failed" if before.attempt else "an attempt failed"
         why = f": {before.error.type}" if before.error else ""
         return f"retried after {failed}{why} ({tried})"
-    if before.kind == "parked":
+    elif before.kind == "parked":
         return f"resumed after a budget park ({tried})"
-    if before.kind == "dead_lettered":
+    elif before.kind == "dead_lettered":
         return f"replayed from the dead-letter queue ({tried})"
-    if before.kind == "suspended":
+    elif before.kind == "suspended":
         return f"resumed ({tried})"
     # it began an attempt and then nothing: its worker vanished, the ack wait ran out
     return f"{TAKEOVER}: the worker of the previous attempt stopped answering ({tried})"
@@ -79,5 +83,5 @@ def redelivery(before: Event | None, attempt: int) -> str:
 
 def event_rows(events: list[Event]) -> list[dict[str, Any]]:
     """A run's events in time order, labelled."""
-    attempts = Attempts()
+    attempts = Attempts(from_start=True)
     return [attempts.row(e) for e in sorted(events, key=lambda e: e.time)]

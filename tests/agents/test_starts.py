@@ -6,14 +6,23 @@ the time it began."""
 from __future__ import annotations
 
 import asyncio
+import json
+import signal
+from pathlib import Path
 from typing import Any
 
 from relaybus import Agent, Context
 from relaybus.agents import runtree
+from relaybus.agents.console.labels import TAKEOVER, event_rows
+from relaybus.agents.outcomes import Outcomes
 from relaybus.agents.starts import STARTED_AFTER_S, HeldStarts
-from relaybus.bus import Event
+from relaybus.agents.submit import submit
+from relaybus.agents.waiting import await_outcome
+from relaybus.bus import Bus, Event, new_envelope
 from relaybus.bus.feed import EventFeed
 from relaybus.testing import AgentEnvironment
+
+from ..conftest import Spawn
 
 
 class Quick(Agent):
@@ -108,6 +117,64 @@ async def test_a_quick_child_returns_saying_it_started_and_the_tree_knows_who_se
         assert child.agent == "quick" and child.sender == "parent" and child.via == "call"
         assert child.attempts == 1 and root.started <= child.started <= child.ended
         assert child.as_json()["duration_ms"] >= 20
+        # stored in order: the parent's start before anything of the child it created
+        kinds = [(e.kind, e.envelope_id == run.run_id) for e in events]
+        assert kinds.index(("started", True)) < kinds.index(("returned", False)), kinds
+
+
+async def test_a_task_redelivered_after_a_crash_publishes_its_start_at_once(
+    bus: Bus, spawn: Spawn, tmp_path: Path
+) -> None:
+    # Given a first attempt killed -9 within the moment its start is held (nothing published)
+    began = tmp_path / "began"
+    first = spawn("runtime_agents:StuckFirst", RELAYBUS_ACK_WAIT_S="1")
+    run = await submit(bus, "stuck-first", json.dumps({"began": str(began)}).encode())
+    for _ in range(200):  # bounded: 20 s
+        if began.exists():
+            break
+        await asyncio.sleep(0.1)
+    first.send_signal(signal.SIGKILL)
+    first.wait(10)
+    # When another replica takes the redelivery, which is quick
+    spawn("runtime_agents:StuckFirst", RELAYBUS_ACK_WAIT_S="1")
+    outcome = await await_outcome(bus, run.run_id, 60)
+    assert outcome.status == "completed" and outcome.result == 2, outcome
+    # Then its start went out on its own, at once: a redelivery is what people diagnose
+    async with EventFeed(bus, run.run_id, replay=True) as feed:
+        events = await feed.stored()
+    shown = [(e.kind, e.attempt) for e in events]
+    assert [e.attempt for e in events if e.kind == "started"] == [2], shown
+    assert [e.attempt for e in events if e.kind == "completed"] == [0], shown
+
+
+def test_a_takeover_of_an_attempt_that_left_no_event_is_called_one() -> None:
+    def ev(kind: str, **fields: Any) -> Event:
+        return Event(run_id="r1", kind=kind, envelope_id="t1", **fields)
+
+    rows = event_rows(
+        [ev("submitted", time=1.0), ev("resumed", time=2.0, attempt=2, detail=TAKEOVER)]
+    )
+    assert rows[1]["detail"].startswith(TAKEOVER), rows[1]
+
+
+def test_a_quick_task_handed_off_by_a_child_is_sent_by_that_child_in_the_tree() -> None:
+    def ev(kind: str, task: str, t: float, **fields: Any) -> Event:
+        return Event(run_id="r1", kind=kind, envelope_id=task, time=t, **fields)
+
+    events = [
+        ev("submitted", "p", 1.0),
+        ev("started", "p", 1.1, sender="user:u", recipient="p", attempt=1),
+        ev("call", "p", 1.2, sender="p", recipient="c", child_id="c"),
+        ev("started", "c", 1.3, sender="p", recipient="c", parent_id="p", attempt=1),
+        ev("handoff", "c", 1.4, sender="c", recipient="d", child_id="d", parent_id="p"),
+        # d answers its caller's caller, p: its `returned` names p, but c sent it the task
+        ev("returned", "d", 1.5, sender="d", recipient="p", parent_id="p", attempt=1),
+    ]
+    tree = runtree.build("r1", events)
+    (p,) = tree.roots
+    (c,) = p.children
+    (d,) = c.children
+    assert (d.agent, d.sender, d.via) == ("d", "c", "handoff")
 
 
 # -- HeldStarts on its own: what goes out, when, and only once ---------------------------------
@@ -150,6 +217,45 @@ async def test_a_held_start_goes_out_once_when_due_and_before_the_next_event() -
     starts.send("t1")
     await asyncio.sleep(0.1)
     assert [e.envelope_id for e in sent] == ["t2", "t1"] and len(starts) == 0
+
+
+async def test_what_is_still_held_at_shutdown_goes_out() -> None:
+    sent: list[Event] = []
+
+    async def publish(event: Event) -> None:
+        sent.append(event)
+
+    starts = HeldStarts(publish, after_s=10)
+    assert starts.hold(_started("t1")) and starts.hold(_started("t2"))
+    await starts.aclose()
+    assert sorted(e.envelope_id for e in sent) == ["t1", "t2"] and len(starts) == 0
+
+
+class _RefusingBus:
+    """Stands in for the connection during a failover: durable publishes fail."""
+
+    def __init__(self) -> None:
+        self.sent: list[Event] = []
+
+    async def publish_event(self, event: Event, *, durable: bool = False, once: str = "") -> None:
+        if durable:
+            raise TimeoutError("no PubAck")
+        self.sent.append(event)
+
+
+async def test_an_end_that_cannot_be_published_lets_the_start_it_carried_go_out() -> None:
+    bus = _RefusingBus()
+    outcomes = Outcomes(bus, "quick", None, None)  # type: ignore[arg-type]
+    env = new_envelope(kind="task", sender="user:u", recipient="quick", payload=b"{}")
+    await outcomes.started(env, 1, 2.0)
+    assert bus.sent == []  # held
+    try:
+        await outcomes.emit(env, "completed", once="end-1")
+    except TimeoutError:
+        pass
+    else:
+        raise AssertionError("the end's failure must reach the caller (it is resent)")
+    assert [(e.kind, e.attempt) for e in bus.sent] == [("started", 1)]
 
 
 async def test_a_start_whose_publish_fails_does_not_fail_its_task_and_is_not_kept() -> None:
