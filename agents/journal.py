@@ -146,7 +146,8 @@ class JournalStore:
         if done is None:
             return False
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(done.wait(), within_s)
+            async with asyncio.timeout(within_s):
+                await done.wait()
         return True
 
     @contextlib.asynccontextmanager

@@ -328,7 +328,8 @@ class Bus:
             if left <= 0:
                 return
             try:
-                await asyncio.wait_for(self._violation_seen.wait(), left)
+                async with asyncio.timeout(left):
+                    await self._violation_seen.wait()
             except TimeoutError:
                 self.raise_violation(subject)
                 return

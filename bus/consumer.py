@@ -167,8 +167,12 @@ class Consumer:
                     wait_s = await self._top_up(pulls)
                 except nats.errors.ConnectionClosedError:
                     break
+                # not `asyncio.wait_for`: on Python 3.11 a cancellation that lands while the
+                # event is being set is swallowed (it returns True), and this loop, which only
+                # `stop` ends, would then never end (a crashed agent's task never finished)
                 try:
-                    await asyncio.wait_for(self._slot_free.wait(), wait_s)
+                    async with asyncio.timeout(wait_s):
+                        await self._slot_free.wait()
                 except TimeoutError:
                     pass
                 if time.monotonic() - checked >= 1.0:

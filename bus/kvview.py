@@ -218,7 +218,8 @@ class WatchedBucket(Bucket):
         """Wait (at most `timeout_s`) until the first watch has caught up; whether it is live."""
         if self._watch is not None:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._watch.caught_up_event.wait(), timeout_s)
+                async with asyncio.timeout(timeout_s):
+                    await self._watch.caught_up_event.wait()
         return self.live()
 
     def holds(self, key: str) -> bool:

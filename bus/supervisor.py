@@ -187,8 +187,9 @@ async def _wait_for_exit(
     one that keeps exiting, or a dead nats-server, ends the stack loudly."""
     restarts: dict[str, int] = {}
     while not stop.is_set():
-        try:
-            await asyncio.wait_for(stop.wait(), timeout=1.0)
+        try:  # (not `wait_for`: on 3.11 it can swallow a cancellation, see bus/consumer.py)
+            async with asyncio.timeout(1.0):
+                await stop.wait()
         except TimeoutError:
             pass
         if server is not None and server.process is not None and server.process.poll() is not None:

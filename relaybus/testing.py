@@ -127,8 +127,11 @@ class AgentEnvironment:
         after `ack_wait_s` and replay from their journals."""
         _, task = self._serving.pop(name)
         task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        # awaited without catching CancelledError: a cancellation of the caller (a test's
+        # timeout) must end it here, not restart the agent and carry on
+        await asyncio.wait({task})
+        if not task.cancelled():
+            task.result()  # it had failed already: raise why
         if restart:
             agent = next(a for a in self._agents if a.name == name)
             await self.start(agent)

@@ -321,3 +321,24 @@ async def test_a_quiet_consumer_asks_for_tasks_once_per_several_and_outlives_its
     # Then every task was handled once, in order, with a request per four tasks, not one each
     assert handled == [b"%d" % i for i in range(17)], handled
     assert asked <= 5, (asked, requests)
+
+
+async def test_a_consumer_cancelled_as_a_slot_frees_up_stops(bus: Bus) -> None:
+    # Given an idle consumer (its loop waits for a free slot or its pull requests to end)
+    async def handle(d: Delivery) -> None:
+        pass
+
+    consumer = Consumer(bus, "cancelled", handle, concurrency=4, ack_wait_s=2.0)
+    task = asyncio.create_task(consumer.run(asyncio.Event()))  # no stop: only a cancel ends it
+    await asyncio.sleep(0.5)
+    # When it is cancelled (a crash, an embedding app) in the turn a slot frees up, as when a
+    # pull request ends: on Python 3.11 `asyncio.wait_for` swallowed such a cancellation
+    for _ in range(5):
+        consumer._slot_free.set()
+        task.cancel()
+        done, _ = await asyncio.wait({task}, timeout=5)
+        if done:
+            break
+    # Then it stops, cancelled
+    assert task.done(), "the cancelled consumer kept running"
+    assert task.cancelled()
