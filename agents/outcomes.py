@@ -146,10 +146,13 @@ class Outcomes:
         )
         try:
             await self.bus.publish_event(event, durable=kind in ENDED, once=once)
-        except Exception:
+        except BaseException as exc:
             if started is not None:  # the start it carried goes out alone (the end is resent)
-                with contextlib.suppress(Exception):
-                    await self.bus.publish_event(started)
+                if isinstance(exc, Exception):
+                    with contextlib.suppress(Exception):
+                        await self.bus.publish_event(started)
+                else:  # cancelled: it goes out on its own, not in this task
+                    self.starts.publish_later(started)
             raise
 
     async def started(

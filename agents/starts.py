@@ -42,6 +42,7 @@ class HeldStarts:
         self._publish = publish
         self.after_s = after_s
         self._held: dict[str, _Held] = {}
+        self._loose: set[asyncio.Future[None]] = set()  # `publish_later`'s, until they are out
 
     def hold(self, started: Event) -> bool:
         """Hold `started` until its task shows anything else or runs `after_s`. False if a
@@ -83,23 +84,36 @@ class HeldStarts:
         if held is not None and held.sending is not None:
             await asyncio.shield(held.sending)
 
+    def publish_later(self, started: Event) -> None:
+        """Publish `started` (no longer held) in a task of its own, kept until it is out."""
+        sending = asyncio.ensure_future(self._publish_quietly(started))
+        self._loose.add(sending)
+        sending.add_done_callback(self._loose.discard)
+
     async def aclose(self, timeout_s: float = 2.0) -> None:
         """Publish what is still held (tasks cut short by a shutdown did start) and wait, at
         most `timeout_s`, for it to go out."""
         for task in list(self._held):
             self.send(task)
         sending = [held.sending for held in self._held.values() if held.sending is not None]
+        sending += self._loose
         if sending:
             await asyncio.wait(sending, timeout=timeout_s)
 
     async def _send(self, task: str, held: _Held) -> None:
         try:
-            await self._publish(held.event)
-        except Exception as exc:  # progress, not state: the task goes on without it
-            log.warning("could not publish the started event of task %s: %s", task, exc)
+            await self._publish_quietly(held.event)
         finally:
             if self._held.get(task) is held:
                 del self._held[task]
+
+    async def _publish_quietly(self, started: Event) -> None:
+        try:
+            await self._publish(started)
+        except Exception as exc:  # progress, not state: the task goes on without it
+            log.warning(
+                "could not publish the started event of task %s: %s", started.envelope_id, exc
+            )
 
     def __len__(self) -> int:
         return len(self._held)

@@ -56,6 +56,7 @@ class AgentEnvironment:
         self._overrides = settings
         self._stack = contextlib.AsyncExitStack()
         self._serving: dict[str, tuple[asyncio.Event, asyncio.Task[None]]] = {}
+        self._crashed: set[asyncio.Task[None]] = set()  # still winding down: waited for at exit
         self.settings: Settings
         self.client: Client
 
@@ -94,6 +95,8 @@ class AgentEnvironment:
     async def __aexit__(self, *exc: object) -> None:
         for name in list(self._serving):
             await self.stop(name)
+        if self._crashed:
+            await asyncio.wait(self._crashed, timeout=10)
         await self._stack.aclose()
 
     async def start(self, agent: Agent) -> None:
@@ -129,7 +132,9 @@ class AgentEnvironment:
         task.cancel()
         # awaited without catching CancelledError: a cancellation of the caller (a test's
         # timeout) must end it here, not restart the agent and carry on
+        self._crashed.add(task)
         await asyncio.wait({task})
+        self._crashed.discard(task)
         if not task.cancelled():
             task.result()  # it had failed already: raise why
         if restart:

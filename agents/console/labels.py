@@ -46,7 +46,11 @@ class Attempts:
         detail = event.detail
         task = event.envelope_id
         if event.kind == "resumed" and detail in (TAKEOVER, RETRY) and task:
-            detail = redelivery(self._last.get(task), event.attempt, self.from_start)
+            before = self._last.get(task)
+            if before is None and detail == RETRY:  # (its `retried` event was lost)
+                detail = f"{RETRY} (attempt {event.attempt})" if event.attempt else RETRY
+            else:
+                detail = redelivery(before, event.attempt, self.from_start)
         if task and event.kind in _REMEMBERED:
             self._last.pop(task, None)  # re-insert: the dict stays ordered oldest first
             self._last[task] = event

@@ -13,7 +13,7 @@ from typing import Any
 
 from relaybus import Agent, Context
 from relaybus.agents import runtree
-from relaybus.agents.console.labels import TAKEOVER, event_rows
+from relaybus.agents.console.labels import RETRY, TAKEOVER, event_rows
 from relaybus.agents.outcomes import Outcomes
 from relaybus.agents.starts import STARTED_AFTER_S, HeldStarts
 from relaybus.agents.submit import submit
@@ -151,6 +151,8 @@ def test_a_takeover_of_an_attempt_that_left_no_event_is_called_one() -> None:
     def ev(kind: str, **fields: Any) -> Event:
         return Event(run_id="r1", kind=kind, envelope_id="t1", **fields)
 
+    retried = ev("resumed", time=2.0, attempt=2, detail=RETRY)  # its `retried` event was lost
+    assert event_rows([ev("submitted", time=1.0), retried])[1]["detail"].startswith(RETRY)
     rows = event_rows(
         [ev("submitted", time=1.0), ev("resumed", time=2.0, attempt=2, detail=TAKEOVER)]
     )
@@ -234,12 +236,13 @@ async def test_what_is_still_held_at_shutdown_goes_out() -> None:
 class _RefusingBus:
     """Stands in for the connection during a failover: durable publishes fail."""
 
-    def __init__(self) -> None:
+    def __init__(self, failure: BaseException | None = None) -> None:
         self.sent: list[Event] = []
+        self.failure = failure or TimeoutError("no PubAck")
 
     async def publish_event(self, event: Event, *, durable: bool = False, once: str = "") -> None:
         if durable:
-            raise TimeoutError("no PubAck")
+            raise self.failure
         self.sent.append(event)
 
 
@@ -266,3 +269,18 @@ async def test_a_start_whose_publish_fails_does_not_fail_its_task_and_is_not_kep
     assert starts.hold(_started())
     assert await starts.before("t1", "suspended") is None
     assert len(starts) == 0
+
+
+async def test_an_end_cancelled_on_its_way_lets_the_start_it_carried_go_out() -> None:
+    bus = _RefusingBus(asyncio.CancelledError())
+    outcomes = Outcomes(bus, "quick", None, None)  # type: ignore[arg-type]
+    env = new_envelope(kind="task", sender="user:u", recipient="quick", payload=b"{}")
+    await outcomes.started(env, 1, 2.0)
+    try:
+        await outcomes.emit(env, "completed", once="end-1")
+    except asyncio.CancelledError:
+        pass
+    else:
+        raise AssertionError("the cancellation must reach the caller")
+    await outcomes.starts.aclose()
+    assert [(e.kind, e.attempt) for e in bus.sent] == [("started", 1)]
