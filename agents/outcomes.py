@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from typing import Any
 
 import msgspec
 
@@ -121,17 +122,15 @@ class Outcomes:
         output_tokens: int = 0,
         score: float | None = None,
         once: str = "",
-        queued_ms: float = 0.0,
     ) -> None:
-        if (started := await self.starts.before(env.id, kind)) is not None:
-            attempt, queued_ms = started.attempt, started.latency_ms  # the end says it started
-        event = Event(
-            run_id=env.run_id,
-            kind=kind,
-            sender=env.sender if recipient is None else self.name,
-            recipient=self.name if recipient is None else recipient,
-            envelope_id=env.id,
-            parent_id=env.parent_id,
+        started = await self.starts.before(env.id, kind) if env.id in self.starts else None
+        queued_ms = 0.0
+        if started is not None:  # the end says it started
+            attempt, queued_ms = started.attempt, started.latency_ms
+        event = self._event(
+            env,
+            kind,
+            recipient,
             child_id=child_id,
             attempt=attempt,
             detail=detail,
@@ -142,7 +141,7 @@ class Outcomes:
             input_tokens=input_tokens,
             output_tokens=output_tokens,
             score=score,
-            **({"result": msgspec.Raw(result)} if result else {}),  # type: ignore[arg-type]
+            **({"result": msgspec.Raw(result)} if result else {}),
         )
         try:
             await self.bus.publish_event(event, durable=kind in ENDED, once=once)
@@ -160,15 +159,21 @@ class Outcomes:
     ) -> None:
         """A task's attempt began: its `started` event, held while the task is quick
         (`starts.py`) if `hold`."""
-        event = Event(
-            run_id=env.run_id,
-            kind="started",
-            sender=env.sender,
-            recipient=self.name,
-            envelope_id=env.id,
-            parent_id=env.parent_id,
-            attempt=attempt,
-            latency_ms=round(queued_ms, 3),
-        )
+        event = self._event(env, "started", attempt=attempt, latency_ms=round(queued_ms, 3))
         if not (hold and self.starts.hold(event)):
             await self.bus.publish_event(event)
+
+    def _event(
+        self, env: Envelope, kind: str, recipient: str | None = None, **fields: Any
+    ) -> Event:
+        """An event of task `env` by this agent: from its sender to this agent, or from this
+        agent to `recipient`."""
+        return Event(
+            run_id=env.run_id,
+            kind=kind,
+            sender=env.sender if recipient is None else self.name,
+            recipient=self.name if recipient is None else recipient,
+            envelope_id=env.id,
+            parent_id=env.parent_id,
+            **fields,
+        )

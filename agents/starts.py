@@ -117,3 +117,6 @@ class HeldStarts:
 
     def __len__(self) -> int:
         return len(self._held)
+
+    def __contains__(self, task: object) -> bool:
+        return task in self._held
