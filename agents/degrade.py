@@ -25,7 +25,7 @@ from relaybus.bus import ErrorInfo, Retry
 from relaybus.bus.envelope import derived_id
 from relaybus.services.ledger.errors import BudgetExceeded
 
-from .journal import Fenced, Journal, Wait, release
+from .journal import Fenced, Journal, Wait
 
 if TYPE_CHECKING:
     from .context import Context
@@ -51,7 +51,7 @@ async def on_budget_exceeded(
         await ex.flush()
         await worker.costs.settle_leases(env.run_id)
         with contextlib.suppress(Fenced):  # the next attempt is a retry, not a takeover
-            await ex.mutate(release)
+            await ex.release()
         delay = worker.agent.budget_retry_s
         await worker.emit_event(
             env,

@@ -22,7 +22,7 @@ from relaybus.bus.lease import LEASE_MARGIN, Lease
 
 from .charging import PendingCapture, RunSpend
 from .errors import LimitExceeded, rebuild
-from .journal import NOT_STORED, Fenced, Journal, JournalDivergence, Op
+from .journal import NOT_STORED, Fenced, Journal, JournalDivergence, Op, release
 
 if TYPE_CHECKING:
     from .port import RuntimePort
@@ -41,8 +41,12 @@ class Execution:
         revision: int,
         owner: str,
         lease: Lease | None = None,
+        claim: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self.port = port
+        #: a woken task's claim (in `journal`, not stored yet): the first write stores it with
+        #: what that write commits, then calls it (the `resumed` event)
+        self.claim = claim
         self.lease = lease or Lease()
         self.envelope = envelope
         self.journal = journal
@@ -55,6 +59,13 @@ class Execution:
         self._pending_publish: list[tuple[Envelope, list[str] | None]] = []
         self._timings: dict[int, tuple[float, int]] = {}  # seq -> (latency ms, cost) for events
         self._settled: set[int] = set()  # ops whose capture went out, struck at the next write
+
+    @property
+    def unstored(self) -> bool:
+        """Whether this execution's hold on the task is not stored yet: a first delivery's
+        journal, or a woken task's claim. The write that stores it is the fence before an
+        effect, and reads the run's record beside it (for a cancel)."""
+        return self.revision == NOT_STORED or self.claim is not None
 
     @property
     def replaying(self) -> bool:
@@ -165,7 +176,7 @@ class Execution:
     async def _flush(self, also: Callable[[Journal], None] | None) -> None:
         port = self.port
         self.stop_if_cancelled()
-        if self.revision == NOT_STORED and self._pending_publish:
+        if self.unstored and self._pending_publish:
             # stored first: a duplicate of a task that runs elsewhere is fenced off here,
             # before it publishes anything (its children could carry another payload)
             await self.mutate(lambda journal: None, first=True)
@@ -179,7 +190,7 @@ class Execution:
                     await port.emit_event(
                         self.envelope, "call", recipient=env.recipient, child_id=env.id
                     )
-        if self._pending_ops or also is not None or self.revision == NOT_STORED:
+        if self._pending_ops or also is not None or self.unstored:
             # (not stored yet: the write that stores it is the fence before an effect)
             ops, self._pending_ops = self._pending_ops, []
 
@@ -189,7 +200,7 @@ class Execution:
                 if also is not None:
                     also(journal)
 
-            await self.mutate(append, first=self.revision == NOT_STORED)
+            await self.mutate(append, first=self.unstored)
             for op in ops:
                 if op.kind in ("step", "tool") and op.error is None:
                     latency_ms, cost = self._timings.pop(op.seq, (0.0, 0))
@@ -204,9 +215,11 @@ class Execution:
     async def mutate(self, change: Callable[[Journal], None], *, first: bool = False) -> Journal:
         """Apply `change` to the journal with CAS, as its owner (Fenced once taken over);
         captures sent since the last write are struck from it in the same write. `first`: the
-        write that stores the journal, before the task's first effect or child, which also
-        reads the run's record: a task whose run (or itself) was cancelled before it started
-        stops there (asyncio.CancelledError, ended as cancelled), with nothing done."""
+        write that stores the journal or a woken task's claim, before the task's next effect
+        or child, which also reads the run's record: a task whose run (or itself) was
+        cancelled meanwhile stops there (asyncio.CancelledError, ended as cancelled), with
+        nothing more done. A woken task's end stores its claim without that read: nothing more
+        of it runs, and a cancelled run's record refuses the end."""
         settled, self._settled = self._settled, set()
 
         def change_and_strike(journal: Journal) -> None:
@@ -223,15 +236,25 @@ class Execution:
             owner=self.owner,
             current=(self.journal, self.revision),
         )
-        if first and self.revision == NOT_STORED:
+        if first and self.unstored:
             (self.journal, self.revision), cancelled = await both(
                 write, self.port.cancelled_before_start(self.envelope)
             )
-            if cancelled:
-                raise asyncio.CancelledError
         else:
-            self.journal, self.revision = await write
+            (self.journal, self.revision), cancelled = await write, False
+        claim, self.claim = self.claim, None
+        if claim is not None:  # stored by this write
+            await claim()
+        if cancelled:
+            raise asyncio.CancelledError
         return self.journal
+
+    async def release(self) -> None:
+        """A failed attempt lets go of its task: the next delivery is a retry, not a takeover.
+        A claim not stored yet has nothing to let go of: the journal still waits, and the
+        redelivery of what woke it claims it again."""
+        if self.claim is None:
+            await self.mutate(release)
 
     async def flush_and_settle(self, seq: int, owed: PendingCapture | None) -> None:
         """Commit what is pending, then send op `seq`'s capture. Not at the same time: a capture

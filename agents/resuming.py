@@ -13,7 +13,6 @@ import msgspec
 
 from relaybus.bus import Delivery, Envelope, Reject, Retry, decode
 
-from .execution import both
 from .guard import runtime_payload
 from .journal import FINAL, Journal, Outcome, driver_of, drives
 from .messages import ChildResult, TimerFired, signal_decoder
@@ -87,20 +86,30 @@ async def merge_and_resume(
     async with worker.journals.one_at_a_time(env.run_id, env.parent_id):
         taken = await _merge(worker, env, change, d, check)
     if taken is not None:  # run it after the turn: the next outcome need not wait for it
-        journal, revision, owner, woken = taken
-        if woken:
-            await worker.emit_event(
-                decode(journal.task), "resumed", detail=f"{env.kind} from {env.sender}"
-            )
-        await worker.execute(journal, revision, owner, d)
+        journal, revision, owner, woken, stored = taken
+        task_env = decode(journal.task)
+
+        async def resumed() -> None:
+            await worker.emit_event(task_env, "resumed", detail=f"{env.kind} from {env.sender}")
+
+        if woken and stored:
+            await resumed()
+        # not stored: the task's first write stores the claim, and says it resumed after it
+        await worker.execute(journal, revision, owner, d, claim=None if stored else resumed)
 
 
 async def _merge(
     worker: Worker, env: Envelope, change: Any, d: Delivery, check: Any
-) -> tuple[Journal, int, str, bool] | None:
-    """Merge `change` into the parent's journal (one CAS write). Returns the journal, its
-    revision, the new owner and whether the write woke the task, when this delivery is to run
-    it (woken, or taking over the task it drove), else None."""
+) -> tuple[Journal, int, str, bool, bool] | None:
+    """Merge `change` into the parent's journal. Returns the journal, its revision, the new
+    owner, whether the change woke the task and whether that is stored, when this delivery is
+    to run it (woken, or taking over the task it drove), else None.
+
+    A change that wakes the task is not written on its own: the woken task's first write
+    stores it with the claim, a CAS write against the revision read here (`Execution`), so a
+    resumed task that ends at once costs one journal write, not two. Until then the journal
+    still waits: a crash leaves the outcome's message unacked, and its redelivery merges it
+    again. A change that does not wake the task is written here."""
     # the parent's journal as this process last wrote it (it parked the wait here, most
     # often): the merge's CAS write needs no read first, and fails if the copy is stale
     found = worker.journals.recent(env.run_id, env.parent_id)
@@ -144,23 +153,18 @@ async def _merge(
         if claimed:
             j.status, j.owner, j.driver, j.waiting = "running", owner, driver, None
 
-    merging = worker.journals.mutate(env.run_id, env.parent_id, merge_and_claim, current=found)
-    waiting_env = decode(found[0].task)
-    cancelled: bool | None = None
-    if _resumes(found[0], change):  # the run's record read beside the write, for a cancel
-        (journal, revision), cancelled = await both(
-            merging, worker.cancelled_before_start(waiting_env)
-        )
-    else:
-        journal, revision = await merging
+    merge_and_claim(found[0])  # a copy of its own (`recent` and `load` decode one each time)
     if claimed:
-        task_env = decode(journal.task)
-        if cancelled is None:  # resumed against the odds (the copy was stale): read it now
-            cancelled = await worker.cancelled_before_start(task_env)
-        if cancelled:  # a cancelled run (or task) wakes no task: nothing more of it runs
+        return found[0], found[1], owner, True, False
+    journal, revision = await worker.journals.mutate(
+        env.run_id, env.parent_id, merge_and_claim, current=found
+    )
+    if claimed:  # woken against the odds (the copy was stale, the fresh read wakes it)
+        if await worker.cancelled_before_start(decode(journal.task)):
+            # a cancelled run (or task) wakes no task: nothing more of it runs
             await worker.journals.mutate(env.run_id, env.parent_id, _cancelled, owner=owner)
             return None
-        return journal, revision, owner, True
+        return journal, revision, owner, True, True
     if is_driver(worker, journal, d) and d.attempt > 1:
         if journal.status in FINAL:  # this message drove it to the end, then the worker died
             await worker.deliver(decode(journal.task), journal)  # before its outcome went out
@@ -169,7 +173,7 @@ async def _merge(
             journal, revision = await worker.journals.mutate(
                 env.run_id, env.parent_id, take_over(owner, driver)
             )
-            return journal, revision, owner, False
+            return journal, revision, owner, False, True
     return None
 
 
@@ -196,13 +200,6 @@ async def _read_again_soon(worker: Worker, env: Envelope, check: Any) -> tuple[J
         if not _not_yet(found, check):
             break
     return found
-
-
-def _resumes(journal: Journal, change: Any) -> bool:
-    """Whether merging `change` into (a copy of) `journal` would wake the task."""
-    probe = msgspec.msgpack.decode(msgspec.msgpack.encode(journal), type=Journal)
-    change(probe)
-    return probe.status == "suspended" and probe.satisfied()
 
 
 def _cancelled(journal: Journal) -> None:

@@ -16,6 +16,7 @@ import logging
 import os
 import socket
 import time
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import msgspec
@@ -72,7 +73,6 @@ from .journal import (
     JournalDivergence,
     JournalStore,
     Op,
-    release,
 )
 from .messages import (
     StopTasks,
@@ -216,9 +216,19 @@ class Worker:
 
     # -- execution ------------------------------------------------------------------------
 
-    async def execute(self, journal: Journal, revision: int, owner: str, d: Delivery) -> None:
+    async def execute(
+        self,
+        journal: Journal,
+        revision: int,
+        owner: str,
+        d: Delivery,
+        claim: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
+        """Run the task of `journal` (at `revision`) as `owner`, driven by delivery `d`. With
+        `claim`, `journal` holds a claim not stored yet (a woken task's): its first write stores
+        it, then calls `claim`."""
         env = decode(journal.task)
-        ex = Execution(self, env, journal, revision, owner, d.lease)
+        ex = Execution(self, env, journal, revision, owner, d.lease, claim=claim)
         ctx = Context(self, ex, d.attempt)
         try:
             with self.cancellations.running(env):
@@ -304,7 +314,7 @@ class Worker:
             else:
                 metrics.RETRIES.add(1, {"agent": self.name})
                 with contextlib.suppress(Fenced):  # the next attempt is a retry, not a takeover
-                    await ex.mutate(release)
+                    await ex.release()
                 await self.run_writer.change(env.run_id, CountFailure(), env.chain)
                 await self.emit_event(
                     env, "retried", attempt=d.attempt, error=info, latency_ms=ctx.elapsed_ms()

@@ -274,3 +274,23 @@ class Relay(Agent):
 
     async def handle(self, ctx: Context, task: dict[str, Any]) -> int:
         return int(await ctx.call("child", {"x": task["x"]}))
+
+
+class WakesSlowly(Agent):
+    """Spawns a child and waits for it; the first time it wakes it says so (a file, outside
+    the journal) and hangs before anything it writes; then an effect, and the child's result."""
+
+    name = "wakes-slowly"
+
+    class Input(msgspec.Struct):
+        woke: str
+        effects: str
+
+    async def handle(self, ctx: Context, task: WakesSlowly.Input) -> dict[str, Any]:
+        (doubled,) = await ctx.gather(ctx.spawn("child", {"x": 21}))
+        woke = Path(task.woke)
+        if not woke.exists():
+            woke.write_text(str(os.getpid()))
+            await asyncio.sleep(60)  # kill -9 lands here: woken, nothing of it stored
+        await ctx.step("charge", append, task.effects, "charged")
+        return {"child": doubled}
