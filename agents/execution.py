@@ -22,7 +22,7 @@ from relaybus.bus.lease import LEASE_MARGIN, Lease
 
 from .charging import PendingCapture, RunSpend
 from .errors import LimitExceeded, rebuild
-from .journal import NOT_STORED, Fenced, Journal, JournalDivergence, Op, release
+from .journal import NOT_STORED, ClaimLost, Fenced, Journal, JournalDivergence, Op, release
 
 if TYPE_CHECKING:
     from .port import RuntimePort
@@ -47,6 +47,12 @@ class Execution:
         #: a woken task's claim (in `journal`, not stored yet): the first write stores it with
         #: what that write commits, then calls it (the `resumed` event)
         self.claim = claim
+        #: whether its run (or it) was cancelled while it waited: the run's record, read while
+        #: the handler replays up to its first write
+        self._cancelled_meanwhile: asyncio.Task[bool] | None = None
+        if claim is not None:
+            self._cancelled_meanwhile = asyncio.ensure_future(port.cancelled_before_start(envelope))
+            self._cancelled_meanwhile.add_done_callback(_retrieved)
         self.lease = lease or Lease()
         self.envelope = envelope
         self.journal = journal
@@ -218,8 +224,18 @@ class Execution:
         write that stores the journal or a woken task's claim, before the task's next effect
         or child, which also reads the run's record: a task whose run (or itself) was
         cancelled meanwhile stops there (asyncio.CancelledError, ended as cancelled), with
-        nothing more done. A woken task's end stores its claim without that read: nothing more
-        of it runs, and a cancelled run's record refuses the end."""
+        nothing more done. (A woken task's record was read while it replayed: a cancel stops
+        it before this write.) A woken task's claim that meets a journal moved since it was
+        read is lost (`ClaimLost`): the outcome that woke it is merged again."""
+        claim = self.claim
+        if claim is not None:
+            if not self.lease.held():  # the redelivery of what woke it is another's by now
+                raise ClaimLost(
+                    f"task {self.envelope.id} of run {self.envelope.run_id} stalled for over "
+                    f"{LEASE_MARGIN:.0%} of its ack wait before it stored its wake-up"
+                )
+            if first and await self.cancelled_while_waiting():
+                raise asyncio.CancelledError  # nothing stored: it ends as cancelled (`_finish`)
         settled, self._settled = self._settled, set()
 
         def change_and_strike(journal: Journal) -> None:
@@ -236,18 +252,34 @@ class Execution:
             owner=self.owner,
             current=(self.journal, self.revision),
         )
-        if first and self.unstored:
-            (self.journal, self.revision), cancelled = await both(
-                write, self.port.cancelled_before_start(self.envelope)
-            )
-        else:
-            (self.journal, self.revision), cancelled = await write, False
-        claim, self.claim = self.claim, None
+        try:
+            if first and self.revision == NOT_STORED:
+                (self.journal, self.revision), cancelled = await both(
+                    write, self.port.cancelled_before_start(self.envelope)
+                )
+            else:
+                (self.journal, self.revision), cancelled = await write, False
+        except Fenced as exc:
+            if claim is None or isinstance(exc, ClaimLost):
+                raise
+            raise ClaimLost(str(exc)) from None
         if claim is not None:  # stored by this write
+            self.claim = None
             await claim()
         if cancelled:
             raise asyncio.CancelledError
         return self.journal
+
+    async def cancelled_while_waiting(self) -> bool:
+        """For a woken task whose claim is not stored yet: whether its run (or it) was cancelled
+        while it waited, from the run's record (read once, while the handler replayed)."""
+        if self.claim is None or self._cancelled_meanwhile is None:
+            return False
+        return await self._cancelled_meanwhile
+
+    def drop_claim(self) -> None:
+        """Store the claim with the next write without saying the task resumed."""
+        self.claim = None
 
     async def release(self) -> None:
         """A failed attempt lets go of its task: the next delivery is a retry, not a takeover.
@@ -275,6 +307,11 @@ class Execution:
         if spent is not None:
             self.run_spent = spent.later(self.run_spent)
         self._settled.add(seq)
+
+
+def _retrieved(task: asyncio.Task[bool]) -> None:
+    if not task.cancelled():
+        task.exception()  # an execution that stopped first never asks: not an unhandled error
 
 
 async def both(first: Awaitable[A], second: Awaitable[B]) -> tuple[A, B]:

@@ -30,6 +30,11 @@ class Fenced(RelayError):
     """Another replica took this task over; this one must stop without committing."""
 
 
+class ClaimLost(Fenced):
+    """A woken task's claim, not stored yet, met a journal that moved since it was read (another
+    outcome merged, another replica woke it): the outcome that woke it is merged again."""
+
+
 class JournalDivergence(RelayError):
     """The handler asked for a different operation than the journal recorded at this step."""
 
@@ -127,17 +132,26 @@ class JournalStore:
         """Say that this process is about to write the journal (a task publishing its children,
         then parking its wait): an outcome of one of them that comes back first waits for that
         write (`written_here`) instead of reading the journal again and again."""
-        key = self.key(run_id, task_id)
-        done = self._on_its_way.get(key)
-        if done is not None:  # already said (a nested flush): the outer one ends it
-            yield
-            return
-        done = self._on_its_way[key] = asyncio.Event()
+        written = self.on_its_way(run_id, task_id)
         try:
             yield
         finally:
-            del self._on_its_way[key]
+            written()
+
+    def on_its_way(self, run_id: str, task_id: str) -> Callable[[], None]:
+        """Say that a write of this journal is on its way until the function returned is called
+        (once or more); a nested say is ended by the outer one."""
+        key = self.key(run_id, task_id)
+        if key in self._on_its_way:
+            return lambda: None
+        done = self._on_its_way[key] = asyncio.Event()
+
+        def written() -> None:
+            if self._on_its_way.get(key) is done:
+                del self._on_its_way[key]
             done.set()
+
+        return written
 
     async def written_here(self, run_id: str, task_id: str, within_s: float) -> bool:
         """Wait (at most `within_s`) for a write this process said is on its way; whether

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from relaybus.bus import Delivery, Envelope, Reject, Retry, decode
+from relaybus.bus import Delivery, Envelope, Reject, RelayError, Retry, decode
 
 from .guard import runtime_payload
 from .journal import FINAL, Journal, Outcome, driver_of, drives
@@ -82,20 +82,37 @@ async def merge_and_resume(
     # a write of the parent's journal on its way here (its parent publishes its children, then
     # writes the journal that names them): wait for it rather than re-read the journal on a
     # timer, and outside the turn, so a stuck one does not hold up the other outcomes in turn
-    await worker.journals.written_here(env.run_id, env.parent_id, WRITTEN_HERE_S)
-    async with worker.journals.one_at_a_time(env.run_id, env.parent_id):
+    journals = worker.journals
+    await journals.written_here(env.run_id, env.parent_id, WRITTEN_HERE_S)
+    claim_stored = None
+    async with journals.one_at_a_time(env.run_id, env.parent_id):
+        # the turn before may have woken the task: its claim is stored by the task's first
+        # write, and this merge starts from what that write stored
+        await journals.written_here(env.run_id, env.parent_id, WRITTEN_HERE_S)
         taken = await _merge(worker, env, change, d, check)
-    if taken is not None:  # run it after the turn: the next outcome need not wait for it
-        journal, revision, owner, woken, stored = taken
-        task_env = decode(journal.task)
+        if taken is not None and not taken[4]:
+            claim_stored = journals.on_its_way(env.run_id, env.parent_id)
+    if taken is None:
+        return
+    journal, revision, owner, woken, stored = taken
+    task_env = decode(journal.task)
 
-        async def resumed() -> None:
+    async def resumed() -> None:
+        if claim_stored is not None:
+            claim_stored()
+        try:
             await worker.emit_event(task_env, "resumed", detail=f"{env.kind} from {env.sender}")
+        except RelayError as exc:  # an event is for watching: the task goes on
+            log.warning("could not publish the resumed event of task %s: %s", task_env.id, exc)
 
-        if woken and stored:
-            await resumed()
+    if woken and stored:
+        await resumed()
+    try:  # run it after the turn: the next outcome need not wait for it
         # not stored: the task's first write stores the claim, and says it resumed after it
         await worker.execute(journal, revision, owner, d, claim=None if stored else resumed)
+    finally:
+        if claim_stored is not None:
+            claim_stored()
 
 
 async def _merge(

@@ -68,6 +68,7 @@ from .interceptors import Interceptor, Metrics, Tracing, run_task
 from .journal import (
     FINAL,
     NOT_STORED,
+    ClaimLost,
     Fenced,
     Journal,
     JournalDivergence,
@@ -82,6 +83,9 @@ from .outcomes import Outcomes
 
 log = logging.getLogger("relaybus.worker")
 BEAT_INTERVAL_S = 20.0
+#: How soon the outcome that woke a task is merged again after its claim was lost to a journal
+#: that moved meanwhile (another outcome, another replica)
+CLAIM_LOST_RETRY_S = 0.05
 PERMANENT = (
     Reject,
     JournalDivergence,
@@ -235,6 +239,9 @@ class Worker:
                 await run_task(
                     self.interceptors, ctx, d.headers, lambda: self._run_handler(ctx, ex, d)
                 )
+        except ClaimLost as exc:  # the journal moved while it woke: merge what woke it again
+            log.info("%s; merging what woke it again", exc)
+            raise Retry(f"{exc}; merging it again", delay_s=CLAIM_LOST_RETRY_S) from None
         except Fenced as exc:
             log.warning("%s", exc)
             raise Abandon(str(exc)) from None
@@ -320,7 +327,8 @@ class Worker:
                     env, "retried", attempt=d.attempt, error=info, latency_ms=ctx.elapsed_ms()
                 )
             raise
-        await self._finish(ex, ctx.elapsed_ms(), "completed", body)
+        if await self._finish(ex, ctx.elapsed_ms(), "completed", body) != "completed":
+            return "cancelled"
         for interceptor in self.interceptors:
             await interceptor.completed(ctx, body)
         return "completed"
@@ -333,8 +341,20 @@ class Worker:
         result: bytes = b"",
         error: ErrorInfo | None = None,
         handoff: str = "",
-    ) -> None:
+    ) -> str:
+        """End the task as `status` (stored, then delivered); returns how it ended."""
         ops = [] if ex.publishing else ex.take_ops()  # a failed handler's children never go
+        if await ex.cancelled_while_waiting():
+            # woken in a run (or as a task) cancelled while it waited: it ends as if it had not
+            # woken, its claim stored with its end, and nothing goes to whoever waited for it
+            ex.drop_claim()
+            cancelled = ErrorInfo(type="Cancelled", message="cancelled while it waited")
+
+            def stop(journal: Journal) -> None:
+                journal.status, journal.error, journal.waiting = "cancelled", cancelled, None
+
+            await ex.mutate(stop)
+            return "cancelled"
 
         def change(journal: Journal) -> None:
             have = len(journal.ops)
@@ -353,10 +373,11 @@ class Worker:
             # copy of this pure task run again meanwhile ends it the same way
             journal = msgspec.structs.replace(ex.journal, status=status, result=result)
             await self.deliver(ex.envelope, journal, latency_ms, ex.run_spent)
-            return
+            return status
         # the journal's end first: an execution that was taken over (Fenced here) must not
         # deliver an outcome, which would be the run's if it came first
         await self.deliver(ex.envelope, await ex.mutate(change), latency_ms, ex.run_spent)
+        return status
 
     async def deliver(
         self,

@@ -294,3 +294,19 @@ class WakesSlowly(Agent):
             await asyncio.sleep(60)  # kill -9 lands here: woken, nothing of it stored
         await ctx.step("charge", append, task.effects, "charged")
         return {"child": doubled}
+
+
+class WakesOnCue(Agent):
+    """Spawns a child and waits for it; once woken, says so (a file) and goes on, writing
+    nothing before its end, only once the test puts down a `go` file."""
+
+    name = "wakes-on-cue"
+
+    async def handle(self, ctx: Context, task: dict[str, str]) -> dict[str, Any]:
+        (doubled,) = await ctx.gather(ctx.spawn("child", {"x": 5}))
+        Path(task["woke"]).write_text(str(os.getpid()))
+        for _ in range(600):  # bounded: 60 s
+            if Path(task["go"]).exists():
+                break
+            await asyncio.sleep(0.05)
+        return {"child": doubled}

@@ -6,14 +6,17 @@ from __future__ import annotations
 import asyncio
 import json
 from pathlib import Path
+from typing import Any
 
 import msgspec
 
+from relaybus import Agent, Context
 from relaybus.agents.journal import Journal, JournalStore
 from relaybus.agents.submit import submit
 from relaybus.bus import Bus
-from relaybus.bus.kv import Bucket
 from relaybus.bus.feed import EventFeed
+from relaybus.bus.kv import Bucket
+from relaybus.testing import AgentEnvironment
 
 from ..conftest import Spawn
 from .test_durable import kill9, outcome
@@ -82,3 +85,126 @@ async def test_a_parent_killed_after_waking_resumes_once_from_the_redelivered_ou
     shown = [(e.kind, e.sender) for e in events]
     assert len([e for e in events if e.kind == "returned"]) == 1, shown
     assert len([e for e in events if e.kind == "resumed"]) >= 1, shown
+
+
+class WaitsForGrandchild(Agent):
+    """A child of the run's root: waits for a grandchild, then returns at once (pure)."""
+
+    name = "middle"
+
+    async def handle(self, ctx: Context, task: Any) -> Any:
+        (found,) = await ctx.gather(ctx.spawn("leaf", task))
+        return {"middle": found}
+
+
+class Leaf(Agent):
+    name = "leaf"
+
+    async def handle(self, ctx: Context, task: Any) -> Any:
+        return {"leaf": task}
+
+
+class Root(Agent):
+    name = "root"
+
+    async def handle(self, ctx: Context, task: Any) -> Any:
+        (found,) = await ctx.gather(ctx.spawn("middle", task))
+        return found
+
+
+async def test_a_task_woken_in_a_run_cancelled_while_it_waited_ends_cancelled_and_sends_nothing(
+    tmp_path: Path,
+) -> None:
+    # Given a run's middle task waiting for its leaf, cancelled while no agent process is up
+    # (none learns of it from the cancel message: only the run's record says it)
+    async with AgentEnvironment([Root, WaitsForGrandchild]) as env:
+        run = await env.client.submit("root", {"n": 1})
+        for _ in range(100):  # bounded: 10 s, until the middle task waits for its leaf
+            middle = [j for j in await env.journals(run.run_id) if j.agent == "middle"]
+            if middle and middle[0].status == "suspended":
+                break
+            await asyncio.sleep(0.1)
+        else:
+            raise AssertionError("the middle task never suspended")
+        await env.stop("middle")
+        await env.stop("root")
+        await run.cancel("changed my mind")
+        # When the leaf answers and wakes the middle task, whose remainder ends at once
+        await env.start(WaitsForGrandchild())
+        await env.start(Root())
+        await env.start(Leaf())
+        for _ in range(100):  # bounded: 10 s
+            (middle,) = [j for j in await env.journals(run.run_id) if j.agent == "middle"]
+            if middle.status != "suspended":
+                break
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(0.5)
+        # Then it ended cancelled, and sent no outcome to the root, which still waits
+        journals = {j.agent: j for j in await env.journals(run.run_id)}
+        assert journals["middle"].status == "cancelled", journals["middle"]
+        assert journals["middle"].children, "the leaf's outcome is stored with the end"
+        assert journals["root"].status == "suspended" and not journals["root"].children
+        async with EventFeed(env.client.bus, run.run_id, replay=True) as feed:
+            events = await feed.stored()
+        shown = [(e.kind, e.sender) for e in events]
+        assert not [e for e in events if e.kind == "returned" and e.sender == "middle"], shown
+        assert not [e for e in events if e.kind == "resumed" and e.sender == "middle"], shown
+        assert (await run.record()).status == "cancelled"
+
+
+async def test_parents_whose_children_answer_at_two_replicas_each_wake_once(
+    bus: Bus, spawn: Spawn, tmp_path: Path
+) -> None:
+    # Given two replicas of a parent agent, so its children's outcomes land at either one and
+    # each replica's copy of a parent's journal goes stale under the other's merges
+    log = tmp_path / "children"
+    spawn("runtime_agents:FanOut", "--replicas", "2", "--concurrency", "8")
+    spawn("runtime_agents:Child", "--replicas", "2", "--concurrency", "16")
+    # When several runs fan out to eight children at once
+    runs = 4
+    items = [[{"x": 10 * r + x, "log": str(log)} for x in range(8)] for r in range(runs)]
+    done = await asyncio.gather(
+        *(
+            submit(bus, "fanout", json.dumps({"items": i}).encode(), wait=True, timeout_s=90)
+            for i in items
+        )
+    )
+    # Then every run completes with every child's result, no child ran twice, and each ended
+    # once (one end event each)
+    for outcome_, its in zip(done, items, strict=True):
+        assert outcome_.status == "completed", outcome_
+        assert outcome_.result == {"results": [2 * item["x"] for item in its]}
+    ran = sorted(map(int, log.read_text().split()))
+    assert ran == sorted(item["x"] for its in items for item in its)
+    for outcome_ in done:
+        async with EventFeed(bus, outcome_.run_id, replay=True) as feed:
+            events = await feed.stored()
+        assert len([e for e in events if e.kind == "completed"]) == 1, events
+
+
+async def test_a_woken_task_whose_journal_moved_before_its_first_write_wakes_again_at_once(
+    bus: Bus, spawn: Spawn, tmp_path: Path
+) -> None:
+    # Given a parent woken by its child's outcome, not written yet, with a long ack wait
+    woke, go = tmp_path / "woke", tmp_path / "go"
+    spawn("runtime_agents:WakesOnCue", RELAYBUS_ACK_WAIT_S="30")
+    spawn("runtime_agents:Child")
+    run = await submit(bus, "wakes-on-cue", json.dumps({"woke": str(woke), "go": str(go)}).encode())
+    for _ in range(300):  # bounded: 30 s
+        if woke.exists():
+            break
+        await asyncio.sleep(0.1)
+    assert woke.exists(), "the parent never woke"
+    # When its journal moves meanwhile (another replica's merge: here a signal written as one)
+    store = JournalStore(await Bucket.open(bus, bus.subjects.bucket("journal")), "wakes-on-cue")
+    await store.mutate(run.run_id, run.run_id, lambda j: j.signals.setdefault("note", b"1"))
+    go.write_text("go")
+    # Then its claim is lost and what woke it is merged again at once, not after the ack wait:
+    # the run completes with the child's result and keeps the other write
+    started = asyncio.get_running_loop().time()
+    done = await outcome(bus, run.run_id, 60)
+    assert done.status == "completed" and done.result == {"child": 10}, done
+    assert asyncio.get_running_loop().time() - started < 15.0  # the ack wait is 30 s
+    found = await store.load(run.run_id, run.run_id)
+    assert found is not None and found[0].signals == {"note": b"1"}, found
+    assert found[0].status == "completed" and len(found[0].children) == 1, found[0]
