@@ -47,6 +47,7 @@ class Execution:
         #: a woken task's claim (in `journal`, not stored yet): the first write stores it with
         #: what that write commits, then calls it (the `resumed` event)
         self.claim = claim
+        self._unannounced: Callable[[], Awaitable[None]] | None = None
         #: whether its run (or it) was cancelled while it waited: the run's record, read while
         #: the handler replays up to its first write
         self._cancelled_meanwhile: asyncio.Task[bool] | None = None
@@ -218,7 +219,9 @@ class Execution:
                         cost=cost,
                     )
 
-    async def mutate(self, change: Callable[[Journal], None], *, first: bool = False) -> Journal:
+    async def mutate(
+        self, change: Callable[[Journal], None], *, first: bool = False, announce: bool = True
+    ) -> Journal:
         """Apply `change` to the journal with CAS, as its owner (Fenced once taken over);
         captures sent since the last write are struck from it in the same write. `first`: the
         write that stores the journal or a woken task's claim, before the task's next effect
@@ -226,7 +229,8 @@ class Execution:
         cancelled meanwhile stops there (asyncio.CancelledError, ended as cancelled), with
         nothing more done. (A woken task's record was read while it replayed: a cancel stops
         it before this write.) A woken task's claim that meets a journal moved since it was
-        read is lost (`ClaimLost`): the outcome that woke it is merged again."""
+        read is lost (`ClaimLost`): the outcome that woke it is merged again. `announce`: say
+        the task resumed once the claim is stored (else `announce_resumed` says it later)."""
         claim = self.claim
         if claim is not None:
             if not self.lease.held():  # the redelivery of what woke it is another's by now
@@ -264,22 +268,25 @@ class Execution:
                 raise
             raise ClaimLost(str(exc)) from None
         if claim is not None:  # stored by this write
-            self.claim = None
-            await claim()
+            self.claim, self._unannounced = None, claim
+            if announce:
+                await self.announce_resumed()
         if cancelled:
             raise asyncio.CancelledError
         return self.journal
 
+    async def announce_resumed(self) -> None:
+        """Say the woken task resumed, once its claim is stored (once)."""
+        announce, self._unannounced = self._unannounced, None
+        if announce is not None:
+            await announce()
+
     async def cancelled_while_waiting(self) -> bool:
-        """For a woken task whose claim is not stored yet: whether its run (or it) was cancelled
-        while it waited, from the run's record (read once, while the handler replayed)."""
-        if self.claim is None or self._cancelled_meanwhile is None:
+        """For a woken task: whether its run (or it) was cancelled while it waited, from the
+        run's record (read once, while the handler replays up to its first write)."""
+        if self._cancelled_meanwhile is None:
             return False
         return await self._cancelled_meanwhile
-
-    def drop_claim(self) -> None:
-        """Store the claim with the next write without saying the task resumed."""
-        self.claim = None
 
     async def release(self) -> None:
         """A failed attempt lets go of its task: the next delivery is a retry, not a takeover.

@@ -62,7 +62,7 @@ from .context import Context, HandoffDone, Suspend
 from .degrade import on_budget_exceeded
 from .errors import Cancelled, LimitExceeded, ToolArgumentsInvalid
 from .evaluation import Evaluation
-from .execution import Execution
+from .execution import Execution, both
 from .guard import Guard, sender_problem
 from .interceptors import Interceptor, Metrics, Tracing, run_task
 from .journal import (
@@ -344,17 +344,6 @@ class Worker:
     ) -> str:
         """End the task as `status` (stored, then delivered); returns how it ended."""
         ops = [] if ex.publishing else ex.take_ops()  # a failed handler's children never go
-        if await ex.cancelled_while_waiting():
-            # woken in a run (or as a task) cancelled while it waited: it ends as if it had not
-            # woken, its claim stored with its end, and nothing goes to whoever waited for it
-            ex.drop_claim()
-            cancelled = ErrorInfo(type="Cancelled", message="cancelled while it waited")
-
-            def stop(journal: Journal) -> None:
-                journal.status, journal.error, journal.waiting = "cancelled", cancelled, None
-
-            await ex.mutate(stop)
-            return "cancelled"
 
         def change(journal: Journal) -> None:
             have = len(journal.ops)
@@ -374,9 +363,20 @@ class Worker:
             journal = msgspec.structs.replace(ex.journal, status=status, result=result)
             await self.deliver(ex.envelope, journal, latency_ms, ex.run_spent)
             return status
-        # the journal's end first: an execution that was taken over (Fenced here) must not
-        # deliver an outcome, which would be the run's if it came first
-        await self.deliver(ex.envelope, await ex.mutate(change), latency_ms, ex.run_spent)
+        if ex.claim is not None:
+            # woken, and this write stores the claim: beside the verdict on a cancel while it
+            # waited, which a task that ends at once (no effect) needs only before it delivers
+            journal, cancelled = await both(
+                ex.mutate(change, announce=False), ex.cancelled_while_waiting()
+            )
+            if cancelled:  # it ends as if it had not woken: nothing goes to whoever waited
+                return "cancelled"
+            await ex.announce_resumed()
+        else:
+            # the journal's end first: an execution that was taken over (Fenced here) must
+            # not deliver an outcome, which would be the run's if it came first
+            journal = await ex.mutate(change)
+        await self.deliver(ex.envelope, journal, latency_ms, ex.run_spent)
         return status
 
     async def deliver(
