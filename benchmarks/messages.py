@@ -5,6 +5,8 @@ counted on the same server in the same run by a connection subscribed to `>`.
     python benchmarks/messages.py [--runs 50] [--json]
 
 The run: `submit(wait=True)` to an agent whose handler returns at once (no journaled steps).
+Then what a fanned-out child adds: a parent that spawns one child and gathers it, against the
+same parent spawning none.
 The raw job: publish to a work-queue stream with PubAck, a pull consumer fetches, acks and
 replies on the caller's inbox. Runs go one at a time, so every message counted belongs to one.
 """
@@ -195,6 +197,33 @@ async def every_layer(tmp: Path, url: str, runs: int) -> collections.Counter[str
             proc.wait(30)
 
 
+async def fanned_out(
+    bus: Bus, settings: Settings, url: str, runs: int
+) -> dict[int, collections.Counter[str]]:
+    """What a fanned-out child adds to its run: the same parent with no child and with one
+    (bus + runtime), counted alike."""
+    agents = [start_agent(settings, spec) for spec in ("bench_agents:Echo", "bench_agents:FanEcho")]
+    try:
+        await asyncio.sleep(2.5)
+        counts = {}
+        for children in (0, 1):
+
+            async def fan(n: int, children: int = children) -> None:
+                body = json.dumps({"children": children}).encode()
+                for _ in range(n):
+                    outcome = await submit(bus, "bfan", body, wait=True, timeout_s=30)
+                    if outcome.status != "completed":
+                        raise SystemExit(f"run {outcome.run_id} {outcome.status}")
+
+            counts[children] = await counted(url, settings.prefix, fan, runs)
+        return counts
+    finally:
+        for agent in agents:
+            agent.send_signal(signal.SIGTERM)
+        for agent in agents:
+            agent.wait(30)
+
+
 async def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -226,11 +255,14 @@ async def main() -> int:
             finally:
                 agent.send_signal(signal.SIGTERM)
                 agent.wait(30)
+            fan_counts = await fanned_out(bus, settings, server.url, args.runs)
         layered_counts = await every_layer(Path(tmp), server.url, args.runs)
     per_run = {k: v / args.runs for k, v in sorted(our_counts.items(), key=lambda kv: -kv[1])}
     layered = {k: v / args.runs for k, v in sorted(layered_counts.items(), key=lambda kv: -kv[1])}
     raw_per_run = {k: v / args.runs for k, v in sorted(raw_counts.items(), key=lambda kv: -kv[1])}
     ours_total, raw_total = sum(per_run.values()), sum(raw_per_run.values())
+    fan_totals = {n: sum(c.values()) / args.runs for n, c in fan_counts.items()}
+    child_adds = fan_totals[1] - fan_totals[0]
     if args.json:
         print(
             json.dumps(
@@ -243,6 +275,9 @@ async def main() -> int:
                     "bus_runtime_total": ours_total,
                     "raw_total": raw_total,
                     "ratio": ours_total / raw_total,
+                    "fan_out_no_child_total": fan_totals[0],
+                    "fan_out_one_child_total": fan_totals[1],
+                    "child_adds": child_adds,
                 }
             )
         )
@@ -259,6 +294,11 @@ async def main() -> int:
     print(
         f"{'total':<36} {ours_total:>12.1f} {layered_total:>12.1f} {raw_total:>12.1f}   "
         f"ratios {ours_total / raw_total:.1f}x, {layered_total / raw_total:.1f}x"
+    )
+    print(
+        f"a fanned-out child (bus + runtime): a parent that spawns none {fan_totals[0]:.1f}, "
+        f"one {fan_totals[1]:.1f}: the child adds {child_adds:.1f} messages to its run "
+        f"({child_adds / raw_total:.1f}x a raw round trip's)"
     )
     return 0
 
