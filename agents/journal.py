@@ -122,7 +122,8 @@ class JournalStore:
         self.agent = agent
         self._recent: Recent[str, tuple[bytes, int]] = Recent(remember)
         self._turns: dict[str, tuple[asyncio.Lock, int]] = {}  # key -> (lock, holders+waiters)
-        self._on_its_way: dict[str, asyncio.Event] = {}  # key -> set when the write is done
+        #: key -> (set when the writes said to be on their way are done, how many are)
+        self._on_its_way: dict[str, tuple[asyncio.Event, int]] = {}
 
     def key(self, run_id: str, task_id: str) -> str:
         return f"{run_id}.{task_id}.{self.agent}"
@@ -140,25 +141,34 @@ class JournalStore:
 
     def on_its_way(self, run_id: str, task_id: str) -> Callable[[], None]:
         """Say that a write of this journal is on its way until the function returned is called
-        (once or more); a nested say is ended by the outer one."""
+        (once or more). Said again meanwhile (a woken task's claim, then its flush publishing
+        children), the journal is written once every one of them is done."""
         key = self.key(run_id, task_id)
-        if key in self._on_its_way:
-            return lambda: None
-        done = self._on_its_way[key] = asyncio.Event()
+        done, saying = self._on_its_way.get(key) or (asyncio.Event(), 0)
+        self._on_its_way[key] = (done, saying + 1)
+        said = True
 
         def written() -> None:
-            if self._on_its_way.get(key) is done:
-                del self._on_its_way[key]
-            done.set()
+            nonlocal said
+            if not said:
+                return
+            said = False
+            done_now, left = self._on_its_way[key]
+            if left > 1:
+                self._on_its_way[key] = (done_now, left - 1)
+                return
+            del self._on_its_way[key]
+            done_now.set()
 
         return written
 
     async def written_here(self, run_id: str, task_id: str, within_s: float) -> bool:
         """Wait (at most `within_s`) for a write this process said is on its way; whether
         there was one (`recent` then holds what it wrote, if it succeeded)."""
-        done = self._on_its_way.get(self.key(run_id, task_id))
-        if done is None:
+        found = self._on_its_way.get(self.key(run_id, task_id))
+        if found is None:
             return False
+        done = found[0]
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(within_s):
                 await done.wait()

@@ -73,3 +73,27 @@ async def test_a_write_that_fails_still_releases_who_waits_for_it(bus: Bus) -> N
     with pytest.raises(RuntimeError):
         await failing
     assert journals._on_its_way == {}
+
+
+async def test_a_claim_on_its_way_and_a_flush_after_it_are_waited_for_together(bus: Bus) -> None:
+    # Given a woken task's claim said to be on its way, then its flush publishing children
+    journals = await _store(bus)
+    claim_stored = journals.on_its_way("run-1", "task-1")
+    flushed = asyncio.Event()
+
+    async def woken_task() -> None:
+        async with journals.writing("run-1", "task-1"):
+            await asyncio.sleep(0.05)
+            claim_stored()  # the flush's first write stores the claim
+            claim_stored()  # said twice: once is what counts
+            await asyncio.sleep(0.2)  # then the children go out, then the wait is parked
+        flushed.set()
+
+    running = asyncio.create_task(woken_task())
+    await asyncio.sleep(0.01)
+    # When a child's outcome comes back meanwhile
+    assert await journals.written_here("run-1", "task-1", 5.0)
+    # Then it waited for the flush's write, not only for the claim's
+    assert flushed.is_set()
+    await running
+    assert journals._on_its_way == {}
