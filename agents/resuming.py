@@ -13,6 +13,7 @@ import msgspec
 
 from relaybus.bus import Delivery, Envelope, Reject, RelayError, Retry, decode
 
+from .execution import both
 from .guard import runtime_payload
 from .journal import FINAL, Journal, Outcome, driver_of, drives
 from .messages import ChildResult, TimerFired, signal_decoder
@@ -186,10 +187,14 @@ async def _merge(
         if journal.status in FINAL:  # this message drove it to the end, then the worker died
             await worker.deliver(decode(journal.task), journal)  # before its outcome went out
             return None
-        if journal.status == "running":
-            journal, revision = await worker.journals.mutate(
-                env.run_id, env.parent_id, take_over(owner, driver)
+        if journal.status == "running":  # taken over after a crash: beside a read for a cancel
+            (journal, revision), cancelled = await both(
+                worker.journals.mutate(env.run_id, env.parent_id, take_over(owner, driver)),
+                worker.cancelled_before_start(decode(journal.task)),
             )
+            if cancelled:  # cancelled while no one ran it: nothing more of it runs
+                await worker.journals.mutate(env.run_id, env.parent_id, _cancelled, owner=owner)
+                return None
             return journal, revision, owner, False, True
     return None
 

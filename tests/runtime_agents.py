@@ -310,3 +310,20 @@ class WakesOnCue(Agent):
                 break
             await asyncio.sleep(0.05)
         return {"child": doubled}
+
+
+class StepsAfterWaking(Agent):
+    """Waits for a child; once woken, one step, then (the first time) it hangs, to be killed;
+    then a second step."""
+
+    name = "steps-after-waking"
+
+    async def handle(self, ctx: Context, task: dict[str, str]) -> int:
+        (doubled,) = await ctx.gather(ctx.spawn("child", {"x": 3}))
+        await ctx.step("first", append, task["effects"], "first")
+        hung = Path(task["hung"])
+        if not hung.exists():
+            hung.write_text(str(os.getpid()))
+            await asyncio.sleep(60)  # kill -9 lands here: woken, its claim stored
+        await ctx.step("second", append, task["effects"], "second")
+        return int(doubled)

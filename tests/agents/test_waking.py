@@ -11,6 +11,7 @@ from typing import Any
 import msgspec
 
 from relaybus import Agent, Context
+from relaybus.agents.control import cancel_run
 from relaybus.agents.journal import Journal, JournalStore
 from relaybus.agents.submit import submit
 from relaybus.bus import Bus
@@ -209,3 +210,38 @@ async def test_a_woken_task_whose_journal_moved_before_its_first_write_wakes_aga
     found = await store.load(run.run_id, run.run_id)
     assert found is not None and found[0].signals == {"note": b"1"}, found
     assert found[0].status == "completed" and len(found[0].children) == 1, found[0]
+
+
+async def test_a_woken_task_taken_over_after_a_crash_in_a_cancelled_run_runs_no_further_step(
+    bus: Bus, spawn: Spawn, tmp_path: Path
+) -> None:
+    # Given a woken parent that ran one step and was killed -9, whose run was then cancelled
+    # while no process of it was up (none learns of it from the cancel message)
+    effects, hung = tmp_path / "effects", tmp_path / "hung"
+    fast = {"RELAYBUS_ACK_WAIT_S": "1"}
+    first = spawn("runtime_agents:StepsAfterWaking", **fast)
+    spawn("runtime_agents:Child", **fast)
+    run = await submit(
+        bus, "steps-after-waking", json.dumps({"effects": str(effects), "hung": str(hung)}).encode()
+    )
+    for _ in range(300):  # bounded: 30 s
+        if hung.exists():
+            break
+        await asyncio.sleep(0.1)
+    assert hung.exists(), "the parent never woke"
+    kill9(first)
+    await cancel_run(bus, run.run_id, "changed my mind")
+    # When another replica takes over the outcome's redelivery
+    spawn("runtime_agents:StepsAfterWaking", **fast)
+    store = JournalStore(
+        await Bucket.open(bus, bus.subjects.bucket("journal")), "steps-after-waking"
+    )
+    for _ in range(150):  # bounded: 15 s
+        found = await store.load(run.run_id, run.run_id)
+        if found is not None and found[0].status != "running":
+            break
+        await asyncio.sleep(0.1)
+    await asyncio.sleep(1.0)
+    # Then it stops there: its journal says cancelled and its second step never ran
+    assert found is not None and found[0].status == "cancelled", found
+    assert effects.read_text().splitlines() == ["first"]
