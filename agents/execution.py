@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import msgspec
 
-from relaybus.bus import Envelope, ErrorInfo
+from relaybus.bus import Envelope, ErrorInfo, RelayError
 from relaybus.bus.lease import LEASE_MARGIN, Lease
 
 from .charging import PendingCapture, RunSpend
@@ -51,9 +51,6 @@ class Execution:
         #: whether its run (or it) was cancelled while it waited: the run's record, read while
         #: the handler replays up to its first write
         self._cancelled_meanwhile: asyncio.Task[bool] | None = None
-        if claim is not None:
-            self._cancelled_meanwhile = asyncio.ensure_future(port.cancelled_before_start(envelope))
-            self._cancelled_meanwhile.add_done_callback(_retrieved)
         self.lease = lease or Lease()
         self.envelope = envelope
         self.journal = journal
@@ -66,6 +63,8 @@ class Execution:
         self._pending_publish: list[tuple[Envelope, list[str] | None]] = []
         self._timings: dict[int, tuple[float, int]] = {}  # seq -> (latency ms, cost) for events
         self._settled: set[int] = set()  # ops whose capture went out, struck at the next write
+        if claim is not None:
+            self._read_cancel()
 
     @property
     def unstored(self) -> bool:
@@ -234,12 +233,17 @@ class Execution:
         claim = self.claim
         if claim is not None:
             if not self.lease.held():  # the redelivery of what woke it is another's by now
-                raise ClaimLost(
+                raise Fenced(
                     f"task {self.envelope.id} of run {self.envelope.run_id} stalled for over "
                     f"{LEASE_MARGIN:.0%} of its ack wait before it stored its wake-up"
                 )
-            if first and await self.cancelled_while_waiting():
-                raise asyncio.CancelledError  # nothing stored: it ends as cancelled (`_finish`)
+            if first:
+                try:
+                    cancelled_meanwhile = await self.cancelled_while_waiting()
+                except RelayError as exc:  # no verdict: what woke it is merged again
+                    raise ClaimLost(f"the run's record could not be read: {exc}") from None
+                if cancelled_meanwhile:
+                    raise asyncio.CancelledError  # nothing stored: `_finish` ends it cancelled
         settled, self._settled = self._settled, set()
 
         def change_and_strike(journal: Journal) -> None:
@@ -283,10 +287,40 @@ class Execution:
 
     async def cancelled_while_waiting(self) -> bool:
         """For a woken task: whether its run (or it) was cancelled while it waited, from the
-        run's record (read once, while the handler replays up to its first write)."""
-        if self._cancelled_meanwhile is None:
+        run's record (read once, while the handler replays up to its first write; a read that
+        failed is made again, and its error raised if that fails too)."""
+        if self.port.known_cancelled(self.envelope):
+            return True
+        reading = self._cancelled_meanwhile
+        if reading is None:
             return False
-        return await self._cancelled_meanwhile
+        if reading.done() and (reading.cancelled() or reading.exception() is not None):
+            reading = self._read_cancel()
+        # shielded: the handler cancelled meanwhile (a cancel message) leaves the read alone
+        return await asyncio.shield(reading)
+
+    def cancel_known(self) -> bool | None:
+        """For a woken task: the verdict on a cancel while it waited, if it is in (None if
+        the read is still on its way, or failed)."""
+        if self.port.known_cancelled(self.envelope):
+            return True
+        reading = self._cancelled_meanwhile
+        if reading is None:
+            return False
+        if not reading.done() or reading.cancelled() or reading.exception() is not None:
+            return None
+        return reading.result()
+
+    def _read_cancel(self) -> asyncio.Task[bool]:
+        reading = asyncio.ensure_future(self.port.cancelled_before_start(self.envelope))
+        reading.add_done_callback(_retrieved)
+        self._cancelled_meanwhile = reading
+        return reading
+
+    def close(self) -> None:
+        """The execution is over: a read it no longer needs is not left running."""
+        if self._cancelled_meanwhile is not None and not self._cancelled_meanwhile.done():
+            self._cancelled_meanwhile.cancel()
 
     async def release(self) -> None:
         """A failed attempt lets go of its task: the next delivery is a retry, not a takeover.

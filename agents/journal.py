@@ -113,6 +113,14 @@ _encode = msgspec.msgpack.Encoder().encode
 _decode = msgspec.msgpack.Decoder(Journal).decode
 
 
+class _OnItsWay:
+    __slots__ = ("done", "saying")
+
+    def __init__(self) -> None:
+        self.done = asyncio.Event()  # set once every write said to be on its way is done
+        self.saying = 0
+
+
 class JournalStore:
     """One agent's journals, in the `<prefix>_journal` bucket, keyed `<run>.<task>.<agent>`:
     the agent's name last, so its NATS user may write only its own keys."""
@@ -122,8 +130,7 @@ class JournalStore:
         self.agent = agent
         self._recent: Recent[str, tuple[bytes, int]] = Recent(remember)
         self._turns: dict[str, tuple[asyncio.Lock, int]] = {}  # key -> (lock, holders+waiters)
-        #: key -> (set when the writes said to be on their way are done, how many are)
-        self._on_its_way: dict[str, tuple[asyncio.Event, int]] = {}
+        self._on_its_way: dict[str, _OnItsWay] = {}  # key -> the writes said to be on their way
 
     def key(self, run_id: str, task_id: str) -> str:
         return f"{run_id}.{task_id}.{self.agent}"
@@ -144,8 +151,10 @@ class JournalStore:
         (once or more). Said again meanwhile (a woken task's claim, then its flush publishing
         children), the journal is written once every one of them is done."""
         key = self.key(run_id, task_id)
-        done, saying = self._on_its_way.get(key) or (asyncio.Event(), 0)
-        self._on_its_way[key] = (done, saying + 1)
+        marker = self._on_its_way.get(key)
+        if marker is None:
+            marker = self._on_its_way[key] = _OnItsWay()
+        marker.saying += 1
         said = True
 
         def written() -> None:
@@ -153,25 +162,28 @@ class JournalStore:
             if not said:
                 return
             said = False
-            done_now, left = self._on_its_way[key]
-            if left > 1:
-                self._on_its_way[key] = (done_now, left - 1)
-                return
-            del self._on_its_way[key]
-            done_now.set()
+            marker.saying -= 1
+            if marker.saying == 0:
+                if self._on_its_way.get(key) is marker:
+                    del self._on_its_way[key]
+                marker.done.set()
 
         return written
 
     async def written_here(self, run_id: str, task_id: str, within_s: float) -> bool:
         """Wait (at most `within_s`) for a write this process said is on its way; whether
-        there was one (`recent` then holds what it wrote, if it succeeded)."""
-        found = self._on_its_way.get(self.key(run_id, task_id))
-        if found is None:
+        there was one (`recent` then holds what it wrote, if it succeeded). One that takes
+        longer is forgotten: later outcomes do not wait for it again."""
+        key = self.key(run_id, task_id)
+        marker = self._on_its_way.get(key)
+        if marker is None:
             return False
-        done = found[0]
-        with contextlib.suppress(TimeoutError):
+        try:
             async with asyncio.timeout(within_s):
-                await done.wait()
+                await marker.done.wait()
+        except TimeoutError:
+            if self._on_its_way.get(key) is marker:
+                del self._on_its_way[key]
         return True
 
     @contextlib.asynccontextmanager

@@ -15,7 +15,7 @@ from relaybus.bus import Delivery, Envelope, Reject, RelayError, Retry, decode
 
 from .execution import both
 from .guard import runtime_payload
-from .journal import FINAL, Journal, Outcome, driver_of, drives
+from .journal import FINAL, ClaimLost, Journal, Outcome, driver_of, drives
 from .messages import ChildResult, TimerFired, signal_decoder
 
 if TYPE_CHECKING:
@@ -83,13 +83,25 @@ async def merge_and_resume(
     # a write of the parent's journal on its way here (its parent publishes its children, then
     # writes the journal that names them): wait for it rather than re-read the journal on a
     # timer, and outside the turn, so a stuck one does not hold up the other outcomes in turn
+    await worker.journals.written_here(env.run_id, env.parent_id, WRITTEN_HERE_S)
+    for _ in range(CLAIM_ROUNDS):
+        try:
+            await _merge_and_run(worker, env, change, d, check)
+            return
+        except ClaimLost as exc:  # the journal moved while it woke: merge it again, as read
+            log.info("%s; merging %s again", exc, env.kind)
+    raise Retry(f"task {env.parent_id} kept moving while {env.kind} woke it", delay_s=0.5)
+
+
+async def _merge_and_run(
+    worker: Worker, env: Envelope, change: Any, d: Delivery, check: Any
+) -> None:
     journals = worker.journals
-    await journals.written_here(env.run_id, env.parent_id, WRITTEN_HERE_S)
     claim_stored = None
     async with journals.one_at_a_time(env.run_id, env.parent_id):
         # the turn before may have woken the task: its claim is stored by the task's first
         # write, and this merge starts from what that write stored
-        await journals.written_here(env.run_id, env.parent_id, WRITTEN_HERE_S)
+        await journals.written_here(env.run_id, env.parent_id, CLAIM_ON_ITS_WAY_S)
         taken = await _merge(worker, env, change, d, check)
         if taken is not None and not taken[4]:
             claim_stored = journals.on_its_way(env.run_id, env.parent_id)
@@ -201,6 +213,13 @@ async def _merge(
 
 #: How long an outcome waits for its parent's journal write that this process has on its way.
 WRITTEN_HERE_S = 5.0
+#: How long an outcome waits, in turn, for a woken task's claim to be stored by the task's first
+#: write (a handler slow to reach it does not hold the outcomes behind it for longer: they merge
+#: and the woken task's write meets the journal moved, `ClaimLost`, and merges again).
+CLAIM_ON_ITS_WAY_S = 1.0
+#: Merges of one outcome in this process when a woken task's claim is lost (each a replay of the
+#: handler up to its first write), before its message is put back.
+CLAIM_ROUNDS = 3
 #: In-process re-reads of a parent's journal that does not know a child's outcome yet, before
 #: the message is put back: its children are published just before its journal's write, and a
 #: child that answers at once (a pure one) often beats that write by a millisecond or two.

@@ -62,7 +62,7 @@ from .context import Context, HandoffDone, Suspend
 from .degrade import on_budget_exceeded
 from .errors import Cancelled, LimitExceeded, ToolArgumentsInvalid
 from .evaluation import Evaluation
-from .execution import Execution, both
+from .execution import Execution
 from .guard import Guard, sender_problem
 from .interceptors import Interceptor, Metrics, Tracing, run_task
 from .journal import (
@@ -83,9 +83,6 @@ from .outcomes import Outcomes
 
 log = logging.getLogger("relaybus.worker")
 BEAT_INTERVAL_S = 20.0
-#: How soon the outcome that woke a task is merged again after its claim was lost to a journal
-#: that moved meanwhile (another outcome, another replica)
-CLAIM_LOST_RETRY_S = 0.05
 PERMANENT = (
     Reject,
     JournalDivergence,
@@ -230,7 +227,7 @@ class Worker:
     ) -> None:
         """Run the task of `journal` (at `revision`) as `owner`, driven by delivery `d`. With
         `claim`, `journal` holds a claim not stored yet (a woken task's): its first write stores
-        it, then calls `claim`."""
+        it, then calls `claim`; `ClaimLost` if that write met a journal that moved."""
         env = decode(journal.task)
         ex = Execution(self, env, journal, revision, owner, d.lease, claim=claim)
         ctx = Context(self, ex, d.attempt)
@@ -239,12 +236,13 @@ class Worker:
                 await run_task(
                     self.interceptors, ctx, d.headers, lambda: self._run_handler(ctx, ex, d)
                 )
-        except ClaimLost as exc:  # the journal moved while it woke: merge what woke it again
-            log.info("%s; merging what woke it again", exc)
-            raise Retry(f"{exc}; merging it again", delay_s=CLAIM_LOST_RETRY_S) from None
+        except ClaimLost:
+            raise  # the journal moved while it woke: the caller merges what woke it again
         except Fenced as exc:
             log.warning("%s", exc)
             raise Abandon(str(exc)) from None
+        finally:
+            ex.close()
 
     async def _run_handler(self, ctx: Context, ex: Execution, d: Delivery) -> str:
         """Run the handler once; returns how this execution ended (for metrics)."""
@@ -273,7 +271,10 @@ class Worker:
             await self.emit_event(env, "suspended", latency_ms=ctx.elapsed_ms())
             return "suspended"
         except HandoffDone as done:
-            await self._finish(ex, ctx.elapsed_ms(), "completed", handoff=done.agent)
+            if await self._finish(ex, ctx.elapsed_ms(), "completed", handoff=done.agent) != (
+                "completed"
+            ):
+                return "cancelled"
             await self.emit_event(
                 env,
                 "handoff",
@@ -364,12 +365,25 @@ class Worker:
             await self.deliver(ex.envelope, journal, latency_ms, ex.run_spent)
             return status
         if ex.claim is not None:
-            # woken, and this write stores the claim: beside the verdict on a cancel while it
-            # waited, which a task that ends at once (no effect) needs only before it delivers
-            journal, cancelled = await both(
-                ex.mutate(change, announce=False), ex.cancelled_while_waiting()
+            # woken, and this write stores the claim. A task that ends at once (nothing of it
+            # had an effect) needs the verdict on a cancel while it waited only before it
+            # delivers: its end goes beside the read when the read is still on its way
+            verdict = ex.cancel_known()
+            if verdict:
+                status, result, error = "cancelled", b"", WOKEN_CANCELLED
+            written, read = await asyncio.gather(
+                ex.mutate(change, announce=False),
+                ex.cancelled_while_waiting() if verdict is None else _done(bool(verdict)),
+                return_exceptions=True,
             )
+            if isinstance(written, BaseException):
+                raise written
+            journal, cancelled = written, read is True
+            if isinstance(read, BaseException):  # no verdict: the end goes where it is awaited,
+                log.warning("could not read run %s's record: %s", ex.envelope.run_id, read)
             if cancelled:  # it ends as if it had not woken: nothing goes to whoever waited
+                if journal.status != "cancelled":
+                    await ex.mutate(_woken_cancelled)
                 return "cancelled"
             await ex.announce_resumed()
         else:
@@ -480,6 +494,18 @@ class Worker:
         control = StopTasks(run_id=run_id, tasks=task_ids)
         subject = self.bus.subjects.control(run_id, self.bus.agent or "")
         await self.bus.publish_core(subject, msgspec.json.encode(control))
+
+
+#: How a task woken in a run (or as a task) cancelled while it waited ends.
+WOKEN_CANCELLED = ErrorInfo(type="Cancelled", message="cancelled while it waited")
+
+
+def _woken_cancelled(journal: Journal) -> None:
+    journal.status, journal.result, journal.error = "cancelled", b"", WOKEN_CANCELLED
+
+
+async def _done(value: bool) -> bool:
+    return value
 
 
 def _budget_refused(journal: Journal) -> bool:

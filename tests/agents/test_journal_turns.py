@@ -97,3 +97,21 @@ async def test_a_claim_on_its_way_and_a_flush_after_it_are_waited_for_together(b
     assert flushed.is_set()
     await running
     assert journals._on_its_way == {}
+
+
+async def test_a_write_on_its_way_too_long_is_waited_for_once_not_by_every_outcome(
+    bus: Bus,
+) -> None:
+    # Given a woken task's claim on its way that takes long (its handler is slow to write)
+    journals = await _store(bus)
+    claim_stored = journals.on_its_way("run-1", "task-1")
+    loop = asyncio.get_running_loop()
+    # When outcomes, one after another, wait for it
+    started = loop.time()
+    assert await journals.written_here("run-1", "task-1", 0.3)  # waits, then gives up
+    assert not await journals.written_here("run-1", "task-1", 0.3)  # no wait again
+    assert not await journals.written_here("run-1", "task-1", 0.3)
+    # Then only the first one waited
+    assert loop.time() - started < 0.9
+    claim_stored()  # the write that comes in the end leaves nothing behind
+    assert journals._on_its_way == {}

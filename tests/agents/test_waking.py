@@ -140,10 +140,10 @@ async def test_a_task_woken_in_a_run_cancelled_while_it_waited_sends_nothing(
                 break
             await asyncio.sleep(0.1)
         await asyncio.sleep(0.5)
-        # Then its end (pure: nothing of it had an effect) stays in its journal and goes
-        # nowhere: the root, which still waits, gets no outcome and nothing says it resumed
+        # Then it ends cancelled and sends nothing: the root, which still waits, gets no
+        # outcome, and nothing says it resumed
         journals = {j.agent: j for j in await env.journals(run.run_id)}
-        assert journals["middle"].status == "completed", journals["middle"]
+        assert journals["middle"].status == "cancelled", journals["middle"]
         assert journals["middle"].children, "the leaf's outcome is stored with the end"
         assert journals["root"].status == "suspended" and not journals["root"].children
         async with EventFeed(env.client.bus, run.run_id, replay=True) as feed:
