@@ -197,7 +197,12 @@ async def _merge(
         return journal, revision, owner, True, True
     if is_driver(worker, journal, d) and d.attempt > 1:
         if journal.status in FINAL:  # this message drove it to the end, then the worker died
-            await worker.deliver(decode(journal.task), journal)  # before its outcome went out
+            task_env = decode(journal.task)  # before its outcome went out
+            if journal.status == "completed" and await worker.cancelled_before_start(task_env):
+                # woken in a run cancelled while it waited, and died before it said so
+                await worker.journals.mutate(env.run_id, env.parent_id, _ended_unsent)
+                return None
+            await worker.deliver(task_env, journal)
             return None
         if journal.status == "running":  # taken over after a crash: beside a read for a cancel
             (journal, revision), cancelled = await both(
@@ -246,6 +251,12 @@ async def _read_again_soon(worker: Worker, env: Envelope, check: Any) -> tuple[J
 def _cancelled(journal: Journal) -> None:
     if journal.status not in FINAL:
         journal.status, journal.owner, journal.waiting = "cancelled", "", None
+
+
+def _ended_unsent(journal: Journal) -> None:
+    """A woken task's end kept from whoever waited (its run was cancelled while it waited)."""
+    if journal.status == "completed":
+        journal.status, journal.result, journal.owner = "cancelled", b"", ""
 
 
 def _early_retry_s(worker: Worker, attempt: int) -> float:

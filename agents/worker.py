@@ -310,8 +310,12 @@ class Worker:
         except RevocationUnknown as exc:  # NATS failing over: no verdict on the chain yet
             raise Retry(f"{exc}; retrying", delay_s=2.0) from None
         except PERMANENT as exc:
-            await self.run_writer.change(env.run_id, CountFailure(), env.chain)
+            woken = ex.claim is not None  # its end may lose the claim: counted once it is stored
+            if not woken:
+                await self.run_writer.change(env.run_id, CountFailure(), env.chain)
             await self._finish(ex, ctx.elapsed_ms(), "failed", error=ErrorInfo.from_exception(exc))
+            if woken:
+                await self.run_writer.change(env.run_id, CountFailure(), env.chain)
             return "failed"
         except Fenced:
             raise
