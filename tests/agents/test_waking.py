@@ -13,7 +13,7 @@ import msgspec
 from relaybus import Agent, Context
 from relaybus.agents.control import cancel_run
 from relaybus.agents.journal import Journal, JournalStore
-from relaybus.agents.submit import submit
+from relaybus.agents.submit import RunOutcome, submit
 from relaybus.bus import Bus
 from relaybus.bus.feed import EventFeed
 from relaybus.bus.kv import Bucket
@@ -21,6 +21,16 @@ from relaybus.testing import AgentEnvironment
 
 from ..conftest import Spawn
 from .test_durable import kill9, outcome
+
+
+async def woken(bus: Bus, agent: str, task: dict[str, str], marker: Path) -> RunOutcome:
+    """Submit `task` to `agent` and wait until its handler, woken, puts down `marker`."""
+    run = await submit(bus, agent, json.dumps(task).encode())
+    for _ in range(300):  # bounded: 30 s
+        if marker.exists():
+            return run
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"{agent} never woke")
 
 
 async def test_a_parent_woken_by_its_last_child_stores_the_outcome_with_its_end(
@@ -60,14 +70,7 @@ async def test_a_parent_killed_after_waking_resumes_once_from_the_redelivered_ou
     fast = {"RELAYBUS_ACK_WAIT_S": "1"}
     first = spawn("runtime_agents:WakesSlowly", **fast)
     spawn("runtime_agents:Child", **fast)
-    run = await submit(
-        bus, "wakes-slowly", json.dumps({"woke": str(woke), "effects": str(effects)}).encode()
-    )
-    for _ in range(300):  # bounded: 30 s
-        if woke.exists():
-            break
-        await asyncio.sleep(0.1)
-    assert woke.exists(), "the parent never woke"
+    run = await woken(bus, "wakes-slowly", {"woke": str(woke), "effects": str(effects)}, woke)
     kill9(first)
     # Then its journal still waits: the outcome that woke it was not written on its own
     store = JournalStore(await Bucket.open(bus, bus.subjects.bucket("journal")), "wakes-slowly")
@@ -191,12 +194,7 @@ async def test_a_woken_task_whose_journal_moved_before_its_first_write_wakes_aga
     woke, go = tmp_path / "woke", tmp_path / "go"
     spawn("runtime_agents:WakesOnCue", RELAYBUS_ACK_WAIT_S="30")
     spawn("runtime_agents:Child")
-    run = await submit(bus, "wakes-on-cue", json.dumps({"woke": str(woke), "go": str(go)}).encode())
-    for _ in range(300):  # bounded: 30 s
-        if woke.exists():
-            break
-        await asyncio.sleep(0.1)
-    assert woke.exists(), "the parent never woke"
+    run = await woken(bus, "wakes-on-cue", {"woke": str(woke), "go": str(go)}, woke)
     # When its journal moves meanwhile (another replica's merge: here a signal written as one)
     store = JournalStore(await Bucket.open(bus, bus.subjects.bucket("journal")), "wakes-on-cue")
     await store.mutate(run.run_id, run.run_id, lambda j: j.signals.setdefault("note", b"1"))
@@ -221,14 +219,7 @@ async def test_a_woken_task_taken_over_after_a_crash_in_a_cancelled_run_runs_no_
     fast = {"RELAYBUS_ACK_WAIT_S": "1"}
     first = spawn("runtime_agents:StepsAfterWaking", **fast)
     spawn("runtime_agents:Child", **fast)
-    run = await submit(
-        bus, "steps-after-waking", json.dumps({"effects": str(effects), "hung": str(hung)}).encode()
-    )
-    for _ in range(300):  # bounded: 30 s
-        if hung.exists():
-            break
-        await asyncio.sleep(0.1)
-    assert hung.exists(), "the parent never woke"
+    run = await woken(bus, "steps-after-waking", {"effects": str(effects), "hung": str(hung)}, hung)
     kill9(first)
     await cancel_run(bus, run.run_id, "changed my mind")
     # When another replica takes over the outcome's redelivery
