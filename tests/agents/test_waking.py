@@ -4,17 +4,20 @@ that woke it with its own first write: real agent processes, a real server, a re
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
 from pathlib import Path
 from typing import Any
 
 import msgspec
+import pytest
 
 from relaybus import Agent, Context
 from relaybus.agents.control import cancel_run
 from relaybus.agents.journal import Journal, JournalStore
 from relaybus.agents.submit import RunOutcome, submit
-from relaybus.bus import Bus
+from relaybus.agents.worker import Worker
+from relaybus.bus import Bus, Envelope, RelayError
 from relaybus.bus.feed import EventFeed
 from relaybus.bus.kv import Bucket
 from relaybus.testing import AgentEnvironment
@@ -236,3 +239,55 @@ async def test_a_woken_task_taken_over_after_a_crash_in_a_cancelled_run_runs_no_
     # Then it stops there: its journal says cancelled and its second step never ran
     assert found is not None and found[0].status == "cancelled", found
     assert effects.read_text().splitlines() == ["first"]
+
+
+class StepsAfterLeaf(Agent):
+    name = "stepsafterleaf"
+
+    async def handle(self, ctx: Context, task: Any) -> Any:
+        (found,) = await ctx.gather(ctx.spawn("leaf", task))
+        await ctx.step("effect", _append_effect, "once")
+        return found
+
+
+def _append_effect(line: str) -> str:
+    assert EFFECTS is not None
+    with EFFECTS.open("a") as f:
+        f.write(line + "\n")
+    return line
+
+
+EFFECTS: Path | None = None
+
+
+async def test_a_woken_task_whose_record_cannot_be_read_wakes_again_and_runs_its_step_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given the run's record out of reach while the parent wakes (its read fails, twice: once
+    # as it replays, once more at its first write)
+    global EFFECTS
+    EFFECTS = tmp_path / "effects"
+    reads: collections.Counter[str] = collections.Counter()
+    read = Worker.cancelled_before_start
+
+    async def flaky(self: Worker, env: Envelope) -> bool:
+        reads[env.recipient] += 1
+        if env.recipient == "stepsafterleaf" and reads[env.recipient] in (2, 3):
+            raise RelayError("the run's record is out of reach")
+        return await read(self, env)
+
+    monkeypatch.setattr(Worker, "cancelled_before_start", flaky)
+    async with AgentEnvironment([StepsAfterLeaf, Leaf]) as env:
+        # When the leaf's outcome wakes it
+        run = await env.client.submit("stepsafterleaf", {"n": 7})
+        result = await run.result(timeout_s=30)
+        # Then it woke again (merged anew, in the same process), ran its step once and
+        # completed
+        assert result == {"leaf": {"n": 7}}
+        assert EFFECTS.read_text().splitlines() == ["once"]
+        # its first write's read, the two that failed, the one after waking again
+        assert reads["stepsafterleaf"] == 4, reads
+        # and no attempt of it failed: it was not retried, nothing was counted against the run
+        async with EventFeed(env.client.bus, run.run_id, replay=True) as feed:
+            events = await feed.stored()
+        assert not [e for e in events if e.kind == "retried"], [e.kind for e in events]
