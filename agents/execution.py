@@ -294,7 +294,7 @@ class Execution:
         reading = self._cancelled_meanwhile
         if reading is None:
             return False
-        if reading.done() and (reading.cancelled() or reading.exception() is not None):
+        if _failed(reading):
             reading = self._read_cancel()
         # shielded: the handler cancelled meanwhile (a cancel message) leaves the read alone
         return await asyncio.shield(reading)
@@ -307,7 +307,7 @@ class Execution:
         reading = self._cancelled_meanwhile
         if reading is None:
             return False
-        if not reading.done() or reading.cancelled() or reading.exception() is not None:
+        if not reading.done() or _failed(reading):
             return None
         return reading.result()
 
@@ -348,6 +348,10 @@ class Execution:
         if spent is not None:
             self.run_spent = spent.later(self.run_spent)
         self._settled.add(seq)
+
+
+def _failed(task: asyncio.Task[bool]) -> bool:
+    return task.done() and (task.cancelled() or task.exception() is not None)
 
 
 def _retrieved(task: asyncio.Task[bool]) -> None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import msgspec
 
@@ -77,6 +77,17 @@ async def on_signal(worker: Worker, d: Delivery) -> None:
     await merge_and_resume(worker, env, lambda j: j.signals.setdefault(name, data), d)
 
 
+class Taken(NamedTuple):
+    """A parent task this delivery is to run: its journal at `revision`, its new owner, whether
+    the delivery woke it, and whether that (the claim) is stored yet."""
+
+    journal: Journal
+    revision: int
+    owner: str
+    woken: bool
+    stored: bool
+
+
 async def merge_and_resume(
     worker: Worker, env: Envelope, change: Any, d: Delivery, check: Any = None
 ) -> None:
@@ -103,7 +114,7 @@ async def _merge_and_run(
         # write, and this merge starts from what that write stored
         await journals.written_here(env.run_id, env.parent_id, CLAIM_ON_ITS_WAY_S)
         taken = await _merge(worker, env, change, d, check)
-        if taken is not None and not taken[4]:
+        if taken is not None and not taken.stored:
             claim_stored = journals.on_its_way(env.run_id, env.parent_id)
     if taken is None:
         return
@@ -130,7 +141,7 @@ async def _merge_and_run(
 
 async def _merge(
     worker: Worker, env: Envelope, change: Any, d: Delivery, check: Any
-) -> tuple[Journal, int, str, bool, bool] | None:
+) -> Taken | None:
     """Merge `change` into the parent's journal. Returns the journal, its revision, the new
     owner, whether the change woke the task and whether that is stored, when this delivery is
     to run it (woken, or taking over the task it drove), else None.
@@ -185,7 +196,7 @@ async def _merge(
 
     merge_and_claim(found[0])  # a copy of its own (`recent` and `load` decode one each time)
     if claimed:
-        return found[0], found[1], owner, True, False
+        return Taken(found[0], found[1], owner, woken=True, stored=False)
     journal, revision = await worker.journals.mutate(
         env.run_id, env.parent_id, merge_and_claim, current=found
     )
@@ -194,7 +205,7 @@ async def _merge(
             # a cancelled run (or task) wakes no task: nothing more of it runs
             await worker.journals.mutate(env.run_id, env.parent_id, _cancelled, owner=owner)
             return None
-        return journal, revision, owner, True, True
+        return Taken(journal, revision, owner, woken=True, stored=True)
     if is_driver(worker, journal, d) and d.attempt > 1:
         if journal.status in FINAL:  # this message drove it to the end, then the worker died
             task_env = decode(journal.task)  # before its outcome went out
@@ -212,7 +223,7 @@ async def _merge(
             if cancelled:  # cancelled while no one ran it: nothing more of it runs
                 await worker.journals.mutate(env.run_id, env.parent_id, _cancelled, owner=owner)
                 return None
-            return journal, revision, owner, False, True
+            return Taken(journal, revision, owner, woken=False, stored=True)
     return None
 
 

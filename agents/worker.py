@@ -271,10 +271,7 @@ class Worker:
             await self.emit_event(env, "suspended", latency_ms=ctx.elapsed_ms())
             return "suspended"
         except HandoffDone as done:
-            if await self._finish(ex, ctx.elapsed_ms(), "completed", handoff=done.agent) != (
-                "completed"
-            ):
-                return "cancelled"
+            await self._finish(ex, ctx.elapsed_ms(), "completed", handoff=done.agent)
             await self.emit_event(
                 env,
                 "handoff",
@@ -368,27 +365,28 @@ class Worker:
             journal = msgspec.structs.replace(ex.journal, status=status, result=result)
             await self.deliver(ex.envelope, journal, latency_ms, ex.run_spent)
             return status
-        if ex.claim is not None:
-            # woken, and this write stores the claim. A task that ends at once (nothing of it
-            # had an effect) needs the verdict on a cancel while it waited only before it
-            # delivers: its end goes beside the read when the read is still on its way
-            verdict = ex.cancel_known()
-            if verdict:
-                status, result, error = "cancelled", b"", WOKEN_CANCELLED
+        verdict = ex.cancel_known() if ex.claim is not None else False
+        if verdict:  # woken in a run (or as a task) cancelled while it waited: as if it had not
+            status, result, error = "cancelled", b"", WOKEN_CANCELLED  # woken, nothing is sent
+            await ex.mutate(change, announce=False)
+            return "cancelled"
+        if verdict is None:
+            # woken, and this write stores the claim while the record's read is on its way: a
+            # task that ends at once (nothing of it had an effect) needs the verdict only
+            # before it delivers, so its end goes beside the read
             written, read = await asyncio.gather(
                 ex.mutate(change, announce=False),
-                ex.cancelled_while_waiting() if verdict is None else _done(bool(verdict)),
+                ex.cancelled_while_waiting(),
                 return_exceptions=True,
             )
             if isinstance(written, BaseException):
                 raise written
-            journal, cancelled = written, read is True
-            if isinstance(read, BaseException):  # no verdict: the end goes where it is awaited,
+            if isinstance(read, BaseException):  # no verdict: it goes where it is awaited
                 log.warning("could not read run %s's record: %s", ex.envelope.run_id, read)
-            if cancelled:  # it ends as if it had not woken: nothing goes to whoever waited
-                if journal.status != "cancelled":
-                    await ex.mutate(_woken_cancelled)
+            elif read:
+                await ex.mutate(_woken_cancelled)
                 return "cancelled"
+            journal = written
             await ex.announce_resumed()
         else:
             # the journal's end first: an execution that was taken over (Fenced here) must
@@ -506,10 +504,6 @@ WOKEN_CANCELLED = ErrorInfo(type="Cancelled", message="cancelled while it waited
 
 def _woken_cancelled(journal: Journal) -> None:
     journal.status, journal.result, journal.error = "cancelled", b"", WOKEN_CANCELLED
-
-
-async def _done(value: bool) -> bool:
-    return value
 
 
 def _budget_refused(journal: Journal) -> bool:
