@@ -283,6 +283,20 @@ def drives(journal: Journal, stream: str, sequence: int) -> bool:
     return journal.driver == driver_of(stream, sequence)
 
 
+def claim(journal: Journal, owner: str, driver: str) -> bool:
+    """Take a waiting task whose wait is complete for `owner`, driven by delivery `driver`;
+    whether it was taken (in memory: the caller writes it)."""
+    if journal.status != "suspended" or not journal.satisfied():
+        return False
+    journal.status, journal.owner, journal.driver, journal.waiting = "running", owner, driver, None
+    return True
+
+
+def copied(journal: Journal) -> Journal:
+    """A copy of `journal` of its own."""
+    return _decode(_encode(journal))
+
+
 def release(journal: Journal) -> None:
     """A failed attempt lets go of its task: the next delivery is a retry, not a takeover."""
     journal.owner = ""

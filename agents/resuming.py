@@ -15,7 +15,8 @@ from relaybus.bus import Delivery, Envelope, Reject, RelayError, Retry, decode
 
 from .execution import both
 from .guard import runtime_payload
-from .journal import FINAL, ClaimLost, Journal, Outcome, driver_of, drives
+from .journal import FINAL, ClaimLost, Journal, Outcome, claim, driver_of, drives
+from .merging import Merged
 from .messages import ChildResult, TimerFired, signal_decoder
 
 if TYPE_CHECKING:
@@ -113,12 +114,14 @@ async def _merge_and_run(
         # the turn before may have woken the task: its claim is stored by the task's first
         # write, and this merge starts from what that write stored
         await journals.written_here(env.run_id, env.parent_id, CLAIM_ON_ITS_WAY_S)
-        taken = await _merge(worker, env, change, d, check)
-        if taken is not None and not taken.stored:
+        step = await _merge(worker, env, change, d, check)
+        if isinstance(step, Taken) and not step.stored:
             claim_stored = journals.on_its_way(env.run_id, env.parent_id)
-    if taken is None:
+    if isinstance(step, Grouped):  # stored after the turn: the next outcome can join its write
+        step = await _after_merge(worker, env, d, step.owner, await step.merged)
+    if step is None:
         return
-    journal, revision, owner, woken, stored = taken
+    journal, revision, owner, woken, stored = step
     task_env = decode(journal.task)
 
     async def resumed() -> None:
@@ -139,18 +142,28 @@ async def _merge_and_run(
             claim_stored()
 
 
+class Grouped(NamedTuple):
+    """A merge joined to the next write of the parent's journal (`Merges`): `merged` is done
+    once that write is stored."""
+
+    owner: str
+    merged: asyncio.Future[Merged]
+
+
 async def _merge(
     worker: Worker, env: Envelope, change: Any, d: Delivery, check: Any
-) -> Taken | None:
-    """Merge `change` into the parent's journal. Returns the journal, its revision, the new
-    owner, whether the change woke the task and whether that is stored, when this delivery is
-    to run it (woken, or taking over the task it drove), else None.
+) -> Taken | Grouped | None:
+    """Merge `change` into the parent's journal: `Taken` when this delivery is to run the task
+    now, `Grouped` when the merge goes with the next write of the journal, None when there is
+    nothing to do.
 
     A change that wakes the task is not written on its own: the woken task's first write
     stores it with the claim, a CAS write against the revision read here (`Execution`), so a
     resumed task that ends at once costs one journal write, not two. Until then the journal
     still waits: a crash leaves the outcome's message unacked, and its redelivery merges it
-    again. A change that does not wake the task is written here."""
+    again. It wakes the task on top of the merges on their way, once they are stored. A change
+    that does not wake the task joins the next write (`Merges`): outcomes that arrive together
+    share one."""
     # the parent's journal as this process last wrote it (it parked the wait here, most
     # often): the merge's CAS write needs no read first, and fails if the copy is stale
     found = worker.journals.recent(env.run_id, env.parent_id)
@@ -185,22 +198,30 @@ async def _merge(
         await worker.guard.refuse(env, d, problem)
     owner = worker.new_owner()
     driver = driver_of(d.stream, d.sequence)
-    claimed = False
-
-    def merge_and_claim(j: Journal) -> None:  # one write: the outcome in, the task taken
-        nonlocal claimed
-        change(j)
-        claimed = j.status == "suspended" and j.satisfied()
-        if claimed:
-            j.status, j.owner, j.driver, j.waiting = "running", owner, driver, None
-
-    merge_and_claim(found[0])  # a copy of its own (`recent` and `load` decode one each time)
-    if claimed:
-        return Taken(found[0], found[1], owner, woken=True, stored=False)
-    journal, revision = await worker.journals.mutate(
-        env.run_id, env.parent_id, merge_and_claim, current=found
+    merges = worker.merges
+    journal, revision = merges.ahead(env.run_id, env.parent_id, found)
+    change(journal)  # on a copy of its own (`recent` and `load` decode one each time)
+    if claim(journal, owner, driver):
+        if merges.on_their_way(env.run_id, env.parent_id):
+            # its claim would meet the journal they move: it wakes the task once they are
+            # stored (no other merge joins them meanwhile: they join in turn)
+            await merges.stored(env.run_id, env.parent_id)
+            return await _merge(worker, env, change, d, check)
+        return Taken(journal, revision, owner, woken=True, stored=False)
+    merged = merges.merge(
+        env.run_id, env.parent_id, change, owner=owner, driver=driver, current=found
     )
-    if claimed:  # woken against the odds (the copy was stale, the fresh read wakes it)
+    return Grouped(owner, merged)
+
+
+async def _after_merge(
+    worker: Worker, env: Envelope, d: Delivery, owner: str, merged: Merged
+) -> Taken | None:
+    """What a stored merge leaves this delivery to do: run the task it woke against the odds
+    (its copy was stale, the fresh read wakes it), or go on with the task it drives, when it is
+    that delivery's redelivery."""
+    journal, revision, claimed = merged
+    if claimed:
         if await worker.cancelled_before_start(decode(journal.task)):
             # a cancelled run (or task) wakes no task: nothing more of it runs
             await worker.journals.mutate(env.run_id, env.parent_id, _cancelled, owner=owner)
@@ -216,6 +237,7 @@ async def _merge(
             await worker.deliver(task_env, journal)
             return None
         if journal.status == "running":  # taken over after a crash: beside a read for a cancel
+            driver = driver_of(d.stream, d.sequence)
             (journal, revision), cancelled = await both(
                 worker.journals.mutate(env.run_id, env.parent_id, take_over(owner, driver)),
                 worker.cancelled_before_start(decode(journal.task)),

@@ -75,6 +75,7 @@ from .journal import (
     JournalStore,
     Op,
 )
+from .merging import Merges
 from .messages import (
     StopTasks,
     TimerFired,
@@ -121,6 +122,7 @@ class Worker:
         prices = load_prices(LedgerSettings.of(bus.settings).prices)
         self.costs = Costs(bus, agent.name, ledger, prices)
         self.journals = journals
+        self.merges = Merges(journals)  # outcomes into waiting tasks' journals, in groups
         self.runs = runs
         self.run_writer = run_writer(bus, runs, agent.name)
         self.decode_input = input_decoder(agent.input_type())

@@ -46,7 +46,8 @@ class Sink(Agent):
 
 
 class Child(Agent):
-    """Doubles x after a delay; records each execution; `fail` makes it fail for good."""
+    """Doubles x after a delay (or a cue); records each execution; `fail` makes it fail for
+    good."""
 
     name = "child"
 
@@ -55,10 +56,15 @@ class Child(Agent):
         log: str = ""
         sleep_s: float = 0.0
         fail: bool = False
+        go: str = ""  # a file: answer only once the test puts it down
 
     async def handle(self, ctx: Context, task: Child.Input) -> int:
         if task.log:
             await ctx.step("record", append, task.log, str(task.x))
+        for _ in range(600 if task.go else 0):  # bounded: 60 s
+            if Path(task.go).exists():
+                break
+            await asyncio.sleep(0.02)
         await asyncio.sleep(task.sleep_s)
         if task.fail:
             from relaybus.bus import Reject

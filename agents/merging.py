@@ -1,0 +1,150 @@
+"""Outcomes merged together: what reaches one parent's journal while a write of it is on its
+way goes out with the next write, as one (group commit). Eight children that answer at once
+cost their parent two or three journal writes, not seven, and the last outcome does not wait
+behind seven writes in turn.
+
+Each outcome's message is acked only once the write holding its change is stored; a write that
+fails fails every outcome in it, and their redeliveries merge them again (a merge is
+idempotent). The outcome that completes what the task waits for is not grouped: it waits for the
+writes on their way, then wakes the task on top of them (`resuming`)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import NamedTuple
+
+from relaybus.bus import RelayError
+
+from .journal import Journal, JournalStore, claim, copied
+
+
+class Merged(NamedTuple):
+    """One outcome's merge as stored: the journal (a copy of its own) at `revision`, and whether
+    its change completed what the task waited for, so the write claimed the task for it."""
+
+    journal: Journal
+    revision: int
+    claimed: bool
+
+
+class _Member(NamedTuple):
+    change: Callable[[Journal], None]
+    owner: str
+    driver: str
+    done: asyncio.Future[Merged]
+
+
+class _Group:
+    __slots__ = ("idle", "waiting", "writing")
+
+    def __init__(self) -> None:
+        self.waiting: list[_Member] = []  # for the next write
+        self.writing: list[_Member] = []  # in the write on its way
+        self.idle = asyncio.Event()  # set once no write of the group is left
+
+
+class Merges:
+    """One process's merges into its agent's journals, written in groups per journal."""
+
+    def __init__(self, journals: JournalStore) -> None:
+        self.journals = journals
+        self._groups: dict[str, _Group] = {}
+        self._writers: set[asyncio.Task[None]] = set()
+
+    def ahead(self, run_id: str, task_id: str, found: tuple[Journal, int]) -> tuple[Journal, int]:
+        """`found` with the merges on their way here applied (in place): what the journal will
+        hold once they are stored, to tell whether one more outcome completes the wait."""
+        group = self._groups.get(self.journals.key(run_id, task_id))
+        if group is not None:
+            for member in (*group.writing, *group.waiting):
+                member.change(found[0])
+        return found
+
+    def on_their_way(self, run_id: str, task_id: str) -> bool:
+        return self.journals.key(run_id, task_id) in self._groups
+
+    async def stored(self, run_id: str, task_id: str) -> None:
+        """Wait until no merge of this journal is on its way (stored or failed)."""
+        group = self._groups.get(self.journals.key(run_id, task_id))
+        if group is not None:
+            await group.idle.wait()
+
+    def merge(
+        self,
+        run_id: str,
+        task_id: str,
+        change: Callable[[Journal], None],
+        *,
+        owner: str,
+        driver: str,
+        current: tuple[Journal, int] | None,
+    ) -> asyncio.Future[Merged]:
+        """Merge `change` (idempotent) with the next write of the journal (`current`, when no
+        write is on its way: the journal as last read); a change that completes what the task
+        waits for claims it for `owner`, driven by `driver`. Joins at once; the future is done
+        once the write holding it is stored."""
+        key = self.journals.key(run_id, task_id)
+        member = _Member(change, owner, driver, asyncio.get_running_loop().create_future())
+        group = self._groups.get(key)
+        if group is None:
+            group = self._groups[key] = _Group()
+            writer = asyncio.create_task(self._write(key, run_id, task_id, group, current))
+            self._writers.add(writer)
+            writer.add_done_callback(self._writers.discard)
+        group.waiting.append(member)
+        # shielded: an outcome whose handler stops leaves the write to the others in it
+        return asyncio.shield(member.done)
+
+    async def _write(
+        self,
+        key: str,
+        run_id: str,
+        task_id: str,
+        group: _Group,
+        current: tuple[Journal, int] | None,
+    ) -> None:
+        try:
+            while group.waiting:
+                batch = group.writing = group.waiting
+                group.waiting = []
+                claimed_by: list[int] = []
+                try:
+                    journal, revision = await self.journals.mutate(
+                        run_id, task_id, _all_of(batch, claimed_by), current=current
+                    )
+                except Exception as exc:
+                    _fail(batch, exc)
+                else:
+                    for i, member in enumerate(batch):
+                        if not member.done.done():
+                            merged = Merged(copied(journal), revision, i in claimed_by)
+                            member.done.set_result(merged)
+                current = self.journals.recent(run_id, task_id)
+                group.writing = []
+        finally:
+            _fail(
+                [*group.writing, *group.waiting],
+                RelayError(f"the merge into the journal of task {task_id} stopped"),
+            )
+            del self._groups[key]
+            group.idle.set()
+
+
+def _all_of(batch: list[_Member], claimed_by: list[int]) -> Callable[[Journal], None]:
+    """One change: every member's, in turn; `claimed_by` names the one that woke the task."""
+
+    def change(journal: Journal) -> None:
+        claimed_by.clear()  # (applied again on a fresh read after a conflict)
+        for i, member in enumerate(batch):
+            member.change(journal)
+            if claim(journal, member.owner, member.driver):
+                claimed_by.append(i)
+
+    return change
+
+
+def _fail(members: list[_Member], exc: BaseException) -> None:
+    for member in members:
+        if not member.done.done():
+            member.done.set_exception(exc)
