@@ -6,7 +6,8 @@ counted on the same server in the same run by a connection subscribed to `>`.
 
 The run: `submit(wait=True)` to an agent whose handler returns at once (no journaled steps).
 Then what a fanned-out child adds: a parent that spawns one child and gathers it, against the
-same parent spawning none.
+same parent spawning none; and the same parent spawning eight at once, whose outcomes share its
+journal's writes.
 The raw job: publish to a work-queue stream with PubAck, a pull consumer fetches, acks and
 replies on the caller's inbox. Runs go one at a time, so every message counted belongs to one.
 """
@@ -31,6 +32,7 @@ from relaybus.agents.submit import submit
 from relaybus.bus import Bus, NatsServer, Settings, default_topology, ensure
 
 ROOT = Path(__file__).resolve().parent.parent
+WIDE = 8  # children of the wide fan-out
 
 
 def family(subject: str, prefix: str) -> str:
@@ -200,13 +202,13 @@ async def every_layer(tmp: Path, url: str, runs: int) -> collections.Counter[str
 async def fanned_out(
     bus: Bus, settings: Settings, url: str, runs: int
 ) -> dict[int, collections.Counter[str]]:
-    """What a fanned-out child adds to its run: the same parent with no child and with one
-    (bus + runtime), counted alike."""
+    """What a fanned-out child adds to its run: the same parent with no child, with one and
+    with eight (bus + runtime), counted alike."""
     agents = [start_agent(settings, spec) for spec in ("bench_agents:Echo", "bench_agents:FanEcho")]
     try:
         await asyncio.sleep(2.5)
         counts = {}
-        for children in (0, 1):
+        for children in (0, 1, WIDE):
 
             async def fan(n: int, children: int = children) -> None:
                 body = json.dumps({"children": children}).encode()
@@ -263,6 +265,7 @@ async def main() -> int:
     ours_total, raw_total = sum(per_run.values()), sum(raw_per_run.values())
     fan_totals = {n: sum(c.values()) / args.runs for n, c in fan_counts.items()}
     child_adds = fan_totals[1] - fan_totals[0]
+    wide_writes = fan_counts[WIDE]["$KV.journal"] / args.runs
     if args.json:
         print(
             json.dumps(
@@ -278,6 +281,9 @@ async def main() -> int:
                     "fan_out_no_child_total": fan_totals[0],
                     "fan_out_one_child_total": fan_totals[1],
                     "child_adds": child_adds,
+                    "fan_out_wide_children": WIDE,
+                    "fan_out_wide_total": fan_totals[WIDE],
+                    "fan_out_wide_journal_writes": wide_writes,
                 }
             )
         )
@@ -299,6 +305,11 @@ async def main() -> int:
         f"a fanned-out child (bus + runtime): a parent that spawns none {fan_totals[0]:.1f}, "
         f"one {fan_totals[1]:.1f}: the child adds {child_adds:.1f} messages to its run "
         f"({child_adds / raw_total:.1f}x a raw round trip's)"
+    )
+    print(
+        f"a parent that spawns {WIDE} children at once: {fan_totals[WIDE]:.1f} messages a run, "
+        f"{wide_writes:.1f} of them writes of its journal (its children, which return at once, "
+        "journal nothing)"
     )
     return 0
 
