@@ -1,16 +1,19 @@
 """Outcomes merged together: what reaches one parent's journal while a write of it is on its
 way goes out with the next write, as one (group commit). Eight children that answer at once
-cost their parent two or three journal writes, not seven, and the last outcome does not wait
-behind seven writes in turn.
+share two or three merge writes instead of taking seven in turn, so the last outcome does not
+wait behind seven round trips.
 
-Each outcome's message is acked only once the write holding its change is stored; a write that
-fails fails every outcome in it, and their redeliveries merge them again (a merge is
-idempotent). The outcome that completes what the task waits for is not grouped: it waits for the
-writes on their way, then wakes the task on top of them (`resuming`)."""
+Each outcome's message is acked only once the write holding its change is stored. A group whose
+write fails is written again one outcome at a time, so one outcome that cannot be stored (a
+result too large for the journal) does not use up the others' deliveries; what still fails is
+put back, and its redelivery merges it again (a merge is idempotent). The outcome that completes
+what the task waits for is not grouped: it waits for the writes on their way, then wakes the
+task on top of them (`resuming`)."""
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -20,8 +23,9 @@ from .journal import Journal, JournalStore, claim, copied
 
 
 class Merged(NamedTuple):
-    """One outcome's merge as stored: the journal (a copy of its own) at `revision`, and whether
-    its change completed what the task waited for, so the write claimed the task for it."""
+    """One outcome's merge as stored: the journal at `revision` (shared by the group's outcomes,
+    to read; a copy of its own for the one it claimed), and whether its change completed what
+    the task waited for, so the write claimed the task for it."""
 
     journal: Journal
     revision: int
@@ -81,7 +85,7 @@ class Merges:
         current: tuple[Journal, int] | None,
     ) -> asyncio.Future[Merged]:
         """Merge `change` (idempotent) with the next write of the journal (`current`, when no
-        write is on its way: the journal as last read); a change that completes what the task
+        write is on its way: the journal as last read, the change applied or not); a change that completes what the task
         waits for claims it for `owner`, driven by `driver`. Joins at once; the future is done
         once the write holding it is stored."""
         key = self.journals.key(run_id, task_id)
@@ -89,8 +93,12 @@ class Merges:
         group = self._groups.get(key)
         if group is None:
             group = self._groups[key] = _Group()
-            writer = asyncio.create_task(self._write(key, run_id, task_id, group, current))
+            writer = asyncio.create_task(
+                self._write(key, run_id, task_id, group, current),
+                context=contextvars.Context(),  # not any one outcome's span: the group's
+            )
             self._writers.add(writer)
+            writer.add_done_callback(lambda _: self._ended(key, task_id, group))
             writer.add_done_callback(self._writers.discard)
         group.waiting.append(member)
         # shielded: an outcome whose handler stops leaves the write to the others in it
@@ -108,27 +116,48 @@ class Merges:
             while group.waiting:
                 batch = group.writing = group.waiting
                 group.waiting = []
-                claimed_by: list[int] = []
                 try:
-                    journal, revision = await self.journals.mutate(
-                        run_id, task_id, _all_of(batch, claimed_by), current=current
-                    )
-                except Exception as exc:
-                    _fail(batch, exc)
-                else:
-                    for i, member in enumerate(batch):
-                        if not member.done.done():
-                            merged = Merged(copied(journal), revision, i in claimed_by)
-                            member.done.set_result(merged)
+                    await self._store(run_id, task_id, batch, current)
+                except Exception:
+                    for member in batch:  # one at a time: one that cannot be stored fails alone
+                        try:
+                            await self._store(run_id, task_id, [member], None)
+                        except Exception as exc:
+                            _fail([member], exc)
                 current = self.journals.recent(run_id, task_id)
                 group.writing = []
-        finally:
-            _fail(
-                [*group.writing, *group.waiting],
-                RelayError(f"the merge into the journal of task {task_id} stopped"),
-            )
+        finally:  # at once: a merge that comes next starts a group of its own
+            self._ended(key, task_id, group)
+
+    async def _store(
+        self,
+        run_id: str,
+        task_id: str,
+        batch: list[_Member],
+        current: tuple[Journal, int] | None,
+    ) -> None:
+        claimed_by: list[int] = []
+        journal, revision = await self.journals.mutate(
+            run_id, task_id, _all_of(batch, claimed_by), current=current
+        )
+        for i, member in enumerate(batch):
+            if not member.done.done():
+                claimed = i in claimed_by  # its own copy: it runs the task, which changes it
+                member.done.set_result(
+                    Merged(copied(journal) if claimed else journal, revision, claimed)
+                )
+
+    def _ended(self, key: str, task_id: str, group: _Group) -> None:
+        """The group's writer is done (or was stopped, even before it started, when only its
+        done callback says so): whoever still waits in it fails, and the next merge starts a
+        group of its own. Called twice, the second call changes nothing."""
+        _fail(
+            [*group.writing, *group.waiting],
+            RelayError(f"the merge into the journal of task {task_id} stopped"),
+        )
+        if self._groups.get(key) is group:
             del self._groups[key]
-            group.idle.set()
+        group.idle.set()
 
 
 def _all_of(batch: list[_Member], claimed_by: list[int]) -> Callable[[Journal], None]:

@@ -61,7 +61,7 @@ class Child(Agent):
     async def handle(self, ctx: Context, task: Child.Input) -> int:
         if task.log:
             await ctx.step("record", append, task.log, str(task.x))
-        for _ in range(600 if task.go else 0):  # bounded: 60 s
+        for _ in range(3000 if task.go else 0):  # bounded: 60 s
             if Path(task.go).exists():
                 break
             await asyncio.sleep(0.02)

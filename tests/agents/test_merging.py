@@ -194,3 +194,46 @@ async def test_children_answering_at_once_share_their_parent_s_journal_writes(
     parent = [s for s in writes if s.endswith(".fanout") and done.run_id in s]
     # stored, its wait parked, the outcomes in a few shared writes, its end
     assert len(parent) <= children - 1, parent
+
+
+async def test_an_outcome_too_large_to_store_fails_alone_not_its_whole_group(bus: Bus) -> None:
+    # Given outcomes merged together, one of them too large for any journal write
+    journals = await _store(bus)
+    merges = Merges(journals)
+    found = await _waiting(journals, "run-6")
+    too_large = b"x" * (bus.nc.max_payload + 1)
+
+    def oversized(journal: Journal) -> None:
+        journal.children.setdefault(CHILDREN[1], Outcome(ok=True, result=too_large))
+
+    together = [
+        merges.merge("run-6", "task-1", _answer(CHILDREN[0]), owner="o", driver="T", current=found),
+        merges.merge("run-6", "task-1", oversized, owner="o", driver="T", current=None),
+        merges.merge("run-6", "task-1", _answer(CHILDREN[2]), owner="o", driver="T", current=None),
+    ]
+    results = await asyncio.gather(*together, return_exceptions=True)
+    # Then only that one failed; the others are stored and told so
+    assert [isinstance(r, Exception) for r in results] == [False, True, False]
+    stored = await journals.load("run-6", "task-1")
+    assert stored is not None and sorted(stored[0].children) == [CHILDREN[0], CHILDREN[2]]
+
+
+async def test_a_writer_stopped_before_it_starts_fails_its_outcomes_and_leaves_nothing(
+    bus: Bus,
+) -> None:
+    journals = await _store(bus)
+    merges = Merges(journals)
+    found = await _waiting(journals, "run-7")
+    pending = merges.merge(
+        "run-7", "task-1", _answer(CHILDREN[0]), owner="o", driver="T", current=found
+    )
+    for writer in merges._writers:
+        writer.cancel()  # a teardown cancelling every task, before this one ever ran
+    with pytest.raises(RelayError, match="stopped"):
+        await asyncio.wait_for(pending, 5)
+    await asyncio.wait_for(merges.stored("run-7", "task-1"), 5)
+    assert merges._groups == {}
+    # and the next merge writes afresh
+    await merges.merge("run-7", "task-1", _answer(CHILDREN[0]), owner="o", driver="T", current=None)
+    stored = await journals.load("run-7", "task-1")
+    assert stored is not None and list(stored[0].children) == [CHILDREN[0]]
