@@ -151,10 +151,8 @@ class Merges:
         """The group's writer is done (or was stopped, even before it started, when only its
         done callback says so): whoever still waits in it fails, and the next merge starts a
         group of its own. Called twice, the second call changes nothing."""
-        _fail(
-            [*group.writing, *group.waiting],
-            RelayError(f"the merge into the journal of task {task_id} stopped"),
-        )
+        for member in (*group.writing, *group.waiting):  # an error of its own each
+            _fail([member], RelayError(f"the merge into the journal of task {task_id} stopped"))
         if self._groups.get(key) is group:
             del self._groups[key]
         group.idle.set()
