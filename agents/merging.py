@@ -4,9 +4,10 @@ share two or three merge writes instead of taking seven in turn, so the last out
 wait behind seven round trips.
 
 Each outcome's message is acked only once the write holding its change is stored. A group whose
-write fails is written again one outcome at a time, so one outcome that cannot be stored (a
-result too large for the journal) does not use up the others' deliveries; what still fails is
-put back, and its redelivery merges it again (a merge is idempotent). The outcome that completes
+write fails for one of its outcomes (a result too large for the journal) is written again one
+outcome at a time, so that one does not use up the others' deliveries; one the bucket did not
+answer fails as a whole. What fails is put back, and its redelivery merges it again (a merge is
+idempotent). The outcome that completes
 what the task waits for is not grouped: it waits for the writes on their way, then wakes the
 task on top of them (`resuming`)."""
 
@@ -17,7 +18,7 @@ import contextvars
 from collections.abc import Callable
 from typing import NamedTuple
 
-from relaybus.bus import RelayError
+from relaybus.bus import ConnectionFailed, RelayError
 
 from .journal import Journal, JournalStore, claim, copied
 
@@ -118,12 +119,13 @@ class Merges:
                 group.waiting = []
                 try:
                     await self._store(run_id, task_id, batch, current)
-                except Exception:
-                    for member in batch:  # one at a time: one that cannot be stored fails alone
-                        try:
-                            await self._store(run_id, task_id, [member], None)
-                        except Exception as exc:
-                            _fail([member], exc)
+                except ConnectionFailed as exc:  # the bucket, not an outcome: all of them
+                    _fail(batch, exc)
+                except Exception as exc:
+                    if len(batch) == 1:
+                        _fail(batch, exc)
+                    else:
+                        await self._one_at_a_time(run_id, task_id, batch)
                 current = self.journals.recent(run_id, task_id)
                 group.writing = []
         finally:  # at once: a merge that comes next starts a group of its own
@@ -147,6 +149,18 @@ class Merges:
                     Merged(copied(journal) if claimed else journal, revision, claimed)
                 )
 
+    async def _one_at_a_time(self, run_id: str, task_id: str, batch: list[_Member]) -> None:
+        """A group whose write failed for one of its outcomes (one too large to store, say):
+        each written alone, so only that one fails."""
+        for i, member in enumerate(batch):
+            try:
+                await self._store(run_id, task_id, [member], None)
+            except ConnectionFailed as exc:
+                _fail(batch[i:], exc)
+                return
+            except Exception as exc:
+                _fail([member], exc)
+
     def _ended(self, key: str, task_id: str, group: _Group) -> None:
         """The group's writer is done (or was stopped, even before it started, when only its
         done callback says so): whoever still waits in it fails, and the next merge starts a
@@ -165,7 +179,10 @@ def _all_of(batch: list[_Member], claimed_by: list[int]) -> Callable[[Journal], 
         claimed_by.clear()  # (applied again on a fresh read after a conflict)
         for i, member in enumerate(batch):
             member.change(journal)
-            if claim(journal, member.owner, member.driver):
+            # or claimed by its own write already (stored, though its reply was lost)
+            if claim(journal, member.owner, member.driver) or (
+                journal.status == "running" and journal.owner == member.owner
+            ):
                 claimed_by.append(i)
 
     return change

@@ -205,13 +205,13 @@ async def _merge(
         if merges.on_their_way(env.run_id, env.parent_id):
             # its claim would meet the journal they move: it wakes the task once they are
             # stored (no other merge joins them meanwhile: they join in turn)
-            try:
-                async with asyncio.timeout(WRITTEN_HERE_S):
+            try:  # (a bucket that does not answer: each write tries for 20 s)
+                async with asyncio.timeout(worker.bus.settings.ack_wait_s / 2):
                     await merges.stored(env.run_id, env.parent_id)
             except TimeoutError:
                 raise Retry(
                     f"the merges into task {env.parent_id}'s journal are still on their way",
-                    delay_s=0.5,
+                    delay_s=worker.retry.delay_s(d.attempt),
                 ) from None
             return await _merge(worker, env, change, d, check)
         return Taken(journal, revision, owner, woken=True, stored=False)

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from relaybus.agents.journal import Journal, JournalStore, Outcome, Wait
-from relaybus.agents.merging import Merges
+from relaybus.agents.merging import Merged, Merges
 from relaybus.agents.submit import submit
 from relaybus.bus import Bus, RelayError
 from relaybus.bus.kv import Bucket
@@ -212,8 +212,10 @@ async def test_an_outcome_too_large_to_store_fails_alone_not_its_whole_group(bus
         merges.merge("run-6", "task-1", _answer(CHILDREN[2]), owner="o", driver="T", current=None),
     ]
     results = await asyncio.gather(*together, return_exceptions=True)
-    # Then only that one failed; the others are stored and told so
+    # Then only that one failed, for its size; the others are stored and told so
     assert [isinstance(r, Exception) for r in results] == [False, True, False]
+    assert "payload" in f"{type(results[1]).__name__} {results[1]}".lower()
+    assert not any(isinstance(r, Merged) and r.claimed for r in results)
     stored = await journals.load("run-6", "task-1")
     assert stored is not None and sorted(stored[0].children) == [CHILDREN[0], CHILDREN[2]]
 
@@ -237,3 +239,35 @@ async def test_a_writer_stopped_before_it_starts_fails_its_outcomes_and_leaves_n
     await merges.merge("run-7", "task-1", _answer(CHILDREN[0]), owner="o", driver="T", current=None)
     stored = await journals.load("run-7", "task-1")
     assert stored is not None and list(stored[0].children) == [CHILDREN[0]]
+
+
+async def test_a_claim_stored_though_its_reply_was_lost_is_still_this_outcome_s(bus: Bus) -> None:
+    # Given the write that completed the wait landed, claiming the task for this delivery's
+    # owner, but its reply was lost (the outcome is written again, alone)
+    journals = await _store(bus)
+    merges = Merges(journals)
+    await _waiting(journals, "run-8")
+    for child in CHILDREN[:8]:
+        await journals.mutate("run-8", "task-1", _answer(child))
+
+    def landed(journal: Journal) -> None:
+        _answer(CHILDREN[8])(journal)
+        journal.status, journal.owner, journal.driver, journal.waiting = (
+            "running",
+            "o8",
+            "T:8",
+            None,
+        )
+
+    await journals.mutate("run-8", "task-1", landed)
+    # When it is merged again by the same delivery
+    again = await merges.merge(
+        "run-8", "task-1", _answer(CHILDREN[8]), owner="o8", driver="T:8", current=None
+    )
+    # Then it is told it claimed the task, so it runs it (nobody else would)
+    assert again.claimed
+    # and another delivery merging the same outcome is not
+    other = await merges.merge(
+        "run-8", "task-1", _answer(CHILDREN[8]), owner="o9", driver="T:9", current=None
+    )
+    assert not other.claimed
