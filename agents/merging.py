@@ -86,9 +86,9 @@ class Merges:
         current: tuple[Journal, int] | None,
     ) -> asyncio.Future[Merged]:
         """Merge `change` (idempotent) with the next write of the journal (`current`, when no
-        write is on its way: the journal as last read, the change applied or not); a change that completes what the task
-        waits for claims it for `owner`, driven by `driver`. Joins at once; the future is done
-        once the write holding it is stored."""
+        write is on its way: the journal as last read, the change applied or not); a change
+        that completes what the task waits for claims it for `owner`, driven by `driver`.
+        Joins at once; the future is done once the write holding it is stored."""
         key = self.journals.key(run_id, task_id)
         member = _Member(change, owner, driver, asyncio.get_running_loop().create_future())
         group = self._groups.get(key)
