@@ -125,7 +125,7 @@ class Merges:
                     if len(batch) == 1:
                         _fail(batch, exc)
                     else:
-                        await self._one_at_a_time(run_id, task_id, batch)
+                        await self._each_alone(run_id, task_id, batch)
                 current = self.journals.recent(run_id, task_id)
                 group.writing = []
         finally:  # at once: a merge that comes next starts a group of its own
@@ -149,7 +149,7 @@ class Merges:
                     Merged(copied(journal) if claimed else journal, revision, claimed)
                 )
 
-    async def _one_at_a_time(self, run_id: str, task_id: str, batch: list[_Member]) -> None:
+    async def _each_alone(self, run_id: str, task_id: str, batch: list[_Member]) -> None:
         """A group whose write failed for one of its outcomes (one too large to store, say):
         each written alone, so only that one fails."""
         for i, member in enumerate(batch):
