@@ -129,7 +129,8 @@ class Bus:
         options.update(self._connect_options)
         shown = public_url(url)
         self._connect_errors = 0  # counted, not logged one by one: the failure says it once
-        connecting = asyncio.ensure_future(nats.connect(**options))
+        client = NatsClient()
+        connecting = asyncio.ensure_future(client.connect(**options))
         refused = asyncio.ensure_future(self._auth_refused.wait())
         try:
             done, _ = await asyncio.wait(
@@ -138,7 +139,7 @@ class Bus:
                 return_when=asyncio.FIRST_COMPLETED,
             )
             if connecting not in done:
-                connecting.cancel()
+                await _give_up(client, connecting)
                 if refused in done:
                     why = "it refused this connection's credentials (Authorization Violation)"
                 elif self._connect_errors:
@@ -152,8 +153,10 @@ class Bus:
                     f"cannot connect to NATS at {shown}: {why}; is the stack up "
                     "(`relaybus up --detach`) or RELAYBUS_NATS_URL right?"
                 )
-            self._nc = connecting.result()
+            connecting.result()
+            self._nc = client
         except (TimeoutError, OSError, nats.errors.Error) as exc:
+            _close_socket(client)  # nats-py gave up (no reconnects asked for) with it open
             raise ConnectionFailed(
                 f"cannot connect to NATS at {shown}: {exc or type(exc).__name__}; is the stack up "
                 "(`relaybus up --detach`) or RELAYBUS_NATS_URL right?"
@@ -410,3 +413,18 @@ class Bus:
                 f"the connection closed before a reply on {subject!r} came"
             ) from exc
         return bytes(msg.data)
+
+
+async def _give_up(client: NatsClient, connecting: asyncio.Future[None]) -> None:
+    """Stop a connect given up on, and close the socket it may hold. nats-py keeps trying
+    (servers in turn, for ever) and, cancelled between opening a socket and closing it
+    itself, leaves that socket open until garbage collection: one per abandoned connect."""
+    connecting.cancel()
+    await asyncio.wait({connecting}, timeout=5)  # not `await connecting`: its cancel is not ours
+    _close_socket(client)
+
+
+def _close_socket(client: NatsClient) -> None:
+    transport = getattr(client, "_transport", None)  # nats-py's own, not public
+    if transport is not None:
+        transport.close()
