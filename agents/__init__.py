@@ -4,6 +4,12 @@ Handlers get a `Context` whose operations are journaled: a crash, a redelivery o
 replays recorded results instead of running effects again.
 """
 
+if __name__ != "relaybus.agents":  # the checkout's folder imported by its own name
+    raise ImportError(
+        "relaybus's agents/ folder is the package relaybus.agents: import relaybus.agents, "
+        "not agents (`from relaybus import ...`; run its modules as `python -m relaybus.agents...`)"
+    )
+
 from typing import TYPE_CHECKING
 
 from relaybus.bus.lazy import exports

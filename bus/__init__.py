@@ -1,5 +1,11 @@
 """relaybus's ground floor: settings, the embedded server, the connection, the wire and the loop."""
 
+if __name__ != "relaybus.bus":  # the checkout's folder imported by its own name
+    raise ImportError(
+        "relaybus's bus/ folder is the package relaybus.bus: import relaybus.bus, "
+        "not bus (`from relaybus import ...`; run its modules as `python -m relaybus.bus...`)"
+    )
+
 from .client import Bus
 from .consumer import Consumer, Delivery, Handler, RetryPolicy, backoff_s
 from .envelope import Envelope, Link, decode, encode, from_message, new_envelope, to_message

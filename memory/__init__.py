@@ -7,6 +7,12 @@ memory service (`service`) that owns the store, its garbage collection (`gc`), a
 which agents reach as `ctx.memory`.
 """
 
+if __name__ != "relaybus.memory":  # the checkout's folder imported by its own name
+    raise ImportError(
+        "relaybus's memory/ folder is the package relaybus.memory: import relaybus.memory, "
+        "not memory (`from relaybus import ...`; run its modules as `python -m relaybus.memory...`)"
+    )
+
 from typing import TYPE_CHECKING
 
 from relaybus.bus.lazy import exports

@@ -156,3 +156,20 @@ def test_the_agent_specs_in_the_readme_and_compose_import_from_the_installed_pac
         tmp_path, "import importlib, sys; [importlib.import_module(m) for m in sys.argv[1:]]", *ours
     )
     assert probe.returncode == 0, probe.stderr
+
+
+@pytest.mark.parametrize("folder", ["agents", "bus", "memory", "services"])
+def test_a_checkout_folder_imported_by_its_own_name_says_what_to_import(folder: str) -> None:
+    # Given the checkout itself on the path (python run from the repository's root)
+    probe = subprocess.run(
+        [sys.executable, "-c", f"import {folder}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"},
+    )
+    # Then importing the folder as a top-level package fails at once, naming the real one (it
+    # used to load a second copy of relaybus's modules, whose settings clashed with the first)
+    assert probe.returncode != 0
+    assert f"import relaybus.{folder}, not {folder}" in probe.stderr, probe.stderr

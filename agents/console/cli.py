@@ -62,7 +62,7 @@ async def console(args: argparse.Namespace, settings: Settings) -> int:
             if is_loopback(args.host)
             else "sign in with a user token"
         )
-        print(f"relaybus console at {url} ({access}) — RELAYBUS_CONSOLE_URL={url}", flush=True)
+        print(f"relaybus console at {url} ({access}) — console_url={url}", flush=True)
 
     quick = settings.model_copy(
         update={"request_timeout_s": min(settings.request_timeout_s, CONSOLE_TIMEOUT_S)}

@@ -1,6 +1,6 @@
 """The demo data source: a competitor-pricing table in SQLite, rows for two tenants.
 
-python -m agents.tools.demo .relaybus/data/pricing.db
+python -m relaybus.agents.tools.demo .relaybus/data/pricing.db
 """
 
 from __future__ import annotations

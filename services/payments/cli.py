@@ -54,7 +54,7 @@ async def webhooks(args: argparse.Namespace, settings: Settings) -> int:
             await serve_app(receiver.app(), args.host, args.port),
             lambda port: (
                 f"payment webhooks at http://{args.host}:{port}/webhooks — "
-                f"RELAYBUS_PAYMENTS_WEBHOOK_URL=http://{args.host}:{port}/webhooks"
+                f"webhook_url=http://{args.host}:{port}/webhooks"
             ),
         )
 

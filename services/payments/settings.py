@@ -10,7 +10,7 @@ from relaybus.bus.settings import LayerSettings
 class PaymentsSettings(LayerSettings):
     """RELAYBUS_PAYMENTS_*."""
 
-    # a Stripe-compatible API (the sandbox: `relaybus dev payments`)
+    # a Stripe-compatible API (the sandbox: `relaybus payments sandbox`)
     payments_url: str | None = None
     payments_api_key: str | None = None
     payments_webhook_secret: str | None = None

@@ -109,12 +109,10 @@ def stack(nats_server: NatsServer, tmp_path_factory: pytest.TempPathFactory) -> 
         for cls in AGENTS:
             procs.start(cls.lower(), env, "agent", "run", f"tests.console.console_agents:{cls}")
         console_env = {**env, "PYTHONPATH": str(ROOT)}
-        local = procs.start_server(
-            "console-local", "RELAYBUS_CONSOLE_URL", "console", env=console_env
-        )
+        local = procs.start_server("console-local", "console_url", "console", env=console_env)
         remote = procs.start_server(
             "console-remote",
-            "RELAYBUS_CONSOLE_URL",
+            "console_url",
             "console",
             "--host",
             "0.0.0.0",

@@ -137,7 +137,7 @@ async def payment_stack(settings: Settings, tmp_path: Path) -> AsyncIterator[Sta
                 sandbox_url = f"http://127.0.0.1:{sandbox_port}"
                 receiver_url = procs.start_server(
                     "webhooks",
-                    "RELAYBUS_PAYMENTS_WEBHOOK_URL",
+                    "webhook_url",
                     "payments",
                     "webhooks",
                     env=child_env(base, RELAYBUS_PAYMENTS_URL=sandbox_url),
