@@ -444,3 +444,41 @@ async def test_children_answering_together_cost_their_parent_one_write_each(
     # outcome wakes it and is stored by its end), its end
     assert len(parent) <= children + 2, parent
     assert not [s for s in reads if s.endswith(".fanout")], reads
+
+
+async def test_a_child_s_answer_that_cannot_be_merged_waits_in_the_dlq_and_its_replay_ends_the_run(
+    bus: Bus, spawn: Spawn, tmp_path: Path
+) -> None:
+    # Given a parent waiting on one child that answers when told
+    go = tmp_path / "go"
+    spawn("runtime_agents:FanOut", RELAYBUS_MAX_DELIVER="2")  # two attempts of 20 s of KV retries
+    spawn("runtime_agents:Child")
+    run_id = await start_run(bus, "fanout", {"items": [{"x": 21, "go": str(go)}]})
+    await wait_event(bus, run_id, "suspended", "fanout")  # its wait is stored
+    # When the journal's bucket refuses every write (its stream full), and the child answers
+    stream = f"KV_{bus.subjects.bucket('journal')}"
+    config = (await bus.js.stream_info(stream)).config
+    room = config.max_bytes
+    config.max_bytes = 1
+    await bus.js.update_stream(config)
+    try:
+        go.touch()
+        lettered = await wait_event(bus, run_id, "dead_lettered", "fanout", timeout_s=120)
+    finally:
+        config.max_bytes = room
+        await bus.js.update_stream(config)
+    # Then the answer is dead-lettered after its attempts, named on the run, and nothing failed:
+    # the run is not ended and the parent still waits for it
+    assert lettered.attempt == 2, lettered
+    record = await (await run_store(bus)).get(run_id)
+    assert record is not None and record.status == "submitted", record
+    letters = [s for s, letter in await read_dead_letters(bus, 10) if letter.run_id == run_id]
+    assert len(letters) == 1
+    # When the bucket takes writes again and the letter is replayed, the run completes with the
+    # child's answer
+    async with EventFeed(bus, run_id, replay=False) as feed:
+        await replay_dead_letter(bus, letters[0])
+        done = await wait_for_run(feed, run_id, 60, "fanout")
+    assert done.status == "completed" and done.result == {"results": [42]}, await describe_run(
+        bus, run_id, await (await run_store(bus)).get(run_id)
+    )
