@@ -163,6 +163,9 @@ class Bus:
             ) from exc
         finally:
             refused.cancel()
+            if self._nc is None and not connecting.done():  # its caller was cancelled meanwhile
+                connecting.cancel()
+                connecting.add_done_callback(lambda _: _close_socket(client))
         self._js = self._nc.jetstream(timeout=self.settings.request_timeout_s)
         self._replies = Replies(self._nc, self.settings.request_timeout_s)
         return self

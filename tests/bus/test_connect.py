@@ -115,3 +115,28 @@ async def test_refused_credentials_leave_no_socket_open_on_any_server(tmp_path: 
         # Then it says so, and leaves no socket open on either server
         assert refusing.accepted == 1
         assert await _all_closed(refusing, mute), (refusing.open, mute.open)
+
+
+async def test_a_connect_cancelled_by_its_caller_stops_and_closes_its_socket(
+    tmp_path: Path,
+) -> None:
+    # Given a Bus connecting to a server that never answers
+    async with fake_server() as mute:
+        settings = Settings.from_env(
+            {}, nats_url=mute.url, home=tmp_path, connect_timeout_s=30, nats_auth=False
+        )
+        bus = Bus(settings, name="cancelled", connect_options={"connect_timeout": 60})
+        entering = asyncio.ensure_future(bus.__aenter__())
+        for _ in range(250):  # bounded: 5 s
+            if mute.accepted:
+                break
+            await asyncio.sleep(0.02)
+        assert mute.accepted == 1
+        # When its caller is cancelled (a shutdown, a timeout around it)
+        entering.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await entering
+        # Then nats-py stops trying and the socket it opened is closed
+        assert await _all_closed(mute), f"{mute.open} connection(s) left open"
+        await asyncio.sleep(0.6)  # past nats-py's wait before it would try again
+        assert mute.accepted == 1
