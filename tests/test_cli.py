@@ -378,3 +378,25 @@ def test_a_killed_replica_is_restarted_and_status_tells_the_truth(
     assert kept in pids
     out = relaybus(stack, "publish", "echo", '{"x": 2}', "--wait", "--json", "--timeout", "60")
     assert out.returncode == 0 and json.loads(out.stdout)["result"] == {"x": 2}
+
+
+@pytest.mark.parametrize("name", ["../identity/service", "../escaped", "a.b", "*", "x" * 300])
+def test_an_agent_name_that_is_no_name_is_refused_before_any_key_is_written(
+    tmp_path: Path, name: str
+) -> None:
+    # Given a home whose identity service has its signing key (the trust root)
+    home = tmp_path / "home"
+    trust_root = home / "identity" / "service.seed"
+    trust_root.parent.mkdir(parents=True)
+    trust_root.write_text("the identity service's key")
+    # When an operator registers an agent under a name that is a path, a pattern or too long
+    out = relaybus(home, "identity", "agent", "add", name, "--scope", "search")
+    # Then it is refused, naming the rule, and nothing was written: not the trust root's key,
+    # not a file beside it, not a stray key
+    assert out.returncode == 1, out
+    assert "agent name" in out.stderr and "is not allowed" in out.stderr, out.stderr
+    assert "Traceback" not in out.stderr
+    assert trust_root.read_text() == "the identity service's key"
+    assert sorted(p.relative_to(home) for p in home.rglob("*") if p.is_file()) == [
+        Path("identity/service.seed")
+    ]

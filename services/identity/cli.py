@@ -6,14 +6,16 @@ import argparse
 from typing import Any
 
 import msgspec
+from nacl.signing import SigningKey
 
 from relaybus.bus import Bus, Settings
 from relaybus.bus.cli import emit, emit_rows, when
 from relaybus.bus.runtime import EXIT_OK
+from relaybus.bus.subjects import check_name
 from relaybus.services.ledger.settings import LedgerSettings
 
 from .client import IdentityClient, read_audit, write_agent_key
-from .natsconfig import authorization_block, write_nkey
+from .natsconfig import authorization_block, new_nkey_seed, nkey_public, write_nkey
 from .registry import Registry
 
 
@@ -116,12 +118,16 @@ async def nats_config(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def agent_add(args: argparse.Namespace, settings: Settings) -> int:
-    key = write_agent_key(settings.home.resolve(), args.name)
-    nkey = write_nkey(settings.home.resolve(), args.name)
+    home = settings.home.resolve()
+    check_name("agent", args.name)  # before anything: the name names its key files
+    # registered first, stored after: a refused registration leaves the agent's keys as they were
+    key, seed = SigningKey.generate(), new_nkey_seed()
     async with Bus(settings, name="relaybus-identity") as bus:
         await IdentityClient(bus).add_agent(
-            args.name, key.verify_key, args.scope, args.handoff_to, nkey
+            args.name, key.verify_key, args.scope, args.handoff_to, nkey_public(seed)
         )
+    write_agent_key(home, args.name, key)
+    write_nkey(home, args.name, seed)
     emit(
         {"name": args.name, "scopes": args.scope, "handoff_to": args.handoff_to},
         args.json,

@@ -17,6 +17,7 @@ from relaybus.bus import Bus, ConfigError, Link, PermissionDenied, RelayError, r
 from relaybus.bus.kvview import WatchedBucket
 from relaybus.bus.private import write_private
 from relaybus.bus.streams import read_matching
+from relaybus.bus.subjects import check_name
 
 from .chain import (
     ChainVerifier,
@@ -55,12 +56,14 @@ _ERRORS: dict[str, type[RelayError]] = {
 
 
 def agent_key_path(home: Path, agent: str) -> Path:
-    return home / "keys" / f"{agent}.seed"
+    """Where an agent's delegation key is kept; refuses a name that is not an agent's (a
+    name is a file name here: `../identity/service` would be the trust root's key)."""
+    return home / "keys" / f"{check_name('agent', agent)}.seed"
 
 
-def write_agent_key(home: Path, agent: str) -> SigningKey:
-    """Create an agent's delegation key (0600 under RELAYBUS_HOME/keys)."""
-    key = SigningKey.generate()
+def write_agent_key(home: Path, agent: str, key: SigningKey | None = None) -> SigningKey:
+    """Store an agent's delegation key, a new one unless `key` (0600 under RELAYBUS_HOME/keys)."""
+    key = key or SigningKey.generate()
     write_private(agent_key_path(home, agent), bytes(key).hex().encode())
     return key
 

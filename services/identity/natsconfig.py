@@ -23,6 +23,7 @@ import nkeys
 
 from relaybus.bus import Bus, Subjects
 from relaybus.bus.private import write_private
+from relaybus.bus.subjects import check_name
 from relaybus.bus.supervisor import CLIENT
 
 from .messages import AgentRecord
@@ -49,14 +50,24 @@ def _service_ops(modules: tuple[str, ...], fallback: tuple[str, ...]) -> tuple[s
 
 
 def nkey_path(home: Path, agent: str) -> Path:
-    return home / "keys" / f"{agent}.nk"
+    """Where an agent's NATS key is kept; refuses a name that is not an agent's."""
+    return home / "keys" / f"{check_name('agent', agent)}.nk"
 
 
-def write_nkey(home: Path, agent: str) -> str:
-    """Create the agent's NATS connection key (seed 0600 under RELAYBUS_HOME/keys); returns its public key."""
-    seed = nkeys.encode_seed(os.urandom(32), nkeys.PREFIX_BYTE_USER)
-    write_private(nkey_path(home, agent), seed)
+def new_nkey_seed() -> bytes:
+    return nkeys.encode_seed(os.urandom(32), nkeys.PREFIX_BYTE_USER)
+
+
+def nkey_public(seed: bytes) -> str:
     return str(nkeys.from_seed(seed).public_key.decode())
+
+
+def write_nkey(home: Path, agent: str, seed: bytes | None = None) -> str:
+    """Store the agent's NATS connection key, a new one unless `seed` (0600 under
+    RELAYBUS_HOME/keys); returns its public key."""
+    seed = seed or new_nkey_seed()
+    write_private(nkey_path(home, agent), seed)
+    return nkey_public(seed)
 
 
 def read_nkey(home: Path, agent: str) -> str | None:
