@@ -22,7 +22,14 @@ from .tool import tool
 if TYPE_CHECKING:
     from .base import Agent
     from .context import Context, Handle
-    from .errors import Cancelled, ChildFailed, GatherTimeout, LimitExceeded, ToolArgumentsInvalid
+    from .errors import (
+        Cancelled,
+        ChildFailed,
+        GatherTimeout,
+        LimitExceeded,
+        SubmissionInvalid,
+        ToolArgumentsInvalid,
+    )
     from .interceptors import Interceptor
     from .journal import Fenced, JournalDivergence
     from .submit import RunOutcome
@@ -38,6 +45,7 @@ __getattr__ = exports(
             "ChildFailed",
             "GatherTimeout",
             "LimitExceeded",
+            "SubmissionInvalid",
             "ToolArgumentsInvalid",
         ],
         ".interceptors": ["Interceptor"],
@@ -59,6 +67,7 @@ __all__ = [
     "JournalDivergence",
     "LimitExceeded",
     "RunOutcome",
+    "SubmissionInvalid",
     "Tool",
     "ToolArgumentsInvalid",
     "submit",

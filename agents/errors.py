@@ -23,6 +23,16 @@ class Cancelled(RelayError):
     """The run (or this task) was cancelled."""
 
 
+class SubmissionInvalid(RelayError, ValueError):
+    """A submission's limit or option is not a value a run can carry; nothing was sent.
+    `field` names it (`max_hops`, `deadline_s`, …), `value` is what was given."""
+
+    def __init__(self, field: str, value: object, expected: str) -> None:
+        super().__init__(f"{field} must be {expected}, got {value!r}; nothing was submitted")
+        self.field = field
+        self.value = value
+
+
 class ToolArgumentsInvalid(RelayError):
     """A tool was called with arguments that fail its schema; the message names the field."""
 

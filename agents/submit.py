@@ -24,6 +24,8 @@ from relaybus.services.runs.shown import shown_one
 from relaybus.services.runs.state import ENDED, RUN_REVISION_HEADER, submitted_record
 from relaybus.services.runs.store import RunStore
 
+from .errors import SubmissionInvalid
+
 log = logging.getLogger("relaybus.submit")
 
 
@@ -90,6 +92,38 @@ def _int(text: str) -> int:
     return int(text)
 
 
+#: the largest limit a run carries (its envelope's headers and journal hold 64-bit integers)
+MAX_LIMIT = 2**31 - 1
+
+
+def check_submission(
+    max_hops: object,
+    max_steps: object,
+    deadline_s: object,
+    budget: object,
+    timeout_s: object = None,
+) -> None:
+    """Refuse, before anything is sent, a limit no run can carry (it would be stored, then
+    dead-lettered, and its caller would see only a timeout)."""
+    _whole("max_hops", max_hops, 1)
+    _whole("max_steps", max_steps, 0)
+    if budget is not None:
+        _whole("budget", budget, 1, 2**63 - 1)
+    for field, value in (("deadline_s", deadline_s), ("timeout_s", timeout_s)):
+        if value is not None and not (
+            isinstance(value, int | float)
+            and not isinstance(value, bool)
+            and math.isfinite(value)
+            and value > 0
+        ):
+            raise SubmissionInvalid(field, value, "a finite number of seconds above 0")
+
+
+def _whole(field: str, value: object, low: int, high: int = MAX_LIMIT) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise SubmissionInvalid(field, value, f"a whole number from {low} to {high}")
+
+
 async def run_store(bus: Bus) -> RunStore:
     return RunStore(await Bucket.open(bus, bus.subjects.bucket("runs")))
 
@@ -122,8 +156,7 @@ async def submit(
     check_name("agent", agent)
     if run_id is not None:
         check_name("run", run_id)
-    if max_hops < 1 or max_steps < 0:
-        raise RelayError("max_hops must be >= 1 and max_steps >= 0")
+    check_submission(max_hops, max_steps, deadline_s, budget, timeout_s if wait else None)
     identity_on = token is not None or IdentitySettings.of(bus.settings).identity
     if identity_on and token is None:
         raise RelayError("identity is on: publish as a user with --as USER --token TOKEN")
@@ -164,8 +197,6 @@ async def submit(
         )
         env = msgspec.structs.replace(env, chain=(root,))
     if budget is not None:
-        if budget <= 0:
-            raise RelayError(f"--budget must be a positive number of micro-units, got {budget}")
         level = f"run:{env.run_id}"
         await LedgerClient(bus).set_budget(
             f"budget-{env.run_id}", Budget(level=level, limit=budget)

@@ -191,10 +191,17 @@ def _supervise_replicas(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def publish(args: argparse.Namespace, settings: Settings) -> int:
-    from relaybus.agents.submit import has_consumer, parse_payload
+    from relaybus.agents.submit import check_submission, has_consumer, parse_payload
     from relaybus.client import Client
 
     payload = parse_payload(args.payload)
+    check_submission(  # every value refused before anything is sent, `--timeout` too
+        args.max_hops,
+        args.max_steps,
+        args.deadline,
+        args.budget,
+        args.timeout if args.wait else None,
+    )
     async with Client(
         settings, user=args.as_user, token=args.token, name="relaybus-publish"
     ) as client:

@@ -12,6 +12,7 @@ re-sends its task if the first attempt stopped before the task was stored. The C
 
 from __future__ import annotations
 
+import math
 import os
 from types import TracebackType
 from typing import Any
@@ -19,6 +20,7 @@ from typing import Any
 import msgspec
 
 from relaybus.agents.control import cancel_run, send_signal
+from relaybus.agents.errors import SubmissionInvalid
 from relaybus.agents.submit import RunIdTaken, RunOutcome, run_store, submit
 from relaybus.agents.waiting import await_outcome
 from relaybus.bus import Bus, RelayError, RunFailed, Settings
@@ -92,7 +94,7 @@ class Client:
         """Start a run of `agent` with `payload` (any JSON value; bytes are sent as they are).
 
         With `run_id`, submitting is idempotent: the same id returns the same run."""
-        body = payload if isinstance(payload, bytes) else msgspec.json.encode(payload)
+        body = payload if isinstance(payload, bytes) else json_payload(payload)
         outcome = await submit(
             self._bus,
             agent,
@@ -111,6 +113,25 @@ class Client:
     def run(self, run_id: str, agent: str | None = None) -> Run:
         """A handle to a run already submitted (by this client or another)."""
         return Run(self, run_id, agent)
+
+
+def json_payload(payload: Any) -> bytes:
+    """`payload` as JSON. NaN and infinities have no JSON form (msgspec would send `null`), so
+    a payload holding one is refused rather than changed."""
+    body = msgspec.json.encode(payload)
+    if b"null" in body and _non_finite(msgspec.to_builtins(payload)):
+        raise SubmissionInvalid("payload", "a NaN or infinite number", "JSON (which has no NaN)")
+    return body
+
+
+def _non_finite(value: Any) -> bool:
+    if isinstance(value, float):
+        return not math.isfinite(value)
+    if isinstance(value, dict):
+        return any(_non_finite(v) for v in value.values())
+    if isinstance(value, list | tuple):
+        return any(_non_finite(v) for v in value)
+    return False
 
 
 class Run:

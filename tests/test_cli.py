@@ -400,3 +400,31 @@ def test_an_agent_name_that_is_no_name_is_refused_before_any_key_is_written(
     assert sorted(p.relative_to(home) for p in home.rglob("*") if p.is_file()) == [
         Path("identity/service.seed")
     ]
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [
+        ["--wait", "--timeout", "-5"],
+        ["--deadline", "nan"],
+        ["--deadline", "inf"],
+        ["--max-steps", "99999999999999999999999"],
+        ["--max-hops", "0"],
+    ],
+)
+def test_publish_refuses_a_value_no_run_can_carry_before_it_sends_anything(
+    tmp_path: Path, flags: list[str]
+) -> None:
+    # (no stack: the value is refused before any connection is tried)
+    out = relaybus(
+        tmp_path / "home",
+        "publish",
+        "echo",
+        "{}",
+        *flags,
+        RELAYBUS_NATS_URL="nats://127.0.0.1:1",
+        RELAYBUS_CONNECT_TIMEOUT_S="0.5",
+    )
+    assert out.returncode == 1, out
+    assert "nothing was submitted" in out.stderr and "cannot connect" not in out.stderr, out.stderr
+    assert "Traceback" not in out.stderr

@@ -477,3 +477,36 @@ async def test_a_child_that_answers_a_cancelled_run_wakes_no_parent(tmp_path: Pa
         assert not EFFECTS.exists(), EFFECTS.read_text()
         assert parent.status == "cancelled", parent
         assert (await run.record()).status == "cancelled"
+
+
+async def test_a_value_no_run_can_carry_is_refused_before_anything_is_sent() -> None:
+    from relaybus import SubmissionInvalid
+
+    bad = [
+        ({"deadline_s": float("nan")}, "deadline_s"),
+        ({"deadline_s": float("inf")}, "deadline_s"),
+        ({"deadline_s": -1}, "deadline_s"),
+        ({"deadline_s": "5"}, "deadline_s"),
+        ({"max_hops": 2.5}, "max_hops"),
+        ({"max_hops": 0}, "max_hops"),
+        ({"max_steps": 10**30}, "max_steps"),
+        ({"budget": "100"}, "budget"),
+    ]
+    async with AgentEnvironment([Echo]) as env:
+        runs = await run_store(env.client.bus)
+        for i, (options, field) in enumerate(bad):
+            # When a run is submitted with a limit its envelope cannot carry (these used to be
+            # stored, then dead-lettered as undecodable, and the caller saw only a timeout)
+            with pytest.raises(SubmissionInvalid) as refused:
+                await env.client.submit("echo", {"n": i}, run_id=f"bad-{i}", **options)
+            # Then the error names the field, and no run was created
+            assert refused.value.field == field, (options, refused.value)
+            assert "nothing was submitted" in str(refused.value)
+            assert await runs.get(f"bad-{i}") is None
+        # A payload holding NaN is refused too, not sent as null
+        with pytest.raises(SubmissionInvalid, match="payload must be JSON"):
+            await env.client.submit("echo", {"x": [1.0, float("nan")]}, run_id="bad-nan")
+        assert await runs.get("bad-nan") is None
+        # and the next good submission runs as ever
+        run = await env.client.submit("echo", {"x": 1.5}, deadline_s=30, max_hops=3)
+        assert await run.result(timeout_s=20) == {"echo": {"x": 1.5}}
