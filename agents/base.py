@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import difflib
 import inspect
 import typing
 from collections.abc import AsyncIterator, Callable
@@ -76,6 +77,25 @@ class Agent:
         if len(params) >= 3 and params[2] in hints:
             return hints[params[2]]
         return Any
+
+
+def handler_problem(cls: type[Agent]) -> str:
+    """Why agent class `cls` cannot handle tasks ("" if it can): checked when it starts, not
+    at its first task (which would fail every attempt, then be dead-lettered)."""
+    if cls.handle is Agent.handle:
+        names = [  # what the subclasses define, not what Agent does
+            n
+            for klass in cls.__mro__
+            if klass not in (Agent, object)
+            for n, v in vars(klass).items()
+            if not n.startswith("_") and callable(v)
+        ]
+        close = difflib.get_close_matches("handle", names, n=1)
+        meant = f" (is `{close[0]}` meant to be `handle`?)" if close else ""
+        return f"{cls.__name__} does not define `async def handle(self, ctx, task)`{meant}"
+    if not inspect.iscoroutinefunction(cls.handle):
+        return f"{cls.__name__}.handle must be `async def handle(self, ctx, task)`, not a plain def"
+    return ""
 
 
 def input_decoder(tp: Any) -> Callable[[bytes], Any]:

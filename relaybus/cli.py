@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import difflib
 import functools
 import importlib
 import inspect
@@ -108,7 +109,7 @@ bus_cli.register_auth(_stack_auth)
 
 def load_agent(spec: str) -> type[Agent]:
     """`MODULE:CLASS`, importable from the current directory."""
-    from relaybus.agents.base import Agent
+    from relaybus.agents.base import Agent, handler_problem
 
     module_name, _, class_name = spec.partition(":")
     if not module_name or not class_name:
@@ -123,9 +124,22 @@ def load_agent(spec: str) -> type[Agent]:
         raise RelayError(f"cannot import {module_name!r}: {exc}") from None
     cls = getattr(module, class_name, None)
     if not (isinstance(cls, type) and issubclass(cls, Agent)):
-        raise RelayError(f"{spec!r} is not an Agent subclass")
+        agents = sorted(
+            n
+            for n, v in vars(module).items()
+            if isinstance(v, type) and issubclass(v, Agent) and v is not Agent
+        )
+        what = "has no" if cls is None else "has a non-Agent"
+        close = difflib.get_close_matches(class_name, agents, n=1)
+        meant = f"; did you mean {module_name}:{close[0]}?" if close else ""
+        raise RelayError(
+            f"{module_name} {what} {class_name!r}{meant} (its Agent subclasses: "
+            f"{', '.join(agents) or 'none'})"
+        )
     if not cls.name:
         raise RelayError(f'{spec!r} has no `name`; set `name = "..."` on the class')
+    if problem := handler_problem(cls):
+        raise RelayError(problem)
     return cls
 
 

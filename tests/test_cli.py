@@ -428,3 +428,57 @@ def test_publish_refuses_a_value_no_run_can_carry_before_it_sends_anything(
     assert out.returncode == 1, out
     assert "nothing was submitted" in out.stderr and "cannot connect" not in out.stderr, out.stderr
     assert "Traceback" not in out.stderr
+
+
+MISTAKES = """
+from relaybus import Agent, Context
+
+
+class Answerer(Agent):
+    name = "answerer"
+
+    async def handle(self, ctx: Context, task: dict) -> dict:
+        return task
+
+
+class Misspelt(Agent):
+    name = "misspelt"
+
+    async def handel(self, ctx: Context, task: dict) -> dict:
+        return task
+
+
+class NotAsync(Agent):
+    name = "notasync"
+
+    def handle(self, ctx: Context, task: dict) -> dict:
+        return task
+"""
+
+
+@pytest.mark.parametrize(
+    ("spec", "said"),
+    [
+        ("mistakes:Answer", "mistakes has no 'Answer'; did you mean mistakes:Answerer?"),
+        ("mistakes:Misspelt", "(is `handel` meant to be `handle`?)"),
+        ("mistakes:NotAsync", "NotAsync.handle must be `async def handle(self, ctx, task)`"),
+    ],
+)
+def test_an_agent_a_user_got_wrong_is_refused_at_start_naming_the_mistake(
+    tmp_path: Path, spec: str, said: str
+) -> None:
+    # Given a user's module with a misnamed class, a misspelt `handle` and a plain `def handle`
+    (tmp_path / "mistakes.py").write_text(MISTAKES)
+    # When one is run (no stack needed: the class is checked first)
+    out = subprocess.run(
+        [sys.executable, "-m", "relaybus.cli", "agent", "run", spec],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=relaybus_env(tmp_path / "home"),
+        timeout=60,
+    )
+    # Then it stops at once, saying what is wrong (it used to start, then fail every task, or
+    # end in a NameError from the base class)
+    assert out.returncode == 1, out
+    assert said in out.stderr and "Traceback" not in out.stderr, out.stderr
