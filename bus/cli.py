@@ -23,9 +23,11 @@ from .codec import decode_or_refuse
 from .errors import RelayError
 from .events import DeadLetter, Event, dead_letter_decoder, event_encoder
 from .feed import EventFeed
+from .kv import Bucket
 from .runtime import EXIT_ERROR, EXIT_OK
 from .settings import Settings
 from .stack import is_alive, public_url, read_stack
+from .subjects import check_name
 from .supervisor import serve_stack, start_detached, stop_stack
 
 log = logging.getLogger("relaybus.cli")
@@ -337,6 +339,14 @@ async def watch(args: argparse.Namespace, settings: Settings) -> int:
     ):
         if sys.stderr.isatty() and not args.json:
             print("watching run events (Ctrl-C to stop)…", file=sys.stderr)
+        if args.run and not await _run_exists(bus, args.run):
+            # (a run can be watched before it is submitted, under an id its caller chose)
+            print(
+                f"note: no run {args.run} yet; waiting for it (Ctrl-C to stop; "
+                "`relaybus runs` lists the recent ones)",
+                file=sys.stderr,
+                flush=True,
+            )
         if not args.json:
             print(WATCH_HEADER, flush=True)
         seen, ended_at = 0, 0.0
@@ -359,6 +369,15 @@ async def watch(args: argparse.Namespace, settings: Settings) -> int:
 
 
 RUN_END_DRAIN_S = 5.0
+
+
+async def _run_exists(bus: Bus, run_id: str) -> bool:
+    check_name("run", run_id)
+    try:
+        runs = await Bucket.open(bus, bus.subjects.bucket("runs"))
+    except RelayError:  # no stack provisioned its buckets yet: no run either
+        return False
+    return await runs.get(run_id) is not None
 
 
 async def read_dead_letters(bus: Bus, limit: int) -> list[tuple[int, DeadLetter]]:
@@ -424,6 +443,8 @@ async def read_dead_letter(bus: Bus, seq: int) -> DeadLetter:
 
 async def read_dead_letter_at(bus: Bus, seq: int) -> tuple[DeadLetter, str]:
     """One dead letter by its id, and the DLQ subject it was stored on."""
+    if not 1 <= seq < 2**63:  # a stream sequence; the server answers anything else with a 400
+        raise RelayError(f"no dead letter with id {seq}; `relaybus dlq list` shows them")
     try:
         raw = await bus.js.get_msg(bus.subjects.stream("DLQ"), seq)
     except nats.js.errors.NotFoundError:

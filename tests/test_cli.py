@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -482,3 +484,26 @@ def test_an_agent_a_user_got_wrong_is_refused_at_start_naming_the_mistake(
     # end in a NameError from the base class)
     assert out.returncode == 1, out
     assert said in out.stderr and "Traceback" not in out.stderr, out.stderr
+
+
+def test_watching_a_run_that_does_not_exist_says_so_and_keeps_waiting(stack: Path) -> None:
+    watcher = subprocess.Popen(
+        [sys.executable, "-m", "relaybus.cli", "watch", "--run", "no-such-run", "--json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+        env=relaybus_env(stack),
+    )
+    try:
+        assert watcher.stderr is not None
+        ready, _, _ = select.select([watcher.stderr], [], [], 30)  # bounded
+        line = watcher.stderr.readline() if ready else "(nothing in 30 s)"
+        # Then it tells the user the run is not there (it used to wait silently for ever), and
+        # goes on waiting: a run may be watched before it is submitted under its caller's id
+        assert line.startswith("note: no run no-such-run yet; waiting for it"), line
+        time.sleep(0.5)
+        assert watcher.poll() is None
+    finally:
+        watcher.terminate()
+        watcher.communicate(timeout=20)  # reaps it and closes its pipes

@@ -105,6 +105,13 @@ async def test_dlq_replay_refuses_a_record_that_is_not_a_dead_letter(bus: Bus, d
         await replay_dead_letter(bus, seq)
 
 
+@pytest.mark.parametrize("seq", [0, -1, 2**64, 10**23])
+async def test_dlq_replay_of_an_id_no_stream_has_says_so(bus: Bus, seq: int) -> None:
+    # (the server answered 0 and -1 with a bad request, shown as a traceback)
+    with pytest.raises(RelayError, match=f"no dead letter with id {seq}; `relaybus dlq list`"):
+        await replay_dead_letter(bus, seq)
+
+
 async def test_the_cli_reads_streams_holding_hostile_records(bus: Bus, settings: Settings) -> None:
     run_id = new_id()
     for data in [b"\xff", DEEP_JSON_OBJECT, b"[]"]:
