@@ -8,6 +8,7 @@ import os
 import secrets
 import select
 import signal
+import socket
 import subprocess
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -81,13 +82,9 @@ async def serve_stack(
             if secure:
                 assert auth is not None
                 write_private(conf, auth.initial(passwords).encode())
-            server = NatsServer(
-                home / "nats",
-                binary=settings.nats_server,
-                log_file=home / "logs" / "nats.log",
-                config_file=conf if secure else None,
+            server = await asyncio.to_thread(
+                _start_server, home, settings.nats_server, conf if secure else None
             )
-            await asyncio.to_thread(server.start)
             url = server.url
         service_urls = {name: url for name in services}
         client_url = ""
@@ -229,6 +226,49 @@ async def _wait_ready(bus: Bus, name: str, child: subprocess.Popen[bytes], deadl
         f"service {name} did not answer within {SERVICE_START_S:g}s of starting; "
         f"see logs/{name}.log"
     )
+
+
+def _start_server(home: Path, binary: str | None, config_file: Path | None) -> NatsServer:
+    """The stack's nats-server, on the port the home's last stack listened on when it is free:
+    agents still running from before `relaybus down` reconnect to it on their own (they retry
+    that address for ever), instead of knocking on a port nobody answers any more."""
+    remembered = home / "nats" / "port"
+    for port in dict.fromkeys((_free_or_none(remembered), -1)):
+        if port is None:
+            continue
+        server = NatsServer(
+            home / "nats",
+            port=port,
+            binary=binary,
+            log_file=home / "logs" / "nats.log",
+            config_file=config_file,
+        )
+        try:
+            server.start()
+        except ServerError:
+            if port == -1:
+                raise
+            log.info("port %d is taken now; the stack takes another", port)
+            continue
+        remembered.write_text(server.url.rsplit(":", 1)[1])
+        return server
+    raise ServerError("nats-server did not start")  # pragma: no cover (the -1 try raises)
+
+
+def _free_or_none(remembered: Path) -> int | None:
+    try:
+        port = int(remembered.read_text())
+    except (OSError, ValueError):
+        return None
+    if not 0 < port < 65536:
+        return None
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as nats-server binds
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return None
+    return port
 
 
 def _metrics_port(argv: Sequence[str]) -> int:

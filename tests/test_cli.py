@@ -507,3 +507,21 @@ def test_watching_a_run_that_does_not_exist_says_so_and_keeps_waiting(stack: Pat
     finally:
         watcher.terminate()
         watcher.communicate(timeout=20)  # reaps it and closes its pipes
+
+
+def test_an_agent_running_across_down_and_up_finds_the_new_stack(
+    stack: Path, agent_procs: list[subprocess.Popen[str]]
+) -> None:
+    # Given an agent answering on the stack
+    start_agent(stack, agent_procs, "relaybus.agents.demo.echo:Echo")
+    first = relaybus(stack, "publish", "echo", '{"n": 1}', "--wait", "--json", "--timeout", "60")
+    assert first.returncode == 0, first.stderr
+    # When the stack is stopped and started again while the agent keeps running
+    assert relaybus(stack, "down", "--json").returncode == 0
+    up = relaybus(stack, "up", "--detach", "--json")
+    assert up.returncode == 0, up.stderr
+    # Then the new stack listens where the old one did, the agent reconnects on its own, and
+    # a task reaches it (it used to retry the old port for ever while the stack took another)
+    again = relaybus(stack, "publish", "echo", '{"n": 2}', "--wait", "--json", "--timeout", "60")
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout)["result"] == {"n": 2}
