@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import secrets
@@ -58,11 +59,7 @@ async def serve_stack(
     With RELAYBUS_NATS_AUTH=1 and an `auth` provider, the server runs with an authorization
     block that `auth` keeps in step with the registry (rewritten, then reloaded with SIGHUP)."""
     home = settings.home.resolve()
-    if (existing := read_stack(settings)) is not None:
-        raise RelayError(
-            f"a stack already runs under {home} (pid {existing.supervisor.pid}, "
-            f"{existing.nats_url}); `relaybus down` stops it"
-        )
+    _refuse_a_second_stack(settings)
     (home / "logs").mkdir(parents=True, exist_ok=True)
     stop = asyncio.Event()
     stop_on_signals(stop)
@@ -276,6 +273,14 @@ def _metrics_port(argv: Sequence[str]) -> int:
     return int(args[args.index("--metrics-port") + 1]) if "--metrics-port" in args else 0
 
 
+def _refuse_a_second_stack(settings: Settings) -> None:
+    if (existing := read_stack(settings)) is not None:
+        raise RelayError(
+            f"a stack already runs under {settings.home.resolve()} (pid "
+            f"{existing.supervisor.pid}, {public_url(existing.nats_url)}); `relaybus down` stops it"
+        )
+
+
 def start_detached(
     settings: Settings,
     self_command: Sequence[str],
@@ -284,6 +289,7 @@ def start_detached(
 ) -> str:
     """Start `relaybus up` in its own session; return the NATS URL once the stack is ready."""
     home = settings.home.resolve()
+    _refuse_a_second_stack(settings)  # here, not only in the child: its log would come too late
     (home / "logs").mkdir(parents=True, exist_ok=True)
     log_path = home / "logs" / "up.log"
     read_fd, write_fd = os.pipe()
@@ -306,6 +312,8 @@ def start_detached(
     if not line:
         if proc.poll() is None:
             proc.terminate()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(10)  # its last words reach the log before the log is shown
         raise RelayError(f"the stack did not come up; its log:\n{_tail(log_path)}")
     return line
 

@@ -525,3 +525,14 @@ def test_an_agent_running_across_down_and_up_finds_the_new_stack(
     again = relaybus(stack, "publish", "echo", '{"n": 2}', "--wait", "--json", "--timeout", "60")
     assert again.returncode == 0, again.stderr
     assert json.loads(again.stdout)["result"] == {"n": 2}
+
+
+@pytest.mark.parametrize("detach", [True, False])
+def test_a_second_up_on_a_running_home_says_so_without_its_password(
+    stack: Path, detach: bool
+) -> None:
+    out = relaybus(stack, "up", *(["--detach"] if detach else []), timeout=60)
+    assert out.returncode == 1, out
+    assert f"a stack already runs under {stack.resolve()}" in out.stderr, out.stderr
+    assert "relaybus down" in out.stderr
+    assert "operator:" not in out.stderr and "@127.0.0.1" not in out.stderr, out.stderr
