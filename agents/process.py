@@ -95,7 +95,13 @@ async def register_on_first_run(agent: Agent, settings: Settings) -> None:
     from relaybus.services.identity.natsconfig import write_nkey
 
     home = settings.home.resolve()
-    if settings.nats_url or read_stack(settings) is None:
+    if not settings.nats_url and read_stack(settings) is None:
+        raise ConfigError(
+            f"no relaybus stack runs under {home}: start one with `relaybus up --detach` (an "
+            f"agent run against it registers {agent.name} itself), or point RELAYBUS_NATS_URL "
+            "at your NATS server"
+        )
+    if settings.nats_url:
         raise ConfigError(
             f"agent {agent.name} has no NATS key ({nkey_path(home, agent.name)}): register it "
             f"with `relaybus identity agent add {agent.name} --scope … --handoff-to …`, or set "

@@ -536,3 +536,10 @@ def test_a_second_up_on_a_running_home_says_so_without_its_password(
     assert f"a stack already runs under {stack.resolve()}" in out.stderr, out.stderr
     assert "relaybus down" in out.stderr
     assert "operator:" not in out.stderr and "@127.0.0.1" not in out.stderr, out.stderr
+
+
+def test_an_agent_run_with_no_stack_up_says_to_start_one(tmp_path: Path) -> None:
+    out = relaybus(tmp_path / "home", "agent", "run", "relaybus.agents.demo.echo:Echo", timeout=60)
+    assert out.returncode == 1, out
+    assert "no relaybus stack runs under" in out.stderr, out.stderr
+    assert "relaybus up --detach" in out.stderr and "Traceback" not in out.stderr
