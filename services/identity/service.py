@@ -196,6 +196,22 @@ class IdentityService:
         req = msgspec.json.decode(data, type=Revoke)
         if req.kind not in ("agent", "user", "token", "link"):
             raise ConfigError(f"cannot revoke a {req.kind!r}: use agent, user, token or link")
+        if req.kind in ("agent", "user"):  # a mistyped name must not look revoked
+            check_name(req.kind, req.id)
+            found = (
+                await self.registry.agent(req.id)
+                if req.kind == "agent"
+                else await self.registry.user(req.id)
+            )
+            if found is None:
+                listed = (
+                    "`relaybus identity agent list` shows them"
+                    if req.kind == "agent"
+                    else ("check the name")
+                )
+                raise ConfigError(
+                    f"no {req.kind} {req.id!r} is registered, so nothing was revoked; {listed}"
+                )
         await self.registry.revoke(f"{req.kind}:{req.id}", req.reason)
         if req.kind == "agent" and (record := await self.registry.agent(req.id)) is not None:
             # the record too: the NATS authorization block drops a revoked agent's user

@@ -18,12 +18,14 @@ from relaybus.bus import (
     Bus,
     ConfigError,
     PermissionDenied,
+    RelayError,
     Settings,
     default_topology,
     ensure,
     new_envelope,
 )
 from relaybus.bus.feed import EventFeed
+from relaybus.bus.kv import Bucket
 from relaybus.bus.tracing import read_spans
 from relaybus.services.identity.client import IdentityClient, IdentityGate, write_agent_key
 from relaybus.services.identity.errors import RevocationUnknown
@@ -254,6 +256,23 @@ async def test_revoked_token_is_refused(idbus: Bus, token: str) -> None:
     await IdentityClient(idbus).revoke("token", token_id)
     with pytest.raises(PermissionDenied, match="revoked"):
         await submit(idbus, "i_orch", b"{}", sender="user:alice", token=token)
+
+
+async def test_revoking_a_user_or_agent_nobody_registered_says_so_and_revokes_nothing(
+    idbus: Bus, token: str
+) -> None:
+    # (a mistyped name used to answer "revoked", so the operator believed it done)
+    identity = IdentityClient(idbus)
+    revoked = await Bucket.open(idbus, idbus.subjects.bucket("revoked"))
+    for kind, name in (("user", "alcie"), ("agent", "mallroy")):
+        with pytest.raises(ConfigError, match=f"no {kind} '{name}' is registered, so nothing"):
+            await identity.revoke(kind, name, "typo")
+        assert await revoked.get(f"{kind}.{name}") is None
+    with pytest.raises(RelayError, match=r"user name 'a\.b' is not allowed"):
+        await identity.revoke("user", "a.b", "not a name")
+    # and the registered user is revoked as ever
+    await identity.revoke("user", "alice", "left")
+    assert await revoked.get("user.alice") is not None
 
 
 def test_agent_without_a_key_says_how_to_register(settings: Settings, tmp_path: Path) -> None:
