@@ -53,26 +53,27 @@ class RunOutcome(msgspec.Struct, kw_only=True):
 MAX_DIGITS = 4000  # what every decoder on the way (json, msgspec) still reads as an integer
 
 
-def parse_payload(text: str) -> bytes:
-    """The JSON a user typed, checked; the error says where it broke. NaN, Infinity and
-    numbers too large for a float are refused rather than turned into null."""
+def parse_payload(text: str, what: str = "the task") -> bytes:
+    """The JSON a user typed (`what` names it in errors), checked; the error says where it
+    broke. NaN, Infinity and numbers too large for a float are refused rather than turned into
+    null."""
     try:
         value = json.loads(text, parse_constant=_no_constant, parse_float=_finite, parse_int=_int)
         return msgspec.json.encode(value)
     except json.JSONDecodeError as exc:
         raise RelayError(
-            f"the task is not valid JSON: {exc.msg.removesuffix(' at')} at line {exc.lineno} "
+            f"{what} is not valid JSON: {exc.msg.removesuffix(' at')} at line {exc.lineno} "
             f"column {exc.colno}"
         ) from None
     except RecursionError:
-        raise RelayError("the task is not valid JSON: it is nested too deeply") from None
+        raise RelayError(f"{what} is not valid JSON: it is nested too deeply") from None
     except UnicodeEncodeError as exc:  # a lone surrogate: an escape, or argv that is not UTF-8
         raise RelayError(
-            "the task is not valid JSON: it holds text that is not valid UTF-8 "
+            f"{what} is not valid JSON: it holds text that is not valid UTF-8 "
             f"({exc.object[exc.start : exc.start + 1]!a})"
         ) from None
     except ValueError as exc:  # from the parse hooks below
-        raise RelayError(f"the task is not valid JSON: {exc}") from None
+        raise RelayError(f"{what} is not valid JSON: {exc}") from None
 
 
 def _no_constant(name: str) -> Any:

@@ -340,10 +340,18 @@ async def approve(args: argparse.Namespace, settings: Settings) -> int:
     from relaybus.agents.submit import parse_payload
     from relaybus.client import Client
 
-    data = json.loads(parse_payload(args.data))
+    data = json.loads(parse_payload(args.data, "--data"))
     user = os.environ.get("USER", "dev")
     async with Client(settings, user=user, name="relaybus-approve") as client:
-        delivered = await client.run(args.run_id).signal(args.signal, data)
+        run = client.run(args.run_id)
+        waits = (await run.record()).pending_signals()
+        if waits and args.signal not in waits:  # a typo would be stored, and waited on for ever
+            print(
+                f"note: run {args.run_id} waits for {', '.join(map(repr, waits))}, "
+                f"not {args.signal!r}",
+                file=sys.stderr,
+            )
+        delivered = await run.signal(args.signal, data)
     text = (
         f"signal {args.signal!r} delivered to run {args.run_id}"
         if delivered

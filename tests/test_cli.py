@@ -543,3 +543,29 @@ def test_an_agent_run_with_no_stack_up_says_to_start_one(tmp_path: Path) -> None
     assert out.returncode == 1, out
     assert "no relaybus stack runs under" in out.stderr, out.stderr
     assert "relaybus up --detach" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_approve_with_a_signal_the_run_does_not_wait_for_says_what_it_waits_for(
+    stack: Path, agent_procs: list[subprocess.Popen[str]]
+) -> None:
+    start_agent(stack, agent_procs, "runtime_agents:Approver")
+    sent = relaybus(stack, "publish", "approver", '{"order": 7}', "--json")
+    assert sent.returncode == 0, sent.stderr
+    run_id = json.loads(sent.stdout)["run_id"]
+    deadline = time.monotonic() + 60
+    while True:  # bounded: until the run waits for its approval
+        shown = json.loads(relaybus(stack, "run", "show", run_id, "--json").stdout)
+        if shown.get("waiting_for"):
+            break
+        assert time.monotonic() < deadline, shown
+        time.sleep(0.3)
+    # When the operator mistypes the signal's name
+    typo = relaybus(stack, "approve", run_id, "--signal", "aproval")
+    # Then they are told what the run waits for (the typo itself is stored, as a signal sent
+    # before the run asks for it would be)
+    assert typo.returncode == 0, typo.stderr
+    assert f"note: run {run_id} waits for 'approval', not 'aproval'" in typo.stderr
+    bad = relaybus(stack, "approve", run_id, "--data", "yes")
+    assert bad.returncode == 1 and "--data is not valid JSON" in bad.stderr, bad.stderr
+    ok = relaybus(stack, "approve", run_id)
+    assert ok.returncode == 0 and "note:" not in ok.stderr, ok.stderr
