@@ -74,7 +74,7 @@ MUTATIONS = [
     ("docker-compose.yml", "relaybus.agents.demo.agents:Research", "relaybus.agents.demo.agent:Research",
      r"research: cannot import 'relaybus.agents.demo.agent'"),
     ("docker-compose.yml", "relaybus.agents.demo.agents:Mailer", "relaybus.agents.demo.agents:Email",
-     r"email: 'relaybus.agents.demo.agents:Email' is not an Agent subclass"),
+     r"email: relaybus.agents.demo.agents has no 'Email' \(its Agent subclasses: Mailer"),
     ("docker-compose.yml", "relaybus.agents.demo.agents:Writer", "relaybus.agents.demo.agents:Research",
      r"writer: runs agent 'research'"),
     ("docker-compose.yml", '"--concurrency", "8"', '"--concurrent", "8"',
