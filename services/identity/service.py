@@ -204,14 +204,12 @@ class IdentityService:
                 else await self.registry.user(req.id)
             )
             if found is None:
-                listed = (
-                    "`relaybus identity agent list` shows them"
-                    if req.kind == "agent"
-                    else ("check the name")
+                refused = (
+                    f"no {req.kind} {req.id!r} is registered, so nothing was revoked; check the "
+                    "name (`relaybus identity agent list` lists the agents)"
                 )
-                raise ConfigError(
-                    f"no {req.kind} {req.id!r} is registered, so nothing was revoked; {listed}"
-                )
+                await self.audit(f"{req.kind}/revoke", "deny", "admin", "admin", reason=refused)
+                raise ConfigError(refused)
         await self.registry.revoke(f"{req.kind}:{req.id}", req.reason)
         if req.kind == "agent" and (record := await self.registry.agent(req.id)) is not None:
             # the record too: the NATS authorization block drops a revoked agent's user

@@ -27,7 +27,12 @@ from relaybus.bus import (
 from relaybus.bus.feed import EventFeed
 from relaybus.bus.kv import Bucket
 from relaybus.bus.tracing import read_spans
-from relaybus.services.identity.client import IdentityClient, IdentityGate, write_agent_key
+from relaybus.services.identity.client import (
+    IdentityClient,
+    IdentityGate,
+    read_audit,
+    write_agent_key,
+)
 from relaybus.services.identity.errors import RevocationUnknown
 from relaybus.services.identity.messages import AuditRecord
 
@@ -268,6 +273,11 @@ async def test_revoking_a_user_or_agent_nobody_registered_says_so_and_revokes_no
         with pytest.raises(ConfigError, match=f"no {kind} '{name}' is registered, so nothing"):
             await identity.revoke(kind, name, "typo")
         assert await revoked.get(f"{kind}.{name}") is None
+    denied = await read_audit(idbus, "admin", decision="deny")  # each refusal is audited
+    assert {"user/revoke", "agent/revoke"} <= {r.action for r in denied}
+    assert any("'alcie'" in r.reason for r in denied) and any(
+        "'mallroy'" in r.reason for r in denied
+    )
     with pytest.raises(RelayError, match=r"user name 'a\.b' is not allowed"):
         await identity.revoke("user", "a.b", "not a name")
     # and the registered user is revoked as ever
