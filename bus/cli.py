@@ -20,7 +20,7 @@ from nats.js import api
 
 from .client import Bus
 from .codec import decode_or_refuse
-from .errors import RelayError
+from .errors import ConnectionFailed, RelayError
 from .events import DeadLetter, Event, dead_letter_decoder, event_encoder
 from .feed import EventFeed
 from .kv import Bucket
@@ -241,20 +241,16 @@ MAX_PID = 1 << 22  # Linux's pid_max ceiling
 
 async def list_agents(bus: Bus) -> list[dict[str, Any]]:
     try:
-        kv = await bus.js.key_value(bus.subjects.bucket("presence"))
-        keys = await kv.keys()
-    except (nats.js.errors.NotFoundError, nats.js.errors.NoKeysError):
+        presence = await Bucket.open(bus, bus.subjects.bucket("presence"))
+    except ConnectionFailed:
         return []
     agents: dict[str, dict[str, Any]] = {}
-    for key in keys:
-        try:
-            entry = await kv.get(key)
-        except nats.js.errors.KeyNotFoundError:
-            continue
-        if not entry.value:
+    for key in await presence.keys():  # its listing is retried while nats-py says "no keys"
+        found = await presence.get(key)
+        if found is None or not found[0]:
             continue
         try:
-            beat = msgspec.json.decode(entry.value, type=AgentBeat)
+            beat = msgspec.json.decode(found[0], type=AgentBeat)
         except msgspec.DecodeError:
             continue  # not a beat (an agent writes its own): not counted
         if not is_live(beat, time.time()):
