@@ -334,6 +334,22 @@ def test_the_cli_speaks_with_one_voice(
     # amounts carry their unit
     budget = relaybus(stack, "ledger", "budget", "user:dev", "--limit", "2500000")
     assert budget.returncode == 0 and budget.stdout == "budget user:dev: limit 2.50 USD\n"
+    # a limit given later is added: the ones set before stay in force; 0 removes one
+    for flags, now in (
+        (["--max-steps", "3"], "limit 2.50 USD, max steps 3"),
+        (["--period", "monthly"], "limit 2.50 USD monthly, max steps 3"),
+        (
+            ["--limit", "0", "--max-tokens", "900"],
+            "limit none monthly, max steps 3, max tokens 900",
+        ),
+        (["--period", "none", "--max-steps", "0"], "limit none, max tokens 900"),
+    ):
+        budget = relaybus(stack, "ledger", "budget", "user:dev", *flags)
+        assert (budget.returncode, budget.stdout) == (0, f"budget user:dev: {now}\n"), budget.stderr
+    nothing = relaybus(stack, "ledger", "budget", "user:dev")
+    assert nothing.returncode != 0 and "give --limit, --period" in nothing.stderr
+    negative = relaybus(stack, "ledger", "budget", "user:dev", "--max-steps", "-1")
+    assert "budget max_steps must be a whole number from 0 (none)" in negative.stderr
 
 
 def test_an_unreachable_nats_server_is_one_line(tmp_path: Path) -> None:

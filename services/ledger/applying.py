@@ -101,8 +101,19 @@ def apply(state: State, entry: Entry) -> dict[str, object]:
             )
             _parts(result, hold)
         case SetBudget():
-            state.budgets[op.budget.level] = op.budget
-            result.update(level=op.budget.level, limit=op.budget.limit)
+            budget = op.budget
+            if op.only and (current := state.budgets.get(budget.level)) is not None:
+                budget = msgspec.structs.replace(
+                    current, **{name: getattr(budget, name) for name in op.only}
+                )
+            state.budgets[budget.level] = budget
+            result.update(
+                level=budget.level,
+                limit=budget.limit,
+                period=budget.period,
+                max_steps=budget.max_steps,
+                max_tokens=budget.max_tokens,
+            )
         case Cap():  # narrows only: a cap above the one in force changes nothing
             current = state.budgets.get(op.level)
             narrowed = current is None or not current.limit or op.amount < current.limit

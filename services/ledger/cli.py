@@ -18,6 +18,7 @@ from relaybus.services.ledger.settings import LedgerSettings
 
 from .client import LedgerClient
 from .model import Budget
+from .ops import BUDGET_FIELDS
 
 _PERIOD = re.compile(r"^\d{4}-\d{2}(-\d{2})?$")
 
@@ -27,12 +28,18 @@ def register(sub: Any) -> None:
         "ledger", help="budgets, balances, holds, refunds, statements"
     ).add_subparsers(dest="ledger_cmd", required=True)
 
-    p = ledger.add_parser("budget", help="set a budget: user:ID, run:RUN or agent:NAME")
+    p = ledger.add_parser(
+        "budget",
+        help="set a budget: user:ID, run:RUN or agent:NAME",
+        description="Sets the limits given; a limit not given keeps its value. 0 removes a limit.",
+    )
     p.add_argument("level")
-    p.add_argument("--limit", type=int, default=0, help="max cost in micro-units")
-    p.add_argument("--period", choices=["daily", "monthly"], default="")
-    p.add_argument("--max-steps", type=int, default=0)
-    p.add_argument("--max-tokens", type=int, default=0)
+    p.add_argument("--limit", type=int, help="max cost in micro-units (0: no limit)")
+    p.add_argument(
+        "--period", choices=["daily", "monthly", "none"], help="the limit resets each period"
+    )
+    p.add_argument("--max-steps", type=int, help="journaled steps allowed (0: no limit)")
+    p.add_argument("--max-tokens", type=int, help="LLM tokens allowed (0: no limit)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=budget)
 
@@ -83,19 +90,28 @@ def register(sub: Any) -> None:
 async def budget(args: argparse.Namespace, settings: Settings) -> int:
     if not re.match(r"^(user|run|agent):[A-Za-z0-9_-]+$", args.level):
         raise LedgerError(f"budget level {args.level!r} must be user:ID, run:RUN or agent:NAME")
-    spec = Budget(
-        level=args.level,
-        limit=args.limit,
-        period=args.period,
-        max_steps=args.max_steps,
-        max_tokens=args.max_tokens,
-    )
+    given = {name: getattr(args, name) for name in BUDGET_FIELDS if getattr(args, name) is not None}
+    if not given:
+        raise LedgerError(
+            f"nothing to set for {args.level}: give --limit, --period, --max-steps or --max-tokens"
+        )
+    if given.get("period") == "none":
+        given["period"] = ""
+    spec = Budget(level=args.level, **given)
     async with Bus(settings, name="relaybus-ledger") as bus:
-        result = await LedgerClient(bus).set_budget(new_id(), spec)
-    currency = LedgerSettings.of(settings).ledger_currency
-    limit = money(args.limit, currency) if args.limit else "none"
-    emit(result, args.json, f"budget {args.level}: limit {limit} {args.period or ''}".rstrip())
+        result = await LedgerClient(bus).set_budget(new_id(), spec, only=list(given))
+    emit(result, args.json, describe_budget(result, LedgerSettings.of(settings).ledger_currency))
     return EXIT_OK
+
+
+def describe_budget(budget: dict[str, Any], currency: str) -> str:
+    """`budget user:alice: limit 5.00 USD monthly, max steps 10`: what is in force now."""
+    limit = money(budget["limit"], currency) if budget.get("limit") else "none"
+    text = f"budget {budget['level']}: limit {limit} {budget.get('period') or ''}".rstrip()
+    for name, label in (("max_steps", "max steps"), ("max_tokens", "max tokens")):
+        if budget.get(name):
+            text += f", {label} {budget[name]}"
+    return text
 
 
 async def balance(args: argparse.Namespace, settings: Settings) -> int:

@@ -12,6 +12,7 @@ import asyncio
 import contextvars
 import secrets
 import weakref
+from collections.abc import Sequence
 from typing import Any
 
 import msgspec
@@ -383,6 +384,9 @@ class LedgerClient:
         """Operator only (and the payment webhook receiver): refunds restore budgets."""
         return await self.send(Refund(id=op_id, transfer=transfer, amount=amount))
 
-    async def set_budget(self, op_id: str, budget: Budget) -> dict[str, Any]:
-        """Operator only: set (or raise) a budget level's limits."""
-        return await self.send(SetBudget(id=op_id, budget=budget))
+    async def set_budget(
+        self, op_id: str, budget: Budget, only: Sequence[str] = ()
+    ) -> dict[str, Any]:
+        """Operator only: set (or raise) a budget level's limits; with `only`, just those
+        fields (the level's others keep their values). The result is the budget now in force."""
+        return await self.send(SetBudget(id=op_id, budget=budget, only=list(only)))

@@ -25,6 +25,7 @@ from relaybus.services.ledger.errors import BudgetExceeded, HoldNotFound, Ledger
 
 from .applying import apply
 from .ops import (
+    BUDGET_FIELDS,
     Budget,
     Cap,
     Capture,
@@ -80,7 +81,7 @@ def digest(op: Op) -> str:
     return hashlib.sha256(msgspec.json.encode(body, order="sorted")).hexdigest()
 
 
-_ADDED_EMPTY = ("share", "shares", "undo")
+_ADDED_EMPTY = ("share", "shares", "undo", "only")
 _PLAIN = frozenset({str, int, float, bool, type(None)})
 
 
@@ -175,9 +176,17 @@ def _validate(state: State, op: Op, at: float, expired: Collection[str]) -> None
         case SetBudget():
             if not op.budget.level:
                 raise LedgerError("a budget operation needs a budget with a level")
-            for value in (op.budget.limit, op.budget.max_steps, op.budget.max_tokens):
-                if isinstance(value, bool) or value < 0 or value >= MAX_AMOUNT:
-                    raise LedgerError(f"budget values must be non-negative integers, got {value!r}")
+            for name in ("limit", "max_steps", "max_tokens"):
+                value = getattr(op.budget, name)
+                if isinstance(value, bool) or not 0 <= value < MAX_AMOUNT:
+                    raise LedgerError(
+                        f"budget {name} must be a whole number from 0 (none) to {MAX_AMOUNT - 1},"
+                        f" got {value!r}"
+                    )
+            if unknown := set(op.only) - set(BUDGET_FIELDS):
+                raise LedgerError(
+                    f"a budget operation sets only {', '.join(BUDGET_FIELDS)}, not {sorted(unknown)}"
+                )
         case Cap():
             _amount(op.amount)
             if not op.level.startswith(PAYMENT_LEVEL) or op.level == PAYMENT_LEVEL:

@@ -106,10 +106,16 @@ class Refund(_Op, tag="refund"):
     tags: dict[str, str] = {}
 
 
+BUDGET_FIELDS = ("limit", "period", "max_steps", "max_tokens")
+
+
 class SetBudget(_Op, tag="budget"):
-    """Operator: set (or raise) a budget level's limits."""
+    """Operator: set (or raise) a budget level's limits. With `only`, just those fields of
+    `budget` are set and the level's others keep their values (`relaybus ledger budget
+    user:alice --max-steps 10` leaves alice's cost limit as it was)."""
 
     budget: Budget
+    only: list[str] = []  # a subset of BUDGET_FIELDS; empty: the whole budget is replaced
 
 
 class SetRateLimit(_Op, tag="limit"):

@@ -313,3 +313,19 @@ def test_holds_expire_on_time_among_many_and_after_a_restore_from_a_snapshot() -
         entry = decide(s, Hold(id="probe", payer="u", payee="t", amount=1), 50.0)
         assert sorted(entry.expired) == sorted(f"h{i}" for i in range(41) if i != 5)  # type: ignore[union-attr]
         assert decide(s, Hold(id="early", payer="u", payee="t", amount=1), 5.0).expired == []  # type: ignore[union-attr]
+
+
+def test_setting_one_budget_field_keeps_the_others_in_force(state: State) -> None:
+    # an operator adds a step limit to alice's monthly 1000: her cost limit still holds
+    result = run(
+        state,
+        SetBudget(id="b3", budget=Budget(level="user:alice", max_steps=7), only=["max_steps"]),
+    )
+    assert (result["limit"], result["period"], result["max_steps"]) == (1000, "monthly", 7)
+    with pytest.raises(BudgetExceeded):
+        run(state, hold("h-over", 1001, levels=["user:alice"]))
+    # without `only` the whole budget is replaced, as before
+    run(state, SetBudget(id="b4", budget=Budget(level="user:alice", max_steps=7)))
+    assert run(state, hold("h-free", 1001, levels=["user:alice"]))["hold"] == "h-free"
+    with pytest.raises(LedgerError, match="not \\['colour'\\]"):
+        run(state, SetBudget(id="b5", budget=Budget(level="user:alice"), only=["colour"]))
