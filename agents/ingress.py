@@ -6,8 +6,8 @@ ones). No agent reads that subject: the ingress does. It checks the body is JSON
 identity service authenticate the token and stamp the run's root link (the token goes no
 further: agents never see it), records the run and hands the task to the agent on
 `<prefix>.task.<agent>.$in`, exactly as `relaybus.Client.submit` does. A refusal is audited
-(and, with identity off, published as the run's `denied` event); the message is not
-retried.
+(and, with identity off, published as the run's `denied` event when it names a valid run);
+the message is not retried.
 """
 
 from __future__ import annotations
@@ -48,7 +48,8 @@ class Admission:
         self.agent = subject.rsplit(".", 1)[1]
         self.user = headers.get("Relay-User", "")
         self.token = headers.get("Relay-Token") or None
-        self.run_id = headers.get("Relay-Run") or _default_run_id(headers)
+        given = headers.get("Relay-Run")
+        self.run_id = given if given and _is_name(given) else _default_run_id(headers)
         self.headers = headers
         self.body = body
         self.bus = bus
@@ -61,6 +62,12 @@ class Admission:
                 "carries that user's token in `Relay-Token`"
             )
         check_name("user", self.user or "dev")
+        if "Relay-Run" in self.headers and not _is_name(self.headers["Relay-Run"]):
+            raise PlainTaskInvalid(
+                f"header Relay-Run = {self.headers['Relay-Run'][:40]!r} is not a run id "
+                "(1-64 of A-Za-z0-9_-); leave the header out to have one derived from "
+                "Nats-Msg-Id or the stream sequence"
+            )
         check_name("run", self.run_id)
         try:
             text = self.body.decode("utf-8")
@@ -96,9 +103,9 @@ class Ingress:
 
     async def admit(self, msg: PlainMessage) -> None:
         headers = msg.headers
-        if not headers.get("Relay-Run") and "Nats-Msg-Id" not in headers:
-            headers["Relay-Run"] = derived_id("ingress-seq", str(msg.sequence))
         request = Admission(self.bus, msg.subject, headers, msg.data)
+        if not request.run_id:  # no Relay-Run (or an invalid one) and no Nats-Msg-Id
+            request.run_id = derived_id("ingress-seq", str(msg.sequence))
         try:
             if IdentitySettings.of(self.bus.settings).identity:
                 if not request.token or not request.user:
@@ -137,19 +144,20 @@ class Ingress:
         reason = f"{type(exc).__name__}: {exc}"
         log.warning("ingress refused a plain task for %r: %s", request.agent[:64], reason)
         identity = IdentitySettings.of(self.bus.settings).identity
-        if identity:
-            record = AuditRecord(
-                action=f"ingress/{request.agent[:64]}",
-                decision="deny",
-                principal=f"user:{request.user[:64]}" if request.user else "anonymous",
-                actor="connection",
-                reason=reason[:500],
-                run_id=request.run_id if _is_name(request.run_id) else "",
-            )
-            try:
-                await self.refusals(record)
-            except RelayError as err:
-                log.warning("ingress could not audit a refusal: %s", err)
+        # with identity off a plain task runs as its Relay-User, or as `dev`: audited as them
+        user = request.user or ("" if identity else "dev")
+        record = AuditRecord(
+            action=f"ingress/{request.agent[:64]}",
+            decision="deny",
+            principal=f"user:{user[:64]}" if _is_user(user) else "anonymous",
+            actor="connection",
+            reason=reason[:500],
+            run_id=request.run_id if _is_name(request.run_id) else "",
+        )
+        try:
+            await self.refusals(record)
+        except RelayError as err:
+            log.warning("ingress could not audit a refusal: %s", err)
         if identity or not _is_name(request.run_id) or isinstance(exc, RunIdTaken):
             # with identity on, a refused caller has proven no run id is theirs: an event on it
             # would let one user write on another's (future) run; the audit record is theirs
@@ -161,12 +169,16 @@ class Ingress:
             log.warning("ingress could not publish the refusal: %s", err)
 
 
-def _is_name(value: str) -> bool:
+def _is_name(value: str, kind: str = "run") -> bool:
     try:
-        check_name("run", value)
+        check_name(kind, value)
     except SubjectInvalid:
         return False
     return True
+
+
+def _is_user(value: str) -> bool:
+    return bool(value) and _is_name(value, "user")
 
 
 async def serve_ingress(settings: Settings) -> int:
