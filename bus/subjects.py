@@ -14,8 +14,9 @@ ADMITTED = "$in"  # the sender token of admitted tasks: not a name an agent can 
 def check_name(kind: str, value: str) -> str:
     """Validate an agent, service or run name used as one subject token."""
     if not isinstance(value, str) or not _NAME_RE.match(value):
+        noun = "run id" if kind == "run" else f"{kind} name"
         raise SubjectInvalid(
-            f"{kind} name {value!r} is not allowed: use 1-64 letters, digits, '_' or '-'"
+            f"{noun} {value!r} is not allowed: use 1-64 letters, digits, '_' or '-'"
         )
     return value
 

@@ -10,6 +10,7 @@ import importlib
 import inspect
 import json
 import os
+import re
 import sys
 from typing import TYPE_CHECKING, Any
 
@@ -24,6 +25,7 @@ from relaybus.bus.runtime import (
     EXIT_USAGE,
     setup_logging,
 )
+from relaybus.bus.subjects import check_name
 from relaybus.bus.telemetry import Telemetry
 from relaybus.services.runs.shown import shown, shown_one
 from relaybus.services.runs.state import ENDED
@@ -295,6 +297,7 @@ def _json_times(row: dict[str, Any]) -> dict[str, Any]:
 async def run_show(args: argparse.Namespace, settings: Settings) -> int:
     from relaybus.agents.submit import run_store
 
+    check_name("run", args.run_id)
     async with Bus(settings, name="relaybus-runs") as bus:
         record = await (await run_store(bus)).get(args.run_id)
         if record is not None:
@@ -330,6 +333,7 @@ async def run_show(args: argparse.Namespace, settings: Settings) -> int:
 async def cancel(args: argparse.Namespace, settings: Settings) -> int:
     from relaybus.client import Client
 
+    check_name("run", args.run_id)
     async with Client(settings, name="relaybus-cancel") as client:
         record = await client.run(args.run_id).cancel()
     bus_cli.emit(record.summary(), args.json, f"run {args.run_id} cancelled")
@@ -341,7 +345,8 @@ async def approve(args: argparse.Namespace, settings: Settings) -> int:
     from relaybus.client import Client
 
     data = json.loads(parse_payload(args.data, "--data"))
-    user = os.environ.get("USER", "dev")
+    # the signal names who sent it: the login, made a user name (`jane.doe` is `jane_doe`)
+    user = re.sub(r"[^A-Za-z0-9_-]", "_", os.environ.get("USER") or "dev")[:64]
     async with Client(settings, user=user, name="relaybus-approve") as client:
         run = client.run(args.run_id)
         waits = (await run.record()).pending_signals()

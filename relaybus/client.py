@@ -24,7 +24,8 @@ from relaybus.agents.errors import SubmissionInvalid
 from relaybus.agents.submit import RunIdTaken, RunOutcome, run_store, submit
 from relaybus.agents.waiting import await_outcome
 from relaybus.bus import Bus, RelayError, RunFailed, Settings
-from relaybus.bus.errors import ErrorInfo
+from relaybus.bus.errors import ErrorInfo, SubjectInvalid
+from relaybus.bus.subjects import check_name
 from relaybus.services.runs.shown import shown_one
 from relaybus.services.runs.state import RunRecord
 
@@ -56,6 +57,10 @@ class Client:
     ) -> None:
         self.settings = settings or Settings.from_env(os.environ)
         self.user = user.removeprefix("user:")
+        try:  # the ingress refuses such a user; so does this, before anything is sent
+            check_name("user", self.user)
+        except SubjectInvalid:
+            raise SubmissionInvalid("user", user, "1-64 letters, digits, '_' or '-'") from None
         self.token = token
         self._bus = Bus(self.settings, name=name)
 

@@ -110,6 +110,14 @@ def test_bad_cli_input_gets_one_line_errors(stack: Path) -> None:
     )
     bad_agent = relaybus(stack, "publish", "ec.ho", "{}")
     assert bad_agent.returncode == 1 and "agent name 'ec.ho' is not allowed" in bad_agent.stderr
+    # a user or run id the ingress would refuse is refused here too, in the same words
+    bad_user = relaybus(stack, "publish", "echo", "{}", "--as", "a.b*")
+    assert bad_user.returncode == 1 and "user must be 1-64 letters" in bad_user.stderr
+    bad_run = relaybus(stack, "publish", "echo", "{}", "--run-id", "r 1")
+    assert bad_run.returncode == 1 and "run id 'r 1' is not allowed" in bad_run.stderr
+    for command in (["run", "show", "*"], ["cancel", "a.b"]):
+        shown = relaybus(stack, *command)
+        assert shown.returncode == 1 and "is not allowed: use 1-64" in shown.stderr, shown.stderr
     misspelt = relaybus(stack, "status", RELAYBUS_NATS_URLL="nats://127.0.0.1:1")
     assert (
         misspelt.returncode == 2

@@ -508,5 +508,10 @@ async def test_a_value_no_run_can_carry_is_refused_before_anything_is_sent() -> 
             await env.client.submit("echo", {"x": [1.0, float("nan")]}, run_id="bad-nan")
         assert await runs.get("bad-nan") is None
         # and the next good submission runs as ever
+        # a user the ingress would refuse (a subject wildcard) is refused by the client too
+        for user in ("a.b*", "", "user:>"):
+            with pytest.raises(SubmissionInvalid) as refused:
+                Client(env.client.settings, user=user)
+            assert refused.value.field == "user"
         run = await env.client.submit("echo", {"x": 1.5}, deadline_s=30, max_hops=3)
         assert await run.result(timeout_s=20) == {"echo": {"x": 1.5}}

@@ -109,7 +109,9 @@ def _amount(amount: int, allow_zero: bool = False) -> None:
 
 def _tokens(tokens: int) -> None:
     if isinstance(tokens, bool) or not 0 <= tokens < MAX_AMOUNT:
-        raise LedgerError(f"tokens must be a non-negative integer, got {tokens!r}")
+        raise LedgerError(
+            f"tokens must be a whole number from 0 to {MAX_AMOUNT - 1}, got {tokens!r}"
+        )
 
 
 def decide(state: State, op: Op, now: float) -> Entry | dict[str, object]:
@@ -201,8 +203,15 @@ def _validate(state: State, op: Op, at: float, expired: Collection[str]) -> None
         case Tick():
             pass
         case SetRateLimit():
-            if not op.limit.key or op.limit.rpm < 0 or op.limit.tpm < 0:
-                raise LedgerError("a limit operation needs a key and non-negative rpm/tpm")
+            if not op.limit.key:
+                raise LedgerError("a limit operation needs a key, e.g. agent:research/tool:search")
+            for name in ("rpm", "tpm"):
+                value = getattr(op.limit, name)
+                if isinstance(value, bool) or not 0 <= value < MAX_AMOUNT:
+                    raise LedgerError(
+                        f"{name} must be a whole number from 0 (none) to {MAX_AMOUNT - 1},"
+                        f" got {value!r}"
+                    )
 
 
 def _validate_hold(state: State, op: Hold, at: float, expired: Collection[str]) -> None:
