@@ -520,7 +520,9 @@ def _version() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extras = parser.parse_known_args(argv)
+    if extras:
+        refuse_unknown(parser, args, extras)
     try:
         settings = Settings.from_env(os.environ)
     except RelayError as exc:
@@ -540,6 +542,28 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # `relaybus watch | head`: the reader left; that is not an error
         sys.stderr.close()
         return EXIT_OK
+
+
+def refuse_unknown(
+    parser: argparse.ArgumentParser, args: argparse.Namespace, extras: list[str]
+) -> None:
+    """Unknown arguments, refused by the (sub)command they were given to, with its usage and
+    the closest option it has (`publish --wiat`: did you mean --wait?); exits 2."""
+    while True:
+        chosen = None
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                chosen = action.choices.get(getattr(args, action.dest, None) or "")
+        if chosen is None:
+            break
+        parser = chosen
+    options = [o for a in parser._actions for o in a.option_strings if o.startswith("--")]
+    hint = ""
+    for extra in extras:
+        if close := difflib.get_close_matches(extra.split("=", 1)[0], options, n=1):
+            hint = f" (did you mean {close[0]}?)"
+            break
+    parser.error(f"unrecognized arguments: {' '.join(extras)}{hint}")
 
 
 async def _await(result: Any) -> Any:

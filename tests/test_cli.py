@@ -125,6 +125,18 @@ def test_bad_cli_input_gets_one_line_errors(stack: Path) -> None:
     )
 
 
+def test_a_misspelt_option_is_named_by_its_command_with_the_closest_one(tmp_path: Path) -> None:
+    for argv, usage, hint in (
+        (["publish", "echo", "{}", "--wiat"], "relaybus publish", "did you mean --wait?"),
+        (["ledger", "budget", "user:a", "--limt", "5"], "relaybus ledger budget", "--limit?"),
+        (["runs", "extra"], "relaybus runs", ""),
+    ):
+        out = relaybus(tmp_path / "home", *argv)
+        # not the top-level usage listing every command: the one given, and what to type
+        assert out.returncode == 2 and f"usage: {usage} " in out.stderr, out.stderr
+        assert f"{usage}: error: unrecognized arguments: " in out.stderr and hint in out.stderr
+
+
 def test_commands_without_a_stack_say_how_to_start_one(tmp_path: Path) -> None:
     out = relaybus(tmp_path / "empty", "publish", "echo", "{}")
     assert out.returncode == 1 and "relaybus up --detach" in out.stderr
