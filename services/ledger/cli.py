@@ -184,8 +184,11 @@ async def statement(args: argparse.Namespace, settings: Settings) -> int:
         args.period = datetime.now(timezone).strftime("%Y-%m")
     if not _PERIOD.match(args.period):
         raise LedgerError(f"period {args.period!r} must be YYYY-MM or YYYY-MM-DD")
+    user = args.user.removeprefix("user:")  # the budget level's spelling names the user too
+    if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", user):
+        raise LedgerError(f"a statement is a user's: give USER or user:USER, not {args.user!r}")
     async with Bus(settings, name="relaybus-ledger") as bus:
-        result = await LedgerClient(bus).query("statement", user=args.user, period=args.period)
+        result = await LedgerClient(bus).query("statement", user=user, period=args.period)
     currency = LedgerSettings.of(settings).ledger_currency
     if args.json:
         emit(result, True, "")

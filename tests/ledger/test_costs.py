@@ -169,6 +169,21 @@ async def test_a_users_statement_equals_the_sum_of_their_runs(
     assert statement["total"] == sum(costs)
     assert sorted(statement["by"]["run"].values()) == sorted(costs)
     assert statement["by"]["tool"] == {"add": sum(costs)}
+    # the user named as a budget level is the same user (it printed an empty statement)
+    cli = [sys.executable, "-m", "relaybus.cli", "ledger", "statement"]
+    as_level = subprocess.run(
+        [*cli, "user:carol", "--period", period, "--json"],
+        capture_output=True,
+        text=True,
+        env=child_env(settings),
+        cwd=ROOT,
+        timeout=60,
+    )
+    assert json.loads(as_level.stdout) == statement
+    not_a_user = subprocess.run(
+        [*cli, "agent:adder"], capture_output=True, text=True, env=child_env(settings), timeout=60
+    )
+    assert not_a_user.returncode == 1 and "give USER or user:USER" in not_a_user.stderr
 
 
 async def test_leased_steps_are_decided_locally_and_settled_exactly(
