@@ -13,6 +13,7 @@ user, the command acts as the local operator (it holds the stack's operator cred
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -76,7 +77,10 @@ async def review_command(args: argparse.Namespace, settings: Settings) -> int:
             else:
                 print(_line(item))
                 print(f"status {item.status}; submitted by {item.principal}")
-                print(f"result: {item.result!r}" if item.error is None else f"error: {item.error}")
+                if item.error is None:  # JSON, as the run returned it (not a Python repr)
+                    print("result: " + json.dumps(item.result, indent=2, ensure_ascii=False))
+                else:
+                    print(f"error: {item.error}")
                 for v in item.verdicts:
                     when = time.strftime("%Y-%m-%d %H:%M", time.localtime(v.time))
                     print(f"  {when} {v.reviewer}: {v.verdict} {v.score:.2f} {v.label} {v.comment}")
@@ -97,10 +101,15 @@ async def review_command(args: argparse.Namespace, settings: Settings) -> int:
                     "score": verdict.score,
                 },
                 args.json,
+                f"run {verdict.run_id}: {verdict.verdict} {verdict.score:.2f} by {verdict.reviewer}",
             )
         else:
             request = await reviews.request(reviewer, args.run_id, args.reason)
-            bus_cli.emit({"run_id": request.run_id, "requested_by": request.by}, args.json)
+            bus_cli.emit(
+                {"run_id": request.run_id, "requested_by": request.by},
+                args.json,
+                f"run {request.run_id} is in the review queue (asked by {request.by})",
+            )
     return EXIT_OK
 
 

@@ -86,7 +86,7 @@ async def stack(settings: Settings, spawn: Spawn) -> AsyncIterator[Stack]:
             yield Stack(bus, base, tokens)
 
 
-async def cli(stack: Stack, *args: str) -> Any:
+async def cli(stack: Stack, *args: str, text: bool = False) -> Any:
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "relaybus.cli", *args,
         env=child_env(stack.settings), cwd=ROOT,
@@ -94,7 +94,7 @@ async def cli(stack: Stack, *args: str) -> Any:
     )  # fmt: skip
     out, err = await proc.communicate()
     assert proc.returncode == 0, err.decode()
-    return json.loads(out)
+    return out.decode() if text else json.loads(out)
 
 
 async def test_low_scores_go_to_review_and_each_reviewer_sees_only_their_scope(
@@ -199,6 +199,11 @@ async def test_a_run_is_sent_to_review_on_demand_by_its_owner_or_a_reviewer(stac
     assert done == {"run_id": good, "reviewer": "user:rex", "verdict": "fail", "score": 0.1}
     (item,) = await reviews.items(Reviewer())
     assert item.disagreement  # judged 0.9, the human 0.1
+    # without --json a person reads sentences and JSON, not Python's repr of a dict
+    shown = await cli(stack, "review", "show", good, text=True)
+    assert '"answer": "answer 0.9"' in shown and "{'" not in shown, shown
+    again = await cli(stack, "review", "score", good, "pass", "--score", "0.7", text=True)
+    assert again == f"run {good}: pass 0.70 by operator\n"
 
 
 def test_no_agent_ingress_or_service_may_write_the_reviews_bucket() -> None:
