@@ -409,7 +409,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("publish", help="submit a task to an agent")
     p.add_argument("agent")
     p.add_argument("payload", metavar="JSON")
-    p.add_argument("--as", dest="as_user", default="dev", help="the user the run acts for")
+    p.add_argument(
+        "--as",
+        dest="as_user",
+        default="",
+        help="the user the run acts for (default: the one --token names, else dev)",
+    )
     p.add_argument("--token", default=None, help="the user's API token")
     p.add_argument(
         "--budget",

@@ -26,6 +26,7 @@ from relaybus.agents.waiting import await_outcome
 from relaybus.bus import Bus, RelayError, RunFailed, Settings
 from relaybus.bus.errors import ErrorInfo, SubjectInvalid
 from relaybus.bus.subjects import check_name
+from relaybus.services.identity.messages import token_user
 from relaybus.services.runs.shown import shown_one
 from relaybus.services.runs.state import RunRecord
 
@@ -51,11 +52,13 @@ class Client:
         self,
         settings: Settings | None = None,
         *,
-        user: str = "dev",
+        user: str = "",
         token: str | None = None,
         name: str = "relaybus-client",
     ) -> None:
         self.settings = settings or Settings.from_env(os.environ)
+        # no user given: the one the token names (checked when used), else the dev user
+        user = user or (token_user(token) if token else "") or "dev"
         self.user = user.removeprefix("user:")
         try:  # the ingress refuses such a user; so does this, before anything is sent
             check_name("user", self.user)

@@ -509,7 +509,7 @@ async def test_a_value_no_run_can_carry_is_refused_before_anything_is_sent() -> 
         assert await runs.get("bad-nan") is None
         # and the next good submission runs as ever
         # a user the ingress would refuse (a subject wildcard) is refused by the client too
-        for user in ("a.b*", "", "user:>"):
+        for user in ("a.b*", "user:>", "x" * 65):
             with pytest.raises(SubmissionInvalid) as refused:
                 Client(env.client.settings, user=user)
             assert refused.value.field == "user"

@@ -219,7 +219,7 @@ def test_one_mcp_tool_and_one_a2a_call_in_a_real_run(example: Example, tmp_path:
 
     # A run budget below the A2A call's price stops the run there: the quoter is never asked
     over = example.cli(
-        "publish", "travel_planner", json.dumps(TRIP), "--as", "alice", "--token", alice,
+        "publish", "travel_planner", json.dumps(TRIP), "--token", alice,  # --as: the token's
         "--budget", "100", "--wait", "--json", "--timeout", "90", timeout=120,
     )  # fmt: skip
     stopped = json.loads(over.stdout)

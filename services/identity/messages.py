@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from typing import Any
 
@@ -117,3 +118,17 @@ REQUESTS: dict[str, type | None] = {
 }
 """The request body of each `<prefix>.svc.identity.<op>` (None: the body is ignored); `stamp`
 arrives on `…identity.stamp.<agent>`, the sender named by the subject."""
+
+
+_TOKEN = re.compile(r"^rb_(?P<user>.+?)_[0-9a-f]{8}_.+$")
+
+
+def token_user(token: str) -> str:
+    """The user an API token `rb_<user>_<id>_<secret>` names (a user id may hold `_`); for a
+    malformed one, its second part, so a refusal names who it claimed to be. Unverified: the
+    identity service checks the token belongs to that user."""
+    named = _TOKEN.match(token)
+    if named:
+        return named["user"]
+    parts = token.split("_", 3)
+    return parts[1] if len(parts) == 4 else ""

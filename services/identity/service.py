@@ -61,25 +61,13 @@ from .messages import (
     TokenIssue,
     UserAdd,
     UserRecord,
+    token_user,
 )
 from .refusals import RefusalAudit
 from .registry import Registry
 from .scopes import all_narrow, parse_scope, within
 
 log = logging.getLogger("relaybus.identity")
-_TOKEN = re.compile(r"^rb_(?P<user>.+?)_[0-9a-f]{8}_.+$")
-
-
-def _user_named(token: str) -> str:
-    """The user a token `rb_<user>_<id>_<secret>` names (a user id may hold `_`); for a
-    malformed one, its second part, so the refusal names who it claimed to be."""
-    named = _TOKEN.match(token)
-    if named:
-        return named["user"]
-    parts = token.split("_", 3)
-    return parts[1] if len(parts) == 4 else ""
-
-
 _TOKEN_ID = re.compile(r"^[0-9a-f]{8}$")
 _USER_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
@@ -300,7 +288,7 @@ class IdentityService:
         """Check a user's API token without issuing anything (the console's login); a refusal
         is audited."""
         req = msgspec.json.decode(data, type=TokenCheck)
-        user_id = req.user or _user_named(req.token)
+        user_id = req.user or token_user(req.token)
         try:
             user = await self._authenticate(user_id, req.token)
         except RelayError as exc:
