@@ -246,6 +246,14 @@ class Bucket:
 
 
 class Watch:
+    """nats-py's watch, with a catch-up that can be trusted: nats-py marks "every current
+    entry delivered" when its consumer's info says nothing is pending and no message has been
+    counted yet, and on a loaded machine that info can arrive before the entries the server had
+    already sent (they come after the marker). A cache that believed the marker would answer
+    from an empty copy: a revocation list, "nothing revoked". So a marker seen before any entry
+    is checked against what the consumer delivered, and until then catch-up waits for the entry
+    sent last (the one with nothing pending after it)."""
+
     def __init__(self, watcher: Any) -> None:
         self._watcher = watcher
         #: every entry the bucket held when the watch began has been returned
@@ -253,6 +261,8 @@ class Watch:
         self.caught_up_event = asyncio.Event()
         #: the stream sequence of the entry returned last (its key's revision)
         self.revision = 0
+        self._entries = 0
+        self._marker_early = False
 
     def __aiter__(self) -> Watch:
         return self
@@ -262,13 +272,32 @@ class Watch:
             # a plain queue read (its `updates` wraps one in asyncio.wait_for, which on Python
             # 3.11 can swallow a cancellation); `stop()` ends the iteration
             entry = await self._watcher.__anext__()
-            if entry is None:  # the initial values are done
-                self.caught_up = True
-                self.caught_up_event.set()
+            if entry is None:  # nats-py: the initial values are done
+                if self._entries or await self._nothing_delivered():
+                    self._catch_up()
+                else:
+                    self._marker_early = True
                 continue
+            self._entries += 1
+            if self._marker_early and not self.caught_up and not entry.delta:
+                self._catch_up()  # the last entry sent before the marker: applied before the
+                # caller's next await, so no reader sees the copy without it
             self.revision = int(entry.revision or 0)
             value = None if entry.operation in ("DEL", "PURGE") else bytes(entry.value or b"")
             return str(entry.key), value
+
+    def _catch_up(self) -> None:
+        self.caught_up = True
+        self.caught_up_event.set()
+
+    async def _nothing_delivered(self) -> bool:
+        """The watch consumer has sent nothing and has nothing pending: the bucket was empty.
+        Unanswered, not believed: the watch then catches up with its first entry sent last."""
+        try:
+            info = await self._watcher._sub.consumer_info()
+        except Exception:
+            return False
+        return not info.num_pending and not info.delivered.consumer_seq
 
     async def stop(self) -> None:
         await self._watcher.stop()

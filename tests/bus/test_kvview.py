@@ -198,3 +198,50 @@ async def test_a_late_check_is_made_good_by_asking_and_a_broken_watch_is_not(bus
         # Then asking does not confirm it, and the revocation is never answered "absent"
         assert not await revoked.confirm(1.0)
         assert await revoked.get("user.mallory") is not None
+
+
+class MarkerFirst:
+    """A real nats-py watch whose "initial values done" marker is handed over before the
+    entries the server sent, the order a loaded machine produces (nats-py's consumer info came
+    back first; CI saw it) and that cannot be forced from outside."""
+
+    def __init__(self, watcher: Any) -> None:
+        self._watcher = watcher
+        self._sub = watcher._sub
+        self._marker_sent = False
+
+    async def __anext__(self) -> Any:
+        if not self._marker_sent:
+            self._marker_sent = True
+            return None
+        while (entry := await self._watcher.__anext__()) is None:
+            pass  # the real marker, after the entries: already handed over
+        return entry
+
+    async def stop(self) -> None:
+        await self._watcher.stop()
+
+
+async def test_a_catch_up_marker_ahead_of_the_entries_is_not_believed(bus: Bus) -> None:
+    from relaybus.bus.kv import Watch
+
+    bucket = await Bucket.open(bus, bus.subjects.bucket("revoked"))
+    for key in ("agent-a", "agent-b", "user-c"):
+        await bucket.put(key, b"revoked")
+    watch = Watch(MarkerFirst(await bucket._kv.watchall()))
+    caught_up_after = []
+    for _ in range(3):
+        await asyncio.wait_for(watch.__anext__(), 10)
+        caught_up_after.append(watch.caught_up)
+    # Then the watch said it had caught up only with the last entry the bucket held: a copy
+    # built from it never answered "not revoked" from an empty start
+    assert caught_up_after == [False, False, True]
+    await watch.stop()
+    # and an empty bucket's marker is believed (its consumer delivered nothing)
+    empty = await Bucket.open(bus, bus.subjects.bucket("reviews"))
+    watch = await empty.watch()
+    following = asyncio.create_task(watch.__anext__())
+    await asyncio.wait_for(watch.caught_up_event.wait(), 10)
+    await empty.put("r1", b"{}")
+    assert await asyncio.wait_for(following, 10) == ("r1", b"{}")
+    await watch.stop()
