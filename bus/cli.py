@@ -20,10 +20,10 @@ from nats.js import api
 
 from .client import Bus
 from .codec import decode_or_refuse
-from .errors import ConnectionFailed, RelayError
+from .errors import RelayError
 from .events import DeadLetter, Event, dead_letter_decoder, event_encoder
 from .feed import EventFeed
-from .kv import Bucket
+from .kv import Bucket, BucketMissing
 from .runtime import EXIT_ERROR, EXIT_OK
 from .settings import Settings
 from .stack import is_alive, public_url, read_stack
@@ -242,7 +242,7 @@ MAX_PID = 1 << 22  # Linux's pid_max ceiling
 async def list_agents(bus: Bus) -> list[dict[str, Any]]:
     try:
         presence = await Bucket.open(bus, bus.subjects.bucket("presence"))
-    except ConnectionFailed:
+    except BucketMissing:  # no stack provisioned it: no agent either (a silent JetStream raises)
         return []
     agents: dict[str, dict[str, Any]] = {}
     for key in await presence.keys():  # its listing is retried while nats-py says "no keys"

@@ -79,6 +79,11 @@ _DELETED = ("DEL", "PURGE")
 _OPENED: weakref.WeakKeyDictionary[Any, dict[str, Bucket]] = weakref.WeakKeyDictionary()
 
 
+class BucketMissing(ConnectionFailed):
+    """The KV bucket does not exist (no stack provisioned it yet): not a JetStream that does
+    not answer, which is a plain ConnectionFailed."""
+
+
 class RevisionConflict(RelayError):
     """A compare-and-set write lost: the key changed since it was read (or already exists)."""
 
@@ -105,7 +110,7 @@ class Bucket:
         try:
             kv = await _retrying(f"open {name}", lambda: bus.js.key_value(name))
         except nats.js.errors.BucketNotFoundError:
-            raise ConnectionFailed(f"KV bucket {name} does not exist; run `relaybus up`") from None
+            raise BucketMissing(f"KV bucket {name} does not exist; run `relaybus up`") from None
         api_prefix = getattr(bus.js, "_prefix", "$JS.API")
         return opened.setdefault(name, cls(kv, name, bus.replies, api_prefix))
 

@@ -57,13 +57,20 @@ class Client:
         name: str = "relaybus-client",
     ) -> None:
         self.settings = settings or Settings.from_env(os.environ)
+        named = bool(user)
         # no user given: the one the token names (checked when used), else the dev user
         user = user or (token_user(token) if token else "") or "dev"
         self.user = user.removeprefix("user:")
         try:  # the ingress refuses such a user; so does this, before anything is sent
             check_name("user", self.user)
         except SubjectInvalid:
-            raise SubmissionInvalid("user", user, "1-64 letters, digits, '_' or '-'") from None
+            if named:
+                raise SubmissionInvalid("user", user, "1-64 letters, digits, '_' or '-'") from None
+            raise SubmissionInvalid(  # the token's secret stays out of the message
+                "token",
+                f"{(token or '')[:12]}…",
+                "`rb_<user>_…` as `relaybus identity user token` prints",
+            ) from None
         self.token = token
         self._bus = Bus(self.settings, name=name)
 

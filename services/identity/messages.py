@@ -120,7 +120,9 @@ REQUESTS: dict[str, type | None] = {
 arrives on `…identity.stamp.<agent>`, the sender named by the subject."""
 
 
-_TOKEN = re.compile(r"^rb_(?P<user>.+?)_[0-9a-f]{8}_.+$")
+# the secret is `secrets.token_urlsafe(24)`: 32 characters. Matched from the right, so a user
+# id holding `_<8 hex>_` itself (`svc_20240101_bot`) is named whole
+_TOKEN = re.compile(r"^rb_(?P<user>.+)_[0-9a-f]{8}_[A-Za-z0-9_-]{32}$")
 
 
 def token_user(token: str) -> str:

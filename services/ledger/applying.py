@@ -102,9 +102,10 @@ def apply(state: State, entry: Entry) -> dict[str, object]:
             _parts(result, hold)
         case SetBudget():
             budget = op.budget
-            if op.only and (current := state.budgets.get(budget.level)) is not None:
+            if op.only:  # just the fields named, on the budget in force (or none: no limits)
+                in_force = state.budgets.get(budget.level) or Budget(level=budget.level)
                 budget = msgspec.structs.replace(
-                    current, **{name: getattr(budget, name) for name in op.only}
+                    in_force, **{name: getattr(op.budget, name) for name in op.only}
                 )
             state.budgets[budget.level] = budget
             result.update(

@@ -323,6 +323,17 @@ async def test_a_user_id_with_underscores_gets_a_token_that_works(idbus: Bus) ->
     assert await identity.authenticate(token) == "travel_desk"  # the user the token names
     with pytest.raises(PermissionDenied, match="could not be authenticated"):
         await identity.authenticate(token, "travel")
+    # a user id that holds `_<8 hex>_` itself is named whole by its token, beside a user
+    # named like its first part (a shortest match named `svc`, and audited svc's refusals)
+    from relaybus import Client
+    from relaybus.services.identity.messages import token_user
+
+    for user in ("svc_20240101_bot", "svc"):
+        await identity.add_user(user, ["search"], [])
+    dated = (await identity.issue_token("svc_20240101_bot"))["token"]
+    assert token_user(dated) == "svc_20240101_bot"
+    assert await identity.authenticate(dated) == "svc_20240101_bot"
+    assert Client(idbus.settings, token=dated).user == "svc_20240101_bot"
 
 
 async def test_a_revocation_holds_at_a_gate_whose_watch_someone_deleted(idbus: Bus) -> None:

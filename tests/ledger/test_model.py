@@ -327,5 +327,9 @@ def test_setting_one_budget_field_keeps_the_others_in_force(state: State) -> Non
     # without `only` the whole budget is replaced, as before
     run(state, SetBudget(id="b4", budget=Budget(level="user:alice", max_steps=7)))
     assert run(state, hold("h-free", 1001, levels=["user:alice"]))["hold"] == "h-free"
+    # on a level with no budget yet, only the fields named are set (the rest: no limit)
+    fresh = Budget(level="user:new", limit=100, period="daily", max_steps=5)
+    set_fresh = run(state, SetBudget(id="b6", budget=fresh, only=["max_steps"]))
+    assert (set_fresh["limit"], set_fresh["period"], set_fresh["max_steps"]) == (0, "", 5)
     with pytest.raises(LedgerError, match="not \\['colour'\\]"):
         run(state, SetBudget(id="b5", budget=Budget(level="user:alice"), only=["colour"]))
