@@ -527,7 +527,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extras = parser.parse_known_args(argv)
     if extras:
-        refuse_unknown(parser, args, extras)
+        given = sys.argv[1:] if argv is None else argv
+        before_command = given.index(extras[0]) < given.index(args.command)
+        refuse_unknown(parser, None if before_command else args, extras)
     try:
         settings = Settings.from_env(os.environ)
     except RelayError as exc:
@@ -550,11 +552,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def refuse_unknown(
-    parser: argparse.ArgumentParser, args: argparse.Namespace, extras: list[str]
+    parser: argparse.ArgumentParser, args: argparse.Namespace | None, extras: list[str]
 ) -> None:
     """Unknown arguments, refused by the (sub)command they were given to, with its usage and
     the closest option it has (`publish --wiat`: did you mean --wait?); exits 2."""
-    while True:
+    while args is not None:
         chosen = None
         for action in parser._actions:
             if isinstance(action, argparse._SubParsersAction):

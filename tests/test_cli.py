@@ -130,6 +130,7 @@ def test_a_misspelt_option_is_named_by_its_command_with_the_closest_one(tmp_path
         (["publish", "echo", "{}", "--wiat"], "relaybus publish", "did you mean --wait?"),
         (["ledger", "budget", "user:a", "--limt", "5"], "relaybus ledger budget", "--limit?"),
         (["runs", "extra"], "relaybus runs", ""),
+        (["--bogus", "runs"], "relaybus", ""),  # given before any command: the top level's
     ):
         out = relaybus(tmp_path / "home", *argv)
         # not the top-level usage listing every command: the one given, and what to type
