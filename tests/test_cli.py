@@ -207,6 +207,21 @@ def test_secure_stack_admits_only_registered_agents_on_their_nkeys(
         out = relaybus(home, "publish", "echo", '{"x": 1}', "--wait", "--json", "--timeout", "60")
         assert out.returncode == 0, out.stderr
         assert json.loads(out.stdout)["result"] == {"x": 1}
+        # registered again (docs/identity.md's command, to change its scopes), it keeps its keys:
+        # new ones locked the running agent out of NATS, and its tasks timed out
+        again = relaybus(home, "identity", "agent", "add", "echo", "--scope", "echo")
+        assert again.returncode == 0 and "keys in" in again.stdout and "unchanged" in again.stdout
+        assert (home / "keys" / "echo.nk").read_bytes() == public
+        out = relaybus(home, "publish", "echo", '{"x": 2}', "--wait", "--json", "--timeout", "60")
+        assert out.returncode == 0 and json.loads(out.stdout)["result"] == {"x": 2}, out.stderr
+        # a token is revoked by the whole token too, sending only its id; twice says so
+        relaybus(home, "identity", "user", "add", "tess", "--scope", "echo")
+        token = relaybus(home, "identity", "user", "token", "tess").stdout.strip()
+        first = relaybus(home, "identity", "user", "revoke", "tess", "--token", token)
+        assert first.returncode == 0 and first.stdout == f"token {token.split('_')[2]} revoked\n"
+        second = relaybus(home, "identity", "user", "revoke", "tess", "--token", token)
+        assert "was revoked already" in second.stdout
+        assert token.split("_")[3] not in first.stdout + second.stdout
         # Then an agent with a key the registry does not know cannot even connect
         from relaybus.services.identity.natsconfig import write_nkey
 

@@ -8,14 +8,15 @@ from typing import Any
 import msgspec
 from nacl.signing import SigningKey
 
-from relaybus.bus import Bus, Settings
+from relaybus.bus import Bus, ConfigError, Settings
 from relaybus.bus.cli import emit, emit_rows, when
 from relaybus.bus.runtime import EXIT_OK
 from relaybus.bus.subjects import check_name
 from relaybus.services.ledger.settings import LedgerSettings
 
-from .client import IdentityClient, read_audit, write_agent_key
-from .natsconfig import authorization_block, new_nkey_seed, nkey_public, write_nkey
+from .client import IdentityClient, agent_key_path, read_agent_key, read_audit, write_agent_key
+from .messages import token_id_of, token_user
+from .natsconfig import authorization_block, new_nkey_seed, nkey_path, nkey_public, write_nkey
 from .registry import Registry
 
 
@@ -32,6 +33,12 @@ def register(sub: Any) -> None:
     p.add_argument("--scope", action="append", default=[], help="a scope it may ever hold (repeat)")
     p.add_argument(
         "--handoff-to", action="append", default=[], help="an agent it may delegate to (repeat)"
+    )
+    p.add_argument(
+        "--new-key",
+        action="store_true",
+        help="give it new keys (its running replicas must restart); by default an agent "
+        "registered again keeps the keys under RELAYBUS_HOME/keys and only its scopes change",
     )
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=agent_add)
@@ -59,7 +66,7 @@ def register(sub: Any) -> None:
     p.set_defaults(func=user_token)
     p = user.add_parser("revoke", help="revoke a user, or one of its tokens with --token")
     p.add_argument("id")
-    p.add_argument("--token", default=None, help="the token id")
+    p.add_argument("--token", default=None, help="the token id (8 hex digits), or the whole token")
     p.add_argument("--reason", default="")
     p.add_argument("--json", action="store_true")
     p.set_defaults(
@@ -120,18 +127,39 @@ async def nats_config(args: argparse.Namespace, settings: Settings) -> int:
 async def agent_add(args: argparse.Namespace, settings: Settings) -> int:
     home = settings.home.resolve()
     check_name("agent", args.name)  # before anything: the name names its key files
+    # an agent registered again keeps its keys: new ones would lock its running replicas out
+    kept = (
+        not args.new_key
+        and agent_key_path(home, args.name).exists()
+        and nkey_path(home, args.name).exists()
+    )
+    if kept:
+        key, seed = read_agent_key(home, args.name), nkey_path(home, args.name).read_bytes().strip()
+    else:
+        key, seed = SigningKey.generate(), new_nkey_seed()
     # registered first, stored after: a refused registration leaves the agent's keys as they were
-    key, seed = SigningKey.generate(), new_nkey_seed()
     async with Bus(settings, name="relaybus-identity") as bus:
         await IdentityClient(bus).add_agent(
             args.name, key.verify_key, args.scope, args.handoff_to, nkey_public(seed)
         )
-    write_agent_key(home, args.name, key)
-    write_nkey(home, args.name, seed)
+    if not kept:
+        write_agent_key(home, args.name, key)
+        write_nkey(home, args.name, seed)
+    keys = home / "keys"
+    text = (
+        f"agent {args.name} registered again with these scopes; its keys in {keys} are unchanged"
+        if kept
+        else f"agent {args.name} registered; its key is in {keys}"
+    )
     emit(
-        {"name": args.name, "scopes": args.scope, "handoff_to": args.handoff_to},
+        {
+            "name": args.name,
+            "scopes": args.scope,
+            "handoff_to": args.handoff_to,
+            "new_key": not kept,
+        },
         args.json,
-        f"agent {args.name} registered; its key is in {settings.home.resolve() / 'keys'}",
+        text,
     )
     return EXIT_OK
 
@@ -190,7 +218,15 @@ async def role_add(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def revoke(args: argparse.Namespace, settings: Settings, kind: str, ident: str) -> int:
+    user = ""
+    if kind == "token":  # `--token` takes the id, or the whole token (only its id is sent)
+        user = args.id
+        if ident.startswith("rb_"):
+            if token_user(ident) != user or not token_id_of(ident):
+                raise ConfigError(f"that token is not one of user {user!r}'s; nothing was revoked")
+            ident = token_id_of(ident)
     async with Bus(settings, name="relaybus-identity") as bus:
-        await IdentityClient(bus).revoke(kind, ident, args.reason)
-    emit({"revoked": f"{kind}:{ident}"}, args.json, f"{kind} {ident} revoked")
+        done = await IdentityClient(bus).revoke(kind, ident, args.reason, user=user)
+    text = f"{kind} {ident} revoked" if done else f"{kind} {ident} was revoked already"
+    emit({"revoked": f"{kind}:{ident}", "already": not done}, args.json, text)
     return EXIT_OK

@@ -140,8 +140,11 @@ class IdentityClient:
         body = await self.call("authenticate", TokenCheck(token=token, user=user))
         return str(body["user"]), [str(s) for s in body.get("scopes", [])]
 
-    async def revoke(self, kind: str, ident: str, reason: str = "") -> None:
-        await self.call("revoke", Revoke(kind=kind, id=ident, reason=reason))
+    async def revoke(self, kind: str, ident: str, reason: str = "", *, user: str = "") -> bool:
+        """Revoke `kind` `ident` (a token by its id, issued to `user`); False if it was
+        revoked already."""
+        body = await self.call("revoke", Revoke(kind=kind, id=ident, reason=reason, user=user))
+        return not body.get("already")
 
     async def root(
         self,

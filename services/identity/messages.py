@@ -59,8 +59,9 @@ class TokenIssue(msgspec.Struct, kw_only=True):
 
 class Revoke(msgspec.Struct, kw_only=True):
     kind: str  # agent | user | token | link
-    id: str
+    id: str  # a token's: its 8-hex-digit id, never the token itself
     reason: str = ""
+    user: str = ""  # a token's user: the token id must be one issued to them
 
 
 class TokenCheck(msgspec.Struct, kw_only=True):
@@ -123,6 +124,11 @@ arrives on `…identity.stamp.<agent>`, the sender named by the subject."""
 # the secret is `secrets.token_urlsafe(24)`: 32 characters. Matched from the right, so a user
 # id holding `_<8 hex>_` itself (`svc_20240101_bot`) is named whole
 _TOKEN = re.compile(r"^rb_(?P<user>.+)_[0-9a-f]{8}_[A-Za-z0-9_-]{32}$")
+
+
+def token_id_of(token: str) -> str:
+    """The id of a whole API token `rb_<user>_<id>_<secret>`; "" for anything else."""
+    return token[-41:-33] if _TOKEN.match(token) else ""
 
 
 def token_user(token: str) -> str:

@@ -192,12 +192,21 @@ class IdentityService:
                 else await self.registry.user(req.id)
             )
             if found is None:
+                listed = (
+                    "`relaybus identity agent list` lists the agents"
+                    if req.kind == "agent"
+                    else "`relaybus identity audit USER` shows what a user did"
+                )
                 refused = (
                     f"no {req.kind} {req.id!r} is registered, so nothing was revoked; check the "
-                    "name (`relaybus identity agent list` lists the agents)"
+                    f"name ({listed})"
                 )
                 await self.audit(f"{req.kind}/revoke", "deny", "admin", "admin", reason=refused)
                 raise ConfigError(refused)
+        if req.kind == "token":
+            await self._check_token_revoke(req)
+        if await self.registry.is_revoked(f"{req.kind}:{req.id}"):
+            return {"revoked": f"{req.kind}:{req.id}", "already": True}
         await self.registry.revoke(f"{req.kind}:{req.id}", req.reason)
         if req.kind == "agent" and (record := await self.registry.agent(req.id)) is not None:
             # the record too: the NATS authorization block drops a revoked agent's user
@@ -210,6 +219,27 @@ class IdentityService:
             reason=req.reason,
         )
         return {"revoked": f"{req.kind}:{req.id}"}
+
+    async def _check_token_revoke(self, req: Revoke) -> None:
+        """A token is revoked by its id (a whole token would put its secret in the revocation
+        list, and revoke nothing), and only one issued to the user named."""
+        refused = ""
+        if not _TOKEN_ID.match(req.id):
+            refused = (
+                f"{req.id[:12]!r}… is not a token id: give the 8 hex digits after the user in "
+                "rb_<user>_<id>_… (or the whole token to the CLI, which sends only its id)"
+            )
+        elif req.user:
+            user = (
+                await self.registry.user(req.user, current=True)
+                if _USER_ID.match(req.user)
+                else None
+            )
+            if user is None or req.id not in user.tokens:
+                refused = f"user {req.user[:64]!r} has no token {req.id}; nothing was revoked"
+        if refused:
+            await self.audit("token/revoke", "deny", "admin", "admin", reason=refused)
+            raise ConfigError(refused)
 
     async def public_key(self, data: bytes) -> Any:
         return {"public_key": bytes(self.key.verify_key).hex()}

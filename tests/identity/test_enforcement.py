@@ -280,9 +280,20 @@ async def test_revoking_a_user_or_agent_nobody_registered_says_so_and_revokes_no
     )
     with pytest.raises(RelayError, match=r"user name 'a\.b' is not allowed"):
         await identity.revoke("user", "a.b", "not a name")
+    # a token is revoked by its id, one issued to the user named: the whole token (its secret
+    # went into the revocation list, and the token kept working), an unknown id, or another
+    # user's id revokes nothing
+    token_id = token.split("_")[2]
+    for ident, user in ((token, "alice"), ("deadbeef", "alice"), (token_id, "bob")):
+        with pytest.raises(ConfigError, match="not a token id|has no token"):
+            await identity.revoke("token", ident, "typo", user=user)
+    assert [k for k in await revoked.keys() if k.startswith("token")] == []
+    assert await identity.revoke("token", token_id, "lost", user="alice") is True
+    assert await identity.revoke("token", token_id, "lost", user="alice") is False  # already
     # and the registered user is revoked as ever
-    await identity.revoke("user", "alice", "left")
+    assert await identity.revoke("user", "alice", "left") is True
     assert await revoked.get("user.alice") is not None
+    assert await identity.revoke("user", "alice", "left") is False
 
 
 def test_agent_without_a_key_says_how_to_register(settings: Settings, tmp_path: Path) -> None:
