@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import math
 from collections.abc import AsyncIterator
@@ -19,6 +20,9 @@ from relaybus.services.ledger.prices import PriceTable
 from relaybus.services.ledger.settings import LedgerSettings
 
 from .breaker import Breaker
+
+RATE_WAIT_S = 75.0  # a rate limit waited out in place at most this long (a window is 60 s)
+RATE_PAUSE_MIN_S = 0.1
 
 if TYPE_CHECKING:
     from .context import Context
@@ -268,22 +272,32 @@ class Costs:
         tags: dict[str, str],
         tokens: int = 0,
     ) -> None:
-        """Hold `amount` (and `tokens`) at every level; a rate limit turns into a delayed retry
-        of the task."""
+        """Hold `amount` (and `tokens`) at every level. A rate limit is waited out in place
+        (the task keeps its message, and no attempt is spent: a retried task that spent one per
+        refusal was dead-lettered after five); past `RATE_WAIT_S` of waiting, it turns into a
+        delayed retry of the task."""
         assert self.ledger is not None
-        try:
-            await self.ledger.hold(
-                hold_id,
-                f"user:{user}",
-                payee,
-                amount,
-                levels,
-                currency=self.ledger_settings.ledger_currency,
-                tags=tags,
-                rate=f"agent:{self.agent}/{payee}",
-                tokens=tokens,
-            )
-        except RateLimited as exc:
-            raise Retry(str(exc), delay_s=max(1.0, exc.retry_after_s)) from None
+        waited = 0.0
+        while True:
+            try:
+                await self.ledger.hold(
+                    hold_id,
+                    f"user:{user}",
+                    payee,
+                    amount,
+                    levels,
+                    currency=self.ledger_settings.ledger_currency,
+                    tags=tags,
+                    rate=f"agent:{self.agent}/{payee}",
+                    tokens=tokens,
+                )
+                return
+            except RateLimited as exc:
+                # the window's edge is the ledger's clock: a little past it, never a busy loop
+                pause = max(RATE_PAUSE_MIN_S, exc.retry_after_s + RATE_PAUSE_MIN_S)
+                if waited + pause > RATE_WAIT_S:
+                    raise Retry(str(exc), delay_s=max(1.0, exc.retry_after_s)) from None
+                await asyncio.sleep(pause)
+                waited += pause
 
     # -- services for Context ---------------------------------------------------------------

@@ -338,3 +338,21 @@ async def test_a_parked_run_whose_budget_resume_is_rejected_stops(
         done = await wait_for_run(feed, outcome.run_id, 30)
     assert done.status == "cancelled" and "rejected" in (done.error or ""), done
     assert len(log.read_text().splitlines()) == 2  # nothing ran after the rejection
+
+
+@pytest.mark.slow
+async def test_a_rate_limited_step_waits_for_its_window_and_spends_no_attempt(
+    lbus: Bus, spawn: Spawn, tmp_path: Path
+) -> None:
+    """A step over its rate limit used to nak its task, each refusal an attempt: a run that
+    met the limit a few times was dead-lettered and failed. With one attempt allowed, a run
+    whose second step must wait out the minute's window still completes, charged once a step."""
+    log = tmp_path / "calls"
+    await LedgerClient(lbus).set_rate_limit("rate-1", "agent:shopper/tool:add", rpm=1)
+    spawn("runtime_agents:Shopper", RELAYBUS_LEDGER="1", RELAYBUS_MAX_DELIVER="1")
+    ok = await submit(
+        lbus, "shopper", json.dumps({"n": 2, "log": str(log)}).encode(), wait=True, timeout_s=120
+    )
+    assert ok.status == "completed", ok.error
+    assert ok.result == 1 and ok.cost == 2 * COST
+    assert log.read_text().split() == ["add", "add"]  # each call once
