@@ -285,7 +285,7 @@ async def test_revoking_a_user_or_agent_nobody_registered_says_so_and_revokes_no
     # user's id revokes nothing
     token_id = token.split("_")[2]
     for ident, user in ((token, "alice"), ("deadbeef", "alice"), (token_id, "bob")):
-        with pytest.raises(ConfigError, match="not a token id|has no token"):
+        with pytest.raises(ConfigError, match=r"not a token id|has no token"):
             await identity.revoke("token", ident, "typo", user=user)
     assert [k for k in await revoked.keys() if k.startswith("token")] == []
     assert await identity.revoke("token", token_id, "lost", user="alice") is True
