@@ -335,7 +335,9 @@ class IdentityGate:
 
 
 def audit_token(principal: str) -> str:
-    """The subject token of a principal's audit trail."""
+    """The subject token of a principal's audit trail: a user's is their id, named `alice` or
+    `user:alice` (records written either way are one trail, which `identity audit alice` reads)."""
+    principal = principal.removeprefix("user:")
     return "".join(c if c.isalnum() or c in "-_" else "_" for c in principal)[:64] or "unknown"
 
 

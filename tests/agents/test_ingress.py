@@ -37,12 +37,13 @@ async def test_plain_tasks_with_bad_headers_start_nothing_and_are_audited(bus: B
         for run_header in ("", "not a run id!", "x" * 65):
             await bus.js.publish(subject, b'{"x": 1}', headers={"Relay-Run": run_header})
         await bus.js.publish(subject, b"{not json", headers={"Relay-Run": "plain-bad-json"})
-        await bus.js.publish(subject, b'{"x": 2}', headers={"Relay-Run": "plain-good"})
+        good = {"Relay-Run": "plain-good", "Relay-User": "user:ann"}  # read as ann
+        await bus.js.publish(subject, b'{"x": 2}', headers=good)
         await wait_for(lambda: ingress.admitted + ingress.refused == 5, what="five decisions")
         assert (ingress.admitted, ingress.refused) == (1, 4)
 
         # each refusal is audited as the user the task would have run as, naming the header
-        denied = await read_audit(bus, "user:dev", decision="deny")
+        denied = await read_audit(bus, "dev", decision="deny")  # `identity audit dev`
         reasons = [r.reason for r in denied]
         assert len(reasons) == 4, reasons
         assert sum("header Relay-Run = " in r and "is not a run id" in r for r in reasons) == 3
@@ -51,7 +52,8 @@ async def test_plain_tasks_with_bad_headers_start_nothing_and_are_audited(bus: B
         store = await run_store(bus)
         await wait_for(lambda: handed, what="the admitted task")
         assert len(handed) == 1
-        assert await store.get("plain-good") is not None
+        record = await store.get("plain-good")
+        assert record is not None and record.submitted_by == "user:ann"
         assert await store.get("plain-bad-json") is None
         # with identity off each refusal is also a `denied` event: on the run it names, or on
         # the id derived for it when the Relay-Run it gave is no run id
