@@ -382,6 +382,10 @@ def test_the_cli_speaks_with_one_voice(
     ):
         budget = relaybus(stack, "ledger", "budget", "user:dev", *flags)
         assert (budget.returncode, budget.stdout) == (0, f"budget user:dev: {now}\n"), budget.stderr
+    # a budget nothing has spent against yet is listed, with its step limit
+    relaybus(stack, "ledger", "budget", "agent:idle", "--limit", "100", "--max-steps", "4")
+    idle = relaybus(stack, "ledger", "levels", "--level", "agent:idle")
+    assert idle.stdout.startswith("agent:idle ") and "steps=0/4" in idle.stdout, idle.stdout
     nothing = relaybus(stack, "ledger", "budget", "user:dev")
     assert nothing.returncode != 0 and "give --limit, --period" in nothing.stderr
     negative = relaybus(stack, "ledger", "budget", "user:dev", "--max-steps", "-1")

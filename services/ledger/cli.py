@@ -154,6 +154,8 @@ async def levels(args: argparse.Namespace, settings: Settings) -> int:
             f"held={money(row['held'], currency)} "
             f"limit={money(row['limit'], currency) if row['limit'] else '-'} "
             f"remaining={money(row['remaining'], currency) if row['remaining'] is not None else '-'}"
+            + (f" steps={row['steps']}/{row['max_steps']}" if row.get("max_steps") else "")
+            + (f" tokens={row['tokens']}/{row['max_tokens']}" if row.get("max_tokens") else "")
         ),
         "no budget levels yet",
     )

@@ -48,8 +48,12 @@ def holds(state: State, req: dict[str, Any]) -> Any:
 def levels(state: State, req: dict[str, Any]) -> Any:
     """Spent / held / steps / tokens per budget level, with the limits."""
     prefix = req.get("level", "")
+    active = dict(state.levels)
+    for name in state.budgets:  # a budget nothing has spent against yet is listed too
+        if not any(key == name or key.startswith(f"{name}@") for key in state.levels):
+            active[name] = Level()
     out = []
-    for key, level in sorted(state.levels.items()):
+    for key, level in sorted(active.items()):
         if prefix and not key.startswith(prefix):
             continue
         budget = state.budgets.get(key.split("@", 1)[0])
@@ -62,6 +66,8 @@ def levels(state: State, req: dict[str, Any]) -> Any:
                 "tokens": level.tokens,
                 "tokens_held": level.tokens_held,
                 "limit": budget.limit if budget else 0,
+                "period": budget.period if budget else "",
+                "max_steps": budget.max_steps if budget else 0,
                 "max_tokens": budget.max_tokens if budget else 0,
                 "remaining": (budget.limit - level.spent - level.held)
                 if budget and budget.limit

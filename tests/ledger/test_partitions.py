@@ -129,7 +129,7 @@ async def test_a_hold_spanning_partitions_is_all_or_nothing_and_charged_once(
         await ledger.hold("h1", user, "tool:x", 150, [user, agent])
     # Then nothing stays held anywhere: the part p0 placed was voided
     levels = {row["level"]: row for row in await ledger.query("levels")}
-    assert levels[user]["held"] == 0 and agent not in levels
+    assert levels[user]["held"] == 0 and (levels[agent]["held"], levels[agent]["spent"]) == (0, 0)
     assert await ledger.query("holds") == []
     # When a hold that fits both is placed and captured
     hold_id = "g1"
