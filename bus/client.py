@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import logging
 import re
 from collections.abc import Awaitable, Callable
@@ -182,10 +183,14 @@ class Bus:
         if nc is None or nc.is_closed:
             return
         try:
+            if not nc.is_connected:  # the server is gone (or being retried): nothing to drain
+                raise ConnectionError("not connected to NATS")
             await asyncio.wait_for(nc.drain(), timeout=self.settings.request_timeout_s + 5)
-        except (TimeoutError, nats.errors.Error) as exc:
-            log.warning("drain did not finish (%s); closing", exc)
-            await nc.close()
+        except (TimeoutError, nats.errors.Error, OSError) as exc:
+            # a process stopped while its server is away ends with this line, not a traceback
+            log.warning("drain did not finish (%s); closing", exc or type(exc).__name__)
+            with contextlib.suppress(nats.errors.Error, OSError):
+                await nc.close()
         finally:
             if replies is not None:  # what the drain left unanswered fails now, not at its timeout
                 replies.abandon()

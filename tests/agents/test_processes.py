@@ -198,3 +198,42 @@ async def test_a_duplicate_of_a_running_task_never_reaches_its_effect(
     assert outcome.status == "completed" and outcome.result == "applied", outcome
     await asyncio.sleep(3.0)  # the duplicate's redelivery, after the ack wait, ends quietly
     assert len(log.read_text().splitlines()) == 1, log.read_text()
+
+
+async def test_an_agent_stopped_while_its_server_is_gone_exits_cleanly(tmp_path: Path) -> None:
+    """`relaybus down` leaves agent processes retrying the server; stopping one then used to
+    end in a traceback (its drain on a lost connection) instead of one line."""
+    from relaybus.bus import NatsServer, Settings
+
+    from ..conftest import child_env
+
+    with NatsServer(tmp_path / "nats") as server:
+        settings = Settings.from_env({}, nats_url=server.url, nats_auth=False, home=tmp_path)
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "relaybus.cli",
+                "agent",
+                "run",
+                "relaybus.agents.demo.echo:Echo",
+            ],
+            env=child_env(settings),
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            async with Bus(settings, name="test") as bus:
+                await consuming(bus, "echo")
+        except BaseException:
+            proc.kill()
+            raise
+    await asyncio.sleep(1.5)  # the server is gone; the agent retries it
+    proc.send_signal(signal.SIGTERM)
+    try:
+        _, err = await asyncio.to_thread(proc.communicate, timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err, err
