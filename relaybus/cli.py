@@ -210,6 +210,10 @@ async def publish(args: argparse.Namespace, settings: Settings) -> int:
     from relaybus.agents.submit import check_submission, has_consumer, parse_payload
     from relaybus.client import Client
 
+    if args.agent.lstrip().startswith(("{", "[", '"')):
+        raise RelayError(
+            f"the agent comes first: relaybus publish AGENT JSON (got {args.agent[:40]!r} as the agent)"
+        )
     payload = parse_payload(args.payload)
     check_submission(  # every value refused before anything is sent, `--timeout` too
         args.max_hops,
@@ -222,8 +226,11 @@ async def publish(args: argparse.Namespace, settings: Settings) -> int:
         settings, user=args.as_user, token=args.token, name="relaybus-publish"
     ) as client:
         if not await has_consumer(client.bus, args.agent):
+            running = [a["name"] for a in await bus_cli.list_agents(client.bus)]
+            close = difflib.get_close_matches(args.agent, running, n=1)
             print(
-                f"note: no agent {args.agent!r} has started yet; the task waits until one does",
+                f"note: no agent {args.agent!r} has started yet; the task waits until one does"
+                + (f" (did you mean {close[0]!r}?)" if close else ""),
                 file=sys.stderr,
             )
         run = await client.submit(

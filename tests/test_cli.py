@@ -141,6 +141,12 @@ def test_a_misspelt_option_is_named_by_its_command_with_the_closest_one(tmp_path
 def test_commands_without_a_stack_say_how_to_start_one(tmp_path: Path) -> None:
     out = relaybus(tmp_path / "empty", "publish", "echo", "{}")
     assert out.returncode == 1 and "relaybus up --detach" in out.stderr
+    # input wrong on its face is named before any stack is looked for
+    swapped = relaybus(tmp_path / "empty", "publish", '{"x": 1}', "echo")
+    assert swapped.returncode == 1 and "the agent comes first" in swapped.stderr
+    for period in ("2026-13", "2026-02-30"):
+        month = relaybus(tmp_path / "empty", "ledger", "statement", "alice", "--period", period)
+        assert month.returncode == 1 and "a real month or day" in month.stderr
 
 
 def test_second_up_on_the_same_home_is_refused(stack: Path) -> None:

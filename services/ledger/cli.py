@@ -184,8 +184,10 @@ async def statement(args: argparse.Namespace, settings: Settings) -> int:
     if not args.period:
         timezone = ZoneInfo(LedgerSettings.of(settings).ledger_timezone)
         args.period = datetime.now(timezone).strftime("%Y-%m")
-    if not _PERIOD.match(args.period):
-        raise LedgerError(f"period {args.period!r} must be YYYY-MM or YYYY-MM-DD")
+    if not _PERIOD.match(args.period) or not _real_date(args.period):
+        raise LedgerError(
+            f"period {args.period!r} must be YYYY-MM or YYYY-MM-DD, a real month or day"
+        )
     user = args.user.removeprefix("user:")  # the budget level's spelling names the user too
     if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", user):
         raise LedgerError(f"a statement is a user's: give USER or user:USER, not {args.user!r}")
@@ -227,6 +229,14 @@ CSV_COLUMNS = [
     "model",
     "payee",
 ]
+
+
+def _real_date(period: str) -> bool:
+    try:
+        datetime.strptime(period, "%Y-%m-%d" if period.count("-") == 2 else "%Y-%m")
+    except ValueError:
+        return False
+    return True
 
 
 def write_csv(lines: list[dict[str, Any]], out: Any) -> None:
