@@ -209,15 +209,9 @@ async def test_an_agent_stopped_while_its_server_is_gone_exits_cleanly(tmp_path:
 
     with NatsServer(tmp_path / "nats") as server:
         settings = Settings.from_env({}, nats_url=server.url, nats_auth=False, home=tmp_path)
+        run_echo = ["agent", "run", "relaybus.agents.demo.echo:Echo"]
         proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "relaybus.cli",
-                "agent",
-                "run",
-                "relaybus.agents.demo.echo:Echo",
-            ],
+            [sys.executable, "-m", "relaybus.cli", *run_echo],
             env=child_env(settings),
             stderr=subprocess.PIPE,
             text=True,
