@@ -57,6 +57,20 @@ def relaybus(
     )
 
 
+def gate_denials(denials: list[Any]) -> list[Any]:
+    """The run's denials but the code interpreter's refusal to start on a machine without
+    bubblewrap (`make test` here; CI installs it): that one is the machine's, not the run's."""
+
+    def field(d: Any, name: str) -> str:
+        return str(d[name] if isinstance(d, dict) else getattr(d, name))
+
+    return [
+        d
+        for d in denials
+        if not (field(d, "action") == "code/run" and "needs bubblewrap" in field(d, "reason"))
+    ]
+
+
 def json_lines(text: str) -> list[dict[str, Any]]:
     return [json.loads(line) for line in text.splitlines() if line.strip()]
 
@@ -85,16 +99,20 @@ def test_demo_end_to_end_and_the_walkthrough_commands(kept_home: Path) -> None:
     # the model did ask to mail the outside address (it follows the injected text) ...
     assert [r["to"] for r in summary["refused"]] == [INJECTED_ADDRESS]
     # ... and the gate refused it, on the record
-    assert len(summary["denials"]) == 1
-    assert summary["denials"][0]["tool"] == "send_email"
-    assert f"{INJECTED_ADDRESS} is outside team.example" in summary["denials"][0]["reason"]
+    (denial,) = gate_denials(summary["denials"])
+    assert denial["tool"] == "send_email"
+    assert f"{INJECTED_ADDRESS} is outside team.example" in denial["reason"]
     assert summary["cost"] > 0 and summary["steps"] > 0
     assert all(c in summary["report"].lower() for c in COMPETITORS)
     assert "progress" not in done.stdout and "live events" in done.stderr
 
     # the README's walkthrough commands, against the kept stack
-    audit = json.loads(
-        relaybus(env, "identity", "audit", DEMO_USER, "--run", run_id, "--deny", "--json").stdout
+    audit = gate_denials(
+        json.loads(
+            relaybus(
+                env, "identity", "audit", DEMO_USER, "--run", run_id, "--deny", "--json"
+            ).stdout
+        )
     )
     assert [a["tool"] for a in audit] == ["send_email"] and audit[0]["actor"] == "agent:email"
     tree = json.loads(relaybus(env, "trace", run_id, "--json").stdout)
@@ -239,5 +257,7 @@ async def test_a_mailer_killed_after_sending_still_yields_exactly_one_email_each
     mail = read_mailbox(mailbox)
     assert sorted(to for m in mail for to in m["rcpt_tos"]) == sorted(TEAM)  # no second send
     assert len({m["message_id"] for m in mail}) == 2
-    denials = await read_audit(bus, DEMO_USER, run_id=accepted.run_id, decision="deny")
+    denials = gate_denials(
+        await read_audit(bus, DEMO_USER, run_id=accepted.run_id, decision="deny")
+    )
     assert len(denials) == 1 and denials[0].tool == "send_email"  # the replay did not re-decide
