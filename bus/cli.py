@@ -138,7 +138,12 @@ def register(
         emit(
             {"stopped": stopped},
             args.json,
-            "relaybus stack stopped" if stopped else "no relaybus stack was running here",
+            (
+                "relaybus stack stopped; agents started with `relaybus agent run` keep running "
+                "and reconnect when it is up again (stop each with Ctrl-C or SIGTERM)"
+            )
+            if stopped
+            else "no relaybus stack was running here",
         )
         return EXIT_OK
 

@@ -69,6 +69,7 @@ from .scopes import all_narrow, parse_scope, within
 
 log = logging.getLogger("relaybus.identity")
 _TOKEN_ID = re.compile(r"^[0-9a-f]{8}$")
+_LINK_ID = re.compile(r"^[0-9a-f]{32}$")
 _USER_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 
@@ -205,6 +206,13 @@ class IdentityService:
                 raise ConfigError(refused)
         if req.kind == "token":
             await self._check_token_revoke(req)
+        if req.kind == "link" and not _LINK_ID.match(req.id):  # a typo must not look revoked
+            refused = (
+                f"{req.id[:40]!r} is not a link id (32 hex digits); `relaybus identity chain RUN`"
+                " lists a run's links"
+            )
+            await self.audit("link/revoke", "deny", "admin", "admin", reason=refused)
+            raise ConfigError(refused)
         if await self.registry.is_revoked(f"{req.kind}:{req.id}"):
             return {"revoked": f"{req.kind}:{req.id}", "already": True}
         await self.registry.revoke(f"{req.kind}:{req.id}", req.reason)

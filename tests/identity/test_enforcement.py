@@ -288,6 +288,8 @@ async def test_revoking_a_user_or_agent_nobody_registered_says_so_and_revokes_no
         with pytest.raises(ConfigError, match=r"not a token id|has no token"):
             await identity.revoke("token", ident, "typo", user=user)
     assert [k for k in await revoked.keys() if k.startswith("token")] == []
+    with pytest.raises(ConfigError, match="'nope' is not a link id"):
+        await identity.revoke("link", "nope", "typo")
     assert await identity.revoke("token", token_id, "lost", user="alice") is True
     assert await identity.revoke("token", token_id, "lost", user="alice") is False  # already
     # and the registered user is revoked as ever
