@@ -60,6 +60,9 @@ def register(sub: Any) -> None:
     p.add_argument("--role", action="append", default=[])
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=user_add)
+    p = user.add_parser("list", help="users, with scopes, roles and their live tokens' ids")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=user_list)
     p = user.add_parser("token", help="issue an API token (printed once)")
     p.add_argument("id")
     p.add_argument("--json", action="store_true")
@@ -192,6 +195,21 @@ async def agent_list(args: argparse.Namespace, settings: Settings) -> int:
             f"handoff_to={','.join(agent.get('handoff_to', []))}"
         ),
         "no agents registered; `relaybus identity agent add NAME --scope …`",
+    )
+    return EXIT_OK
+
+
+async def user_list(args: argparse.Namespace, settings: Settings) -> int:
+    async with Bus(settings, name="relaybus-identity") as bus:
+        users = await IdentityClient(bus).list_users()
+    emit_rows(
+        users,
+        args.json,
+        lambda u: (
+            f"{u['id']:<16} scopes={','.join(u['scopes']) or '-'} roles={','.join(u['roles']) or '-'}"
+            f" tokens={','.join(u['tokens']) or '-'}" + ("  REVOKED" if u["revoked"] else "")
+        ),
+        "no users yet; `relaybus identity user add ID --scope …`",
     )
     return EXIT_OK
 

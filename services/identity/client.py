@@ -82,7 +82,17 @@ def read_agent_key(home: Path, agent: str) -> SigningKey:
 #: Operations that may be applied twice: signing, reading, setting a state (not `token`, which
 #: issues a new secret each time).
 IDEMPOTENT = frozenset(
-    {"authenticate", "root", "pubkey", "agent_list", "revoke", "agent_add", "user_add", "role_add"}
+    {
+        "authenticate",
+        "root",
+        "pubkey",
+        "agent_list",
+        "user_list",
+        "revoke",
+        "agent_add",
+        "user_add",
+        "role_add",
+    }
 )
 
 
@@ -118,6 +128,10 @@ class IdentityClient:
 
     async def list_agents(self) -> list[dict[str, Any]]:
         return list(await self.call("agent_list", {}))
+
+    async def list_users(self) -> list[dict[str, Any]]:
+        """Operator only: every user, with the ids of their live tokens."""
+        return list(await self.call("user_list", {}))
 
     async def add_user(self, user_id: str, scopes: list[str], roles: list[str]) -> None:
         await self.call("user_add", UserAdd(id=user_id, scopes=scopes, roles=roles))

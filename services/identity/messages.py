@@ -108,6 +108,7 @@ class AuditRecord(msgspec.Struct, kw_only=True, omit_defaults=True):
 REQUESTS: dict[str, type | None] = {
     "agent_add": AgentAdd,
     "agent_list": None,
+    "user_list": None,
     "user_add": UserAdd,
     "role_add": RoleRecord,
     "token": TokenIssue,

@@ -165,7 +165,7 @@ STREAM_ADMIN = (
     "$JS.API.STREAM.UPDATE.>",
     "$JS.API.STREAM.MSG.DELETE.>",
 )
-IDENTITY_ADMIN = ("agent_add", "user_add", "role_add", "token", "revoke")
+IDENTITY_ADMIN = ("agent_add", "user_add", "role_add", "token", "revoke", "user_list")
 REGISTRY_BUCKETS = ("agents", "users", "revoked")
 
 

@@ -68,6 +68,15 @@ class Registry:
                     out.append(msgspec.json.decode(found[0], type=AgentRecord))
         return out
 
+    async def all_users(self) -> list[UserRecord]:
+        out = []
+        for key in sorted(await self.users.keys()):
+            if key.startswith("user."):
+                found = await self.users.get(key)
+                if found:
+                    out.append(msgspec.json.decode(found[0], type=UserRecord))
+        return out
+
     async def put_agent(self, record: AgentRecord) -> None:
         await self.agents.put(f"agent.{record.name}", msgspec.json.encode(record))
 

@@ -132,6 +132,26 @@ class IdentityService:
     async def agent_list(self, data: bytes) -> Any:
         return [msgspec.to_builtins(a) for a in await self.registry.all_agents()]
 
+    async def user_list(self, data: bytes) -> Any:
+        """Every user with scopes, roles and the ids of their live tokens (never a token's
+        hash): the id is what `identity user revoke USER --token ID` takes."""
+        out = []
+        for user in await self.registry.all_users():
+            live = [
+                t for t in sorted(user.tokens) if not await self.registry.is_revoked(f"token:{t}")
+            ]
+            revoked = user.revoked or await self.registry.is_revoked(f"user:{user.id}")
+            out.append(
+                {
+                    "id": user.id,
+                    "scopes": user.scopes,
+                    "roles": user.roles,
+                    "tokens": live,
+                    "revoked": revoked,
+                }
+            )
+        return out
+
     async def user_add(self, data: bytes) -> Any:
         req = msgspec.json.decode(data, type=UserAdd)
         check_name("user", req.id)
@@ -196,7 +216,7 @@ class IdentityService:
                 listed = (
                     "`relaybus identity agent list` lists the agents"
                     if req.kind == "agent"
-                    else "`relaybus identity audit USER` shows what a user did"
+                    else "`relaybus identity user list` lists the users"
                 )
                 refused = (
                     f"no {req.kind} {req.id!r} is registered, so nothing was revoked; check the "
@@ -466,6 +486,7 @@ class IdentityService:
     ops: dict[str, Callable[[IdentityService, bytes], Awaitable[Any]]] = {
         "agent_add": agent_add,
         "agent_list": agent_list,
+        "user_list": user_list,
         "user_add": user_add,
         "role_add": role_add,
         "token": token_issue,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
@@ -290,7 +291,13 @@ async def test_revoking_a_user_or_agent_nobody_registered_says_so_and_revokes_no
     assert [k for k in await revoked.keys() if k.startswith("token")] == []
     with pytest.raises(ConfigError, match="'nope' is not a link id"):
         await identity.revoke("link", "nope", "typo")
+    # the operator finds a user's token ids (never their hashes) to revoke one
+    (listed,) = [u for u in await identity.list_users() if u["id"] == "alice"]
+    assert listed["tokens"] == [token_id] and listed["revoked"] is False
+    assert not re.search(r"[0-9a-f]{64}", str(listed))  # no token's hash
     assert await identity.revoke("token", token_id, "lost", user="alice") is True
+    (listed,) = [u for u in await identity.list_users() if u["id"] == "alice"]
+    assert listed["tokens"] == []  # a revoked token is not live
     assert await identity.revoke("token", token_id, "lost", user="alice") is False  # already
     # and the registered user is revoked as ever
     assert await identity.revoke("user", "alice", "left") is True

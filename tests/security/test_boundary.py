@@ -66,7 +66,7 @@ async def test_a_hostile_agent_cannot_write_control_plane_state(secure: SecureSt
     p = secure.settings.prefix
     async with secure.hostile() as bus:
         # identity administration (register itself wider, add users, issue tokens)
-        for op in ("agent_add", "user_add", "token", "revoke", "role_add"):
+        for op in ("agent_add", "user_add", "token", "revoke", "role_add", "user_list"):
             await _refused(bus, f"{p}.svc.identity.{op}")
         # the registry, revocations and the service key; another agent's journal
         for key in (
