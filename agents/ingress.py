@@ -46,7 +46,9 @@ class Admission:
 
     def __init__(self, bus: Bus, subject: str, headers: Mapping[str, str], body: bytes) -> None:
         self.agent = subject.rsplit(".", 1)[1]
-        self.user = headers.get("Relay-User", "").removeprefix("user:")  # `user:alice` names alice too
+        self.user = headers.get("Relay-User", "").removeprefix(
+            "user:"
+        )  # `user:alice` names alice too
         self.token = headers.get("Relay-Token") or None
         given = headers.get("Relay-Run")
         self.run_id = given if given and _is_name(given) else _default_run_id(headers)

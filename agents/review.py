@@ -30,6 +30,7 @@ import msgspec
 from relaybus.bus import Bus, Event, PermissionDenied, RelayError, metrics, tracing
 from relaybus.bus.feed import EventFeed, from_the_run
 from relaybus.bus.kv import Bucket
+from relaybus.bus.subjects import check_name
 from relaybus.services.identity.client import publish_audit
 from relaybus.services.identity.messages import AuditRecord
 from relaybus.services.identity.scopes import Scope, check, covers_path, parse_scope
@@ -197,6 +198,7 @@ class Reviews:
 
     async def item(self, reviewer: Reviewer, run_id: str) -> Item:
         """One run in review; ReviewNotFound (audited) when it is not, or not for this reviewer."""
+        check_name("run", run_id)  # before it names a key: a huge one ended the connection
         item = await self._load(run_id) if reviewer.reviews_anything else None
         problem = "" if item else "not in review"
         if item is not None:
@@ -222,6 +224,7 @@ class Reviews:
     async def request(self, reviewer: Reviewer, run_id: str, reason: str) -> Request:
         """Put a run in the queue on demand: by its owner, an operator, or one who may review
         it. Anyone else learns nothing, not even that the run exists."""
+        check_name("run", run_id)
         record = await (await run_store(self.bus)).get(run_id)
         own = record is not None and reviewer.user is not None
         own = own and record is not None and record.submitted_by == f"user:{reviewer.user}"
@@ -256,6 +259,7 @@ class Reviews:
         comment: str = "",
     ) -> Verdict:
         """Record (or replace) this reviewer's verdict on a run in review."""
+        check_name("run", run_id)
         if verdict not in ("pass", "fail"):
             raise ReviewError(f"verdict {verdict[:20]!r} must be pass or fail")
         value = (1.0 if verdict == "pass" else 0.0) if score is None else float(score)

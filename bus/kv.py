@@ -31,12 +31,17 @@ _TRANSIENT = (
     asyncio.TimeoutError,
 )
 RETRY_FOR_S = 20.0
+MAX_KEY = 512
 _KEY_RE = re.compile(r"^[-/_=a-zA-Z0-9]+(\.[-/_=a-zA-Z0-9]+)*$")
 
 
 def check_key(bucket: str, key: str) -> str:
     """Refuse a key the server would not store (nats-py raises its own error type for most,
     and publishes one with an empty token, `a..b`, to a subject no stream takes)."""
+    if len(key) > MAX_KEY:  # its subject would end the connection (bus/subjects.py)
+        raise SubjectInvalid(
+            f"KV {bucket}: key {key[:60]!r}… is {len(key)} characters; at most {MAX_KEY}"
+        )
     if not _KEY_RE.match(key):
         raise SubjectInvalid(
             f"KV {bucket}: key {key[:80]!r} is not allowed: use letters, digits, '-', '_', '/', "

@@ -24,10 +24,19 @@ def check_name(kind: str, value: str) -> str:
 _SUBJECT_OK = re.compile(r"[^\s*>.]+(?:\.[^\s*>.]+)*")
 
 
+MAX_SUBJECT = 1024  # nats-server ends a connection whose control line passes 4 KiB: for good
+
+
 def check_subject(subject: str) -> str:
-    """Refuse subjects that NATS would accept but that would be unsafe to publish to."""
-    if _SUBJECT_OK.fullmatch(subject):  # one match on the hot path; the why only on failure
+    """Refuse subjects that NATS would accept but that would be unsafe to publish to, or that
+    would end the connection (a subject too long for the server's control line: nats-py then
+    closes the client for good, and every request on it fails after)."""
+    if len(subject) <= MAX_SUBJECT and _SUBJECT_OK.fullmatch(subject):  # the why on failure
         return subject
+    if len(subject) > MAX_SUBJECT:
+        raise SubjectInvalid(
+            f"subject {subject[:60]!r}… is {len(subject)} characters; at most {MAX_SUBJECT}"
+        )
     if not subject:
         raise SubjectInvalid("empty subject")
     for token in subject.split("."):

@@ -65,6 +65,8 @@ async def serving(
     stop the server (`served.stopped` ends)."""
     import uvicorn
 
+    from relaybus.bus.httpserve import BodyLimit
+
     from ..console.middleware import LocalHostOnly
     from .server import create_app
     from .store import KvTaskStore
@@ -75,8 +77,9 @@ async def serving(
     shown = f"[{host}]" if ":" in host else host
     url = f"http://{shown}:{sock.getsockname()[1]}"
     app = create_app(bus, agents, url, identity_on, stores)
+    limited = BodyLimit(app)  # 413 above 1 MB, before the gateway reads a byte of it
     config = uvicorn.Config(
-        LocalHostOnly(app) if is_loopback(host) else app,
+        LocalHostOnly(limited) if is_loopback(host) else limited,
         log_config=None,
         log_level="warning",
         access_log=False,

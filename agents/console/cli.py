@@ -49,6 +49,8 @@ def listen(host: str, port: int) -> socket.socket:
 async def console(args: argparse.Namespace, settings: Settings) -> int:
     import uvicorn
 
+    from relaybus.bus.httpserve import BodyLimit
+
     from .app import create_app
 
     sock = listen(args.host, args.port)
@@ -70,7 +72,7 @@ async def console(args: argparse.Namespace, settings: Settings) -> int:
     with sock:
         async with Bus(quick, name="relaybus-console") as bus:
             config = uvicorn.Config(
-                create_app(bus, args.host, ready),
+                BodyLimit(create_app(bus, args.host, ready)),  # 413 above 1 MB, before any read
                 log_config=None,
                 log_level="warning",
                 access_log=False,

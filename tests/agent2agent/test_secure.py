@@ -74,3 +74,25 @@ async def test_a_user_sees_and_cancels_only_their_own_tasks(a2a_stack: A2aStack)
     assert cancelled.status.state == TaskState.TASK_STATE_CANCELED
     record = await _record(a2a_stack, waiting.id)
     assert record.status == "cancelled" and record.submitted_by == "user:alice"
+
+
+async def test_a_huge_task_id_or_body_is_refused_and_the_gateway_keeps_serving(
+    a2a_stack: A2aStack,
+) -> None:
+    """A task id too long for a NATS subject used to end the gateway's connection for good
+    (every later request failed, for every user); a body of hundreds of MB was read whole."""
+    a2a_stack.start_agent("a2a_agents:Echo")
+    url = a2a_stack.agent_url("echo")
+    bob = {"A2A-Version": "1.0", "Authorization": f"Bearer {a2a_stack.tokens['bob']}"}
+    async with httpx.AsyncClient(headers=bob, timeout=30) as http:
+        for method in ("GetTask", "CancelTask"):
+            body = {"jsonrpc": "2.0", "id": 1, "method": method, "params": {"id": "x" * 3200}}
+            answer = await http.post(url, json=body)
+            assert answer.status_code == 200 and "error" in answer.json(), answer.text
+            assert "connection closed" not in answer.text
+        big = await http.post(url, content=b"x" * 2_000_001)
+        assert big.status_code == 413, big.text
+    # and alice is served as ever
+    async with a2a_client(url, a2a_stack.tokens["alice"]) as client:
+        task = await send(client, data_message({"n": 2}))
+    assert result_of(task) == {"echo": {"n": 2}}

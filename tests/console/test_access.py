@@ -181,6 +181,15 @@ async def test_bad_requests_get_clear_errors(stack: Stack) -> None:
         # on loopback, only loopback names are answered (no DNS rebinding onto the operator)
         rebound = await http.get("/api/runs", headers={"Host": "evil.example"})
         assert rebound.status_code == 421
+        # a run id too long for a subject is refused, and the console's connection survives
+        # it (such a key ended the connection for good: every later call answered 500)
+        for huge in (await http.get(f"/api/reviews/{'x' * 4000}"),):
+            assert huge.status_code in (400, 404), huge.text
+        assert (await http.get("/api/runs")).status_code == 200
+    async with httpx.AsyncClient(base_url=stack.remote_url, timeout=30) as http:
+        # a body over 1 MB is refused before anything reads it, login included
+        big = await http.post("/api/login", content=b"x" * 2_000_001)
+        assert big.status_code == 413, big.text
 
 
 async def _finished_run(stack: Stack) -> str:
