@@ -188,6 +188,7 @@ async def serve_ingress(settings: Settings) -> int:
     stop_on_signals(stop)
     settle_heap()
     async with Bus(settings, name="ingress") as bus:
+        bus.stop_when_lost(stop)
         await ensure(bus, default_topology(bus.subjects, bus.settings.stream_replicas))
         ingress = Ingress(bus)
 
@@ -199,4 +200,4 @@ async def serve_ingress(settings: Settings) -> int:
             await ingress.run(stop)
         finally:
             await sub.unsubscribe()
-    return 0
+    return 1 if bus.lost else 0

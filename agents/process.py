@@ -58,11 +58,12 @@ async def serve_agent(
     telemetry = Telemetry(f"agent-{agent.name}", settings, metrics_port)
     with telemetry:
         async with await _connect(settings, agent.name, options) as bus, agent.lifespan():
+            bus.stop_when_lost(stop)
             consumer = await _consume(bus, agent, concurrency, stop, retry=retry)
     log.info(
         "agent %s (pid %d) stopped after %d message(s)", agent.name, os.getpid(), consumer.processed
     )
-    return 0
+    return 1 if bus.lost else 0
 
 
 async def _connect(settings: Settings, name: str, options: dict[str, Any]) -> Bus:

@@ -79,6 +79,9 @@ class Bus:
         self.async_errors: collections.deque[str] = collections.deque(maxlen=100)
         self._closed = asyncio.Event()
         self._closing = False
+        #: nats-py closed the connection for good (a protocol error), not `close()`
+        self.lost = False
+        self._stop_when_lost: list[asyncio.Event] = []
         self._violation_seen = asyncio.Event()
         self._auth_refused = asyncio.Event()
         self._connect_errors = 0
@@ -223,8 +226,21 @@ class Bus:
     async def _on_reconnected(self) -> None:
         log.info("reconnected to NATS at %s", self.url)
 
+    def stop_when_lost(self, stop: asyncio.Event) -> None:
+        """Set `stop` if nats-py closes this connection for good (it never reconnects after a
+        protocol error): a server left up on a dead connection answers nothing, so it stops,
+        and `relaybus up`'s supervisor (or the operator's) starts it again."""
+        self._stop_when_lost.append(stop)
+
     async def _on_closed(self) -> None:
         self._closed.set()
+        if self._closing or self._nc is None:
+            return
+        self.lost = True
+        last = self.async_errors[-1] if self.async_errors else "no error given"
+        log.error("the NATS connection closed for good (%s); stopping this process", last)
+        for stop in self._stop_when_lost:
+            stop.set()
 
     def raise_violation(self, subject: str) -> None:
         """Raise PermissionViolation if the server refused `subject` on this connection."""

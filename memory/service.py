@@ -303,6 +303,7 @@ async def serve_memory(settings: Settings) -> int:
     settle_heap()
     store = open_store(settings)
     async with Bus(settings, name="memory") as bus:
+        bus.stop_when_lost(stop)
         await ensure(bus, default_topology(bus.subjects, bus.settings.stream_replicas))
         identity = IdentitySettings.of(settings).identity
         gate = await IdentityGate.open(bus, "memory", None) if identity else None
@@ -327,4 +328,4 @@ async def serve_memory(settings: Settings) -> int:
             if gate is not None:
                 await gate.close()
             await store.close()
-    return 0
+    return 1 if bus.lost else 0

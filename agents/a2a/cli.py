@@ -111,14 +111,18 @@ async def serve(args: argparse.Namespace, settings: Settings) -> int:
     )
 
     async with Bus(quick, name="relaybus-a2a") as bus:
+        lost = asyncio.Event()
+        bus.stop_when_lost(lost)  # a gateway on a dead connection would answer only errors
         async with serving(bus, args.agent, host, port, signals=True) as served:
             for agent in dict.fromkeys(args.agent):
                 card = f"{served.url}/agents/{agent}/.well-known/agent-card.json"
                 print(
                     f"A2A agent {agent} at {served.url}/agents/{agent} (card: {card})", flush=True
                 )
-            await served.stopped
-    return EXIT_OK
+            gone = asyncio.ensure_future(lost.wait())
+            await asyncio.wait({served.stopped, gone}, return_when=asyncio.FIRST_COMPLETED)
+            gone.cancel()
+    return 1 if bus.lost else EXIT_OK
 
 
 def register(sub: Any) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import signal
 import socket
@@ -78,8 +79,20 @@ async def console(args: argparse.Namespace, settings: Settings) -> int:
                 access_log=False,
                 timeout_graceful_shutdown=1,
             )
-            await _server(config).serve(sockets=[sock])
-    return EXIT_OK
+            server = _server(config)
+            lost = asyncio.Event()
+            bus.stop_when_lost(lost)  # a console on a dead connection would answer only 500s
+
+            async def stop_when_lost() -> None:
+                await lost.wait()
+                server.should_exit = True
+
+            watch = asyncio.create_task(stop_when_lost())
+            try:
+                await server.serve(sockets=[sock])
+            finally:
+                watch.cancel()
+    return 1 if bus.lost else EXIT_OK
 
 
 def register(sub: Any) -> None:

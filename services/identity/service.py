@@ -505,6 +505,7 @@ async def serve_identity(settings: Settings) -> int:
         settings.home.resolve() / "identity" / "service.seed"
     )
     async with Bus(settings, name="identity") as bus:
+        bus.stop_when_lost(stop)
         await ensure(bus, default_topology(bus.subjects, bus.settings.stream_replicas))
         async with Registry.watched(bus) as registry:
             key = await open_trust_root(registry, seed_file)
@@ -524,7 +525,7 @@ async def serve_identity(settings: Settings) -> int:
                 await stop.wait()
                 await runs_sub.unsubscribe()
                 await authority.close()
-    return 0
+    return 1 if bus.lost else 0
 
 
 def identity_micro(bus: Bus, service: IdentityService) -> MicroService:

@@ -105,6 +105,7 @@ async def serve_ledger(settings: Settings, partition: str = "p0") -> int:
     stop_on_signals(stop)
     settle_heap()
     async with Bus(settings, name="ledger") as bus:
+        bus.stop_when_lost(stop)
         await ensure(bus, default_topology(bus.subjects, bus.settings.stream_replicas))
         writer = LedgerWriter(bus, partition)
         await writer.check_layout()
@@ -122,4 +123,4 @@ async def serve_ledger(settings: Settings, partition: str = "p0") -> int:
     if writer.failed.is_set():
         log.error("ledger writer stopped after an append error; exiting so it is restarted")
         return 1
-    return 0
+    return 1 if bus.lost else 0

@@ -1,6 +1,6 @@
 import pytest
 
-from relaybus.bus import Bus, ProvisioningConflict, default_topology, ensure
+from relaybus.bus import Bus, ProvisioningConflict, Settings, default_topology, ensure
 from relaybus.bus.streams import StreamSpec, Topology, ensure_stream
 
 
@@ -89,3 +89,28 @@ async def test_a_key_or_subject_too_long_is_refused_and_the_connection_lives_on(
         await bus.publish_bytes(f"{bus.subjects.prefix}.event." + "x" * 4000, b"{}")
     await runs.put("still-here", b"1")
     assert await runs.get("still-here") is not None and bus.nc.is_connected
+
+
+async def test_a_connection_nats_closed_for_good_stops_the_process_that_serves_on_it(
+    settings: Settings,
+) -> None:
+    """After a protocol error nats-py closes its client and never reconnects: a service left up
+    on it answered only errors. The Bus tells the process to stop (and exit 1), so its
+    supervisor starts it again; a close of its own is not that."""
+    import asyncio
+
+    stop = asyncio.Event()
+    doomed = Bus(settings, name="doomed")
+    await doomed.__aenter__()
+    try:
+        doomed.stop_when_lost(stop)
+        # past the subject check, raw: the server ends the connection (control line > 4 KiB)
+        await doomed.nc.publish("x" * 5000, b"")
+        await asyncio.wait_for(stop.wait(), 15)
+        assert doomed.lost
+    finally:
+        await doomed.close()
+    calm = asyncio.Event()
+    async with Bus(settings, name="calm") as bus:
+        bus.stop_when_lost(calm)
+    assert not calm.is_set() and not bus.lost
