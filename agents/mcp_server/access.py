@@ -44,7 +44,7 @@ class RunNotFound(McpRefused):
     def __init__(self, run_id: str) -> None:
         super().__init__(
             f"no run {run_id!r} of yours: the tools `relaybus.run` and `relaybus.cancel` "
-            "act only on runs you started through this server"
+            "act only on runs you started (here, or any other way)"
         )
         self.run_id = run_id
 
