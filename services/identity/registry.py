@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator, Callable
+from typing import TypeVar
 
 import msgspec
 from nacl.signing import VerifyKey
@@ -17,6 +18,8 @@ from relaybus.bus.kv import Bucket, RevisionConflict
 from relaybus.bus.kvview import WatchedBucket
 
 from .messages import AgentRecord, RoleRecord, ServiceInfo, UserRecord
+
+R = TypeVar("R")
 
 SERVICE_KEY = "_service"
 
@@ -60,22 +63,10 @@ class Registry:
         return msgspec.json.decode(found[0], type=AgentRecord) if found else None
 
     async def all_agents(self) -> list[AgentRecord]:
-        out = []
-        for key in sorted(await self.agents.keys()):
-            if key.startswith("agent."):
-                found = await self.agents.get(key)
-                if found:
-                    out.append(msgspec.json.decode(found[0], type=AgentRecord))
-        return out
+        return await _all_records(self.agents, "agent.", AgentRecord)
 
     async def all_users(self) -> list[UserRecord]:
-        out = []
-        for key in sorted(await self.users.keys()):
-            if key.startswith("user."):
-                found = await self.users.get(key)
-                if found:
-                    out.append(msgspec.json.decode(found[0], type=UserRecord))
-        return out
+        return await _all_records(self.users, "user.", UserRecord)
 
     async def put_agent(self, record: AgentRecord) -> None:
         await self.agents.put(f"agent.{record.name}", msgspec.json.encode(record))
@@ -133,3 +124,12 @@ class Registry:
 
     async def is_revoked(self, key: str) -> bool:
         return await self.revoked.get(revocation_key(key)) is not None
+
+
+async def _all_records(bucket: Bucket, prefix: str, kind: type[R]) -> list[R]:
+    """Every record under `prefix` in `bucket`, in key order."""
+    out = []
+    for key in sorted(await bucket.keys()):
+        if key.startswith(prefix) and (found := await bucket.get(key)):
+            out.append(msgspec.json.decode(found[0], type=kind))
+    return out
