@@ -23,7 +23,7 @@ from relaybus.bus.pull import PlainMessage, pull
 from relaybus.bus.rpc import reply_ok
 from relaybus.bus.runtime import settle_heap, stop_on_signals
 from relaybus.bus.streams import default_topology, ensure, ingress_consumer
-from relaybus.bus.subjects import check_name
+from relaybus.bus.subjects import check_name, is_name
 from relaybus.services.identity.client import IdentityClient
 from relaybus.services.identity.messages import AuditRecord
 from relaybus.services.identity.refusals import RefusalAudit
@@ -51,7 +51,7 @@ class Admission:
         )  # `user:alice` names alice too
         self.token = headers.get("Relay-Token") or None
         given = headers.get("Relay-Run")
-        self.run_id = given if given and _is_name(given) else _default_run_id(headers)
+        self.run_id = given if given and is_name(given) else _default_run_id(headers)
         self.headers = headers
         self.body = body
         self.bus = bus
@@ -64,7 +64,7 @@ class Admission:
                 "carries that user's token in `Relay-Token`"
             )
         check_name("user", self.user or "dev")
-        if "Relay-Run" in self.headers and not _is_name(self.headers["Relay-Run"]):
+        if "Relay-Run" in self.headers and not is_name(self.headers["Relay-Run"]):
             raise PlainTaskInvalid(
                 f"header Relay-Run = {self.headers['Relay-Run'][:40]!r} is not a run id "
                 "(1-64 of A-Za-z0-9_-); leave the header out to have one derived from "
@@ -151,16 +151,16 @@ class Ingress:
         record = AuditRecord(
             action=f"ingress/{request.agent[:64]}",
             decision="deny",
-            principal=f"user:{user[:64]}" if _is_user(user) else "anonymous",
+            principal=f"user:{user}" if is_name(user) else "anonymous",
             actor="connection",
             reason=reason[:500],
-            run_id=request.run_id if _is_name(request.run_id) else "",
+            run_id=request.run_id if is_name(request.run_id) else "",
         )
         try:
             await self.refusals(record)
         except RelayError as err:
             log.warning("ingress could not audit a refusal: %s", err)
-        if identity or not _is_name(request.run_id) or isinstance(exc, RunIdTaken):
+        if identity or not is_name(request.run_id) or isinstance(exc, RunIdTaken):
             # with identity on, a refused caller has proven no run id is theirs: an event on it
             # would let one user write on another's (future) run; the audit record is theirs
             return
@@ -169,18 +169,6 @@ class Ingress:
             await self.bus.publish_event(event, durable=True)
         except RelayError as err:
             log.warning("ingress could not publish the refusal: %s", err)
-
-
-def _is_name(value: str, kind: str = "run") -> bool:
-    try:
-        check_name(kind, value)
-    except SubjectInvalid:
-        return False
-    return True
-
-
-def _is_user(value: str) -> bool:
-    return bool(value) and _is_name(value, "user")
 
 
 async def serve_ingress(settings: Settings) -> int:

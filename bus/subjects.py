@@ -11,6 +11,11 @@ _TOKEN_BAD = re.compile(r"[\s*>]")
 ADMITTED = "$in"  # the sender token of admitted tasks: not a name an agent can have
 
 
+def is_name(value: object) -> bool:
+    """Whether `value` is a valid agent, user or run name (what `check_name` accepts)."""
+    return isinstance(value, str) and bool(_NAME_RE.match(value))
+
+
 def check_name(kind: str, value: str) -> str:
     """Validate an agent, service or run name used as one subject token."""
     if not isinstance(value, str) or not _NAME_RE.match(value):

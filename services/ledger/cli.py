@@ -13,6 +13,7 @@ from zoneinfo import ZoneInfo
 from relaybus.bus import Bus, Settings, new_id
 from relaybus.bus.cli import emit, emit_rows, money
 from relaybus.bus.runtime import EXIT_OK
+from relaybus.bus.subjects import is_name
 from relaybus.services.ledger.errors import LedgerError
 from relaybus.services.ledger.settings import LedgerSettings
 
@@ -189,7 +190,7 @@ async def statement(args: argparse.Namespace, settings: Settings) -> int:
             f"period {args.period!r} must be YYYY-MM or YYYY-MM-DD, a real month or day"
         )
     user = args.user.removeprefix("user:")  # the budget level's spelling names the user too
-    if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", user):
+    if not is_name(user):
         raise LedgerError(f"a statement is a user's: give USER or user:USER, not {args.user!r}")
     async with Bus(settings, name="relaybus-ledger") as bus:
         result = await LedgerClient(bus).query("statement", user=user, period=args.period)
